@@ -1,0 +1,403 @@
+//! Wire types of the roster HTTP API (`/v1`).
+//!
+//! The server and the client both use these types, so they cannot disagree about
+//! JSON. Every request type ignores unknown fields and defaults missing optional
+//! ones, so an older client keeps working against a newer server and vice versa.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Health of a check or an instance, ordered from best to worst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Serving normally.
+    Passing,
+    /// Serving, but degraded.
+    Warning,
+    /// Not serving: excluded from default queries.
+    Critical,
+}
+
+impl Health {
+    /// The lowercase name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Load-balancing weights of an instance, used by weighted balancers and DNS SRV.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Weights {
+    /// Weight while the instance is passing (1–65535, default 1).
+    pub passing: u32,
+    /// Weight while the instance is in warning (0–65535, default 1).
+    pub warning: u32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights {
+            passing: 1,
+            warning: 1,
+        }
+    }
+}
+
+/// Body of `PUT /v1/services/{service}/instances/{id}`.
+///
+/// ```
+/// let req: roster_client::api::RegisterRequest =
+///     serde_json::from_str(r#"{"address":"10.0.0.7","port":8080,"ttl":"15s","future_field":1}"#).unwrap();
+/// assert_eq!(req.port, 8080);
+/// assert_eq!(req.ttl, Some(std::time::Duration::from_secs(15)));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// IP address or hostname. When missing, the registry uses the address the
+    /// request came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// TCP/UDP port, 1–65535.
+    pub port: u16,
+    /// Free-form tags (at most 64).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// String metadata (at most 64 entries).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    /// Balancing weights.
+    #[serde(default)]
+    pub weights: Weights,
+    /// Lease length: the instance must heartbeat within this time (1s–24h).
+    /// Without it the instance never expires and stays until deregistered.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
+    /// How long the instance may stay critical before the registry removes it
+    /// (default 1m).
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deregister_critical_after: Option<Duration>,
+}
+
+/// Body of `PUT /v1/services/{service}/instances/{id}/maintenance`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    /// `true` puts the instance in maintenance (reported critical), `false` ends it.
+    pub enabled: bool,
+    /// Why, shown to operators (at most 256 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Kind of a health check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A lease renewed by heartbeats.
+    Ttl,
+}
+
+/// State of one check of an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// Check id, unique within the instance (the lease is `ttl`).
+    pub id: String,
+    /// What kind of check this is.
+    pub kind: CheckKind,
+    /// Its current result.
+    pub status: Health,
+    /// Last output, for humans.
+    #[serde(default)]
+    pub output: String,
+}
+
+/// Maintenance state of an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    /// The operator's reason.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// One registered instance as the registry reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Instance id, unique in the registry.
+    pub id: String,
+    /// Service name (lowercase DNS label).
+    pub service: String,
+    /// IP address or hostname.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Metadata.
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// Balancing weights.
+    #[serde(default)]
+    pub weights: Weights,
+    /// Aggregate health: the worst of the checks, critical in maintenance.
+    pub health: Health,
+    /// The checks behind `health`.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    /// Present while the instance is in maintenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+    /// Lease length, if the instance heartbeats.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
+    /// Time in critical before the registry removes the instance.
+    #[serde(with = "duration")]
+    pub deregister_critical_after: Duration,
+    /// Index at which the instance was first registered.
+    pub create_index: u64,
+    /// Index of the last change to this instance.
+    pub modify_index: u64,
+}
+
+/// Response of `GET /v1/services/{service}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInstances {
+    /// Service name.
+    pub service: String,
+    /// Index of the last change to this service (also in `X-Roster-Index`).
+    pub index: u64,
+    /// Matching instances, ordered by id.
+    pub instances: Vec<Instance>,
+}
+
+/// One row of `GET /v1/services`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    /// Service name.
+    pub name: String,
+    /// Number of instances, whatever their health.
+    pub instances: usize,
+    /// Instances passing.
+    pub passing: usize,
+    /// Instances in warning.
+    pub warning: usize,
+    /// Instances critical (including maintenance).
+    pub critical: usize,
+    /// Union of the instances' tags, sorted.
+    pub tags: Vec<String>,
+    /// Index of the last change to this service.
+    pub modify_index: u64,
+}
+
+/// Response of `GET /v1/services`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceList {
+    /// Global catalog index (also in `X-Roster-Index`).
+    pub index: u64,
+    /// Services ordered by name.
+    pub services: Vec<ServiceSummary>,
+}
+
+/// An RFC 9457 problem document, the body of every error response.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// A URI naming the kind of problem, e.g. `urn:roster:problem:invalid-field`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Short summary of the kind of problem.
+    #[serde(default)]
+    pub title: String,
+    /// HTTP status code.
+    #[serde(default)]
+    pub status: u16,
+    /// What went wrong this time.
+    #[serde(default)]
+    pub detail: String,
+    /// The offending request field, when one is to blame (`port`, `tags[3]`, `meta.owner`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Header carrying the catalog index on every API response.
+pub const INDEX_HEADER: &str = "x-roster-index";
+
+/// Serde helpers for durations written as Go-style strings (`"15s"`, `"1m30s"`,
+/// `"250ms"`). Plain numbers are read as whole seconds.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    /// Formats a duration as compactly as possible: `1h30m`, `15s`, `250ms`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// assert_eq!(roster_client::api::duration::format(Duration::from_secs(90)), "1m30s");
+    /// assert_eq!(roster_client::api::duration::format(Duration::from_millis(250)), "250ms");
+    /// ```
+    pub fn format(d: Duration) -> String {
+        let mut out = String::new();
+        let mut secs = d.as_secs();
+        let millis = d.subsec_millis();
+        if secs == 0 && millis == 0 {
+            return "0s".to_owned();
+        }
+        for (unit, size) in [("h", 3600), ("m", 60)] {
+            if secs >= size {
+                out.push_str(&format!("{}{unit}", secs / size));
+                secs %= size;
+            }
+        }
+        if secs > 0 {
+            out.push_str(&format!("{secs}s"));
+        }
+        if millis > 0 {
+            out.push_str(&format!("{millis}ms"));
+        }
+        out
+    }
+
+    /// Parses `"15s"`, `"1m30s"`, `"1h 5m"`, `"250ms"`; a bare number means seconds.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use roster_client::api::duration::parse;
+    /// assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
+    /// assert_eq!(parse("20"), Ok(Duration::from_secs(20)));
+    /// assert!(parse("soon").is_err());
+    /// ```
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        if let Ok(secs) = s.parse::<u64>() {
+            return Ok(Duration::from_secs(secs));
+        }
+        humantime::parse_duration(s).map_err(|e| {
+            format!("invalid duration {s:?} ({e}); use forms like \"15s\", \"1m30s\", \"500ms\"")
+        })
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+
+    fn from_raw<E: de::Error>(raw: Raw) -> Result<Duration, E> {
+        match raw {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => parse(&t).map_err(E::custom),
+        }
+    }
+
+    /// Serializes a [`Duration`] as a string.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*d))
+    }
+
+    /// Deserializes a [`Duration`] from a string or a number of seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let raw = Raw::deserialize(d).map_err(|_| {
+            de::Error::custom("expected a duration such as \"15s\" or a number of seconds")
+        })?;
+        from_raw(raw)
+    }
+
+    /// The same for `Option<Duration>`; `null` and a missing field are `None`.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer, de};
+
+        /// Serializes `Some(d)` as a string and `None` as null.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Deserializes an optional duration.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let raw = Option::<super::Raw>::deserialize(d).map_err(|_| {
+                de::Error::custom("expected a duration such as \"15s\" or a number of seconds")
+            })?;
+            raw.map(super::from_raw).transpose()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_trip() {
+        for secs in [1u64, 15, 59, 60, 61, 90, 3600, 3661, 86_400] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(duration::parse(&duration::format(d)), Ok(d), "{secs}s");
+        }
+        assert_eq!(duration::parse("1h 5m"), Ok(Duration::from_secs(3900)));
+        assert_eq!(duration::parse("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn register_request_defaults_and_ignores_unknown_fields() {
+        let req: RegisterRequest = serde_json::from_str(r#"{"port":80,"extra":{"x":1}}"#).unwrap();
+        assert_eq!(req.port, 80);
+        assert_eq!(req.weights, Weights::default());
+        assert!(req.ttl.is_none() && req.tags.is_empty() && req.address.is_none());
+        let req: RegisterRequest =
+            serde_json::from_str(r#"{"port":80,"ttl":30,"weights":{"passing":5}}"#).unwrap();
+        assert_eq!(req.ttl, Some(Duration::from_secs(30)));
+        assert_eq!(
+            req.weights,
+            Weights {
+                passing: 5,
+                warning: 1
+            }
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_an_error() {
+        let err =
+            serde_json::from_str::<RegisterRequest>(r#"{"port":80,"ttl":"often"}"#).unwrap_err();
+        assert!(err.to_string().contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn health_orders_best_to_worst() {
+        assert!(Health::Passing < Health::Warning && Health::Warning < Health::Critical);
+        assert_eq!(
+            serde_json::to_string(&Health::Warning).unwrap(),
+            "\"warning\""
+        );
+    }
+}

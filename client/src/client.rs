@@ -1,0 +1,217 @@
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::api::{
+    Instance, MaintenanceRequest, Problem, RegisterRequest, ServiceInstances, ServiceList,
+};
+use crate::error::Error;
+
+/// Filters for [`RosterClient::instances`].
+#[derive(Clone, Debug, Default)]
+pub struct InstanceQuery {
+    /// Include critical instances too (default: only passing and warning).
+    pub all: bool,
+    /// Only instances carrying every one of these tags.
+    pub tags: Vec<String>,
+}
+
+/// A typed HTTP client for the native roster API (`/v1`).
+#[derive(Clone, Debug)]
+pub struct RosterClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl RosterClient {
+    /// A client for the registry at `base_url` (e.g. `http://127.0.0.1:8500`) with a
+    /// 10 s request timeout and a 2 s connect timeout.
+    pub fn new(base_url: &str) -> Result<Self, Error> {
+        Self::with_timeout(base_url, Duration::from_secs(10))
+    }
+
+    /// Like [`RosterClient::new`] with a chosen request timeout.
+    pub fn with_timeout(base_url: &str, timeout: Duration) -> Result<Self, Error> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "registry URL {base_url:?} must start with http:// or https://"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .user_agent(concat!("roster-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(Error::from_reqwest)?;
+        Ok(RosterClient {
+            http,
+            base,
+            token: None,
+        })
+    }
+
+    /// Sends `Authorization: Bearer TOKEN` with every request.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The registry's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Registers (or replaces) an instance. Returns the instance as stored.
+    pub async fn register(
+        &self,
+        service: &str,
+        id: &str,
+        req: &RegisterRequest,
+    ) -> Result<Instance, Error> {
+        let path = instance_path(service, id);
+        self.send(Method::PUT, &path, Some(req)).await
+    }
+
+    /// Removes an instance. An instance that is already gone counts as success.
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<(), Error> {
+        let path = instance_path(service, id);
+        match self
+            .send::<serde_json::Value>(Method::DELETE, &path, None::<&()>)
+            .await
+        {
+            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Renews the instance's lease. [`Error::NotFound`] means the registry forgot the
+    /// instance and it should register again.
+    pub async fn heartbeat(&self, service: &str, id: &str) -> Result<(), Error> {
+        let path = format!("{}/heartbeat", instance_path(service, id));
+        self.send::<serde_json::Value>(Method::PUT, &path, None::<&()>)
+            .await
+            .map(drop)
+    }
+
+    /// Puts an instance in maintenance (`enabled = true`) or takes it out.
+    pub async fn maintenance(
+        &self,
+        service: &str,
+        id: &str,
+        req: &MaintenanceRequest,
+    ) -> Result<Instance, Error> {
+        let path = format!("{}/maintenance", instance_path(service, id));
+        self.send(Method::PUT, &path, Some(req)).await
+    }
+
+    /// Lists all services with instance counts.
+    pub async fn services(&self) -> Result<ServiceList, Error> {
+        self.send(Method::GET, "/v1/services", None::<&()>).await
+    }
+
+    /// Lists the instances of a service (healthy ones unless `query.all`).
+    pub async fn instances(
+        &self,
+        service: &str,
+        query: &InstanceQuery,
+    ) -> Result<ServiceInstances, Error> {
+        let mut path = format!("/v1/services/{}", encode(service));
+        let mut sep = '?';
+        if query.all {
+            path.push_str("?all=true");
+            sep = '&';
+        }
+        for tag in &query.tags {
+            path.push(sep);
+            path.push_str("tag=");
+            path.push_str(&encode(tag));
+            sep = '&';
+        }
+        self.send(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Fetches one instance.
+    pub async fn instance(&self, service: &str, id: &str) -> Result<Instance, Error> {
+        self.send(Method::GET, &instance_path(service, id), None::<&()>)
+            .await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, Error> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            let bytes = serde_json::to_vec(body).map_err(|e| Error::Protocol(e.to_string()))?;
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes);
+        }
+        let resp = req.send().await.map_err(Error::from_reqwest)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(Error::from_reqwest)?;
+        if status.is_success() {
+            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            return serde_json::from_slice(bytes)
+                .map_err(|e| Error::Protocol(format!("{e} in {path} response")));
+        }
+        let mut problem: Problem = serde_json::from_slice(&bytes).unwrap_or_else(|_| Problem {
+            detail: String::from_utf8_lossy(&bytes).chars().take(512).collect(),
+            ..Problem::default()
+        });
+        problem.status = status.as_u16();
+        Err(match status {
+            StatusCode::NOT_FOUND => Error::NotFound(problem),
+            s if s.is_client_error() => Error::Invalid(problem),
+            s => Error::Unavailable(format!("HTTP {s}: {}", problem.detail)),
+        })
+    }
+}
+
+fn instance_path(service: &str, id: &str) -> String {
+    format!("/v1/services/{}/instances/{}", encode(service), encode(id))
+}
+
+/// Percent-encodes everything outside the URL-safe unreserved set.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_path_segments() {
+        assert_eq!(encode("web-1.a_b~"), "web-1.a_b~");
+        assert_eq!(encode("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn rejects_urls_without_scheme() {
+        assert!(matches!(
+            RosterClient::new("127.0.0.1:8500"),
+            Err(Error::Config(_))
+        ));
+        assert_eq!(
+            RosterClient::new("http://h:1/").unwrap().base_url(),
+            "http://h:1"
+        );
+    }
+}

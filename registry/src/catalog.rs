@@ -1,0 +1,629 @@
+//! The catalog: a state machine driven by [`Command`]s.
+//!
+//! [`Catalog::apply`] is pure: no I/O, no clock, no randomness; time comes in as an
+//! argument. Every command that changes anything bumps the global index exactly
+//! once and stamps it as the `modify_index` of what it touched. The state lives in
+//! persistent maps ([`imbl`]) so publishing a read snapshot after a write is an
+//! O(1) clone: readers never wait for writers.
+//!
+//! Leases are tracked with one ordered timer set (`BTreeSet<(due, kind, id)>`):
+//! each instance has at most one lease timer and one removal timer in it. A
+//! heartbeat only moves the lease's atomic deadline; when a lease timer comes due,
+//! [`Command::Tick`] either finds the lease renewed and re-arms the timer at the
+//! new deadline (once per TTL at most, not once per heartbeat) or expires it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use imbl::OrdMap;
+use roster_client::api::Health;
+use tokio::time::Instant;
+
+use crate::lease::{Lease, LeaseTable};
+use crate::model::{InstanceId, InstanceSpec, ServiceName};
+
+/// A write to the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Register or replace an instance. Registering proves the instance alive, so it
+    /// also renews its lease.
+    Register {
+        /// Service.
+        service: ServiceName,
+        /// Instance id (unique in the registry).
+        id: InstanceId,
+        /// Validated registration.
+        spec: InstanceSpec,
+    },
+    /// Remove an instance.
+    Deregister {
+        /// Service.
+        service: ServiceName,
+        /// Instance id.
+        id: InstanceId,
+    },
+    /// Renew an instance's lease.
+    Heartbeat {
+        /// Service.
+        service: ServiceName,
+        /// Instance id.
+        id: InstanceId,
+    },
+    /// Enter (`Some(reason)`) or leave (`None`) maintenance.
+    SetMaintenance {
+        /// Service.
+        service: ServiceName,
+        /// Instance id.
+        id: InstanceId,
+        /// Reason while in maintenance.
+        reason: Option<String>,
+    },
+    /// Expire overdue leases and remove instances critical for too long.
+    Tick,
+}
+
+/// What a command did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Global index after the command.
+    pub index: u64,
+    /// Whether anything changed (and the index moved).
+    pub changed: bool,
+    /// Leases expired by this command.
+    pub expired: u32,
+    /// Instances removed for being critical too long.
+    pub reaped: u32,
+}
+
+/// Why a command was refused. Refused commands change nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// No such instance in that service.
+    #[error("instance {id:?} of service {service:?} is not registered")]
+    NotFound {
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// The id is taken by an instance of another service.
+    #[error(
+        "instance id {id:?} already belongs to service {existing:?}; ids are unique in the registry"
+    )]
+    Conflict {
+        /// Instance id.
+        id: String,
+        /// The service that owns it.
+        existing: String,
+    },
+    /// A capacity limit was reached.
+    #[error("{what}: the limit is {limit}")]
+    Full {
+        /// Which limit.
+        what: &'static str,
+        /// Its value.
+        limit: usize,
+    },
+}
+
+/// One instance as readers see it. Immutable: changes replace the `Arc`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// Id.
+    pub id: Arc<str>,
+    /// Service.
+    pub service: Arc<str>,
+    /// Registration.
+    pub spec: InstanceSpec,
+    /// Status of the TTL lease check; `None` without a TTL.
+    pub lease: Option<Health>,
+    /// Reason, while in maintenance.
+    pub maintenance: Option<String>,
+    /// Index of the first registration.
+    pub create_index: u64,
+    /// Index of the last change.
+    pub modify_index: u64,
+}
+
+impl Instance {
+    /// Aggregate health: the worst check; maintenance counts as critical.
+    pub fn health(&self) -> Health {
+        if self.maintenance.is_some() {
+            return Health::Critical;
+        }
+        self.lease.unwrap_or(Health::Passing)
+    }
+}
+
+/// A service and its instances.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Index of the last change to the service.
+    pub modify_index: u64,
+    /// Instances by id.
+    pub instances: OrdMap<Arc<str>, Arc<Instance>>,
+}
+
+/// A consistent, cheaply cloned view of the whole catalog.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Global index.
+    pub index: u64,
+    /// Services by name; a service exists while it has instances.
+    pub services: OrdMap<Arc<str>, ServiceState>,
+}
+
+impl Snapshot {
+    /// Looks up one instance.
+    pub fn instance(&self, service: &str, id: &str) -> Option<&Arc<Instance>> {
+        self.services.get(service)?.instances.get(id)
+    }
+
+    /// Total number of instances.
+    pub fn instance_count(&self) -> usize {
+        self.services.values().map(|s| s.instances.len()).sum()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    Lease,
+    Reap,
+}
+
+#[derive(Debug)]
+struct Record {
+    service: Arc<str>,
+    lease: Option<Arc<Lease>>,
+    lease_timer: Option<u64>,
+    reap_timer: Option<u64>,
+}
+
+/// Capacity limits enforced by the catalog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CatalogLimits {
+    /// Most instances in one service.
+    pub max_instances_per_service: usize,
+    /// Most instances in the registry.
+    pub max_instances: usize,
+}
+
+impl Default for CatalogLimits {
+    fn default() -> Self {
+        CatalogLimits {
+            max_instances_per_service: 10_000,
+            max_instances: 200_000,
+        }
+    }
+}
+
+/// The catalog state machine.
+#[derive(Debug)]
+pub struct Catalog {
+    epoch: Instant,
+    state: Snapshot,
+    records: HashMap<Arc<str>, Record>,
+    timers: BTreeSet<(u64, Timer, Arc<str>)>,
+    leases: Arc<LeaseTable>,
+    limits: CatalogLimits,
+}
+
+impl Catalog {
+    /// An empty catalog. `epoch` is the origin of the lease clock; pass the current
+    /// time.
+    pub fn new(epoch: Instant, limits: CatalogLimits) -> Self {
+        Catalog {
+            epoch,
+            state: Snapshot::default(),
+            records: HashMap::new(),
+            timers: BTreeSet::new(),
+            leases: Arc::new(LeaseTable::default()),
+            limits,
+        }
+    }
+
+    /// The lease table, for the heartbeat fast path.
+    pub fn leases(&self) -> &Arc<LeaseTable> {
+        &self.leases
+    }
+
+    /// The current state.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.state
+    }
+
+    /// Converts an instant to the lease clock (nanoseconds since the epoch).
+    pub fn clock(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX >> 1)
+    }
+
+    /// When the next timer comes due, if any: the time to run [`Command::Tick`].
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers
+            .first()
+            .map(|(due, _, _)| self.epoch + Duration::from_nanos(*due))
+    }
+
+    /// Applies `cmd` at time `now`.
+    pub fn apply(&mut self, cmd: Command, now: Instant) -> Result<Outcome, CatalogError> {
+        let now = self.clock(now);
+        let next = self.state.index + 1;
+        let mut out = Outcome {
+            index: self.state.index,
+            ..Outcome::default()
+        };
+        out.changed = match cmd {
+            Command::Register { service, id, spec } => {
+                self.register(service, id, spec, now, next)?
+            }
+            Command::Deregister { service, id } => {
+                self.find(&service, &id)?;
+                self.remove(id.as_arc(), next);
+                true
+            }
+            Command::Heartbeat { service, id } => {
+                self.find(&service, &id)?;
+                self.renew(id.as_arc(), now, next)
+            }
+            Command::SetMaintenance {
+                service,
+                id,
+                reason,
+            } => {
+                let current = self.find(&service, &id)?;
+                if current.maintenance == reason {
+                    false
+                } else {
+                    let mut inst = (*current).clone();
+                    inst.maintenance = reason;
+                    self.put(inst, next);
+                    true
+                }
+            }
+            Command::Tick => self.tick(now, next, &mut out),
+        };
+        if out.changed {
+            self.state.index = next;
+            out.index = next;
+        }
+        Ok(out)
+    }
+
+    fn find(&self, service: &ServiceName, id: &InstanceId) -> Result<Arc<Instance>, CatalogError> {
+        self.state
+            .instance(service.as_str(), id.as_str())
+            .cloned()
+            .ok_or_else(|| CatalogError::NotFound {
+                service: service.to_string(),
+                id: id.to_string(),
+            })
+    }
+
+    fn register(
+        &mut self,
+        service: ServiceName,
+        id: InstanceId,
+        spec: InstanceSpec,
+        now: u64,
+        next: u64,
+    ) -> Result<bool, CatalogError> {
+        let existing = match self.records.get(id.as_str()) {
+            Some(rec) if rec.service != *service.as_arc() => {
+                return Err(CatalogError::Conflict {
+                    id: id.to_string(),
+                    existing: rec.service.to_string(),
+                });
+            }
+            Some(_) => self.state.instance(service.as_str(), id.as_str()).cloned(),
+            None => {
+                let in_service = self
+                    .state
+                    .services
+                    .get(service.as_str())
+                    .map_or(0, |s| s.instances.len());
+                if in_service >= self.limits.max_instances_per_service {
+                    return Err(CatalogError::Full {
+                        what: "instances per service",
+                        limit: self.limits.max_instances_per_service,
+                    });
+                }
+                if self.records.len() >= self.limits.max_instances {
+                    return Err(CatalogError::Full {
+                        what: "instances in the registry",
+                        limit: self.limits.max_instances,
+                    });
+                }
+                None
+            }
+        };
+        if let Some(current) = existing {
+            if current.spec == spec {
+                // Same registration again: it is a heartbeat, nothing more.
+                return Ok(self.renew(id.as_arc(), now, next));
+            }
+            let mut inst = (*current).clone();
+            inst.spec = spec;
+            let rec = self
+                .records
+                .get_mut(id.as_str())
+                .expect("record of a known instance");
+            let old_lease = rec.lease.take();
+            let old_timer = rec.lease_timer.take();
+            if let Some(due) = old_timer {
+                self.timers
+                    .remove(&(due, Timer::Lease, id.as_arc().clone()));
+            }
+            if old_lease.is_some() {
+                self.leases.remove(id.as_str());
+            }
+            inst.lease = None;
+            self.cancel_reap(id.as_arc());
+            self.arm_lease(&mut inst, now);
+            self.put(inst, next);
+            return Ok(true);
+        }
+        let mut inst = Instance {
+            id: id.as_arc().clone(),
+            service: service.as_arc().clone(),
+            spec,
+            lease: None,
+            maintenance: None,
+            create_index: next,
+            modify_index: next,
+        };
+        self.records.insert(
+            inst.id.clone(),
+            Record {
+                service: inst.service.clone(),
+                lease: None,
+                lease_timer: None,
+                reap_timer: None,
+            },
+        );
+        self.arm_lease(&mut inst, now);
+        self.put(inst, next);
+        Ok(true)
+    }
+
+    /// Gives `inst` a fresh live lease if its spec has a TTL.
+    fn arm_lease(&mut self, inst: &mut Instance, now: u64) {
+        let Some(ttl) = inst.spec.ttl else { return };
+        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX >> 2);
+        let deadline = now.saturating_add(ttl);
+        let lease = Arc::new(Lease::new(inst.service.clone(), ttl, deadline));
+        self.leases.insert(inst.id.clone(), lease.clone());
+        self.timers
+            .insert((deadline, Timer::Lease, inst.id.clone()));
+        let rec = self.records.get_mut(&inst.id).expect("record exists");
+        rec.lease = Some(lease);
+        rec.lease_timer = Some(deadline);
+        inst.lease = Some(Health::Passing);
+    }
+
+    /// Renews a lease under the catalog lock; flips an expired lease back to passing.
+    fn renew(&mut self, id: &Arc<str>, now: u64, next: u64) -> bool {
+        let rec = self
+            .records
+            .get_mut(id)
+            .expect("record of a known instance");
+        let Some(lease) = rec.lease.clone() else {
+            return false;
+        };
+        let deadline = now.saturating_add(lease.ttl()).max(lease.deadline());
+        let was_expired = lease.is_expired();
+        lease.revive(deadline);
+        if rec.lease_timer.is_none() {
+            rec.lease_timer = Some(deadline);
+            self.timers.insert((deadline, Timer::Lease, id.clone()));
+        }
+        if !was_expired {
+            return false;
+        }
+        self.cancel_reap(id);
+        let service = self.records[id].service.clone();
+        let mut inst = (*self.state.services[&service].instances[id]).clone();
+        inst.lease = Some(Health::Passing);
+        self.put(inst, next);
+        true
+    }
+
+    fn cancel_reap(&mut self, id: &Arc<str>) {
+        if let Some(rec) = self.records.get_mut(id)
+            && let Some(due) = rec.reap_timer.take()
+        {
+            self.timers.remove(&(due, Timer::Reap, id.clone()));
+        }
+    }
+
+    /// Stores a changed instance and stamps the index on it and its service.
+    fn put(&mut self, mut inst: Instance, index: u64) {
+        inst.modify_index = index;
+        let svc = self.state.services.entry(inst.service.clone()).or_default();
+        svc.modify_index = index;
+        svc.instances.insert(inst.id.clone(), Arc::new(inst));
+    }
+
+    fn remove(&mut self, id: &Arc<str>, index: u64) {
+        let Some(rec) = self.records.remove(id) else {
+            return;
+        };
+        if let Some(due) = rec.lease_timer {
+            self.timers.remove(&(due, Timer::Lease, id.clone()));
+        }
+        if let Some(due) = rec.reap_timer {
+            self.timers.remove(&(due, Timer::Reap, id.clone()));
+        }
+        if rec.lease.is_some() {
+            self.leases.remove(id);
+        }
+        if let Some(svc) = self.state.services.get_mut(&rec.service) {
+            svc.instances.remove(id);
+            svc.modify_index = index;
+            if svc.instances.is_empty() {
+                self.state.services.remove(&rec.service);
+            }
+        }
+    }
+
+    fn tick(&mut self, now: u64, next: u64, out: &mut Outcome) -> bool {
+        let mut changed = false;
+        while let Some((due, kind, id)) = self.timers.first().cloned() {
+            if due > now {
+                break;
+            }
+            self.timers.remove(&(due, kind, id.clone()));
+            let rec = self
+                .records
+                .get_mut(&id)
+                .expect("timers belong to known instances");
+            match kind {
+                Timer::Lease => {
+                    rec.lease_timer = None;
+                    let lease = rec.lease.clone().expect("lease timer without a lease");
+                    if let Err(renewed) = lease.try_expire(now) {
+                        rec.lease_timer = Some(renewed);
+                        self.timers.insert((renewed, Timer::Lease, id));
+                        continue;
+                    }
+                    // Count the critical time from the moment the lease ran out.
+                    let reap_at = lease.deadline().saturating_add(
+                        u64::try_from(
+                            self.state.services[&rec.service].instances[&id]
+                                .spec
+                                .deregister_critical_after
+                                .as_nanos(),
+                        )
+                        .unwrap_or(u64::MAX >> 2),
+                    );
+                    rec.reap_timer = Some(reap_at);
+                    let service = rec.service.clone();
+                    self.timers.insert((reap_at, Timer::Reap, id.clone()));
+                    let mut inst = (*self.state.services[&service].instances[&id]).clone();
+                    inst.lease = Some(Health::Critical);
+                    self.put(inst, next);
+                    out.expired += 1;
+                    changed = true;
+                }
+                Timer::Reap => {
+                    rec.reap_timer = None;
+                    self.remove(&id, next);
+                    out.reaped += 1;
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Limits;
+    use roster_client::api::RegisterRequest;
+
+    fn spec(ttl: Option<u64>) -> InstanceSpec {
+        let req = RegisterRequest {
+            address: Some("10.0.0.1".into()),
+            port: 80,
+            ttl: ttl.map(Duration::from_secs),
+            deregister_critical_after: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        InstanceSpec::from_request(req, None, &Limits::default()).unwrap()
+    }
+
+    fn reg(svc: &str, id: &str, ttl: Option<u64>) -> Command {
+        Command::Register {
+            service: ServiceName::parse(svc).unwrap(),
+            id: InstanceId::parse(id).unwrap(),
+            spec: spec(ttl),
+        }
+    }
+
+    #[test]
+    fn lease_expires_then_instance_is_reaped() {
+        let t0 = Instant::now();
+        let mut c = Catalog::new(t0, CatalogLimits::default());
+        let out = c.apply(reg("web", "a", Some(10)), t0).unwrap();
+        assert_eq!(out.index, 1);
+        assert_eq!(c.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        let out = c.apply(Command::Tick, t0 + Duration::from_secs(9)).unwrap();
+        assert!(!out.changed);
+        let out = c
+            .apply(Command::Tick, t0 + Duration::from_secs(10))
+            .unwrap();
+        assert_eq!((out.changed, out.expired, out.index), (true, 1, 2));
+        assert_eq!(
+            c.snapshot().instance("web", "a").unwrap().health(),
+            Health::Critical
+        );
+        let out = c
+            .apply(Command::Tick, t0 + Duration::from_secs(70))
+            .unwrap();
+        assert_eq!(out.reaped, 1);
+        assert!(c.snapshot().services.is_empty());
+        assert!(c.leases().is_empty());
+        assert!(c.next_deadline().is_none());
+    }
+
+    #[test]
+    fn id_belongs_to_one_service() {
+        let t0 = Instant::now();
+        let mut c = Catalog::new(t0, CatalogLimits::default());
+        c.apply(reg("web", "a", None), t0).unwrap();
+        let err = c.apply(reg("db", "a", None), t0).unwrap_err();
+        assert!(matches!(err, CatalogError::Conflict { .. }));
+        assert_eq!(c.snapshot().index, 1);
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let t0 = Instant::now();
+        let limits = CatalogLimits {
+            max_instances_per_service: 2,
+            max_instances: 3,
+        };
+        let mut c = Catalog::new(t0, limits);
+        c.apply(reg("web", "a", None), t0).unwrap();
+        c.apply(reg("web", "b", None), t0).unwrap();
+        assert!(matches!(
+            c.apply(reg("web", "c", None), t0),
+            Err(CatalogError::Full { .. })
+        ));
+        c.apply(reg("db", "d", None), t0).unwrap();
+        assert!(matches!(
+            c.apply(reg("db", "e", None), t0),
+            Err(CatalogError::Full { .. })
+        ));
+        // Replacing an existing instance is not blocked by the limit.
+        c.apply(reg("web", "a", Some(5)), t0).unwrap();
+    }
+
+    #[test]
+    fn maintenance_is_critical_but_not_reaped() {
+        let t0 = Instant::now();
+        let mut c = Catalog::new(t0, CatalogLimits::default());
+        c.apply(reg("web", "a", None), t0).unwrap();
+        let maint = |reason: Option<&str>| Command::SetMaintenance {
+            service: ServiceName::parse("web").unwrap(),
+            id: InstanceId::parse("a").unwrap(),
+            reason: reason.map(Into::into),
+        };
+        assert!(c.apply(maint(Some("deploy")), t0).unwrap().changed);
+        assert!(!c.apply(maint(Some("deploy")), t0).unwrap().changed);
+        assert_eq!(
+            c.snapshot().instance("web", "a").unwrap().health(),
+            Health::Critical
+        );
+        c.apply(Command::Tick, t0 + Duration::from_secs(3600))
+            .unwrap();
+        assert!(c.snapshot().instance("web", "a").is_some());
+        assert!(c.apply(maint(None), t0).unwrap().changed);
+        assert_eq!(
+            c.snapshot().instance("web", "a").unwrap().health(),
+            Health::Passing
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! The `roster` command line: `serve`, and client subcommands that talk to a
+//! running registry through `roster-client`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use roster_client::api::{self, MaintenanceRequest, RegisterRequest, Weights, duration};
+use roster_client::{InstanceQuery, RosterClient};
+
+use crate::config::ServeArgs;
+
+/// roster: a service discovery registry.
+#[derive(Debug, Parser)]
+#[command(name = "roster", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Registry to talk to (client subcommands).
+    #[arg(
+        long,
+        global = true,
+        env = "ROSTER_REGISTRY",
+        default_value = "http://127.0.0.1:8500"
+    )]
+    pub registry: String,
+    /// Print JSON instead of a table (client subcommands).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the registry server.
+    Serve(ServeArgs),
+    /// Register (or replace) an instance.
+    Register(RegisterArgs),
+    /// Remove an instance.
+    Deregister {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// Renew an instance's lease once.
+    Heartbeat {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// Put an instance in maintenance, or take it out with --off.
+    Maintenance {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// End maintenance instead of starting it.
+        #[arg(long)]
+        off: bool,
+        /// Why (shown to operators).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List services.
+    Services,
+    /// List the instances of a service.
+    Instances {
+        /// Service name.
+        service: String,
+        /// Include critical instances.
+        #[arg(long)]
+        all: bool,
+        /// Only instances with this tag (repeat for several).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+}
+
+/// Flags of `roster register`.
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    /// Service name.
+    pub service: String,
+    /// Instance id, unique in the registry.
+    pub id: String,
+    /// Port.
+    #[arg(long)]
+    pub port: u16,
+    /// IP address or hostname [default: the address the registry sees us from].
+    #[arg(long)]
+    pub address: Option<String>,
+    /// Tag (repeat for several).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Metadata as KEY=VALUE (repeat for several).
+    #[arg(long = "meta", value_parser = parse_key_value)]
+    pub meta: Vec<(String, String)>,
+    /// Lease length, e.g. 15s; without it the instance never expires.
+    #[arg(long, value_parser = duration::parse)]
+    pub ttl: Option<Duration>,
+    /// Time in critical before removal, e.g. 1m.
+    #[arg(long, value_parser = duration::parse)]
+    pub deregister_critical_after: Option<Duration>,
+    /// Weight while passing.
+    #[arg(long, default_value_t = 1)]
+    pub weight: u32,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// Why a client subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The registry refused or could not be reached.
+    #[error(transparent)]
+    Client(#[from] roster_client::Error),
+    /// Output could not be written.
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+    /// `serve` is not a client command.
+    #[error("serve is not a client command")]
+    NotAClientCommand,
+}
+
+/// Runs a client subcommand, writing its output to `out`.
+pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
+    let client = RosterClient::new(&cli.registry)?;
+    match &cli.command {
+        Command::Serve(_) => return Err(CliError::NotAClientCommand),
+        Command::Register(args) => {
+            let req = RegisterRequest {
+                address: args.address.clone(),
+                port: args.port,
+                tags: args.tags.clone(),
+                meta: args.meta.iter().cloned().collect::<BTreeMap<_, _>>(),
+                weights: Weights {
+                    passing: args.weight,
+                    ..Weights::default()
+                },
+                ttl: args.ttl,
+                deregister_critical_after: args.deregister_critical_after,
+            };
+            let inst = client.register(&args.service, &args.id, &req).await?;
+            print_instances(out, cli.json, std::slice::from_ref(&inst), true)?;
+        }
+        Command::Deregister { service, id } => {
+            client.deregister(service, id).await?;
+            if cli.json {
+                writeln!(out, "{}", serde_json::json!({ "deregistered": id }))?;
+            } else {
+                writeln!(out, "deregistered {service}/{id}")?;
+            }
+        }
+        Command::Heartbeat { service, id } => {
+            client.heartbeat(service, id).await?;
+            if cli.json {
+                writeln!(out, "{}", serde_json::json!({ "renewed": id }))?;
+            } else {
+                writeln!(out, "renewed {service}/{id}")?;
+            }
+        }
+        Command::Maintenance {
+            service,
+            id,
+            off,
+            reason,
+        } => {
+            let req = MaintenanceRequest {
+                enabled: !off,
+                reason: reason.clone(),
+            };
+            let inst = client.maintenance(service, id, &req).await?;
+            print_instances(out, cli.json, std::slice::from_ref(&inst), true)?;
+        }
+        Command::Services => {
+            let list = client.services().await?;
+            if cli.json {
+                serde_json::to_writer_pretty(&mut *out, &list).map_err(std::io::Error::other)?;
+                writeln!(out)?;
+            } else {
+                let rows = list
+                    .services
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.name.clone(),
+                            s.instances.to_string(),
+                            s.passing.to_string(),
+                            s.warning.to_string(),
+                            s.critical.to_string(),
+                            s.tags.join(","),
+                        ]
+                    })
+                    .collect();
+                table(
+                    out,
+                    &[
+                        "SERVICE",
+                        "INSTANCES",
+                        "PASSING",
+                        "WARNING",
+                        "CRITICAL",
+                        "TAGS",
+                    ],
+                    rows,
+                )?;
+            }
+        }
+        Command::Instances { service, all, tags } => {
+            let query = InstanceQuery {
+                all: *all,
+                tags: tags.clone(),
+            };
+            let list = client.instances(service, &query).await?;
+            if cli.json {
+                serde_json::to_writer_pretty(&mut *out, &list).map_err(std::io::Error::other)?;
+                writeln!(out)?;
+            } else {
+                print_instances(out, false, &list.instances, false)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_instances(
+    out: &mut impl Write,
+    json: bool,
+    instances: &[api::Instance],
+    single: bool,
+) -> Result<(), CliError> {
+    if json {
+        if single {
+            serde_json::to_writer_pretty(&mut *out, &instances[0])
+        } else {
+            serde_json::to_writer_pretty(&mut *out, instances)
+        }
+        .map_err(std::io::Error::other)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let rows = instances
+        .iter()
+        .map(|i| {
+            let health = match (&i.maintenance, i.health) {
+                (Some(m), _) if m.reason.is_empty() => "maintenance".to_owned(),
+                (Some(m), _) => format!("maintenance ({})", m.reason),
+                (None, h) => h.to_string(),
+            };
+            vec![
+                i.service.clone(),
+                i.id.clone(),
+                format!("{}:{}", bracket_v6(&i.address), i.port),
+                health,
+                i.ttl.map(duration::format).unwrap_or_else(|| "-".into()),
+                i.tags.join(","),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["SERVICE", "ID", "ADDRESS", "HEALTH", "TTL", "TAGS"],
+        rows,
+    )?;
+    Ok(())
+}
+
+fn bracket_v6(addr: &str) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr.to_owned()
+    }
+}
+
+/// Writes left-aligned columns separated by two spaces.
+fn table(out: &mut impl Write, header: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header = header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut out = Vec::new();
+        table(
+            &mut out,
+            &["A", "BB"],
+            vec![vec!["long".into(), "x".into()]],
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "A     BB\nlong  x\n");
+    }
+
+    #[test]
+    fn parses_register_flags() {
+        let cli = Cli::try_parse_from([
+            "roster", "register", "web", "web-1", "--port", "8080", "--tag", "v2", "--meta",
+            "zone=a", "--ttl", "15s",
+        ])
+        .unwrap();
+        let Command::Register(args) = cli.command else {
+            panic!("not register")
+        };
+        assert_eq!(args.ttl, Some(Duration::from_secs(15)));
+        assert_eq!(args.meta, [("zone".to_string(), "a".to_string())]);
+        assert!(
+            Cli::try_parse_from(["roster", "register", "web", "x", "--port", "99999"]).is_err()
+        );
+    }
+}

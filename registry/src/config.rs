@@ -1,0 +1,246 @@
+//! Configuration for `roster serve`: flags, `ROSTER_*` environment variables and an
+//! optional TOML file, in that order of precedence, validated into a [`Config`]
+//! before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use roster_client::api::duration;
+use serde::Deserialize;
+
+use crate::catalog::CatalogLimits;
+use crate::model::Limits;
+
+/// Flags of `roster serve`. Each also reads a `ROSTER_*` variable.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "ROSTER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP API [default: 127.0.0.1:8500].
+    #[arg(long, env = "ROSTER_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Log filter, e.g. `info` or `roster_registry=debug` [default: info].
+    #[arg(long, env = "ROSTER_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Most instances one service may have [default: 10000].
+    #[arg(long, env = "ROSTER_MAX_INSTANCES_PER_SERVICE", value_name = "N")]
+    pub max_instances_per_service: Option<usize>,
+    /// Most instances in the registry [default: 200000].
+    #[arg(long, env = "ROSTER_MAX_INSTANCES", value_name = "N")]
+    pub max_instances: Option<usize>,
+    /// Default time an instance may stay critical before removal [default: 1m].
+    #[arg(long, env = "ROSTER_DEREGISTER_CRITICAL_AFTER", value_name = "DURATION", value_parser = duration::parse)]
+    pub deregister_critical_after: Option<Duration>,
+}
+
+/// The TOML file: the same settings as the flags, with the same names in snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    http_addr: Option<SocketAddr>,
+    log: Option<String>,
+    max_instances_per_service: Option<usize>,
+    max_instances: Option<usize>,
+    #[serde(default, with = "duration::option")]
+    deregister_critical_after: Option<Duration>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {setting}: {message}")]
+    Invalid {
+        /// The setting.
+        setting: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Validated configuration of a registry server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// Log filter.
+    pub log: String,
+    /// Catalog capacity.
+    pub catalog: CatalogLimits,
+    /// Request validation limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8500)),
+            log: "info".into(),
+            catalog: CatalogLimits::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Merges flags/env over the optional file over the defaults, then validates.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut cfg = Config::default();
+        if let Some(a) = args.http_addr.or(file.http_addr) {
+            cfg.http_addr = a;
+        }
+        if let Some(l) = args.log.clone().or(file.log) {
+            cfg.log = l;
+        }
+        if let Some(n) = args
+            .max_instances_per_service
+            .or(file.max_instances_per_service)
+        {
+            cfg.catalog.max_instances_per_service = n;
+        }
+        if let Some(n) = args.max_instances.or(file.max_instances) {
+            cfg.catalog.max_instances = n;
+        }
+        if let Some(d) = args
+            .deregister_critical_after
+            .or(file.deregister_critical_after)
+        {
+            cfg.limits.default_deregister_critical_after = d;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, message: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                message: message.into(),
+            })
+        };
+        if self.catalog.max_instances_per_service == 0 {
+            return invalid("max_instances_per_service", "must be at least 1");
+        }
+        if self.catalog.max_instances < self.catalog.max_instances_per_service {
+            return invalid(
+                "max_instances",
+                "must be at least max_instances_per_service",
+            );
+        }
+        let (lo, hi) = self.limits.dereg_range;
+        let d = self.limits.default_deregister_critical_after;
+        if d < lo || d > hi {
+            return invalid("deregister_critical_after", "must be between 1s and 7 days");
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| ConfigError::Invalid {
+            setting: "log",
+            message: e.to_string(),
+        })?;
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "roster-cfg-{}-{}.toml",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_without_anything() {
+        assert_eq!(
+            Config::load(&ServeArgs::default()).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let path = write(
+            "http_addr = \"127.0.0.1:9000\"\nmax_instances_per_service = 5\nderegister_critical_after = \"5m\"\n",
+        );
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            http_addr: Some("0.0.0.0:8501".parse().unwrap()),
+            ..Default::default()
+        };
+        let cfg = Config::load(&args).unwrap();
+        assert_eq!(cfg.http_addr.port(), 8501);
+        assert_eq!(cfg.catalog.max_instances_per_service, 5);
+        assert_eq!(
+            cfg.limits.default_deregister_critical_after,
+            Duration::from_secs(300)
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let path = write("http_adr = \"127.0.0.1:9000\"\n");
+        let err = Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("http_adr"), "{err}");
+        std::fs::remove_file(path).unwrap();
+        let err = Config::load(&ServeArgs {
+            max_instances_per_service: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("max_instances_per_service"),
+            "{err}"
+        );
+        let missing = ServeArgs {
+            config: Some("/nonexistent/roster.toml".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Config::load(&missing),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,128 @@
+//! Request extractors that turn every kind of bad input into an `ApiError` naming
+//! the field.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::problem::ApiError;
+
+/// The maximum request body, in bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A JSON body. Unknown fields are ignored; a field of the wrong type or out of
+/// range is a 400 naming it (`port`, `tags[2]`, `weights.passing`). The
+/// content type is not checked, so `curl -d` works without `-H`.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(BODY_LIMIT)
+            } else {
+                ApiError::malformed(rej.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses JSON, naming the failing field in the error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::malformed(
+            "the request body must be a JSON object",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::malformed(format!("invalid JSON: {inner}"));
+        }
+        let msg = inner.to_string();
+        // serde reports a missing field against its parent: name the field itself.
+        if let Some(name) = msg
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            let field = if path == "." {
+                name.to_owned()
+            } else {
+                format!("{path}.{name}")
+            };
+            return ApiError::invalid(field, format!("{name} is required"));
+        }
+        if path == "." {
+            return ApiError::malformed(format!("the request body must be a JSON object: {msg}"));
+        }
+        ApiError::invalid(path, msg)
+    })?;
+    de.end()
+        .map_err(|e| ApiError::malformed(format!("trailing data after the JSON value: {e}")))?;
+    Ok(value)
+}
+
+/// The IP address the request came from, when the server knows it.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(PeerIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_canonical()),
+        ))
+    }
+}
+
+/// Raw query pairs, so that repeated keys (`?tag=a&tag=b`) survive.
+#[derive(Debug, Default)]
+pub struct QueryPairs(pub Vec<(String, String)>);
+
+impl QueryPairs {
+    /// All values of `key`.
+    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A boolean parameter: `true`/`false`/`1`/`0`, or present without a value (`?all`).
+    pub fn flag(&self, key: &str) -> Result<Option<bool>, ApiError> {
+        match self.all(key).last() {
+            None => Ok(None),
+            Some("" | "true" | "1") => Ok(Some(true)),
+            Some("false" | "0") => Ok(Some(false)),
+            Some(other) => Err(ApiError::invalid(
+                key,
+                format!("{key} must be true or false, got {other:?}"),
+            )),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(query)
+            .map(QueryPairs)
+            .map_err(|e| ApiError::invalid("query", format!("malformed query string: {e}")))
+    }
+}

@@ -1,0 +1,115 @@
+//! The HTTP API: native `/v1` endpoints plus `/health`, `/ready` and `/metrics`.
+
+mod extract;
+mod ops;
+mod problem;
+mod services;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use tokio::time::Instant;
+
+pub use extract::BODY_LIMIT;
+pub use problem::ApiError;
+
+use crate::metrics::{Metrics, RequestLabels};
+use crate::model::Limits;
+use crate::registry::Registry;
+
+/// Everything the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The catalog.
+    pub registry: Arc<Registry>,
+    /// Validation limits.
+    pub limits: Arc<Limits>,
+    /// True once the catalog is loaded and writes are accepted.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// State over `registry`, ready at once (the in-memory catalog has nothing to load).
+    pub fn new(registry: Arc<Registry>, limits: Limits) -> Self {
+        AppState {
+            registry,
+            limits: Arc::new(limits),
+            ready: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        self.registry.metrics()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Builds the whole API.
+pub fn router(state: AppState) -> Router {
+    let instance = "/v1/services/{service}/instances/{id}";
+    Router::new()
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(ops::openapi))
+        .route("/v1/services", get(services::list_services))
+        .route("/v1/services/{service}", get(services::list_instances))
+        .route(
+            instance,
+            get(services::get_instance)
+                .put(services::register)
+                .delete(services::deregister),
+        )
+        .route(&format!("{instance}/heartbeat"), put(services::heartbeat))
+        .route(
+            &format!("{instance}/maintenance"),
+            put(services::maintenance),
+        )
+        .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Counts and times every request by route template and status.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let resp = next.run(req).await;
+    let labels = RequestLabels {
+        method,
+        route,
+        status: resp.status().as_u16(),
+    };
+    state
+        .metrics()
+        .observe_request(labels, start.elapsed().as_secs_f64());
+    resp
+}
+
+/// Adds `X-Roster-Index` to a response.
+fn with_index(index: u64, resp: impl IntoResponse) -> Response {
+    let mut resp = resp.into_response();
+    resp.headers_mut().insert(
+        HeaderName::from_static(roster_client::api::INDEX_HEADER),
+        HeaderValue::from(index),
+    );
+    resp
+}

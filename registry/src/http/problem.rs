@@ -1,0 +1,167 @@
+//! `ApiError`: every HTTP error as an RFC 9457 `application/problem+json` document.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use roster_client::api::Problem;
+
+use crate::catalog::CatalogError;
+use crate::model::FieldError;
+
+/// An HTTP error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    title: &'static str,
+    detail: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: String) -> Self {
+        ApiError {
+            status,
+            kind,
+            title,
+            detail,
+            field: None,
+        }
+    }
+
+    /// 400: a field of the request is wrong.
+    pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-field",
+            "Invalid request field",
+            detail.into(),
+        );
+        e.field = Some(field.into());
+        e
+    }
+
+    /// 400: the body is not valid JSON at all.
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-body",
+            "Malformed request body",
+            detail.into(),
+        );
+        e.field = Some("body".into());
+        e
+    }
+
+    /// 413: the body is over the size limit.
+    pub fn too_large(limit: usize) -> Self {
+        let mut e = Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            format!("request bodies are limited to {limit} bytes"),
+        );
+        e.field = Some("body".into());
+        e
+    }
+
+    /// 404 for a path that names no route.
+    pub fn no_route(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            "No such endpoint",
+            format!("no endpoint at {path}; see /v1/openapi.json"),
+        )
+    }
+
+    /// 405 for a known path with the wrong method.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("{method} is not allowed on {path}; see /v1/openapi.json"),
+        )
+    }
+
+    /// 503 while the registry is not ready.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Registry not ready",
+            detail.into(),
+        )
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::invalid(e.field, e.detail)
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        let detail = e.to_string();
+        match e {
+            CatalogError::NotFound { .. } => Self::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Instance not found",
+                detail,
+            ),
+            CatalogError::Conflict { .. } => {
+                let mut e = Self::new(
+                    StatusCode::CONFLICT,
+                    "id-conflict",
+                    "Instance id in use",
+                    detail,
+                );
+                e.field = Some("id".into());
+                e
+            }
+            CatalogError::Full { what, .. } => {
+                let mut e = Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "limit-exceeded",
+                    "Capacity limit reached",
+                    detail,
+                );
+                e.field = Some(
+                    if what.contains("per service") {
+                        "service"
+                    } else {
+                        "id"
+                    }
+                    .into(),
+                );
+                e
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = Problem {
+            kind: format!("urn:roster:problem:{}", self.kind),
+            title: self.title.into(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+            field: self.field,
+        };
+        let body = serde_json::to_vec(&problem).expect("problem serializes");
+        let mut resp = (self.status, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        resp
+    }
+}

@@ -1,0 +1,202 @@
+//! `/v1/services…` handlers.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use roster_client::api::{
+    self, Check, CheckKind, Health, MaintenanceRequest, RegisterRequest, ServiceInstances,
+    ServiceList, ServiceSummary, duration,
+};
+
+use super::extract::{JsonBody, PeerIp, QueryPairs};
+use super::{ApiError, AppState, with_index};
+use crate::catalog::{Command, Instance};
+use crate::model::{InstanceId, InstanceSpec, ServiceName, validate_reason};
+
+fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), ApiError> {
+    Ok((ServiceName::parse(service)?, InstanceId::parse(id)?))
+}
+
+/// The wire form of a catalog instance.
+pub(crate) fn to_api(inst: &Instance) -> api::Instance {
+    let spec = &inst.spec;
+    let checks = match (inst.lease, spec.ttl) {
+        (Some(status), Some(ttl)) => vec![Check {
+            id: "ttl".into(),
+            kind: CheckKind::Ttl,
+            status,
+            output: if status == Health::Critical {
+                format!("TTL expired: no heartbeat within {}", duration::format(ttl))
+            } else {
+                "lease renewed".into()
+            },
+        }],
+        _ => Vec::new(),
+    };
+    api::Instance {
+        id: inst.id.to_string(),
+        service: inst.service.to_string(),
+        address: spec.address.clone(),
+        port: spec.port,
+        tags: spec.tags.clone(),
+        meta: spec.meta.clone(),
+        weights: spec.weights,
+        health: inst.health(),
+        checks,
+        maintenance: inst.maintenance.as_ref().map(|reason| api::Maintenance {
+            reason: reason.clone(),
+        }),
+        ttl: spec.ttl,
+        deregister_critical_after: spec.deregister_critical_after,
+        create_index: inst.create_index,
+        modify_index: inst.modify_index,
+    }
+}
+
+pub(super) async fn register(
+    State(state): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    PeerIp(peer): PeerIp,
+    JsonBody(req): JsonBody<RegisterRequest>,
+) -> Result<Response, ApiError> {
+    let (service, id) = names(&service, &id)?;
+    let spec = InstanceSpec::from_request(req, peer, &state.limits)?;
+    let out = state.registry.apply(Command::Register {
+        service: service.clone(),
+        id: id.clone(),
+        spec,
+    })?;
+    let snap = state.registry.snapshot();
+    let inst = snap
+        .instance(service.as_str(), id.as_str())
+        .ok_or_else(|| ApiError::unavailable("instance vanished right after registration"))?;
+    let created = out.changed && inst.create_index == out.index;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(with_index(out.index, (status, Json(to_api(inst)))))
+}
+
+pub(super) async fn deregister(
+    State(state): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (service, id) = names(&service, &id)?;
+    let out = state.registry.apply(Command::Deregister { service, id })?;
+    Ok(with_index(out.index, StatusCode::NO_CONTENT))
+}
+
+pub(super) async fn heartbeat(
+    State(state): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (service, id) = names(&service, &id)?;
+    let out = state.registry.heartbeat(&service, &id)?;
+    Ok(with_index(out.index, StatusCode::NO_CONTENT))
+}
+
+pub(super) async fn maintenance(
+    State(state): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+    JsonBody(req): JsonBody<MaintenanceRequest>,
+) -> Result<Response, ApiError> {
+    let (service, id) = names(&service, &id)?;
+    let reason = validate_reason(req.reason)?;
+    let out = state.registry.apply(Command::SetMaintenance {
+        service: service.clone(),
+        id: id.clone(),
+        reason: req.enabled.then_some(reason),
+    })?;
+    let snap = state.registry.snapshot();
+    let inst = snap
+        .instance(service.as_str(), id.as_str())
+        .ok_or_else(|| ApiError::unavailable("instance vanished during the update"))?;
+    Ok(with_index(out.index, Json(to_api(inst))))
+}
+
+pub(super) async fn get_instance(
+    State(state): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (service, id) = names(&service, &id)?;
+    let snap = state.registry.snapshot();
+    let inst = snap
+        .instance(service.as_str(), id.as_str())
+        .ok_or_else(|| {
+            ApiError::from(crate::catalog::CatalogError::NotFound {
+                service: service.to_string(),
+                id: id.to_string(),
+            })
+        })?;
+    Ok(with_index(inst.modify_index, Json(to_api(inst))))
+}
+
+pub(super) async fn list_services(State(state): State<AppState>) -> Response {
+    let snap = state.registry.snapshot();
+    let services = snap
+        .services
+        .iter()
+        .map(|(name, svc)| {
+            let mut counts = [0usize; 3];
+            let mut tags = BTreeSet::new();
+            for inst in svc.instances.values() {
+                counts[inst.health() as usize] += 1;
+                tags.extend(inst.spec.tags.iter().cloned());
+            }
+            ServiceSummary {
+                name: name.to_string(),
+                instances: svc.instances.len(),
+                passing: counts[0],
+                warning: counts[1],
+                critical: counts[2],
+                tags: tags.into_iter().collect(),
+                modify_index: svc.modify_index,
+            }
+        })
+        .collect();
+    with_index(
+        snap.index,
+        Json(ServiceList {
+            index: snap.index,
+            services,
+        }),
+    )
+}
+
+pub(super) async fn list_instances(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let service = ServiceName::parse(&service)?;
+    let all = query.flag("all")?.unwrap_or(false) || !query.flag("healthy")?.unwrap_or(true);
+    let tags: Vec<&str> = query.all("tag").collect();
+    let snap = state.registry.snapshot();
+    // An unknown service is an empty one: watchers of a service that has no
+    // instances yet get an answer, not an error. Its index is the global one.
+    let (index, instances) = match snap.services.get(service.as_str()) {
+        Some(svc) => (
+            svc.modify_index,
+            svc.instances
+                .values()
+                .filter(|i| all || i.health() != Health::Critical)
+                .filter(|i| tags.iter().all(|t| i.spec.tags.iter().any(|x| x == t)))
+                .map(|i| to_api(i))
+                .collect(),
+        ),
+        None => (snap.index, Vec::new()),
+    };
+    Ok(with_index(
+        index,
+        Json(ServiceInstances {
+            service: service.to_string(),
+            index,
+            instances,
+        }),
+    ))
+}

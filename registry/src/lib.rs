@@ -1,0 +1,12 @@
+//! The roster service registry: catalog, leases, HTTP API and the `roster` binary.
+#![warn(missing_docs)]
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod model;
+pub mod registry;
+pub mod server;

@@ -1,0 +1,60 @@
+//! The `roster` binary: parse the command line, then serve or run a client command.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use roster_registry::cli::{Cli, Command, run_client};
+use roster_registry::config::Config;
+use roster_registry::server::Server;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Serve(args) => serve(args).await,
+        _ => run_client(&cli, &mut std::io::stdout().lock())
+            .await
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roster: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: &roster_registry::config::ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(args)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .init();
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    let shutdown = CancellationToken::new();
+    let server = Server::start(&config, listener, shutdown.clone())?;
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received, shutting down");
+        shutdown.cancel();
+    });
+    server.wait().await.context("server failed")
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,178 @@
+//! Prometheus metrics, rendered in the text exposition format at `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry as PromRegistry;
+use roster_client::api::Health;
+
+use crate::catalog::Snapshot;
+
+/// Labels of an HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// HTTP method.
+    pub method: String,
+    /// Route template, e.g. `/v1/services/{service}`, or `unmatched`.
+    pub route: String,
+    /// Status code.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    health: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// How a heartbeat ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeartbeatResult {
+    /// Lease renewed on the fast path.
+    Renewed,
+    /// Lease had expired; health went back to passing.
+    Revived,
+    /// Instance unknown (404).
+    Unknown,
+}
+
+/// All of roster's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: PromRegistry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<RequestLabels, Histogram>,
+    heartbeats: Family<ResultLabels, Counter>,
+    expirations: Counter,
+    reaped: Counter,
+    instances: Family<HealthLabels, Gauge>,
+    services: Gauge,
+    index: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = PromRegistry::with_prefix("roster");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        let request_seconds = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0005, 0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10.0])
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            request_seconds.clone(),
+        );
+        let heartbeats = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "heartbeats",
+            "Heartbeats received, by result",
+            heartbeats.clone(),
+        );
+        let expirations = Counter::default();
+        registry.register(
+            "lease_expirations",
+            "TTL leases that ran out",
+            expirations.clone(),
+        );
+        let reaped = Counter::default();
+        registry.register(
+            "instances_reaped",
+            "Instances removed after staying critical past deregister_critical_after",
+            reaped.clone(),
+        );
+        let instances = Family::<HealthLabels, Gauge>::default();
+        registry.register(
+            "instances",
+            "Registered instances by health",
+            instances.clone(),
+        );
+        let services = Gauge::default();
+        registry.register(
+            "services",
+            "Services with at least one instance",
+            services.clone(),
+        );
+        let index = Gauge::default();
+        registry.register("catalog_index", "Global catalog index", index.clone());
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            heartbeats,
+            expirations,
+            reaped,
+            instances,
+            services,
+            index,
+        }
+    }
+
+    /// Counts one HTTP request.
+    pub fn observe_request(&self, labels: RequestLabels, seconds: f64) {
+        self.request_seconds.get_or_create(&labels).observe(seconds);
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Counts one heartbeat.
+    pub fn heartbeat(&self, result: HeartbeatResult) {
+        let result = match result {
+            HeartbeatResult::Renewed => "renewed",
+            HeartbeatResult::Revived => "revived",
+            HeartbeatResult::Unknown => "unknown",
+        };
+        self.heartbeats
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts expirations and removals done by the reaper.
+    pub fn reaper(&self, expired: u32, reaped: u32) {
+        self.expirations.inc_by(u64::from(expired));
+        self.reaped.inc_by(u64::from(reaped));
+    }
+
+    /// Renders all metrics, with catalog gauges taken from `snap`.
+    pub fn render(&self, snap: &Snapshot) -> String {
+        let mut counts = [0i64; 3];
+        for svc in snap.services.values() {
+            for inst in svc.instances.values() {
+                counts[inst.health() as usize] += 1;
+            }
+        }
+        for (health, n) in [Health::Passing, Health::Warning, Health::Critical]
+            .into_iter()
+            .zip(counts)
+        {
+            self.instances
+                .get_or_create(&HealthLabels {
+                    health: health.as_str(),
+                })
+                .set(n);
+        }
+        self.services.set(snap.services.len() as i64);
+        self.index
+            .set(i64::try_from(snap.index).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

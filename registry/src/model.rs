@@ -1,0 +1,447 @@
+//! Validated domain types: what the catalog stores once a request passed validation.
+//!
+//! Validation lives here, next to the types, so the HTTP API, the CLI and (later)
+//! the Consul layer all apply the same rules. Every error names the field it is
+//! about, in the spelling of the request body.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use roster_client::api::{RegisterRequest, Weights};
+
+/// Limits on what a client controls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most tags per instance.
+    pub max_tags: usize,
+    /// Most metadata entries per instance.
+    pub max_meta: usize,
+    /// Longest tag, metadata key or id, in bytes.
+    pub max_label_len: usize,
+    /// Longest metadata value, in bytes.
+    pub max_meta_value_len: usize,
+    /// Shortest and longest lease.
+    pub ttl_range: (Duration, Duration),
+    /// Shortest and longest `deregister_critical_after`.
+    pub dereg_range: (Duration, Duration),
+    /// Default `deregister_critical_after`.
+    pub default_deregister_critical_after: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_tags: 64,
+            max_meta: 64,
+            max_label_len: 128,
+            max_meta_value_len: 512,
+            ttl_range: (Duration::from_secs(1), Duration::from_secs(24 * 3600)),
+            dereg_range: (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600)),
+            default_deregister_critical_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A rejected input, naming the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {detail}")]
+pub struct FieldError {
+    /// The field, e.g. `port`, `tags[2]`, `meta.owner`.
+    pub field: String,
+    /// What is wrong with it.
+    pub detail: String,
+}
+
+impl FieldError {
+    /// A new error for `field`.
+    pub fn new(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A service name: a DNS label (`[a-z0-9-]`, 1–63 characters, no leading or trailing
+/// hyphen), stored in lowercase because lookups are case-insensitive.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName(Arc<str>);
+
+impl ServiceName {
+    /// Validates and lowercases `raw`.
+    ///
+    /// ```
+    /// use roster_registry::model::ServiceName;
+    /// assert_eq!(ServiceName::parse("Web-API").unwrap().as_str(), "web-api");
+    /// assert!(ServiceName::parse("-web").is_err());
+    /// assert!(ServiceName::parse("web_api").is_err());
+    /// ```
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        let fail = |d: &str| Err(FieldError::new("service", format!("{d}: {raw:?}")));
+        if raw.is_empty() || raw.len() > 63 {
+            return fail("service names are 1 to 63 characters");
+        }
+        if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return fail("service names may hold only letters, digits and '-'");
+        }
+        if raw.starts_with('-') || raw.ends_with('-') {
+            return fail("service names may not start or end with '-'");
+        }
+        Ok(ServiceName(raw.to_ascii_lowercase().into()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shared string.
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An instance id: 1–128 characters of `[A-Za-z0-9._:-]`, unique in the registry
+/// and case-sensitive.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceId(Arc<str>);
+
+impl InstanceId {
+    /// Validates `raw`.
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        if raw.is_empty() || raw.len() > 128 {
+            return Err(FieldError::new(
+                "id",
+                format!("instance ids are 1 to 128 characters: {raw:?}"),
+            ));
+        }
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        {
+            return Err(FieldError::new(
+                "id",
+                format!(
+                    "instance ids may hold only letters, digits, '.', '_', ':' and '-': {raw:?}"
+                ),
+            ));
+        }
+        Ok(InstanceId(raw.into()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shared string.
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceSpec {
+    /// IP address (canonical form) or lowercase hostname.
+    pub address: String,
+    /// Port, 1–65535.
+    pub port: u16,
+    /// Tags, duplicates removed, order kept.
+    pub tags: Vec<String>,
+    /// Metadata.
+    pub meta: BTreeMap<String, String>,
+    /// Weights.
+    pub weights: Weights,
+    /// Lease length; `None` means the instance never expires.
+    pub ttl: Option<Duration>,
+    /// Time in critical before removal.
+    pub deregister_critical_after: Duration,
+}
+
+impl InstanceSpec {
+    /// Validates a registration body. `peer` is the address the request came from,
+    /// used when the body has no address.
+    pub fn from_request(
+        req: RegisterRequest,
+        peer: Option<IpAddr>,
+        limits: &Limits,
+    ) -> Result<Self, FieldError> {
+        let address = match req.address.as_deref().map(str::trim) {
+            Some("") | None => match peer {
+                Some(ip) => ip.to_string(),
+                None => {
+                    return Err(FieldError::new(
+                        "address",
+                        "address is required (the request's source address is unknown)",
+                    ));
+                }
+            },
+            Some(a) => validate_address(a)?,
+        };
+        if req.port == 0 {
+            return Err(FieldError::new("port", "port must be between 1 and 65535"));
+        }
+        if req.tags.len() > limits.max_tags {
+            return Err(FieldError::new(
+                "tags",
+                format!(
+                    "at most {} tags are allowed, got {}",
+                    limits.max_tags,
+                    req.tags.len()
+                ),
+            ));
+        }
+        let mut tags: Vec<String> = Vec::with_capacity(req.tags.len());
+        for (i, tag) in req.tags.into_iter().enumerate() {
+            check_text(&format!("tags[{i}]"), &tag, 1, limits.max_label_len)?;
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        if req.meta.len() > limits.max_meta {
+            return Err(FieldError::new(
+                "meta",
+                format!(
+                    "at most {} metadata entries are allowed, got {}",
+                    limits.max_meta,
+                    req.meta.len()
+                ),
+            ));
+        }
+        for (k, v) in &req.meta {
+            let field = format!("meta.{k}");
+            check_text(&field, k, 1, limits.max_label_len)?;
+            if !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            {
+                return Err(FieldError::new(
+                    field,
+                    "metadata keys may hold only letters, digits, '_', '-' and '.'",
+                ));
+            }
+            check_text(&field, v, 0, limits.max_meta_value_len)?;
+        }
+        if req.weights.passing == 0 || req.weights.passing > 65535 {
+            return Err(FieldError::new(
+                "weights.passing",
+                "weights.passing must be between 1 and 65535",
+            ));
+        }
+        if req.weights.warning > 65535 {
+            return Err(FieldError::new(
+                "weights.warning",
+                "weights.warning must be between 0 and 65535",
+            ));
+        }
+        if let Some(ttl) = req.ttl {
+            check_range("ttl", ttl, limits.ttl_range)?;
+        }
+        let deregister_critical_after = req
+            .deregister_critical_after
+            .unwrap_or(limits.default_deregister_critical_after);
+        check_range(
+            "deregister_critical_after",
+            deregister_critical_after,
+            limits.dereg_range,
+        )?;
+        Ok(InstanceSpec {
+            address,
+            port: req.port,
+            tags,
+            meta: req.meta,
+            weights: req.weights,
+            ttl: req.ttl,
+            deregister_critical_after,
+        })
+    }
+}
+
+/// Validates a maintenance reason.
+pub fn validate_reason(reason: Option<String>) -> Result<String, FieldError> {
+    let reason = reason.unwrap_or_default();
+    check_text("reason", &reason, 0, 256)?;
+    Ok(reason)
+}
+
+fn check_range(field: &str, d: Duration, (lo, hi): (Duration, Duration)) -> Result<(), FieldError> {
+    use roster_client::api::duration::format;
+    if d < lo || d > hi {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{field} must be between {} and {}, got {}",
+                format(lo),
+                format(hi),
+                format(d)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, s: &str, min: usize, max: usize) -> Result<(), FieldError> {
+    if s.len() < min || s.len() > max {
+        return Err(FieldError::new(
+            field,
+            format!("must be {min} to {max} bytes long, got {}", s.len()),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "control characters are not allowed"));
+    }
+    Ok(())
+}
+
+/// Accepts an IP address or an RFC 1123 hostname; returns its canonical form.
+fn validate_address(raw: &str) -> Result<String, FieldError> {
+    if let Ok(ip) = raw.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    let host = raw.strip_suffix('.').unwrap_or(raw);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(FieldError::new(
+            "address",
+            format!("address must be an IP address or a hostname: {raw:?}"),
+        ));
+    }
+    // A dotted all-numeric name would look like a malformed IPv4 address.
+    if host
+        .split('.')
+        .all(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(FieldError::new(
+            "address",
+            format!("not a valid IP address: {raw:?}"),
+        ));
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> RegisterRequest {
+        RegisterRequest {
+            address: Some("10.0.0.1".into()),
+            port: 80,
+            ..Default::default()
+        }
+    }
+
+    fn field_of(r: RegisterRequest) -> String {
+        InstanceSpec::from_request(r, None, &Limits::default())
+            .unwrap_err()
+            .field
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(validate_address("::1").unwrap(), "::1");
+        assert_eq!(
+            validate_address("Db-1.Example.com.").unwrap(),
+            "db-1.example.com"
+        );
+        assert!(validate_address("10.0.0.256").is_err());
+        assert!(validate_address("bad_host").is_err());
+        assert!(validate_address("-a.com").is_err());
+    }
+
+    #[test]
+    fn peer_address_fills_a_missing_one() {
+        let r = RegisterRequest {
+            address: None,
+            ..req()
+        };
+        let spec = InstanceSpec::from_request(
+            r.clone(),
+            Some("192.0.2.9".parse().unwrap()),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(spec.address, "192.0.2.9");
+        assert_eq!(field_of(r), "address");
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        assert_eq!(field_of(RegisterRequest { port: 0, ..req() }), "port");
+        assert_eq!(
+            field_of(RegisterRequest {
+                tags: vec!["ok".into(), String::new()],
+                ..req()
+            }),
+            "tags[1]"
+        );
+        assert_eq!(
+            field_of(RegisterRequest {
+                tags: vec!["t".into(); 65],
+                ..req()
+            }),
+            "tags"
+        );
+        let meta = [("bad key".to_string(), "v".to_string())].into();
+        assert_eq!(field_of(RegisterRequest { meta, ..req() }), "meta.bad key");
+        let meta = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
+        assert_eq!(field_of(RegisterRequest { meta, ..req() }), "meta");
+        assert_eq!(
+            field_of(RegisterRequest {
+                ttl: Some(Duration::from_millis(10)),
+                ..req()
+            }),
+            "ttl"
+        );
+        assert_eq!(
+            field_of(RegisterRequest {
+                deregister_critical_after: Some(Duration::from_secs(30 * 86400)),
+                ..req()
+            }),
+            "deregister_critical_after"
+        );
+        assert_eq!(
+            field_of(RegisterRequest {
+                weights: Weights {
+                    passing: 0,
+                    warning: 1
+                },
+                ..req()
+            }),
+            "weights.passing"
+        );
+    }
+
+    #[test]
+    fn duplicate_tags_are_dropped_in_order() {
+        let r = RegisterRequest {
+            tags: vec!["b".into(), "a".into(), "b".into()],
+            ..req()
+        };
+        let spec = InstanceSpec::from_request(r, None, &Limits::default()).unwrap();
+        assert_eq!(spec.tags, ["b", "a"]);
+        assert_eq!(spec.deregister_critical_after, Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,136 @@
+//! The running registry: the catalog behind a lock for writers, a published
+//! snapshot for readers, the heartbeat fast path, and the reaper task.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{Catalog, CatalogError, CatalogLimits, Command, Outcome, Snapshot};
+use crate::lease::{LeaseTable, Renewal};
+use crate::metrics::{HeartbeatResult, Metrics};
+use crate::model::{InstanceId, ServiceName};
+
+/// Shared handle to the catalog used by the HTTP API, the reaper and (later) DNS.
+#[derive(Debug)]
+pub struct Registry {
+    catalog: Mutex<Catalog>,
+    leases: Arc<LeaseTable>,
+    snapshot: ArcSwap<Snapshot>,
+    epoch: Instant,
+    reaper_wake: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(limits: CatalogLimits, metrics: Arc<Metrics>) -> Self {
+        let epoch = Instant::now();
+        let catalog = Catalog::new(epoch, limits);
+        Registry {
+            leases: catalog.leases().clone(),
+            snapshot: ArcSwap::from_pointee(catalog.snapshot().clone()),
+            catalog: Mutex::new(catalog),
+            epoch,
+            reaper_wake: Notify::new(),
+            metrics,
+        }
+    }
+
+    /// The metrics this registry reports to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The latest published state. Never waits for writers.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Catalog> {
+        // The catalog is only mutated inside `apply`, which does not panic halfway on
+        // valid states; a poisoned lock still holds a consistent catalog.
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a command now and publishes the new state.
+    pub fn apply(&self, cmd: Command) -> Result<Outcome, CatalogError> {
+        let mut catalog = self.lock();
+        let before = catalog.next_deadline();
+        let out = catalog.apply(cmd, Instant::now())?;
+        if out.changed {
+            self.snapshot.store(Arc::new(catalog.snapshot().clone()));
+        }
+        let after = catalog.next_deadline();
+        drop(catalog);
+        if let Some(after) = after
+            && before.is_none_or(|b| after < b)
+        {
+            self.reaper_wake.notify_one();
+        }
+        if out.expired > 0 || out.reaped > 0 {
+            self.metrics.reaper(out.expired, out.reaped);
+        }
+        Ok(out)
+    }
+
+    /// Renews an instance's lease. The common case touches one atomic and takes no
+    /// catalog lock; an expired lease goes through the catalog to flip health back.
+    pub fn heartbeat(
+        &self,
+        service: &ServiceName,
+        id: &InstanceId,
+    ) -> Result<Outcome, CatalogError> {
+        let now = u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.epoch)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX >> 1);
+        if self.leases.renew(service.as_str(), id.as_str(), now) == Renewal::Renewed {
+            self.metrics.heartbeat(HeartbeatResult::Renewed);
+            return Ok(Outcome {
+                index: self.snapshot.load().index,
+                ..Outcome::default()
+            });
+        }
+        let result = self.apply(Command::Heartbeat {
+            service: service.clone(),
+            id: id.clone(),
+        });
+        self.metrics.heartbeat(match &result {
+            Ok(out) if out.changed => HeartbeatResult::Revived,
+            Ok(_) => HeartbeatResult::Renewed,
+            Err(_) => HeartbeatResult::Unknown,
+        });
+        result
+    }
+
+    /// Expires leases and removes long-critical instances as their deadlines come,
+    /// until `cancel` fires. One task serves every lease: it sleeps until the
+    /// earliest deadline and is woken early only when an earlier one appears.
+    pub async fn run_reaper(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let next = self.lock().next_deadline();
+            let due = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.reaper_wake.notified() => {}
+                () = due => {
+                    if let Ok(out) = self.apply(Command::Tick)
+                        && (out.expired > 0 || out.reaped > 0)
+                    {
+                        tracing::info!(expired = out.expired, reaped = out.reaped, index = out.index, "leases expired");
+                    }
+                }
+            }
+        }
+    }
+}
