@@ -35,9 +35,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// Parses JSON, naming the failing field in the error.
+/// Parses a JSON object, naming the failing field in the error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // serde would also read a struct from an array, field by field in declaration
+    // order; a body like `["10.0.0.1", 80]` must be refused, not guessed at.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::malformed(
             "the request body must be a JSON object",
         ));
