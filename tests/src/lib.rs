@@ -1,1 +1,62 @@
-//! x
+//! Shared harness for roster's end-to-end tests: real servers started in-process
+//! on port 0, real clients.
+#![warn(missing_docs)]
+
+use roster_registry::config::Config;
+use roster_registry::server::Server;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A registry server running in this process. Dropping it shuts the server down.
+#[derive(Debug)]
+pub struct TestRegistry {
+    server: Option<Server>,
+    shutdown: CancellationToken,
+    url: String,
+}
+
+impl TestRegistry {
+    /// Starts a registry with the default configuration on 127.0.0.1:0.
+    pub async fn start() -> Self {
+        Self::start_with(Config::default()).await
+    }
+
+    /// Starts a registry with `config` (its address is ignored: port 0 is used).
+    pub async fn start_with(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let shutdown = CancellationToken::new();
+        let server = Server::start(&config, listener, shutdown.clone()).expect("server starts");
+        let url = format!("http://{}", server.local_addr());
+        TestRegistry {
+            server: Some(server),
+            shutdown,
+            url,
+        }
+    }
+
+    /// Base URL of the HTTP API.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The server.
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.wait().await.expect("server stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,204 @@
+//! Lease behaviour of the running registry (catalog + reaper task), on tokio's
+//! paused clock: hours of lease time run in milliseconds, with no wall-clock
+//! assertions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use roster_client::api::{Health, RegisterRequest};
+use roster_registry::catalog::{CatalogError, CatalogLimits, Command};
+use roster_registry::metrics::Metrics;
+use roster_registry::model::{InstanceId, InstanceSpec, Limits, ServiceName};
+use roster_registry::registry::Registry;
+use tokio::time::sleep;
+use tokio_util::sync::CancellationToken;
+
+struct Harness {
+    registry: Arc<Registry>,
+    cancel: CancellationToken,
+}
+
+impl Harness {
+    fn start(limits: CatalogLimits) -> Self {
+        let registry = Arc::new(Registry::new(limits, Arc::new(Metrics::new())));
+        let cancel = CancellationToken::new();
+        tokio::spawn(registry.clone().run_reaper(cancel.clone()));
+        Harness { registry, cancel }
+    }
+
+    fn register(&self, service: &str, id: &str, ttl: u64, dca: u64) {
+        let req = RegisterRequest {
+            address: Some("10.0.0.1".into()),
+            port: 80,
+            ttl: Some(Duration::from_secs(ttl)),
+            deregister_critical_after: Some(Duration::from_secs(dca)),
+            ..Default::default()
+        };
+        let spec = InstanceSpec::from_request(req, None, &Limits::default()).unwrap();
+        self.registry
+            .apply(Command::Register {
+                service: ServiceName::parse(service).unwrap(),
+                id: InstanceId::parse(id).unwrap(),
+                spec,
+            })
+            .unwrap();
+    }
+
+    fn heartbeat(&self, service: &str, id: &str) -> Result<bool, CatalogError> {
+        self.registry
+            .heartbeat(
+                &ServiceName::parse(service).unwrap(),
+                &InstanceId::parse(id).unwrap(),
+            )
+            .map(|out| out.changed)
+    }
+
+    fn health(&self, service: &str, id: &str) -> Option<Health> {
+        self.registry
+            .snapshot()
+            .instance(service, id)
+            .map(|i| i.health())
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.registry.metrics().render(&self.registry.snapshot());
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing in\n{text}"))
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_instance_turns_critical_after_ttl_and_is_removed_later() {
+    let h = Harness::start(CatalogLimits::default());
+    h.register("web", "a", 10, 60);
+    sleep(secs(9.9)).await;
+    assert_eq!(h.health("web", "a"), Some(Health::Passing));
+    sleep(secs(0.2)).await;
+    assert_eq!(h.health("web", "a"), Some(Health::Critical));
+    assert_eq!(h.metric("roster_lease_expirations_total"), 1.0);
+    sleep(secs(59.8)).await;
+    assert_eq!(h.health("web", "a"), Some(Health::Critical));
+    sleep(secs(0.2)).await;
+    assert_eq!(h.health("web", "a"), None);
+    assert_eq!(h.metric("roster_instances_reaped_total"), 1.0);
+    assert!(matches!(
+        h.heartbeat("web", "a"),
+        Err(CatalogError::NotFound { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeating_instance_never_expires_and_heartbeats_do_not_move_the_index() {
+    let h = Harness::start(CatalogLimits::default());
+    h.register("web", "a", 9, 5);
+    let index = h.registry.snapshot().index;
+    // Ten simulated hours of heartbeats every ttl/3.
+    for _ in 0..(10 * 3600 / 3) {
+        sleep(secs(3.0)).await;
+        assert_eq!(h.heartbeat("web", "a"), Ok(false));
+        assert_eq!(h.health("web", "a"), Some(Health::Passing));
+    }
+    assert_eq!(h.registry.snapshot().index, index);
+    assert_eq!(h.metric("roster_lease_expirations_total"), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeat_after_expiry_brings_the_instance_back() {
+    let h = Harness::start(CatalogLimits::default());
+    h.register("web", "a", 5, 60);
+    sleep(secs(6.0)).await;
+    assert_eq!(h.health("web", "a"), Some(Health::Critical));
+    let index = h.registry.snapshot().index;
+    assert_eq!(h.heartbeat("web", "a"), Ok(true));
+    assert_eq!(h.health("web", "a"), Some(Health::Passing));
+    assert_eq!(h.registry.snapshot().index, index + 1);
+    // The pending removal was cancelled: long after the first deadline it is still here.
+    sleep(secs(61.0)).await;
+    assert_eq!(
+        h.health("web", "a"),
+        Some(Health::Critical),
+        "expired again, not removed yet"
+    );
+    sleep(secs(5.0)).await;
+    assert_eq!(h.health("web", "a"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_earlier_deadline_wakes_the_sleeping_reaper() {
+    let h = Harness::start(CatalogLimits::default());
+    h.register("web", "slow", 3600, 60);
+    sleep(secs(1.0)).await; // the reaper now sleeps until the one-hour deadline
+    h.register("web", "fast", 2, 60);
+    sleep(secs(2.1)).await;
+    assert_eq!(h.health("web", "fast"), Some(Health::Critical));
+    assert_eq!(h.health("web", "slow"), Some(Health::Passing));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_leases_expire_with_one_reaper_task() {
+    let limits = CatalogLimits {
+        max_instances_per_service: 10_000,
+        max_instances: 10_000,
+    };
+    let h = Harness::start(limits);
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(tasks(), 1, "only the reaper runs");
+    for i in 0..10_000 {
+        // Deadlines spread over whole seconds 10..19 so the reaper wakes many times;
+        // the test looks at half-seconds, never at the same instant as a deadline.
+        h.register("web", &format!("i{i}"), 10 + (i % 10), 20);
+    }
+    assert_eq!(tasks(), 1, "registering adds no tasks");
+    // Even-numbered instances heartbeat every 2.5 s until t = 12.5 s.
+    for _ in 0..5 {
+        sleep(secs(2.5)).await;
+        for i in (0..10_000).step_by(2) {
+            h.heartbeat("web", &format!("i{i}")).unwrap();
+        }
+    }
+    // t = 12.5 s: the silent ones with ttl <= 12 s have expired, no live one has.
+    let snap = h.registry.snapshot();
+    for (id, inst) in &snap.services["web"].instances {
+        let i: u64 = id[1..].parse().unwrap();
+        let want = if i % 2 == 1 && 10 + (i % 10) <= 12 {
+            Health::Critical
+        } else {
+            Health::Passing
+        };
+        assert_eq!(inst.health(), want, "instance {id}");
+    }
+    // t = 40.5 s: every silent lease expired by 19 s and was removed by 39 s; the
+    // others expired between 22.5 s and 31.5 s and are due for removal from 42.5 s.
+    sleep(secs(28.0)).await;
+    let snap = h.registry.snapshot();
+    assert_eq!(snap.instance_count(), 5_000);
+    assert!(
+        snap.services["web"]
+            .instances
+            .values()
+            .all(|i| i.health() == Health::Critical)
+    );
+    assert_eq!(h.metric("roster_lease_expirations_total"), 10_000.0);
+    assert_eq!(h.metric("roster_instances_reaped_total"), 5_000.0);
+    // t = 52 s: all gone.
+    sleep(secs(11.5)).await;
+    assert_eq!(h.registry.snapshot().instance_count(), 0);
+    assert!(h.registry.snapshot().services.is_empty());
+    assert_eq!(tasks(), 1);
+}
