@@ -196,6 +196,20 @@ pub struct ServiceInstances {
     pub instances: Vec<Instance>,
 }
 
+/// One event of a watch stream (`GET /v1/watch`, `GET /v1/services/{service}/watch`):
+/// the complete current set of a service's instances, whatever their health.
+/// Apply it by replacing what you hold for `service`; an empty list means the
+/// service has no instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEvent {
+    /// Service name.
+    pub service: String,
+    /// Index of this state of the service.
+    pub index: u64,
+    /// Every instance, critical ones included, ordered by id.
+    pub instances: Vec<Instance>,
+}
+
 /// One row of `GET /v1/services`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSummary {

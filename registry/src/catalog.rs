@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imbl::OrdMap;
-use roster_client::api::Health;
+use roster_client::api::{self, Health};
 use tokio::time::Instant;
 
 use crate::lease::{Lease, LeaseTable};
@@ -134,6 +134,45 @@ impl Instance {
         }
         self.lease.unwrap_or(Health::Passing)
     }
+
+    /// The wire form of this instance.
+    pub fn to_api(&self) -> api::Instance {
+        let spec = &self.spec;
+        let checks = match (self.lease, spec.ttl) {
+            (Some(status), Some(ttl)) => vec![api::Check {
+                id: "ttl".into(),
+                kind: api::CheckKind::Ttl,
+                status,
+                output: if status == Health::Critical {
+                    format!(
+                        "TTL expired: no heartbeat within {}",
+                        api::duration::format(ttl)
+                    )
+                } else {
+                    "lease renewed".into()
+                },
+            }],
+            _ => Vec::new(),
+        };
+        api::Instance {
+            id: self.id.to_string(),
+            service: self.service.to_string(),
+            address: spec.address.clone(),
+            port: spec.port,
+            tags: spec.tags.clone(),
+            meta: spec.meta.clone(),
+            weights: spec.weights,
+            health: self.health(),
+            checks,
+            maintenance: self.maintenance.as_ref().map(|reason| api::Maintenance {
+                reason: reason.clone(),
+            }),
+            ttl: spec.ttl,
+            deregister_critical_after: spec.deregister_critical_after,
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+        }
+    }
 }
 
 /// A service and its instances.
@@ -150,6 +189,9 @@ pub struct ServiceState {
 pub struct Snapshot {
     /// Global index.
     pub index: u64,
+    /// Index of the last change to the set of service names (a service appeared
+    /// or disappeared): the index of every service that has no instances.
+    pub names_index: u64,
     /// Services by name; a service exists while it has instances.
     pub services: OrdMap<Arc<str>, ServiceState>,
 }
@@ -158,6 +200,14 @@ impl Snapshot {
     /// Looks up one instance.
     pub fn instance(&self, service: &str, id: &str) -> Option<&Arc<Instance>> {
         self.services.get(service)?.instances.get(id)
+    }
+
+    /// Index of a service's data: its last change, or for a service without
+    /// instances the last change to the set of names.
+    pub fn service_index(&self, service: &str) -> u64 {
+        self.services
+            .get(service)
+            .map_or(self.names_index, |s| s.modify_index)
     }
 
     /// Total number of instances.
@@ -207,6 +257,7 @@ pub struct Catalog {
     timers: BTreeSet<(u64, Timer, Arc<str>)>,
     leases: Arc<LeaseTable>,
     limits: CatalogLimits,
+    touched: Vec<Arc<str>>,
 }
 
 impl Catalog {
@@ -215,11 +266,18 @@ impl Catalog {
     pub fn new(epoch: Instant, limits: CatalogLimits) -> Self {
         Catalog {
             epoch,
-            state: Snapshot::default(),
+            // The empty catalog is at index 1, so no state ever has index 0: a
+            // client passing 0 in a blocking query means "I have nothing yet".
+            state: Snapshot {
+                index: 1,
+                names_index: 1,
+                services: OrdMap::new(),
+            },
             records: HashMap::new(),
             timers: BTreeSet::new(),
             leases: Arc::new(LeaseTable::default()),
             limits,
+            touched: Vec::new(),
         }
     }
 
@@ -245,8 +303,14 @@ impl Catalog {
             .map(|(due, _, _)| self.epoch + Duration::from_nanos(*due))
     }
 
+    /// Services changed by the last [`Catalog::apply`], each once, in name order.
+    pub fn touched(&self) -> &[Arc<str>] {
+        &self.touched
+    }
+
     /// Applies `cmd` at time `now`.
     pub fn apply(&mut self, cmd: Command, now: Instant) -> Result<Outcome, CatalogError> {
+        self.touched.clear();
         let now = self.clock(now);
         let next = self.state.index + 1;
         let mut out = Outcome {
@@ -286,6 +350,8 @@ impl Catalog {
         if out.changed {
             self.state.index = next;
             out.index = next;
+            self.touched.sort_unstable();
+            self.touched.dedup();
         }
         Ok(out)
     }
@@ -439,6 +505,10 @@ impl Catalog {
     /// Stores a changed instance and stamps the index on it and its service.
     fn put(&mut self, mut inst: Instance, index: u64) {
         inst.modify_index = index;
+        self.touched.push(inst.service.clone());
+        if !self.state.services.contains_key(&inst.service) {
+            self.state.names_index = index;
+        }
         let svc = self.state.services.entry(inst.service.clone()).or_default();
         svc.modify_index = index;
         svc.instances.insert(inst.id.clone(), Arc::new(inst));
@@ -462,8 +532,10 @@ impl Catalog {
             svc.modify_index = index;
             if svc.instances.is_empty() {
                 self.state.services.remove(&rec.service);
+                self.state.names_index = index;
             }
         }
+        self.touched.push(rec.service);
     }
 
     fn tick(&mut self, now: u64, next: u64, out: &mut Outcome) -> bool {
@@ -547,14 +619,14 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Catalog::new(t0, CatalogLimits::default());
         let out = c.apply(reg("web", "a", Some(10)), t0).unwrap();
-        assert_eq!(out.index, 1);
+        assert_eq!(out.index, 2, "the empty catalog is at index 1");
         assert_eq!(c.next_deadline(), Some(t0 + Duration::from_secs(10)));
         let out = c.apply(Command::Tick, t0 + Duration::from_secs(9)).unwrap();
         assert!(!out.changed);
         let out = c
             .apply(Command::Tick, t0 + Duration::from_secs(10))
             .unwrap();
-        assert_eq!((out.changed, out.expired, out.index), (true, 1, 2));
+        assert_eq!((out.changed, out.expired, out.index), (true, 1, 3));
         assert_eq!(
             c.snapshot().instance("web", "a").unwrap().health(),
             Health::Critical
@@ -575,7 +647,7 @@ mod tests {
         c.apply(reg("web", "a", None), t0).unwrap();
         let err = c.apply(reg("db", "a", None), t0).unwrap_err();
         assert!(matches!(err, CatalogError::Conflict { .. }));
-        assert_eq!(c.snapshot().index, 1);
+        assert_eq!(c.snapshot().index, 2);
     }
 
     #[test]

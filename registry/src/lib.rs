@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod server;
+pub mod watch;

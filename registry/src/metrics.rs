@@ -27,6 +27,43 @@ struct HealthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// A kind of watcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchKind {
+    /// A blocking query (`?index=`).
+    Blocking,
+    /// A Server-Sent Events stream.
+    Stream,
+}
+
+impl WatchKind {
+    fn label(self) -> KindLabels {
+        KindLabels {
+            kind: match self {
+                WatchKind::Blocking => "blocking",
+                WatchKind::Stream => "stream",
+            },
+        }
+    }
+}
+
+/// Counts an open watcher while it lives.
+#[derive(Debug)]
+pub struct WatcherGuard {
+    gauge: Gauge,
+}
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -54,6 +91,9 @@ pub struct Metrics {
     instances: Family<HealthLabels, Gauge>,
     services: Gauge,
     index: Gauge,
+    watchers: Family<KindLabels, Gauge>,
+    watch_events: Counter,
+    watch_coalesced: Counter,
 }
 
 impl Default for Metrics {
@@ -112,7 +152,31 @@ impl Metrics {
         );
         let index = Gauge::default();
         registry.register("catalog_index", "Global catalog index", index.clone());
+        let watchers = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "watchers",
+            "Open watchers by kind (blocking query, event stream)",
+            watchers.clone(),
+        );
+        for kind in [WatchKind::Blocking, WatchKind::Stream] {
+            let _ = watchers.get_or_create(&kind.label());
+        }
+        let watch_events = Counter::default();
+        registry.register(
+            "watch_events",
+            "Events sent on watch streams",
+            watch_events.clone(),
+        );
+        let watch_coalesced = Counter::default();
+        registry.register(
+            "watch_coalesced",
+            "Times a watch stream fell behind and was sent a fresh snapshot instead of the missed events",
+            watch_coalesced.clone(),
+        );
         Metrics {
+            watchers,
+            watch_events,
+            watch_coalesced,
             registry,
             requests,
             request_seconds,
@@ -141,6 +205,23 @@ impl Metrics {
         self.heartbeats
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// Counts an open watcher until the guard is dropped.
+    pub fn watcher(&self, kind: WatchKind) -> WatcherGuard {
+        let gauge = self.watchers.get_or_create(&kind.label()).clone();
+        gauge.inc();
+        WatcherGuard { gauge }
+    }
+
+    /// Counts one event sent on a watch stream.
+    pub fn watch_event(&self) {
+        self.watch_events.inc();
+    }
+
+    /// Counts one coalesced snapshot sent to a lagging watcher.
+    pub fn watch_coalesced(&self) {
+        self.watch_coalesced.inc();
     }
 
     /// Counts expirations and removals done by the reaper.

@@ -12,11 +12,20 @@ use crate::catalog::{Catalog, CatalogError, CatalogLimits, Command, Outcome, Sna
 use crate::lease::{LeaseTable, Renewal};
 use crate::metrics::{HeartbeatResult, Metrics};
 use crate::model::{InstanceId, ServiceName};
+use crate::watch::{Hub, Subscription};
+
+/// What the write lock protects: the catalog and the watch topics, so that
+/// subscriptions and published changes are ordered with catalog changes.
+#[derive(Debug)]
+struct Core {
+    catalog: Catalog,
+    hub: Hub,
+}
 
 /// Shared handle to the catalog used by the HTTP API, the reaper and (later) DNS.
 #[derive(Debug)]
 pub struct Registry {
-    catalog: Mutex<Catalog>,
+    core: Mutex<Core>,
     leases: Arc<LeaseTable>,
     snapshot: ArcSwap<Snapshot>,
     epoch: Instant,
@@ -32,7 +41,10 @@ impl Registry {
         Registry {
             leases: catalog.leases().clone(),
             snapshot: ArcSwap::from_pointee(catalog.snapshot().clone()),
-            catalog: Mutex::new(catalog),
+            core: Mutex::new(Core {
+                catalog,
+                hub: Hub::default(),
+            }),
             epoch,
             reaper_wake: Notify::new(),
             metrics,
@@ -49,22 +61,37 @@ impl Registry {
         self.snapshot.load_full()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Catalog> {
+    fn lock(&self) -> MutexGuard<'_, Core> {
         // The catalog is only mutated inside `apply`, which does not panic halfway on
         // valid states; a poisoned lock still holds a consistent catalog.
-        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes to the changes of one service (which need not exist yet).
+    pub fn subscribe(&self, service: &ServiceName) -> Subscription {
+        let mut core = self.lock();
+        let Core { catalog, hub } = &mut *core;
+        hub.subscribe(catalog.snapshot(), service.as_arc())
+    }
+
+    /// A receiver of the global index, which moves on every change.
+    pub fn subscribe_list(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.lock().hub.subscribe_list()
     }
 
     /// Applies a command now and publishes the new state.
     pub fn apply(&self, cmd: Command) -> Result<Outcome, CatalogError> {
-        let mut catalog = self.lock();
+        let mut core = self.lock();
+        let Core { catalog, hub } = &mut *core;
         let before = catalog.next_deadline();
         let out = catalog.apply(cmd, Instant::now())?;
         if out.changed {
-            self.snapshot.store(Arc::new(catalog.snapshot().clone()));
+            let snap = catalog.snapshot();
+            self.snapshot.store(Arc::new(snap.clone()));
+            hub.publish(snap, catalog.touched());
         }
         let after = catalog.next_deadline();
-        drop(catalog);
+        drop(core);
         if let Some(after) = after
             && before.is_none_or(|b| after < b)
         {
@@ -113,7 +140,7 @@ impl Registry {
     /// earliest deadline and is woken early only when an earlier one appears.
     pub async fn run_reaper(self: Arc<Self>, cancel: CancellationToken) {
         loop {
-            let next = self.lock().next_deadline();
+            let next = self.lock().catalog.next_deadline();
             let due = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,

@@ -149,6 +149,20 @@ proptest! {
                 Err(_) => prop_assert_eq!(&after, &before, "a refused command changed the catalog"),
             }
             check_indexes(&after);
+            // Exactly the services stamped with the new index (or gone) are reported
+            // as touched, so watchers of the others are not woken.
+            if result.as_ref().is_ok_and(|o| o.changed) {
+                let touched = catalog.touched();
+                for (name, svc) in &after.services {
+                    prop_assert_eq!(svc.modify_index == after.index, touched.contains(name), "service {}", name);
+                }
+                for name in touched {
+                    prop_assert!(after.services.get(name).is_none_or(|s| s.modify_index == after.index));
+                }
+            }
+            for svc in ["web", "db", "other"] {
+                prop_assert!(after.service_index(svc) >= 1, "index 0 would make blocking queries spin");
+            }
             // Keep the reference model of leases in step.
             match (op, &result) {
                 (Op::Register { id, ttl, dca, .. }, Ok(_)) => match ttl {

@@ -709,7 +709,11 @@ async fn list_services_summarises_each_service() {
     assert!(r.content_type().starts_with("application/json"));
     let list = r.json();
     assert_eq!(list["index"].as_u64(), Some(r.index()));
-    assert_eq!(r.index(), 5);
+    assert_eq!(
+        r.index(),
+        6,
+        "the empty catalog is at 1; four registrations and a maintenance change follow"
+    );
     let services = list["services"].as_array().expect("services array");
     assert_eq!(services.len(), 2);
 
@@ -720,7 +724,7 @@ async fn list_services_summarises_each_service() {
     assert_eq!(db["warning"], 0);
     assert_eq!(db["critical"], 0);
     assert_eq!(db["tags"], json!(["primary"]));
-    assert_eq!(db["modify_index"], 4);
+    assert_eq!(db["modify_index"], 5);
 
     let web = &services[1];
     assert_eq!(web["name"], "web");
@@ -729,7 +733,7 @@ async fn list_services_summarises_each_service() {
     assert_eq!(web["warning"], 0);
     assert_eq!(web["critical"], 1);
     assert_eq!(web["tags"], json!(["a", "blue", "v2"]));
-    assert_eq!(web["modify_index"], 5);
+    assert_eq!(web["modify_index"], 6);
 
     srv.stop().await;
 }
@@ -940,9 +944,12 @@ async fn openapi_document_matches_the_router() {
     assert!(!paths.is_empty(), "the document describes no paths");
 
     for (template, item) in paths {
-        let path = template
+        let mut path = template
             .replace("{service}", "web")
             .replace("{id}", "web-1");
+        if template == "/v1/watch" {
+            path.push_str("?service=web");
+        }
         let item = item.as_object().expect("path item is an object");
         let documented: Vec<&str> = HTTP_METHODS
             .into_iter()
@@ -960,6 +967,19 @@ async fn openapi_document_matches_the_router() {
             } else {
                 None
             };
+            if template.ends_with("/watch") {
+                // An event stream never ends: look at the head only.
+                let resp = srv
+                    .http
+                    .request(m.clone(), format!("{}{path}", srv.base))
+                    .send()
+                    .await
+                    .expect("stream answered");
+                assert_eq!(resp.status(), StatusCode::OK, "documented {m} {template}");
+                let ct = resp.headers()[CONTENT_TYPE].to_str().unwrap().to_owned();
+                assert!(ct.starts_with("text/event-stream"), "{template}: {ct}");
+                continue;
+            }
             let r = srv.send(m.clone(), &path, body).await;
             assert!(
                 !is_route_miss(&r),

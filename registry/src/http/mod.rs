@@ -4,6 +4,7 @@ mod extract;
 mod ops;
 mod problem;
 mod services;
+mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +64,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(ops::openapi))
         .route("/v1/services", get(services::list_services))
         .route("/v1/services/{service}", get(services::list_instances))
+        .route("/v1/services/{service}/watch", get(watch::watch_service))
+        .route("/v1/watch", get(watch::watch_many))
         .route(
             instance,
             get(services::get_instance)

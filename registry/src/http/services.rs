@@ -7,53 +7,17 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use roster_client::api::{
-    self, Check, CheckKind, Health, MaintenanceRequest, RegisterRequest, ServiceInstances,
-    ServiceList, ServiceSummary, duration,
+    Health, MaintenanceRequest, RegisterRequest, ServiceInstances, ServiceList, ServiceSummary,
 };
 
 use super::extract::{JsonBody, PeerIp, QueryPairs};
+use super::watch::{Blocking, wait_for_list, wait_for_service};
 use super::{ApiError, AppState, with_index};
-use crate::catalog::{Command, Instance};
+use crate::catalog::Command;
 use crate::model::{InstanceId, InstanceSpec, ServiceName, validate_reason};
 
 fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), ApiError> {
     Ok((ServiceName::parse(service)?, InstanceId::parse(id)?))
-}
-
-/// The wire form of a catalog instance.
-pub(crate) fn to_api(inst: &Instance) -> api::Instance {
-    let spec = &inst.spec;
-    let checks = match (inst.lease, spec.ttl) {
-        (Some(status), Some(ttl)) => vec![Check {
-            id: "ttl".into(),
-            kind: CheckKind::Ttl,
-            status,
-            output: if status == Health::Critical {
-                format!("TTL expired: no heartbeat within {}", duration::format(ttl))
-            } else {
-                "lease renewed".into()
-            },
-        }],
-        _ => Vec::new(),
-    };
-    api::Instance {
-        id: inst.id.to_string(),
-        service: inst.service.to_string(),
-        address: spec.address.clone(),
-        port: spec.port,
-        tags: spec.tags.clone(),
-        meta: spec.meta.clone(),
-        weights: spec.weights,
-        health: inst.health(),
-        checks,
-        maintenance: inst.maintenance.as_ref().map(|reason| api::Maintenance {
-            reason: reason.clone(),
-        }),
-        ttl: spec.ttl,
-        deregister_critical_after: spec.deregister_critical_after,
-        create_index: inst.create_index,
-        modify_index: inst.modify_index,
-    }
 }
 
 pub(super) async fn register(
@@ -79,7 +43,7 @@ pub(super) async fn register(
     } else {
         StatusCode::OK
     };
-    Ok(with_index(out.index, (status, Json(to_api(inst)))))
+    Ok(with_index(out.index, (status, Json(inst.to_api()))))
 }
 
 pub(super) async fn deregister(
@@ -116,7 +80,7 @@ pub(super) async fn maintenance(
     let inst = snap
         .instance(service.as_str(), id.as_str())
         .ok_or_else(|| ApiError::unavailable("instance vanished during the update"))?;
-    Ok(with_index(out.index, Json(to_api(inst))))
+    Ok(with_index(out.index, Json(inst.to_api())))
 }
 
 pub(super) async fn get_instance(
@@ -133,10 +97,16 @@ pub(super) async fn get_instance(
                 id: id.to_string(),
             })
         })?;
-    Ok(with_index(inst.modify_index, Json(to_api(inst))))
+    Ok(with_index(inst.modify_index, Json(inst.to_api())))
 }
 
-pub(super) async fn list_services(State(state): State<AppState>) -> Response {
+pub(super) async fn list_services(
+    State(state): State<AppState>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    if let Some(q) = Blocking::parse(&query)? {
+        wait_for_list(&state.registry, q).await;
+    }
     let snap = state.registry.snapshot();
     let services = snap
         .services
@@ -159,13 +129,8 @@ pub(super) async fn list_services(State(state): State<AppState>) -> Response {
             }
         })
         .collect();
-    with_index(
-        snap.index,
-        Json(ServiceList {
-            index: snap.index,
-            services,
-        }),
-    )
+    let index = snap.index;
+    Ok(with_index(index, Json(ServiceList { index, services })))
 }
 
 pub(super) async fn list_instances(
@@ -176,20 +141,22 @@ pub(super) async fn list_instances(
     let service = ServiceName::parse(&service)?;
     let all = query.flag("all")?.unwrap_or(false) || !query.flag("healthy")?.unwrap_or(true);
     let tags: Vec<&str> = query.all("tag").collect();
+    if let Some(q) = Blocking::parse(&query)? {
+        wait_for_service(&state.registry, &service, q).await;
+    }
     let snap = state.registry.snapshot();
     // An unknown service is an empty one: watchers of a service that has no
-    // instances yet get an answer, not an error. Its index is the global one.
-    let (index, instances) = match snap.services.get(service.as_str()) {
-        Some(svc) => (
-            svc.modify_index,
-            svc.instances
-                .values()
-                .filter(|i| all || i.health() != Health::Critical)
-                .filter(|i| tags.iter().all(|t| i.spec.tags.iter().any(|x| x == t)))
-                .map(|i| to_api(i))
-                .collect(),
-        ),
-        None => (snap.index, Vec::new()),
+    // instances yet get an answer, not an error.
+    let index = snap.service_index(service.as_str());
+    let instances = match snap.services.get(service.as_str()) {
+        Some(svc) => svc
+            .instances
+            .values()
+            .filter(|i| all || i.health() != Health::Critical)
+            .filter(|i| tags.iter().all(|t| i.spec.tags.iter().any(|x| x == t)))
+            .map(|i| i.to_api())
+            .collect(),
+        None => Vec::new(),
     };
     Ok(with_index(
         index,

@@ -1,0 +1,273 @@
+//! Watches over HTTP: blocking queries (`?index=N&wait=30s`) and Server-Sent
+//! Events streams.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::select_all;
+use roster_client::api::duration;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::extract::QueryPairs;
+use super::{ApiError, AppState};
+use crate::metrics::{WatchKind, WatcherGuard};
+use crate::model::ServiceName;
+use crate::registry::Registry;
+use crate::watch::{ServiceEvent, Subscription};
+
+/// Default `wait` of a blocking query.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// Longest `wait`; longer ones are cut to it.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// Interval of keep-alive comments on event streams.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Most services one stream may watch.
+pub const MAX_STREAM_SERVICES: usize = 64;
+
+/// `?index=N&wait=D` of a blocking query.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Blocking {
+    /// The index the client already has.
+    pub index: u64,
+    /// How long to hold the request at most, jitter included.
+    pub wait: Duration,
+}
+
+impl Blocking {
+    /// `None` without `?index`: answer at once.
+    pub fn parse(query: &QueryPairs) -> Result<Option<Blocking>, ApiError> {
+        let Some(raw) = query.all("index").last() else {
+            return Ok(None);
+        };
+        let index = raw.parse::<u64>().map_err(|_| {
+            ApiError::invalid(
+                "index",
+                format!("index must be a non-negative integer, got {raw:?}"),
+            )
+        })?;
+        let wait = match query.all("wait").last() {
+            None => DEFAULT_WAIT,
+            Some(w) => duration::parse(w).map_err(|e| ApiError::invalid("wait", e))?,
+        }
+        .min(MAX_WAIT);
+        // Up to wait/16 of jitter spreads the herd of watchers whose waits ran out together.
+        let jitter = wait.mul_f64(fastrand::f64() / 16.0);
+        Ok(Some(Blocking {
+            index,
+            wait: wait + jitter,
+        }))
+    }
+
+    /// Whether a result at `current` answers the client at once: it changed, the
+    /// client has no index yet, or the index went backwards (a restore).
+    fn ready(self, current: u64) -> bool {
+        self.index == 0 || current != self.index
+    }
+}
+
+/// Holds a query on one service until its index differs from the client's or the
+/// wait runs out. Changes to other services and heartbeats that change nothing do
+/// not wake it.
+pub(super) async fn wait_for_service(registry: &Registry, service: &ServiceName, q: Blocking) {
+    let _guard = registry.metrics().watcher(WatchKind::Blocking);
+    let mut sub = registry.subscribe(service);
+    let deadline = tokio::time::sleep(q.wait);
+    tokio::pin!(deadline);
+    loop {
+        if q.ready(registry.snapshot().service_index(service.as_str())) {
+            return;
+        }
+        tokio::select! {
+            () = &mut deadline => return,
+            r = sub.changes.recv() => if let Err(RecvError::Closed) = r { return },
+        }
+    }
+}
+
+/// Holds a query on the service list until the global index differs.
+pub(super) async fn wait_for_list(registry: &Registry, q: Blocking) {
+    let _guard = registry.metrics().watcher(WatchKind::Blocking);
+    let mut rx = registry.subscribe_list();
+    let deadline = tokio::time::sleep(q.wait);
+    tokio::pin!(deadline);
+    loop {
+        if q.ready(registry.snapshot().index) {
+            return;
+        }
+        tokio::select! {
+            () = &mut deadline => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// `GET /v1/services/{service}/watch`.
+pub(super) async fn watch_service(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let service = ServiceName::parse(&service)?;
+    stream(&state, vec![service], &headers)
+}
+
+/// `GET /v1/watch?service=a&service=b`.
+pub(super) async fn watch_many(
+    State(state): State<AppState>,
+    query: QueryPairs,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut services = Vec::new();
+    for raw in query.all("service") {
+        let name = ServiceName::parse(raw)?;
+        if !services.contains(&name) {
+            services.push(name);
+        }
+    }
+    if services.is_empty() {
+        return Err(ApiError::invalid(
+            "service",
+            "name at least one ?service= to watch",
+        ));
+    }
+    if services.len() > MAX_STREAM_SERVICES {
+        return Err(ApiError::invalid(
+            "service",
+            format!("at most {MAX_STREAM_SERVICES} services per stream"),
+        ));
+    }
+    stream(&state, services, &headers)
+}
+
+fn stream(
+    state: &AppState,
+    services: Vec<ServiceName>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let resume = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "Last-Event-ID",
+                        "Last-Event-ID must be an id this server sent",
+                    )
+                })?,
+        ),
+    };
+    let watcher = Watcher::new(state.registry.clone(), &services, resume);
+    let events = futures_util::stream::unfold(watcher, |mut w| async move {
+        let event = w.next().await?;
+        Some((Ok::<_, Infallible>(event), w))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+struct Watched {
+    service: Arc<str>,
+    sub: Subscription,
+    /// Index of the last state sent for this service.
+    sent: u64,
+}
+
+/// One stream's state. Events are produced only when the HTTP body is polled,
+/// that is when the connection can take them: a stalled reader holds at most the
+/// topic's bounded buffer, and on catching up gets the latest state.
+struct Watcher {
+    registry: Arc<Registry>,
+    watched: Vec<Watched>,
+    pending: VecDeque<(usize, Arc<ServiceEvent>)>,
+    _guard: WatcherGuard,
+}
+
+type RecvFuture<'a> =
+    Pin<Box<dyn Future<Output = (usize, Result<Arc<ServiceEvent>, RecvError>)> + Send + 'a>>;
+
+impl Watcher {
+    fn new(registry: Arc<Registry>, services: &[ServiceName], resume: Option<u64>) -> Self {
+        let guard = registry.metrics().watcher(WatchKind::Stream);
+        let mut watched = Vec::with_capacity(services.len());
+        let mut pending = VecDeque::new();
+        for (i, service) in services.iter().enumerate() {
+            let sub = registry.subscribe(service);
+            let current = sub.current.clone();
+            // Resuming: skip a service whose state the client already has (see
+            // `resume_token`); send everything else in full.
+            let known = resume.is_some_and(|r| current.index <= r);
+            if !known {
+                pending.push_back((i, current.clone()));
+            }
+            watched.push(Watched {
+                service: service.as_arc().clone(),
+                sub,
+                sent: if known { current.index } else { 0 },
+            });
+        }
+        Watcher {
+            registry,
+            watched,
+            pending,
+            _guard: guard,
+        }
+    }
+
+    /// The id sent with each event: the lowest index the client holds over all
+    /// watched services. Every service whose index is at most this has not
+    /// changed since the client last saw it, so a reconnect with this id in
+    /// `Last-Event-ID` resends only the others.
+    fn resume_token(&self) -> u64 {
+        self.watched.iter().map(|w| w.sent).min().unwrap_or(0)
+    }
+
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            while let Some((i, event)) = self.pending.pop_front() {
+                let w = &mut self.watched[i];
+                if event.index <= w.sent {
+                    continue;
+                }
+                w.sent = event.index;
+                self.registry.metrics().watch_event();
+                return Some(
+                    Event::default()
+                        .event("service")
+                        .id(self.resume_token().to_string())
+                        .data(event.json()),
+                );
+            }
+            let futures: Vec<RecvFuture<'_>> = self
+                .watched
+                .iter_mut()
+                .enumerate()
+                .map(|(i, w)| -> RecvFuture<'_> {
+                    Box::pin(async move { (i, w.sub.changes.recv().await) })
+                })
+                .collect();
+            let ((i, result), _, rest) = select_all(futures).await;
+            drop(rest);
+            match result {
+                Ok(event) => self.pending.push_back((i, event)),
+                Err(RecvError::Lagged(_)) => {
+                    // Missed events: send the latest state instead of replaying them.
+                    self.registry.metrics().watch_coalesced();
+                    let snap = self.registry.snapshot();
+                    let event = ServiceEvent::from_snapshot(&snap, &self.watched[i].service);
+                    self.pending.push_back((i, Arc::new(event)));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
