@@ -7,6 +7,7 @@ use crate::api::{
     Instance, MaintenanceRequest, Problem, RegisterRequest, ServiceInstances, ServiceList,
 };
 use crate::error::Error;
+use crate::watch::WatchStream;
 
 /// Filters for [`RosterClient::instances`].
 #[derive(Clone, Debug, Default)]
@@ -21,6 +22,9 @@ pub struct InstanceQuery {
 #[derive(Clone, Debug)]
 pub struct RosterClient {
     http: reqwest::Client,
+    /// For watch streams: no overall timeout, but a read timeout well above the
+    /// server's 15 s keep-alives, so a dead connection is noticed.
+    stream_http: reqwest::Client,
     base: String,
     token: Option<String>,
 }
@@ -46,8 +50,15 @@ impl RosterClient {
             .user_agent(concat!("roster-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(Error::from_reqwest)?;
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .read_timeout(Duration::from_secs(45))
+            .user_agent(concat!("roster-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(Error::from_reqwest)?;
         Ok(RosterClient {
             http,
+            stream_http,
             base,
             token: None,
         })
@@ -118,19 +129,84 @@ impl RosterClient {
         service: &str,
         query: &InstanceQuery,
     ) -> Result<ServiceInstances, Error> {
-        let mut path = format!("/v1/services/{}", encode(service));
-        let mut sep = '?';
-        if query.all {
-            path.push_str("?all=true");
-            sep = '&';
-        }
-        for tag in &query.tags {
-            path.push(sep);
-            path.push_str("tag=");
-            path.push_str(&encode(tag));
-            sep = '&';
-        }
+        let path = instances_path(service, query);
         self.send(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Blocking query: like [`RosterClient::instances`], but the registry holds the
+    /// request until the service's index differs from `index` or `wait` passes.
+    /// Pass the `index` of the previous answer; 0 answers at once.
+    pub async fn instances_blocking(
+        &self,
+        service: &str,
+        query: &InstanceQuery,
+        index: u64,
+        wait: Duration,
+    ) -> Result<ServiceInstances, Error> {
+        let mut path = instances_path(service, query);
+        path.push(if path.contains('?') { '&' } else { '?' });
+        path.push_str(&format!(
+            "index={index}&wait={}",
+            crate::api::duration::format(wait)
+        ));
+        self.send_timeout(
+            Method::GET,
+            &path,
+            None::<&()>,
+            Some(blocking_timeout(wait)),
+        )
+        .await
+    }
+
+    /// Blocking query on the service list (any change anywhere answers it).
+    pub async fn services_blocking(
+        &self,
+        index: u64,
+        wait: Duration,
+    ) -> Result<ServiceList, Error> {
+        let path = format!(
+            "/v1/services?index={index}&wait={}",
+            crate::api::duration::format(wait)
+        );
+        self.send_timeout(
+            Method::GET,
+            &path,
+            None::<&()>,
+            Some(blocking_timeout(wait)),
+        )
+        .await
+    }
+
+    /// Opens a watch stream on `services`: first the full current set of each,
+    /// then the full set again after every change. To resume after a broken
+    /// connection, pass the last [`WatchStream::last_event_id`].
+    pub async fn watch(
+        &self,
+        services: &[&str],
+        last_event_id: Option<&str>,
+    ) -> Result<WatchStream, Error> {
+        let query: Vec<String> = services
+            .iter()
+            .map(|s| format!("service={}", encode(s)))
+            .collect();
+        let url = format!("{}/v1/watch?{}", self.base, query.join("&"));
+        let mut req = self
+            .stream_http
+            .get(url)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().await.map_err(Error::from_reqwest)?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let bytes = resp.bytes().await.map_err(Error::from_reqwest)?;
+            return Err(error_for(status, &bytes));
+        }
+        Ok(WatchStream::new(resp, last_event_id.map(str::to_owned)))
     }
 
     /// Fetches one instance.
@@ -145,7 +221,20 @@ impl RosterClient {
         path: &str,
         body: Option<&impl serde::Serialize>,
     ) -> Result<T, Error> {
+        self.send_timeout(method, path, body, None).await
+    }
+
+    async fn send_timeout<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+        timeout: Option<Duration>,
+    ) -> Result<T, Error> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(timeout) = timeout {
+            req = req.timeout(timeout);
+        }
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
@@ -163,17 +252,44 @@ impl RosterClient {
             return serde_json::from_slice(bytes)
                 .map_err(|e| Error::Protocol(format!("{e} in {path} response")));
         }
-        let mut problem: Problem = serde_json::from_slice(&bytes).unwrap_or_else(|_| Problem {
-            detail: String::from_utf8_lossy(&bytes).chars().take(512).collect(),
-            ..Problem::default()
-        });
-        problem.status = status.as_u16();
-        Err(match status {
-            StatusCode::NOT_FOUND => Error::NotFound(problem),
-            s if s.is_client_error() => Error::Invalid(problem),
-            s => Error::Unavailable(format!("HTTP {s}: {}", problem.detail)),
-        })
+        Err(error_for(status, &bytes))
     }
+}
+
+/// The error for a non-success response carrying `body`.
+fn error_for(status: StatusCode, body: &[u8]) -> Error {
+    let mut problem: Problem = serde_json::from_slice(body).unwrap_or_else(|_| Problem {
+        detail: String::from_utf8_lossy(body).chars().take(512).collect(),
+        ..Problem::default()
+    });
+    problem.status = status.as_u16();
+    match status {
+        StatusCode::NOT_FOUND => Error::NotFound(problem),
+        s if s.is_client_error() => Error::Invalid(problem),
+        s => Error::Unavailable(format!("HTTP {s}: {}", problem.detail)),
+    }
+}
+
+/// Client-side timeout of a blocking query: the wait, the server's jitter (up to
+/// wait/16), and a margin for the network.
+fn blocking_timeout(wait: Duration) -> Duration {
+    wait + wait / 16 + Duration::from_secs(10)
+}
+
+fn instances_path(service: &str, query: &InstanceQuery) -> String {
+    let mut path = format!("/v1/services/{}", encode(service));
+    let mut sep = '?';
+    if query.all {
+        path.push_str("?all=true");
+        sep = '&';
+    }
+    for tag in &query.tags {
+        path.push(sep);
+        path.push_str("tag=");
+        path.push_str(&encode(tag));
+        sep = '&';
+    }
+    path
 }
 
 fn instance_path(service: &str, id: &str) -> String {

@@ -19,6 +19,8 @@
 pub mod api;
 mod client;
 mod error;
+mod watch;
 
 pub use client::{InstanceQuery, RosterClient};
 pub use error::Error;
+pub use watch::{RawEvent, WatchEvent, WatchStream};

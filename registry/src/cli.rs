@@ -67,6 +67,15 @@ pub enum Command {
     },
     /// List services.
     Services,
+    /// Print the instances of services now and after every change (Ctrl-C stops).
+    Watch {
+        /// Service names.
+        #[arg(required = true)]
+        services: Vec<String>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// List the instances of a service.
     Instances {
         /// Service name.
@@ -212,6 +221,36 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
                     ],
                     rows,
                 )?;
+            }
+        }
+        Command::Watch { services, count } => {
+            let names: Vec<&str> = services.iter().map(String::as_str).collect();
+            let mut stream = client.watch(&names, None).await?;
+            let mut seen = 0;
+            while count.is_none_or(|c| seen < c) {
+                let Some(ev) = stream.next().await? else {
+                    return Err(CliError::Client(roster_client::Error::Unavailable(
+                        "the registry closed the watch stream".into(),
+                    )));
+                };
+                seen += 1;
+                if cli.json {
+                    serde_json::to_writer(&mut *out, &ev.event).map_err(std::io::Error::other)?;
+                    writeln!(out)?;
+                } else {
+                    let e = &ev.event;
+                    writeln!(
+                        out,
+                        "# {} at index {}: {} instances",
+                        e.service,
+                        e.index,
+                        e.instances.len()
+                    )?;
+                    if !e.instances.is_empty() {
+                        print_instances(out, false, &e.instances, false)?;
+                    }
+                }
+                out.flush()?;
             }
         }
         Command::Instances { service, all, tags } => {

@@ -30,7 +30,7 @@ impl Server {
     ) -> std::io::Result<Server> {
         let local_addr = listener.local_addr()?;
         let registry = Arc::new(Registry::new(config.catalog, Arc::new(Metrics::new())));
-        let state = AppState::new(registry.clone(), config.limits.clone());
+        let state = AppState::new(registry.clone(), config.limits.clone(), shutdown.clone());
         let mut tasks = JoinSet::new();
         let reaper = registry.clone().run_reaper(shutdown.clone());
         tasks.spawn(async move {

@@ -16,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub use extract::BODY_LIMIT;
 pub use problem::ApiError;
@@ -33,15 +34,20 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// True once the catalog is loaded and writes are accepted.
     pub ready: Arc<AtomicBool>,
+    /// Cancelled when the server shuts down: ends watch streams and blocking
+    /// queries, so a graceful shutdown does not wait for them.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
-    /// State over `registry`, ready at once (the in-memory catalog has nothing to load).
-    pub fn new(registry: Arc<Registry>, limits: Limits) -> Self {
+    /// State over `registry`, ready at once (the in-memory catalog has nothing to
+    /// load); watches end when `shutdown` is cancelled.
+    pub fn new(registry: Arc<Registry>, limits: Limits, shutdown: CancellationToken) -> Self {
         AppState {
             registry,
             limits: Arc::new(limits),
             ready: Arc::new(AtomicBool::new(true)),
+            shutdown,
         }
     }
 

@@ -105,7 +105,7 @@ pub(super) async fn list_services(
     query: QueryPairs,
 ) -> Result<Response, ApiError> {
     if let Some(q) = Blocking::parse(&query)? {
-        wait_for_list(&state.registry, q).await;
+        wait_for_list(&state, q).await;
     }
     let snap = state.registry.snapshot();
     let services = snap
@@ -142,7 +142,7 @@ pub(super) async fn list_instances(
     let all = query.flag("all")?.unwrap_or(false) || !query.flag("healthy")?.unwrap_or(true);
     let tags: Vec<&str> = query.all("tag").collect();
     if let Some(q) = Blocking::parse(&query)? {
-        wait_for_service(&state.registry, &service, q).await;
+        wait_for_service(&state, &service, q).await;
     }
     let snap = state.registry.snapshot();
     // An unknown service is an empty one: watchers of a service that has no

@@ -13,7 +13,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::select_all;
 use roster_client::api::duration;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio_util::sync::CancellationToken;
 
 use super::extract::QueryPairs;
 use super::{ApiError, AppState};
@@ -75,7 +76,8 @@ impl Blocking {
 /// Holds a query on one service until its index differs from the client's or the
 /// wait runs out. Changes to other services and heartbeats that change nothing do
 /// not wake it.
-pub(super) async fn wait_for_service(registry: &Registry, service: &ServiceName, q: Blocking) {
+pub(super) async fn wait_for_service(state: &AppState, service: &ServiceName, q: Blocking) {
+    let registry = &state.registry;
     let _guard = registry.metrics().watcher(WatchKind::Blocking);
     let mut sub = registry.subscribe(service);
     let deadline = tokio::time::sleep(q.wait);
@@ -86,13 +88,15 @@ pub(super) async fn wait_for_service(registry: &Registry, service: &ServiceName,
         }
         tokio::select! {
             () = &mut deadline => return,
+            () = state.shutdown.cancelled() => return,
             r = sub.changes.recv() => if let Err(RecvError::Closed) = r { return },
         }
     }
 }
 
 /// Holds a query on the service list until the global index differs.
-pub(super) async fn wait_for_list(registry: &Registry, q: Blocking) {
+pub(super) async fn wait_for_list(state: &AppState, q: Blocking) {
+    let registry = &state.registry;
     let _guard = registry.metrics().watcher(WatchKind::Blocking);
     let mut rx = registry.subscribe_list();
     let deadline = tokio::time::sleep(q.wait);
@@ -103,6 +107,7 @@ pub(super) async fn wait_for_list(registry: &Registry, q: Blocking) {
         }
         tokio::select! {
             () = &mut deadline => return,
+            () = state.shutdown.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
         }
     }
@@ -165,7 +170,7 @@ fn stream(
                 })?,
         ),
     };
-    let watcher = Watcher::new(state.registry.clone(), &services, resume);
+    let watcher = Watcher::new(state, &services, resume);
     let events = futures_util::stream::unfold(watcher, |mut w| async move {
         let event = w.next().await?;
         Some((Ok::<_, Infallible>(event), w))
@@ -184,11 +189,18 @@ struct Watched {
 
 /// One stream's state. Events are produced only when the HTTP body is polled,
 /// that is when the connection can take them: a stalled reader holds at most the
-/// topic's bounded buffer, and on catching up gets the latest state.
+/// topics' bounded buffers, and on catching up gets the latest state.
+///
+/// Events go out in index order across all watched services, so the index of
+/// the last event sent is a resume token: a client that reconnects with it in
+/// `Last-Event-ID` has seen every watched service as of that index, and gets
+/// only the services that changed after it.
 struct Watcher {
     registry: Arc<Registry>,
+    shutdown: CancellationToken,
     watched: Vec<Watched>,
     pending: VecDeque<(usize, Arc<ServiceEvent>)>,
+    token: u64,
     _guard: WatcherGuard,
 }
 
@@ -196,15 +208,15 @@ type RecvFuture<'a> =
     Pin<Box<dyn Future<Output = (usize, Result<Arc<ServiceEvent>, RecvError>)> + Send + 'a>>;
 
 impl Watcher {
-    fn new(registry: Arc<Registry>, services: &[ServiceName], resume: Option<u64>) -> Self {
+    fn new(state: &AppState, services: &[ServiceName], resume: Option<u64>) -> Self {
+        let registry = state.registry.clone();
         let guard = registry.metrics().watcher(WatchKind::Stream);
         let mut watched = Vec::with_capacity(services.len());
         let mut pending = VecDeque::new();
         for (i, service) in services.iter().enumerate() {
             let sub = registry.subscribe(service);
             let current = sub.current.clone();
-            // Resuming: skip a service whose state the client already has (see
-            // `resume_token`); send everything else in full.
+            // Resuming: skip a service whose state the client already has.
             let known = resume.is_some_and(|r| current.index <= r);
             if !known {
                 pending.push_back((i, current.clone()));
@@ -215,20 +227,15 @@ impl Watcher {
                 sent: if known { current.index } else { 0 },
             });
         }
+        pending.make_contiguous().sort_by_key(|(_, e)| e.index);
         Watcher {
             registry,
+            shutdown: state.shutdown.clone(),
             watched,
             pending,
+            token: resume.unwrap_or(0),
             _guard: guard,
         }
-    }
-
-    /// The id sent with each event: the lowest index the client holds over all
-    /// watched services. Every service whose index is at most this has not
-    /// changed since the client last saw it, so a reconnect with this id in
-    /// `Last-Event-ID` resends only the others.
-    fn resume_token(&self) -> u64 {
-        self.watched.iter().map(|w| w.sent).min().unwrap_or(0)
     }
 
     async fn next(&mut self) -> Option<Event> {
@@ -239,35 +246,81 @@ impl Watcher {
                     continue;
                 }
                 w.sent = event.index;
+                self.token = self.token.max(event.index);
                 self.registry.metrics().watch_event();
                 return Some(
                     Event::default()
                         .event("service")
-                        .id(self.resume_token().to_string())
+                        .id(self.token.to_string())
                         .data(event.json()),
                 );
             }
-            let futures: Vec<RecvFuture<'_>> = self
-                .watched
-                .iter_mut()
-                .enumerate()
-                .map(|(i, w)| -> RecvFuture<'_> {
-                    Box::pin(async move { (i, w.sub.changes.recv().await) })
-                })
-                .collect();
-            let ((i, result), _, rest) = select_all(futures).await;
-            drop(rest);
-            match result {
-                Ok(event) => self.pending.push_back((i, event)),
-                Err(RecvError::Lagged(_)) => {
-                    // Missed events: send the latest state instead of replaying them.
-                    self.registry.metrics().watch_coalesced();
-                    let snap = self.registry.snapshot();
-                    let event = ServiceEvent::from_snapshot(&snap, &self.watched[i].service);
-                    self.pending.push_back((i, Arc::new(event)));
+            let shutdown = self.shutdown.clone();
+            let (i, first) = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                got = self.recv_any() => got,
+            };
+            let mut lagged = false;
+            self.take(i, first, &mut lagged)?;
+            // Changes are published in index order, so every change older than the
+            // one just received is already waiting in some receiver: collect them
+            // all and send them sorted.
+            for i in 0..self.watched.len() {
+                loop {
+                    let result = match self.watched[i].sub.changes.try_recv() {
+                        Ok(event) => Ok(event),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    };
+                    self.take(i, result, &mut lagged)?;
                 }
-                Err(RecvError::Closed) => return None,
+            }
+            if lagged {
+                self.resync();
+            }
+            self.pending.make_contiguous().sort_by_key(|(_, e)| e.index);
+        }
+    }
+
+    /// Queues a received change; `None` when the topic is gone.
+    fn take(
+        &mut self,
+        i: usize,
+        result: Result<Arc<ServiceEvent>, RecvError>,
+        lagged: &mut bool,
+    ) -> Option<()> {
+        match result {
+            Ok(event) => self.pending.push_back((i, event)),
+            Err(RecvError::Lagged(_)) => *lagged = true,
+            Err(RecvError::Closed) => return None,
+        }
+        Some(())
+    }
+
+    /// The reader fell behind a topic's buffer: drop what is queued and send the
+    /// latest state of every watched service that the client has not seen.
+    fn resync(&mut self) {
+        self.registry.metrics().watch_coalesced();
+        self.pending.clear();
+        let snap = self.registry.snapshot();
+        for (i, w) in self.watched.iter().enumerate() {
+            let event = ServiceEvent::from_snapshot(&snap, &w.service);
+            if event.index > w.sent {
+                self.pending.push_back((i, Arc::new(event)));
             }
         }
+    }
+
+    async fn recv_any(&mut self) -> (usize, Result<Arc<ServiceEvent>, RecvError>) {
+        let futures: Vec<RecvFuture<'_>> = self
+            .watched
+            .iter_mut()
+            .enumerate()
+            .map(|(i, w)| -> RecvFuture<'_> {
+                Box::pin(async move { (i, w.sub.changes.recv().await) })
+            })
+            .collect();
+        select_all(futures).await.0
     }
 }

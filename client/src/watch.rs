@@ -1,0 +1,131 @@
+//! Reading a watch stream (Server-Sent Events) from the registry.
+
+use crate::api::ServiceEvent;
+use crate::error::Error;
+
+/// One event of a watch stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// Resume token: pass it as `last_event_id` to continue after a reconnect.
+    pub id: Option<String>,
+    /// The new state of one service.
+    pub event: ServiceEvent,
+}
+
+/// One event of a watch stream, not yet decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    /// Resume token.
+    pub id: Option<String>,
+    /// The event's JSON ([`ServiceEvent`]).
+    pub data: String,
+}
+
+impl RawEvent {
+    /// Decodes the event.
+    pub fn decode(self) -> Result<WatchEvent, Error> {
+        let event = serde_json::from_str(&self.data)
+            .map_err(|e| Error::Protocol(format!("bad watch event: {e}")))?;
+        Ok(WatchEvent { id: self.id, event })
+    }
+}
+
+/// An open watch stream. Read it with [`WatchStream::next`].
+#[derive(Debug)]
+pub struct WatchStream {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    last_id: Option<String>,
+}
+
+impl WatchStream {
+    pub(crate) fn new(resp: reqwest::Response, last_id: Option<String>) -> Self {
+        WatchStream {
+            resp,
+            buf: Vec::new(),
+            last_id,
+        }
+    }
+
+    /// The id of the last event received (or the one the stream resumed from).
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
+    }
+
+    /// Waits for the next event. `Ok(None)` when the registry closed the stream.
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>, Error> {
+        self.next_raw().await?.map(RawEvent::decode).transpose()
+    }
+
+    /// Waits for the next event without decoding its JSON, for callers that
+    /// forward events or only look at some of them.
+    pub async fn next_raw(&mut self) -> Result<Option<RawEvent>, Error> {
+        loop {
+            while let Some(end) = frame_end(&self.buf) {
+                let frame: Vec<u8> = self.buf.drain(..end).collect();
+                if let Some(event) = self.parse(&frame)? {
+                    return Ok(Some(event));
+                }
+            }
+            match self.resp.chunk().await.map_err(Error::from_reqwest)? {
+                Some(bytes) => self.buf.extend_from_slice(&bytes),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Parses one frame (the text up to and including its blank line). Comments
+    /// (keep-alives) and events of other kinds give `None`.
+    fn parse(&mut self, frame: &[u8]) -> Result<Option<RawEvent>, Error> {
+        let text = std::str::from_utf8(frame)
+            .map_err(|_| Error::Protocol("watch stream is not UTF-8".into()))?;
+        let (mut kind, mut data, mut id) = (None, String::new(), None);
+        for line in text.lines() {
+            if line.is_empty() || line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => kind = Some(value.to_owned()),
+                "id" => id = Some(value.to_owned()),
+                "data" => {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+        if let Some(id) = &id {
+            self.last_id = Some(id.clone());
+        }
+        if kind.as_deref() != Some("service") || data.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(RawEvent { id, data }))
+    }
+}
+
+/// End (exclusive) of the first complete frame in `buf`: a blank line.
+fn frame_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_end;
+
+    #[test]
+    fn frames_end_at_blank_lines() {
+        assert_eq!(frame_end(b": keep-alive\n\nevent: x"), Some(14));
+        assert_eq!(frame_end(b"data: 1\r\n\r\n"), Some(11));
+        assert_eq!(frame_end(b"data: partial\n"), None);
+    }
+}
