@@ -61,6 +61,24 @@ pub enum Command {
     },
     /// Expire overdue leases and remove instances critical for too long.
     Tick,
+    /// Replace the whole catalog (start-up load, snapshot restore). Every lease
+    /// gets `grace` on top of its TTL, and nothing is removed during the grace,
+    /// so instances have time to heartbeat before anything expires.
+    Restore {
+        /// Index of the data; the catalog continues at or above it, never below
+        /// its current index.
+        index: u64,
+        /// Index of the last change to the set of names.
+        names_index: u64,
+        /// The instances.
+        instances: Vec<Instance>,
+        /// Extra time for every lease.
+        grace: Duration,
+        /// Stamp every service and instance with the new index, so that watchers
+        /// see the restore as a change (runtime restore); otherwise keep the
+        /// stored indexes (start-up load).
+        stamp: bool,
+    },
 }
 
 /// What a command did.
@@ -258,6 +276,7 @@ pub struct Catalog {
     leases: Arc<LeaseTable>,
     limits: CatalogLimits,
     touched: Vec<Arc<str>>,
+    changed: Vec<Arc<str>>,
 }
 
 impl Catalog {
@@ -278,6 +297,7 @@ impl Catalog {
             leases: Arc::new(LeaseTable::default()),
             limits,
             touched: Vec::new(),
+            changed: Vec::new(),
         }
     }
 
@@ -308,9 +328,21 @@ impl Catalog {
         &self.touched
     }
 
+    /// Instances changed or removed by the last [`Catalog::apply`], each once.
+    pub fn changed(&self) -> &[Arc<str>] {
+        &self.changed
+    }
+
+    /// Looks up an instance by id alone.
+    pub fn instance_by_id(&self, id: &str) -> Option<&Arc<Instance>> {
+        let rec = self.records.get(id)?;
+        self.state.instance(&rec.service, id)
+    }
+
     /// Applies `cmd` at time `now`.
     pub fn apply(&mut self, cmd: Command, now: Instant) -> Result<Outcome, CatalogError> {
         self.touched.clear();
+        self.changed.clear();
         let now = self.clock(now);
         let next = self.state.index + 1;
         let mut out = Outcome {
@@ -346,12 +378,30 @@ impl Catalog {
                 }
             }
             Command::Tick => self.tick(now, next, &mut out),
+            Command::Restore {
+                index,
+                names_index,
+                instances,
+                grace,
+                stamp,
+            } => {
+                let target = index.max(if stamp { next } else { self.state.index });
+                self.restore(target, names_index, instances, now, grace, stamp);
+                self.state.index = target;
+                out.index = target;
+                self.touched.sort_unstable();
+                self.touched.dedup();
+                out.changed = true;
+                return Ok(out);
+            }
         };
         if out.changed {
             self.state.index = next;
             out.index = next;
             self.touched.sort_unstable();
             self.touched.dedup();
+            self.changed.sort_unstable();
+            self.changed.dedup();
         }
         Ok(out)
     }
@@ -452,6 +502,80 @@ impl Catalog {
         Ok(true)
     }
 
+    fn restore(
+        &mut self,
+        index: u64,
+        names_index: u64,
+        instances: Vec<Instance>,
+        now: u64,
+        grace: Duration,
+        stamp: bool,
+    ) {
+        self.touched.extend(self.state.services.keys().cloned());
+        self.changed.extend(self.records.keys().cloned());
+        for (id, rec) in self.records.drain() {
+            if rec.lease.is_some() {
+                self.leases.remove(&id);
+            }
+        }
+        self.timers.clear();
+        self.state.services = OrdMap::new();
+        let grace = nanos(grace);
+        for mut inst in instances {
+            if stamp {
+                inst.modify_index = index;
+                inst.create_index = inst.create_index.min(index);
+            }
+            let mut rec = Record {
+                service: inst.service.clone(),
+                lease: None,
+                lease_timer: None,
+                reap_timer: None,
+            };
+            if let Some(ttl) = inst.spec.ttl {
+                let ttl = nanos(ttl);
+                let deadline = now.saturating_add(ttl).saturating_add(grace);
+                let lease = Arc::new(Lease::new(inst.service.clone(), ttl, deadline));
+                if inst.lease == Some(Health::Critical) {
+                    // Expired before: stays critical, but is not removed before
+                    // the grace is over.
+                    let _ = lease.try_expire(deadline);
+                    let reap_at = now
+                        .saturating_add(grace)
+                        .saturating_add(nanos(inst.spec.deregister_critical_after));
+                    rec.reap_timer = Some(reap_at);
+                    self.timers.insert((reap_at, Timer::Reap, inst.id.clone()));
+                } else {
+                    inst.lease = Some(Health::Passing);
+                    rec.lease_timer = Some(deadline);
+                    self.timers
+                        .insert((deadline, Timer::Lease, inst.id.clone()));
+                }
+                self.leases.insert(inst.id.clone(), lease.clone());
+                rec.lease = Some(lease);
+            } else {
+                inst.lease = None;
+            }
+            self.touched.push(inst.service.clone());
+            self.changed.push(inst.id.clone());
+            self.records.insert(inst.id.clone(), rec);
+            let svc = self.state.services.entry(inst.service.clone()).or_default();
+            svc.modify_index = if stamp {
+                index
+            } else {
+                svc.modify_index.max(inst.modify_index)
+            };
+            svc.instances.insert(inst.id.clone(), Arc::new(inst));
+        }
+        self.state.names_index = if stamp {
+            index
+        } else {
+            names_index.clamp(1, index)
+        };
+        self.changed.sort_unstable();
+        self.changed.dedup();
+    }
+
     /// Gives `inst` a fresh live lease if its spec has a TTL.
     fn arm_lease(&mut self, inst: &mut Instance, now: u64) {
         let Some(ttl) = inst.spec.ttl else { return };
@@ -506,6 +630,7 @@ impl Catalog {
     fn put(&mut self, mut inst: Instance, index: u64) {
         inst.modify_index = index;
         self.touched.push(inst.service.clone());
+        self.changed.push(inst.id.clone());
         if !self.state.services.contains_key(&inst.service) {
             self.state.names_index = index;
         }
@@ -518,6 +643,7 @@ impl Catalog {
         let Some(rec) = self.records.remove(id) else {
             return;
         };
+        self.changed.push(id.clone());
         if let Some(due) = rec.lease_timer {
             self.timers.remove(&(due, Timer::Lease, id.clone()));
         }
@@ -587,6 +713,10 @@ impl Catalog {
         }
         changed
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX >> 2)
 }
 
 #[cfg(test)]

@@ -21,6 +21,14 @@ pub struct ServeArgs {
     /// Address of the HTTP API [default: 127.0.0.1:8500].
     #[arg(long, env = "ROSTER_HTTP_ADDR", value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Keep the catalog on disk in this directory; without it the catalog lives in
+    /// memory only and a restart forgets every registration.
+    #[arg(long, env = "ROSTER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Extra time every lease gets after a restart or restore, so instances can
+    /// heartbeat before anything expires [default: 30s].
+    #[arg(long, env = "ROSTER_LEASE_GRACE", value_name = "DURATION", value_parser = duration::parse)]
+    pub lease_grace: Option<Duration>,
     /// Log filter, e.g. `info` or `roster_registry=debug` [default: info].
     #[arg(long, env = "ROSTER_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -40,6 +48,9 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     http_addr: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    #[serde(default, with = "duration::option")]
+    lease_grace: Option<Duration>,
     log: Option<String>,
     max_instances_per_service: Option<usize>,
     max_instances: Option<usize>,
@@ -81,6 +92,10 @@ pub enum ConfigError {
 pub struct Config {
     /// HTTP listen address.
     pub http_addr: SocketAddr,
+    /// Where the catalog is stored; `None` keeps it in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Extra lease time after a restart or restore.
+    pub lease_grace: Duration,
     /// Log filter.
     pub log: String,
     /// Catalog capacity.
@@ -93,6 +108,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8500)),
+            data_dir: None,
+            lease_grace: Duration::from_secs(30),
             log: "info".into(),
             catalog: CatalogLimits::default(),
             limits: Limits::default(),
@@ -110,6 +127,12 @@ impl Config {
         let mut cfg = Config::default();
         if let Some(a) = args.http_addr.or(file.http_addr) {
             cfg.http_addr = a;
+        }
+        if let Some(d) = args.data_dir.clone().or(file.data_dir) {
+            cfg.data_dir = Some(d);
+        }
+        if let Some(g) = args.lease_grace.or(file.lease_grace) {
+            cfg.lease_grace = g;
         }
         if let Some(l) = args.log.clone().or(file.log) {
             cfg.log = l;
@@ -153,6 +176,9 @@ impl Config {
         let d = self.limits.default_deregister_critical_after;
         if d < lo || d > hi {
             return invalid("deregister_critical_after", "must be between 1s and 7 days");
+        }
+        if self.lease_grace > Duration::from_secs(24 * 3600) {
+            return invalid("lease_grace", "must be at most 24h");
         }
         tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| ConfigError::Invalid {
             setting: "log",

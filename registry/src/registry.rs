@@ -1,7 +1,8 @@
 //! The running registry: the catalog behind a lock for writers, a published
 //! snapshot for readers, the heartbeat fast path, and the reaper task.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
@@ -12,7 +13,20 @@ use crate::catalog::{Catalog, CatalogError, CatalogLimits, Command, Outcome, Sna
 use crate::lease::{LeaseTable, Renewal};
 use crate::metrics::{HeartbeatResult, Metrics};
 use crate::model::{InstanceId, ServiceName};
+use crate::store::{Batch, Loaded, Store};
 use crate::watch::{Hub, Subscription};
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The catalog refused the command; nothing changed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The change is in memory but could not be made durable; the store retries
+    /// it with the next write.
+    #[error("the change could not be written to disk: {0}")]
+    Store(String),
+}
 
 /// What the write lock protects: the catalog and the watch topics, so that
 /// subscriptions and published changes are ordered with catalog changes.
@@ -31,6 +45,7 @@ pub struct Registry {
     epoch: Instant,
     reaper_wake: Notify,
     metrics: Arc<Metrics>,
+    store: OnceLock<Store>,
 }
 
 impl Registry {
@@ -48,6 +63,7 @@ impl Registry {
             epoch,
             reaper_wake: Notify::new(),
             metrics,
+            store: OnceLock::new(),
         }
     }
 
@@ -79,16 +95,93 @@ impl Registry {
         self.lock().hub.subscribe_list()
     }
 
-    /// Applies a command now and publishes the new state.
+    /// Loads what a store held at start-up, then writes every later change to it.
+    /// Leases get `grace` on top of their TTL.
+    pub fn attach_store(&self, store: Store, loaded: Loaded, grace: Duration) {
+        let cmd = Command::Restore {
+            index: loaded.index,
+            names_index: loaded.names_index,
+            instances: loaded.instances,
+            grace,
+            stamp: false,
+        };
+        // The data came from the store: nothing to write back.
+        let _ = self.apply_inner(cmd, false);
+        if self.store.set(store).is_err() {
+            tracing::error!("a store was already attached; keeping the first");
+        }
+    }
+
+    /// The store, when the catalog is durable.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.get()
+    }
+
+    /// Applies a command and waits until the change is on disk (at once without a
+    /// store). What HTTP writers call before they answer.
+    pub async fn write(&self, cmd: Command) -> Result<Outcome, WriteError> {
+        let (out, durable) = self.apply_inner(cmd, true)?;
+        if let Some(durable) = durable {
+            durable
+                .await
+                .map_err(|_| WriteError::Store("the store writer stopped".into()))?
+                .map_err(WriteError::Store)?;
+        }
+        Ok(out)
+    }
+
+    /// Applies a command now and publishes the new state. A change is queued for
+    /// the store but not waited for (the reaper's way).
     pub fn apply(&self, cmd: Command) -> Result<Outcome, CatalogError> {
+        self.apply_inner(cmd, true).map(|(out, _)| out)
+    }
+
+    fn apply_inner(
+        &self,
+        cmd: Command,
+        persist: bool,
+    ) -> Result<
+        (
+            Outcome,
+            Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+        ),
+        CatalogError,
+    > {
+        let replace_all = matches!(cmd, Command::Restore { .. });
         let mut core = self.lock();
         let Core { catalog, hub } = &mut *core;
         let before = catalog.next_deadline();
         let out = catalog.apply(cmd, Instant::now())?;
+        let mut durable = None;
         if out.changed {
             let snap = catalog.snapshot();
             self.snapshot.store(Arc::new(snap.clone()));
             hub.publish(snap, catalog.touched());
+            if persist && let Some(store) = self.store.get() {
+                // Queued under the lock, so batches reach the store in index order.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let changes = if replace_all {
+                    snap.services
+                        .values()
+                        .flat_map(|s| s.instances.iter())
+                        .map(|(id, inst)| (id.clone(), Some(inst.clone())))
+                        .collect()
+                } else {
+                    catalog
+                        .changed()
+                        .iter()
+                        .map(|id| (id.clone(), catalog.instance_by_id(id).cloned()))
+                        .collect()
+                };
+                store.submit(Batch {
+                    index: snap.index,
+                    names_index: snap.names_index,
+                    replace_all,
+                    changes,
+                    done: Some(tx),
+                });
+                durable = Some(rx);
+            }
         }
         let after = catalog.next_deadline();
         drop(core);
@@ -100,16 +193,16 @@ impl Registry {
         if out.expired > 0 || out.reaped > 0 {
             self.metrics.reaper(out.expired, out.reaped);
         }
-        Ok(out)
+        Ok((out, durable))
     }
 
     /// Renews an instance's lease. The common case touches one atomic and takes no
     /// catalog lock; an expired lease goes through the catalog to flip health back.
-    pub fn heartbeat(
+    pub async fn heartbeat(
         &self,
         service: &ServiceName,
         id: &InstanceId,
-    ) -> Result<Outcome, CatalogError> {
+    ) -> Result<Outcome, WriteError> {
         let now = u64::try_from(
             Instant::now()
                 .saturating_duration_since(self.epoch)
@@ -123,10 +216,12 @@ impl Registry {
                 ..Outcome::default()
             });
         }
-        let result = self.apply(Command::Heartbeat {
-            service: service.clone(),
-            id: id.clone(),
-        });
+        let result = self
+            .write(Command::Heartbeat {
+                service: service.clone(),
+                id: id.clone(),
+            })
+            .await;
         self.metrics.heartbeat(match &result {
             Ok(out) if out.changed => HeartbeatResult::Revived,
             Ok(_) => HeartbeatResult::Renewed,

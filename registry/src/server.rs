@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -11,6 +12,7 @@ use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::store::{Store, StoreError};
 
 /// A running server: its address, its registry, and its tasks.
 #[derive(Debug)]
@@ -30,8 +32,44 @@ impl Server {
     ) -> std::io::Result<Server> {
         let local_addr = listener.local_addr()?;
         let registry = Arc::new(Registry::new(config.catalog, Arc::new(Metrics::new())));
-        let state = AppState::new(registry.clone(), config.limits.clone(), shutdown.clone());
+        let mut state = AppState::new(registry.clone(), config.limits.clone(), shutdown.clone());
+        state.lease_grace = config.lease_grace;
         let mut tasks = JoinSet::new();
+        if let Some(dir) = config.data_dir.clone() {
+            // Serve /health at once, but refuse writes and report not ready until
+            // the catalog is loaded. A store that cannot be loaded stops the server.
+            state.ready.store(false, Ordering::Release);
+            let (registry, ready, grace, shutdown) = (
+                registry.clone(),
+                state.ready.clone(),
+                config.lease_grace,
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(StoreError::Write(format!(
+                            "loading the catalog failed: {e}"
+                        )))
+                    });
+                match opened {
+                    Ok((store, loaded)) => {
+                        let count = loaded.instances.len();
+                        let file = store.file().display().to_string();
+                        registry.attach_store(store, loaded, grace);
+                        ready.store(true, Ordering::Release);
+                        tracing::info!(instances = count, %file, "catalog loaded");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot load the catalog");
+                        shutdown.cancel();
+                        Err(std::io::Error::other(e))
+                    }
+                }
+            });
+        }
         let reaper = registry.clone().run_reaper(shutdown.clone());
         tasks.spawn(async move {
             reaper.await;

@@ -4,6 +4,7 @@ mod extract;
 mod ops;
 mod problem;
 mod services;
+mod snapshot;
 mod watch;
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Uri};
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -34,6 +35,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// True once the catalog is loaded and writes are accepted.
     pub ready: Arc<AtomicBool>,
+    /// Extra lease time after a restore.
+    pub lease_grace: std::time::Duration,
     /// Cancelled when the server shuts down: ends watch streams and blocking
     /// queries, so a graceful shutdown does not wait for them.
     pub shutdown: CancellationToken,
@@ -47,6 +50,7 @@ impl AppState {
             registry,
             limits: Arc::new(limits),
             ready: Arc::new(AtomicBool::new(true)),
+            lease_grace: std::time::Duration::from_secs(30),
             shutdown,
         }
     }
@@ -83,11 +87,21 @@ pub fn router(state: AppState) -> Router {
             &format!("{instance}/maintenance"),
             put(services::maintenance),
         )
+        .route(
+            "/v1/snapshot",
+            get(snapshot::save)
+                .put(snapshot::restore)
+                .layer(DefaultBodyLimit::max(snapshot::SNAPSHOT_LIMIT)),
+        )
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .method_not_allowed_fallback(|req: Request| async move {
             ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_writes_until_ready,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -111,6 +125,21 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .metrics()
         .observe_request(labels, start.elapsed().as_secs_f64());
     resp
+}
+
+/// Writes wait for the catalog to be loaded: a write accepted before the load
+/// would be overwritten by it.
+async fn refuse_writes_until_ready(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method();
+    if !state.is_ready() && method != Method::GET && method != Method::HEAD {
+        return ApiError::unavailable("the catalog is still loading; retry shortly")
+            .into_response();
+    }
+    next.run(req).await
 }
 
 /// Adds `X-Roster-Index` to a response.

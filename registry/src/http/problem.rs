@@ -147,6 +147,20 @@ impl From<CatalogError> for ApiError {
     }
 }
 
+impl From<crate::registry::WriteError> for ApiError {
+    fn from(e: crate::registry::WriteError) -> Self {
+        match e {
+            crate::registry::WriteError::Catalog(e) => e.into(),
+            crate::registry::WriteError::Store(detail) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-failed",
+                "Change not durable",
+                format!("the change is in memory but not on disk yet ({detail}); retry"),
+            ),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = Problem {

@@ -28,11 +28,14 @@ pub(super) async fn register(
 ) -> Result<Response, ApiError> {
     let (service, id) = names(&service, &id)?;
     let spec = InstanceSpec::from_request(req, peer, &state.limits)?;
-    let out = state.registry.apply(Command::Register {
-        service: service.clone(),
-        id: id.clone(),
-        spec,
-    })?;
+    let out = state
+        .registry
+        .write(Command::Register {
+            service: service.clone(),
+            id: id.clone(),
+            spec,
+        })
+        .await?;
     let snap = state.registry.snapshot();
     let inst = snap
         .instance(service.as_str(), id.as_str())
@@ -51,7 +54,10 @@ pub(super) async fn deregister(
     Path((service, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (service, id) = names(&service, &id)?;
-    let out = state.registry.apply(Command::Deregister { service, id })?;
+    let out = state
+        .registry
+        .write(Command::Deregister { service, id })
+        .await?;
     Ok(with_index(out.index, StatusCode::NO_CONTENT))
 }
 
@@ -60,7 +66,7 @@ pub(super) async fn heartbeat(
     Path((service, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (service, id) = names(&service, &id)?;
-    let out = state.registry.heartbeat(&service, &id)?;
+    let out = state.registry.heartbeat(&service, &id).await?;
     Ok(with_index(out.index, StatusCode::NO_CONTENT))
 }
 
@@ -71,11 +77,14 @@ pub(super) async fn maintenance(
 ) -> Result<Response, ApiError> {
     let (service, id) = names(&service, &id)?;
     let reason = validate_reason(req.reason)?;
-    let out = state.registry.apply(Command::SetMaintenance {
-        service: service.clone(),
-        id: id.clone(),
-        reason: req.enabled.then_some(reason),
-    })?;
+    let out = state
+        .registry
+        .write(Command::SetMaintenance {
+            service: service.clone(),
+            id: id.clone(),
+            reason: req.enabled.then_some(reason),
+        })
+        .await?;
     let snap = state.registry.snapshot();
     let inst = snap
         .instance(service.as_str(), id.as_str())

@@ -1,0 +1,123 @@
+//! `GET /v1/snapshot` and `PUT /v1/snapshot`: backups of the whole catalog.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+use super::extract::parse_json;
+use super::{ApiError, AppState, with_index};
+use crate::catalog::Command;
+use crate::model::{InstanceId, InstanceSpec, ServiceName};
+use crate::store::{FORMAT_VERSION, StoredInstance};
+
+/// Largest snapshot accepted by a restore.
+pub const SNAPSHOT_LIMIT: usize = 256 * 1024 * 1024;
+
+/// The snapshot file: versioned, self-describing JSON.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    /// Always `roster-snapshot`.
+    pub format: String,
+    /// Format version.
+    pub version: u64,
+    /// Catalog index when the snapshot was taken.
+    pub index: u64,
+    /// Index of the last change to the set of names.
+    #[serde(default)]
+    pub names_index: u64,
+    /// Every instance.
+    pub instances: Vec<StoredInstance>,
+}
+
+const FORMAT: &str = "roster-snapshot";
+
+pub(super) async fn save(State(state): State<AppState>) -> Response {
+    let snap = state.registry.snapshot();
+    let file = SnapshotFile {
+        format: FORMAT.into(),
+        version: FORMAT_VERSION,
+        index: snap.index,
+        names_index: snap.names_index,
+        instances: snap
+            .services
+            .values()
+            .flat_map(|s| s.instances.values())
+            .map(|i| StoredInstance::from_instance(i))
+            .collect(),
+    };
+    with_index(snap.index, Json(file))
+}
+
+pub(super) async fn restore(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let file: SnapshotFile = parse_json(&body)?;
+    if file.format != FORMAT {
+        return Err(ApiError::invalid(
+            "format",
+            format!("not a roster snapshot: format {:?}", file.format),
+        ));
+    }
+    if file.version != FORMAT_VERSION {
+        return Err(ApiError::invalid(
+            "version",
+            format!(
+                "snapshot version {} cannot be read; this roster reads version {FORMAT_VERSION}",
+                file.version
+            ),
+        ));
+    }
+    let mut instances = Vec::with_capacity(file.instances.len());
+    let mut seen = std::collections::HashSet::new();
+    for (n, stored) in file.instances.into_iter().enumerate() {
+        let at = |e: crate::model::FieldError| {
+            ApiError::invalid(format!("instances[{n}].{}", e.field), e.detail)
+        };
+        let service = ServiceName::parse(&stored.service).map_err(at)?;
+        let id = InstanceId::parse(&stored.id).map_err(at)?;
+        if !seen.insert(id.clone()) {
+            return Err(ApiError::invalid(
+                format!("instances[{n}].id"),
+                format!("duplicate instance id {id}"),
+            ));
+        }
+        // The same rules as a registration, so a restore cannot smuggle in what
+        // the API would refuse.
+        let request = roster_client::api::RegisterRequest {
+            address: Some(stored.address.clone()),
+            port: stored.port,
+            tags: stored.tags.clone(),
+            meta: stored.meta.clone(),
+            weights: stored.weights,
+            ttl: stored.ttl_ms.map(Duration::from_millis),
+            deregister_critical_after: Some(Duration::from_millis(
+                stored.deregister_critical_after_ms,
+            )),
+        };
+        InstanceSpec::from_request(request, None, &state.limits).map_err(at)?;
+        let mut inst = stored.into_instance();
+        inst.service = service.as_arc().clone();
+        inst.id = id.as_arc().clone();
+        instances.push(inst);
+    }
+    let out = state
+        .registry
+        .write(Command::Restore {
+            index: file.index,
+            names_index: file.names_index,
+            instances,
+            grace: state.lease_grace,
+            stamp: true,
+        })
+        .await?;
+    let snap = state.registry.snapshot();
+    Ok(with_index(
+        out.index,
+        Json(serde_json::json!({ "index": out.index, "instances": snap.instance_count() })),
+    ))
+}

@@ -1,0 +1,379 @@
+//! Durable catalog on disk (redb), with group commit.
+//!
+//! The store holds the catalog's *state*, not a log of commands: one row per
+//! instance (JSON, versioned) plus the global index, so it stays as large as the
+//! catalog however long the registry runs. Writers hand their changed instances to
+//! one writer thread; it takes everything queued, writes it in one transaction and
+//! fsyncs once, then acknowledges every writer of the group. Heartbeats that
+//! change nothing never reach it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use roster_client::api::{Health, Weights};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::catalog::Instance;
+use crate::model::InstanceSpec;
+
+/// Version of the row format (`meta.format`) and of snapshot files.
+pub const FORMAT_VERSION: u64 = 1;
+
+const INSTANCES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("instances");
+const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
+const DB_FILE: &str = "catalog.redb";
+const LOCK_FILE: &str = "LOCK";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the data directory.
+    #[error("data directory {dir} is in use by another roster process (lock held on {lock})")]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The store file cannot be opened or read.
+    #[error("cannot open the catalog store {file}: {message}")]
+    Open {
+        /// The file.
+        file: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A row or the metadata cannot be decoded.
+    #[error("the catalog store {file} is corrupt: {message}")]
+    Corrupt {
+        /// The file.
+        file: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A write failed.
+    #[error("writing the catalog store failed: {0}")]
+    Write(String),
+}
+
+/// One instance as stored on disk and in snapshot files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredInstance {
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub id: String,
+    /// Address.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Metadata.
+    #[serde(default)]
+    pub meta: std::collections::BTreeMap<String, String>,
+    /// Weights.
+    #[serde(default)]
+    pub weights: Weights,
+    /// Lease length in milliseconds.
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// Time in critical before removal, in milliseconds.
+    pub deregister_critical_after_ms: u64,
+    /// Status of the lease check.
+    #[serde(default)]
+    pub lease: Option<Health>,
+    /// Maintenance reason.
+    #[serde(default)]
+    pub maintenance: Option<String>,
+    /// Index of the first registration.
+    pub create_index: u64,
+    /// Index of the last change.
+    pub modify_index: u64,
+}
+
+impl StoredInstance {
+    /// The stored form of a catalog instance.
+    pub fn from_instance(i: &Instance) -> Self {
+        StoredInstance {
+            service: i.service.to_string(),
+            id: i.id.to_string(),
+            address: i.spec.address.clone(),
+            port: i.spec.port,
+            tags: i.spec.tags.clone(),
+            meta: i.spec.meta.clone(),
+            weights: i.spec.weights,
+            ttl_ms: i.spec.ttl.map(|d| d.as_millis() as u64),
+            deregister_critical_after_ms: i.spec.deregister_critical_after.as_millis() as u64,
+            lease: i.lease,
+            maintenance: i.maintenance.clone(),
+            create_index: i.create_index,
+            modify_index: i.modify_index,
+        }
+    }
+
+    /// Back to a catalog instance.
+    pub fn into_instance(self) -> Instance {
+        let ttl = self.ttl_ms.map(Duration::from_millis);
+        Instance {
+            id: self.id.into(),
+            service: self.service.into(),
+            spec: InstanceSpec {
+                address: self.address,
+                port: self.port,
+                tags: self.tags,
+                meta: self.meta,
+                weights: self.weights,
+                ttl,
+                deregister_critical_after: Duration::from_millis(self.deregister_critical_after_ms),
+            },
+            lease: ttl.map(|_| self.lease.unwrap_or(Health::Passing)),
+            maintenance: self.maintenance,
+            create_index: self.create_index,
+            modify_index: self.modify_index,
+        }
+    }
+}
+
+/// What the store held at start-up.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Global index.
+    pub index: u64,
+    /// Index of the last change to the set of service names.
+    pub names_index: u64,
+    /// Every instance.
+    pub instances: Vec<Instance>,
+}
+
+/// A set of changes to write together.
+#[derive(Debug)]
+pub struct Batch {
+    /// Global index after the changes.
+    pub index: u64,
+    /// Names index after the changes.
+    pub names_index: u64,
+    /// Remove every stored instance first (a restore).
+    pub replace_all: bool,
+    /// Changed instances by id; `None` removes one.
+    pub changes: Vec<(Arc<str>, Option<Arc<Instance>>)>,
+    /// Told once the batch is on disk, if somebody waits.
+    pub done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Handle to the writer thread. Dropping it stops the thread after it has
+/// written everything queued.
+#[derive(Debug)]
+pub struct Store {
+    tx: Option<mpsc::Sender<Batch>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    file: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// Locks `dir`, opens (or creates) the store in it and reads everything.
+    pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            file: dir.to_owned(),
+            message: format!("cannot create the data directory: {e}"),
+        })?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Open {
+                file: lock_path.clone(),
+                message: e.to_string(),
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked {
+                dir: dir.to_owned(),
+                lock: lock_path,
+            });
+        }
+        let file = dir.join(DB_FILE);
+        // redb asserts on some damaged files (a truncated one, for instance)
+        // instead of returning an error: report those as corruption too.
+        let created =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::create(&file)));
+        let db = match created {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => {
+                return Err(StoreError::Open {
+                    file: file.clone(),
+                    message: e.to_string(),
+                });
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unreadable".into());
+                return Err(corrupt(&file, format!("damaged file ({message})")));
+            }
+        };
+        let loaded = load(&db, &file)?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("roster-store".into())
+            .spawn(move || writer(db, rx))
+            .map_err(|e| StoreError::Write(e.to_string()))?;
+        Ok((
+            Store {
+                tx: Some(tx),
+                thread: Some(thread),
+                file,
+                _lock: lock,
+            },
+            loaded,
+        ))
+    }
+
+    /// The store file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Queues a batch. Never blocks.
+    pub fn submit(&self, batch: Batch) {
+        if let Some(tx) = &self.tx
+            && let Err(mpsc::SendError(batch)) = tx.send(batch)
+            && let Some(done) = batch.done
+        {
+            let _ = done.send(Err("the store writer has stopped".into()));
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn corrupt(file: &Path, message: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        file: file.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+fn load(db: &Database, file: &Path) -> Result<Loaded, StoreError> {
+    let txn = db.begin_read().map_err(|e| corrupt(file, e))?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => Some(t),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(corrupt(file, e)),
+    };
+    let Some(meta) = meta else {
+        return Ok(Loaded::default());
+    };
+    let get = |key: &str| -> Result<Option<u64>, StoreError> {
+        Ok(meta
+            .get(key)
+            .map_err(|e| corrupt(file, e))?
+            .map(|v| v.value()))
+    };
+    match get("format")? {
+        Some(FORMAT_VERSION) => {}
+        Some(v) => {
+            return Err(corrupt(
+                file,
+                format!("format version {v}; this roster reads version {FORMAT_VERSION}"),
+            ));
+        }
+        None => return Err(corrupt(file, "no format version")),
+    }
+    let mut loaded = Loaded {
+        index: get("index")?.ok_or_else(|| corrupt(file, "no index"))?,
+        names_index: get("names_index")?.unwrap_or(0),
+        instances: Vec::new(),
+    };
+    let table = txn.open_table(INSTANCES).map_err(|e| corrupt(file, e))?;
+    for row in table.iter().map_err(|e| corrupt(file, e))? {
+        let (key, value) = row.map_err(|e| corrupt(file, e))?;
+        let stored: StoredInstance = serde_json::from_slice(value.value())
+            .map_err(|e| corrupt(file, format!("instance {:?}: {e}", key.value())))?;
+        if stored.modify_index > loaded.index {
+            return Err(corrupt(
+                file,
+                format!("instance {:?} is newer than the catalog index", key.value()),
+            ));
+        }
+        loaded.instances.push(stored.into_instance());
+    }
+    Ok(loaded)
+}
+
+/// The writer thread: group commit until the channel closes.
+fn writer(db: Database, rx: mpsc::Receiver<Batch>) {
+    // Changes of a group that failed to commit, written again with the next group.
+    let mut carried: Vec<Batch> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut group = std::mem::take(&mut carried);
+        group.push(first);
+        group.extend(rx.try_iter());
+        let result = write_group(&db, &group).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "catalog store write failed; the changes are kept and retried with the next write");
+        }
+        for batch in &mut group {
+            if let Some(done) = batch.done.take() {
+                let _ = done.send(result.clone());
+            }
+        }
+        if result.is_err() {
+            carried = group;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if !carried.is_empty()
+        && let Err(e) = write_group(&db, &carried)
+    {
+        tracing::error!(error = %e, "catalog store: changes lost at shutdown");
+    }
+}
+
+fn write_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let mut table = txn.open_table(INSTANCES)?;
+        for batch in group {
+            if batch.replace_all {
+                table.retain(|_, _| false)?;
+            }
+            for (id, change) in &batch.changes {
+                match change {
+                    Some(inst) => {
+                        let row = serde_json::to_vec(&StoredInstance::from_instance(inst))
+                            .expect("instances serialize");
+                        table.insert(&**id, row.as_slice())?;
+                    }
+                    None => {
+                        table.remove(&**id)?;
+                    }
+                }
+            }
+        }
+        let last = group.last().expect("groups are never empty");
+        meta.insert("format", FORMAT_VERSION)?;
+        meta.insert("index", last.index)?;
+        meta.insert("names_index", last.names_index)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
