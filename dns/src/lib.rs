@@ -1,8 +1,178 @@
 //! DNS front end for the roster service registry (server-side discovery).
 //!
-//! This crate will hold a hickory-server `RequestHandler` answering
-//! `SERVICE.service.DOMAIN` (A/AAAA), SRV and TXT queries from a `ServiceView`
-//! implemented by the registry. It is empty until the DNS issue lands; the crate
-//! exists now so the workspace layout and its dependency arrows are fixed
-//! (`registry -> dns -> client`).
+//! [`DnsHandler`] is a hickory-server [`RequestHandler`](hickory_server::server::RequestHandler)
+//! that answers from a [`ServiceView`], the registry's read-only view of its
+//! services. [`DnsServer`] (or [`serve`]) runs it on one UDP and one TCP socket
+//! bound to the same port. The crate knows nothing about the catalog: the
+//! registry implements [`ServiceView`] in-process, and a remote implementation
+//! fed by a watch stream can run the same handler in a separate process.
+//!
+//! # Names
+//!
+//! Every name lives under the configured domain (`DOMAIN`, default `roster.`,
+//! see [`DnsConfig`]). Names are case-insensitive; answers echo the query's case.
+//!
+//! | name | types | answer |
+//! |---|---|---|
+//! | `DOMAIN` | SOA, NS | the zone apex: `SOA ns.DOMAIN. hostmaster.DOMAIN. …`, `NS ns.DOMAIN.` |
+//! | `SERVICE.service.DOMAIN` | A, AAAA, TXT | healthy endpoints of the service |
+//! | `TAG.SERVICE.service.DOMAIN` | A, AAAA, TXT | healthy endpoints carrying `TAG` |
+//! | `_SERVICE._tcp.service.DOMAIN` | SRV | every healthy endpoint |
+//! | `_SERVICE._TAG.service.DOMAIN` | SRV | healthy endpoints carrying `TAG` |
+//! | `ID.SERVICE.instance.DOMAIN` | A, AAAA, TXT | one instance, whatever its health |
+//!
+//! `ANY` returns every record of the name. Other existing names
+//! (`service.DOMAIN`, `instance.DOMAIN`, `ns.DOMAIN`, `SERVICE.instance.DOMAIN`,
+//! `_X.service.DOMAIN`) are empty non-terminals: they answer NODATA, never
+//! NXDOMAIN, so resolvers doing QNAME minimisation (RFC 9156) do not cut the
+//! tree off above real names.
+//!
+//! # Records
+//!
+//! * **A/AAAA**: one record per endpoint whose address is an IP of that family.
+//! * **Hostname endpoints** (an address that is not an IP) are answered with a
+//!   CNAME to the hostname for A and AAAA queries. A name holding a CNAME may
+//!   hold no other data (RFC 1034 §3.6.2), so on `SERVICE.service.DOMAIN` (and
+//!   the tag names) the CNAME is only used when none of the matching endpoints
+//!   has an IP address; then one hostname endpoint is picked per query, in
+//!   rotation. When IP and hostname endpoints are mixed, A/AAAA queries get the
+//!   IP endpoints only and the hostname endpoints are reachable through SRV.
+//!   The CNAME target is outside the zone and is not chased. TXT queries on an
+//!   instance with a hostname address still get its TXT record (a deliberate
+//!   exception to the CNAME rule: the metadata would otherwise be unreachable).
+//! * **SRV** (RFC 2782): priority 1, weight [`Endpoint::weight`], the endpoint's
+//!   port. The target is `ID.SERVICE.instance.DOMAIN` for IP endpoints, and its
+//!   A/AAAA record goes in the additional section (for every target, as long as
+//!   it fits); for hostname endpoints the target is the hostname itself, with no
+//!   additional record. `_tcp` means "no tag filter", so a tag literally named
+//!   `tcp` is not selectable through SRV. Tags and ids that are not valid DNS
+//!   labels (longer than 63 bytes, say) cannot be queried, and an IP endpoint
+//!   whose instance name would be invalid is left out of SRV answers.
+//! * **TXT**: one record per endpoint with metadata, one `key=value` string per
+//!   entry, in key order (an entry longer than 255 bytes continues in the next
+//!   string of the same record). Identical records are sent once.
+//! * Positive answers carry [`DnsConfig::ttl`]; negative answers (NXDOMAIN and
+//!   NODATA) carry the zone's SOA in the authority section with TTL and minimum
+//!   [`DnsConfig::negative_ttl`] (RFC 2308). The SOA serial is always 1: nothing
+//!   transfers this zone.
+//!
+//! An instance id matches case-insensitively; a tag too. A service "exists" when
+//! the view knows it (even with no healthy endpoint: NODATA); a tag name exists
+//! when some endpoint of the service, of any health, carries the tag.
+//!
+//! # Protocol
+//!
+//! * AA is set and RA is clear on every answer; RD and CD are copied.
+//! * NXDOMAIN for unknown services, instances, tags and name shapes inside the
+//!   domain; REFUSED for names outside it, for classes other than IN and for
+//!   zone transfers; NOTIMP for opcodes other than QUERY; FORMERR for messages
+//!   without exactly one question (and, in [`DnsServer`], for messages that do
+//!   not parse); BADVERS for EDNS versions above 0.
+//! * EDNS0 (RFC 6891): when the query has an OPT record the answer has one too,
+//!   and a UDP answer is sized to the requester's payload size (at least 512,
+//!   at most [`DnsConfig::max_udp_payload`]); without EDNS a UDP answer never
+//!   exceeds 512 bytes.
+//! * Truncation is done here, not by hickory: when the answer does not fit, as
+//!   many whole answer records as fit are sent with TC=1 and the OPT record is
+//!   kept (hickory's own truncation would drop the OPT record, since it is
+//!   written last). Additional records that do not fit are dropped without TC.
+//!   Over TCP the limit is 65535 bytes, which holds every realistic answer.
+//! * Answers (A, AAAA, SRV, TXT, and the CNAME pick) are rotated by one position
+//!   per query, so naive clients that take the first record spread their load.
+//! * Rendered records are cached per service and [`ServiceRecords::index`]: a
+//!   query only filters, rotates and copies prepared records.
+//! * The query path logs at `debug` level only. [`DnsServer`] uses its own
+//!   socket loops rather than `hickory_server::Server`, whose per-request
+//!   logging is at `info` level.
 #![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+mod handler;
+mod names;
+mod render;
+mod server;
+mod wire;
+
+pub use handler::DnsHandler;
+pub use server::{DnsServer, serve};
+
+/// Everything the DNS front end needs to know about one service, as the
+/// registry renders it once per change of the service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceRecords {
+    /// Index of the last change to the service. It must change whenever
+    /// `endpoints` does: the handler caches its rendered records by it.
+    pub index: u64,
+    /// Every endpoint of the service, healthy or not.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One instance of a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Instance id (unique in the registry).
+    pub id: String,
+    /// IP address or hostname.
+    pub address: String,
+    /// Port, used in SRV records.
+    pub port: u16,
+    /// Tags, selectable with `TAG.SERVICE.service.DOMAIN` and `_SERVICE._TAG.service.DOMAIN`.
+    pub tags: Vec<String>,
+    /// Metadata, published as `key=value` TXT strings.
+    pub meta: BTreeMap<String, String>,
+    /// SRV weight for the instance's current health.
+    pub weight: u16,
+    /// Whether the instance is healthy (passing or warning): only healthy
+    /// instances appear in service answers; instance names answer regardless.
+    pub healthy: bool,
+}
+
+/// The registry's read-only view of its services.
+///
+/// Called on every query, from many threads at once: it must be cheap and must
+/// not block (return a published snapshot, never wait for a writer).
+pub trait ServiceView: Send + Sync + 'static {
+    /// The records of the service `name` (always lowercase), or `None` when the
+    /// registry does not know the service.
+    fn service(&self, name: &str) -> Option<Arc<ServiceRecords>>;
+}
+
+/// Settings of the DNS front end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// The domain answered for (default `roster`); a trailing dot is optional.
+    pub domain: String,
+    /// TTL of positive answers, in seconds (default 0: clients ask every time).
+    pub ttl: u32,
+    /// TTL and SOA minimum of negative answers, in seconds (default 5).
+    pub negative_ttl: u32,
+    /// Largest UDP answer, whatever the requester advertises (default 4096).
+    /// Values below 512 are raised to 512.
+    pub max_udp_payload: u16,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            domain: "roster".to_owned(),
+            ttl: 0,
+            negative_ttl: 5,
+            max_udp_payload: 4096,
+        }
+    }
+}
+
+/// Why a [`DnsConfig`] was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The domain is not a valid DNS name.
+    #[error("invalid DNS domain {domain:?}: {reason}")]
+    InvalidDomain {
+        /// The configured domain.
+        domain: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}

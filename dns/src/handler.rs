@@ -1,0 +1,462 @@
+//! The hickory `RequestHandler`: from a request to a sized response.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::slice;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, LowerQuery, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{NS, SOA};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tracing::debug;
+
+use crate::names::{self, Shape};
+use crate::render::{Addr, Rendered, Selection};
+use crate::wire::{self, OPT_LEN};
+use crate::{ConfigError, DnsConfig, ServiceView};
+
+/// Rendered services kept at most; past it the cache starts over (services
+/// that disappeared are otherwise only dropped when queried).
+const CACHE_CAP: usize = 16_384;
+/// Largest TCP message.
+const TCP_LIMIT: usize = u16::MAX as usize;
+
+/// Answers DNS queries from a [`ServiceView`]; see the [crate docs](crate) for
+/// the names and records. Cheap to clone: clones share the view and the cache.
+#[derive(Clone)]
+pub struct DnsHandler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    view: Arc<dyn ServiceView>,
+    config: DnsConfig,
+    /// Lowercase, fully qualified.
+    domain: Name,
+    domain_lower: LowerName,
+    /// `DOMAIN SOA`, used in negative answers.
+    soa: Record,
+    /// `DOMAIN NS ns.DOMAIN`.
+    ns: Record,
+    cache: RwLock<HashMap<Box<str>, Arc<Rendered>>>,
+    /// Rotation counter: one step per query.
+    turn: AtomicUsize,
+}
+
+impl fmt::Debug for DnsHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DnsHandler")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a query resolved to, before sizing.
+struct Reply {
+    rcode: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    additionals: Vec<Record>,
+    /// NXDOMAIN or NODATA: the SOA goes in the authority section.
+    negative: bool,
+}
+
+impl Reply {
+    fn error(rcode: ResponseCode) -> Reply {
+        Reply {
+            rcode,
+            authoritative: false,
+            answers: Vec::new(),
+            additionals: Vec::new(),
+            negative: false,
+        }
+    }
+
+    fn nxdomain() -> Reply {
+        Reply {
+            rcode: ResponseCode::NXDomain,
+            authoritative: true,
+            negative: true,
+            ..Reply::error(ResponseCode::NXDomain)
+        }
+    }
+
+    /// NOERROR: NODATA when both sections are empty.
+    fn answer(answers: Vec<Record>, additionals: Vec<Record>) -> Reply {
+        Reply {
+            rcode: ResponseCode::NoError,
+            authoritative: true,
+            negative: answers.is_empty(),
+            answers,
+            additionals,
+        }
+    }
+
+    fn nodata() -> Reply {
+        Reply::answer(Vec::new(), Vec::new())
+    }
+}
+
+impl DnsHandler {
+    /// A handler answering for `config.domain` from `view`.
+    pub fn new(view: Arc<dyn ServiceView>, config: DnsConfig) -> Result<DnsHandler, ConfigError> {
+        let domain =
+            names::domain_name(&config.domain).map_err(|reason| ConfigError::InvalidDomain {
+                domain: config.domain.clone(),
+                reason,
+            })?;
+        let label = |l: &str| {
+            Name::from_labels([l.as_bytes()])
+                .and_then(|n| n.append_domain(&domain))
+                .map_err(|e| ConfigError::InvalidDomain {
+                    domain: config.domain.clone(),
+                    reason: e.to_string(),
+                })
+        };
+        let ns_name = label("ns")?;
+        let soa = Record::from_rdata(
+            domain.clone(),
+            config.negative_ttl,
+            RData::SOA(SOA::new(
+                ns_name.clone(),
+                label("hostmaster")?,
+                1,
+                3600,
+                600,
+                86_400,
+                config.negative_ttl,
+            )),
+        );
+        let ns = Record::from_rdata(domain.clone(), config.ttl, RData::NS(NS(ns_name)));
+        Ok(DnsHandler {
+            inner: Arc::new(Inner {
+                view,
+                domain_lower: LowerName::from(&domain),
+                domain,
+                soa,
+                ns,
+                cache: RwLock::new(HashMap::new()),
+                turn: AtomicUsize::new(0),
+                config,
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DnsConfig {
+        &self.inner.config
+    }
+
+    /// The domain answered for, lowercase and fully qualified (`roster.`).
+    pub fn domain(&self) -> &Name {
+        &self.inner.domain
+    }
+
+    /// The rendered records of `service`, from the cache when its index has not moved.
+    fn rendered(&self, service: &str) -> Option<Arc<Rendered>> {
+        let inner = &*self.inner;
+        let cache = || inner.cache.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(records) = inner.view.service(service) else {
+            if cache().contains_key(service) {
+                let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
+                cache.remove(service);
+            }
+            return None;
+        };
+        if let Some(rendered) = cache().get(service)
+            && rendered.index == records.index
+        {
+            return Some(rendered.clone());
+        }
+        let rendered = Arc::new(Rendered::new(service, &records, &inner.domain));
+        let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHE_CAP && !cache.contains_key(service) {
+            cache.clear();
+        }
+        cache.insert(service.into(), rendered.clone());
+        Some(rendered)
+    }
+
+    fn record(&self, name: &Name, data: RData) -> Record {
+        Record::from_rdata(name.clone(), self.inner.config.ttl, data)
+    }
+
+    /// Resolves one question.
+    fn resolve(&self, query: &LowerQuery) -> Reply {
+        let qtype = query.query_type();
+        if query.query_class() != DNSClass::IN
+            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+        {
+            return Reply::error(ResponseCode::Refused);
+        }
+        let qname = query.original().name();
+        let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
+        match names::parse(query.name(), &self.inner.domain_lower) {
+            Shape::Outside => Reply::error(ResponseCode::Refused),
+            Shape::Unknown => Reply::nxdomain(),
+            Shape::Empty => Reply::nodata(),
+            Shape::Apex => {
+                let mut answers = Vec::new();
+                for (record, ty) in [
+                    (&self.inner.soa, RecordType::SOA),
+                    (&self.inner.ns, RecordType::NS),
+                ] {
+                    if qtype == ty || qtype == RecordType::ANY {
+                        let mut record = record.clone();
+                        record.name = qname.clone();
+                        answers.push(record);
+                    }
+                }
+                Reply::answer(answers, Vec::new())
+            }
+            Shape::ServiceParent { service } => match self.rendered(service) {
+                Some(_) => Reply::nodata(),
+                None => Reply::nxdomain(),
+            },
+            Shape::Service { service, tag } => {
+                let Some(rendered) = self.rendered(service) else {
+                    return Reply::nxdomain();
+                };
+                let Some(selection) = select(&rendered, tag) else {
+                    return Reply::nxdomain();
+                };
+                Reply::answer(
+                    self.service_answers(qname, qtype, &rendered, selection, turn),
+                    Vec::new(),
+                )
+            }
+            Shape::Srv { service, tag } => {
+                let Some(rendered) = self.rendered(service) else {
+                    return Reply::nxdomain();
+                };
+                let Some(selection) = select(&rendered, tag) else {
+                    return Reply::nxdomain();
+                };
+                if !matches!(qtype, RecordType::SRV | RecordType::ANY) {
+                    return Reply::nodata();
+                }
+                self.srv_answers(qname, &rendered, selection, turn)
+            }
+            Shape::Instance { service, id } => {
+                let Some(rendered) = self.rendered(service) else {
+                    return Reply::nxdomain();
+                };
+                let id = id.join(".");
+                match rendered.ids.get(id.as_str()) {
+                    Some(&i) => Reply::answer(
+                        self.instance_answers(qname, qtype, &rendered, i),
+                        Vec::new(),
+                    ),
+                    None if rendered.has_id_suffix(&id) => Reply::nodata(),
+                    None => Reply::nxdomain(),
+                }
+            }
+        }
+    }
+
+    /// A/AAAA/CNAME/TXT of the healthy endpoints in `selection`.
+    fn service_answers(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        rendered: &Rendered,
+        selection: &Selection,
+        turn: usize,
+    ) -> Vec<Record> {
+        let any = qtype == RecordType::ANY;
+        let mut out = Vec::new();
+        if any || matches!(qtype, RecordType::A | RecordType::AAAA) {
+            let addrs = selection
+                .members
+                .iter()
+                .map(|&i| &rendered.eps[i as usize].addr);
+            if selection.has_ip {
+                for addr in addrs {
+                    if let Addr::Ip(data) = addr
+                        && (any || data.record_type() == qtype)
+                    {
+                        out.push(self.record(qname, data.clone()));
+                    }
+                }
+            } else {
+                let hosts = addrs.filter(|addr| matches!(addr, Addr::Host(_)));
+                let count = hosts.clone().count();
+                if let Some(Addr::Host(data)) = hosts.clone().nth(turn % count.max(1)) {
+                    out.push(self.record(qname, data.clone()));
+                }
+            }
+        }
+        rotate(&mut out, turn);
+        if any || qtype == RecordType::TXT {
+            let start = out.len();
+            for &i in &selection.txt {
+                if let Some(txt) = &rendered.eps[i as usize].txt {
+                    out.push(self.record(qname, txt.clone()));
+                }
+            }
+            rotate(&mut out[start..], turn);
+        }
+        out
+    }
+
+    /// SRV of the endpoints in `selection`, with A/AAAA of every IP target.
+    fn srv_answers(
+        &self,
+        qname: &Name,
+        rendered: &Rendered,
+        selection: &Selection,
+        turn: usize,
+    ) -> Reply {
+        let mut answers = Vec::with_capacity(selection.members.len());
+        let mut additionals = Vec::with_capacity(selection.members.len());
+        for &i in &selection.members {
+            let ep = &rendered.eps[i as usize];
+            let Some(srv) = &ep.srv else { continue };
+            answers.push(self.record(qname, srv.clone()));
+            if let (Addr::Ip(data), Some(target)) = (&ep.addr, &ep.instance_name) {
+                additionals.push(self.record(target, data.clone()));
+            }
+        }
+        rotate(&mut answers, turn);
+        rotate(&mut additionals, turn);
+        Reply::answer(answers, additionals)
+    }
+
+    /// Records of one instance, whatever its health.
+    fn instance_answers(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        rendered: &Rendered,
+        i: u32,
+    ) -> Vec<Record> {
+        let ep = &rendered.eps[i as usize];
+        let any = qtype == RecordType::ANY;
+        let mut out = Vec::new();
+        if any || matches!(qtype, RecordType::A | RecordType::AAAA) {
+            match &ep.addr {
+                Addr::Ip(data) if any || data.record_type() == qtype => {
+                    out.push(self.record(qname, data.clone()));
+                }
+                Addr::Host(data) => out.push(self.record(qname, data.clone())),
+                _ => {}
+            }
+        }
+        if let Some(txt) = &ep.txt
+            && (any || qtype == RecordType::TXT)
+        {
+            out.push(self.record(qname, txt.clone()));
+        }
+        out
+    }
+
+    /// Everything but the sizing: header checks, then the question.
+    fn reply(&self, request: &Request) -> Reply {
+        if request.metadata.op_code != OpCode::Query {
+            return Reply::error(ResponseCode::NotImp);
+        }
+        if request.edns.as_ref().is_some_and(|edns| edns.version() > 0) {
+            return Reply::error(ResponseCode::BADVERS);
+        }
+        match request.queries.queries() {
+            [query] => self.resolve(query),
+            _ => Reply::error(ResponseCode::FormErr),
+        }
+    }
+}
+
+/// The selection a service name designates: every healthy endpoint, or the
+/// healthy endpoints with `tag`; `None` when no endpoint carries the tag.
+fn select<'r>(rendered: &'r Rendered, tag: Option<&str>) -> Option<&'r Selection> {
+    match tag {
+        None => Some(&rendered.healthy),
+        Some(tag) => rendered.tags.get(tag),
+    }
+}
+
+/// Rotates `records` left by `turn` positions (modulo their number).
+fn rotate(records: &mut [Record], turn: usize) {
+    if !records.is_empty() {
+        let len = records.len();
+        records.rotate_left(turn % len);
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let config = &self.inner.config;
+        let udp = request.protocol() == Protocol::Udp;
+        let max_udp = config.max_udp_payload.max(512);
+        let limit = match (&request.edns, udp) {
+            (_, false) => TCP_LIMIT,
+            (None, true) => 512,
+            (Some(edns), true) => usize::from(edns.max_payload().clamp(512, max_udp)),
+        };
+        let edns = request.edns.as_ref().map(|_| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(if udp {
+                u16::try_from(limit).unwrap_or(max_udp)
+            } else {
+                max_udp
+            });
+            edns
+        });
+        let reply = self.reply(request);
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = reply.rcode;
+        metadata.authoritative = reply.authoritative;
+        let authority = if reply.negative {
+            slice::from_ref(&self.inner.soa)
+        } else {
+            &[]
+        };
+        let budget = limit - if edns.is_some() { OPT_LEN } else { 0 };
+        let fit = wire::fit(
+            &metadata,
+            &request.queries,
+            &reply.answers,
+            authority,
+            &reply.additionals,
+            budget,
+        );
+        metadata.truncation = fit.truncated;
+        debug!(
+            id = request.metadata.id,
+            query = ?request.queries.queries().first().map(|q| q.original()),
+            rcode = %reply.rcode,
+            answers = fit.answers,
+            of = reply.answers.len(),
+            truncated = fit.truncated,
+            "dns query"
+        );
+        let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+            metadata,
+            &reply.answers[..fit.answers],
+            if fit.authority { authority } else { &[] },
+            [],
+            &reply.additionals[..fit.additionals],
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                debug!(id = request.metadata.id, %error, "dns response not sent");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Parsing query names into the shapes the handler answers.
+
+use hickory_proto::rr::{LowerName, Name};
+
+/// What a query name designates. Borrowed labels are lowercase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Shape<'a> {
+    /// Not inside the domain: REFUSED.
+    Outside,
+    /// The domain itself.
+    Apex,
+    /// A name that exists but holds no records (`service.D`, `instance.D`,
+    /// `ns.D`, `_X.service.D`).
+    Empty,
+    /// `SERVICE.instance.D`: exists when the service does.
+    ServiceParent {
+        /// Service name.
+        service: &'a str,
+    },
+    /// `SERVICE.service.D` or `TAG.SERVICE.service.D`.
+    Service {
+        /// Service name.
+        service: &'a str,
+        /// Tag filter.
+        tag: Option<&'a str>,
+    },
+    /// `_SERVICE._tcp.service.D` or `_SERVICE._TAG.service.D`.
+    Srv {
+        /// Service name.
+        service: &'a str,
+        /// Tag filter (`None` for `_tcp`).
+        tag: Option<&'a str>,
+    },
+    /// `ID.SERVICE.instance.D`; the id may span several labels.
+    Instance {
+        /// Service name.
+        service: &'a str,
+        /// Id labels, left to right.
+        id: Vec<&'a str>,
+    },
+    /// Inside the domain, but no name of ours: NXDOMAIN.
+    Unknown,
+}
+
+/// Parses `qname` (lowercase) relative to `domain` (lowercase, fully qualified).
+pub(crate) fn parse<'a>(qname: &'a LowerName, domain: &LowerName) -> Shape<'a> {
+    if !domain.zone_of(qname) {
+        return Shape::Outside;
+    }
+    let relative = usize::from(qname.num_labels() - domain.num_labels());
+    if relative == 0 {
+        return Shape::Apex;
+    }
+    let mut labels = Vec::with_capacity(relative);
+    for label in qname.iter().take(relative) {
+        match std::str::from_utf8(label) {
+            Ok(label) => labels.push(label),
+            Err(_) => return Shape::Unknown,
+        }
+    }
+    let (kind, rest) = labels.split_last().expect("relative > 0");
+    match (*kind, rest) {
+        ("service" | "instance" | "ns", []) => Shape::Empty,
+        ("service", [service]) if service.starts_with('_') => Shape::Empty,
+        ("service", [service]) => Shape::Service { service, tag: None },
+        ("service", [a, b]) => match (a.strip_prefix('_'), b.strip_prefix('_')) {
+            (Some(service), Some("tcp")) => Shape::Srv { service, tag: None },
+            (Some(service), Some(tag)) => Shape::Srv {
+                service,
+                tag: Some(tag),
+            },
+            (None, None) => Shape::Service {
+                service: b,
+                tag: Some(a),
+            },
+            _ => Shape::Unknown,
+        },
+        ("instance", [service]) => Shape::ServiceParent { service },
+        ("instance", [id @ .., service]) => Shape::Instance {
+            service,
+            id: id.to_vec(),
+        },
+        _ => Shape::Unknown,
+    }
+}
+
+/// Builds the fully qualified, lowercase domain name from the configuration.
+pub(crate) fn domain_name(domain: &str) -> Result<Name, String> {
+    let trimmed = domain.trim();
+    let mut name = Name::from_utf8(trimmed).map_err(|e| e.to_string())?;
+    if name.is_root() || name.num_labels() == 0 {
+        return Err("the domain must have at least one label".to_owned());
+    }
+    name.set_fqdn(true);
+    Ok(name.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(q: &str) -> String {
+        let domain = LowerName::from(domain_name("Roster").unwrap());
+        let q = LowerName::from(Name::from_utf8(q).unwrap());
+        format!("{:?}", parse(&q, &domain))
+    }
+
+    #[test]
+    fn shapes() {
+        assert_eq!(shape("roster."), "Apex");
+        assert_eq!(shape("example.com."), "Outside");
+        assert_eq!(shape("roster.example."), "Outside");
+        assert_eq!(shape("service.roster."), "Empty");
+        assert_eq!(shape("_web.service.roster."), "Empty");
+        assert_eq!(
+            shape("Web.Service.Roster."),
+            r#"Service { service: "web", tag: None }"#
+        );
+        assert_eq!(
+            shape("v2.web.service.roster."),
+            r#"Service { service: "web", tag: Some("v2") }"#
+        );
+        assert_eq!(
+            shape("_web._TCP.service.roster."),
+            r#"Srv { service: "web", tag: None }"#
+        );
+        assert_eq!(
+            shape("_web._v2.service.roster."),
+            r#"Srv { service: "web", tag: Some("v2") }"#
+        );
+        assert_eq!(shape("_web.v2.service.roster."), "Unknown");
+        assert_eq!(shape("a.b.c.service.roster."), "Unknown");
+        assert_eq!(
+            shape("web.instance.roster."),
+            r#"ServiceParent { service: "web" }"#
+        );
+        assert_eq!(
+            shape("a.b.web.instance.roster."),
+            r#"Instance { service: "web", id: ["a", "b"] }"#
+        );
+        assert_eq!(shape("x.roster."), "Unknown");
+    }
+
+    #[test]
+    fn domain_must_be_a_name() {
+        assert_eq!(domain_name("roster.").unwrap().to_string(), "roster.");
+        assert_eq!(
+            domain_name("Dc1.Roster").unwrap().to_string(),
+            "dc1.roster."
+        );
+        assert!(domain_name(".").is_err());
+        assert!(domain_name("").is_err());
+    }
+}
