@@ -209,6 +209,45 @@ impl RosterClient {
         Ok(WatchStream::new(resp, last_event_id.map(str::to_owned)))
     }
 
+    /// Downloads a snapshot of the whole catalog (versioned JSON, opaque here).
+    pub async fn snapshot_save(&self) -> Result<Vec<u8>, Error> {
+        let mut req = self.stream_http.get(format!("{}/v1/snapshot", self.base));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(Error::from_reqwest)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(Error::from_reqwest)?;
+        if !status.is_success() {
+            return Err(error_for(status, &bytes));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Replaces the whole catalog with a snapshot taken by
+    /// [`RosterClient::snapshot_save`]. Returns the catalog index after the restore.
+    pub async fn snapshot_restore(&self, snapshot: Vec<u8>) -> Result<u64, Error> {
+        let mut req = self
+            .stream_http
+            .put(format!("{}/v1/snapshot", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(snapshot);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(Error::from_reqwest)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(Error::from_reqwest)?;
+        if !status.is_success() {
+            return Err(error_for(status, &bytes));
+        }
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))?;
+        body["index"]
+            .as_u64()
+            .ok_or_else(|| Error::Protocol("restore answer without index".into()))
+    }
+
     /// Fetches one instance.
     pub async fn instance(&self, service: &str, id: &str) -> Result<Instance, Error> {
         self.send(Method::GET, &instance_path(service, id), None::<&()>)

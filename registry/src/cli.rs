@@ -67,6 +67,9 @@ pub enum Command {
     },
     /// List services.
     Services,
+    /// Save the catalog to a file, or restore it from one.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Print the instances of services now and after every change (Ctrl-C stops).
     Watch {
         /// Service names.
@@ -86,6 +89,22 @@ pub enum Command {
         /// Only instances with this tag (repeat for several).
         #[arg(long = "tag")]
         tags: Vec<String>,
+    },
+}
+
+/// `roster snapshot …`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Write the whole catalog to FILE (versioned JSON).
+    Save {
+        /// Output file.
+        file: std::path::PathBuf,
+    },
+    /// Replace the whole catalog with the contents of FILE. Leases get the
+    /// registry's grace period so restored instances can heartbeat.
+    Restore {
+        /// Snapshot file.
+        file: std::path::PathBuf,
     },
 }
 
@@ -252,6 +271,19 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
                 }
                 out.flush()?;
             }
+        }
+        Command::Snapshot(SnapshotCommand::Save { file }) => {
+            let bytes = client.snapshot_save().await?;
+            // Write then rename, so a crash never leaves half a backup under the name.
+            let tmp = file.with_extension("partial");
+            std::fs::write(&tmp, &bytes)?;
+            std::fs::rename(&tmp, file)?;
+            writeln!(out, "saved {} bytes to {}", bytes.len(), file.display())?;
+        }
+        Command::Snapshot(SnapshotCommand::Restore { file }) => {
+            let bytes = std::fs::read(file)?;
+            let index = client.snapshot_restore(bytes).await?;
+            writeln!(out, "restored {} at index {index}", file.display())?;
         }
         Command::Instances { service, all, tags } => {
             let query = InstanceQuery {

@@ -16,6 +16,9 @@ use crate::model::{InstanceId, ServiceName};
 use crate::store::{Batch, Loaded, Store};
 use crate::watch::{Hub, Subscription};
 
+/// Resolves once a change is on disk (or failed to get there).
+type Durable = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
 /// Why a write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -140,13 +143,7 @@ impl Registry {
         &self,
         cmd: Command,
         persist: bool,
-    ) -> Result<
-        (
-            Outcome,
-            Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
-        ),
-        CatalogError,
-    > {
+    ) -> Result<(Outcome, Option<Durable>), CatalogError> {
         let replace_all = matches!(cmd, Command::Restore { .. });
         let mut core = self.lock();
         let Core { catalog, hub } = &mut *core;

@@ -9,7 +9,7 @@ use roster_client::api::{Health, RegisterRequest};
 use roster_registry::catalog::{CatalogError, CatalogLimits, Command};
 use roster_registry::metrics::Metrics;
 use roster_registry::model::{InstanceId, InstanceSpec, Limits, ServiceName};
-use roster_registry::registry::Registry;
+use roster_registry::registry::{Registry, WriteError};
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
@@ -44,12 +44,13 @@ impl Harness {
             .unwrap();
     }
 
-    fn heartbeat(&self, service: &str, id: &str) -> Result<bool, CatalogError> {
+    async fn heartbeat(&self, service: &str, id: &str) -> Result<bool, WriteError> {
         self.registry
             .heartbeat(
                 &ServiceName::parse(service).unwrap(),
                 &InstanceId::parse(id).unwrap(),
             )
+            .await
             .map(|out| out.changed)
     }
 
@@ -93,8 +94,8 @@ async fn silent_instance_turns_critical_after_ttl_and_is_removed_later() {
     assert_eq!(h.health("web", "a"), None);
     assert_eq!(h.metric("roster_instances_reaped_total"), 1.0);
     assert!(matches!(
-        h.heartbeat("web", "a"),
-        Err(CatalogError::NotFound { .. })
+        h.heartbeat("web", "a").await,
+        Err(WriteError::Catalog(CatalogError::NotFound { .. }))
     ));
 }
 
@@ -106,7 +107,7 @@ async fn heartbeating_instance_never_expires_and_heartbeats_do_not_move_the_inde
     // Ten simulated hours of heartbeats every ttl/3.
     for _ in 0..(10 * 3600 / 3) {
         sleep(secs(3.0)).await;
-        assert_eq!(h.heartbeat("web", "a"), Ok(false));
+        assert!(!h.heartbeat("web", "a").await.unwrap(), "nothing changes");
         assert_eq!(h.health("web", "a"), Some(Health::Passing));
     }
     assert_eq!(h.registry.snapshot().index, index);
@@ -120,7 +121,7 @@ async fn heartbeat_after_expiry_brings_the_instance_back() {
     sleep(secs(6.0)).await;
     assert_eq!(h.health("web", "a"), Some(Health::Critical));
     let index = h.registry.snapshot().index;
-    assert_eq!(h.heartbeat("web", "a"), Ok(true));
+    assert!(h.heartbeat("web", "a").await.unwrap(), "health flips back");
     assert_eq!(h.health("web", "a"), Some(Health::Passing));
     assert_eq!(h.registry.snapshot().index, index + 1);
     // The pending removal was cancelled: long after the first deadline it is still here.
@@ -169,7 +170,7 @@ async fn ten_thousand_leases_expire_with_one_reaper_task() {
     for _ in 0..5 {
         sleep(secs(2.5)).await;
         for i in (0..10_000).step_by(2) {
-            h.heartbeat("web", &format!("i{i}")).unwrap();
+            h.heartbeat("web", &format!("i{i}")).await.unwrap();
         }
     }
     // t = 12.5 s: the silent ones with ttl <= 12 s have expired, no live one has.
