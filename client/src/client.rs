@@ -143,19 +143,8 @@ impl RosterClient {
         index: u64,
         wait: Duration,
     ) -> Result<ServiceInstances, Error> {
-        let mut path = instances_path(service, query);
-        path.push(if path.contains('?') { '&' } else { '?' });
-        path.push_str(&format!(
-            "index={index}&wait={}",
-            crate::api::duration::format(wait)
-        ));
-        self.send_timeout(
-            Method::GET,
-            &path,
-            None::<&()>,
-            Some(blocking_timeout(wait)),
-        )
-        .await
+        self.get_blocking(instances_path(service, query), index, wait)
+            .await
     }
 
     /// Blocking query on the service list (any change anywhere answers it).
@@ -164,17 +153,8 @@ impl RosterClient {
         index: u64,
         wait: Duration,
     ) -> Result<ServiceList, Error> {
-        let path = format!(
-            "/v1/services?index={index}&wait={}",
-            crate::api::duration::format(wait)
-        );
-        self.send_timeout(
-            Method::GET,
-            &path,
-            None::<&()>,
-            Some(blocking_timeout(wait)),
-        )
-        .await
+        self.get_blocking("/v1/services".to_owned(), index, wait)
+            .await
     }
 
     /// Opens a watch stream on `services`: first the full current set of each,
@@ -189,14 +169,9 @@ impl RosterClient {
             .iter()
             .map(|s| format!("service={}", encode(s)))
             .collect();
-        let url = format!("{}/v1/watch?{}", self.base, query.join("&"));
         let mut req = self
-            .stream_http
-            .get(url)
+            .long_request(Method::GET, &format!("/v1/watch?{}", query.join("&")))
             .header(reqwest::header::ACCEPT, "text/event-stream");
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
-        }
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
@@ -211,11 +186,11 @@ impl RosterClient {
 
     /// Downloads a snapshot of the whole catalog (versioned JSON, opaque here).
     pub async fn snapshot_save(&self) -> Result<Vec<u8>, Error> {
-        let mut req = self.stream_http.get(format!("{}/v1/snapshot", self.base));
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
-        }
-        let resp = req.send().await.map_err(Error::from_reqwest)?;
+        let resp = self
+            .long_request(Method::GET, "/v1/snapshot")
+            .send()
+            .await
+            .map_err(Error::from_reqwest)?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(Error::from_reqwest)?;
         if !status.is_success() {
@@ -227,15 +202,13 @@ impl RosterClient {
     /// Replaces the whole catalog with a snapshot taken by
     /// [`RosterClient::snapshot_save`]. Returns the catalog index after the restore.
     pub async fn snapshot_restore(&self, snapshot: Vec<u8>) -> Result<u64, Error> {
-        let mut req = self
-            .stream_http
-            .put(format!("{}/v1/snapshot", self.base))
+        let resp = self
+            .long_request(Method::PUT, "/v1/snapshot")
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(snapshot);
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
-        }
-        let resp = req.send().await.map_err(Error::from_reqwest)?;
+            .body(snapshot)
+            .send()
+            .await
+            .map_err(Error::from_reqwest)?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(Error::from_reqwest)?;
         if !status.is_success() {
@@ -252,6 +225,38 @@ impl RosterClient {
     pub async fn instance(&self, service: &str, id: &str) -> Result<Instance, Error> {
         self.send(Method::GET, &instance_path(service, id), None::<&()>)
             .await
+    }
+
+    /// A GET with `index` and `wait` added, and a timeout that covers the wait.
+    async fn get_blocking<T: DeserializeOwned>(
+        &self,
+        mut path: String,
+        index: u64,
+        wait: Duration,
+    ) -> Result<T, Error> {
+        path.push(if path.contains('?') { '&' } else { '?' });
+        path.push_str(&format!(
+            "index={index}&wait={}",
+            crate::api::duration::format(wait)
+        ));
+        self.send_timeout(
+            Method::GET,
+            &path,
+            None::<&()>,
+            Some(blocking_timeout(wait)),
+        )
+        .await
+    }
+
+    /// A request on the client without an overall timeout (streams, snapshots).
+    fn long_request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self
+            .stream_http
+            .request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
     }
 
     async fn send<T: DeserializeOwned>(
