@@ -10,7 +10,7 @@ command -v wrk >/dev/null || { apt-get install -y -q wrk >/dev/null || { apt-get
 cargo build --release -q -p roster-registry
 mkdir -p bench/out
 port=18650
-taskset -c 0 target/release/roster serve --http-addr 127.0.0.1:$port --log warn &
+taskset -c 0 target/release/roster serve --http-addr 127.0.0.1:$port --no-dns --log warn &
 pid=$!
 trap 'kill $pid 2>/dev/null' EXIT
 for _ in $(seq 50); do curl -sf http://127.0.0.1:$port/ready >/dev/null && break; sleep 0.1; done

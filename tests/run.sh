@@ -5,8 +5,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Outside tools: none are needed yet beyond the Rust toolchain. Tests that need
-# dig, a Python venv or Helm install them here when they arrive.
 command -v cargo >/dev/null || { echo "tests/run.sh: cargo is required (https://rustup.rs)" >&2; exit 1; }
+
+# dig, for tests/tests/dns_e2e.rs (dig_queries_the_real_server), which fails
+# without it. Debian/Ubuntu package bind9-dnsutils; needs root (as in CI) or sudo.
+if ! command -v dig >/dev/null; then
+  echo "tests/run.sh: installing dig (bind9-dnsutils)" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo="sudo"; fi
+  if ! command -v apt-get >/dev/null; then
+    echo "tests/run.sh: dig is missing and apt-get is not available; install dig (BIND utilities) and rerun" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $sudo apt-get install -y -q bind9-dnsutils; then
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q bind9-dnsutils
+  fi
+  command -v dig >/dev/null || { echo "tests/run.sh: dig is still missing after installing bind9-dnsutils" >&2; exit 1; }
+fi
 
 cargo test --workspace --locked "$@"

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use roster_client::api::duration;
@@ -41,6 +42,28 @@ pub struct ServeArgs {
     /// Default time an instance may stay critical before removal [default: 1m].
     #[arg(long, env = "ROSTER_DEREGISTER_CRITICAL_AFTER", value_name = "DURATION", value_parser = duration::parse)]
     pub deregister_critical_after: Option<Duration>,
+    /// Address of the DNS server, UDP and TCP on the same port [default: 127.0.0.1:8600].
+    #[arg(long, env = "ROSTER_DNS_ADDR", value_name = "ADDR")]
+    pub dns_addr: Option<SocketAddr>,
+    /// Do not serve DNS. `--no-dns=false` turns DNS back on over the file or
+    /// environment [default: false].
+    #[arg(
+        long,
+        env = "ROSTER_NO_DNS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    pub no_dns: Option<bool>,
+    /// DNS domain answered for: names look like `web.service.DOMAIN` [default: roster].
+    #[arg(long, env = "ROSTER_DNS_DOMAIN", value_name = "DOMAIN")]
+    pub dns_domain: Option<String>,
+    /// TTL of positive DNS answers, in seconds; 0 makes clients ask every time,
+    /// so they never use an instance the registry has dropped [default: 0].
+    #[arg(long, env = "ROSTER_DNS_TTL", value_name = "SECONDS")]
+    pub dns_ttl: Option<u32>,
 }
 
 /// The TOML file: the same settings as the flags, with the same names in snake_case.
@@ -56,6 +79,10 @@ struct FileConfig {
     max_instances: Option<usize>,
     #[serde(default, with = "duration::option")]
     deregister_critical_after: Option<Duration>,
+    dns_addr: Option<SocketAddr>,
+    no_dns: Option<bool>,
+    dns_domain: Option<String>,
+    dns_ttl: Option<u32>,
 }
 
 /// Why the configuration was refused.
@@ -102,7 +129,20 @@ pub struct Config {
     pub catalog: CatalogLimits,
     /// Request validation limits.
     pub limits: Limits,
+    /// DNS listen address (UDP and TCP); `None` turns DNS off.
+    pub dns_addr: Option<SocketAddr>,
+    /// DNS answers: domain and TTLs.
+    pub dns: roster_dns::DnsConfig,
 }
+
+/// Default DNS listen address.
+pub const DEFAULT_DNS_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8600,
+));
+
+/// Largest TTL a DNS answer may carry (RFC 2181 §8).
+const MAX_DNS_TTL: u32 = i32::MAX as u32;
 
 impl Default for Config {
     fn default() -> Self {
@@ -113,6 +153,8 @@ impl Default for Config {
             log: "info".into(),
             catalog: CatalogLimits::default(),
             limits: Limits::default(),
+            dns_addr: Some(DEFAULT_DNS_ADDR),
+            dns: roster_dns::DnsConfig::default(),
         }
     }
 }
@@ -152,6 +194,18 @@ impl Config {
         {
             cfg.limits.default_deregister_critical_after = d;
         }
+        if let Some(a) = args.dns_addr.or(file.dns_addr) {
+            cfg.dns_addr = Some(a);
+        }
+        if args.no_dns.or(file.no_dns).unwrap_or(false) {
+            cfg.dns_addr = None;
+        }
+        if let Some(d) = args.dns_domain.clone().or(file.dns_domain) {
+            cfg.dns.domain = d;
+        }
+        if let Some(t) = args.dns_ttl.or(file.dns_ttl) {
+            cfg.dns.ttl = t;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -184,7 +238,26 @@ impl Config {
             setting: "log",
             message: e.to_string(),
         })?;
+        if self.dns.ttl > MAX_DNS_TTL {
+            return invalid("dns_ttl", "must be at most 2147483647 (RFC 2181)");
+        }
+        // The handler is the authority on what a valid domain is.
+        roster_dns::DnsHandler::new(Arc::new(NoServices), self.dns.clone()).map_err(|e| {
+            ConfigError::Invalid {
+                setting: "dns_domain",
+                message: e.to_string(),
+            }
+        })?;
         Ok(())
+    }
+}
+
+/// An empty view, to validate the DNS settings before the registry exists.
+struct NoServices;
+
+impl roster_dns::ServiceView for NoServices {
+    fn service(&self, _: &str) -> Option<Arc<roster_dns::ServiceRecords>> {
+        None
     }
 }
 
@@ -238,6 +311,118 @@ mod tests {
             cfg.limits.default_deregister_critical_after,
             Duration::from_secs(300)
         );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn dns_defaults() {
+        let cfg = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(cfg.dns_addr, Some("127.0.0.1:8600".parse().unwrap()));
+        assert_eq!(cfg.dns.domain, "roster");
+        assert_eq!(cfg.dns.ttl, 0);
+        assert_eq!(cfg.dns, roster_dns::DnsConfig::default());
+    }
+
+    #[test]
+    fn dns_settings_from_the_file_and_flags() {
+        let path = write(
+            "dns_addr = \"0.0.0.0:53\"\ndns_domain = \"consul.\"\ndns_ttl = 30\nno_dns = true\n",
+        );
+        let file_only = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let cfg = Config::load(&file_only).unwrap();
+        assert_eq!(cfg.dns_addr, None, "no_dns wins over dns_addr");
+        assert_eq!(cfg.dns.domain, "consul.");
+        assert_eq!(cfg.dns.ttl, 30);
+
+        let flags = ServeArgs {
+            no_dns: Some(false),
+            dns_addr: Some("127.0.0.1:5353".parse().unwrap()),
+            dns_domain: Some("svc.example".into()),
+            dns_ttl: Some(5),
+            ..file_only
+        };
+        let cfg = Config::load(&flags).unwrap();
+        assert_eq!(cfg.dns_addr, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(cfg.dns.domain, "svc.example");
+        assert_eq!(cfg.dns.ttl, 5);
+        std::fs::remove_file(path).unwrap();
+
+        let off = ServeArgs {
+            no_dns: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(Config::load(&off).unwrap().dns_addr, None);
+    }
+
+    #[test]
+    fn dns_flags_parse() {
+        #[derive(clap::Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let parse = |argv: &[&str]| {
+            <Cmd as clap::Parser>::try_parse_from(
+                std::iter::once("serve").chain(argv.iter().copied()),
+            )
+            .map(|c| c.args)
+        };
+        let args = parse(&[
+            "--no-dns",
+            "--dns-addr",
+            "[::1]:8653",
+            "--dns-domain",
+            "example",
+            "--dns-ttl",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(args.no_dns, Some(true));
+        assert_eq!(args.dns_addr, Some("[::1]:8653".parse().unwrap()));
+        assert_eq!(args.dns_domain.as_deref(), Some("example"));
+        assert_eq!(args.dns_ttl, Some(10));
+        assert_eq!(parse(&["--no-dns=false"]).unwrap().no_dns, Some(false));
+        assert_eq!(parse(&["--no-dns=no"]).unwrap().no_dns, Some(false));
+        assert!(parse(&["--dns-ttl", "-1"]).is_err());
+        assert!(parse(&["--dns-addr", "localhost"]).is_err());
+    }
+
+    #[test]
+    fn bad_dns_settings_are_refused() {
+        for domain in [".", "", "a..b", &"x".repeat(64)] {
+            let err = Config::load(&ServeArgs {
+                dns_domain: Some(domain.into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        setting: "dns_domain",
+                        ..
+                    }
+                ),
+                "{domain:?}: {err}"
+            );
+            assert!(err.to_string().contains("invalid DNS domain"), "{err}");
+        }
+        let err = Config::load(&ServeArgs {
+            dns_ttl: Some(u32::MAX),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("dns_ttl"), "{err}");
+        let path = write("dns_ttl = -1\n");
+        let err = Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
         std::fs::remove_file(path).unwrap();
     }
 

@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod dns_view;
 pub mod http;
 pub mod lease;
 pub mod metrics;

@@ -36,7 +36,7 @@ async fn serve(args: &roster_registry::config::ServeArgs) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
     let shutdown = CancellationToken::new();
-    let server = Server::start(&config, listener, shutdown.clone())?;
+    let server = Server::start(&config, listener, shutdown.clone()).await?;
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received, shutting down");

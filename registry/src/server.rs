@@ -8,7 +8,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use roster_dns::{DnsHandler, DnsServer};
+
 use crate::config::Config;
+use crate::dns_view::RegistryView;
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -18,14 +21,17 @@ use crate::store::{Store, StoreError};
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    dns_addr: Option<SocketAddr>,
     registry: Arc<Registry>,
     tasks: JoinSet<std::io::Result<()>>,
 }
 
 impl Server {
-    /// Starts the HTTP API on an already-bound `listener` and the reaper. Everything
-    /// stops when `shutdown` is cancelled; in-flight requests finish first.
-    pub fn start(
+    /// Starts the HTTP API on an already-bound `listener`, the reaper and, unless
+    /// `config.dns_addr` is `None`, the DNS server (bound here, so a port in use
+    /// fails the start). Everything stops when `shutdown` is cancelled; in-flight
+    /// requests finish first.
+    pub async fn start(
         config: &Config,
         listener: TcpListener,
         shutdown: CancellationToken,
@@ -34,6 +40,20 @@ impl Server {
         let registry = Arc::new(Registry::new(config.catalog, Arc::new(Metrics::new())));
         let mut state = AppState::new(registry.clone(), config.limits.clone(), shutdown.clone());
         state.lease_grace = config.lease_grace;
+        let dns = match config.dns_addr {
+            Some(addr) => {
+                let view = Arc::new(RegistryView::new(registry.clone()));
+                let handler = DnsHandler::new(view, config.dns.clone()).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                })?;
+                let server = DnsServer::bind(addr, handler).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot serve DNS on {addr}: {e}"))
+                })?;
+                Some(server)
+            }
+            None => None,
+        };
+        let dns_addr = dns.as_ref().map(DnsServer::local_addr);
         let mut tasks = JoinSet::new();
         if let Some(dir) = config.data_dir.clone() {
             // Serve /health at once, but refuse writes and report not ready until
@@ -75,6 +95,11 @@ impl Server {
             reaper.await;
             Ok(())
         });
+        if let Some(dns) = dns {
+            let domain = &config.dns.domain;
+            tracing::info!(addr = %dns.local_addr(), %domain, "roster DNS listening (UDP and TCP)");
+            tasks.spawn(dns.run(shutdown.clone().cancelled_owned()));
+        }
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         tasks.spawn(async move {
             axum::serve(listener, app)
@@ -84,6 +109,7 @@ impl Server {
         tracing::info!(%local_addr, "roster HTTP API listening");
         Ok(Server {
             local_addr,
+            dns_addr,
             registry,
             tasks,
         })
@@ -92,6 +118,11 @@ impl Server {
     /// The HTTP API's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The DNS server's address (UDP and TCP), or `None` when DNS is off.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns_addr
     }
 
     /// The registry behind the API.

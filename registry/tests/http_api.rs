@@ -33,8 +33,13 @@ impl TestServer {
             .await
             .expect("bind 127.0.0.1:0");
         let token = CancellationToken::new();
-        let server =
-            Server::start(&Config::default(), listener, token.clone()).expect("server starts");
+        let config = Config {
+            dns_addr: Some("127.0.0.1:0".parse().unwrap()),
+            ..Config::default()
+        };
+        let server = Server::start(&config, listener, token.clone())
+            .await
+            .expect("server starts");
         let base = format!("http://{}", server.local_addr());
         let http = reqwest::Client::builder()
             .no_proxy()

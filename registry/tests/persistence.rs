@@ -48,6 +48,8 @@ impl Roster {
                 "warn",
                 "--lease-grace",
                 "30s",
+                // Parallel tests each run a server: the default DNS port would collide.
+                "--no-dns",
             ])
             .arg("--data-dir")
             .arg(dir)

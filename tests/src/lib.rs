@@ -2,6 +2,8 @@
 //! on port 0, real clients.
 #![warn(missing_docs)]
 
+use std::net::SocketAddr;
+
 use roster_registry::config::Config;
 use roster_registry::server::Server;
 use tokio::net::TcpListener;
@@ -21,13 +23,19 @@ impl TestRegistry {
         Self::start_with(Config::default()).await
     }
 
-    /// Starts a registry with `config` (its address is ignored: port 0 is used).
-    pub async fn start_with(config: Config) -> Self {
+    /// Starts a registry with `config`. Its addresses are ignored: the HTTP API
+    /// and DNS (unless `config.dns_addr` is `None`) listen on 127.0.0.1, port 0.
+    pub async fn start_with(mut config: Config) -> Self {
+        if config.dns_addr.is_some() {
+            config.dns_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
         let shutdown = CancellationToken::new();
-        let server = Server::start(&config, listener, shutdown.clone()).expect("server starts");
+        let server = Server::start(&config, listener, shutdown.clone())
+            .await
+            .expect("server starts");
         let url = format!("http://{}", server.local_addr());
         TestRegistry {
             server: Some(server),
@@ -39,6 +47,17 @@ impl TestRegistry {
     /// Base URL of the HTTP API.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Address of the DNS server (UDP and TCP).
+    ///
+    /// # Panics
+    ///
+    /// When the registry was started with DNS off.
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.server()
+            .dns_addr()
+            .expect("the test registry was started with DNS off")
     }
 
     /// The server.

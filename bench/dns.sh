@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# DNS queries per second: roster vs Knot DNS serving a static zone with the same
+# records, side by side in one run (alternating, two rounds each). Server on CPU 0,
+# dnsperf on CPU 1. Writes bench/out/dns.txt and prints the Markdown rows.
+# Usage: bench/dns.sh [seconds per run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+need() { command -v "$1" >/dev/null || { apt-get install -y -q "$2" >/dev/null || { apt-get update -q && apt-get install -y -q "$2"; }; }; }
+need dnsperf dnsperf; need knotd knot; need curl curl
+bin=${ROSTER_BIN:-target/release/roster}
+[ -n "${ROSTER_BIN:-}" ] || cargo build --release -q -p roster-registry
+mkdir -p bench/out
+out=bench/out/dns.txt
+: > "$out"
+work=$(mktemp -d)
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+http=18680 dns=18653 n=10
+
+# The same data for both: n instances of web (tag v2 on even ones).
+{
+  echo '$ORIGIN roster.'
+  echo '$TTL 0'
+  echo '@ SOA ns.roster. hostmaster.roster. 1 3600 600 86400 5'
+  echo '@ NS ns.roster.'
+  for i in $(seq 0 $((n - 1))); do
+    echo "web.service A 10.0.0.$((i + 1))"
+    echo "_web._tcp.service SRV 1 1 $((8000 + i)) web-$i.web.instance.roster."
+    echo "web-$i.web.instance A 10.0.0.$((i + 1))"
+  done
+} > "$work/roster.zone"
+cat > "$work/knot.conf" <<CONF
+server:
+    listen: 127.0.0.1@$dns
+    rundir: "$work"
+    background-workers: 1
+    udp-workers: 1
+    tcp-workers: 1
+database:
+    storage: "$work"
+log:
+  - target: stderr
+    any: error
+zone:
+  - domain: roster.
+    file: "$work/roster.zone"
+CONF
+{
+  for _ in $(seq 100); do
+    echo "web.service.roster A"
+    echo "_web._tcp.service.roster SRV"
+    echo "nosuch.service.roster A"
+  done
+} > "$work/queries"
+
+start_roster() {
+  taskset -c 0 "$bin" serve --http-addr 127.0.0.1:$http --dns-addr 127.0.0.1:$dns --log warn & pid=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:$http/ready >/dev/null && break; sleep 0.05; done
+  for i in $(seq 0 $((n - 1))); do
+    tags='[]'; [ $((i % 2)) = 0 ] && tags='["v2"]'
+    curl -sf -X PUT "http://127.0.0.1:$http/v1/services/web/instances/web-$i" \
+      -d "{\"address\":\"10.0.0.$((i + 1))\",\"port\":$((8000 + i)),\"tags\":$tags}" >/dev/null
+  done
+}
+start_knot() {
+  taskset -c 0 knotd -c "$work/knot.conf" & pid=$!
+  for _ in $(seq 100); do dig +short @127.0.0.1 -p $dns web.service.roster A >/dev/null 2>&1 && break; sleep 0.05; done
+}
+stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
+run() {
+  taskset -c 1 dnsperf -s 127.0.0.1 -p $dns -d "$work/queries" -l "$secs" -c 8 -q 200 2>&1 |
+    awk -v who="$1" '/Queries per second/ {qps=$4} /Average Latency/ {lat=$4} /Queries lost/ {lost=$3}
+      END {printf "%s qps=%.0f avg_latency_ms=%.3f lost=%s\n", who, qps, lat*1000, lost}'
+}
+
+for round in 1 2; do
+  start_roster; run roster | tee -a "$out"; stop
+  start_knot; run knot | tee -a "$out"; stop
+done
+awk '/^roster/ {split($2,a,"="); r+=a[2]; rn++} /^knot/ {split($2,a,"="); k+=a[2]; kn++}
+  END {printf "mean roster %.0f qps, knot %.0f qps, roster/knot %.2f\n", r/rn, k/kn, (r/rn)/(k/kn)}' "$out" | tee -a "$out"
+echo "versions: $("$bin" --version); $(knotd --version 2>&1 | head -1); $(dnsperf -h 2>&1 | grep -m1 -i version || true)" | tee -a "$out"

@@ -1,0 +1,546 @@
+//! DNS end to end: a real registry in-process with its DNS server on
+//! 127.0.0.1:0, instances registered through the real client, and queries over
+//! real UDP and TCP sockets (hickory-proto messages) and through the real `dig`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use roster_client::RosterClient;
+use roster_client::api::{MaintenanceRequest, RegisterRequest, Weights};
+use roster_registry::config::Config;
+use roster_tests::TestRegistry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A query for `name` (fully qualified) and `ty`, with RD set.
+fn query(name: &str, ty: RecordType) -> Message {
+    let mut message = Message::query();
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_ascii(name).unwrap(), ty));
+    message
+}
+
+/// Sends `message` over UDP and decodes the reply.
+async fn udp(addr: SocketAddr, message: &Message) -> Message {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .send_to(&message.to_vec().unwrap(), addr)
+        .await
+        .unwrap();
+    let mut buf = vec![0; 65_535];
+    let (len, _) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .expect("no UDP reply")
+        .unwrap();
+    let reply = Message::from_vec(&buf[..len]).unwrap();
+    assert_eq!(reply.metadata.id, message.metadata.id);
+    reply
+}
+
+/// Sends `message` over a new TCP connection and decodes the reply.
+async fn tcp(addr: SocketAddr, message: &Message) -> Message {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let bytes = message.to_vec().unwrap();
+    let mut framed = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend_from_slice(&bytes);
+    stream.write_all(&framed).await.unwrap();
+    let len = tokio::time::timeout(WAIT, stream.read_u16())
+        .await
+        .expect("no TCP reply")
+        .unwrap();
+    let mut buf = vec![0; usize::from(len)];
+    stream.read_exact(&mut buf).await.unwrap();
+    let reply = Message::from_vec(&buf).unwrap();
+    assert_eq!(reply.metadata.id, message.metadata.id);
+    reply
+}
+
+/// The answers' data as strings, sorted.
+fn answer_data(reply: &Message) -> Vec<String> {
+    let mut data: Vec<String> = reply.answers.iter().map(|r| r.data.to_string()).collect();
+    data.sort();
+    data
+}
+
+/// Asks `name`/`ty` over UDP and over TCP; both must answer NOERROR alike.
+/// Returns the sorted answer data.
+async fn ask(addr: SocketAddr, name: &str, ty: RecordType) -> Vec<String> {
+    let over_udp = udp(addr, &query(name, ty)).await;
+    let over_tcp = tcp(addr, &query(name, ty)).await;
+    for reply in [&over_udp, &over_tcp] {
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{name} {ty}: {reply:?}"
+        );
+        assert!(reply.metadata.authoritative, "{name} {ty}: AA");
+    }
+    let data = answer_data(&over_udp);
+    assert_eq!(
+        data,
+        answer_data(&over_tcp),
+        "{name} {ty}: UDP and TCP differ"
+    );
+    data
+}
+
+/// Asserts an NXDOMAIN (over UDP and TCP) with the zone's SOA in authority.
+async fn assert_nxdomain(addr: SocketAddr, name: &str, ty: RecordType) {
+    for reply in [
+        udp(addr, &query(name, ty)).await,
+        tcp(addr, &query(name, ty)).await,
+    ] {
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{name} {ty}: {reply:?}"
+        );
+        assert!(reply.answers.is_empty(), "{reply:?}");
+        assert_eq!(reply.authorities.len(), 1, "{reply:?}");
+        assert_eq!(reply.authorities[0].record_type(), RecordType::SOA);
+    }
+}
+
+fn register_request(
+    address: &str,
+    port: u16,
+    tags: &[&str],
+    passing_weight: u32,
+) -> RegisterRequest {
+    RegisterRequest {
+        address: Some(address.into()),
+        port,
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        weights: Weights {
+            passing: passing_weight,
+            warning: 1,
+        },
+        ..Default::default()
+    }
+}
+
+/// A registry with `web-1` (10.0.0.1:8080, tag v2, weight 10, meta zone and
+/// version) and `web-2` (10.0.0.2:8081, tag v1, weight 5), registered through the client.
+async fn registry_with_web() -> (TestRegistry, RosterClient) {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let mut web1 = register_request("10.0.0.1", 8080, &["v2"], 10);
+    web1.meta = BTreeMap::from([
+        ("zone".to_owned(), "eu-1".to_owned()),
+        ("version".to_owned(), "2.4.1".to_owned()),
+    ]);
+    client.register("web", "web-1", &web1).await.unwrap();
+    client
+        .register(
+            "web",
+            "web-2",
+            &register_request("10.0.0.2", 8081, &["v1"], 5),
+        )
+        .await
+        .unwrap();
+    (reg, client)
+}
+
+async fn set_maintenance(client: &RosterClient, id: &str, enabled: bool) {
+    let req = MaintenanceRequest {
+        enabled,
+        reason: enabled.then(|| "disk replacement".to_owned()),
+    };
+    client.maintenance("web", id, &req).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_records_list_healthy_instances_only() {
+    let (reg, client) = registry_with_web().await;
+    let dns = reg.dns_addr();
+    assert_ne!(dns.port(), 0);
+    assert_eq!(
+        ask(dns, "web.service.roster.", RecordType::A).await,
+        ["10.0.0.1", "10.0.0.2"]
+    );
+    // Case-insensitive, and the answer echoes the query's case.
+    let reply = udp(dns, &query("WEB.Service.Roster.", RecordType::A)).await;
+    assert_eq!(answer_data(&reply), ["10.0.0.1", "10.0.0.2"]);
+    assert_eq!(reply.answers[0].name.to_string(), "WEB.Service.Roster.");
+    assert_eq!(reply.answers[0].ttl, 0, "default TTL");
+
+    set_maintenance(&client, "web-2", true).await;
+    assert_eq!(
+        ask(dns, "web.service.roster.", RecordType::A).await,
+        ["10.0.0.1"],
+        "an instance in maintenance leaves DNS"
+    );
+    assert_eq!(
+        ask(dns, "_web._tcp.service.roster.", RecordType::SRV)
+            .await
+            .len(),
+        1
+    );
+
+    set_maintenance(&client, "web-1", true).await;
+    assert!(
+        ask(dns, "web.service.roster.", RecordType::A)
+            .await
+            .is_empty(),
+        "no healthy instance: NODATA, not NXDOMAIN"
+    );
+
+    set_maintenance(&client, "web-1", false).await;
+    set_maintenance(&client, "web-2", false).await;
+    assert_eq!(
+        ask(dns, "web.service.roster.", RecordType::A).await,
+        ["10.0.0.1", "10.0.0.2"],
+        "back after maintenance"
+    );
+    assert!(
+        ask(dns, "web.service.roster.", RecordType::AAAA)
+            .await
+            .is_empty(),
+        "no IPv6 instance: NODATA"
+    );
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn tag_names_filter_instances() {
+    let (reg, client) = registry_with_web().await;
+    let dns = reg.dns_addr();
+    assert_eq!(
+        ask(dns, "v2.web.service.roster.", RecordType::A).await,
+        ["10.0.0.1"]
+    );
+    assert_eq!(
+        ask(dns, "v1.web.service.roster.", RecordType::A).await,
+        ["10.0.0.2"]
+    );
+    assert_nxdomain(dns, "v3.web.service.roster.", RecordType::A).await;
+
+    // A tagged instance in maintenance: the tag still exists, with no answer.
+    set_maintenance(&client, "web-2", true).await;
+    assert!(
+        ask(dns, "v1.web.service.roster.", RecordType::A)
+            .await
+            .is_empty()
+    );
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn srv_has_weights_ports_and_an_address_for_every_target() {
+    let (reg, _client) = registry_with_web().await;
+    let dns = reg.dns_addr();
+    for reply in [
+        udp(dns, &query("_web._tcp.service.roster.", RecordType::SRV)).await,
+        tcp(dns, &query("_web._tcp.service.roster.", RecordType::SRV)).await,
+    ] {
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        let mut srv: Vec<(u16, u16, u16, String)> = reply
+            .answers
+            .iter()
+            .map(|r| match &r.data {
+                RData::SRV(s) => (s.priority, s.weight, s.port, s.target.to_string()),
+                other => panic!("not SRV: {other:?}"),
+            })
+            .collect();
+        srv.sort();
+        assert_eq!(
+            srv,
+            [
+                (1, 5, 8081, "web-2.web.instance.roster.".to_owned()),
+                (1, 10, 8080, "web-1.web.instance.roster.".to_owned()),
+            ],
+            "weights are the passing weights"
+        );
+        let mut additional: Vec<String> = reply
+            .additionals
+            .iter()
+            .filter(|r| r.record_type() != RecordType::OPT)
+            .map(|r| format!("{} {} {}", r.name, r.record_type(), r.data))
+            .collect();
+        additional.sort();
+        assert_eq!(
+            additional,
+            [
+                "web-1.web.instance.roster. A 10.0.0.1",
+                "web-2.web.instance.roster. A 10.0.0.2",
+            ]
+        );
+    }
+
+    let reply = udp(dns, &query("_web._v2.service.roster.", RecordType::SRV)).await;
+    assert_eq!(reply.answers.len(), 1);
+    let RData::SRV(srv) = &reply.answers[0].data else {
+        panic!("not SRV: {reply:?}");
+    };
+    assert_eq!(srv.target.to_string(), "web-1.web.instance.roster.");
+    assert_eq!(srv.port, 8080);
+    assert_eq!(reply.additionals.len(), 1);
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn instance_names_answer_whatever_the_health() {
+    let (reg, client) = registry_with_web().await;
+    let dns = reg.dns_addr();
+    assert_eq!(
+        ask(dns, "web-1.web.instance.roster.", RecordType::A).await,
+        ["10.0.0.1"]
+    );
+    set_maintenance(&client, "web-2", true).await;
+    assert_eq!(
+        ask(dns, "web-2.web.instance.roster.", RecordType::A).await,
+        ["10.0.0.2"],
+        "an instance name answers even in maintenance"
+    );
+    assert_nxdomain(dns, "web-9.web.instance.roster.", RecordType::A).await;
+    assert_nxdomain(dns, "web-1.db.instance.roster.", RecordType::A).await;
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_services_are_nxdomain() {
+    let (reg, _client) = registry_with_web().await;
+    let dns = reg.dns_addr();
+    assert_nxdomain(dns, "nope.service.roster.", RecordType::A).await;
+    assert_nxdomain(dns, "_nope._tcp.service.roster.", RecordType::SRV).await;
+    assert_nxdomain(dns, "web.services.roster.", RecordType::A).await;
+    // Names outside the domain are refused, not answered.
+    let reply = udp(dns, &query("web.service.consul.", RecordType::A)).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn changes_reach_dns_at_once() {
+    let (reg, client) = registry_with_web().await;
+    let dns = reg.dns_addr();
+    // Warm the per-service cache, then change the service: the next query must
+    // see the change (the cache is keyed by the service's index).
+    assert_eq!(
+        ask(dns, "web.service.roster.", RecordType::A).await,
+        ["10.0.0.1", "10.0.0.2"]
+    );
+    client.deregister("web", "web-1").await.unwrap();
+    assert_eq!(
+        ask(dns, "web.service.roster.", RecordType::A).await,
+        ["10.0.0.2"]
+    );
+    assert_nxdomain(dns, "web-1.web.instance.roster.", RecordType::A).await;
+
+    // Same instance, new address: replaced at once too.
+    client
+        .register(
+            "web",
+            "web-2",
+            &register_request("10.0.0.22", 8081, &["v1"], 5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ask(dns, "web.service.roster.", RecordType::A).await,
+        ["10.0.0.22"]
+    );
+
+    // The last instance gone: the service is gone.
+    client.deregister("web", "web-2").await.unwrap();
+    assert_nxdomain(dns, "web.service.roster.", RecordType::A).await;
+    assert_nxdomain(dns, "_web._tcp.service.roster.", RecordType::SRV).await;
+
+    // And back.
+    client
+        .register("web", "web-3", &register_request("10.0.0.3", 80, &[], 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        ask(dns, "web.service.roster.", RecordType::A).await,
+        ["10.0.0.3"]
+    );
+    reg.stop().await;
+}
+
+/// The TXT strings of every answer, one inner vector per record, sorted.
+fn txt_strings(reply: &Message) -> Vec<Vec<String>> {
+    let mut records: Vec<Vec<String>> = reply
+        .answers
+        .iter()
+        .map(|r| match &r.data {
+            RData::TXT(txt) => txt
+                .txt_data
+                .iter()
+                .map(|s| String::from_utf8(s.to_vec()).unwrap())
+                .collect(),
+            other => panic!("not TXT: {other:?}"),
+        })
+        .collect();
+    records.sort();
+    records
+}
+
+#[tokio::test]
+async fn txt_carries_metadata() {
+    let (reg, _client) = registry_with_web().await;
+    let dns = reg.dns_addr();
+    for name in [
+        "web-1.web.instance.roster.",
+        "web.service.roster.",
+        "v2.web.service.roster.",
+    ] {
+        for reply in [
+            udp(dns, &query(name, RecordType::TXT)).await,
+            tcp(dns, &query(name, RecordType::TXT)).await,
+        ] {
+            assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+            assert_eq!(
+                txt_strings(&reply),
+                [["version=2.4.1", "zone=eu-1"]],
+                "{name}: one record, key=value strings in key order"
+            );
+        }
+    }
+    // An instance without metadata has no TXT record: NODATA.
+    let reply = udp(dns, &query("web-2.web.instance.roster.", RecordType::TXT)).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert!(reply.answers.is_empty());
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn domain_and_ttl_come_from_the_config() {
+    let mut config = Config::default();
+    config.dns.domain = "Example.Internal.".into();
+    config.dns.ttl = 30;
+    let reg = TestRegistry::start_with(config).await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    client
+        .register("web", "web-1", &register_request("10.0.0.1", 80, &[], 1))
+        .await
+        .unwrap();
+    let dns = reg.dns_addr();
+    let reply = udp(dns, &query("web.service.example.internal.", RecordType::A)).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(answer_data(&reply), ["10.0.0.1"]);
+    assert_eq!(reply.answers[0].ttl, 30);
+    let reply = udp(dns, &query("web.service.roster.", RecordType::A)).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+    reg.stop().await;
+}
+
+#[tokio::test]
+async fn dns_can_be_turned_off() {
+    let config = Config {
+        dns_addr: None,
+        ..Config::default()
+    };
+    let reg = TestRegistry::start_with(config).await;
+    assert_eq!(reg.server().dns_addr(), None);
+    RosterClient::new(reg.url())
+        .unwrap()
+        .register("web", "web-1", &register_request("10.0.0.1", 80, &[], 1))
+        .await
+        .unwrap();
+    reg.stop().await;
+}
+
+/// Runs the real `dig` against `addr`; its stdout. Fails (never skips) when
+/// `dig` is not installed.
+async fn dig(addr: SocketAddr, args: &[&str]) -> String {
+    let mut command = std::process::Command::new("dig");
+    command
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string()])
+        .args(["+time=3", "+tries=1"])
+        .args(args);
+    let shown = format!("{command:?}");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                panic!(
+                    "`dig` is not installed: run tests/run.sh, which installs it \
+                     (apt-get install -y bind9-dnsutils)"
+                )
+            }
+            panic!("cannot run dig: {e}")
+        });
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "{shown} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// dig's output with every run of blanks and tabs turned into one space.
+fn squash(out: &str) -> String {
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `+short` output as sorted lines.
+fn lines(out: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.sort_unstable();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_queries_the_real_server() {
+    let (reg, client) = registry_with_web().await;
+    let dns = reg.dns_addr();
+
+    let out = dig(dns, &["web.service.roster", "A", "+short"]).await;
+    assert_eq!(lines(&out), ["10.0.0.1", "10.0.0.2"], "{out}");
+    let out = dig(dns, &["web.service.roster", "A", "+short", "+tcp"]).await;
+    assert_eq!(lines(&out), ["10.0.0.1", "10.0.0.2"], "over TCP: {out}");
+
+    let out = dig(dns, &["_web._tcp.service.roster", "SRV", "+short"]).await;
+    assert_eq!(
+        lines(&out),
+        [
+            "1 10 8080 web-1.web.instance.roster.",
+            "1 5 8081 web-2.web.instance.roster.",
+        ],
+        "{out}"
+    );
+    let out = squash(&dig(dns, &["_web._tcp.service.roster", "SRV", "+tcp"]).await);
+    assert!(out.contains("status: NOERROR"), "{out}");
+    assert!(out.contains("flags: qr aa rd"), "authoritative: {out}");
+    assert!(out.contains(";; ADDITIONAL SECTION:"), "{out}");
+    assert!(
+        out.contains("web-1.web.instance.roster. 0 IN A 10.0.0.1")
+            && out.contains("web-2.web.instance.roster. 0 IN A 10.0.0.2"),
+        "an A record for every SRV target: {out}"
+    );
+
+    let out = dig(dns, &["v2.web.service.roster", "A", "+short"]).await;
+    assert_eq!(lines(&out), ["10.0.0.1"], "{out}");
+    let out = dig(dns, &["web-2.web.instance.roster", "A", "+short"]).await;
+    assert_eq!(lines(&out), ["10.0.0.2"], "{out}");
+    let out = dig(dns, &["web-1.web.instance.roster", "TXT", "+short"]).await;
+    assert_eq!(lines(&out), ["\"version=2.4.1\" \"zone=eu-1\""], "{out}");
+
+    let out = squash(&dig(dns, &["nope.service.roster", "A"]).await);
+    assert!(out.contains("status: NXDOMAIN"), "{out}");
+    assert!(
+        out.contains("roster. 5 IN SOA ns.roster. hostmaster.roster. 1 "),
+        "{out}"
+    );
+
+    set_maintenance(&client, "web-2", true).await;
+    let out = dig(dns, &["web.service.roster", "A", "+short"]).await;
+    assert_eq!(lines(&out), ["10.0.0.1"], "{out}");
+    reg.stop().await;
+}
