@@ -1,1 +1,71 @@
 //! Load generators for roster benchmarks.
+//!
+//! The binaries live in `src/bin/`; this library holds the small helpers they
+//! share, so that they can be unit-tested.
+
+/// The `"index"` of a watch event's JSON, read from its start without decoding
+/// the rest (the registry writes `{"service":…,"index":N,"instances":[…]}`).
+pub fn event_index(json: &str) -> Option<u64> {
+    const KEY: &str = "\"index\":";
+    let start = json.find(KEY)? + KEY.len();
+    let digits = json[start..].trim_start();
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+/// The `q`-quantile (0.0–1.0, nearest rank) of `sorted`, which must be sorted
+/// ascending; `None` when it is empty.
+pub fn quantile(sorted: &[u64], q: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// CPU time (user + system) that process `pid` ("self" for this one) has used,
+/// in seconds, from `/proc/PID/stat`; `None` off Linux or when it is gone.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // the 14th and 15th fields of the line (utime, stime) are the 12th and 13th here.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // /proc reports clock ticks of USER_HZ, which is 100 on Linux.
+    Some((utime + stime) as f64 / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_index_of_an_event() {
+        let json = r#"{"service":"bench","index":1234,"instances":[{"modify_index":7}]}"#;
+        assert_eq!(event_index(json), Some(1234));
+        assert_eq!(event_index(r#"{"index": 5}"#), Some(5));
+        assert_eq!(event_index(r#"{"service":"bench"}"#), None);
+        assert_eq!(event_index(r#"{"index":"x"}"#), None);
+    }
+
+    #[test]
+    fn quantiles_use_the_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(quantile(&v, 0.5), Some(50));
+        assert_eq!(quantile(&v, 0.99), Some(99));
+        assert_eq!(quantile(&v, 1.0), Some(100));
+        assert_eq!(quantile(&v, 0.0), Some(1));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn reads_own_cpu_time() {
+        if cfg!(target_os = "linux") {
+            assert!(cpu_seconds("self").is_some_and(|s| s >= 0.0));
+        }
+    }
+}

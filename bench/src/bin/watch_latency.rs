@@ -1,0 +1,458 @@
+//! Watch change-to-notification latency.
+//!
+//! Registers 10 instances of service `bench`, opens N watch streams on it, then
+//! makes K changes one at a time (maintenance on/off of instance k % 10, ~100 ms
+//! apart) and measures, for every watcher and change, the time from just before
+//! the change's `PUT` to the moment the watcher read the event carrying the
+//! change's index. Runs on a current-thread runtime, so the whole load generator
+//! sits on one CPU.
+//!
+//! ```text
+//! watch_latency --url http://127.0.0.1:8500 --watchers 1000 --changes 50
+//!     [--interval-ms 100] [--open-concurrency 100] [--server-pid PID] [--detail FILE]
+//! ```
+//!
+//! Prints `CHANGES` when the streams are open and the changes start, then one
+//! `RESULT key=value ...` line. `--server-pid` adds the server's CPU use during
+//! the changes (K intervals from the first); `--detail` writes one line per change.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use roster_bench::{cpu_seconds, event_index, quantile};
+use roster_client::api::{MaintenanceRequest, RegisterRequest};
+use roster_client::{RosterClient, WatchStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+/// The watched service.
+const SERVICE: &str = "bench";
+/// Instances registered in it.
+const INSTANCES: usize = 10;
+/// How long opening all streams may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long after the final change the watchers are told it was the final one.
+const SETTLE: Duration = Duration::from_secs(2);
+/// How long watchers may take to see the final change after that.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+const USAGE: &str = "usage: watch_latency --url URL --watchers N --changes K \
+    [--interval-ms MS] [--open-concurrency N] [--server-pid PID] [--detail FILE]";
+
+/// Command-line arguments.
+#[derive(Debug)]
+struct Args {
+    url: String,
+    watchers: usize,
+    changes: usize,
+    interval: Duration,
+    open_concurrency: usize,
+    server_pid: Option<u32>,
+    detail: Option<String>,
+}
+
+impl Args {
+    fn parse() -> Result<Args, String> {
+        let mut args = Args {
+            url: String::new(),
+            watchers: 0,
+            changes: 0,
+            interval: Duration::from_millis(100),
+            open_concurrency: 100,
+            server_pid: None,
+            detail: None,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--url" => args.url = value()?,
+                "--watchers" => args.watchers = num(&flag, value()?)?,
+                "--changes" => args.changes = num(&flag, value()?)?,
+                "--interval-ms" => args.interval = Duration::from_millis(num(&flag, value()?)?),
+                "--open-concurrency" => args.open_concurrency = num(&flag, value()?)?,
+                "--server-pid" => args.server_pid = Some(num(&flag, value()?)?),
+                "--detail" => args.detail = Some(value()?),
+                "-h" | "--help" => return Err(USAGE.into()),
+                other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+            }
+        }
+        if args.url.is_empty() || args.watchers == 0 || args.changes == 0 {
+            return Err(USAGE.into());
+        }
+        args.open_concurrency = args.open_concurrency.max(1);
+        Ok(args)
+    }
+}
+
+fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{flag}: {v:?} is not a number"))
+}
+
+/// What the load generator tells the watchers.
+#[derive(Clone, Copy, Debug, Default)]
+struct Control {
+    /// Index of the last change, once it is made (0 before).
+    final_index: u64,
+    /// Give up waiting and return what you have.
+    stop: bool,
+}
+
+/// What one watcher saw after its first event.
+#[derive(Debug)]
+struct Seen {
+    /// Index of the first event (the state when the stream opened).
+    initial: u64,
+    /// Index and arrival instant of every later event.
+    events: Vec<(u64, Instant)>,
+    /// Why the stream ended early, if it did.
+    failure: Option<String>,
+    /// The stream, kept open until every watcher is done: closing thousands of
+    /// connections while others still read the final change would slow them.
+    stream: Option<WatchStream>,
+}
+
+/// One change made by the load generator.
+#[derive(Debug)]
+struct Change {
+    index: u64,
+    start: Instant,
+    put: Duration,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::parse() {
+        Ok(args) => args,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("watch_latency: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<(), String> {
+    let client = RosterClient::new(&args.url).map_err(|e| e.to_string())?;
+    for i in 0..INSTANCES {
+        let req = RegisterRequest {
+            address: Some(format!("10.0.0.{}", i + 1)),
+            port: 8080,
+            tags: vec!["bench".into()],
+            ..RegisterRequest::default()
+        };
+        let id = instance_id(i);
+        client
+            .register(SERVICE, &id, &req)
+            .await
+            .map_err(|e| format!("register {id}: {e}"))?;
+        let off = MaintenanceRequest {
+            enabled: false,
+            reason: None,
+        };
+        client
+            .maintenance(SERVICE, &id, &off)
+            .await
+            .map_err(|e| format!("maintenance off {id}: {e}"))?;
+    }
+
+    // Open the streams, at most `open_concurrency` at a time so the server's
+    // accept backlog (128) does not overflow into 1 s SYN retransmits, and wait
+    // for every first event.
+    let setup_start = Instant::now();
+    let (ctl_tx, ctl_rx) = watch::channel(Control::default());
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+    let open = Arc::new(Semaphore::new(args.open_concurrency));
+    let mut tasks = JoinSet::new();
+    for _ in 0..args.watchers {
+        tasks.spawn(watcher(
+            client.clone(),
+            open.clone(),
+            ready_tx.clone(),
+            ctl_rx.clone(),
+        ));
+    }
+    drop(ready_tx);
+    let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+    for opened in 0..args.watchers {
+        let msg = tokio::time::timeout_at(deadline, ready_rx.recv()).await;
+        let failure = match msg {
+            Ok(Some(Ok(()))) => continue,
+            Ok(Some(Err(e))) => e,
+            Ok(None) => "watchers ended before opening".into(),
+            Err(_) => format!("only {opened} streams open after {SETUP_TIMEOUT:?}"),
+        };
+        let _ = ctl_tx.send(Control {
+            final_index: 0,
+            stop: true,
+        });
+        tasks.abort_all();
+        return Err(format!("opening stream {}: {failure}", opened + 1));
+    }
+    let setup = setup_start.elapsed();
+    println!(
+        "CHANGES watchers={} setup_ms={}",
+        args.watchers,
+        setup.as_millis()
+    );
+    let _ = std::io::stdout().flush();
+
+    // The changes, one at a time.
+    let cpu_client0 = cpu_seconds("self");
+    let cpu_server0 = args.server_pid.and_then(|p| cpu_seconds(&p.to_string()));
+    let t0 = Instant::now();
+    let mut changes: Vec<Change> = Vec::with_capacity(args.changes);
+    let mut in_maintenance = [false; INSTANCES];
+    for k in 0..args.changes {
+        tokio::time::sleep_until((t0 + args.interval * k as u32).into()).await;
+        let i = k % INSTANCES;
+        in_maintenance[i] = !in_maintenance[i];
+        let req = MaintenanceRequest {
+            enabled: in_maintenance[i],
+            reason: in_maintenance[i].then(|| format!("bench change {k}")),
+        };
+        let start = Instant::now();
+        let inst = client
+            .maintenance(SERVICE, &instance_id(i), &req)
+            .await
+            .map_err(|e| format!("change {k}: {e}"))?;
+        let put = start.elapsed();
+        if changes.last().is_some_and(|c| c.index >= inst.modify_index) {
+            return Err(format!(
+                "change {k}: modify_index {} did not grow",
+                inst.modify_index
+            ));
+        }
+        changes.push(Change {
+            index: inst.modify_index,
+            start,
+            put,
+        });
+    }
+    // CPU use while the changes were being made, one interval per change.
+    tokio::time::sleep_until((t0 + args.interval * args.changes as u32).into()).await;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu_pct = |before: Option<f64>, after: Option<f64>| match (before, after) {
+        (Some(b), Some(a)) => format!("{:.0}", 100.0 * (a - b) / wall),
+        _ => "-".into(),
+    };
+    let client_cpu = cpu_pct(cpu_client0, cpu_seconds("self"));
+    let server_cpu = cpu_pct(
+        cpu_server0,
+        args.server_pid.and_then(|p| cpu_seconds(&p.to_string())),
+    );
+
+    // Tell the watchers which change was the last one. Not at once: waking them
+    // all would compete with the delivery of that change.
+    let last = changes.last().expect("at least one change");
+    tokio::time::sleep_until((last.start + SETTLE).into()).await;
+    let final_index = last.index;
+    ctl_tx.send_replace(Control {
+        final_index,
+        stop: false,
+    });
+
+    // Wait for every watcher to see the final change, or give up.
+    let mut seen = Vec::with_capacity(args.watchers);
+    let drain_deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(drain_deadline, tasks.join_next()).await {
+            Ok(Some(joined)) => seen.push(joined.map_err(|e| e.to_string())?),
+            Ok(None) => break,
+            Err(_) => {
+                ctl_tx.send_replace(Control {
+                    final_index,
+                    stop: true,
+                });
+                while let Some(joined) = tasks.join_next().await {
+                    seen.push(joined.map_err(|e| e.to_string())?);
+                }
+                break;
+            }
+        }
+    }
+
+    // Match deliveries with changes.
+    let by_index: HashMap<u64, usize> = changes
+        .iter()
+        .enumerate()
+        .map(|(k, c)| (c.index, k))
+        .collect();
+    let mut per_change: Vec<Vec<u64>> = vec![Vec::with_capacity(seen.len()); changes.len()];
+    let (mut dup, mut unexpected, mut reordered, mut final_seen, mut failures) = (0, 0, 0, 0, 0);
+    let mut first_failure = None;
+    for s in &seen {
+        let mut got = vec![false; changes.len()];
+        let mut last = s.initial;
+        for &(index, at) in &s.events {
+            if index <= last {
+                reordered += 1;
+            }
+            last = last.max(index);
+            let Some(&k) = by_index.get(&index) else {
+                unexpected += 1;
+                continue;
+            };
+            if std::mem::replace(&mut got[k], true) {
+                dup += 1;
+                continue;
+            }
+            let latency = at.saturating_duration_since(changes[k].start);
+            per_change[k].push(latency.as_micros() as u64);
+        }
+        if got.last() == Some(&true) {
+            final_seen += 1;
+        }
+        if let Some(f) = &s.failure {
+            failures += 1;
+            first_failure.get_or_insert_with(|| f.clone());
+        }
+    }
+    let mut all: Vec<u64> = per_change.iter().flatten().copied().collect();
+    all.sort_unstable();
+    let deliveries = all.len();
+    let missing = seen.len() * changes.len() - deliveries;
+    let q = |v: &[u64], p: f64| quantile(v, p).map_or("-".into(), |x| x.to_string());
+    let mut put: Vec<u64> = changes.iter().map(|c| c.put.as_micros() as u64).collect();
+    put.sort_unstable();
+
+    if let Some(path) = &args.detail {
+        let mut out = String::new();
+        for (k, (c, lat)) in changes.iter().zip(&mut per_change).enumerate() {
+            lat.sort_unstable();
+            let _ = writeln!(
+                out,
+                "change={k} index={} put_us={} delivered={} first_us={} p50_us={} p99_us={} last_us={}",
+                c.index,
+                c.put.as_micros(),
+                lat.len(),
+                q(lat, 0.0),
+                q(lat, 0.5),
+                q(lat, 0.99),
+                q(lat, 1.0),
+            );
+        }
+        std::fs::write(path, out).map_err(|e| format!("writing {path}: {e}"))?;
+    }
+    if let Some(f) = first_failure {
+        eprintln!("watch_latency: {failures} streams ended early; first: {f}");
+    }
+    println!(
+        "RESULT watchers={} changes={} deliveries={deliveries} p50_us={} p90_us={} p99_us={} \
+         max_us={} missing={missing} final_seen={final_seen} put_p50_us={} setup_ms={} \
+         client_cpu_pct={client_cpu} server_cpu_pct={server_cpu} dup={dup} unexpected={unexpected} \
+         reordered={reordered} failed_streams={failures}",
+        args.watchers,
+        changes.len(),
+        q(&all, 0.5),
+        q(&all, 0.9),
+        q(&all, 0.99),
+        q(&all, 1.0),
+        q(&put, 0.5),
+        setup.as_millis(),
+    );
+    Ok(())
+}
+
+/// One watcher: opens a stream (holding an `open` permit until its first event),
+/// reports on `ready`, then records every event until it has seen the final
+/// change or is told to stop.
+async fn watcher(
+    client: RosterClient,
+    open: Arc<Semaphore>,
+    ready: mpsc::UnboundedSender<Result<(), String>>,
+    mut ctl: watch::Receiver<Control>,
+) -> Seen {
+    let mut seen = Seen {
+        initial: 0,
+        events: Vec::new(),
+        failure: None,
+        stream: None,
+    };
+    let permit = open.acquire().await.expect("semaphore is never closed");
+    let opened = async {
+        let mut stream = client
+            .watch(&[SERVICE], None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let first = stream
+            .next_raw()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("stream closed before its first event")?;
+        let index = event_index(&first.data).ok_or("first event without an index")?;
+        Ok::<_, String>((stream, index))
+    }
+    .await;
+    drop(permit);
+    let stream = match opened {
+        Ok((stream, index)) => {
+            seen.initial = index;
+            let _ = ready.send(Ok(()));
+            stream
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e.clone()));
+            seen.failure = Some(e);
+            return seen;
+        }
+    };
+    drop(ready);
+    let stream = seen.stream.insert(stream);
+    let mut latest = seen.initial;
+    loop {
+        tokio::select! {
+            biased;
+            changed = ctl.changed() => {
+                let c = *ctl.borrow_and_update();
+                if changed.is_err() || c.stop || (c.final_index != 0 && latest >= c.final_index) {
+                    return seen;
+                }
+            }
+            event = stream.next_raw() => {
+                let at = Instant::now();
+                match event {
+                    Ok(Some(raw)) => {
+                        let Some(index) = event_index(&raw.data) else {
+                            seen.failure = Some(format!("event without an index: {}", raw.data));
+                            return seen;
+                        };
+                        seen.events.push((index, at));
+                        latest = latest.max(index);
+                        let c = *ctl.borrow();
+                        if c.final_index != 0 && latest >= c.final_index {
+                            return seen;
+                        }
+                    }
+                    Ok(None) => {
+                        seen.failure = Some("stream closed by the registry".into());
+                        seen.stream = None;
+                        return seen;
+                    }
+                    Err(e) => {
+                        seen.failure = Some(e.to_string());
+                        return seen;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn instance_id(i: usize) -> String {
+    format!("bench-{i}")
+}
