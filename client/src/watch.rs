@@ -35,6 +35,8 @@ impl RawEvent {
 pub struct WatchStream {
     resp: reqwest::Response,
     buf: Vec<u8>,
+    /// Bytes at the start of `buf` already searched for a frame end.
+    scanned: usize,
     last_id: Option<String>,
 }
 
@@ -43,6 +45,7 @@ impl WatchStream {
         WatchStream {
             resp,
             buf: Vec::new(),
+            scanned: 0,
             last_id,
         }
     }
@@ -61,12 +64,16 @@ impl WatchStream {
     /// forward events or only look at some of them.
     pub async fn next_raw(&mut self) -> Result<Option<RawEvent>, Error> {
         loop {
-            while let Some(end) = frame_end(&self.buf) {
+            while let Some(end) = frame_end(&self.buf, self.scanned) {
                 let frame: Vec<u8> = self.buf.drain(..end).collect();
+                self.scanned = 0;
                 if let Some(event) = self.parse(&frame)? {
                     return Ok(Some(event));
                 }
             }
+            // Search only the new bytes next time: a large event arriving in many
+            // chunks must not be rescanned from its start on every chunk.
+            self.scanned = self.buf.len();
             match self.resp.chunk().await.map_err(Error::from_reqwest)? {
                 Some(bytes) => self.buf.extend_from_slice(&bytes),
                 None => return Ok(None),
@@ -108,14 +115,21 @@ impl WatchStream {
     }
 }
 
-/// End (exclusive) of the first complete frame in `buf`: a blank line.
-fn frame_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+/// End (exclusive) of the first complete frame in `buf`: a blank line (`\n\n` or
+/// `\r\n\r\n`). The first `from` bytes are known to hold none.
+fn frame_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from.saturating_sub(3);
+    while let Some(p) = buf.get(i..)?.iter().position(|&b| b == b'\n') {
+        let at = i + p;
+        if buf.get(at + 1) == Some(&b'\n') {
+            return Some(at + 2);
+        }
+        if at > 0 && buf[at - 1] == b'\r' && buf.get(at + 1..at + 3) == Some(b"\r\n") {
+            return Some(at + 3);
+        }
+        i = at + 1;
     }
+    None
 }
 
 #[cfg(test)]
@@ -124,8 +138,12 @@ mod tests {
 
     #[test]
     fn frames_end_at_blank_lines() {
-        assert_eq!(frame_end(b": keep-alive\n\nevent: x"), Some(14));
-        assert_eq!(frame_end(b"data: 1\r\n\r\n"), Some(11));
-        assert_eq!(frame_end(b"data: partial\n"), None);
+        assert_eq!(frame_end(b": keep-alive\n\nevent: x", 0), Some(14));
+        assert_eq!(frame_end(b"data: 1\r\n\r\n", 0), Some(11));
+        assert_eq!(frame_end(b"data: partial\n", 0), None);
+        // A blank line split across two reads is still found.
+        let buf = b"data: 1\n\nnext";
+        assert_eq!(frame_end(buf, 8), Some(9));
+        assert_eq!(frame_end(b"a\r\n\r\n", 4), Some(5));
     }
 }
