@@ -186,34 +186,17 @@ impl RosterClient {
 
     /// Downloads a snapshot of the whole catalog (versioned JSON, opaque here).
     pub async fn snapshot_save(&self) -> Result<Vec<u8>, Error> {
-        let resp = self
-            .long_request(Method::GET, "/v1/snapshot")
-            .send()
-            .await
-            .map_err(Error::from_reqwest)?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(Error::from_reqwest)?;
-        if !status.is_success() {
-            return Err(error_for(status, &bytes));
-        }
-        Ok(bytes.to_vec())
+        body_of(self.long_request(Method::GET, "/v1/snapshot")).await
     }
 
     /// Replaces the whole catalog with a snapshot taken by
     /// [`RosterClient::snapshot_save`]. Returns the catalog index after the restore.
     pub async fn snapshot_restore(&self, snapshot: Vec<u8>) -> Result<u64, Error> {
-        let resp = self
+        let request = self
             .long_request(Method::PUT, "/v1/snapshot")
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(snapshot)
-            .send()
-            .await
-            .map_err(Error::from_reqwest)?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(Error::from_reqwest)?;
-        if !status.is_success() {
-            return Err(error_for(status, &bytes));
-        }
+            .body(snapshot);
+        let bytes = body_of(request).await?;
         let body: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))?;
         body["index"]
@@ -298,6 +281,17 @@ impl RosterClient {
         }
         Err(error_for(status, &bytes))
     }
+}
+
+/// Sends `request` and returns the body of a successful answer.
+async fn body_of(request: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
+    let resp = request.send().await.map_err(Error::from_reqwest)?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(Error::from_reqwest)?;
+    if !status.is_success() {
+        return Err(error_for(status, &bytes));
+    }
+    Ok(bytes.into())
 }
 
 /// The error for a non-success response carrying `body`.
