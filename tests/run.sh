@@ -25,4 +25,11 @@ if ! command -v dig >/dev/null; then
   command -v dig >/dev/null || { echo "tests/run.sh: dig is still missing after installing bind9-dnsutils" >&2; exit 1; }
 fi
 
+# The watch tests hold 1,000 streams open (2,000 descriptors in one process).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
+  echo "tests/run.sh: the open-files limit is $(ulimit -n); the watch tests need 4096 (raise the hard limit)" >&2
+  exit 1
+fi
+
 cargo test --workspace --locked "$@"
