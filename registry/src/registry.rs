@@ -115,11 +115,6 @@ impl Registry {
         }
     }
 
-    /// The store, when the catalog is durable.
-    pub fn store(&self) -> Option<&Store> {
-        self.store.get()
-    }
-
     /// Applies a command and waits until the change is on disk (at once without a
     /// store). What HTTP writers call before they answer.
     pub async fn write(&self, cmd: Command) -> Result<Outcome, WriteError> {

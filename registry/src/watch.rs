@@ -142,3 +142,70 @@ impl Hub {
         self.topics.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use roster_client::api::RegisterRequest;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::catalog::{Catalog, CatalogLimits, Command};
+    use crate::model::{InstanceId, InstanceSpec, Limits, ServiceName};
+
+    fn register(catalog: &mut Catalog, service: &str, id: &str, port: u16) {
+        let req = RegisterRequest {
+            address: Some("10.0.0.1".into()),
+            port,
+            ..Default::default()
+        };
+        let spec = InstanceSpec::from_request(req, None, &Limits::default()).unwrap();
+        let cmd = Command::Register {
+            service: ServiceName::parse(service).unwrap(),
+            id: InstanceId::parse(id).unwrap(),
+            spec,
+        };
+        catalog.apply(cmd, Instant::now()).unwrap();
+    }
+
+    #[test]
+    fn topics_exist_only_while_watched() {
+        let mut catalog = Catalog::new(Instant::now(), CatalogLimits::default());
+        let mut hub = Hub::default();
+        register(&mut catalog, "web", "a", 80);
+        hub.publish(catalog.snapshot(), catalog.touched());
+        assert_eq!(hub.topics(), 0, "nobody watches: no topic, no work");
+
+        let web: Arc<str> = "web".into();
+        let mut sub = hub.subscribe(catalog.snapshot(), &web);
+        assert_eq!(hub.topics(), 1);
+        assert_eq!(sub.current.index, catalog.snapshot().service_index("web"));
+        register(&mut catalog, "web", "b", 81);
+        hub.publish(catalog.snapshot(), catalog.touched());
+        let event = sub.changes.try_recv().expect("the change is published");
+        assert_eq!(event.index, catalog.snapshot().index);
+        assert_eq!(event.state.as_ref().unwrap().instances.len(), 2);
+
+        drop(sub);
+        register(&mut catalog, "web", "c", 82);
+        hub.publish(catalog.snapshot(), catalog.touched());
+        assert_eq!(
+            hub.topics(),
+            0,
+            "the last watcher left: the topic is dropped"
+        );
+    }
+
+    #[test]
+    fn event_json_is_built_once_and_lists_every_instance() {
+        let mut catalog = Catalog::new(Instant::now(), CatalogLimits::default());
+        register(&mut catalog, "web", "a", 80);
+        let event = ServiceEvent::from_snapshot(catalog.snapshot(), &"web".into());
+        let first: *const str = event.json();
+        assert!(std::ptr::eq(first, event.json()), "cached");
+        let parsed: api::ServiceEvent = serde_json::from_str(event.json()).unwrap();
+        assert_eq!(parsed.instances.len(), 1);
+        let missing = ServiceEvent::from_snapshot(catalog.snapshot(), &"db".into());
+        assert_eq!(missing.index, catalog.snapshot().names_index);
+        assert!(missing.json().contains("\"instances\":[]"));
+    }
+}
