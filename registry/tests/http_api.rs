@@ -1011,3 +1011,57 @@ async fn openapi_document_matches_the_router() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn cached_instance_lists_follow_every_change() {
+    let srv = TestServer::seeded().await;
+    let r = srv
+        .put_json("/v1/services/web/instances/web-2", &json!({"port": 81}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let ids = |r: &Reply| -> Vec<String> {
+        r.json()["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Read twice: the second answer comes from the cache and must be identical.
+    let first = srv.get("/v1/services/web").await;
+    let again = srv.get("/v1/services/web").await;
+    assert_eq!(first.text, again.text);
+    assert_eq!(ids(&first), ["web-1", "web-2"]);
+
+    let m = srv
+        .put_json(
+            "/v1/services/web/instances/web-2/maintenance",
+            &json!({"enabled": true}),
+        )
+        .await;
+    assert_eq!(m.status, StatusCode::OK, "{}", m.text);
+    let healthy = srv.get("/v1/services/web").await;
+    assert_eq!(
+        ids(&healthy),
+        ["web-1"],
+        "the cached healthy list was replaced"
+    );
+    assert!(healthy.index() > first.index());
+    let all = srv.get("/v1/services/web?all=true").await;
+    assert_eq!(
+        ids(&all),
+        ["web-1", "web-2"],
+        "all and healthy are cached apart"
+    );
+    assert_eq!(all.json()["instances"][1]["health"], "critical");
+    let tagged = srv.get("/v1/services/web?tag=none").await;
+    assert_eq!(ids(&tagged), Vec::<String>::new());
+
+    let d = srv.delete("/v1/services/web/instances/web-1").await;
+    assert_eq!(d.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        ids(&srv.get("/v1/services/web").await),
+        Vec::<String>::new()
+    );
+    srv.stop().await;
+}

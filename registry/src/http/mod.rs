@@ -1,5 +1,6 @@
 //! The HTTP API: native `/v1` endpoints plus `/health`, `/ready` and `/metrics`.
 
+mod bodies;
 mod extract;
 mod ops;
 mod problem;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// True once the catalog is loaded and writes are accepted.
     pub ready: Arc<AtomicBool>,
+    /// Serialized instance lists, reused until their service changes.
+    pub(crate) bodies: Arc<bodies::BodyCache>,
     /// Extra lease time after a restore.
     pub lease_grace: std::time::Duration,
     /// Cancelled when the server shuts down: ends watch streams and blocking
@@ -50,6 +53,7 @@ impl AppState {
             registry,
             limits: Arc::new(limits),
             ready: Arc::new(AtomicBool::new(true)),
+            bodies: Arc::default(),
             lease_grace: std::time::Duration::from_secs(30),
             shutdown,
         }

@@ -15,6 +15,9 @@ use super::watch::{Blocking, wait_for_list, wait_for_service};
 use super::{ApiError, AppState, with_index};
 use crate::catalog::Command;
 use crate::model::{InstanceId, InstanceSpec, ServiceName, validate_reason};
+use axum::body::Bytes;
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
 
 fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), ApiError> {
     Ok((ServiceName::parse(service)?, InstanceId::parse(id)?))
@@ -157,6 +160,10 @@ pub(super) async fn list_instances(
     // An unknown service is an empty one: watchers of a service that has no
     // instances yet get an answer, not an error.
     let index = snap.service_index(service.as_str());
+    let cacheable = tags.is_empty() && snap.services.contains_key(service.as_str());
+    if cacheable && let Some(body) = state.bodies.get(service.as_str(), all, index) {
+        return Ok(with_index(index, json_bytes(body)));
+    }
     let instances = match snap.services.get(service.as_str()) {
         Some(svc) => svc
             .instances
@@ -167,6 +174,18 @@ pub(super) async fn list_instances(
             .collect(),
         None => Vec::new(),
     };
+    if cacheable {
+        let body = ServiceInstances {
+            service: service.to_string(),
+            index,
+            instances,
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&body).expect("instances serialize"));
+        state
+            .bodies
+            .put(&snap, service.as_arc(), all, index, bytes.clone());
+        return Ok(with_index(index, json_bytes(bytes)));
+    }
     Ok(with_index(
         index,
         Json(ServiceInstances {
@@ -175,4 +194,14 @@ pub(super) async fn list_instances(
             instances,
         }),
     ))
+}
+
+/// A response with a ready JSON body.
+fn json_bytes(body: Bytes) -> Response {
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }

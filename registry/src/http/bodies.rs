@@ -1,0 +1,49 @@
+//! A cache of serialized `GET /v1/services/{service}` bodies.
+//!
+//! Building the JSON of a service's instances dominates the read path (serde and
+//! allocation, measured in bench/RESULTS.md). A body depends only on the service's
+//! index and the health filter, so it is built once per change and shared by
+//! every reader until the next one. Queries with a tag filter are not cached.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use dashmap::DashMap;
+
+use crate::catalog::Snapshot;
+
+/// Bodies by service and `all` flag, each with the index it was built at.
+#[derive(Debug, Default)]
+pub struct BodyCache {
+    entries: DashMap<(Arc<str>, bool), (u64, Bytes)>,
+}
+
+impl BodyCache {
+    /// The body of `service` at exactly `index`, if built.
+    pub fn get(&self, service: &str, all: bool, index: u64) -> Option<Bytes> {
+        let key: (Arc<str>, bool) = (service.into(), all);
+        self.entries
+            .get(&key)
+            .filter(|entry| entry.0 == index)
+            .map(|entry| entry.1.clone())
+    }
+
+    /// Stores a body built from `snap`. Entries of services that no longer exist
+    /// are dropped once the cache holds more than twice the live services, so it
+    /// stays bounded by the catalog.
+    pub fn put(&self, snap: &Snapshot, service: &Arc<str>, all: bool, index: u64, body: Bytes) {
+        if self.entries.len() > 2 * snap.services.len() + 64 {
+            self.entries
+                .retain(|(name, _), _| snap.services.contains_key(name));
+        }
+        self.entries
+            .entry((service.clone(), all))
+            .and_modify(|entry| {
+                // A reader holding an older snapshot must not replace a newer body.
+                if entry.0 < index {
+                    *entry = (index, body.clone());
+                }
+            })
+            .or_insert((index, body));
+    }
+}
