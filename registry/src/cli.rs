@@ -36,6 +36,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the registry server.
     Serve(ServeArgs),
+    /// Run only a DNS front end that follows the registry given by --registry
+    /// (scale DNS out apart from the registry).
+    Dns(DnsArgs),
     /// Register (or replace) an instance.
     Register(RegisterArgs),
     /// Remove an instance.
@@ -90,6 +93,23 @@ pub enum Command {
         #[arg(long = "tag")]
         tags: Vec<String>,
     },
+}
+
+/// Flags of `roster dns`.
+#[derive(Debug, clap::Args)]
+pub struct DnsArgs {
+    /// DNS listen address, UDP and TCP.
+    #[arg(long, env = "ROSTER_DNS_ADDR", default_value = "127.0.0.1:8600")]
+    pub dns_addr: std::net::SocketAddr,
+    /// Domain answered for.
+    #[arg(long, env = "ROSTER_DNS_DOMAIN", default_value = "roster")]
+    pub dns_domain: String,
+    /// TTL of positive answers, in seconds.
+    #[arg(long, env = "ROSTER_DNS_TTL", default_value_t = 0)]
+    pub dns_ttl: u32,
+    /// Log filter.
+    #[arg(long, env = "ROSTER_LOG", default_value = "info")]
+    pub log: String,
 }
 
 /// `roster snapshot …`.
@@ -153,8 +173,8 @@ pub enum CliError {
     /// Output could not be written.
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
-    /// `serve` is not a client command.
-    #[error("serve is not a client command")]
+    /// `serve` and `dns` are not client commands.
+    #[error("serve and dns are not client commands")]
     NotAClientCommand,
 }
 
@@ -162,7 +182,7 @@ pub enum CliError {
 pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
     let client = RosterClient::new(&cli.registry)?;
     match &cli.command {
-        Command::Serve(_) => return Err(CliError::NotAClientCommand),
+        Command::Serve(_) | Command::Dns(_) => return Err(CliError::NotAClientCommand),
         Command::Register(args) => {
             let req = RegisterRequest {
                 address: args.address.clone(),

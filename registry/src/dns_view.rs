@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use roster_client::api::Health;
+use roster_client::api::{Health, Weights};
 use roster_dns::{Endpoint, ServiceRecords, ServiceView};
 
 use crate::catalog::{Instance, ServiceState};
@@ -74,12 +74,7 @@ impl ServiceView for RegistryView {
 /// critical), weighted by its weight for the current health.
 pub fn endpoint(instance: &Instance) -> Endpoint {
     let spec = &instance.spec;
-    let clamp = |w: u32| u16::try_from(w).unwrap_or(u16::MAX);
-    let (healthy, weight) = match instance.health() {
-        Health::Passing => (true, clamp(spec.weights.passing)),
-        Health::Warning => (true, clamp(spec.weights.warning)),
-        Health::Critical => (false, 0),
-    };
+    let (healthy, weight) = health_weight(instance.health(), spec.weights);
     Endpoint {
         id: instance.id.to_string(),
         address: spec.address.clone(),
@@ -88,6 +83,18 @@ pub fn endpoint(instance: &Instance) -> Endpoint {
         meta: spec.meta.clone(),
         weight,
         healthy,
+    }
+}
+
+/// Whether an instance of this health is served, and its SRV weight: passing and
+/// warning instances are served with the weight for their health, critical ones
+/// (maintenance included) are not.
+pub fn health_weight(health: Health, weights: Weights) -> (bool, u16) {
+    let clamp = |w: u32| u16::try_from(w).unwrap_or(u16::MAX);
+    match health {
+        Health::Passing => (true, clamp(weights.passing)),
+        Health::Warning => (true, clamp(weights.warning)),
+        Health::Critical => (false, 0),
     }
 }
 

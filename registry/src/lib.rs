@@ -10,6 +10,7 @@ pub mod lease;
 pub mod metrics;
 pub mod model;
 pub mod registry;
+pub mod remote;
 pub mod server;
 pub mod store;
 pub mod watch;

@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Dns(args) => dns(&cli.registry, args).await,
         _ => run_client(&cli, &mut std::io::stdout().lock())
             .await
             .map_err(Into::into),
@@ -43,6 +44,28 @@ async fn serve(args: &roster_registry::config::ServeArgs) -> anyhow::Result<()> 
         shutdown.cancel();
     });
     server.wait().await.context("server failed")
+}
+
+async fn dns(registry: &str, args: &roster_registry::cli::DnsArgs) -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let client = roster_client::RosterClient::new(registry)?;
+    let config = roster_dns::DnsConfig {
+        domain: args.dns_domain.clone(),
+        ttl: args.dns_ttl,
+        ..roster_dns::DnsConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received, shutting down");
+        stop.cancel();
+    });
+    let front =
+        roster_registry::remote::RemoteDns::start(client, args.dns_addr, config, shutdown).await?;
+    front.wait().await.context("DNS front end failed")
 }
 
 async fn wait_for_signal() {

@@ -2,6 +2,8 @@
 //! on port 0, real clients.
 #![warn(missing_docs)]
 
+pub mod dns;
+
 use std::net::SocketAddr;
 
 use roster_registry::config::Config;

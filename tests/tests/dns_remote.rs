@@ -1,0 +1,113 @@
+//! `roster dns`: a DNS front end in its own process space, following a registry
+//! over HTTP, and answering from its copy while the registry is away.
+
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use roster_client::RosterClient;
+use roster_client::api::{MaintenanceRequest, RegisterRequest};
+use roster_registry::remote::RemoteDns;
+use roster_tests::TestRegistry;
+use roster_tests::dns::{ask, query, udp};
+use tokio_util::sync::CancellationToken;
+
+fn reg(address: &str, port: u16) -> RegisterRequest {
+    RegisterRequest {
+        address: Some(address.into()),
+        port,
+        ..Default::default()
+    }
+}
+
+/// Asks until `want` comes back (changes travel registry -> HTTP -> copy); the
+/// deadline only turns a hang into a failure.
+async fn eventually(addr: std::net::SocketAddr, name: &str, ty: RecordType, want: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = ask(addr, name, ty).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}: still {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_front_end_follows_the_registry_and_survives_its_absence() {
+    let registry = TestRegistry::start().await;
+    let client = RosterClient::new(registry.url()).unwrap();
+    client
+        .register("web", "web-1", &reg("10.0.0.1", 8080))
+        .await
+        .unwrap();
+
+    let shutdown = CancellationToken::new();
+    let front = RemoteDns::start(
+        client.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        roster_dns::DnsConfig::default(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let dns = front.local_addr();
+    // The first copy is taken before the port opens: the very first answer is right.
+    assert_eq!(
+        ask(dns, "web.service.roster.", RecordType::A).await,
+        ["10.0.0.1"]
+    );
+
+    // Registrations, maintenance and new services reach the copy.
+    client
+        .register("web", "web-2", &reg("10.0.0.2", 8080))
+        .await
+        .unwrap();
+    eventually(
+        dns,
+        "web.service.roster.",
+        RecordType::A,
+        &["10.0.0.1", "10.0.0.2"],
+    )
+    .await;
+    let off = MaintenanceRequest {
+        enabled: true,
+        reason: None,
+    };
+    client.maintenance("web", "web-1", &off).await.unwrap();
+    eventually(dns, "web.service.roster.", RecordType::A, &["10.0.0.2"]).await;
+    client
+        .register("db", "db-1", &reg("10.0.1.1", 5432))
+        .await
+        .unwrap();
+    eventually(dns, "db.service.roster.", RecordType::A, &["10.0.1.1"]).await;
+    client.deregister("db", "db-1").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = udp(dns, &query("db.service.roster.", RecordType::A)).await;
+        if reply.metadata.response_code == ResponseCode::NXDomain {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "db never went away: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The registry goes away: DNS keeps answering from the last copy.
+    registry.stop().await;
+    for _ in 0..3 {
+        assert_eq!(
+            ask(dns, "web.service.roster.", RecordType::A).await,
+            ["10.0.0.2"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    front.wait().await.unwrap();
+}
