@@ -19,8 +19,10 @@
 pub mod api;
 mod client;
 mod error;
+mod registration;
 mod watch;
 
 pub use client::{InstanceQuery, RosterClient};
 pub use error::Error;
+pub use registration::{Registration, RegistrationStatus};
 pub use watch::{RawEvent, WatchEvent, WatchStream};

@@ -27,13 +27,17 @@ impl TestRegistry {
 
     /// Starts a registry with `config`. Its addresses are ignored: the HTTP API
     /// and DNS (unless `config.dns_addr` is `None`) listen on 127.0.0.1, port 0.
-    pub async fn start_with(mut config: Config) -> Self {
+    pub async fn start_with(config: Config) -> Self {
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    /// Starts a registry with `config` whose HTTP API listens on `addr`: a fixed
+    /// address lets a test restart "the same" registry. DNS, when on, gets port 0.
+    pub async fn start_at(addr: SocketAddr, mut config: Config) -> Self {
         if config.dns_addr.is_some() {
             config.dns_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         }
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback port");
+        let listener = TcpListener::bind(addr).await.expect("bind a loopback port");
         let shutdown = CancellationToken::new();
         let server = Server::start(&config, listener, shutdown.clone())
             .await

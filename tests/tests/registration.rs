@@ -1,0 +1,159 @@
+//! The client's `Registration` handle against a real registry: heartbeats keep
+//! the instance alive, it comes back after the registry forgets it, and it goes
+//! away on shutdown and on drop.
+
+use std::time::Duration;
+
+use roster_client::api::{Health, RegisterRequest};
+use roster_client::{InstanceQuery, Registration, RegistrationStatus, RosterClient};
+use roster_registry::config::Config;
+use roster_tests::TestRegistry;
+
+/// Polls until `check` holds; the deadline only turns a hang into a failure.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn request() -> RegisterRequest {
+    RegisterRequest {
+        address: Some("10.0.0.9".into()),
+        port: 8080,
+        ttl: Some(Duration::from_secs(1)),
+        deregister_critical_after: Some(Duration::from_secs(1)),
+        ..Default::default()
+    }
+}
+
+async fn health(client: &RosterClient, id: &str) -> Option<Health> {
+    let all = InstanceQuery {
+        all: true,
+        ..Default::default()
+    };
+    let list = client.instances("web", &all).await.ok()?;
+    list.instances
+        .into_iter()
+        .find(|i| i.id == id)
+        .map(|i| i.health)
+}
+
+async fn heartbeats(url: &str) -> u64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("roster_heartbeats_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_the_instance_passing_and_shutdown_deregisters() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let handle = Registration::start(client.clone(), "web", "web-1", request())
+        .await
+        .unwrap();
+    assert_eq!(health(&client, "web-1").await, Some(Health::Passing));
+    // Three TTLs later it is still passing, because heartbeats went through.
+    let url = reg.url().to_owned();
+    eventually("several heartbeats", || async {
+        heartbeats(&url).await >= 6
+    })
+    .await;
+    assert_eq!(health(&client, "web-1").await, Some(Health::Passing));
+    assert_eq!(handle.status(), RegistrationStatus::Registered);
+    handle.shutdown().await.unwrap();
+    assert_eq!(
+        health(&client, "web-1").await,
+        None,
+        "deregistered on shutdown"
+    );
+    reg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_instance_registers_again() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let handle = Registration::start(client.clone(), "web", "web-1", request())
+        .await
+        .unwrap();
+    // An operator (or an expiry) removes it: the next heartbeat gets 404 and
+    // registers again.
+    client.deregister("web", "web-1").await.unwrap();
+    eventually("re-registered", || async {
+        health(&client, "web-1").await == Some(Health::Passing)
+    })
+    .await;
+    drop(handle);
+    // Dropping the handle deregisters in the background.
+    eventually("deregistered on drop", || async {
+        health(&client, "web-1").await.is_none()
+    })
+    .await;
+    reg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_comes_back_empty_gets_the_instance_again() {
+    let first = TestRegistry::start().await;
+    let addr = first.server().local_addr();
+    let client = RosterClient::new(first.url()).unwrap();
+    let handle = Registration::start(client.clone(), "web", "web-1", request())
+        .await
+        .unwrap();
+    first.stop().await;
+
+    // While the registry is down the handle keeps trying.
+    let mut status = handle.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| matches!(s, RegistrationStatus::Retrying { .. })),
+    )
+    .await
+    .expect("the handle notices the registry is gone")
+    .unwrap();
+
+    // An in-memory registry comes back on the same address, empty.
+    let second = TestRegistry::start_at(addr, Config::default()).await;
+    eventually("registered with the new registry", || async {
+        health(&client, "web-1").await == Some(Health::Passing)
+    })
+    .await;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| *s == RegistrationStatus::Registered),
+    )
+    .await
+    .expect("status back to registered")
+    .unwrap();
+    handle.shutdown().await.unwrap();
+    assert_eq!(health(&client, "web-1").await, None);
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn the_first_registration_must_succeed() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let bad = RegisterRequest {
+        port: 0,
+        ..request()
+    };
+    let err = Registration::start(client, "web", "web-1", bad)
+        .await
+        .unwrap_err();
+    assert_eq!(err.problem().and_then(|p| p.field.as_deref()), Some("port"));
+    reg.stop().await;
+}
