@@ -18,11 +18,13 @@
 
 pub mod api;
 mod client;
+mod discovery;
 mod error;
 mod registration;
 mod watch;
 
 pub use client::{InstanceQuery, RosterClient};
+pub use discovery::{Discovery, ServiceHandle, ServiceState};
 pub use error::Error;
 pub use registration::{Registration, RegistrationStatus};
 pub use watch::{RawEvent, WatchEvent, WatchStream};

@@ -38,6 +38,9 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Serialized instance lists, reused until their service changes.
     pub(crate) bodies: Arc<bodies::BodyCache>,
+    /// Random per run of the server; part of every watch resume token, so a
+    /// token from before a restart is never trusted.
+    pub epoch: u64,
     /// Extra lease time after a restore.
     pub lease_grace: std::time::Duration,
     /// Cancelled when the server shuts down: ends watch streams and blocking
@@ -54,6 +57,7 @@ impl AppState {
             limits: Arc::new(limits),
             ready: Arc::new(AtomicBool::new(true)),
             bodies: Arc::default(),
+            epoch: fastrand::u64(1..),
             lease_grace: std::time::Duration::from_secs(30),
             shutdown,
         }

@@ -32,6 +32,12 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Most services one stream may watch.
 pub const MAX_STREAM_SERVICES: usize = 64;
 
+/// Reads a resume token `EPOCH.INDEX` (epoch in hex).
+fn parse_token(raw: &str) -> Option<(u64, u64)> {
+    let (epoch, index) = raw.trim().split_once('.')?;
+    Some((u64::from_str_radix(epoch, 16).ok()?, index.parse().ok()?))
+}
+
 /// `?index=N&wait=D` of a blocking query.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Blocking {
@@ -158,17 +164,17 @@ fn stream(
 ) -> Result<Response, ApiError> {
     let resume = match headers.get("last-event-id") {
         None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "Last-Event-ID",
-                        "Last-Event-ID must be an id this server sent",
-                    )
-                })?,
-        ),
+        Some(v) => {
+            let token = v.to_str().ok().and_then(parse_token).ok_or_else(|| {
+                ApiError::invalid(
+                    "Last-Event-ID",
+                    "Last-Event-ID must be an id this server sent",
+                )
+            })?;
+            // A token from another run of the registry (a restart, a failover)
+            // says nothing about this catalog's indexes: send everything.
+            (token.0 == state.epoch).then_some(token.1)
+        }
     };
     let watcher = Watcher::new(state, &services, resume);
     let events = futures_util::stream::unfold(watcher, |mut w| async move {
@@ -192,7 +198,7 @@ struct Watched {
 /// topics' bounded buffers, and on catching up gets the latest state.
 ///
 /// Events go out in index order across all watched services, so the index of
-/// the last event sent is a resume token: a client that reconnects with it in
+/// the last event sent (with the registry run's epoch in front) is a resume token: a client that reconnects with it in
 /// `Last-Event-ID` has seen every watched service as of that index, and gets
 /// only the services that changed after it.
 struct Watcher {
@@ -201,6 +207,7 @@ struct Watcher {
     watched: Vec<Watched>,
     pending: VecDeque<(usize, Arc<ServiceEvent>)>,
     token: u64,
+    epoch: u64,
     _guard: WatcherGuard,
 }
 
@@ -234,6 +241,7 @@ impl Watcher {
             watched,
             pending,
             token: resume.unwrap_or(0),
+            epoch: state.epoch,
             _guard: guard,
         }
     }
@@ -251,7 +259,7 @@ impl Watcher {
                 return Some(
                     Event::default()
                         .event("service")
-                        .id(self.token.to_string())
+                        .id(format!("{:x}.{}", self.epoch, self.token))
                         .data(event.json()),
                 );
             }
