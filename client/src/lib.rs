@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod balance;
 mod client;
 mod discovery;
 mod error;
