@@ -33,3 +33,4 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
 fi
 
 cargo test --workspace --locked "$@"
+bash tests/helm/run.sh

@@ -1,0 +1,89 @@
+{{/* Chart name, truncated to the 63 characters of a DNS label. */}}
+{{- define "roster.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's resources. Truncated to 52 characters so that the
+longest suffix ("-headless", 9 characters) and the StatefulSet's pod and
+controller-revision suffixes still fit in 63.
+*/}}
+{{- define "roster.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "roster.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels every resource carries. */}}
+{{- define "roster.labels" -}}
+helm.sh/chart: {{ include "roster.chart" . }}
+{{ include "roster.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: roster
+{{- end }}
+
+{{/* Labels that select the registry pods; never change them (immutable selector). */}}
+{{- define "roster.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "roster.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "roster.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "roster.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "roster.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "roster.dnsServiceName" -}}
+{{- printf "%s-dns" (include "roster.fullname" .) }}
+{{- end }}
+
+{{- define "roster.headlessServiceName" -}}
+{{- printf "%s-headless" (include "roster.fullname" .) }}
+{{- end }}
+
+{{/*
+The arguments of `roster serve`. One "--flag=value" word each, so that nothing
+depends on how the next word is read.
+*/}}
+{{- define "roster.args" -}}
+- {{ printf "--http-addr=0.0.0.0:%d" (int .Values.containerPorts.http) | quote }}
+- {{ printf "--data-dir=%s" .Values.persistence.mountPath | quote }}
+{{- if .Values.roster.dns.enabled }}
+- {{ printf "--dns-addr=0.0.0.0:%d" (int .Values.containerPorts.dns) | quote }}
+- {{ printf "--dns-domain=%s" .Values.roster.dns.domain | quote }}
+- {{ printf "--dns-ttl=%d" (int64 .Values.roster.dns.ttl) | quote }}
+{{- else }}
+- "--no-dns"
+{{- end }}
+- {{ printf "--log=%s" .Values.roster.log | quote }}
+- {{ printf "--lease-grace=%s" .Values.roster.leaseGrace | quote }}
+- {{ printf "--deregister-critical-after=%s" .Values.roster.deregisterCriticalAfter | quote }}
+- {{ printf "--max-instances-per-service=%d" (int64 .Values.roster.maxInstancesPerService) | quote }}
+- {{ printf "--max-instances=%d" (int64 .Values.roster.maxInstances) | quote }}
+{{- range .Values.roster.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}

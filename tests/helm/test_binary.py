@@ -1,0 +1,167 @@
+"""The rendered StatefulSet's command line, run for real.
+
+Takes the container's args and the probes from the rendered StatefulSet, starts
+<repo>/target/debug/roster with exactly those args, and checks that the probe
+paths answer 200 on the probe port and that the DNS port answers, over UDP and
+TCP. Two substitutions, both needed to run outside a pod:
+
+- ``--data-dir=/var/lib/roster`` becomes a fresh temporary directory: the pod
+  mounts its claim there, this machine has no such writable directory.
+- the ports of ``--http-addr`` and ``--dns-addr`` become free ports of this
+  machine (the address, 0.0.0.0, stays as rendered): 8500 and 8600 may be taken
+  by another registry or test. The probes are then sent to the substituted HTTP
+  port, after checking that they name the port the args listen on.
+
+Everything else (the flags, their order, the domain, TTL, log filter, limits) is
+passed unchanged, so a flag the binary does not accept fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from conftest import find, manifests, render
+
+
+def free_port() -> int:
+    """A port free for TCP and UDP on every interface (roster binds both on DNS)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("0.0.0.0", 0))
+            port = tcp.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def http(method: str, url: str, body: dict | None = None) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def flag(args: list[str], name: str) -> str:
+    (value,) = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+    return value
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        # Non-default ports and DNS settings, to show they reach the binary.
+        {"containerPorts": {"http": 9500, "dns": 9600},
+         "roster": {"dns": {"domain": "registry.internal", "ttl": 7}, "log": "warn", "leaseGrace": "1m"}},
+    ],
+    ids=["defaults", "custom-ports-and-dns"],
+)
+def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values, tmp_path):
+    sts = find(manifests(render(chart, values)), "StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert container["command"][1:] == ["serve"]
+    args = list(container["args"])
+
+    # Probes: paths and ports as rendered, the port resolved through its name.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    probes = {}
+    for kind in ("livenessProbe", "readinessProbe"):
+        get = container[kind]["httpGet"]
+        port = ports[get["port"]] if isinstance(get["port"], str) else get["port"]
+        probes[kind] = (get["path"], port)
+    assert {path for path, _ in probes.values()} == {"/health", "/ready"}
+
+    http_addr, dns_addr = flag(args, "http-addr"), flag(args, "dns-addr")
+    data_dir = flag(args, "data-dir")
+    http_host, http_port = http_addr.rsplit(":", 1)
+    dns_host, dns_port = dns_addr.rsplit(":", 1)
+    assert http_host == dns_host == "0.0.0.0", "the pod must listen on every interface"
+    assert {port for _, port in probes.values()} == {int(http_port)}, "probes must hit the HTTP listener"
+    assert ports["dns-udp"] == ports["dns-tcp"] == int(dns_port)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["data"] == data_dir
+
+    # The substitutions (see the module docstring).
+    local_http, local_dns = free_port(), free_port()
+    while local_dns == local_http:
+        local_dns = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    substitute = {
+        f"--http-addr={http_addr}": f"--http-addr={http_host}:{local_http}",
+        f"--dns-addr={dns_addr}": f"--dns-addr={dns_host}:{local_dns}",
+        f"--data-dir={data_dir}": f"--data-dir={data}",
+    }
+    run_args = [substitute.get(a, a) for a in args]
+    assert sum(a != b for a, b in zip(args, run_args)) == 3
+
+    log = (tmp_path / "roster.log").open("w+")
+    proc = subprocess.Popen([str(roster_binary), "serve", *run_args], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{local_http}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"roster exited with {proc.returncode}: {Path(log.name).read_text()}"
+            try:
+                if http("GET", base + probes["readinessProbe"][0])[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "roster did not become ready in 30s"
+            time.sleep(0.1)
+
+        for kind, (path, _) in probes.items():
+            status, body = http("GET", base + path)
+            assert status == 200, f"{kind} {path}: {status} {body!r}"
+
+        # The DNS port answers: the zone apex over UDP and TCP...
+        domain = flag(args, "dns-domain").rstrip(".") + "."
+        ttl = int(flag(args, "dns-ttl"))
+        query = dns.message.make_query(domain, dns.rdatatype.SOA)
+        for send in (dns.query.udp, dns.query.tcp):
+            answer = send(query, "127.0.0.1", port=local_dns, timeout=5)
+            assert answer.rcode() == dns.rcode.NOERROR, (send.__name__, answer)
+            assert answer.answer and answer.answer[0].rdtype == dns.rdatatype.SOA, (send.__name__, answer)
+
+        # ...and an instance registered over HTTP resolves, as `helm test` does.
+        status, body = http("PUT", base + "/v1/services/helm-test/instances/helm-test-1",
+                            {"address": "10.11.12.13", "port": 8080, "ttl": "60s"})
+        assert status == 201, body
+        answer = dns.query.udp(dns.message.make_query(f"helm-test.service.{domain}", dns.rdatatype.A),
+                               "127.0.0.1", port=local_dns, timeout=5)
+        assert answer.rcode() == dns.rcode.NOERROR
+        (rrset,) = answer.answer
+        assert [r.address for r in rrset] == ["10.11.12.13"]
+        assert rrset.ttl == ttl
+
+        # The data dir is where the catalog went.
+        assert (data / "catalog.redb").is_file()
+    finally:
+        proc.terminate()
+        try:
+            code = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+        log.close()
+    assert code == 0, f"roster did not stop cleanly on SIGTERM ({code}): {Path(log.name).read_text()}"

@@ -1,0 +1,391 @@
+"""The chart: lint, render, Kubernetes schemas, yamllint, the values schema,
+and its agreement with the Dockerfile, Cargo.toml and the chart README."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import (
+    ALL_FEATURES,
+    CHART,
+    NAMESPACE,
+    REPO,
+    SCHEMAS,
+    VALUE_SETS,
+    find,
+    manifests,
+    merged,
+    render,
+)
+
+# The oldest Kubernetes the chart supports (kubeVersion in Chart.yaml) and the
+# newest one kubernetes-validate 1.37.0 ships schemas for.
+KUBE_VERSIONS = ["1.27.0", "1.37.0"]
+
+
+def test_app_version_is_the_workspace_version():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    cargo = tomllib.loads((REPO / "Cargo.toml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == cargo["workspace"]["package"]["version"]
+    assert chart["kubeVersion"] == ">=1.27.0-0", "update KUBE_VERSIONS with kubeVersion"
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_helm_lint_has_no_errors_or_warnings(value_set):
+    report = helm_python.lint(str(CHART), VALUE_SETS[value_set], strict=True, namespace=NAMESPACE)
+    assert report["errors"] == [], report
+    assert report["total_charts_linted"] == 1
+    # Severity 2 is a warning, 3 an error; 1 (info, "icon is recommended") is fine.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == [], report
+
+
+def test_render_defaults(chart):
+    objs = manifests(render(chart, {}))
+    kinds = sorted(o["kind"] for _, o in objs)
+    assert kinds == sorted(
+        ["StatefulSet", "Service", "Service", "Service", "PodDisruptionBudget", "ServiceAccount", "Pod"]
+    ), kinds
+
+    sts = find(objs, "StatefulSet", "r1-roster")
+    spec = sts["spec"]
+    assert spec["replicas"] == 1
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["serviceName"] == "r1-roster-headless"
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["/usr/local/bin/roster", "serve"]
+    args = container["args"]
+    assert "--http-addr=0.0.0.0:8500" in args
+    assert "--dns-addr=0.0.0.0:8600" in args
+    assert "--data-dir=/var/lib/roster" in args
+    ports = {(p["name"], p["containerPort"], p["protocol"]) for p in container["ports"]}
+    assert ports == {("http", 8500, "TCP"), ("dns-udp", 8600, "UDP"), ("dns-tcp", 8600, "TCP")}
+
+    # The data dir is the claim from the volumeClaimTemplate.
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert {"name": "data", "mountPath": "/var/lib/roster"} in container["volumeMounts"]
+    assert "volumes" not in pod
+
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "r1-roster"
+
+    http = find(objs, "Service", "r1-roster")["spec"]
+    assert http["type"] == "ClusterIP"
+    assert [(p["port"], p["targetPort"], p["protocol"]) for p in http["ports"]] == [(8500, "http", "TCP")]
+
+    dns = find(objs, "Service", "r1-roster-dns")["spec"]
+    assert dns["type"] == "ClusterIP"
+    assert "clusterIP" not in dns
+    assert [(p["port"], p["targetPort"], p["protocol"]) for p in dns["ports"]] == [
+        (53, "dns-udp", "UDP"),
+        (53, "dns-tcp", "TCP"),
+    ]
+
+    headless = find(objs, "Service", "r1-roster-headless")["spec"]
+    assert headless["clusterIP"] == "None"
+    assert headless["publishNotReadyAddresses"] is True
+
+    pdb = find(objs, "PodDisruptionBudget")["spec"]
+    assert pdb == {"maxUnavailable": 1, "selector": spec["selector"]}
+
+    # Every selector picks exactly the StatefulSet's pods.
+    pod_labels = spec["template"]["metadata"]["labels"]
+    for svc in (http, dns, headless):
+        assert svc["selector"].items() <= pod_labels.items()
+
+
+def test_render_every_optional_feature(chart):
+    rendered = render(chart, ALL_FEATURES)
+    objs = manifests(rendered)
+    kinds = sorted(o["kind"] for _, o in objs)
+    assert kinds == sorted(
+        ["StatefulSet", "Service", "Service", "Service", "PodDisruptionBudget", "ServiceAccount", "Pod",
+         "ServiceMonitor", "NetworkPolicy"]
+    ), kinds
+
+    sts = find(objs, "StatefulSet", "r1-registry")
+    pod = sts["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/roster-registry/roster@sha256:" + "ab" * 32
+    assert container["args"][-1] == "--config=/etc/roster/roster.toml"
+    assert "--dns-domain=example.internal" in container["args"]
+    assert "--dns-ttl=5" in container["args"]
+    assert container["env"] == ALL_FEATURES["extraEnv"]
+    assert pod["serviceAccountName"] == "roster-sa"
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast-ssd"
+
+    dns = find(objs, "Service", "r1-registry-dns")["spec"]
+    assert dns["clusterIP"] == "10.96.0.53"
+
+    monitor = find(objs, "ServiceMonitor")
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "scheme": "http", "interval": "15s", "scrapeTimeout": "5s"}
+    ]
+
+    policy = find(objs, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["egress"] == []
+    http_rule, dns_rule = policy["ingress"]
+    assert http_rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert http_rule["from"] == ALL_FEATURES["networkPolicy"]["httpFrom"]
+    assert dns_rule["ports"] == [{"port": "dns-udp", "protocol": "UDP"}, {"port": "dns-tcp", "protocol": "TCP"}]
+    assert dns_rule["from"] == ALL_FEATURES["networkPolicy"]["dnsFrom"]
+
+    notes = rendered["roster/templates/NOTES.txt"]
+    assert "forward example.internal. 10.96.0.53" in notes
+
+
+def test_render_minimal(chart):
+    """DNS off, no claim, no ServiceAccount, no PDB: what remains is consistent."""
+    objs = manifests(render(chart, VALUE_SETS["minimal"]))
+    kinds = sorted(o["kind"] for _, o in objs)
+    assert kinds == sorted(["StatefulSet", "Service", "Service", "Pod"]), kinds
+    sts = find(objs, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "--no-dns" in container["args"]
+    assert not any(a.startswith("--dns-") for a in container["args"])
+    assert [p["name"] for p in container["ports"]] == ["http"]
+    assert "volumeClaimTemplates" not in sts["spec"]
+    assert "persistentVolumeClaimRetentionPolicy" not in sts["spec"]
+    assert pod["volumes"] == [{"name": "data", "emptyDir": {}}]
+    assert pod["serviceAccountName"] == "default"
+    test_pod = find(objs, "Pod")["spec"]
+    assert [c["name"] for c in test_pod["initContainers"]] == ["register"]
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_manifests_validate_against_kubernetes_schemas(chart, value_set, kube_version):
+    objs = manifests(render(chart, VALUE_SETS[value_set]))
+    assert objs
+    checked = []
+    for path, obj in objs:
+        where = f"{path}: {obj['kind']}/{obj['metadata']['name']}"
+        if obj["apiVersion"] == "monitoring.coreos.com/v1":
+            # Not a Kubernetes kind: checked against the operator's CRD fields
+            # the chart uses (tests/helm/schemas), with unknown fields refused.
+            schema = json.loads((SCHEMAS / f"{obj['kind'].lower()}-monitoring.coreos.com-v1.json").read_text())
+            jsonschema.Draft202012Validator(schema).validate(obj)
+        else:
+            try:
+                kubernetes_validate.validate(obj, kube_version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                pytest.fail(f"{where} is invalid for Kubernetes {kube_version}: {'.'.join(map(str, e.path))}: {e.message}")
+        checked.append(where)
+    assert len(checked) == len(objs)
+
+
+YAMLLINT_CONFIG = REPO / "tests/helm/yamllint.yaml"
+
+
+def yamllint(*paths, config: str | None = None) -> subprocess.CompletedProcess:
+    how = ["-d", config] if config else ["-c", str(YAMLLINT_CONFIG)]
+    return subprocess.run(
+        [sys.executable, "-m", "yamllint", "--strict", "-f", "parsable", *how, *map(str, paths)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_yamllint_chart_files():
+    # templates/ holds Go templates ({{ ... }} is not YAML), so they are linted
+    # as rendered, in the next test.
+    result = yamllint(CHART / "Chart.yaml", CHART / "values.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_yamllint_rendered_manifests(chart, value_set, tmp_path):
+    files = []
+    for path, text in render(chart, VALUE_SETS[value_set]).items():
+        if path.endswith(".yaml") and text.strip():
+            out = tmp_path / path.replace("/", "__")
+            out.write_text(text)
+            files.append(out)
+    assert len(files) >= 4
+    # The same rules, less line-length: rendered lines carry the user's values
+    # (an image digest alone is 71 characters), which the chart cannot wrap.
+    result = yamllint(*files, config=f"{{extends: {YAMLLINT_CONFIG}, rules: {{line-length: disable}}}}")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"replicas": "1"}, "/replicas': got string, want integer"),
+        ({"replicas": 3}, "replicas must be 1: roster has no multi-node replication (HA) yet"),
+        ({"replicas": 2}, "maximum: got 2, want 1"),
+        ({"replicas": 0}, "minimum: got 0, want 1"),
+        ({"replica": 1}, "additional properties 'replica' not allowed"),
+        ({"image": {"tga": "latest"}}, "additional properties 'tga' not allowed"),
+        ({"roster": {"dns": {"ttl": -1}}}, "/roster/dns/ttl"),
+        ({"roster": {"leaseGrace": "soon"}}, "/roster/leaseGrace"),
+        ({"persistence": {"size": "lots"}}, "/persistence/size"),
+        ({"podDisruptionBudget": {"minAvailable": 1}}, "oneOf"),
+        ({"securityContext": {"runAsNonRoot": False}}, "/securityContext/runAsNonRoot"),
+        ({"networkPolicy": {"httpFrom": [{"podSelecter": {}}]}}, "additional properties 'podSelecter' not allowed"),
+    ],
+    ids=lambda v: json.dumps(v) if isinstance(v, dict) else None,
+)
+def test_schema_rejects_bad_values(chart, values, message):
+    with pytest.raises(helm_python.HelmValuesError) as err:
+        render(chart, values)
+    assert message in str(err.value)
+    # Helm checks the schema on lint, install and upgrade alike.
+    with pytest.raises(helm_python.HelmValuesError):
+        chart.validate_schema(values)
+
+
+def test_schema_accepts_the_value_sets(chart):
+    for values in VALUE_SETS.values():
+        chart.validate_schema(values)
+    chart.validate_schema({"podDisruptionBudget": {"maxUnavailable": "100%"}})
+
+
+def test_pod_disruption_budget_can_use_min_available(chart):
+    """minAvailable replaces maxUnavailable when the default is removed with null."""
+    values = {"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": None}}
+    pdb = find(manifests(render(chart, values)), "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert "maxUnavailable" not in pdb["spec"]
+    kubernetes_validate.validate(pdb, "1.27.0", strict=True)
+
+
+def test_replicas_schema_explains_the_limit():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    replicas = schema["properties"]["replicas"]
+    assert replicas["type"] == "integer" and replicas["minimum"] == replicas["maximum"] == 1
+    assert "multi-node" in replicas["description"]
+
+
+def _leaves(tree, prefix=""):
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not key.endswith(("Selector", "Annotations", "Labels")) and key not in {
+            "annotations", "labels", "resources", "podSecurityContext", "securityContext", "affinity"
+        }:
+            yield from _leaves(value, path + ".")
+        else:
+            yield path
+
+
+def test_schema_closes_every_object():
+    """Every object the schema describes refuses unknown keys (additionalProperties
+    false), except string maps and the Kubernetes pass-through fields below."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    passthrough = {"global", "podSelector", "namespaceSelector", "valueFrom",
+                   "nodeAffinity", "podAffinity", "podAntiAffinity"}
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if node.get("type") == "object" and path.split(".")[-1] not in passthrough:
+                assert "additionalProperties" in node, f"{path} accepts any key"
+                ap = node["additionalProperties"]
+                assert ap is False or ap == {"type": "string"}, f"{path}: additionalProperties {ap}"
+            for key, value in node.items():
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(schema, "$")
+
+
+def test_chart_readme_lists_every_value():
+    readme = (CHART / "README.md").read_text()
+    table = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
+    values = set(_leaves(yaml.safe_load((CHART / "values.yaml").read_text())))
+    assert values - table == set(), "values missing from the README table"
+    assert table - values == set(), "README table lists values that do not exist"
+    assert "forward roster. " in readme
+    assert "## Upgrading" in readme
+
+
+def test_dockerfile_agrees_with_the_chart(chart):
+    dockerfile = (REPO / "Dockerfile").read_text()
+    instructions = [line for line in dockerfile.splitlines() if line and not line.startswith(("#", " "))]
+    froms = [line.split()[1] for line in instructions if line.startswith("FROM ")]
+    assert froms[0].startswith("rust:1-bookworm")
+    assert froms[-1].startswith("gcr.io/distroless/")
+    (entrypoint,) = [json.loads(line[len("ENTRYPOINT "):]) for line in instructions if line.startswith("ENTRYPOINT ")]
+    (user,) = [line.split()[1] for line in instructions if line.startswith("USER ")]
+    assert user.split(":")[0] not in ("0", "root")
+    exposed = set(re.search(r"^EXPOSE (.+)$", dockerfile, re.M).group(1).split())
+    assert exposed == {"8500/tcp", "8600/udp", "8600/tcp"}
+
+    objs = manifests(render(chart, {}))
+    (container,) = find(objs, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == entrypoint
+    ports = {f"{p['containerPort']}/{p['protocol'].lower()}" for p in container["ports"]}
+    assert ports == exposed
+    # The image's user is the one the chart runs as.
+    pod_sc = find(objs, "StatefulSet")["spec"]["template"]["spec"]["securityContext"]
+    assert user == f"{pod_sc['runAsUser']}:{pod_sc['runAsGroup']}"
+    assert "target" in (REPO / ".dockerignore").read_text().split()
+
+
+def test_helm_test_pod_registers_and_resolves(chart):
+    for values in (VALUE_SETS["defaults"], ALL_FEATURES):
+        objs = manifests(render(chart, values))
+        test_pod = find(objs, "Pod")
+        assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        spec = test_pod["spec"]
+        register, resolve = spec["initContainers"]
+        (deregister,) = spec["containers"]
+        full = merged(values)
+        assert register["image"] == deregister["image"] == full["tests"]["curlImage"]
+        assert resolve["image"] == full["tests"]["dnsImage"]
+        http_svc = [o for _, o in objs if o["kind"] == "Service" and o["spec"]["ports"][0]["name"] == "http"
+                    and o["spec"].get("clusterIP") != "None"][0]
+        env = {e["name"]: e.get("value") for e in register["env"]}
+        assert env["API"] == f"http://{http_svc['metadata']['name']}.{NAMESPACE}.svc:{http_svc['spec']['ports'][0]['port']}"
+        assert "-X PUT \"$API/v1/services/helm-test/instances/$POD_NAME\"" in register["command"][-1]
+        assert "-X DELETE \"$API/v1/services/helm-test/instances/$POD_NAME\"" in deregister["command"][-1]
+
+        dns_svc = [o for _, o in objs if o["kind"] == "Service" and o["metadata"]["name"].endswith("-dns")][0]
+        renv = {e["name"]: e.get("value") for e in resolve["env"]}
+        pinned = dns_svc["spec"].get("clusterIP")
+        if pinned:
+            assert renv["DNS_SERVER"] == pinned
+        else:
+            # Kubernetes' service link variable for the DNS Service.
+            var = dns_svc["metadata"]["name"].upper().replace("-", "_") + "_SERVICE_HOST"
+            assert renv["DNS_SERVER"] == f"$({var})"
+            assert spec["enableServiceLinks"] is True
+        domain = full["roster"]["dns"]["domain"].rstrip(".")
+        assert renv["NAME"] == f"helm-test.service.{domain}."
+        assert "nslookup -type=A \"$NAME\" \"$DNS_SERVER\"" in resolve["command"][-1]
+        for c in (register, resolve, deregister):
+            assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
