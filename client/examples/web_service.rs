@@ -23,7 +23,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:3000".into())
         .parse()?;
-    let registry = std::env::var("ROSTER_REGISTRY").unwrap_or_else(|_| "http://127.0.0.1:8500".into());
+    let registry =
+        std::env::var("ROSTER_REGISTRY").unwrap_or_else(|_| "http://127.0.0.1:8500".into());
     let client = RosterClient::new(&registry)?;
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
@@ -50,8 +51,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (mut socket, _) = listener.accept().await?;
             let instances = peers.instances().unwrap_or_default();
             let endpoints: Vec<Endpoint> = instances.iter().map(Endpoint::from_instance).collect();
-            let next = balancer.pick(&endpoints).map(|i| endpoints[i].id().to_owned());
-            let body = format!("hello from {id}; {} peers; next peer by round robin: {next:?}\n", endpoints.len());
+            let next = balancer
+                .pick(&endpoints)
+                .map(|i| endpoints[i].id().to_owned());
+            let body = format!(
+                "hello from {id}; {} peers; next peer by round robin: {next:?}\n",
+                endpoints.len()
+            );
             tokio::spawn(async move {
                 let mut request = [0u8; 1024];
                 let _ = socket.read(&mut request).await;
