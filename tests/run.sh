@@ -33,4 +33,7 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
 fi
 
 cargo test --workspace --locked "$@"
-bash tests/helm/run.sh
+# The chart tests run the binary that cargo test just built.
+target_dir=${CARGO_TARGET_DIR:-target}
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+ROSTER_BIN="$target_dir/debug/roster" bash tests/helm/run.sh

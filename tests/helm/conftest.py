@@ -142,22 +142,31 @@ def find(objs: list[tuple[str, dict]], kind: str, name: str | None = None) -> di
 
 @pytest.fixture(scope="session")
 def roster_binary() -> Path:
-    """<repo>/target/debug/roster, built first when cargo is available.
+    """The roster binary under test.
 
-    cargo runs even when the binary exists (a no-op when it is up to date), so
-    the test never exercises a stale build; without cargo an existing binary is
-    used as it is. No skip: a missing binary is a failure.
+    tests/run.sh sets ROSTER_BIN to the binary `cargo test --workspace` has just
+    built, and it is used as it is. Run alone, this builds
+    <target dir>/debug/roster first when cargo is available (a no-op when it is up
+    to date), so the test never exercises a stale build; the target dir honours
+    CARGO_TARGET_DIR. No skip: a missing binary is a failure.
     """
-    binary = REPO / "target" / "debug" / "roster"
-    cargo = shutil.which("cargo")
-    if cargo:
-        subprocess.run(
-            [cargo, "build", "--locked", "-p", "roster-registry", "--bin", "roster"],
-            cwd=REPO,
-            check=True,
-        )
+    given = os.environ.get("ROSTER_BIN")
+    if given:
+        binary = Path(given)
+    else:
+        target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+        if not target.is_absolute():
+            target = REPO / target
+        binary = target / "debug" / "roster"
+        cargo = shutil.which("cargo")
+        if cargo:
+            subprocess.run(
+                [cargo, "build", "--locked", "-p", "roster-registry", "--bin", "roster"],
+                cwd=REPO,
+                check=True,
+            )
     assert binary.is_file() and os.access(binary, os.X_OK), (
-        f"{binary} is missing and cargo is not on PATH: run `cargo build -p roster-registry`"
+        f"{binary} is missing: run `cargo build -p roster-registry` (or tests/run.sh)"
     )
     return binary
 
