@@ -22,6 +22,7 @@ mod client;
 mod discovery;
 mod error;
 mod registration;
+pub mod resilience;
 mod watch;
 
 pub use client::{InstanceQuery, RosterClient};
