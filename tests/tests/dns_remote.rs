@@ -9,7 +9,7 @@ use roster_client::RosterClient;
 use roster_client::api::{MaintenanceRequest, RegisterRequest};
 use roster_registry::remote::RemoteDns;
 use roster_tests::TestRegistry;
-use roster_tests::dns::{ask, query, udp};
+use roster_tests::dns::{answer_data, ask, query, udp};
 use tokio_util::sync::CancellationToken;
 
 fn reg(address: &str, port: u16) -> RegisterRequest {
@@ -20,13 +20,19 @@ fn reg(address: &str, port: u16) -> RegisterRequest {
     }
 }
 
-/// Asks until `want` comes back (changes travel registry -> HTTP -> copy); the
-/// deadline only turns a hang into a failure.
+/// Asks over UDP until `want` comes back (changes travel registry -> HTTP ->
+/// copy, so a query may land before the copy is updated), then checks that UDP and
+/// TCP agree. The deadline only turns a hang into a failure.
 async fn eventually(addr: std::net::SocketAddr, name: &str, ty: RecordType, want: &[&str]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let got = ask(addr, name, ty).await;
+        let got = answer_data(&udp(addr, &query(name, ty)).await);
         if got == want {
+            assert_eq!(
+                ask(addr, name, ty).await,
+                want,
+                "{name}: UDP and TCP agree once settled"
+            );
             return;
         }
         assert!(
