@@ -6,13 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${1:-10s}
-command -v wrk >/dev/null || { apt-get install -y -q wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }; }
-cargo build --release -q -p roster-registry
-mkdir -p bench/out
+. bench/common.sh
+need wrk wrk
 port=18650
-taskset -c 0 target/release/roster serve --http-addr 127.0.0.1:$port --no-dns --log warn &
+taskset -c 0 "$bin" serve --http-addr 127.0.0.1:$port --no-dns --log warn &
 pid=$!
-trap 'kill $pid 2>/dev/null' EXIT
 for _ in $(seq 50); do curl -sf http://127.0.0.1:$port/ready >/dev/null && break; sleep 0.1; done
 python3 - "$port" <<'PY'
 import http.client, json, sys

@@ -6,17 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
-need() { command -v "$1" >/dev/null || { apt-get install -y -q "$2" >/dev/null || { apt-get update -q && apt-get install -y -q "$2"; }; }; }
+. bench/common.sh
 need dnsperf dnsperf; need knotd knot; need curl curl
-bin=${ROSTER_BIN:-target/release/roster}
-[ -n "${ROSTER_BIN:-}" ] || cargo build --release -q -p roster-registry
-mkdir -p bench/out
 out=bench/out/dns.txt
 : > "$out"
-work=$(mktemp -d)
-pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
 http=18680 dns=18653 n=10
 
 # The same data for both: n instances of web (tag v2 on even ones).

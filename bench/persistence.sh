@@ -5,16 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${1:-10s}
-command -v wrk >/dev/null || { apt-get install -y -q wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }; }
-bin=${ROSTER_BIN:-target/release/roster}
-[ -n "${ROSTER_BIN:-}" ] || cargo build --release -q -p roster-registry
-mkdir -p bench/out
+. bench/common.sh
+need wrk wrk; need bc bc
 out=bench/out/persistence.txt
 : > "$out"
-work=$(mktemp -d)
-pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
 port=18660
 wait_ready() { for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null && return 0; sleep 0.05; done; return 1; }
 start() { taskset -c 0 "$bin" serve --http-addr 127.0.0.1:$port --no-dns --log warn --max-instances 1000000 --max-instances-per-service 100000 "$@" & pid=$!; wait_ready; }
