@@ -99,6 +99,91 @@ pub struct RegisterRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub deregister_critical_after: Option<Duration>,
+    /// Health checks the registry runs (`http`, `tcp`, `grpc`) or the instance
+    /// updates itself (`ttl`); at most 16. The instance's health is the worst of
+    /// them and of its lease.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckDefinition>,
+}
+
+/// One health check in a registration. Set exactly one of `http`, `tcp`, `grpc`
+/// or `ttl`; the rest have defaults.
+///
+/// ```
+/// let check: roster_client::api::CheckDefinition = serde_json::from_str(
+///     r#"{"http":"http://10.0.0.7:8080/health","interval":"5s","failures_before_critical":3}"#,
+/// ).unwrap();
+/// assert_eq!(check.failures_before_critical, 3);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CheckDefinition {
+    /// Id, unique within the instance (default: the kind, e.g. `http`, then
+    /// `http-2` for a second one). `ttl` is taken by the instance's lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// A name for humans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// URL to request: 2xx is passing, 429 warning, anything else critical.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// HTTP method (default `GET`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Extra HTTP request headers.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Accept any certificate from an `https` target.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls_skip_verify: bool,
+    /// `host:port` to connect to: passing when the connection opens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    /// `host:port` or `host:port/service` of a gRPC server implementing
+    /// `grpc.health.v1.Health`: passing when it answers `SERVING` (plaintext HTTP/2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<String>,
+    /// A check the instance reports itself with
+    /// `PUT …/checks/{check_id}/{pass|warn|fail}`; critical when no report came
+    /// within this time.
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// Time between runs of an active check (default 10s, at least 100ms).
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Time a run may take before it counts as a failure (default 10s, at most
+    /// the interval).
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Consecutive successes needed before the check turns passing (default 0:
+    /// the first one).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub success_before_passing: u32,
+    /// Consecutive failures needed before it turns warning (default: the same as
+    /// `failures_before_critical`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures_before_warning: Option<u32>,
+    /// Consecutive failures needed before it turns critical (default 0: the
+    /// first one).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub failures_before_critical: u32,
+    /// Status before the first result (default critical, as in Consul).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_status: Option<Health>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Optional body of `PUT /v1/services/{service}/instances/{id}/checks/{check_id}/{pass|warn|fail}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CheckUpdate {
+    /// Output to show with the new status (at most 4 KiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 /// Body of `PUT /v1/services/{service}/instances/{id}/maintenance`.
@@ -115,8 +200,27 @@ pub struct MaintenanceRequest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
-    /// A lease renewed by heartbeats.
+    /// Reported by the instance: the lease renewed by heartbeats, or a check set
+    /// with `pass`/`warn`/`fail`.
     Ttl,
+    /// An HTTP request made by the registry.
+    Http,
+    /// A TCP connection opened by the registry.
+    Tcp,
+    /// A `grpc.health.v1.Health/Check` call made by the registry.
+    Grpc,
+}
+
+impl CheckKind {
+    /// The lowercase name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Ttl => "ttl",
+            CheckKind::Http => "http",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Grpc => "grpc",
+        }
+    }
 }
 
 /// State of one check of an instance.
@@ -128,9 +232,36 @@ pub struct Check {
     pub kind: CheckKind,
     /// Its current result.
     pub status: Health,
-    /// Last output, for humans.
+    /// Last output, for humans (truncated).
     #[serde(default)]
     pub output: String,
+    /// Name for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What an active check probes: its URL or `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Time between runs of an active check.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    /// Time a run may take.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Time within which a TTL check must be reported.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
 }
 
 /// Maintenance state of an instance.
@@ -194,6 +325,11 @@ pub struct ServiceInstances {
     pub index: u64,
     /// Matching instances, ordered by id.
     pub instances: Vec<Instance>,
+    /// Set when the service is in panic mode: fewer than its panic threshold of
+    /// instances are healthy, so `instances` holds all of them, critical ones
+    /// included, and the caller chooses (also in `X-Roster-Panic: true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub panic: bool,
 }
 
 /// One event of a watch stream (`GET /v1/watch`, `GET /v1/services/{service}/watch`):

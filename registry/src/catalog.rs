@@ -20,6 +20,7 @@ use imbl::OrdMap;
 use roster_client::api::{self, Health};
 use tokio::time::Instant;
 
+use crate::checks::{CheckState, LEASE_CHECK, Target, truncate_output};
 use crate::lease::{Lease, LeaseTable};
 use crate::model::{InstanceId, InstanceSpec, ServiceName};
 
@@ -59,6 +60,22 @@ pub enum Command {
         /// Reason while in maintenance.
         reason: Option<String>,
     },
+    /// Record a result of one of an instance's checks.
+    SetCheck {
+        /// Service.
+        service: ServiceName,
+        /// Instance id.
+        id: InstanceId,
+        /// Check id.
+        check: String,
+        /// New status.
+        status: Health,
+        /// Output to show with it.
+        output: String,
+        /// Who reports it: the health checker (active checks only) or the
+        /// instance itself (TTL checks only; this also restarts the check's TTL).
+        source: CheckSource,
+    },
     /// Expire overdue leases and remove instances critical for too long.
     Tick,
     /// Replace the whole catalog (start-up load, snapshot restore). Every lease
@@ -81,6 +98,40 @@ pub enum Command {
     },
 }
 
+/// Who reports a check result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckSource {
+    /// The registry's health checker, for `http`, `tcp` and `grpc` checks.
+    Probe,
+    /// The instance, for `ttl` checks.
+    Report,
+}
+
+/// Self-preservation settings: when more than `threshold` of the leased
+/// instances expired within `window` or are overdue now, the catalog stops
+/// expiring leases (the registry, not the instances, is probably cut off) until
+/// the share falls back under the threshold.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SelfPreservation {
+    /// Share of leased instances, 0–1; 0 turns the guard off.
+    pub threshold: f64,
+    /// How far back expirations count.
+    pub window: Duration,
+    /// The guard applies only with at least this many leased instances, so a
+    /// small development setup still expires its leases.
+    pub min_instances: usize,
+}
+
+impl Default for SelfPreservation {
+    fn default() -> Self {
+        SelfPreservation {
+            threshold: 0.15,
+            window: Duration::from_secs(60),
+            min_instances: 10,
+        }
+    }
+}
+
 /// What a command did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -92,6 +143,8 @@ pub struct Outcome {
     pub expired: u32,
     /// Instances removed for being critical too long.
     pub reaped: u32,
+    /// Leases overdue but kept alive by self-preservation.
+    pub held: u32,
 }
 
 /// Why a command was refused. Refused commands change nothing.
@@ -115,6 +168,17 @@ pub enum CatalogError {
         /// The service that owns it.
         existing: String,
     },
+    /// No check with that id on the instance.
+    #[error("instance {id:?} has no check {check:?}")]
+    CheckNotFound {
+        /// Instance id.
+        id: String,
+        /// Check id.
+        check: String,
+    },
+    /// The check cannot be updated that way.
+    #[error("{0}")]
+    WrongCheckKind(String),
     /// A capacity limit was reached.
     #[error("{what}: the limit is {limit}")]
     Full {
@@ -138,6 +202,8 @@ pub struct Instance {
     pub lease: Option<Health>,
     /// Reason, while in maintenance.
     pub maintenance: Option<String>,
+    /// State of each of `spec.checks`, in the same order.
+    pub checks: Vec<CheckState>,
     /// Index of the first registration.
     pub create_index: u64,
     /// Index of the last change.
@@ -150,15 +216,20 @@ impl Instance {
         if self.maintenance.is_some() {
             return Health::Critical;
         }
-        self.lease.unwrap_or(Health::Passing)
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .fold(self.lease.unwrap_or(Health::Passing), Ord::max)
     }
 
-    /// The wire form of this instance.
-    pub fn to_api(&self) -> api::Instance {
+    /// The wire form of this instance's checks: the lease first, then the rest
+    /// in registration order.
+    pub fn checks_api(&self) -> Vec<api::Check> {
         let spec = &self.spec;
-        let checks = match (self.lease, spec.ttl) {
-            (Some(status), Some(ttl)) => vec![api::Check {
-                id: "ttl".into(),
+        let mut out = Vec::with_capacity(spec.checks.len() + 1);
+        if let (Some(status), Some(ttl)) = (self.lease, spec.ttl) {
+            out.push(api::Check {
+                id: LEASE_CHECK.into(),
                 kind: api::CheckKind::Ttl,
                 status,
                 output: if status == Health::Critical {
@@ -169,9 +240,37 @@ impl Instance {
                 } else {
                     "lease renewed".into()
                 },
-            }],
-            _ => Vec::new(),
-        };
+                name: Some("lease".into()),
+                target: None,
+                interval: None,
+                timeout: None,
+                ttl: Some(ttl),
+            });
+        }
+        for (def, state) in spec.checks.iter().zip(&self.checks) {
+            let active = def.is_active();
+            out.push(api::Check {
+                id: def.id.to_string(),
+                kind: def.kind(),
+                status: state.status,
+                output: state.output.clone(),
+                name: def.name.clone(),
+                target: def.target_text(),
+                interval: active.then_some(def.interval),
+                timeout: active.then_some(def.timeout),
+                ttl: match def.target {
+                    Target::Ttl { ttl } => Some(ttl),
+                    _ => None,
+                },
+            });
+        }
+        out
+    }
+
+    /// The wire form of this instance.
+    pub fn to_api(&self) -> api::Instance {
+        let spec = &self.spec;
+        let checks = self.checks_api();
         api::Instance {
             id: self.id.to_string(),
             service: self.service.to_string(),
@@ -238,14 +337,20 @@ impl Snapshot {
 enum Timer {
     Lease,
     Reap,
+    /// A TTL check, by its position in the spec.
+    Check(u16),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Record {
     service: Arc<str>,
     lease: Option<Arc<Lease>>,
     lease_timer: Option<u64>,
     reap_timer: Option<u64>,
+    /// Deadlines of the TTL checks: (position in the spec, due).
+    check_timers: Vec<(u16, u64)>,
+    /// The lease is overdue and held by self-preservation.
+    held: bool,
 }
 
 /// Capacity limits enforced by the catalog.
@@ -277,6 +382,12 @@ pub struct Catalog {
     limits: CatalogLimits,
     touched: Vec<Arc<str>>,
     changed: Vec<Arc<str>>,
+    preservation: SelfPreservation,
+    /// Records with `held` set.
+    held: usize,
+    /// Times of recent lease expirations, oldest first.
+    expirations: std::collections::VecDeque<u64>,
+    preserving: bool,
 }
 
 impl Catalog {
@@ -298,7 +409,21 @@ impl Catalog {
             limits,
             touched: Vec::new(),
             changed: Vec::new(),
+            preservation: SelfPreservation::default(),
+            held: 0,
+            expirations: std::collections::VecDeque::new(),
+            preserving: false,
         }
+    }
+
+    /// Changes the self-preservation settings.
+    pub fn set_self_preservation(&mut self, settings: SelfPreservation) {
+        self.preservation = settings;
+    }
+
+    /// Whether self-preservation is holding overdue leases right now.
+    pub fn self_preservation_active(&self) -> bool {
+        self.preserving
     }
 
     /// The lease table, for the heartbeat fast path.
@@ -377,6 +502,14 @@ impl Catalog {
                     true
                 }
             }
+            Command::SetCheck {
+                service,
+                id,
+                check,
+                status,
+                output,
+                source,
+            } => self.set_check(&service, &id, &check, status, output, source, now, next)?,
             Command::Tick => self.tick(now, next, &mut out),
             Command::Restore {
                 index,
@@ -459,11 +592,29 @@ impl Catalog {
                 return Ok(self.renew(id.as_arc(), now, next));
             }
             let mut inst = (*current).clone();
+            // Keep the results of checks that did not change, so editing tags
+            // does not send a healthy instance back to critical.
+            inst.checks = spec
+                .checks
+                .iter()
+                .map(|def| {
+                    current
+                        .spec
+                        .checks
+                        .iter()
+                        .position(|old| old == def)
+                        .map_or_else(|| CheckState::initial(def), |i| current.checks[i].clone())
+                })
+                .collect();
             inst.spec = spec;
+            self.cancel_checks(id.as_arc());
             let rec = self
                 .records
                 .get_mut(id.as_str())
                 .expect("record of a known instance");
+            if std::mem::take(&mut rec.held) {
+                self.held -= 1;
+            }
             let old_lease = rec.lease.take();
             let old_timer = rec.lease_timer.take();
             if let Some(due) = old_timer {
@@ -476,15 +627,18 @@ impl Catalog {
             inst.lease = None;
             self.cancel_reap(id.as_arc());
             self.arm_lease(&mut inst, now);
+            self.arm_checks(&inst, now);
             self.put(inst, next);
             return Ok(true);
         }
+        let spec_checks = spec.checks.clone();
         let mut inst = Instance {
             id: id.as_arc().clone(),
             service: service.as_arc().clone(),
             spec,
             lease: None,
             maintenance: None,
+            checks: spec_checks_initial(&spec_checks),
             create_index: next,
             modify_index: next,
         };
@@ -492,12 +646,11 @@ impl Catalog {
             inst.id.clone(),
             Record {
                 service: inst.service.clone(),
-                lease: None,
-                lease_timer: None,
-                reap_timer: None,
+                ..Record::default()
             },
         );
         self.arm_lease(&mut inst, now);
+        self.arm_checks(&inst, now);
         self.put(inst, next);
         Ok(true)
     }
@@ -519,6 +672,7 @@ impl Catalog {
             }
         }
         self.timers.clear();
+        self.held = 0;
         self.state.services = OrdMap::new();
         let grace = nanos(grace);
         for mut inst in instances {
@@ -528,10 +682,19 @@ impl Catalog {
             }
             let mut rec = Record {
                 service: inst.service.clone(),
-                lease: None,
-                lease_timer: None,
-                reap_timer: None,
+                ..Record::default()
             };
+            if inst.checks.len() != inst.spec.checks.len() {
+                inst.checks = spec_checks_initial(&inst.spec.checks);
+            }
+            for (i, def) in inst.spec.checks.iter().enumerate() {
+                if let Target::Ttl { ttl } = def.target {
+                    let due = now.saturating_add(grace).saturating_add(nanos(ttl));
+                    rec.check_timers.push((i as u16, due));
+                    self.timers
+                        .insert((due, Timer::Check(i as u16), inst.id.clone()));
+                }
+            }
             if let Some(ttl) = inst.spec.ttl {
                 let ttl = nanos(ttl);
                 let deadline = now.saturating_add(ttl).saturating_add(grace);
@@ -591,6 +754,131 @@ impl Catalog {
         inst.lease = Some(Health::Passing);
     }
 
+    /// Arms the timers of `inst`'s TTL checks, due one TTL after `now`.
+    fn arm_checks(&mut self, inst: &Instance, now: u64) {
+        let rec = self.records.get_mut(&inst.id).expect("record exists");
+        for (i, def) in inst.spec.checks.iter().enumerate() {
+            if let Target::Ttl { ttl } = def.target {
+                let due = now.saturating_add(nanos(ttl));
+                rec.check_timers.push((i as u16, due));
+                self.timers
+                    .insert((due, Timer::Check(i as u16), inst.id.clone()));
+            }
+        }
+    }
+
+    fn cancel_checks(&mut self, id: &Arc<str>) {
+        if let Some(rec) = self.records.get_mut(id) {
+            for (i, due) in rec.check_timers.drain(..) {
+                self.timers.remove(&(due, Timer::Check(i), id.clone()));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn set_check(
+        &mut self,
+        service: &ServiceName,
+        id: &InstanceId,
+        check: &str,
+        status: Health,
+        output: String,
+        source: CheckSource,
+        now: u64,
+        next: u64,
+    ) -> Result<bool, CatalogError> {
+        let current = self.find(service, id)?;
+        let Some(pos) = current.spec.checks.iter().position(|c| &*c.id == check) else {
+            return Err(CatalogError::CheckNotFound {
+                id: id.to_string(),
+                check: check.to_owned(),
+            });
+        };
+        let def = &current.spec.checks[pos];
+        match (source, &def.target) {
+            (CheckSource::Report, Target::Ttl { ttl }) => {
+                let due = now.saturating_add(nanos(*ttl));
+                let key = pos as u16;
+                let rec = self
+                    .records
+                    .get_mut(id.as_str())
+                    .expect("record of a known instance");
+                match rec.check_timers.iter_mut().find(|(i, _)| *i == key) {
+                    Some(slot) => {
+                        self.timers
+                            .remove(&(slot.1, Timer::Check(key), current.id.clone()));
+                        slot.1 = due;
+                    }
+                    None => rec.check_timers.push((key, due)),
+                }
+                self.timers
+                    .insert((due, Timer::Check(key), current.id.clone()));
+            }
+            (CheckSource::Probe, target) if def.is_active() => {
+                let _ = target;
+            }
+            (CheckSource::Report, _) => {
+                return Err(CatalogError::WrongCheckKind(format!(
+                    "check {check:?} is a {} check run by the registry; only ttl checks take pass, warn and fail",
+                    def.kind().as_str()
+                )));
+            }
+            (CheckSource::Probe, _) => {
+                return Err(CatalogError::WrongCheckKind(format!(
+                    "check {check:?} is a ttl check: the instance reports it"
+                )));
+            }
+        }
+        let output = truncate_output(output);
+        let state = &current.checks[pos];
+        if state.status == status && state.output == output {
+            return Ok(false);
+        }
+        let mut inst = (*current).clone();
+        inst.checks[pos] = CheckState { status, output };
+        self.put(inst, next);
+        Ok(true)
+    }
+
+    /// Decides, before a tick expires anything, whether self-preservation holds
+    /// overdue leases.
+    fn should_hold(&mut self, now: u64) -> bool {
+        let p = self.preservation;
+        let total = self.leases.len();
+        if p.threshold <= 0.0 || total < p.min_instances.max(1) {
+            self.preserving = false;
+            return false;
+        }
+        let since = now.saturating_sub(nanos(p.window));
+        while self.expirations.front().is_some_and(|t| *t < since) {
+            self.expirations.pop_front();
+        }
+        let mut overdue_due = 0usize;
+        let mut held_due = 0usize;
+        for (due, kind, id) in &self.timers {
+            if *due > now {
+                break;
+            }
+            if *kind != Timer::Lease {
+                continue;
+            }
+            let rec = &self.records[id];
+            if rec.held {
+                held_due += 1;
+            }
+            if let Some(lease) = &rec.lease
+                && !lease.is_expired()
+                && lease.deadline() <= now
+            {
+                overdue_due += 1;
+            }
+        }
+        let overdue = overdue_due + (self.held - held_due);
+        let share = (self.expirations.len() + overdue) as f64 / total as f64;
+        self.preserving = share > p.threshold;
+        self.preserving
+    }
+
     /// Renews a lease under the catalog lock; flips an expired lease back to passing.
     fn renew(&mut self, id: &Arc<str>, now: u64, next: u64) -> bool {
         let rec = self
@@ -644,6 +932,12 @@ impl Catalog {
             return;
         };
         self.changed.push(id.clone());
+        if rec.held {
+            self.held -= 1;
+        }
+        for (i, due) in &rec.check_timers {
+            self.timers.remove(&(*due, Timer::Check(*i), id.clone()));
+        }
         if let Some(due) = rec.lease_timer {
             self.timers.remove(&(due, Timer::Lease, id.clone()));
         }
@@ -666,6 +960,8 @@ impl Catalog {
 
     fn tick(&mut self, now: u64, next: u64, out: &mut Outcome) -> bool {
         let mut changed = false;
+        let hold = self.should_hold(now);
+        let recheck = now.saturating_add(nanos(HOLD_RECHECK));
         while let Some((due, kind, id)) = self.timers.first().cloned() {
             if due > now {
                 break;
@@ -679,13 +975,32 @@ impl Catalog {
                 Timer::Lease => {
                     rec.lease_timer = None;
                     let lease = rec.lease.clone().expect("lease timer without a lease");
+                    let deadline = lease.deadline();
+                    if hold && deadline <= now {
+                        // Overdue, but too many are: keep it alive and look again soon.
+                        if !rec.held {
+                            rec.held = true;
+                            self.held += 1;
+                        }
+                        rec.lease_timer = Some(recheck);
+                        self.timers.insert((recheck, Timer::Lease, id));
+                        out.held += 1;
+                        continue;
+                    }
+                    let was_held = std::mem::take(&mut rec.held);
+                    if was_held {
+                        self.held -= 1;
+                    }
                     if let Err(renewed) = lease.try_expire(now) {
                         rec.lease_timer = Some(renewed);
                         self.timers.insert((renewed, Timer::Lease, id));
                         continue;
                     }
-                    // Count the critical time from the moment the lease ran out.
-                    let reap_at = lease.deadline().saturating_add(
+                    self.expirations.push_back(now);
+                    // Count the critical time from the moment the lease ran out
+                    // (or was released by self-preservation).
+                    let from = if was_held { now } else { deadline };
+                    let reap_at = from.saturating_add(
                         u64::try_from(
                             self.state.services[&rec.service].instances[&id]
                                 .spec
@@ -703,16 +1018,50 @@ impl Catalog {
                     out.expired += 1;
                     changed = true;
                 }
+                Timer::Reap if hold => {
+                    rec.reap_timer = Some(recheck);
+                    self.timers.insert((recheck, Timer::Reap, id));
+                }
                 Timer::Reap => {
                     rec.reap_timer = None;
                     self.remove(&id, next);
                     out.reaped += 1;
                     changed = true;
                 }
+                Timer::Check(pos) => {
+                    rec.check_timers.retain(|(i, _)| *i != pos);
+                    let service = rec.service.clone();
+                    let current = self.state.services[&service].instances[&id].clone();
+                    let p = usize::from(pos);
+                    let Target::Ttl { ttl } = current.spec.checks[p].target else {
+                        continue;
+                    };
+                    let output = format!(
+                        "TTL expired: no update within {}",
+                        api::duration::format(ttl)
+                    );
+                    let state = &current.checks[p];
+                    if state.status != Health::Critical || state.output != output {
+                        let mut inst = (*current).clone();
+                        inst.checks[p] = CheckState {
+                            status: Health::Critical,
+                            output,
+                        };
+                        self.put(inst, next);
+                        changed = true;
+                    }
+                }
             }
         }
         changed
     }
+}
+
+/// How often self-preservation looks again at a lease it holds.
+const HOLD_RECHECK: Duration = Duration::from_secs(1);
+
+fn spec_checks_initial(checks: &[crate::checks::CheckSpec]) -> Vec<CheckState> {
+    checks.iter().map(CheckState::initial).collect()
 }
 
 fn nanos(d: Duration) -> u64 {

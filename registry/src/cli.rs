@@ -6,7 +6,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use roster_client::api::{self, MaintenanceRequest, RegisterRequest, Weights, duration};
+use roster_client::api::{
+    self, CheckDefinition, MaintenanceRequest, RegisterRequest, Weights, duration,
+};
 use roster_client::{InstanceQuery, RosterClient};
 
 use crate::config::ServeArgs;
@@ -156,6 +158,40 @@ pub struct RegisterArgs {
     /// Weight while passing.
     #[arg(long, default_value_t = 1)]
     pub weight: u32,
+    /// URL the registry requests to check the instance (repeat for several).
+    #[arg(long = "http-check")]
+    pub http_checks: Vec<String>,
+    /// host:port the registry connects to to check the instance.
+    #[arg(long = "tcp-check")]
+    pub tcp_checks: Vec<String>,
+    /// host:port[/service] of a gRPC health server to check.
+    #[arg(long = "grpc-check")]
+    pub grpc_checks: Vec<String>,
+    /// Interval of the checks above [default: 10s].
+    #[arg(long, value_parser = duration::parse)]
+    pub check_interval: Option<Duration>,
+}
+
+impl RegisterArgs {
+    fn checks(&self) -> Vec<CheckDefinition> {
+        let base = CheckDefinition {
+            interval: self.check_interval,
+            ..CheckDefinition::default()
+        };
+        let http = self.http_checks.iter().map(|u| CheckDefinition {
+            http: Some(u.clone()),
+            ..base.clone()
+        });
+        let tcp = self.tcp_checks.iter().map(|a| CheckDefinition {
+            tcp: Some(a.clone()),
+            ..base.clone()
+        });
+        let grpc = self.grpc_checks.iter().map(|a| CheckDefinition {
+            grpc: Some(a.clone()),
+            ..base.clone()
+        });
+        http.chain(tcp).chain(grpc).collect()
+    }
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -195,6 +231,7 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
                 },
                 ttl: args.ttl,
                 deregister_critical_after: args.deregister_critical_after,
+                checks: args.checks(),
             };
             let inst = client.register(&args.service, &args.id, &req).await?;
             print_instances(out, cli.json, std::slice::from_ref(&inst), true)?;

@@ -10,8 +10,9 @@ use std::time::Duration;
 use roster_client::api::duration;
 use serde::Deserialize;
 
-use crate::catalog::CatalogLimits;
-use crate::model::Limits;
+use crate::catalog::{CatalogLimits, SelfPreservation};
+use crate::health::CheckerConfig;
+use crate::model::{Limits, PanicPolicy};
 
 /// Flags of `roster serve`. Each also reads a `ROSTER_*` variable.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -64,6 +65,39 @@ pub struct ServeArgs {
     /// so they never use an instance the registry has dropped [default: 0].
     #[arg(long, env = "ROSTER_DNS_TTL", value_name = "SECONDS")]
     pub dns_ttl: Option<u32>,
+    /// Most active health checks (http, tcp, grpc) in flight at once [default: 256].
+    #[arg(long, env = "ROSTER_CHECK_CONCURRENCY", value_name = "N")]
+    pub check_concurrency: Option<usize>,
+    /// Self-preservation: when more than this share of leased instances expire
+    /// within one renewal window, stop expiring until heartbeats come back; 0
+    /// turns it off [default: 0.15].
+    #[arg(long, env = "ROSTER_SELF_PRESERVATION_THRESHOLD", value_name = "RATIO")]
+    pub self_preservation_threshold: Option<f64>,
+    /// The window self-preservation counts expirations in [default: 1m].
+    #[arg(long, env = "ROSTER_RENEWAL_WINDOW", value_name = "DURATION", value_parser = duration::parse)]
+    pub renewal_window: Option<Duration>,
+    /// Self-preservation applies only with at least this many leased instances
+    /// [default: 10].
+    #[arg(long, env = "ROSTER_SELF_PRESERVATION_MIN_INSTANCES", value_name = "N")]
+    pub self_preservation_min_instances: Option<usize>,
+    /// Panic threshold of every service: below this share of healthy instances,
+    /// healthy-only queries return all instances with their health; 0 turns it
+    /// off [default: 0].
+    #[arg(long, env = "ROSTER_PANIC_THRESHOLD", value_name = "RATIO")]
+    pub panic_threshold: Option<f64>,
+    /// Panic threshold of one service, as SERVICE=RATIO (repeat for several).
+    #[arg(long = "service-panic-threshold", value_name = "SERVICE=RATIO", value_parser = parse_service_ratio)]
+    pub service_panic_thresholds: Vec<(String, f64)>,
+}
+
+fn parse_service_ratio(s: &str) -> Result<(String, f64), String> {
+    let (name, ratio) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected SERVICE=RATIO, got {s:?}"))?;
+    let ratio = ratio
+        .parse()
+        .map_err(|_| format!("not a number: {ratio:?}"))?;
+    Ok((name.to_ascii_lowercase(), ratio))
 }
 
 /// The TOML file: the same settings as the flags, with the same names in snake_case.
@@ -83,6 +117,14 @@ struct FileConfig {
     no_dns: Option<bool>,
     dns_domain: Option<String>,
     dns_ttl: Option<u32>,
+    check_concurrency: Option<usize>,
+    self_preservation_threshold: Option<f64>,
+    #[serde(default, with = "duration::option")]
+    renewal_window: Option<Duration>,
+    self_preservation_min_instances: Option<usize>,
+    panic_threshold: Option<f64>,
+    #[serde(default)]
+    panic_thresholds: std::collections::BTreeMap<String, f64>,
 }
 
 /// Why the configuration was refused.
@@ -115,7 +157,7 @@ pub enum ConfigError {
 }
 
 /// Validated configuration of a registry server.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// HTTP listen address.
     pub http_addr: SocketAddr,
@@ -133,6 +175,12 @@ pub struct Config {
     pub dns_addr: Option<SocketAddr>,
     /// DNS answers: domain and TTLs.
     pub dns: roster_dns::DnsConfig,
+    /// Health checker settings.
+    pub checker: CheckerConfig,
+    /// The guard against mass expiry.
+    pub self_preservation: SelfPreservation,
+    /// Panic thresholds of services.
+    pub panic: PanicPolicy,
 }
 
 /// Default DNS listen address.
@@ -155,6 +203,9 @@ impl Default for Config {
             limits: Limits::default(),
             dns_addr: Some(DEFAULT_DNS_ADDR),
             dns: roster_dns::DnsConfig::default(),
+            checker: CheckerConfig::default(),
+            self_preservation: SelfPreservation::default(),
+            panic: PanicPolicy::default(),
         }
     }
 }
@@ -206,6 +257,35 @@ impl Config {
         if let Some(t) = args.dns_ttl.or(file.dns_ttl) {
             cfg.dns.ttl = t;
         }
+        if let Some(n) = args.check_concurrency.or(file.check_concurrency) {
+            cfg.checker.concurrency = n;
+        }
+        if let Some(t) = args
+            .self_preservation_threshold
+            .or(file.self_preservation_threshold)
+        {
+            cfg.self_preservation.threshold = t;
+        }
+        if let Some(w) = args.renewal_window.or(file.renewal_window) {
+            cfg.self_preservation.window = w;
+        }
+        if let Some(n) = args
+            .self_preservation_min_instances
+            .or(file.self_preservation_min_instances)
+        {
+            cfg.self_preservation.min_instances = n;
+        }
+        if let Some(t) = args.panic_threshold.or(file.panic_threshold) {
+            cfg.panic.default = t;
+        }
+        cfg.panic.services = file
+            .panic_thresholds
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        cfg.panic
+            .services
+            .extend(args.service_panic_thresholds.iter().cloned());
         cfg.validate()?;
         Ok(cfg)
     }
@@ -238,6 +318,34 @@ impl Config {
             setting: "log",
             message: e.to_string(),
         })?;
+        if self.checker.concurrency == 0 || self.checker.concurrency > 100_000 {
+            return invalid("check_concurrency", "must be between 1 and 100000");
+        }
+        let ratio_ok = |r: f64| (0.0..=1.0).contains(&r);
+        if !ratio_ok(self.self_preservation.threshold) {
+            return invalid(
+                "self_preservation_threshold",
+                "must be between 0 (off) and 1",
+            );
+        }
+        if self.self_preservation.window < Duration::from_secs(1)
+            || self.self_preservation.window > Duration::from_secs(24 * 3600)
+        {
+            return invalid("renewal_window", "must be between 1s and 24h");
+        }
+        if !ratio_ok(self.panic.default) {
+            return invalid("panic_threshold", "must be between 0 (off) and 1");
+        }
+        for (service, ratio) in &self.panic.services {
+            if crate::model::ServiceName::parse(service).is_err() || !ratio_ok(*ratio) {
+                return Err(ConfigError::Invalid {
+                    setting: "panic_thresholds",
+                    message: format!(
+                        "{service}={ratio}: expected a service name and a ratio between 0 and 1"
+                    ),
+                });
+            }
+        }
         if self.dns.ttl > MAX_DNS_TTL {
             return invalid("dns_ttl", "must be at most 2147483647 (RFC 2181)");
         }

@@ -119,6 +119,7 @@ mod tests {
             weights,
             ttl: None,
             deregister_critical_after: Duration::from_secs(60),
+            checks: Arc::new([]),
         }
     }
 
@@ -135,6 +136,7 @@ mod tests {
             ),
             lease,
             maintenance: maintenance.map(Into::into),
+            checks: Vec::new(),
             create_index: 1,
             modify_index: 1,
         }

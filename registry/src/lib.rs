@@ -2,13 +2,16 @@
 #![warn(missing_docs)]
 
 pub mod catalog;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod dns_view;
+pub mod health;
 pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod model;
+pub mod probe;
 pub mod registry;
 pub mod remote;
 pub mod server;

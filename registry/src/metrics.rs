@@ -94,6 +94,17 @@ pub struct Metrics {
     watchers: Family<KindLabels, Gauge>,
     watch_events: Counter,
     watch_coalesced: Counter,
+    check_runs: Family<CheckRunLabels, Counter>,
+    checks_running: Gauge,
+    checks_scheduled: Gauge,
+    checks_waiting: Gauge,
+    self_preservation: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckRunLabels {
+    kind: &'static str,
+    result: &'static str,
 }
 
 impl Default for Metrics {
@@ -173,7 +184,42 @@ impl Metrics {
             "Times a watch stream fell behind and was sent a fresh snapshot instead of the missed events",
             watch_coalesced.clone(),
         );
+        let check_runs = Family::<CheckRunLabels, Counter>::default();
+        registry.register(
+            "check_runs",
+            "Active health check runs by kind and raw result (before anti-flap thresholds)",
+            check_runs.clone(),
+        );
+        let checks_running = Gauge::default();
+        registry.register(
+            "checks_running",
+            "Health checks running now (bounded by the check concurrency)",
+            checks_running.clone(),
+        );
+        let checks_scheduled = Gauge::default();
+        registry.register(
+            "checks_scheduled",
+            "Active health checks the scheduler knows",
+            checks_scheduled.clone(),
+        );
+        let checks_waiting = Gauge::default();
+        registry.register(
+            "checks_waiting",
+            "Health checks due but waiting for a free slot",
+            checks_waiting.clone(),
+        );
+        let self_preservation = Gauge::default();
+        registry.register(
+            "self_preservation_active",
+            "1 while self-preservation holds overdue leases instead of expiring them",
+            self_preservation.clone(),
+        );
         Metrics {
+            check_runs,
+            checks_running,
+            checks_scheduled,
+            checks_waiting,
+            self_preservation,
             watchers,
             watch_events,
             watch_coalesced,
@@ -222,6 +268,32 @@ impl Metrics {
     /// Counts one coalesced snapshot sent to a lagging watcher.
     pub fn watch_coalesced(&self) {
         self.watch_coalesced.inc();
+    }
+
+    /// Counts one finished check run.
+    pub fn check_run(&self, kind: &'static str, result: Health) {
+        self.check_runs
+            .get_or_create(&CheckRunLabels {
+                kind,
+                result: result.as_str(),
+            })
+            .inc();
+    }
+
+    /// The gauge of running checks.
+    pub fn checks_running(&self) -> &Gauge {
+        &self.checks_running
+    }
+
+    /// Sets the number of scheduled checks and of checks waiting for a slot.
+    pub fn checks_scheduled(&self, scheduled: usize, waiting: usize) {
+        self.checks_scheduled.set(scheduled as i64);
+        self.checks_waiting.set(waiting as i64);
+    }
+
+    /// Sets the self-preservation gauge.
+    pub fn self_preservation(&self, active: bool) {
+        self.self_preservation.set(i64::from(active));
     }
 
     /// Counts expirations and removals done by the reaper.

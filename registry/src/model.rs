@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use roster_client::api::{RegisterRequest, Weights};
 
+use crate::checks::CheckSpec;
+
 /// Limits on what a client controls.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -29,6 +31,10 @@ pub struct Limits {
     pub dereg_range: (Duration, Duration),
     /// Default `deregister_critical_after`.
     pub default_deregister_critical_after: Duration,
+    /// Most health checks per instance.
+    pub max_checks: usize,
+    /// Shortest and longest check interval.
+    pub check_interval_range: (Duration, Duration),
 }
 
 impl Default for Limits {
@@ -41,7 +47,42 @@ impl Default for Limits {
             ttl_range: (Duration::from_secs(1), Duration::from_secs(24 * 3600)),
             dereg_range: (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600)),
             default_deregister_critical_after: Duration::from_secs(60),
+            max_checks: 16,
+            check_interval_range: (Duration::from_millis(100), Duration::from_secs(24 * 3600)),
         }
+    }
+}
+
+/// Panic thresholds (Envoy's idea): when fewer than this share of a service's
+/// instances are healthy, a healthy-only query returns every instance, each
+/// with its health, and says so, so the caller can spread load over all of them
+/// rather than crush the few survivors. 0 (the default) turns it off.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PanicPolicy {
+    /// Threshold of services without their own.
+    pub default: f64,
+    /// Per-service thresholds.
+    pub services: BTreeMap<String, f64>,
+}
+
+impl PanicPolicy {
+    /// The threshold of `service`.
+    pub fn threshold(&self, service: &str) -> f64 {
+        self.services.get(service).copied().unwrap_or(self.default)
+    }
+
+    /// Whether `service` is in panic with `healthy` of `total` instances healthy.
+    ///
+    /// ```
+    /// use roster_registry::model::PanicPolicy;
+    /// let p = PanicPolicy { default: 0.5, ..Default::default() };
+    /// assert!(p.in_panic("web", 1, 3));
+    /// assert!(!p.in_panic("web", 2, 3));
+    /// assert!(!p.in_panic("web", 0, 0), "an empty service is not in panic");
+    /// ```
+    pub fn in_panic(&self, service: &str, healthy: usize, total: usize) -> bool {
+        let t = self.threshold(service);
+        t > 0.0 && total > 0 && (healthy as f64) < t * total as f64
     }
 }
 
@@ -172,6 +213,9 @@ pub struct InstanceSpec {
     pub ttl: Option<Duration>,
     /// Time in critical before removal.
     pub deregister_critical_after: Duration,
+    /// Health checks besides the lease. Shared, so that the health checker can
+    /// tell cheaply whether an instance's checks changed.
+    pub checks: Arc<[CheckSpec]>,
 }
 
 impl InstanceSpec {
@@ -261,6 +305,7 @@ impl InstanceSpec {
             deregister_critical_after,
             limits.dereg_range,
         )?;
+        let checks = CheckSpec::parse_all(req.checks, limits)?.into();
         Ok(InstanceSpec {
             address,
             port: req.port,
@@ -269,6 +314,7 @@ impl InstanceSpec {
             weights: req.weights,
             ttl: req.ttl,
             deregister_critical_after,
+            checks,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The running registry: the catalog behind a lock for writers, a published
 //! snapshot for readers, the heartbeat fast path, and the reaper task.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -9,7 +10,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{Catalog, CatalogError, CatalogLimits, Command, Outcome, Snapshot};
+use crate::catalog::{
+    Catalog, CatalogError, CatalogLimits, Command, Instance, Outcome, SelfPreservation, Snapshot,
+};
 use crate::lease::{LeaseTable, Renewal};
 use crate::metrics::{HeartbeatResult, Metrics};
 use crate::model::{InstanceId, ServiceName};
@@ -49,7 +52,15 @@ pub struct Registry {
     reaper_wake: Notify,
     metrics: Arc<Metrics>,
     store: OnceLock<Store>,
+    changes: OnceLock<ChangeFeed>,
+    preserving: AtomicBool,
 }
+
+/// Sends every changed instance (`None`: removed) to the health checker.
+type ChangeFeed = tokio::sync::mpsc::UnboundedSender<(Arc<str>, Option<Arc<Instance>>)>;
+
+/// Receives every changed instance, see [`Registry::feed_changes`].
+pub type ChangeReceiver = tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, Option<Arc<Instance>>)>;
 
 impl Registry {
     /// An empty registry.
@@ -67,7 +78,35 @@ impl Registry {
             reaper_wake: Notify::new(),
             metrics,
             store: OnceLock::new(),
+            changes: OnceLock::new(),
+            preserving: AtomicBool::new(false),
         }
+    }
+
+    /// Sets the self-preservation guard (before the registry is shared).
+    pub fn set_self_preservation(&self, settings: SelfPreservation) {
+        self.lock().catalog.set_self_preservation(settings);
+    }
+
+    /// Whether self-preservation is holding overdue leases now.
+    pub fn self_preservation_active(&self) -> bool {
+        self.preserving.load(Ordering::Relaxed)
+    }
+
+    /// Every instance in the catalog now, followed by every later change, for
+    /// the one consumer that follows the whole catalog (the health checker).
+    /// Returns `None` if it was called before.
+    pub fn feed_changes(&self) -> Option<ChangeReceiver> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let core = self.lock();
+        for svc in core.catalog.snapshot().services.values() {
+            for (id, inst) in &svc.instances {
+                let _ = tx.send((id.clone(), Some(inst.clone())));
+            }
+        }
+        self.changes.set(tx).ok()?;
+        drop(core);
+        Some(rx)
     }
 
     /// The metrics this registry reports to.
@@ -174,7 +213,13 @@ impl Registry {
                 });
                 durable = Some(rx);
             }
+            if let Some(feed) = self.changes.get() {
+                for id in catalog.changed() {
+                    let _ = feed.send((id.clone(), catalog.instance_by_id(id).cloned()));
+                }
+            }
         }
+        let preserving = catalog.self_preservation_active();
         let after = catalog.next_deadline();
         drop(core);
         if let Some(after) = after
@@ -184,6 +229,17 @@ impl Registry {
         }
         if out.expired > 0 || out.reaped > 0 {
             self.metrics.reaper(out.expired, out.reaped);
+        }
+        if self.preserving.swap(preserving, Ordering::Relaxed) != preserving {
+            self.metrics.self_preservation(preserving);
+            if preserving {
+                tracing::warn!(
+                    held = out.held,
+                    "self-preservation on: too many leases ran out at once, so none expire until heartbeats come back (is the registry cut off from its instances?)"
+                );
+            } else {
+                tracing::warn!("self-preservation off: leases expire again");
+            }
         }
         Ok((out, durable))
     }

@@ -12,8 +12,10 @@ use roster_dns::{DnsHandler, DnsServer};
 
 use crate::config::Config;
 use crate::dns_view::RegistryView;
+use crate::health::Checker;
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
+use crate::probe::NetProber;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 
@@ -37,9 +39,12 @@ impl Server {
         shutdown: CancellationToken,
     ) -> std::io::Result<Server> {
         let local_addr = listener.local_addr()?;
+        let shutdown_for_checker = shutdown.clone();
         let registry = Arc::new(Registry::new(config.catalog, Arc::new(Metrics::new())));
+        registry.set_self_preservation(config.self_preservation);
         let mut state = AppState::new(registry.clone(), config.limits.clone(), shutdown.clone());
         state.lease_grace = config.lease_grace;
+        state.panic = Arc::new(config.panic.clone());
         let dns = match config.dns_addr {
             Some(addr) => {
                 let view = Arc::new(RegistryView::new(registry.clone()));
@@ -95,6 +100,14 @@ impl Server {
             reaper.await;
             Ok(())
         });
+        if let Some(changes) = registry.feed_changes() {
+            let checker =
+                Checker::new(registry.clone(), Arc::new(NetProber::new()), config.checker);
+            tasks.spawn(async move {
+                checker.run(changes, shutdown_for_checker).await;
+                Ok(())
+            });
+        }
         if let Some(dns) = dns {
             let domain = &config.dns.domain;
             tracing::info!(addr = %dns.local_addr(), %domain, "roster DNS listening (UDP and TCP)");

@@ -14,12 +14,13 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use roster_client::api::{Health, Weights};
+use roster_client::api::{CheckDefinition, Health, Weights};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::catalog::Instance;
-use crate::model::InstanceSpec;
+use crate::checks::{CheckSpec, CheckState};
+use crate::model::{InstanceSpec, Limits};
 
 /// Version of the row format (`meta.format`) and of snapshot files.
 pub const FORMAT_VERSION: u64 = 1;
@@ -92,10 +93,25 @@ pub struct StoredInstance {
     /// Maintenance reason.
     #[serde(default)]
     pub maintenance: Option<String>,
+    /// Health checks besides the lease, with their last results.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<StoredCheck>,
     /// Index of the first registration.
     pub create_index: u64,
     /// Index of the last change.
     pub modify_index: u64,
+}
+
+/// One health check as stored: its definition and last reported result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCheck {
+    /// The definition, complete (every default filled in).
+    pub definition: CheckDefinition,
+    /// Reported status.
+    pub status: Health,
+    /// Output of that result.
+    #[serde(default)]
+    pub output: String,
 }
 
 impl StoredInstance {
@@ -113,15 +129,48 @@ impl StoredInstance {
             deregister_critical_after_ms: i.spec.deregister_critical_after.as_millis() as u64,
             lease: i.lease,
             maintenance: i.maintenance.clone(),
+            checks: i
+                .spec
+                .checks
+                .iter()
+                .zip(&i.checks)
+                .map(|(def, state)| StoredCheck {
+                    definition: def.to_definition(),
+                    status: state.status,
+                    output: state.output.clone(),
+                })
+                .collect(),
             create_index: i.create_index,
             modify_index: i.modify_index,
         }
     }
 
-    /// Back to a catalog instance.
-    pub fn into_instance(self) -> Instance {
+    /// Back to a catalog instance; fails when a check definition is invalid.
+    pub fn into_instance(self) -> Result<Instance, String> {
         let ttl = self.ttl_ms.map(Duration::from_millis);
-        Instance {
+        // The definitions passed validation when they were registered; read them
+        // back without the size limits, which may have changed since.
+        let lenient = Limits {
+            max_checks: usize::MAX,
+            check_interval_range: (Duration::ZERO, Duration::MAX),
+            ttl_range: (Duration::ZERO, Duration::MAX),
+            ..Limits::default()
+        };
+        let (defs, states): (Vec<_>, Vec<_>) = self
+            .checks
+            .into_iter()
+            .map(|c| {
+                (
+                    c.definition,
+                    CheckState {
+                        status: c.status,
+                        output: c.output,
+                    },
+                )
+            })
+            .unzip();
+        let checks = CheckSpec::parse_all(defs, &lenient).map_err(|e| e.to_string())?;
+        Ok(Instance {
             id: self.id.into(),
             service: self.service.into(),
             spec: InstanceSpec {
@@ -132,12 +181,14 @@ impl StoredInstance {
                 weights: self.weights,
                 ttl,
                 deregister_critical_after: Duration::from_millis(self.deregister_critical_after_ms),
+                checks: checks.into(),
             },
             lease: ttl.map(|_| self.lease.unwrap_or(Health::Passing)),
             maintenance: self.maintenance,
+            checks: states,
             create_index: self.create_index,
             modify_index: self.modify_index,
-        }
+        })
     }
 }
 
@@ -313,7 +364,11 @@ fn load(db: &Database, file: &Path) -> Result<Loaded, StoreError> {
                 format!("instance {:?} is newer than the catalog index", key.value()),
             ));
         }
-        loaded.instances.push(stored.into_instance());
+        let id = stored.id.clone();
+        let inst = stored
+            .into_instance()
+            .map_err(|e| corrupt(file, format!("instance {id:?}: {e}")))?;
+        loaded.instances.push(inst);
     }
     Ok(loaded)
 }

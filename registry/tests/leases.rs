@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use roster_client::api::{Health, RegisterRequest};
-use roster_registry::catalog::{CatalogError, CatalogLimits, Command};
+use roster_registry::catalog::{CatalogError, CatalogLimits, Command, SelfPreservation};
 use roster_registry::metrics::Metrics;
 use roster_registry::model::{InstanceId, InstanceSpec, Limits, ServiceName};
 use roster_registry::registry::{Registry, WriteError};
@@ -19,8 +19,20 @@ struct Harness {
 }
 
 impl Harness {
+    /// A registry without self-preservation: these tests are about plain expiry.
     fn start(limits: CatalogLimits) -> Self {
+        Self::start_with(
+            limits,
+            SelfPreservation {
+                threshold: 0.0,
+                ..SelfPreservation::default()
+            },
+        )
+    }
+
+    fn start_with(limits: CatalogLimits, guard: SelfPreservation) -> Self {
         let registry = Arc::new(Registry::new(limits, Arc::new(Metrics::new())));
+        registry.set_self_preservation(guard);
         let cancel = CancellationToken::new();
         tokio::spawn(registry.clone().run_reaper(cancel.clone()));
         Harness { registry, cancel }
@@ -202,4 +214,86 @@ async fn ten_thousand_leases_expire_with_one_reaper_task() {
     assert_eq!(h.registry.snapshot().instance_count(), 0);
     assert!(h.registry.snapshot().services.is_empty());
     assert_eq!(tasks(), 1);
+}
+
+/// Eureka's lesson: when half the instances fall silent at once, the registry is
+/// more likely cut off than they are dead, so nothing expires until heartbeats
+/// come back; then the ones still silent expire as usual.
+#[tokio::test(start_paused = true)]
+async fn self_preservation_holds_a_mass_expiry_and_resumes_when_heartbeats_return() {
+    let h = Harness::start_with(CatalogLimits::default(), SelfPreservation::default());
+    let ids: Vec<String> = (0..20).map(|i| format!("i{i:02}")).collect();
+    for id in &ids {
+        h.register("web", id, 10, 30);
+    }
+    let beat = |range: std::ops::Range<usize>| {
+        let h = &h;
+        let ids = &ids;
+        async move {
+            for id in &ids[range] {
+                h.heartbeat("web", id).await.unwrap();
+            }
+        }
+    };
+    // t = 0..9: everyone heartbeats; from t = 9 half of them fall silent.
+    for _ in 0..3 {
+        sleep(secs(3.0)).await;
+        beat(0..20).await;
+    }
+    assert_eq!(h.metric("roster_self_preservation_active"), 0.0);
+    // t = 9..30: the silent half is overdue from t = 19, but nothing expires.
+    for _ in 0..7 {
+        sleep(secs(3.0)).await;
+        beat(0..10).await;
+    }
+    let snap = h.registry.snapshot();
+    assert!(
+        snap.services["web"]
+            .instances
+            .values()
+            .all(|i| i.health() == Health::Passing),
+        "no lease expires while half are overdue"
+    );
+    assert!(h.registry.self_preservation_active());
+    assert_eq!(h.metric("roster_self_preservation_active"), 1.0);
+    assert_eq!(h.metric("roster_lease_expirations_total"), 0.0);
+    // t = 30: eight of the silent ten come back; two (i18, i19) stay silent.
+    for _ in 0..3 {
+        beat(0..18).await;
+        sleep(secs(3.0)).await;
+    }
+    // t = 39: 2 of 20 overdue is under 15 %: the guard is off, they expired.
+    assert!(!h.registry.self_preservation_active());
+    assert_eq!(h.metric("roster_self_preservation_active"), 0.0);
+    assert_eq!(h.metric("roster_lease_expirations_total"), 2.0);
+    for (n, id) in ids.iter().enumerate() {
+        let want = if n >= 18 {
+            Health::Critical
+        } else {
+            Health::Passing
+        };
+        assert_eq!(h.health("web", id), Some(want), "{id}");
+    }
+    // They are removed deregister_critical_after (30 s) after their release,
+    // while the others keep heartbeating.
+    for _ in 0..11 {
+        beat(0..18).await;
+        sleep(secs(3.0)).await;
+    }
+    assert_eq!(h.health("web", "i18"), None);
+    assert_eq!(h.health("web", "i19"), None);
+    assert_eq!(h.registry.snapshot().instance_count(), 18);
+}
+
+/// A small setup (fewer leased instances than the guard's minimum) expires
+/// normally even when all of its leases run out at once.
+#[tokio::test(start_paused = true)]
+async fn self_preservation_ignores_small_catalogs() {
+    let h = Harness::start_with(CatalogLimits::default(), SelfPreservation::default());
+    for i in 0..5 {
+        h.register("web", &format!("i{i}"), 10, 30);
+    }
+    sleep(secs(10.5)).await;
+    assert!(!h.registry.self_preservation_active());
+    assert_eq!(h.metric("roster_lease_expirations_total"), 5.0);
 }

@@ -24,7 +24,7 @@ pub use extract::BODY_LIMIT;
 pub use problem::ApiError;
 
 use crate::metrics::{Metrics, RequestLabels};
-use crate::model::Limits;
+use crate::model::{Limits, PanicPolicy};
 use crate::registry::Registry;
 
 /// Everything the handlers share.
@@ -34,6 +34,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Validation limits.
     pub limits: Arc<Limits>,
+    /// When healthy-only queries answer with every instance.
+    pub panic: Arc<PanicPolicy>,
     /// True once the catalog is loaded and writes are accepted.
     pub ready: Arc<AtomicBool>,
     /// Serialized instance lists, reused until their service changes.
@@ -55,6 +57,7 @@ impl AppState {
         AppState {
             registry,
             limits: Arc::new(limits),
+            panic: Arc::default(),
             ready: Arc::new(AtomicBool::new(true)),
             bodies: Arc::default(),
             epoch: fastrand::u64(1..),
@@ -94,6 +97,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             &format!("{instance}/maintenance"),
             put(services::maintenance),
+        )
+        .route(&format!("{instance}/checks"), get(services::get_checks))
+        .route(
+            &format!("{instance}/checks/{{check_id}}/{{status}}"),
+            put(services::update_check),
         )
         .route(
             "/v1/snapshot",

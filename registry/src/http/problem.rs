@@ -116,6 +116,26 @@ impl From<CatalogError> for ApiError {
                 "Instance not found",
                 detail,
             ),
+            CatalogError::CheckNotFound { .. } => {
+                let mut e = Self::new(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    "Check not found",
+                    detail,
+                );
+                e.field = Some("check_id".into());
+                e
+            }
+            CatalogError::WrongCheckKind(_) => {
+                let mut e = Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "wrong-check-kind",
+                    "Check cannot be updated this way",
+                    detail,
+                );
+                e.field = Some("check_id".into());
+                e
+            }
             CatalogError::Conflict { .. } => {
                 let mut e = Self::new(
                     StatusCode::CONFLICT,

@@ -7,16 +7,19 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use roster_client::api::{
-    Health, MaintenanceRequest, RegisterRequest, ServiceInstances, ServiceList, ServiceSummary,
+    CheckUpdate, Health, MaintenanceRequest, RegisterRequest, ServiceInstances, ServiceList,
+    ServiceSummary,
 };
 
+use super::extract::parse_json;
 use super::extract::{JsonBody, PeerIp, QueryPairs};
 use super::watch::{Blocking, wait_for_list, wait_for_service};
 use super::{ApiError, AppState, with_index};
-use crate::catalog::Command;
+use crate::catalog::{CheckSource, Command};
+use crate::checks::{LEASE_CHECK, validate_check_id};
 use crate::model::{InstanceId, InstanceSpec, ServiceName, validate_reason};
 use axum::body::Bytes;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::IntoResponse;
 
 fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), ApiError> {
@@ -160,7 +163,19 @@ pub(super) async fn list_instances(
     // An unknown service is an empty one: watchers of a service that has no
     // instances yet get an answer, not an error.
     let index = snap.service_index(service.as_str());
-    let cacheable = tags.is_empty() && snap.services.contains_key(service.as_str());
+    let panic = !all
+        && snap.services.get(service.as_str()).is_some_and(|svc| {
+            let healthy = svc
+                .instances
+                .values()
+                .filter(|i| i.health() != Health::Critical)
+                .count();
+            state
+                .panic
+                .in_panic(service.as_str(), healthy, svc.instances.len())
+        });
+    let all = all || panic;
+    let cacheable = !panic && tags.is_empty() && snap.services.contains_key(service.as_str());
     if cacheable && let Some(body) = state.bodies.get(service.as_str(), all, index) {
         return Ok(with_index(index, json_bytes(body)));
     }
@@ -179,6 +194,7 @@ pub(super) async fn list_instances(
             service: service.to_string(),
             index,
             instances,
+            panic: false,
         };
         let bytes = Bytes::from(serde_json::to_vec(&body).expect("instances serialize"));
         state
@@ -186,14 +202,101 @@ pub(super) async fn list_instances(
             .put(&snap, service.as_arc(), all, index, bytes.clone());
         return Ok(with_index(index, json_bytes(bytes)));
     }
-    Ok(with_index(
+    let mut resp = with_index(
         index,
         Json(ServiceInstances {
             service: service.to_string(),
             index,
             instances,
+            panic,
         }),
-    ))
+    );
+    if panic {
+        resp.headers_mut().insert(
+            HeaderName::from_static(PANIC_HEADER),
+            HeaderValue::from_static("true"),
+        );
+    }
+    Ok(resp)
+}
+
+/// Header set on instance lists answered in panic mode.
+const PANIC_HEADER: &str = "x-roster-panic";
+
+pub(super) async fn get_checks(
+    State(state): State<AppState>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (service, id) = names(&service, &id)?;
+    let snap = state.registry.snapshot();
+    let inst = snap
+        .instance(service.as_str(), id.as_str())
+        .ok_or_else(|| {
+            ApiError::from(crate::catalog::CatalogError::NotFound {
+                service: service.to_string(),
+                id: id.to_string(),
+            })
+        })?;
+    Ok(with_index(inst.modify_index, Json(inst.checks_api())))
+}
+
+/// `PUT …/checks/{check_id}/{pass|warn|fail}`: the instance reports a TTL check.
+pub(super) async fn update_check(
+    State(state): State<AppState>,
+    Path((service, id, check, verdict)): Path<(String, String, String, String)>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|_| ApiError::too_large(super::BODY_LIMIT))?;
+    let (service, id) = names(&service, &id)?;
+    validate_check_id(&check).map_err(|e| ApiError::invalid("check_id", e.detail))?;
+    let status = match verdict.as_str() {
+        "pass" => Health::Passing,
+        "warn" => Health::Warning,
+        "fail" => Health::Critical,
+        other => {
+            return Err(ApiError::invalid(
+                "status",
+                format!("expected pass, warn or fail, got {other:?}"),
+            ));
+        }
+    };
+    // The body is optional: an empty one means no output.
+    let update: CheckUpdate = if body.iter().all(u8::is_ascii_whitespace) {
+        CheckUpdate::default()
+    } else {
+        parse_json(&body)?
+    };
+    let output = update.output.unwrap_or_default();
+    if output.len() > crate::checks::MAX_OUTPUT {
+        return Err(ApiError::invalid(
+            "output",
+            format!("output is at most {} bytes", crate::checks::MAX_OUTPUT),
+        ));
+    }
+    if check == LEASE_CHECK {
+        // The lease takes only good news: a failing instance should say so with a
+        // ttl check of its own, or go into maintenance.
+        if status != Health::Passing {
+            return Err(ApiError::invalid(
+                "check_id",
+                "the lease check \"ttl\" only takes pass (a heartbeat); report failures with a ttl check of your own or use maintenance",
+            ));
+        }
+        let out = state.registry.heartbeat(&service, &id).await?;
+        return Ok(with_index(out.index, StatusCode::NO_CONTENT));
+    }
+    let out = state
+        .registry
+        .write(Command::SetCheck {
+            service,
+            id,
+            check,
+            status,
+            output,
+            source: CheckSource::Report,
+        })
+        .await?;
+    Ok(with_index(out.index, StatusCode::NO_CONTENT))
 }
 
 /// A response with a ready JSON body.

@@ -98,9 +98,12 @@ pub(super) async fn restore(
             deregister_critical_after: Some(Duration::from_millis(
                 stored.deregister_critical_after_ms,
             )),
+            checks: stored.checks.iter().map(|c| c.definition.clone()).collect(),
         };
         InstanceSpec::from_request(request, None, &state.limits).map_err(at)?;
-        let mut inst = stored.into_instance();
+        let mut inst = stored
+            .into_instance()
+            .map_err(|e| ApiError::invalid(format!("instances[{n}].checks"), e))?;
         inst.service = service.as_arc().clone();
         inst.id = id.as_arc().clone();
         instances.push(inst);
