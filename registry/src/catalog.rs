@@ -592,22 +592,49 @@ impl Catalog {
                 return Ok(self.renew(id.as_arc(), now, next));
             }
             let mut inst = (*current).clone();
-            // Keep the results of checks that did not change, so editing tags
-            // does not send a healthy instance back to critical.
+            // Keep the results (and TTL deadlines) of checks that did not
+            // change, so editing tags does not send a healthy instance back to
+            // critical, nor extend a TTL check the instance stopped reporting.
+            let carried: Vec<Option<usize>> = spec
+                .checks
+                .iter()
+                .map(|def| current.spec.checks.iter().position(|old| old == def))
+                .collect();
             inst.checks = spec
                 .checks
                 .iter()
-                .map(|def| {
-                    current
-                        .spec
-                        .checks
-                        .iter()
-                        .position(|old| old == def)
-                        .map_or_else(|| CheckState::initial(def), |i| current.checks[i].clone())
+                .zip(&carried)
+                .map(|(def, old)| {
+                    old.map_or_else(|| CheckState::initial(def), |i| current.checks[i].clone())
                 })
+                .collect();
+            let old_due: HashMap<usize, u64> = self.records[id.as_str()]
+                .check_timers
+                .iter()
+                .map(|(i, due)| (usize::from(*i), *due))
                 .collect();
             inst.spec = spec;
             self.cancel_checks(id.as_arc());
+            for (i, def) in inst.spec.checks.iter().enumerate() {
+                let Target::Ttl { ttl } = def.target else {
+                    continue;
+                };
+                let due = match carried[i] {
+                    // Its timer already fired: it is critical and stays so.
+                    Some(j) => match old_due.get(&j) {
+                        Some(due) => *due,
+                        None => continue,
+                    },
+                    None => now.saturating_add(nanos(ttl)),
+                };
+                self.records
+                    .get_mut(id.as_str())
+                    .expect("record of a known instance")
+                    .check_timers
+                    .push((i as u16, due));
+                self.timers
+                    .insert((due, Timer::Check(i as u16), inst.id.clone()));
+            }
             let rec = self
                 .records
                 .get_mut(id.as_str())
@@ -627,7 +654,6 @@ impl Catalog {
             inst.lease = None;
             self.cancel_reap(id.as_arc());
             self.arm_lease(&mut inst, now);
-            self.arm_checks(&inst, now);
             self.put(inst, next);
             return Ok(true);
         }

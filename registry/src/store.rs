@@ -432,3 +432,54 @@ fn write_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
     txn.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roster_client::api::RegisterRequest;
+
+    #[test]
+    fn instances_with_checks_survive_the_row_format() {
+        let req: RegisterRequest = serde_json::from_str(
+            r#"{"address":"10.0.0.1","port":80,"ttl":"15s","checks":[
+                {"http":"https://10.0.0.1/h","interval":"5s","tls_skip_verify":true,
+                 "headers":{"x-probe":"1"},"failures_before_critical":3},
+                {"tcp":"10.0.0.1:80"},{"grpc":"10.0.0.1:9000/svc"},{"ttl":"30s","id":"app"}]}"#,
+        )
+        .unwrap();
+        let spec = InstanceSpec::from_request(req, None, &Limits::default()).unwrap();
+        let inst = Instance {
+            id: "web-1".into(),
+            service: "web".into(),
+            checks: vec![
+                CheckState {
+                    status: Health::Warning,
+                    output: "GET https://10.0.0.1/h: 429 Too Many Requests".into(),
+                },
+                CheckState::initial(&spec.checks[1]),
+                CheckState::initial(&spec.checks[2]),
+                CheckState {
+                    status: Health::Passing,
+                    output: "fine".into(),
+                },
+            ],
+            spec,
+            lease: Some(Health::Passing),
+            maintenance: None,
+            create_index: 3,
+            modify_index: 7,
+        };
+        let row = serde_json::to_vec(&StoredInstance::from_instance(&inst)).unwrap();
+        let back: StoredInstance = serde_json::from_slice(&row).unwrap();
+        assert_eq!(back.into_instance().unwrap(), inst);
+    }
+
+    #[test]
+    fn rows_without_checks_still_load() {
+        let row = r#"{"service":"web","id":"a","address":"10.0.0.1","port":80,
+            "deregister_critical_after_ms":60000,"create_index":2,"modify_index":2}"#;
+        let stored: StoredInstance = serde_json::from_str(row).unwrap();
+        let inst = stored.into_instance().unwrap();
+        assert!(inst.spec.checks.is_empty() && inst.checks.is_empty());
+    }
+}

@@ -5,8 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use roster_client::api::{Health, RegisterRequest};
-use roster_registry::catalog::{Catalog, CatalogError, CatalogLimits, Command, Snapshot};
+use roster_client::api::{CheckDefinition, Health, RegisterRequest};
+use roster_registry::catalog::{
+    Catalog, CatalogError, CatalogLimits, CheckSource, Command, Snapshot,
+};
 use roster_registry::model::{InstanceId, InstanceSpec, Limits, ServiceName};
 use tokio::time::Instant;
 
@@ -21,6 +23,13 @@ enum Op {
         ttl: Option<u64>,
         dca: u64,
         port: u16,
+        /// TTL of an `app` check the instance reports itself.
+        check: Option<u64>,
+    },
+    Report {
+        svc: usize,
+        id: usize,
+        status: Health,
     },
     Deregister {
         svc: usize,
@@ -40,8 +49,10 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (0..2usize, 0..4usize, prop::option::of(1..4u64), 1..4u64, 1..3u16)
-            .prop_map(|(svc, id, ttl, dca, port)| Op::Register { svc, id, ttl, dca, port }),
+        3 => (0..2usize, 0..4usize, prop::option::of(1..4u64), 1..4u64, 1..3u16, prop::option::of(1..3u64))
+            .prop_map(|(svc, id, ttl, dca, port, check)| Op::Register { svc, id, ttl, dca, port, check }),
+        2 => (0..2usize, 0..4usize, prop_oneof![Just(Health::Passing), Just(Health::Warning), Just(Health::Critical)])
+            .prop_map(|(svc, id, status)| Op::Report { svc, id, status }),
         1 => (0..2usize, 0..4usize).prop_map(|(svc, id)| Op::Deregister { svc, id }),
         3 => (0..2usize, 0..4usize).prop_map(|(svc, id)| Op::Heartbeat { svc, id }),
         1 => (0..2usize, 0..4usize, any::<bool>()).prop_map(|(svc, id, on)| Op::Maintenance { svc, id, on }),
@@ -68,6 +79,7 @@ fn command(op: &Op) -> Command {
             ttl,
             dca,
             port,
+            check,
         } => {
             let (service, id) = names(svc, id);
             let req = RegisterRequest {
@@ -75,6 +87,14 @@ fn command(op: &Op) -> Command {
                 port,
                 ttl: ttl.map(Duration::from_secs),
                 deregister_critical_after: Some(Duration::from_secs(dca)),
+                checks: check
+                    .map(|secs| CheckDefinition {
+                        id: Some("app".into()),
+                        ttl: Some(Duration::from_secs(secs)),
+                        ..Default::default()
+                    })
+                    .into_iter()
+                    .collect(),
                 ..Default::default()
             };
             let spec = InstanceSpec::from_request(req, None, &Limits::default()).unwrap();
@@ -96,7 +116,35 @@ fn command(op: &Op) -> Command {
                 reason: on.then(|| "test".into()),
             }
         }
+        Op::Report { svc, id, status } => {
+            let (service, id) = names(svc, id);
+            Command::SetCheck {
+                service,
+                id,
+                check: "app".into(),
+                status,
+                output: String::new(),
+                source: CheckSource::Report,
+            }
+        }
         Op::Tick => Command::Tick,
+    }
+}
+
+/// The reference model of an instance's `app` TTL check.
+#[derive(Clone, Copy, Debug)]
+struct AppCheck {
+    ttl: Duration,
+    status: Health,
+    due: Duration,
+}
+
+struct CommandSpec(InstanceSpec);
+
+fn spec_of(op: &Op) -> CommandSpec {
+    match command(op) {
+        Command::Register { spec, .. } => CommandSpec(spec),
+        other => panic!("not a registration: {other:?}"),
     }
 }
 
@@ -131,6 +179,7 @@ proptest! {
         let mut catalog = Catalog::new(t0, CatalogLimits::default());
         let mut elapsed = Duration::ZERO;
         let mut alive: HashMap<&str, Alive> = HashMap::new();
+        let mut app: HashMap<&str, AppCheck> = HashMap::new();
         for (op, advance_ms) in &steps {
             elapsed += Duration::from_millis(*advance_ms);
             let now = t0 + elapsed;
@@ -163,6 +212,47 @@ proptest! {
             for svc in ["web", "db", "other"] {
                 prop_assert!(after.service_index(svc) >= 1, "index 0 would make blocking queries spin");
             }
+            // Keep the reference model of app checks in step: a registration that
+            // changes the spec restarts the check's TTL and keeps its status if the
+            // check itself is unchanged; an identical one changes nothing.
+            let instance_before = |id: usize| before.services.values().find_map(|s| s.instances.get(IDS[id])).cloned();
+            match (op, &result) {
+                (Op::Register { id, check, .. }, Ok(out)) => {
+                    let key = IDS[*id];
+                    match check {
+                        None => {
+                            app.remove(key);
+                        }
+                        Some(secs) => {
+                            let ttl = Duration::from_secs(*secs);
+                            let same_spec = instance_before(*id).is_some_and(|i| {
+                                let CommandSpec(spec) = spec_of(op);
+                                i.spec == spec
+                            });
+                            // A changed registration keeps an unchanged check as it
+                            // is, deadline included; a new or changed check starts
+                            // critical with a fresh TTL.
+                            let kept = app.get(key).is_some_and(|a| a.ttl == ttl) && instance_before(*id).is_some();
+                            if !same_spec && !kept {
+                                app.insert(key, AppCheck { ttl, status: Health::Critical, due: elapsed + ttl });
+                            }
+                            let _ = out;
+                        }
+                    }
+                }
+                (Op::Report { id, status, .. }, Ok(_)) => {
+                    let a = app.get_mut(IDS[*id]).expect("a report succeeds only on an app check");
+                    a.status = *status;
+                    a.due = elapsed + a.ttl;
+                }
+                (Op::Report { .. }, Err(e)) => {
+                    prop_assert!(matches!(e, CatalogError::NotFound { .. } | CatalogError::CheckNotFound { .. }), "unexpected {:?}", e);
+                }
+                (Op::Deregister { id, .. }, Ok(_)) => {
+                    app.remove(IDS[*id]);
+                }
+                _ => {}
+            }
             // Keep the reference model of leases in step.
             match (op, &result) {
                 (Op::Register { id, ttl, dca, .. }, Ok(_)) => match ttl {
@@ -191,6 +281,15 @@ proptest! {
                 _ => {}
             }
             if matches!(op, Op::Tick) {
+                for (id, a) in app.clone() {
+                    let Some(inst) = after.services.values().find_map(|s| s.instances.get(id)).cloned() else {
+                        app.remove(id);
+                        continue;
+                    };
+                    let want = if elapsed >= a.due { Health::Critical } else { a.status };
+                    prop_assert_eq!(inst.checks[0].status, want, "app check of {}", id);
+                    prop_assert!(inst.health() >= want, "health is the worst check");
+                }
                 for (id, a) in alive.clone() {
                     let inst = after.services.values().find_map(|s| s.instances.get(id)).cloned();
                     let expired = elapsed >= a.at + a.ttl;
@@ -202,6 +301,7 @@ proptest! {
                         }
                         Some(inst) => {
                             prop_assert!(!reaped, "{} should have been removed", id);
+                            let _ = &inst;
                             let want = if expired { Health::Critical } else { Health::Passing };
                             prop_assert_eq!(inst.lease, Some(want), "lease of {}", id);
                             if expired {

@@ -13,14 +13,22 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 
 pub(super) async fn health(State(state): State<AppState>) -> Response {
     let snap = state.registry.snapshot();
-    Json(json!({
+    let preserving = state.registry.self_preservation_active();
+    let mut body = json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "index": snap.index,
         "services": snap.services.len(),
         "instances": snap.instance_count(),
-    }))
-    .into_response()
+        "self_preservation": preserving,
+    });
+    // Still 200: the process is alive and serving; the warning is for operators.
+    if preserving {
+        body["warnings"] = json!([
+            "self-preservation is on: too many leases ran out at once, so none expire until heartbeats come back; check the registry's network"
+        ]);
+    }
+    Json(body).into_response()
 }
 
 pub(super) async fn ready(State(state): State<AppState>) -> Response {
