@@ -562,4 +562,59 @@ mod tests {
             Err(ConfigError::Read { .. })
         ));
     }
+
+    #[test]
+    fn health_settings_from_the_file_and_flags() {
+        let path = write(
+            "check_concurrency = 64\nself_preservation_threshold = 0.3\nrenewal_window = \"2m\"\n\
+             self_preservation_min_instances = 4\npanic_threshold = 0.2\n\
+             [panic_thresholds]\nWeb = 0.5\ndb = 0.1\n",
+        );
+        let cfg = Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            check_concurrency: Some(8),
+            service_panic_thresholds: vec![("db".into(), 0.4)],
+            ..Default::default()
+        })
+        .unwrap();
+        std::fs::remove_file(path).unwrap();
+        assert_eq!(cfg.checker.concurrency, 8, "the flag wins");
+        assert_eq!(
+            cfg.self_preservation,
+            SelfPreservation {
+                threshold: 0.3,
+                window: Duration::from_secs(120),
+                min_instances: 4,
+            }
+        );
+        assert_eq!(cfg.panic.threshold("web"), 0.5, "names are lowercased");
+        assert_eq!(cfg.panic.threshold("db"), 0.4, "the flag wins");
+        assert_eq!(cfg.panic.threshold("other"), 0.2);
+        for (args, setting) in [
+            (
+                ServeArgs {
+                    check_concurrency: Some(0),
+                    ..Default::default()
+                },
+                "check_concurrency",
+            ),
+            (
+                ServeArgs {
+                    self_preservation_threshold: Some(1.5),
+                    ..Default::default()
+                },
+                "self_preservation_threshold",
+            ),
+            (
+                ServeArgs {
+                    service_panic_thresholds: vec![("bad_name".into(), 0.5)],
+                    ..Default::default()
+                },
+                "panic_thresholds",
+            ),
+        ] {
+            let err = Config::load(&args).unwrap_err();
+            assert!(err.to_string().contains(setting), "{err}");
+        }
+    }
 }

@@ -184,3 +184,52 @@ async fn cli_reports_an_unreachable_registry() {
         .unwrap_err();
     assert!(err.contains("unavailable"), "{err}");
 }
+
+#[tokio::test]
+async fn register_with_checks_through_the_cli() {
+    let reg = TestRegistry::start().await;
+    let url = reg.url().to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    roster(
+        &url,
+        &[
+            "register",
+            "db",
+            "db-1",
+            "--port",
+            "5432",
+            "--address",
+            "127.0.0.1",
+            "--tcp-check",
+            &target,
+            "--http-check",
+            "http://127.0.0.1:1/health",
+            "--check-interval",
+            "100ms",
+        ],
+    )
+    .await
+    .unwrap();
+    let client = RosterClient::new(&url).unwrap();
+    let inst = client.instance("db", "db-1").await.unwrap();
+    let checks: Vec<(&str, Option<Duration>)> = inst
+        .checks
+        .iter()
+        .map(|c| (c.id.as_str(), c.interval))
+        .collect();
+    let interval = Some(Duration::from_millis(100));
+    assert_eq!(checks, [("http", interval), ("tcp", interval)]);
+    // The TCP check passes once it has run; the HTTP one (nothing listens on
+    // port 1) stays critical, and so does the instance.
+    for _ in 0..500 {
+        let inst = client.instance("db", "db-1").await.unwrap();
+        if inst.checks[1].status == Health::Passing {
+            assert_eq!(inst.checks[0].status, Health::Critical);
+            assert_eq!(inst.health, Health::Critical);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the tcp check never passed");
+}
