@@ -171,6 +171,10 @@ pub struct CheckDefinition {
     /// Status before the first result (default critical, as in Consul).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initial_status: Option<Health>,
+    /// Remove the instance once this check has been critical this long
+    /// (default: never, whatever the check says).
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub deregister_critical_after: Option<Duration>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -339,6 +339,9 @@ enum Timer {
     Reap,
     /// A TTL check, by its position in the spec.
     Check(u16),
+    /// Removal of an instance whose check has been critical for the check's
+    /// `deregister_critical_after`.
+    CheckReap(u16),
 }
 
 #[derive(Debug, Default)]
@@ -349,6 +352,8 @@ struct Record {
     reap_timer: Option<u64>,
     /// Deadlines of the TTL checks: (position in the spec, due).
     check_timers: Vec<(u16, u64)>,
+    /// Removal deadlines of critical checks with `deregister_critical_after`.
+    check_reaps: Vec<(u16, u64)>,
     /// The lease is overdue and held by self-preservation.
     held: bool,
 }
@@ -383,6 +388,11 @@ pub struct Catalog {
     touched: Vec<Arc<str>>,
     changed: Vec<Arc<str>>,
     preservation: SelfPreservation,
+    /// Instances by the ids of their TTL checks, for APIs that address a check
+    /// by its id alone (Consul's).
+    ttl_index: HashMap<Arc<str>, Vec<Arc<str>>>,
+    /// The time of the command being applied.
+    now: u64,
     /// Records with `held` set.
     held: usize,
     /// Times of recent lease expirations, oldest first.
@@ -410,6 +420,8 @@ impl Catalog {
             touched: Vec::new(),
             changed: Vec::new(),
             preservation: SelfPreservation::default(),
+            ttl_index: HashMap::new(),
+            now: 0,
             held: 0,
             expirations: std::collections::VecDeque::new(),
             preserving: false,
@@ -419,6 +431,11 @@ impl Catalog {
     /// Changes the self-preservation settings.
     pub fn set_self_preservation(&mut self, settings: SelfPreservation) {
         self.preservation = settings;
+    }
+
+    /// Instances that have a TTL check with this id.
+    pub fn instances_with_ttl_check(&self, check: &str) -> &[Arc<str>] {
+        self.ttl_index.get(check).map_or(&[], Vec::as_slice)
     }
 
     /// Whether self-preservation is holding overdue leases right now.
@@ -469,6 +486,7 @@ impl Catalog {
         self.touched.clear();
         self.changed.clear();
         let now = self.clock(now);
+        self.now = now;
         let next = self.state.index + 1;
         let mut out = Outcome {
             index: self.state.index,
@@ -615,6 +633,15 @@ impl Catalog {
                 .collect();
             inst.spec = spec;
             self.cancel_checks(id.as_arc());
+            // Check positions may have moved: their removal timers start over.
+            let rec = self
+                .records
+                .get_mut(id.as_str())
+                .expect("record of a known instance");
+            for (i, due) in rec.check_reaps.drain(..) {
+                self.timers
+                    .remove(&(due, Timer::CheckReap(i), id.as_arc().clone()));
+            }
             for (i, def) in inst.spec.checks.iter().enumerate() {
                 let Target::Ttl { ttl } = def.target else {
                     continue;
@@ -699,6 +726,7 @@ impl Catalog {
         }
         self.timers.clear();
         self.held = 0;
+        self.ttl_index.clear();
         self.state.services = OrdMap::new();
         let grace = nanos(grace);
         for mut inst in instances {
@@ -720,7 +748,16 @@ impl Catalog {
                     self.timers
                         .insert((due, Timer::Check(i as u16), inst.id.clone()));
                 }
+                if let Some(after) = def.deregister_critical_after
+                    && inst.checks[i].status == Health::Critical
+                {
+                    let due = now.saturating_add(grace).saturating_add(nanos(after));
+                    rec.check_reaps.push((i as u16, due));
+                    self.timers
+                        .insert((due, Timer::CheckReap(i as u16), inst.id.clone()));
+                }
             }
+            self.index_ttl(&inst);
             if let Some(ttl) = inst.spec.ttl {
                 let ttl = nanos(ttl);
                 let deadline = now.saturating_add(ttl).saturating_add(grace);
@@ -789,6 +826,60 @@ impl Catalog {
                 rec.check_timers.push((i as u16, due));
                 self.timers
                     .insert((due, Timer::Check(i as u16), inst.id.clone()));
+            }
+        }
+    }
+
+    fn index_ttl(&mut self, inst: &Instance) {
+        for def in inst.spec.checks.iter() {
+            if matches!(def.target, Target::Ttl { .. }) {
+                self.ttl_index
+                    .entry(def.id.clone())
+                    .or_default()
+                    .push(inst.id.clone());
+            }
+        }
+    }
+
+    fn unindex_ttl(&mut self, inst: &Instance) {
+        for def in inst.spec.checks.iter() {
+            if let Some(ids) = self.ttl_index.get_mut(&def.id) {
+                ids.retain(|i| *i != inst.id);
+                if ids.is_empty() {
+                    self.ttl_index.remove(&def.id);
+                }
+            }
+        }
+    }
+
+    /// Arms a removal timer for each check of `inst` that is critical and has a
+    /// `deregister_critical_after`, and cancels those of checks no longer
+    /// critical. A timer already running keeps its deadline.
+    fn sync_check_reaps(&mut self, inst: &Instance) {
+        let Some(rec) = self.records.get_mut(&inst.id) else {
+            return;
+        };
+        let mut wanted: Vec<(u16, Duration)> = Vec::new();
+        for (i, (def, state)) in inst.spec.checks.iter().zip(&inst.checks).enumerate() {
+            if let Some(after) = def.deregister_critical_after
+                && state.status == Health::Critical
+            {
+                wanted.push((i as u16, after));
+            }
+        }
+        let timers = &mut self.timers;
+        rec.check_reaps.retain(|(i, due)| {
+            let keep = wanted.iter().any(|(w, _)| w == i);
+            if !keep {
+                timers.remove(&(*due, Timer::CheckReap(*i), inst.id.clone()));
+            }
+            keep
+        });
+        for (i, after) in wanted {
+            if rec.check_reaps.iter().all(|(r, _)| *r != i) {
+                let due = self.now.saturating_add(nanos(after));
+                rec.check_reaps.push((i, due));
+                timers.insert((due, Timer::CheckReap(i), inst.id.clone()));
             }
         }
     }
@@ -942,6 +1033,17 @@ impl Catalog {
 
     /// Stores a changed instance and stamps the index on it and its service.
     fn put(&mut self, mut inst: Instance, index: u64) {
+        let old = self.state.instance(&inst.service, &inst.id).cloned();
+        if old
+            .as_ref()
+            .is_none_or(|o| !Arc::ptr_eq(&o.spec.checks, &inst.spec.checks))
+        {
+            if let Some(old) = &old {
+                self.unindex_ttl(old);
+            }
+            self.index_ttl(&inst);
+        }
+        self.sync_check_reaps(&inst);
         inst.modify_index = index;
         self.touched.push(inst.service.clone());
         self.changed.push(inst.id.clone());
@@ -957,6 +1059,13 @@ impl Catalog {
         let Some(rec) = self.records.remove(id) else {
             return;
         };
+        if let Some(inst) = self.state.instance(&rec.service, id).cloned() {
+            self.unindex_ttl(&inst);
+        }
+        for (i, due) in &rec.check_reaps {
+            self.timers
+                .remove(&(*due, Timer::CheckReap(*i), id.clone()));
+        }
         self.changed.push(id.clone());
         if rec.held {
             self.held -= 1;
@@ -1054,6 +1163,18 @@ impl Catalog {
                     out.reaped += 1;
                     changed = true;
                 }
+                Timer::CheckReap(pos) if hold => {
+                    for slot in rec.check_reaps.iter_mut().filter(|(i, _)| *i == pos) {
+                        slot.1 = recheck;
+                    }
+                    self.timers.insert((recheck, Timer::CheckReap(pos), id));
+                }
+                Timer::CheckReap(pos) => {
+                    rec.check_reaps.retain(|(i, _)| *i != pos);
+                    self.remove(&id, next);
+                    out.reaped += 1;
+                    changed = true;
+                }
                 Timer::Check(pos) => {
                     rec.check_timers.retain(|(i, _)| *i != pos);
                     let service = rec.service.clone();
@@ -1073,7 +1194,11 @@ impl Catalog {
                             status: Health::Critical,
                             output,
                         };
+                        // A late tick must not give the instance extra time:
+                        // its removal clock starts when the TTL ran out.
+                        let tick_time = std::mem::replace(&mut self.now, due);
                         self.put(inst, next);
+                        self.now = tick_time;
                         changed = true;
                     }
                 }
@@ -1202,5 +1327,64 @@ mod tests {
             c.snapshot().instance("web", "a").unwrap().health(),
             Health::Passing
         );
+    }
+
+    fn reg_with_app_check(id: &str, dereg: u64) -> Command {
+        let req: RegisterRequest = serde_json::from_value(serde_json::json!({
+            "address": "10.0.0.1", "port": 80,
+            "checks": [{"id": "app", "ttl": "10s", "deregister_critical_after": format!("{dereg}s")}]
+        }))
+        .unwrap();
+        Command::Register {
+            service: ServiceName::parse("web").unwrap(),
+            id: InstanceId::parse(id).unwrap(),
+            spec: InstanceSpec::from_request(req, None, &Limits::default()).unwrap(),
+        }
+    }
+
+    fn report(id: &str, status: Health) -> Command {
+        Command::SetCheck {
+            service: ServiceName::parse("web").unwrap(),
+            id: InstanceId::parse(id).unwrap(),
+            check: "app".into(),
+            status,
+            output: String::new(),
+            source: CheckSource::Report,
+        }
+    }
+
+    #[test]
+    fn a_check_critical_past_its_deregister_time_removes_the_instance() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut c = Catalog::new(t0, CatalogLimits::default());
+        c.apply(reg_with_app_check("a", 30), t0).unwrap();
+        c.apply(reg_with_app_check("b", 30), t0).unwrap();
+        assert_eq!(c.instances_with_ttl_check("app").len(), 2);
+        // Both start critical: the removal clock runs from registration, and
+        // stops with the first pass.
+        c.apply(report("a", Health::Passing), at(5)).unwrap();
+        c.apply(report("b", Health::Passing), at(5)).unwrap();
+        c.apply(report("b", Health::Passing), at(12)).unwrap();
+        // a falls silent: critical at 15, removed 30 s later. b fails at 20
+        // (removal due at 50), still fails at 29, recovers at 38.
+        c.apply(Command::Tick, at(15)).unwrap();
+        c.apply(report("b", Health::Critical), at(20)).unwrap();
+        c.apply(report("b", Health::Critical), at(29)).unwrap();
+        c.apply(report("b", Health::Passing), at(38)).unwrap();
+        c.apply(Command::Tick, at(44)).unwrap();
+        assert!(c.snapshot().instance("web", "a").is_some());
+        let out = c.apply(Command::Tick, at(46)).unwrap();
+        assert_eq!(out.reaped, 1);
+        assert!(c.snapshot().instance("web", "a").is_none());
+        assert_eq!(c.instances_with_ttl_check("app"), [Arc::from("b")]);
+        c.apply(Command::Tick, at(55)).unwrap();
+        assert!(
+            c.snapshot().instance("web", "b").is_some(),
+            "b recovered in time"
+        );
+        // Without its checks, b leaves the index.
+        c.apply(reg("web", "b", None), at(56)).unwrap();
+        assert!(c.instances_with_ttl_check("app").is_empty());
     }
 }

@@ -73,6 +73,8 @@ pub struct CheckSpec {
     pub failures_before_critical: u32,
     /// Status until the first result.
     pub initial_status: Health,
+    /// Remove the instance after this long in critical.
+    pub deregister_critical_after: Option<Duration>,
 }
 
 impl CheckSpec {
@@ -111,6 +113,7 @@ impl CheckSpec {
             failures_before_warning: Some(self.failures_before_warning),
             failures_before_critical: self.failures_before_critical,
             initial_status: Some(self.initial_status),
+            deregister_critical_after: self.deregister_critical_after,
             ..CheckDefinition::default()
         };
         match &self.target {
@@ -260,6 +263,9 @@ impl CheckSpec {
             .timeout
             .unwrap_or_else(|| Duration::from_secs(10).min(interval));
         in_range("timeout", timeout, (Duration::from_millis(10), interval))?;
+        if let Some(d) = def.deregister_critical_after {
+            in_range("deregister_critical_after", d, limits.dereg_range)?;
+        }
         for (field, n) in [
             ("success_before_passing", def.success_before_passing),
             ("failures_before_critical", def.failures_before_critical),
@@ -284,6 +290,7 @@ impl CheckSpec {
                 .unwrap_or(def.failures_before_critical),
             failures_before_critical: def.failures_before_critical,
             initial_status: def.initial_status.unwrap_or(Health::Critical),
+            deregister_critical_after: def.deregister_critical_after,
         })
     }
 }
