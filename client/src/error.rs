@@ -44,3 +44,83 @@ impl Error {
         }
     }
 }
+
+/// Why a request through the [`Router`](crate::Router) (or the middleware)
+/// failed before an endpoint could answer it.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Discovery has no usable copy of the service (no answer yet, or the
+    /// registry has been unreachable for longer than the maximum staleness).
+    #[error("service {service}: {source}")]
+    Discovery {
+        /// The service.
+        service: String,
+        /// What discovery reported.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The service has no healthy instance (or none left to retry on).
+    #[error("service {service} has no instance to send to")]
+    NoEndpoints {
+        /// The service.
+        service: String,
+    },
+    /// Bulkhead: every endpoint the request could go to already has `limit`
+    /// requests in flight.
+    #[error("service {service}: every endpoint has {limit} requests in flight (bulkhead full)")]
+    EndpointsFull {
+        /// The service.
+        service: String,
+        /// The per-endpoint limit.
+        limit: usize,
+    },
+    /// Bulkhead: the service already has `limit` requests in flight.
+    #[error("service {service} has {limit} requests in flight (bulkhead full)")]
+    ServiceFull {
+        /// The service.
+        service: String,
+        /// The per-service limit.
+        limit: usize,
+    },
+    /// The instance's registered address cannot go in a URL.
+    #[error(
+        "service {service}: instance {endpoint} has an address that cannot go in a URL: {address}"
+    )]
+    InvalidAddress {
+        /// The service.
+        service: String,
+        /// The instance id.
+        endpoint: String,
+        /// The address and port.
+        address: String,
+    },
+    /// The endpoint did not answer within the configured timeout.
+    #[error("service {service}: endpoint {endpoint} did not answer within {after:?}")]
+    Timeout {
+        /// The service.
+        service: String,
+        /// The instance id of the endpoint.
+        endpoint: String,
+        /// The timeout.
+        after: std::time::Duration,
+    },
+}
+
+impl CallError {
+    /// Whether a bulkhead turned the request away (it was never sent).
+    pub fn is_overloaded(&self) -> bool {
+        matches!(
+            self,
+            CallError::EndpointsFull { .. } | CallError::ServiceFull { .. }
+        )
+    }
+
+    /// The `CallError` inside an error of the
+    /// [middleware](crate::RosterMiddleware), if it is one.
+    pub fn from_middleware(error: &reqwest_middleware::Error) -> Option<&CallError> {
+        match error {
+            reqwest_middleware::Error::Middleware(e) => e.downcast_ref(),
+            reqwest_middleware::Error::Reqwest(_) => None,
+        }
+    }
+}

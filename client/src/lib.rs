@@ -2,6 +2,17 @@
 //!
 //! - [`api`]: the wire types shared with the server.
 //! - [`RosterClient`]: typed calls for every native API endpoint.
+//! - [`Registration`]: register an instance and keep it registered.
+//! - [`Discovery`]: a watched, shared copy of a service's instances.
+//! - [`balance`]: balancers (round robin, random, weighted, power of two choices).
+//! - [`Router`]: balancing plus resilience (timeouts, outlier ejection,
+//!   bulkheads, budgeted retries) for any transport.
+//! - [`RosterMiddleware`]: all of that for `reqwest`, resolving
+//!   `http://service-name/...`.
+//! - [`ServiceDiscover`]: a `tower::discover::Discover` stream for tower and
+//!   tonic balancers.
+//!
+//! # The registry API
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), roster_client::Error> {
@@ -14,19 +25,83 @@
 //! println!("{} healthy instances", web.instances.len());
 //! # Ok(()) }
 //! ```
+//!
+//! # Registering a service
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), roster_client::Error> {
+//! use std::time::Duration;
+//! use roster_client::{Registration, RosterClient, api::RegisterRequest};
+//!
+//! let client = RosterClient::new("http://127.0.0.1:8500")?;
+//! let request = RegisterRequest { port: 8080, ttl: Some(Duration::from_secs(15)), ..Default::default() };
+//! // Heartbeats every ttl/3 in the background, re-registers if the registry forgets.
+//! let registration = Registration::start(client, "web", "web-1", request).await?;
+//! // ... serve ...
+//! registration.shutdown().await?; // deregisters
+//! # Ok(()) }
+//! ```
+//!
+//! # Calling a service over HTTP
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use roster_client::balance::WeightedRoundRobin;
+//! use roster_client::resilience::{OutlierConfig, ResilienceConfig};
+//! use roster_client::{CallError, Discovery, Idempotent, RetryConfig, RosterClient, RosterMiddleware, Router};
+//!
+//! let discovery = Discovery::new(RosterClient::new("http://127.0.0.1:8500")?);
+//! let router = Router::builder(discovery)
+//!     .balancer(WeightedRoundRobin::new)
+//!     .config(ResilienceConfig {
+//!         timeout: Some(Duration::from_secs(2)),
+//!         outlier: Some(OutlierConfig { consecutive_failures: 5, ..Default::default() }),
+//!         max_in_flight_per_endpoint: Some(100),
+//!         retry: RetryConfig { max_retries: 2, ..Default::default() },
+//!         ..Default::default()
+//!     })
+//!     .build();
+//! let http = RosterMiddleware::new(router).client(reqwest::Client::new());
+//!
+//! // `web` is looked up in the registry; the request goes to one of its instances.
+//! let page = http.get("http://web/index.html").send().await?;
+//! // POST is not retried unless marked idempotent.
+//! let created = http.post("http://web/orders").body("{}").with_extension(Idempotent).send().await;
+//! if let Err(e) = &created {
+//!     if CallError::from_middleware(e).is_some_and(CallError::is_overloaded) {
+//!         eprintln!("web is saturated; shed load");
+//!     }
+//! }
+//! # let _ = page; Ok(()) }
+//! ```
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod balance;
+mod bulkhead;
+mod call;
 mod client;
+mod discover;
 mod discovery;
 mod error;
+mod middleware;
 mod registration;
 pub mod resilience;
+mod retry;
+mod router;
 mod watch;
 
+pub use call::{Attempt, Call, Outcome};
 pub use client::{InstanceQuery, RosterClient};
+pub use discover::{Change, ServiceDiscover};
 pub use discovery::{Discovery, ServiceHandle, ServiceState};
-pub use error::Error;
+pub use error::{CallError, Error};
+pub use middleware::RosterMiddleware;
 pub use registration::{Registration, RegistrationStatus};
+/// The `reqwest-middleware` this crate is built against, so callers use the
+/// same version.
+pub use reqwest_middleware;
+pub use retry::{Idempotent, RetryConfig, is_idempotent};
+pub use router::{EndpointStats, Router, RouterBuilder};
 pub use watch::{RawEvent, WatchEvent, WatchStream};

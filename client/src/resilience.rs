@@ -1,12 +1,64 @@
 //! Building blocks that keep a dead or slow endpoint from costing much: outlier
-//! ejection and a retry budget. Both take the time as an argument (Tokio's clock
-//! in production), so tests run on a paused clock.
+//! ejection and a retry budget, and the [`ResilienceConfig`] that the request
+//! path ([`Router`](crate::Router)) applies with them. The building blocks take
+//! the time as an argument (Tokio's clock in production), so tests run on a
+//! paused clock.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::retry::RetryConfig;
+
+/// Everything the request path applies around each endpoint.
+///
+/// ```
+/// use std::time::Duration;
+/// use roster_client::resilience::{OutlierConfig, ResilienceConfig};
+///
+/// let config = ResilienceConfig {
+///     timeout: Some(Duration::from_secs(2)),
+///     max_in_flight_per_endpoint: Some(64),
+///     outlier: Some(OutlierConfig { consecutive_failures: 3, ..Default::default() }),
+///     ..Default::default()
+/// };
+/// assert_eq!(config.retry.max_retries, 2);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResilienceConfig {
+    /// Time limit of one attempt, up to the response headers (default 10 s).
+    pub timeout: Option<Duration>,
+    /// Outlier ejection; `None` turns it off.
+    pub outlier: Option<OutlierConfig>,
+    /// Bulkhead: most requests in flight to one endpoint (default 256); a
+    /// full endpoint is skipped by balancing, and when all are full the
+    /// request fails at once with [`CallError::Overloaded`](crate::CallError).
+    pub max_in_flight_per_endpoint: Option<usize>,
+    /// Bulkhead: most requests (with their retries) in flight to one service
+    /// (default: no limit).
+    pub max_in_flight_per_service: Option<usize>,
+    /// Retries of failed idempotent requests.
+    pub retry: RetryConfig,
+    /// How long the first request to a service waits for discovery's first
+    /// answer (default 5 s).
+    pub discovery_timeout: Duration,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        ResilienceConfig {
+            timeout: Some(Duration::from_secs(10)),
+            outlier: Some(OutlierConfig::default()),
+            max_in_flight_per_endpoint: Some(256),
+            max_in_flight_per_service: None,
+            retry: RetryConfig::default(),
+            discovery_timeout: Duration::from_secs(5),
+        }
+    }
+}
 
 /// When to eject an endpoint, and for how long.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -17,8 +69,8 @@ pub struct OutlierConfig {
     pub base_ejection: Duration,
     /// Longest ejection.
     pub max_ejection: Duration,
-    /// Largest share of the pool that may be ejected at once, so a failure of
-    /// everything does not leave nothing to send to.
+    /// Largest share of the pool that may be ejected at once (rounded down),
+    /// so a failure of everything does not leave nothing to send to.
     pub max_ejected_share: f64,
 }
 
@@ -33,21 +85,59 @@ impl Default for OutlierConfig {
     }
 }
 
+/// Where an endpoint stands with the [`OutlierDetector`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EjectionState {
+    /// Takes traffic.
+    Active,
+    /// Ejected until the given time.
+    Ejected {
+        /// End of the ejection.
+        until: Instant,
+        /// Ejections in a row, this one included.
+        ejections: u32,
+    },
+    /// The ejection is over; the next request may probe it.
+    ProbeDue,
+    /// A probe is in flight; other requests keep away until it answers.
+    Probing,
+}
+
 #[derive(Debug, Default)]
 struct Record {
     consecutive: u32,
     ejections: u32,
+    /// Set from an ejection until a request succeeds after it has ended.
     ejected_until: Option<Instant>,
+    probing: bool,
+}
+
+impl Record {
+    fn state(&self, now: Instant) -> EjectionState {
+        match self.ejected_until {
+            None => EjectionState::Active,
+            Some(until) if until > now => EjectionState::Ejected {
+                until,
+                ejections: self.ejections,
+            },
+            Some(_) if self.probing => EjectionState::Probing,
+            Some(_) => EjectionState::ProbeDue,
+        }
+    }
 }
 
 /// Ejects endpoints that keep failing (Envoy's consecutive-5xx detector): after
 /// `consecutive_failures` failures in a row an endpoint gets no traffic for
-/// `base_ejection × ejections` (capped), then comes back; one failure of the
-/// first request after an ejection ejects it again for longer.
+/// `base_ejection × ejections` (capped). When that time is over, one request
+/// probes it ([`OutlierDetector::try_probe`]); a success brings it back, a
+/// failure ejects it again for longer.
 #[derive(Debug, Default)]
 pub struct OutlierDetector {
     config: OutlierConfig,
     records: Mutex<HashMap<String, Record>>,
+    /// Records with an ejection, kept in step under the lock and read without
+    /// it, so the request path skips all ejection work while nothing is out.
+    out: AtomicUsize,
 }
 
 impl OutlierDetector {
@@ -56,33 +146,50 @@ impl OutlierDetector {
         OutlierDetector {
             config,
             records: Mutex::new(HashMap::new()),
+            out: AtomicUsize::new(0),
         }
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records the outcome of a request to `id` in a pool of `pool_size` endpoints.
     /// Returns true when this outcome ejected the endpoint.
     pub fn record(&self, id: &str, success: bool, pool_size: usize, now: Instant) -> bool {
-        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        let ejected_now = records
-            .values()
-            .filter(|r| r.ejected_until.is_some_and(|t| t > now))
+        let mut records = self.records();
+        if success && !records.contains_key(id) {
+            // Endpoints that never failed need no record.
+            return false;
+        }
+        // Endpoints out of the pool: ejected, or waiting for a good probe.
+        let out = records
+            .iter()
+            .filter(|(other, r)| other.as_str() != id && r.ejected_until.is_some())
             .count();
         let record = records.entry(id.to_owned()).or_default();
+        let state = record.state(now);
+        if matches!(state, EjectionState::Ejected { .. }) {
+            // A late answer to a request sent before the ejection says
+            // nothing about the endpoint now.
+            return false;
+        }
+        let probed = matches!(state, EjectionState::ProbeDue | EjectionState::Probing);
+        record.probing = false;
         if success {
             record.consecutive = 0;
-            if record.ejected_until.is_some_and(|t| t <= now) {
-                // Its probe went through: it is back, and the next ejection
-                // starts from the base again.
+            if probed {
+                // The next ejection starts from the base time again.
                 record.ejected_until = None;
                 record.ejections = 0;
+                self.out.store(out, Ordering::Relaxed);
             }
             return false;
         }
         record.consecutive += 1;
-        let probing = record.ejected_until.is_some_and(|t| t <= now);
-        let due = probing || record.consecutive >= self.config.consecutive_failures;
-        let room = (ejected_now as f64) < self.config.max_ejected_share * pool_size as f64;
-        if !due || record.ejected_until.is_some_and(|t| t > now) || !room {
+        // A failed probe re-ejects whatever the share: it never rejoined the pool.
+        let room = out < (self.config.max_ejected_share * pool_size as f64).floor() as usize;
+        if !probed && (record.consecutive < self.config.consecutive_failures || !room) {
             return false;
         }
         record.ejections += 1;
@@ -93,16 +200,70 @@ impl OutlierDetector {
             .min(self.config.max_ejection);
         record.ejected_until = Some(now + time);
         record.consecutive = 0;
+        self.out.store(out + 1, Ordering::Relaxed);
         true
     }
 
-    /// Whether `id` may take traffic now (never ejected, or its ejection is over).
+    /// How many endpoints are out of the pool (ejected, or waiting for a
+    /// successful probe). Lock-free.
+    pub fn out_count(&self) -> usize {
+        self.out.load(Ordering::Relaxed)
+    }
+
+    /// Whether `id` takes ordinary traffic: never ejected, or back after a
+    /// successful probe.
     pub fn available(&self, id: &str, now: Instant) -> bool {
-        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        records
+        self.state(id, now) == EjectionState::Active
+    }
+
+    /// Where `id` stands now.
+    pub fn state(&self, id: &str, now: Instant) -> EjectionState {
+        self.records()
             .get(id)
-            .and_then(|r| r.ejected_until)
-            .is_none_or(|t| t <= now)
+            .map_or(EjectionState::Active, |r| r.state(now))
+    }
+
+    /// The end of `id`'s current or last ejection and the ejections in a
+    /// row, until a successful probe brings it back (then `None`). Unlike
+    /// [`state`](OutlierDetector::state) this does not depend on the time.
+    pub fn ejection(&self, id: &str) -> Option<(Instant, u32)> {
+        let records = self.records();
+        let r = records.get(id)?;
+        Some((r.ejected_until?, r.ejections))
+    }
+
+    /// Claims the probe of `id` when its ejection is over and no probe is out.
+    /// The caller must report the probe's outcome with
+    /// [`record`](OutlierDetector::record), or give it up with
+    /// [`cancel_probe`](OutlierDetector::cancel_probe).
+    pub fn try_probe(&self, id: &str, now: Instant) -> bool {
+        let mut records = self.records();
+        match records.get_mut(id) {
+            Some(r) if r.state(now) == EjectionState::ProbeDue => {
+                r.probing = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives up a probe claimed with [`try_probe`](OutlierDetector::try_probe)
+    /// without an outcome (the request was cancelled), so another one can go.
+    pub fn cancel_probe(&self, id: &str) {
+        if let Some(r) = self.records().get_mut(id) {
+            r.probing = false;
+        }
+    }
+
+    /// Forgets endpoints for which `keep` is false (they left the pool).
+    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        let mut records = self.records();
+        records.retain(|id, _| keep(id));
+        let out = records
+            .values()
+            .filter(|r| r.ejected_until.is_some())
+            .count();
+        self.out.store(out, Ordering::Relaxed);
     }
 }
 
@@ -199,30 +360,74 @@ mod tests {
         assert!(d.record("a", false, 4, t0), "third failure in a row ejects");
         assert!(!d.available("a", t0 + Duration::from_secs(9)));
         assert!(
-            d.available("a", t0 + Duration::from_secs(10)),
-            "back for a probe"
+            !d.try_probe("a", t0 + Duration::from_secs(9)),
+            "still ejected"
         );
-        // The probe fails: ejected again, twice as long.
+        // Time is over: one probe may go, and only one.
         let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(d.state("a", t1), EjectionState::ProbeDue);
+        assert!(
+            !d.available("a", t1),
+            "no ordinary traffic before the probe"
+        );
+        assert!(d.try_probe("a", t1));
+        assert!(!d.try_probe("a", t1), "one probe at a time");
+        // The probe fails: ejected again, twice as long.
         assert!(d.record("a", false, 4, t1));
-        assert!(!d.available("a", t1 + Duration::from_secs(19)));
-        assert!(d.available("a", t1 + Duration::from_secs(20)));
-        // Third ejection is capped at 25 s.
+        assert_eq!(d.ejection("a"), Some((t1 + Duration::from_secs(20), 2)));
+        assert!(!d.try_probe("a", t1 + Duration::from_secs(19)));
         let t2 = t1 + Duration::from_secs(20);
+        assert!(d.try_probe("a", t2));
+        // Third ejection is capped at 25 s.
         assert!(d.record("a", false, 4, t2));
-        assert!(!d.available("a", t2 + Duration::from_secs(24)));
-        assert!(d.available("a", t2 + Duration::from_secs(25)));
-        // A successful probe resets it.
+        assert!(matches!(
+            d.state("a", t2),
+            EjectionState::Ejected { ejections: 3, .. }
+        ));
+        assert!(!d.try_probe("a", t2 + Duration::from_secs(24)));
+        // A successful probe brings it back and resets the ejection time.
         let t3 = t2 + Duration::from_secs(25);
+        assert!(d.try_probe("a", t3));
         assert!(!d.record("a", true, 4, t3));
         assert!(d.available("a", t3));
+        assert_eq!((d.ejection("a"), d.out_count()), (None, 0));
         for _ in 0..3 {
             d.record("a", false, 4, t3);
         }
         assert!(
-            d.available("a", t3 + Duration::from_secs(10)),
+            d.try_probe("a", t3 + Duration::from_secs(10)),
             "back to the base time"
         );
+    }
+
+    #[test]
+    fn a_cancelled_probe_lets_another_go() {
+        let d = detector();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            d.record("a", false, 4, t0);
+        }
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(d.try_probe("a", t1));
+        assert_eq!(d.state("a", t1), EjectionState::Probing);
+        d.cancel_probe("a");
+        assert!(d.try_probe("a", t1));
+    }
+
+    #[test]
+    fn late_answers_and_departed_endpoints() {
+        let d = detector();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            d.record("a", false, 4, t0);
+        }
+        // A success of a request sent before the ejection does not end it.
+        assert!(!d.record("a", true, 4, t0 + Duration::from_secs(1)));
+        assert!(!d.available("a", t0 + Duration::from_secs(1)));
+        assert_eq!(d.out_count(), 1);
+        d.retain(|id| id != "a");
+        assert!(d.available("a", t0), "forgotten when it left the pool");
+        assert_eq!(d.out_count(), 0);
     }
 
     #[test]
@@ -255,6 +460,13 @@ mod tests {
             .filter(|id| d.available(id, t0))
             .count();
         assert_eq!(available, 2);
+        // Half of three rounds down to one.
+        let d = detector();
+        let ejected = ["a", "b", "c"]
+            .iter()
+            .filter(|id| (0..3).any(|_| d.record(id, false, 3, t0)))
+            .count();
+        assert_eq!(ejected, 1);
     }
 
     #[test]

@@ -27,7 +27,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::api::{Health, Instance};
 
@@ -132,6 +134,35 @@ impl Endpoint {
         InFlight {
             load: self.load.clone(),
         }
+    }
+
+    /// Like [`Endpoint::start`], but only while fewer than `limit` requests
+    /// are in flight: the per-endpoint bulkhead. The check and the increment
+    /// are one atomic step, so concurrent callers never overshoot `limit`.
+    ///
+    /// ```
+    /// let e = roster_client::balance::Endpoint::new("web-1", 1);
+    /// let first = e.try_start(1).expect("room for one");
+    /// assert!(e.try_start(1).is_none(), "full");
+    /// drop(first);
+    /// assert!(e.try_start(1).is_some());
+    /// ```
+    pub fn try_start(&self, limit: usize) -> Option<InFlight> {
+        self.load
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InFlight {
+            load: self.load.clone(),
+        })
+    }
+
+    /// Whether two endpoints share load state (one is a clone or a
+    /// re-weighting of the other).
+    pub fn same_load(&self, other: &Endpoint) -> bool {
+        Arc::ptr_eq(&self.load, &other.load)
     }
 
     pub(crate) fn id_arc(&self) -> &Arc<str> {
@@ -369,6 +400,17 @@ pub(crate) mod tests {
         load.observe(1_000, 6 + 10 * tau);
         let est = load.estimate_us(6 + 10 * tau).unwrap();
         assert!((1_000.0..1_010.0).contains(&est), "{est}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_ewma_runs_on_tokios_clock() {
+        let e = Endpoint::new("a", 1);
+        e.start().finish(Duration::from_millis(100));
+        assert_eq!(e.peak_ewma(), Some(Duration::from_millis(100)));
+        // Only the paused clock moves: the estimate decays to 1/e of itself.
+        tokio::time::advance(PEAK_EWMA_DECAY).await;
+        let est = e.peak_ewma().unwrap().as_secs_f64() * 1000.0;
+        assert!((est - 100.0 / std::f64::consts::E).abs() < 0.1, "{est}");
     }
 
     #[test]

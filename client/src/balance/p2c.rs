@@ -1,6 +1,6 @@
 //! Power of two choices: the less loaded of two random endpoints.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::rng::Rng;
 use super::{Balancer, Endpoint};
@@ -73,11 +73,21 @@ impl Balancer for PowerOfTwoChoices {
         if b >= a {
             b += 1;
         }
-        let now = Instant::now();
-        let (cost_a, cost_b) = (
-            endpoints[a].cost(self.cost, now),
-            endpoints[b].cost(self.cost, now),
-        );
+        let (cost_a, cost_b) = match self.cost {
+            // Reading the clock costs more than the rest of the pick, and only
+            // the latency estimate needs it.
+            Cost::InFlight => (
+                endpoints[a].in_flight() as f64,
+                endpoints[b].in_flight() as f64,
+            ),
+            Cost::PeakEwma => {
+                let now = Instant::now();
+                (
+                    endpoints[a].cost(self.cost, now),
+                    endpoints[b].cost(self.cost, now),
+                )
+            }
+        };
         // `a` is random, so ties are broken at random.
         Some(if cost_b < cost_a { b } else { a })
     }
