@@ -85,6 +85,13 @@ pub struct ServeArgs {
     /// off [default: 0].
     #[arg(long, env = "ROSTER_PANIC_THRESHOLD", value_name = "RATIO")]
     pub panic_threshold: Option<f64>,
+    /// Datacenter name the Consul-compatible API reports and accepts in `?dc=`
+    /// [default: dc1].
+    #[arg(long, env = "ROSTER_DATACENTER", value_name = "NAME")]
+    pub datacenter: Option<String>,
+    /// Node name the Consul-compatible API reports [default: the host name].
+    #[arg(long, env = "ROSTER_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
     /// Panic threshold of one service, as SERVICE=RATIO (repeat for several).
     #[arg(long = "service-panic-threshold", value_name = "SERVICE=RATIO", value_parser = parse_service_ratio)]
     pub service_panic_thresholds: Vec<(String, f64)>,
@@ -123,6 +130,8 @@ struct FileConfig {
     renewal_window: Option<Duration>,
     self_preservation_min_instances: Option<usize>,
     panic_threshold: Option<f64>,
+    datacenter: Option<String>,
+    node_name: Option<String>,
     #[serde(default)]
     panic_thresholds: std::collections::BTreeMap<String, f64>,
 }
@@ -181,6 +190,10 @@ pub struct Config {
     pub self_preservation: SelfPreservation,
     /// Panic thresholds of services.
     pub panic: PanicPolicy,
+    /// Datacenter of the Consul-compatible API.
+    pub datacenter: String,
+    /// Node name of the Consul-compatible API.
+    pub node_name: String,
 }
 
 /// Default DNS listen address.
@@ -206,6 +219,8 @@ impl Default for Config {
             checker: CheckerConfig::default(),
             self_preservation: SelfPreservation::default(),
             panic: PanicPolicy::default(),
+            datacenter: "dc1".into(),
+            node_name: default_node_name(),
         }
     }
 }
@@ -278,6 +293,12 @@ impl Config {
         if let Some(t) = args.panic_threshold.or(file.panic_threshold) {
             cfg.panic.default = t;
         }
+        if let Some(dc) = args.datacenter.clone().or(file.datacenter) {
+            cfg.datacenter = dc;
+        }
+        if let Some(n) = args.node_name.clone().or(file.node_name) {
+            cfg.node_name = n;
+        }
         cfg.panic.services = file
             .panic_thresholds
             .into_iter()
@@ -318,6 +339,18 @@ impl Config {
             setting: "log",
             message: e.to_string(),
         })?;
+        let label_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        if !label_ok(&self.datacenter) {
+            return invalid("datacenter", "1 to 128 letters, digits, '-', '_' or '.'");
+        }
+        if !label_ok(&self.node_name) {
+            return invalid("node_name", "1 to 128 letters, digits, '-', '_' or '.'");
+        }
         if self.checker.concurrency == 0 || self.checker.concurrency > 100_000 {
             return invalid("check_concurrency", "must be between 1 and 100000");
         }
@@ -358,6 +391,21 @@ impl Config {
         })?;
         Ok(())
     }
+}
+
+/// The host name, as Consul names its nodes; `roster` when it cannot be read.
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 128
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .unwrap_or_else(|| "roster".into())
 }
 
 /// An empty view, to validate the DNS settings before the registry exists.

@@ -88,6 +88,22 @@ impl Registry {
         self.lock().catalog.set_self_preservation(settings);
     }
 
+    /// Looks up an instance by id alone (ids are unique in the registry).
+    pub fn instance_by_id(&self, id: &str) -> Option<Arc<Instance>> {
+        self.lock().catalog.instance_by_id(id).cloned()
+    }
+
+    /// The instances (service, id) that have a TTL check with this id.
+    pub fn find_ttl_check(&self, check: &str) -> Vec<(Arc<str>, Arc<str>)> {
+        let core = self.lock();
+        core.catalog
+            .instances_with_ttl_check(check)
+            .iter()
+            .filter_map(|id| core.catalog.instance_by_id(id))
+            .map(|inst| (inst.service.clone(), inst.id.clone()))
+            .collect()
+    }
+
     /// Whether self-preservation is holding overdue leases now.
     pub fn self_preservation_active(&self) -> bool {
         self.preserving.load(Ordering::Relaxed)

@@ -13,6 +13,7 @@ use roster_dns::{DnsHandler, DnsServer};
 use crate::config::Config;
 use crate::dns_view::RegistryView;
 use crate::health::Checker;
+use crate::http::consul::ConsulNode;
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::probe::NetProber;
@@ -45,6 +46,12 @@ impl Server {
         let mut state = AppState::new(registry.clone(), config.limits.clone(), shutdown.clone());
         state.lease_grace = config.lease_grace;
         state.panic = Arc::new(config.panic.clone());
+        state.consul = Arc::new(ConsulNode::new(
+            &config.datacenter,
+            &config.node_name,
+            local_addr.ip(),
+            local_addr.port(),
+        ));
         let dns = match config.dns_addr {
             Some(addr) => {
                 let view = Arc::new(RegistryView::new(registry.clone()));

@@ -1,6 +1,7 @@
 //! The HTTP API: native `/v1` endpoints plus `/health`, `/ready` and `/metrics`.
 
 mod bodies;
+pub mod consul;
 mod extract;
 mod ops;
 mod problem;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// When healthy-only queries answer with every instance.
     pub panic: Arc<PanicPolicy>,
+    /// The node and datacenter the Consul-compatible API reports.
+    pub consul: Arc<consul::ConsulNode>,
     /// True once the catalog is loaded and writes are accepted.
     pub ready: Arc<AtomicBool>,
     /// Serialized instance lists, reused until their service changes.
@@ -58,6 +61,12 @@ impl AppState {
             registry,
             limits: Arc::new(limits),
             panic: Arc::default(),
+            consul: Arc::new(consul::ConsulNode::new(
+                "dc1",
+                "roster",
+                std::net::IpAddr::from([127, 0, 0, 1]),
+                8500,
+            )),
             ready: Arc::new(AtomicBool::new(true)),
             bodies: Arc::default(),
             epoch: fastrand::u64(1..),
@@ -109,6 +118,7 @@ pub fn router(state: AppState) -> Router {
                 .put(snapshot::restore)
                 .layer(DefaultBodyLimit::max(snapshot::SNAPSHOT_LIMIT)),
         )
+        .merge(consul::routes())
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .method_not_allowed_fallback(|req: Request| async move {
             ApiError::method_not_allowed(req.method().as_str(), req.uri().path())

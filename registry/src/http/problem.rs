@@ -28,6 +28,11 @@ impl ApiError {
         }
     }
 
+    /// What went wrong, for humans.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
     /// 400: a field of the request is wrong.
     pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
         let mut e = Self::new(

@@ -1,0 +1,209 @@
+//! A small subset of Consul's `?filter=` expressions, enough for the common
+//! selections: `Selector == "value"`, `!=`, `Selector contains "value"`,
+//! `"value" in Selector`, `not in`, joined with `and`. Selectors name fields of
+//! the instance in the shape of the endpoint (`Service.Tags`, `ServiceMeta.env`,
+//! `Service.Meta.env`, `ServiceAddress`, `Node`, …). Anything else is refused
+//! with a 400 naming what was not understood, never silently ignored.
+
+use crate::catalog::Instance;
+
+/// A parsed filter: every clause must hold.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Filter {
+    clauses: Vec<Clause>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Op {
+    Eq,
+    Ne,
+    Contains,
+    NotContains,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Clause {
+    field: Field,
+    op: Op,
+    value: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Field {
+    Id,
+    Name,
+    Address,
+    Port,
+    Tags,
+    Meta(String),
+    Node,
+}
+
+impl Filter {
+    /// Parses `expr`; the error says what was not understood.
+    pub fn parse(expr: &str) -> Result<Filter, String> {
+        let clauses = split_and(expr)
+            .into_iter()
+            .map(|c| parse_clause(c.trim()))
+            .collect::<Result<_, _>>()?;
+        Ok(Filter { clauses })
+    }
+
+    /// Whether `inst` (on node `node`) passes.
+    pub fn matches(&self, inst: &Instance, node: &str) -> bool {
+        self.clauses.iter().all(|c| c.matches(inst, node))
+    }
+}
+
+impl Clause {
+    fn matches(&self, inst: &Instance, node: &str) -> bool {
+        let spec = &inst.spec;
+        let port = spec.port.to_string();
+        let scalar: Option<&str> = match &self.field {
+            Field::Id => Some(&inst.id),
+            Field::Name => Some(&inst.service),
+            Field::Address => Some(&spec.address),
+            Field::Port => Some(&port),
+            Field::Node => Some(node),
+            Field::Meta(key) => Some(spec.meta.get(key).map_or("", String::as_str)),
+            Field::Tags => None,
+        };
+        match (&self.op, scalar) {
+            (Op::Eq, Some(v)) => v == self.value,
+            (Op::Ne, Some(v)) => v != self.value,
+            (Op::Contains, Some(v)) => v.contains(&self.value),
+            (Op::NotContains, Some(v)) => !v.contains(&self.value),
+            (Op::Contains, None) => spec.tags.contains(&self.value),
+            (Op::NotContains, None) => !spec.tags.contains(&self.value),
+            // A list compared with a string is never equal.
+            (Op::Eq, None) => false,
+            (Op::Ne, None) => true,
+        }
+    }
+}
+
+/// Splits on ` and ` outside quotes.
+fn split_and(expr: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => quoted = !quoted,
+            _ if !quoted && expr[i..].starts_with(" and ") => {
+                parts.push(&expr[start..i]);
+                i += 5;
+                start = i;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.push(&expr[start..]);
+    parts
+}
+
+fn parse_clause(clause: &str) -> Result<Clause, String> {
+    let unsupported = || format!("unsupported filter expression: {clause:?}");
+    // `"value" in Selector` / `"value" not in Selector`
+    if let Some(rest) = clause.strip_prefix('"') {
+        let (value, rest) = rest.split_once('"').ok_or_else(unsupported)?;
+        let rest = rest.trim();
+        let (op, selector) = if let Some(s) = rest.strip_prefix("not in ") {
+            (Op::NotContains, s)
+        } else if let Some(s) = rest.strip_prefix("in ") {
+            (Op::Contains, s)
+        } else {
+            return Err(unsupported());
+        };
+        return Ok(Clause {
+            field: field(selector.trim()).ok_or_else(unsupported)?,
+            op,
+            value: value.to_owned(),
+        });
+    }
+    for (token, op) in [
+        (" == ", Op::Eq),
+        (" != ", Op::Ne),
+        (" not contains ", Op::NotContains),
+        (" contains ", Op::Contains),
+    ] {
+        if let Some((selector, value)) = clause.split_once(token) {
+            let value = value
+                .trim()
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .ok_or_else(unsupported)?;
+            return Ok(Clause {
+                field: field(selector.trim()).ok_or_else(unsupported)?,
+                op,
+                value: value.to_owned(),
+            });
+        }
+    }
+    Err(unsupported())
+}
+
+fn field(selector: &str) -> Option<Field> {
+    let s = selector
+        .strip_prefix("Service.")
+        .map(|rest| format!("Service{rest}"))
+        .unwrap_or_else(|| selector.to_owned());
+    if let Some(key) = s.strip_prefix("ServiceMeta.") {
+        return Some(Field::Meta(key.to_owned()));
+    }
+    Some(match s.as_str() {
+        "ServiceID" => Field::Id,
+        "ServiceService" | "ServiceName" => Field::Name,
+        "ServiceAddress" => Field::Address,
+        "ServicePort" => Field::Port,
+        "ServiceTags" => Field::Tags,
+        "Node" | "Node.Node" => Field::Node,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_supported_forms() {
+        let f =
+            Filter::parse(r#"Service.Tags contains "v2" and ServiceMeta.env == "prod""#).unwrap();
+        assert_eq!(
+            f.clauses,
+            [
+                Clause {
+                    field: Field::Tags,
+                    op: Op::Contains,
+                    value: "v2".into()
+                },
+                Clause {
+                    field: Field::Meta("env".into()),
+                    op: Op::Eq,
+                    value: "prod".into()
+                },
+            ]
+        );
+        let f = Filter::parse(r#""canary" not in ServiceTags"#).unwrap();
+        assert_eq!(f.clauses[0].op, Op::NotContains);
+        let f = Filter::parse(r#"Service.Meta.team != "a and b""#).unwrap();
+        assert_eq!(f.clauses[0].value, "a and b", "and inside quotes");
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_understand() {
+        for bad in [
+            "Service.Tags is empty",
+            "Checks.Status == \"passing\"",
+            "ServiceID == unquoted",
+            "(ServiceID == \"a\") or (ServiceID == \"b\")",
+        ] {
+            assert!(Filter::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
