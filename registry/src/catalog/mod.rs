@@ -1,0 +1,444 @@
+//! The catalog: a state machine driven by [`Command`]s.
+//!
+//! [`Catalog::apply`] is pure: no I/O, no clock, no randomness; time comes in as an
+//! argument. Every command that changes anything bumps the global index exactly
+//! once and stamps it as the `modify_index` of what it touched. The state lives in
+//! persistent maps ([`imbl`]) so publishing a read snapshot after a write is an
+//! O(1) clone: readers never wait for writers.
+//!
+//! Leases are tracked with one ordered timer set (`BTreeSet<(due, kind, id)>`):
+//! each instance has at most one lease timer and one removal timer in it. A
+//! heartbeat only moves the lease's atomic deadline; when a lease timer comes due,
+//! [`Command::Tick`] either finds the lease renewed and re-arms the timer at the
+//! new deadline (once per TTL at most, not once per heartbeat) or expires it.
+
+mod instance;
+#[cfg(test)]
+mod tests;
+mod timers;
+mod write;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use imbl::OrdMap;
+use roster_client::api::Health;
+use tokio::time::Instant;
+
+use crate::checks::CheckState;
+use crate::lease::{Lease, LeaseTable};
+use crate::model::{InstanceId, InstanceSpec, ServiceName};
+
+pub use instance::{Instance, ServiceState, Snapshot};
+
+/// A write to the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Register or replace an instance. Registering proves the instance alive, so it
+    /// also renews its lease.
+    Register {
+        /// Service.
+        service: ServiceName,
+        /// Instance id (unique in the registry).
+        id: InstanceId,
+        /// Validated registration.
+        spec: InstanceSpec,
+    },
+    /// Remove an instance.
+    Deregister {
+        /// Service.
+        service: ServiceName,
+        /// Instance id.
+        id: InstanceId,
+    },
+    /// Renew an instance's lease.
+    Heartbeat {
+        /// Service.
+        service: ServiceName,
+        /// Instance id.
+        id: InstanceId,
+    },
+    /// Enter (`Some(reason)`) or leave (`None`) maintenance.
+    SetMaintenance {
+        /// Service.
+        service: ServiceName,
+        /// Instance id.
+        id: InstanceId,
+        /// Reason while in maintenance.
+        reason: Option<String>,
+    },
+    /// Record a result of one of an instance's checks.
+    SetCheck {
+        /// Service.
+        service: ServiceName,
+        /// Instance id.
+        id: InstanceId,
+        /// Check id.
+        check: String,
+        /// New status.
+        status: Health,
+        /// Output to show with it.
+        output: String,
+        /// Who reports it: the health checker (active checks only) or the
+        /// instance itself (TTL checks only; this also restarts the check's TTL).
+        source: CheckSource,
+    },
+    /// Expire overdue leases and remove instances critical for too long.
+    Tick,
+    /// Replace the whole catalog (start-up load, snapshot restore). Every lease
+    /// gets `grace` on top of its TTL, and nothing is removed during the grace,
+    /// so instances have time to heartbeat before anything expires.
+    Restore {
+        /// Index of the data; the catalog continues at or above it, never below
+        /// its current index.
+        index: u64,
+        /// Index of the last change to the set of names.
+        names_index: u64,
+        /// The instances.
+        instances: Vec<Instance>,
+        /// Extra time for every lease.
+        grace: Duration,
+        /// Stamp every service and instance with the new index, so that watchers
+        /// see the restore as a change (runtime restore); otherwise keep the
+        /// stored indexes (start-up load).
+        stamp: bool,
+    },
+}
+
+/// Who reports a check result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckSource {
+    /// The registry's health checker, for `http`, `tcp` and `grpc` checks.
+    Probe,
+    /// The instance, for `ttl` checks.
+    Report,
+}
+
+/// Self-preservation settings: when more than `threshold` of the leased
+/// instances expired within `window` or are overdue now, the catalog stops
+/// expiring leases (the registry, not the instances, is probably cut off) until
+/// the share falls back under the threshold.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SelfPreservation {
+    /// Share of leased instances, 0–1; 0 turns the guard off.
+    pub threshold: f64,
+    /// How far back expirations count.
+    pub window: Duration,
+    /// The guard applies only with at least this many leased instances, so a
+    /// small development setup still expires its leases.
+    pub min_instances: usize,
+}
+
+impl Default for SelfPreservation {
+    fn default() -> Self {
+        SelfPreservation {
+            threshold: 0.15,
+            window: Duration::from_secs(60),
+            min_instances: 10,
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Global index after the command.
+    pub index: u64,
+    /// Whether anything changed (and the index moved).
+    pub changed: bool,
+    /// Leases expired by this command.
+    pub expired: u32,
+    /// Instances removed for being critical too long.
+    pub reaped: u32,
+    /// Leases overdue but kept alive by self-preservation.
+    pub held: u32,
+}
+
+/// Why a command was refused. Refused commands change nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// No such instance in that service.
+    #[error("instance {id:?} of service {service:?} is not registered")]
+    NotFound {
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// The id is taken by an instance of another service.
+    #[error(
+        "instance id {id:?} already belongs to service {existing:?}; ids are unique in the registry"
+    )]
+    Conflict {
+        /// Instance id.
+        id: String,
+        /// The service that owns it.
+        existing: String,
+    },
+    /// No check with that id on the instance.
+    #[error("instance {id:?} has no check {check:?}")]
+    CheckNotFound {
+        /// Instance id.
+        id: String,
+        /// Check id.
+        check: String,
+    },
+    /// The check cannot be updated that way.
+    #[error("{0}")]
+    WrongCheckKind(String),
+    /// A capacity limit was reached.
+    #[error("{what}: the limit is {limit}")]
+    Full {
+        /// Which limit.
+        what: &'static str,
+        /// Its value.
+        limit: usize,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    Lease,
+    Reap,
+    /// A TTL check, by its position in the spec.
+    Check(u16),
+    /// Removal of an instance whose check has been critical for the check's
+    /// `deregister_critical_after`.
+    CheckReap(u16),
+}
+
+#[derive(Debug, Default)]
+struct Record {
+    service: Arc<str>,
+    lease: Option<Arc<Lease>>,
+    lease_timer: Option<u64>,
+    reap_timer: Option<u64>,
+    /// Deadlines of the TTL checks: (position in the spec, due).
+    check_timers: Vec<(u16, u64)>,
+    /// Removal deadlines of critical checks with `deregister_critical_after`.
+    check_reaps: Vec<(u16, u64)>,
+    /// The lease is overdue and held by self-preservation.
+    held: bool,
+}
+
+/// Capacity limits enforced by the catalog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CatalogLimits {
+    /// Most instances in one service.
+    pub max_instances_per_service: usize,
+    /// Most instances in the registry.
+    pub max_instances: usize,
+}
+
+impl Default for CatalogLimits {
+    fn default() -> Self {
+        CatalogLimits {
+            max_instances_per_service: 10_000,
+            max_instances: 200_000,
+        }
+    }
+}
+
+/// The catalog state machine.
+#[derive(Debug)]
+pub struct Catalog {
+    epoch: Instant,
+    state: Snapshot,
+    records: HashMap<Arc<str>, Record>,
+    timers: BTreeSet<(u64, Timer, Arc<str>)>,
+    leases: Arc<LeaseTable>,
+    limits: CatalogLimits,
+    touched: Vec<Arc<str>>,
+    changed: Vec<Arc<str>>,
+    preservation: SelfPreservation,
+    /// Instances by the ids of their TTL checks, for APIs that address a check
+    /// by its id alone (Consul's).
+    ttl_index: HashMap<Arc<str>, Vec<Arc<str>>>,
+    /// The time of the command being applied.
+    now: u64,
+    /// Records with `held` set.
+    held: usize,
+    /// Times of recent lease expirations, oldest first.
+    expirations: std::collections::VecDeque<u64>,
+    preserving: bool,
+}
+
+impl Catalog {
+    /// An empty catalog. `epoch` is the origin of the lease clock; pass the current
+    /// time.
+    pub fn new(epoch: Instant, limits: CatalogLimits) -> Self {
+        Catalog {
+            epoch,
+            // The empty catalog is at index 1, so no state ever has index 0: a
+            // client passing 0 in a blocking query means "I have nothing yet".
+            state: Snapshot {
+                index: 1,
+                names_index: 1,
+                services: OrdMap::new(),
+            },
+            records: HashMap::new(),
+            timers: BTreeSet::new(),
+            leases: Arc::new(LeaseTable::default()),
+            limits,
+            touched: Vec::new(),
+            changed: Vec::new(),
+            preservation: SelfPreservation::default(),
+            ttl_index: HashMap::new(),
+            now: 0,
+            held: 0,
+            expirations: std::collections::VecDeque::new(),
+            preserving: false,
+        }
+    }
+
+    /// Changes the self-preservation settings.
+    pub fn set_self_preservation(&mut self, settings: SelfPreservation) {
+        self.preservation = settings;
+    }
+
+    /// Instances that have a TTL check with this id.
+    pub fn instances_with_ttl_check(&self, check: &str) -> &[Arc<str>] {
+        self.ttl_index.get(check).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether self-preservation is holding overdue leases right now.
+    pub fn self_preservation_active(&self) -> bool {
+        self.preserving
+    }
+
+    /// The lease table, for the heartbeat fast path.
+    pub fn leases(&self) -> &Arc<LeaseTable> {
+        &self.leases
+    }
+
+    /// The current state.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.state
+    }
+
+    /// Converts an instant to the lease clock (nanoseconds since the epoch).
+    pub fn clock(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX >> 1)
+    }
+
+    /// When the next timer comes due, if any: the time to run [`Command::Tick`].
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers
+            .first()
+            .map(|(due, _, _)| self.epoch + Duration::from_nanos(*due))
+    }
+
+    /// Services changed by the last [`Catalog::apply`], each once, in name order.
+    pub fn touched(&self) -> &[Arc<str>] {
+        &self.touched
+    }
+
+    /// Instances changed or removed by the last [`Catalog::apply`], each once.
+    pub fn changed(&self) -> &[Arc<str>] {
+        &self.changed
+    }
+
+    /// Looks up an instance by id alone.
+    pub fn instance_by_id(&self, id: &str) -> Option<&Arc<Instance>> {
+        let rec = self.records.get(id)?;
+        self.state.instance(&rec.service, id)
+    }
+
+    /// Applies `cmd` at time `now`.
+    pub fn apply(&mut self, cmd: Command, now: Instant) -> Result<Outcome, CatalogError> {
+        self.touched.clear();
+        self.changed.clear();
+        let now = self.clock(now);
+        self.now = now;
+        let next = self.state.index + 1;
+        let mut out = Outcome {
+            index: self.state.index,
+            ..Outcome::default()
+        };
+        out.changed = match cmd {
+            Command::Register { service, id, spec } => {
+                self.register(service, id, spec, now, next)?
+            }
+            Command::Deregister { service, id } => {
+                self.find(&service, &id)?;
+                self.remove(id.as_arc(), next);
+                true
+            }
+            Command::Heartbeat { service, id } => {
+                self.find(&service, &id)?;
+                self.renew(id.as_arc(), now, next)
+            }
+            Command::SetMaintenance {
+                service,
+                id,
+                reason,
+            } => {
+                let current = self.find(&service, &id)?;
+                if current.maintenance == reason {
+                    false
+                } else {
+                    let mut inst = (*current).clone();
+                    inst.maintenance = reason;
+                    self.put(inst, next);
+                    true
+                }
+            }
+            Command::SetCheck {
+                service,
+                id,
+                check,
+                status,
+                output,
+                source,
+            } => self.set_check(&service, &id, &check, status, output, source, now, next)?,
+            Command::Tick => self.tick(now, next, &mut out),
+            Command::Restore {
+                index,
+                names_index,
+                instances,
+                grace,
+                stamp,
+            } => {
+                let target = index.max(if stamp { next } else { self.state.index });
+                self.restore(target, names_index, instances, now, grace, stamp);
+                self.state.index = target;
+                out.index = target;
+                self.touched.sort_unstable();
+                self.touched.dedup();
+                out.changed = true;
+                return Ok(out);
+            }
+        };
+        if out.changed {
+            self.state.index = next;
+            out.index = next;
+            self.touched.sort_unstable();
+            self.touched.dedup();
+            self.changed.sort_unstable();
+            self.changed.dedup();
+        }
+        Ok(out)
+    }
+
+    fn find(&self, service: &ServiceName, id: &InstanceId) -> Result<Arc<Instance>, CatalogError> {
+        self.state
+            .instance(service.as_str(), id.as_str())
+            .cloned()
+            .ok_or_else(|| CatalogError::NotFound {
+                service: service.to_string(),
+                id: id.to_string(),
+            })
+    }
+}
+
+/// How often self-preservation looks again at a lease it holds.
+const HOLD_RECHECK: Duration = Duration::from_secs(1);
+
+fn spec_checks_initial(checks: &[crate::checks::CheckSpec]) -> Vec<CheckState> {
+    checks.iter().map(CheckState::initial).collect()
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX >> 2)
+}

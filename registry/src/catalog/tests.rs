@@ -1,0 +1,168 @@
+//! Unit tests of the catalog state machine.
+
+use super::*;
+use crate::model::Limits;
+use roster_client::api::RegisterRequest;
+
+fn spec(ttl: Option<u64>) -> InstanceSpec {
+    let req = RegisterRequest {
+        address: Some("10.0.0.1".into()),
+        port: 80,
+        ttl: ttl.map(Duration::from_secs),
+        deregister_critical_after: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    InstanceSpec::from_request(req, None, &Limits::default()).unwrap()
+}
+
+fn reg(svc: &str, id: &str, ttl: Option<u64>) -> Command {
+    Command::Register {
+        service: ServiceName::parse(svc).unwrap(),
+        id: InstanceId::parse(id).unwrap(),
+        spec: spec(ttl),
+    }
+}
+
+#[test]
+fn lease_expires_then_instance_is_reaped() {
+    let t0 = Instant::now();
+    let mut c = Catalog::new(t0, CatalogLimits::default());
+    let out = c.apply(reg("web", "a", Some(10)), t0).unwrap();
+    assert_eq!(out.index, 2, "the empty catalog is at index 1");
+    assert_eq!(c.next_deadline(), Some(t0 + Duration::from_secs(10)));
+    let out = c.apply(Command::Tick, t0 + Duration::from_secs(9)).unwrap();
+    assert!(!out.changed);
+    let out = c
+        .apply(Command::Tick, t0 + Duration::from_secs(10))
+        .unwrap();
+    assert_eq!((out.changed, out.expired, out.index), (true, 1, 3));
+    assert_eq!(
+        c.snapshot().instance("web", "a").unwrap().health(),
+        Health::Critical
+    );
+    let out = c
+        .apply(Command::Tick, t0 + Duration::from_secs(70))
+        .unwrap();
+    assert_eq!(out.reaped, 1);
+    assert!(c.snapshot().services.is_empty());
+    assert!(c.leases().is_empty());
+    assert!(c.next_deadline().is_none());
+}
+
+#[test]
+fn id_belongs_to_one_service() {
+    let t0 = Instant::now();
+    let mut c = Catalog::new(t0, CatalogLimits::default());
+    c.apply(reg("web", "a", None), t0).unwrap();
+    let err = c.apply(reg("db", "a", None), t0).unwrap_err();
+    assert!(matches!(err, CatalogError::Conflict { .. }));
+    assert_eq!(c.snapshot().index, 2);
+}
+
+#[test]
+fn limits_are_enforced() {
+    let t0 = Instant::now();
+    let limits = CatalogLimits {
+        max_instances_per_service: 2,
+        max_instances: 3,
+    };
+    let mut c = Catalog::new(t0, limits);
+    c.apply(reg("web", "a", None), t0).unwrap();
+    c.apply(reg("web", "b", None), t0).unwrap();
+    assert!(matches!(
+        c.apply(reg("web", "c", None), t0),
+        Err(CatalogError::Full { .. })
+    ));
+    c.apply(reg("db", "d", None), t0).unwrap();
+    assert!(matches!(
+        c.apply(reg("db", "e", None), t0),
+        Err(CatalogError::Full { .. })
+    ));
+    // Replacing an existing instance is not blocked by the limit.
+    c.apply(reg("web", "a", Some(5)), t0).unwrap();
+}
+
+#[test]
+fn maintenance_is_critical_but_not_reaped() {
+    let t0 = Instant::now();
+    let mut c = Catalog::new(t0, CatalogLimits::default());
+    c.apply(reg("web", "a", None), t0).unwrap();
+    let maint = |reason: Option<&str>| Command::SetMaintenance {
+        service: ServiceName::parse("web").unwrap(),
+        id: InstanceId::parse("a").unwrap(),
+        reason: reason.map(Into::into),
+    };
+    assert!(c.apply(maint(Some("deploy")), t0).unwrap().changed);
+    assert!(!c.apply(maint(Some("deploy")), t0).unwrap().changed);
+    assert_eq!(
+        c.snapshot().instance("web", "a").unwrap().health(),
+        Health::Critical
+    );
+    c.apply(Command::Tick, t0 + Duration::from_secs(3600))
+        .unwrap();
+    assert!(c.snapshot().instance("web", "a").is_some());
+    assert!(c.apply(maint(None), t0).unwrap().changed);
+    assert_eq!(
+        c.snapshot().instance("web", "a").unwrap().health(),
+        Health::Passing
+    );
+}
+
+fn reg_with_app_check(id: &str, dereg: u64) -> Command {
+    let req: RegisterRequest = serde_json::from_value(serde_json::json!({
+        "address": "10.0.0.1", "port": 80,
+        "checks": [{"id": "app", "ttl": "10s", "deregister_critical_after": format!("{dereg}s")}]
+    }))
+    .unwrap();
+    Command::Register {
+        service: ServiceName::parse("web").unwrap(),
+        id: InstanceId::parse(id).unwrap(),
+        spec: InstanceSpec::from_request(req, None, &Limits::default()).unwrap(),
+    }
+}
+
+fn report(id: &str, status: Health) -> Command {
+    Command::SetCheck {
+        service: ServiceName::parse("web").unwrap(),
+        id: InstanceId::parse(id).unwrap(),
+        check: "app".into(),
+        status,
+        output: String::new(),
+        source: CheckSource::Report,
+    }
+}
+
+#[test]
+fn a_check_critical_past_its_deregister_time_removes_the_instance() {
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let mut c = Catalog::new(t0, CatalogLimits::default());
+    c.apply(reg_with_app_check("a", 30), t0).unwrap();
+    c.apply(reg_with_app_check("b", 30), t0).unwrap();
+    assert_eq!(c.instances_with_ttl_check("app").len(), 2);
+    // Both start critical: the removal clock runs from registration, and
+    // stops with the first pass.
+    c.apply(report("a", Health::Passing), at(5)).unwrap();
+    c.apply(report("b", Health::Passing), at(5)).unwrap();
+    c.apply(report("b", Health::Passing), at(12)).unwrap();
+    // a falls silent: critical at 15, removed 30 s later. b fails at 20
+    // (removal due at 50), still fails at 29, recovers at 38.
+    c.apply(Command::Tick, at(15)).unwrap();
+    c.apply(report("b", Health::Critical), at(20)).unwrap();
+    c.apply(report("b", Health::Critical), at(29)).unwrap();
+    c.apply(report("b", Health::Passing), at(38)).unwrap();
+    c.apply(Command::Tick, at(44)).unwrap();
+    assert!(c.snapshot().instance("web", "a").is_some());
+    let out = c.apply(Command::Tick, at(46)).unwrap();
+    assert_eq!(out.reaped, 1);
+    assert!(c.snapshot().instance("web", "a").is_none());
+    assert_eq!(c.instances_with_ttl_check("app"), [Arc::from("b")]);
+    c.apply(Command::Tick, at(55)).unwrap();
+    assert!(
+        c.snapshot().instance("web", "b").is_some(),
+        "b recovered in time"
+    );
+    // Without its checks, b leaves the index.
+    c.apply(reg("web", "b", None), at(56)).unwrap();
+    assert!(c.instances_with_ttl_check("app").is_empty());
+}

@@ -1,0 +1,506 @@
+//! The commands that change instances: register, report a check, renew, put
+//! and remove, with the bookkeeping of leases, TTL-check timers and removal
+//! timers that goes with them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imbl::OrdMap;
+use roster_client::api::Health;
+
+use super::{
+    Catalog, CatalogError, CheckSource, Instance, Record, Timer, nanos, spec_checks_initial,
+};
+use crate::checks::{CheckState, Target, truncate_output};
+use crate::lease::Lease;
+use crate::model::{InstanceId, InstanceSpec, ServiceName};
+
+impl Catalog {
+    pub(super) fn register(
+        &mut self,
+        service: ServiceName,
+        id: InstanceId,
+        spec: InstanceSpec,
+        now: u64,
+        next: u64,
+    ) -> Result<bool, CatalogError> {
+        let existing = match self.records.get(id.as_str()) {
+            Some(rec) if rec.service != *service.as_arc() => {
+                return Err(CatalogError::Conflict {
+                    id: id.to_string(),
+                    existing: rec.service.to_string(),
+                });
+            }
+            Some(_) => self.state.instance(service.as_str(), id.as_str()).cloned(),
+            None => {
+                let in_service = self
+                    .state
+                    .services
+                    .get(service.as_str())
+                    .map_or(0, |s| s.instances.len());
+                if in_service >= self.limits.max_instances_per_service {
+                    return Err(CatalogError::Full {
+                        what: "instances per service",
+                        limit: self.limits.max_instances_per_service,
+                    });
+                }
+                if self.records.len() >= self.limits.max_instances {
+                    return Err(CatalogError::Full {
+                        what: "instances in the registry",
+                        limit: self.limits.max_instances,
+                    });
+                }
+                None
+            }
+        };
+        if let Some(current) = existing {
+            if current.spec == spec {
+                // Same registration again: it is a heartbeat, nothing more.
+                return Ok(self.renew(id.as_arc(), now, next));
+            }
+            let mut inst = (*current).clone();
+            // Keep the results (and TTL deadlines) of checks that did not
+            // change, so editing tags does not send a healthy instance back to
+            // critical, nor extend a TTL check the instance stopped reporting.
+            let carried: Vec<Option<usize>> = spec
+                .checks
+                .iter()
+                .map(|def| current.spec.checks.iter().position(|old| old == def))
+                .collect();
+            inst.checks = spec
+                .checks
+                .iter()
+                .zip(&carried)
+                .map(|(def, old)| {
+                    old.map_or_else(|| CheckState::initial(def), |i| current.checks[i].clone())
+                })
+                .collect();
+            let old_due: HashMap<usize, u64> = self.records[id.as_str()]
+                .check_timers
+                .iter()
+                .map(|(i, due)| (usize::from(*i), *due))
+                .collect();
+            inst.spec = spec;
+            self.cancel_checks(id.as_arc());
+            // Check positions may have moved: their removal timers start over.
+            let rec = self
+                .records
+                .get_mut(id.as_str())
+                .expect("record of a known instance");
+            for (i, due) in rec.check_reaps.drain(..) {
+                self.timers
+                    .remove(&(due, Timer::CheckReap(i), id.as_arc().clone()));
+            }
+            for (i, def) in inst.spec.checks.iter().enumerate() {
+                let Target::Ttl { ttl } = def.target else {
+                    continue;
+                };
+                let due = match carried[i] {
+                    // Its timer already fired: it is critical and stays so.
+                    Some(j) => match old_due.get(&j) {
+                        Some(due) => *due,
+                        None => continue,
+                    },
+                    None => now.saturating_add(nanos(ttl)),
+                };
+                self.records
+                    .get_mut(id.as_str())
+                    .expect("record of a known instance")
+                    .check_timers
+                    .push((i as u16, due));
+                self.timers
+                    .insert((due, Timer::Check(i as u16), inst.id.clone()));
+            }
+            let rec = self
+                .records
+                .get_mut(id.as_str())
+                .expect("record of a known instance");
+            if std::mem::take(&mut rec.held) {
+                self.held -= 1;
+            }
+            let old_lease = rec.lease.take();
+            let old_timer = rec.lease_timer.take();
+            if let Some(due) = old_timer {
+                self.timers
+                    .remove(&(due, Timer::Lease, id.as_arc().clone()));
+            }
+            if old_lease.is_some() {
+                self.leases.remove(id.as_str());
+            }
+            inst.lease = None;
+            self.cancel_reap(id.as_arc());
+            self.arm_lease(&mut inst, now);
+            self.put(inst, next);
+            return Ok(true);
+        }
+        let spec_checks = spec.checks.clone();
+        let mut inst = Instance {
+            id: id.as_arc().clone(),
+            service: service.as_arc().clone(),
+            spec,
+            lease: None,
+            maintenance: None,
+            checks: spec_checks_initial(&spec_checks),
+            create_index: next,
+            modify_index: next,
+        };
+        self.records.insert(
+            inst.id.clone(),
+            Record {
+                service: inst.service.clone(),
+                ..Record::default()
+            },
+        );
+        self.arm_lease(&mut inst, now);
+        self.arm_checks(&inst, now);
+        self.put(inst, next);
+        Ok(true)
+    }
+
+    pub(super) fn restore(
+        &mut self,
+        index: u64,
+        names_index: u64,
+        instances: Vec<Instance>,
+        now: u64,
+        grace: Duration,
+        stamp: bool,
+    ) {
+        self.touched.extend(self.state.services.keys().cloned());
+        self.changed.extend(self.records.keys().cloned());
+        for (id, rec) in self.records.drain() {
+            if rec.lease.is_some() {
+                self.leases.remove(&id);
+            }
+        }
+        self.timers.clear();
+        self.held = 0;
+        self.ttl_index.clear();
+        self.state.services = OrdMap::new();
+        let grace = nanos(grace);
+        for mut inst in instances {
+            if stamp {
+                inst.modify_index = index;
+                inst.create_index = inst.create_index.min(index);
+            }
+            let mut rec = Record {
+                service: inst.service.clone(),
+                ..Record::default()
+            };
+            if inst.checks.len() != inst.spec.checks.len() {
+                inst.checks = spec_checks_initial(&inst.spec.checks);
+            }
+            for (i, def) in inst.spec.checks.iter().enumerate() {
+                if let Target::Ttl { ttl } = def.target {
+                    let due = now.saturating_add(grace).saturating_add(nanos(ttl));
+                    rec.check_timers.push((i as u16, due));
+                    self.timers
+                        .insert((due, Timer::Check(i as u16), inst.id.clone()));
+                }
+                if let Some(after) = def.deregister_critical_after
+                    && inst.checks[i].status == Health::Critical
+                {
+                    let due = now.saturating_add(grace).saturating_add(nanos(after));
+                    rec.check_reaps.push((i as u16, due));
+                    self.timers
+                        .insert((due, Timer::CheckReap(i as u16), inst.id.clone()));
+                }
+            }
+            self.index_ttl(&inst);
+            if let Some(ttl) = inst.spec.ttl {
+                let ttl = nanos(ttl);
+                let deadline = now.saturating_add(ttl).saturating_add(grace);
+                let lease = Arc::new(Lease::new(inst.service.clone(), ttl, deadline));
+                if inst.lease == Some(Health::Critical) {
+                    // Expired before: stays critical, but is not removed before
+                    // the grace is over.
+                    let _ = lease.try_expire(deadline);
+                    let reap_at = now
+                        .saturating_add(grace)
+                        .saturating_add(nanos(inst.spec.deregister_critical_after));
+                    rec.reap_timer = Some(reap_at);
+                    self.timers.insert((reap_at, Timer::Reap, inst.id.clone()));
+                } else {
+                    inst.lease = Some(Health::Passing);
+                    rec.lease_timer = Some(deadline);
+                    self.timers
+                        .insert((deadline, Timer::Lease, inst.id.clone()));
+                }
+                self.leases.insert(inst.id.clone(), lease.clone());
+                rec.lease = Some(lease);
+            } else {
+                inst.lease = None;
+            }
+            self.touched.push(inst.service.clone());
+            self.changed.push(inst.id.clone());
+            self.records.insert(inst.id.clone(), rec);
+            let svc = self.state.services.entry(inst.service.clone()).or_default();
+            svc.modify_index = if stamp {
+                index
+            } else {
+                svc.modify_index.max(inst.modify_index)
+            };
+            svc.instances.insert(inst.id.clone(), Arc::new(inst));
+        }
+        self.state.names_index = if stamp {
+            index
+        } else {
+            names_index.clamp(1, index)
+        };
+        self.changed.sort_unstable();
+        self.changed.dedup();
+    }
+
+    /// Gives `inst` a fresh live lease if its spec has a TTL.
+    pub(super) fn arm_lease(&mut self, inst: &mut Instance, now: u64) {
+        let Some(ttl) = inst.spec.ttl else { return };
+        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX >> 2);
+        let deadline = now.saturating_add(ttl);
+        let lease = Arc::new(Lease::new(inst.service.clone(), ttl, deadline));
+        self.leases.insert(inst.id.clone(), lease.clone());
+        self.timers
+            .insert((deadline, Timer::Lease, inst.id.clone()));
+        let rec = self.records.get_mut(&inst.id).expect("record exists");
+        rec.lease = Some(lease);
+        rec.lease_timer = Some(deadline);
+        inst.lease = Some(Health::Passing);
+    }
+
+    /// Arms the timers of `inst`'s TTL checks, due one TTL after `now`.
+    pub(super) fn arm_checks(&mut self, inst: &Instance, now: u64) {
+        let rec = self.records.get_mut(&inst.id).expect("record exists");
+        for (i, def) in inst.spec.checks.iter().enumerate() {
+            if let Target::Ttl { ttl } = def.target {
+                let due = now.saturating_add(nanos(ttl));
+                rec.check_timers.push((i as u16, due));
+                self.timers
+                    .insert((due, Timer::Check(i as u16), inst.id.clone()));
+            }
+        }
+    }
+
+    pub(super) fn index_ttl(&mut self, inst: &Instance) {
+        for def in inst.spec.checks.iter() {
+            if matches!(def.target, Target::Ttl { .. }) {
+                self.ttl_index
+                    .entry(def.id.clone())
+                    .or_default()
+                    .push(inst.id.clone());
+            }
+        }
+    }
+
+    pub(super) fn unindex_ttl(&mut self, inst: &Instance) {
+        for def in inst.spec.checks.iter() {
+            if let Some(ids) = self.ttl_index.get_mut(&def.id) {
+                ids.retain(|i| *i != inst.id);
+                if ids.is_empty() {
+                    self.ttl_index.remove(&def.id);
+                }
+            }
+        }
+    }
+
+    /// Arms a removal timer for each check of `inst` that is critical and has a
+    /// `deregister_critical_after`, and cancels those of checks no longer
+    /// critical. A timer already running keeps its deadline.
+    pub(super) fn sync_check_reaps(&mut self, inst: &Instance) {
+        let Some(rec) = self.records.get_mut(&inst.id) else {
+            return;
+        };
+        let mut wanted: Vec<(u16, Duration)> = Vec::new();
+        for (i, (def, state)) in inst.spec.checks.iter().zip(&inst.checks).enumerate() {
+            if let Some(after) = def.deregister_critical_after
+                && state.status == Health::Critical
+            {
+                wanted.push((i as u16, after));
+            }
+        }
+        let timers = &mut self.timers;
+        rec.check_reaps.retain(|(i, due)| {
+            let keep = wanted.iter().any(|(w, _)| w == i);
+            if !keep {
+                timers.remove(&(*due, Timer::CheckReap(*i), inst.id.clone()));
+            }
+            keep
+        });
+        for (i, after) in wanted {
+            if rec.check_reaps.iter().all(|(r, _)| *r != i) {
+                let due = self.now.saturating_add(nanos(after));
+                rec.check_reaps.push((i, due));
+                timers.insert((due, Timer::CheckReap(i), inst.id.clone()));
+            }
+        }
+    }
+
+    pub(super) fn cancel_checks(&mut self, id: &Arc<str>) {
+        if let Some(rec) = self.records.get_mut(id) {
+            for (i, due) in rec.check_timers.drain(..) {
+                self.timers.remove(&(due, Timer::Check(i), id.clone()));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn set_check(
+        &mut self,
+        service: &ServiceName,
+        id: &InstanceId,
+        check: &str,
+        status: Health,
+        output: String,
+        source: CheckSource,
+        now: u64,
+        next: u64,
+    ) -> Result<bool, CatalogError> {
+        let current = self.find(service, id)?;
+        let Some(pos) = current.spec.checks.iter().position(|c| &*c.id == check) else {
+            return Err(CatalogError::CheckNotFound {
+                id: id.to_string(),
+                check: check.to_owned(),
+            });
+        };
+        let def = &current.spec.checks[pos];
+        match (source, &def.target) {
+            (CheckSource::Report, Target::Ttl { ttl }) => {
+                let due = now.saturating_add(nanos(*ttl));
+                let key = pos as u16;
+                let rec = self
+                    .records
+                    .get_mut(id.as_str())
+                    .expect("record of a known instance");
+                match rec.check_timers.iter_mut().find(|(i, _)| *i == key) {
+                    Some(slot) => {
+                        self.timers
+                            .remove(&(slot.1, Timer::Check(key), current.id.clone()));
+                        slot.1 = due;
+                    }
+                    None => rec.check_timers.push((key, due)),
+                }
+                self.timers
+                    .insert((due, Timer::Check(key), current.id.clone()));
+            }
+            (CheckSource::Probe, target) if def.is_active() => {
+                let _ = target;
+            }
+            (CheckSource::Report, _) => {
+                return Err(CatalogError::WrongCheckKind(format!(
+                    "check {check:?} is a {} check run by the registry; only ttl checks take pass, warn and fail",
+                    def.kind().as_str()
+                )));
+            }
+            (CheckSource::Probe, _) => {
+                return Err(CatalogError::WrongCheckKind(format!(
+                    "check {check:?} is a ttl check: the instance reports it"
+                )));
+            }
+        }
+        let output = truncate_output(output);
+        let state = &current.checks[pos];
+        if state.status == status && state.output == output {
+            return Ok(false);
+        }
+        let mut inst = (*current).clone();
+        inst.checks[pos] = CheckState { status, output };
+        self.put(inst, next);
+        Ok(true)
+    }
+
+    /// Renews a lease under the catalog lock; flips an expired lease back to passing.
+    pub(super) fn renew(&mut self, id: &Arc<str>, now: u64, next: u64) -> bool {
+        let rec = self
+            .records
+            .get_mut(id)
+            .expect("record of a known instance");
+        let Some(lease) = rec.lease.clone() else {
+            return false;
+        };
+        let deadline = now.saturating_add(lease.ttl()).max(lease.deadline());
+        let was_expired = lease.is_expired();
+        lease.revive(deadline);
+        if rec.lease_timer.is_none() {
+            rec.lease_timer = Some(deadline);
+            self.timers.insert((deadline, Timer::Lease, id.clone()));
+        }
+        if !was_expired {
+            return false;
+        }
+        self.cancel_reap(id);
+        let service = self.records[id].service.clone();
+        let mut inst = (*self.state.services[&service].instances[id]).clone();
+        inst.lease = Some(Health::Passing);
+        self.put(inst, next);
+        true
+    }
+
+    pub(super) fn cancel_reap(&mut self, id: &Arc<str>) {
+        if let Some(rec) = self.records.get_mut(id)
+            && let Some(due) = rec.reap_timer.take()
+        {
+            self.timers.remove(&(due, Timer::Reap, id.clone()));
+        }
+    }
+
+    /// Stores a changed instance and stamps the index on it and its service.
+    pub(super) fn put(&mut self, mut inst: Instance, index: u64) {
+        let old = self.state.instance(&inst.service, &inst.id).cloned();
+        if old
+            .as_ref()
+            .is_none_or(|o| !Arc::ptr_eq(&o.spec.checks, &inst.spec.checks))
+        {
+            if let Some(old) = &old {
+                self.unindex_ttl(old);
+            }
+            self.index_ttl(&inst);
+        }
+        self.sync_check_reaps(&inst);
+        inst.modify_index = index;
+        self.touched.push(inst.service.clone());
+        self.changed.push(inst.id.clone());
+        if !self.state.services.contains_key(&inst.service) {
+            self.state.names_index = index;
+        }
+        let svc = self.state.services.entry(inst.service.clone()).or_default();
+        svc.modify_index = index;
+        svc.instances.insert(inst.id.clone(), Arc::new(inst));
+    }
+
+    pub(super) fn remove(&mut self, id: &Arc<str>, index: u64) {
+        let Some(rec) = self.records.remove(id) else {
+            return;
+        };
+        if let Some(inst) = self.state.instance(&rec.service, id).cloned() {
+            self.unindex_ttl(&inst);
+        }
+        for (i, due) in &rec.check_reaps {
+            self.timers
+                .remove(&(*due, Timer::CheckReap(*i), id.clone()));
+        }
+        self.changed.push(id.clone());
+        if rec.held {
+            self.held -= 1;
+        }
+        for (i, due) in &rec.check_timers {
+            self.timers.remove(&(*due, Timer::Check(*i), id.clone()));
+        }
+        if let Some(due) = rec.lease_timer {
+            self.timers.remove(&(due, Timer::Lease, id.clone()));
+        }
+        if let Some(due) = rec.reap_timer {
+            self.timers.remove(&(due, Timer::Reap, id.clone()));
+        }
+        if rec.lease.is_some() {
+            self.leases.remove(id);
+        }
+        if let Some(svc) = self.state.services.get_mut(&rec.service) {
+            svc.instances.remove(id);
+            svc.modify_index = index;
+            if svc.instances.is_empty() {
+                self.state.services.remove(&rec.service);
+                self.state.names_index = index;
+            }
+        }
+        self.touched.push(rec.service);
+    }
+}
