@@ -407,3 +407,55 @@ async fn snapshot_save_and_restore_round_trip_through_the_cli() {
     }
     std::fs::remove_file(&file).unwrap();
 }
+
+/// Checks are part of the stored registration, with their last results: after
+/// a crash the definitions are back and a TTL check keeps what it last reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_and_their_results_survive_a_restart() {
+    let dir = temp_dir("checks");
+    let roster = Roster::spawn(&dir);
+    roster.ready().await;
+    let client = RosterClient::new(&roster.url).unwrap();
+    let req: RegisterRequest = serde_json::from_value(serde_json::json!({
+        "address": "10.9.8.7", "port": 80,
+        "checks": [
+            {"id": "app", "ttl": "1h"},
+            {"tcp": "127.0.0.1:9", "interval": "1h", "initial_status": "warning"}
+        ]
+    }))
+    .unwrap();
+    client.register("web", "w-1", &req).await.unwrap();
+    let resp = reqwest::Client::new()
+        .put(format!(
+            "{}/v1/services/web/instances/w-1/checks/app/pass",
+            roster.url
+        ))
+        .body(r#"{"output":"all good"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let before = client.instance("web", "w-1").await.unwrap();
+    roster.kill();
+
+    let roster = Roster::spawn(&dir);
+    roster.ready().await;
+    let client = RosterClient::new(&roster.url).unwrap();
+    let after = client.instance("web", "w-1").await.unwrap();
+    // The definitions come back whole; the TCP check may have run since, so
+    // only the TTL check's result is compared.
+    let defs = |i: &roster_client::api::Instance| {
+        i.checks
+            .iter()
+            .map(|c| (c.id.clone(), c.kind, c.target.clone(), c.interval, c.ttl))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(defs(&after), defs(&before));
+    assert_eq!(defs(&after).len(), 2);
+    let app = &after.checks[0];
+    assert_eq!(
+        (app.id.as_str(), app.status, app.output.as_str()),
+        ("app", Health::Passing, "all good")
+    );
+    roster.terminate();
+}
