@@ -125,6 +125,9 @@ pub struct CheckDefinition {
     /// A name for humans.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Free-form notes for humans (Consul's `Notes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
     /// URL to request: 2xx is passing, 429 warning, anything else critical.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
@@ -152,8 +155,9 @@ pub struct CheckDefinition {
     /// Time between runs of an active check (default 10s, at least 100ms).
     #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
-    /// Time a run may take before it counts as a failure (default 10s, at most
-    /// the interval).
+    /// Time a run may take before it counts as a failure (default 10s or the
+    /// interval if shorter; at most 5m). A run longer than the interval delays
+    /// the next one: a check never runs twice at once.
     #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Consecutive successes needed before the check turns passing (default 0:
@@ -242,6 +246,9 @@ pub struct Check {
     /// Name for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Notes for humans, from the definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
     /// What an active check probes: its URL or `host:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,

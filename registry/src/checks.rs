@@ -59,6 +59,8 @@ pub struct CheckSpec {
     pub id: Arc<str>,
     /// Name for humans.
     pub name: Option<String>,
+    /// Notes for humans.
+    pub notes: Option<String>,
     /// What to probe.
     pub target: Target,
     /// Time between runs (unused for TTL checks).
@@ -109,6 +111,7 @@ impl CheckSpec {
         let mut def = CheckDefinition {
             id: Some(self.id.to_string()),
             name: self.name.clone(),
+            notes: self.notes.clone(),
             success_before_passing: self.success_before_passing,
             failures_before_warning: Some(self.failures_before_warning),
             failures_before_critical: self.failures_before_critical,
@@ -257,12 +260,21 @@ impl CheckSpec {
                 "names are at most 256 bytes, no control characters",
             ));
         }
+        if def.notes.as_ref().is_some_and(|n| n.len() > 1024) {
+            return Err(FieldError::new("notes", "notes are at most 1024 bytes"));
+        }
         let interval = def.interval.unwrap_or(Duration::from_secs(10));
         in_range("interval", interval, limits.check_interval_range)?;
         let timeout = def
             .timeout
             .unwrap_or_else(|| Duration::from_secs(10).min(interval));
-        in_range("timeout", timeout, (Duration::from_millis(10), interval))?;
+        // A timeout above the interval is allowed (Consul allows it): the run
+        // delays the next one, since a check never runs twice at once.
+        in_range(
+            "timeout",
+            timeout,
+            (Duration::from_millis(10), Duration::from_secs(300)),
+        )?;
         if let Some(d) = def.deregister_critical_after {
             in_range("deregister_critical_after", d, limits.dereg_range)?;
         }
@@ -281,6 +293,7 @@ impl CheckSpec {
         Ok(CheckSpec {
             id,
             name: def.name,
+            notes: def.notes,
             target,
             interval,
             timeout,
@@ -551,7 +564,7 @@ mod tests {
             "checks[0].interval"
         );
         assert_eq!(
-            field(r#"[{"tcp":"a:1","interval":"1s","timeout":"5s"}]"#),
+            field(r#"[{"tcp":"a:1","interval":"1s","timeout":"10m"}]"#),
             "checks[0].timeout"
         );
         assert_eq!(field(r#"[{"ttl":"30s","id":"ttl"}]"#), "checks[0].id");

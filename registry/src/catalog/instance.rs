@@ -60,6 +60,7 @@ impl Instance {
                     "lease renewed".into()
                 },
                 name: Some("lease".into()),
+                notes: None,
                 target: None,
                 interval: None,
                 timeout: None,
@@ -74,6 +75,7 @@ impl Instance {
                 status: state.status,
                 output: state.output.clone(),
                 name: def.name.clone(),
+                notes: def.notes.clone(),
                 target: def.target_text(),
                 interval: active.then_some(def.interval),
                 timeout: active.then_some(def.timeout),

@@ -248,6 +248,7 @@ fn check(def: Value, default_id: String) -> Result<CheckDefinition, DecodeError>
                 .unwrap_or(default_id),
         ),
         name: string(&map, "name")?.filter(|s| !s.is_empty()),
+        notes: string(&map, "notes")?.filter(|s| !s.is_empty()),
         http: string(&map, "http")?.filter(|s| !s.is_empty()),
         method: string(&map, "method")?.filter(|s| !s.is_empty()),
         headers,

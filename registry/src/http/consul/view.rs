@@ -196,6 +196,9 @@ pub fn checks(inst: &Instance, node: &ConsulNode) -> Vec<Value> {
             &state.output,
             def.kind().as_str(),
         );
+        if let Some(notes) = &def.notes {
+            check["Notes"] = json!(notes);
+        }
         if def.is_active() {
             check["Interval"] = json!(roster_client::api::duration::format(def.interval));
             check["Timeout"] = json!(roster_client::api::duration::format(def.timeout));
