@@ -297,3 +297,36 @@ async fn self_preservation_ignores_small_catalogs() {
     assert!(!h.registry.self_preservation_active());
     assert_eq!(h.metric("roster_lease_expirations_total"), 5.0);
 }
+
+/// The same with heartbeats out of step (deadlines spread over a heartbeat
+/// period, as in real life): the guard must trip before the first silent lease
+/// expires, not after 15 % of them already have.
+#[tokio::test(start_paused = true)]
+async fn self_preservation_trips_before_the_first_of_spread_deadlines() {
+    let h = Harness::start_with(CatalogLimits::default(), SelfPreservation::default());
+    let ids: Vec<String> = (0..20).map(|i| format!("i{i:02}")).collect();
+    // Instance n registers (and then heartbeats every 3 s) at an offset of n*100 ms.
+    for step in 0..300u64 {
+        let t_ms = step * 100;
+        for (n, id) in ids.iter().enumerate() {
+            let phase = n as u64 * 100;
+            if t_ms < phase || !(t_ms - phase).is_multiple_of(3000) {
+                continue;
+            }
+            if t_ms == phase {
+                h.register("web", id, 10, 30);
+            } else if n < 10 || t_ms < 9000 {
+                // Instances 10..20 fall silent at t = 9 s.
+                h.heartbeat("web", id).await.unwrap();
+            }
+        }
+        sleep(secs(0.1)).await;
+    }
+    // t = 30 s: the silent ones were due between 16 s and 19 s.
+    assert!(h.registry.self_preservation_active());
+    assert_eq!(h.metric("roster_lease_expirations_total"), 0.0);
+    assert!(
+        ids.iter()
+            .all(|id| h.health("web", id) == Some(Health::Passing))
+    );
+}

@@ -257,8 +257,8 @@ pub struct Catalog {
     ttl_index: HashMap<Arc<str>, Vec<Arc<str>>>,
     /// The time of the command being applied.
     now: u64,
-    /// Records with `held` set.
-    held: usize,
+    /// When the self-preservation decision was last made (0: never).
+    guard_at: u64,
     /// Times of recent lease expirations, oldest first.
     expirations: std::collections::VecDeque<u64>,
     preserving: bool,
@@ -286,7 +286,7 @@ impl Catalog {
             preservation: SelfPreservation::default(),
             ttl_index: HashMap::new(),
             now: 0,
-            held: 0,
+            guard_at: 0,
             expirations: std::collections::VecDeque::new(),
             preserving: false,
         }

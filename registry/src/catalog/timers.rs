@@ -4,6 +4,10 @@
 use roster_client::api::{self, Health};
 
 use super::{Catalog, HOLD_RECHECK, Outcome, Timer, nanos};
+
+/// How long a self-preservation decision is reused by ticks that expire or
+/// remove something.
+const GUARD_REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
 use crate::checks::{CheckState, Target};
 
 impl Catalog {
@@ -16,32 +20,57 @@ impl Catalog {
             self.preserving = false;
             return false;
         }
+        // Only a tick that would expire or remove something needs a fresh
+        // decision; others reuse it for a while (the count below walks the
+        // leases due soon, so it is not done on every tick).
+        let mut acts = false;
+        for (due, kind, id) in &self.timers {
+            if *due > now {
+                break;
+            }
+            acts |= match kind {
+                Timer::Lease => self.records[id]
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| !l.is_expired() && l.deadline() <= now),
+                Timer::Reap | Timer::CheckReap(_) => true,
+                Timer::Check(_) => false,
+            };
+        }
+        let age = now.saturating_sub(self.guard_at);
+        let fresh = if acts { GUARD_REFRESH } else { HOLD_RECHECK };
+        if self.guard_at != 0 && age < nanos(fresh) {
+            return self.preserving;
+        }
+        self.guard_at = now.max(1);
         let since = now.saturating_sub(nanos(p.window));
         while self.expirations.front().is_some_and(|t| *t < since) {
             self.expirations.pop_front();
         }
-        let mut overdue_due = 0usize;
-        let mut held_due = 0usize;
+        // Late leases: not renewed for two thirds of their TTL (a client
+        // heartbeating every ttl/3 has missed two beats). When the registry is
+        // cut off, every silent lease turns late within one heartbeat period, so
+        // counting them trips the guard before the first of them expires, even
+        // though their deadlines are spread out. A lease timer is never later
+        // than its lease's deadline, so the leases due within the window are
+        // all among the timers due within it.
+        let horizon = now.saturating_add(nanos(p.window));
+        let mut late = 0usize;
         for (due, kind, id) in &self.timers {
-            if *due > now {
+            if *due > horizon {
                 break;
             }
             if *kind != Timer::Lease {
                 continue;
             }
-            let rec = &self.records[id];
-            if rec.held {
-                held_due += 1;
-            }
-            if let Some(lease) = &rec.lease
+            if let Some(lease) = &self.records[id].lease
                 && !lease.is_expired()
-                && lease.deadline() <= now
+                && lease.deadline() < now.saturating_add(lease.ttl() / 3)
             {
-                overdue_due += 1;
+                late += 1;
             }
         }
-        let overdue = overdue_due + (self.held - held_due);
-        let share = (self.expirations.len() + overdue) as f64 / total as f64;
+        let share = (self.expirations.len() + late) as f64 / total as f64;
         self.preserving = share > p.threshold;
         self.preserving
     }
@@ -66,19 +95,13 @@ impl Catalog {
                     let deadline = lease.deadline();
                     if hold && deadline <= now {
                         // Overdue, but too many are: keep it alive and look again soon.
-                        if !rec.held {
-                            rec.held = true;
-                            self.held += 1;
-                        }
+                        rec.held = true;
                         rec.lease_timer = Some(recheck);
                         self.timers.insert((recheck, Timer::Lease, id));
                         out.held += 1;
                         continue;
                     }
                     let was_held = std::mem::take(&mut rec.held);
-                    if was_held {
-                        self.held -= 1;
-                    }
                     if let Err(renewed) = lease.try_expire(now) {
                         rec.lease_timer = Some(renewed);
                         self.timers.insert((renewed, Timer::Lease, id));

@@ -116,9 +116,7 @@ impl Catalog {
                 .records
                 .get_mut(id.as_str())
                 .expect("record of a known instance");
-            if std::mem::take(&mut rec.held) {
-                self.held -= 1;
-            }
+            rec.held = false;
             let old_lease = rec.lease.take();
             let old_timer = rec.lease_timer.take();
             if let Some(due) = old_timer {
@@ -175,7 +173,7 @@ impl Catalog {
             }
         }
         self.timers.clear();
-        self.held = 0;
+        self.guard_at = 0;
         self.ttl_index.clear();
         self.state.services = OrdMap::new();
         let grace = nanos(grace);
@@ -478,9 +476,6 @@ impl Catalog {
                 .remove(&(*due, Timer::CheckReap(*i), id.clone()));
         }
         self.changed.push(id.clone());
-        if rec.held {
-            self.held -= 1;
-        }
         for (i, due) in &rec.check_timers {
             self.timers.remove(&(*due, Timer::Check(*i), id.clone()));
         }
