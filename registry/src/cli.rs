@@ -37,7 +37,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the registry server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run only a DNS front end that follows the registry given by --registry
     /// (scale DNS out apart from the registry).
     Dns(DnsArgs),

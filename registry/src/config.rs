@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 use crate::catalog::{CatalogLimits, SelfPreservation};
 use crate::health::CheckerConfig;
+use crate::http::limits::LimitConfig;
+use crate::http::serve::{ServeConfig, TlsFiles};
 use crate::model::{Limits, PanicPolicy};
 
 /// Flags of `roster serve`. Each also reads a `ROSTER_*` variable.
@@ -85,6 +87,59 @@ pub struct ServeArgs {
     /// off [default: 0].
     #[arg(long, env = "ROSTER_PANIC_THRESHOLD", value_name = "RATIO")]
     pub panic_threshold: Option<f64>,
+    /// Require a token on every API call (`Authorization: Bearer`, or
+    /// `X-Consul-Token`); `--acl=false` turns it off over the file [default: false].
+    #[arg(
+        long,
+        env = "ROSTER_ACL",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    pub acl: Option<bool>,
+    /// TOML file listing the tokens and their policies (read, write:PATTERN,
+    /// admin); the variable ROSTER_ACL_TOKENS may hold the same text instead.
+    #[arg(long, env = "ROSTER_ACL_TOKENS_FILE", value_name = "FILE")]
+    pub acl_tokens: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS instead of HTTP (with --tls-key).
+    #[arg(
+        long,
+        env = "ROSTER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "ROSTER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: require client certificates signed by them.
+    #[arg(long, env = "ROSTER_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Most HTTP connections open at once; more are closed [default: 10000].
+    #[arg(long, env = "ROSTER_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most requests in flight, watches excluded; more get 503 [default: 1024].
+    #[arg(long, env = "ROSTER_MAX_REQUESTS", value_name = "N")]
+    pub max_requests: Option<usize>,
+    /// Most blocking queries and watch streams open; more get 503 [default: 16384].
+    #[arg(long, env = "ROSTER_MAX_WATCHERS", value_name = "N")]
+    pub max_watchers: Option<usize>,
+    /// Writes per second allowed per client IP, 0 for no limit [default: 0].
+    #[arg(long, env = "ROSTER_WRITE_RATE_LIMIT", value_name = "PER_SECOND")]
+    pub write_rate_limit: Option<f64>,
+    /// Deadline of a request that is not a watch [default: 30s].
+    #[arg(long, env = "ROSTER_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub request_timeout: Option<Duration>,
+    /// Time a client has to send request headers [default: 15s].
+    #[arg(long, env = "ROSTER_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub header_read_timeout: Option<Duration>,
     /// Datacenter name the Consul-compatible API reports and accepts in `?dc=`
     /// [default: dc1].
     #[arg(long, env = "ROSTER_DATACENTER", value_name = "NAME")]
@@ -132,6 +187,19 @@ struct FileConfig {
     panic_threshold: Option<f64>,
     datacenter: Option<String>,
     node_name: Option<String>,
+    acl: Option<bool>,
+    acl_tokens: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    max_connections: Option<usize>,
+    max_requests: Option<usize>,
+    max_watchers: Option<usize>,
+    write_rate_limit: Option<f64>,
+    #[serde(default, with = "duration::option")]
+    request_timeout: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    header_read_timeout: Option<Duration>,
     #[serde(default)]
     panic_thresholds: std::collections::BTreeMap<String, f64>,
 }
@@ -194,6 +262,12 @@ pub struct Config {
     pub datacenter: String,
     /// Node name of the Consul-compatible API.
     pub node_name: String,
+    /// Tokens when ACLs are on; `None` when they are off.
+    pub acl: Option<crate::acl::Tokens>,
+    /// Connections and TLS.
+    pub serve: ServeConfig,
+    /// Overload limits.
+    pub limits_http: LimitConfig,
 }
 
 /// Default DNS listen address.
@@ -221,6 +295,9 @@ impl Default for Config {
             panic: PanicPolicy::default(),
             datacenter: "dc1".into(),
             node_name: default_node_name(),
+            acl: None,
+            serve: ServeConfig::default(),
+            limits_http: LimitConfig::default(),
         }
     }
 }
@@ -299,6 +376,62 @@ impl Config {
         if let Some(n) = args.node_name.clone().or(file.node_name) {
             cfg.node_name = n;
         }
+        if args.acl.or(file.acl).unwrap_or(false) {
+            let text = match args.acl_tokens.clone().or(file.acl_tokens) {
+                Some(path) => std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::Read { path, source })?,
+                None => std::env::var("ROSTER_ACL_TOKENS").unwrap_or_default(),
+            };
+            let tokens =
+                crate::acl::Tokens::parse(&text).map_err(|message| ConfigError::Invalid {
+                    setting: "acl_tokens",
+                    message,
+                })?;
+            if tokens.is_empty() {
+                return Err(ConfigError::Invalid {
+                    setting: "acl_tokens",
+                    message: "ACLs are on but no token is configured: give --acl-tokens FILE or ROSTER_ACL_TOKENS".into(),
+                });
+            }
+            cfg.acl = Some(tokens);
+        }
+        match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => {
+                cfg.serve.tls = Some(TlsFiles {
+                    cert,
+                    key,
+                    client_ca: args.tls_client_ca.clone().or(file.tls_client_ca),
+                });
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError::Invalid {
+                    setting: "tls_cert",
+                    message: "give both tls_cert and tls_key".into(),
+                });
+            }
+        }
+        if let Some(n) = args.max_connections.or(file.max_connections) {
+            cfg.serve.max_connections = n;
+        }
+        if let Some(t) = args.header_read_timeout.or(file.header_read_timeout) {
+            cfg.serve.header_read_timeout = t;
+        }
+        if let Some(n) = args.max_requests.or(file.max_requests) {
+            cfg.limits_http.max_requests = n;
+        }
+        if let Some(n) = args.max_watchers.or(file.max_watchers) {
+            cfg.limits_http.max_watchers = n;
+        }
+        if let Some(r) = args.write_rate_limit.or(file.write_rate_limit) {
+            cfg.limits_http.write_rate = r;
+        }
+        if let Some(t) = args.request_timeout.or(file.request_timeout) {
+            cfg.limits_http.request_timeout = t;
+        }
         cfg.panic.services = file
             .panic_thresholds
             .into_iter()
@@ -350,6 +483,35 @@ impl Config {
         }
         if !label_ok(&self.node_name) {
             return invalid("node_name", "1 to 128 letters, digits, '-', '_' or '.'");
+        }
+        for (setting, n) in [
+            ("max_connections", self.serve.max_connections),
+            ("max_requests", self.limits_http.max_requests),
+            ("max_watchers", self.limits_http.max_watchers),
+        ] {
+            if n == 0 || n > 10_000_000 {
+                return invalid(setting, "must be between 1 and 10000000");
+            }
+        }
+        if !(0.0..=1e9).contains(&self.limits_http.write_rate) {
+            return invalid(
+                "write_rate_limit",
+                "must be 0 (no limit) or a positive rate",
+            );
+        }
+        for (setting, d) in [
+            ("request_timeout", self.limits_http.request_timeout),
+            ("header_read_timeout", self.serve.header_read_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return invalid(setting, "must be between 100ms and 1h");
+            }
+        }
+        if let Some(tls) = &self.serve.tls {
+            tls.load().map_err(|message| ConfigError::Invalid {
+                setting: "tls_cert",
+                message,
+            })?;
         }
         if self.checker.concurrency == 0 || self.checker.concurrency > 100_000 {
             return invalid("check_concurrency", "must be between 1 and 100000");

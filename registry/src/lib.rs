@@ -1,6 +1,7 @@
 //! The roster service registry: catalog, leases, HTTP API and the `roster` binary.
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod catalog;
 pub mod checks;
 pub mod cli;

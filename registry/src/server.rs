@@ -14,7 +14,12 @@ use crate::config::Config;
 use crate::dns_view::RegistryView;
 use crate::health::Checker;
 use crate::http::consul::ConsulNode;
+use crate::http::limits::Limiter;
+use crate::http::serve::{TlsState, serve};
 use crate::http::{AppState, router};
+
+/// How often the TLS files are checked for changes.
+const TLS_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::metrics::Metrics;
 use crate::probe::NetProber;
 use crate::registry::Registry;
@@ -46,6 +51,21 @@ impl Server {
         let mut state = AppState::new(registry.clone(), config.limits.clone(), shutdown.clone());
         state.lease_grace = config.lease_grace;
         state.panic = Arc::new(config.panic.clone());
+        state.acl = config.acl.clone().map(Arc::new);
+        state.limiter = Arc::new(Limiter::new(config.limits_http.clone()));
+        let tls = match &config.serve.tls {
+            Some(files) => Some(
+                TlsState::new(files.clone())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
+        };
+        if let Some(tokens) = &state.acl {
+            tracing::info!(
+                tokens = tokens.len(),
+                "ACLs on: every API call needs a token"
+            );
+        }
         state.consul = Arc::new(ConsulNode::new(
             &config.datacenter,
             &config.node_name,
@@ -120,13 +140,23 @@ impl Server {
             tracing::info!(addr = %dns.local_addr(), %domain, "roster DNS listening (UDP and TCP)");
             tasks.spawn(dns.run(shutdown.clone().cancelled_owned()));
         }
-        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-        tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        });
-        tracing::info!(%local_addr, "roster HTTP API listening");
+        if let Some(tls) = tls.clone() {
+            let cancel = shutdown.clone();
+            tasks.spawn(async move {
+                tls.watch(TLS_POLL, cancel).await;
+                Ok(())
+            });
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let app = router(state);
+        tasks.spawn(serve(
+            listener,
+            app,
+            config.serve.clone(),
+            tls,
+            shutdown.clone(),
+        ));
+        tracing::info!(%local_addr, scheme, "roster HTTP API listening");
         Ok(Server {
             local_addr,
             dns_addr,

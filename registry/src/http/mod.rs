@@ -1,10 +1,13 @@
 //! The HTTP API: native `/v1` endpoints plus `/health`, `/ready` and `/metrics`.
 
+mod auth;
 mod bodies;
 pub mod consul;
-mod extract;
+pub mod extract;
+pub mod limits;
 mod ops;
 mod problem;
+pub mod serve;
 mod services;
 mod snapshot;
 mod watch;
@@ -37,6 +40,10 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// When healthy-only queries answer with every instance.
     pub panic: Arc<PanicPolicy>,
+    /// Overload limits.
+    pub limiter: Arc<limits::Limiter>,
+    /// Tokens, when ACLs are on; `None` lets every call through.
+    pub acl: Option<Arc<crate::acl::Tokens>>,
     /// The node and datacenter the Consul-compatible API reports.
     pub consul: Arc<consul::ConsulNode>,
     /// True once the catalog is loaded and writes are accepted.
@@ -61,6 +68,8 @@ impl AppState {
             registry,
             limits: Arc::new(limits),
             panic: Arc::default(),
+            acl: None,
+            limiter: Arc::default(),
             consul: Arc::new(consul::ConsulNode::new(
                 "dc1",
                 "roster",
@@ -128,6 +137,11 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             refuse_writes_until_ready,
         ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }

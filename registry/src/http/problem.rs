@@ -28,6 +28,15 @@ impl ApiError {
         }
     }
 
+    /// 401 (no token) or 403 (a token that may not do this).
+    pub fn forbidden(status: StatusCode, detail: String) -> Self {
+        if status == StatusCode::UNAUTHORIZED {
+            Self::new(status, "unauthorized", "Token required", detail)
+        } else {
+            Self::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed", detail)
+        }
+    }
+
     /// What went wrong, for humans.
     pub fn detail(&self) -> &str {
         &self.detail

@@ -1,6 +1,9 @@
 //! `/v1/agent/…`: registration, checks and maintenance through the one agent
 //! the registry pretends to be.
 
+use std::sync::Arc;
+
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -10,6 +13,7 @@ use serde_json::{Map, Value, json};
 use super::decode::{normalize, registration};
 use super::view::{agent_service, checks as consul_checks};
 use super::{ConsulError, check_dc, reply};
+use crate::acl::{Need, Principal};
 use crate::catalog::{CheckSource, Command};
 use crate::http::AppState;
 use crate::http::extract::{PeerIp, QueryPairs};
@@ -90,6 +94,7 @@ pub(super) async fn checks(
 
 pub(super) async fn register(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     PeerIp(peer): PeerIp,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ConsulError> {
@@ -100,6 +105,7 @@ pub(super) async fn register(
         .map_err(|e| ConsulError::bad_request(format!("Invalid service name: {}", e.detail)))?;
     let id = InstanceId::parse(&reg.id)
         .map_err(|e| ConsulError::bad_request(format!("Invalid service ID: {}", e.detail)))?;
+    may_write(&principal, &service)?;
     let spec = InstanceSpec::from_request(reg.request, peer, &state.limits)?;
     let out = state
         .registry
@@ -110,6 +116,7 @@ pub(super) async fn register(
 
 pub(super) async fn deregister(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path(id): Path<String>,
 ) -> Result<Response, ConsulError> {
     let inst = state.registry.instance_by_id(&id).ok_or_else(|| {
@@ -117,10 +124,12 @@ pub(super) async fn deregister(
             "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
         ))
     })?;
+    let service = ServiceName::parse(&inst.service)?;
+    may_write(&principal, &service)?;
     let out = state
         .registry
         .write(Command::Deregister {
-            service: ServiceName::parse(&inst.service)?,
+            service,
             id: InstanceId::parse(&inst.id)?,
         })
         .await?;
@@ -132,10 +141,11 @@ pub(super) async fn maintenance(
     Path(id): Path<String>,
     query: QueryPairs,
 ) -> Result<Response, ConsulError> {
+    // Go's strconv.ParseBool, as Consul reads it (py-consul sends "True").
     let enable = match query.all("enable").last() {
         None => return Err(ConsulError::bad_request("Missing value for enable")),
-        Some("true") => true,
-        Some("false") => false,
+        Some("1" | "t" | "T" | "TRUE" | "true" | "True") => true,
+        Some("0" | "f" | "F" | "FALSE" | "false" | "False") => false,
         Some(other) => {
             return Err(ConsulError::bad_request(format!(
                 "Invalid value for enable: {other:?}"
@@ -161,34 +171,38 @@ pub(super) async fn maintenance(
 
 pub(super) async fn pass(
     state: State<AppState>,
+    principal: Extension<Arc<Principal>>,
     check: Path<String>,
     query: QueryPairs,
 ) -> Result<Response, ConsulError> {
     let note = query.all("note").last().unwrap_or("").to_owned();
-    report(state, check, Health::Passing, note).await
+    report(state, principal, check, Health::Passing, note).await
 }
 
 pub(super) async fn warn(
     state: State<AppState>,
+    principal: Extension<Arc<Principal>>,
     check: Path<String>,
     query: QueryPairs,
 ) -> Result<Response, ConsulError> {
     let note = query.all("note").last().unwrap_or("").to_owned();
-    report(state, check, Health::Warning, note).await
+    report(state, principal, check, Health::Warning, note).await
 }
 
 pub(super) async fn fail(
     state: State<AppState>,
+    principal: Extension<Arc<Principal>>,
     check: Path<String>,
     query: QueryPairs,
 ) -> Result<Response, ConsulError> {
     let note = query.all("note").last().unwrap_or("").to_owned();
-    report(state, check, Health::Critical, note).await
+    report(state, principal, check, Health::Critical, note).await
 }
 
 /// `PUT /v1/agent/check/update/{check_id}` with `{"Status": …, "Output": …}`.
 pub(super) async fn update(
     state: State<AppState>,
+    principal: Extension<Arc<Principal>>,
     check: Path<String>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ConsulError> {
@@ -214,11 +228,12 @@ pub(super) async fn update(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    report(state, check, status, output).await
+    report(state, principal, check, status, output).await
 }
 
 async fn report(
     State(state): State<AppState>,
+    Extension(principal): Extension<Arc<Principal>>,
     Path(check): Path<String>,
     status: Health,
     output: String,
@@ -244,10 +259,12 @@ async fn report(
             )));
         }
     };
+    let service = ServiceName::parse(&service)?;
+    may_write(&principal, &service)?;
     let out = state
         .registry
         .write(Command::SetCheck {
-            service: ServiceName::parse(&service)?,
+            service,
             id: InstanceId::parse(&id)?,
             check,
             status,
@@ -256,6 +273,22 @@ async fn report(
         })
         .await?;
     Ok(reply(out.index, &Value::Null).map_empty())
+}
+
+/// Checks a write the ACL gate could not judge from the path alone.
+fn may_write(principal: &Principal, service: &ServiceName) -> Result<(), ConsulError> {
+    if principal.allows(&Need::Write(service.to_string())) {
+        Ok(())
+    } else {
+        Err(ConsulError(
+            axum::http::StatusCode::FORBIDDEN,
+            format!(
+                "Permission denied: token {:?} may not write service {:?}",
+                principal.name,
+                service.as_str()
+            ),
+        ))
+    }
 }
 
 /// Consul answers writes with an empty 200 body.

@@ -1,0 +1,319 @@
+//! Access control: bearer tokens and the policies they carry.
+//!
+//! A registry is a control plane: whoever can write to it can redirect
+//! traffic. With ACLs on, every API call but the operational endpoints needs a
+//! token. Policies:
+//!
+//! - `read`: queries, watches, blocking queries;
+//! - `write:PATTERN`: register, deregister, heartbeat and report checks of the
+//!   services whose names match `PATTERN` (`*` matches any run of characters);
+//!   a writer may also read;
+//! - `admin`: everything, including snapshots and maintenance.
+//!
+//! Secrets are kept only as SHA-256 digests and compared in constant time; they
+//! never reach a log.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+/// One permission a request needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Read the catalog.
+    Read,
+    /// Change instances of this service.
+    Write(String),
+    /// Change instances of some service; the handler checks which.
+    AnyWrite,
+    /// Administer the registry.
+    Admin,
+}
+
+/// A service-name pattern of a `write:` policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pattern(String);
+
+impl Pattern {
+    /// Whether `service` (lowercase) matches.
+    ///
+    /// ```
+    /// use roster_registry::acl::Pattern;
+    /// let p = Pattern::new("web-*");
+    /// assert!(p.matches("web-api") && p.matches("web-"));
+    /// assert!(!p.matches("db"));
+    /// assert!(Pattern::new("*-internal").matches("billing-internal"));
+    /// ```
+    pub fn new(raw: &str) -> Pattern {
+        Pattern(raw.to_ascii_lowercase())
+    }
+
+    /// Glob match with `*` as the only wildcard.
+    pub fn matches(&self, service: &str) -> bool {
+        glob(self.0.as_bytes(), service.as_bytes())
+    }
+}
+
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
+        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
+    }
+}
+
+/// What a token may do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's name, for logs and errors (never the secret).
+    pub name: String,
+    /// May read.
+    pub read: bool,
+    /// May administer (implies everything).
+    pub admin: bool,
+    /// Services it may write.
+    pub write: Vec<Pattern>,
+}
+
+impl Principal {
+    /// Everything allowed: ACLs off.
+    pub fn root() -> Principal {
+        Principal {
+            name: "anonymous (ACLs off)".into(),
+            read: true,
+            admin: true,
+            write: Vec::new(),
+        }
+    }
+
+    /// Whether this principal has `need`.
+    pub fn allows(&self, need: &Need) -> bool {
+        if self.admin {
+            return true;
+        }
+        match need {
+            Need::Read => self.read || !self.write.is_empty(),
+            Need::Write(service) => self.write.iter().any(|p| p.matches(service)),
+            Need::AnyWrite => !self.write.is_empty(),
+            Need::Admin => false,
+        }
+    }
+}
+
+/// One token as configured.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    name: String,
+    secret: String,
+    policies: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    #[serde(default)]
+    tokens: Vec<TokenEntry>,
+}
+
+/// The configured tokens.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Tokens {
+    entries: Vec<([u8; 32], Arc<Principal>)>,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names only: digests of secrets stay out of debug output too.
+        f.debug_list()
+            .entries(self.entries.iter().map(|(_, p)| &p.name))
+            .finish()
+    }
+}
+
+/// Shortest secret accepted.
+pub const MIN_SECRET_LEN: usize = 16;
+
+impl Tokens {
+    /// Parses the TOML token list:
+    ///
+    /// ```toml
+    /// [[tokens]]
+    /// name = "deployer"
+    /// secret = "a long random string"
+    /// policies = ["read", "write:web-*"]
+    /// ```
+    pub fn parse(text: &str) -> Result<Tokens, String> {
+        let file: TokenFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut tokens = Tokens::default();
+        for entry in file.tokens {
+            let name = entry.name;
+            if entry.secret.len() < MIN_SECRET_LEN {
+                return Err(format!(
+                    "token {name:?}: secrets must be at least {MIN_SECRET_LEN} characters"
+                ));
+            }
+            if entry
+                .secret
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(format!(
+                    "token {name:?}: secrets cannot hold spaces or control characters"
+                ));
+            }
+            let mut principal = Principal {
+                name: name.clone(),
+                ..Principal::default()
+            };
+            for policy in &entry.policies {
+                match policy.split_once(':') {
+                    None if policy == "read" => principal.read = true,
+                    None if policy == "admin" => principal.admin = true,
+                    Some(("write", pattern)) if !pattern.is_empty() => {
+                        principal.write.push(Pattern::new(pattern));
+                    }
+                    _ => {
+                        return Err(format!(
+                            "token {name:?}: unknown policy {policy:?} (use read, write:PATTERN or admin)"
+                        ));
+                    }
+                }
+            }
+            let digest = digest(&entry.secret);
+            if tokens.entries.iter().any(|(d, _)| *d == digest) {
+                return Err(format!(
+                    "token {name:?}: the same secret is configured twice"
+                ));
+            }
+            tokens.entries.push((digest, Arc::new(principal)));
+        }
+        Ok(tokens)
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The principal of `secret`. Every entry is compared, each in constant
+    /// time, so the time taken says nothing about which or how much matched.
+    pub fn lookup(&self, secret: &str) -> Option<Arc<Principal>> {
+        let wanted = digest(secret);
+        let mut found = None;
+        for (d, principal) in &self.entries {
+            if constant_time_eq(d, &wanted) {
+                found = Some(principal.clone());
+            }
+        }
+        found
+    }
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+        [[tokens]]
+        name = "reader"
+        secret = "rrrrrrrrrrrrrrrrrrrr"
+        policies = ["read"]
+
+        [[tokens]]
+        name = "web-writer"
+        secret = "wwwwwwwwwwwwwwwwwwww"
+        policies = ["write:web*"]
+
+        [[tokens]]
+        name = "ops"
+        secret = "aaaaaaaaaaaaaaaaaaaa"
+        policies = ["admin"]
+    "#;
+
+    #[test]
+    fn policies_allow_what_they_say() {
+        let tokens = Tokens::parse(FILE).unwrap();
+        let reader = tokens.lookup("rrrrrrrrrrrrrrrrrrrr").unwrap();
+        let writer = tokens.lookup("wwwwwwwwwwwwwwwwwwww").unwrap();
+        let ops = tokens.lookup("aaaaaaaaaaaaaaaaaaaa").unwrap();
+        assert!(tokens.lookup("nope-nope-nope-nope").is_none());
+        let web = Need::Write("web-api".into());
+        let db = Need::Write("db".into());
+        assert!(
+            reader.allows(&Need::Read) && !reader.allows(&web) && !reader.allows(&Need::AnyWrite)
+        );
+        assert!(writer.allows(&web) && !writer.allows(&db) && writer.allows(&Need::Read));
+        assert!(!writer.allows(&Need::Admin) && !reader.allows(&Need::Admin));
+        assert!(
+            [Need::Read, web, db, Need::Admin]
+                .iter()
+                .all(|n| ops.allows(n))
+        );
+        assert_eq!(format!("{tokens:?}"), r#"["reader", "web-writer", "ops"]"#);
+    }
+
+    #[test]
+    fn bad_token_files_are_refused() {
+        for (file, needle) in [
+            (
+                r#"[[tokens]]
+                name = "x"
+                secret = "short"
+                policies = ["read"]"#,
+                "at least",
+            ),
+            (
+                r#"[[tokens]]
+                name = "x"
+                secret = "xxxxxxxxxxxxxxxxxxxx"
+                policies = ["delete"]"#,
+                "unknown policy",
+            ),
+            (
+                r#"[[tokens]]
+                name = "x"
+                secret = "xxxxxxxxxxxxxxxxxxxx"
+                policies = ["write:"]"#,
+                "unknown policy",
+            ),
+            (
+                r#"[[tokens]]
+                name = "x"
+                secret = "xxxxxxxxxxxxxxxxxxxx"
+                policies = []
+                [[tokens]]
+                name = "y"
+                secret = "xxxxxxxxxxxxxxxxxxxx"
+                policies = []"#,
+                "twice",
+            ),
+            (
+                r#"[[tokens]]
+                name = "x"
+                token = "xxxxxxxxxxxxxxxxxxxx""#,
+                "unknown field",
+            ),
+        ] {
+            let err = Tokens::parse(file).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The HTTP server loop: accepts connections (plain or TLS), caps how many are
+//! open, gives each a header-read timeout (a slowloris client is cut off
+//! instead of holding a connection forever), and shuts down gracefully.
+//!
+//! `axum::serve` offers none of these knobs, so connections are served with
+//! hyper directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// Connection-level settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Most connections open at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// TLS, when set.
+    pub tls: Option<TlsFiles>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(15),
+            tls: None,
+        }
+    }
+}
+
+/// Where the TLS material lives; read at start and again when it changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA certificates that client certificates must chain to; without it
+    /// clients need none.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Longest TLS handshake allowed.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl TlsFiles {
+    /// Builds a server configuration from the files.
+    pub fn load(&self) -> Result<ServerConfig, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| format!("{}: {e}", self.cert.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate found", self.cert.display()));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| format!("{}: {e}", self.key.display()))?;
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+                {
+                    let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("{} and {}: {e}", self.cert.display(), self.key.display()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    fn modified(&self) -> Vec<Option<SystemTime>> {
+        let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut out = vec![mtime(&self.cert), mtime(&self.key)];
+        if let Some(ca) = &self.client_ca {
+            out.push(mtime(ca));
+        }
+        out
+    }
+}
+
+/// The TLS configuration in use, swapped when the files change or on SIGHUP.
+#[derive(Debug)]
+pub struct TlsState {
+    files: TlsFiles,
+    current: ArcSwap<ServerConfig>,
+}
+
+impl TlsState {
+    /// Loads the files; fails when they cannot be used.
+    pub fn new(files: TlsFiles) -> Result<Arc<TlsState>, String> {
+        let config = files.load()?;
+        Ok(Arc::new(TlsState {
+            files,
+            current: ArcSwap::from_pointee(config),
+        }))
+    }
+
+    /// Loads the files again; keeps the old configuration if they are broken.
+    pub fn reload(&self) -> bool {
+        match self.files.load() {
+            Ok(config) => {
+                self.current.store(Arc::new(config));
+                tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed; still serving the previous certificate");
+                false
+            }
+        }
+    }
+
+    /// Reloads on SIGHUP and whenever a file's modification time changes
+    /// (checked every `poll`), until `cancel`.
+    pub async fn watch(self: Arc<Self>, poll: Duration, cancel: CancellationToken) {
+        let mut seen = self.files.modified();
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = hangup => {
+                    self.reload();
+                    seen = self.files.modified();
+                }
+                () = tokio::time::sleep(poll) => {
+                    let now = self.files.modified();
+                    if now != seen {
+                        seen = now;
+                        self.reload();
+                    }
+                }
+            }
+        }
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown`; then stops accepting, lets
+/// in-flight requests finish and waits for every connection to close.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    config: ServeConfig,
+    tls: Option<Arc<TlsState>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    loop {
+        let (tcp, remote) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Over the cap: closing at once costs less than serving slowly.
+            drop(tcp);
+            continue;
+        };
+        let app = app.clone();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let shutdown = shutdown.clone();
+        let header_timeout = config.header_read_timeout;
+        tracker.spawn(async move {
+            let _permit = permit;
+            let _ = tcp.set_nodelay(true);
+            match acceptor {
+                None => connection(tcp, remote, app, header_timeout, shutdown).await,
+                Some(acceptor) => {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                    {
+                        connection(stream, remote, app, header_timeout, shutdown).await;
+                    }
+                }
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn connection<IO>(
+    io: IO,
+    remote: SocketAddr,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(remote));
+        app.clone().oneshot(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(64 * 1024);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
