@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::iter;
+use std::net::SocketAddr;
 use std::slice;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -9,14 +11,16 @@ use std::sync::{Arc, PoisonError, RwLock};
 use hickory_proto::op::{Edns, Header, HeaderCounts, LowerQuery, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{NS, SOA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::BinDecoder;
 use hickory_server::net::runtime::Time;
-use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::names::{self, Shape};
 use crate::render::{Addr, Rendered, Selection};
+use crate::rrl::{RateLimiter, RrlStats, Verdict};
 use crate::wire::{self, OPT_LEN};
 use crate::{ConfigError, DnsConfig, ServiceView};
 
@@ -46,6 +50,9 @@ struct Inner {
     cache: RwLock<HashMap<Box<str>, Arc<Rendered>>>,
     /// Rotation counter: one step per query.
     turn: AtomicUsize,
+    /// An empty question section, sent instead of a question that must not be echoed.
+    no_question: Queries,
+    rrl: Option<RateLimiter>,
 }
 
 impl fmt::Debug for DnsHandler {
@@ -133,6 +140,9 @@ impl DnsHandler {
             )),
         );
         let ns = Record::from_rdata(domain.clone(), config.ttl, RData::NS(NS(ns_name)));
+        let rrl = config.rrl.as_ref().map(RateLimiter::new).transpose()?;
+        let no_question =
+            Queries::read(&mut BinDecoder::new(&[]), 0).expect("an empty question section decodes");
         Ok(DnsHandler {
             inner: Arc::new(Inner {
                 view,
@@ -142,6 +152,8 @@ impl DnsHandler {
                 ns,
                 cache: RwLock::new(HashMap::new()),
                 turn: AtomicUsize::new(0),
+                no_question,
+                rrl,
                 config,
             }),
         })
@@ -155,6 +167,15 @@ impl DnsHandler {
     /// The domain answered for, lowercase and fully qualified (`roster.`).
     pub fn domain(&self) -> &Name {
         &self.inner.domain
+    }
+
+    /// Answers withheld by response rate limiting so far, in every clone of
+    /// this handler (all zero when [`DnsConfig::rrl`] is off).
+    pub fn rrl_stats(&self) -> RrlStats {
+        self.inner
+            .rrl
+            .as_ref()
+            .map_or_else(RrlStats::default, RateLimiter::stats)
     }
 
     /// The rendered records of `service`, from the cache when its index has not moved.
@@ -387,15 +408,42 @@ fn rotate(records: &mut [Record], turn: usize) {
     }
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
+/// A response decided but not yet encoded: hickory's `MessageResponse`
+/// borrows its sections from here.
+pub(crate) struct Prepared {
+    metadata: Metadata,
+    edns: Option<Edns>,
+    reply: Reply,
+    fit: wire::Fit,
+    /// Whether the request's question section is sent back.
+    echo: bool,
+    /// The largest encoding the transport takes.
+    pub(crate) limit: usize,
+}
+
+/// The response types `DnsHandler::response` builds.
+pub(crate) type Response<'q> = MessageResponse<
+    'q,
+    'q,
+    slice::Iter<'q, Record>,
+    slice::Iter<'q, Record>,
+    iter::Empty<&'q Record>,
+    slice::Iter<'q, Record>,
+>;
+
+impl DnsHandler {
+    /// What response rate limiting says about an answer to `src` over `protocol`.
+    pub(crate) fn limit(&self, src: SocketAddr, udp: bool) -> Verdict {
+        match &self.inner.rrl {
+            Some(limiter) if udp => limiter.check(src.ip(), Instant::now()),
+            _ => Verdict::Answer,
+        }
+    }
+
+    /// Resolves and sizes the answer to `request`; with `slip`, a truncated
+    /// empty answer that sends the requester to TCP instead.
+    pub(crate) fn prepare(&self, request: &Request, udp: bool, slip: bool) -> Prepared {
         let config = &self.inner.config;
-        let udp = request.protocol() == Protocol::Udp;
         let max_udp = config.max_udp_payload.max(512);
         let limit = match (&request.edns, udp) {
             (_, false) => TCP_LIMIT,
@@ -411,51 +459,137 @@ impl RequestHandler for DnsHandler {
             });
             edns
         });
-        let reply = self.reply(request);
+        let echo = question_is_plain(request.queries.as_bytes());
+        let reply = if !echo {
+            Reply::error(ResponseCode::FormErr)
+        } else if slip {
+            Reply::error(ResponseCode::NoError)
+        } else {
+            self.reply(request)
+        };
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.response_code = reply.rcode;
         metadata.authoritative = reply.authoritative;
-        let authority = if reply.negative {
-            slice::from_ref(&self.inner.soa)
-        } else {
-            &[]
-        };
         let budget = limit - if edns.is_some() { OPT_LEN } else { 0 };
         let fit = wire::fit(
             &metadata,
-            &request.queries,
+            if echo {
+                &request.queries
+            } else {
+                &self.inner.no_question
+            },
             &reply.answers,
-            authority,
+            self.authority(&reply),
             &reply.additionals,
             budget,
         );
-        metadata.truncation = fit.truncated;
+        metadata.truncation = fit.truncated || slip;
         debug!(
             id = request.metadata.id,
             query = ?request.queries.queries().first().map(|q| q.original()),
             rcode = %reply.rcode,
             answers = fit.answers,
             of = reply.answers.len(),
-            truncated = fit.truncated,
+            truncated = metadata.truncation,
+            slip,
             "dns query"
         );
-        let response = MessageResponseBuilder::new(&request.queries, edns.as_ref()).build(
+        Prepared {
             metadata,
-            &reply.answers[..fit.answers],
-            if fit.authority { authority } else { &[] },
-            [],
-            &reply.additionals[..fit.additionals],
-        );
-        match response_handle.send_response(response).await {
+            edns,
+            reply,
+            fit,
+            echo,
+            limit,
+        }
+    }
+
+    /// The hickory response for `prepared`, ready to encode.
+    pub(crate) fn response<'q>(
+        &'q self,
+        request: &'q Request,
+        prepared: &'q Prepared,
+    ) -> Response<'q> {
+        let queries = if prepared.echo {
+            &request.queries
+        } else {
+            &self.inner.no_question
+        };
+        let fit = &prepared.fit;
+        let authority = if fit.authority {
+            self.authority(&prepared.reply)
+        } else {
+            &[]
+        };
+        MessageResponseBuilder::new(queries, prepared.edns.as_ref()).build(
+            prepared.metadata,
+            &prepared.reply.answers[..fit.answers],
+            authority,
+            iter::empty(),
+            &prepared.reply.additionals[..fit.additionals],
+        )
+    }
+
+    /// The authority section of `reply`: the SOA of negative answers.
+    fn authority(&self, reply: &Reply) -> &[Record] {
+        if reply.negative {
+            slice::from_ref(&self.inner.soa)
+        } else {
+            &[]
+        }
+    }
+}
+
+/// Whether a question section (already decoded by hickory) is free of
+/// compression pointers and so reads the same when echoed after another header.
+fn question_is_plain(mut bytes: &[u8]) -> bool {
+    while let Some((&len, rest)) = bytes.split_first() {
+        if len & 0xC0 != 0 {
+            return false;
+        }
+        if len == 0 {
+            // Root label ends the name; type and class follow.
+            bytes = rest.get(4..).unwrap_or_default();
+        } else {
+            bytes = rest.get(usize::from(len)..).unwrap_or_default();
+        }
+    }
+    true
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    /// Answers under hickory's own `Server`; [`DnsServer`](crate::DnsServer)
+    /// uses [`DnsHandler::answer_bytes`] instead. An answer dropped by rate
+    /// limiting is not sent, and the returned info says REFUSED.
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let udp = request.protocol().is_datagram();
+        let info = |rcode| {
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = rcode;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        };
+        let slip = match self.limit(request.src(), udp) {
+            Verdict::Drop => return info(ResponseCode::Refused),
+            Verdict::Slip => true,
+            Verdict::Answer => false,
+        };
+        let prepared = self.prepare(request, udp, slip);
+        match response_handle
+            .send_response(self.response(request, &prepared))
+            .await
+        {
             Ok(info) => info,
             Err(error) => {
                 debug!(id = request.metadata.id, %error, "dns response not sent");
-                let mut metadata = Metadata::response_from_request(&request.metadata);
-                metadata.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                })
+                info(ResponseCode::ServFail)
             }
         }
     }

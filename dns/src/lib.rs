@@ -81,6 +81,18 @@
 //!   per query, so naive clients that take the first record spread their load.
 //! * Rendered records are cached per service and [`ServiceRecords::index`]: a
 //!   query only filters, rotates and copies prepared records.
+//! * Over UDP, an answer is never larger than the requester's EDNS payload
+//!   size (values below 512 count as 512) nor [`DnsConfig::max_udp_payload`],
+//!   and never larger than 512 bytes without EDNS, so the server cannot
+//!   amplify a forged query beyond what the requester asked for.
+//! * A question section using name compression is refused with FORMERR and
+//!   not echoed: in a single question a pointer can only aim at the header,
+//!   whose bytes differ in the answer, so the echo would not decode.
+//! * Optional response rate limiting of UDP answers per source prefix
+//!   ([`DnsConfig::rrl`], off by default; see [`rrl`]), with counters in
+//!   [`DnsHandler::rrl_stats`].
+//! * [`DnsHandler::answer_bytes`] is the whole path from request bytes to
+//!   answer bytes, used by [`DnsServer`] and by fuzzers.
 //! * The query path logs at `debug` level only. [`DnsServer`] uses its own
 //!   socket loops rather than `hickory_server::Server`, whose per-request
 //!   logging is at `info` level.
@@ -89,14 +101,26 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod answer;
 mod handler;
 mod names;
 mod render;
+pub mod rrl;
 mod server;
 mod wire;
 
 pub use handler::DnsHandler;
+pub use rrl::{RateLimiter, RrlConfig, RrlStats, Verdict};
 pub use server::{DnsServer, serve};
+
+/// The transport a request came over, for [`DnsHandler::answer_bytes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP: answers are sized to the requester's buffer and may be rate limited.
+    Udp,
+    /// TCP (or any stream): answers up to 65535 bytes, never rate limited.
+    Tcp,
+}
 
 /// Everything the DNS front end needs to know about one service, as the
 /// registry renders it once per change of the service.
@@ -151,6 +175,9 @@ pub struct DnsConfig {
     /// Largest UDP answer, whatever the requester advertises (default 4096).
     /// Values below 512 are raised to 512.
     pub max_udp_payload: u16,
+    /// Response rate limiting of UDP answers per source prefix (default
+    /// `None`: off).
+    pub rrl: Option<RrlConfig>,
 }
 
 impl Default for DnsConfig {
@@ -160,6 +187,7 @@ impl Default for DnsConfig {
             ttl: 0,
             negative_ttl: 5,
             max_udp_payload: 4096,
+            rrl: None,
         }
     }
 }
@@ -173,6 +201,12 @@ pub enum ConfigError {
         /// The configured domain.
         domain: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// The response rate limiting settings cannot work.
+    #[error("invalid DNS rate limiting settings: {reason}")]
+    InvalidRateLimit {
+        /// What is wrong with them.
         reason: String,
     },
 }

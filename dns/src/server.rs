@@ -1,8 +1,8 @@
 //! UDP and TCP listeners on one port, feeding a [`DnsHandler`].
 //!
 //! These loops replace `hickory_server::Server`, which logs every request at
-//! `info` level: they decode requests with hickory, hand them to the handler
-//! and write what it answers. Undecodable messages with a readable header get
+//! `info` level: they hand every message to [`DnsHandler::answer_bytes`] and
+//! write what it answers. Undecodable messages with a readable header get
 //! FORMERR; shorter ones and responses (QR=1) are dropped, like hickory does.
 
 use std::future::Future;
@@ -12,14 +12,6 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Header, Message, MessageType, ResponseCode};
-use hickory_proto::rr::Record;
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
-use hickory_server::net::NetError;
-use hickory_server::net::runtime::TokioTime;
-use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -27,7 +19,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use crate::DnsHandler;
+use crate::{DnsHandler, Transport};
 
 /// How many times [`DnsServer::bind`] looks for a port free for both UDP and TCP.
 const BIND_ATTEMPTS: usize = 10;
@@ -131,7 +123,7 @@ async fn udp_loop(socket: Arc<UdpSocket>, handler: DnsHandler) -> io::Result<()>
             }
         };
         let sink = Sink::Udp(socket.clone(), src);
-        handle(&handler, buf[..len].to_vec(), src, Protocol::Udp, sink).await;
+        handle(&handler, &buf[..len], src, Transport::Udp, &sink).await;
     }
 }
 
@@ -168,43 +160,22 @@ async fn tcp_connection(stream: TcpStream, src: SocketAddr, handler: DnsHandler)
         ) {
             return;
         }
-        handle(&handler, buf, src, Protocol::Tcp, sink.clone()).await;
+        handle(&handler, &buf, src, Transport::Tcp, &sink).await;
     }
 }
 
-/// Decodes one message and answers it.
+/// Answers one message, if it gets an answer.
 async fn handle(
     handler: &DnsHandler,
-    bytes: Vec<u8>,
+    bytes: &[u8],
     src: SocketAddr,
-    protocol: Protocol,
-    sink: Sink,
+    transport: Transport,
+    sink: &Sink,
 ) {
-    let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else {
-        return; // shorter than a header: not DNS
-    };
-    if header.metadata.message_type == MessageType::Response || src.port() == 0 {
-        return;
-    }
-    match Request::from_bytes(bytes, src, protocol) {
-        Ok(request) => {
-            handler
-                .handle_request::<_, TokioTime>(&request, Responder { sink })
-                .await;
-        }
-        Err(error) => {
-            debug!(id = header.metadata.id, %error, "malformed dns message");
-            let mut reply = Message::new(
-                header.metadata.id,
-                MessageType::Response,
-                header.metadata.op_code,
-            );
-            reply.metadata.response_code = ResponseCode::FormErr;
-            reply.metadata.recursion_desired = header.metadata.recursion_desired;
-            if let Ok(bytes) = reply.to_vec() {
-                let _ = sink.send(&bytes).await;
-            }
-        }
+    if let Some(answer) = handler.answer_bytes(bytes, src, transport)
+        && let Err(error) = sink.send(&answer).await
+    {
+        debug!(%error, "dns response not sent");
     }
 }
 
@@ -227,40 +198,5 @@ impl Sink {
                 writer.lock().await.write_all(&framed).await
             }
         }
-    }
-}
-
-/// The [`ResponseHandler`] given to the handler: encodes within the transport's
-/// limit (as hickory's own `ResponseHandle` does) and sends.
-#[derive(Clone, Debug)]
-struct Responder {
-    sink: Sink,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for Responder {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let max = match &self.sink {
-            Sink::Udp(..) => response
-                .edns()
-                .map_or(512, |edns| edns.max_payload().max(512)),
-            Sink::Tcp(_) => u16::MAX,
-        };
-        let mut buf = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut buf);
-        encoder.set_max_size(max);
-        let info = response.destructive_emit(&mut encoder)?;
-        self.sink.send(&buf).await?;
-        Ok(info)
     }
 }

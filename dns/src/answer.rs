@@ -1,0 +1,114 @@
+//! From request bytes to answer bytes: the whole query path without sockets.
+
+use std::net::SocketAddr;
+
+use hickory_proto::op::{Header, HeaderCounts, Message, MessageType, ResponseCode};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::Request;
+use tracing::debug;
+
+use crate::rrl::Verdict;
+use crate::{DnsHandler, Transport};
+
+/// Size of the header.
+const HEADER: usize = 12;
+/// Smallest question: the root name, type and class.
+const MIN_QUESTION: u64 = 5;
+/// Smallest record: the root name, type, class, TTL and an empty RDATA.
+const MIN_RECORD: u64 = 11;
+
+impl DnsHandler {
+    /// Answers one DNS message received from `src`: the bytes to send back, or
+    /// `None` when nothing is sent (shorter than a header, a response rather
+    /// than a query, source port 0, or dropped by rate limiting).
+    ///
+    /// This is what [`DnsServer`](crate::DnsServer) does with every message it
+    /// reads; it needs no runtime, so fuzzers and tests can call it directly.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # struct Empty;
+    /// # impl roster_dns::ServiceView for Empty {
+    /// #     fn service(&self, _: &str) -> Option<Arc<roster_dns::ServiceRecords>> { None }
+    /// # }
+    /// use roster_dns::{DnsConfig, DnsHandler, Transport};
+    ///
+    /// let handler = DnsHandler::new(Arc::new(Empty), DnsConfig::default()).unwrap();
+    /// let header_only = [0x12, 0x34, 0x01, 0x00, 0, 0, 0, 0, 0, 0, 0, 0];
+    /// let src = "192.0.2.1:5353".parse().unwrap();
+    /// let answer = handler.answer_bytes(&header_only, src, Transport::Udp).unwrap();
+    /// assert_eq!(answer[3] & 0x0f, 1, "FORMERR: no question");
+    /// ```
+    pub fn answer_bytes(
+        &self,
+        request: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let header = Header::read(&mut BinDecoder::new(request)).ok()?;
+        if header.metadata.message_type == MessageType::Response || src.port() == 0 {
+            return None;
+        }
+        let udp = transport == Transport::Udp;
+        let slip = match self.limit(src, udp) {
+            Verdict::Drop => return None,
+            Verdict::Slip => true,
+            Verdict::Answer => false,
+        };
+        let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
+        // hickory reserves room for every announced question before reading
+        // one: a 12-byte message announcing 65535 would cost megabytes.
+        let parsed = if counts_fit(&header.counts, request.len()) {
+            Request::from_bytes(request.to_vec(), src, protocol)
+                .inspect_err(
+                    |error| debug!(id = header.metadata.id, %error, "malformed dns message"),
+                )
+                .ok()
+        } else {
+            None
+        };
+        let Some(parsed) = parsed else {
+            return Some(bare(&header, ResponseCode::FormErr, slip));
+        };
+        let prepared = self.prepare(&parsed, udp, slip);
+        let mut buf = Vec::with_capacity(prepared.limit.min(512));
+        let mut encoder = BinEncoder::new(&mut buf);
+        encoder.set_max_size(u16::try_from(prepared.limit).unwrap_or(u16::MAX));
+        match self
+            .response(&parsed, &prepared)
+            .destructive_emit(&mut encoder)
+        {
+            Ok(_) => Some(buf),
+            Err(error) => {
+                debug!(id = header.metadata.id, %error, "dns response not encoded");
+                Some(bare(&header, ResponseCode::ServFail, false))
+            }
+        }
+    }
+}
+
+/// Whether the message is long enough for the records its header announces.
+fn counts_fit(counts: &HeaderCounts, len: usize) -> bool {
+    let needed = u64::from(counts.queries) * MIN_QUESTION
+        + (u64::from(counts.answers)
+            + u64::from(counts.authorities)
+            + u64::from(counts.additionals))
+            * MIN_RECORD;
+    needed <= len.saturating_sub(HEADER) as u64
+}
+
+/// A header-only answer to `header`.
+fn bare(header: &Header, rcode: ResponseCode, truncated: bool) -> Vec<u8> {
+    let mut reply = Message::new(
+        header.metadata.id,
+        MessageType::Response,
+        header.metadata.op_code,
+    );
+    reply.metadata.response_code = rcode;
+    reply.metadata.recursion_desired = header.metadata.recursion_desired;
+    reply.metadata.truncation = truncated;
+    reply
+        .to_vec()
+        .expect("a header-only message always encodes")
+}
