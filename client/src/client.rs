@@ -18,6 +18,16 @@ pub struct InstanceQuery {
     pub tags: Vec<String>,
 }
 
+/// TLS settings for an `https://` registry.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// PEM CA certificates to trust instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM certificate chain and private key, for registries that verify
+    /// clients.
+    pub identity_pem: Option<Vec<u8>>,
+}
+
 /// A typed HTTP client for the native roster API (`/v1`).
 #[derive(Clone, Debug)]
 pub struct RosterClient {
@@ -38,24 +48,57 @@ impl RosterClient {
 
     /// Like [`RosterClient::new`] with a chosen request timeout.
     pub fn with_timeout(base_url: &str, timeout: Duration) -> Result<Self, Error> {
+        Self::with_tls(base_url, timeout, &TlsOptions::default())
+    }
+
+    /// A client for an `https://` registry with its own CA and, when the
+    /// registry verifies clients, a client certificate.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), roster_client::Error> {
+    /// use roster_client::{RosterClient, TlsOptions};
+    /// let tls = TlsOptions {
+    ///     ca_pem: Some(std::fs::read("ca.pem").unwrap()),
+    ///     ..TlsOptions::default()
+    /// };
+    /// let client = RosterClient::with_tls("https://roster:8500", std::time::Duration::from_secs(10), &tls)?
+    ///     .with_token("my-secret-token");
+    /// # Ok(()) }
+    /// ```
+    pub fn with_tls(base_url: &str, timeout: Duration, tls: &TlsOptions) -> Result<Self, Error> {
         let base = base_url.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(Error::Config(format!(
                 "registry URL {base_url:?} must start with http:// or https://"
             )));
         }
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .user_agent(concat!("roster-client/", env!("CARGO_PKG_VERSION")))
+        let builder = |b: reqwest::ClientBuilder| -> Result<reqwest::ClientBuilder, Error> {
+            let mut b = b
+                .connect_timeout(timeout.min(Duration::from_secs(2)))
+                .user_agent(concat!("roster-client/", env!("CARGO_PKG_VERSION")));
+            if let Some(pem) = &tls.ca_pem {
+                // A private CA replaces the public roots: a control plane should
+                // trust only its own.
+                b = b.tls_certs_only(
+                    reqwest::Certificate::from_pem_bundle(pem)
+                        .map_err(|e| Error::Config(format!("CA certificates: {e}")))?,
+                );
+            }
+            if let Some(pem) = &tls.identity_pem {
+                b = b.identity(
+                    reqwest::Identity::from_pem(pem)
+                        .map_err(|e| Error::Config(format!("client certificate: {e}")))?,
+                );
+            }
+            Ok(b)
+        };
+        let http = builder(reqwest::Client::builder().timeout(timeout))?
             .build()
             .map_err(Error::from_reqwest)?;
-        let stream_http = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .read_timeout(Duration::from_secs(45))
-            .user_agent(concat!("roster-client/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(Error::from_reqwest)?;
+        let stream_http =
+            builder(reqwest::Client::builder().read_timeout(Duration::from_secs(45)))?
+                .build()
+                .map_err(Error::from_reqwest)?;
         Ok(RosterClient {
             http,
             stream_http,
@@ -303,6 +346,7 @@ fn error_for(status: StatusCode, body: &[u8]) -> Error {
     problem.status = status.as_u16();
     match status {
         StatusCode::NOT_FOUND => Error::NotFound(problem),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Denied(problem),
         s if s.is_client_error() => Error::Invalid(problem),
         s => Error::Unavailable(format!("HTTP {s}: {}", problem.detail)),
     }

@@ -9,6 +9,10 @@ pub enum Error {
     /// The registry rejected the request (HTTP 400/413/409); the problem names the field.
     #[error("rejected ({}): {}{}", .0.status, .0.detail, .0.field.as_deref().map(|f| format!(" [field {f}]")).unwrap_or_default())]
     Invalid(Problem),
+    /// The registry refused the caller: no token (401) or a token that may not
+    /// do this (403).
+    #[error("denied ({}): {}", .0.status, .0.detail)]
+    Denied(Problem),
     /// The registry could not be reached or answered with a server error.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
@@ -39,7 +43,7 @@ impl Error {
     /// The problem document behind a rejected or not-found request.
     pub fn problem(&self) -> Option<&Problem> {
         match self {
-            Error::NotFound(p) | Error::Invalid(p) => Some(p),
+            Error::NotFound(p) | Error::Invalid(p) | Error::Denied(p) => Some(p),
             _ => None,
         }
     }

@@ -93,7 +93,7 @@ mod router;
 mod watch;
 
 pub use call::{Attempt, Call, Outcome};
-pub use client::{InstanceQuery, RosterClient};
+pub use client::{InstanceQuery, RosterClient, TlsOptions};
 pub use discover::{Change, ServiceDiscover};
 pub use discovery::{Discovery, ServiceHandle, ServiceState};
 pub use error::{CallError, Error};

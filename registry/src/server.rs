@@ -17,9 +17,6 @@ use crate::http::consul::ConsulNode;
 use crate::http::limits::Limiter;
 use crate::http::serve::{TlsState, serve};
 use crate::http::{AppState, router};
-
-/// How often the TLS files are checked for changes.
-const TLS_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::metrics::Metrics;
 use crate::probe::NetProber;
 use crate::registry::Registry;
@@ -142,8 +139,9 @@ impl Server {
         }
         if let Some(tls) = tls.clone() {
             let cancel = shutdown.clone();
+            let poll = config.serve.tls_poll;
             tasks.spawn(async move {
-                tls.watch(TLS_POLL, cancel).await;
+                tls.watch(poll, cancel).await;
                 Ok(())
             });
         }

@@ -42,7 +42,12 @@ impl TestRegistry {
         let server = Server::start(&config, listener, shutdown.clone())
             .await
             .expect("server starts");
-        let url = format!("http://{}", server.local_addr());
+        let scheme = if config.serve.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{}", server.local_addr());
         TestRegistry {
             server: Some(server),
             shutdown,

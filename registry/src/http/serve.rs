@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub header_read_timeout: Duration,
     /// TLS, when set.
     pub tls: Option<TlsFiles>,
+    /// How often the TLS files are checked for changes.
+    pub tls_poll: Duration,
 }
 
 impl Default for ServeConfig {
@@ -42,6 +44,7 @@ impl Default for ServeConfig {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(15),
             tls: None,
+            tls_poll: Duration::from_secs(5),
         }
     }
 }

@@ -1,0 +1,537 @@
+//! Security and robustness over real connections: ACL policies, tokens kept out
+//! of logs, TLS (server, client certificates, reload), and the overload limits.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use reqwest::StatusCode;
+use roster_client::api::{MaintenanceRequest, RegisterRequest};
+use roster_client::{Error, RosterClient, TlsOptions};
+use roster_registry::acl::Tokens;
+use roster_registry::config::Config;
+use roster_registry::http::serve::TlsFiles;
+use roster_tests::TestRegistry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const READER: &str = "reader-secret-0123456789";
+const WRITER: &str = "writer-secret-0123456789";
+const ADMIN: &str = "admin-secret-0123456789";
+
+fn tokens() -> Tokens {
+    Tokens::parse(&format!(
+        r#"
+        [[tokens]]
+        name = "reader"
+        secret = "{READER}"
+        policies = ["read"]
+        [[tokens]]
+        name = "web-writer"
+        secret = "{WRITER}"
+        policies = ["write:web*"]
+        [[tokens]]
+        name = "ops"
+        secret = "{ADMIN}"
+        policies = ["admin"]
+        "#
+    ))
+    .unwrap()
+}
+
+fn base_config() -> Config {
+    Config {
+        dns_addr: None,
+        ..Config::default()
+    }
+}
+
+async fn acl_registry() -> TestRegistry {
+    TestRegistry::start_with(Config {
+        acl: Some(tokens()),
+        ..base_config()
+    })
+    .await
+}
+
+fn body(port: u16) -> RegisterRequest {
+    RegisterRequest {
+        address: Some("10.0.0.1".into()),
+        port,
+        ..Default::default()
+    }
+}
+
+/// Sends a request with an optional bearer token; returns status, content type
+/// and body text.
+async fn call(
+    method: reqwest::Method,
+    url: String,
+    token: Option<(&str, &str)>,
+    body: Option<String>,
+) -> (StatusCode, String, String) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some((header, value)) = token {
+        req = req.header(header, value);
+    }
+    if let Some(b) = body {
+        req = req.body(b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, ct, resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn each_policy_allows_and_denies_what_it_should() {
+    let reg = acl_registry().await;
+    let url = |p: &str| format!("{}{p}", reg.url());
+    let bearer = |t: &'static str| {
+        Some((
+            "authorization",
+            Box::leak(format!("Bearer {t}").into_boxed_str()) as &str,
+        ))
+    };
+    use reqwest::Method;
+    // Operational endpoints stay open.
+    for path in ["/health", "/ready", "/metrics", "/v1/openapi.json"] {
+        assert_eq!(
+            call(Method::GET, url(path), None, None).await.0,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    // No token: 401; an unknown one: 403; both problem+json naming the kind.
+    let (status, ct, text) = call(Method::GET, url("/v1/services"), None, None).await;
+    assert_eq!(
+        (status, ct.as_str()),
+        (StatusCode::UNAUTHORIZED, "application/problem+json")
+    );
+    assert!(text.contains("urn:roster:problem:unauthorized"), "{text}");
+    let (status, _, text) = call(
+        Method::GET,
+        url("/v1/services"),
+        bearer("not-a-token-at-all"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(text.contains("unknown token"), "{text}");
+
+    // Through the client library.
+    let reader = RosterClient::new(reg.url()).unwrap().with_token(READER);
+    let writer = RosterClient::new(reg.url()).unwrap().with_token(WRITER);
+    let admin = RosterClient::new(reg.url()).unwrap().with_token(ADMIN);
+    assert!(
+        matches!(reader.register("web", "web-1", &body(80)).await, Err(Error::Denied(p)) if p.status == 403)
+    );
+    writer.register("web", "web-1", &body(80)).await.unwrap();
+    writer
+        .register("web-api", "web-2", &body(81))
+        .await
+        .unwrap();
+    writer.heartbeat("web", "web-1").await.unwrap();
+    assert!(matches!(
+        writer.register("db", "db-1", &body(5432)).await,
+        Err(Error::Denied(_))
+    ));
+    assert_eq!(reader.services().await.unwrap().services.len(), 2);
+    assert_eq!(
+        writer.services().await.unwrap().services.len(),
+        2,
+        "writers may read"
+    );
+    let maint = MaintenanceRequest {
+        enabled: true,
+        reason: None,
+    };
+    assert!(matches!(
+        writer.maintenance("web", "web-1", &maint).await,
+        Err(Error::Denied(_))
+    ));
+    assert!(matches!(
+        reader.snapshot_save().await,
+        Err(Error::Denied(_))
+    ));
+    admin.maintenance("web", "web-1", &maint).await.unwrap();
+    assert!(!admin.snapshot_save().await.unwrap().is_empty());
+    assert!(matches!(
+        reader.deregister("web-api", "web-2").await,
+        Err(Error::Denied(_))
+    ));
+    writer.deregister("web-api", "web-2").await.unwrap();
+
+    // The Consul API takes X-Consul-Token and answers in plain text.
+    let consul_token = |t: &'static str| Some(("x-consul-token", t));
+    let reg_body = |name: &str| format!(r#"{{"Name":"{name}","Address":"10.0.0.2","Port":1}}"#);
+    let (status, _, text) = call(
+        Method::PUT,
+        url("/v1/agent/service/register"),
+        None,
+        Some(reg_body("web")),
+    )
+    .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (StatusCode::UNAUTHORIZED, "ACL not found")
+    );
+    let (status, _, _) = call(
+        Method::PUT,
+        url("/v1/agent/service/register"),
+        consul_token(WRITER),
+        Some(reg_body("web")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, ct, text) = call(
+        Method::PUT,
+        url("/v1/agent/service/register"),
+        consul_token(WRITER),
+        Some(reg_body("db")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        ct.starts_with("text/plain") && text.starts_with("Permission denied"),
+        "{text}"
+    );
+    let (status, _, _) = call(
+        Method::PUT,
+        url("/v1/agent/service/register"),
+        consul_token(READER),
+        Some(reg_body("web")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Nothing denied reached the catalog.
+    let names: Vec<String> = admin
+        .services()
+        .await
+        .unwrap()
+        .services
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["web"]);
+}
+
+/// A writer for the in-process log subscriber.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every log line of a run with ACLs, at the most verbose level: the secrets
+/// sent (valid, unknown, in either header) appear in none of them.
+#[tokio::test(flavor = "current_thread")]
+async fn tokens_never_reach_the_logs() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let reg = acl_registry().await;
+    let writer = RosterClient::new(reg.url()).unwrap().with_token(WRITER);
+    writer.register("web", "web-1", &body(80)).await.unwrap();
+    let _ = writer.register("db", "db-1", &body(80)).await;
+    let unknown = "unknown-secret-9876543210";
+    let _ = RosterClient::new(reg.url())
+        .unwrap()
+        .with_token(unknown)
+        .services()
+        .await;
+    let _ = call(
+        reqwest::Method::GET,
+        format!("{}/v1/catalog/services", reg.url()),
+        Some(("x-consul-token", READER)),
+        None,
+    )
+    .await;
+    reg.stop().await;
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("ACLs on"), "the capture works: {logs}");
+    for secret in [READER, WRITER, ADMIN, unknown] {
+        assert!(!logs.contains(secret), "{secret} appears in the logs");
+    }
+}
+
+struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+fn ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let key = KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    Ca { params, key, pem }
+}
+
+/// A certificate signed by `ca`: (certificate PEM, key PEM).
+fn leaf(ca: &Ca, client: bool) -> (String, String) {
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    params.extended_key_usages = vec![if client {
+        ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    let key = KeyPair::generate().unwrap();
+    let issuer = Issuer::from_params(&ca.params, &ca.key);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn tls_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("roster-tls-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_server_cert(dir: &std::path::Path, ca: &Ca) -> TlsFiles {
+    let (cert, key) = leaf(ca, false);
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    TlsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+        client_ca: None,
+    }
+}
+
+fn trusting(url: &str, ca: &Ca, identity: Option<(String, String)>) -> RosterClient {
+    let tls = TlsOptions {
+        ca_pem: Some(ca.pem.clone().into_bytes()),
+        identity_pem: identity.map(|(c, k)| format!("{c}{k}").into_bytes()),
+    };
+    RosterClient::with_tls(url, Duration::from_secs(5), &tls).unwrap()
+}
+
+#[tokio::test]
+async fn https_round_trip_and_a_wrong_ca_is_refused() {
+    let (good, other) = (ca("roster test CA"), ca("another CA"));
+    let dir = tls_dir("basic");
+    let mut config = base_config();
+    config.serve.tls = Some(write_server_cert(&dir, &good));
+    let reg = TestRegistry::start_with(config).await;
+    assert!(reg.url().starts_with("https://"));
+    let client = trusting(reg.url(), &good, None);
+    client.register("web", "web-1", &body(80)).await.unwrap();
+    assert_eq!(client.services().await.unwrap().services.len(), 1);
+    // A client trusting another CA, or only the public roots, refuses the server.
+    let wrong = trusting(reg.url(), &other, None);
+    assert!(matches!(wrong.services().await, Err(Error::Unavailable(_))));
+    let public = RosterClient::new(reg.url()).unwrap();
+    assert!(matches!(
+        public.services().await,
+        Err(Error::Unavailable(_))
+    ));
+    // Plain HTTP on the TLS port gets nowhere.
+    let plain = RosterClient::new(&reg.url().replace("https://", "http://")).unwrap();
+    assert!(plain.services().await.is_err());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn client_certificates_are_required_when_configured() {
+    let (good, other) = (ca("roster test CA"), ca("another CA"));
+    let dir = tls_dir("mtls");
+    let mut files = write_server_cert(&dir, &good);
+    std::fs::write(dir.join("clients.pem"), &good.pem).unwrap();
+    files.client_ca = Some(dir.join("clients.pem"));
+    let mut config = base_config();
+    config.serve.tls = Some(files);
+    let reg = TestRegistry::start_with(config).await;
+    let without = trusting(reg.url(), &good, None);
+    assert!(matches!(
+        without.services().await,
+        Err(Error::Unavailable(_))
+    ));
+    let foreign = trusting(reg.url(), &good, Some(leaf(&other, true)));
+    assert!(matches!(
+        foreign.services().await,
+        Err(Error::Unavailable(_))
+    ));
+    let with = trusting(reg.url(), &good, Some(leaf(&good, true)));
+    assert!(with.services().await.unwrap().services.is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_new_certificate_is_picked_up_without_a_restart() {
+    let (first, second) = (ca("first CA"), ca("second CA"));
+    let dir = tls_dir("reload");
+    let mut config = base_config();
+    config.serve.tls = Some(write_server_cert(&dir, &first));
+    config.serve.tls_poll = Duration::from_millis(100);
+    let reg = TestRegistry::start_with(config).await;
+    let old = trusting(reg.url(), &first, None);
+    let new = trusting(reg.url(), &second, None);
+    assert!(old.services().await.is_ok());
+    assert!(new.services().await.is_err());
+    // Replace the files (a certificate renewal); the mtime check notices.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    write_server_cert(&dir, &second);
+    for _ in 0..500 {
+        if new.services().await.is_ok() {
+            // A fresh client (no pooled connection from before) no longer
+            // accepts the server.
+            let old = trusting(reg.url(), &first, None);
+            assert!(old.services().await.is_err(), "the old certificate is gone");
+            std::fs::remove_dir_all(dir).unwrap();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the new certificate was never served");
+}
+
+/// Reads until the server closes the connection; returns what it sent.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection")
+        .unwrap_or_default();
+    out
+}
+
+#[tokio::test]
+async fn a_slowloris_connection_is_closed() {
+    let mut config = base_config();
+    config.serve.header_read_timeout = Duration::from_millis(300);
+    let reg = TestRegistry::start_with(config).await;
+    let addr = reg.server().local_addr();
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /v1/services HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let sent = read_to_close(&mut slow).await;
+    let text = String::from_utf8_lossy(&sent);
+    assert!(
+        sent.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    // The server still answers others.
+    let ok = RosterClient::new(reg.url()).unwrap().services().await;
+    assert!(ok.is_ok());
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_closed() {
+    let mut config = base_config();
+    config.serve.max_connections = 2;
+    let reg = TestRegistry::start_with(config).await;
+    let addr = reg.server().local_addr();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        // A complete request each, so both are surely accepted and open.
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(c);
+    }
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(
+        read_to_close(&mut third).await.is_empty(),
+        "closed unanswered"
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn overload_gets_503_with_retry_after() {
+    let mut config = base_config();
+    config.limits_http.max_watchers = 1;
+    config.limits_http.max_requests = 1;
+    let reg = TestRegistry::start_with(config).await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    client.register("web", "web-1", &body(80)).await.unwrap();
+    let index = client.services().await.unwrap().index;
+    // One watcher holds the only watcher slot.
+    let blocking = format!("{}/v1/services?index={index}&wait=30s", reg.url());
+    let held = tokio::spawn(reqwest::get(blocking.clone()));
+    let mut refused = None;
+    for _ in 0..500 {
+        let resp = reqwest::get(&blocking).await.unwrap();
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(resp);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = refused.expect("a second watcher is refused");
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    // Plain requests have their own slots: one is held by a request whose body
+    // never finishes, the next is refused at once.
+    let addr = reg.server().local_addr();
+    let mut stuck = TcpStream::connect(addr).await.unwrap();
+    stuck
+        .write_all(b"PUT /v1/services/web/instances/web-2 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut refused = None;
+    for _ in 0..500 {
+        let resp = reqwest::get(format!("{}/v1/services", reg.url()))
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(resp);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused.expect("refused").headers()["retry-after"], "1");
+    drop(stuck);
+    held.abort();
+}
+
+#[tokio::test]
+async fn writes_past_the_per_address_rate_get_429() {
+    let mut config = base_config();
+    config.limits_http.write_rate = 1.0;
+    let reg = TestRegistry::start_with(config).await;
+    let url = format!("{}/v1/services/web/instances/web-1", reg.url());
+    let body = r#"{"address":"10.0.0.1","port":80}"#.to_owned();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let (status, _, _) =
+            call(reqwest::Method::PUT, url.clone(), None, Some(body.clone())).await;
+        statuses.push(status);
+    }
+    // A burst of two (twice the rate) passes, the third is refused; reads are
+    // never rate-limited.
+    assert_eq!(statuses[..2], [StatusCode::CREATED, StatusCode::OK]);
+    assert_eq!(statuses[2], StatusCode::TOO_MANY_REQUESTS);
+    let (status, _, _) = call(reqwest::Method::GET, url, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
