@@ -50,6 +50,11 @@ impl DnsHandler {
         if header.metadata.message_type == MessageType::Response || src.port() == 0 {
             return None;
         }
+        if !self.config().allows(src.ip()) {
+            // RFC 1035's answer for policy; the bare header is smaller than the
+            // query, so it amplifies nothing.
+            return Some(bare(&header, ResponseCode::Refused, false));
+        }
         let udp = transport == Transport::Udp;
         let slip = match self.limit(src, udp) {
             Verdict::Drop => return None,

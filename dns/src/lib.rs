@@ -178,6 +178,49 @@ pub struct DnsConfig {
     /// Response rate limiting of UDP answers per source prefix (default
     /// `None`: off).
     pub rrl: Option<RrlConfig>,
+    /// Source networks allowed to ask, as (address, prefix length); others get
+    /// REFUSED. Empty (the default) allows everyone.
+    pub allow: Vec<(std::net::IpAddr, u8)>,
+}
+
+impl DnsConfig {
+    /// Whether `ip` may ask: it falls in one of the `allow` networks, or the
+    /// list is empty. IPv4 clients seen through an IPv6 socket count as IPv4.
+    ///
+    /// ```
+    /// let cfg = roster_dns::DnsConfig {
+    ///     allow: vec![("10.0.0.0".parse().unwrap(), 8)],
+    ///     ..Default::default()
+    /// };
+    /// assert!(cfg.allows("10.1.2.3".parse().unwrap()));
+    /// assert!(cfg.allows("::ffff:10.1.2.3".parse().unwrap()));
+    /// assert!(!cfg.allows("192.168.0.1".parse().unwrap()));
+    /// ```
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        if self.allow.is_empty() {
+            return true;
+        }
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.allow.iter().any(|(net, len)| match (net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from((*len).min(32)))
+                    .unwrap_or(0);
+                u32::from(*n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from((*len).min(128)))
+                    .unwrap_or(0);
+                u128::from(*n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        })
+    }
 }
 
 impl Default for DnsConfig {
@@ -188,6 +231,7 @@ impl Default for DnsConfig {
             negative_ttl: 5,
             max_udp_payload: 4096,
             rrl: None,
+            allow: Vec::new(),
         }
     }
 }

@@ -67,6 +67,15 @@ pub struct ServeArgs {
     /// so they never use an instance the registry has dropped [default: 0].
     #[arg(long, env = "ROSTER_DNS_TTL", value_name = "SECONDS")]
     pub dns_ttl: Option<u32>,
+    /// Answer DNS only to these networks (CIDR, repeat); others get REFUSED
+    /// [default: everyone].
+    #[arg(long = "dns-allow", env = "ROSTER_DNS_ALLOW", value_name = "CIDR", value_delimiter = ',', value_parser = parse_cidr)]
+    pub dns_allow: Vec<(std::net::IpAddr, u8)>,
+    /// Rate limit of UDP DNS answers per source /24 (IPv6 /56), per second;
+    /// past it most answers are dropped and some truncated so real clients
+    /// retry over TCP; 0 is no limit [default: 0].
+    #[arg(long, env = "ROSTER_DNS_RATE_LIMIT", value_name = "PER_SECOND")]
+    pub dns_rate_limit: Option<u32>,
     /// Most active health checks (http, tcp, grpc) in flight at once [default: 256].
     #[arg(long, env = "ROSTER_CHECK_CONCURRENCY", value_name = "N")]
     pub check_concurrency: Option<usize>,
@@ -152,6 +161,29 @@ pub struct ServeArgs {
     pub service_panic_thresholds: Vec<(String, f64)>,
 }
 
+/// Parses `10.0.0.0/8`, `fd00::/8` or a bare address (a single host).
+pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("not an IP address: {addr:?}"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("bad prefix length in {s:?}"))?,
+    };
+    Ok((ip, len))
+}
+
 fn parse_service_ratio(s: &str) -> Result<(String, f64), String> {
     let (name, ratio) = s
         .split_once('=')
@@ -180,6 +212,9 @@ struct FileConfig {
     dns_domain: Option<String>,
     dns_ttl: Option<u32>,
     check_concurrency: Option<usize>,
+    #[serde(default)]
+    dns_allow: Vec<String>,
+    dns_rate_limit: Option<u32>,
     self_preservation_threshold: Option<f64>,
     #[serde(default, with = "duration::option")]
     renewal_window: Option<Duration>,
@@ -348,6 +383,28 @@ impl Config {
         }
         if let Some(t) = args.dns_ttl.or(file.dns_ttl) {
             cfg.dns.ttl = t;
+        }
+        cfg.dns.allow = if args.dns_allow.is_empty() {
+            file.dns_allow
+                .iter()
+                .map(|s| parse_cidr(s))
+                .collect::<Result<_, _>>()
+                .map_err(|message| ConfigError::Invalid {
+                    setting: "dns_allow",
+                    message,
+                })?
+        } else {
+            args.dns_allow.clone()
+        };
+        match args.dns_rate_limit.or(file.dns_rate_limit) {
+            None | Some(0) => {}
+            Some(rate) => {
+                cfg.dns.rrl = Some(roster_dns::RrlConfig {
+                    responses_per_second: rate,
+                    burst: rate.saturating_mul(2),
+                    ..roster_dns::RrlConfig::default()
+                });
+            }
         }
         if let Some(n) = args.check_concurrency.or(file.check_concurrency) {
             cfg.checker.concurrency = n;
@@ -826,5 +883,32 @@ mod tests {
             let err = Config::load(&args).unwrap_err();
             assert!(err.to_string().contains(setting), "{err}");
         }
+    }
+
+    #[test]
+    fn dns_allow_and_rate_limit() {
+        assert_eq!(
+            parse_cidr("10.0.0.0/8").unwrap(),
+            ("10.0.0.0".parse().unwrap(), 8)
+        );
+        assert_eq!(parse_cidr("::1").unwrap(), ("::1".parse().unwrap(), 128));
+        assert!(parse_cidr("10.0.0.0/33").is_err() && parse_cidr("ten/8").is_err());
+        let path = write("dns_allow = [\"10.0.0.0/8\", \"fd00::/8\"]\ndns_rate_limit = 50\n");
+        let cfg = Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        std::fs::remove_file(path).unwrap();
+        assert_eq!(cfg.dns.allow.len(), 2);
+        let rrl = cfg.dns.rrl.unwrap();
+        assert_eq!((rrl.responses_per_second, rrl.burst), (50, 100));
+        assert!(
+            Config::load(&ServeArgs::default())
+                .unwrap()
+                .dns
+                .rrl
+                .is_none()
+        );
     }
 }

@@ -99,6 +99,8 @@ pub struct Metrics {
     checks_scheduled: Gauge,
     checks_waiting: Gauge,
     self_preservation: Gauge,
+    dns_limited: Family<ResultLabels, Counter>,
+    dns_stats: std::sync::OnceLock<roster_dns::DnsHandler>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -214,7 +216,15 @@ impl Metrics {
             "1 while self-preservation holds overdue leases instead of expiring them",
             self_preservation.clone(),
         );
+        let dns_limited = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "dns_rate_limited",
+            "UDP DNS answers withheld by rate limiting: dropped, or sent truncated (slipped)",
+            dns_limited.clone(),
+        );
         Metrics {
+            dns_limited,
+            dns_stats: std::sync::OnceLock::new(),
             check_runs,
             checks_running,
             checks_scheduled,
@@ -270,6 +280,11 @@ impl Metrics {
         self.watch_coalesced.inc();
     }
 
+    /// Reads DNS rate-limiting counters from `handler` when rendering.
+    pub fn follow_dns(&self, handler: roster_dns::DnsHandler) {
+        let _ = self.dns_stats.set(handler);
+    }
+
     /// Counts one finished check run.
     pub fn check_run(&self, kind: &'static str, result: Health) {
         self.check_runs
@@ -321,6 +336,13 @@ impl Metrics {
                 .set(n);
         }
         self.services.set(snap.services.len() as i64);
+        if let Some(handler) = self.dns_stats.get() {
+            let stats = handler.rrl_stats();
+            for (result, total) in [("dropped", stats.dropped), ("slipped", stats.slipped)] {
+                let counter = self.dns_limited.get_or_create(&ResultLabels { result });
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
         self.index
             .set(i64::try_from(snap.index).unwrap_or(i64::MAX));
         let mut out = String::new();

@@ -75,6 +75,7 @@ impl Server {
                 let handler = DnsHandler::new(view, config.dns.clone()).map_err(|e| {
                     std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
                 })?;
+                registry.metrics().follow_dns(handler.clone());
                 let server = DnsServer::bind(addr, handler).await.map_err(|e| {
                     std::io::Error::new(e.kind(), format!("cannot serve DNS on {addr}: {e}"))
                 })?;

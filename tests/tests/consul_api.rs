@@ -423,6 +423,10 @@ async fn consul_conventions_for_bad_input() {
         let text = resp.text().await.unwrap();
         assert!(text.contains(needle), "{body}: {text}");
     }
+    // A body past the 64 KiB limit is a 413, as on the native API.
+    let big = json!({"Name": "ok", "Port": 1, "Meta": {"blob": "x".repeat(70_000)}});
+    let (status, text) = c.put("/v1/agent/service/register", big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
     let (_, _, services) = c.get("/v1/catalog/services").await;
     assert_eq!(services, json!({}), "nothing was registered");
 }

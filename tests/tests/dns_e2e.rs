@@ -468,3 +468,44 @@ async fn dig_queries_the_real_server() {
     assert_eq!(lines(&out), ["10.0.0.1"], "{out}");
     reg.stop().await;
 }
+
+/// `--dns-allow`: sources outside the allowed networks get REFUSED, over UDP
+/// and TCP; the HTTP API is not affected.
+#[tokio::test]
+async fn dns_answers_only_the_allowed_networks() {
+    let outside = TestRegistry::start_with(Config {
+        dns: roster_dns::DnsConfig {
+            allow: vec![("10.0.0.0".parse().unwrap(), 8)],
+            ..Default::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let inside = TestRegistry::start_with(Config {
+        dns: roster_dns::DnsConfig {
+            allow: vec![("127.0.0.0".parse().unwrap(), 8)],
+            ..Default::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    for reg in [&outside, &inside] {
+        let client = RosterClient::new(reg.url()).unwrap();
+        client
+            .register("web", "web-1", &register_request("10.0.0.1", 80, &[], 1))
+            .await
+            .unwrap();
+    }
+    let q = query("web.service.roster.", RecordType::A);
+    for reply in [
+        udp(outside.dns_addr(), &q).await,
+        tcp(outside.dns_addr(), &q).await,
+    ] {
+        assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+        assert!(reply.answers.is_empty());
+    }
+    assert_eq!(
+        ask(inside.dns_addr(), "web.service.roster.", RecordType::A).await,
+        ["10.0.0.1"]
+    );
+}

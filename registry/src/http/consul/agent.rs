@@ -98,7 +98,7 @@ pub(super) async fn register(
     PeerIp(peer): PeerIp,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ConsulError> {
-    let body = body.map_err(|e| ConsulError::bad_request(format!("Request decode failed: {e}")))?;
+    let body = body.map_err(body_error)?;
     let reg = registration(parse_body(&body)?)
         .map_err(|e| ConsulError::bad_request(format!("Request decode failed: {e}")))?;
     let service = ServiceName::parse(&reg.name)
@@ -206,7 +206,7 @@ pub(super) async fn update(
     check: Path<String>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ConsulError> {
-    let body = body.map_err(|e| ConsulError::bad_request(format!("Request decode failed: {e}")))?;
+    let body = body.map_err(body_error)?;
     let Value::Object(map) = parse_body(&body)? else {
         return Err(ConsulError::bad_request(
             "Request decode failed: expected an object",
@@ -273,6 +273,21 @@ async fn report(
         })
         .await?;
     Ok(reply(out.index, &Value::Null).map_empty())
+}
+
+/// A body that could not be read: too large (413, as the native API) or broken.
+fn body_error(e: axum::extract::rejection::BytesRejection) -> ConsulError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ConsulError(
+            e.status(),
+            format!(
+                "Request body too large: at most {} bytes",
+                crate::http::BODY_LIMIT
+            ),
+        )
+    } else {
+        ConsulError::bad_request(format!("Request decode failed: {e}"))
+    }
 }
 
 /// Checks a write the ACL gate could not judge from the path alone.
