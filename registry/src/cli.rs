@@ -25,6 +25,9 @@ pub struct Cli {
         default_value = "http://127.0.0.1:8500"
     )]
     pub registry: String,
+    /// Token for a registry with ACLs on (client subcommands and `dns`).
+    #[arg(long, global = true, env = "ROSTER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print JSON instead of a table (client subcommands).
     #[arg(long, global = true)]
     pub json: bool,
@@ -216,7 +219,10 @@ pub enum CliError {
 
 /// Runs a client subcommand, writing its output to `out`.
 pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
-    let client = RosterClient::new(&cli.registry)?;
+    let mut client = RosterClient::new(&cli.registry)?;
+    if let Some(token) = &cli.token {
+        client = client.with_token(token.clone());
+    }
     match &cli.command {
         Command::Serve(_) | Command::Dns(_) => return Err(CliError::NotAClientCommand),
         Command::Register(args) => {

@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Dns(args) => dns(&cli.registry, args).await,
+        Command::Dns(args) => dns(&cli.registry, cli.token.as_deref(), args).await,
         _ => run_client(&cli, &mut std::io::stdout().lock())
             .await
             .map_err(Into::into),
@@ -46,11 +46,18 @@ async fn serve(args: &roster_registry::config::ServeArgs) -> anyhow::Result<()> 
     server.wait().await.context("server failed")
 }
 
-async fn dns(registry: &str, args: &roster_registry::cli::DnsArgs) -> anyhow::Result<()> {
+async fn dns(
+    registry: &str,
+    token: Option<&str>,
+    args: &roster_registry::cli::DnsArgs,
+) -> anyhow::Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let client = roster_client::RosterClient::new(registry)?;
+    let mut client = roster_client::RosterClient::new(registry)?;
+    if let Some(token) = token {
+        client = client.with_token(token);
+    }
     let config = roster_dns::DnsConfig {
         domain: args.dns_domain.clone(),
         ttl: args.dns_ttl,

@@ -233,3 +233,40 @@ async fn register_with_checks_through_the_cli() {
     }
     panic!("the tcp check never passed");
 }
+
+#[tokio::test]
+async fn the_cli_sends_its_token() {
+    let tokens = roster_registry::acl::Tokens::parse(
+        r#"
+        [[tokens]]
+        name = "ops"
+        secret = "cli-test-secret-0123456789"
+        policies = ["admin"]
+        "#,
+    )
+    .unwrap();
+    let reg = TestRegistry::start_with(roster_registry::config::Config {
+        acl: Some(tokens),
+        dns_addr: None,
+        ..Default::default()
+    })
+    .await;
+    let url = reg.url().to_owned();
+    let args = [
+        "register",
+        "web",
+        "web-1",
+        "--port",
+        "80",
+        "--address",
+        "10.0.0.1",
+    ];
+    let err = roster(&url, &args).await.unwrap_err();
+    assert!(err.contains("401"), "{err}");
+    let with_token: Vec<&str> = ["--token", "cli-test-secret-0123456789"]
+        .into_iter()
+        .chain(args)
+        .collect();
+    let out = roster(&url, &with_token).await.unwrap();
+    assert!(out.contains("web-1"), "{out}");
+}
