@@ -11,7 +11,7 @@
 //!
 //! The buckets live in a fixed table allocated once: a set-associative hash
 //! table (a random hash seed, so a forger cannot aim at one set) whose sets of
-//! [`WAYS`] slots each evict the slot with the fullest bucket. A full bucket
+//! `WAYS` slots each evict the slot with the fullest bucket. A full bucket
 //! holds no information, so an eviction only loses state when every slot of
 //! the set is limiting a prefix at that moment.
 
