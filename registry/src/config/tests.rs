@@ -1,0 +1,261 @@
+//! Tests of configuration loading and validation.
+
+use super::*;
+
+fn write(text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "roster-cfg-{}-{}.toml",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn defaults_without_anything() {
+    assert_eq!(
+        Config::load(&ServeArgs::default()).unwrap(),
+        Config::default()
+    );
+}
+
+#[test]
+fn flags_override_the_file() {
+    let path = write(
+        "http_addr = \"127.0.0.1:9000\"\nmax_instances_per_service = 5\nderegister_critical_after = \"5m\"\n",
+    );
+    let args = ServeArgs {
+        config: Some(path.clone()),
+        http_addr: Some("0.0.0.0:8501".parse().unwrap()),
+        ..Default::default()
+    };
+    let cfg = Config::load(&args).unwrap();
+    assert_eq!(cfg.http_addr.port(), 8501);
+    assert_eq!(cfg.catalog.max_instances_per_service, 5);
+    assert_eq!(
+        cfg.limits.default_deregister_critical_after,
+        Duration::from_secs(300)
+    );
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn dns_defaults() {
+    let cfg = Config::load(&ServeArgs::default()).unwrap();
+    assert_eq!(cfg.dns_addr, Some("127.0.0.1:8600".parse().unwrap()));
+    assert_eq!(cfg.dns.domain, "roster");
+    assert_eq!(cfg.dns.ttl, 0);
+    assert_eq!(cfg.dns, roster_dns::DnsConfig::default());
+}
+
+#[test]
+fn dns_settings_from_the_file_and_flags() {
+    let path =
+        write("dns_addr = \"0.0.0.0:53\"\ndns_domain = \"consul.\"\ndns_ttl = 30\nno_dns = true\n");
+    let file_only = ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
+    let cfg = Config::load(&file_only).unwrap();
+    assert_eq!(cfg.dns_addr, None, "no_dns wins over dns_addr");
+    assert_eq!(cfg.dns.domain, "consul.");
+    assert_eq!(cfg.dns.ttl, 30);
+
+    let flags = ServeArgs {
+        no_dns: Some(false),
+        dns_addr: Some("127.0.0.1:5353".parse().unwrap()),
+        dns_domain: Some("svc.example".into()),
+        dns_ttl: Some(5),
+        ..file_only
+    };
+    let cfg = Config::load(&flags).unwrap();
+    assert_eq!(cfg.dns_addr, Some("127.0.0.1:5353".parse().unwrap()));
+    assert_eq!(cfg.dns.domain, "svc.example");
+    assert_eq!(cfg.dns.ttl, 5);
+    std::fs::remove_file(path).unwrap();
+
+    let off = ServeArgs {
+        no_dns: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(Config::load(&off).unwrap().dns_addr, None);
+}
+
+#[test]
+fn dns_flags_parse() {
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+    let parse = |argv: &[&str]| {
+        <Cmd as clap::Parser>::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))
+            .map(|c| c.args)
+    };
+    let args = parse(&[
+        "--no-dns",
+        "--dns-addr",
+        "[::1]:8653",
+        "--dns-domain",
+        "example",
+        "--dns-ttl",
+        "10",
+    ])
+    .unwrap();
+    assert_eq!(args.no_dns, Some(true));
+    assert_eq!(args.dns_addr, Some("[::1]:8653".parse().unwrap()));
+    assert_eq!(args.dns_domain.as_deref(), Some("example"));
+    assert_eq!(args.dns_ttl, Some(10));
+    assert_eq!(parse(&["--no-dns=false"]).unwrap().no_dns, Some(false));
+    assert_eq!(parse(&["--no-dns=no"]).unwrap().no_dns, Some(false));
+    assert!(parse(&["--dns-ttl", "-1"]).is_err());
+    assert!(parse(&["--dns-addr", "localhost"]).is_err());
+}
+
+#[test]
+fn bad_dns_settings_are_refused() {
+    for domain in [".", "", "a..b", &"x".repeat(64)] {
+        let err = Config::load(&ServeArgs {
+            dns_domain: Some(domain.into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    setting: "dns_domain",
+                    ..
+                }
+            ),
+            "{domain:?}: {err}"
+        );
+        assert!(err.to_string().contains("invalid DNS domain"), "{err}");
+    }
+    let err = Config::load(&ServeArgs {
+        dns_ttl: Some(u32::MAX),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("dns_ttl"), "{err}");
+    let path = write("dns_ttl = -1\n");
+    let err = Config::load(&ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused() {
+    let path = write("http_adr = \"127.0.0.1:9000\"\n");
+    let err = Config::load(&ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("http_adr"), "{err}");
+    std::fs::remove_file(path).unwrap();
+    let err = Config::load(&ServeArgs {
+        max_instances_per_service: Some(0),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("max_instances_per_service"),
+        "{err}"
+    );
+    let missing = ServeArgs {
+        config: Some("/nonexistent/roster.toml".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        Config::load(&missing),
+        Err(ConfigError::Read { .. })
+    ));
+}
+
+#[test]
+fn health_settings_from_the_file_and_flags() {
+    let path = write(
+        "check_concurrency = 64\nself_preservation_threshold = 0.3\nrenewal_window = \"2m\"\n\
+         self_preservation_min_instances = 4\npanic_threshold = 0.2\n\
+         [panic_thresholds]\nWeb = 0.5\ndb = 0.1\n",
+    );
+    let cfg = Config::load(&ServeArgs {
+        config: Some(path.clone()),
+        check_concurrency: Some(8),
+        service_panic_thresholds: vec![("db".into(), 0.4)],
+        ..Default::default()
+    })
+    .unwrap();
+    std::fs::remove_file(path).unwrap();
+    assert_eq!(cfg.checker.concurrency, 8, "the flag wins");
+    assert_eq!(
+        cfg.self_preservation,
+        SelfPreservation {
+            threshold: 0.3,
+            window: Duration::from_secs(120),
+            min_instances: 4,
+        }
+    );
+    assert_eq!(cfg.panic.threshold("web"), 0.5, "names are lowercased");
+    assert_eq!(cfg.panic.threshold("db"), 0.4, "the flag wins");
+    assert_eq!(cfg.panic.threshold("other"), 0.2);
+    for (args, setting) in [
+        (
+            ServeArgs {
+                check_concurrency: Some(0),
+                ..Default::default()
+            },
+            "check_concurrency",
+        ),
+        (
+            ServeArgs {
+                self_preservation_threshold: Some(1.5),
+                ..Default::default()
+            },
+            "self_preservation_threshold",
+        ),
+        (
+            ServeArgs {
+                service_panic_thresholds: vec![("bad_name".into(), 0.5)],
+                ..Default::default()
+            },
+            "panic_thresholds",
+        ),
+    ] {
+        let err = Config::load(&args).unwrap_err();
+        assert!(err.to_string().contains(setting), "{err}");
+    }
+}
+
+#[test]
+fn dns_allow_and_rate_limit() {
+    assert_eq!(
+        parse_cidr("10.0.0.0/8").unwrap(),
+        ("10.0.0.0".parse().unwrap(), 8)
+    );
+    assert_eq!(parse_cidr("::1").unwrap(), ("::1".parse().unwrap(), 128));
+    assert!(parse_cidr("10.0.0.0/33").is_err() && parse_cidr("ten/8").is_err());
+    let path = write("dns_allow = [\"10.0.0.0/8\", \"fd00::/8\"]\ndns_rate_limit = 50\n");
+    let cfg = Config::load(&ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    std::fs::remove_file(path).unwrap();
+    assert_eq!(cfg.dns.allow.len(), 2);
+    let rrl = cfg.dns.rrl.unwrap();
+    assert_eq!((rrl.responses_per_second, rrl.burst), (50, 100));
+    assert!(
+        Config::load(&ServeArgs::default())
+            .unwrap()
+            .dns
+            .rrl
+            .is_none()
+    );
+}
