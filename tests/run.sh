@@ -7,23 +7,27 @@ cd "$(dirname "$0")/.."
 
 command -v cargo >/dev/null || { echo "tests/run.sh: cargo is required (https://rustup.rs)" >&2; exit 1; }
 
-# dig, for tests/tests/dns_e2e.rs (dig_queries_the_real_server), which fails
-# without it. Debian/Ubuntu package bind9-dnsutils; needs root (as in CI) or sudo.
-if ! command -v dig >/dev/null; then
-  echo "tests/run.sh: installing dig (bind9-dnsutils)" >&2
+# Outside tools, installed with apt-get when missing (root, as in CI, or sudo):
+# dig for tests/tests/dns_e2e.rs (dig_queries_the_real_server), curl for the
+# chart tests (they run the chart's `helm test` scripts against the binary).
+need() { # need COMMAND DEBIAN-PACKAGE
+  command -v "$1" >/dev/null && return
+  echo "tests/run.sh: installing $1 ($2)" >&2
   sudo=""
   if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo="sudo"; fi
   if ! command -v apt-get >/dev/null; then
-    echo "tests/run.sh: dig is missing and apt-get is not available; install dig (BIND utilities) and rerun" >&2
+    echo "tests/run.sh: $1 is missing and apt-get is not available; install $2 and rerun" >&2
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
-  if ! $sudo apt-get install -y -q bind9-dnsutils; then
+  if ! $sudo apt-get install -y -q "$2"; then
     $sudo apt-get update -q
-    $sudo apt-get install -y -q bind9-dnsutils
+    $sudo apt-get install -y -q "$2"
   fi
-  command -v dig >/dev/null || { echo "tests/run.sh: dig is still missing after installing bind9-dnsutils" >&2; exit 1; }
-fi
+  command -v "$1" >/dev/null || { echo "tests/run.sh: $1 is still missing after installing $2" >&2; exit 1; }
+}
+need dig bind9-dnsutils
+need curl curl
 
 # The watch tests hold 1,000 streams open (2,000 descriptors in one process).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

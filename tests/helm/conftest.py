@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import shutil
@@ -33,6 +34,7 @@ ALL_FEATURES: dict = {
         "dns": {"enabled": True, "domain": "example.internal", "ttl": 5},
         "extraArgs": ["--config=/etc/roster/roster.toml"],
     },
+    "acl": {"enabled": True, "existingSecret": "roster-tokens"},
     "extraEnv": [
         {"name": "RUST_BACKTRACE", "value": "1"},
         {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
@@ -93,6 +95,7 @@ VALUE_SETS: dict[str, dict] = {
         "persistence": {"enabled": False},
         "serviceAccount": {"create": False},
         "podDisruptionBudget": {"enabled": False},
+        "acl": {"enabled": False},
     },
 }
 
@@ -138,6 +141,12 @@ def find(objs: list[tuple[str, dict]], kind: str, name: str | None = None) -> di
     hits = [o for _, o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
     assert len(hits) == 1, f"expected one {kind} {name or ''}, found {len(hits)}"
     return hits[0]
+
+
+def secret_data(secret: dict) -> dict[str, str]:
+    """The decoded ``data`` of a rendered Secret (the chart writes no stringData)."""
+    assert "stringData" not in secret
+    return {key: base64.b64decode(value, validate=True).decode() for key, value in secret["data"].items()}
 
 
 @pytest.fixture(scope="session")

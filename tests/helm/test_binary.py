@@ -3,7 +3,7 @@
 Takes the container's args and the probes from the rendered StatefulSet, starts
 <repo>/target/debug/roster with exactly those args, and checks that the probe
 paths answer 200 on the probe port and that the DNS port answers, over UDP and
-TCP. Two substitutions, both needed to run outside a pod:
+TCP. Substitutions, all needed to run outside a pod:
 
 - ``--data-dir=/var/lib/roster`` becomes a fresh temporary directory: the pod
   mounts its claim there, this machine has no such writable directory.
@@ -11,6 +11,15 @@ TCP. Two substitutions, both needed to run outside a pod:
   machine (the address, 0.0.0.0, stays as rendered): 8500 and 8600 may be taken
   by another registry or test. The probes are then sent to the substituted HTTP
   port, after checking that they name the port the args listen on.
+- with ACLs on, ``--acl-tokens=/etc/roster/acl/tokens.toml`` becomes a
+  temporary file holding the ``tokens.toml`` of the rendered Secret (its admin
+  token is random on every rendering), after checking that the pod mounts that
+  Secret key at that path.
+
+With ACLs on, calls without a token get 401, the register call uses the
+rendered Secret's admin-token, and the probes and /metrics still need no token.
+The `helm test` pod's register and deregister scripts are also run, with the
+local curl, against the binary.
 
 Everything else (the flags, their order, the domain, TTL, log filter, limits) is
 passed unchanged, so a flag the binary does not accept fails the test.
@@ -19,6 +28,7 @@ passed unchanged, so a flag the binary does not accept fails the test.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -32,7 +42,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from conftest import find, manifests, render
+from conftest import find, manifests, render, secret_data
 
 
 def free_port() -> int:
@@ -50,9 +60,12 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def http(method: str, url: str, body: dict | None = None) -> tuple[int, bytes]:
+def http(method: str, url: str, body: dict | None = None, token: str | None = None) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, resp.read()
@@ -72,14 +85,19 @@ def flag(args: list[str], name: str) -> str:
         # Non-default ports and DNS settings, to show they reach the binary.
         {"containerPorts": {"http": 9500, "dns": 9600},
          "roster": {"dns": {"domain": "registry.internal", "ttl": 7}, "log": "warn", "leaseGrace": "1m"}},
+        # ACLs off: no token anywhere.
+        {"acl": {"enabled": False}},
     ],
-    ids=["defaults", "custom-ports-and-dns"],
+    ids=["defaults", "custom-ports-and-dns", "acl-disabled"],
 )
 def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values, tmp_path):
-    sts = find(manifests(render(chart, values)), "StatefulSet")
-    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    objs = manifests(render(chart, values))
+    sts = find(objs, "StatefulSet")
+    pod_spec = sts["spec"]["template"]["spec"]
+    (container,) = pod_spec["containers"]
     assert container["command"][1:] == ["serve"]
     args = list(container["args"])
+    acl = values.get("acl", {}).get("enabled", True)
 
     # Probes: paths and ports as rendered, the port resolved through its name.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -100,6 +118,25 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["data"] == data_dir
 
+    # ACLs: the token file the args name is the rendered Secret's tokens.toml,
+    # mounted where the args look for it.
+    admin_token = None
+    if acl:
+        assert "--acl=true" in args
+        tokens_path = flag(args, "acl-tokens")
+        mount_dir, file_name = tokens_path.rsplit("/", 1)
+        (volume,) = [v for v in pod_spec["volumes"] if v["name"] == "acl"]
+        assert mounts["acl"] == mount_dir
+        assert volume["secret"]["items"] == [{"key": "tokens.toml", "path": file_name}]
+        data = secret_data(find(objs, "Secret", volume["secret"]["secretName"]))
+        admin_token = data["admin-token"]
+        tokens_file = tmp_path / "tokens.toml"
+        tokens_file.write_text(data["tokens.toml"])
+        tokens_file.chmod(0o440)
+    else:
+        assert not any(a.startswith("--acl") for a in args), args
+        assert [o for _, o in objs if o["kind"] == "Secret"] == []
+
     # The substitutions (see the module docstring).
     local_http, local_dns = free_port(), free_port()
     while local_dns == local_http:
@@ -111,11 +148,16 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
         f"--dns-addr={dns_addr}": f"--dns-addr={dns_host}:{local_dns}",
         f"--data-dir={data_dir}": f"--data-dir={data}",
     }
+    if acl:
+        substitute[f"--acl-tokens={tokens_path}"] = f"--acl-tokens={tokens_file}"
     run_args = [substitute.get(a, a) for a in args]
-    assert sum(a != b for a, b in zip(args, run_args)) == 3
+    assert sum(a != b for a, b in zip(args, run_args)) == len(substitute) == (4 if acl else 3)
 
+    # Nothing from this machine's environment (ROSTER_ACL, ROSTER_ACL_TOKENS, ...)
+    # may change what the args say.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROSTER_")}
     log = (tmp_path / "roster.log").open("w+")
-    proc = subprocess.Popen([str(roster_binary), "serve", *run_args], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([str(roster_binary), "serve", *run_args], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{local_http}"
         deadline = time.monotonic() + 30
@@ -129,9 +171,20 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
             assert time.monotonic() < deadline, "roster did not become ready in 30s"
             time.sleep(0.1)
 
+        # Probes (and Prometheus' /metrics) answer without a token, ACLs or not.
         for kind, (path, _) in probes.items():
             status, body = http("GET", base + path)
             assert status == 200, f"{kind} {path}: {status} {body!r}"
+        assert http("GET", base + "/metrics")[0] == 200
+
+        if acl:
+            assert http("GET", base + "/v1/services")[0] == 401
+            assert http("GET", base + "/v1/services", token="x" * 40)[0] == 403
+            assert http("PUT", base + "/v1/services/helm-test/instances/helm-test-1",
+                        {"address": "10.11.12.13", "port": 8080, "ttl": "60s"})[0] == 401
+            assert http("GET", base + "/v1/services", token=admin_token)[0] == 200
+        else:
+            assert http("GET", base + "/v1/services")[0] == 200
 
         # The DNS port answers: the zone apex over UDP and TCP...
         domain = flag(args, "dns-domain").rstrip(".") + "."
@@ -144,7 +197,7 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
 
         # ...and an instance registered over HTTP resolves, as `helm test` does.
         status, body = http("PUT", base + "/v1/services/helm-test/instances/helm-test-1",
-                            {"address": "10.11.12.13", "port": 8080, "ttl": "60s"})
+                            {"address": "10.11.12.13", "port": 8080, "ttl": "60s"}, token=admin_token)
         assert status == 201, body
         answer = dns.query.udp(dns.message.make_query(f"helm-test.service.{domain}", dns.rdatatype.A),
                                "127.0.0.1", port=local_dns, timeout=5)
@@ -155,6 +208,8 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
 
         # The data dir is where the catalog went.
         assert (data / "catalog.redb").is_file()
+
+        run_helm_test_scripts(objs, base, admin_token, tmp_path)
     finally:
         proc.terminate()
         try:
@@ -165,3 +220,36 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
             code = None
         log.close()
     assert code == 0, f"roster did not stop cleanly on SIGTERM ({code}): {Path(log.name).read_text()}"
+
+
+def run_helm_test_scripts(objs: list, base: str, admin_token: str | None, tmp_path: Path) -> None:
+    """Runs the `helm test` pod's register and deregister scripts (sh and the
+    local curl, in place of the curl image) against the running registry, with
+    the pod's environment: API pointing at it, ROSTER_TOKEN from the Secret."""
+    spec = find(objs, "Pod")["spec"]
+    register = spec["initContainers"][0]
+    (deregister,) = spec["containers"]
+    assert register["name"] == "register" and deregister["name"] == "deregister"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROSTER_", "CURL_"))}
+    env.update(HOME=str(tmp_path), POD_NAME="r1-roster-test", POD_IP="10.11.12.14")
+    for entry in register["env"]:
+        if entry["name"] == "ROSTER_TOKEN":
+            assert entry["valueFrom"]["secretKeyRef"]["key"] == "admin-token"
+            env["ROSTER_TOKEN"] = admin_token
+        elif entry["name"] == "API":
+            env["API"] = base  # the Service's address, here the local listener
+    assert ("ROSTER_TOKEN" in env) == (admin_token is not None)
+
+    def instances() -> dict[str, str]:
+        status, body = http("GET", base + "/v1/services/helm-test", token=admin_token)
+        assert status == 200, body
+        return {i["id"]: i["address"] for i in json.loads(body)["instances"]}
+
+    before = instances()
+    assert "r1-roster-test" not in before
+    for container, expected in ((register, {**before, "r1-roster-test": "10.11.12.14"}), (deregister, before)):
+        assert container["command"][:2] == ["/bin/sh", "-ec"]
+        result = subprocess.run(["/bin/sh", "-ec", container["command"][2]], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{container['name']}: {result.stdout}{result.stderr}"
+        assert instances() == expected, container["name"]

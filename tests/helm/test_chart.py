@@ -26,6 +26,7 @@ from conftest import (
     manifests,
     merged,
     render,
+    secret_data,
 )
 
 # The oldest Kubernetes the chart supports (kubeVersion in Chart.yaml) and the
@@ -54,7 +55,7 @@ def test_render_defaults(chart):
     objs = manifests(render(chart, {}))
     kinds = sorted(o["kind"] for _, o in objs)
     assert kinds == sorted(
-        ["StatefulSet", "Service", "Service", "Service", "PodDisruptionBudget", "ServiceAccount", "Pod"]
+        ["StatefulSet", "Service", "Service", "Service", "PodDisruptionBudget", "ServiceAccount", "Pod", "Secret"]
     ), kinds
 
     sts = find(objs, "StatefulSet", "r1-roster")
@@ -77,7 +78,9 @@ def test_render_defaults(chart):
     assert claim["metadata"]["name"] == "data"
     assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert {"name": "data", "mountPath": "/var/lib/roster"} in container["volumeMounts"]
-    assert "volumes" not in pod
+    # ACLs are on by default: the only pod volume is the token file's Secret.
+    assert [v["name"] for v in pod["volumes"]] == ["acl"]
+    assert args[-2:] == ["--acl=true", "--acl-tokens=/etc/roster/acl/tokens.toml"]
 
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
@@ -126,13 +129,17 @@ def test_render_every_optional_feature(chart):
     assert kinds == sorted(
         ["StatefulSet", "Service", "Service", "Service", "PodDisruptionBudget", "ServiceAccount", "Pod",
          "ServiceMonitor", "NetworkPolicy"]
-    ), kinds
+    ), kinds  # no Secret: acl.existingSecret names the user's
 
     sts = find(objs, "StatefulSet", "r1-registry")
     pod = sts["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/roster-registry/roster@sha256:" + "ab" * 32
-    assert container["args"][-1] == "--config=/etc/roster/roster.toml"
+    assert container["args"][-3:] == [
+        "--acl=true", "--acl-tokens=/etc/roster/acl/tokens.toml", "--config=/etc/roster/roster.toml"
+    ]
+    (acl_volume,) = [v for v in pod["volumes"] if v["name"] == "acl"]
+    assert acl_volume["secret"]["secretName"] == "roster-tokens"
     assert "--dns-domain=example.internal" in container["args"]
     assert "--dns-ttl=5" in container["args"]
     assert container["env"] == ALL_FEATURES["extraEnv"]
@@ -180,6 +187,7 @@ def test_render_minimal(chart):
     assert "persistentVolumeClaimRetentionPolicy" not in sts["spec"]
     assert pod["volumes"] == [{"name": "data", "emptyDir": {}}]
     assert pod["serviceAccountName"] == "default"
+    assert not any(a.startswith("--acl") for a in container["args"])
     test_pod = find(objs, "Pod")["spec"]
     assert [c["name"] for c in test_pod["initContainers"]] == ["register"]
 
@@ -255,6 +263,12 @@ def test_yamllint_rendered_manifests(chart, value_set, tmp_path):
         ({"podDisruptionBudget": {"minAvailable": 1}}, "oneOf"),
         ({"securityContext": {"runAsNonRoot": False}}, "/securityContext/runAsNonRoot"),
         ({"networkPolicy": {"httpFrom": [{"podSelecter": {}}]}}, "additional properties 'podSelecter' not allowed"),
+        ({"acl": {"enabled": "yes"}}, "/acl/enabled': got string, want boolean"),
+        ({"acl": {"enabled": 1}}, "/acl/enabled': got number, want boolean"),
+        ({"acl": {"existingSecret": 5}}, "/acl/existingSecret': got number, want string"),
+        ({"acl": {"existingSecret": "My_Tokens"}}, "'My_Tokens' does not match pattern"),
+        ({"acl": {"tokens": []}}, "additional properties 'tokens' not allowed"),
+        ({"acl": None}, "missing property 'acl'"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else None,
 )
@@ -389,3 +403,136 @@ def test_helm_test_pod_registers_and_resolves(chart):
         for c in (register, resolve, deregister):
             assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
             assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+# --- Access control (acl.*) ---------------------------------------------------
+
+ACL_CASES = {
+    "chart-secret": {},
+    "existing-secret": {"acl": {"existingSecret": "roster-tokens"}},
+    "disabled": {"acl": {"enabled": False}},
+}
+TOKENS_PATH = "/etc/roster/acl/tokens.toml"
+
+
+def _roster_container(objs) -> tuple[dict, dict]:
+    pod = find(objs, "StatefulSet")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
+
+
+def test_acl_secret_created_by_the_chart(chart):
+    objs = manifests(render(chart, {}))
+    secret = find(objs, "Secret")
+    assert secret["metadata"]["name"] == "r1-roster-acl"
+    assert secret["metadata"]["namespace"] == NAMESPACE
+    assert secret["metadata"]["labels"]["app.kubernetes.io/instance"] == "r1"
+    assert secret["type"] == "Opaque"
+    data = secret_data(secret)
+    assert sorted(data) == ["admin-token", "tokens.toml"]
+    token = data["admin-token"]
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", token), token
+    # The token file is built from the admin token and is what roster parses.
+    assert tomllib.loads(data["tokens.toml"]) == {
+        "tokens": [{"name": "admin", "secret": token, "policies": ["admin"]}]
+    }
+    # Without a cluster, lookup finds nothing: every rendering draws a new token.
+    again = secret_data(find(manifests(render(chart, {})), "Secret"))
+    assert again["admin-token"] != token
+
+
+def test_acl_secret_is_kept_across_upgrades():
+    """The admin token comes from `lookup` of the Secret in the cluster when there
+    is one; a new random one is drawn only when there is none (or it is unusable)."""
+    template = (CHART / "templates/secret-acl.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in template
+    assert 'index $current.data "admin-token" | b64dec' in template
+    assert "randAlphaNum 40" in template
+    assert template.index("lookup") < template.index("randAlphaNum")
+
+
+@pytest.mark.parametrize("case", sorted(ACL_CASES))
+def test_acl_args_volume_and_mount(chart, case):
+    objs = manifests(render(chart, ACL_CASES[case]))
+    pod, container = _roster_container(objs)
+    args = container["args"]
+    secrets = [o for _, o in objs if o["kind"] == "Secret"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    if case == "disabled":
+        assert not any(a.startswith("--acl") for a in args), args
+        assert secrets == []
+        assert "acl" not in mounts and "acl" not in volumes
+        return
+    name = "roster-tokens" if case == "existing-secret" else "r1-roster-acl"
+    assert [s["metadata"]["name"] for s in secrets] == ([] if case == "existing-secret" else [name])
+    assert args.count("--acl=true") == 1
+    assert args.count(f"--acl-tokens={TOKENS_PATH}") == 1
+    assert mounts["acl"] == {"name": "acl", "mountPath": "/etc/roster/acl", "readOnly": True}
+    # Only the token file is mounted (not admin-token), readable by owner and
+    # group: the kubelet gives it the pod's fsGroup, which roster runs with.
+    assert volumes["acl"] == {
+        "name": "acl",
+        "secret": {
+            "secretName": name,
+            "defaultMode": 0o440,
+            "items": [{"key": "tokens.toml", "path": "tokens.toml"}],
+        },
+    }
+    assert pod["securityContext"]["fsGroup"] == 65532
+    assert container["securityContext"].get("runAsUser", pod["securityContext"]["runAsUser"]) == 65532
+
+
+def test_acl_needs_fs_group(chart):
+    values = {"podSecurityContext": {"fsGroup": None, "fsGroupChangePolicy": None}}
+    with pytest.raises(helm_python.HelmRenderError) as err:
+        render(chart, values)
+    assert "acl.enabled needs podSecurityContext.fsGroup" in str(err.value)
+    # Without ACLs, nothing needs the group.
+    pod, _ = _roster_container(manifests(render(chart, {**values, "acl": {"enabled": False}})))
+    assert "fsGroup" not in pod["securityContext"]
+
+
+@pytest.mark.parametrize("case", sorted(ACL_CASES))
+def test_helm_test_pod_sends_the_admin_token(chart, case):
+    objs = manifests(render(chart, ACL_CASES[case]))
+    spec = find(objs, "Pod")["spec"]
+    register, resolve = spec["initContainers"]
+    (deregister,) = spec["containers"]
+    for curl in (register, deregister):
+        env = {e["name"]: e for e in curl["env"]}
+        script = curl["command"][-1]
+        if case == "disabled":
+            assert "ROSTER_TOKEN" not in env
+            assert "Authorization" not in script and "-H @-" not in script
+            continue
+        name = "roster-tokens" if case == "existing-secret" else "r1-roster-acl"
+        assert env["ROSTER_TOKEN"] == {
+            "name": "ROSTER_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": name, "key": "admin-token"}},
+        }
+        # The header goes through standard input, the token never into argv.
+        assert "printf 'Authorization: Bearer %s\\n' \"$ROSTER_TOKEN\" |\ncurl " in script
+        assert "-H @-" in script
+    # DNS needs no token.
+    assert "ROSTER_TOKEN" not in {e["name"] for e in resolve["env"]}
+
+
+@pytest.mark.parametrize("case", sorted(ACL_CASES))
+def test_notes_explain_the_admin_token(chart, case):
+    notes = render(chart, ACL_CASES[case])["roster/templates/NOTES.txt"]
+    if case == "disabled":
+        assert "admin-token" not in notes and "Bearer" not in notes
+        return
+    name = "roster-tokens" if case == "existing-secret" else "r1-roster-acl"
+    assert (f"kubectl -n {NAMESPACE} get secret {name} -o jsonpath='{{.data.admin-token}}' | base64 -d"
+            in notes)
+    assert 'curl http://127.0.0.1:8500/v1/services/web -H "Authorization: Bearer $ROSTER_TOKEN"' in notes
+
+
+def test_acl_schema_defaults_match_values():
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["acl"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["acl"]
+    assert values == {"enabled": True, "existingSecret": ""}
+    assert {k: v["default"] for k, v in schema["properties"].items()} == values
+    assert schema["additionalProperties"] is False

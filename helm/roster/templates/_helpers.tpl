@@ -60,6 +60,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-dns" (include "roster.fullname" .) }}
 {{- end }}
 
+{{/*
+The Secret holding the ACL token file (key tokens.toml) and the admin token
+(key admin-token): the user's acl.existingSecret, or the one the chart creates.
+*/}}
+{{- define "roster.aclSecretName" -}}
+{{- default (printf "%s-acl" (include "roster.fullname" .)) .Values.acl.existingSecret }}
+{{- end }}
+
+{{/* Where the token file is mounted in the roster container. */}}
+{{- define "roster.aclDir" -}}
+/etc/roster/acl
+{{- end }}
+
 {{- define "roster.headlessServiceName" -}}
 {{- printf "%s-headless" (include "roster.fullname" .) }}
 {{- end }}
@@ -83,7 +96,25 @@ depends on how the next word is read.
 - {{ printf "--deregister-critical-after=%s" .Values.roster.deregisterCriticalAfter | quote }}
 - {{ printf "--max-instances-per-service=%d" (int64 .Values.roster.maxInstancesPerService) | quote }}
 - {{ printf "--max-instances=%d" (int64 .Values.roster.maxInstances) | quote }}
+{{- if .Values.acl.enabled }}
+- "--acl=true"
+- {{ printf "--acl-tokens=%s/tokens.toml" (include "roster.aclDir" .) | quote }}
+{{- end }}
 {{- range .Values.roster.extraArgs }}
 - {{ . | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+The token file of the Secret the chart creates (roster serve --acl-tokens),
+from the admin token given as the context. The chart's tokens are alphanumeric,
+so they need no escaping in a TOML string.
+*/}}
+{{- define "roster.aclTokensToml" -}}
+# Written by the roster Helm chart. To add tokens, give your own Secret in
+# acl.existingSecret (see the chart README).
+[[tokens]]
+name = "admin"
+secret = "{{ . }}"
+policies = ["admin"]
+{{ end }}
