@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use roster_client::api::{CheckDefinition, CheckKind, Health};
 
-use crate::model::{FieldError, Limits};
+use crate::model::{FieldError, Limits, check_range};
 
 /// Id of the check that stands for an instance's lease.
 pub const LEASE_CHECK: &str = "ttl";
@@ -210,7 +210,7 @@ impl CheckSpec {
                     }
                 } else {
                     let ttl = def.ttl.expect("one target is set");
-                    in_range("ttl", ttl, limits.ttl_range)?;
+                    check_range("ttl", ttl, limits.ttl_range)?;
                     Target::Ttl { ttl }
                 }
             }
@@ -264,19 +264,19 @@ impl CheckSpec {
             return Err(FieldError::new("notes", "notes are at most 1024 bytes"));
         }
         let interval = def.interval.unwrap_or(Duration::from_secs(10));
-        in_range("interval", interval, limits.check_interval_range)?;
+        check_range("interval", interval, limits.check_interval_range)?;
         let timeout = def
             .timeout
             .unwrap_or_else(|| Duration::from_secs(10).min(interval));
         // A timeout above the interval is allowed (Consul allows it): the run
         // delays the next one, since a check never runs twice at once.
-        in_range(
+        check_range(
             "timeout",
             timeout,
             (Duration::from_millis(10), Duration::from_secs(300)),
         )?;
         if let Some(d) = def.deregister_critical_after {
-            in_range("deregister_critical_after", d, limits.dereg_range)?;
+            check_range("deregister_critical_after", d, limits.dereg_range)?;
         }
         for (field, n) in [
             ("success_before_passing", def.success_before_passing),
@@ -314,22 +314,6 @@ pub fn validate_check_id(id: &str) -> Result<(), FieldError> {
         return Err(FieldError::new(
             "id",
             format!("check ids are 1 to 128 characters without '/': {id:?}"),
-        ));
-    }
-    Ok(())
-}
-
-fn in_range(field: &str, d: Duration, (lo, hi): (Duration, Duration)) -> Result<(), FieldError> {
-    use roster_client::api::duration::format;
-    if d < lo || d > hi {
-        return Err(FieldError::new(
-            field,
-            format!(
-                "{field} must be between {} and {}, got {}",
-                format(lo),
-                format(hi),
-                format(d)
-            ),
         ));
     }
     Ok(())

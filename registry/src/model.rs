@@ -326,7 +326,12 @@ pub fn validate_reason(reason: Option<String>) -> Result<String, FieldError> {
     Ok(reason)
 }
 
-fn check_range(field: &str, d: Duration, (lo, hi): (Duration, Duration)) -> Result<(), FieldError> {
+/// Checks that a duration lies in `lo..=hi`, naming the field when it does not.
+pub(crate) fn check_range(
+    field: &str,
+    d: Duration,
+    (lo, hi): (Duration, Duration),
+) -> Result<(), FieldError> {
     use roster_client::api::duration::format;
     if d < lo || d > hi {
         return Err(FieldError::new(

@@ -22,6 +22,20 @@ use axum::body::Bytes;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::IntoResponse;
 
+/// The instance, or the 404 that says it is not registered.
+fn registered<'a>(
+    snap: &'a crate::catalog::Snapshot,
+    service: &ServiceName,
+    id: &InstanceId,
+) -> Result<&'a std::sync::Arc<crate::catalog::Instance>, ApiError> {
+    snap.instance(service.as_str(), id.as_str()).ok_or_else(|| {
+        ApiError::from(crate::catalog::CatalogError::NotFound {
+            service: service.to_string(),
+            id: id.to_string(),
+        })
+    })
+}
+
 fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), ApiError> {
     Ok((ServiceName::parse(service)?, InstanceId::parse(id)?))
 }
@@ -104,14 +118,7 @@ pub(super) async fn get_instance(
 ) -> Result<Response, ApiError> {
     let (service, id) = names(&service, &id)?;
     let snap = state.registry.snapshot();
-    let inst = snap
-        .instance(service.as_str(), id.as_str())
-        .ok_or_else(|| {
-            ApiError::from(crate::catalog::CatalogError::NotFound {
-                service: service.to_string(),
-                id: id.to_string(),
-            })
-        })?;
+    let inst = registered(&snap, &service, &id)?;
     Ok(with_index(inst.modify_index, Json(inst.to_api())))
 }
 
@@ -229,14 +236,7 @@ pub(super) async fn get_checks(
 ) -> Result<Response, ApiError> {
     let (service, id) = names(&service, &id)?;
     let snap = state.registry.snapshot();
-    let inst = snap
-        .instance(service.as_str(), id.as_str())
-        .ok_or_else(|| {
-            ApiError::from(crate::catalog::CatalogError::NotFound {
-                service: service.to_string(),
-                id: id.to_string(),
-            })
-        })?;
+    let inst = registered(&snap, &service, &id)?;
     Ok(with_index(inst.modify_index, Json(inst.checks_api())))
 }
 

@@ -169,34 +169,25 @@ pub(super) async fn maintenance(
     Ok(reply(out.index, &Value::Null).map_empty())
 }
 
-pub(super) async fn pass(
+/// `PUT /v1/agent/check/{pass|warn|fail}/{check_id}?note=…`.
+pub(super) async fn verdict(
     state: State<AppState>,
     principal: Extension<Arc<Principal>>,
-    check: Path<String>,
+    Path((verdict, check)): Path<(String, String)>,
     query: QueryPairs,
 ) -> Result<Response, ConsulError> {
+    let status = match verdict.as_str() {
+        "pass" => Health::Passing,
+        "warn" => Health::Warning,
+        "fail" => Health::Critical,
+        other => {
+            return Err(ConsulError::not_found(format!(
+                "Unknown check action {other:?}: use pass, warn, fail or update"
+            )));
+        }
+    };
     let note = query.all("note").last().unwrap_or("").to_owned();
-    report(state, principal, check, Health::Passing, note).await
-}
-
-pub(super) async fn warn(
-    state: State<AppState>,
-    principal: Extension<Arc<Principal>>,
-    check: Path<String>,
-    query: QueryPairs,
-) -> Result<Response, ConsulError> {
-    let note = query.all("note").last().unwrap_or("").to_owned();
-    report(state, principal, check, Health::Warning, note).await
-}
-
-pub(super) async fn fail(
-    state: State<AppState>,
-    principal: Extension<Arc<Principal>>,
-    check: Path<String>,
-    query: QueryPairs,
-) -> Result<Response, ConsulError> {
-    let note = query.all("note").last().unwrap_or("").to_owned();
-    report(state, principal, check, Health::Critical, note).await
+    report(state, principal, Path(check), status, note).await
 }
 
 /// `PUT /v1/agent/check/update/{check_id}` with `{"Status": …, "Output": …}`.

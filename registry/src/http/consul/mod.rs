@@ -38,10 +38,8 @@ pub fn routes() -> Router<AppState> {
             "/v1/agent/service/maintenance/{id}",
             put(agent::maintenance),
         )
-        .route("/v1/agent/check/pass/{check_id}", put(agent::pass))
-        .route("/v1/agent/check/warn/{check_id}", put(agent::warn))
-        .route("/v1/agent/check/fail/{check_id}", put(agent::fail))
         .route("/v1/agent/check/update/{check_id}", put(agent::update))
+        .route("/v1/agent/check/{verdict}/{check_id}", put(agent::verdict))
         .route("/v1/status/leader", get(catalog::leader))
         .route("/v1/status/peers", get(catalog::peers))
         .route("/v1/catalog/datacenters", get(catalog::datacenters))
