@@ -150,6 +150,35 @@ impl RosterClient {
             .map(drop)
     }
 
+    /// Reports the result of a `ttl` check the instance runs itself (this also
+    /// restarts the check's TTL). [`Error::NotFound`] means the registry does
+    /// not know the instance or the check.
+    pub async fn report_check(
+        &self,
+        service: &str,
+        id: &str,
+        check: &str,
+        status: crate::api::Health,
+        output: &str,
+    ) -> Result<(), Error> {
+        let verdict = match status {
+            crate::api::Health::Passing => "pass",
+            crate::api::Health::Warning => "warn",
+            crate::api::Health::Critical => "fail",
+        };
+        let path = format!(
+            "{}/checks/{}/{verdict}",
+            instance_path(service, id),
+            encode(check)
+        );
+        let body = crate::api::CheckUpdate {
+            output: Some(output.to_owned()),
+        };
+        self.send::<serde_json::Value>(Method::PUT, &path, Some(&body))
+            .await
+            .map(drop)
+    }
+
     /// Puts an instance in maintenance (`enabled = true`) or takes it out.
     pub async fn maintenance(
         &self,

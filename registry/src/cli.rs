@@ -44,6 +44,9 @@ pub enum Command {
     /// Run only a DNS front end that follows the registry given by --registry
     /// (scale DNS out apart from the registry).
     Dns(DnsArgs),
+    /// Register the services of a file and keep them registered: run their
+    /// checks locally, heartbeat, deregister on exit, reload on SIGHUP.
+    Agent(AgentArgs),
     /// Register (or replace) an instance.
     Register(RegisterArgs),
     /// Remove an instance.
@@ -98,6 +101,17 @@ pub enum Command {
         #[arg(long = "tag")]
         tags: Vec<String>,
     },
+}
+
+/// Flags of `roster agent`.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// TOML file of services (see the README's "roster agent" section).
+    #[arg(long, env = "ROSTER_AGENT_CONFIG", value_name = "FILE")]
+    pub config: std::path::PathBuf,
+    /// Log filter.
+    #[arg(long, env = "ROSTER_LOG", default_value = "info")]
+    pub log: String,
 }
 
 /// Flags of `roster dns`.
@@ -212,8 +226,8 @@ pub enum CliError {
     /// Output could not be written.
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
-    /// `serve` and `dns` are not client commands.
-    #[error("serve and dns are not client commands")]
+    /// `serve`, `dns` and `agent` are not client commands.
+    #[error("serve, dns and agent are not client commands")]
     NotAClientCommand,
 }
 
@@ -224,7 +238,9 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
         client = client.with_token(token.clone());
     }
     match &cli.command {
-        Command::Serve(_) | Command::Dns(_) => return Err(CliError::NotAClientCommand),
+        Command::Serve(_) | Command::Dns(_) | Command::Agent(_) => {
+            return Err(CliError::NotAClientCommand);
+        }
         Command::Register(args) => {
             let req = RegisterRequest {
                 address: args.address.clone(),

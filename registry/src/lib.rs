@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+pub mod agent;
 pub mod catalog;
 pub mod checks;
 pub mod cli;

@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Dns(args) => dns(&cli.registry, cli.token.as_deref(), args).await,
+        Command::Agent(args) => agent(&cli.registry, cli.token.as_deref(), args).await,
         _ => run_client(&cli, &mut std::io::stdout().lock())
             .await
             .map_err(Into::into),
@@ -73,6 +74,32 @@ async fn dns(
     let front =
         roster_registry::remote::RemoteDns::start(client, args.dns_addr, config, shutdown).await?;
     front.wait().await.context("DNS front end failed")
+}
+
+async fn agent(
+    registry: &str,
+    token: Option<&str>,
+    args: &roster_registry::cli::AgentArgs,
+) -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let mut client = roster_client::RosterClient::new(registry)?;
+    if let Some(token) = token {
+        client = client.with_token(token);
+    }
+    let prober = std::sync::Arc::new(roster_registry::probe::NetProber::new());
+    let agent = roster_registry::agent::Agent::new(client, prober);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+    });
+    agent
+        .run(&args.config, shutdown)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 async fn wait_for_signal() {
