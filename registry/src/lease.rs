@@ -130,6 +130,11 @@ impl LeaseTable {
         self.leases.insert(id, lease);
     }
 
+    /// The lease of instance `id`, if it has one.
+    pub fn get(&self, id: &str) -> Option<Arc<Lease>> {
+        self.leases.get(id).map(|l| l.value().clone())
+    }
+
     /// Removes a lease.
     pub fn remove(&self, id: &str) {
         self.leases.remove(id);

@@ -104,6 +104,36 @@ impl Registry {
             .collect()
     }
 
+    /// The leases of a service's instances, for operators: `(id, ttl, time since
+    /// the last renewal, expired)`, times in nanoseconds, in instance id order.
+    /// A lease's deadline is its last renewal plus its ttl, so the renewal time is
+    /// read back from the deadline (a restore's grace makes it look fresh).
+    pub fn lease_ages(&self, service: &str) -> Vec<(Arc<str>, u64, u64, bool)> {
+        let now = u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.epoch)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX >> 1);
+        let snap = self.snapshot();
+        let Some(svc) = snap.services.get(service) else {
+            return Vec::new();
+        };
+        svc.instances
+            .keys()
+            .filter_map(|id| {
+                let lease = self.leases.get(id)?;
+                let renewed = lease.deadline().saturating_sub(lease.ttl());
+                Some((
+                    id.clone(),
+                    lease.ttl(),
+                    now.saturating_sub(renewed),
+                    lease.is_expired(),
+                ))
+            })
+            .collect()
+    }
+
     /// Whether self-preservation is holding overdue leases now.
     pub fn self_preservation_active(&self) -> bool {
         self.preserving.load(Ordering::Relaxed)

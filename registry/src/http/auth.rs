@@ -16,9 +16,13 @@ use crate::acl::{Need, Principal};
 
 static ROOT: LazyLock<Arc<Principal>> = LazyLock::new(|| Arc::new(Principal::root()));
 
-/// Paths open to everyone: probes, metrics and the API description.
+/// Paths open to everyone: probes, metrics, the API description, and the web
+/// console's own files (its data calls go through the API and its gate).
 fn is_open(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics" | "/v1/openapi.json")
+    matches!(
+        path,
+        "/health" | "/ready" | "/metrics" | "/v1/openapi.json" | "/" | "/ui"
+    ) || path.starts_with("/ui/")
 }
 
 /// Consul-compatible paths answer errors in Consul's plain text.

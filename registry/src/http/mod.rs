@@ -4,12 +4,14 @@ mod auth;
 mod bodies;
 pub mod consul;
 pub mod extract;
+mod leases;
 pub mod limits;
 mod ops;
 mod problem;
 pub mod serve;
 mod services;
 mod snapshot;
+mod ui;
 mod watch;
 
 use std::sync::Arc;
@@ -58,6 +60,8 @@ pub struct AppState {
     /// Cancelled when the server shuts down: ends watch streams and blocking
     /// queries, so a graceful shutdown does not wait for them.
     pub shutdown: CancellationToken,
+    /// When this state was made: the start of the uptime `/health` reports.
+    pub started: Instant,
 }
 
 impl AppState {
@@ -81,6 +85,7 @@ impl AppState {
             epoch: fastrand::u64(1..),
             lease_grace: std::time::Duration::from_secs(30),
             shutdown,
+            started: Instant::now(),
         }
     }
 
@@ -104,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/services", get(services::list_services))
         .route("/v1/services/{service}", get(services::list_instances))
         .route("/v1/services/{service}/watch", get(watch::watch_service))
+        .route("/v1/services/{service}/leases", get(leases::service_leases))
         .route("/v1/watch", get(watch::watch_many))
         .route(
             instance,
@@ -127,6 +133,11 @@ pub fn router(state: AppState) -> Router {
                 .put(snapshot::restore)
                 .layer(DefaultBodyLimit::max(snapshot::SNAPSHOT_LIMIT)),
         )
+        .route("/", get(ui::to_ui))
+        .route("/ui", get(ui::to_ui))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/app.css", get(ui::app_css))
         .merge(consul::routes())
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .method_not_allowed_fallback(|req: Request| async move {

@@ -21,6 +21,7 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
         "services": snap.services.len(),
         "instances": snap.instance_count(),
         "self_preservation": preserving,
+        "uptime_seconds": state.started.elapsed().as_secs(),
     });
     // Still 200: the process is alive and serving; the warning is for operators.
     if preserving {
