@@ -47,6 +47,12 @@ pub enum Command {
     /// Register the services of a file and keep them registered: run their
     /// checks locally, heartbeat, deregister on exit, reload on SIGHUP.
     Agent(AgentArgs),
+    /// Register Kubernetes Services and their endpoints in the registry given
+    /// by --registry, and keep them in step (see the README's "roster
+    /// sync-k8s" section). Needs get/list/watch on services, endpointslices
+    /// and namespaces.
+    #[command(name = "sync-k8s")]
+    SyncK8s(SyncK8sArgs),
     /// Register (or replace) an instance.
     Register(RegisterArgs),
     /// Remove an instance.
@@ -101,6 +107,67 @@ pub enum Command {
         #[arg(long = "tag")]
         tags: Vec<String>,
     },
+}
+
+/// Flags of `roster sync-k8s`.
+#[derive(Debug, clap::Args)]
+pub struct SyncK8sArgs {
+    /// Roster service name of a Kubernetes Service: `name` or `name-namespace`
+    /// (the `roster.io/service-name` annotation overrides both).
+    #[arg(long, env = "ROSTER_SYNC_NAMING", default_value = "name",
+          value_parser = ["name", "name-namespace"])]
+    pub naming: String,
+    /// Sync Services that carry no `roster.io/sync` annotation, on themselves
+    /// or their Namespace.
+    #[arg(long, env = "ROSTER_SYNC_DEFAULT", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub default_sync: bool,
+    /// Register not-ready endpoints as critical instances (`false`: leave
+    /// them out).
+    #[arg(long, env = "ROSTER_SYNC_INCLUDE_NOT_READY", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub include_not_ready: bool,
+    /// Namespaces never synced, comma-separated.
+    #[arg(
+        long,
+        env = "ROSTER_SYNC_EXCLUDE_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,kube-public",
+        value_name = "NS,..."
+    )]
+    pub exclude_namespaces: Vec<String>,
+    /// Time between full reconciles against the registry (they also refill a
+    /// registry that restarted empty).
+    #[arg(long, env = "ROSTER_SYNC_RESYNC", default_value = "60s",
+          value_name = "DURATION", value_parser = duration::parse)]
+    pub resync: std::time::Duration,
+    /// Longest pause between retries after registry errors.
+    #[arg(long, env = "ROSTER_SYNC_MAX_BACKOFF", default_value = "30s",
+          value_name = "DURATION", value_parser = duration::parse)]
+    pub max_backoff: std::time::Duration,
+    /// Log filter.
+    #[arg(long, env = "ROSTER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl SyncK8sArgs {
+    /// The registrar's settings.
+    pub fn settings(&self) -> crate::k8s::SyncSettings {
+        // `naming` is restricted by value_parser, so parse cannot fail.
+        crate::k8s::SyncSettings {
+            naming: self.naming.parse().unwrap_or_default(),
+            default_sync: self.default_sync,
+            include_not_ready: self.include_not_ready,
+            exclude_namespaces: self
+                .exclude_namespaces
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            resync: self.resync,
+            max_backoff: self.max_backoff,
+        }
+    }
 }
 
 /// Flags of `roster agent`.
@@ -226,8 +293,8 @@ pub enum CliError {
     /// Output could not be written.
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
-    /// `serve`, `dns` and `agent` are not client commands.
-    #[error("serve, dns and agent are not client commands")]
+    /// `serve`, `dns`, `agent` and `sync-k8s` are not client commands.
+    #[error("serve, dns, agent and sync-k8s are not client commands")]
     NotAClientCommand,
 }
 
@@ -238,7 +305,7 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
         client = client.with_token(token.clone());
     }
     match &cli.command {
-        Command::Serve(_) | Command::Dns(_) | Command::Agent(_) => {
+        Command::Serve(_) | Command::Dns(_) | Command::Agent(_) | Command::SyncK8s(_) => {
             return Err(CliError::NotAClientCommand);
         }
         Command::Register(args) => {

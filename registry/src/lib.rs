@@ -10,6 +10,7 @@ pub mod config;
 pub mod dns_view;
 pub mod health;
 pub mod http;
+pub mod k8s;
 pub mod lease;
 pub mod metrics;
 pub mod model;

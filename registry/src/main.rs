@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Dns(args) => dns(&cli.registry, cli.token.as_deref(), args).await,
         Command::Agent(args) => agent(&cli.registry, cli.token.as_deref(), args).await,
+        Command::SyncK8s(args) => sync_k8s(&cli.registry, cli.token.as_deref(), args).await,
         _ => run_client(&cli, &mut std::io::stdout().lock())
             .await
             .map_err(Into::into),
@@ -98,6 +99,34 @@ async fn agent(
     });
     agent
         .run(&args.config, shutdown)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+async fn sync_k8s(
+    registry: &str,
+    token: Option<&str>,
+    args: &roster_registry::cli::SyncK8sArgs,
+) -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let mut roster = roster_client::RosterClient::new(registry)?;
+    if let Some(token) = token {
+        roster = roster.with_token(token);
+    }
+    // In-cluster (the pod's ServiceAccount) or KUBECONFIG / ~/.kube/config;
+    // installs rustls' crypto provider first (see above).
+    let kube = roster_registry::k8s::default_client()
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+    });
+    roster_registry::k8s::run(args.settings(), kube, roster, shutdown)
         .await
         .map_err(|e| anyhow::anyhow!(e))
 }

@@ -84,6 +84,20 @@ ALL_FEATURES: dict = {
         ],
         "denyEgress": True,
     },
+    "syncCatalog": {
+        "enabled": True,
+        "registry": "https://roster.example.internal:8500",
+        "naming": "name-namespace",
+        "defaultSync": False,
+        "includeNotReady": False,
+        "excludeNamespaces": ["kube-system"],
+        "resync": "30s",
+        "log": "roster_registry=debug",
+        "extraArgs": ["--max-backoff=10s"],
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+        "podAnnotations": {"example.com/sync": "yes"},
+        "serviceAccountAnnotations": {"example.com/role": "reader"},
+    },
 }
 
 # Named value sets every rendering test runs on.

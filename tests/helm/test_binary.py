@@ -253,3 +253,24 @@ def run_helm_test_scripts(objs: list, base: str, admin_token: str | None, tmp_pa
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{container['name']}: {result.stdout}{result.stderr}"
         assert instances() == expected, container["name"]
+
+
+def test_rendered_registrar_command_line_is_accepted_by_the_binary(chart, roster_binary):
+    """The sync-k8s Deployment's command and flags parse in the real binary.
+
+    The registrar needs a Kubernetes API to run, so `--help` is appended: clap
+    reads every flag before it and refuses an unknown one or a bad value, then
+    prints the help instead of starting.
+    """
+    deploy = find(manifests(render(chart, {"syncCatalog": {"enabled": True}})), "Deployment")
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["command"][1:] == ["sync-k8s"]
+    args = list(container["args"])
+    assert any(a.startswith("--registry=") for a in args)
+    run = subprocess.run([str(roster_binary), "sync-k8s", *args, "--help"],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert "Kubernetes Services" in run.stdout
+    bad = subprocess.run([str(roster_binary), "sync-k8s", *args, "--naming=bogus", "--help"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0, "a bad value must be refused, so the check above means something"

@@ -128,7 +128,7 @@ def test_render_every_optional_feature(chart):
     kinds = sorted(o["kind"] for _, o in objs)
     assert kinds == sorted(
         ["StatefulSet", "Service", "Service", "Service", "PodDisruptionBudget", "ServiceAccount", "Pod",
-         "ServiceMonitor", "NetworkPolicy"]
+         "ServiceMonitor", "NetworkPolicy", "Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
     ), kinds  # no Secret: acl.existingSecret names the user's
 
     sts = find(objs, "StatefulSet", "r1-registry")
@@ -170,6 +170,26 @@ def test_render_every_optional_feature(chart):
 
     notes = rendered["roster/templates/NOTES.txt"]
     assert "forward example.internal. 10.96.0.53" in notes
+
+    sync = find(objs, "Deployment", "r1-registry-sync-k8s")["spec"]["template"]
+    (sync_container,) = sync["spec"]["containers"]
+    assert sync_container["image"] == container["image"]
+    assert sync_container["args"] == [
+        "--registry=https://roster.example.internal:8500",
+        "--naming=name-namespace",
+        "--default-sync=false",
+        "--include-not-ready=false",
+        "--exclude-namespaces=kube-system",
+        "--resync=30s",
+        "--log=roster_registry=debug",
+        "--max-backoff=10s",
+    ]
+    assert sync_container["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "roster-tokens", "key": "admin-token"}
+    # Helm merges maps: the default limit stays.
+    assert sync_container["resources"] == {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}}
+    assert sync["metadata"]["annotations"] == {"example.com/sync": "yes"}
+    sync_sa = find(objs, "ServiceAccount", "r1-registry-sync-k8s")
+    assert sync_sa["metadata"]["annotations"] == {"example.com/role": "reader"}
 
 
 def test_render_minimal(chart):
@@ -536,3 +556,107 @@ def test_acl_schema_defaults_match_values():
     assert values == {"enabled": True, "existingSecret": ""}
     assert {k: v["default"] for k, v in schema["properties"].items()} == values
     assert schema["additionalProperties"] is False
+
+
+def _sync(objs):
+    return (
+        find(objs, "Deployment", "r1-roster-sync-k8s"),
+        find(objs, "ServiceAccount", "r1-roster-sync-k8s"),
+        find(objs, "ClusterRole", "r1-roster-sync-k8s"),
+        find(objs, "ClusterRoleBinding", "r1-roster-sync-k8s"),
+    )
+
+
+def test_sync_catalog_is_off_by_default(chart):
+    objs = manifests(render(chart, {}))
+    kinds = {o["kind"] for _, o in objs}
+    assert not kinds & {"Deployment", "ClusterRole", "ClusterRoleBinding"}, kinds
+    assert not any("sync-k8s" in o["metadata"]["name"] for _, o in objs)
+
+
+def test_sync_catalog_renders_the_registrar_and_its_rbac(chart):
+    objs = manifests(render(chart, {"syncCatalog": {"enabled": True}}))
+    deployment, sa, role, binding = _sync(objs)
+
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= pod_labels.items()
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "r1-roster-sync-k8s"
+    assert pod["automountServiceAccountToken"] is True, "it reads the Kubernetes API"
+    (container,) = pod["containers"]
+    assert container["command"] == ["/usr/local/bin/roster", "sync-k8s"]
+    assert container["args"] == [
+        f"--registry=http://r1-roster.{NAMESPACE}.svc:8500",
+        "--naming=name",
+        "--default-sync=true",
+        "--include-not-ready=true",
+        "--exclude-namespaces=kube-system,kube-public",
+        "--resync=60s",
+        "--log=info",
+    ]
+    # The write token: the admin token of the chart's ACL Secret.
+    assert container["env"] == [
+        {"name": "ROSTER_TOKEN", "valueFrom": {"secretKeyRef": {"name": "r1-roster-acl", "key": "admin-token"}}}
+    ]
+    assert find(objs, "Secret", "r1-roster-acl")
+    sts = find(objs, "StatefulSet", "r1-roster")
+    assert container["image"] == sts["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["resources"]["limits"]["memory"] == "256Mi"
+
+    # The registry's Services and PDB never select the registrar's pod.
+    for name in ("r1-roster", "r1-roster-dns", "r1-roster-headless"):
+        selector = find(objs, "Service", name)["spec"]["selector"]
+        assert not selector.items() <= pod_labels.items(), name
+    assert not find(objs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+    # RBAC: read-only, exactly what it watches.
+    assert sa["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["services", "namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+    ]
+    assert "namespace" not in role["metadata"], "cluster-scoped"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "r1-roster-sync-k8s"
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "r1-roster-sync-k8s", "namespace": NAMESPACE}]
+    for obj in (deployment, sa, role, binding):
+        kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize(
+    ("acl", "env"),
+    [
+        ({"enabled": True, "existingSecret": "my-tokens"},
+         [{"name": "ROSTER_TOKEN", "valueFrom": {"secretKeyRef": {"name": "my-tokens", "key": "admin-token"}}}]),
+        ({"enabled": False}, None),
+    ],
+    ids=["existing-secret", "acl-off"],
+)
+def test_sync_catalog_token_follows_the_acl_settings(chart, acl, env):
+    objs = manifests(render(chart, {"syncCatalog": {"enabled": True}, "acl": acl}))
+    deployment, *_ = _sync(objs)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container.get("env") == env
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"syncCatalog": {"enabled": "yes"}}, "/syncCatalog/enabled"),
+        ({"syncCatalog": {"naming": "namespace-name"}}, "/syncCatalog/naming"),
+        ({"syncCatalog": {"resync": "often"}}, "/syncCatalog/resync"),
+        ({"syncCatalog": {"registry": "roster:8500"}}, "/syncCatalog/registry"),
+        ({"syncCatalog": {"excludeNamespaces": ["Kube_System"]}}, "/syncCatalog/excludeNamespaces/0"),
+        ({"syncCatalog": {"rbac": {}}}, "additional properties 'rbac' not allowed"),
+    ],
+    ids=lambda v: json.dumps(v) if isinstance(v, dict) else None,
+)
+def test_sync_catalog_schema_rejects_bad_values(chart, values, message):
+    with pytest.raises(helm_python.HelmValuesError) as err:
+        render(chart, values)
+    assert message in str(err.value)

@@ -118,3 +118,31 @@ name = "admin"
 secret = "{{ . }}"
 policies = ["admin"]
 {{ end }}
+
+{{/* Name of the `roster sync-k8s` Deployment, ServiceAccount and RBAC objects. */}}
+{{- define "roster.syncName" -}}
+{{- printf "%s-sync-k8s" (include "roster.fullname" .) }}
+{{- end }}
+
+{{/*
+Labels that select the registrar's pods. Its app.kubernetes.io/name differs
+from the registry's, so that the registry's Services never select it.
+*/}}
+{{- define "roster.syncSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-sync-k8s" (include "roster.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: sync-k8s
+{{- end }}
+
+{{- define "roster.syncLabels" -}}
+helm.sh/chart: {{ include "roster.chart" . }}
+{{ include "roster.syncSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: roster
+{{- end }}
+
+{{/* The registry URL the registrar talks to. */}}
+{{- define "roster.syncRegistry" -}}
+{{- default (printf "http://%s.%s.svc:%d" (include "roster.fullname" .) .Release.Namespace (int .Values.service.port)) .Values.syncCatalog.registry }}
+{{- end }}
