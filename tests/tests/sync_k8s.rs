@@ -128,6 +128,32 @@ impl FakeKube {
         }
     }
 
+    /// Sends a BOOKMARK at the current resourceVersion on every open watch.
+    fn bookmark(&self) -> u64 {
+        let s = self.0.lock().unwrap();
+        for (kind, tx) in &s.watches {
+            let (k, api) = match kind.as_str() {
+                "services" => ("Service", "v1"),
+                "endpointslices" => ("EndpointSlice", "discovery.k8s.io/v1"),
+                _ => ("Namespace", "v1"),
+            };
+            let line = json!({"type": "BOOKMARK", "object": {
+                "kind": k, "apiVersion": api,
+                "metadata": {"resourceVersion": s.rv.to_string()}
+            }})
+            .to_string()
+                + "\n";
+            let _ = tx.send(line);
+        }
+        s.rv
+    }
+
+    /// Ends every open watch normally (as an API server does after its
+    /// timeout): the watchers watch again from the last version they saw.
+    fn close_watches(&self) {
+        self.0.lock().unwrap().watches.clear();
+    }
+
     fn uris(&self) -> Vec<String> {
         self.0.lock().unwrap().uris.clone()
     }
@@ -356,6 +382,47 @@ impl Harness {
             .unwrap();
         assert_eq!(result, Ok(()));
     }
+}
+
+/// A bookmark moves the watchers' resourceVersion without an event: when the
+/// watch ends they resume from it, not from the last object they saw, and a
+/// change made after it is applied as usual.
+#[tokio::test]
+async fn bookmarks_move_the_resume_point() {
+    let h = Harness::start(settings(), standard_cluster).await;
+    wait_ids(
+        &h.client,
+        "web",
+        &["k8s-shop-web-web-1-8080", "k8s-shop-web-web-2-8080"],
+    )
+    .await;
+    until("the services watch to be open", || async {
+        (h.fake.count("services watch") > 0).then_some(())
+    })
+    .await;
+    // Versions move on in a kind the services watch does not see.
+    h.fake.put(namespace("other", &[]));
+    h.fake.put(namespace("third", &[]));
+    // The bookmark is queued before the end of each watch stream, so the
+    // watchers read it before they see the stream end.
+    let rv = h.fake.bookmark();
+    h.fake.close_watches();
+    until("the services watch to resume from the bookmark", || async {
+        (h.fake.count(&format!("services watch rv={rv}")) > 0).then_some(())
+    })
+    .await;
+    h.fake.put(slice(
+        "shop",
+        "web",
+        &[("10.0.0.1", "web-1", true), ("10.0.0.3", "web-3", true)],
+    ));
+    wait_ids(
+        &h.client,
+        "web",
+        &["k8s-shop-web-web-1-8080", "k8s-shop-web-web-3-8080"],
+    )
+    .await;
+    h.stop().await;
 }
 
 fn settings() -> SyncSettings {
