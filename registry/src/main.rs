@@ -38,13 +38,8 @@ async fn serve(args: &roster_registry::config::ServeArgs) -> anyhow::Result<()> 
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-    let shutdown = CancellationToken::new();
-    let server = Server::start(&config, listener, shutdown.clone()).await?;
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("signal received, shutting down");
-        shutdown.cancel();
-    });
+    let shutdown = cancel_on_signal();
+    let server = Server::start(&config, listener, shutdown).await?;
     server.wait().await.context("server failed")
 }
 
@@ -53,25 +48,13 @@ async fn dns(
     token: Option<&str>,
     args: &roster_registry::cli::DnsArgs,
 ) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-    let mut client = roster_client::RosterClient::new(registry)?;
-    if let Some(token) = token {
-        client = client.with_token(token);
-    }
+    let client = client_command(registry, token, &args.log)?;
     let config = roster_dns::DnsConfig {
         domain: args.dns_domain.clone(),
         ttl: args.dns_ttl,
         ..roster_dns::DnsConfig::default()
     };
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("signal received, shutting down");
-        stop.cancel();
-    });
+    let shutdown = cancel_on_signal();
     let front =
         roster_registry::remote::RemoteDns::start(client, args.dns_addr, config, shutdown).await?;
     front.wait().await.context("DNS front end failed")
@@ -82,21 +65,10 @@ async fn agent(
     token: Option<&str>,
     args: &roster_registry::cli::AgentArgs,
 ) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-    let mut client = roster_client::RosterClient::new(registry)?;
-    if let Some(token) = token {
-        client = client.with_token(token);
-    }
+    let client = client_command(registry, token, &args.log)?;
     let prober = std::sync::Arc::new(roster_registry::probe::NetProber::new());
     let agent = roster_registry::agent::Agent::new(client, prober);
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        stop.cancel();
-    });
+    let shutdown = cancel_on_signal();
     agent
         .run(&args.config, shutdown)
         .await
@@ -108,27 +80,44 @@ async fn sync_k8s(
     token: Option<&str>,
     args: &roster_registry::cli::SyncK8sArgs,
 ) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
-    let mut roster = roster_client::RosterClient::new(registry)?;
-    if let Some(token) = token {
-        roster = roster.with_token(token);
-    }
+    let roster = client_command(registry, token, &args.log)?;
     // In-cluster (the pod's ServiceAccount) or KUBECONFIG / ~/.kube/config;
     // installs rustls' crypto provider first (see above).
     let kube = roster_registry::k8s::default_client()
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
+    let shutdown = cancel_on_signal();
+    roster_registry::k8s::run(args.settings(), kube, roster, shutdown)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Logs per `log` and a client for `registry`, with the token when given: the
+/// start of every long-running command that follows a registry.
+fn client_command(
+    registry: &str,
+    token: Option<&str>,
+    log: &str,
+) -> anyhow::Result<roster_client::RosterClient> {
+    let filter = tracing_subscriber::EnvFilter::try_new(log).context("invalid --log filter")?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let mut client = roster_client::RosterClient::new(registry)?;
+    if let Some(token) = token {
+        client = client.with_token(token);
+    }
+    Ok(client)
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C.
+fn cancel_on_signal() -> CancellationToken {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
+        tracing::info!("signal received, shutting down");
         stop.cancel();
     });
-    roster_registry::k8s::run(args.settings(), kube, roster, shutdown)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))
+    shutdown
 }
 
 async fn wait_for_signal() {

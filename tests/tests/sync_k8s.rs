@@ -611,13 +611,10 @@ async fn deleted_services_are_deregistered_promptly_and_foreign_instances_kept()
         ],
     )
     .await;
-    let started = std::time::Instant::now();
+    // The resync is an hour away (settings()), so only the watch event can
+    // explain the removal within the bounded wait.
     h.fake.delete("services", "shop/web");
     wait_ids(&h.client, "web", &["manual-1"]).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "deletes apply through the watch, not the hourly resync"
-    );
     h.stop().await;
 }
 
