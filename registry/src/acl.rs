@@ -227,6 +227,18 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Compares two secrets in time that depends on neither (both are hashed
+/// first, so their lengths do not show either).
+pub fn secrets_equal(given: &[u8], expected: &[u8]) -> bool {
+    let d = |b: &[u8]| {
+        let d = ring::digest::digest(&ring::digest::SHA256, b);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    };
+    constant_time_eq(&d(given), &d(expected))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

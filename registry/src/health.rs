@@ -198,7 +198,9 @@ impl Checker {
         let now = Instant::now();
         self.queue
             .insert((now + run.spec.interval, generation, key.clone()));
-        if run.running {
+        // In a cluster only the leader probes (its results go through the log);
+        // followers keep the schedule, so a new leader starts at once.
+        if run.running || !self.registry.is_leading() {
             return;
         }
         run.running = true;

@@ -134,6 +134,11 @@ impl ServiceName {
         Ok(ServiceName(raw.to_ascii_lowercase().into()))
     }
 
+    /// A name that was validated before (it comes from the catalog itself).
+    pub(crate) fn trusted(name: Arc<str>) -> Self {
+        ServiceName(name)
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -177,6 +182,11 @@ impl InstanceId {
             ));
         }
         Ok(InstanceId(raw.into()))
+    }
+
+    /// An id that was validated before (it comes from the catalog itself).
+    pub(crate) fn trusted(id: Arc<str>) -> Self {
+        InstanceId(id)
     }
 
     /// The id.

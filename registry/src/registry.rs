@@ -32,6 +32,38 @@ pub enum WriteError {
     /// it with the next write.
     #[error("the change could not be written to disk: {0}")]
     Store(String),
+    /// Replicated: no leader can take the write now (election under way, or this
+    /// node is cut off from the majority). Nothing is known to have changed.
+    #[error("no leader can take the write now: {0}")]
+    Unavailable(String),
+}
+
+/// A write waiting for the replicated log, and where its result goes.
+pub type Proposal = (
+    Command,
+    tokio::sync::oneshot::Sender<Result<Outcome, WriteError>>,
+);
+
+/// How a replicated registry gets its writes into the log (implemented by
+/// [`crate::cluster`]).
+pub trait Replication: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether this node is the leader now: only the leader proposes, runs the
+    /// lease clock and the active checks.
+    fn is_leader(&self) -> bool;
+    /// The queue of the leader's proposer. Writes are queued under the catalog
+    /// lock, so they enter the log in the order the catalog saw them.
+    fn proposals(&self) -> &tokio::sync::mpsc::UnboundedSender<Proposal>;
+    /// Sends a write to the leader (on a follower).
+    fn forward(
+        &self,
+        cmd: Command,
+    ) -> futures_util::future::BoxFuture<'static, Result<Outcome, WriteError>>;
+    /// Sends a heartbeat to the leader (on a follower).
+    fn forward_heartbeat(
+        &self,
+        service: ServiceName,
+        id: InstanceId,
+    ) -> futures_util::future::BoxFuture<'static, Result<Outcome, WriteError>>;
 }
 
 /// What the write lock protects: the catalog and the watch topics, so that
@@ -54,6 +86,9 @@ pub struct Registry {
     store: OnceLock<Store>,
     changes: OnceLock<ChangeFeed>,
     preserving: AtomicBool,
+    replication: OnceLock<std::sync::Weak<dyn Replication>>,
+    /// Wakes the reaper when this node's leadership changes.
+    leadership: Notify,
 }
 
 /// Sends every changed instance (`None`: removed) to the health checker.
@@ -80,6 +115,8 @@ impl Registry {
             store: OnceLock::new(),
             changes: OnceLock::new(),
             preserving: AtomicBool::new(false),
+            replication: OnceLock::new(),
+            leadership: Notify::new(),
         }
     }
 
@@ -200,9 +237,129 @@ impl Registry {
         }
     }
 
+    /// Makes this registry one node of a replicated cluster: writes go through
+    /// `replication`, ticks only decide (see [`Catalog::set_replicated`]), and the
+    /// lease clock runs only while this node leads.
+    pub fn attach_replication(&self, replication: std::sync::Weak<dyn Replication>) {
+        self.lock().catalog.set_replicated();
+        if self.replication.set(replication).is_err() {
+            tracing::error!("replication was already attached; keeping the first");
+        }
+    }
+
+    /// Switches the catalog to replicated mode before anything is applied.
+    pub fn set_replicated(&self) {
+        self.lock().catalog.set_replicated();
+    }
+
+    fn replication(&self) -> Option<Arc<dyn Replication>> {
+        self.replication.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Whether this registry is one node of a cluster.
+    pub fn is_replicated(&self) -> bool {
+        self.replication.get().is_some()
+    }
+
+    /// Whether this node runs the lease clock and the active checks: always
+    /// alone, only while leading in a cluster.
+    pub fn is_leading(&self) -> bool {
+        match self.replication.get() {
+            None => true,
+            Some(r) => r.upgrade().is_some_and(|r| r.is_leader()),
+        }
+    }
+
+    /// Called by the cluster when this node gains or loses leadership. A new
+    /// leader re-arms every lease at now + ttl + `grace` (its followers' soft
+    /// lease clocks never saw the heartbeats), so a failover expires nothing
+    /// that is alive.
+    pub fn leadership_changed(&self, leading: bool, grace: Duration) {
+        if leading {
+            let mut core = self.lock();
+            let snap = core.catalog.snapshot().clone();
+            let instances = snap
+                .services
+                .values()
+                .flat_map(|s| s.instances.values())
+                .map(|i| (**i).clone())
+                .collect();
+            // Same index, same instances: only the soft state (leases, timers) is
+            // rebuilt, so nothing is published.
+            let _ = core.catalog.apply(
+                Command::Restore {
+                    index: snap.index,
+                    names_index: snap.names_index,
+                    instances,
+                    grace,
+                    stamp: false,
+                },
+                Instant::now(),
+            );
+        }
+        self.leadership.notify_one();
+        self.reaper_wake.notify_one();
+    }
+
+    /// Waits (a little, at most) until this node's catalog reaches `index`.
+    async fn wait_for_index(&self, index: u64) {
+        let mut rx = self.subscribe_list();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while *rx.borrow_and_update() < index {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Applies a command that came out of the replicated log (every node, in log
+    /// order). Nothing goes to the store: the log is the durable copy.
+    pub fn apply_committed(&self, cmd: Command) -> Result<Outcome, CatalogError> {
+        self.apply_inner(cmd, false).map(|(out, _)| out)
+    }
+
+    /// Replaces the catalog with a replicated snapshot, stamped so watchers see it.
+    pub fn install(&self, index: u64, names_index: u64, instances: Vec<Instance>, grace: Duration) {
+        let _ = self.apply_inner(
+            Command::Restore {
+                index,
+                names_index,
+                instances,
+                grace,
+                stamp: false,
+            },
+            false,
+        );
+    }
+
     /// Applies a command and waits until the change is on disk (at once without a
-    /// store). What HTTP writers call before they answer.
+    /// store), or, replicated, until the log has it on a majority and it is
+    /// applied here. What HTTP writers call before they answer.
     pub async fn write(&self, cmd: Command) -> Result<Outcome, WriteError> {
+        if let Some(rep) = self.replication.get() {
+            let Some(rep) = rep.upgrade() else {
+                return Err(WriteError::Unavailable("the node is shutting down".into()));
+            };
+            if !rep.is_leader() {
+                let out = rep.forward(cmd).await?;
+                // Read your writes on this node too: the caller reads back what
+                // it wrote, from this node's catalog.
+                self.wait_for_index(out.index).await;
+                return Ok(out);
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            {
+                let _order = self.lock();
+                rep.proposals()
+                    .send((cmd, tx))
+                    .map_err(|_| WriteError::Unavailable("the proposer stopped".into()))?;
+            }
+            return rx
+                .await
+                .map_err(|_| WriteError::Unavailable("the proposer stopped".into()))?;
+        }
         let (out, durable) = self.apply_inner(cmd, true)?;
         if let Some(durable) = durable {
             durable
@@ -297,6 +454,11 @@ impl Registry {
         service: &ServiceName,
         id: &InstanceId,
     ) -> Result<Outcome, WriteError> {
+        if let Some(rep) = self.replication()
+            && !rep.is_leader()
+        {
+            return rep.forward_heartbeat(service.clone(), id.clone()).await;
+        }
         let now = u64::try_from(
             Instant::now()
                 .saturating_duration_since(self.epoch)
@@ -329,6 +491,13 @@ impl Registry {
     /// earliest deadline and is woken early only when an earlier one appears.
     pub async fn run_reaper(self: Arc<Self>, cancel: CancellationToken) {
         loop {
+            if !self.is_leading() {
+                // A follower's lease clock never saw the heartbeats: it waits.
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = self.leadership.notified() => continue,
+                }
+            }
             let next = self.lock().catalog.next_deadline();
             let due = async {
                 match next {
@@ -339,14 +508,47 @@ impl Registry {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = self.reaper_wake.notified() => {}
+                () = self.leadership.notified() => {}
                 () = due => {
-                    if let Ok(out) = self.apply(Command::Tick)
+                    if self.is_replicated() {
+                        self.tick_replicated();
+                    } else if let Ok(out) = self.apply(Command::Tick)
                         && (out.expired > 0 || out.reaped > 0)
                     {
                         tracing::info!(expired = out.expired, reaped = out.reaped, index = out.index, "leases expired");
                     }
                 }
             }
+        }
+    }
+
+    /// A leader's tick: decides what ran out and queues the effects for the log,
+    /// under the catalog lock so they are ordered with the writes around them.
+    fn tick_replicated(&self) {
+        let Some(rep) = self.replication() else {
+            return;
+        };
+        let mut core = self.lock();
+        let out = match core.catalog.apply(Command::Tick, Instant::now()) {
+            Ok(out) => out,
+            Err(_) => return,
+        };
+        let effects = core.catalog.take_effects();
+        let preserving = core.catalog.self_preservation_active();
+        for cmd in effects {
+            let (tx, _rx) = tokio::sync::oneshot::channel();
+            let _ = rep.proposals().send((cmd, tx));
+        }
+        drop(core);
+        if out.expired > 0 || out.reaped > 0 {
+            tracing::info!(
+                expired = out.expired,
+                reaped = out.reaped,
+                "leases ran out; replicating"
+            );
+        }
+        if self.preserving.swap(preserving, Ordering::Relaxed) != preserving {
+            self.metrics.self_preservation(preserving);
         }
     }
 }

@@ -28,6 +28,7 @@ pub struct Server {
     local_addr: SocketAddr,
     dns_addr: Option<SocketAddr>,
     registry: Arc<Registry>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     tasks: JoinSet<std::io::Result<()>>,
 }
 
@@ -85,7 +86,27 @@ impl Server {
         };
         let dns_addr = dns.as_ref().map(DnsServer::local_addr);
         let mut tasks = JoinSet::new();
-        if let Some(dir) = config.data_dir.clone() {
+        if let (Some(cluster), Some(dir)) = (&config.cluster, &config.data_dir) {
+            // Replicated: the Raft log in the data directory is the durable
+            // copy; the node is ready once it knows a leader.
+            state.ready.store(false, Ordering::Release);
+            let mut cluster = cluster.clone();
+            if cluster.advertise.is_empty() {
+                cluster.advertise = local_addr.to_string();
+            }
+            let node = crate::cluster::Cluster::start(
+                registry.clone(),
+                dir,
+                cluster,
+                config.lease_grace,
+                state.ready.clone(),
+                &mut tasks,
+                shutdown.clone(),
+            )
+            .await
+            .map_err(|e| std::io::Error::other(format!("cannot start the cluster node: {e}")))?;
+            state.cluster = Some(node);
+        } else if let Some(dir) = config.data_dir.clone() {
             // Serve /health at once, but refuse writes and report not ready until
             // the catalog is loaded. A store that cannot be loaded stops the server.
             state.ready.store(false, Ordering::Release);
@@ -147,6 +168,7 @@ impl Server {
             });
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let cluster = state.cluster.clone();
         let app = router(state);
         tasks.spawn(serve(
             listener,
@@ -160,6 +182,7 @@ impl Server {
             local_addr,
             dns_addr,
             registry,
+            cluster,
             tasks,
         })
     }
@@ -177,6 +200,11 @@ impl Server {
     /// The registry behind the API.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// This node's cluster handle, when replicated.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// Waits until every task has stopped; returns the first error.

@@ -84,8 +84,45 @@ pub enum Command {
         /// instance itself (TTL checks only; this also restarts the check's TTL).
         source: CheckSource,
     },
-    /// Expire overdue leases and remove instances critical for too long.
+    /// Expire overdue leases and remove instances critical for too long. In a
+    /// replicated catalog ([`Catalog::set_replicated`]) the tick changes nothing
+    /// itself: it only decides, and leaves the effect commands below in
+    /// [`Catalog::take_effects`] for the leader to replicate.
     Tick,
+    /// Effect of a tick: the instance's lease ran out. Applies only while the
+    /// instance is the same registration (`create_index`) and its lease passing.
+    ExpireLease {
+        /// Service.
+        service: ServiceName,
+        /// Instance id.
+        id: InstanceId,
+        /// The registration the decision was about.
+        create_index: u64,
+    },
+    /// Effect of a tick: a TTL check ran out.
+    ExpireCheck {
+        /// Service.
+        service: ServiceName,
+        /// Instance id.
+        id: InstanceId,
+        /// Check id.
+        check: String,
+        /// Output to record with the critical status.
+        output: String,
+    },
+    /// Effect of a tick: remove an instance critical for too long. Applies only
+    /// while it is the same registration and still critical (its lease, or
+    /// the named check).
+    Reap {
+        /// Service.
+        service: ServiceName,
+        /// Instance id.
+        id: InstanceId,
+        /// The registration the decision was about.
+        create_index: u64,
+        /// The check whose `deregister_critical_after` ran out; `None`: the lease's.
+        check: Option<String>,
+    },
     /// Replace the whole catalog (start-up load, snapshot restore). Every lease
     /// gets `grace` on top of its TTL, and nothing is removed during the grace,
     /// so instances have time to heartbeat before anything expires.
@@ -141,7 +178,7 @@ impl Default for SelfPreservation {
 }
 
 /// What a command did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// Global index after the command.
     pub index: u64,
@@ -262,6 +299,8 @@ pub struct Catalog {
     /// Times of recent lease expirations, oldest first.
     expirations: std::collections::VecDeque<u64>,
     preserving: bool,
+    /// Replicated mode: effects of ticks wait here instead of being applied.
+    effects: Option<Vec<Command>>,
 }
 
 impl Catalog {
@@ -289,7 +328,24 @@ impl Catalog {
             guard_at: 0,
             expirations: std::collections::VecDeque::new(),
             preserving: false,
+            effects: None,
         }
+    }
+
+    /// Replicated mode: a tick no longer changes the state, it only decides what
+    /// ran out; the leader replicates those effect commands
+    /// ([`Catalog::take_effects`]) and every node applies them in log order.
+    /// Soft state (lease deadlines, timers) stays local.
+    pub fn set_replicated(&mut self) {
+        self.effects.get_or_insert_with(Vec::new);
+    }
+
+    /// The effect commands decided by ticks since the last call.
+    pub fn take_effects(&mut self) -> Vec<Command> {
+        self.effects
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Changes the self-preservation settings.
@@ -393,6 +449,49 @@ impl Catalog {
                 source,
             } => self.set_check(&service, &id, &check, status, output, source, now, next)?,
             Command::Tick => self.tick(now, next, &mut out),
+            Command::ExpireLease {
+                service,
+                id,
+                create_index,
+            } => {
+                let current = self.find(&service, &id)?;
+                current.create_index == create_index
+                    && current.lease == Some(Health::Passing)
+                    && self.expire_lease(current, now, next)
+            }
+            Command::ExpireCheck {
+                service,
+                id,
+                check,
+                output,
+            } => {
+                let current = self.find(&service, &id)?;
+                self.expire_check(current, &check, output, next)
+            }
+            Command::Reap {
+                service,
+                id,
+                create_index,
+                check,
+            } => {
+                let current = self.find(&service, &id)?;
+                let critical = match &check {
+                    None => current.lease == Some(Health::Critical),
+                    Some(c) => current
+                        .spec
+                        .checks
+                        .iter()
+                        .zip(&current.checks)
+                        .any(|(d, s)| &*d.id == c && s.status == Health::Critical),
+                };
+                if current.create_index == create_index && critical {
+                    self.remove(id.as_arc(), next);
+                    out.reaped += 1;
+                    true
+                } else {
+                    false
+                }
+            }
             Command::Restore {
                 index,
                 names_index,

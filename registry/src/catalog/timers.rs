@@ -3,7 +3,8 @@
 
 use roster_client::api::{self, Health};
 
-use super::{Catalog, HOLD_RECHECK, Outcome, Timer, nanos};
+use super::{Catalog, Command, HOLD_RECHECK, Outcome, Timer, nanos};
+use crate::model::{InstanceId, ServiceName};
 
 /// How long a self-preservation decision is reused by ticks that expire or
 /// remove something.
@@ -108,6 +109,16 @@ impl Catalog {
                         continue;
                     }
                     self.expirations.push_back(now);
+                    if let Some(effects) = &mut self.effects {
+                        let inst = &self.state.services[&rec.service].instances[&id];
+                        effects.push(Command::ExpireLease {
+                            service: ServiceName::trusted(rec.service.clone()),
+                            id: InstanceId::trusted(id.clone()),
+                            create_index: inst.create_index,
+                        });
+                        out.expired += 1;
+                        continue;
+                    }
                     // Count the critical time from the moment the lease ran out
                     // (or was released by self-preservation).
                     let from = if was_held { now } else { deadline };
@@ -135,6 +146,17 @@ impl Catalog {
                 }
                 Timer::Reap => {
                     rec.reap_timer = None;
+                    if let Some(effects) = &mut self.effects {
+                        let inst = &self.state.services[&rec.service].instances[&id];
+                        effects.push(Command::Reap {
+                            service: ServiceName::trusted(rec.service.clone()),
+                            id: InstanceId::trusted(id.clone()),
+                            create_index: inst.create_index,
+                            check: None,
+                        });
+                        out.reaped += 1;
+                        continue;
+                    }
                     self.remove(&id, next);
                     out.reaped += 1;
                     changed = true;
@@ -147,6 +169,17 @@ impl Catalog {
                 }
                 Timer::CheckReap(pos) => {
                     rec.check_reaps.retain(|(i, _)| *i != pos);
+                    if let Some(effects) = &mut self.effects {
+                        let inst = &self.state.services[&rec.service].instances[&id];
+                        effects.push(Command::Reap {
+                            service: ServiceName::trusted(rec.service.clone()),
+                            id: InstanceId::trusted(id.clone()),
+                            create_index: inst.create_index,
+                            check: Some(inst.spec.checks[usize::from(pos)].id.to_string()),
+                        });
+                        out.reaped += 1;
+                        continue;
+                    }
                     self.remove(&id, next);
                     out.reaped += 1;
                     changed = true;
@@ -164,6 +197,17 @@ impl Catalog {
                         api::duration::format(ttl)
                     );
                     let state = &current.checks[p];
+                    if let Some(effects) = &mut self.effects {
+                        if state.status != Health::Critical || state.output != output {
+                            effects.push(Command::ExpireCheck {
+                                service: ServiceName::trusted(service),
+                                id: InstanceId::trusted(id),
+                                check: current.spec.checks[p].id.to_string(),
+                                output,
+                            });
+                        }
+                        continue;
+                    }
                     if state.status != Health::Critical || state.output != output {
                         let mut inst = (*current).clone();
                         inst.checks[p] = CheckState {

@@ -415,7 +415,19 @@ impl Catalog {
             return false;
         };
         let deadline = now.saturating_add(lease.ttl()).max(lease.deadline());
-        let was_expired = lease.is_expired();
+        // Replicated, the state every node shares decides, not the soft lease
+        // (the leader may have marked it expired before its decision was
+        // replicated, or the decision may have been dropped).
+        let was_expired = if self.effects.is_some() {
+            let service = &self.records[id].service;
+            self.state.services[service].instances[id].lease == Some(Health::Critical)
+        } else {
+            lease.is_expired()
+        };
+        let rec = self
+            .records
+            .get_mut(id)
+            .expect("record of a known instance");
         lease.revive(deadline);
         if rec.lease_timer.is_none() {
             rec.lease_timer = Some(deadline);
@@ -428,6 +440,68 @@ impl Catalog {
         let service = self.records[id].service.clone();
         let mut inst = (*self.state.services[&service].instances[id]).clone();
         inst.lease = Some(Health::Passing);
+        self.put(inst, next);
+        true
+    }
+
+    /// Applies a replicated lease expiry: the lease is marked expired here too
+    /// (so a later heartbeat revives it on every node alike) and the removal
+    /// clock starts now.
+    pub(super) fn expire_lease(&mut self, current: Arc<Instance>, now: u64, next: u64) -> bool {
+        let id = current.id.clone();
+        let rec = self
+            .records
+            .get_mut(&id)
+            .expect("record of a known instance");
+        let Some(lease) = rec.lease.clone() else {
+            return false;
+        };
+        let _ = lease.try_expire(u64::MAX);
+        rec.held = false;
+        if let Some(due) = rec.lease_timer.take() {
+            self.timers.remove(&(due, Timer::Lease, id.clone()));
+        }
+        if rec.reap_timer.is_none() {
+            let reap_at = now.saturating_add(nanos(current.spec.deregister_critical_after));
+            rec.reap_timer = Some(reap_at);
+            self.timers.insert((reap_at, Timer::Reap, id));
+        }
+        let mut inst = (*current).clone();
+        inst.lease = Some(Health::Critical);
+        self.put(inst, next);
+        true
+    }
+
+    /// Applies a replicated TTL-check expiry.
+    pub(super) fn expire_check(
+        &mut self,
+        current: Arc<Instance>,
+        check: &str,
+        output: String,
+        next: u64,
+    ) -> bool {
+        let Some(p) = current.spec.checks.iter().position(|d| &*d.id == check) else {
+            return false;
+        };
+        let state = &current.checks[p];
+        if state.status == Health::Critical && state.output == output {
+            return false;
+        }
+        if let Some(rec) = self.records.get_mut(&current.id)
+            && let Some(at) = rec
+                .check_timers
+                .iter()
+                .position(|(i, _)| usize::from(*i) == p)
+        {
+            let (i, due) = rec.check_timers.remove(at);
+            self.timers
+                .remove(&(due, Timer::Check(i), current.id.clone()));
+        }
+        let mut inst = (*current).clone();
+        inst.checks[p] = CheckState {
+            status: Health::Critical,
+            output,
+        };
         self.put(inst, next);
         true
     }

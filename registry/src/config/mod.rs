@@ -19,6 +19,9 @@ use crate::model::{Limits, PanicPolicy};
 /// Flags of `roster serve`. Each also reads a `ROSTER_*` variable.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ServeArgs {
+    /// Cluster flags.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "ROSTER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -303,6 +306,8 @@ pub struct Config {
     pub serve: ServeConfig,
     /// Overload limits.
     pub limits_http: LimitConfig,
+    /// Replication, when this node is one of a cluster.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Default DNS listen address.
@@ -333,6 +338,7 @@ impl Default for Config {
             acl: None,
             serve: ServeConfig::default(),
             limits_http: LimitConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -497,6 +503,9 @@ impl Config {
         cfg.panic
             .services
             .extend(args.service_panic_thresholds.iter().cloned());
+        cfg.cluster = args
+            .cluster
+            .to_config(cfg.http_addr, cfg.data_dir.as_deref())?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -649,3 +658,6 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 
 #[cfg(test)]
 mod tests;
+
+mod cluster;
+pub use cluster::ClusterArgs;

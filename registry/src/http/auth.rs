@@ -23,6 +23,8 @@ fn is_open(path: &str) -> bool {
         path,
         "/health" | "/ready" | "/metrics" | "/v1/openapi.json" | "/" | "/ui"
     ) || path.starts_with("/ui/")
+        // Node-to-node traffic carries the cluster token instead (http/raft.rs).
+        || path.starts_with("/v1/raft/")
 }
 
 /// Consul-compatible paths answer errors in Consul's plain text.
@@ -58,7 +60,7 @@ fn need_of(method: &Method, path: &str) -> Option<Need> {
     if segs.first() != Some(&"v1") {
         return None;
     }
-    if segs.get(1) == Some(&"snapshot") {
+    if matches!(segs.get(1), Some(&"snapshot" | &"operator")) {
         return Some(Need::Admin);
     }
     if method == Method::GET || method == Method::HEAD {

@@ -8,6 +8,7 @@ mod leases;
 pub mod limits;
 mod ops;
 mod problem;
+mod raft;
 pub mod serve;
 mod services;
 mod snapshot;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// When this state was made: the start of the uptime `/health` reports.
     pub started: Instant,
+    /// This node's cluster, when replicated.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {
@@ -86,6 +89,7 @@ impl AppState {
             lease_grace: std::time::Duration::from_secs(30),
             shutdown,
             started: Instant::now(),
+            cluster: None,
         }
     }
 
@@ -139,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/app.js", get(ui::app_js))
         .route("/ui/app.css", get(ui::app_css))
         .merge(consul::routes())
+        .merge(raft::routes())
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .method_not_allowed_fallback(|req: Request| async move {
             ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
@@ -186,7 +191,10 @@ async fn refuse_writes_until_ready(
     next: Next,
 ) -> Response {
     let method = req.method();
-    if !state.is_ready() && method != Method::GET && method != Method::HEAD {
+    // Cluster traffic is what makes a node ready: it must pass.
+    let cluster =
+        req.uri().path().starts_with("/v1/raft/") || req.uri().path().starts_with("/v1/operator/");
+    if !state.is_ready() && method != Method::GET && method != Method::HEAD && !cluster {
         return ApiError::unavailable("the catalog is still loading; retry shortly")
             .into_response();
     }

@@ -15,6 +15,8 @@ pub struct ApiError {
     title: &'static str,
     detail: String,
     field: Option<String>,
+    /// Seconds for `Retry-After`.
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             title,
             detail,
             field: None,
+            retry_after: None,
         }
     }
 
@@ -85,6 +88,16 @@ impl ApiError {
             "no-route",
             "No such endpoint",
             format!("no endpoint at {path}; see /v1/openapi.json"),
+        )
+    }
+
+    /// 404 for something named in the request that does not exist.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            detail.into(),
         )
     }
 
@@ -191,6 +204,16 @@ impl From<crate::registry::WriteError> for ApiError {
                 "Change not durable",
                 format!("the change is in memory but not on disk yet ({detail}); retry"),
             ),
+            crate::registry::WriteError::Unavailable(detail) => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no-leader",
+                    "No leader",
+                    format!("{detail}; retry in a moment or on another node"),
+                );
+                e.retry_after = Some(1);
+                e
+            }
         }
     }
 }
@@ -210,6 +233,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }

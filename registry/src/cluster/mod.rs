@@ -1,0 +1,749 @@
+//! Replication: several registry nodes kept in step by Raft ([`openraft`]).
+//!
+//! Durable writes (register, deregister, maintenance, check results, and the
+//! effects of the lease clock) go through the leader's log; every node applies
+//! committed entries to its own catalog, so any node answers reads, DNS and
+//! watches. Heartbeats are soft state on the leader: followers forward them, and
+//! a new leader re-arms every lease, so a failover expires nothing alive. Only
+//! the leader runs the lease clock and the active health checks; what they
+//! decide is replicated like any write.
+
+// openraft's storage traits fix the error type (`StorageError`, 200+ bytes).
+#![allow(clippy::result_large_err)]
+
+mod log;
+mod machine;
+mod network;
+pub mod ops;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use log::{LogStore, RAFT_FILE};
+pub use machine::StateMachine;
+pub use network::{Cut, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
+
+use crate::catalog::{Command, Outcome};
+use crate::model::{InstanceId, ServiceName};
+use crate::registry::{Proposal, Registry, Replication, WriteError};
+use ops::{Applied, Batch, ErrorWire, Op};
+
+openraft::declare_raft_types!(
+    /// The types of roster's Raft group.
+    pub TypeConfig:
+        D = Batch,
+        R = Vec<Applied>,
+);
+
+/// A node's Raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// How a node joins a cluster (`roster serve --advertise-addr/--join/...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Node id; generated once and kept in the data directory when `None`.
+    pub node_id: Option<u64>,
+    /// `host:port` (or URL) other nodes reach this node's API at.
+    pub advertise: String,
+    /// Peers to contact: `host:port`, a name may resolve to several addresses.
+    pub join: Vec<String>,
+    /// The first cluster forms when this many nodes have met.
+    pub bootstrap_expect: usize,
+    /// Shared secret the nodes present to each other.
+    pub token: Option<String>,
+    /// Leader heartbeat period; elections time out after 4–8 of them.
+    pub heartbeat: Duration,
+    /// How long a write waits for a majority before it fails with 503.
+    pub write_timeout: Duration,
+    /// Entries between snapshots (the log is compacted after each).
+    pub snapshot_every: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: None,
+            advertise: String::new(),
+            join: Vec::new(),
+            bootstrap_expect: 1,
+            token: None,
+            heartbeat: Duration::from_millis(250),
+            write_timeout: Duration::from_secs(5),
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+/// What a node says about itself on `GET /v1/raft/node`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: u64,
+    /// Advertised address.
+    pub addr: String,
+    /// Whether it belongs to a cluster already.
+    pub initialized: bool,
+    /// The leader it knows, if any.
+    pub leader: Option<u64>,
+}
+
+/// One member as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id.
+    pub id: u64,
+    /// Advertised address.
+    pub addr: String,
+    /// Votes (a learner does not).
+    pub voter: bool,
+    /// Is the leader.
+    pub leader: bool,
+    /// Last log index known to be on it (leader's view), if known.
+    pub matched: Option<u64>,
+}
+
+/// The cluster as operators see it (`GET /v1/operator/raft`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// This node.
+    pub node: u64,
+    /// Its state: Leader, Follower, Candidate, Learner.
+    pub state: String,
+    /// Current term.
+    pub term: u64,
+    /// Leader, if known.
+    pub leader: Option<u64>,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied index.
+    pub applied: Option<u64>,
+    /// Members.
+    pub members: Vec<Member>,
+}
+
+/// A running node: the Raft handle and what the rest of the server needs.
+pub struct Cluster {
+    raft: Raft,
+    id: u64,
+    addr: String,
+    peers: Peers,
+    registry: Arc<Registry>,
+    leading: AtomicBool,
+    proposals: mpsc::UnboundedSender<Proposal>,
+    /// When a follower last heard from its leader (ms since `epoch`).
+    contact_ms: AtomicU64,
+    epoch: Instant,
+    config: ClusterConfig,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .field("leading", &self.leading)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Opens the log in `dir`, loads the last snapshot into `registry`, starts
+    /// Raft and the node's tasks (proposer, leadership watch, bootstrap) in
+    /// `tasks`. `ready` turns true once the node knows a leader and has applied
+    /// what it had committed.
+    pub async fn start(
+        registry: Arc<Registry>,
+        dir: &std::path::Path,
+        config: ClusterConfig,
+        grace: Duration,
+        ready: Arc<AtomicBool>,
+        tasks: &mut JoinSet<std::io::Result<()>>,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Cluster>, String> {
+        let dir = dir.to_owned();
+        let log = tokio::task::spawn_blocking(move || LogStore::open(&dir))
+            .await
+            .map_err(|e| e.to_string())??;
+        let id = match config.node_id {
+            Some(id) => id,
+            None => match log
+                .get_meta::<u64>(log::NODE_ID)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(id) => id,
+                None => {
+                    let id = fastrand::u64(1..u64::MAX >> 1);
+                    log.put_meta(log::NODE_ID, &id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    id
+                }
+            },
+        };
+        registry.set_replicated();
+        let sm =
+            StateMachine::open(registry.clone(), log.clone(), grace).map_err(|e| e.to_string())?;
+        let hb = config.heartbeat.as_millis().max(10) as u64;
+        let raft_config = openraft::Config {
+            cluster_name: "roster".into(),
+            heartbeat_interval: hb,
+            election_timeout_min: hb * 4,
+            election_timeout_max: hb * 8,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(2)),
+            max_in_snapshot_log_to_keep: 1_000.min(config.snapshot_every),
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())?;
+        let peers = Peers::new(id, config.token.clone(), Duration::from_secs(10))?;
+        let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log, sm)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cluster = Arc::new(Cluster {
+            raft,
+            id,
+            addr: config.advertise.clone(),
+            peers,
+            registry: registry.clone(),
+            leading: AtomicBool::new(false),
+            proposals: tx,
+            contact_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            config,
+        });
+        let weak: std::sync::Weak<dyn Replication> =
+            Arc::downgrade(&(cluster.clone() as Arc<dyn Replication>));
+        registry.attach_replication(weak);
+        tracing::info!(node = id, addr = %cluster.addr, "raft node started");
+        let c = cluster.clone();
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            c.run_proposer(rx, stop).await;
+            Ok(())
+        });
+        let c = cluster.clone();
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            c.watch_leadership(grace, ready, stop).await;
+            Ok(())
+        });
+        let c = cluster.clone();
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            c.bootstrap(stop).await;
+            Ok(())
+        });
+        let c = cluster.clone();
+        tasks.spawn(async move {
+            cancel.cancelled().await;
+            let _ = c.raft.shutdown().await;
+            Ok(())
+        });
+        Ok(cluster)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The Raft handle (HTTP handlers feed it peers' messages).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The shared settings of peer traffic (token check, simulated partitions).
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// Records that the leader was heard from now.
+    pub fn touch_leader(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.contact_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// The leader this node knows, if any.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Milliseconds since this node last heard from its leader (0 on the
+    /// leader while it has a quorum); `None` when it never did.
+    pub fn last_contact_ms(&self) -> Option<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state == ServerState::Leader {
+            return Some(m.millis_since_quorum_ack.unwrap_or(0));
+        }
+        match self.contact_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some((self.epoch.elapsed().as_millis() as u64).saturating_sub(at)),
+        }
+    }
+
+    /// Whether the node knows a leader it heard from recently (within an
+    /// election timeout).
+    pub fn known_leader(&self) -> bool {
+        let fresh = self.config.heartbeat.as_millis() as u64 * 8;
+        self.leader().is_some() && self.last_contact_ms().is_some_and(|ms| ms <= fresh)
+    }
+
+    fn leader_url(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| base_url(&n.addr))
+    }
+
+    /// What this node says about itself to peers.
+    pub async fn info(&self) -> NodeInfo {
+        NodeInfo {
+            id: self.id,
+            addr: self.addr.clone(),
+            initialized: self.raft.is_initialized().await.unwrap_or(false),
+            leader: self.leader(),
+        }
+    }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let matched = m.replication.clone().unwrap_or_default();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                leader: m.current_leader == Some(*id),
+                matched: if *id == self.id {
+                    m.last_log_index
+                } else {
+                    matched.get(id).and_then(|l| l.map(|l| l.index))
+                },
+            })
+            .collect();
+        Status {
+            node: self.id,
+            state: format!("{:?}", m.state),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied: m.last_applied.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// Waits until this node may serve a linearizable read: the leader confirms
+    /// it still leads, and this node has applied everything committed before.
+    pub async fn read_barrier(&self) -> Result<(), WriteError> {
+        let index = if self.is_leader() {
+            self.read_index().await?
+        } else {
+            let url = self
+                .leader_url()
+                .ok_or_else(|| WriteError::Unavailable("no leader known".into()))?;
+            let resp = self
+                .peers
+                .request(reqwest::Method::GET, format!("{url}/v1/raft/read-index"))
+                .send()
+                .await
+                .map_err(|e| WriteError::Unavailable(format!("leader unreachable: {e}")))?;
+            let r: Result<u64, ErrorWire> = resp
+                .json()
+                .await
+                .map_err(|e| WriteError::Unavailable(format!("leader answer: {e}")))?;
+            r.map_err(WriteError::from)?
+        };
+        self.raft
+            .wait(Some(self.config.write_timeout))
+            .applied_index_at_least(Some(index), "consistent read")
+            .await
+            .map_err(|e| WriteError::Unavailable(format!("not caught up: {e}")))?;
+        Ok(())
+    }
+
+    /// The leader's read index: the log index a consistent read must see.
+    pub async fn read_index(&self) -> Result<u64, WriteError> {
+        match tokio::time::timeout(self.config.write_timeout, self.raft.ensure_linearizable()).await
+        {
+            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
+            Ok(Err(e)) => Err(WriteError::Unavailable(e.to_string())),
+            Err(_) => Err(WriteError::Unavailable(
+                "no quorum confirmed the leader".into(),
+            )),
+        }
+    }
+
+    /// Adds the node at `addr` as a voter (on the leader).
+    pub async fn add_peer(&self, addr: &str) -> Result<Member, String> {
+        let info = fetch_info(&self.peers, addr).await?;
+        self.add_node(info.id, addr.to_owned()).await?;
+        Ok(Member {
+            id: info.id,
+            addr: addr.to_owned(),
+            voter: true,
+            leader: false,
+            matched: None,
+        })
+    }
+
+    /// Adds node `id` at `addr`: first as a learner, which catches up (by
+    /// snapshot if needed), then as a voter.
+    pub async fn add_node(&self, id: u64, addr: String) -> Result<(), String> {
+        if !self.is_leader() {
+            return Err("not the leader".into());
+        }
+        let already = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
+        if already {
+            return Ok(());
+        }
+        self.raft
+            .add_learner(id, BasicNode { addr }, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Removes node `id` from the cluster (on the leader).
+    pub async fn remove_peer(&self, id: u64) -> Result<(), String> {
+        if !self.is_leader() {
+            return Err("not the leader".into());
+        }
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let membership = m.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(format!("node {id} is not a member"));
+        }
+        if membership.voter_ids().any(|v| v == id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Sends a request to the leader's API (operator calls made on a follower).
+    pub fn to_leader(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, WriteError> {
+        let url = self
+            .leader_url()
+            .ok_or_else(|| WriteError::Unavailable("no leader known".into()))?;
+        Ok(self.peers.request(method, format!("{url}{path}")))
+    }
+
+    /// Queues writes for the log in arrival order; each waits for its entry to
+    /// be committed and applied here, or fails with 503 after the write timeout.
+    async fn run_proposer(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Proposal>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let first = tokio::select! {
+                () = cancel.cancelled() => return,
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let (ops, replies): (Vec<Op>, Vec<_>) = batch
+                .into_iter()
+                .filter_map(|(cmd, reply)| Op::from_command(&cmd).map(|op| (op, reply)))
+                .unzip();
+            if ops.is_empty() {
+                continue;
+            }
+            let submitted = self.raft.client_write_ff(Batch { ops }).await;
+            let fail = |replies: Vec<tokio::sync::oneshot::Sender<_>>, why: String| {
+                for r in replies {
+                    let _ = r.send(Err(WriteError::Unavailable(why.clone())));
+                }
+            };
+            let rx = match submitted {
+                Ok(rx) => rx,
+                Err(e) => {
+                    fail(replies, e.to_string());
+                    continue;
+                }
+            };
+            let timeout = self.config.write_timeout;
+            tokio::spawn(async move {
+                match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(Ok(resp))) => {
+                        for (reply, result) in replies.into_iter().zip(resp.data) {
+                            let _ = reply.send(result.map_err(WriteError::from));
+                        }
+                    }
+                    Ok(Ok(Err(e))) => fail(replies, e.to_string()),
+                    Ok(Err(_)) => fail(replies, "the leader stepped down".into()),
+                    Err(_) => fail(
+                        replies,
+                        format!("no majority acknowledged the write within {timeout:?}"),
+                    ),
+                }
+            });
+        }
+    }
+
+    /// Follows this node's Raft state: leadership (re-arms leases on gaining
+    /// it), and readiness.
+    async fn watch_leadership(
+        self: Arc<Self>,
+        grace: Duration,
+        ready: Arc<AtomicBool>,
+        cancel: CancellationToken,
+    ) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let m = metrics.borrow_and_update().clone();
+            let leading = m.state == ServerState::Leader && m.current_leader == Some(self.id);
+            if self.leading.swap(leading, Ordering::AcqRel) != leading {
+                tracing::info!(
+                    node = self.id,
+                    term = m.current_term,
+                    leading,
+                    "leadership changed"
+                );
+                self.registry.leadership_changed(leading, grace);
+            }
+            if m.current_leader.is_some_and(|l| l != self.id) {
+                self.touch_leader();
+            }
+            // Ready: part of a cluster that has a leader (writes can be taken).
+            ready.store(m.current_leader.is_some(), Ordering::Release);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    /// Forms the first cluster, or joins an existing one, from `join`.
+    async fn bootstrap(self: Arc<Self>, cancel: CancellationToken) {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            if self.raft.is_initialized().await.unwrap_or(true) {
+                return;
+            }
+            match self.try_bootstrap().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "bootstrap: not yet"),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn try_bootstrap(&self) -> Result<bool, String> {
+        let mut met: BTreeMap<u64, NodeInfo> = BTreeMap::new();
+        met.insert(self.id, self.info().await);
+        for target in &self.config.join {
+            for addr in resolve(target).await {
+                if let Ok(info) = fetch_info(&self.peers, &addr).await {
+                    met.insert(info.id, info);
+                }
+            }
+        }
+        // A cluster exists already: ask it to take this node in.
+        if let Some(member) = met.values().find(|n| n.initialized && n.id != self.id) {
+            let resp = self
+                .peers
+                .request(
+                    reqwest::Method::POST,
+                    format!("{}/v1/raft/join", base_url(&member.addr)),
+                )
+                .json(&NodeInfo {
+                    id: self.id,
+                    addr: self.addr.clone(),
+                    initialized: false,
+                    leader: None,
+                })
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!(
+                    "join refused: {}",
+                    resp.text().await.unwrap_or_default()
+                ));
+            }
+            tracing::info!(node = self.id, via = %member.addr, "joined the cluster");
+            return Ok(true);
+        }
+        if met.len() < self.config.bootstrap_expect.max(1) {
+            return Ok(false);
+        }
+        // The smallest id of the nodes that met forms the cluster; the others
+        // wait for its first messages.
+        if met.keys().next() != Some(&self.id) {
+            return Ok(false);
+        }
+        let members: BTreeMap<u64, BasicNode> = met
+            .into_values()
+            .map(|n| (n.id, BasicNode { addr: n.addr }))
+            .collect();
+        tracing::info!(
+            node = self.id,
+            members = members.len(),
+            "forming the cluster"
+        );
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+}
+
+/// A heartbeat forwarded to the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForwardedHeartbeat {
+    /// Service.
+    pub service: String,
+    /// Instance id.
+    pub id: String,
+}
+
+impl Replication for Cluster {
+    fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    fn proposals(&self) -> &mpsc::UnboundedSender<Proposal> {
+        &self.proposals
+    }
+
+    fn forward(&self, cmd: Command) -> BoxFuture<'static, Result<Outcome, WriteError>> {
+        let Some(op) = Op::from_command(&cmd) else {
+            return async { Err(WriteError::Unavailable("not a replicated command".into())) }
+                .boxed();
+        };
+        self.post_owned(
+            "/v1/raft/write",
+            serde_json::to_value(op).unwrap_or_default(),
+        )
+        .boxed()
+    }
+
+    fn forward_heartbeat(
+        &self,
+        service: ServiceName,
+        id: InstanceId,
+    ) -> BoxFuture<'static, Result<Outcome, WriteError>> {
+        let body = ForwardedHeartbeat {
+            service: service.as_str().to_owned(),
+            id: id.as_str().to_owned(),
+        };
+        self.post_owned(
+            "/v1/raft/heartbeat",
+            serde_json::to_value(body).unwrap_or_default(),
+        )
+        .boxed()
+    }
+}
+
+impl Cluster {
+    fn post_owned(
+        &self,
+        path: &'static str,
+        body: serde_json::Value,
+    ) -> impl std::future::Future<Output = Result<Outcome, WriteError>> + Send + 'static {
+        let url = self.leader_url();
+        let req = url.map(|u| {
+            self.peers
+                .request(reqwest::Method::POST, format!("{u}{path}"))
+                .json(&body)
+        });
+        async move {
+            let req = req.ok_or_else(|| {
+                WriteError::Unavailable("no leader known (election under way?)".into())
+            })?;
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| WriteError::Unavailable(format!("leader unreachable: {e}")))?;
+            let r: Result<Outcome, ErrorWire> = resp
+                .json()
+                .await
+                .map_err(|e| WriteError::Unavailable(format!("leader answer: {e}")))?;
+            r.map_err(WriteError::from)
+        }
+    }
+}
+
+/// The addresses a `host:port` join target stands for (a headless service
+/// name gives one per pod).
+async fn resolve(target: &str) -> Vec<String> {
+    let target = target.trim_start_matches("http://").trim_end_matches('/');
+    match tokio::net::lookup_host(target).await {
+        Ok(addrs) => addrs.map(|a| a.to_string()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Asks the node at `addr` who it is.
+pub async fn fetch_info(peers: &Peers, addr: &str) -> Result<NodeInfo, String> {
+    let resp = peers
+        .request(
+            reqwest::Method::GET,
+            format!("{}/v1/raft/node", base_url(addr)),
+        )
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("{addr}: {}", resp.status()));
+    }
+    resp.json().await.map_err(|e| e.to_string())
+}

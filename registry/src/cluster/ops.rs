@@ -1,0 +1,408 @@
+//! What travels in the log and between nodes: catalog commands in a wire form,
+//! and their results.
+
+use roster_client::api::Health;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{CatalogError, CheckSource, Command, Instance, Outcome};
+use crate::model::{InstanceId, ServiceName};
+use crate::registry::WriteError;
+use crate::store::StoredInstance;
+
+/// One log entry's payload: the writes the leader's proposer took together.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The writes, in order.
+    pub ops: Vec<Op>,
+}
+
+/// A catalog command as it is replicated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// [`Command::Register`]; only the registration fields of the row count.
+    Register {
+        /// The registration.
+        instance: StoredInstance,
+    },
+    /// [`Command::Deregister`].
+    Deregister {
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// [`Command::Heartbeat`] (slow path: the lease had expired).
+    Heartbeat {
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// [`Command::SetMaintenance`].
+    SetMaintenance {
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// Reason, `None` to leave maintenance.
+        reason: Option<String>,
+    },
+    /// [`Command::SetCheck`].
+    SetCheck {
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// Check id.
+        check: String,
+        /// New status.
+        status: Health,
+        /// Output.
+        output: String,
+        /// Reported by the instance (TTL check) rather than probed.
+        report: bool,
+    },
+    /// [`Command::ExpireLease`].
+    ExpireLease {
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// Registration the decision was about.
+        create_index: u64,
+    },
+    /// [`Command::ExpireCheck`].
+    ExpireCheck {
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// Check id.
+        check: String,
+        /// Output.
+        output: String,
+    },
+    /// [`Command::Reap`].
+    Reap {
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// Registration the decision was about.
+        create_index: u64,
+        /// Check that ran out, `None` for the lease.
+        check: Option<String>,
+    },
+}
+
+fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), String> {
+    Ok((
+        ServiceName::parse(service).map_err(|e| e.to_string())?,
+        InstanceId::parse(id).map_err(|e| e.to_string())?,
+    ))
+}
+
+impl Op {
+    /// The wire form of a command; `None` for the local-only ones (tick, restore).
+    pub fn from_command(cmd: &Command) -> Option<Op> {
+        let s = |n: &ServiceName| n.as_str().to_owned();
+        let i = |n: &InstanceId| n.as_str().to_owned();
+        Some(match cmd {
+            Command::Register { service, id, spec } => {
+                let inst = Instance {
+                    id: id.as_arc().clone(),
+                    service: service.as_arc().clone(),
+                    spec: spec.clone(),
+                    lease: None,
+                    maintenance: None,
+                    checks: spec
+                        .checks
+                        .iter()
+                        .map(crate::checks::CheckState::initial)
+                        .collect(),
+                    create_index: 0,
+                    modify_index: 0,
+                };
+                Op::Register {
+                    instance: StoredInstance::from_instance(&inst),
+                }
+            }
+            Command::Deregister { service, id } => Op::Deregister {
+                service: s(service),
+                id: i(id),
+            },
+            Command::Heartbeat { service, id } => Op::Heartbeat {
+                service: s(service),
+                id: i(id),
+            },
+            Command::SetMaintenance {
+                service,
+                id,
+                reason,
+            } => Op::SetMaintenance {
+                service: s(service),
+                id: i(id),
+                reason: reason.clone(),
+            },
+            Command::SetCheck {
+                service,
+                id,
+                check,
+                status,
+                output,
+                source,
+            } => Op::SetCheck {
+                service: s(service),
+                id: i(id),
+                check: check.clone(),
+                status: *status,
+                output: output.clone(),
+                report: *source == CheckSource::Report,
+            },
+            Command::ExpireLease {
+                service,
+                id,
+                create_index,
+            } => Op::ExpireLease {
+                service: s(service),
+                id: i(id),
+                create_index: *create_index,
+            },
+            Command::ExpireCheck {
+                service,
+                id,
+                check,
+                output,
+            } => Op::ExpireCheck {
+                service: s(service),
+                id: i(id),
+                check: check.clone(),
+                output: output.clone(),
+            },
+            Command::Reap {
+                service,
+                id,
+                create_index,
+                check,
+            } => Op::Reap {
+                service: s(service),
+                id: i(id),
+                create_index: *create_index,
+                check: check.clone(),
+            },
+            Command::Tick | Command::Restore { .. } => return None,
+        })
+    }
+
+    /// Back to a catalog command. Names are validated again: an op may come
+    /// from another node.
+    pub fn into_command(self) -> Result<Command, String> {
+        Ok(match self {
+            Op::Register { instance } => {
+                let (service, id) = names(&instance.service, &instance.id)?;
+                let inst = instance.into_instance()?;
+                Command::Register {
+                    service,
+                    id,
+                    spec: inst.spec,
+                }
+            }
+            Op::Deregister { service, id } => {
+                let (service, id) = names(&service, &id)?;
+                Command::Deregister { service, id }
+            }
+            Op::Heartbeat { service, id } => {
+                let (service, id) = names(&service, &id)?;
+                Command::Heartbeat { service, id }
+            }
+            Op::SetMaintenance {
+                service,
+                id,
+                reason,
+            } => {
+                let (service, id) = names(&service, &id)?;
+                Command::SetMaintenance {
+                    service,
+                    id,
+                    reason,
+                }
+            }
+            Op::SetCheck {
+                service,
+                id,
+                check,
+                status,
+                output,
+                report,
+            } => {
+                let (service, id) = names(&service, &id)?;
+                Command::SetCheck {
+                    service,
+                    id,
+                    check,
+                    status,
+                    output,
+                    source: if report {
+                        CheckSource::Report
+                    } else {
+                        CheckSource::Probe
+                    },
+                }
+            }
+            Op::ExpireLease {
+                service,
+                id,
+                create_index,
+            } => {
+                let (service, id) = names(&service, &id)?;
+                Command::ExpireLease {
+                    service,
+                    id,
+                    create_index,
+                }
+            }
+            Op::ExpireCheck {
+                service,
+                id,
+                check,
+                output,
+            } => {
+                let (service, id) = names(&service, &id)?;
+                Command::ExpireCheck {
+                    service,
+                    id,
+                    check,
+                    output,
+                }
+            }
+            Op::Reap {
+                service,
+                id,
+                create_index,
+                check,
+            } => {
+                let (service, id) = names(&service, &id)?;
+                Command::Reap {
+                    service,
+                    id,
+                    create_index,
+                    check,
+                }
+            }
+        })
+    }
+}
+
+/// The result of one op.
+pub type Applied = Result<Outcome, ErrorWire>;
+
+/// Why a write failed, as it travels between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ErrorWire {
+    /// [`CatalogError::NotFound`].
+    NotFound {
+        /// Service.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// [`CatalogError::Conflict`].
+    Conflict {
+        /// Instance id.
+        id: String,
+        /// Owner.
+        existing: String,
+    },
+    /// [`CatalogError::CheckNotFound`].
+    CheckNotFound {
+        /// Instance id.
+        id: String,
+        /// Check id.
+        check: String,
+    },
+    /// [`CatalogError::WrongCheckKind`].
+    WrongCheckKind {
+        /// Message.
+        message: String,
+    },
+    /// [`CatalogError::Full`].
+    Full {
+        /// Which limit.
+        what: String,
+        /// Its value.
+        limit: usize,
+    },
+    /// An op that does not decode (a node of another version).
+    Invalid {
+        /// Message.
+        message: String,
+    },
+    /// [`WriteError::Unavailable`].
+    Unavailable {
+        /// Message.
+        message: String,
+    },
+}
+
+impl From<&CatalogError> for ErrorWire {
+    fn from(e: &CatalogError) -> Self {
+        match e {
+            CatalogError::NotFound { service, id } => ErrorWire::NotFound {
+                service: service.clone(),
+                id: id.clone(),
+            },
+            CatalogError::Conflict { id, existing } => ErrorWire::Conflict {
+                id: id.clone(),
+                existing: existing.clone(),
+            },
+            CatalogError::CheckNotFound { id, check } => ErrorWire::CheckNotFound {
+                id: id.clone(),
+                check: check.clone(),
+            },
+            CatalogError::WrongCheckKind(message) => ErrorWire::WrongCheckKind {
+                message: message.clone(),
+            },
+            CatalogError::Full { what, limit } => ErrorWire::Full {
+                what: (*what).to_owned(),
+                limit: *limit,
+            },
+        }
+    }
+}
+
+impl From<&WriteError> for ErrorWire {
+    fn from(e: &WriteError) -> Self {
+        match e {
+            WriteError::Catalog(c) => c.into(),
+            WriteError::Store(m) | WriteError::Unavailable(m) => {
+                ErrorWire::Unavailable { message: m.clone() }
+            }
+        }
+    }
+}
+
+impl From<ErrorWire> for WriteError {
+    fn from(e: ErrorWire) -> Self {
+        WriteError::Catalog(match e {
+            ErrorWire::NotFound { service, id } => CatalogError::NotFound { service, id },
+            ErrorWire::Conflict { id, existing } => CatalogError::Conflict { id, existing },
+            ErrorWire::CheckNotFound { id, check } => CatalogError::CheckNotFound { id, check },
+            ErrorWire::WrongCheckKind { message } => CatalogError::WrongCheckKind(message),
+            ErrorWire::Full { what, limit } => CatalogError::Full {
+                // The catalog names its limits with static strings; keep the
+                // known ones, and do not leak memory for others.
+                what: match what.as_str() {
+                    "instances per service" => "instances per service",
+                    "instances in the registry" => "instances in the registry",
+                    _ => "capacity",
+                },
+                limit,
+            },
+            ErrorWire::Invalid { message } | ErrorWire::Unavailable { message } => {
+                return WriteError::Unavailable(message);
+            }
+        })
+    }
+}

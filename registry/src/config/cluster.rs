@@ -1,0 +1,107 @@
+//! Flags of `roster serve` that make the node one of a replicated cluster.
+
+use std::time::Duration;
+
+use roster_client::api::duration;
+
+use super::ConfigError;
+use crate::cluster::ClusterConfig;
+
+/// Cluster flags. Cluster mode is on with `--bootstrap-expect` or `--join`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClusterArgs {
+    /// Form a cluster when this many nodes have met (3 or 5 in production; 1
+    /// starts a one-node cluster that others can join later).
+    #[arg(long, env = "ROSTER_BOOTSTRAP_EXPECT", value_name = "N")]
+    pub bootstrap_expect: Option<usize>,
+    /// Peers to contact, `host:port` of their HTTP API; a name may resolve to
+    /// several addresses (a headless Service). Comma-separated or repeated.
+    #[arg(long, env = "ROSTER_JOIN", value_name = "ADDR", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// `host:port` the other nodes reach this node's HTTP API at [default: the
+    /// --http-addr].
+    #[arg(long, env = "ROSTER_ADVERTISE_ADDR", value_name = "ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Node id [default: generated once and kept in the data directory].
+    #[arg(long, env = "ROSTER_NODE_ID", value_name = "ID")]
+    pub node_id: Option<u64>,
+    /// Shared secret the nodes present to each other on /v1/raft/*.
+    #[arg(
+        long,
+        env = "ROSTER_CLUSTER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub cluster_token: Option<String>,
+    /// Leader heartbeat period; elections start after 4-8 missed ones [default: 250ms].
+    #[arg(long, env = "ROSTER_RAFT_HEARTBEAT", value_name = "DURATION", value_parser = duration::parse)]
+    pub raft_heartbeat: Option<Duration>,
+}
+
+impl ClusterArgs {
+    /// The cluster settings, or `None` for a lone registry.
+    pub fn to_config(
+        &self,
+        http_addr: std::net::SocketAddr,
+        data_dir: Option<&std::path::Path>,
+    ) -> Result<Option<ClusterConfig>, ConfigError> {
+        if self.bootstrap_expect.is_none() && self.join.is_empty() {
+            return Ok(None);
+        }
+        let invalid = |setting, message: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                message: message.into(),
+            })
+        };
+        if data_dir.is_none() {
+            return invalid(
+                "data_dir",
+                "a cluster node keeps its Raft log on disk: give it --data-dir",
+            );
+        }
+        let expect = self.bootstrap_expect.unwrap_or(0);
+        if expect > 7 {
+            return invalid("bootstrap_expect", "at most 7 nodes (use 3 or 5)");
+        }
+        if expect > 1 && self.join.is_empty() {
+            return invalid(
+                "join",
+                "--bootstrap-expect above 1 needs --join to find the other nodes",
+            );
+        }
+        if self.cluster_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return invalid("cluster_token", "must be at least 16 characters");
+        }
+        let advertise = match &self.advertise_addr {
+            Some(a) if !a.trim().is_empty() => a.trim().to_owned(),
+            _ if http_addr.ip().is_unspecified() => {
+                return invalid(
+                    "advertise_addr",
+                    "the HTTP address listens on every interface: say which one peers should use with --advertise-addr",
+                );
+            }
+            _ => http_addr.to_string(),
+        };
+        let mut cfg = ClusterConfig {
+            node_id: self.node_id,
+            advertise,
+            join: self
+                .join
+                .iter()
+                .map(|j| j.trim().to_owned())
+                .filter(|j| !j.is_empty())
+                .collect(),
+            bootstrap_expect: expect,
+            token: self.cluster_token.clone(),
+            ..ClusterConfig::default()
+        };
+        if let Some(hb) = self.raft_heartbeat {
+            if hb < Duration::from_millis(10) || hb > Duration::from_secs(10) {
+                return invalid("raft_heartbeat", "must be between 10ms and 10s");
+            }
+            cfg.heartbeat = hb;
+        }
+        Ok(Some(cfg))
+    }
+}

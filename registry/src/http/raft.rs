@@ -1,0 +1,312 @@
+//! Cluster endpoints: Raft messages and forwarded writes between nodes
+//! (`/v1/raft/*`, cluster token), and the operator's view and membership
+//! changes (`/v1/operator/raft*`, admin token when ACLs are on).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Deserialize;
+use std::sync::Arc;
+
+use super::{ApiError, AppState};
+use crate::cluster::ops::{ErrorWire, Op};
+use crate::cluster::{
+    Cluster, ForwardedHeartbeat, NODE_HEADER, NodeInfo, TOKEN_HEADER, TypeConfig,
+};
+use crate::model::{InstanceId, ServiceName};
+use crate::registry::WriteError;
+
+/// Largest Raft message (append batches, snapshot chunks of up to 3 MiB).
+const RAFT_BODY_LIMIT: usize = 16 << 20;
+
+/// The cluster routes; empty when the node is not clustered.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/raft/append", post(append))
+        .route("/v1/raft/vote", post(vote))
+        .route("/v1/raft/snapshot", post(snapshot))
+        .route("/v1/raft/node", get(node))
+        .route("/v1/raft/write", post(write))
+        .route("/v1/raft/heartbeat", post(heartbeat))
+        .route("/v1/raft/read-index", get(read_index))
+        .route("/v1/raft/join", post(join))
+        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
+        .route("/v1/operator/raft", get(status))
+        .route("/v1/operator/raft/peers", post(add_peer))
+        .route("/v1/operator/raft/peers/{id}", delete(remove_peer))
+}
+
+fn cluster(state: &AppState) -> Result<Arc<Cluster>, ApiError> {
+    state.cluster.clone().ok_or_else(|| {
+        ApiError::not_found("this registry runs alone: start it with --bootstrap-expect or --join to form a cluster")
+    })
+}
+
+/// Why a peer's message was refused.
+#[derive(Debug)]
+enum Refused {
+    NotClustered,
+    Token,
+    Partitioned,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::NotClustered => {
+                (StatusCode::NOT_FOUND, "this registry runs alone").into_response()
+            }
+            Refused::Token => (StatusCode::FORBIDDEN, "cluster token required").into_response(),
+            Refused::Partitioned => {
+                (StatusCode::SERVICE_UNAVAILABLE, "partitioned (test)").into_response()
+            }
+        }
+    }
+}
+
+/// Checks the cluster token and the simulated partition.
+fn peer(state: &AppState, headers: &HeaderMap) -> Result<Arc<Cluster>, Refused> {
+    let c = state.cluster.clone().ok_or(Refused::NotClustered)?;
+    if let Some(expected) = &c.peers().token {
+        let given = headers
+            .get(TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !crate::acl::secrets_equal(given, expected.as_bytes()) {
+            return Err(Refused::Token);
+        }
+    }
+    let from = headers
+        .get(NODE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if from.is_some_and(|n| c.peers().is_cut(n)) {
+        return Err(Refused::Partitioned);
+    }
+    Ok(c)
+}
+
+async fn append(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
+    let c = match peer(&state, &headers) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let result = c.raft().append_entries(req).await;
+    if result.is_ok() {
+        c.touch_leader();
+    }
+    Json(result).into_response()
+}
+
+async fn vote(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<VoteRequest<u64>>,
+) -> Response {
+    match peer(&state, &headers) {
+        Ok(c) => Json(c.raft().vote(req).await).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn snapshot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Response {
+    match peer(&state, &headers) {
+        Ok(c) => {
+            let result = c.raft().install_snapshot(req).await;
+            if result.is_ok() {
+                c.touch_leader();
+            }
+            Json(result).into_response()
+        }
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn node(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match peer(&state, &headers) {
+        Ok(c) => Json(c.info().await).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+fn reply(result: Result<crate::catalog::Outcome, WriteError>) -> Response {
+    let wire: Result<crate::catalog::Outcome, ErrorWire> = result.map_err(|e| (&e).into());
+    Json(wire).into_response()
+}
+
+/// A write forwarded by a follower. Taken only by the leader: a node that is
+/// not the leader any more does not forward it again.
+async fn write(State(state): State<AppState>, headers: HeaderMap, Json(op): Json<Op>) -> Response {
+    let c = match peer(&state, &headers) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    if !crate::registry::Replication::is_leader(&*c) {
+        return reply(Err(WriteError::Unavailable(
+            "not the leader any more".into(),
+        )));
+    }
+    match op.into_command() {
+        Ok(cmd) => reply(state.registry.write(cmd).await),
+        Err(e) => reply(Err(WriteError::Unavailable(format!(
+            "bad forwarded write: {e}"
+        )))),
+    }
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(hb): Json<ForwardedHeartbeat>,
+) -> Response {
+    let c = match peer(&state, &headers) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    if !crate::registry::Replication::is_leader(&*c) {
+        return reply(Err(WriteError::Unavailable(
+            "not the leader any more".into(),
+        )));
+    }
+    let (Ok(service), Ok(id)) = (ServiceName::parse(&hb.service), InstanceId::parse(&hb.id)) else {
+        return reply(Err(WriteError::Unavailable(
+            "bad forwarded heartbeat".into(),
+        )));
+    };
+    reply(state.registry.heartbeat(&service, &id).await)
+}
+
+async fn read_index(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let c = match peer(&state, &headers) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let r: Result<u64, ErrorWire> = c.read_index().await.map_err(|e| (&e).into());
+    Json(r).into_response()
+}
+
+/// A new node asks to be taken in; followers pass it on to the leader.
+async fn join(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(info): Json<NodeInfo>,
+) -> Response {
+    let c = match peer(&state, &headers) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    if crate::registry::Replication::is_leader(&*c) {
+        return match c.add_node(info.id, info.addr).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+        };
+    }
+    proxy(&c, reqwest::Method::POST, "/v1/raft/join", Some(&info)).await
+}
+
+/// Passes an operator or join call on to the leader and relays its answer.
+async fn proxy<T: serde::Serialize>(
+    c: &Cluster,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&T>,
+) -> Response {
+    let mut req = match c.to_leader(method, path) {
+        Ok(r) => r,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status =
+                StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let ctype = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+            let body = resp.bytes().await.unwrap_or_default();
+            let mut out = (status, body).into_response();
+            if let Some(ct) =
+                ctype.and_then(|v| axum::http::HeaderValue::from_bytes(v.as_bytes()).ok())
+            {
+                out.headers_mut()
+                    .insert(axum::http::header::CONTENT_TYPE, ct);
+            }
+            out
+        }
+        Err(e) => ApiError::from(WriteError::Unavailable(format!("leader unreachable: {e}")))
+            .into_response(),
+    }
+}
+
+async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(cluster(&state)?.status()).into_response())
+}
+
+/// Body of `POST /v1/operator/raft/peers`.
+#[derive(Debug, Deserialize, serde::Serialize)]
+struct AddPeer {
+    /// `host:port` of the node's API.
+    addr: String,
+}
+
+async fn add_peer(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let c = cluster(&state)?;
+    let req: AddPeer = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid("addr", format!("expected {{\"addr\": \"host:port\"}}: {e}"))
+    })?;
+    if req.addr.trim().is_empty() {
+        return Err(ApiError::invalid("addr", "the node's address is empty"));
+    }
+    if !crate::registry::Replication::is_leader(&*c) {
+        return Ok(proxy(
+            &c,
+            reqwest::Method::POST,
+            "/v1/operator/raft/peers",
+            Some(&req),
+        )
+        .await);
+    }
+    match c.add_peer(req.addr.trim()).await {
+        Ok(member) => Ok(Json(member).into_response()),
+        Err(e) => Err(ApiError::from(WriteError::Unavailable(e))),
+    }
+}
+
+async fn remove_peer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let c = cluster(&state)?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::invalid("id", format!("node ids are numbers: {id:?}")))?;
+    if !crate::registry::Replication::is_leader(&*c) {
+        return Ok(proxy::<()>(
+            &c,
+            reqwest::Method::DELETE,
+            &format!("/v1/operator/raft/peers/{id}"),
+            None,
+        )
+        .await);
+    }
+    match c.remove_peer(id).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(e) if e.contains("not a member") => Err(ApiError::not_found(e)),
+        Err(e) => Err(ApiError::from(WriteError::Unavailable(e))),
+    }
+}
