@@ -1,3 +1,5 @@
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -7,6 +9,7 @@ use crate::api::{
     Instance, MaintenanceRequest, Problem, RegisterRequest, ServiceInstances, ServiceList,
 };
 use crate::error::Error;
+use crate::failover::{Registries, fails_over};
 use crate::watch::WatchStream;
 
 /// Filters for [`RosterClient::instances`].
@@ -29,24 +32,57 @@ pub struct TlsOptions {
 }
 
 /// A typed HTTP client for the native roster API (`/v1`).
+///
+/// # Several registry addresses
+///
+/// Every constructor takes one base URL or a comma-separated list of them, the
+/// nodes of a replicated registry:
+///
+/// ```
+/// # fn demo() -> Result<(), roster_client::Error> {
+/// use roster_client::RosterClient;
+/// let client = RosterClient::new("http://10.0.0.1:8500,http://10.0.0.2:8500,http://10.0.0.3:8500")?;
+/// assert_eq!(client.addresses().len(), 3);
+/// assert_eq!(client.base_url(), "http://10.0.0.1:8500");
+/// # Ok(()) }
+/// ```
+///
+/// Calls go to the address that last worked. A call whose address cannot be
+/// reached, times out, or answers 502, 503 (a node without a leader) or 504 is
+/// tried on the next address, each address at most once per call; when all
+/// fail, the call returns the last error. Any other answer, 4xx and 500
+/// included, is the registry's answer and is returned as it is. Watch streams
+/// that break move the client to the next address, so the reconnect goes
+/// there. Clones share what they learn about the addresses.
 #[derive(Clone, Debug)]
 pub struct RosterClient {
     http: reqwest::Client,
     /// For watch streams: no overall timeout, but a read timeout well above the
     /// server's 15 s keep-alives, so a dead connection is noticed.
     stream_http: reqwest::Client,
-    base: String,
+    registries: Arc<Registries>,
     token: Option<String>,
 }
 
+/// Why one attempt of a call, on one registry address, failed.
+enum Failed {
+    /// This address cannot serve now (unreachable, timed out, no leader):
+    /// another one may.
+    Next(Error),
+    /// The registry answered with an error: the result of the call.
+    Answer(Error),
+}
+
 impl RosterClient {
-    /// A client for the registry at `base_url` (e.g. `http://127.0.0.1:8500`) with a
-    /// 10 s request timeout and a 2 s connect timeout.
+    /// A client for the registry at `base_url` (e.g. `http://127.0.0.1:8500`, or
+    /// several such URLs separated by commas) with a 10 s request timeout and a
+    /// 2 s connect timeout.
     pub fn new(base_url: &str) -> Result<Self, Error> {
         Self::with_timeout(base_url, Duration::from_secs(10))
     }
 
-    /// Like [`RosterClient::new`] with a chosen request timeout.
+    /// Like [`RosterClient::new`] with a chosen request timeout (per address
+    /// tried).
     pub fn with_timeout(base_url: &str, timeout: Duration) -> Result<Self, Error> {
         Self::with_tls(base_url, timeout, &TlsOptions::default())
     }
@@ -66,12 +102,7 @@ impl RosterClient {
     /// # Ok(()) }
     /// ```
     pub fn with_tls(base_url: &str, timeout: Duration, tls: &TlsOptions) -> Result<Self, Error> {
-        let base = base_url.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::Config(format!(
-                "registry URL {base_url:?} must start with http:// or https://"
-            )));
-        }
+        let registries = Arc::new(Registries::parse(base_url)?);
         let builder = |b: reqwest::ClientBuilder| -> Result<reqwest::ClientBuilder, Error> {
             let mut b = b
                 .connect_timeout(timeout.min(Duration::from_secs(2)))
@@ -102,7 +133,7 @@ impl RosterClient {
         Ok(RosterClient {
             http,
             stream_http,
-            base,
+            registries,
             token: None,
         })
     }
@@ -113,9 +144,15 @@ impl RosterClient {
         self
     }
 
-    /// The registry's base URL.
+    /// The base URL of the registry address in use now: the one that last
+    /// answered (the first one given, before any call).
     pub fn base_url(&self) -> &str {
-        &self.base
+        self.registries.url(self.registries.current())
+    }
+
+    /// Every registry address this client knows, in the order given.
+    pub fn addresses(&self) -> &[String] {
+        self.registries.all()
     }
 
     /// Registers (or replaces) an instance. Returns the instance as stored.
@@ -241,34 +278,66 @@ impl RosterClient {
             .iter()
             .map(|s| format!("service={}", encode(s)))
             .collect();
-        let mut req = self
-            .long_request(Method::GET, &format!("/v1/watch?{}", query.join("&")))
-            .header(reqwest::header::ACCEPT, "text/event-stream");
-        if let Some(id) = last_event_id {
-            req = req.header("last-event-id", id);
-        }
-        let resp = req.send().await.map_err(Error::from_reqwest)?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let bytes = resp.bytes().await.map_err(Error::from_reqwest)?;
-            return Err(error_for(status, &bytes));
-        }
-        Ok(WatchStream::new(resp, last_event_id.map(str::to_owned)))
+        let path = format!("/v1/watch?{}", query.join("&"));
+        // A resume token from another node is fine: the registry sends the full
+        // state of every service when the token is not from its own run.
+        let (at, resp) = self
+            .on_each_address(|at, base| {
+                let mut req = self
+                    .long_request(Method::GET, base, &path)
+                    .header(reqwest::header::ACCEPT, "text/event-stream");
+                if let Some(id) = last_event_id {
+                    req = req.header("last-event-id", id);
+                }
+                async move {
+                    let resp = req.send().await.map_err(transport)?;
+                    let status = resp.status();
+                    if status.is_success() {
+                        return Ok((at, resp));
+                    }
+                    let bytes = resp.bytes().await.map_err(transport)?;
+                    let error = error_for(status, &bytes);
+                    Err(if fails_over(status) {
+                        Failed::Next(error)
+                    } else {
+                        Failed::Answer(error)
+                    })
+                }
+            })
+            .await?;
+        Ok(WatchStream::new(
+            resp,
+            last_event_id.map(str::to_owned),
+            self.registries.clone(),
+            at,
+        ))
     }
 
     /// Downloads a snapshot of the whole catalog (versioned JSON, opaque here).
     pub async fn snapshot_save(&self) -> Result<Vec<u8>, Error> {
-        body_of(self.long_request(Method::GET, "/v1/snapshot")).await
+        self.on_each_address(|_, base| {
+            fetch(
+                self.long_request(Method::GET, base, "/v1/snapshot"),
+                body_of,
+            )
+        })
+        .await
     }
 
     /// Replaces the whole catalog with a snapshot taken by
     /// [`RosterClient::snapshot_save`]. Returns the catalog index after the restore.
     pub async fn snapshot_restore(&self, snapshot: Vec<u8>) -> Result<u64, Error> {
-        let request = self
-            .long_request(Method::PUT, "/v1/snapshot")
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(snapshot);
-        let bytes = body_of(request).await?;
+        // Replacing the catalog with the same snapshot twice leaves the same
+        // catalog, so trying the next address after a timeout is safe.
+        let bytes = self
+            .on_each_address(|_, base| {
+                let request = self
+                    .long_request(Method::PUT, base, "/v1/snapshot")
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(snapshot.clone());
+                fetch(request, body_of)
+            })
+            .await?;
         let body: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))?;
         body["index"]
@@ -303,15 +372,55 @@ impl RosterClient {
         .await
     }
 
-    /// A request on the client without an overall timeout (streams, snapshots).
-    fn long_request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let req = self
-            .stream_http
-            .request(method, format!("{}{path}", self.base));
+    /// A request to the registry at `base` on the client without an overall
+    /// timeout (streams, snapshots).
+    fn long_request(&self, method: Method, base: &str, path: &str) -> reqwest::RequestBuilder {
+        let req = self.stream_http.request(method, format!("{base}{path}"));
         match &self.token {
             Some(token) => req.bearer_auth(token),
             None => req,
         }
+    }
+
+    /// Runs one call: `attempt(index, base URL)` on the address in use, then on
+    /// each next address while the attempt says [`Failed::Next`]. The address
+    /// that answers becomes the one in use.
+    ///
+    /// Retrying on another address is safe for every call of this API: reads
+    /// change nothing, and every write is idempotent (PUT register replaces the
+    /// instance, DELETE of a missing instance succeeds, PUT heartbeat, check
+    /// reports and maintenance set a state rather than add to one, PUT snapshot
+    /// replaces the catalog), so a write that reached a node before it failed
+    /// does no harm when it is applied again.
+    async fn on_each_address<T, F, Fut>(&self, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(usize, &str) -> Fut,
+        Fut: Future<Output = Result<T, Failed>>,
+    {
+        let mut last = None;
+        for at in self.registries.attempt_order() {
+            let base = self.registries.url(at);
+            let result = attempt(at, base).await;
+            let answer = match result {
+                Ok(value) => Ok(value),
+                Err(Failed::Answer(error)) => Err(error),
+                Err(Failed::Next(error)) => {
+                    tracing::debug!(registry = base, %error, "registry unusable; trying the next address");
+                    last = Some(error);
+                    continue;
+                }
+            };
+            let before = self.registries.settle(at);
+            if before != at {
+                tracing::info!(
+                    registry = base,
+                    previous = self.registries.url(before),
+                    "now using this registry address"
+                );
+            }
+            return answer;
+        }
+        Err(last.unwrap_or_else(|| Error::Config("no registry address".into())))
     }
 
     async fn send<T: DeserializeOwned>(
@@ -330,40 +439,70 @@ impl RosterClient {
         body: Option<&impl serde::Serialize>,
         timeout: Option<Duration>,
     ) -> Result<T, Error> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(timeout) = timeout {
-            req = req.timeout(timeout);
-        }
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            let bytes = serde_json::to_vec(body).map_err(|e| Error::Protocol(e.to_string()))?;
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(bytes);
-        }
-        let resp = req.send().await.map_err(Error::from_reqwest)?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(Error::from_reqwest)?;
-        if status.is_success() {
-            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-            return serde_json::from_slice(bytes)
-                .map_err(|e| Error::Protocol(format!("{e} in {path} response")));
-        }
-        Err(error_for(status, &bytes))
+        let body = match body {
+            Some(body) => {
+                Some(serde_json::to_vec(body).map_err(|e| Error::Protocol(e.to_string()))?)
+            }
+            None => None,
+        };
+        self.on_each_address(|_, base| {
+            let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+            if let Some(timeout) = timeout {
+                req = req.timeout(timeout);
+            }
+            if let Some(token) = &self.token {
+                req = req.bearer_auth(token);
+            }
+            if let Some(body) = &body {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            fetch(req, |status, bytes| {
+                if !status.is_success() {
+                    return Err(error_for(status, bytes));
+                }
+                let bytes: &[u8] = if bytes.is_empty() { b"null" } else { bytes };
+                serde_json::from_slice(bytes)
+                    .map_err(|e| Error::Protocol(format!("{e} in {path} response")))
+            })
+        })
+        .await
     }
 }
 
-/// Sends `request` and returns the body of a successful answer.
-async fn body_of(request: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
-    let resp = request.send().await.map_err(Error::from_reqwest)?;
+/// Sends `request`, reads the whole answer and gives it to `read`, unless the
+/// address failed: the request did not get through, or the answer says that
+/// this node cannot serve now ([`fails_over`]).
+async fn fetch<T>(
+    request: reqwest::RequestBuilder,
+    read: impl FnOnce(StatusCode, &[u8]) -> Result<T, Error>,
+) -> Result<T, Failed> {
+    let resp = request.send().await.map_err(transport)?;
     let status = resp.status();
-    let bytes = resp.bytes().await.map_err(Error::from_reqwest)?;
-    if !status.is_success() {
-        return Err(error_for(status, &bytes));
+    let bytes = resp.bytes().await.map_err(transport)?;
+    if fails_over(status) {
+        return Err(Failed::Next(error_for(status, &bytes)));
     }
-    Ok(bytes.into())
+    read(status, &bytes).map_err(Failed::Answer)
+}
+
+/// The body of a successful answer.
+fn body_of(status: StatusCode, bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    if !status.is_success() {
+        return Err(error_for(status, bytes));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// A request that did not complete: the address is unusable when the request
+/// timed out or the connection failed; a request this client could not even
+/// build, or an answer it could not decode, would fail on every address.
+fn transport(e: reqwest::Error) -> Failed {
+    match Error::from_reqwest(e) {
+        e @ (Error::Timeout | Error::Unavailable(_)) => Failed::Next(e),
+        e => Failed::Answer(e),
+    }
 }
 
 /// The error for a non-success response carrying `body`.
@@ -440,5 +579,30 @@ mod tests {
             RosterClient::new("http://h:1/").unwrap().base_url(),
             "http://h:1"
         );
+    }
+
+    #[test]
+    fn every_constructor_takes_an_address_list() {
+        let client = RosterClient::new("http://a:1, http://b:2/").unwrap();
+        assert_eq!(client.addresses(), ["http://a:1", "http://b:2"]);
+        assert_eq!(client.base_url(), "http://a:1");
+        let client = RosterClient::with_timeout("http://a:1,https://b:2", Duration::from_secs(1))
+            .unwrap()
+            .with_token("t");
+        assert_eq!(client.addresses(), ["http://a:1", "https://b:2"]);
+        for bad in ["http://a:1,,http://b:2", "http://a:1,", "http://a:1,b:2"] {
+            assert!(
+                matches!(RosterClient::new(bad), Err(Error::Config(_))),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn clones_share_the_address_in_use() {
+        let client = RosterClient::new("http://a:1,http://b:2").unwrap();
+        let clone = client.clone();
+        client.registries.settle(1);
+        assert_eq!(clone.base_url(), "http://b:2");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! [`Discovery::service`] returns a [`ServiceHandle`] whose instance set is kept
 //! fresh by the registry's watch stream (resumed with `Last-Event-ID` after a
-//! broken connection). Every handle for the same service shares one stream and
+//! broken connection, on the client's next registry address when it has
+//! several). Every handle for the same service shares one stream and
 //! one copy; the stream stops when the last handle is dropped. While the registry
 //! is unreachable the last known set keeps being served, up to a configurable
 //! staleness, after which [`ServiceHandle::instances`] reports the error.
@@ -159,7 +160,9 @@ impl ServiceHandle {
     }
 }
 
-/// Follows one service's watch stream forever, reconnecting with backoff.
+/// Follows one service's watch stream forever, reconnecting with backoff. A
+/// stream that breaks has moved `client` off its address, so the reconnect goes
+/// to the next one; the copy keeps its last set meanwhile.
 async fn follow(client: RosterClient, service: String, tx: watch::Sender<ServiceState>) {
     let mut last_id: Option<String> = None;
     let mut backoff = Duration::from_millis(100);

@@ -1,7 +1,8 @@
 //! Client library for the roster service registry.
 //!
 //! - [`api`]: the wire types shared with the server.
-//! - [`RosterClient`]: typed calls for every native API endpoint.
+//! - [`RosterClient`]: typed calls for every native API endpoint, to one
+//!   registry address or to several with failover between them.
 //! - [`Registration`]: register an instance and keep it registered.
 //! - [`Discovery`]: a watched, shared copy of a service's instances.
 //! - [`balance`]: balancers (round robin, random, weighted, power of two choices).
@@ -85,6 +86,7 @@ mod client;
 mod discover;
 mod discovery;
 mod error;
+mod failover;
 mod middleware;
 mod registration;
 pub mod resilience;

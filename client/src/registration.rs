@@ -5,7 +5,9 @@
 //! When the registry answers 404 (it forgot the instance: a restart without
 //! persistence, an operator's deregistration, an expiry) the task registers again.
 //! While the registry is unreachable it retries with jittered exponential backoff,
-//! and picks up again as soon as the registry answers. [`Registration::shutdown`]
+//! and picks up again as soon as the registry answers. With several registry
+//! addresses every heartbeat tries the next one when the one in use fails, so a
+//! registry node going away costs no missed heartbeat. [`Registration::shutdown`]
 //! stops the task and deregisters; dropping the handle deregisters on a best-effort
 //! basis.
 

@@ -1,7 +1,10 @@
 //! Reading a watch stream (Server-Sent Events) from the registry.
 
+use std::sync::Arc;
+
 use crate::api::ServiceEvent;
 use crate::error::Error;
+use crate::failover::Registries;
 
 /// One event of a watch stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +34,10 @@ impl RawEvent {
 }
 
 /// An open watch stream. Read it with [`WatchStream::next`].
+///
+/// When the stream breaks or the registry ends it, the client that opened it
+/// moves on to its next registry address (when it has several), so that
+/// reopening the watch with the same client goes to another node.
 #[derive(Debug)]
 pub struct WatchStream {
     resp: reqwest::Response,
@@ -38,16 +45,31 @@ pub struct WatchStream {
     /// Bytes at the start of `buf` already searched for a frame end.
     scanned: usize,
     last_id: Option<String>,
+    /// The opening client's addresses, and the index of the one this stream is on.
+    registries: Arc<Registries>,
+    at: usize,
 }
 
 impl WatchStream {
-    pub(crate) fn new(resp: reqwest::Response, last_id: Option<String>) -> Self {
+    pub(crate) fn new(
+        resp: reqwest::Response,
+        last_id: Option<String>,
+        registries: Arc<Registries>,
+        at: usize,
+    ) -> Self {
         WatchStream {
             resp,
             buf: Vec::new(),
             scanned: 0,
             last_id,
+            registries,
+            at,
         }
+    }
+
+    /// The base URL of the registry this stream comes from.
+    pub fn registry(&self) -> &str {
+        self.registries.url(self.at)
     }
 
     /// The id of the last event received (or the one the stream resumed from).
@@ -74,9 +96,18 @@ impl WatchStream {
             // Search only the new bytes next time: a large event arriving in many
             // chunks must not be rescanned from its start on every chunk.
             self.scanned = self.buf.len();
-            match self.resp.chunk().await.map_err(Error::from_reqwest)? {
-                Some(bytes) => self.buf.extend_from_slice(&bytes),
-                None => return Ok(None),
+            match self.resp.chunk().await {
+                Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
+                // The registry never ends a stream while it runs: this node is
+                // shutting down, or the connection broke.
+                Ok(None) => {
+                    self.registries.leave(self.at);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.registries.leave(self.at);
+                    return Err(Error::from_reqwest(e));
+                }
             }
         }
     }

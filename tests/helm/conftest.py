@@ -111,6 +111,17 @@ VALUE_SETS: dict[str, dict] = {
         "podDisruptionBudget": {"enabled": False},
         "acl": {"enabled": False},
     },
+    # A Raft cluster with the chart's defaults, and one with everything it
+    # depends on changed.
+    "cluster-3": {"replicas": 3},
+    "cluster-5-custom": {
+        "replicas": 5,
+        "clusterDomain": "k8s.example.org",
+        "containerPorts": {"http": 9500},
+        "cluster": {"existingSecret": "raft-token"},
+        "extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}],
+        "podDisruptionBudget": {"maxUnavailable": 2},
+    },
 }
 
 

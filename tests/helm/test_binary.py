@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -274,3 +275,23 @@ def test_rendered_registrar_command_line_is_accepted_by_the_binary(chart, roster
     bad = subprocess.run([str(roster_binary), "sync-k8s", *args, "--naming=bogus", "--help"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode != 0, "a bad value must be refused, so the check above means something"
+
+
+@pytest.mark.parametrize("replicas", [3, 5])
+def test_cluster_environment_is_known_to_the_binary(chart, roster_binary, replicas):
+    """Every ROSTER_* variable the chart sets on a Raft cluster's pods is one
+    `roster serve` reads: clap lists each flag's variable in --help as
+    "[env: NAME=]". A variable the binary does not know would be ignored
+    silently, and the pods would each start as a single-node registry."""
+    sts = find(manifests(render(chart, {"replicas": replicas})), "StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    names = [e["name"] for e in container["env"] if e["name"].startswith("ROSTER_")]
+    assert names == ["ROSTER_ADVERTISE_ADDR", "ROSTER_JOIN", "ROSTER_BOOTSTRAP_EXPECT", "ROSTER_CLUSTER_TOKEN"]
+    run = subprocess.run([str(roster_binary), *container["command"][1:], "--help"],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    # "[env: NAME]" when the flag hides its value (a secret may).
+    listed = set(re.findall(r"\[env: (ROSTER_[A-Z_]+)[=\]]", run.stdout))
+    assert "ROSTER_DATA_DIR" in listed, "the help lists variables (so the check below means something)"
+    unknown = [name for name in names if name not in listed]
+    assert unknown == [], f"roster serve does not read {unknown}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -272,9 +273,16 @@ def test_yamllint_rendered_manifests(chart, value_set, tmp_path):
     ("values", "message"),
     [
         ({"replicas": "1"}, "/replicas': got string, want integer"),
-        ({"replicas": 3}, "replicas must be 1: roster has no multi-node replication (HA) yet"),
-        ({"replicas": 2}, "maximum: got 2, want 1"),
-        ({"replicas": 0}, "minimum: got 0, want 1"),
+        ({"replicas": 2}, "at '/replicas': value must be one of 1, 3, 5"),
+        ({"replicas": 4}, "at '/replicas': value must be one of 1, 3, 5"),
+        ({"replicas": 0}, "at '/replicas': value must be one of 1, 3, 5"),
+        ({"replicas": 3, "persistence": {"enabled": False}},
+         "replicas above 1 needs persistence.enabled=true: each Raft node keeps its log"),
+        ({"replicas": 5, "persistence": {"enabled": False}}, "replicas above 1 needs persistence.enabled=true"),
+        ({"clusterDomain": "Cluster_Local"}, "/clusterDomain"),
+        ({"clusterDomain": None}, "missing property 'clusterDomain'"),
+        ({"cluster": {"existingSecret": "Raft_Token"}}, "/cluster/existingSecret"),
+        ({"cluster": {"token": "s3cret"}}, "additional properties 'token' not allowed"),
         ({"replica": 1}, "additional properties 'replica' not allowed"),
         ({"image": {"tga": "latest"}}, "additional properties 'tga' not allowed"),
         ({"roster": {"dns": {"ttl": -1}}}, "/roster/dns/ttl"),
@@ -316,11 +324,15 @@ def test_pod_disruption_budget_can_use_min_available(chart):
     kubernetes_validate.validate(pdb, "1.27.0", strict=True)
 
 
-def test_replicas_schema_explains_the_limit():
+def test_replicas_schema_allows_the_raft_sizes():
     schema = json.loads((CHART / "values.schema.json").read_text())
     replicas = schema["properties"]["replicas"]
-    assert replicas["type"] == "integer" and replicas["minimum"] == replicas["maximum"] == 1
-    assert "multi-node" in replicas["description"]
+    assert replicas["type"] == "integer" and replicas["enum"] == [1, 3, 5]
+    assert "Raft" in replicas["description"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["replicas"] == 1, "one pod stays the default"
+    assert values["clusterDomain"] == schema["properties"]["clusterDomain"]["default"] == "cluster.local"
+    assert values["cluster"] == {"existingSecret": ""}
 
 
 def _leaves(tree, prefix=""):
@@ -660,3 +672,177 @@ def test_sync_catalog_schema_rejects_bad_values(chart, values, message):
     with pytest.raises(helm_python.HelmValuesError) as err:
         render(chart, values)
     assert message in str(err.value)
+
+
+# --- Raft cluster (replicas 3 and 5) -------------------------------------------
+
+HEADLESS_FQDN = f"r1-roster-headless.{NAMESPACE}.svc.cluster.local"
+CLUSTER_ENV = ["POD_NAME", "ROSTER_ADVERTISE_ADDR", "ROSTER_JOIN", "ROSTER_BOOTSTRAP_EXPECT", "ROSTER_CLUSTER_TOKEN"]
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_one_replica_has_no_cluster_settings(chart):
+    """replicas: 1 renders as before the chart knew Raft: no cluster env, no
+    cluster Secret, no default anti-affinity."""
+    for values in ({}, VALUE_SETS["minimal"], ALL_FEATURES):
+        objs = manifests(render(chart, values))
+        pod, container = _roster_container(objs)
+        assert find(objs, "StatefulSet")["spec"]["replicas"] == 1
+        assert not set(CLUSTER_ENV) & set(_env(container)), container.get("env")
+        assert not [o for _, o in objs if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-cluster")]
+        assert pod.get("affinity") == (values.get("affinity") or None)
+    # Without extraEnv there is no env at all, as before.
+    assert "env" not in _roster_container(manifests(render(chart, {})))[1]
+
+
+@pytest.mark.parametrize("replicas", [3, 5])
+def test_cluster_pods_find_and_authenticate_each_other(chart, replicas):
+    objs = manifests(render(chart, {"replicas": replicas}))
+    sts = find(objs, "StatefulSet", "r1-roster")
+    spec = sts["spec"]
+    assert spec["replicas"] == replicas
+    # Every pod must start for the first cluster to form (bootstrap-expect).
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["serviceName"] == "r1-roster-headless"
+    assert spec["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    pod, container = _roster_container(objs)
+
+    env = container["env"]
+    assert [e["name"] for e in env] == CLUSTER_ENV, "POD_NAME must come before the variable that uses it"
+    by_name = _env(container)
+    assert by_name["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert by_name["ROSTER_ADVERTISE_ADDR"]["value"] == f"$(POD_NAME).{HEADLESS_FQDN}:8500"
+    assert by_name["ROSTER_JOIN"]["value"] == f"{HEADLESS_FQDN}:8500"
+    assert by_name["ROSTER_BOOTSTRAP_EXPECT"]["value"] == str(replicas)
+    assert by_name["ROSTER_CLUSTER_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "r1-roster-cluster", "key": "cluster-token"}
+    }
+    # The data dir Raft needs is the claim, as with one replica.
+    assert "--data-dir=/var/lib/roster" in container["args"]
+    assert {"name": "data", "mountPath": "/var/lib/roster"} in container["volumeMounts"]
+
+    # The advertised and joined names exist: the headless Service governs the
+    # StatefulSet, lists pods before they are ready, and carries the HTTP port.
+    headless = find(objs, "Service", "r1-roster-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    assert headless["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert {"name": "http", "port": 8500, "targetPort": "http", "protocol": "TCP"} in headless["spec"]["ports"]
+    assert HEADLESS_FQDN.startswith(f"{headless['metadata']['name']}.{headless['metadata']['namespace']}.svc.")
+
+    secret = find(objs, "Secret", "r1-roster-cluster")
+    assert secret["metadata"]["namespace"] == NAMESPACE
+    token = secret_data(secret)["cluster-token"]
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", token), token
+    assert secret_data(find(objs, "Secret", "r1-roster-acl"))["admin-token"] != token
+
+    # One eviction at a time keeps a majority.
+    pdb = find(objs, "PodDisruptionBudget")["spec"]
+    assert pdb == {"maxUnavailable": 1, "selector": spec["selector"]}
+
+    # Replicas spread over Kubernetes nodes where the scheduler can.
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+
+    for _, obj in objs:
+        kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_cluster_names_follow_the_domain_ports_and_secret_values(chart):
+    values = VALUE_SETS["cluster-5-custom"]
+    objs = manifests(render(chart, values))
+    pod, container = _roster_container(objs)
+    by_name = _env(container)
+    fqdn = f"r1-roster-headless.{NAMESPACE}.svc.k8s.example.org"
+    assert by_name["ROSTER_ADVERTISE_ADDR"]["value"] == f"$(POD_NAME).{fqdn}:9500"
+    assert by_name["ROSTER_JOIN"]["value"] == f"{fqdn}:9500"
+    assert by_name["ROSTER_BOOTSTRAP_EXPECT"]["value"] == "5"
+    assert by_name["ROSTER_CLUSTER_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "raft-token", "key": "cluster-token"}
+    assert "--http-addr=0.0.0.0:9500" in container["args"]
+    # The user's variables come after the chart's.
+    assert [e["name"] for e in container["env"]] == CLUSTER_ENV + ["RUST_BACKTRACE"]
+    # The user's Secret: the chart creates none.
+    assert not [o for _, o in objs if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-cluster")]
+    # Five nodes keep a majority with two down.
+    assert find(objs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 2
+
+
+def test_cluster_affinity_from_values_replaces_the_default(chart):
+    affinity = ALL_FEATURES["affinity"]
+    pod, _ = _roster_container(manifests(render(chart, {"replicas": 3, "affinity": affinity})))
+    assert pod["affinity"] == affinity
+
+
+def test_cluster_without_persistence_is_refused_by_the_template_too(chart, tmp_path):
+    """`helm template --skip-schema-validation` bypasses the schema; the
+    template's own check still refuses a cluster on emptyDirs."""
+    copy_dir = tmp_path / "roster"
+    shutil.copytree(CHART, copy_dir)
+    (copy_dir / "values.schema.json").unlink()
+    unchecked = helm_python.Chart.load(str(copy_dir))
+    with pytest.raises(helm_python.HelmRenderError) as err:
+        render(unchecked, {"replicas": 3, "persistence": {"enabled": False}})
+    assert "replicas above 1 needs persistence.enabled=true" in str(err.value)
+    with pytest.raises(helm_python.HelmRenderError) as err:
+        render(unchecked, {"replicas": 2})
+    assert "replicas must be 1, 3 or 5, not 2" in str(err.value)
+    # The same copy renders a persistent cluster: the checks above are the refusals.
+    assert find(manifests(render(unchecked, {"replicas": 3})), "StatefulSet")["spec"]["replicas"] == 3
+
+
+@pytest.mark.parametrize(
+    ("replicas", "budget", "allowed"),
+    [
+        (3, {"maxUnavailable": 1}, True),
+        (3, {"maxUnavailable": 2}, False),
+        (3, {"maxUnavailable": "20%"}, True),   # rounds up to 1
+        (3, {"maxUnavailable": "50%"}, False),  # rounds up to 2
+        (3, {"minAvailable": 2, "maxUnavailable": None}, True),
+        (3, {"minAvailable": 1, "maxUnavailable": None}, False),
+        (3, {"minAvailable": "60%", "maxUnavailable": None}, True),  # 2 of 3
+        (5, {"maxUnavailable": 2}, True),
+        (5, {"maxUnavailable": 3}, False),
+        (5, {"maxUnavailable": "40%"}, True),   # 2 of 5
+        (5, {"minAvailable": 2, "maxUnavailable": None}, False),
+        (1, {"maxUnavailable": "100%"}, True),  # one pod: no quorum to keep
+    ],
+    ids=lambda v: json.dumps(v) if isinstance(v, dict) else str(v),
+)
+def test_disruption_budget_must_keep_a_raft_majority(chart, replicas, budget, allowed):
+    values = {"replicas": replicas, "podDisruptionBudget": budget}
+    if not allowed:
+        with pytest.raises(helm_python.HelmRenderError) as err:
+            render(chart, values)
+        assert f"of {replicas} pods be evicted at once, but the Raft cluster needs" in str(err.value)
+        return
+    pdb = find(manifests(render(chart, values)), "PodDisruptionBudget")["spec"]
+    key = "minAvailable" if "minAvailable" in budget else "maxUnavailable"
+    assert pdb[key] == budget[key]
+
+
+def test_cluster_disruption_budget_can_be_turned_off(chart):
+    objs = manifests(render(chart, {"replicas": 3, "podDisruptionBudget": {"enabled": False}}))
+    assert not [o for _, o in objs if o["kind"] == "PodDisruptionBudget"]
+
+
+def test_cluster_token_is_kept_across_upgrades():
+    """Like the ACL Secret: `lookup` first, a new random token only when the
+    cluster has none (nodes with different tokens could not talk mid-upgrade)."""
+    template = (CHART / "templates/secret-cluster.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in template
+    assert 'index $current.data "cluster-token" | b64dec' in template
+    assert "randAlphaNum 48" in template
+    assert template.index("lookup") < template.index("randAlphaNum")
+
+
+def test_cluster_notes_list_every_pod(chart):
+    notes = render(chart, {"replicas": 3})["roster/templates/NOTES.txt"]
+    pods = ",".join(f"http://r1-roster-{i}.{HEADLESS_FQDN}:8500" for i in range(3))
+    assert f"roster --registry={pods} services" in notes
+    assert "Raft cluster of 3 pods" in notes
+    assert "while 1 pod(s) are down" in notes
+    assert "Raft" not in render(chart, {})["roster/templates/NOTES.txt"]

@@ -77,6 +77,64 @@ The Secret holding the ACL token file (key tokens.toml) and the admin token
 {{- printf "%s-headless" (include "roster.fullname" .) }}
 {{- end }}
 
+{{/* "true" when the release runs a Raft cluster (replicas above 1), else empty. */}}
+{{- define "roster.clustered" -}}
+{{- if gt (int .Values.replicas) 1 }}true{{ end }}
+{{- end }}
+
+{{/*
+Fully qualified name of the headless Service. It resolves to every pod, ready or
+not (publishNotReadyAddresses), and POD.<this name> to one pod.
+*/}}
+{{- define "roster.headlessFqdn" -}}
+{{- printf "%s.%s.svc.%s" (include "roster.headlessServiceName" .) .Release.Namespace (trimSuffix "." .Values.clusterDomain) }}
+{{- end }}
+
+{{/* The Secret holding the cluster token (key cluster-token). */}}
+{{- define "roster.clusterSecretName" -}}
+{{- default (printf "%s-cluster" (include "roster.fullname" .)) .Values.cluster.existingSecret }}
+{{- end }}
+
+{{/*
+The environment that makes the pods one Raft cluster. Environment rather than
+flags, so that a flag in roster.extraArgs still overrides any of them (a flag
+wins over its ROSTER_* variable). POD_NAME comes first: Kubernetes expands
+$(POD_NAME) only from variables defined before it.
+*/}}
+{{- define "roster.clusterEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: ROSTER_ADVERTISE_ADDR
+  value: {{ printf "$(POD_NAME).%s:%d" (include "roster.headlessFqdn" .) (int .Values.containerPorts.http) | quote }}
+- name: ROSTER_JOIN
+  value: {{ printf "%s:%d" (include "roster.headlessFqdn" .) (int .Values.containerPorts.http) | quote }}
+- name: ROSTER_BOOTSTRAP_EXPECT
+  value: {{ int .Values.replicas | quote }}
+- name: ROSTER_CLUSTER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "roster.clusterSecretName" . }}
+      key: cluster-token
+{{- end }}
+
+{{/*
+How many pods a PodDisruptionBudget value lets be unavailable out of the
+replicas, for an integer or a percentage (which Kubernetes rounds up). Context:
+(list VALUE REPLICAS).
+*/}}
+{{- define "roster.pdbPods" -}}
+{{- $value := index . 0 }}
+{{- $replicas := int (index . 1) }}
+{{- if kindIs "string" $value }}
+{{- $percent := int (trimSuffix "%" $value) }}
+{{- div (add (mul $replicas $percent) 99) 100 }}
+{{- else }}
+{{- int $value }}
+{{- end }}
+{{- end }}
+
 {{/*
 The arguments of `roster serve`. One "--flag=value" word each, so that nothing
 depends on how the next word is read.
