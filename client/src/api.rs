@@ -514,6 +514,41 @@ pub mod duration {
     }
 }
 
+/// One member of a replicated registry, as operators see it
+/// (`GET /v1/operator/raft`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftMember {
+    /// Node id.
+    pub id: u64,
+    /// Advertised address.
+    pub addr: String,
+    /// Votes (a learner does not).
+    pub voter: bool,
+    /// Is the leader.
+    pub leader: bool,
+    /// Last log index known to be on it (leader's view), if known.
+    pub matched: Option<u64>,
+}
+
+/// A replicated registry as one node sees it (`GET /v1/operator/raft`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    /// This node.
+    pub node: u64,
+    /// Its state: Leader, Follower, Candidate, Learner.
+    pub state: String,
+    /// Current term.
+    pub term: u64,
+    /// Leader, if known.
+    pub leader: Option<u64>,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied index.
+    pub applied: Option<u64>,
+    /// Members.
+    pub members: Vec<RaftMember>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,6 +232,35 @@ impl RosterClient {
         self.send(Method::GET, "/v1/services", None::<&()>).await
     }
 
+    /// The replicated registry as the node answering sees it: members, leader,
+    /// term, log positions. 404 ([`Error::NotFound`]) from a lone registry.
+    pub async fn raft_status(&self) -> Result<crate::api::RaftStatus, Error> {
+        self.send(Method::GET, "/v1/operator/raft", None::<&()>)
+            .await
+    }
+
+    /// Adds the registry node whose HTTP API is at `addr` (`host:port`) to the
+    /// cluster as a voter, once it has caught up. Needs an admin token.
+    pub async fn raft_add_peer(&self, addr: &str) -> Result<crate::api::RaftMember, Error> {
+        self.send(
+            Method::POST,
+            "/v1/operator/raft/peers",
+            Some(&serde_json::json!({ "addr": addr })),
+        )
+        .await
+    }
+
+    /// Removes node `id` from the cluster. Needs an admin token.
+    pub async fn raft_remove_peer(&self, id: u64) -> Result<(), Error> {
+        self.send::<serde_json::Value>(
+            Method::DELETE,
+            &format!("/v1/operator/raft/peers/{id}"),
+            None::<&()>,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Lists the instances of a service (healthy ones unless `query.all`).
     pub async fn instances(
         &self,

@@ -17,7 +17,8 @@ use crate::config::ServeArgs;
 #[derive(Debug, Parser)]
 #[command(name = "roster", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Registry to talk to (client subcommands).
+    /// Registry to talk to (client subcommands): a base URL, or several
+    /// separated by commas (the nodes of a cluster; calls fail over between them).
     #[arg(
         long,
         global = true,
@@ -84,6 +85,9 @@ pub enum Command {
     },
     /// List services.
     Services,
+    /// Look at or change the members of a replicated registry.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Save the catalog to a file, or restore it from one.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -196,6 +200,32 @@ pub struct DnsArgs {
     /// Log filter.
     #[arg(long, env = "ROSTER_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// `roster operator …`.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Raft membership of a replicated registry.
+    #[command(subcommand)]
+    Raft(RaftCommand),
+}
+
+/// `roster operator raft …`.
+#[derive(Debug, Subcommand)]
+pub enum RaftCommand {
+    /// List the members: id, address, voter, leader, last log index known.
+    ListPeers,
+    /// Add the node whose HTTP API is at ADDR (`host:port`); it catches up as a
+    /// learner first, then votes.
+    AddPeer {
+        /// `host:port` of the new node.
+        addr: String,
+    },
+    /// Remove node ID (as `list-peers` shows it).
+    RemovePeer {
+        /// Node id.
+        id: u64,
+    },
 }
 
 /// `roster snapshot …`.
@@ -418,6 +448,42 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
                 out.flush()?;
             }
         }
+        Command::Operator(OperatorCommand::Raft(cmd)) => match cmd {
+            RaftCommand::ListPeers => {
+                let status = client.raft_status().await?;
+                if cli.json {
+                    writeln!(out, "{}", serde_json::json!(status))?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:<20} {:<28} {:<9} {:<8} MATCHED",
+                        "NODE", "ADDRESS", "ROLE", "VOTER"
+                    )?;
+                    for m in &status.members {
+                        let role = if m.leader { "leader" } else { "follower" };
+                        let matched = m.matched.map_or("-".to_owned(), |i| i.to_string());
+                        writeln!(
+                            out,
+                            "{:<20} {:<28} {:<9} {:<8} {matched}",
+                            m.id, m.addr, role, m.voter
+                        )?;
+                    }
+                    writeln!(
+                        out,
+                        "term {}, answered by node {}",
+                        status.term, status.node
+                    )?;
+                }
+            }
+            RaftCommand::AddPeer { addr } => {
+                let m = client.raft_add_peer(addr).await?;
+                writeln!(out, "added node {} at {}", m.id, m.addr)?;
+            }
+            RaftCommand::RemovePeer { id } => {
+                client.raft_remove_peer(*id).await?;
+                writeln!(out, "removed node {id}")?;
+            }
+        },
         Command::Snapshot(SnapshotCommand::Save { file }) => {
             let bytes = client.snapshot_save().await?;
             // Write then rename, so a crash never leaves half a backup under the name.

@@ -33,11 +33,17 @@ impl TestRegistry {
 
     /// Starts a registry with `config` whose HTTP API listens on `addr`: a fixed
     /// address lets a test restart "the same" registry. DNS, when on, gets port 0.
-    pub async fn start_at(addr: SocketAddr, mut config: Config) -> Self {
+    pub async fn start_at(addr: SocketAddr, config: Config) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind a loopback port");
+        Self::start_on(listener, config).await
+    }
+
+    /// Starts a registry with `config` on an already-bound `listener` (a test
+    /// that must know every node's address before any starts binds them first).
+    pub async fn start_on(listener: TcpListener, mut config: Config) -> Self {
         if config.dns_addr.is_some() {
             config.dns_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         }
-        let listener = TcpListener::bind(addr).await.expect("bind a loopback port");
         let shutdown = CancellationToken::new();
         let server = Server::start(&config, listener, shutdown.clone())
             .await

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
 pub use network::{Cut, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
+pub use roster_client::api::{RaftMember as Member, RaftStatus as Status};
 
 use crate::catalog::{Command, Outcome};
 use crate::model::{InstanceId, ServiceName};
@@ -97,40 +98,6 @@ pub struct NodeInfo {
     pub initialized: bool,
     /// The leader it knows, if any.
     pub leader: Option<u64>,
-}
-
-/// One member as operators see it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    /// Node id.
-    pub id: u64,
-    /// Advertised address.
-    pub addr: String,
-    /// Votes (a learner does not).
-    pub voter: bool,
-    /// Is the leader.
-    pub leader: bool,
-    /// Last log index known to be on it (leader's view), if known.
-    pub matched: Option<u64>,
-}
-
-/// The cluster as operators see it (`GET /v1/operator/raft`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    /// This node.
-    pub node: u64,
-    /// Its state: Leader, Follower, Candidate, Learner.
-    pub state: String,
-    /// Current term.
-    pub term: u64,
-    /// Leader, if known.
-    pub leader: Option<u64>,
-    /// Last log index.
-    pub last_log_index: Option<u64>,
-    /// Last applied index.
-    pub applied: Option<u64>,
-    /// Members.
-    pub members: Vec<Member>,
 }
 
 /// A running node: the Raft handle and what the rest of the server needs.
@@ -551,9 +518,6 @@ impl Cluster {
                     "leadership changed"
                 );
                 self.registry.leadership_changed(leading, grace);
-            }
-            if m.current_leader.is_some_and(|l| l != self.id) {
-                self.touch_leader();
             }
             // Ready: part of a cluster that has a leader (writes can be taken).
             ready.store(m.current_leader.is_some(), Ordering::Release);

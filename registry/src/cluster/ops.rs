@@ -83,6 +83,17 @@ pub enum Op {
         /// Output.
         output: String,
     },
+    /// [`Command::Restore`] of a snapshot file (`PUT /v1/snapshot`).
+    Restore {
+        /// Index of the snapshot.
+        index: u64,
+        /// Its names index.
+        names_index: u64,
+        /// Its instances.
+        instances: Vec<StoredInstance>,
+        /// Grace every lease gets, in milliseconds.
+        grace_ms: u64,
+    },
     /// [`Command::Reap`].
     Reap {
         /// Service.
@@ -191,7 +202,23 @@ impl Op {
                 create_index: *create_index,
                 check: check.clone(),
             },
-            Command::Tick | Command::Restore { .. } => return None,
+            Command::Restore {
+                index,
+                names_index,
+                instances,
+                grace,
+                stamp: true,
+            } => Op::Restore {
+                index: *index,
+                names_index: *names_index,
+                instances: instances
+                    .iter()
+                    .map(StoredInstance::from_instance)
+                    .collect(),
+                grace_ms: grace.as_millis() as u64,
+            },
+            // Local only: the lease clock, and loading a node's own state.
+            Command::Tick | Command::Restore { stamp: false, .. } => return None,
         })
     }
 
@@ -276,6 +303,21 @@ impl Op {
                     output,
                 }
             }
+            Op::Restore {
+                index,
+                names_index,
+                instances,
+                grace_ms,
+            } => Command::Restore {
+                index,
+                names_index,
+                instances: instances
+                    .into_iter()
+                    .map(StoredInstance::into_instance)
+                    .collect::<Result<_, _>>()?,
+                grace: std::time::Duration::from_millis(grace_ms),
+                stamp: true,
+            },
             Op::Reap {
                 service,
                 id,

@@ -149,6 +149,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), cluster_reads))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             refuse_writes_until_ready,
@@ -199,6 +200,54 @@ async fn refuse_writes_until_ready(
             .into_response();
     }
     next.run(req).await
+}
+
+/// On a cluster node: `?consistent` reads wait for the leader's read index
+/// first (503 when no leader confirms it), and every API answer says whether the
+/// node knows a leader and how long ago it heard from it, so callers can tell a
+/// stale read (`X-Roster-KnownLeader`, `X-Roster-LastContact` in ms, and the
+/// same in Consul's headers on its paths).
+async fn cluster_reads(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(cluster) = state.cluster.clone() else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if !path.starts_with("/v1/") || path.starts_with("/v1/raft/") {
+        return next.run(req).await;
+    }
+    let consistent = req.method() == Method::GET
+        && req.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| kv.split('=').next() == Some("consistent"))
+        });
+    if consistent && let Err(e) = cluster.read_barrier().await {
+        return ApiError::from(e).into_response();
+    }
+    let mut resp = next.run(req).await;
+    let known = if cluster.known_leader() {
+        "true"
+    } else {
+        "false"
+    };
+    let contact = cluster.last_contact_ms().unwrap_or(u64::MAX >> 12);
+    let headers = resp.headers_mut();
+    for (k, v) in [
+        ("x-roster-knownleader", HeaderValue::from_static(known)),
+        ("x-roster-lastcontact", HeaderValue::from(contact)),
+    ] {
+        headers.insert(HeaderName::from_static(k), v);
+    }
+    if headers.contains_key("x-consul-knownleader") {
+        headers.insert(
+            HeaderName::from_static("x-consul-knownleader"),
+            HeaderValue::from_static(known),
+        );
+        headers.insert(
+            HeaderName::from_static("x-consul-lastcontact"),
+            HeaderValue::from(contact),
+        );
+    }
+    resp
 }
 
 /// Adds `X-Roster-Index` to a response.

@@ -22,7 +22,21 @@ pub(super) async fn leader(
     query: QueryPairs,
 ) -> Result<Response, ConsulError> {
     check_dc(&state, &query)?;
-    Ok(reply(state.registry.snapshot().index, &state.consul.server))
+    let index = state.registry.snapshot().index;
+    Ok(match &state.cluster {
+        // Consul answers "" while there is no leader.
+        Some(c) => {
+            let status = c.status();
+            let addr = status
+                .members
+                .iter()
+                .find(|m| m.leader)
+                .map(|m| m.addr.clone())
+                .unwrap_or_default();
+            reply(index, &addr)
+        }
+        None => reply(index, &state.consul.server),
+    })
 }
 
 pub(super) async fn peers(
@@ -30,10 +44,20 @@ pub(super) async fn peers(
     query: QueryPairs,
 ) -> Result<Response, ConsulError> {
     check_dc(&state, &query)?;
-    Ok(reply(
-        state.registry.snapshot().index,
-        &[&state.consul.server],
-    ))
+    let index = state.registry.snapshot().index;
+    Ok(match &state.cluster {
+        Some(c) => {
+            let voters: Vec<String> = c
+                .status()
+                .members
+                .into_iter()
+                .filter(|m| m.voter)
+                .map(|m| m.addr)
+                .collect();
+            reply(index, &voters)
+        }
+        None => reply(index, &[&state.consul.server]),
+    })
 }
 
 pub(super) async fn datacenters(State(state): State<AppState>) -> Response {

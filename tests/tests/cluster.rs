@@ -1,0 +1,678 @@
+//! A replicated registry: three (or four) nodes in this process, each on its own
+//! port and data directory, talking Raft over HTTP. Failover is a graceful stop
+//! of the leader here; tests/cluster_fault.sh does it with SIGKILL and SIGSTOP
+//! on real processes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use roster_client::api::RegisterRequest;
+use roster_client::{InstanceQuery, RosterClient};
+use roster_registry::cluster::ClusterConfig;
+use roster_registry::config::Config;
+use roster_tests::TestRegistry;
+use tokio::net::TcpListener;
+use tokio::time::{Instant, sleep, timeout};
+
+/// Generous upper bound for anything a cluster should do "soon".
+const SOON: Duration = Duration::from_secs(30);
+
+static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "roster-cluster-{name}-{}-{}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// One node's fixed identity: address and data directory survive restarts.
+struct Slot {
+    addr: SocketAddr,
+    dir: PathBuf,
+    node: Option<TestRegistry>,
+}
+
+struct Cluster {
+    slots: Vec<Slot>,
+    join: Vec<String>,
+    expect: usize,
+    snapshot_every: u64,
+}
+
+impl Cluster {
+    /// Starts `n` nodes that form one cluster.
+    async fn start(name: &str, n: usize) -> Cluster {
+        Self::start_with(name, n, 10_000).await
+    }
+
+    async fn start_with(name: &str, n: usize, snapshot_every: u64) -> Cluster {
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let mut cluster = Cluster {
+            slots: Vec::new(),
+            join: addrs.iter().map(ToString::to_string).collect(),
+            expect: n,
+            snapshot_every,
+        };
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let dir = temp_dir(&format!("{name}-{i}"));
+            let config = cluster.config(addrs[i], &dir, n);
+            let node = TestRegistry::start_on(listener, config).await;
+            cluster.slots.push(Slot {
+                addr: addrs[i],
+                dir,
+                node: Some(node),
+            });
+        }
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    fn config(&self, addr: SocketAddr, dir: &std::path::Path, expect: usize) -> Config {
+        Config {
+            dns_addr: None,
+            data_dir: Some(dir.to_owned()),
+            lease_grace: Duration::from_secs(1),
+            cluster: Some(ClusterConfig {
+                advertise: addr.to_string(),
+                join: self.join.clone(),
+                bootstrap_expect: expect,
+                token: Some("cluster-test-token-0123456789".into()),
+                heartbeat: Duration::from_millis(100),
+                write_timeout: Duration::from_secs(3),
+                snapshot_every: self.snapshot_every,
+                ..ClusterConfig::default()
+            }),
+            ..Config::default()
+        }
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://{}", self.slots[i].addr)
+    }
+
+    fn client(&self, i: usize) -> RosterClient {
+        RosterClient::with_timeout(&self.url(i), Duration::from_secs(5)).unwrap()
+    }
+
+    /// A client that knows every node.
+    fn client_all(&self) -> RosterClient {
+        let urls: Vec<String> = (0..self.slots.len()).map(|i| self.url(i)).collect();
+        RosterClient::with_timeout(&urls.join(","), Duration::from_secs(5)).unwrap()
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|i| self.slots[*i].node.is_some())
+            .collect()
+    }
+
+    /// Waits until every running node is ready (knows a leader).
+    async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        for i in self.running() {
+            let url = format!("{}/ready", self.url(i));
+            timeout(SOON, async {
+                loop {
+                    if let Ok(r) = http.get(&url).send().await
+                        && r.status().is_success()
+                    {
+                        return;
+                    }
+                    sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("node {i} never became ready"));
+        }
+    }
+
+    /// The running node that leads, once the running nodes agree on one.
+    async fn leader(&self) -> usize {
+        timeout(SOON, async {
+            loop {
+                let mut seen = BTreeSet::new();
+                for i in self.running() {
+                    if let Ok(s) = self.client(i).raft_status().await {
+                        seen.insert(s.leader);
+                    }
+                }
+                if seen.len() == 1
+                    && let Some(Some(leader)) = seen.into_iter().next()
+                {
+                    for i in self.running() {
+                        if self.node(i).cluster().map(|c| c.id()) == Some(leader) {
+                            return i;
+                        }
+                    }
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the running nodes agree on a leader")
+    }
+
+    fn node(&self, i: usize) -> &roster_registry::server::Server {
+        self.slots[i].node.as_ref().expect("running").server()
+    }
+
+    async fn stop(&mut self, i: usize) {
+        self.slots[i].node.take().expect("running").stop().await;
+    }
+
+    async fn restart(&mut self, i: usize) {
+        let config = self.config(self.slots[i].addr, &self.slots[i].dir, self.expect);
+        // The old listener is closed; the port is free again on loopback.
+        let listener = TcpListener::bind(self.slots[i].addr).await.unwrap();
+        self.slots[i].node = Some(TestRegistry::start_on(listener, config).await);
+    }
+
+    /// Instance ids of `service` on node `i` (all of them, healthy or not).
+    async fn ids(&self, i: usize, service: &str) -> BTreeSet<String> {
+        match self
+            .client(i)
+            .instances(
+                service,
+                &InstanceQuery {
+                    all: true,
+                    ..InstanceQuery::default()
+                },
+            )
+            .await
+        {
+            Ok(list) => list.instances.into_iter().map(|i| i.id).collect(),
+            Err(roster_client::Error::NotFound(_)) => BTreeSet::new(),
+            Err(e) => panic!("node {i}: {e}"),
+        }
+    }
+
+    /// Waits until every running node has exactly `want` in `service`.
+    async fn converge(&self, service: &str, want: &BTreeSet<String>) {
+        for i in self.running() {
+            let reached = timeout(SOON, async {
+                loop {
+                    if &self.ids(i, service).await == want {
+                        return;
+                    }
+                    sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await;
+            if reached.is_err() {
+                panic!(
+                    "node {i} has {:?}, expected {:?}",
+                    self.ids(i, service).await,
+                    want
+                );
+            }
+        }
+    }
+
+    fn cut(&self, isolated: usize) {
+        let ids: Vec<u64> = self
+            .running()
+            .into_iter()
+            .map(|i| self.node(i).cluster().unwrap().id())
+            .collect();
+        let me = self.node(isolated).cluster().unwrap().id();
+        for i in self.running() {
+            let c = self.node(i).cluster().unwrap();
+            let mut cut = c.peers().cut.write().unwrap();
+            if i == isolated {
+                cut.extend(ids.iter().copied().filter(|id| *id != me));
+            } else {
+                cut.insert(me);
+            }
+        }
+    }
+
+    fn heal(&self) {
+        for i in self.running() {
+            self.node(i)
+                .cluster()
+                .unwrap()
+                .peers()
+                .cut
+                .write()
+                .unwrap()
+                .clear();
+        }
+    }
+
+    async fn shutdown(mut self) {
+        for i in self.running() {
+            self.stop(i).await;
+        }
+        for s in &self.slots {
+            let _ = std::fs::remove_dir_all(&s.dir);
+        }
+    }
+}
+
+fn instance(port: u16) -> RegisterRequest {
+    RegisterRequest {
+        address: Some("10.1.0.1".into()),
+        port,
+        ..RegisterRequest::default()
+    }
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_on_a_follower_are_read_on_every_node_and_survive_a_failover() {
+    let mut c = Cluster::start("failover", 3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+
+    // A write on a follower is forwarded, and the follower answers only once
+    // it can read it back itself.
+    let stored = c
+        .client(follower)
+        .register("web", "w1", &instance(80))
+        .await
+        .unwrap();
+    assert_eq!(stored.id, "w1");
+    assert_eq!(c.ids(follower, "web").await, set(&["w1"]));
+    c.converge("web", &set(&["w1"])).await;
+
+    // The leader goes away; a survivor takes writes again.
+    c.stop(leader).await;
+    let survivor = c.running()[0];
+    let started = Instant::now();
+    let took = timeout(SOON, async {
+        loop {
+            if c.client(survivor)
+                .register("web", "w2", &instance(81))
+                .await
+                .is_ok()
+            {
+                return started.elapsed();
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("writes resume after the leader stops");
+    eprintln!("failover: first write accepted {took:?} after the leader stopped");
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    c.converge("web", &set(&["w1", "w2"])).await;
+
+    // The old leader comes back as a follower and catches up.
+    c.restart(leader).await;
+    c.wait_ready().await;
+    c.converge("web", &set(&["w1", "w2"])).await;
+    let status = c.client(leader).raft_status().await.unwrap();
+    assert_eq!(status.members.len(), 3);
+    assert_ne!(status.state, "Leader");
+    // Every node agrees on the catalog index too.
+    let mut indexes = BTreeSet::new();
+    for i in c.running() {
+        indexes.insert(c.node(i).registry().snapshot().index);
+    }
+    assert_eq!(indexes.len(), 1, "indexes differ: {indexes:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_node_refuses_writes_and_flags_its_reads_stale() {
+    let c = Cluster::start("partition", 3).await;
+    let leader = c.leader().await;
+    let isolated = (leader + 1) % 3;
+    c.client(leader)
+        .register("api", "a1", &instance(80))
+        .await
+        .unwrap();
+    c.converge("api", &set(&["a1"])).await;
+
+    c.cut(isolated);
+    let http = reqwest::Client::new();
+    // A write on the cut-off node cannot reach a leader: 503 with Retry-After.
+    let resp = http
+        .put(format!("{}/v1/services/api/instances/a2", c.url(isolated)))
+        .json(&instance(81))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    // Its reads still answer, from its own (stale) copy, and say so once an
+    // election timeout has passed without contact.
+    let stale = timeout(SOON, async {
+        loop {
+            let resp = http
+                .get(format!("{}/v1/services/api", c.url(isolated)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let known = resp.headers()["x-roster-knownleader"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let contact: u64 = resp.headers()["x-roster-lastcontact"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            if known == "false" {
+                return contact;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the cut-off node flags its reads");
+    // And the time since the last contact keeps growing.
+    sleep(Duration::from_millis(500)).await;
+    let later: u64 = http
+        .get(format!("{}/v1/services/api", c.url(isolated)))
+        .send()
+        .await
+        .unwrap()
+        .headers()["x-roster-lastcontact"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        later >= stale + 400,
+        "last contact {stale} ms, then {later} ms"
+    );
+    // A consistent read there cannot be served.
+    let resp = http
+        .get(format!("{}/v1/services/api?consistent", c.url(isolated)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+
+    // The majority goes on: writes and consistent reads work there.
+    let majority = c.leader().await;
+    assert_ne!(majority, isolated);
+    let writer = c.client((isolated + 1) % 3);
+    timeout(SOON, async {
+        while writer.register("api", "a3", &instance(82)).await.is_err() {
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the majority takes writes");
+    let resp = http
+        .get(format!("{}/v1/services/api?consistent", c.url(majority)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-roster-knownleader"], "true");
+    assert_eq!(c.ids(isolated, "api").await, set(&["a1"]), "stale copy");
+
+    // Healed, the node catches up.
+    c.heal();
+    c.converge("api", &set(&["a1", "a3"])).await;
+    c.shutdown().await;
+}
+
+/// Every acknowledged write is visible after failovers and restarts; no
+/// acknowledged delete comes back. Writes whose outcome is unknown (the client
+/// saw an error) may have happened or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_acknowledged_write_is_lost_across_failovers() {
+    let mut c = Cluster::start("history", 3).await;
+    let client = c.client_all();
+    // What the test knows for sure: Some(true) registered, Some(false) deleted.
+    let mut known: BTreeMap<String, Option<bool>> = BTreeMap::new();
+    let mut acked = 0;
+    // Like a real caller, retry a failed write for a while: an election takes
+    // a moment. A write that never succeeded has an unknown outcome.
+    async fn retried<F, Fut>(mut op: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if op().await {
+                return true;
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+    for round in 0..3 {
+        for k in 0..20 {
+            let id = format!("h{round}-{k}");
+            let ok = retried(|| {
+                let (client, id) = (&client, &id);
+                async move {
+                    client
+                        .register("hist", id, &instance(1000 + k))
+                        .await
+                        .is_ok()
+                }
+            })
+            .await;
+            known.insert(id.clone(), ok.then_some(true));
+            acked += usize::from(ok);
+            if k % 4 == 0 {
+                let del = retried(|| {
+                    let (client, id) = (&client, &id);
+                    async move { client.deregister("hist", id).await.is_ok() }
+                })
+                .await;
+                known.insert(id, if del { Some(false) } else { None });
+            }
+            if k == 10 {
+                // Take the leader down in the middle of the stream.
+                let leader = c.leader().await;
+                c.stop(leader).await;
+            }
+        }
+        // Bring everything back before the next round.
+        for i in 0..3 {
+            if c.slots[i].node.is_none() {
+                c.restart(i).await;
+            }
+        }
+        c.wait_ready().await;
+    }
+    assert_eq!(acked, 60, "registrations acknowledged");
+    let must: BTreeSet<String> = known
+        .iter()
+        .filter(|(_, v)| **v == Some(true))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let must_not: BTreeSet<String> = known
+        .iter()
+        .filter(|(_, v)| **v == Some(false))
+        .map(|(k, _)| k.clone())
+        .collect();
+    // Let every node apply what is committed, then compare.
+    let leader = c.leader().await;
+    let reference = timeout(SOON, async {
+        loop {
+            let ids = c.ids(leader, "hist").await;
+            if must.is_subset(&ids) {
+                return ids;
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("every acknowledged registration is on the leader");
+    assert!(
+        reference.is_disjoint(&must_not),
+        "deleted instances came back: {:?}",
+        reference.intersection(&must_not).collect::<Vec<_>>()
+    );
+    c.converge("hist", &reference).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leases_live_through_a_failover_and_expire_under_the_new_leader() {
+    let mut c = Cluster::start("leases", 3).await;
+    let client = c.client_all();
+    let ttl = RegisterRequest {
+        ttl: Some(Duration::from_secs(2)),
+        ..instance(80)
+    };
+    client.register("beat", "alive", &ttl).await.unwrap();
+    client.register("beat", "silent", &ttl).await.unwrap();
+    let leader = c.leader().await;
+    // Heartbeat "alive" through every node in turn (followers forward) while
+    // the leader goes away; "silent" never heartbeats.
+    let beats = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = client.heartbeat("beat", "alive").await;
+                sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    sleep(Duration::from_millis(500)).await;
+    c.stop(leader).await;
+    let survivor = c.running()[0];
+    // "silent" expires under the new leader (critical, then the new health
+    // shows on every survivor); "alive" never does.
+    let healthy = |i: usize| {
+        let client = c.client(i);
+        async move {
+            client
+                .instances("beat", &InstanceQuery::default())
+                .await
+                .map(|l| {
+                    l.instances
+                        .into_iter()
+                        .map(|i| i.id)
+                        .collect::<BTreeSet<_>>()
+                })
+                .unwrap_or_default()
+        }
+    };
+    timeout(SOON, async {
+        while healthy(survivor).await != set(&["alive"]) {
+            sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the silent instance expires after the failover");
+    // For several TTLs after the failover, the heartbeating instance stays healthy.
+    for _ in 0..10 {
+        for i in c.running() {
+            assert!(
+                healthy(i).await.contains("alive"),
+                "alive expired on node {i}"
+            );
+        }
+        sleep(Duration::from_millis(400)).await;
+    }
+    beats.abort();
+    c.shutdown().await;
+}
+
+/// A node added later gets the catalog by snapshot (the log before it was
+/// compacted away), votes, and can be removed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_node_joins_by_snapshot_and_can_be_removed() {
+    let mut c = Cluster::start_with("join", 3, 20).await;
+    let client = c.client_all();
+    let mut want = BTreeSet::new();
+    for k in 0..60 {
+        let id = format!("j{k}");
+        client
+            .register("grow", &id, &instance(2000 + k))
+            .await
+            .unwrap();
+        want.insert(id);
+    }
+    let leader = c.leader().await;
+    let purged = timeout(SOON, async {
+        loop {
+            let status = c
+                .node(leader)
+                .cluster()
+                .unwrap()
+                .raft()
+                .metrics()
+                .borrow()
+                .clone();
+            if status.purged.is_some() {
+                return status.purged;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the leader compacts its log after snapshots");
+    assert!(purged.is_some());
+
+    // A fourth node that only knows where the cluster is asks to join.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = temp_dir("join-new");
+    let config = c.config(addr, &dir, 0);
+    let node = TestRegistry::start_on(listener, config).await;
+    c.slots.push(Slot {
+        addr,
+        dir,
+        node: Some(node),
+    });
+    c.wait_ready().await;
+    c.converge("grow", &want).await;
+    let new_id = c.node(3).cluster().unwrap().id();
+    let status = c.client(0).raft_status().await.unwrap();
+    assert!(
+        status.members.iter().any(|m| m.id == new_id && m.voter),
+        "{status:?}"
+    );
+
+    // The operator removes it again (through any node).
+    c.client(3).raft_remove_peer(new_id).await.unwrap();
+    timeout(SOON, async {
+        loop {
+            let s = c.client(0).raft_status().await.unwrap();
+            if s.members.len() == 3 && s.members.iter().all(|m| m.id != new_id) {
+                return;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the node is removed");
+    let err = c.client(0).raft_remove_peer(new_id).await.unwrap_err();
+    assert!(matches!(err, roster_client::Error::NotFound(_)), "{err:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lone_registry_has_no_raft_endpoints() {
+    let r = TestRegistry::start().await;
+    let client = RosterClient::new(r.url()).unwrap();
+    assert!(matches!(
+        client.raft_status().await,
+        Err(roster_client::Error::NotFound(_))
+    ));
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/raft/node", r.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    r.stop().await;
+}
