@@ -53,6 +53,10 @@ pub trait Replication: Send + Sync + std::fmt::Debug + 'static {
     /// The queue of the leader's proposer. Writes are queued under the catalog
     /// lock, so they enter the log in the order the catalog saw them.
     fn proposals(&self) -> &tokio::sync::mpsc::UnboundedSender<Proposal>;
+    /// Whether the leader heard from a majority within an election timeout: a
+    /// leader cut off from its followers must not expire anything (the
+    /// instances' heartbeats may be going to a newer leader).
+    fn has_quorum(&self) -> bool;
     /// Sends a write to the leader (on a follower).
     fn forward(
         &self,
@@ -511,7 +515,14 @@ impl Registry {
                 () = self.leadership.notified() => {}
                 () = due => {
                     if self.is_replicated() {
-                        self.tick_replicated();
+                        if !self.tick_replicated() {
+                            // No quorum: look again shortly rather than spin on
+                            // the timers that stay due.
+                            tokio::select! {
+                                () = cancel.cancelled() => return,
+                                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            }
+                        }
                     } else if let Ok(out) = self.apply(Command::Tick)
                         && (out.expired > 0 || out.reaped > 0)
                     {
@@ -524,14 +535,17 @@ impl Registry {
 
     /// A leader's tick: decides what ran out and queues the effects for the log,
     /// under the catalog lock so they are ordered with the writes around them.
-    fn tick_replicated(&self) {
+    fn tick_replicated(&self) -> bool {
         let Some(rep) = self.replication() else {
-            return;
+            return false;
         };
+        if !rep.has_quorum() {
+            return false;
+        }
         let mut core = self.lock();
         let out = match core.catalog.apply(Command::Tick, Instant::now()) {
             Ok(out) => out,
-            Err(_) => return,
+            Err(_) => return true,
         };
         let effects = core.catalog.take_effects();
         let preserving = core.catalog.self_preservation_active();
@@ -550,5 +564,6 @@ impl Registry {
         if self.preserving.swap(preserving, Ordering::Relaxed) != preserving {
             self.metrics.self_preservation(preserving);
         }
+        true
     }
 }

@@ -623,6 +623,12 @@ impl Replication for Cluster {
         self.leading.load(Ordering::Acquire)
     }
 
+    fn has_quorum(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let limit = self.config.heartbeat.as_millis() as u64 * 4;
+        m.state == ServerState::Leader && m.millis_since_quorum_ack.is_some_and(|ms| ms <= limit)
+    }
+
     fn proposals(&self) -> &mpsc::UnboundedSender<Proposal> {
         &self.proposals
     }
