@@ -153,7 +153,7 @@ impl RemoteDns {
             match first {
                 Ok(index) => break index,
                 Err(e) => {
-                    tracing::warn!(error = %e, registry = client.base_url(), "waiting for the registry");
+                    tracing::warn!(error = %e, registry = %client.addresses().join(","), "waiting for the registry");
                     tokio::select! {
                         () = shutdown.cancelled() => {
                             return Err(std::io::Error::other("stopped before the registry answered"));
@@ -168,7 +168,7 @@ impl RemoteDns {
             std::io::Error::new(e.kind(), format!("cannot serve DNS on {addr}: {e}"))
         })?;
         let addr = server.local_addr();
-        tracing::info!(%addr, registry = client.base_url(), "roster DNS front end listening");
+        tracing::info!(%addr, registry = %client.addresses().join(","), "roster DNS front end listening");
         tokio::spawn(follow(view, client, index, shutdown.clone()));
         let task = tokio::spawn(server.run(shutdown.cancelled_owned()));
         Ok(RemoteDns { addr, task })

@@ -44,6 +44,7 @@ struct Cluster {
     join: Vec<String>,
     expect: usize,
     snapshot_every: u64,
+    dns: bool,
 }
 
 impl Cluster {
@@ -53,6 +54,10 @@ impl Cluster {
     }
 
     async fn start_with(name: &str, n: usize, snapshot_every: u64) -> Cluster {
+        Self::start_full(name, n, snapshot_every, false).await
+    }
+
+    async fn start_full(name: &str, n: usize, snapshot_every: u64, dns: bool) -> Cluster {
         let mut listeners = Vec::new();
         for _ in 0..n {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -63,6 +68,7 @@ impl Cluster {
             join: addrs.iter().map(ToString::to_string).collect(),
             expect: n,
             snapshot_every,
+            dns,
         };
         for (i, listener) in listeners.into_iter().enumerate() {
             let dir = temp_dir(&format!("{name}-{i}"));
@@ -80,7 +86,12 @@ impl Cluster {
 
     fn config(&self, addr: SocketAddr, dir: &std::path::Path, expect: usize) -> Config {
         Config {
-            dns_addr: None,
+            // The harness gives DNS its own port 0 when it is on.
+            dns_addr: if self.dns {
+                Config::default().dns_addr
+            } else {
+                None
+            },
             data_dir: Some(dir.to_owned()),
             lease_grace: Duration::from_secs(1),
             cluster: Some(ClusterConfig {
@@ -675,4 +686,74 @@ async fn a_lone_registry_has_no_raft_endpoints() {
         .unwrap();
     assert_eq!(resp.status(), 404);
     r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dns_answers_on_every_node_and_a_remote_front_end_fails_over() {
+    use hickory_proto::rr::RecordType;
+    use roster_tests::dns::ask;
+
+    let mut c = Cluster::start_full("dns", 3, 10_000, true).await;
+    let leader = c.leader().await;
+    let client = c.client_all();
+    let at = |address: &str, port| RegisterRequest {
+        address: Some(address.into()),
+        ..instance(port)
+    };
+    client
+        .register("web", "w1", &at("10.7.0.1", 80))
+        .await
+        .unwrap();
+    async fn eventually(addr: SocketAddr, want: &[&str]) {
+        timeout(SOON, async {
+            loop {
+                let mut got = ask(addr, "web.service.roster.", RecordType::A).await;
+                got.sort();
+                if got == want {
+                    return;
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{addr} never answered {want:?}"));
+    }
+    for i in c.running() {
+        eventually(c.node(i).dns_addr().unwrap(), &["10.7.0.1"]).await;
+    }
+
+    // A DNS front end that follows the cluster, the leader's address first.
+    let mut urls = vec![c.url(leader)];
+    urls.extend((0..3).filter(|i| *i != leader).map(|i| c.url(i)));
+    let follow = RosterClient::with_timeout(&urls.join(","), Duration::from_secs(2)).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let front = roster_registry::remote::RemoteDns::start(
+        follow,
+        "127.0.0.1:0".parse().unwrap(),
+        roster_dns::DnsConfig::default(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    eventually(front.local_addr(), &["10.7.0.1"]).await;
+
+    // Its registry node goes away; it follows another one and sees new writes.
+    c.stop(leader).await;
+    timeout(SOON, async {
+        while client
+            .register("web", "w2", &at("10.7.0.2", 80))
+            .await
+            .is_err()
+        {
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the survivors take writes");
+    eventually(front.local_addr(), &["10.7.0.1", "10.7.0.2"]).await;
+    for i in c.running() {
+        eventually(c.node(i).dns_addr().unwrap(), &["10.7.0.1", "10.7.0.2"]).await;
+    }
+    shutdown.cancel();
+    c.shutdown().await;
 }

@@ -23,6 +23,17 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
         "self_preservation": preserving,
         "uptime_seconds": state.started.elapsed().as_secs(),
     });
+    if let Some(c) = &state.cluster {
+        let status = c.status();
+        body["raft"] = json!({
+            "node": status.node,
+            "state": status.state,
+            "term": status.term,
+            "leader": status.leader,
+            "applied": status.applied,
+            "known_leader": c.known_leader(),
+        });
+    }
     // Still 200: the process is alive and serving; the warning is for operators.
     if preserving {
         body["warnings"] = json!([
@@ -35,13 +46,19 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
 pub(super) async fn ready(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         Json(json!({ "status": "ready" })).into_response()
+    } else if state.cluster.is_some() {
+        ApiError::unavailable("no Raft leader known yet (the cluster is forming or electing)")
+            .into_response()
     } else {
         ApiError::unavailable("the catalog is still loading").into_response()
     }
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics().render(&state.registry.snapshot());
+    let mut body = state.metrics().render(&state.registry.snapshot());
+    if let Some(c) = &state.cluster {
+        body.push_str(&raft_metrics(c));
+    }
     let mut resp = (StatusCode::OK, body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -57,4 +74,51 @@ pub(super) async fn openapi() -> Response {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// Prometheus lines for a cluster node.
+fn raft_metrics(c: &crate::cluster::Cluster) -> String {
+    use std::fmt::Write;
+    let status = c.status();
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    };
+    gauge(
+        "roster_raft_leader",
+        "1 while this node is the Raft leader.",
+        u64::from(status.leader == Some(status.node)),
+    );
+    gauge(
+        "roster_raft_known_leader",
+        "1 while this node knows a leader it heard from recently.",
+        u64::from(c.known_leader()),
+    );
+    gauge("roster_raft_term", "Current Raft term.", status.term);
+    gauge(
+        "roster_raft_last_log_index",
+        "Index of the last entry in this node's log.",
+        status.last_log_index.unwrap_or(0),
+    );
+    gauge(
+        "roster_raft_applied_index",
+        "Index of the last entry applied to this node's catalog.",
+        status.applied.unwrap_or(0),
+    );
+    gauge(
+        "roster_raft_voters",
+        "Voting members of the cluster.",
+        status.members.iter().filter(|m| m.voter).count() as u64,
+    );
+    if let Some(ms) = c.last_contact_ms() {
+        gauge(
+            "roster_raft_last_contact_milliseconds",
+            "Time since this node last heard from its leader (0 on a leader with a majority).",
+            ms,
+        );
+    }
+    out
 }
