@@ -150,10 +150,15 @@ impl Cluster {
 
     /// The running node that leads, once the running nodes agree on one.
     async fn leader(&self) -> usize {
+        self.leader_among(&self.running()).await
+    }
+
+    /// The node that `nodes` agree leads them.
+    async fn leader_among(&self, nodes: &[usize]) -> usize {
         timeout(SOON, async {
             loop {
                 let mut seen = BTreeSet::new();
-                for i in self.running() {
+                for &i in nodes {
                     if let Ok(s) = self.client(i).raft_status().await {
                         seen.insert(s.leader);
                     }
@@ -691,7 +696,7 @@ async fn a_lone_registry_has_no_raft_endpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dns_answers_on_every_node_and_a_remote_front_end_fails_over() {
     use hickory_proto::rr::RecordType;
-    use roster_tests::dns::ask;
+    use roster_tests::dns::{answer_data, query, udp};
 
     let mut c = Cluster::start_full("dns", 3, 10_000, true).await;
     let leader = c.leader().await;
@@ -707,7 +712,9 @@ async fn dns_answers_on_every_node_and_a_remote_front_end_fails_over() {
     async fn eventually(addr: SocketAddr, want: &[&str]) {
         timeout(SOON, async {
             loop {
-                let mut got = ask(addr, "web.service.roster.", RecordType::A).await;
+                // NXDOMAIN (empty) until the name's first instance arrives.
+                let mut got =
+                    answer_data(&udp(addr, &query("web.service.roster.", RecordType::A)).await);
                 got.sort();
                 if got == want {
                     return;
@@ -755,5 +762,63 @@ async fn dns_answers_on_every_node_and_a_remote_front_end_fails_over() {
         eventually(c.node(i).dns_addr().unwrap(), &["10.7.0.1", "10.7.0.2"]).await;
     }
     shutdown.cancel();
+    c.shutdown().await;
+}
+
+/// A leader cut off from the majority must not expire leases: the instances'
+/// heartbeats go to the new leader on the other side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_leader_expires_nothing() {
+    let c = Cluster::start("cutleader", 3).await;
+    let old = c.leader().await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let urls: Vec<String> = others.iter().map(|i| c.url(*i)).collect();
+    // The instance reaches only the two nodes that will stay together.
+    let client = RosterClient::with_timeout(&urls.join(","), Duration::from_secs(2)).unwrap();
+    let ttl = RegisterRequest {
+        ttl: Some(Duration::from_secs(2)),
+        ..instance(80)
+    };
+    client.register("cut", "i1", &ttl).await.unwrap();
+    c.converge("cut", &set(&["i1"])).await;
+    let beats = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = client.heartbeat("cut", "i1").await;
+                sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    c.cut(old);
+    let healthy_everywhere = || async {
+        for i in 0..3 {
+            let list = c
+                .client(i)
+                .instances("cut", &InstanceQuery::default())
+                .await
+                .unwrap();
+            assert_eq!(
+                list.instances.len(),
+                1,
+                "node {i} shows i1 unhealthy (old leader {old})"
+            );
+        }
+    };
+    // Well past the TTL while cut off, then healed, the instance stays healthy
+    // on every node, the old leader's included.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        healthy_everywhere().await;
+        sleep(Duration::from_millis(200)).await;
+    }
+    assert_ne!(c.leader_among(&others).await, old);
+    c.heal();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        healthy_everywhere().await;
+        sleep(Duration::from_millis(200)).await;
+    }
+    beats.abort();
     c.shutdown().await;
 }
