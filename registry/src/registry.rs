@@ -280,26 +280,7 @@ impl Registry {
     /// that is alive.
     pub fn leadership_changed(&self, leading: bool, grace: Duration) {
         if leading {
-            let mut core = self.lock();
-            let snap = core.catalog.snapshot().clone();
-            let instances = snap
-                .services
-                .values()
-                .flat_map(|s| s.instances.values())
-                .map(|i| (**i).clone())
-                .collect();
-            // Same index, same instances: only the soft state (leases, timers) is
-            // rebuilt, so nothing is published.
-            let _ = core.catalog.apply(
-                Command::Restore {
-                    index: snap.index,
-                    names_index: snap.names_index,
-                    instances,
-                    grace,
-                    stamp: false,
-                },
-                Instant::now(),
-            );
+            self.lock().catalog.rearm(Instant::now(), grace);
         }
         self.leadership.notify_one();
         self.reaper_wake.notify_one();

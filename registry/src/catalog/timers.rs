@@ -76,6 +76,66 @@ impl Catalog {
         self.preserving
     }
 
+    /// Rebuilds the soft state (lease deadlines and every timer) from the shared
+    /// state, giving everything `grace` on top: what a node does when it becomes
+    /// the leader, since its lease clock never saw the heartbeats. The shared
+    /// state (instances, indexes) is not touched.
+    pub fn rearm(&mut self, now: tokio::time::Instant, grace: std::time::Duration) {
+        let now = self.clock(now);
+        let grace = nanos(grace);
+        let Catalog {
+            state,
+            records,
+            timers,
+            ..
+        } = self;
+        timers.clear();
+        self.guard_at = 0;
+        self.expirations.clear();
+        for svc in state.services.values() {
+            for inst in svc.instances.values() {
+                let Some(rec) = records.get_mut(&inst.id) else {
+                    continue;
+                };
+                rec.lease_timer = None;
+                rec.reap_timer = None;
+                rec.check_timers.clear();
+                rec.check_reaps.clear();
+                rec.held = false;
+                let from = now.saturating_add(grace);
+                for (i, def) in inst.spec.checks.iter().enumerate() {
+                    let pos = i as u16;
+                    if let Target::Ttl { ttl } = def.target {
+                        let due = from.saturating_add(nanos(ttl));
+                        rec.check_timers.push((pos, due));
+                        timers.insert((due, Timer::Check(pos), inst.id.clone()));
+                    }
+                    if let Some(after) = def.deregister_critical_after
+                        && inst.checks[i].status == Health::Critical
+                    {
+                        let due = from.saturating_add(nanos(after));
+                        rec.check_reaps.push((pos, due));
+                        timers.insert((due, Timer::CheckReap(pos), inst.id.clone()));
+                    }
+                }
+                let (Some(lease), Some(ttl)) = (&rec.lease, inst.spec.ttl) else {
+                    continue;
+                };
+                if inst.lease == Some(Health::Critical) {
+                    let _ = lease.try_expire(u64::MAX);
+                    let due = from.saturating_add(nanos(inst.spec.deregister_critical_after));
+                    rec.reap_timer = Some(due);
+                    timers.insert((due, Timer::Reap, inst.id.clone()));
+                } else {
+                    let due = from.saturating_add(nanos(ttl));
+                    lease.revive(due);
+                    rec.lease_timer = Some(due);
+                    timers.insert((due, Timer::Lease, inst.id.clone()));
+                }
+            }
+        }
+    }
+
     pub(super) fn tick(&mut self, now: u64, next: u64, out: &mut Outcome) -> bool {
         let mut changed = false;
         let hold = self.should_hold(now);
