@@ -306,8 +306,17 @@ impl Registry {
     }
 
     /// Replaces the catalog with a replicated snapshot, stamped so watchers see it.
-    pub fn install(&self, index: u64, names_index: u64, instances: Vec<Instance>, grace: Duration) {
-        let _ = self.apply_inner(
+    /// `service_indexes` are the services' own modify indexes (a removal bumps
+    /// a service's index beyond its instances'), so they match the leader's.
+    pub fn install(
+        &self,
+        index: u64,
+        names_index: u64,
+        instances: Vec<Instance>,
+        grace: Duration,
+        service_indexes: &std::collections::BTreeMap<String, u64>,
+    ) {
+        let _ = self.apply_with(
             Command::Restore {
                 index,
                 names_index,
@@ -316,6 +325,7 @@ impl Registry {
                 stamp: false,
             },
             false,
+            |catalog| catalog.set_service_indexes(service_indexes),
         );
     }
 
@@ -366,11 +376,23 @@ impl Registry {
         cmd: Command,
         persist: bool,
     ) -> Result<(Outcome, Option<Durable>), CatalogError> {
+        self.apply_with(cmd, persist, |_| {})
+    }
+
+    /// [`Registry::apply_inner`], with `after` run on the catalog before the
+    /// change is published.
+    fn apply_with(
+        &self,
+        cmd: Command,
+        persist: bool,
+        after: impl FnOnce(&mut Catalog),
+    ) -> Result<(Outcome, Option<Durable>), CatalogError> {
         let replace_all = matches!(cmd, Command::Restore { .. });
         let mut core = self.lock();
         let Core { catalog, hub } = &mut *core;
         let before = catalog.next_deadline();
         let out = catalog.apply(cmd, Instant::now())?;
+        after(catalog);
         let mut durable = None;
         if out.changed {
             let snap = catalog.snapshot();

@@ -618,6 +618,9 @@ async fn a_new_node_joins_by_snapshot_and_can_be_removed() {
             .unwrap();
         want.insert(id);
     }
+    // A removal moves the service's index past every instance's.
+    client.deregister("grow", "j59").await.unwrap();
+    want.remove("j59");
     let leader = c.leader().await;
     let purged = timeout(SOON, async {
         loop {
@@ -652,6 +655,21 @@ async fn a_new_node_joins_by_snapshot_and_can_be_removed() {
     });
     c.wait_ready().await;
     c.converge("grow", &want).await;
+    // The node that started from a snapshot has the same indexes as the others.
+    let index_of = |i: usize| {
+        let snap = c.node(i).registry().snapshot();
+        (
+            snap.index,
+            snap.services.get("grow").map(|s| s.modify_index),
+        )
+    };
+    timeout(SOON, async {
+        while index_of(3) != index_of(leader) {
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("new node {:?}, leader {:?}", index_of(3), index_of(leader)));
     let new_id = c.node(3).cluster().unwrap().id();
     let status = c.client(0).raft_status().await.unwrap();
     assert!(

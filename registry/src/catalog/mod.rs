@@ -340,6 +340,16 @@ impl Catalog {
         self.effects.get_or_insert_with(Vec::new);
     }
 
+    /// Sets services' modify indexes as a snapshot recorded them (a restore
+    /// derives them from the instances, which misses removals).
+    pub fn set_service_indexes(&mut self, indexes: &std::collections::BTreeMap<String, u64>) {
+        for (name, index) in indexes {
+            if let Some(svc) = self.state.services.get_mut(name.as_str()) {
+                svc.modify_index = (*index).min(self.state.index);
+            }
+        }
+    }
+
     /// The effect commands decided by ticks since the last call.
     pub fn take_effects(&mut self) -> Vec<Command> {
         self.effects

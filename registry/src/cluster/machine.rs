@@ -39,6 +39,9 @@ pub(super) struct SnapshotData {
     pub names_index: u64,
     /// Every instance.
     pub instances: Vec<StoredInstance>,
+    /// Every service's modify index.
+    #[serde(default)]
+    pub services: std::collections::BTreeMap<String, u64>,
 }
 
 impl SnapshotData {
@@ -51,6 +54,11 @@ impl SnapshotData {
                 .values()
                 .flat_map(|s| s.instances.values())
                 .map(|i| StoredInstance::from_instance(i))
+                .collect(),
+            services: snap
+                .services
+                .iter()
+                .map(|(name, svc)| (name.to_string(), svc.modify_index))
                 .collect(),
         }
     }
@@ -99,8 +107,13 @@ impl StateMachine {
             .map(StoredInstance::into_instance)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(sm_err)?;
-        self.registry
-            .install(data.index, data.names_index, instances, self.grace);
+        self.registry.install(
+            data.index,
+            data.names_index,
+            instances,
+            self.grace,
+            &data.services,
+        );
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
