@@ -34,6 +34,7 @@ async fn serve(args: &roster_registry::config::ServeArgs) -> anyhow::Result<()> 
     let config = Config::load(args)?;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_ansi(colour())
         .init();
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
@@ -100,7 +101,10 @@ fn client_command(
     log: &str,
 ) -> anyhow::Result<roster_client::RosterClient> {
     let filter = tracing_subscriber::EnvFilter::try_new(log).context("invalid --log filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour())
+        .init();
     let mut client = roster_client::RosterClient::new(registry)?;
     if let Some(token) = token {
         client = client.with_token(token);
@@ -132,4 +136,9 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Colour in logs only on a terminal: a log file or journal gets plain text.
+fn colour() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdout())
 }

@@ -48,6 +48,11 @@ openraft::declare_raft_types!(
         R = Vec<Applied>,
 );
 
+/// Log entries of writes the leader has in flight at once.
+const MAX_IN_FLIGHT: usize = 2;
+/// Most writes in one log entry.
+const MAX_BATCH: usize = 1024;
+
 /// A node's Raft handle.
 pub type Raft = openraft::Raft<TypeConfig>;
 
@@ -64,7 +69,8 @@ pub struct ClusterConfig {
     pub bootstrap_expect: usize,
     /// Shared secret the nodes present to each other.
     pub token: Option<String>,
-    /// Leader heartbeat period; elections time out after 4–8 of them.
+    /// Leader heartbeat period. Followers wait out the leader's lease (8 of
+    /// them) plus a random 4–8 more before they elect a new one.
     pub heartbeat: Duration,
     /// How long a write waits for a majority before it fails with 503.
     pub write_timeout: Duration,
@@ -80,7 +86,7 @@ impl Default for ClusterConfig {
             join: Vec::new(),
             bootstrap_expect: 1,
             token: None,
-            heartbeat: Duration::from_millis(250),
+            heartbeat: Duration::from_millis(100),
             write_timeout: Duration::from_secs(5),
             snapshot_every: 10_000,
         }
@@ -444,7 +450,15 @@ impl Cluster {
         mut rx: mpsc::UnboundedReceiver<Proposal>,
         cancel: CancellationToken,
     ) {
+        // At most this many log entries of writes in flight: while they are
+        // being made durable and replicated, new writes queue up and go out
+        // together in the next entry, so one fsync covers many writes.
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         loop {
+            let permit = tokio::select! {
+                () = cancel.cancelled() => return,
+                p = in_flight.clone().acquire_owned() => p.expect("never closed"),
+            };
             let first = tokio::select! {
                 () = cancel.cancelled() => return,
                 p = rx.recv() => match p {
@@ -453,7 +467,7 @@ impl Cluster {
                 },
             };
             let mut batch = vec![first];
-            while batch.len() < 512 {
+            while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(p) => batch.push(p),
                     Err(_) => break,
@@ -481,6 +495,7 @@ impl Cluster {
             };
             let timeout = self.config.write_timeout;
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(timeout, rx).await {
                     Ok(Ok(Ok(resp))) => {
                         for (reply, result) in replies.into_iter().zip(resp.data) {
@@ -663,30 +678,65 @@ impl Replication for Cluster {
 }
 
 impl Cluster {
+    /// Sends a write to the leader. The leader may be gone (crashed, paused,
+    /// cut off): each attempt gets a short timeout, and the write goes to
+    /// whichever node leads next, until the write timeout. Every write is
+    /// idempotent, so sending it again after an attempt timed out is safe.
     fn post_owned(
         &self,
         path: &'static str,
         body: serde_json::Value,
     ) -> impl std::future::Future<Output = Result<Outcome, WriteError>> + Send + 'static {
-        let url = self.leader_url();
-        let req = url.map(|u| {
-            self.peers
-                .request(reqwest::Method::POST, format!("{u}{path}"))
-                .json(&body)
-        });
+        let mut metrics = self.raft.metrics();
+        let peers = self.peers.clone();
+        let deadline = Instant::now() + self.config.write_timeout;
+        // Long enough for a commit under load, short next to an election.
+        let attempt = (self.config.heartbeat * 8).max(Duration::from_secs(1));
         async move {
-            let req = req.ok_or_else(|| {
-                WriteError::Unavailable("no leader known (election under way?)".into())
-            })?;
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| WriteError::Unavailable(format!("leader unreachable: {e}")))?;
-            let r: Result<Outcome, ErrorWire> = resp
-                .json()
-                .await
-                .map_err(|e| WriteError::Unavailable(format!("leader answer: {e}")))?;
-            r.map_err(WriteError::from)
+            let mut last = WriteError::Unavailable("no leader known (election under way?)".into());
+            let mut tried: Option<u64> = None;
+            while Instant::now() < deadline {
+                let m = metrics.borrow_and_update().clone();
+                let target = m.current_leader.and_then(|l| {
+                    let node = m.membership_config.membership().get_node(&l)?;
+                    Some((l, base_url(&node.addr)))
+                });
+                let Some((leader, url)) = target.filter(|(l, _)| Some(*l) != tried) else {
+                    // No leader, or still the one that just failed: wait for news.
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    if tokio::time::timeout(wait.min(attempt), metrics.changed())
+                        .await
+                        .is_err()
+                    {
+                        tried = None;
+                    }
+                    continue;
+                };
+                let sent = peers
+                    .request(reqwest::Method::POST, format!("{url}{path}"))
+                    .timeout(attempt.min(deadline.saturating_duration_since(Instant::now())))
+                    .json(&body)
+                    .send()
+                    .await;
+                let answer = match sent {
+                    Ok(resp) => resp
+                        .json::<Result<Outcome, ErrorWire>>()
+                        .await
+                        .map_err(|e| WriteError::Unavailable(format!("leader answer: {e}"))),
+                    Err(e) => Err(WriteError::Unavailable(format!("leader unreachable: {e}"))),
+                };
+                match answer {
+                    Ok(Ok(out)) => return Ok(out),
+                    Ok(Err(e @ (ErrorWire::Unavailable { .. } | ErrorWire::Invalid { .. }))) => {
+                        last = WriteError::from(e);
+                    }
+                    // The catalog's own answer (not found, conflict, full).
+                    Ok(Err(e)) => return Err(WriteError::from(e)),
+                    Err(e) => last = e,
+                }
+                tried = Some(leader);
+            }
+            Err(last)
         }
     }
 }

@@ -33,7 +33,9 @@ pub struct ClusterArgs {
         hide_env_values = true
     )]
     pub cluster_token: Option<String>,
-    /// Leader heartbeat period; elections start after 4-8 missed ones [default: 250ms].
+    /// Leader heartbeat period. A failover takes 12-16 of them: followers wait out
+    /// the old leader's lease (8), then a random election timeout (4-8)
+    /// [default: 100ms].
     #[arg(long, env = "ROSTER_RAFT_HEARTBEAT", value_name = "DURATION", value_parser = duration::parse)]
     pub raft_heartbeat: Option<Duration>,
 }
