@@ -41,7 +41,8 @@ cargo test --workspace --locked "$@"
 target_dir=${CARGO_TARGET_DIR:-target}
 case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
 ROSTER_BIN="$target_dir/debug/roster" bash tests/helm/run.sh
-ROSTER_BIN="$target_dir/debug/roster" bash tests/cluster_fault.sh
 # The Consul compatibility tests (py-consul against the same binary).
 ROSTER_BIN="$target_dir/debug/roster" bash tests/consul_compat/run.sh
+# A three-process cluster under SIGKILL and SIGSTOP (Python 3 standard library).
+ROSTER_BIN="$target_dir/debug/roster" bash tests/cluster_fault.sh
 ROSTER_BIN="$target_dir/debug/roster" bash tests/ui/run.sh
