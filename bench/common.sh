@@ -9,7 +9,7 @@ need() {
 }
 
 # The binary under test: $ROSTER_BIN, or a fresh release build.
-bin=${ROSTER_BIN:-target/release/roster}
+bin=${ROSTER_BIN:-${CARGO_TARGET_DIR:-target}/release/roster}
 [ -n "${ROSTER_BIN:-}" ] || cargo build --release -q -p roster-registry
 mkdir -p bench/out
 

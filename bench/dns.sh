@@ -3,6 +3,10 @@
 # records, side by side in one run (alternating, two rounds each). Server on CPU 0,
 # dnsperf on CPU 1. Writes bench/out/dns.txt and prints the Markdown rows.
 # Usage: bench/dns.sh [seconds per run, default 10]
+#   MIXES="mixed a srv"  query sets, each its own runs (default mixed): mixed is one
+#                        third each of A, SRV and NXDOMAIN; a only A; srv only SRV
+#   ROUNDS=N             rounds of roster-then-Knot per query set (default 2)
+#   PERF_DATA=FILE       perf record roster for half of its first run into FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -40,13 +44,16 @@ zone:
   - domain: roster.
     file: "$work/roster.zone"
 CONF
-{
+# queries MIX FILE: the query file of a mix.
+queries() {
   for _ in $(seq 100); do
-    echo "web.service.roster A"
-    echo "_web._tcp.service.roster SRV"
-    echo "nosuch.service.roster A"
-  done
-} > "$work/queries"
+    case $1 in
+      a) echo "web.service.roster A" ;;
+      srv) echo "_web._tcp.service.roster SRV" ;;
+      *) echo "web.service.roster A"; echo "_web._tcp.service.roster SRV"; echo "nosuch.service.roster A" ;;
+    esac
+  done > "$2"
+}
 
 start_roster() {
   taskset -c 0 "$bin" serve --http-addr 127.0.0.1:$http --dns-addr 127.0.0.1:$dns --log warn & pid=$!
@@ -63,15 +70,25 @@ start_knot() {
 }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
 run() {
-  taskset -c 1 dnsperf -s 127.0.0.1 -p $dns -d "$work/queries" -l "$secs" -c 8 -q 200 2>&1 |
-    awk -v who="$1" '/Queries per second/ {qps=$4} /Average Latency/ {lat=$4} /Queries lost/ {lost=$3}
-      END {printf "%s qps=%.0f avg_latency_ms=%.3f lost=%s\n", who, qps, lat*1000, lost}'
+  local perf=
+  if [ -n "${PERF_DATA:-}" ] && [ "$1" = roster ] && [ ! -e "$PERF_DATA" ]; then
+    (sleep 1; exec perf record -q -F 999 -g -p "$pid" -o "$PERF_DATA" -- sleep $((secs / 2 + 1))) >/dev/null 2>&1 &
+    perf=$!
+  fi
+  taskset -c 1 dnsperf -s 127.0.0.1 -p $dns -d "$work/queries-$2" -l "$secs" -c 8 -q 200 2>&1 |
+    awk -v who="$1" -v mix="$2" '/Queries per second/ {qps=$4} /Average Latency/ {lat=$4} /Queries lost/ {lost=$3}
+      END {printf "%s mix=%s qps=%.0f avg_latency_ms=%.3f lost=%s\n", who, mix, qps, lat*1000, lost}'
+  [ -z "$perf" ] || wait "$perf" || true
 }
 
-for round in 1 2; do
-  start_roster; run roster | tee -a "$out"; stop
-  start_knot; run knot | tee -a "$out"; stop
+for mix in ${MIXES:-mixed}; do
+  queries "$mix" "$work/queries-$mix"
+  for round in $(seq "${ROUNDS:-2}"); do
+    start_roster; run roster "$mix" | tee -a "$out"; stop
+    start_knot; run knot "$mix" | tee -a "$out"; stop
+  done
+  awk -v mix="mix=$mix" '$2 == mix && $1 == "roster" {split($3,a,"="); r+=a[2]; rn++}
+    $2 == mix && $1 == "knot" {split($3,a,"="); k+=a[2]; kn++}
+    END {printf "mean %s roster %.0f qps, knot %.0f qps, roster/knot %.2f\n", mix, r/rn, k/kn, (r/rn)/(k/kn)}' "$out" | tee -a "$out"
 done
-awk '/^roster/ {split($2,a,"="); r+=a[2]; rn++} /^knot/ {split($2,a,"="); k+=a[2]; kn++}
-  END {printf "mean roster %.0f qps, knot %.0f qps, roster/knot %.2f\n", r/rn, k/kn, (r/rn)/(k/kn)}' "$out" | tee -a "$out"
 echo "versions: $("$bin" --version); $(knotd --version 2>&1 | head -1); $(dnsperf -h 2>&1 | grep -m1 -i version || true)" | tee -a "$out"

@@ -10,17 +10,24 @@
 #   PERF=1 bench/watch.sh   also profiles the server for 4 s of the 10,000-watcher
 #                           run: bench/out/watch-perf.data and watch-perf.txt
 #   PORT=N                  listen port (default 18671)
+#   WATCHERS="1000 10000"   the watcher counts, one run each (default both)
+#   CARGO_TARGET_DIR, ROSTER_BIN as for cargo and bench/common.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 changes=${1:-50}
 port=${PORT:-18671}
 # 10,000 streams take 10,000 descriptors in each process.
 ulimit -n 20000
-cargo build --release -q -p roster-registry -p roster-bench
+target=${CARGO_TARGET_DIR:-target}
+roster=${ROSTER_BIN:-$target/release/roster}
+if [ -n "${ROSTER_BIN:-}" ]; then cargo build --release -q -p roster-bench --bin watch_latency
+else cargo build --release -q -p roster-registry -p roster-bench; fi
 mkdir -p bench/out
 # No DNS listener: it is not measured, and its port may be taken.
 serve_flags=()
-if target/release/roster serve --help | grep -q -- --no-dns; then serve_flags+=(--no-dns); fi
+if "$roster" serve --help | grep -q -- --no-dns; then serve_flags+=(--no-dns); fi
+# 10,000 streams and the writer: above the default connection limit (10,000).
+if "$roster" serve --help | grep -q -- --max-connections; then serve_flags+=(--max-connections 30000); fi
 out=bench/out/watch.txt
 : > "$out"
 
@@ -38,13 +45,13 @@ run() {
   if curl -s -o /dev/null http://127.0.0.1:$port/; then
     echo "port $port is in use; set PORT" >&2; exit 1
   fi
-  taskset -c 0 target/release/roster serve --http-addr 127.0.0.1:$port --log warn "${serve_flags[@]}" &
+  taskset -c 0 "$roster" serve --http-addr 127.0.0.1:$port --log warn "${serve_flags[@]}" &
   server=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/ready >/dev/null && break; sleep 0.1; done
   if ! kill -0 "$server" 2>/dev/null || ! curl -sf http://127.0.0.1:$port/ready >/dev/null; then
     echo "server did not start" >&2; exit 1
   fi
-  timeout 900 taskset -c 1 target/release/watch_latency --url http://127.0.0.1:$port \
+  timeout 900 taskset -c 1 "$target/release/watch_latency" --url http://127.0.0.1:$port \
     --watchers "$watchers" --changes "$changes" --server-pid "$server" \
     --detail bench/out/watch-$watchers.txt > "$log" &
   gen=$!
@@ -67,8 +74,7 @@ run() {
   server=
 }
 
-run 1000
-run 10000
+for w in ${WATCHERS:-1000 10000}; do run "$w"; done
 
 if [ -f bench/out/watch-perf.data ] && [ "${PERF:-0}" = 1 ]; then
   perf report -i bench/out/watch-perf.data --no-children --sort symbol --stdio 2>/dev/null \

@@ -39,6 +39,29 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
+/// One machine-readable `RESULT` line of a closed-loop run, in the shape that
+/// `bench/report.lua` prints for wrk: `RESULT rps=… p50_us=… p99_us=… p999_us=…
+/// errors=… requests=…`. Sorts `latencies_us` (one entry per completed request).
+pub fn result_line(latencies_us: &mut [u64], elapsed_secs: f64, errors: u64) -> String {
+    latencies_us.sort_unstable();
+    let q = |p| quantile(latencies_us, p).unwrap_or(0);
+    format!(
+        "RESULT rps={:.0} p50_us={} p99_us={} p999_us={} errors={} requests={}",
+        latencies_us.len() as f64 / elapsed_secs.max(1e-9),
+        q(0.5),
+        q(0.99),
+        q(0.999),
+        errors,
+        latencies_us.len()
+    )
+}
+
+/// The address of instance `i` in every benchmark (roster, r-nacos, etcd):
+/// `10.a.b.c` from the bits of `i`, so that 100,000 instances get distinct ones.
+pub fn instance_address(i: usize) -> String {
+    format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +83,17 @@ mod tests {
         assert_eq!(quantile(&v, 1.0), Some(100));
         assert_eq!(quantile(&v, 0.0), Some(1));
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn result_lines_carry_the_quantiles() {
+        let mut v: Vec<u64> = (1..=1000).rev().collect();
+        let line = result_line(&mut v, 2.0, 3);
+        assert_eq!(
+            line,
+            "RESULT rps=500 p50_us=500 p99_us=990 p999_us=999 errors=3 requests=1000"
+        );
+        assert_eq!(instance_address(65536 + 257), "10.1.1.1");
     }
 
     #[test]

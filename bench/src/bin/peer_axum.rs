@@ -1,0 +1,61 @@
+//! The framework ceiling: a bare axum server answering every GET with the bytes
+//! of one file, read once at start and served from memory as `application/json`.
+//! Same runtime as roster (`#[tokio::main]`, one worker per CPU it may use), so
+//! under `taskset -c 0` both run one worker on one core.
+//!
+//! ```text
+//! peer_axum --addr 127.0.0.1:18700 --file bench/out/run/list-100.json
+//! ```
+
+use std::process::ExitCode;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::header;
+use tokio::net::TcpListener;
+
+const USAGE: &str = "usage: peer_axum --addr ADDR --file FILE";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let (mut addr, mut file) = (None, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        match (flag.as_str(), args.next()) {
+            ("--addr", Some(v)) => addr = Some(v),
+            ("--file", Some(v)) => file = Some(v),
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(addr), Some(file)) = (addr, file) else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let body = match std::fs::read(&file) {
+        Ok(b) => Bytes::from(b),
+        Err(e) => {
+            eprintln!("peer_axum: {file}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Bytes clones are a reference count: no copy, no serialization per request.
+    let app = Router::new().fallback(move || {
+        let body = body.clone();
+        async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+    });
+    let listener = match TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("peer_axum: bind {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = axum::serve(listener, app).await {
+        eprintln!("peer_axum: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
