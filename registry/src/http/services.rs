@@ -170,7 +170,10 @@ pub(super) async fn list_instances(
     // An unknown service is an empty one: watchers of a service that has no
     // instances yet get an answer, not an error.
     let index = snap.service_index(service.as_str());
+    // Counting the healthy instances costs a walk of the service; only a
+    // service with a panic threshold needs it.
     let panic = !all
+        && state.panic.threshold(service.as_str()) > 0.0
         && snap.services.get(service.as_str()).is_some_and(|svc| {
             let healthy = svc
                 .instances
