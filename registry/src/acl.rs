@@ -217,7 +217,11 @@ impl Tokens {
 }
 
 fn digest(secret: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    digest_bytes(secret.as_bytes())
+}
+
+fn digest_bytes(secret: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, secret);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
@@ -230,13 +234,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// Compares two secrets in time that depends on neither (both are hashed
 /// first, so their lengths do not show either).
 pub fn secrets_equal(given: &[u8], expected: &[u8]) -> bool {
-    let d = |b: &[u8]| {
-        let d = ring::digest::digest(&ring::digest::SHA256, b);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(d.as_ref());
-        out
-    };
-    constant_time_eq(&d(given), &d(expected))
+    constant_time_eq(&digest_bytes(given), &digest_bytes(expected))
 }
 
 #[cfg(test)]

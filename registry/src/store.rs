@@ -115,6 +115,15 @@ pub struct StoredCheck {
 }
 
 impl StoredInstance {
+    /// Every instance of a catalog snapshot in its stored form.
+    pub fn all_of(snap: &crate::catalog::Snapshot) -> Vec<StoredInstance> {
+        snap.services
+            .values()
+            .flat_map(|s| s.instances.values())
+            .map(|i| StoredInstance::from_instance(i))
+            .collect()
+    }
+
     /// The stored form of a catalog instance.
     pub fn from_instance(i: &Instance) -> Self {
         StoredInstance {

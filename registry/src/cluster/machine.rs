@@ -49,12 +49,7 @@ impl SnapshotData {
         SnapshotData {
             index: snap.index,
             names_index: snap.names_index,
-            instances: snap
-                .services
-                .values()
-                .flat_map(|s| s.instances.values())
-                .map(|i| StoredInstance::from_instance(i))
-                .collect(),
+            instances: StoredInstance::all_of(snap),
             services: snap
                 .services
                 .iter()

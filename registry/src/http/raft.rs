@@ -18,7 +18,7 @@ use crate::cluster::{
     Cluster, ForwardedHeartbeat, NODE_HEADER, NodeInfo, TOKEN_HEADER, TypeConfig,
 };
 use crate::model::{InstanceId, ServiceName};
-use crate::registry::WriteError;
+use crate::registry::{Replication, WriteError};
 
 /// Largest Raft message (append batches, snapshot chunks of up to 3 MiB).
 const RAFT_BODY_LIMIT: usize = 16 << 20;
@@ -90,15 +90,28 @@ fn peer(state: &AppState, headers: &HeaderMap) -> Result<Arc<Cluster>, Refused> 
     Ok(c)
 }
 
-async fn append(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Response {
-    let c = match peer(&state, &headers) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+/// A message from a peer node: the cluster token checked, partitions applied.
+struct Peer(Arc<Cluster>);
+
+impl axum::extract::FromRequestParts<AppState> for Peer {
+    type Rejection = Refused;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Refused> {
+        peer(state, &parts.headers).map(Peer)
+    }
+}
+
+/// The answer of a node asked to do what only the leader does.
+fn not_leader() -> Response {
+    reply(Err(WriteError::Unavailable(
+        "not the leader any more".into(),
+    )))
+}
+
+async fn append(Peer(c): Peer, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
     let result = c.raft().append_entries(req).await;
     if result.is_ok() {
         c.touch_leader();
@@ -106,39 +119,20 @@ async fn append(
     Json(result).into_response()
 }
 
-async fn vote(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(req): Json<VoteRequest<u64>>,
-) -> Response {
-    match peer(&state, &headers) {
-        Ok(c) => Json(c.raft().vote(req).await).into_response(),
-        Err(r) => r.into_response(),
-    }
+async fn vote(Peer(c): Peer, Json(req): Json<VoteRequest<u64>>) -> Response {
+    Json(c.raft().vote(req).await).into_response()
 }
 
-async fn snapshot(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Response {
-    match peer(&state, &headers) {
-        Ok(c) => {
-            let result = c.raft().install_snapshot(req).await;
-            if result.is_ok() {
-                c.touch_leader();
-            }
-            Json(result).into_response()
-        }
-        Err(r) => r.into_response(),
+async fn snapshot(Peer(c): Peer, Json(req): Json<InstallSnapshotRequest<TypeConfig>>) -> Response {
+    let result = c.raft().install_snapshot(req).await;
+    if result.is_ok() {
+        c.touch_leader();
     }
+    Json(result).into_response()
 }
 
-async fn node(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    match peer(&state, &headers) {
-        Ok(c) => Json(c.info().await).into_response(),
-        Err(r) => r.into_response(),
-    }
+async fn node(Peer(c): Peer) -> Response {
+    Json(c.info().await).into_response()
 }
 
 fn reply(result: Result<crate::catalog::Outcome, WriteError>) -> Response {
@@ -148,15 +142,9 @@ fn reply(result: Result<crate::catalog::Outcome, WriteError>) -> Response {
 
 /// A write forwarded by a follower. Taken only by the leader: a node that is
 /// not the leader any more does not forward it again.
-async fn write(State(state): State<AppState>, headers: HeaderMap, Json(op): Json<Op>) -> Response {
-    let c = match peer(&state, &headers) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    if !crate::registry::Replication::is_leader(&*c) {
-        return reply(Err(WriteError::Unavailable(
-            "not the leader any more".into(),
-        )));
+async fn write(State(state): State<AppState>, Peer(c): Peer, Json(op): Json<Op>) -> Response {
+    if !c.is_leader() {
+        return not_leader();
     }
     match op.into_command() {
         Ok(cmd) => reply(state.registry.write(cmd).await),
@@ -168,17 +156,11 @@ async fn write(State(state): State<AppState>, headers: HeaderMap, Json(op): Json
 
 async fn heartbeat(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Peer(c): Peer,
     Json(hb): Json<ForwardedHeartbeat>,
 ) -> Response {
-    let c = match peer(&state, &headers) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    if !crate::registry::Replication::is_leader(&*c) {
-        return reply(Err(WriteError::Unavailable(
-            "not the leader any more".into(),
-        )));
+    if !c.is_leader() {
+        return not_leader();
     }
     let (Ok(service), Ok(id)) = (ServiceName::parse(&hb.service), InstanceId::parse(&hb.id)) else {
         return reply(Err(WriteError::Unavailable(
@@ -188,26 +170,14 @@ async fn heartbeat(
     reply(state.registry.heartbeat(&service, &id).await)
 }
 
-async fn read_index(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let c = match peer(&state, &headers) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+async fn read_index(Peer(c): Peer) -> Response {
     let r: Result<u64, ErrorWire> = c.read_index().await.map_err(|e| (&e).into());
     Json(r).into_response()
 }
 
 /// A new node asks to be taken in; followers pass it on to the leader.
-async fn join(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(info): Json<NodeInfo>,
-) -> Response {
-    let c = match peer(&state, &headers) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    if crate::registry::Replication::is_leader(&*c) {
+async fn join(Peer(c): Peer, Json(info): Json<NodeInfo>) -> Response {
+    if c.is_leader() {
         return match c.add_node(info.id, info.addr).await {
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
             Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
@@ -272,7 +242,7 @@ async fn add_peer(
     if req.addr.trim().is_empty() {
         return Err(ApiError::invalid("addr", "the node's address is empty"));
     }
-    if !crate::registry::Replication::is_leader(&*c) {
+    if !c.is_leader() {
         return Ok(proxy(
             &c,
             reqwest::Method::POST,
@@ -295,7 +265,7 @@ async fn remove_peer(
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::invalid("id", format!("node ids are numbers: {id:?}")))?;
-    if !crate::registry::Replication::is_leader(&*c) {
+    if !c.is_leader() {
         return Ok(proxy::<()>(
             &c,
             reqwest::Method::DELETE,

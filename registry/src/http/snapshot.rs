@@ -42,12 +42,7 @@ pub(super) async fn save(State(state): State<AppState>) -> Response {
         version: FORMAT_VERSION,
         index: snap.index,
         names_index: snap.names_index,
-        instances: snap
-            .services
-            .values()
-            .flat_map(|s| s.instances.values())
-            .map(|i| StoredInstance::from_instance(i))
-            .collect(),
+        instances: StoredInstance::all_of(&snap),
     };
     with_index(snap.index, Json(file))
 }
