@@ -259,25 +259,36 @@ impl Cluster {
     /// Milliseconds since this node last heard from its leader (0 on the
     /// leader while it has a quorum); `None` when it never did.
     pub fn last_contact_ms(&self) -> Option<u64> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.state == ServerState::Leader {
-            return Some(m.millis_since_quorum_ack.unwrap_or(0));
-        }
-        match self.contact_ms.load(Ordering::Relaxed) {
-            0 => None,
-            at => Some((self.epoch.elapsed().as_millis() as u64).saturating_sub(at)),
-        }
+        self.freshness().1
     }
 
     /// Whether the node knows a leader it heard from recently (within an
     /// election timeout).
     pub fn known_leader(&self) -> bool {
+        self.freshness().0
+    }
+
+    /// [`Cluster::known_leader`] and [`Cluster::last_contact_ms`] from one look
+    /// at the Raft state (every API answer of a cluster node carries both).
+    pub fn freshness(&self) -> (bool, Option<u64>) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let contact = if m.state == ServerState::Leader {
+            Some(m.millis_since_quorum_ack.unwrap_or(0))
+        } else {
+            match self.contact_ms.load(Ordering::Relaxed) {
+                0 => None,
+                at => Some((self.epoch.elapsed().as_millis() as u64).saturating_sub(at)),
+            }
+        };
         let fresh = self.config.heartbeat.as_millis() as u64 * 8;
-        self.leader().is_some() && self.last_contact_ms().is_some_and(|ms| ms <= fresh)
+        let known = m.current_leader.is_some() && contact.is_some_and(|ms| ms <= fresh);
+        (known, contact)
     }
 
     fn leader_url(&self) -> Option<String> {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let leader = m.current_leader?;
         m.membership_config
             .membership()
@@ -639,7 +650,8 @@ impl Replication for Cluster {
     }
 
     fn has_quorum(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let limit = self.config.heartbeat.as_millis() as u64 * 4;
         m.state == ServerState::Leader && m.millis_since_quorum_ack.is_some_and(|ms| ms <= limit)
     }

@@ -279,12 +279,9 @@ async fn cluster_reads(State(state): State<AppState>, req: Request, next: Next) 
         return ApiError::from(e).into_response();
     }
     let mut resp = next.run(req).await;
-    let known = if cluster.known_leader() {
-        "true"
-    } else {
-        "false"
-    };
-    let contact = cluster.last_contact_ms().unwrap_or(u64::MAX >> 12);
+    let (known, contact) = cluster.freshness();
+    let known = if known { "true" } else { "false" };
+    let contact = contact.unwrap_or(u64::MAX >> 12);
     let headers = resp.headers_mut();
     for (k, v) in [
         ("x-roster-knownleader", HeaderValue::from_static(known)),
