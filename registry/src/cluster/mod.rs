@@ -67,8 +67,9 @@ pub struct ClusterConfig {
     pub join: Vec<String>,
     /// The first cluster forms when this many nodes have met.
     pub bootstrap_expect: usize,
-    /// Shared secret the nodes present to each other.
-    pub token: Option<String>,
+    /// Shared secret the nodes present to each other on every peer call; at
+    /// least [`MIN_TOKEN_LEN`] characters, always required.
+    pub token: String,
     /// Leader heartbeat period. Followers wait out the leader's lease (8 of
     /// them) plus a random 4–8 more before they elect a new one.
     pub heartbeat: Duration,
@@ -78,6 +79,9 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
 }
 
+/// Shortest cluster token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
@@ -85,7 +89,7 @@ impl Default for ClusterConfig {
             advertise: String::new(),
             join: Vec::new(),
             bootstrap_expect: 1,
-            token: None,
+            token: String::new(),
             heartbeat: Duration::from_millis(100),
             write_timeout: Duration::from_secs(5),
             snapshot_every: 10_000,
@@ -182,6 +186,12 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| e.to_string())?;
+        if config.token.len() < MIN_TOKEN_LEN {
+            // Without it, anyone who reaches the HTTP port could write to the log.
+            return Err(format!(
+                "a cluster node needs a cluster token of at least {MIN_TOKEN_LEN} characters"
+            ));
+        }
         let peers = Peers::new(id, config.token.clone(), Duration::from_secs(10))?;
         let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log, sm)
             .await

@@ -259,3 +259,28 @@ fn dns_allow_and_rate_limit() {
             .is_none()
     );
 }
+
+#[test]
+fn a_cluster_node_needs_a_cluster_token() {
+    let dir = std::env::temp_dir().join(format!("roster-cfg-token-{}", std::process::id()));
+    let args = |token: Option<&str>| {
+        let mut args = ServeArgs {
+            data_dir: Some(dir.clone()),
+            http_addr: Some("127.0.0.1:8500".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        args.cluster.bootstrap_expect = Some(1);
+        args.cluster.cluster_token = token.map(str::to_owned);
+        args
+    };
+    // Without it anyone who reaches the HTTP port could write to the Raft log.
+    for token in [None, Some("short")] {
+        let err = Config::load(&args(token)).unwrap_err().to_string();
+        assert!(err.contains("cluster_token"), "{token:?}: {err}");
+    }
+    let cfg = Config::load(&args(Some("a-long-enough-cluster-token"))).unwrap();
+    assert_eq!(
+        cfg.cluster.map(|c| c.token).as_deref(),
+        Some("a-long-enough-cluster-token")
+    );
+}
