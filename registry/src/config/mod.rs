@@ -152,6 +152,14 @@ pub struct ServeArgs {
     /// Time a client has to send request headers [default: 15s].
     #[arg(long, env = "ROSTER_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
     pub header_read_timeout: Option<Duration>,
+    /// Time a client has to send a request's body once its headers are in;
+    /// 408 past it. No concurrency slot is held meanwhile [default: 10s].
+    #[arg(long, env = "ROSTER_BODY_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub body_timeout: Option<Duration>,
+    /// A connection whose client takes no bytes of the answer for this long is
+    /// closed [default: 15s].
+    #[arg(long, env = "ROSTER_WRITE_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub write_timeout: Option<Duration>,
     /// Datacenter name the Consul-compatible API reports and accepts in `?dc=`
     /// [default: dc1].
     #[arg(long, env = "ROSTER_DATACENTER", value_name = "NAME")]
@@ -238,6 +246,10 @@ struct FileConfig {
     request_timeout: Option<Duration>,
     #[serde(default, with = "duration::option")]
     header_read_timeout: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    body_timeout: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    write_timeout: Option<Duration>,
     #[serde(default)]
     panic_thresholds: std::collections::BTreeMap<String, f64>,
 }
@@ -495,6 +507,12 @@ impl Config {
         if let Some(t) = args.request_timeout.or(file.request_timeout) {
             cfg.limits_http.request_timeout = t;
         }
+        if let Some(t) = args.body_timeout.or(file.body_timeout) {
+            cfg.limits_http.body_timeout = t;
+        }
+        if let Some(t) = args.write_timeout.or(file.write_timeout) {
+            cfg.serve.write_timeout = t;
+        }
         cfg.panic.services = file
             .panic_thresholds
             .into_iter()
@@ -568,6 +586,8 @@ impl Config {
         for (setting, d) in [
             ("request_timeout", self.limits_http.request_timeout),
             ("header_read_timeout", self.serve.header_read_timeout),
+            ("body_timeout", self.limits_http.body_timeout),
+            ("write_timeout", self.serve.write_timeout),
         ] {
             if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
                 return invalid(setting, "must be between 100ms and 1h");
