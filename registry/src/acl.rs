@@ -10,6 +10,10 @@
 //!   a writer may also read;
 //! - `admin`: everything, including snapshots and maintenance.
 //!
+//! An `[anonymous]` table gives calls without any token a policy of their own
+//! (Consul's anonymous token), typically `read` so that health indicators and
+//! dashboards work; without it they are refused. It cannot be `admin`.
+//!
 //! Secrets are kept only as SHA-256 digests and compared in constant time; they
 //! never reach a log.
 
@@ -139,12 +143,23 @@ struct TokenEntry {
 struct TokenFile {
     #[serde(default)]
     tokens: Vec<TokenEntry>,
+    #[serde(default)]
+    anonymous: Option<AnonymousEntry>,
+}
+
+/// The rights of calls that carry no token (Consul's anonymous token).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnonymousEntry {
+    policies: Vec<String>,
 }
 
 /// The configured tokens.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Tokens {
     entries: Vec<([u8; 32], Arc<Principal>)>,
+    /// What a call without a token may do; `None` (the default): nothing.
+    anonymous: Option<Arc<Principal>>,
 }
 
 impl fmt::Debug for Tokens {
@@ -187,24 +202,7 @@ impl Tokens {
                     "token {name:?}: secrets cannot hold spaces or control characters"
                 ));
             }
-            let mut principal = Principal {
-                name: name.clone(),
-                ..Principal::default()
-            };
-            for policy in &entry.policies {
-                match policy.split_once(':') {
-                    None if policy == "read" => principal.read = true,
-                    None if policy == "admin" => principal.admin = true,
-                    Some(("write", pattern)) if !pattern.is_empty() => {
-                        principal.write.push(Pattern::new(pattern));
-                    }
-                    _ => {
-                        return Err(format!(
-                            "token {name:?}: unknown policy {policy:?} (use read, write:PATTERN or admin)"
-                        ));
-                    }
-                }
-            }
+            let principal = principal_of(&name, &entry.policies)?;
             let digest = digest(&entry.secret);
             if tokens.entries.iter().any(|(d, _)| *d == digest) {
                 return Err(format!(
@@ -213,7 +211,20 @@ impl Tokens {
             }
             tokens.entries.push((digest, Arc::new(principal)));
         }
+        if let Some(anon) = file.anonymous {
+            if anon.policies.iter().any(|p| p == "admin") {
+                return Err(
+                    "anonymous: the admin policy cannot be given to calls without a token".into(),
+                );
+            }
+            tokens.anonymous = Some(Arc::new(principal_of("anonymous", &anon.policies)?));
+        }
         Ok(tokens)
+    }
+
+    /// What calls without a token may do, when the file gives them anything.
+    pub fn anonymous(&self) -> Option<Arc<Principal>> {
+        self.anonymous.clone()
     }
 
     /// Number of tokens.
@@ -238,6 +249,29 @@ impl Tokens {
         }
         found
     }
+}
+
+/// A principal named `name` with `policies`.
+fn principal_of(name: &str, policies: &[String]) -> Result<Principal, String> {
+    let mut principal = Principal {
+        name: name.to_owned(),
+        ..Principal::default()
+    };
+    for policy in policies {
+        match policy.split_once(':') {
+            None if policy == "read" => principal.read = true,
+            None if policy == "admin" => principal.admin = true,
+            Some(("write", pattern)) if !pattern.is_empty() => {
+                principal.write.push(Pattern::new(pattern));
+            }
+            _ => {
+                return Err(format!(
+                    "token {name:?}: unknown policy {policy:?} (use read, write:PATTERN or admin)"
+                ));
+            }
+        }
+    }
+    Ok(principal)
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -352,6 +386,18 @@ mod tests {
         let text = "-".repeat(64 * 1024);
         assert!(!Pattern::new("*-*-*-*-*x").matches(&text));
         assert!(Pattern::new("*-*-*-*-*-").matches(&text));
+    }
+
+    #[test]
+    fn an_anonymous_policy_is_optional_and_never_admin() {
+        assert!(Tokens::parse(FILE).unwrap().anonymous().is_none());
+        let with = format!("{FILE}\n[anonymous]\npolicies = [\"read\"]\n");
+        let anon = Tokens::parse(&with).unwrap().anonymous().unwrap();
+        assert!(anon.allows(&Need::Read) && !anon.allows(&Need::AnyWrite));
+        let admin = format!("{FILE}\n[anonymous]\npolicies = [\"admin\"]\n");
+        assert!(Tokens::parse(&admin).unwrap_err().contains("admin"));
+        let bad = format!("{FILE}\n[anonymous]\npolicies = [\"everything\"]\n");
+        assert!(Tokens::parse(&bad).unwrap_err().contains("unknown policy"));
     }
 
     #[test]

@@ -785,3 +785,81 @@ async fn bodies_are_refused_before_they_are_sent() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 }
+
+/// With an `[anonymous]` policy, calls without a token get its rights (what
+/// Spring's Consul health indicator needs); calls it does not cover still need
+/// a token.
+#[tokio::test]
+async fn the_anonymous_policy_covers_calls_without_a_token() {
+    let text = format!(
+        r#"
+        [[tokens]]
+        name = "web-writer"
+        secret = "{WRITER}"
+        policies = ["write:web*"]
+        [anonymous]
+        policies = ["read"]
+        "#
+    );
+    let reg = TestRegistry::start_with(Config {
+        acl: Some(Tokens::parse(&text).unwrap()),
+        ..base_config()
+    })
+    .await;
+    let url = |p: &str| format!("{}{p}", reg.url());
+    for path in ["/v1/catalog/services", "/v1/services", "/v1/status/leader"] {
+        let (status, _, body) = call(reqwest::Method::GET, url(path), None, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    let put = r#"{"address":"10.0.0.1","port":80}"#.to_owned();
+    let (status, _, _) = call(
+        reqwest::Method::PUT,
+        url("/v1/services/web/instances/w1"),
+        None,
+        Some(put.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "anonymous may not write");
+    let (status, _, _) = call(
+        reqwest::Method::PUT,
+        url("/v1/services/web/instances/w1"),
+        Some(("x-consul-token", WRITER)),
+        Some(put),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _, _) = call(reqwest::Method::GET, url("/v1/snapshot"), None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// An HTTP/2 client with prior knowledge gets GOAWAY with HTTP_1_1_REQUIRED
+/// (RFC 9113), not a silent close.
+#[tokio::test]
+async fn http2_prior_knowledge_is_refused_clearly() {
+    let reg = TestRegistry::start_with(base_config()).await;
+    let mut s = TcpStream::connect(reg.server().local_addr()).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let got = read_to_close(&mut s).await;
+    // Walk the frames: 9-byte headers, then the payload.
+    let mut at = 0;
+    let mut goaway = None;
+    while at + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        if got[at + 3] == 0x7 {
+            goaway = Some(got[at + 9..at + 9 + len].to_vec());
+        }
+        at += 9 + len;
+    }
+    let payload = goaway.expect("a GOAWAY frame");
+    assert_eq!(payload[4..8], 0xdu32.to_be_bytes(), "HTTP_1_1_REQUIRED");
+    // HTTP/1.1 still works on the same port.
+    assert!(
+        RosterClient::new(reg.url())
+            .unwrap()
+            .services()
+            .await
+            .is_ok()
+    );
+}

@@ -241,12 +241,17 @@ fn principal(
     let principal = match &state.acl {
         None => ROOT.clone(),
         Some(tokens) => match secret(req.headers(), req.uri().query(), gate.style) {
-            None => {
-                return Err(ApiError::forbidden(
-                    StatusCode::UNAUTHORIZED,
-                    "a token is required: send Authorization: Bearer TOKEN".into(),
-                ));
-            }
+            // The anonymous policy, when the operator gave one, decides calls
+            // without a token; a call it does not cover needs a token (401).
+            None => match tokens.anonymous().filter(|anon| anon.allows(&need)) {
+                Some(anon) => anon,
+                None => {
+                    return Err(ApiError::forbidden(
+                        StatusCode::UNAUTHORIZED,
+                        "a token is required: send Authorization: Bearer TOKEN".into(),
+                    ));
+                }
+            },
             Some(secret) => tokens.lookup(secret).ok_or_else(|| {
                 ApiError::forbidden(StatusCode::FORBIDDEN, "unknown token".into())
             })?,

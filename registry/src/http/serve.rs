@@ -233,6 +233,10 @@ pub async fn serve(
         tracker.spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
+            if acceptor.is_none() && opens_with_h2_preface(&tcp, header_timeout).await {
+                refuse_h2(tcp).await;
+                return;
+            }
             let tcp = WriteStall::new(tcp, write_timeout);
             match acceptor {
                 None => connection(tcp, remote, app, header_timeout, shutdown).await,
@@ -278,6 +282,56 @@ async fn connection<IO>(
             let _ = conn.await;
         }
     }
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain-text connection opens with HTTP/2's preface (a client with
+/// "prior knowledge"). Over TLS, ALPN offers only `http/1.1`, so the question
+/// does not arise there. Costs one `peek` for an HTTP/1 client.
+async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    tokio::time::timeout(wait, async {
+        loop {
+            let n = match tcp.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            if !H2_PREFACE.starts_with(&buf[..n]) {
+                return false;
+            }
+            if n == H2_PREFACE.len() {
+                return true;
+            }
+            // Part of the preface so far (or one `P`): look again shortly.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Answers an HTTP/2 client the way RFC 9113 provides for: an empty SETTINGS
+/// frame, then GOAWAY with `HTTP_1_1_REQUIRED`, so it reports a clear error
+/// instead of a connection closed without a word.
+async fn refuse_h2(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const HTTP_1_1_REQUIRED: u32 = 0xd;
+    let debug = b"roster serves HTTP/1.1 only";
+    let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let len = (8 + debug.len()) as u32;
+    frames.extend_from_slice(&len.to_be_bytes()[1..]);
+    frames.extend_from_slice(&[0x7, 0]);
+    frames.extend_from_slice(&0u32.to_be_bytes()); // stream 0
+    frames.extend_from_slice(&0u32.to_be_bytes()); // last stream id
+    frames.extend_from_slice(&HTTP_1_1_REQUIRED.to_be_bytes());
+    frames.extend_from_slice(debug);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = tcp.write_all(&frames).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
 }
 
 /// A stream whose writes fail once the peer has taken no bytes for `limit`.
