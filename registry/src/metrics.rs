@@ -323,7 +323,7 @@ impl Metrics {
         let mut counts = [0i64; 3];
         for svc in snap.services.values() {
             for inst in svc.instances.values() {
-                counts[inst.health() as usize] += 1;
+                counts[crate::http::health_slot(inst.health())] += 1;
             }
         }
         for (health, n) in [Health::Passing, Health::Warning, Health::Critical]

@@ -494,10 +494,24 @@ impl Cluster {
                     Err(_) => break,
                 }
             }
-            let (ops, replies): (Vec<Op>, Vec<_>) = batch
-                .into_iter()
-                .filter_map(|(cmd, reply)| Op::from_command(&cmd).map(|op| (op, reply)))
-                .unzip();
+            let mut ops = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            for (cmd, reply) in batch {
+                match Op::from_command(&cmd) {
+                    Some(op) => {
+                        ops.push(op);
+                        replies.push(reply);
+                    }
+                    // A local-only command (the lease clock, a node's own
+                    // load) has no place in the log: say so rather than drop
+                    // the caller's reply channel.
+                    None => {
+                        let _ = reply.send(Err(WriteError::Unavailable(
+                            "this command is not replicated".into(),
+                        )));
+                    }
+                }
+            }
             if ops.is_empty() {
                 continue;
             }
@@ -675,11 +689,15 @@ impl Replication for Cluster {
             return async { Err(WriteError::Unavailable("not a replicated command".into())) }
                 .boxed();
         };
-        self.post_owned(
-            "/v1/raft/write",
-            serde_json::to_value(op).unwrap_or_default(),
-        )
-        .boxed()
+        match serde_json::to_value(op) {
+            Ok(body) => self.post_owned("/v1/raft/write", body).boxed(),
+            Err(e) => async move {
+                Err(WriteError::Unavailable(format!(
+                    "the write could not be encoded for the leader: {e}"
+                )))
+            }
+            .boxed(),
+        }
     }
 
     fn forward_heartbeat(
@@ -691,11 +709,15 @@ impl Replication for Cluster {
             service: service.as_str().to_owned(),
             id: id.as_str().to_owned(),
         };
-        self.post_owned(
-            "/v1/raft/heartbeat",
-            serde_json::to_value(body).unwrap_or_default(),
-        )
-        .boxed()
+        match serde_json::to_value(body) {
+            Ok(body) => self.post_owned("/v1/raft/heartbeat", body).boxed(),
+            Err(e) => async move {
+                Err(WriteError::Unavailable(format!(
+                    "the heartbeat could not be encoded for the leader: {e}"
+                )))
+            }
+            .boxed(),
+        }
     }
 }
 

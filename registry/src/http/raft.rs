@@ -210,7 +210,16 @@ async fn proxy<T: serde::Serialize>(
             let status =
                 StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let ctype = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
-            let body = resp.bytes().await.unwrap_or_default();
+            let body = match resp.bytes().await {
+                Ok(b) => b,
+                // The leader's status with no body would pass for its answer.
+                Err(e) => {
+                    return ApiError::from(WriteError::Unavailable(format!(
+                        "the leader's answer broke off: {e}"
+                    )))
+                    .into_response();
+                }
+            };
             let mut out = (status, body).into_response();
             if let Some(ct) =
                 ctype.and_then(|v| axum::http::HeaderValue::from_bytes(v.as_bytes()).ok())
