@@ -8,12 +8,11 @@ use std::slice;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, LowerQuery, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, LowerQuery, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{NS, SOA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinDecoder;
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::server::Request;
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tokio::time::Instant;
 use tracing::debug;
@@ -555,42 +554,4 @@ fn question_is_plain(mut bytes: &[u8]) -> bool {
         }
     }
     true
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    /// Answers under hickory's own `Server`; [`DnsServer`](crate::DnsServer)
-    /// uses [`DnsHandler::answer_bytes`] instead. An answer dropped by rate
-    /// limiting is not sent, and the returned info says REFUSED.
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let udp = request.protocol().is_datagram();
-        let info = |rcode| {
-            let mut metadata = Metadata::response_from_request(&request.metadata);
-            metadata.response_code = rcode;
-            ResponseInfo::from(Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            })
-        };
-        let slip = match self.limit(request.src(), udp) {
-            Verdict::Drop => return info(ResponseCode::Refused),
-            Verdict::Slip => true,
-            Verdict::Answer => false,
-        };
-        let prepared = self.prepare(request, udp, slip);
-        match response_handle
-            .send_response(self.response(request, &prepared))
-            .await
-        {
-            Ok(info) => info,
-            Err(error) => {
-                debug!(id = request.metadata.id, %error, "dns response not sent");
-                info(ResponseCode::ServFail)
-            }
-        }
-    }
 }
