@@ -20,6 +20,7 @@ use tracing::debug;
 use crate::names::{self, Shape};
 use crate::render::{Addr, Rendered, Selection};
 use crate::rrl::{RateLimiter, RrlStats, Verdict};
+use crate::server::{TcpCounters, TcpStats};
 use crate::wire::{self, OPT_LEN};
 use crate::{ConfigError, DnsConfig, ServiceView};
 
@@ -52,6 +53,7 @@ struct Inner {
     /// An empty question section, sent instead of a question that must not be echoed.
     no_question: Queries,
     rrl: Option<RateLimiter>,
+    tcp: TcpCounters,
 }
 
 impl fmt::Debug for DnsHandler {
@@ -153,6 +155,7 @@ impl DnsHandler {
                 turn: AtomicUsize::new(0),
                 no_question,
                 rrl,
+                tcp: TcpCounters::default(),
                 config,
             }),
         })
@@ -175,6 +178,16 @@ impl DnsHandler {
             .rrl
             .as_ref()
             .map_or_else(RrlStats::default, RateLimiter::stats)
+    }
+
+    /// What [`DnsServer`](crate::DnsServer)'s TCP side is doing, counted
+    /// over every clone of this handler.
+    pub fn tcp_stats(&self) -> TcpStats {
+        self.inner.tcp.stats()
+    }
+
+    pub(crate) fn tcp_counters(&self) -> &TcpCounters {
+        &self.inner.tcp
     }
 
     /// The rendered records of `service`, from the cache when its index has not moved.

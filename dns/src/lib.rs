@@ -85,6 +85,8 @@
 //!   size (values below 512 count as 512) nor [`DnsConfig::max_udp_payload`],
 //!   and never larger than 512 bytes without EDNS, so the server cannot
 //!   amplify a forged query beyond what the requester asked for.
+//! * [`DnsServer`] bounds TCP: [`DnsConfig::max_tcp_connections`], an idle
+//!   and a write timeout, small socket buffers; see [`DnsHandler::tcp_stats`].
 //! * A question section using name compression is refused with FORMERR and
 //!   not echoed: in a single question a pointer can only aim at the header,
 //!   whose bytes differ in the answer, so the echo would not decode.
@@ -111,7 +113,7 @@ mod wire;
 
 pub use handler::DnsHandler;
 pub use rrl::{RateLimiter, RrlConfig, RrlStats, Verdict};
-pub use server::{DnsServer, serve};
+pub use server::{DnsServer, TcpStats, serve};
 
 /// The transport a request came over, for [`DnsHandler::answer_bytes`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +177,16 @@ pub struct DnsConfig {
     /// Largest UDP answer, whatever the requester advertises (default 4096).
     /// Values below 512 are raised to 512.
     pub max_udp_payload: u16,
+    /// Most DNS TCP connections open at once (default 256); connections
+    /// accepted past it are closed at once, so idle or stalled clients cannot
+    /// take every file descriptor of the process.
+    pub max_tcp_connections: usize,
+    /// A TCP connection that sends no complete query for this long is closed
+    /// (default 10 s; RFC 7766 §6.2.3 suggests seconds).
+    pub tcp_idle_timeout: std::time::Duration,
+    /// A TCP answer the client does not read within this time closes the
+    /// connection, dropping what is unsent (default 5 s).
+    pub tcp_write_timeout: std::time::Duration,
     /// Response rate limiting of UDP answers per source prefix (default
     /// `None`: off).
     pub rrl: Option<RrlConfig>,
@@ -230,6 +242,9 @@ impl Default for DnsConfig {
             ttl: 0,
             negative_ttl: 5,
             max_udp_payload: 4096,
+            max_tcp_connections: 256,
+            tcp_idle_timeout: std::time::Duration::from_secs(10),
+            tcp_write_timeout: std::time::Duration::from_secs(5),
             rrl: None,
             allow: Vec::new(),
         }

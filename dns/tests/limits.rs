@@ -1,0 +1,193 @@
+//! Limits that protect the server: TCP connection cap, idle and write
+//! timeouts. Real server on port 0, real packets.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use hickory_proto::rr::RecordType;
+use roster_dns::{DnsConfig, DnsHandler, DnsServer, TcpStats};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+/// A server with `config` whose handler the test keeps, for its TCP stats.
+async fn start_kept(
+    view: Arc<FakeView>,
+    config: DnsConfig,
+) -> (SocketAddr, DnsHandler, oneshot::Sender<()>) {
+    let handler = DnsHandler::new(view, config).unwrap();
+    let server = DnsServer::bind("127.0.0.1:0".parse().unwrap(), handler.clone())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(stopped));
+    (addr, handler, stop)
+}
+
+/// Waits (up to 10 s) until `check` holds for the TCP stats.
+async fn wait_for(handler: &DnsHandler, check: impl Fn(&TcpStats) -> bool) -> TcpStats {
+    for _ in 0..1000 {
+        let stats = handler.tcp_stats();
+        if check(&stats) {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never reached: {:?}", handler.tcp_stats());
+}
+
+/// `bytes`, framed for TCP.
+fn framed(bytes: &[u8]) -> Vec<u8> {
+    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    framed
+}
+
+/// Whether the server closed `stream` instead of answering a query on it.
+async fn closed_without_answer(stream: &mut TcpStream) -> bool {
+    let query = query("web.service.roster.", RecordType::A)
+        .to_vec()
+        .unwrap();
+    // The write may already fail on a reset connection.
+    if stream.write_all(&framed(&query)).await.is_err() {
+        return true;
+    }
+    match tokio::time::timeout(Duration::from_secs(5), stream.read_u16()).await {
+        Ok(Ok(_)) => false,
+        Ok(Err(_)) => true,
+        Err(_) => panic!("neither answered nor closed"),
+    }
+}
+
+/// A service of `n` IPv4 endpoints with long ids, so SRV answers are large.
+fn huge_view(n: usize) -> Arc<FakeView> {
+    let view = sample_view();
+    let endpoints = (0..n)
+        .map(|i| {
+            ep(
+                &format!("an-instance-with-a-rather-long-id-{i:05}"),
+                &format!("10.{}.{}.{}", i / 65_536, i / 256 % 256, i % 256),
+                9000,
+                &[],
+                true,
+            )
+        })
+        .collect();
+    view.set("huge", 2, endpoints);
+    view
+}
+
+/// Item 6: past `max_tcp_connections` open connections, new ones are closed
+/// at once; a slot freed is taken again.
+#[tokio::test]
+async fn tcp_connections_past_the_cap_are_closed() {
+    let config = DnsConfig {
+        max_tcp_connections: 4,
+        ..DnsConfig::default()
+    };
+    let (addr, handler, _stop) = start_kept(sample_view(), config).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        assert!(!closed_without_answer(&mut stream).await);
+        held.push(stream);
+    }
+    assert_eq!(handler.tcp_stats().open, 4);
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_without_answer(&mut extra).await,
+        "a fifth connection"
+    );
+    assert_eq!(handler.tcp_stats().refused, 1);
+    for stream in &mut held {
+        assert!(
+            !closed_without_answer(stream).await,
+            "the first four still work"
+        );
+    }
+    drop(held.pop());
+    wait_for(&handler, |s| s.open == 3).await;
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        !closed_without_answer(&mut next).await,
+        "a freed slot is used"
+    );
+}
+
+/// Item 6, measured: with the default settings, of 300 connections that
+/// stay open, 256 are served and the others closed.
+#[tokio::test]
+async fn the_default_cap_serves_256_connections() {
+    let (addr, handler, _stop) = start_kept(sample_view(), DnsConfig::default()).await;
+    let mut served = Vec::new();
+    let mut closed = 0;
+    for _ in 0..300 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        if closed_without_answer(&mut stream).await {
+            closed += 1;
+        } else {
+            served.push(stream);
+        }
+    }
+    println!("300 connections: {} served, {closed} closed", served.len());
+    assert_eq!((served.len(), closed), (256, 44));
+    assert_eq!(handler.tcp_stats().open, 256);
+}
+
+/// Item 6: a client that pipelines queries for big answers and never reads
+/// is cut off after the write timeout (before, it pinned the connection and
+/// every unsent answer for as long as it liked).
+#[tokio::test]
+async fn a_client_that_does_not_read_is_cut_off() {
+    let config = DnsConfig {
+        tcp_write_timeout: Duration::from_millis(300),
+        tcp_idle_timeout: Duration::from_secs(60),
+        ..DnsConfig::default()
+    };
+    let (addr, handler, _stop) = start_kept(huge_view(3000), config).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let query = framed(
+        &query("_huge._tcp.service.roster.", RecordType::SRV)
+            .to_vec()
+            .unwrap(),
+    );
+    // Each answer is about 64 KB: far more than the socket buffers hold.
+    for _ in 0..40 {
+        stream.write_all(&query).await.unwrap();
+    }
+    let stats = wait_for(&handler, |s| s.write_timeouts == 1).await;
+    assert_eq!(stats.open, 0, "{stats:?}");
+    // The client sees the connection reset.
+    let mut failed = false;
+    for _ in 0..100 {
+        if stream.write_all(&query).await.is_err() {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(failed, "the connection is still open");
+}
+
+/// Item 6: a connection that sends nothing is closed after the idle timeout.
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let config = DnsConfig {
+        tcp_idle_timeout: Duration::from_millis(200),
+        ..DnsConfig::default()
+    };
+    let (addr, handler, _stop) = start_kept(sample_view(), config).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+        .await
+        .expect("still open after 5 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let stats = wait_for(&handler, |s| s.open == 0).await;
+    assert_eq!(stats.idle_closed, 1);
+}
