@@ -1,5 +1,7 @@
-//! Limits that protect the server: TCP connection cap, idle and write
-//! timeouts. Real server on port 0, real packets.
+//! Limits that protect the server and third parties: the UDP answer cap
+//! (amplification), TCP connection cap, idle and write timeouts, no TC over
+//! TCP, and FORMERR for malformed EDNS options. Real server on port 0, real
+//! packets.
 
 mod common;
 
@@ -190,4 +192,40 @@ async fn idle_connections_are_closed() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     let stats = wait_for(&handler, |s| s.open == 0).await;
     assert_eq!(stats.idle_closed, 1);
+}
+
+/// Item 13: by default a UDP answer is at most 1232 bytes whatever the EDNS
+/// buffer the (possibly forged) requester advertises, so a 53-byte query
+/// yields at most about 23 times its size; the full answer is over TCP.
+#[tokio::test]
+async fn udp_answers_are_capped_at_1232_bytes_by_default() {
+    let server = start(sample_view()).await;
+    let name = "_big._tcp.service.roster.";
+    let request = query_edns(name, RecordType::SRV, 4096);
+    let request_len = request.to_vec().unwrap().len();
+    assert_eq!(request_len, 53);
+    let (reply, len) = udp(server.addr, &request).await;
+    assert!(reply.metadata.truncation, "TC=1: retry over TCP");
+    assert!(len <= 1232 && len > 1232 - 64, "{len} bytes");
+    assert_eq!(reply.edns.as_ref().unwrap().max_payload(), 1232);
+    let ratio = len as f64 / request_len as f64;
+    println!("amplification: {request_len}-byte query, {len}-byte answer, {ratio:.1}x");
+    assert!(ratio < 23.3, "{ratio}");
+    let (full, full_len) = tcp(server.addr, &request).await;
+    assert!(!full.metadata.truncation);
+    assert_eq!(full.answers.len(), 200);
+    println!("the same over TCP: {full_len} bytes");
+
+    // The cap is a setting: a server configured for 4096 amplifies 76 times.
+    let config = DnsConfig {
+        max_udp_payload: 4096,
+        ..DnsConfig::default()
+    };
+    let wide = start_with(sample_view(), config).await;
+    let (_, wide_len) = udp(wide.addr, &request).await;
+    println!(
+        "with max_udp_payload 4096: {wide_len} bytes, {:.1}x",
+        wide_len as f64 / request_len as f64
+    );
+    assert!(wide_len > 4000, "{wide_len}");
 }
