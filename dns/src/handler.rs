@@ -495,7 +495,9 @@ impl DnsHandler {
             &reply.additionals,
             budget,
         );
-        metadata.truncation = fit.truncated || slip;
+        // Over TCP an answer larger than a message is cut without TC: TC
+        // sends the client to TCP, where it already is.
+        metadata.truncation = (fit.truncated && udp) || slip;
         debug!(
             id = request.metadata.id,
             query = ?request.queries.queries().first().map(|q| q.original()),

@@ -76,7 +76,9 @@
 //!   many whole answer records as fit are sent with TC=1 and the OPT record is
 //!   kept (hickory's own truncation would drop the OPT record, since it is
 //!   written last). Additional records that do not fit are dropped without TC.
-//!   Over TCP the limit is 65535 bytes, which holds every realistic answer.
+//!   Over TCP the limit is 65535 bytes and TC is never set: an answer larger
+//!   than that (an SRV name of over a thousand instances) is cut to the
+//!   records that fit.
 //! * Answers (A, AAAA, SRV, TXT, and the CNAME pick) are rotated by one position
 //!   per query, so naive clients that take the first record spread their load.
 //! * Rendered records are cached per service and [`ServiceRecords::index`]: a

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use roster_dns::{DnsConfig, DnsHandler, DnsServer, TcpStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -228,4 +229,24 @@ async fn udp_answers_are_capped_at_1232_bytes_by_default() {
         wide_len as f64 / request_len as f64
     );
     assert!(wide_len > 4000, "{wide_len}");
+}
+
+/// Item 14: over TCP an answer larger than a message is cut without TC (TC
+/// would send the client to TCP, where it already is).
+#[tokio::test]
+async fn tcp_answers_never_set_tc() {
+    let server = start(huge_view(3000)).await;
+    for (name, ty) in [
+        ("_huge._tcp.service.roster.", RecordType::SRV),
+        ("huge.service.roster.", RecordType::A),
+    ] {
+        let (reply, len) = tcp(server.addr, &query_edns(name, ty, 1232)).await;
+        assert!(!reply.metadata.truncation, "{name}: TC over TCP");
+        assert!(len <= 65_535 && len > 60_000, "{name}: {len} bytes");
+        assert!(!reply.answers.is_empty() && reply.answers.len() < 3000);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        // UDP still truncates with TC.
+        let (reply, _) = udp(server.addr, &query_edns(name, ty, 1232)).await;
+        assert!(reply.metadata.truncation);
+    }
 }
