@@ -17,6 +17,7 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Quer
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::edns;
 use crate::names::{self, Shape};
 use crate::render::{Addr, Rendered, Selection};
 use crate::rrl::{RateLimiter, RrlStats, Verdict};
@@ -395,6 +396,9 @@ impl DnsHandler {
         }
         if request.edns.as_ref().is_some_and(|edns| edns.version() > 0) {
             return Reply::error(ResponseCode::BADVERS);
+        }
+        if request.edns.is_some() && !edns::options_valid(request.as_slice()) {
+            return Reply::error(ResponseCode::FormErr);
         }
         match request.queries.queries() {
             [query] => self.resolve(query),

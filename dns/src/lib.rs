@@ -67,7 +67,10 @@
 //!   domain; REFUSED for names outside it, for classes other than IN and for
 //!   zone transfers; NOTIMP for opcodes other than QUERY; FORMERR for messages
 //!   without exactly one question (and, in [`DnsServer`], for messages that do
-//!   not parse); BADVERS for EDNS versions above 0.
+//!   not parse); BADVERS for EDNS versions above 0; FORMERR for malformed
+//!   EDNS options (a COOKIE of the wrong length, RFC 7873 §5.2.2; an option
+//!   running past its record; a bad CLIENT-SUBNET, RFC 7871 §6), which
+//!   hickory would otherwise ignore.
 //! * EDNS0 (RFC 6891): when the query has an OPT record the answer has one too,
 //!   and a UDP answer is sized to the requester's payload size (at least 512,
 //!   at most [`DnsConfig::max_udp_payload`]); without EDNS a UDP answer never
@@ -106,6 +109,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 mod answer;
+mod edns;
 mod handler;
 mod names;
 mod render;

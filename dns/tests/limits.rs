@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use roster_dns::{DnsConfig, DnsHandler, DnsServer, TcpStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -248,5 +248,63 @@ async fn tcp_answers_never_set_tc() {
         // UDP still truncates with TC.
         let (reply, _) = udp(server.addr, &query_edns(name, ty, 1232)).await;
         assert!(reply.metadata.truncation);
+    }
+}
+
+/// A query for `web.service.roster A` whose OPT record holds `options`.
+fn with_options(options: &[u8]) -> Vec<u8> {
+    let mut m = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+    for label in ["web", "service", "roster"] {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.extend([0, 0, 1, 0, 1]);
+    m.extend([0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+    m.extend((options.len() as u16).to_be_bytes());
+    m.extend(options);
+    m
+}
+
+fn cookie(len: usize) -> Vec<u8> {
+    let mut o = vec![0, 10];
+    o.extend((len as u16).to_be_bytes());
+    o.extend(vec![0xab; len]);
+    o
+}
+
+/// Item 14: a COOKIE option of a length RFC 7873 does not allow (client
+/// cookie 8 bytes, server cookie 8 to 32), or an option running past its
+/// record, gets FORMERR (with an OPT record), over UDP and TCP.
+#[tokio::test]
+async fn malformed_edns_options_get_formerr() {
+    let server = start(sample_view()).await;
+    let mut cut = cookie(8);
+    cut.truncate(10);
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    for (options, expected) in [
+        (cookie(8), ResponseCode::NoError),
+        (cookie(24), ResponseCode::NoError),
+        (Vec::new(), ResponseCode::NoError),
+        (cookie(5), ResponseCode::FormErr),
+        (cookie(12), ResponseCode::FormErr),
+        (cookie(41), ResponseCode::FormErr),
+        (cut, ResponseCode::FormErr),
+    ] {
+        let bytes = with_options(&options);
+        let over_udp = udp_raw(server.addr, &bytes, Duration::from_secs(5))
+            .await
+            .expect("no reply");
+        let over_tcp = tcp_raw(&mut stream, &bytes).await;
+        for raw in [over_udp, over_tcp] {
+            let reply = Message::from_vec(&raw).unwrap();
+            assert_eq!(reply.metadata.response_code, expected, "{options:02x?}");
+            assert!(reply.edns.is_some(), "OPT kept: {options:02x?}");
+            let answers = if expected == ResponseCode::NoError {
+                2
+            } else {
+                0
+            };
+            assert_eq!(reply.answers.len(), answers);
+        }
     }
 }
