@@ -14,7 +14,8 @@
 //!
 //! | name | types | answer |
 //! |---|---|---|
-//! | `DOMAIN` | SOA, NS | the zone apex: `SOA ns.DOMAIN. hostmaster.DOMAIN. …`, `NS ns.DOMAIN.` |
+//! | `DOMAIN` | SOA, NS | the zone apex: `SOA ns.DOMAIN. hostmaster.DOMAIN. …`, `NS ns.DOMAIN.` (with its address as glue) |
+//! | `ns.DOMAIN` | A, AAAA | the server's address ([`DnsConfig::advertise_addr`]) |
 //! | `SERVICE.service.DOMAIN` | A, AAAA, TXT | healthy endpoints of the service |
 //! | `TAG.SERVICE.service.DOMAIN` | A, AAAA, TXT | healthy endpoints carrying `TAG` |
 //! | `_SERVICE._tcp.service.DOMAIN` | SRV | every healthy endpoint |
@@ -22,7 +23,7 @@
 //! | `ID.SERVICE.instance.DOMAIN` | A, AAAA, TXT | one instance, whatever its health |
 //!
 //! `ANY` returns every record of the name. Other existing names
-//! (`service.DOMAIN`, `instance.DOMAIN`, `ns.DOMAIN`, `SERVICE.instance.DOMAIN`,
+//! (`service.DOMAIN`, `instance.DOMAIN`, `SERVICE.instance.DOMAIN`,
 //! `_X.service.DOMAIN`) are empty non-terminals: they answer NODATA, never
 //! NXDOMAIN, so resolvers doing QNAME minimisation (RFC 9156) do not cut the
 //! tree off above real names.
@@ -53,8 +54,8 @@
 //!   string of the same record). Identical records are sent once.
 //! * Positive answers carry [`DnsConfig::ttl`]; negative answers (NXDOMAIN and
 //!   NODATA) carry the zone's SOA in the authority section with TTL and minimum
-//!   [`DnsConfig::negative_ttl`] (RFC 2308). The SOA serial is always 1: nothing
-//!   transfers this zone.
+//!   [`DnsConfig::negative_ttl`] (RFC 2308). The SOA serial is the low 32 bits
+//!   of [`ServiceView::index`], so it moves with the catalog.
 //!
 //! An instance id matches case-insensitively; a tag too. A service "exists" when
 //! the view knows it (even with no healthy endpoint: NODATA); a tag name exists
@@ -116,6 +117,7 @@ mod render;
 pub mod rrl;
 mod server;
 mod wire;
+mod zone;
 
 pub use handler::DnsHandler;
 pub use rrl::{RateLimiter, RrlConfig, RrlStats, Verdict};
@@ -169,6 +171,14 @@ pub trait ServiceView: Send + Sync + 'static {
     /// The records of the service `name` (always lowercase), or `None` when the
     /// registry does not know the service.
     fn service(&self, name: &str) -> Option<Arc<ServiceRecords>>;
+
+    /// The registry's global index: it grows with every change of the
+    /// catalog. Its low 32 bits are the zone's SOA serial (RFC 1982 serial
+    /// arithmetic copes with the wrap), so a secondary or a monitoring probe
+    /// sees the zone change. The default, 1, suits a view without an index.
+    fn index(&self) -> u64 {
+        1
+    }
 }
 
 /// Settings of the DNS front end.
@@ -196,6 +206,11 @@ pub struct DnsConfig {
     /// A TCP answer the client does not read within this time closes the
     /// connection, dropping what is unsent (default 5 s).
     pub tcp_write_timeout: std::time::Duration,
+    /// The address `ns.DOMAIN` (the apex NS target) resolves to. `None` (the
+    /// default) uses the address [`DnsServer`] is bound to; when that is
+    /// `0.0.0.0` or `::`, the address of the interface holding the default
+    /// route (for `::`, of both families), else loopback.
+    pub advertise_addr: Option<std::net::IpAddr>,
     /// Response rate limiting of UDP answers per source prefix (default
     /// `None`: off).
     pub rrl: Option<RrlConfig>,
@@ -254,6 +269,7 @@ impl Default for DnsConfig {
             max_tcp_connections: 256,
             tcp_idle_timeout: std::time::Duration::from_secs(10),
             tcp_write_timeout: std::time::Duration::from_secs(5),
+            advertise_addr: None,
             rrl: None,
             allow: Vec::new(),
         }

@@ -67,7 +67,8 @@ pub struct DnsServer {
 impl DnsServer {
     /// Binds UDP and TCP on `addr`. With port 0, UDP gets a free port first and
     /// TCP takes the same one; when TCP finds it taken, both are tried again
-    /// (a few times) on another port.
+    /// (a few times) on another port. `ns.DOMAIN` resolves to the bound
+    /// address from then on (see [`DnsConfig::advertise_addr`](crate::DnsConfig::advertise_addr)).
     pub async fn bind(addr: SocketAddr, handler: DnsHandler) -> io::Result<DnsServer> {
         let attempts = if addr.port() == 0 { BIND_ATTEMPTS } else { 1 };
         let mut last_error = None;
@@ -76,6 +77,7 @@ impl DnsServer {
             let local_addr = udp.local_addr()?;
             match tcp_listener(local_addr) {
                 Ok(tcp) => {
+                    handler.set_server_ip(local_addr.ip());
                     return Ok(DnsServer {
                         udp: Arc::new(udp),
                         tcp,
