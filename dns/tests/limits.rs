@@ -195,6 +195,42 @@ async fn idle_connections_are_closed() {
     assert_eq!(stats.idle_closed, 1);
 }
 
+/// Item 6, the default timeouts on tokio's paused clock (real sockets; the
+/// clock jumps when every task waits): an idle connection is closed after
+/// 10 s, a client that stops reading is cut off 5 s into a blocked write.
+#[tokio::test(start_paused = true)]
+async fn default_timeouts_on_a_paused_clock() {
+    let (addr, handler, _stop) = start_kept(huge_view(3000), DnsConfig::default()).await;
+    let start = tokio::time::Instant::now();
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let read = idle.read(&mut [0]).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
+        "closed after {waited:?}"
+    );
+    assert_eq!(handler.tcp_stats().idle_closed, 1);
+
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    let query = framed(
+        &query("_huge._tcp.service.roster.", RecordType::SRV)
+            .to_vec()
+            .unwrap(),
+    );
+    let start = tokio::time::Instant::now();
+    for _ in 0..40 {
+        stalled.write_all(&query).await.unwrap();
+    }
+    wait_for(&handler, |s| s.write_timeouts == 1).await;
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_millis(5500),
+        "cut off after {waited:?}"
+    );
+    assert_eq!(handler.tcp_stats().open, 0);
+}
+
 /// Item 13: by default a UDP answer is at most 1232 bytes whatever the EDNS
 /// buffer the (possibly forged) requester advertises, so a 53-byte query
 /// yields at most about 23 times its size; the full answer is over TCP.
