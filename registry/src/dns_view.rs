@@ -68,6 +68,10 @@ impl ServiceView for RegistryView {
         let (name, state) = snapshot.services.get_key_value(name)?;
         Some(self.records(name, state))
     }
+
+    fn index(&self) -> u64 {
+        self.registry.snapshot().index
+    }
 }
 
 /// The DNS form of an instance: healthy unless critical (maintenance counts as
@@ -184,6 +188,7 @@ mod tests {
         assert!(view.service("web").is_none());
 
         let index = register(&registry, "web", "web-1", "10.0.0.1");
+        assert_eq!(view.index(), index, "the SOA serial follows the catalog");
         let first = view.service("web").unwrap();
         assert_eq!(first.index, index);
         assert_eq!(first.endpoints.len(), 1);

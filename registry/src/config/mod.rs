@@ -79,6 +79,17 @@ pub struct ServeArgs {
     /// retry over TCP; 0 is no limit [default: 0].
     #[arg(long, env = "ROSTER_DNS_RATE_LIMIT", value_name = "PER_SECOND")]
     pub dns_rate_limit: Option<u32>,
+    /// Largest UDP DNS answer in bytes, whatever the requester's EDNS buffer;
+    /// larger answers are truncated and clients retry over TCP [default: 1232].
+    #[arg(long, env = "ROSTER_DNS_MAX_UDP_PAYLOAD", value_name = "BYTES")]
+    pub dns_max_udp_payload: Option<u16>,
+    /// Most DNS TCP connections open at once; more are closed [default: 256].
+    #[arg(long, env = "ROSTER_DNS_MAX_TCP_CONNECTIONS", value_name = "N")]
+    pub dns_max_tcp_connections: Option<usize>,
+    /// Address `ns.DOMAIN` (the zone's name server) resolves to [default: the
+    /// DNS address; for 0.0.0.0 or ::, the address of the default route's interface].
+    #[arg(long, env = "ROSTER_DNS_ADVERTISE_ADDR", value_name = "IP")]
+    pub dns_advertise_addr: Option<std::net::IpAddr>,
     /// Most active health checks (http, tcp, grpc) in flight at once [default: 256].
     #[arg(long, env = "ROSTER_CHECK_CONCURRENCY", value_name = "N")]
     pub check_concurrency: Option<usize>,
@@ -226,6 +237,9 @@ struct FileConfig {
     #[serde(default)]
     dns_allow: Vec<String>,
     dns_rate_limit: Option<u32>,
+    dns_max_udp_payload: Option<u16>,
+    dns_max_tcp_connections: Option<usize>,
+    dns_advertise_addr: Option<std::net::IpAddr>,
     self_preservation_threshold: Option<f64>,
     #[serde(default, with = "duration::option")]
     renewal_window: Option<Duration>,
@@ -423,6 +437,18 @@ impl Config {
                     ..roster_dns::RrlConfig::default()
                 });
             }
+        }
+        if let Some(n) = args.dns_max_udp_payload.or(file.dns_max_udp_payload) {
+            cfg.dns.max_udp_payload = n;
+        }
+        if let Some(n) = args
+            .dns_max_tcp_connections
+            .or(file.dns_max_tcp_connections)
+        {
+            cfg.dns.max_tcp_connections = n;
+        }
+        if let Some(ip) = args.dns_advertise_addr.or(file.dns_advertise_addr) {
+            cfg.dns.advertise_addr = Some(ip);
         }
         if let Some(n) = args.check_concurrency.or(file.check_concurrency) {
             cfg.checker.concurrency = n;
@@ -629,6 +655,12 @@ impl Config {
         }
         if self.dns.ttl > MAX_DNS_TTL {
             return invalid("dns_ttl", "must be at most 2147483647 (RFC 2181)");
+        }
+        if self.dns.max_udp_payload < 512 {
+            return invalid("dns_max_udp_payload", "must be at least 512 (RFC 1035)");
+        }
+        if self.dns.max_tcp_connections == 0 || self.dns.max_tcp_connections > 1_000_000 {
+            return invalid("dns_max_tcp_connections", "must be between 1 and 1000000");
         }
         // The handler is the authority on what a valid domain is.
         roster_dns::DnsHandler::new(Arc::new(NoServices), self.dns.clone()).map_err(|e| {

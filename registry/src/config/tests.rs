@@ -284,3 +284,50 @@ fn a_cluster_node_needs_a_cluster_token() {
         Some("a-long-enough-cluster-token")
     );
 }
+
+#[test]
+fn dns_udp_cap_tcp_cap_and_advertised_address() {
+    let cfg = Config::load(&ServeArgs::default()).unwrap();
+    assert_eq!(cfg.dns.max_udp_payload, 1232);
+    assert_eq!(cfg.dns.max_tcp_connections, 256);
+    assert_eq!(cfg.dns.advertise_addr, None);
+    let path = write(
+        "dns_max_udp_payload = 4096\ndns_max_tcp_connections = 64\ndns_advertise_addr = \"10.0.0.53\"\n",
+    );
+    let from_file = |extra: ServeArgs| {
+        Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            ..extra
+        })
+    };
+    let cfg = from_file(ServeArgs::default()).unwrap();
+    assert_eq!(cfg.dns.max_udp_payload, 4096);
+    assert_eq!(cfg.dns.max_tcp_connections, 64);
+    assert_eq!(cfg.dns.advertise_addr, Some("10.0.0.53".parse().unwrap()));
+    let cfg = from_file(ServeArgs {
+        dns_max_udp_payload: Some(512),
+        dns_max_tcp_connections: Some(8),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        (cfg.dns.max_udp_payload, cfg.dns.max_tcp_connections),
+        (512, 8)
+    );
+    for bad in [
+        ServeArgs {
+            dns_max_udp_payload: Some(511),
+            ..Default::default()
+        },
+        ServeArgs {
+            dns_max_tcp_connections: Some(0),
+            ..Default::default()
+        },
+    ] {
+        assert!(matches!(
+            from_file(bad),
+            Err(ConfigError::Invalid { setting, .. }) if setting.starts_with("dns_max_")
+        ));
+    }
+    std::fs::remove_file(path).unwrap();
+}
