@@ -220,3 +220,43 @@ async fn byte_by_byte_headers_do_not_starve_others() {
     let closed = attack.await.unwrap();
     assert!(closed > 0, "the server closed slow-header connections");
 }
+
+/// Idle DNS TCP connections past the cap are closed at once, so they cannot
+/// use up the descriptors HTTP needs; DNS over UDP and HTTP keep answering, and
+/// /metrics counts the refusals (hostile pass, issue 25: 1,100 idle DNS
+/// connections made HTTP's accept fail with "Too many open files").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_dns_tcp_connections_are_capped() {
+    let reg = registry(Config::default()).await;
+    let dns = reg.dns_addr();
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        if let Ok(c) = TcpStream::connect(dns).await {
+            idle.push(c);
+        }
+    }
+    let seen = normal_client(reg.url(), Duration::from_millis(1500)).await;
+    eprintln!("hostile: normal client under 400 idle DNS TCP connections: {seen:?}");
+    assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+    // Over UDP: while an attacker holds every TCP slot, new TCP clients are
+    // refused until idle connections time out (10 s).
+    let query = roster_tests::dns::query("web.service.roster.", hickory_proto::rr::RecordType::A);
+    let reply = roster_tests::dns::udp(dns, &query).await;
+    assert_eq!(
+        roster_tests::dns::answer_data(&reply),
+        vec!["10.0.0.1".to_owned()]
+    );
+    let metrics = reqwest::get(format!("{}/metrics", reg.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"roster_dns_tcp_closed_total{result="refused"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(refused >= 400 - 256, "{refused} refused");
+    drop(idle);
+}
