@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use roster_client::api::{Health, Weights};
+use roster_api::{Health, Weights};
 use roster_dns::{Endpoint, ServiceRecords, ServiceView};
 
 use crate::catalog::{Instance, ServiceState};
@@ -107,7 +107,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    use roster_client::api::Weights;
+    use roster_api::Weights;
 
     use super::*;
     use crate::catalog::{CatalogLimits, Command};

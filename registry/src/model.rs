@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use roster_client::api::{RegisterRequest, Weights};
+use roster_api::{RegisterRequest, Weights};
 
 use crate::checks::CheckSpec;
 
@@ -342,7 +342,7 @@ pub(crate) fn check_range(
     d: Duration,
     (lo, hi): (Duration, Duration),
 ) -> Result<(), FieldError> {
-    use roster_client::api::duration::format;
+    use roster_api::duration::format;
     if d < lo || d > hi {
         return Err(FieldError::new(
             field,

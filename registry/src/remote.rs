@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use roster_client::api::{self, ServiceList};
+use roster_api::{self as api, ServiceList};
 use roster_client::{InstanceQuery, RosterClient};
 use roster_dns::{DnsConfig, DnsHandler, DnsServer, Endpoint, ServiceRecords, ServiceView};
 use tokio_util::sync::CancellationToken;

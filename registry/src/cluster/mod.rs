@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
 pub use network::{Cut, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
-pub use roster_client::api::{RaftMember as Member, RaftStatus as Status};
+pub use roster_api::{RaftMember as Member, RaftStatus as Status};
 
 use crate::catalog::{Command, Outcome};
 use crate::model::{InstanceId, ServiceName};

@@ -1,14 +1,14 @@
 //! What travels in the log and between nodes: catalog commands in a wire form,
 //! and their results.
 
-use roster_client::api::Health;
+use roster_api::Health;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CatalogError, CheckSource, Command, Instance, Outcome};
 use crate::model::{FieldError, InstanceId, InstanceSpec, Limits, ServiceName};
 use crate::registry::WriteError;
 use crate::store::StoredInstance;
-use roster_client::api::RegisterRequest;
+use roster_api::RegisterRequest;
 
 /// One log entry's payload: the writes the leader's proposer took together.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

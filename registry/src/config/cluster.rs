@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use roster_client::api::duration;
+use roster_api::duration;
 
 use super::ConfigError;
 use crate::cluster::ClusterConfig;

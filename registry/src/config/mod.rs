@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use roster_client::api::duration;
+use roster_api::duration;
 use serde::Deserialize;
 
 use crate::catalog::{CatalogLimits, SelfPreservation};

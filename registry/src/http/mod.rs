@@ -316,7 +316,7 @@ async fn cluster_reads(State(state): State<AppState>, req: Request, next: Next) 
 fn with_index(index: u64, resp: impl IntoResponse) -> Response {
     let mut resp = resp.into_response();
     resp.headers_mut().insert(
-        HeaderName::from_static(roster_client::api::INDEX_HEADER),
+        HeaderName::from_static(roster_api::INDEX_HEADER),
         HeaderValue::from(index),
     );
     resp

@@ -2,7 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use roster_client::api::Problem;
+use roster_api::Problem;
 
 use crate::catalog::CatalogError;
 use crate::model::FieldError;

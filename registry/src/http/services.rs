@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use roster_client::api::{
+use roster_api::{
     CheckUpdate, Health, MaintenanceRequest, RegisterRequest, ServiceInstances, ServiceList,
     ServiceSummary,
 };
