@@ -153,9 +153,11 @@ pub enum CheckSource {
 }
 
 /// Self-preservation settings: when more than `threshold` of the leased
-/// instances expired within `window` or are overdue now, the catalog stops
-/// expiring leases (the registry, not the instances, is probably cut off) until
-/// the share falls back under the threshold.
+/// instances expired within `window` or are overdue now, the catalog holds
+/// overdue leases instead of expiring them (the registry, not the instances, is
+/// probably cut off), but never for more than `max_hold` past a lease's
+/// deadline: a registry-side outage shorter than that expires nothing, and a
+/// real departure is expired `max_hold` after its deadline at the latest.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SelfPreservation {
     /// Share of leased instances, 0–1; 0 turns the guard off.
@@ -165,6 +167,11 @@ pub struct SelfPreservation {
     /// The guard applies only with at least this many leased instances, so a
     /// small development setup still expires its leases.
     pub min_instances: usize,
+    /// The longest the guard holds anything back: a held lease expires at most
+    /// this long after its deadline, and a held removal happens at most this
+    /// long after it was due (both counted from the first hold of the instance,
+    /// so holds never add up).
+    pub max_hold: Duration,
 }
 
 impl Default for SelfPreservation {
@@ -173,7 +180,56 @@ impl Default for SelfPreservation {
             threshold: 0.15,
             window: Duration::from_secs(60),
             min_instances: 10,
+            max_hold: Duration::from_secs(120),
         }
+    }
+}
+
+/// What the self-preservation guard is doing, for `/health`, `/metrics` and
+/// the console.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GuardStatus {
+    /// Whether the guard holds overdue leases now.
+    pub active: bool,
+    /// When it turned on (while active).
+    pub since: Option<Instant>,
+    /// Leases overdue and held now (their instances still show passing).
+    pub held: usize,
+    /// Deadline of the longest-held lease.
+    pub oldest_deadline: Option<Instant>,
+    /// Deadline of the most recently held lease: every lease held now is
+    /// released by this plus `max_hold`.
+    pub newest_deadline: Option<Instant>,
+    /// The settings' `max_hold`.
+    pub max_hold: Duration,
+    /// The settings' `window`.
+    pub window: Duration,
+    /// Held leases released so far (expired at their `max_hold`, or when the
+    /// guard let go while they were still silent).
+    pub released_total: u64,
+    /// Held leases released within the last `window`: the drain rate.
+    pub released_recent: usize,
+}
+
+impl GuardStatus {
+    /// How long the longest-held lease has been overdue at `now`.
+    pub fn oldest_hold(&self, now: Instant) -> Duration {
+        self.oldest_deadline
+            .map_or(Duration::ZERO, |d| now.saturating_duration_since(d))
+    }
+
+    /// Time left at `now` until every lease held now is released at the
+    /// latest (zero when nothing is held).
+    pub fn drained_within(&self, now: Instant) -> Duration {
+        self.newest_deadline.map_or(Duration::ZERO, |d| {
+            (d + self.max_hold).saturating_duration_since(now)
+        })
+    }
+
+    /// Held leases released per minute, averaged over the last window.
+    pub fn drain_per_minute(&self) -> f64 {
+        let window = self.window.as_secs_f64().max(1e-3);
+        self.released_recent as f64 * 60.0 / window
     }
 }
 
@@ -188,7 +244,7 @@ pub struct Outcome {
     pub expired: u32,
     /// Instances removed for being critical too long.
     pub reaped: u32,
-    /// Leases overdue but kept alive by self-preservation.
+    /// Leases overdue but kept alive by self-preservation by this command.
     pub held: u32,
 }
 
@@ -255,8 +311,12 @@ struct Record {
     check_timers: Vec<(u16, u64)>,
     /// Removal deadlines of critical checks with `deregister_critical_after`.
     check_reaps: Vec<(u16, u64)>,
-    /// The lease is overdue and held by self-preservation.
-    held: bool,
+    /// The lease is overdue and held by self-preservation: the deadline it
+    /// is held at (its key in `Catalog::held`).
+    held: Option<u64>,
+    /// The end of the instance's self-preservation budget: set by its first
+    /// hold (that deadline plus `max_hold`), cleared once it proves alive.
+    hold_until: Option<u64>,
 }
 
 /// Capacity limits enforced by the catalog.
@@ -296,9 +356,19 @@ pub struct Catalog {
     now: u64,
     /// When the self-preservation decision was last made (0: never).
     guard_at: u64,
-    /// Times of recent lease expirations, oldest first.
+    /// Times of recent lease expirations, oldest first (not those of held
+    /// leases released: a held lease counts as late only while held).
     expirations: std::collections::VecDeque<u64>,
     preserving: bool,
+    /// When the guard last turned on (0: it is off).
+    guard_since: u64,
+    /// When the guard last turned off.
+    guard_off_at: u64,
+    /// Leases held now, by (deadline, id).
+    held: BTreeSet<(u64, Arc<str>)>,
+    /// Times of recent releases of held leases, oldest first.
+    released: std::collections::VecDeque<u64>,
+    released_total: u64,
     /// Replicated mode: effects of ticks wait here instead of being applied.
     effects: Option<Vec<Command>>,
 }
@@ -328,6 +398,11 @@ impl Catalog {
             guard_at: 0,
             expirations: std::collections::VecDeque::new(),
             preserving: false,
+            guard_since: 0,
+            guard_off_at: 0,
+            held: BTreeSet::new(),
+            released: std::collections::VecDeque::new(),
+            released_total: 0,
             effects: None,
         }
     }
@@ -373,6 +448,23 @@ impl Catalog {
         self.preserving
     }
 
+    /// What the self-preservation guard is doing, as of the last command.
+    pub fn guard_status(&self) -> GuardStatus {
+        let at = |t: u64| self.epoch + Duration::from_nanos(t);
+        let since = self.now.saturating_sub(nanos(self.preservation.window));
+        GuardStatus {
+            active: self.preserving,
+            since: (self.preserving && self.guard_since != 0).then(|| at(self.guard_since)),
+            held: self.held.len(),
+            oldest_deadline: self.held.first().map(|(d, _)| at(*d)),
+            newest_deadline: self.held.last().map(|(d, _)| at(*d)),
+            max_hold: self.preservation.max_hold,
+            window: self.preservation.window,
+            released_total: self.released_total,
+            released_recent: self.released.len() - self.released.partition_point(|t| *t < since),
+        }
+    }
+
     /// The lease table, for the heartbeat fast path.
     pub fn leases(&self) -> &Arc<LeaseTable> {
         &self.leases
@@ -390,9 +482,17 @@ impl Catalog {
 
     /// When the next timer comes due, if any: the time to run [`Command::Tick`].
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers
-            .first()
-            .map(|(due, _, _)| self.epoch + Duration::from_nanos(*due))
+        let timer = self.timers.first().map(|(due, _, _)| *due);
+        // While the guard is on, look again every HOLD_RECHECK even if no
+        // timer is due, so it lets go as soon as it may.
+        let recheck = self
+            .preserving
+            .then(|| self.guard_at.saturating_add(nanos(HOLD_RECHECK)));
+        timer
+            .into_iter()
+            .chain(recheck)
+            .min()
+            .map(|due| self.epoch + Duration::from_nanos(due))
     }
 
     /// Services changed by the last [`Catalog::apply`], each once, in name order.
@@ -465,9 +565,11 @@ impl Catalog {
                 create_index,
             } => {
                 let current = self.find(&service, &id)?;
-                current.create_index == create_index
+                let expired = current.create_index == create_index
                     && current.lease == Some(Health::Passing)
-                    && self.expire_lease(current, now, next)
+                    && self.expire_lease(current, now, next);
+                out.expired += u32::from(expired);
+                expired
             }
             Command::ExpireCheck {
                 service,
