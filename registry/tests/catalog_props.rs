@@ -569,6 +569,7 @@ fn run_fleet(f: &Fleet, replicated: bool) -> Result<(), TestCaseError> {
         !nodes.leader.self_preservation_active(),
         "the guard never let go"
     );
+    prop_assert_eq!(nodes.leader.guard_status().held, 0, "held leases left over");
     let snap = nodes.snapshot();
     prop_assert_eq!(snap.instance_count(), f.live);
     Ok(())
