@@ -12,6 +12,7 @@
 //! [`Command::Tick`] either finds the lease renewed and re-arms the timer at the
 //! new deadline (once per TTL at most, not once per heartbeat) or expires it.
 
+mod guard;
 mod instance;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ use crate::checks::CheckState;
 use crate::lease::{Lease, LeaseTable};
 use crate::model::{InstanceId, InstanceSpec, ServiceName};
 
+pub use guard::{GuardStatus, SelfPreservation};
 pub use instance::{Instance, ServiceState, Snapshot};
 
 /// A write to the catalog.
@@ -150,87 +152,6 @@ pub enum CheckSource {
     Probe,
     /// The instance, for `ttl` checks.
     Report,
-}
-
-/// Self-preservation settings: when more than `threshold` of the leased
-/// instances expired within `window` or are overdue now, the catalog holds
-/// overdue leases instead of expiring them (the registry, not the instances, is
-/// probably cut off), but never for more than `max_hold` past a lease's
-/// deadline: a registry-side outage shorter than that expires nothing, and a
-/// real departure is expired `max_hold` after its deadline at the latest.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SelfPreservation {
-    /// Share of leased instances, 0–1; 0 turns the guard off.
-    pub threshold: f64,
-    /// How far back expirations count.
-    pub window: Duration,
-    /// The guard applies only with at least this many leased instances, so a
-    /// small development setup still expires its leases.
-    pub min_instances: usize,
-    /// The longest the guard holds anything back: a held lease expires at most
-    /// this long after its deadline, and a held removal happens at most this
-    /// long after it was due (both counted from the first hold of the instance,
-    /// so holds never add up).
-    pub max_hold: Duration,
-}
-
-impl Default for SelfPreservation {
-    fn default() -> Self {
-        SelfPreservation {
-            threshold: 0.15,
-            window: Duration::from_secs(60),
-            min_instances: 10,
-            max_hold: Duration::from_secs(120),
-        }
-    }
-}
-
-/// What the self-preservation guard is doing, for `/health`, `/metrics` and
-/// the console.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct GuardStatus {
-    /// Whether the guard holds overdue leases now.
-    pub active: bool,
-    /// When it turned on (while active).
-    pub since: Option<Instant>,
-    /// Leases overdue and held now (their instances still show passing).
-    pub held: usize,
-    /// Deadline of the longest-held lease.
-    pub oldest_deadline: Option<Instant>,
-    /// Deadline of the most recently held lease: every lease held now is
-    /// released by this plus `max_hold`.
-    pub newest_deadline: Option<Instant>,
-    /// The settings' `max_hold`.
-    pub max_hold: Duration,
-    /// The settings' `window`.
-    pub window: Duration,
-    /// Held leases released so far (expired at their `max_hold`, or when the
-    /// guard let go while they were still silent).
-    pub released_total: u64,
-    /// Held leases released within the last `window`: the drain rate.
-    pub released_recent: usize,
-}
-
-impl GuardStatus {
-    /// How long the longest-held lease has been overdue at `now`.
-    pub fn oldest_hold(&self, now: Instant) -> Duration {
-        self.oldest_deadline
-            .map_or(Duration::ZERO, |d| now.saturating_duration_since(d))
-    }
-
-    /// Time left at `now` until every lease held now is released at the
-    /// latest (zero when nothing is held).
-    pub fn drained_within(&self, now: Instant) -> Duration {
-        self.newest_deadline.map_or(Duration::ZERO, |d| {
-            (d + self.max_hold).saturating_duration_since(now)
-        })
-    }
-
-    /// Held leases released per minute, averaged over the last window.
-    pub fn drain_per_minute(&self) -> f64 {
-        let window = self.window.as_secs_f64().max(1e-3);
-        self.released_recent as f64 * 60.0 / window
-    }
 }
 
 /// What a command did.
@@ -446,23 +367,6 @@ impl Catalog {
     /// Whether self-preservation is holding overdue leases right now.
     pub fn self_preservation_active(&self) -> bool {
         self.preserving
-    }
-
-    /// What the self-preservation guard is doing, as of the last command.
-    pub fn guard_status(&self) -> GuardStatus {
-        let at = |t: u64| self.epoch + Duration::from_nanos(t);
-        let since = self.now.saturating_sub(nanos(self.preservation.window));
-        GuardStatus {
-            active: self.preserving,
-            since: (self.preserving && self.guard_since != 0).then(|| at(self.guard_since)),
-            held: self.held.len(),
-            oldest_deadline: self.held.first().map(|(d, _)| at(*d)),
-            newest_deadline: self.held.last().map(|(d, _)| at(*d)),
-            max_hold: self.preservation.max_hold,
-            window: self.preservation.window,
-            released_total: self.released_total,
-            released_recent: self.released.len() - self.released.partition_point(|t| *t < since),
-        }
     }
 
     /// The lease table, for the heartbeat fast path.
