@@ -507,3 +507,41 @@ async fn churn_keeps_the_catalog_flat() {
         "grows: {sizes:?}"
     );
 }
+
+/// An outage of the registry longer than max_hold: every lease is held until
+/// its deadline + max_hold (2 m), then expires; the instances come back on
+/// their first heartbeat after the outage, and are not removed meanwhile if
+/// their deregister_critical_after is longer than the rest of the outage.
+#[tokio::test(start_paused = true)]
+async fn an_outage_longer_than_max_hold_expires_at_max_hold_and_heartbeats_revive() {
+    let h = Harness::start_with(CatalogLimits::default(), SelfPreservation::default());
+    let ids: Vec<String> = (0..20).map(|i| format!("i{i:02}")).collect();
+    for id in &ids {
+        h.register("web", id, 10, 300);
+    }
+    // Nothing heartbeats for 150 s: the deadlines are at 10 s.
+    sleep(secs(129.5)).await;
+    assert!(h.registry.self_preservation_active());
+    assert!(
+        ids.iter()
+            .all(|id| h.health("web", id) == Some(Health::Passing))
+    );
+    assert_eq!(h.metric("roster_self_preservation_held_leases"), 20.0);
+    sleep(secs(1.0)).await;
+    // t = 130.5 s: released at 10 s + 2 m.
+    assert!(
+        ids.iter()
+            .all(|id| h.health("web", id) == Some(Health::Critical))
+    );
+    assert_eq!(h.metric("roster_lease_expirations_total"), 20.0);
+    sleep(secs(20.0)).await;
+    for id in &ids {
+        assert!(h.heartbeat("web", id).await.unwrap(), "{id} revives");
+    }
+    assert!(
+        ids.iter()
+            .all(|id| h.health("web", id) == Some(Health::Passing))
+    );
+    sleep(secs(2.0)).await;
+    assert!(!h.registry.self_preservation_active());
+}
