@@ -15,7 +15,8 @@ sources):
   (ConsulCatalogWatch, every second): `GET /v1/catalog/services?wait=2s&index=N&token=T`
   (no `index` on the first call);
 - the TTL heartbeat (TtlScheduler): `PUT /v1/agent/check/pass/service:ID?token=T`;
-  a 404 or 500 answer makes Spring register the service again;
+  with heartbeat.reregister-service-on-failure, a 404 or 500 answer makes
+  Spring register the service again;
 - deregistration: `PUT /v1/agent/service/deregister/ID?token=T`;
 - the health indicator (ConsulHealthIndicator), without any token:
   `GET /v1/status/leader` and `GET /v1/catalog/services`;
