@@ -18,9 +18,9 @@ use http_body_util::BodyExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use roster_registry::catalog::CatalogLimits;
+use roster_registry::config::Config as RosterConfig;
 use roster_registry::http::{AppState, BODY_LIMIT, router};
 use roster_registry::metrics::Metrics;
-use roster_registry::model::Limits;
 use roster_registry::registry::Registry;
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
@@ -47,11 +47,12 @@ impl Api {
             CatalogLimits::default(),
             Arc::new(Metrics::new()),
         ));
-        let state = AppState::new(
+        let state = AppState::builder(
             registry.clone(),
-            Limits::default(),
+            &RosterConfig::default(),
             CancellationToken::new(),
-        );
+        )
+        .build();
         Api {
             router: router(state),
             registry,
