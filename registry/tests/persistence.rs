@@ -459,3 +459,68 @@ async fn checks_and_their_results_survive_a_restart() {
     );
     roster.terminate();
 }
+
+/// A snapshot whose index leaves no room (2^64 − 1 made the next registration
+/// answer index 0 and the index run backwards) is refused naming `index`;
+/// the bound itself, 2^63, is accepted, the index keeps rising from it and
+/// survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_index_without_room_to_grow_is_refused() {
+    const BOUND: u64 = 1 << 63;
+    let dir = temp_dir("snap-index");
+    let roster = Roster::spawn(&dir);
+    roster.ready().await;
+    let client = RosterClient::new(&roster.url).unwrap();
+    let http = reqwest::Client::new();
+    let restore = |index: u64| {
+        let body = serde_json::json!({
+            "format": "roster-snapshot", "version": 1, "index": index, "instances": [
+                {"service": "web", "id": "w1", "address": "10.0.0.1", "port": 80,
+                 "deregister_critical_after_ms": 60000, "create_index": 1, "modify_index": 1}
+            ]
+        });
+        http.put(format!("{}/v1/snapshot", roster.url))
+            .json(&body)
+            .send()
+    };
+    for index in [u64::MAX, u64::MAX - 10, BOUND + 1] {
+        let resp = restore(index).await.unwrap();
+        assert_eq!(resp.status(), 400, "index {index}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let problem: roster_client::api::Problem = resp.json().await.unwrap();
+        assert_eq!(problem.field.as_deref(), Some("index"), "{problem:?}");
+    }
+    let inst = client.register("web", "a", &reg(80, 60)).await.unwrap();
+    assert!(
+        inst.modify_index > 1 && inst.modify_index < 10,
+        "refused restores left the index alone: {}",
+        inst.modify_index
+    );
+
+    let resp = restore(BOUND).await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let resp = http
+        .put(format!("{}/v1/services/web/instances/b", roster.url))
+        .json(&reg(81, 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(
+        resp.headers()["x-roster-index"].to_str().unwrap(),
+        (BOUND + 1).to_string()
+    );
+    let inst = client.register("web", "c", &reg(82, 60)).await.unwrap();
+    assert_eq!(inst.modify_index, BOUND + 2);
+
+    // The store holds an index above the bound now: its own data loads.
+    roster.terminate();
+    let roster = Roster::spawn(&dir);
+    roster.ready().await;
+    let client = RosterClient::new(&roster.url).unwrap();
+    assert_eq!(client.services().await.unwrap().index, BOUND + 2);
+    let inst = client.register("web", "d", &reg(83, 60)).await.unwrap();
+    assert_eq!(inst.modify_index, BOUND + 3);
+    roster.terminate();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
