@@ -524,3 +524,58 @@ async fn a_snapshot_index_without_room_to_grow_is_refused() {
     roster.terminate();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A store file emptied to 0 bytes (`truncate -s 0`) used to start an empty
+/// catalog in place of the lost one (redb initializes an empty file); it stops
+/// start-up with an error naming the file. Without a file the catalog starts
+/// empty, and roster's own new store is never left empty or partial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_store_is_refused_and_no_store_starts_empty() {
+    let dir = temp_dir("emptied");
+    let roster = Roster::spawn(&dir);
+    roster.ready().await;
+    let client = RosterClient::new(&roster.url).unwrap();
+    client.register("web", "w1", &reg(80, 60)).await.unwrap();
+    roster.terminate();
+    let file = dir.join("catalog.redb");
+    assert!(std::fs::metadata(&file).unwrap().len() > 0);
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.ends_with(".new")),
+        "no temporary file left: {names:?}"
+    );
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let (ok, stderr) = Roster::spawn(&dir).exit();
+    assert!(!ok, "an emptied store must not start empty: {stderr}");
+    assert!(stderr.contains("catalog.redb"), "names the file: {stderr}");
+    assert!(stderr.contains("empty"), "{stderr}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().len(),
+        0,
+        "the file is left as found"
+    );
+
+    // No file at all: a fresh start.
+    std::fs::remove_file(&file).unwrap();
+    let roster = Roster::spawn(&dir);
+    roster.ready().await;
+    let client = RosterClient::new(&roster.url).unwrap();
+    assert!(client.services().await.unwrap().services.is_empty());
+    client.register("web", "w2", &reg(80, 60)).await.unwrap();
+    roster.terminate();
+    let roster = Roster::spawn(&dir);
+    roster.ready().await;
+    let client = RosterClient::new(&roster.url).unwrap();
+    assert_eq!(client.services().await.unwrap().services.len(), 1);
+    roster.terminate();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
