@@ -35,6 +35,11 @@ pub struct Limits {
     pub max_checks: usize,
     /// Shortest and longest check interval.
     pub check_interval_range: (Duration, Duration),
+    /// Refuse HTTP checks with a method or header the prober will not send
+    /// ([`crate::checks::check_http_method`], [`crate::checks::check_http_header`]).
+    /// Off only to read back definitions stored by an older version; the
+    /// prober refuses to send those anyway.
+    pub http_check_rules: bool,
 }
 
 impl Default for Limits {
@@ -49,6 +54,7 @@ impl Default for Limits {
             default_deregister_critical_after: Duration::from_secs(60),
             max_checks: 16,
             check_interval_range: (Duration::from_millis(100), Duration::from_secs(24 * 3600)),
+            http_check_rules: true,
         }
     }
 }

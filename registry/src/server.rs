@@ -147,8 +147,11 @@ impl Server {
             Ok(())
         });
         if let Some(changes) = registry.feed_changes() {
-            let checker =
-                Checker::new(registry.clone(), Arc::new(NetProber::new()), config.checker);
+            let checker = Checker::new(
+                registry.clone(),
+                Arc::new(NetProber::with_policy(config.probe.clone())),
+                config.checker,
+            );
             tasks.spawn(async move {
                 checker.run(changes, shutdown_for_checker).await;
                 Ok(())

@@ -163,6 +163,7 @@ impl StoredInstance {
             max_checks: usize::MAX,
             check_interval_range: (Duration::ZERO, Duration::MAX),
             ttl_range: (Duration::ZERO, Duration::MAX),
+            http_check_rules: false,
             ..Limits::default()
         };
         let (defs, states): (Vec<_>, Vec<_>) = self
