@@ -60,7 +60,7 @@ start() { # start N [ARGS...]: node N (0 = the lone node) on CPU 0
   echo "${pid[$n]}" > "$work/pids/$n"
 }
 start_node() { # start_node N HEARTBEAT: a cluster node
-  start "$1" --bootstrap-expect 3 --join "$join" --raft-heartbeat "$2"
+  start "$1" --bootstrap-expect 3 --join "$join" --raft-heartbeat "$2" --cluster-token bench-cluster-token-0123
 }
 stop() { # stop N: SIGKILL node N if it runs
   local p=${pid[$1]:-}

@@ -78,7 +78,7 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod api;
+pub use roster_api as api;
 pub mod balance;
 mod bulkhead;
 mod call;

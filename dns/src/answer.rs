@@ -1,11 +1,13 @@
-//! From request bytes to answer bytes: the whole query path without sockets.
+//! From request bytes to answer bytes: the whole query path without sockets,
+//! and the same path under hickory's own `Server` (its `RequestHandler`).
 
 use std::net::SocketAddr;
 
-use hickory_proto::op::{Header, HeaderCounts, Message, MessageType, ResponseCode};
+use hickory_proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, ResponseCode};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::Request;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use tracing::debug;
 
 use crate::rrl::Verdict;
@@ -116,4 +118,42 @@ fn bare(header: &Header, rcode: ResponseCode, truncated: bool) -> Vec<u8> {
     reply
         .to_vec()
         .expect("a header-only message always encodes")
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    /// Answers under hickory's own `Server`; [`DnsServer`](crate::DnsServer)
+    /// uses [`DnsHandler::answer_bytes`] instead. An answer dropped by rate
+    /// limiting is not sent, and the returned info says REFUSED.
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let udp = request.protocol().is_datagram();
+        let info = |rcode| {
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = rcode;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        };
+        let slip = match self.limit(request.src(), udp) {
+            Verdict::Drop => return info(ResponseCode::Refused),
+            Verdict::Slip => true,
+            Verdict::Answer => false,
+        };
+        let prepared = self.prepare(request, udp, slip);
+        match response_handle
+            .send_response(self.response(request, &prepared))
+            .await
+        {
+            Ok(info) => info,
+            Err(error) => {
+                debug!(id = request.metadata.id, %error, "dns response not sent");
+                info(ResponseCode::ServFail)
+            }
+        }
+    }
 }

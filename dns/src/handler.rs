@@ -8,20 +8,21 @@ use std::slice;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, LowerQuery, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{NS, SOA};
+use hickory_proto::op::{Edns, LowerQuery, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinDecoder;
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::server::Request;
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::edns;
 use crate::names::{self, Shape};
 use crate::render::{Addr, Rendered, Selection};
 use crate::rrl::{RateLimiter, RrlStats, Verdict};
+use crate::server::{TcpCounters, TcpStats};
 use crate::wire::{self, OPT_LEN};
+use crate::zone::Zone;
 use crate::{ConfigError, DnsConfig, ServiceView};
 
 /// Rendered services kept at most; past it the cache starts over (services
@@ -43,16 +44,15 @@ struct Inner {
     /// Lowercase, fully qualified.
     domain: Name,
     domain_lower: LowerName,
-    /// `DOMAIN SOA`, used in negative answers.
-    soa: Record,
-    /// `DOMAIN NS ns.DOMAIN`.
-    ns: Record,
+    /// SOA, NS and the name server's address.
+    zone: Zone,
     cache: RwLock<HashMap<Box<str>, Arc<Rendered>>>,
     /// Rotation counter: one step per query.
     turn: AtomicUsize,
     /// An empty question section, sent instead of a question that must not be echoed.
     no_question: Queries,
     rrl: Option<RateLimiter>,
+    tcp: TcpCounters,
 }
 
 impl fmt::Debug for DnsHandler {
@@ -71,6 +71,8 @@ struct Reply {
     additionals: Vec<Record>,
     /// NXDOMAIN or NODATA: the SOA goes in the authority section.
     negative: bool,
+    /// The SOA of a negative answer, set by [`DnsHandler::reply`].
+    soa: Option<Record>,
 }
 
 impl Reply {
@@ -81,6 +83,7 @@ impl Reply {
             answers: Vec::new(),
             additionals: Vec::new(),
             negative: false,
+            soa: None,
         }
     }
 
@@ -101,6 +104,7 @@ impl Reply {
             negative: answers.is_empty(),
             answers,
             additionals,
+            soa: None,
         }
     }
 
@@ -117,29 +121,7 @@ impl DnsHandler {
                 domain: config.domain.clone(),
                 reason,
             })?;
-        let label = |l: &str| {
-            Name::from_labels([l.as_bytes()])
-                .and_then(|n| n.append_domain(&domain))
-                .map_err(|e| ConfigError::InvalidDomain {
-                    domain: config.domain.clone(),
-                    reason: e.to_string(),
-                })
-        };
-        let ns_name = label("ns")?;
-        let soa = Record::from_rdata(
-            domain.clone(),
-            config.negative_ttl,
-            RData::SOA(SOA::new(
-                ns_name.clone(),
-                label("hostmaster")?,
-                1,
-                3600,
-                600,
-                86_400,
-                config.negative_ttl,
-            )),
-        );
-        let ns = Record::from_rdata(domain.clone(), config.ttl, RData::NS(NS(ns_name)));
+        let zone = Zone::new(&domain, &config)?;
         let rrl = config.rrl.as_ref().map(RateLimiter::new).transpose()?;
         let no_question =
             Queries::read(&mut BinDecoder::new(&[]), 0).expect("an empty question section decodes");
@@ -148,12 +130,12 @@ impl DnsHandler {
                 view,
                 domain_lower: LowerName::from(&domain),
                 domain,
-                soa,
-                ns,
+                zone,
                 cache: RwLock::new(HashMap::new()),
                 turn: AtomicUsize::new(0),
                 no_question,
                 rrl,
+                tcp: TcpCounters::default(),
                 config,
             }),
         })
@@ -176,6 +158,16 @@ impl DnsHandler {
             .rrl
             .as_ref()
             .map_or_else(RrlStats::default, RateLimiter::stats)
+    }
+
+    /// What [`DnsServer`](crate::DnsServer)'s TCP side is doing, counted
+    /// over every clone of this handler.
+    pub fn tcp_stats(&self) -> TcpStats {
+        self.inner.tcp.stats()
+    }
+
+    pub(crate) fn tcp_counters(&self) -> &TcpCounters {
+        &self.inner.tcp
     }
 
     /// The rendered records of `service`, from the cache when its index has not moved.
@@ -207,6 +199,27 @@ impl DnsHandler {
         Record::from_rdata(name.clone(), self.inner.config.ttl, data)
     }
 
+    /// The zone's SOA, its serial the low 32 bits of the view's index.
+    fn soa(&self) -> Record {
+        // Truncation intended: serials wrap (RFC 1982).
+        self.inner.zone.soa(self.inner.view.index() as u32)
+    }
+
+    /// Tells the zone the address the server is bound to: `ns.DOMAIN`
+    /// resolves to it unless [`DnsConfig::advertise_addr`] says otherwise.
+    pub(crate) fn set_server_ip(&self, ip: std::net::IpAddr) {
+        self.inner.zone.set_server_ip(ip);
+    }
+
+    /// A/AAAA records of `ns.DOMAIN` of type `qtype`, named `name`.
+    fn ns_addrs(&self, name: &Name, qtype: RecordType) -> Vec<Record> {
+        self.inner
+            .zone
+            .ns_addrs(qtype)
+            .map(|data| self.record(name, data.clone()))
+            .collect()
+    }
+
     /// Resolves one question.
     fn resolve(&self, query: &LowerQuery) -> Reply {
         let qtype = query.query_type();
@@ -222,19 +235,29 @@ impl DnsHandler {
             Shape::Unknown => Reply::nxdomain(),
             Shape::Empty => Reply::nodata(),
             Shape::Apex => {
+                let zone = &self.inner.zone;
                 let mut answers = Vec::new();
-                for (record, ty) in [
-                    (&self.inner.soa, RecordType::SOA),
-                    (&self.inner.ns, RecordType::NS),
-                ] {
-                    if qtype == ty || qtype == RecordType::ANY {
-                        let mut record = record.clone();
-                        record.name = qname.clone();
-                        answers.push(record);
-                    }
+                let mut additionals = Vec::new();
+                let any = qtype == RecordType::ANY;
+                if any || qtype == RecordType::SOA {
+                    answers.push(self.soa());
                 }
-                Reply::answer(answers, Vec::new())
+                if any || qtype == RecordType::NS {
+                    answers.push(zone.ns().clone());
+                    // Glue: the address of the NS target, in the zone.
+                    additionals = self.ns_addrs(zone.ns_name(), RecordType::ANY);
+                }
+                for record in &mut answers {
+                    record.name = qname.clone();
+                }
+                Reply::answer(answers, additionals)
             }
+            Shape::Nameserver => match qtype {
+                RecordType::A | RecordType::AAAA | RecordType::ANY => {
+                    Reply::answer(self.ns_addrs(qname, qtype), Vec::new())
+                }
+                _ => Reply::nodata(),
+            },
             Shape::ServiceParent { service } => match self.rendered(service) {
                 Some(_) => Reply::nodata(),
                 None => Reply::nxdomain(),
@@ -384,10 +407,17 @@ impl DnsHandler {
         if request.edns.as_ref().is_some_and(|edns| edns.version() > 0) {
             return Reply::error(ResponseCode::BADVERS);
         }
-        match request.queries.queries() {
+        if request.edns.is_some() && !edns::options_valid(request.as_slice()) {
+            return Reply::error(ResponseCode::FormErr);
+        }
+        let mut reply = match request.queries.queries() {
             [query] => self.resolve(query),
             _ => Reply::error(ResponseCode::FormErr),
+        };
+        if reply.negative {
+            reply.soa = Some(self.soa());
         }
+        reply
     }
 }
 
@@ -483,7 +513,9 @@ impl DnsHandler {
             &reply.additionals,
             budget,
         );
-        metadata.truncation = fit.truncated || slip;
+        // Over TCP an answer larger than a message is cut without TC: TC
+        // sends the client to TCP, where it already is.
+        metadata.truncation = (fit.truncated && udp) || slip;
         debug!(
             id = request.metadata.id,
             query = ?request.queries.queries().first().map(|q| q.original()),
@@ -531,12 +563,8 @@ impl DnsHandler {
     }
 
     /// The authority section of `reply`: the SOA of negative answers.
-    fn authority(&self, reply: &Reply) -> &[Record] {
-        if reply.negative {
-            slice::from_ref(&self.inner.soa)
-        } else {
-            &[]
-        }
+    fn authority<'r>(&self, reply: &'r Reply) -> &'r [Record] {
+        reply.soa.as_slice()
     }
 }
 
@@ -555,42 +583,4 @@ fn question_is_plain(mut bytes: &[u8]) -> bool {
         }
     }
     true
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    /// Answers under hickory's own `Server`; [`DnsServer`](crate::DnsServer)
-    /// uses [`DnsHandler::answer_bytes`] instead. An answer dropped by rate
-    /// limiting is not sent, and the returned info says REFUSED.
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let udp = request.protocol().is_datagram();
-        let info = |rcode| {
-            let mut metadata = Metadata::response_from_request(&request.metadata);
-            metadata.response_code = rcode;
-            ResponseInfo::from(Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            })
-        };
-        let slip = match self.limit(request.src(), udp) {
-            Verdict::Drop => return info(ResponseCode::Refused),
-            Verdict::Slip => true,
-            Verdict::Answer => false,
-        };
-        let prepared = self.prepare(request, udp, slip);
-        match response_handle
-            .send_response(self.response(request, &prepared))
-            .await
-        {
-            Ok(info) => info,
-            Err(error) => {
-                debug!(id = request.metadata.id, %error, "dns response not sent");
-                info(ResponseCode::ServFail)
-            }
-        }
-    }
 }

@@ -14,7 +14,8 @@
 //!
 //! | name | types | answer |
 //! |---|---|---|
-//! | `DOMAIN` | SOA, NS | the zone apex: `SOA ns.DOMAIN. hostmaster.DOMAIN. …`, `NS ns.DOMAIN.` |
+//! | `DOMAIN` | SOA, NS | the zone apex: `SOA ns.DOMAIN. hostmaster.DOMAIN. …`, `NS ns.DOMAIN.` (with its address as glue) |
+//! | `ns.DOMAIN` | A, AAAA | the server's address ([`DnsConfig::advertise_addr`]) |
 //! | `SERVICE.service.DOMAIN` | A, AAAA, TXT | healthy endpoints of the service |
 //! | `TAG.SERVICE.service.DOMAIN` | A, AAAA, TXT | healthy endpoints carrying `TAG` |
 //! | `_SERVICE._tcp.service.DOMAIN` | SRV | every healthy endpoint |
@@ -22,7 +23,7 @@
 //! | `ID.SERVICE.instance.DOMAIN` | A, AAAA, TXT | one instance, whatever its health |
 //!
 //! `ANY` returns every record of the name. Other existing names
-//! (`service.DOMAIN`, `instance.DOMAIN`, `ns.DOMAIN`, `SERVICE.instance.DOMAIN`,
+//! (`service.DOMAIN`, `instance.DOMAIN`, `SERVICE.instance.DOMAIN`,
 //! `_X.service.DOMAIN`) are empty non-terminals: they answer NODATA, never
 //! NXDOMAIN, so resolvers doing QNAME minimisation (RFC 9156) do not cut the
 //! tree off above real names.
@@ -53,8 +54,8 @@
 //!   string of the same record). Identical records are sent once.
 //! * Positive answers carry [`DnsConfig::ttl`]; negative answers (NXDOMAIN and
 //!   NODATA) carry the zone's SOA in the authority section with TTL and minimum
-//!   [`DnsConfig::negative_ttl`] (RFC 2308). The SOA serial is always 1: nothing
-//!   transfers this zone.
+//!   [`DnsConfig::negative_ttl`] (RFC 2308). The SOA serial is the low 32 bits
+//!   of [`ServiceView::index`], so it moves with the catalog.
 //!
 //! An instance id matches case-insensitively; a tag too. A service "exists" when
 //! the view knows it (even with no healthy endpoint: NODATA); a tag name exists
@@ -67,7 +68,10 @@
 //!   domain; REFUSED for names outside it, for classes other than IN and for
 //!   zone transfers; NOTIMP for opcodes other than QUERY; FORMERR for messages
 //!   without exactly one question (and, in [`DnsServer`], for messages that do
-//!   not parse); BADVERS for EDNS versions above 0.
+//!   not parse); BADVERS for EDNS versions above 0; FORMERR for malformed
+//!   EDNS options (a COOKIE of the wrong length, RFC 7873 §5.2.2; an option
+//!   running past its record; a bad CLIENT-SUBNET, RFC 7871 §6), which
+//!   hickory would otherwise ignore.
 //! * EDNS0 (RFC 6891): when the query has an OPT record the answer has one too,
 //!   and a UDP answer is sized to the requester's payload size (at least 512,
 //!   at most [`DnsConfig::max_udp_payload`]); without EDNS a UDP answer never
@@ -76,15 +80,19 @@
 //!   many whole answer records as fit are sent with TC=1 and the OPT record is
 //!   kept (hickory's own truncation would drop the OPT record, since it is
 //!   written last). Additional records that do not fit are dropped without TC.
-//!   Over TCP the limit is 65535 bytes, which holds every realistic answer.
+//!   Over TCP the limit is 65535 bytes and TC is never set: an answer larger
+//!   than that (an SRV name of over a thousand instances) is cut to the
+//!   records that fit.
 //! * Answers (A, AAAA, SRV, TXT, and the CNAME pick) are rotated by one position
 //!   per query, so naive clients that take the first record spread their load.
 //! * Rendered records are cached per service and [`ServiceRecords::index`]: a
 //!   query only filters, rotates and copies prepared records.
 //! * Over UDP, an answer is never larger than the requester's EDNS payload
 //!   size (values below 512 count as 512) nor [`DnsConfig::max_udp_payload`],
-//!   and never larger than 512 bytes without EDNS, so the server cannot
-//!   amplify a forged query beyond what the requester asked for.
+//!   and never larger than 512 bytes without EDNS. With the default 1232, a
+//!   forged 53-byte query is amplified at most 23 times (76 times at 4096).
+//! * [`DnsServer`] bounds TCP: [`DnsConfig::max_tcp_connections`], an idle
+//!   and a write timeout, small socket buffers; see [`DnsHandler::tcp_stats`].
 //! * A question section using name compression is refused with FORMERR and
 //!   not echoed: in a single question a pointer can only aim at the header,
 //!   whose bytes differ in the answer, so the echo would not decode.
@@ -102,16 +110,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 mod answer;
+mod edns;
 mod handler;
 mod names;
 mod render;
 pub mod rrl;
 mod server;
 mod wire;
+mod zone;
 
 pub use handler::DnsHandler;
 pub use rrl::{RateLimiter, RrlConfig, RrlStats, Verdict};
-pub use server::{DnsServer, serve};
+pub use server::{DnsServer, TcpStats, serve};
 
 /// The transport a request came over, for [`DnsHandler::answer_bytes`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +171,14 @@ pub trait ServiceView: Send + Sync + 'static {
     /// The records of the service `name` (always lowercase), or `None` when the
     /// registry does not know the service.
     fn service(&self, name: &str) -> Option<Arc<ServiceRecords>>;
+
+    /// The registry's global index: it grows with every change of the
+    /// catalog. Its low 32 bits are the zone's SOA serial (RFC 1982 serial
+    /// arithmetic copes with the wrap), so a secondary or a monitoring probe
+    /// sees the zone change. The default, 1, suits a view without an index.
+    fn index(&self) -> u64 {
+        1
+    }
 }
 
 /// Settings of the DNS front end.
@@ -172,9 +190,27 @@ pub struct DnsConfig {
     pub ttl: u32,
     /// TTL and SOA minimum of negative answers, in seconds (default 5).
     pub negative_ttl: u32,
-    /// Largest UDP answer, whatever the requester advertises (default 4096).
-    /// Values below 512 are raised to 512.
+    /// Largest UDP answer, whatever the requester advertises (default 1232,
+    /// the DNS Flag Day 2020 value: it fits every path's MTU without
+    /// fragmentation and bounds what a forged query can amplify). Larger
+    /// answers are truncated (TC=1) and clients retry over TCP. Values below
+    /// 512 are raised to 512.
     pub max_udp_payload: u16,
+    /// Most DNS TCP connections open at once (default 256); connections
+    /// accepted past it are closed at once, so idle or stalled clients cannot
+    /// take every file descriptor of the process.
+    pub max_tcp_connections: usize,
+    /// A TCP connection that sends no complete query for this long is closed
+    /// (default 10 s; RFC 7766 §6.2.3 suggests seconds).
+    pub tcp_idle_timeout: std::time::Duration,
+    /// A TCP answer the client does not read within this time closes the
+    /// connection, dropping what is unsent (default 5 s).
+    pub tcp_write_timeout: std::time::Duration,
+    /// The address `ns.DOMAIN` (the apex NS target) resolves to. `None` (the
+    /// default) uses the address [`DnsServer`] is bound to; when that is
+    /// `0.0.0.0` or `::`, the address of the interface holding the default
+    /// route (for `::`, of both families), else loopback.
+    pub advertise_addr: Option<std::net::IpAddr>,
     /// Response rate limiting of UDP answers per source prefix (default
     /// `None`: off).
     pub rrl: Option<RrlConfig>,
@@ -229,7 +265,11 @@ impl Default for DnsConfig {
             domain: "roster".to_owned(),
             ttl: 0,
             negative_ttl: 5,
-            max_udp_payload: 4096,
+            max_udp_payload: 1232,
+            max_tcp_connections: 256,
+            tcp_idle_timeout: std::time::Duration::from_secs(10),
+            tcp_write_timeout: std::time::Duration::from_secs(5),
+            advertise_addr: None,
             rrl: None,
             allow: Vec::new(),
         }

@@ -10,8 +10,10 @@ pub(crate) enum Shape<'a> {
     /// The domain itself.
     Apex,
     /// A name that exists but holds no records (`service.D`, `instance.D`,
-    /// `ns.D`, `_X.service.D`).
+    /// `_X.service.D`).
     Empty,
+    /// `ns.D`, the target of the apex NS record: A/AAAA of the server.
+    Nameserver,
     /// `SERVICE.instance.D`: exists when the service does.
     ServiceParent {
         /// Service name.
@@ -60,7 +62,8 @@ pub(crate) fn parse<'a>(qname: &'a LowerName, domain: &LowerName) -> Shape<'a> {
     }
     let (kind, rest) = labels.split_last().expect("relative > 0");
     match (*kind, rest) {
-        ("service" | "instance" | "ns", []) => Shape::Empty,
+        ("service" | "instance", []) => Shape::Empty,
+        ("ns", []) => Shape::Nameserver,
         ("service", [service]) if service.starts_with('_') => Shape::Empty,
         ("service", [service]) => Shape::Service { service, tag: None },
         ("service", [a, b]) => match (a.strip_prefix('_'), b.strip_prefix('_')) {
@@ -111,6 +114,7 @@ mod tests {
         assert_eq!(shape("example.com."), "Outside");
         assert_eq!(shape("roster.example."), "Outside");
         assert_eq!(shape("service.roster."), "Empty");
+        assert_eq!(shape("NS.roster."), "Nameserver");
         assert_eq!(shape("_web.service.roster."), "Empty");
         assert_eq!(
             shape("Web.Service.Roster."),

@@ -278,6 +278,85 @@ async fn apex_has_soa_and_ns() {
     assert_eq!(reply.answers.len(), 2);
 }
 
+fn serial(record: &hickory_proto::rr::Record) -> u32 {
+    match &record.data {
+        RData::SOA(soa) => soa.serial,
+        other => panic!("not a SOA: {other:?}"),
+    }
+}
+
+/// The SOA serial is the view's index (low 32 bits), in the apex answer
+/// and in negative answers, and follows it.
+#[tokio::test]
+async fn the_soa_serial_is_the_views_index() {
+    let view = sample_view();
+    view.set("v4only", 41, vec![ep("v-1", "10.1.0.1", 80, &[], true)]);
+    let server = start(view.clone()).await;
+    let (reply, _) = udp(server.addr, &query("roster.", RecordType::SOA)).await;
+    assert_eq!(serial(&reply.answers[0]), 41);
+    let (reply, _) = udp(server.addr, &query("nope.service.roster.", RecordType::A)).await;
+    assert_negative(&reply, ResponseCode::NXDomain);
+    assert_eq!(serial(&reply.authorities[0]), 41);
+    view.set("v4only", (1 << 32) + 7, Vec::new());
+    let (reply, _) = tcp(server.addr, &query("roster.", RecordType::SOA)).await;
+    assert_eq!(serial(&reply.answers[0]), 7, "wraps (RFC 1982)");
+}
+
+/// `ns.DOMAIN`, the apex NS target, resolves to the server's address, and
+/// NS answers carry it as glue.
+#[tokio::test]
+async fn the_name_server_has_the_servers_address() {
+    let server = start(sample_view()).await;
+    let (reply, _) = udp(server.addr, &query("ns.roster.", RecordType::A)).await;
+    assert_ok(&reply);
+    assert_eq!(answer_data(&reply), ["127.0.0.1"]);
+    assert_eq!(reply.answers[0].name.to_string(), "ns.roster.");
+    let (reply, _) = udp(server.addr, &query("NS.Roster.", RecordType::AAAA)).await;
+    assert_negative(&reply, ResponseCode::NoError);
+    let (reply, _) = udp(server.addr, &query("ns.roster.", RecordType::TXT)).await;
+    assert_negative(&reply, ResponseCode::NoError);
+    let (reply, _) = udp(server.addr, &query("roster.", RecordType::NS)).await;
+    let glue: Vec<String> = reply
+        .additionals
+        .iter()
+        .map(|r| format!("{} {}", r.name, r.data))
+        .collect();
+    assert_eq!(glue, ["ns.roster. 127.0.0.1"]);
+
+    // An advertised address wins over the bound one.
+    let server = start_with(
+        sample_view(),
+        roster_dns::DnsConfig {
+            advertise_addr: Some("2001:db8::53".parse().unwrap()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (reply, _) = udp(server.addr, &query("ns.roster.", RecordType::AAAA)).await;
+    assert_eq!(answer_data(&reply), ["2001:db8::53"]);
+    let (reply, _) = udp(server.addr, &query("ns.roster.", RecordType::A)).await;
+    assert_negative(&reply, ResponseCode::NoError);
+}
+
+/// Bound to 0.0.0.0, the server answers with an address it can be reached
+/// at (the default route's interface, else loopback), never 0.0.0.0.
+#[tokio::test]
+async fn a_wildcard_server_names_a_real_address() {
+    let handler = roster_dns::DnsHandler::new(sample_view(), Default::default()).unwrap();
+    let server = roster_dns::DnsServer::bind("0.0.0.0:0".parse().unwrap(), handler)
+        .await
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.local_addr().port()));
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(stopped));
+    let (reply, _) = udp(addr, &query("ns.roster.", RecordType::A)).await;
+    assert_eq!(reply.answers.len(), 1, "{reply:?}");
+    let RData::A(a) = &reply.answers[0].data else {
+        panic!("not A: {reply:?}")
+    };
+    assert!(!a.0.is_unspecified(), "{a}");
+}
+
 #[tokio::test]
 async fn names_are_case_insensitive_and_the_case_is_echoed() {
     let server = start(sample_view()).await;

@@ -167,7 +167,12 @@ async fn edns_is_echoed_and_badvers_for_unknown_versions() {
 
 #[tokio::test]
 async fn big_answers_are_truncated_over_udp_to_the_requesters_size() {
-    let server = start(sample_view()).await;
+    // A server that accepts EDNS buffers up to 4096 (the default is 1232).
+    let config = DnsConfig {
+        max_udp_payload: 4096,
+        ..DnsConfig::default()
+    };
+    let server = start_with(sample_view(), config).await;
     let name = "big.service.roster.";
 
     let (plain, plain_len) = udp(server.addr, &query(name, RecordType::A)).await;

@@ -370,7 +370,7 @@ async fn slipped_answers_to_edns_queries_keep_the_opt_record_and_stay_small() {
     let query = query_edns("big.service.roster.", RecordType::A, 4096);
     let request_len = query.to_vec().unwrap().len();
     let first = udp(server.addr, &query).await;
-    assert!(first.1 > 3000, "the burst gets the big answer: {}", first.1);
+    assert!(first.1 > 1000, "the burst gets the big answer: {}", first.1);
     // Slip 1 answers every time; a full answer only when a second passed and
     // the bucket refilled, so a few tries find a slipped one.
     let mut slipped = None;

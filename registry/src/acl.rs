@@ -10,6 +10,10 @@
 //!   a writer may also read;
 //! - `admin`: everything, including snapshots and maintenance.
 //!
+//! An `[anonymous]` table gives calls without any token a policy of their own
+//! (Consul's anonymous token), typically `read` so that health indicators and
+//! dashboards work; without it they are refused. It cannot be `admin`.
+//!
 //! Secrets are kept only as SHA-256 digests and compared in constant time; they
 //! never reach a log.
 
@@ -55,12 +59,36 @@ impl Pattern {
     }
 }
 
+/// Glob match in O(pattern × text) time at worst, without recursion: on a
+/// mismatch only the most recent `*` is widened by one character (an earlier
+/// star never needs to be revisited, since the later one can absorb anything it
+/// could). A recursive matcher backtracks over every star and took seconds on
+/// `*-*-*x` against a long name.
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
-        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was in the pattern, and where in the text its match ends.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(c) if *c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    star = Some((sp, st + 1));
+                    p = sp + 1;
+                    t = st + 1;
+                }
+                None => return false,
+            },
+        }
     }
+    pattern[p..].iter().all(|c| *c == b'*')
 }
 
 /// What a token may do.
@@ -115,12 +143,23 @@ struct TokenEntry {
 struct TokenFile {
     #[serde(default)]
     tokens: Vec<TokenEntry>,
+    #[serde(default)]
+    anonymous: Option<AnonymousEntry>,
+}
+
+/// The rights of calls that carry no token (Consul's anonymous token).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnonymousEntry {
+    policies: Vec<String>,
 }
 
 /// The configured tokens.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Tokens {
     entries: Vec<([u8; 32], Arc<Principal>)>,
+    /// What a call without a token may do; `None` (the default): nothing.
+    anonymous: Option<Arc<Principal>>,
 }
 
 impl fmt::Debug for Tokens {
@@ -163,24 +202,7 @@ impl Tokens {
                     "token {name:?}: secrets cannot hold spaces or control characters"
                 ));
             }
-            let mut principal = Principal {
-                name: name.clone(),
-                ..Principal::default()
-            };
-            for policy in &entry.policies {
-                match policy.split_once(':') {
-                    None if policy == "read" => principal.read = true,
-                    None if policy == "admin" => principal.admin = true,
-                    Some(("write", pattern)) if !pattern.is_empty() => {
-                        principal.write.push(Pattern::new(pattern));
-                    }
-                    _ => {
-                        return Err(format!(
-                            "token {name:?}: unknown policy {policy:?} (use read, write:PATTERN or admin)"
-                        ));
-                    }
-                }
-            }
+            let principal = principal_of(&name, &entry.policies)?;
             let digest = digest(&entry.secret);
             if tokens.entries.iter().any(|(d, _)| *d == digest) {
                 return Err(format!(
@@ -189,7 +211,20 @@ impl Tokens {
             }
             tokens.entries.push((digest, Arc::new(principal)));
         }
+        if let Some(anon) = file.anonymous {
+            if anon.policies.iter().any(|p| p == "admin") {
+                return Err(
+                    "anonymous: the admin policy cannot be given to calls without a token".into(),
+                );
+            }
+            tokens.anonymous = Some(Arc::new(principal_of("anonymous", &anon.policies)?));
+        }
         Ok(tokens)
+    }
+
+    /// What calls without a token may do, when the file gives them anything.
+    pub fn anonymous(&self) -> Option<Arc<Principal>> {
+        self.anonymous.clone()
     }
 
     /// Number of tokens.
@@ -214,6 +249,29 @@ impl Tokens {
         }
         found
     }
+}
+
+/// A principal named `name` with `policies`.
+fn principal_of(name: &str, policies: &[String]) -> Result<Principal, String> {
+    let mut principal = Principal {
+        name: name.to_owned(),
+        ..Principal::default()
+    };
+    for policy in policies {
+        match policy.split_once(':') {
+            None if policy == "read" => principal.read = true,
+            None if policy == "admin" => principal.admin = true,
+            Some(("write", pattern)) if !pattern.is_empty() => {
+                principal.write.push(Pattern::new(pattern));
+            }
+            _ => {
+                return Err(format!(
+                    "token {name:?}: unknown policy {policy:?} (use read, write:PATTERN or admin)"
+                ));
+            }
+        }
+    }
+    Ok(principal)
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -278,6 +336,68 @@ mod tests {
                 .all(|n| ops.allows(n))
         );
         assert_eq!(format!("{tokens:?}"), r#"["reader", "web-writer", "ops"]"#);
+    }
+
+    #[test]
+    fn globs_match_like_the_recursive_definition() {
+        fn slow(pattern: &[u8], text: &[u8]) -> bool {
+            match pattern.split_first() {
+                None => text.is_empty(),
+                Some((b'*', rest)) => (0..=text.len()).any(|skip| slow(rest, &text[skip..])),
+                Some((c, rest)) => text.first() == Some(c) && slow(rest, &text[1..]),
+            }
+        }
+        let alphabet = [b'a', b'b', b'-', b'*'];
+        // Every pattern and text of up to 5 symbols over a small alphabet.
+        let all = |max: usize, stars: bool| {
+            let mut out: Vec<Vec<u8>> = vec![Vec::new()];
+            let mut frontier = out.clone();
+            for _ in 0..max {
+                let mut next = Vec::new();
+                for s in &frontier {
+                    for c in alphabet.iter().filter(|c| stars || **c != b'*') {
+                        let mut s = s.clone();
+                        s.push(*c);
+                        next.push(s);
+                    }
+                }
+                out.extend(next.iter().cloned());
+                frontier = next;
+            }
+            out
+        };
+        for pattern in all(4, true) {
+            for text in all(5, false) {
+                assert_eq!(
+                    glob(&pattern, &text),
+                    slow(&pattern, &text),
+                    "{:?} against {:?}",
+                    String::from_utf8_lossy(&pattern),
+                    String::from_utf8_lossy(&text)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn globs_take_linear_time_on_hostile_input() {
+        // The recursive matcher needs about n^4 steps here and would not
+        // finish; this one walks the text once per star.
+        let text = "-".repeat(64 * 1024);
+        assert!(!Pattern::new("*-*-*-*-*x").matches(&text));
+        assert!(Pattern::new("*-*-*-*-*-").matches(&text));
+    }
+
+    #[test]
+    fn an_anonymous_policy_is_optional_and_never_admin() {
+        assert!(Tokens::parse(FILE).unwrap().anonymous().is_none());
+        let with = format!("{FILE}\n[anonymous]\npolicies = [\"read\"]\n");
+        let anon = Tokens::parse(&with).unwrap().anonymous().unwrap();
+        assert!(anon.allows(&Need::Read) && !anon.allows(&Need::AnyWrite));
+        let admin = format!("{FILE}\n[anonymous]\npolicies = [\"admin\"]\n");
+        assert!(Tokens::parse(&admin).unwrap_err().contains("admin"));
+        let bad = format!("{FILE}\n[anonymous]\npolicies = [\"everything\"]\n");
+        assert!(Tokens::parse(&bad).unwrap_err().contains("unknown policy"));
     }
 
     #[test]

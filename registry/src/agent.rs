@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use roster_client::api::{CheckDefinition, Health, RegisterRequest, duration};
+use roster_api::{CheckDefinition, Health, RegisterRequest, duration};
 use roster_client::{Registration, RosterClient};
 use serde::Deserialize;
 use tokio::task::JoinSet;

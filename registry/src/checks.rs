@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use roster_client::api::{CheckDefinition, CheckKind, Health};
+use roster_api::{CheckDefinition, CheckKind, Health};
 
 use crate::model::{FieldError, Limits, check_range};
 
@@ -497,7 +497,7 @@ impl Flap {
     /// Counts `result`; returns the status to report, if any.
     ///
     /// ```
-    /// use roster_client::api::Health;
+    /// use roster_api::Health;
     /// use roster_registry::checks::Flap;
     /// let mut f = Flap::default();
     /// // failures_before_warning 1, failures_before_critical 3
@@ -543,7 +543,7 @@ impl Flap {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Target::Ttl { ttl } => write!(f, "ttl {}", roster_client::api::duration::format(*ttl)),
+            Target::Ttl { ttl } => write!(f, "ttl {}", roster_api::duration::format(*ttl)),
             Target::Http { method, url, .. } => write!(f, "{method} {url}"),
             Target::Tcp { addr } => write!(f, "tcp {addr}"),
             Target::Grpc { addr, service } => write!(f, "grpc {addr}/{service}"),

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use roster_client::api::{
-    self, CheckDefinition, MaintenanceRequest, RegisterRequest, Weights, duration,
+use roster_api::{
+    self as api, CheckDefinition, MaintenanceRequest, RegisterRequest, Weights, duration,
 };
 use roster_client::{InstanceQuery, RosterClient};
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use roster_client::api::{Health, Weights};
+use roster_api::{Health, Weights};
 use roster_dns::{Endpoint, ServiceRecords, ServiceView};
 
 use crate::catalog::{Instance, ServiceState};
@@ -68,6 +68,10 @@ impl ServiceView for RegistryView {
         let (name, state) = snapshot.services.get_key_value(name)?;
         Some(self.records(name, state))
     }
+
+    fn index(&self) -> u64 {
+        self.registry.snapshot().index
+    }
 }
 
 /// The DNS form of an instance: healthy unless critical (maintenance counts as
@@ -103,7 +107,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    use roster_client::api::Weights;
+    use roster_api::Weights;
 
     use super::*;
     use crate::catalog::{CatalogLimits, Command};
@@ -184,6 +188,7 @@ mod tests {
         assert!(view.service("web").is_none());
 
         let index = register(&registry, "web", "web-1", "10.0.0.1");
+        assert_eq!(view.index(), index, "the SOA serial follows the catalog");
         let first = view.service("web").unwrap();
         assert_eq!(first.index, index);
         assert_eq!(first.endpoints.len(), 1);

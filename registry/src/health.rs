@@ -212,11 +212,8 @@ impl Checker {
             let result = match tokio::time::timeout(timeout, probe).await {
                 Ok(result) => result,
                 Err(_) => ProbeResult {
-                    status: roster_client::api::Health::Critical,
-                    output: format!(
-                        "timed out after {}",
-                        roster_client::api::duration::format(timeout)
-                    ),
+                    status: roster_api::Health::Critical,
+                    output: format!("timed out after {}", roster_api::duration::format(timeout)),
                 },
             };
             running.dec();

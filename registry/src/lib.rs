@@ -9,6 +9,8 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dns_view;
+#[cfg(test)]
+mod golden;
 pub mod health;
 pub mod http;
 pub mod k8s;

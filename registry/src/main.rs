@@ -83,7 +83,7 @@ async fn sync_k8s(
 ) -> anyhow::Result<()> {
     let roster = client_command(registry, token, &args.log)?;
     // In-cluster (the pod's ServiceAccount) or KUBECONFIG / ~/.kube/config;
-    // installs rustls' crypto provider first (see above).
+    // `default_client` installs rustls' crypto provider before it connects.
     let kube = roster_registry::k8s::default_client()
         .await
         .map_err(|e| anyhow::anyhow!(e))?;

@@ -6,7 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as PromRegistry;
-use roster_client::api::Health;
+use roster_api::Health;
 
 use crate::catalog::Snapshot;
 
@@ -103,6 +103,8 @@ pub struct Metrics {
     self_preservation: Gauge,
     dns_limited: Family<ResultLabels, Counter>,
     dns_stats: std::sync::OnceLock<roster_dns::DnsHandler>,
+    dns_tcp_open: Gauge,
+    dns_tcp_closed: Family<ResultLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -224,9 +226,23 @@ impl Metrics {
             "UDP DNS answers withheld by rate limiting: dropped, or sent truncated (slipped)",
             dns_limited.clone(),
         );
+        let dns_tcp_open = Gauge::default();
+        registry.register(
+            "dns_tcp_connections",
+            "DNS TCP connections open now",
+            dns_tcp_open.clone(),
+        );
+        let dns_tcp_closed = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "dns_tcp_closed",
+            "DNS TCP connections closed by the server: refused past the cap, idle, or not reading its answers (write_timeout)",
+            dns_tcp_closed.clone(),
+        );
         Metrics {
             dns_limited,
             dns_stats: std::sync::OnceLock::new(),
+            dns_tcp_open,
+            dns_tcp_closed,
             check_runs,
             checks_running,
             checks_scheduled,
@@ -323,7 +339,7 @@ impl Metrics {
         let mut counts = [0i64; 3];
         for svc in snap.services.values() {
             for inst in svc.instances.values() {
-                counts[inst.health() as usize] += 1;
+                counts[crate::http::health_slot(inst.health())] += 1;
             }
         }
         for (health, n) in [Health::Passing, Health::Warning, Health::Critical]
@@ -341,6 +357,17 @@ impl Metrics {
             let stats = handler.rrl_stats();
             for (result, total) in [("dropped", stats.dropped), ("slipped", stats.slipped)] {
                 let counter = self.dns_limited.get_or_create(&ResultLabels { result });
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+            let tcp = handler.tcp_stats();
+            self.dns_tcp_open
+                .set(i64::try_from(tcp.open).unwrap_or(i64::MAX));
+            for (result, total) in [
+                ("refused", tcp.refused),
+                ("idle", tcp.idle_closed),
+                ("write_timeout", tcp.write_timeouts),
+            ] {
+                let counter = self.dns_tcp_closed.get_or_create(&ResultLabels { result });
                 counter.inc_by(total.saturating_sub(counter.get()));
             }
         }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use roster_client::api::{RegisterRequest, Weights};
+use roster_api::{RegisterRequest, Weights};
 
 use crate::checks::CheckSpec;
 
@@ -164,7 +164,7 @@ impl fmt::Display for ServiceName {
 
 /// An instance id: 1–128 characters of `[A-Za-z0-9._:-]`, not dots alone,
 /// unique in the registry and case-sensitive. The rules are the client's
-/// ([`roster_client::api::check_instance_id`]), so both agree. DNS carries
+/// ([`roster_api::check_instance_id`]), so both agree. DNS carries
 /// every such id: one that is not a valid run of labels gets a stable alias
 /// there ([`dns_instance_label`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -180,8 +180,7 @@ impl InstanceId {
     /// assert!(InstanceId::parse("..").is_err());
     /// ```
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
-        roster_client::api::check_instance_id(raw)
-            .map_err(|detail| FieldError::new("id", detail))?;
+        roster_api::check_instance_id(raw).map_err(|detail| FieldError::new("id", detail))?;
         Ok(InstanceId(raw.into()))
     }
 
@@ -375,7 +374,7 @@ pub(crate) fn check_range(
     d: Duration,
     (lo, hi): (Duration, Duration),
 ) -> Result<(), FieldError> {
-    use roster_client::api::duration::format;
+    use roster_api::duration::format;
     if d < lo || d > hi {
         return Err(FieldError::new(
             field,

@@ -78,7 +78,7 @@ struct Core {
     hub: Hub,
 }
 
-/// Shared handle to the catalog used by the HTTP API, the reaper and (later) DNS.
+/// Shared handle to the catalog used by the HTTP API, the reaper, DNS and the cluster.
 #[derive(Debug)]
 pub struct Registry {
     core: Mutex<Core>,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use roster_client::api::{self, ServiceList};
+use roster_api::{self as api, ServiceList};
 use roster_client::{InstanceQuery, RosterClient};
 use roster_dns::{DnsConfig, DnsHandler, DnsServer, Endpoint, ServiceRecords, ServiceView};
 use tokio_util::sync::CancellationToken;
@@ -28,11 +28,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub struct RemoteView {
     services: ArcSwap<HashMap<Arc<str>, Arc<ServiceRecords>>>,
+    /// The registry's index as of the copy: the zone's SOA serial.
+    index: std::sync::atomic::AtomicU64,
 }
 
 impl ServiceView for RemoteView {
     fn service(&self, name: &str) -> Option<Arc<ServiceRecords>> {
         self.services.load().get(name).cloned()
+    }
+
+    fn index(&self) -> u64 {
+        self.index.load(std::sync::atomic::Ordering::Acquire).max(1)
     }
 }
 
@@ -63,6 +69,8 @@ impl RemoteView {
             }
         }
         self.services.store(Arc::new(next));
+        self.index
+            .store(list.index, std::sync::atomic::Ordering::Release);
         Ok(list.index)
     }
 }

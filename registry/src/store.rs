@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use roster_client::api::{CheckDefinition, Health, Weights};
+use roster_api::{CheckDefinition, Health, Weights};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -494,7 +494,7 @@ fn write_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roster_client::api::RegisterRequest;
+    use roster_api::RegisterRequest;
 
     #[test]
     fn instances_with_checks_survive_the_row_format() {

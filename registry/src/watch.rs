@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use roster_client::api;
+use roster_api as api;
 use tokio::sync::{broadcast, watch};
 
 use crate::catalog::{ServiceState, Snapshot};
@@ -145,7 +145,7 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
-    use roster_client::api::RegisterRequest;
+    use roster_api::RegisterRequest;
     use tokio::time::Instant;
 
     use super::*;

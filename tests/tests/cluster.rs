@@ -98,7 +98,7 @@ impl Cluster {
                 advertise: addr.to_string(),
                 join: self.join.clone(),
                 bootstrap_expect: expect,
-                token: Some("cluster-test-token-0123456789".into()),
+                token: "cluster-test-token-0123456789".into(),
                 heartbeat: Duration::from_millis(100),
                 write_timeout: Duration::from_secs(3),
                 snapshot_every: self.snapshot_every,
@@ -840,4 +840,62 @@ async fn a_cut_off_leader_expires_nothing() {
     }
     beats.abort();
     c.shutdown().await;
+}
+
+/// Peer endpoints take Raft messages and forwarded writes: nobody without the
+/// cluster token reaches them, and a forwarded write gets no more trust than
+/// the HTTP request it came from (hostile pass, issue 25).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_endpoints_need_the_cluster_token_and_forwarded_writes_are_validated() {
+    let cluster = Cluster::start("peer-auth", 1).await;
+    let client = cluster.client(0);
+    client
+        .register("web", "web-1", &instance(8080))
+        .await
+        .expect("a normal registration");
+    let http = reqwest::Client::new();
+    let write = format!("{}/v1/raft/write", cluster.url(0));
+    let restore = serde_json::json!({
+        "op": "restore", "index": 5, "names_index": 5, "instances": [], "grace_ms": 0
+    });
+    // No token, and a wrong one: refused before anything is decoded.
+    for token in [None, Some("not-the-cluster-token-at-all")] {
+        let mut req = http.post(&write).json(&restore);
+        if let Some(t) = token {
+            req = req.header("x-roster-cluster-token", t);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 403, "token {token:?}");
+    }
+    assert_eq!(
+        cluster.ids(0, "web").await,
+        BTreeSet::from(["web-1".to_owned()]),
+        "the catalog was not emptied"
+    );
+    // With the token, an op the HTTP API would refuse is refused here too.
+    let token = "cluster-test-token-0123456789";
+    let bad = serde_json::json!({
+        "op": "register",
+        "instance": {
+            "service": "evil", "id": "evil-1", "address": "not an address!", "port": 0,
+            "deregister_critical_after_ms": 60000, "create_index": 0, "modify_index": 0
+        }
+    });
+    let expire = serde_json::json!({
+        "op": "expire_lease", "service": "web", "id": "web-1", "create_index": 1
+    });
+    for op in [bad, expire] {
+        let resp = http
+            .post(&write)
+            .header("x-roster-cluster-token", token)
+            .json(&op)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{op}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("forwarded write refused"), "{text}");
+    }
+    assert!(cluster.ids(0, "evil").await.is_empty());
+    assert_eq!(cluster.ids(0, "web").await.len(), 1);
 }

@@ -458,10 +458,15 @@ async fn dig_queries_the_real_server() {
 
     let out = squash(&dig(dns, &["nope.service.roster", "A"]).await);
     assert!(out.contains("status: NXDOMAIN"), "{out}");
+    let index = reg.server().registry().snapshot().index;
     assert!(
-        out.contains("roster. 5 IN SOA ns.roster. hostmaster.roster. 1 "),
-        "{out}"
+        out.contains(&format!(
+            "roster. 5 IN SOA ns.roster. hostmaster.roster. {index} "
+        )),
+        "the serial is the catalog's index, {index}: {out}"
     );
+    let out = dig(dns, &["ns.roster", "A", "+short"]).await;
+    assert_eq!(lines(&out), ["127.0.0.1"], "{out}");
 
     set_maintenance(&client, "web-2", true).await;
     let out = dig(dns, &["web.service.roster", "A", "+short"]).await;
@@ -642,5 +647,103 @@ async fn every_accepted_instance_id_is_in_srv() {
             .len(),
         ids.len()
     );
+    reg.stop().await;
+}
+
+fn soa_serial(reply: &Message) -> u32 {
+    let soa = reply
+        .answers
+        .iter()
+        .chain(&reply.authorities)
+        .find_map(|r| match &r.data {
+            RData::SOA(soa) => Some(soa.serial),
+            _ => None,
+        });
+    soa.unwrap_or_else(|| panic!("no SOA: {reply:?}"))
+}
+
+/// The SOA serial follows the catalog's global index (it was always 1), and
+/// `ns.roster`, the apex NS target, resolves to the DNS server's address.
+#[tokio::test]
+async fn the_zone_serial_moves_and_its_name_server_resolves() {
+    let (reg, client) = registry_with_web().await;
+    let dns = reg.dns_addr();
+    let index = || reg.server().registry().snapshot().index;
+    let before = soa_serial(&udp(dns, &query("roster.", RecordType::SOA)).await);
+    assert_eq!(u64::from(before), index());
+    assert!(before > 1, "{before}");
+    set_maintenance(&client, "web-2", true).await;
+    let after = soa_serial(&tcp(dns, &query("roster.", RecordType::SOA)).await);
+    assert_eq!(u64::from(after), index());
+    assert!(after > before, "{after} after {before}");
+    let negative = udp(dns, &query("nope.service.roster.", RecordType::A)).await;
+    assert_eq!(soa_serial(&negative), after);
+
+    assert_eq!(ask(dns, "ns.roster.", RecordType::A).await, ["127.0.0.1"]);
+    let ns = udp(dns, &query("roster.", RecordType::NS)).await;
+    assert_eq!(answer_data(&ns), ["ns.roster."]);
+    assert_eq!(answer_data_of(&ns.additionals), ["127.0.0.1"], "glue");
+    reg.stop().await;
+}
+
+fn answer_data_of(records: &[hickory_proto::rr::Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r.record_type() != RecordType::OPT)
+        .map(|r| r.data.to_string())
+        .collect()
+}
+
+/// Amplification, end to end: a 53-byte SRV query advertising a 4096-byte
+/// buffer gets at most 1232 bytes over UDP (TC set, no additional records),
+/// and the whole answer over TCP, never with TC.
+#[tokio::test]
+async fn udp_answers_are_capped_and_tcp_has_the_rest() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    for i in 0..120 {
+        let address = format!("10.0.{}.{}", i / 200, i % 200 + 1);
+        client
+            .register(
+                "web",
+                &format!("web-{i}"),
+                &register_request(&address, 8080, &[], 1),
+            )
+            .await
+            .unwrap();
+    }
+    let dns = reg.dns_addr();
+    let mut request = query("_web._tcp.service.roster.", RecordType::SRV);
+    let mut edns = hickory_proto::op::Edns::new();
+    edns.set_max_payload(4096);
+    request.set_edns(edns);
+    let request_len = request.to_vec().unwrap().len();
+    assert_eq!(request_len, 53);
+
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .send_to(&request.to_vec().unwrap(), dns)
+        .await
+        .unwrap();
+    let mut buf = vec![0; 65_535];
+    let (len, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        socket.recv_from(&mut buf),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let reply = Message::from_vec(&buf[..len]).unwrap();
+    println!(
+        "UDP: {request_len}-byte query, {len}-byte answer ({:.1}x), {} of 120 SRV records",
+        len as f64 / request_len as f64,
+        reply.answers.len()
+    );
+    assert!(len <= 1232, "{len}");
+    assert!(reply.metadata.truncation);
+    let full = tcp(dns, &request).await;
+    assert!(!full.metadata.truncation);
+    assert_eq!(full.answers.len(), 120);
+    assert_eq!(answer_data_of(&full.additionals).len(), 120);
     reg.stop().await;
 }

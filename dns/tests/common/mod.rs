@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -21,10 +22,13 @@ const WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct FakeView {
     services: RwLock<HashMap<String, Arc<ServiceRecords>>>,
+    /// The global index, raised by every `set`.
+    index: AtomicU64,
 }
 
 impl FakeView {
     pub fn set(&self, name: &str, index: u64, endpoints: Vec<Endpoint>) {
+        self.index.fetch_max(index, Ordering::Relaxed);
         self.services
             .write()
             .unwrap()
@@ -35,6 +39,10 @@ impl FakeView {
 impl ServiceView for FakeView {
     fn service(&self, name: &str) -> Option<Arc<ServiceRecords>> {
         self.services.read().unwrap().get(name).cloned()
+    }
+
+    fn index(&self) -> u64 {
+        self.index.load(Ordering::Relaxed)
     }
 }
 

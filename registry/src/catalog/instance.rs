@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use imbl::OrdMap;
-use roster_client::api::{self, Health};
+use roster_api::{self as api, Health};
 
 use crate::checks::{CheckState, LEASE_CHECK, Target};
 use crate::model::InstanceSpec;

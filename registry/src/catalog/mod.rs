@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imbl::OrdMap;
-use roster_client::api::Health;
+use roster_api::Health;
 use tokio::time::Instant;
 
 use crate::checks::CheckState;

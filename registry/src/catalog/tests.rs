@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::model::Limits;
-use roster_client::api::RegisterRequest;
+use roster_api::RegisterRequest;
 
 fn spec(ttl: Option<u64>) -> InstanceSpec {
     let req = RegisterRequest {

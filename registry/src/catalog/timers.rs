@@ -1,7 +1,7 @@
 //! Time: expiring leases and TTL checks, removing instances critical for too
 //! long, and the self-preservation guard that holds expiry back.
 
-use roster_client::api::{self, Health};
+use roster_api::{self as api, Health};
 
 use super::{Catalog, Command, HOLD_RECHECK, Outcome, Timer, nanos};
 use crate::model::{InstanceId, ServiceName};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imbl::OrdMap;
-use roster_client::api::Health;
+use roster_api::Health;
 
 use super::{
     Catalog, CatalogError, CheckSource, Instance, Record, Timer, nanos, spec_checks_initial,

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
 pub use network::{Cut, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
-pub use roster_client::api::{RaftMember as Member, RaftStatus as Status};
+pub use roster_api::{RaftMember as Member, RaftStatus as Status};
 
 use crate::catalog::{Command, Outcome};
 use crate::model::{InstanceId, ServiceName};
@@ -67,8 +67,9 @@ pub struct ClusterConfig {
     pub join: Vec<String>,
     /// The first cluster forms when this many nodes have met.
     pub bootstrap_expect: usize,
-    /// Shared secret the nodes present to each other.
-    pub token: Option<String>,
+    /// Shared secret the nodes present to each other on every peer call; at
+    /// least [`MIN_TOKEN_LEN`] characters, always required.
+    pub token: String,
     /// Leader heartbeat period. Followers wait out the leader's lease (8 of
     /// them) plus a random 4–8 more before they elect a new one.
     pub heartbeat: Duration,
@@ -78,6 +79,9 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
 }
 
+/// Shortest cluster token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
@@ -85,7 +89,7 @@ impl Default for ClusterConfig {
             advertise: String::new(),
             join: Vec::new(),
             bootstrap_expect: 1,
-            token: None,
+            token: String::new(),
             heartbeat: Duration::from_millis(100),
             write_timeout: Duration::from_secs(5),
             snapshot_every: 10_000,
@@ -182,6 +186,12 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| e.to_string())?;
+        if config.token.len() < MIN_TOKEN_LEN {
+            // Without it, anyone who reaches the HTTP port could write to the log.
+            return Err(format!(
+                "a cluster node needs a cluster token of at least {MIN_TOKEN_LEN} characters"
+            ));
+        }
         let peers = Peers::new(id, config.token.clone(), Duration::from_secs(10))?;
         let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log, sm)
             .await
@@ -484,10 +494,24 @@ impl Cluster {
                     Err(_) => break,
                 }
             }
-            let (ops, replies): (Vec<Op>, Vec<_>) = batch
-                .into_iter()
-                .filter_map(|(cmd, reply)| Op::from_command(&cmd).map(|op| (op, reply)))
-                .unzip();
+            let mut ops = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            for (cmd, reply) in batch {
+                match Op::from_command(&cmd) {
+                    Some(op) => {
+                        ops.push(op);
+                        replies.push(reply);
+                    }
+                    // A local-only command (the lease clock, a node's own
+                    // load) has no place in the log: say so rather than drop
+                    // the caller's reply channel.
+                    None => {
+                        let _ = reply.send(Err(WriteError::Unavailable(
+                            "this command is not replicated".into(),
+                        )));
+                    }
+                }
+            }
             if ops.is_empty() {
                 continue;
             }
@@ -665,11 +689,15 @@ impl Replication for Cluster {
             return async { Err(WriteError::Unavailable("not a replicated command".into())) }
                 .boxed();
         };
-        self.post_owned(
-            "/v1/raft/write",
-            serde_json::to_value(op).unwrap_or_default(),
-        )
-        .boxed()
+        match serde_json::to_value(op) {
+            Ok(body) => self.post_owned("/v1/raft/write", body).boxed(),
+            Err(e) => async move {
+                Err(WriteError::Unavailable(format!(
+                    "the write could not be encoded for the leader: {e}"
+                )))
+            }
+            .boxed(),
+        }
     }
 
     fn forward_heartbeat(
@@ -681,11 +709,15 @@ impl Replication for Cluster {
             service: service.as_str().to_owned(),
             id: id.as_str().to_owned(),
         };
-        self.post_owned(
-            "/v1/raft/heartbeat",
-            serde_json::to_value(body).unwrap_or_default(),
-        )
-        .boxed()
+        match serde_json::to_value(body) {
+            Ok(body) => self.post_owned("/v1/raft/heartbeat", body).boxed(),
+            Err(e) => async move {
+                Err(WriteError::Unavailable(format!(
+                    "the heartbeat could not be encoded for the leader: {e}"
+                )))
+            }
+            .boxed(),
+        }
     }
 }
 

@@ -34,15 +34,15 @@ pub struct Peers {
     pub http: reqwest::Client,
     /// This node's id.
     pub me: u64,
-    /// The cluster token, if any.
-    pub token: Option<String>,
+    /// The cluster token.
+    pub token: String,
     /// Simulated partition.
     pub cut: Cut,
 }
 
 impl Peers {
     /// A client for peer traffic. `timeout` bounds each request.
-    pub fn new(me: u64, token: Option<String>, timeout: Duration) -> Result<Self, String> {
+    pub fn new(me: u64, token: String, timeout: Duration) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .timeout(timeout)
@@ -64,14 +64,10 @@ impl Peers {
 
     /// A request to a peer's API, with the node and token headers.
     pub fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
-        let mut req = self
-            .http
+        self.http
             .request(method, url)
-            .header(NODE_HEADER, self.me.to_string());
-        if let Some(t) = &self.token {
-            req = req.header(TOKEN_HEADER, t);
-        }
-        req
+            .header(NODE_HEADER, self.me.to_string())
+            .header(TOKEN_HEADER, &self.token)
     }
 }
 

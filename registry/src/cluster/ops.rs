@@ -1,13 +1,14 @@
 //! What travels in the log and between nodes: catalog commands in a wire form,
 //! and their results.
 
-use roster_client::api::Health;
+use roster_api::Health;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CatalogError, CheckSource, Command, Instance, Outcome};
-use crate::model::{InstanceId, ServiceName};
+use crate::model::{FieldError, InstanceId, InstanceSpec, Limits, ServiceName};
 use crate::registry::WriteError;
 use crate::store::StoredInstance;
+use roster_api::RegisterRequest;
 
 /// One log entry's payload: the writes the leader's proposer took together.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -114,7 +115,53 @@ fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), String> {
     ))
 }
 
+/// Validates a registration as it travels between nodes with the rules and
+/// limits of the HTTP API: a forwarded write gets no more trust than the
+/// request it came from.
+fn validate_row(row: &StoredInstance, limits: &Limits) -> Result<(), FieldError> {
+    ServiceName::parse(&row.service)?;
+    InstanceId::parse(&row.id)?;
+    let req = RegisterRequest {
+        address: Some(row.address.clone()),
+        port: row.port,
+        tags: row.tags.clone(),
+        meta: row.meta.clone(),
+        weights: row.weights,
+        ttl: row.ttl_ms.map(std::time::Duration::from_millis),
+        deregister_critical_after: Some(std::time::Duration::from_millis(
+            row.deregister_critical_after_ms,
+        )),
+        checks: row.checks.iter().map(|c| c.definition.clone()).collect(),
+    };
+    InstanceSpec::from_request(req, None, limits).map(|_| ())
+}
+
 impl Op {
+    /// Checks an op a follower forwarded to this node (the leader): only the
+    /// writes a follower takes from its clients are accepted (expiry and
+    /// removal are the leader's own decisions), each validated as the HTTP
+    /// API would validate it.
+    pub fn validate_forwarded(&self, limits: &Limits) -> Result<(), FieldError> {
+        match self {
+            Op::Register { instance } => validate_row(instance, limits),
+            Op::Restore { instances, .. } => {
+                for (i, row) in instances.iter().enumerate() {
+                    validate_row(row, limits).map_err(|e| {
+                        FieldError::new(format!("instances[{i}].{}", e.field), e.detail)
+                    })?;
+                }
+                Ok(())
+            }
+            Op::SetMaintenance { reason, .. } => {
+                crate::model::validate_reason(reason.clone()).map(|_| ())
+            }
+            Op::Deregister { .. } | Op::Heartbeat { .. } | Op::SetCheck { .. } => Ok(()),
+            Op::ExpireLease { .. } | Op::ExpireCheck { .. } | Op::Reap { .. } => Err(
+                FieldError::new("op", "expiry is decided by the leader, never forwarded"),
+            ),
+        }
+    }
+
     /// The wire form of a command; `None` for the local-only ones (tick, restore).
     pub fn from_command(cmd: &Command) -> Option<Op> {
         let s = |n: &ServiceName| n.as_str().to_owned();

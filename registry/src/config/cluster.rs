@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use roster_client::api::duration;
+use roster_api::duration;
 
 use super::ConfigError;
 use crate::cluster::ClusterConfig;
@@ -25,7 +25,8 @@ pub struct ClusterArgs {
     /// Node id [default: generated once and kept in the data directory].
     #[arg(long, env = "ROSTER_NODE_ID", value_name = "ID")]
     pub node_id: Option<u64>,
-    /// Shared secret the nodes present to each other on /v1/raft/*.
+    /// Shared secret the nodes present to each other on /v1/raft/*; required
+    /// in cluster mode, at least 16 characters.
     #[arg(
         long,
         env = "ROSTER_CLUSTER_TOKEN",
@@ -72,9 +73,18 @@ impl ClusterArgs {
                 "--bootstrap-expect above 1 needs --join to find the other nodes",
             );
         }
-        if self.cluster_token.as_deref().is_some_and(|t| t.len() < 16) {
-            return invalid("cluster_token", "must be at least 16 characters");
-        }
+        let token = match self.cluster_token.as_deref().map(str::trim) {
+            Some(t) if t.len() >= crate::cluster::MIN_TOKEN_LEN => t.to_owned(),
+            Some(_) => return invalid("cluster_token", "must be at least 16 characters"),
+            // Peer endpoints take Raft messages and restores: without a token
+            // anyone who reaches the HTTP port could rewrite the catalog.
+            None => {
+                return invalid(
+                    "cluster_token",
+                    "a cluster node needs --cluster-token (the same secret of at least 16 characters on every node); peers present it on every Raft call",
+                );
+            }
+        };
         let advertise = match &self.advertise_addr {
             Some(a) if !a.trim().is_empty() => a.trim().to_owned(),
             _ if http_addr.ip().is_unspecified() => {
@@ -95,7 +105,7 @@ impl ClusterArgs {
                 .filter(|j| !j.is_empty())
                 .collect(),
             bootstrap_expect: expect,
-            token: self.cluster_token.clone(),
+            token,
             ..ClusterConfig::default()
         };
         if let Some(hb) = self.raft_heartbeat {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use roster_client::api::duration;
+use roster_api::duration;
 use serde::Deserialize;
 
 use crate::catalog::{CatalogLimits, SelfPreservation};
@@ -79,6 +79,17 @@ pub struct ServeArgs {
     /// retry over TCP; 0 is no limit [default: 0].
     #[arg(long, env = "ROSTER_DNS_RATE_LIMIT", value_name = "PER_SECOND")]
     pub dns_rate_limit: Option<u32>,
+    /// Largest UDP DNS answer in bytes, whatever the requester's EDNS buffer;
+    /// larger answers are truncated and clients retry over TCP [default: 1232].
+    #[arg(long, env = "ROSTER_DNS_MAX_UDP_PAYLOAD", value_name = "BYTES")]
+    pub dns_max_udp_payload: Option<u16>,
+    /// Most DNS TCP connections open at once; more are closed [default: 256].
+    #[arg(long, env = "ROSTER_DNS_MAX_TCP_CONNECTIONS", value_name = "N")]
+    pub dns_max_tcp_connections: Option<usize>,
+    /// Address `ns.DOMAIN` (the zone's name server) resolves to [default: the
+    /// DNS address; for 0.0.0.0 or ::, the address of the default route's interface].
+    #[arg(long, env = "ROSTER_DNS_ADVERTISE_ADDR", value_name = "IP")]
+    pub dns_advertise_addr: Option<std::net::IpAddr>,
     /// Most active health checks (http, tcp, grpc) in flight at once [default: 256].
     #[arg(long, env = "ROSTER_CHECK_CONCURRENCY", value_name = "N")]
     pub check_concurrency: Option<usize>,
@@ -187,6 +198,14 @@ pub struct ServeArgs {
     /// Time a client has to send request headers [default: 15s].
     #[arg(long, env = "ROSTER_HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
     pub header_read_timeout: Option<Duration>,
+    /// Time a client has to send a request's body once its headers are in;
+    /// 408 past it. No concurrency slot is held meanwhile [default: 10s].
+    #[arg(long, env = "ROSTER_BODY_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub body_timeout: Option<Duration>,
+    /// A connection whose client takes no bytes of the answer for this long is
+    /// closed [default: 15s].
+    #[arg(long, env = "ROSTER_WRITE_TIMEOUT", value_name = "DURATION", value_parser = duration::parse)]
+    pub write_timeout: Option<Duration>,
     /// Datacenter name the Consul-compatible API reports and accepts in `?dc=`
     /// [default: dc1].
     #[arg(long, env = "ROSTER_DATACENTER", value_name = "NAME")]
@@ -257,6 +276,9 @@ struct FileConfig {
     #[serde(default)]
     dns_allow: Vec<String>,
     dns_rate_limit: Option<u32>,
+    dns_max_udp_payload: Option<u16>,
+    dns_max_tcp_connections: Option<usize>,
+    dns_advertise_addr: Option<std::net::IpAddr>,
     self_preservation_threshold: Option<f64>,
     #[serde(default, with = "duration::option")]
     renewal_window: Option<Duration>,
@@ -277,6 +299,10 @@ struct FileConfig {
     request_timeout: Option<Duration>,
     #[serde(default, with = "duration::option")]
     header_read_timeout: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    body_timeout: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    write_timeout: Option<Duration>,
     #[serde(default)]
     panic_thresholds: std::collections::BTreeMap<String, f64>,
 }
@@ -454,6 +480,18 @@ impl Config {
                 });
             }
         }
+        if let Some(n) = args.dns_max_udp_payload.or(file.dns_max_udp_payload) {
+            cfg.dns.max_udp_payload = n;
+        }
+        if let Some(n) = args
+            .dns_max_tcp_connections
+            .or(file.dns_max_tcp_connections)
+        {
+            cfg.dns.max_tcp_connections = n;
+        }
+        if let Some(ip) = args.dns_advertise_addr.or(file.dns_advertise_addr) {
+            cfg.dns.advertise_addr = Some(ip);
+        }
         if let Some(n) = args.check_concurrency.or(file.check_concurrency) {
             cfg.checker.concurrency = n;
         }
@@ -571,6 +609,12 @@ impl Config {
         if let Some(t) = args.request_timeout.or(file.request_timeout) {
             cfg.limits_http.request_timeout = t;
         }
+        if let Some(t) = args.body_timeout.or(file.body_timeout) {
+            cfg.limits_http.body_timeout = t;
+        }
+        if let Some(t) = args.write_timeout.or(file.write_timeout) {
+            cfg.serve.write_timeout = t;
+        }
         cfg.panic.services = file
             .panic_thresholds
             .into_iter()
@@ -644,6 +688,8 @@ impl Config {
         for (setting, d) in [
             ("request_timeout", self.limits_http.request_timeout),
             ("header_read_timeout", self.serve.header_read_timeout),
+            ("body_timeout", self.limits_http.body_timeout),
+            ("write_timeout", self.serve.write_timeout),
         ] {
             if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
                 return invalid(setting, "must be between 100ms and 1h");
@@ -685,6 +731,12 @@ impl Config {
         }
         if self.dns.ttl > MAX_DNS_TTL {
             return invalid("dns_ttl", "must be at most 2147483647 (RFC 2181)");
+        }
+        if self.dns.max_udp_payload < 512 {
+            return invalid("dns_max_udp_payload", "must be at least 512 (RFC 1035)");
+        }
+        if self.dns.max_tcp_connections == 0 || self.dns.max_tcp_connections > 1_000_000 {
+            return invalid("dns_max_tcp_connections", "must be between 1 and 1000000");
         }
         // The handler is the authority on what a valid domain is.
         roster_dns::DnsHandler::new(Arc::new(NoServices), self.dns.clone()).map_err(|e| {

@@ -293,3 +293,75 @@ fn check_policy_from_the_file_and_flags() {
     assert!(err.contains("check_deny"), "{err}");
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn a_cluster_node_needs_a_cluster_token() {
+    let dir = std::env::temp_dir().join(format!("roster-cfg-token-{}", std::process::id()));
+    let args = |token: Option<&str>| {
+        let mut args = ServeArgs {
+            data_dir: Some(dir.clone()),
+            http_addr: Some("127.0.0.1:8500".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        args.cluster.bootstrap_expect = Some(1);
+        args.cluster.cluster_token = token.map(str::to_owned);
+        args
+    };
+    // Without it anyone who reaches the HTTP port could write to the Raft log.
+    for token in [None, Some("short")] {
+        let err = Config::load(&args(token)).unwrap_err().to_string();
+        assert!(err.contains("cluster_token"), "{token:?}: {err}");
+    }
+    let cfg = Config::load(&args(Some("a-long-enough-cluster-token"))).unwrap();
+    assert_eq!(
+        cfg.cluster.map(|c| c.token).as_deref(),
+        Some("a-long-enough-cluster-token")
+    );
+}
+
+#[test]
+fn dns_udp_cap_tcp_cap_and_advertised_address() {
+    let cfg = Config::load(&ServeArgs::default()).unwrap();
+    assert_eq!(cfg.dns.max_udp_payload, 1232);
+    assert_eq!(cfg.dns.max_tcp_connections, 256);
+    assert_eq!(cfg.dns.advertise_addr, None);
+    let path = write(
+        "dns_max_udp_payload = 4096\ndns_max_tcp_connections = 64\ndns_advertise_addr = \"10.0.0.53\"\n",
+    );
+    let from_file = |extra: ServeArgs| {
+        Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            ..extra
+        })
+    };
+    let cfg = from_file(ServeArgs::default()).unwrap();
+    assert_eq!(cfg.dns.max_udp_payload, 4096);
+    assert_eq!(cfg.dns.max_tcp_connections, 64);
+    assert_eq!(cfg.dns.advertise_addr, Some("10.0.0.53".parse().unwrap()));
+    let cfg = from_file(ServeArgs {
+        dns_max_udp_payload: Some(512),
+        dns_max_tcp_connections: Some(8),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        (cfg.dns.max_udp_payload, cfg.dns.max_tcp_connections),
+        (512, 8)
+    );
+    for bad in [
+        ServeArgs {
+            dns_max_udp_payload: Some(511),
+            ..Default::default()
+        },
+        ServeArgs {
+            dns_max_tcp_connections: Some(0),
+            ..Default::default()
+        },
+    ] {
+        assert!(matches!(
+            from_file(bad),
+            Err(ConfigError::Invalid { setting, .. }) if setting.starts_with("dns_max_")
+        ));
+    }
+    std::fs::remove_file(path).unwrap();
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use roster_client::api::duration;
+use roster_api::duration;
 use serde_json::json;
 
 use super::{ApiError, AppState, with_index};

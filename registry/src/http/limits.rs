@@ -6,24 +6,23 @@
 //!   separate caps, so thousands of idle watchers never starve writes and a burst
 //!   of writes never closes watches.
 //! - Writes can be rate-limited per client IP (a token bucket each).
-//! - A request that is not a watch gets a deadline.
+//! - A request that is not a watch gets a deadline once its body is in; the body
+//!   has its own, shorter one, and no slot is held while it arrives.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use dashmap::DashMap;
-use futures_util::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::AppState;
-use super::auth::is_consul;
+use super::gate::{Style, refuse};
+use super::{ApiError, AppState, is_consul};
 
 /// Overload settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,8 +33,12 @@ pub struct LimitConfig {
     pub max_watchers: usize,
     /// Writes per second per client IP (burst: twice that); 0 is no limit.
     pub write_rate: f64,
-    /// Deadline of a request that is not a watch.
+    /// Deadline of a request that is not a watch, from the moment its body
+    /// has arrived.
     pub request_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in;
+    /// 408 past it.
+    pub body_timeout: Duration,
 }
 
 impl Default for LimitConfig {
@@ -45,6 +48,7 @@ impl Default for LimitConfig {
             max_watchers: 16_384,
             write_rate: 0.0,
             request_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -104,7 +108,9 @@ impl Default for Limiter {
     }
 }
 
-fn is_watch(req: &Request) -> bool {
+/// Whether a request is a watch: an event stream, or a blocking query
+/// (`?index=` on a GET). Watches take a watcher's slot, not a request's.
+pub(super) fn is_watch(req: &Request) -> bool {
     let path = req.uri().path();
     if path == "/v1/watch" || path.ends_with("/watch") {
         return true;
@@ -116,88 +122,116 @@ fn is_watch(req: &Request) -> bool {
             .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("index=")))
 }
 
-fn refuse(path: &str, status: StatusCode, detail: &str) -> Response {
-    let mut resp = if is_consul(path) {
-        (status, detail.to_owned()).into_response()
-    } else {
-        let problem = roster_client::api::Problem {
-            kind: "urn:roster:problem:overloaded".into(),
-            title: if status == StatusCode::TOO_MANY_REQUESTS {
-                "Too many writes".into()
-            } else {
-                "Overloaded".into()
-            },
-            status: status.as_u16(),
-            detail: detail.to_owned(),
-            field: None,
-        };
-        let mut r = (status, serde_json::to_vec(&problem).expect("serializes")).into_response();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        r
-    };
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
+/// A concurrency slot a request holds while it runs.
+#[derive(Debug)]
+pub(super) enum Slot {
+    /// None needed (probes, peers).
+    Free,
+    /// One of `max_requests`.
+    Request(#[allow(dead_code)] OwnedSemaphorePermit),
+    /// One of `max_watchers`, held while the response streams.
+    Watcher(OwnedSemaphorePermit),
 }
 
-/// The middleware.
+impl Limiter {
+    /// The settings.
+    pub fn config(&self) -> &LimitConfig {
+        &self.config
+    }
+
+    /// A request's slot, or the 503 that says there is none.
+    pub(super) fn request(&self) -> Result<Slot, ApiError> {
+        self.requests
+            .clone()
+            .try_acquire_owned()
+            .map(Slot::Request)
+            .map_err(|_| {
+                ApiError::overloaded(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests in flight; retry shortly",
+                )
+            })
+    }
+
+    /// A watcher's slot, or the 503 that says there is none.
+    pub(super) fn watcher(&self) -> Result<Slot, ApiError> {
+        self.watchers
+            .clone()
+            .try_acquire_owned()
+            .map(Slot::Watcher)
+            .map_err(|_| {
+                ApiError::overloaded(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many watchers open; retry shortly",
+                )
+            })
+    }
+}
+
+/// Most bytes of request headers, names and values together.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The outer layer, in front of every route (and of the 404s): headers over
+/// their limit, and writes over the client's rate. Slots are taken by each
+/// group's gate (`gate.rs`), once the request's body has arrived.
 pub(super) async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_owned();
-    if matches!(path.as_str(), "/health" | "/ready" | "/metrics") {
+    let path = req.uri().path();
+    if matches!(path, "/health" | "/ready" | "/metrics") {
         return next.run(req).await;
     }
-    let limiter = &state.limiter;
+    let style = if is_consul(path) {
+        Style::Consul
+    } else {
+        Style::Native
+    };
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return refuse(style, ApiError::headers_too_large(MAX_HEADER_BYTES));
+    }
     let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if write
         && let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>()
-        && !limiter.allow_write(peer.ip(), Instant::now())
+        && !state.limiter.allow_write(peer.ip(), Instant::now())
     {
         return refuse(
-            &path,
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many writes from this address; slow down",
+            style,
+            ApiError::overloaded(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many writes from this address; slow down",
+            ),
         );
     }
-    if is_watch(&req) {
-        let Ok(permit) = limiter.watchers.clone().try_acquire_owned() else {
-            return refuse(
-                &path,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many watchers open; retry shortly",
-            );
-        };
-        let resp = next.run(req).await;
-        // The slot is held while the body streams, not only while the handler runs.
-        return resp.map(|body| {
-            Body::from_stream(body.into_data_stream().map(move |chunk| {
-                let _held = &permit;
-                chunk
-            }))
-        });
-    }
-    let Ok(_permit) = limiter.requests.clone().try_acquire_owned() else {
-        return refuse(
-            &path,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests in flight; retry shortly",
-        );
-    };
-    match tokio::time::timeout(limiter.config.request_timeout, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => refuse(
-            &path,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the request took too long; retry shortly",
-        ),
-    }
+    next.run(req).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_run_out_with_a_503_and_retry_after() {
+        let l = Limiter::new(LimitConfig {
+            max_requests: 1,
+            max_watchers: 1,
+            ..LimitConfig::default()
+        });
+        let held = l.request().unwrap();
+        let refused = l.request().unwrap_err();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.retry_after_secs(), Some(1));
+        let watching = l.watcher().unwrap();
+        assert!(l.watcher().is_err(), "watchers have their own cap");
+        drop(held);
+        assert!(
+            l.request().is_ok(),
+            "a slot comes back when its request ends"
+        );
+        drop(watching);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn write_buckets_refill_with_time() {

@@ -1,9 +1,9 @@
 //! The HTTP API: native `/v1` endpoints plus `/health`, `/ready` and `/metrics`.
 
-mod auth;
 mod bodies;
 pub mod consul;
 pub mod extract;
+mod gate;
 mod leases;
 pub mod limits;
 mod ops;
@@ -28,7 +28,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use extract::BODY_LIMIT;
+use gate::{Gate, Group};
+pub use ops::OPENAPI;
 pub use problem::ApiError;
+pub(crate) use services::health_slot;
 
 use crate::metrics::{Metrics, RequestLabels};
 use crate::model::{Limits, PanicPolicy};
@@ -129,65 +132,90 @@ impl AppState {
     }
 }
 
-/// Builds the whole API.
+/// Builds the whole API from its route groups. Each group carries its own
+/// gate (permission, readiness, body limit, error style: `gate.rs`); a route
+/// that is in no group is not in the router.
 pub fn router(state: AppState) -> Router {
-    let instance = "/v1/services/{service}/instances/{id}";
-    Router::new()
-        .route("/health", get(ops::health))
-        .route("/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
-        .route("/v1/openapi.json", get(ops::openapi))
-        .route("/v1/services", get(services::list_services))
-        .route("/v1/services/{service}", get(services::list_instances))
-        .route("/v1/services/{service}/watch", get(watch::watch_service))
-        .route("/v1/services/{service}/leases", get(leases::service_leases))
-        .route("/v1/watch", get(watch::watch_many))
-        .route(
-            instance,
-            get(services::get_instance)
-                .put(services::register)
-                .delete(services::deregister),
-        )
-        .route(&format!("{instance}/heartbeat"), put(services::heartbeat))
-        .route(
-            &format!("{instance}/maintenance"),
-            put(services::maintenance),
-        )
-        .route(&format!("{instance}/checks"), get(services::get_checks))
-        .route(
-            &format!("{instance}/checks/{{check_id}}/{{status}}"),
-            put(services::update_check),
-        )
-        .route(
-            "/v1/snapshot",
-            get(snapshot::save)
-                .put(snapshot::restore)
-                .layer(DefaultBodyLimit::max(snapshot::SNAPSHOT_LIMIT)),
-        )
-        .route("/", get(ui::to_ui))
-        .route("/ui", get(ui::to_ui))
-        .route("/ui/", get(ui::index))
-        .route("/ui/app.js", get(ui::app_js))
-        .route("/ui/app.css", get(ui::app_css))
-        .merge(consul::routes())
-        .merge(raft::routes())
+    let mut router = Router::new();
+    for group in groups() {
+        router = router.merge(group.seal(&state));
+    }
+    router
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .method_not_allowed_fallback(|req: Request| async move {
             ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), cluster_reads))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            refuse_writes_until_ready,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authorize,
-        ))
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// Every route of the API, by who may call it.
+fn groups() -> Vec<Group> {
+    use gate::Access::{Admin, Open, Read, Write};
+    use gate::Style::Native;
+    let instance = "/v1/services/{service}/instances/{id}";
+    let open = Router::new()
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(ops::openapi))
+        // The console's own files; its data calls go through the API's gates.
+        .route("/", get(ui::to_ui))
+        .route("/ui", get(ui::to_ui))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/app.css", get(ui::app_css));
+    let read = Router::new()
+        .route("/v1/services", get(services::list_services))
+        .route("/v1/services/{service}", get(services::list_instances))
+        .route("/v1/services/{service}/watch", get(watch::watch_service))
+        .route("/v1/services/{service}/leases", get(leases::service_leases))
+        .route("/v1/watch", get(watch::watch_many))
+        .route(instance, get(services::get_instance))
+        .route(&format!("{instance}/checks"), get(services::get_checks));
+    let write = Router::new()
+        .route(
+            instance,
+            put(services::register).delete(services::deregister),
+        )
+        .route(&format!("{instance}/heartbeat"), put(services::heartbeat))
+        .route(
+            &format!("{instance}/checks/{{check_id}}/{{status}}"),
+            put(services::update_check),
+        );
+    let admin = Router::new()
+        .route(
+            &format!("{instance}/maintenance"),
+            put(services::maintenance),
+        )
+        .route(
+            "/v1/snapshot",
+            get(snapshot::save)
+                .put(snapshot::restore)
+                .layer(DefaultBodyLimit::max(snapshot::SNAPSHOT_LIMIT)),
+        );
+    let mut groups = vec![
+        Group::new(Gate::new(Open, Native), open),
+        Group::new(Gate::new(Read, Native), read),
+        Group::new(Gate::new(Write, Native), write),
+        Group::new(
+            Gate::new(Admin, Native).body_limit(snapshot::SNAPSHOT_LIMIT),
+            admin,
+        ),
+    ];
+    groups.extend(consul::groups());
+    groups.extend(raft::groups());
+    groups
+}
+
+/// Consul-compatible paths answer errors in Consul's plain text.
+pub(super) fn is_consul(path: &str) -> bool {
+    ["/v1/agent/", "/v1/catalog/", "/v1/health/", "/v1/status/"]
+        .iter()
+        .any(|p| path.starts_with(p))
 }
 
 /// Counts and times every request by route template and status.
@@ -239,24 +267,6 @@ fn static_route(route: &str) -> &'static str {
         .or_insert_with(|| Box::leak(route.to_owned().into_boxed_str()))
 }
 
-/// Writes wait for the catalog to be loaded: a write accepted before the load
-/// would be overwritten by it.
-async fn refuse_writes_until_ready(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let method = req.method();
-    // Cluster traffic is what makes a node ready: it must pass.
-    let cluster =
-        req.uri().path().starts_with("/v1/raft/") || req.uri().path().starts_with("/v1/operator/");
-    if !state.is_ready() && method != Method::GET && method != Method::HEAD && !cluster {
-        return ApiError::unavailable("the catalog is still loading; retry shortly")
-            .into_response();
-    }
-    next.run(req).await
-}
-
 /// On a cluster node: `?consistent` reads wait for the leader's read index
 /// first (503 when no leader confirms it), and every API answer says whether the
 /// node knows a leader and how long ago it heard from it, so callers can tell a
@@ -306,7 +316,7 @@ async fn cluster_reads(State(state): State<AppState>, req: Request, next: Next) 
 fn with_index(index: u64, resp: impl IntoResponse) -> Response {
     let mut resp = resp.into_response();
     resp.headers_mut().insert(
-        HeaderName::from_static(roster_client::api::INDEX_HEADER),
+        HeaderName::from_static(roster_api::INDEX_HEADER),
         HeaderValue::from(index),
     );
     resp

@@ -2,7 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use roster_client::api::Problem;
+use roster_api::Problem;
 
 use crate::catalog::CatalogError;
 use crate::model::FieldError;
@@ -119,6 +119,64 @@ impl ApiError {
             "Registry not ready",
             detail.into(),
         )
+    }
+
+    /// 503 or 429 when the registry sheds load; always with `Retry-After`.
+    pub fn overloaded(status: StatusCode, detail: impl Into<String>) -> Self {
+        let title = if status == StatusCode::TOO_MANY_REQUESTS {
+            "Too many writes"
+        } else {
+            "Overloaded"
+        };
+        Self::new(status, "overloaded", title, detail.into()).retry_after(1)
+    }
+
+    /// 408: the body did not arrive in time. Not a 503: the registry is not
+    /// overloaded, the client is slow.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        let mut e = Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Request body too slow",
+            format!("the request body must arrive within {limit:?}"),
+        );
+        e.field = Some("body".into());
+        e
+    }
+
+    /// 415: a `Content-Encoding` the API does not decode.
+    pub fn unsupported_encoding(encoding: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-encoding",
+            "Unsupported content encoding",
+            format!("request bodies must not be encoded (got Content-Encoding {encoding:?})"),
+        );
+        e.field = Some("Content-Encoding".into());
+        e
+    }
+
+    /// 431: the request's headers are over the limit.
+    pub fn headers_too_large(limit: usize) -> Self {
+        let mut e = Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            "Request headers too large",
+            format!("request headers are limited to {limit} bytes in all"),
+        );
+        e.field = Some("headers".into());
+        e
+    }
+
+    /// The same error with `Retry-After: secs`.
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// Seconds of `Retry-After`, when set.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        self.retry_after
     }
 
     /// The status code.

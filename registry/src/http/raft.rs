@@ -12,20 +12,23 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Deserialize;
 use std::sync::Arc;
 
+use super::gate::{Gate, Group};
 use super::{ApiError, AppState};
 use crate::cluster::ops::{ErrorWire, Op};
-use crate::cluster::{
-    Cluster, ForwardedHeartbeat, NODE_HEADER, NodeInfo, TOKEN_HEADER, TypeConfig,
-};
+use crate::cluster::{Cluster, ForwardedHeartbeat, NODE_HEADER, NodeInfo, TypeConfig};
 use crate::model::{InstanceId, ServiceName};
 use crate::registry::{Replication, WriteError};
 
 /// Largest Raft message (append batches, snapshot chunks of up to 3 MiB).
 const RAFT_BODY_LIMIT: usize = 16 << 20;
 
-/// The cluster routes; empty when the node is not clustered.
-pub fn routes() -> Router<AppState> {
-    Router::new()
+/// The cluster routes: Raft messages and forwarded writes for peers with the
+/// cluster token, the operator's calls for admins. Both are there on a lone
+/// node too, where they answer 404.
+pub(super) fn groups() -> Vec<Group> {
+    use super::gate::Access::{Admin, Peer};
+    use super::gate::Style::{Consul, Native};
+    let peer = Router::new()
         .route("/v1/raft/append", post(append))
         .route("/v1/raft/vote", post(vote))
         .route("/v1/raft/snapshot", post(snapshot))
@@ -34,10 +37,16 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/raft/heartbeat", post(heartbeat))
         .route("/v1/raft/read-index", get(read_index))
         .route("/v1/raft/join", post(join))
-        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
+    let operator = Router::new()
         .route("/v1/operator/raft", get(status))
         .route("/v1/operator/raft/peers", post(add_peer))
-        .route("/v1/operator/raft/peers/{id}", delete(remove_peer))
+        .route("/v1/operator/raft/peers/{id}", delete(remove_peer));
+    vec![
+        // Peers read plain-text refusals (Consul's style is plain text).
+        Group::new(Gate::new(Peer, Consul).body_limit(RAFT_BODY_LIMIT), peer),
+        Group::new(Gate::new(Admin, Native).before_ready(), operator),
+    ]
 }
 
 fn cluster(state: &AppState) -> Result<Arc<Cluster>, ApiError> {
@@ -46,11 +55,10 @@ fn cluster(state: &AppState) -> Result<Arc<Cluster>, ApiError> {
     })
 }
 
-/// Why a peer's message was refused.
+/// Why a peer's message was refused (the cluster token is the gate's).
 #[derive(Debug)]
 enum Refused {
     NotClustered,
-    Token,
     Partitioned,
 }
 
@@ -60,7 +68,6 @@ impl IntoResponse for Refused {
             Refused::NotClustered => {
                 (StatusCode::NOT_FOUND, "this registry runs alone").into_response()
             }
-            Refused::Token => (StatusCode::FORBIDDEN, "cluster token required").into_response(),
             Refused::Partitioned => {
                 (StatusCode::SERVICE_UNAVAILABLE, "partitioned (test)").into_response()
             }
@@ -68,18 +75,9 @@ impl IntoResponse for Refused {
     }
 }
 
-/// Checks the cluster token and the simulated partition.
+/// The cluster of a peer's message, with simulated partitions applied.
 fn peer(state: &AppState, headers: &HeaderMap) -> Result<Arc<Cluster>, Refused> {
     let c = state.cluster.clone().ok_or(Refused::NotClustered)?;
-    if let Some(expected) = &c.peers().token {
-        let given = headers
-            .get(TOKEN_HEADER)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if !crate::acl::secrets_equal(given, expected.as_bytes()) {
-            return Err(Refused::Token);
-        }
-    }
     let from = headers
         .get(NODE_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -90,7 +88,8 @@ fn peer(state: &AppState, headers: &HeaderMap) -> Result<Arc<Cluster>, Refused> 
     Ok(c)
 }
 
-/// A message from a peer node: the cluster token checked, partitions applied.
+/// A message from a peer node (its cluster token checked by the gate),
+/// partitions applied.
 struct Peer(Arc<Cluster>);
 
 impl axum::extract::FromRequestParts<AppState> for Peer {
@@ -145,6 +144,12 @@ fn reply(result: Result<crate::catalog::Outcome, WriteError>) -> Response {
 async fn write(State(state): State<AppState>, Peer(c): Peer, Json(op): Json<Op>) -> Response {
     if !c.is_leader() {
         return not_leader();
+    }
+    if let Err(e) = op.validate_forwarded(&state.limits) {
+        let refused: Result<crate::catalog::Outcome, ErrorWire> = Err(ErrorWire::Invalid {
+            message: format!("forwarded write refused: {e}"),
+        });
+        return (StatusCode::BAD_REQUEST, Json(refused)).into_response();
     }
     match op.into_command() {
         Ok(cmd) => reply(state.registry.write(cmd).await),
@@ -205,7 +210,16 @@ async fn proxy<T: serde::Serialize>(
             let status =
                 StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let ctype = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
-            let body = resp.bytes().await.unwrap_or_default();
+            let body = match resp.bytes().await {
+                Ok(b) => b,
+                // The leader's status with no body would pass for its answer.
+                Err(e) => {
+                    return ApiError::from(WriteError::Unavailable(format!(
+                        "the leader's answer broke off: {e}"
+                    )))
+                    .into_response();
+                }
+            };
             let mut out = (status, body).into_response();
             if let Some(ct) =
                 ctype.and_then(|v| axum::http::HeaderValue::from_bytes(v.as_bytes()).ok())

@@ -5,9 +5,13 @@
 //! `axum::serve` offers none of these knobs, so connections are served with
 //! hyper directly.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -32,6 +36,10 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Time a client has to send a request's headers.
     pub header_read_timeout: Duration,
+    /// A connection whose client takes no bytes of the answer for this long is
+    /// closed: a client that never reads cannot pin a connection and its
+    /// buffered answer.
+    pub write_timeout: Duration,
     /// TLS, when set.
     pub tls: Option<TlsFiles>,
     /// How often the TLS files are checked for changes.
@@ -43,6 +51,7 @@ impl Default for ServeConfig {
         ServeConfig {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(15),
+            write_timeout: Duration::from_secs(15),
             tls: None,
             tls_poll: Duration::from_secs(5),
         }
@@ -220,9 +229,15 @@ pub async fn serve(
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         let shutdown = shutdown.clone();
         let header_timeout = config.header_read_timeout;
+        let write_timeout = config.write_timeout;
         tracker.spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
+            if acceptor.is_none() && opens_with_h2_preface(&tcp, header_timeout).await {
+                refuse_h2(tcp).await;
+                return;
+            }
+            let tcp = WriteStall::new(tcp, write_timeout);
             match acceptor {
                 None => connection(tcp, remote, app, header_timeout, shutdown).await,
                 Some(acceptor) => {
@@ -266,5 +281,146 @@ async fn connection<IO>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain-text connection opens with HTTP/2's preface (a client with
+/// "prior knowledge"). Over TLS, ALPN offers only `http/1.1`, so the question
+/// does not arise there. Costs one `peek` for an HTTP/1 client.
+async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    tokio::time::timeout(wait, async {
+        loop {
+            let n = match tcp.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            if !H2_PREFACE.starts_with(&buf[..n]) {
+                return false;
+            }
+            if n == H2_PREFACE.len() {
+                return true;
+            }
+            // Part of the preface so far (or one `P`): look again shortly.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Answers an HTTP/2 client the way RFC 9113 provides for: an empty SETTINGS
+/// frame, then GOAWAY with `HTTP_1_1_REQUIRED`, so it reports a clear error
+/// instead of a connection closed without a word.
+async fn refuse_h2(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const HTTP_1_1_REQUIRED: u32 = 0xd;
+    let debug = b"roster serves HTTP/1.1 only";
+    let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let len = (8 + debug.len()) as u32;
+    frames.extend_from_slice(&len.to_be_bytes()[1..]);
+    frames.extend_from_slice(&[0x7, 0]);
+    frames.extend_from_slice(&0u32.to_be_bytes()); // stream 0
+    frames.extend_from_slice(&0u32.to_be_bytes()); // last stream id
+    frames.extend_from_slice(&HTTP_1_1_REQUIRED.to_be_bytes());
+    frames.extend_from_slice(debug);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = tcp.write_all(&frames).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
+/// A stream whose writes fail once the peer has taken no bytes for `limit`.
+/// hyper has no write timeout of its own: without this, a client that sends
+/// requests and never reads the answers holds its connection (and the
+/// answers' memory) for as long as it likes.
+#[derive(Debug)]
+struct WriteStall<IO> {
+    io: IO,
+    limit: Duration,
+    /// Armed when a write first finds the socket full; cleared by progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> WriteStall<IO> {
+    fn new(io: IO, limit: Duration) -> Self {
+        WriteStall {
+            io,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// What to answer for a write that found no room: pending, or an error
+    /// once the stall has lasted `limit`.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn track<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.pending(cx),
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for WriteStall<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteStall<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.track(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.track(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.track(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use roster_client::api::{
+use roster_api::{
     CheckUpdate, Health, MaintenanceRequest, RegisterRequest, ServiceInstances, ServiceList,
     ServiceSummary,
 };
@@ -137,7 +137,7 @@ pub(super) async fn list_services(
             let mut counts = [0usize; 3];
             let mut tags = BTreeSet::new();
             for inst in svc.instances.values() {
-                counts[inst.health() as usize] += 1;
+                counts[health_slot(inst.health())] += 1;
                 tags.extend(inst.spec.tags.iter().cloned());
             }
             ServiceSummary {
@@ -249,7 +249,13 @@ pub(super) async fn update_check(
     Path((service, id, check, verdict)): Path<(String, String, String, String)>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|_| ApiError::too_large(super::BODY_LIMIT))?;
+    let body = body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(super::BODY_LIMIT)
+        } else {
+            ApiError::malformed(rej.body_text())
+        }
+    })?;
     let (service, id) = names(&service, &id)?;
     validate_check_id(&check).map_err(|e| ApiError::invalid("check_id", e.detail))?;
     let status = match verdict.as_str() {
@@ -310,4 +316,14 @@ fn json_bytes(body: Bytes) -> Response {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// Where a health state is counted in a `[passing, warning, critical]` array,
+/// named here rather than taken from the order of the enum's variants.
+pub(crate) fn health_slot(health: Health) -> usize {
+    match health {
+        Health::Passing => 0,
+        Health::Warning => 1,
+        Health::Critical => 2,
+    }
 }

@@ -105,7 +105,7 @@ pub(super) async fn restore(
         }
         // The same rules as a registration, so a restore cannot smuggle in what
         // the API would refuse.
-        let request = roster_client::api::RegisterRequest {
+        let request = roster_api::RegisterRequest {
             address: Some(stored.address.clone()),
             port: stored.port,
             tags: stored.tags.clone(),

@@ -5,7 +5,7 @@
 //! query (`app.js?v=…`), so they can be cached for good while the page itself is
 //! revalidated on every load.
 //!
-//! The files are open to everyone (see `auth::is_open`); the data calls the page
+//! The files are open to everyone (the open group in `http/mod.rs`); the data calls the page
 //! makes go through the API and need a token when ACLs are on.
 
 use std::io::Write;

@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::select_all;
-use roster_client::api::duration;
+use roster_api::duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
@@ -162,20 +162,15 @@ fn stream(
     services: Vec<ServiceName>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let resume = match headers.get("last-event-id") {
-        None => None,
-        Some(v) => {
-            let token = v.to_str().ok().and_then(parse_token).ok_or_else(|| {
-                ApiError::invalid(
-                    "Last-Event-ID",
-                    "Last-Event-ID must be an id this server sent",
-                )
-            })?;
-            // A token from another run of the registry (a restart, a failover)
-            // says nothing about this catalog's indexes: send everything.
-            (token.0 == state.epoch).then_some(token.1)
-        }
-    };
+    // An id this run of the server did not send (garbled by a proxy, from
+    // before a restart or a failover) says nothing about this catalog's
+    // indexes: the stream starts over with the full state, as EventSource
+    // clients expect, rather than failing their reconnect.
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_token)
+        .and_then(|(epoch, index)| (epoch == state.epoch).then_some(index));
     let watcher = Watcher::new(state, &services, resume);
     let events = futures_util::stream::unfold(watcher, |mut w| async move {
         let event = w.next().await?;

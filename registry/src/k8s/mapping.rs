@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use roster_client::api::{CheckDefinition, Health, RegisterRequest};
+use roster_api::{CheckDefinition, Health, RegisterRequest};
 
 use super::{NamingMode, SyncSettings};
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use roster_client::api::Instance;
+use roster_api::Instance;
 use roster_client::{InstanceQuery, RosterClient};
 
 use super::mapping::{Desired, MANAGED_BY_KEY, MANAGED_BY_VALUE};

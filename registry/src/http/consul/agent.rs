@@ -7,7 +7,7 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use roster_client::api::Health;
+use roster_api::Health;
 use serde_json::{Map, Value, json};
 
 use super::decode::{normalize, registration};

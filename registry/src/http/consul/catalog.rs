@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::Response;
-use roster_client::api::Health;
+use roster_api::Health;
 use serde_json::{Map, Value, json};
 
 use super::filter::Filter;

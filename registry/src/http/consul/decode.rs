@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use roster_client::api::{CheckDefinition, Health, RegisterRequest, Weights};
+use roster_api::{CheckDefinition, Health, RegisterRequest, Weights};
 use serde_json::{Map, Value};
 
 /// Keys whose values are user data: their own keys are not normalized.
@@ -75,7 +75,7 @@ pub fn duration(map: &Map<String, Value>, key: &str) -> Result<Option<Duration>,
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => roster_client::api::duration::parse(s)
+        Some(Value::String(s)) => roster_api::duration::parse(s)
             .map(|d| (!d.is_zero()).then_some(d))
             .map_err(|e| format!("{key}: {e}")),
         Some(Value::Number(n)) => match n.as_u64() {

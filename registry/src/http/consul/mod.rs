@@ -20,35 +20,50 @@ use axum::routing::{get, put};
 
 use super::AppState;
 use super::extract::QueryPairs;
+use super::gate::{Gate, Group};
 use super::watch::Blocking;
 use crate::catalog::CatalogError;
 use crate::registry::WriteError;
 
 pub use view::ConsulNode;
 
-/// The Consul routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
+/// The Consul routes, by who may call them.
+pub(in crate::http) fn groups() -> Vec<Group> {
+    use super::gate::Access::{Admin, AnyWrite, Open, Read};
+    use super::gate::Style::Consul;
+    // As in Consul, the leader and peers are open: client libraries' health
+    // indicators ask them without a token.
+    let open = Router::new()
+        .route("/v1/status/leader", get(catalog::leader))
+        .route("/v1/status/peers", get(catalog::peers));
+    let read = Router::new()
         .route("/v1/agent/self", get(agent::agent_self))
         .route("/v1/agent/services", get(agent::services))
         .route("/v1/agent/checks", get(agent::checks))
-        .route("/v1/agent/service/register", put(agent::register))
-        .route("/v1/agent/service/deregister/{id}", put(agent::deregister))
-        .route(
-            "/v1/agent/service/maintenance/{id}",
-            put(agent::maintenance),
-        )
-        .route("/v1/agent/check/update/{check_id}", put(agent::update))
-        .route("/v1/agent/check/{verdict}/{check_id}", put(agent::verdict))
-        .route("/v1/status/leader", get(catalog::leader))
-        .route("/v1/status/peers", get(catalog::peers))
         .route("/v1/catalog/datacenters", get(catalog::datacenters))
         .route("/v1/catalog/nodes", get(catalog::nodes))
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{service}", get(catalog::service))
         .route("/v1/health/service/{service}", get(catalog::health_service))
         .route("/v1/health/checks/{service}", get(catalog::health_checks))
-        .route("/v1/health/state/{state}", get(catalog::health_state))
+        .route("/v1/health/state/{state}", get(catalog::health_state));
+    // The service is named in the body or only by instance id: the handlers
+    // check the token's write patterns against it.
+    let write = Router::new()
+        .route("/v1/agent/service/register", put(agent::register))
+        .route("/v1/agent/service/deregister/{id}", put(agent::deregister))
+        .route("/v1/agent/check/update/{check_id}", put(agent::update))
+        .route("/v1/agent/check/{verdict}/{check_id}", put(agent::verdict));
+    let admin = Router::new().route(
+        "/v1/agent/service/maintenance/{id}",
+        put(agent::maintenance),
+    );
+    vec![
+        Group::new(Gate::new(Open, Consul), open),
+        Group::new(Gate::new(Read, Consul), read),
+        Group::new(Gate::new(AnyWrite, Consul), write),
+        Group::new(Gate::new(Admin, Consul), admin),
+    ]
 }
 
 /// A Consul-style error: a status and a plain-text message.

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use roster_client::api::Health;
+use roster_api::Health;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -200,11 +200,11 @@ pub fn checks(inst: &Instance, node: &ConsulNode) -> Vec<Value> {
             check["Notes"] = json!(notes);
         }
         if def.is_active() {
-            check["Interval"] = json!(roster_client::api::duration::format(def.interval));
-            check["Timeout"] = json!(roster_client::api::duration::format(def.timeout));
+            check["Interval"] = json!(roster_api::duration::format(def.interval));
+            check["Timeout"] = json!(roster_api::duration::format(def.timeout));
         }
         if let Target::Ttl { ttl } = def.target {
-            check["Definition"] = json!({ "TTL": roster_client::api::duration::format(ttl) });
+            check["Definition"] = json!({ "TTL": roster_api::duration::format(ttl) });
         }
         out.push(check);
     }

@@ -1,8 +1,15 @@
-//! Wire types of the roster HTTP API (`/v1`).
+//! Wire types of the roster HTTP API (`/v1`), alone in a small crate.
 //!
-//! The server and the client both use these types, so they cannot disagree about
-//! JSON. Every request type ignores unknown fields and defaults missing optional
-//! ones, so an older client keeps working against a newer server and vice versa.
+//! The server, the client library and the tools all use these types, so they
+//! cannot disagree about JSON; a program that only needs the types (another
+//! client, a test, a code generator) depends on serde and nothing else. The
+//! client library re-exports them as `roster_client::api`.
+//!
+//! Every request type ignores unknown fields and defaults missing optional
+//! ones, so an older client keeps working against a newer server and vice
+//! versa. What the registry keeps on disk and sends between cluster nodes is
+//! pinned separately, by golden-file tests in the registry.
+#![warn(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -61,7 +68,7 @@ impl Default for Weights {
 /// Body of `PUT /v1/services/{service}/instances/{id}`.
 ///
 /// ```
-/// let req: roster_client::api::RegisterRequest =
+/// let req: roster_api::RegisterRequest =
 ///     serde_json::from_str(r#"{"address":"10.0.0.7","port":8080,"ttl":"15s","future_field":1}"#).unwrap();
 /// assert_eq!(req.port, 8080);
 /// assert_eq!(req.ttl, Some(std::time::Duration::from_secs(15)));
@@ -110,7 +117,7 @@ pub struct RegisterRequest {
 /// or `ttl`; the rest have defaults.
 ///
 /// ```
-/// let check: roster_client::api::CheckDefinition = serde_json::from_str(
+/// let check: roster_api::CheckDefinition = serde_json::from_str(
 ///     r#"{"http":"http://10.0.0.7:8080/health","interval":"5s","failures_before_critical":3}"#,
 /// ).unwrap();
 /// assert_eq!(check.failures_before_critical, 3);
@@ -293,7 +300,7 @@ pub const MAX_INSTANCE_ID_LEN: usize = 128;
 /// The error says what is wrong.
 ///
 /// ```
-/// use roster_client::api::check_instance_id;
+/// use roster_api::check_instance_id;
 /// assert!(check_instance_id("web-1:8080").is_ok());
 /// assert!(check_instance_id("Web.EU.1").is_ok());
 /// assert!(check_instance_id("..").is_err());
@@ -457,8 +464,8 @@ pub mod duration {
     ///
     /// ```
     /// use std::time::Duration;
-    /// assert_eq!(roster_client::api::duration::format(Duration::from_secs(90)), "1m30s");
-    /// assert_eq!(roster_client::api::duration::format(Duration::from_millis(250)), "250ms");
+    /// assert_eq!(roster_api::duration::format(Duration::from_secs(90)), "1m30s");
+    /// assert_eq!(roster_api::duration::format(Duration::from_millis(250)), "250ms");
     /// ```
     pub fn format(d: Duration) -> String {
         let mut out = String::new();
@@ -486,7 +493,7 @@ pub mod duration {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use roster_client::api::duration::parse;
+    /// use roster_api::duration::parse;
     /// assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
     /// assert_eq!(parse("20"), Ok(Duration::from_secs(20)));
     /// assert!(parse("soon").is_err());

@@ -1,0 +1,463 @@
+//! Route groups: every route belongs to exactly one [`Group`], and the group's
+//! [`Gate`] decides who may call it, whether it waits for the catalog to load,
+//! how large its body may be, and in which style it reports errors.
+//!
+//! Permissions come from the route, never from a table kept beside the router:
+//! [`super::router`] builds the API only from groups, and the gate runs as the
+//! group's `route_layer`, after routing, so it sees the decoded, validated path
+//! parameters the handler will see. A write is authorized on the service name
+//! the handler will write, not on the raw path.
+//!
+//! Order inside the gate, cheapest refusals first: path parameters decoded;
+//! the caller's token checked against the group's access; readiness; the body's
+//! declared size and encoding (so `Expect: 100-continue` is refused before the
+//! client sends anything); the body read under its own short timeout; and only
+//! then a concurrency slot. A client that trickles its body holds a connection,
+//! never one of the slots everyone else needs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+
+use super::limits::{self, Slot};
+use super::{ApiError, AppState};
+use crate::acl::{Need, Principal};
+use crate::model::ServiceName;
+
+/// Who may call the routes of a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Access {
+    /// Anyone: probes, metrics, the API description, the console's files,
+    /// Consul's `/v1/status/*`.
+    Open,
+    /// A token that may read the catalog.
+    Read,
+    /// A token that may write the service named by the route's `{service}`.
+    Write,
+    /// A token that may write some service; the handler checks which, from the
+    /// body (Consul's agent endpoints name the service only there).
+    AnyWrite,
+    /// An admin token.
+    Admin,
+    /// Another node of the cluster, with the cluster token.
+    Peer,
+}
+
+/// How the routes of a group answer errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Style {
+    /// RFC 9457 `application/problem+json`.
+    Native,
+    /// Plain text, as Consul answers.
+    Consul,
+}
+
+/// What a group requires of every request.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Gate {
+    access: Access,
+    style: Style,
+    /// Largest body, in bytes.
+    body_limit: usize,
+    /// Refuse the routes' non-GET requests until the catalog is loaded.
+    until_ready: bool,
+}
+
+impl Gate {
+    /// A gate with the default body limit that lets requests in before the
+    /// catalog is loaded only when they read.
+    pub(super) const fn new(access: Access, style: Style) -> Gate {
+        Gate {
+            access,
+            style,
+            body_limit: super::BODY_LIMIT,
+            until_ready: !matches!(access, Access::Open | Access::Peer),
+        }
+    }
+
+    /// The same gate letting every request in before the catalog is loaded
+    /// (cluster membership is what makes a node ready).
+    pub(super) const fn before_ready(mut self) -> Gate {
+        self.until_ready = false;
+        self
+    }
+
+    /// The same gate with another body limit.
+    pub(super) const fn body_limit(mut self, bytes: usize) -> Gate {
+        self.body_limit = bytes;
+        self
+    }
+}
+
+/// Routes and the gate in front of them.
+#[derive(Debug)]
+pub(super) struct Group {
+    gate: Gate,
+    routes: Router<AppState>,
+}
+
+impl Group {
+    /// `routes` behind `gate`.
+    pub(super) fn new(gate: Gate, routes: Router<AppState>) -> Group {
+        Group { gate, routes }
+    }
+
+    /// The routes with the gate applied to each of them.
+    pub(super) fn seal(self, state: &AppState) -> Router<AppState> {
+        self.routes.route_layer(middleware::from_fn_with_state(
+            (state.clone(), self.gate),
+            check,
+        ))
+    }
+}
+
+static ROOT: LazyLock<Arc<Principal>> = LazyLock::new(|| Arc::new(Principal::root()));
+
+/// The principal of a call to an open route: allowed nothing beyond the route.
+static NOBODY: LazyLock<Arc<Principal>> = LazyLock::new(|| {
+    Arc::new(Principal {
+        name: "anonymous".into(),
+        ..Principal::default()
+    })
+});
+
+/// A refusal in the group's style.
+pub(super) fn refuse(style: Style, err: ApiError) -> Response {
+    match style {
+        Style::Native => err.into_response(),
+        Style::Consul => {
+            let status = err.status();
+            let text = if status == StatusCode::UNAUTHORIZED {
+                "ACL not found".to_owned()
+            } else if status == StatusCode::FORBIDDEN {
+                format!("Permission denied: {}", err.detail())
+            } else {
+                err.detail().to_owned()
+            };
+            let mut resp = (status, text).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            if let Some(after) = err.retry_after_secs() {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(after));
+            }
+            resp
+        }
+    }
+}
+
+/// The secret from `Authorization: Bearer …`, Consul's `X-Consul-Token`, or,
+/// on Consul's paths only, `?token=` (what consul-api and Spring send). A
+/// query token is never logged: request logs and metrics carry the route
+/// template, not the query.
+fn secret<'a>(headers: &'a HeaderMap, query: Option<&'a str>, style: Style) -> Option<&'a str> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty());
+    }
+    if let Some(t) = headers
+        .get("x-consul-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        return Some(t);
+    }
+    if style != Style::Consul {
+        return None;
+    }
+    // Tokens are printable ASCII without spaces (acl.rs), so they need no
+    // decoding; one that does would not match any configured secret anyway.
+    query?
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("token="))
+        .find(|t| !t.is_empty())
+}
+
+/// What a request to a route of `access` needs; `None` when anyone may call.
+fn need(
+    access: Access,
+    method: &Method,
+    params: &HashMap<String, String>,
+) -> Result<Option<Need>, ApiError> {
+    Ok(Some(match access {
+        Access::Open | Access::Peer => return Ok(None),
+        Access::Read => Need::Read,
+        Access::Admin => Need::Admin,
+        Access::AnyWrite => Need::AnyWrite,
+        // A write route's GET (an instance's own record) only reads.
+        Access::Write if *method == Method::GET || *method == Method::HEAD => Need::Read,
+        Access::Write => {
+            let raw = params.get("service").ok_or_else(|| {
+                // A write route without {service} is a bug in the router, and
+                // it must fail closed.
+                ApiError::forbidden(
+                    StatusCode::FORBIDDEN,
+                    "this route names no service to authorize".into(),
+                )
+            })?;
+            Need::Write(ServiceName::parse(raw)?.as_str().to_owned())
+        }
+    }))
+}
+
+fn describe(need: &Need) -> String {
+    match need {
+        Need::Read => "read the catalog".to_owned(),
+        Need::Write(s) => format!("write service {s:?}"),
+        Need::AnyWrite => "write any service".to_owned(),
+        Need::Admin => "administer the registry".to_owned(),
+    }
+}
+
+/// The caller's principal, or the refusal.
+fn principal(
+    state: &AppState,
+    gate: Gate,
+    req: &Request,
+    params: &HashMap<String, String>,
+) -> Result<Arc<Principal>, ApiError> {
+    let Some(need) = need(gate.access, req.method(), params)? else {
+        // Open routes look at no token, so a stale one cannot break a probe.
+        return Ok(NOBODY.clone());
+    };
+    let principal = match &state.acl {
+        None => ROOT.clone(),
+        Some(tokens) => match secret(req.headers(), req.uri().query(), gate.style) {
+            // The anonymous policy, when the operator gave one, decides calls
+            // without a token; a call it does not cover needs a token (401).
+            None => match tokens.anonymous().filter(|anon| anon.allows(&need)) {
+                Some(anon) => anon,
+                None => {
+                    return Err(ApiError::forbidden(
+                        StatusCode::UNAUTHORIZED,
+                        "a token is required: send Authorization: Bearer TOKEN".into(),
+                    ));
+                }
+            },
+            Some(secret) => tokens.lookup(secret).ok_or_else(|| {
+                ApiError::forbidden(StatusCode::FORBIDDEN, "unknown token".into())
+            })?,
+        },
+    };
+    if !principal.allows(&need) {
+        return Err(ApiError::forbidden(
+            StatusCode::FORBIDDEN,
+            format!("token {:?} may not {}", principal.name, describe(&need)),
+        ));
+    }
+    Ok(principal)
+}
+
+/// The cluster token of a peer request.
+fn peer(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::not_found(
+            "this registry runs alone: start it with --bootstrap-expect or --join to form a cluster",
+        ));
+    };
+    let given = headers
+        .get(crate::cluster::TOKEN_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if crate::acl::secrets_equal(given, cluster.peers().token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            StatusCode::FORBIDDEN,
+            "cluster token required".into(),
+        ))
+    }
+}
+
+/// Whether the request carries a body at all.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Reads the whole body before the request takes a slot: within `timeout`
+/// (408 otherwise), at most `limit` bytes (413, at once when the declared
+/// length says so).
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Body, ApiError> {
+    if let Some(enc) = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        && !enc.is_empty()
+        && enc != "identity"
+    {
+        return Err(ApiError::unsupported_encoding(&enc));
+    }
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+        match len.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+            Some(n) if n > limit as u64 => return Err(ApiError::too_large(limit)),
+            Some(_) => {}
+            None => return Err(ApiError::invalid("Content-Length", "not a number")),
+        }
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ApiError::body_timeout(timeout)),
+        Ok(Ok(collected)) => Ok(Body::from(collected.to_bytes())),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
+        Ok(Err(e)) => Err(ApiError::malformed(format!(
+            "the request body could not be read: {e}"
+        ))),
+    }
+}
+
+/// The gate itself.
+async fn check(
+    State((state, gate)): State<(AppState, Gate)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match admit(&state, gate, req).await {
+        Ok((req, slot)) => run(&state, slot, req, next).await,
+        Err(e) => refuse(gate.style, e),
+    }
+}
+
+/// Everything the gate checks before the handler runs.
+async fn admit(state: &AppState, gate: Gate, req: Request) -> Result<(Request, Slot), ApiError> {
+    let (mut parts, body) = req.into_parts();
+    // Decoded exactly as the handler's `Path` extractor will decode them.
+    let params = match Path::<HashMap<String, String>>::from_request_parts(&mut parts, state).await
+    {
+        Ok(Path(p)) => p,
+        Err(e) => {
+            return Err(ApiError::invalid(
+                "path",
+                format!("the path does not decode: {}", e.body_text()),
+            ));
+        }
+    };
+    let mut req = Request::from_parts(parts, body);
+    if gate.access == Access::Peer {
+        peer(state, req.headers())?;
+    } else {
+        let principal = principal(state, gate, &req, &params)?;
+        req.extensions_mut().insert(principal);
+    }
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    if gate.until_ready && !reads && !state.is_ready() {
+        return Err(ApiError::unavailable(
+            "the catalog is still loading; retry shortly",
+        ));
+    }
+    if limits::is_watch(&req) {
+        let slot = state.limiter.watcher()?;
+        return Ok((req, slot));
+    }
+    if has_body(req.headers()) {
+        let (parts, body) = req.into_parts();
+        let body = read_body(
+            &parts.headers,
+            body,
+            gate.body_limit,
+            state.limiter.config().body_timeout,
+        )
+        .await?;
+        req = Request::from_parts(parts, body);
+    }
+    let slot = match gate.access {
+        // Probes and peers are cheap or few, and must get through an overload:
+        // a starved Raft heartbeat would start an election.
+        Access::Open | Access::Peer => Slot::Free,
+        _ => state.limiter.request()?,
+    };
+    Ok((req, slot))
+}
+
+/// Runs the handler holding `slot`: a watcher's slot for as long as its body
+/// streams, a request's under the request deadline.
+async fn run(state: &AppState, slot: Slot, req: Request, next: Next) -> Response {
+    match slot {
+        Slot::Watcher(permit) => {
+            let resp = next.run(req).await;
+            resp.map(|body| {
+                Body::from_stream(body.into_data_stream().map(move |chunk| {
+                    let _held = &permit;
+                    chunk
+                }))
+            })
+        }
+        slot => {
+            let timeout = state.limiter.config().request_timeout;
+            let resp = tokio::time::timeout(timeout, next.run(req)).await;
+            drop(slot);
+            resp.unwrap_or_else(|_| {
+                ApiError::unavailable("the request took too long; retry shortly")
+                    .retry_after(1)
+                    .into_response()
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_from_headers_and_consul_query() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(secret(&h, None, Style::Native), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(secret(&h, None, Style::Native), None);
+        let mut h = HeaderMap::new();
+        h.insert("x-consul-token", "xyz".parse().unwrap());
+        assert_eq!(secret(&h, None, Style::Native), Some("xyz"));
+        let none = HeaderMap::new();
+        let q = Some("index=3&token=qqq");
+        assert_eq!(secret(&none, q, Style::Consul), Some("qqq"));
+        assert_eq!(
+            secret(&none, q, Style::Native),
+            None,
+            "native: headers only"
+        );
+    }
+
+    #[test]
+    fn write_routes_authorize_the_decoded_name() {
+        let params = |s: &str| HashMap::from([("service".to_owned(), s.to_owned())]);
+        let put = Method::PUT;
+        assert_eq!(
+            need(Access::Write, &put, &params("Web")).unwrap(),
+            Some(Need::Write("web".into()))
+        );
+        assert!(need(Access::Write, &put, &params(&"x".repeat(2000))).is_err());
+        assert!(need(Access::Write, &put, &HashMap::new()).is_err());
+        assert_eq!(
+            need(Access::Write, &Method::GET, &params("web")).unwrap(),
+            Some(Need::Read)
+        );
+        assert_eq!(need(Access::Open, &put, &HashMap::new()).unwrap(), None);
+    }
+}
