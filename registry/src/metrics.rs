@@ -7,8 +7,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as PromRegistry;
 use roster_api::Health;
+use std::sync::atomic::AtomicU64;
+use tokio::time::Instant;
 
-use crate::catalog::Snapshot;
+use crate::catalog::{GuardStatus, Snapshot};
 
 /// Labels of an HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,6 +103,17 @@ pub struct Metrics {
     checks_scheduled: Gauge,
     checks_waiting: Gauge,
     self_preservation: Gauge,
+    guard_held: Gauge,
+    guard_active_seconds: Gauge<f64, AtomicU64>,
+    guard_oldest_hold: Gauge<f64, AtomicU64>,
+    guard_max_hold: Gauge<f64, AtomicU64>,
+    guard_drained_within: Gauge<f64, AtomicU64>,
+    guard_drain: Gauge<f64, AtomicU64>,
+    guard_released: Counter,
+    /// The largest release total seen, so the counter moves by exact steps
+    /// when two threads publish at once.
+    guard_released_seen: AtomicU64,
+    reaper_errors: Counter,
     dns_limited: Family<ResultLabels, Counter>,
     dns_stats: std::sync::OnceLock<roster_dns::DnsHandler>,
     dns_tcp_open: Gauge,
@@ -220,6 +233,54 @@ impl Metrics {
             "1 while self-preservation holds overdue leases instead of expiring them",
             self_preservation.clone(),
         );
+        let guard_held = Gauge::default();
+        registry.register(
+            "self_preservation_held_leases",
+            "Overdue leases self-preservation holds now (their instances still show passing)",
+            guard_held.clone(),
+        );
+        let guard_active_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "self_preservation_active_seconds",
+            "How long self-preservation has been on (0 while off)",
+            guard_active_seconds.clone(),
+        );
+        let guard_oldest_hold = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "self_preservation_oldest_hold_seconds",
+            "How long the longest-held lease has been overdue (0 when none is held)",
+            guard_oldest_hold.clone(),
+        );
+        let guard_max_hold = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "self_preservation_max_hold_seconds",
+            "The longest self-preservation holds a lease past its deadline (or a removal past its time)",
+            guard_max_hold.clone(),
+        );
+        let guard_drained_within = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "self_preservation_drained_within_seconds",
+            "Time by which every lease held now is released at the latest",
+            guard_drained_within.clone(),
+        );
+        let guard_drain = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "self_preservation_drain_per_minute",
+            "Held leases released per minute, averaged over the renewal window",
+            guard_drain.clone(),
+        );
+        let guard_released = Counter::default();
+        registry.register(
+            "self_preservation_released",
+            "Held leases released: expired at their max hold, or when the guard let go while they were still silent",
+            guard_released.clone(),
+        );
+        let reaper_errors = Counter::default();
+        registry.register(
+            "reaper_errors",
+            "Ticks of the lease clock that failed (logged as errors)",
+            reaper_errors.clone(),
+        );
         let dns_limited = Family::<ResultLabels, Counter>::default();
         registry.register(
             "dns_rate_limited",
@@ -248,6 +309,15 @@ impl Metrics {
             checks_scheduled,
             checks_waiting,
             self_preservation,
+            guard_held,
+            guard_active_seconds,
+            guard_oldest_hold,
+            guard_max_hold,
+            guard_drained_within,
+            guard_drain,
+            guard_released,
+            guard_released_seen: AtomicU64::new(0),
+            reaper_errors,
             watchers,
             watch_events,
             watch_coalesced,
@@ -323,9 +393,33 @@ impl Metrics {
         self.checks_waiting.set(waiting as i64);
     }
 
-    /// Sets the self-preservation gauge.
-    pub fn self_preservation(&self, active: bool) {
-        self.self_preservation.set(i64::from(active));
+    /// Sets the self-preservation metrics from the guard's status at `now`.
+    pub fn self_preservation_status(&self, guard: &GuardStatus, now: Instant) {
+        self.self_preservation.set(i64::from(guard.active));
+        self.guard_held
+            .set(i64::try_from(guard.held).unwrap_or(i64::MAX));
+        self.guard_active_seconds.set(
+            guard
+                .since
+                .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64()),
+        );
+        self.guard_oldest_hold
+            .set(guard.oldest_hold(now).as_secs_f64());
+        self.guard_max_hold.set(guard.max_hold.as_secs_f64());
+        self.guard_drained_within
+            .set(guard.drained_within(now).as_secs_f64());
+        self.guard_drain.set(guard.drain_per_minute());
+        let seen = self
+            .guard_released_seen
+            .fetch_max(guard.released_total, std::sync::atomic::Ordering::Relaxed);
+        if guard.released_total > seen {
+            self.guard_released.inc_by(guard.released_total - seen);
+        }
+    }
+
+    /// Counts a failed tick of the lease clock.
+    pub fn reaper_error(&self) {
+        self.reaper_errors.inc();
     }
 
     /// Counts expirations and removals done by the reaper.

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{
-    Catalog, CatalogError, CatalogLimits, Command, Instance, Outcome, SelfPreservation, Snapshot,
+    Catalog, CatalogError, CatalogLimits, Command, GuardStatus, Instance, Outcome,
+    SelfPreservation, Snapshot,
 };
 use crate::lease::{LeaseTable, Renewal};
 use crate::metrics::{HeartbeatResult, Metrics};
@@ -178,6 +179,13 @@ impl Registry {
     /// Whether self-preservation is holding overdue leases now.
     pub fn self_preservation_active(&self) -> bool {
         self.preserving.load(Ordering::Relaxed)
+    }
+
+    /// What self-preservation is doing now: how many leases it holds, since
+    /// when, and how fast they drain. In a cluster, only the leader's guard
+    /// acts; a follower's is inactive.
+    pub fn self_preservation(&self) -> GuardStatus {
+        self.lock().catalog.guard_status()
     }
 
     /// Every instance in the catalog now, followed by every later change, for
@@ -429,7 +437,7 @@ impl Registry {
                 }
             }
         }
-        let preserving = catalog.self_preservation_active();
+        let guard = catalog.guard_status();
         let after = catalog.next_deadline();
         drop(core);
         if let Some(after) = after
@@ -440,18 +448,31 @@ impl Registry {
         if out.expired > 0 || out.reaped > 0 {
             self.metrics.reaper(out.expired, out.reaped);
         }
-        if self.preserving.swap(preserving, Ordering::Relaxed) != preserving {
-            self.metrics.self_preservation(preserving);
-            if preserving {
-                tracing::warn!(
-                    held = out.held,
-                    "self-preservation on: too many leases ran out at once, so none expire until heartbeats come back (is the registry cut off from its instances?)"
-                );
-            } else {
-                tracing::warn!("self-preservation off: leases expire again");
-            }
-        }
+        self.report_guard(&out, &guard);
         Ok((out, durable))
+    }
+
+    /// Publishes the self-preservation guard after a command: the metrics, and
+    /// one log line each time it turns on or off. Every path that ticks (alone
+    /// and as a cluster's leader) goes through here.
+    fn report_guard(&self, out: &Outcome, guard: &GuardStatus) {
+        self.metrics.self_preservation_status(guard, Instant::now());
+        let preserving = guard.active;
+        if self.preserving.swap(preserving, Ordering::Relaxed) == preserving {
+            return;
+        }
+        if preserving {
+            tracing::warn!(
+                held = out.held,
+                max_hold_secs = guard.max_hold.as_secs_f64(),
+                "self-preservation on: too many leases ran out at once, so overdue leases are held (for at most max_hold past their deadlines) until heartbeats come back (is the registry cut off from its instances?)"
+            );
+        } else {
+            tracing::warn!(
+                released_total = guard.released_total,
+                "self-preservation off: leases expire again"
+            );
+        }
     }
 
     /// Renews an instance's lease. The common case touches one atomic and takes no
@@ -526,10 +547,17 @@ impl Registry {
                                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
                             }
                         }
-                    } else if let Ok(out) = self.apply(Command::Tick)
-                        && (out.expired > 0 || out.reaped > 0)
-                    {
-                        tracing::info!(expired = out.expired, reaped = out.reaped, index = out.index, "leases expired");
+                    } else {
+                        match self.apply(Command::Tick) {
+                            Ok(out) if out.expired > 0 || out.reaped > 0 => {
+                                tracing::info!(expired = out.expired, reaped = out.reaped, index = out.index, "leases expired");
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                self.metrics.reaper_error();
+                                tracing::error!(error = %e, "the lease clock's tick failed");
+                            }
+                        }
                     }
                 }
             }
@@ -548,10 +576,15 @@ impl Registry {
         let mut core = self.lock();
         let out = match core.catalog.apply(Command::Tick, Instant::now()) {
             Ok(out) => out,
-            Err(_) => return true,
+            Err(e) => {
+                drop(core);
+                self.metrics.reaper_error();
+                tracing::error!(error = %e, "the lease clock's tick failed");
+                return true;
+            }
         };
         let effects = core.catalog.take_effects();
-        let preserving = core.catalog.self_preservation_active();
+        let guard = core.catalog.guard_status();
         for cmd in effects {
             let (tx, _rx) = tokio::sync::oneshot::channel();
             let _ = rep.proposals().send((cmd, tx));
@@ -564,9 +597,8 @@ impl Registry {
                 "leases ran out; replicating"
             );
         }
-        if self.preserving.swap(preserving, Ordering::Relaxed) != preserving {
-            self.metrics.self_preservation(preserving);
-        }
+        // Expirations are counted when the log applies them, on every node.
+        self.report_guard(&out, &guard);
         true
     }
 }

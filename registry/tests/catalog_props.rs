@@ -7,8 +7,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use roster_client::api::{CheckDefinition, Health, RegisterRequest};
 use roster_registry::catalog::{
-    Catalog, CatalogError, CatalogLimits, CheckSource, Command, Snapshot,
+    Catalog, CatalogError, CatalogLimits, CheckSource, Command, SelfPreservation, Snapshot,
 };
+use roster_registry::lease::Renewal;
 use roster_registry::model::{InstanceId, InstanceSpec, Limits, ServiceName};
 use tokio::time::Instant;
 
@@ -338,5 +339,270 @@ proptest! {
             (Err(a), Err(b)) => prop_assert_eq!(a, b),
             (a, b) => prop_assert!(false, "first {:?}, then {:?}", a, b),
         }
+    }
+}
+
+// Self-preservation ------------------------------------------------------------
+//
+// A fleet of instances heartbeating every ttl/3 (the client's schedule), some
+// of which leave for good (a departure) while the registry may lose every
+// heartbeat for a while (a registry-side blip). Time is a 250 ms grid with a
+// tick on every step, so bounds are checked to the step.
+
+/// The default `max_hold`: nothing in these tests sets it.
+const MAX_HOLD: Duration = Duration::from_secs(120);
+const STEP: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Debug)]
+struct Fleet {
+    /// Instances that heartbeat to the end (at least the guard's minimum).
+    live: usize,
+    /// Instances that stop heartbeating for good at `depart_at`.
+    departed: usize,
+    ttl: u64,
+    dca: u64,
+    window: u64,
+    /// Each instance's registration offset, in steps within ttl/3.
+    phases: Vec<u64>,
+    depart_at: Duration,
+    /// No heartbeat reaches the registry in `[start, start + len)`.
+    blip: Option<(Duration, Duration)>,
+}
+
+fn fleet(blip: bool) -> impl Strategy<Value = Fleet> {
+    (
+        10..22usize,
+        0..14usize,
+        prop_oneof![Just(3u64), Just(6), Just(9)],
+        5..40u64,
+        prop_oneof![Just(5u64), Just(20), Just(60)],
+        prop::collection::vec(0..1000u64, 36),
+        20..60u64,
+        // The blip starts up to ~3 minutes after the departure (before, during
+        // or after its hold) and lasts up to just under max_hold.
+        (0..800u64, 0..(MAX_HOLD.as_millis() as u64 / 250)),
+    )
+        .prop_map(
+            move |(live, departed, ttl, dca, window, phases, depart_s, (blip_q, len_q))| Fleet {
+                live,
+                departed,
+                ttl,
+                dca,
+                window,
+                phases: phases.iter().map(|p| p % (ttl * 4 / 3)).collect(),
+                depart_at: Duration::from_secs(depart_s),
+                blip: blip.then(|| {
+                    (
+                        Duration::from_secs(depart_s) + STEP * blip_q as u32,
+                        STEP * len_q as u32,
+                    )
+                }),
+            },
+        )
+}
+
+/// One node alone, or a leader and a follower fed the same log.
+struct Nodes {
+    leader: Catalog,
+    follower: Option<Catalog>,
+}
+
+impl Nodes {
+    fn new(t0: Instant, replicated: bool, guard: SelfPreservation) -> Self {
+        let mut leader = Catalog::new(t0, CatalogLimits::default());
+        leader.set_self_preservation(guard);
+        let follower = replicated.then(|| {
+            let mut f = Catalog::new(t0 + Duration::from_millis(37), CatalogLimits::default());
+            f.set_self_preservation(guard);
+            f.set_replicated();
+            f
+        });
+        if replicated {
+            leader.set_replicated();
+        }
+        Nodes { leader, follower }
+    }
+
+    /// A write that goes through the log (both nodes, the follower a little later).
+    fn write(&mut self, cmd: Command, now: Instant) {
+        let a = self.leader.apply(cmd.clone(), now);
+        if let Some(f) = &mut self.follower {
+            let b = f.apply(cmd, now + Duration::from_millis(3));
+            assert_eq!(a, b);
+        }
+    }
+
+    /// A heartbeat: the fast path on the leader; an expired lease through the log.
+    fn heartbeat(&mut self, id: &str, now: Instant) {
+        let clock = self.leader.clock(now);
+        if self.leader.leases().renew("web", id, clock) != Renewal::Renewed {
+            self.write(
+                Command::Heartbeat {
+                    service: ServiceName::parse("web").unwrap(),
+                    id: InstanceId::parse(id).unwrap(),
+                },
+                now,
+            );
+        }
+    }
+
+    /// The leader's tick; replicated, its effects go through the log.
+    fn tick(&mut self, now: Instant) {
+        self.leader.apply(Command::Tick, now).unwrap();
+        if self.follower.is_some() {
+            for cmd in self.leader.take_effects() {
+                self.write(cmd, now);
+            }
+        }
+    }
+
+    /// The state clients read (the follower's, when there is one).
+    fn snapshot(&self) -> &Snapshot {
+        if let Some(f) = &self.follower {
+            assert_eq!(f.snapshot(), self.leader.snapshot(), "the nodes diverged");
+        }
+        self.follower.as_ref().unwrap_or(&self.leader).snapshot()
+    }
+}
+
+/// Runs `f` and checks, at every step: no instance that keeps heartbeating
+/// ever expires (a blip is shorter than max_hold); every departed instance is
+/// critical by its deadline + max_hold and removed by that + its
+/// deregister_critical_after; at the end the guard has let go and exactly the
+/// live instances are left, all passing.
+fn run_fleet(f: &Fleet, replicated: bool) -> Result<(), TestCaseError> {
+    let t0 = Instant::now();
+    let guard = SelfPreservation {
+        threshold: 0.15,
+        window: Duration::from_secs(f.window),
+        min_instances: 10,
+        ..SelfPreservation::default()
+    };
+    let mut nodes = Nodes::new(t0, replicated, guard);
+    let n = f.live + f.departed;
+    let ids: Vec<String> = (0..n).map(|i| format!("i{i:02}")).collect();
+    let ttl = Duration::from_secs(f.ttl);
+    let beat = ttl / 3;
+    let dca = Duration::from_secs(f.dca);
+    // Instance i registers at its phase and heartbeats every ttl/3 after.
+    let start: Vec<Duration> = f.phases[..n].iter().map(|p| STEP * *p as u32).collect();
+    let mut last: Vec<Option<Duration>> = vec![None; n];
+    let blip_end = f.blip.map_or(Duration::ZERO, |(s, l)| s + l);
+    let end = f.depart_at.max(blip_end)
+        + ttl
+        + MAX_HOLD
+        + dca
+        + Duration::from_secs(f.window)
+        + Duration::from_secs(5);
+    let mut t = Duration::ZERO;
+    while t <= end {
+        let now = t0 + t;
+        let in_blip = f.blip.is_some_and(|(s, l)| t >= s && t < s + l);
+        for i in 0..n {
+            if t < start[i] {
+                continue;
+            }
+            let since = t - start[i];
+            let on_beat = since.as_millis().is_multiple_of(beat.as_millis());
+            if since.is_zero() {
+                let req = RegisterRequest {
+                    address: Some("10.0.0.1".into()),
+                    port: 80,
+                    ttl: Some(ttl),
+                    deregister_critical_after: Some(dca),
+                    ..Default::default()
+                };
+                let spec = InstanceSpec::from_request(req, None, &Limits::default()).unwrap();
+                nodes.write(
+                    Command::Register {
+                        service: ServiceName::parse("web").unwrap(),
+                        id: InstanceId::parse(&ids[i]).unwrap(),
+                        spec,
+                    },
+                    now,
+                );
+                last[i] = Some(t);
+            } else if on_beat && !in_blip && (i < f.live || t < f.depart_at) {
+                nodes.heartbeat(&ids[i], now);
+                last[i] = Some(t);
+            }
+        }
+        nodes.tick(now);
+        let snap = nodes.snapshot();
+        for i in 0..n {
+            let Some(last) = last[i] else { continue };
+            let inst = snap.instance("web", &ids[i]);
+            if i < f.live {
+                let inst = inst.expect("a live instance is never removed");
+                prop_assert_eq!(
+                    inst.lease,
+                    Some(Health::Passing),
+                    "live {} expired at {:?} (last heartbeat {:?})",
+                    &ids[i],
+                    t,
+                    last
+                );
+                continue;
+            }
+            let deadline = last + ttl;
+            if t >= deadline + MAX_HOLD + dca {
+                prop_assert!(
+                    inst.is_none(),
+                    "departed {} still there at {:?} (deadline {:?})",
+                    &ids[i],
+                    t,
+                    deadline
+                );
+            } else if t >= deadline + MAX_HOLD {
+                prop_assert!(
+                    inst.is_none_or(|i| i.lease == Some(Health::Critical)),
+                    "departed {} still passing at {:?} (deadline {:?})",
+                    &ids[i],
+                    t,
+                    deadline
+                );
+            }
+        }
+        t += STEP;
+    }
+    prop_assert!(
+        !nodes.leader.self_preservation_active(),
+        "the guard never let go"
+    );
+    prop_assert_eq!(nodes.leader.guard_status().held, 0, "held leases left over");
+    let snap = nodes.snapshot();
+    prop_assert_eq!(snap.instance_count(), f.live);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    /// A registry-side blip shorter than max_hold (every heartbeat lost, some
+    /// instances having left before or during it) expires no live instance,
+    /// and the guard lets go once heartbeats are back and the departed drained.
+    #[test]
+    fn a_blip_shorter_than_max_hold_expires_nothing(f in fleet(true)) {
+        run_fleet(&f, false)?;
+    }
+
+    /// Instances that leave for good are expired within max_hold of their
+    /// deadline and removed deregister_critical_after later, however many
+    /// leave at once; the others never expire.
+    #[test]
+    fn a_departure_drains_within_max_hold(f in fleet(false)) {
+        run_fleet(&f, false)?;
+    }
+
+    /// Both, in a cluster: the leader's clock decides, the log carries the
+    /// effects, and the follower shows the same.
+    #[test]
+    fn a_blip_shorter_than_max_hold_expires_nothing_in_a_cluster(f in fleet(true)) {
+        run_fleet(&f, true)?;
+    }
+
+    #[test]
+    fn a_departure_drains_within_max_hold_in_a_cluster(f in fleet(false)) {
+        run_fleet(&f, true)?;
     }
 }

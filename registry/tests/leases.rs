@@ -218,7 +218,8 @@ async fn ten_thousand_leases_expire_with_one_reaper_task() {
 
 /// Eureka's lesson: when half the instances fall silent at once, the registry is
 /// more likely cut off than they are dead, so nothing expires until heartbeats
-/// come back; then the ones still silent expire as usual.
+/// come back (or max_hold runs out); then the ones still silent get one more
+/// ttl and expire.
 #[tokio::test(start_paused = true)]
 async fn self_preservation_holds_a_mass_expiry_and_resumes_when_heartbeats_return() {
     let h = Harness::start_with(CatalogLimits::default(), SelfPreservation::default());
@@ -262,10 +263,17 @@ async fn self_preservation_holds_a_mass_expiry_and_resumes_when_heartbeats_retur
         beat(0..18).await;
         sleep(secs(3.0)).await;
     }
-    // t = 39: 2 of 20 overdue is under 15 %: the guard is off, they expired.
+    // t = 39: 2 of 20 overdue is under 15 %: the guard is off. The two it
+    // held get one more ttl (10 s) from then to come back, as stragglers of a
+    // blip would, and then expire.
     assert!(!h.registry.self_preservation_active());
     assert_eq!(h.metric("roster_self_preservation_active"), 0.0);
+    assert_eq!(h.metric("roster_lease_expirations_total"), 0.0);
+    beat(0..18).await;
+    sleep(secs(3.0)).await;
+    // t = 42.
     assert_eq!(h.metric("roster_lease_expirations_total"), 2.0);
+    assert_eq!(h.metric("roster_self_preservation_released_total"), 2.0);
     for (n, id) in ids.iter().enumerate() {
         let want = if n >= 18 {
             Health::Critical
@@ -276,7 +284,7 @@ async fn self_preservation_holds_a_mass_expiry_and_resumes_when_heartbeats_retur
     }
     // They are removed deregister_critical_after (30 s) after their release,
     // while the others keep heartbeating.
-    for _ in 0..11 {
+    for _ in 0..10 {
         beat(0..18).await;
         sleep(secs(3.0)).await;
     }
@@ -329,4 +337,211 @@ async fn self_preservation_trips_before_the_first_of_spread_deadlines() {
         ids.iter()
             .all(|id| h.health("web", id) == Some(Health::Passing))
     );
+}
+
+/// Heartbeats `ids` every 0.5 s from `t` until `until` (seconds).
+async fn beat_until(h: &Harness, ids: &[String], t: &mut f64, until: f64) {
+    while *t < until {
+        sleep(secs(0.5)).await;
+        *t += 0.5;
+        for id in ids {
+            h.heartbeat("web", id).await.unwrap();
+        }
+    }
+}
+
+/// Blue/green: 20 old instances (ttl 2 s) fall silent while 20 new ones keep
+/// heartbeating. Half the fleet silent at once trips the guard, which holds
+/// the old ones (still passing) for at most max_hold (2 min by default) past
+/// their deadlines, then expires them; they are removed
+/// deregister_critical_after later, and the guard lets go.
+#[tokio::test(start_paused = true)]
+async fn self_preservation_releases_a_real_departure_after_max_hold() {
+    let h = Harness::start_with(CatalogLimits::default(), SelfPreservation::default());
+    let old: Vec<String> = (0..20).map(|i| format!("blue-{i:02}")).collect();
+    let new: Vec<String> = (0..20).map(|i| format!("green-{i:02}")).collect();
+    for id in old.iter().chain(&new) {
+        h.register("web", id, 2, 30);
+    }
+    // The old ones never heartbeat again (deadline t = 2 s); the new ones
+    // heartbeat every 0.5 s throughout.
+    let mut t = 0.0;
+    beat_until(&h, &new, &mut t, 3.0).await;
+    assert!(
+        h.registry.self_preservation_active(),
+        "half the fleet silent at once"
+    );
+    assert_eq!(h.metric("roster_lease_expirations_total"), 0.0);
+    // t = 80 s, past the 1 m window: still held (the bound is 2 m), and
+    // visible as such.
+    beat_until(&h, &new, &mut t, 80.0).await;
+    assert!(
+        old.iter()
+            .all(|id| h.health("web", id) == Some(Health::Passing))
+    );
+    assert_eq!(h.metric("roster_self_preservation_held_leases"), 20.0);
+    let oldest = h.metric("roster_self_preservation_oldest_hold_seconds");
+    assert!((77.0..=78.5).contains(&oldest), "oldest hold {oldest}");
+    assert_eq!(h.metric("roster_self_preservation_max_hold_seconds"), 120.0);
+    let within = h.metric("roster_self_preservation_drained_within_seconds");
+    assert!((41.5..=43.0).contains(&within), "drained within {within}");
+    let status = h.registry.self_preservation();
+    assert_eq!((status.active, status.held), (true, 20));
+    // t = 122.5 s: released at deadline (2 s) + 120 s, critical now.
+    beat_until(&h, &new, &mut t, 122.5).await;
+    assert!(
+        old.iter()
+            .all(|id| h.health("web", id) == Some(Health::Critical)),
+        "released at max_hold"
+    );
+    assert!(
+        new.iter()
+            .all(|id| h.health("web", id) == Some(Health::Passing))
+    );
+    assert_eq!(h.metric("roster_lease_expirations_total"), 20.0);
+    assert_eq!(h.metric("roster_self_preservation_released_total"), 20.0);
+    assert_eq!(h.metric("roster_self_preservation_held_leases"), 0.0);
+    assert!(h.metric("roster_self_preservation_drain_per_minute") >= 20.0);
+    // The released ones count nowhere: the guard lets go within a recheck.
+    beat_until(&h, &new, &mut t, 124.0).await;
+    assert!(!h.registry.self_preservation_active(), "the guard lets go");
+    assert_eq!(h.metric("roster_self_preservation_active"), 0.0);
+    // Removed 30 s after their release.
+    beat_until(&h, &new, &mut t, 153.0).await;
+    assert!(old.iter().all(|id| h.health("web", id).is_none()));
+    assert_eq!(h.registry.snapshot().instance_count(), 20);
+}
+
+/// Churn, as autoscaling and crashed jobs make it: instances (ttl 5 s)
+/// arrive in 200 services all the time, live 5–30 s heartbeating every ttl/3,
+/// then a third deregister and the rest just stop. The lapses keep the guard
+/// on, but each one is held for max_hold at most, so after a warm-up the
+/// catalog stays flat instead of growing without bound. Eight minutes of
+/// paused time.
+#[tokio::test(start_paused = true)]
+async fn churn_keeps_the_catalog_flat() {
+    let h = Harness::start_with(CatalogLimits::default(), SelfPreservation::default());
+    // A small deterministic generator: the test needs no randomness.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    struct Live {
+        service: String,
+        id: String,
+        /// Steps (100 ms) until the next heartbeat and until it leaves.
+        next_beat: u64,
+        leaves: u64,
+    }
+    let mut live: Vec<Live> = Vec::new();
+    let mut serial = 0u64;
+    let mut sizes: Vec<(u64, usize)> = Vec::new();
+    let mut guard_on = 0u64;
+    for step in 0..(8 * 600u64) {
+        // Two arrivals per 100 ms: 20 per second.
+        for _ in 0..2 {
+            serial += 1;
+            let service = format!("svc-{:03}", rand(200));
+            let id = format!("{service}-{serial}");
+            h.register(&service, &id, 5, 10);
+            live.push(Live {
+                service,
+                id,
+                next_beat: step + 16,
+                leaves: step + 50 + rand(250),
+            });
+        }
+        let mut i = 0;
+        while i < live.len() {
+            let l = &mut live[i];
+            if l.leaves <= step {
+                let l = live.swap_remove(i);
+                if rand(3) == 0 {
+                    h.registry
+                        .apply(Command::Deregister {
+                            service: ServiceName::parse(&l.service).unwrap(),
+                            id: InstanceId::parse(&l.id).unwrap(),
+                        })
+                        .unwrap();
+                }
+                continue;
+            }
+            if l.next_beat <= step {
+                l.next_beat = step + 16;
+                let (service, id) = (l.service.clone(), l.id.clone());
+                h.heartbeat(&service, &id).await.unwrap();
+            }
+            i += 1;
+        }
+        sleep(secs(0.1)).await;
+        if h.registry.self_preservation_active() {
+            guard_on += 1;
+        }
+        if step % 300 == 299 {
+            sizes.push(((step + 1) / 10, h.registry.snapshot().instance_count()));
+        }
+    }
+    eprintln!("catalog size (seconds, instances): {sizes:?}; guard on {guard_on} of 4800 steps");
+    // Warm-up: ttl + max_hold + deregister_critical_after (about 2.3 min).
+    // From 3 minutes on, every sample is within 10 % of their mean, and the
+    // last is no larger than the first.
+    let after: Vec<usize> = sizes
+        .iter()
+        .filter(|(t, _)| *t >= 180)
+        .map(|(_, n)| *n)
+        .collect();
+    let mean = after.iter().sum::<usize>() as f64 / after.len() as f64;
+    for (t, n) in &sizes {
+        if *t >= 180 {
+            assert!(
+                (*n as f64 - mean).abs() <= 0.1 * mean,
+                "at {t} s: {n} instances, mean {mean:.0}: {sizes:?}"
+            );
+        }
+    }
+    assert!(
+        after.last().unwrap() <= &(after[0] + after[0] / 20),
+        "grows: {sizes:?}"
+    );
+}
+
+/// An outage of the registry longer than max_hold: every lease is held until
+/// its deadline + max_hold (2 m), then expires; the instances come back on
+/// their first heartbeat after the outage, and are not removed meanwhile if
+/// their deregister_critical_after is longer than the rest of the outage.
+#[tokio::test(start_paused = true)]
+async fn an_outage_longer_than_max_hold_expires_at_max_hold_and_heartbeats_revive() {
+    let h = Harness::start_with(CatalogLimits::default(), SelfPreservation::default());
+    let ids: Vec<String> = (0..20).map(|i| format!("i{i:02}")).collect();
+    for id in &ids {
+        h.register("web", id, 10, 300);
+    }
+    // Nothing heartbeats for 150 s: the deadlines are at 10 s.
+    sleep(secs(129.5)).await;
+    assert!(h.registry.self_preservation_active());
+    assert!(
+        ids.iter()
+            .all(|id| h.health("web", id) == Some(Health::Passing))
+    );
+    assert_eq!(h.metric("roster_self_preservation_held_leases"), 20.0);
+    sleep(secs(1.0)).await;
+    // t = 130.5 s: released at 10 s + 2 m.
+    assert!(
+        ids.iter()
+            .all(|id| h.health("web", id) == Some(Health::Critical))
+    );
+    assert_eq!(h.metric("roster_lease_expirations_total"), 20.0);
+    sleep(secs(20.0)).await;
+    for id in &ids {
+        assert!(h.heartbeat("web", id).await.unwrap(), "{id} revives");
+    }
+    assert!(
+        ids.iter()
+            .all(|id| h.health("web", id) == Some(Health::Passing))
+    );
+    sleep(secs(2.0)).await;
+    assert!(!h.registry.self_preservation_active());
 }

@@ -558,9 +558,19 @@
           if (e.name === "AbortError") return;
           totalsNote = e.denied ? "needs a token with read rights" : e.detail;
         }
+        const g = h.self_preservation_status || {};
         const sp = h.self_preservation
-          ? el("span", { class: "warning-text" }, badge("warning", "active"), " leases are not expiring")
+          ? el("span", { class: "warning-text" }, badge("warning", "active"),
+            ` for ${uptime(g.active_seconds || 0)}: holding ${g.held || 0} overdue leases`)
           : "inactive";
+        const guardRows = [
+          ["Self-preservation", sp, "self-preservation"],
+          ["Longest hold", h.self_preservation ? uptime(g.oldest_hold_seconds || 0) : "none", "oldest-hold"],
+          ["Max hold", `${uptime(g.max_hold_seconds || 0)} past a lease's deadline`, "max-hold"],
+          ["Drain", h.self_preservation
+            ? `${g.drain_per_minute || 0} released per minute; all held now released within ${uptime(g.drained_within_seconds || 0)}`
+            : `${g.released_total || 0} held leases released so far`, "drain"],
+        ];
         grid.replaceChildren(
           card("Registry", [
             ["Version", h.version, "version"],
@@ -579,7 +589,7 @@
               : el("span", { class: "muted" }, totalsNote), "by-health"],
           ]),
           card("Leases", [
-            ["Self-preservation", sp, "self-preservation"],
+            ...guardRows,
             ...(h.warnings || []).map((w) => ["Warning", w, "warning"]),
           ]),
           card("Replication", [

@@ -63,9 +63,10 @@ def free_port() -> int:
 class Roster:
     """A running `roster serve` on 127.0.0.1:port."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.extra_args = extra_args
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.log_path = workdir / "roster.log"
@@ -87,7 +88,7 @@ class Roster:
             self.port = free_port()
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen(
-                    [self.binary, "serve", "--http-addr", f"{HOST}:{self.port}", "--no-dns"],
+                    [self.binary, "serve", "--http-addr", f"{HOST}:{self.port}", "--no-dns", *self.extra_args],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -126,6 +127,34 @@ def roster(tmp_path: Path) -> Iterator[Roster]:
         alive = server.proc is not None and server.proc.poll() is None
         server.stop()
         assert alive, f"roster exited during the test; its log:\n{server.log()}"
+
+
+@pytest.fixture
+def acl_roster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], Roster]]:
+    """Starts a registry with ACLs on: `acl_roster(tokens_toml)` writes the token
+    file and runs `roster serve --acl --acl-tokens FILE`. Neither roster nor
+    py-consul may take a token from this machine's environment (py-consul reads
+    CONSUL_HTTP_TOKEN over its token= argument)."""
+    monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
+    for name in ("ROSTER_ACL", "ROSTER_ACL_TOKENS", "ROSTER_ACL_TOKENS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    started: list[Roster] = []
+
+    def start(tokens_toml: str) -> Roster:
+        workdir = tmp_path / f"acl-{len(started)}"
+        workdir.mkdir()
+        tokens = workdir / "tokens.toml"
+        tokens.write_text(tokens_toml)
+        server = Roster(os.environ["ROSTER_BIN"], workdir, ("--acl", "--acl-tokens", str(tokens)))
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    dead = [s.log() for s in started if s.proc is None or s.proc.poll() is not None]
+    for server in started:
+        server.stop()
+    assert not dead, f"roster exited during the test; its log:\n{dead[0]}"
 
 
 @pytest.fixture

@@ -111,6 +111,8 @@ VALUE_SETS: dict[str, dict] = {
         "podDisruptionBudget": {"enabled": False},
         "acl": {"enabled": False},
     },
+    # Calls without a token may read (the token file's [anonymous] table).
+    "anonymous-read": {"acl": {"anonymousPolicies": ["read", "write:canary-*"]}},
     # A Raft cluster with the chart's defaults, and one with everything it
     # depends on changed.
     "cluster-3": {"replicas": 3},

@@ -16,8 +16,9 @@ TCP. Substitutions, all needed to run outside a pod:
   token is random on every rendering), after checking that the pod mounts that
   Secret key at that path.
 
-With ACLs on, calls without a token get 401, the register call uses the
-rendered Secret's admin-token, and the probes and /metrics still need no token.
+With ACLs on, calls without a token get 401 (reads get 200 when
+acl.anonymousPolicies is ["read"]), the register call uses the rendered
+Secret's admin-token, and the probes and /metrics still need no token.
 The `helm test` pod's register and deregister scripts are also run, with the
 local curl, against the binary.
 
@@ -88,8 +89,10 @@ def flag(args: list[str], name: str) -> str:
          "roster": {"dns": {"domain": "registry.internal", "ttl": 7}, "log": "warn", "leaseGrace": "1m"}},
         # ACLs off: no token anywhere.
         {"acl": {"enabled": False}},
+        # Calls without a token may read: the rendered file's [anonymous] table.
+        {"acl": {"anonymousPolicies": ["read"]}},
     ],
-    ids=["defaults", "custom-ports-and-dns", "acl-disabled"],
+    ids=["defaults", "custom-ports-and-dns", "acl-disabled", "acl-anonymous-read"],
 )
 def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values, tmp_path):
     objs = manifests(render(chart, values))
@@ -99,6 +102,7 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
     assert container["command"][1:] == ["serve"]
     args = list(container["args"])
     acl = values.get("acl", {}).get("enabled", True)
+    anonymous = values.get("acl", {}).get("anonymousPolicies", [])
 
     # Probes: paths and ports as rendered, the port resolved through its name.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -178,8 +182,20 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
             assert status == 200, f"{kind} {path}: {status} {body!r}"
         assert http("GET", base + "/metrics")[0] == 200
 
-        if acl:
+        if acl and anonymous == ["read"]:
+            # The binary took the rendered [anonymous] table: reads need no
+            # token (natively and on the Consul paths), writes still do.
+            assert "[anonymous]" in tokens_file.read_text()
+            assert http("GET", base + "/v1/services")[0] == 200
+            assert http("GET", base + "/v1/catalog/services")[0] == 200
+            assert http("GET", base + "/v1/services", token="x" * 40)[0] == 403
+            assert http("PUT", base + "/v1/services/helm-test/instances/helm-test-1",
+                        {"address": "10.11.12.13", "port": 8080, "ttl": "60s"})[0] == 401
+            assert http("GET", base + "/v1/services", token=admin_token)[0] == 200
+        elif acl:
+            assert not anonymous
             assert http("GET", base + "/v1/services")[0] == 401
+            assert http("GET", base + "/v1/catalog/services")[0] == 401
             assert http("GET", base + "/v1/services", token="x" * 40)[0] == 403
             assert http("PUT", base + "/v1/services/helm-test/instances/helm-test-1",
                         {"address": "10.11.12.13", "port": 8080, "ttl": "60s"})[0] == 401

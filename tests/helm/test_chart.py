@@ -296,6 +296,12 @@ def test_yamllint_rendered_manifests(chart, value_set, tmp_path):
         ({"acl": {"existingSecret": 5}}, "/acl/existingSecret': got number, want string"),
         ({"acl": {"existingSecret": "My_Tokens"}}, "'My_Tokens' does not match pattern"),
         ({"acl": {"tokens": []}}, "additional properties 'tokens' not allowed"),
+        ({"acl": {"anonymousPolicies": ["admin"]}}, "'admin' does not match pattern"),
+        ({"acl": {"anonymousPolicies": ["write:"]}}, "'write:' does not match pattern"),
+        ({"acl": {"anonymousPolicies": ['write:a"b']}}, "does not match pattern"),
+        ({"acl": {"anonymousPolicies": ["Read"]}}, "'Read' does not match pattern"),
+        ({"acl": {"anonymousPolicies": ["read", "read"]}}, "items at 0 and 1 are equal"),
+        ({"acl": {"anonymousPolicies": "read"}}, "/acl/anonymousPolicies': got string, want array"),
         ({"acl": None}, "missing property 'acl'"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else None,
@@ -565,9 +571,65 @@ def test_notes_explain_the_admin_token(chart, case):
 def test_acl_schema_defaults_match_values():
     schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["acl"]
     values = yaml.safe_load((CHART / "values.yaml").read_text())["acl"]
-    assert values == {"enabled": True, "existingSecret": ""}
+    assert values == {"enabled": True, "existingSecret": "", "anonymousPolicies": []}
     assert {k: v["default"] for k, v in schema["properties"].items()} == values
     assert schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [[], ["read"], ["read", "write:canary-*"]],
+    ids=["none", "read", "read-and-write"],
+)
+def test_acl_anonymous_policies_in_the_chart_token_file(chart, policies):
+    """acl.anonymousPolicies becomes the [anonymous] table of the chart's
+    tokens.toml, and only when given: by default calls without a token get 401."""
+    values = {"acl": {"anonymousPolicies": policies}} if policies else {}
+    objs = manifests(render(chart, values))
+    data = secret_data(find(objs, "Secret", "r1-roster-acl"))
+    parsed = tomllib.loads(data["tokens.toml"])
+    assert parsed["tokens"] == [{"name": "admin", "secret": data["admin-token"], "policies": ["admin"]}]
+    annotations = find(objs, "StatefulSet")["spec"]["template"]["metadata"].get("annotations", {})
+    notes = render(chart, values)["roster/templates/NOTES.txt"]
+    if not policies:
+        assert "anonymous" not in parsed
+        assert "[anonymous]" not in data["tokens.toml"]
+        assert "checksum/acl-anonymous" not in annotations
+        assert "Calls without a token have" not in notes
+        return
+    assert parsed["anonymous"] == {"policies": policies}
+    assert sorted(parsed) == ["anonymous", "tokens"]
+    # The pods read the file at start: the policies' checksum on the pod
+    # template rolls them when the policies change (and only then).
+    digest = annotations["checksum/acl-anonymous"]
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    again = find(manifests(render(chart, values)), "StatefulSet")["spec"]["template"]["metadata"]["annotations"]
+    assert again["checksum/acl-anonymous"] == digest
+    other = {"acl": {"anonymousPolicies": [*policies, "write:other"]}}
+    changed = find(manifests(render(chart, other)), "StatefulSet")["spec"]["template"]["metadata"]["annotations"]
+    assert changed["checksum/acl-anonymous"] != digest
+    assert f"Calls without a token have the policies {', '.join(policies)}" in notes
+
+
+def test_acl_anonymous_policies_keep_pod_annotations(chart):
+    values = {"podAnnotations": {"example.com/scrape": "true"}, "acl": {"anonymousPolicies": ["read"]}}
+    meta = find(manifests(render(chart, values)), "StatefulSet")["spec"]["template"]["metadata"]
+    assert meta["annotations"]["example.com/scrape"] == "true"
+    assert "checksum/acl-anonymous" in meta["annotations"]
+
+
+def test_acl_anonymous_policies_need_the_chart_secret(chart):
+    """With acl.existingSecret the chart writes no token file, so it refuses
+    anonymous policies it could not apply rather than ignore them."""
+    values = {"acl": {"existingSecret": "roster-tokens", "anonymousPolicies": ["read"]}}
+    with pytest.raises(helm_python.HelmRenderError) as err:
+        render(chart, values)
+    assert "put an [anonymous] table with those policies in your tokens.toml" in str(err.value)
+    # ACLs off: nothing to write them into, and nothing closed either.
+    objs = manifests(render(chart, {"acl": {"enabled": False, "anonymousPolicies": ["read"]}}))
+    assert [o for _, o in objs if o["kind"] == "Secret"] == []
+    meta = find(objs, "StatefulSet")["spec"]["template"]["metadata"]
+    assert "checksum/acl-anonymous" not in meta.get("annotations", {})
 
 
 def _sync(objs):

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use roster_client::api::RegisterRequest;
 use roster_client::{InstanceQuery, RosterClient};
+use roster_registry::catalog::SelfPreservation;
 use roster_registry::cluster::ClusterConfig;
 use roster_registry::config::Config;
 use roster_tests::TestRegistry;
@@ -45,6 +46,7 @@ struct Cluster {
     expect: usize,
     snapshot_every: u64,
     dns: bool,
+    guard: SelfPreservation,
 }
 
 impl Cluster {
@@ -58,6 +60,16 @@ impl Cluster {
     }
 
     async fn start_full(name: &str, n: usize, snapshot_every: u64, dns: bool) -> Cluster {
+        Self::start_guarded(name, n, snapshot_every, dns, SelfPreservation::default()).await
+    }
+
+    async fn start_guarded(
+        name: &str,
+        n: usize,
+        snapshot_every: u64,
+        dns: bool,
+        guard: SelfPreservation,
+    ) -> Cluster {
         let mut listeners = Vec::new();
         for _ in 0..n {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -69,6 +81,7 @@ impl Cluster {
             expect: n,
             snapshot_every,
             dns,
+            guard,
         };
         for (i, listener) in listeners.into_iter().enumerate() {
             let dir = temp_dir(&format!("{name}-{i}"));
@@ -94,6 +107,7 @@ impl Cluster {
             },
             data_dir: Some(dir.to_owned()),
             lease_grace: Duration::from_secs(1),
+            self_preservation: self.guard,
             cluster: Some(ClusterConfig {
                 advertise: addr.to_string(),
                 join: self.join.clone(),
@@ -898,4 +912,134 @@ async fn peer_endpoints_need_the_cluster_token_and_forwarded_writes_are_validate
     }
     assert!(cluster.ids(0, "evil").await.is_empty());
     assert_eq!(cluster.ids(0, "web").await.len(), 1);
+}
+
+/// Self-preservation on the leader of a cluster: a blip in which no heartbeat
+/// arrives, shorter than max_hold, expires nothing on any node; half the
+/// fleet leaving for good is expired on every node within ttl + max_hold, and
+/// the guard lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn self_preservation_holds_a_blip_and_drains_a_departure() {
+    let guard = SelfPreservation {
+        window: Duration::from_secs(5),
+        max_hold: Duration::from_secs(5),
+        ..SelfPreservation::default()
+    };
+    let c = Cluster::start_guarded("guard", 3, 10_000, false, guard).await;
+    let client = c.client_all();
+    let ttl = RegisterRequest {
+        ttl: Some(Duration::from_secs(2)),
+        ..instance(80)
+    };
+    let ids: Vec<String> = (0..20).map(|i| format!("g{i:02}")).collect();
+    for id in &ids {
+        client.register("guard", id, &ttl).await.unwrap();
+    }
+    c.converge("guard", &ids.iter().cloned().collect()).await;
+    // Heartbeats every 500 ms from the instances in `beating` (all of them,
+    // none during the blip, then the first ten).
+    let beating = std::sync::Arc::new(AtomicU64::new(20));
+    let beats = {
+        let (client, ids, beating) = (client.clone(), ids.clone(), beating.clone());
+        tokio::spawn(async move {
+            loop {
+                let n = beating.load(Ordering::Relaxed) as usize;
+                for id in &ids[..n] {
+                    let _ = client.heartbeat("guard", id).await;
+                }
+                sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let healthy = |i: usize| {
+        let client = c.client(i);
+        async move {
+            client
+                .instances("guard", &InstanceQuery::default())
+                .await
+                .map(|l| {
+                    l.instances
+                        .into_iter()
+                        .map(|i| i.id)
+                        .collect::<BTreeSet<_>>()
+                })
+                .unwrap_or_default()
+        }
+    };
+    let health = |i: usize| {
+        let url = format!("{}/health", c.url(i));
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    sleep(Duration::from_secs(3)).await;
+    let leader = c.leader().await;
+    // A 4 s blip: every lease runs out (ttl 2 s) and is held on the leader.
+    beating.store(0, Ordering::Relaxed);
+    let mut seen_held = 0;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let h = health(leader).await;
+        seen_held = seen_held.max(h["self_preservation_status"]["held"].as_u64().unwrap_or(0));
+        for i in 0..3 {
+            assert_eq!(
+                healthy(i).await.len(),
+                20,
+                "node {i} expired an instance during the blip"
+            );
+        }
+        sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen_held >= 10, "the leader held the leases ({seen_held})");
+    beating.store(20, Ordering::Relaxed);
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        for i in 0..3 {
+            assert_eq!(
+                healthy(i).await.len(),
+                20,
+                "node {i} expired an instance after the blip"
+            );
+        }
+        sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(health(leader).await["self_preservation"], false);
+    // Half of them leave for good: held at most max_hold past their deadline.
+    beating.store(10, Ordering::Relaxed);
+    let left = Instant::now();
+    let want: BTreeSet<String> = ids[..10].iter().cloned().collect();
+    for i in 0..3 {
+        timeout(SOON, async {
+            loop {
+                let now = healthy(i).await;
+                assert!(
+                    now.is_superset(&want),
+                    "node {i} lost a live instance: {now:?}"
+                );
+                if now == want {
+                    return;
+                }
+                sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the departed expire");
+    }
+    // ttl + max_hold, and a second of slack for the heartbeat period and ticks.
+    let took = left.elapsed();
+    assert!(took <= Duration::from_secs(8), "took {took:?}");
+    timeout(SOON, async {
+        while health(leader).await["self_preservation"] != false {
+            sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the guard lets go");
+    beats.abort();
+    c.shutdown().await;
 }

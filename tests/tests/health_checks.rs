@@ -716,6 +716,23 @@ async fn self_preservation_shows_in_health_and_metrics() {
         metrics.contains("roster_self_preservation_active 1"),
         "{metrics}"
     );
+    // How much it holds, for how long at most, and how fast it drains.
+    let status = &body["self_preservation_status"];
+    assert_eq!(status["active"], true, "{body}");
+    assert_eq!(status["max_hold_seconds"], 120, "{body}");
+    assert!(status["held"].as_u64().unwrap() <= 12, "{body}");
+    for field in [
+        "since",
+        "oldest_hold_seconds",
+        "drained_within_seconds",
+        "drain_per_minute",
+    ] {
+        assert!(status[field].is_number(), "{field} in {body}");
+    }
+    assert!(
+        metrics.contains("roster_self_preservation_max_hold_seconds 120"),
+        "{metrics}"
+    );
     let list = client.services().await.unwrap();
     assert_eq!(list.services[0].passing, 12, "nothing expired");
     // Heartbeats come back (and keep coming, as a client's would).

@@ -165,16 +165,24 @@ depends on how the next word is read.
 
 {{/*
 The token file of the Secret the chart creates (roster serve --acl-tokens),
-from the admin token given as the context. The chart's tokens are alphanumeric,
-so they need no escaping in a TOML string.
+from a dict: "token", the admin token, and "anonymous", acl.anonymousPolicies.
+The chart's tokens are alphanumeric and the schema restricts the policies to
+letters, digits and "*._-:", so neither needs escaping in TOML (a JSON array
+of such strings is a TOML array). [anonymous] only when policies are given.
 */}}
 {{- define "roster.aclTokensToml" -}}
 # Written by the roster Helm chart. To add tokens, give your own Secret in
 # acl.existingSecret (see the chart README).
 [[tokens]]
 name = "admin"
-secret = "{{ . }}"
+secret = "{{ .token }}"
 policies = ["admin"]
+{{- with .anonymous }}
+
+# Calls without a token (acl.anonymousPolicies).
+[anonymous]
+policies = {{ toJson . }}
+{{- end }}
 {{ end }}
 
 {{/* Name of the `roster sync-k8s` Deployment, ServiceAccount and RBAC objects. */}}

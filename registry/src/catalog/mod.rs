@@ -12,6 +12,7 @@
 //! [`Command::Tick`] either finds the lease renewed and re-arms the timer at the
 //! new deadline (once per TTL at most, not once per heartbeat) or expires it.
 
+mod guard;
 mod instance;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ use crate::checks::CheckState;
 use crate::lease::{Lease, LeaseTable};
 use crate::model::{InstanceId, InstanceSpec, ServiceName};
 
+pub use guard::{GuardStatus, SelfPreservation};
 pub use instance::{Instance, ServiceState, Snapshot};
 
 /// A write to the catalog.
@@ -152,31 +154,6 @@ pub enum CheckSource {
     Report,
 }
 
-/// Self-preservation settings: when more than `threshold` of the leased
-/// instances expired within `window` or are overdue now, the catalog stops
-/// expiring leases (the registry, not the instances, is probably cut off) until
-/// the share falls back under the threshold.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SelfPreservation {
-    /// Share of leased instances, 0–1; 0 turns the guard off.
-    pub threshold: f64,
-    /// How far back expirations count.
-    pub window: Duration,
-    /// The guard applies only with at least this many leased instances, so a
-    /// small development setup still expires its leases.
-    pub min_instances: usize,
-}
-
-impl Default for SelfPreservation {
-    fn default() -> Self {
-        SelfPreservation {
-            threshold: 0.15,
-            window: Duration::from_secs(60),
-            min_instances: 10,
-        }
-    }
-}
-
 /// What a command did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
@@ -188,7 +165,7 @@ pub struct Outcome {
     pub expired: u32,
     /// Instances removed for being critical too long.
     pub reaped: u32,
-    /// Leases overdue but kept alive by self-preservation.
+    /// Leases overdue but kept alive by self-preservation by this command.
     pub held: u32,
 }
 
@@ -275,8 +252,12 @@ struct Record {
     check_timers: Vec<(u16, u64)>,
     /// Removal deadlines of critical checks with `deregister_critical_after`.
     check_reaps: Vec<(u16, u64)>,
-    /// The lease is overdue and held by self-preservation.
-    held: bool,
+    /// The lease is overdue and held by self-preservation: the deadline it
+    /// is held at (its key in `Catalog::held`).
+    held: Option<u64>,
+    /// The end of the instance's self-preservation budget: set by its first
+    /// hold (that deadline plus `max_hold`), cleared once it proves alive.
+    hold_until: Option<u64>,
 }
 
 /// Capacity limits enforced by the catalog.
@@ -316,9 +297,19 @@ pub struct Catalog {
     now: u64,
     /// When the self-preservation decision was last made (0: never).
     guard_at: u64,
-    /// Times of recent lease expirations, oldest first.
+    /// Times of recent lease expirations, oldest first (not those of held
+    /// leases released: a held lease counts as late only while held).
     expirations: std::collections::VecDeque<u64>,
     preserving: bool,
+    /// When the guard last turned on (0: it is off).
+    guard_since: u64,
+    /// When the guard last turned off.
+    guard_off_at: u64,
+    /// Leases held now, by (deadline, id).
+    held: BTreeSet<(u64, Arc<str>)>,
+    /// Times of recent releases of held leases, oldest first.
+    released: std::collections::VecDeque<u64>,
+    released_total: u64,
     /// Replicated mode: effects of ticks wait here instead of being applied.
     effects: Option<Vec<Command>>,
 }
@@ -348,6 +339,11 @@ impl Catalog {
             guard_at: 0,
             expirations: std::collections::VecDeque::new(),
             preserving: false,
+            guard_since: 0,
+            guard_off_at: 0,
+            held: BTreeSet::new(),
+            released: std::collections::VecDeque::new(),
+            released_total: 0,
             effects: None,
         }
     }
@@ -410,9 +406,17 @@ impl Catalog {
 
     /// When the next timer comes due, if any: the time to run [`Command::Tick`].
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers
-            .first()
-            .map(|(due, _, _)| self.epoch + Duration::from_nanos(*due))
+        let timer = self.timers.first().map(|(due, _, _)| *due);
+        // While the guard is on, look again every HOLD_RECHECK even if no
+        // timer is due, so it lets go as soon as it may.
+        let recheck = self
+            .preserving
+            .then(|| self.guard_at.saturating_add(nanos(HOLD_RECHECK)));
+        timer
+            .into_iter()
+            .chain(recheck)
+            .min()
+            .map(|due| self.epoch + Duration::from_nanos(due))
     }
 
     /// Services changed by the last [`Catalog::apply`], each once, in name order.
@@ -490,9 +494,11 @@ impl Catalog {
                 create_index,
             } => {
                 let current = self.find(&service, &id)?;
-                current.create_index == create_index
+                let expired = current.create_index == create_index
                     && current.lease == Some(Health::Passing)
-                    && self.expire_lease(current, now, next)
+                    && self.expire_lease(current, now, next);
+                out.expired += u32::from(expired);
+                expired
             }
             Command::ExpireCheck {
                 service,

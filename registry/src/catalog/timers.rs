@@ -6,76 +6,9 @@ use roster_api::{self as api, Health};
 use super::{Catalog, Command, HOLD_RECHECK, Outcome, Timer, nanos};
 use crate::model::{InstanceId, ServiceName};
 
-/// How long a self-preservation decision is reused by ticks that expire or
-/// remove something.
-const GUARD_REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
 use crate::checks::{CheckState, Target};
 
 impl Catalog {
-    /// Decides, before a tick expires anything, whether self-preservation holds
-    /// overdue leases.
-    pub(super) fn should_hold(&mut self, now: u64) -> bool {
-        let p = self.preservation;
-        let total = self.leases.len();
-        if p.threshold <= 0.0 || total < p.min_instances.max(1) {
-            self.preserving = false;
-            return false;
-        }
-        // Only a tick that would expire or remove something needs a fresh
-        // decision; others reuse it for a while (the count below walks the
-        // leases due soon, so it is not done on every tick).
-        let mut acts = false;
-        for (due, kind, id) in &self.timers {
-            if *due > now {
-                break;
-            }
-            acts |= match kind {
-                Timer::Lease => self.records[id]
-                    .lease
-                    .as_ref()
-                    .is_some_and(|l| !l.is_expired() && l.deadline() <= now),
-                Timer::Reap | Timer::CheckReap(_) => true,
-                Timer::Check(_) => false,
-            };
-        }
-        let age = now.saturating_sub(self.guard_at);
-        let fresh = if acts { GUARD_REFRESH } else { HOLD_RECHECK };
-        if self.guard_at != 0 && age < nanos(fresh) {
-            return self.preserving;
-        }
-        self.guard_at = now.max(1);
-        let since = now.saturating_sub(nanos(p.window));
-        while self.expirations.front().is_some_and(|t| *t < since) {
-            self.expirations.pop_front();
-        }
-        // Late leases: not renewed for two thirds of their TTL (a client
-        // heartbeating every ttl/3 has missed two beats). When the registry is
-        // cut off, every silent lease turns late within one heartbeat period, so
-        // counting them trips the guard before the first of them expires, even
-        // though their deadlines are spread out. A lease timer is never later
-        // than its lease's deadline, so the leases due within the window are
-        // all among the timers due within it.
-        let horizon = now.saturating_add(nanos(p.window));
-        let mut late = 0usize;
-        for (due, kind, id) in &self.timers {
-            if *due > horizon {
-                break;
-            }
-            if *kind != Timer::Lease {
-                continue;
-            }
-            if let Some(lease) = &self.records[id].lease
-                && !lease.is_expired()
-                && lease.deadline() < now.saturating_add(lease.ttl() / 3)
-            {
-                late += 1;
-            }
-        }
-        let share = (self.expirations.len() + late) as f64 / total as f64;
-        self.preserving = share > p.threshold;
-        self.preserving
-    }
-
     /// Rebuilds the soft state (lease deadlines and every timer) from the shared
     /// state, giving everything `grace` on top: what a node does when it becomes
     /// the leader, since its lease clock never saw the heartbeats. The shared
@@ -90,6 +23,7 @@ impl Catalog {
             ..
         } = self;
         timers.clear();
+        self.held.clear();
         self.guard_at = 0;
         self.expirations.clear();
         for svc in state.services.values() {
@@ -101,7 +35,8 @@ impl Catalog {
                 rec.reap_timer = None;
                 rec.check_timers.clear();
                 rec.check_reaps.clear();
-                rec.held = false;
+                rec.held = None;
+                rec.hold_until = None;
                 let from = now.saturating_add(grace);
                 for (i, def) in inst.spec.checks.iter().enumerate() {
                     let pos = i as u16;
@@ -145,6 +80,14 @@ impl Catalog {
                 break;
             }
             self.timers.remove(&(due, kind, id.clone()));
+            // Whether the guard holds this timer back, and until when.
+            let held_until = match kind {
+                Timer::Lease | Timer::Check(_) => None,
+                Timer::Reap | Timer::CheckReap(_) if hold => {
+                    Some(self.hold_until(&id, due)).filter(|until| now < *until)
+                }
+                Timer::Reap | Timer::CheckReap(_) => None,
+            };
             let rec = self
                 .records
                 .get_mut(&id)
@@ -154,21 +97,51 @@ impl Catalog {
                     rec.lease_timer = None;
                     let lease = rec.lease.clone().expect("lease timer without a lease");
                     let deadline = lease.deadline();
-                    if hold && deadline <= now {
-                        // Overdue, but too many are: keep it alive and look again soon.
-                        rec.held = true;
-                        rec.lease_timer = Some(recheck);
-                        self.timers.insert((recheck, Timer::Lease, id));
-                        out.held += 1;
-                        continue;
+                    // When the guard lets go, a lease it held gets one more
+                    // ttl to be renewed: once the registry's network is back,
+                    // the instances it could not hear need a heartbeat period
+                    // to reach it, and the majority coming back first must
+                    // not expire the stragglers.
+                    let linger = self.guard_off_at.saturating_add(lease.ttl());
+                    let lingers = !hold && rec.held.is_some() && now < linger;
+                    if (hold || lingers) && deadline <= now && !lease.is_expired() {
+                        let until = self.hold_until(&id, deadline);
+                        if now < until {
+                            // Overdue, but too many are: keep it alive and look
+                            // again soon, never past its budget.
+                            let rec = self.records.get_mut(&id).expect("known instance");
+                            if rec.held.is_none() {
+                                rec.held = Some(deadline);
+                                self.held.insert((deadline, id.clone()));
+                            }
+                            let at = recheck.min(until);
+                            let at = if lingers { at.min(linger) } else { at };
+                            rec.lease_timer = Some(at);
+                            self.timers.insert((at, Timer::Lease, id));
+                            out.held += 1;
+                            continue;
+                        }
                     }
-                    let was_held = std::mem::take(&mut rec.held);
+                    let rec = self.records.get_mut(&id).expect("known instance");
+                    let was_held = rec.held.take();
+                    if let Some(d) = was_held {
+                        self.held.remove(&(d, id.clone()));
+                    }
                     if let Err(renewed) = lease.try_expire(now) {
+                        // Renewed: alive, so a later silence is held afresh.
+                        let rec = self.records.get_mut(&id).expect("known instance");
+                        rec.hold_until = None;
                         rec.lease_timer = Some(renewed);
                         self.timers.insert((renewed, Timer::Lease, id));
                         continue;
                     }
-                    self.expirations.push_back(now);
+                    if was_held.is_some() {
+                        self.released.push_back(now);
+                        self.released_total += 1;
+                    } else {
+                        self.expirations.push_back(now);
+                    }
+                    let rec = &self.records[&id];
                     if let Some(effects) = &mut self.effects {
                         let inst = &self.state.services[&rec.service].instances[&id];
                         effects.push(Command::ExpireLease {
@@ -181,7 +154,7 @@ impl Catalog {
                     }
                     // Count the critical time from the moment the lease ran out
                     // (or was released by self-preservation).
-                    let from = if was_held { now } else { deadline };
+                    let from = if was_held.is_some() { now } else { deadline };
                     let reap_at = from.saturating_add(
                         u64::try_from(
                             self.state.services[&rec.service].instances[&id]
@@ -191,8 +164,9 @@ impl Catalog {
                         )
                         .unwrap_or(u64::MAX >> 2),
                     );
-                    rec.reap_timer = Some(reap_at);
                     let service = rec.service.clone();
+                    let rec = self.records.get_mut(&id).expect("known instance");
+                    rec.reap_timer = Some(reap_at);
                     self.timers.insert((reap_at, Timer::Reap, id.clone()));
                     let mut inst = (*self.state.services[&service].instances[&id]).clone();
                     inst.lease = Some(Health::Critical);
@@ -200,9 +174,10 @@ impl Catalog {
                     out.expired += 1;
                     changed = true;
                 }
-                Timer::Reap if hold => {
-                    rec.reap_timer = Some(recheck);
-                    self.timers.insert((recheck, Timer::Reap, id));
+                Timer::Reap if held_until.is_some() => {
+                    let at = held_until.map_or(recheck, |u| recheck.min(u));
+                    rec.reap_timer = Some(at);
+                    self.timers.insert((at, Timer::Reap, id));
                 }
                 Timer::Reap => {
                     rec.reap_timer = None;
@@ -221,11 +196,12 @@ impl Catalog {
                     out.reaped += 1;
                     changed = true;
                 }
-                Timer::CheckReap(pos) if hold => {
+                Timer::CheckReap(pos) if held_until.is_some() => {
+                    let at = held_until.map_or(recheck, |u| recheck.min(u));
                     for slot in rec.check_reaps.iter_mut().filter(|(i, _)| *i == pos) {
-                        slot.1 = recheck;
+                        slot.1 = at;
                     }
-                    self.timers.insert((recheck, Timer::CheckReap(pos), id));
+                    self.timers.insert((at, Timer::CheckReap(pos), id));
                 }
                 Timer::CheckReap(pos) => {
                     rec.check_reaps.retain(|(i, _)| *i != pos);

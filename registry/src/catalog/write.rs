@@ -116,7 +116,10 @@ impl Catalog {
                 .records
                 .get_mut(id.as_str())
                 .expect("record of a known instance");
-            rec.held = false;
+            if let Some(d) = rec.held.take() {
+                self.held.remove(&(d, id.as_arc().clone()));
+            }
+            rec.hold_until = None;
             let old_lease = rec.lease.take();
             let old_timer = rec.lease_timer.take();
             if let Some(due) = old_timer {
@@ -173,6 +176,7 @@ impl Catalog {
             }
         }
         self.timers.clear();
+        self.held.clear();
         self.guard_at = 0;
         self.ttl_index.clear();
         self.state.services = OrdMap::new();
@@ -429,6 +433,11 @@ impl Catalog {
             .get_mut(id)
             .expect("record of a known instance");
         lease.revive(deadline);
+        // Proven alive: a later silence starts a fresh hold budget.
+        if let Some(d) = rec.held.take() {
+            self.held.remove(&(d, id.clone()));
+        }
+        rec.hold_until = None;
         if rec.lease_timer.is_none() {
             rec.lease_timer = Some(deadline);
             self.timers.insert((deadline, Timer::Lease, id.clone()));
@@ -457,7 +466,9 @@ impl Catalog {
             return false;
         };
         let _ = lease.try_expire(u64::MAX);
-        rec.held = false;
+        if let Some(d) = rec.held.take() {
+            self.held.remove(&(d, id.clone()));
+        }
         if let Some(due) = rec.lease_timer.take() {
             self.timers.remove(&(due, Timer::Lease, id.clone()));
         }
@@ -527,6 +538,12 @@ impl Catalog {
             self.index_ttl(&inst);
         }
         self.sync_check_reaps(&inst);
+        if inst.health() == Health::Passing
+            && let Some(rec) = self.records.get_mut(&inst.id)
+        {
+            // Nothing of it is overdue or critical: a later hold starts afresh.
+            rec.hold_until = None;
+        }
         inst.modify_index = index;
         self.touched.push(inst.service.clone());
         self.changed.push(inst.id.clone());
@@ -561,6 +578,9 @@ impl Catalog {
         }
         if rec.lease.is_some() {
             self.leases.remove(id);
+        }
+        if let Some(d) = rec.held {
+            self.held.remove(&(d, id.clone()));
         }
         if let Some(svc) = self.state.services.get_mut(&rec.service) {
             svc.instances.remove(id);

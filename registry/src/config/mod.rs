@@ -140,6 +140,12 @@ pub struct ServeArgs {
     /// [default: 10].
     #[arg(long, env = "ROSTER_SELF_PRESERVATION_MIN_INSTANCES", value_name = "N")]
     pub self_preservation_min_instances: Option<usize>,
+    /// The longest self-preservation holds a lease past its deadline (and a
+    /// removal past its time): a registry-side outage shorter than this expires
+    /// nothing, a real departure is expired this long after its deadline at the
+    /// latest [default: 2m].
+    #[arg(long, env = "ROSTER_SELF_PRESERVATION_MAX_HOLD", value_name = "DURATION", value_parser = duration::parse)]
+    pub self_preservation_max_hold: Option<Duration>,
     /// Panic threshold of every service: below this share of healthy instances,
     /// healthy-only queries return all instances with their health; 0 turns it
     /// off [default: 0].
@@ -283,6 +289,8 @@ struct FileConfig {
     #[serde(default, with = "duration::option")]
     renewal_window: Option<Duration>,
     self_preservation_min_instances: Option<usize>,
+    #[serde(default, with = "duration::option")]
+    self_preservation_max_hold: Option<Duration>,
     panic_threshold: Option<f64>,
     datacenter: Option<String>,
     node_name: Option<String>,
@@ -544,6 +552,12 @@ impl Config {
         {
             cfg.self_preservation.min_instances = n;
         }
+        if let Some(h) = args
+            .self_preservation_max_hold
+            .or(file.self_preservation_max_hold)
+        {
+            cfg.self_preservation.max_hold = h;
+        }
         if let Some(t) = args.panic_threshold.or(file.panic_threshold) {
             cfg.panic.default = t;
         }
@@ -715,6 +729,14 @@ impl Config {
             || self.self_preservation.window > Duration::from_secs(24 * 3600)
         {
             return invalid("renewal_window", "must be between 1s and 24h");
+        }
+        if self.self_preservation.max_hold < Duration::from_secs(1)
+            || self.self_preservation.max_hold > Duration::from_secs(24 * 3600)
+        {
+            return invalid(
+                "self_preservation_max_hold",
+                "must be between 1s and 24h (self-preservation may delay expiry, never stop it)",
+            );
         }
         if !ratio_ok(self.panic.default) {
             return invalid("panic_threshold", "must be between 0 (off) and 1");

@@ -182,7 +182,8 @@ fn unknown_keys_and_bad_values_are_refused() {
 fn health_settings_from_the_file_and_flags() {
     let path = write(
         "check_concurrency = 64\nself_preservation_threshold = 0.3\nrenewal_window = \"2m\"\n\
-         self_preservation_min_instances = 4\npanic_threshold = 0.2\n\
+         self_preservation_min_instances = 4\nself_preservation_max_hold = \"90s\"\n\
+         panic_threshold = 0.2\n\
          [panic_thresholds]\nWeb = 0.5\ndb = 0.1\n",
     );
     let cfg = Config::load(&ServeArgs {
@@ -200,6 +201,7 @@ fn health_settings_from_the_file_and_flags() {
             threshold: 0.3,
             window: Duration::from_secs(120),
             min_instances: 4,
+            max_hold: Duration::from_secs(90),
         }
     );
     assert_eq!(cfg.panic.threshold("web"), 0.5, "names are lowercased");
@@ -219,6 +221,13 @@ fn health_settings_from_the_file_and_flags() {
                 ..Default::default()
             },
             "self_preservation_threshold",
+        ),
+        (
+            ServeArgs {
+                self_preservation_max_hold: Some(Duration::ZERO),
+                ..Default::default()
+            },
+            "self_preservation_max_hold",
         ),
         (
             ServeArgs {

@@ -15,6 +15,7 @@
 //! then a concurrency slot. A client that trickles its body holds a connection,
 //! never one of the slots everyone else needs.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -161,7 +162,11 @@ pub(super) fn refuse(style: Style, err: ApiError) -> Response {
 /// on Consul's paths only, `?token=` (what consul-api and Spring send). A
 /// query token is never logged: request logs and metrics carry the route
 /// template, not the query.
-fn secret<'a>(headers: &'a HeaderMap, query: Option<&'a str>, style: Style) -> Option<&'a str> {
+fn secret<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    style: Style,
+) -> Option<Cow<'a, str>> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -170,7 +175,8 @@ fn secret<'a>(headers: &'a HeaderMap, query: Option<&'a str>, style: Style) -> O
         return scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim())
-            .filter(|t| !t.is_empty());
+            .filter(|t| !t.is_empty())
+            .map(Cow::Borrowed);
     }
     if let Some(t) = headers
         .get("x-consul-token")
@@ -178,17 +184,34 @@ fn secret<'a>(headers: &'a HeaderMap, query: Option<&'a str>, style: Style) -> O
         .map(str::trim)
         .filter(|t| !t.is_empty())
     {
-        return Some(t);
+        return Some(Cow::Borrowed(t));
     }
     if style != Style::Consul {
         return None;
     }
-    // Tokens are printable ASCII without spaces (acl.rs), so they need no
-    // decoding; one that does would not match any configured secret anyway.
-    query?
+    let raw = query?
         .split('&')
         .filter_map(|kv| kv.strip_prefix("token="))
-        .find(|t| !t.is_empty())
+        .find(|t| !t.is_empty())?;
+    Some(query_token(raw))
+}
+
+/// A `?token=` value decoded as Consul decodes it (Go's `url.ParseQuery`:
+/// `%XX`, and `+` as a space). Clients encode it: consul-api (Spring Cloud
+/// Consul) runs it through `java.net.URLEncoder`, so a base64 secret's `+`, `/`
+/// and `=` arrive as `%2B`, `%2F` and `%3D`. A value that does not decode to
+/// UTF-8 still names a token (one that matches no secret: 403), never none
+/// (which could fall to the anonymous policy).
+fn query_token(raw: &str) -> Cow<'_, str> {
+    if !raw.contains(['%', '+']) {
+        return Cow::Borrowed(raw);
+    }
+    // One pair, so no `&` or `=` of the value can split it differently.
+    let pair = format!("t={raw}");
+    match serde_urlencoded::from_str::<Vec<(String, String)>>(&pair) {
+        Ok(mut decoded) if decoded.len() == 1 => Cow::Owned(decoded.remove(0).1),
+        _ => Cow::Borrowed(raw),
+    }
 }
 
 /// What a request to a route of `access` needs; `None` when anyone may call.
@@ -252,7 +275,7 @@ fn principal(
                     ));
                 }
             },
-            Some(secret) => tokens.lookup(secret).ok_or_else(|| {
+            Some(secret) => tokens.lookup(&secret).ok_or_else(|| {
                 ApiError::forbidden(StatusCode::FORBIDDEN, "unknown token".into())
             })?,
         },
@@ -427,21 +450,43 @@ mod tests {
     fn secrets_from_headers_and_consul_query() {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
-        assert_eq!(secret(&h, None, Style::Native), Some("abc"));
+        assert_eq!(secret(&h, None, Style::Native).as_deref(), Some("abc"));
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
         assert_eq!(secret(&h, None, Style::Native), None);
         let mut h = HeaderMap::new();
         h.insert("x-consul-token", "xyz".parse().unwrap());
-        assert_eq!(secret(&h, None, Style::Native), Some("xyz"));
+        assert_eq!(secret(&h, None, Style::Native).as_deref(), Some("xyz"));
         let none = HeaderMap::new();
         let q = Some("index=3&token=qqq");
-        assert_eq!(secret(&none, q, Style::Consul), Some("qqq"));
+        assert_eq!(secret(&none, q, Style::Consul).as_deref(), Some("qqq"));
         assert_eq!(
             secret(&none, q, Style::Native),
             None,
             "native: headers only"
         );
+    }
+
+    #[test]
+    fn query_tokens_are_decoded_as_consul_decodes_them() {
+        let none = HeaderMap::new();
+        let token = |q: &str| secret(&none, Some(q), Style::Consul).map(Cow::into_owned);
+        // java.net.URLEncoder's encoding of a base64 secret (consul-api, Spring).
+        assert_eq!(
+            token("passing=true&token=k3%2BVq%2F8x%3D%3D").as_deref(),
+            Some("k3+Vq/8x==")
+        );
+        assert_eq!(
+            token("token=abc-DEF_123.x").as_deref(),
+            Some("abc-DEF_123.x")
+        );
+        // `+` is a space, as in Go's url.ParseQuery: no secret holds one.
+        assert_eq!(token("token=a+b").as_deref(), Some("a b"));
+        // Not UTF-8 once decoded, or a broken escape: still a token (an
+        // unknown one), never "no token".
+        assert!(token("token=%FF%FE").is_some_and(|t| !t.is_empty()));
+        assert_eq!(token("token=%2").as_deref(), Some("%2"));
+        assert_eq!(token("token=&index=2"), None);
     }
 
     #[test]

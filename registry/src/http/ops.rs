@@ -13,7 +13,9 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 
 pub(super) async fn health(State(state): State<AppState>) -> Response {
     let snap = state.registry.snapshot();
-    let preserving = state.registry.self_preservation_active();
+    let guard = state.registry.self_preservation();
+    let now = tokio::time::Instant::now();
+    let preserving = guard.active;
     let mut body = json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -21,6 +23,7 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
         "services": snap.services.len(),
         "instances": snap.instance_count(),
         "self_preservation": preserving,
+        "self_preservation_status": guard_json(&guard, now),
         "uptime_seconds": state.started.elapsed().as_secs(),
     });
     if let Some(c) = &state.cluster {
@@ -36,11 +39,40 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
     }
     // Still 200: the process is alive and serving; the warning is for operators.
     if preserving {
-        body["warnings"] = json!([
-            "self-preservation is on: too many leases ran out at once, so none expire until heartbeats come back; check the registry's network"
-        ]);
+        body["warnings"] = json!([format!(
+            "self-preservation is on: too many leases ran out at once, so {} overdue leases are held (each for at most {} past its deadline; all held now are released within {}) until heartbeats come back; check the registry's network",
+            guard.held,
+            roster_api::duration::format(guard.max_hold),
+            roster_api::duration::format(round_secs(guard.drained_within(now))),
+        )]);
     }
     Json(body).into_response()
+}
+
+/// The guard's state as `/health` shows it; times in seconds.
+fn guard_json(guard: &crate::catalog::GuardStatus, now: tokio::time::Instant) -> serde_json::Value {
+    json!({
+        "active": guard.active,
+        "since": guard.since.map(|s| {
+            let ago = now.saturating_duration_since(s);
+            std::time::SystemTime::now()
+                .checked_sub(ago)
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs())
+        }),
+        "active_seconds": guard.since.map(|s| now.saturating_duration_since(s).as_secs()),
+        "held": guard.held,
+        "oldest_hold_seconds": guard.oldest_hold(now).as_secs(),
+        "max_hold_seconds": guard.max_hold.as_secs(),
+        "drained_within_seconds": round_secs(guard.drained_within(now)).as_secs(),
+        "drain_per_minute": (guard.drain_per_minute() * 10.0).round() / 10.0,
+        "released_total": guard.released_total,
+    })
+}
+
+/// Rounds up to whole seconds, so a bound is never understated.
+fn round_secs(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 pub(super) async fn ready(State(state): State<AppState>) -> Response {
@@ -55,6 +87,11 @@ pub(super) async fn ready(State(state): State<AppState>) -> Response {
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    // The guard's gauges depend on the time (how long it has held): fresh.
+    state.metrics().self_preservation_status(
+        &state.registry.self_preservation(),
+        tokio::time::Instant::now(),
+    );
     let mut body = state.metrics().render(&state.registry.snapshot());
     if let Some(c) = &state.cluster {
         body.push_str(&raft_metrics(c));
