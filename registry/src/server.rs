@@ -222,7 +222,11 @@ fn spawn_background(
         Ok(())
     });
     if let Some(changes) = registry.feed_changes() {
-        let checker = Checker::new(registry.clone(), Arc::new(NetProber::new()), config.checker);
+        let checker = Checker::new(
+            registry.clone(),
+            Arc::new(NetProber::with_policy(config.probe.clone())),
+            config.checker,
+        );
         let cancel = shutdown.clone();
         tasks.spawn(async move {
             checker.run(changes, cancel).await;
