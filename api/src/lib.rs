@@ -290,6 +290,44 @@ pub struct Maintenance {
     pub reason: String,
 }
 
+/// Longest instance id, in bytes.
+pub const MAX_INSTANCE_ID_LEN: usize = 128;
+
+/// Checks an instance id against the rules the registry applies, so a client
+/// can refuse one before sending it: 1–128 characters of `A-Z a-z 0-9 . _ : -`,
+/// and not made of dots alone (`.` and `..` are path segments a URL resolves
+/// away, so no HTTP client could address such an instance). Case is kept.
+/// The error says what is wrong.
+///
+/// ```
+/// use roster_api::check_instance_id;
+/// assert!(check_instance_id("web-1:8080").is_ok());
+/// assert!(check_instance_id("Web.EU.1").is_ok());
+/// assert!(check_instance_id("..").is_err());
+/// assert!(check_instance_id("a/b").is_err());
+/// ```
+pub fn check_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_INSTANCE_ID_LEN {
+        return Err(format!(
+            "instance ids are 1 to {MAX_INSTANCE_ID_LEN} characters: {id:?}"
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return Err(format!(
+            "instance ids may hold only letters, digits, '.', '_', ':' and '-': {id:?}"
+        ));
+    }
+    if id.bytes().all(|b| b == b'.') {
+        return Err(format!(
+            "an instance id may not be made of dots alone (URLs resolve \".\" and \"..\" away): {id:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// One registered instance as the registry reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -593,6 +631,24 @@ mod tests {
         let err =
             serde_json::from_str::<RegisterRequest>(r#"{"port":80,"ttl":"often"}"#).unwrap_err();
         assert!(err.to_string().contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn instance_ids_that_every_face_can_carry() {
+        for ok in [
+            "a",
+            "web-1",
+            "Web-1:8080",
+            "a.b.c",
+            "_nomad-task-x",
+            "...a",
+            &"x".repeat(128),
+        ] {
+            assert!(check_instance_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [".", "..", "....", "", "a/b", "a b", "%2e", &"x".repeat(129)] {
+            assert!(check_instance_id(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -423,6 +423,15 @@ pub enum ErrorWire {
         /// Its value.
         limit: usize,
     },
+    /// [`CatalogError::IndexTooHigh`].
+    IndexTooHigh {
+        /// The index asked for.
+        index: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// [`CatalogError::IndexExhausted`].
+    IndexExhausted,
     /// An op that does not decode (a node of another version).
     Invalid {
         /// Message.
@@ -457,6 +466,11 @@ impl From<&CatalogError> for ErrorWire {
                 what: (*what).to_owned(),
                 limit: *limit,
             },
+            CatalogError::IndexTooHigh { index, max } => ErrorWire::IndexTooHigh {
+                index: *index,
+                max: *max,
+            },
+            CatalogError::IndexExhausted => ErrorWire::IndexExhausted,
         }
     }
 }
@@ -489,6 +503,8 @@ impl From<ErrorWire> for WriteError {
                 },
                 limit,
             },
+            ErrorWire::IndexTooHigh { index, max } => CatalogError::IndexTooHigh { index, max },
+            ErrorWire::IndexExhausted => CatalogError::IndexExhausted,
             ErrorWire::Invalid { message } | ErrorWire::Unavailable { message } => {
                 return WriteError::Unavailable(message);
             }

@@ -248,6 +248,13 @@ impl From<CatalogError> for ApiError {
                 );
                 e
             }
+            CatalogError::IndexTooHigh { .. } => Self::invalid("index", detail),
+            CatalogError::IndexExhausted => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "index-exhausted",
+                "Catalog index exhausted",
+                detail,
+            ),
         }
     }
 }
