@@ -271,7 +271,7 @@ impl Checker {
             output: done.result.output,
             source: CheckSource::Probe,
         };
-        if let Err(e) = self.registry.apply(cmd) {
+        if let Err(e) = self.registry.report(cmd) {
             tracing::debug!(error = %e, "check result not applied");
         }
     }

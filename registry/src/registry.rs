@@ -373,6 +373,25 @@ impl Registry {
         Ok(out)
     }
 
+    /// Reports a result this node decided on its own (a probe's verdict) without
+    /// waiting for it: applied at once and queued for the store when alone;
+    /// on a cluster leader proposed to the log, so every node applies it when
+    /// it commits (applying it here first would put this node ahead of the
+    /// log). A follower has nothing to report: only the leader probes.
+    pub fn report(&self, cmd: Command) -> Result<(), CatalogError> {
+        if self.replication.get().is_none() {
+            return self.apply(cmd).map(|_| ());
+        }
+        if let Some(rep) = self.replication()
+            && rep.is_leader()
+        {
+            let (tx, _rx) = tokio::sync::oneshot::channel();
+            let _order = self.lock();
+            let _ = rep.proposals().send((cmd, tx));
+        }
+        Ok(())
+    }
+
     /// Applies a command now and publishes the new state. A change is queued for
     /// the store but not waited for (the reaper's way).
     pub fn apply(&self, cmd: Command) -> Result<Outcome, CatalogError> {
