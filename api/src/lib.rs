@@ -85,7 +85,11 @@ pub struct RegisterRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     /// String metadata (at most 64 entries).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_keys::deserialize"
+    )]
     pub meta: BTreeMap<String, String>,
     /// Balancing weights.
     #[serde(default)]
@@ -142,7 +146,10 @@ pub struct CheckDefinition {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// Extra HTTP request headers.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_keys::deserialize"
+    )]
     pub headers: BTreeMap<String, String>,
     /// Accept any certificate from an `https` target.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -453,6 +460,42 @@ pub struct Problem {
 /// Header carrying the catalog index on every API response.
 pub const INDEX_HEADER: &str = "x-roster-index";
 
+/// A string map whose JSON object must not name a key twice: serde keeps the
+/// last value of a repeated key, which would let a body say two things at
+/// once (structs already refuse a repeated field).
+mod unique_keys {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{MapAccess, Visitor};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, String>, D::Error> {
+        struct Unique;
+        impl<'de> Visitor<'de> for Unique {
+            type Value = BTreeMap<String, String>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of strings")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Unique)
+    }
+}
+
 /// Serde helpers for durations written as Go-style strings (`"15s"`, `"1m30s"`,
 /// `"250ms"`). Plain numbers are read as whole seconds.
 pub mod duration {
@@ -597,6 +640,18 @@ pub struct RaftStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_named_twice_in_meta_is_refused() {
+        let err = serde_json::from_str::<RegisterRequest>(
+            r#"{"port":80,"meta":{"owner":"a","owner":"b"}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("duplicate key `owner`"), "{err}");
+        let ok: RegisterRequest =
+            serde_json::from_str(r#"{"port":80,"meta":{"owner":"a","team":"b"}}"#).unwrap();
+        assert_eq!(ok.meta.len(), 2);
+    }
 
     #[test]
     fn durations_round_trip() {
