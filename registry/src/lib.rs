@@ -6,6 +6,7 @@ pub mod agent;
 pub mod catalog;
 pub mod checks;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dns_view;

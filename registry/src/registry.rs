@@ -151,12 +151,7 @@ impl Registry {
     /// A lease's deadline is its last renewal plus its ttl, so the renewal time is
     /// read back from the deadline (a restore's grace makes it look fresh).
     pub fn lease_ages(&self, service: &str) -> Vec<(Arc<str>, u64, u64, bool)> {
-        let now = u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.epoch)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX >> 1);
+        let now = crate::clock::since(self.epoch, Instant::now());
         let snap = self.snapshot();
         let Some(svc) = snap.services.get(service) else {
             return Vec::new();
@@ -506,12 +501,7 @@ impl Registry {
         {
             return rep.forward_heartbeat(service.clone(), id.clone()).await;
         }
-        let now = u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.epoch)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX >> 1);
+        let now = crate::clock::since(self.epoch, Instant::now());
         if self.leases.renew(service.as_str(), id.as_str(), now) == Renewal::Renewed {
             self.metrics.heartbeat(HeartbeatResult::Renewed);
             return Ok(Outcome {

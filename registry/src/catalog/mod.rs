@@ -28,6 +28,7 @@ use roster_api::Health;
 use tokio::time::Instant;
 
 use crate::checks::CheckState;
+use crate::clock::nanos;
 use crate::lease::{Lease, LeaseTable};
 use crate::model::{InstanceId, InstanceSpec, ServiceName};
 
@@ -401,7 +402,7 @@ impl Catalog {
 
     /// Converts an instant to the lease clock (nanoseconds since the epoch).
     pub fn clock(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX >> 1)
+        crate::clock::since(self.epoch, t)
     }
 
     /// When the next timer comes due, if any: the time to run [`Command::Tick`].
@@ -587,8 +588,4 @@ const HOLD_RECHECK: Duration = Duration::from_secs(1);
 
 fn spec_checks_initial(checks: &[crate::checks::CheckSpec]) -> Vec<CheckState> {
     checks.iter().map(CheckState::initial).collect()
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX >> 2)
 }

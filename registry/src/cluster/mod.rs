@@ -79,6 +79,10 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
 }
 
+/// Largest generated node id: 2^63 - 1, so an id survives tools that read
+/// JSON numbers as signed 64-bit integers.
+const MAX_NODE_ID: u64 = u64::MAX >> 1;
+
 /// Shortest cluster token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -162,7 +166,7 @@ impl Cluster {
             {
                 Some(id) => id,
                 None => {
-                    let id = fastrand::u64(1..u64::MAX >> 1);
+                    let id = fastrand::u64(1..=MAX_NODE_ID);
                     log.put_meta(log::NODE_ID, &id)
                         .await
                         .map_err(|e| e.to_string())?;

@@ -301,6 +301,11 @@ fn static_route(route: &str) -> &'static str {
         .or_insert_with(|| Box::leak(route.to_owned().into_boxed_str()))
 }
 
+/// `X-Roster-LastContact` of a node that has never heard from a leader: far
+/// beyond any real silence (142,000 years), yet under 2^53, so JavaScript and
+/// other JSON readers that parse numbers as doubles still read it exactly.
+const NEVER_CONTACTED_MS: u64 = u64::MAX >> 12;
+
 /// On a cluster node: `?consistent` reads wait for the leader's read index
 /// first (503 when no leader confirms it), and every API answer says whether the
 /// node knows a leader and how long ago it heard from it, so callers can tell a
@@ -325,7 +330,7 @@ async fn cluster_reads(State(state): State<AppState>, req: Request, next: Next) 
     let mut resp = next.run(req).await;
     let (known, contact) = cluster.freshness();
     let known = if known { "true" } else { "false" };
-    let contact = contact.unwrap_or(u64::MAX >> 12);
+    let contact = contact.unwrap_or(NEVER_CONTACTED_MS);
     let headers = resp.headers_mut();
     for (k, v) in [
         ("x-roster-knownleader", HeaderValue::from_static(known)),
