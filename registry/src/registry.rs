@@ -69,6 +69,11 @@ pub trait Replication: Send + Sync + std::fmt::Debug + 'static {
         service: ServiceName,
         id: InstanceId,
     ) -> futures_util::future::BoxFuture<'static, Result<Outcome, WriteError>>;
+    /// How long a write may take to reach a majority: also how long a
+    /// follower waits to apply its own forwarded write before answering.
+    fn write_timeout(&self) -> Duration {
+        Duration::from_secs(5)
+    }
 }
 
 /// What the write lock protects: the catalog and the watch topics, so that
@@ -289,10 +294,10 @@ impl Registry {
         self.reaper_wake.notify_one();
     }
 
-    /// Waits (a little, at most) until this node's catalog reaches `index`.
-    async fn wait_for_index(&self, index: u64) {
+    /// Waits, at most `limit`, until this node's catalog reaches `index`.
+    async fn wait_for_index(&self, index: u64, limit: Duration) {
         let mut rx = self.subscribe_list();
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tokio::time::timeout(limit, async {
             while *rx.borrow_and_update() < index {
                 if rx.changed().await.is_err() {
                     return;
@@ -343,8 +348,11 @@ impl Registry {
             if !rep.is_leader() {
                 let out = rep.forward(cmd).await?;
                 // Read your writes on this node too: the caller reads back what
-                // it wrote, from this node's catalog.
-                self.wait_for_index(out.index).await;
+                // it wrote, from this node's catalog. A node that cannot apply
+                // a committed entry within the write timeout is cut off from
+                // the leader; the write is done all the same, and the handler
+                // says so (see `http::services::written`).
+                self.wait_for_index(out.index, rep.write_timeout()).await;
                 return Ok(out);
             }
             let (tx, rx) = tokio::sync::oneshot::channel();

@@ -677,6 +677,10 @@ impl Replication for Cluster {
         self.leading.load(Ordering::Acquire)
     }
 
+    fn write_timeout(&self) -> Duration {
+        self.config.write_timeout
+    }
+
     fn has_quorum(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
