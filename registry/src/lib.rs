@@ -12,13 +12,11 @@ pub mod config;
 pub mod dns_view;
 #[cfg(test)]
 mod golden;
-pub mod health;
 pub mod http;
 pub mod k8s;
 pub mod lease;
 pub mod metrics;
 pub mod model;
-pub mod probe;
 pub mod registry;
 pub mod remote;
 pub mod server;

@@ -10,14 +10,14 @@ use tokio_util::sync::CancellationToken;
 
 use roster_dns::{DnsHandler, DnsServer};
 
+use crate::checks::checker::Checker;
+use crate::checks::probe::NetProber;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::dns_view::RegistryView;
-use crate::health::Checker;
 use crate::http::serve::{TlsState, serve};
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
-use crate::probe::NetProber;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 

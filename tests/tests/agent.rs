@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use roster_client::RosterClient;
 use roster_client::api::Health;
 use roster_registry::agent::{Agent, parse};
+use roster_registry::checks::probe::NetProber;
 use roster_registry::config::Config;
-use roster_registry::probe::NetProber;
 use roster_tests::TestRegistry;
 use tokio_util::sync::CancellationToken;
 

@@ -11,7 +11,7 @@ use roster_api::duration;
 use serde::Deserialize;
 
 use crate::catalog::{CatalogLimits, SelfPreservation};
-use crate::health::CheckerConfig;
+use crate::checks::checker::CheckerConfig;
 use crate::http::limits::LimitConfig;
 use crate::http::serve::{ServeConfig, TlsFiles};
 use crate::model::{Limits, PanicPolicy};
@@ -366,7 +366,7 @@ pub struct Config {
     /// Health checker settings.
     pub checker: CheckerConfig,
     /// What active checks may reach and show.
-    pub probe: crate::probe::ProbePolicy,
+    pub probe: crate::checks::probe::ProbePolicy,
     /// The guard against mass expiry.
     pub self_preservation: SelfPreservation,
     /// Panic thresholds of services.
@@ -406,7 +406,7 @@ impl Default for Config {
             dns_addr: Some(DEFAULT_DNS_ADDR),
             dns: roster_dns::DnsConfig::default(),
             checker: CheckerConfig::default(),
-            probe: crate::probe::ProbePolicy::default(),
+            probe: crate::checks::probe::ProbePolicy::default(),
             self_preservation: SelfPreservation::default(),
             panic: PanicPolicy::default(),
             datacenter: "dc1".into(),

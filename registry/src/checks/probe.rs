@@ -88,7 +88,7 @@ impl ProbePolicy {
     /// Whether `ip` is in a denied network.
     ///
     /// ```
-    /// use roster_registry::probe::ProbePolicy;
+    /// use roster_registry::checks::probe::ProbePolicy;
     /// let p = ProbePolicy::default();
     /// assert!(p.denies("169.254.169.254".parse().unwrap()));
     /// assert!(p.denies("::ffff:169.254.169.254".parse().unwrap()));

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{CheckSource, Command, Instance};
+use crate::checks::probe::{ProbeResult, Prober};
 use crate::checks::{CheckSpec, Flap};
-use crate::probe::{ProbeResult, Prober};
 use crate::registry::{ChangeReceiver, Registry};
 
 /// Checker settings.

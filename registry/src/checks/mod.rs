@@ -4,6 +4,12 @@
 //! Both are pure. The scheduler that runs the probes lives in [`crate::health`],
 //! the probes themselves in [`crate::probe`].
 
+pub mod checker;
+pub mod probe;
+
+pub use checker::Checker;
+pub use probe::{NetProber, ProbePolicy};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
