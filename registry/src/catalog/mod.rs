@@ -37,11 +37,13 @@ pub use instance::{Instance, ServiceState, Snapshot};
 
 /// A write to the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// Fields named `service`, `id`, `check` and `output` are what they say; a
+// doc line repeating the name would add nothing.
+#[allow(missing_docs)]
 pub enum Command {
     /// Register or replace an instance. Registering proves the instance alive, so it
     /// also renews its lease.
     Register {
-        /// Service.
         service: ServiceName,
         /// Instance id (unique in the registry).
         id: InstanceId,
@@ -50,34 +52,25 @@ pub enum Command {
     },
     /// Remove an instance.
     Deregister {
-        /// Service.
         service: ServiceName,
-        /// Instance id.
         id: InstanceId,
     },
     /// Renew an instance's lease.
     Heartbeat {
-        /// Service.
         service: ServiceName,
-        /// Instance id.
         id: InstanceId,
     },
     /// Enter (`Some(reason)`) or leave (`None`) maintenance.
     SetMaintenance {
-        /// Service.
         service: ServiceName,
-        /// Instance id.
         id: InstanceId,
         /// Reason while in maintenance.
         reason: Option<String>,
     },
     /// Record a result of one of an instance's checks.
     SetCheck {
-        /// Service.
         service: ServiceName,
-        /// Instance id.
         id: InstanceId,
-        /// Check id.
         check: String,
         /// New status.
         status: Health,
@@ -95,20 +88,15 @@ pub enum Command {
     /// Effect of a tick: the instance's lease ran out. Applies only while the
     /// instance is the same registration (`create_index`) and its lease passing.
     ExpireLease {
-        /// Service.
         service: ServiceName,
-        /// Instance id.
         id: InstanceId,
         /// The registration the decision was about.
         create_index: u64,
     },
     /// Effect of a tick: a TTL check ran out.
     ExpireCheck {
-        /// Service.
         service: ServiceName,
-        /// Instance id.
         id: InstanceId,
-        /// Check id.
         check: String,
         /// Output to record with the critical status.
         output: String,
@@ -117,9 +105,7 @@ pub enum Command {
     /// while it is the same registration and still critical (its lease, or
     /// the named check).
     Reap {
-        /// Service.
         service: ServiceName,
-        /// Instance id.
         id: InstanceId,
         /// The registration the decision was about.
         create_index: u64,
@@ -172,33 +158,25 @@ pub struct Outcome {
 
 /// Why a command was refused. Refused commands change nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+// Fields named `service`, `id`, `check` and `output` are what they say; a
+// doc line repeating the name would add nothing.
+#[allow(missing_docs)]
 pub enum CatalogError {
     /// No such instance in that service.
     #[error("instance {id:?} of service {service:?} is not registered")]
-    NotFound {
-        /// Service.
-        service: String,
-        /// Instance id.
-        id: String,
-    },
+    NotFound { service: String, id: String },
     /// The id is taken by an instance of another service.
     #[error(
         "instance id {id:?} already belongs to service {existing:?}; ids are unique in the registry"
     )]
     Conflict {
-        /// Instance id.
         id: String,
         /// The service that owns it.
         existing: String,
     },
     /// No check with that id on the instance.
     #[error("instance {id:?} has no check {check:?}")]
-    CheckNotFound {
-        /// Instance id.
-        id: String,
-        /// Check id.
-        check: String,
-    },
+    CheckNotFound { id: String, check: String },
     /// The check cannot be updated that way.
     #[error("{0}")]
     WrongCheckKind(String),

@@ -20,6 +20,9 @@ pub struct Batch {
 /// A catalog command as it is replicated.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
+// Fields named `service`, `id`, `check` and `output` are what they say; a
+// doc line repeating the name would add nothing.
+#[allow(missing_docs)]
 pub enum Op {
     /// [`Command::Register`]; only the registration fields of the row count.
     Register {
@@ -27,61 +30,39 @@ pub enum Op {
         instance: StoredInstance,
     },
     /// [`Command::Deregister`].
-    Deregister {
-        /// Service.
-        service: String,
-        /// Instance id.
-        id: String,
-    },
+    Deregister { service: String, id: String },
     /// [`Command::Heartbeat`] (slow path: the lease had expired).
-    Heartbeat {
-        /// Service.
-        service: String,
-        /// Instance id.
-        id: String,
-    },
+    Heartbeat { service: String, id: String },
     /// [`Command::SetMaintenance`].
     SetMaintenance {
-        /// Service.
         service: String,
-        /// Instance id.
         id: String,
         /// Reason, `None` to leave maintenance.
         reason: Option<String>,
     },
     /// [`Command::SetCheck`].
     SetCheck {
-        /// Service.
         service: String,
-        /// Instance id.
         id: String,
-        /// Check id.
         check: String,
         /// New status.
         status: Health,
-        /// Output.
         output: String,
         /// Reported by the instance (TTL check) rather than probed.
         report: bool,
     },
     /// [`Command::ExpireLease`].
     ExpireLease {
-        /// Service.
         service: String,
-        /// Instance id.
         id: String,
         /// Registration the decision was about.
         create_index: u64,
     },
     /// [`Command::ExpireCheck`].
     ExpireCheck {
-        /// Service.
         service: String,
-        /// Instance id.
         id: String,
-        /// Check id.
         check: String,
-        /// Output.
         output: String,
     },
     /// [`Command::Restore`] of a snapshot file (`PUT /v1/snapshot`).
@@ -97,9 +78,7 @@ pub enum Op {
     },
     /// [`Command::Reap`].
     Reap {
-        /// Service.
         service: String,
-        /// Instance id.
         id: String,
         /// Registration the decision was about.
         create_index: u64,
@@ -389,33 +368,18 @@ pub type Applied = Result<Outcome, ErrorWire>;
 /// Why a write failed, as it travels between nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// Fields named `service`, `id`, `check` and `output` are what they say; a
+// doc line repeating the name would add nothing.
+#[allow(missing_docs)]
 pub enum ErrorWire {
     /// [`CatalogError::NotFound`].
-    NotFound {
-        /// Service.
-        service: String,
-        /// Instance id.
-        id: String,
-    },
+    NotFound { service: String, id: String },
     /// [`CatalogError::Conflict`].
-    Conflict {
-        /// Instance id.
-        id: String,
-        /// Owner.
-        existing: String,
-    },
+    Conflict { id: String, existing: String },
     /// [`CatalogError::CheckNotFound`].
-    CheckNotFound {
-        /// Instance id.
-        id: String,
-        /// Check id.
-        check: String,
-    },
+    CheckNotFound { id: String, check: String },
     /// [`CatalogError::WrongCheckKind`].
-    WrongCheckKind {
-        /// Message.
-        message: String,
-    },
+    WrongCheckKind { message: String },
     /// [`CatalogError::Full`].
     Full {
         /// Which limit.
@@ -433,15 +397,9 @@ pub enum ErrorWire {
     /// [`CatalogError::IndexExhausted`].
     IndexExhausted,
     /// An op that does not decode (a node of another version).
-    Invalid {
-        /// Message.
-        message: String,
-    },
+    Invalid { message: String },
     /// [`WriteError::Unavailable`].
-    Unavailable {
-        /// Message.
-        message: String,
-    },
+    Unavailable { message: String },
 }
 
 impl From<&CatalogError> for ErrorWire {
