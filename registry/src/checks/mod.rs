@@ -1,8 +1,8 @@
 //! Health check definitions: validation of what a registration asks for, and the
 //! anti-flap counters that turn raw probe results into reported statuses.
 //!
-//! Both are pure. The scheduler that runs the probes lives in [`crate::health`],
-//! the probes themselves in [`crate::probe`].
+//! Both are pure. The scheduler that runs the probes lives in [`checker`],
+//! the probes themselves in [`probe`].
 
 pub mod checker;
 pub mod probe;
