@@ -7,6 +7,7 @@ mod gate;
 mod leases;
 pub mod limits;
 mod ops;
+mod parse_errors;
 mod problem;
 mod raft;
 pub mod serve;

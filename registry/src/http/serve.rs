@@ -273,6 +273,7 @@ async fn connection<IO>(
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_buf_size(64 * 1024);
+    let io = super::parse_errors::ProblemBodies::new(io);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {

@@ -863,3 +863,24 @@ async fn http2_prior_knowledge_is_refused_clearly() {
             .is_ok()
     );
 }
+
+/// Requests hyper cannot parse get a problem document too, not an empty 400.
+#[tokio::test]
+async fn unparsable_requests_get_a_problem_document() {
+    let reg = TestRegistry::start_with(base_config()).await;
+    let addr = reg.server().local_addr();
+    let answer = raw(addr, b"GARBAGE\r\n\r\n", Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(
+        answer.contains("urn:roster:problem:malformed-request"),
+        "{answer}"
+    );
+    let long = format!(
+        "GET /v1/services?{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let answer = raw(addr, long.as_bytes(), Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+}
