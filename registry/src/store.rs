@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::catalog::Instance;
 use crate::checks::{CheckSpec, CheckState};
-use crate::model::{InstanceSpec, Limits};
+use crate::model::{FieldError, InstanceSpec, Limits};
 
 /// Version of the row format (`meta.format`) and of snapshot files.
 pub const FORMAT_VERSION: u64 = 1;
@@ -155,7 +155,7 @@ impl StoredInstance {
     }
 
     /// Back to a catalog instance; fails when a check definition is invalid.
-    pub fn into_instance(self) -> Result<Instance, String> {
+    pub fn into_instance(self) -> Result<Instance, FieldError> {
         let ttl = self.ttl_ms.map(Duration::from_millis);
         // The definitions passed validation when they were registered; read them
         // back without the size limits, which may have changed since.
@@ -178,7 +178,7 @@ impl StoredInstance {
                 )
             })
             .unzip();
-        let checks = CheckSpec::parse_all(defs, &lenient).map_err(|e| e.to_string())?;
+        let checks = CheckSpec::parse_all(defs, &lenient)?;
         Ok(Instance {
             id: self.id.into(),
             service: self.service.into(),

@@ -11,6 +11,7 @@
 // openraft's storage traits fix the error type (`StorageError`, 200+ bytes).
 #![allow(clippy::result_large_err)]
 
+mod error;
 mod log;
 mod machine;
 mod network;
@@ -31,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use error::ClusterError;
 pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
 pub use network::{Cut, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
@@ -148,31 +150,22 @@ impl Cluster {
         ready: Arc<AtomicBool>,
         tasks: &mut JoinSet<std::io::Result<()>>,
         cancel: CancellationToken,
-    ) -> Result<Arc<Cluster>, String> {
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let dir = dir.to_owned();
-        let log = tokio::task::spawn_blocking(move || LogStore::open(&dir))
-            .await
-            .map_err(|e| e.to_string())??;
+        let log = tokio::task::spawn_blocking(move || LogStore::open(&dir)).await??;
         let id = match config.node_id {
             Some(id) => id,
-            None => match log
-                .get_meta::<u64>(log::NODE_ID)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            None => match log.get_meta::<u64>(log::NODE_ID).await? {
                 Some(id) => id,
                 None => {
                     let id = fastrand::u64(1..u64::MAX >> 1);
-                    log.put_meta(log::NODE_ID, &id)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    log.put_meta(log::NODE_ID, &id).await?;
                     id
                 }
             },
         };
         registry.set_replicated();
-        let sm =
-            StateMachine::open(registry.clone(), log.clone(), grace).map_err(|e| e.to_string())?;
+        let sm = StateMachine::open(registry.clone(), log.clone(), grace)?;
         let hb = config.heartbeat.as_millis().max(10) as u64;
         let raft_config = openraft::Config {
             cluster_name: "roster".into(),
@@ -184,18 +177,13 @@ impl Cluster {
             max_in_snapshot_log_to_keep: 1_000.min(config.snapshot_every),
             ..openraft::Config::default()
         }
-        .validate()
-        .map_err(|e| e.to_string())?;
+        .validate()?;
         if config.token.len() < MIN_TOKEN_LEN {
             // Without it, anyone who reaches the HTTP port could write to the log.
-            return Err(format!(
-                "a cluster node needs a cluster token of at least {MIN_TOKEN_LEN} characters"
-            ));
+            return Err(ClusterError::TokenTooShort);
         }
         let peers = Peers::new(id, config.token.clone(), Duration::from_secs(10))?;
-        let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log, sm)
-            .await
-            .map_err(|e| e.to_string())?;
+        let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log, sm).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             raft,
@@ -389,7 +377,7 @@ impl Cluster {
     }
 
     /// Adds the node at `addr` as a voter (on the leader).
-    pub async fn add_peer(&self, addr: &str) -> Result<Member, String> {
+    pub async fn add_peer(&self, addr: &str) -> Result<Member, ClusterError> {
         let info = fetch_info(&self.peers, addr).await?;
         self.add_node(info.id, addr.to_owned()).await?;
         Ok(Member {
@@ -403,9 +391,9 @@ impl Cluster {
 
     /// Adds node `id` at `addr`: first as a learner, which catches up (by
     /// snapshot if needed), then as a voter.
-    pub async fn add_node(&self, id: u64, addr: String) -> Result<(), String> {
+    pub async fn add_node(&self, id: u64, addr: String) -> Result<(), ClusterError> {
         if !self.is_leader() {
-            return Err("not the leader".into());
+            return Err(ClusterError::NotLeader);
         }
         let already = self
             .raft
@@ -418,37 +406,31 @@ impl Cluster {
         if already {
             return Ok(());
         }
-        self.raft
-            .add_learner(id, BasicNode { addr }, true)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.raft.add_learner(id, BasicNode { addr }, true).await?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(())
     }
 
     /// Removes node `id` from the cluster (on the leader).
-    pub async fn remove_peer(&self, id: u64) -> Result<(), String> {
+    pub async fn remove_peer(&self, id: u64) -> Result<(), ClusterError> {
         if !self.is_leader() {
-            return Err("not the leader".into());
+            return Err(ClusterError::NotLeader);
         }
         let m = self.raft.metrics().borrow().membership_config.clone();
         let membership = m.membership();
         if membership.get_node(&id).is_none() {
-            return Err(format!("node {id} is not a member"));
+            return Err(ClusterError::NotAMember { id });
         }
         if membership.voter_ids().any(|v| v == id) {
             self.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
         }
         self.raft
             .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(())
     }
 
@@ -598,7 +580,7 @@ impl Cluster {
         }
     }
 
-    async fn try_bootstrap(&self) -> Result<bool, String> {
+    async fn try_bootstrap(&self) -> Result<bool, ClusterError> {
         let mut met: BTreeMap<u64, NodeInfo> = BTreeMap::new();
         met.insert(self.id, self.info().await);
         for target in &self.config.join {
@@ -610,6 +592,10 @@ impl Cluster {
         }
         // A cluster exists already: ask it to take this node in.
         if let Some(member) = met.values().find(|n| n.initialized && n.id != self.id) {
+            let peer = |source| ClusterError::Peer {
+                addr: member.addr.clone(),
+                source,
+            };
             let resp = self
                 .peers
                 .request(
@@ -624,12 +610,11 @@ impl Cluster {
                 })
                 .send()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(peer)?;
             if !resp.status().is_success() {
-                return Err(format!(
-                    "join refused: {}",
-                    resp.text().await.unwrap_or_default()
-                ));
+                return Err(ClusterError::JoinRefused {
+                    body: resp.text().await.unwrap_or_default(),
+                });
             }
             tracing::info!(node = self.id, via = %member.addr, "joined the cluster");
             return Ok(true);
@@ -651,10 +636,7 @@ impl Cluster {
             members = members.len(),
             "forming the cluster"
         );
-        self.raft
-            .initialize(members)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.raft.initialize(members).await?;
         Ok(true)
     }
 }
@@ -796,7 +778,11 @@ async fn resolve(target: &str) -> Vec<String> {
 }
 
 /// Asks the node at `addr` who it is.
-pub async fn fetch_info(peers: &Peers, addr: &str) -> Result<NodeInfo, String> {
+pub async fn fetch_info(peers: &Peers, addr: &str) -> Result<NodeInfo, ClusterError> {
+    let peer = |source| ClusterError::Peer {
+        addr: addr.to_owned(),
+        source,
+    };
     let resp = peers
         .request(
             reqwest::Method::GET,
@@ -805,9 +791,12 @@ pub async fn fetch_info(peers: &Peers, addr: &str) -> Result<NodeInfo, String> {
         .timeout(Duration::from_secs(2))
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(peer)?;
     if !resp.status().is_success() {
-        return Err(format!("{addr}: {}", resp.status()));
+        return Err(ClusterError::PeerStatus {
+            addr: addr.to_owned(),
+            status: resp.status(),
+        });
     }
-    resp.json().await.map_err(|e| e.to_string())
+    resp.json().await.map_err(peer)
 }

@@ -108,11 +108,16 @@ pub enum Op {
     },
 }
 
-fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), String> {
-    Ok((
-        ServiceName::parse(service).map_err(|e| e.to_string())?,
-        InstanceId::parse(id).map_err(|e| e.to_string())?,
-    ))
+/// Why an op (from the log, or forwarded by another node) makes no command.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// A service name, instance id or check definition is invalid.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+}
+
+fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), OpError> {
+    Ok((ServiceName::parse(service)?, InstanceId::parse(id)?))
 }
 
 /// Validates a registration as it travels between nodes with the rules and
@@ -271,7 +276,7 @@ impl Op {
 
     /// Back to a catalog command. Names are validated again: an op may come
     /// from another node.
-    pub fn into_command(self) -> Result<Command, String> {
+    pub fn into_command(self) -> Result<Command, OpError> {
         Ok(match self {
             Op::Register { instance } => {
                 let (service, id) = names(&instance.service, &instance.id)?;

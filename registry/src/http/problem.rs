@@ -262,18 +262,32 @@ impl From<crate::registry::WriteError> for ApiError {
                 "Change not durable",
                 format!("the change is in memory but not on disk yet ({detail}); retry"),
             ),
-            crate::registry::WriteError::Unavailable(detail) => {
-                let mut e = Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no-leader",
-                    "No leader",
-                    format!("{detail}; retry in a moment or on another node"),
-                );
-                e.retry_after = Some(1);
-                e
-            }
+            crate::registry::WriteError::Unavailable(detail) => no_leader(detail),
         }
     }
+}
+
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        match e {
+            crate::cluster::ClusterError::NotAMember { .. } => Self::not_found(e.to_string()),
+            // Anything else an operator's membership change runs into passes
+            // (an election, an unreachable node, a change under way).
+            e => no_leader(e.to_string()),
+        }
+    }
+}
+
+/// 503 with `Retry-After`: no leader can do this now.
+fn no_leader(detail: String) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no-leader",
+        "No leader",
+        format!("{detail}; retry in a moment or on another node"),
+    );
+    e.retry_after = Some(1);
+    e
 }
 
 impl IntoResponse for ApiError {

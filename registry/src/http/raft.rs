@@ -185,7 +185,7 @@ async fn join(Peer(c): Peer, Json(info): Json<NodeInfo>) -> Response {
     if c.is_leader() {
         return match c.add_node(info.id, info.addr).await {
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
-            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
         };
     }
     proxy(&c, reqwest::Method::POST, "/v1/raft/join", Some(&info)).await
@@ -267,7 +267,7 @@ async fn add_peer(
     }
     match c.add_peer(req.addr.trim()).await {
         Ok(member) => Ok(Json(member).into_response()),
-        Err(e) => Err(ApiError::from(WriteError::Unavailable(e))),
+        Err(e) => Err(ApiError::from(e)),
     }
 }
 
@@ -290,7 +290,6 @@ async fn remove_peer(
     }
     match c.remove_peer(id).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Err(e) if e.contains("not a member") => Err(ApiError::not_found(e)),
-        Err(e) => Err(ApiError::from(WriteError::Unavailable(e))),
+        Err(e) => Err(ApiError::from(e)),
     }
 }
