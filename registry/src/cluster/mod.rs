@@ -40,7 +40,7 @@ pub use roster_api::{RaftMember as Member, RaftStatus as Status};
 
 use crate::catalog::{Command, Outcome};
 use crate::model::{InstanceId, ServiceName};
-use crate::registry::{Proposal, Registry, Replication, WriteError};
+use crate::registry::{Proposal, Registry, Replication, Unavailable, WriteError};
 use ops::{Applied, Batch, ErrorWire, Op};
 
 openraft::declare_raft_types!(
@@ -341,26 +341,24 @@ impl Cluster {
         let index = if self.is_leader() {
             self.read_index().await?
         } else {
-            let url = self
-                .leader_url()
-                .ok_or_else(|| WriteError::Unavailable("no leader known".into()))?;
+            let url = self.leader_url().ok_or(Unavailable::NoLeader)?;
             let resp = self
                 .peers
                 .request(reqwest::Method::GET, format!("{url}/v1/raft/read-index"))
                 .send()
                 .await
-                .map_err(|e| WriteError::Unavailable(format!("leader unreachable: {e}")))?;
+                .map_err(|source| Unavailable::LeaderUnreachable { source })?;
             let r: Result<u64, ErrorWire> = resp
                 .json()
                 .await
-                .map_err(|e| WriteError::Unavailable(format!("leader answer: {e}")))?;
+                .map_err(|source| Unavailable::LeaderAnswer { source })?;
             r.map_err(WriteError::from)?
         };
         self.raft
             .wait(Some(self.config.write_timeout))
             .applied_index_at_least(Some(index), "consistent read")
             .await
-            .map_err(|e| WriteError::Unavailable(format!("not caught up: {e}")))?;
+            .map_err(|source| Unavailable::NotCaughtUp { source })?;
         Ok(())
     }
 
@@ -369,10 +367,11 @@ impl Cluster {
         match tokio::time::timeout(self.config.write_timeout, self.raft.ensure_linearizable()).await
         {
             Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
-            Ok(Err(e)) => Err(WriteError::Unavailable(e.to_string())),
-            Err(_) => Err(WriteError::Unavailable(
-                "no quorum confirmed the leader".into(),
-            )),
+            Ok(Err(e)) => Err(Unavailable::LeadershipUnconfirmed(Box::new(e)).into()),
+            Err(_) => Err(Unavailable::NoQuorum {
+                timeout: self.config.write_timeout,
+            }
+            .into()),
         }
     }
 
@@ -440,9 +439,7 @@ impl Cluster {
         method: reqwest::Method,
         path: &str,
     ) -> Result<reqwest::RequestBuilder, WriteError> {
-        let url = self
-            .leader_url()
-            .ok_or_else(|| WriteError::Unavailable("no leader known".into()))?;
+        let url = self.leader_url().ok_or(Unavailable::NoLeader)?;
         Ok(self.peers.request(method, format!("{url}{path}")))
     }
 
@@ -488,9 +485,7 @@ impl Cluster {
                     // load) has no place in the log: say so rather than drop
                     // the caller's reply channel.
                     None => {
-                        let _ = reply.send(Err(WriteError::Unavailable(
-                            "this command is not replicated".into(),
-                        )));
+                        let _ = reply.send(Err(Unavailable::NotReplicable.into()));
                     }
                 }
             }
@@ -498,15 +493,16 @@ impl Cluster {
                 continue;
             }
             let submitted = self.raft.client_write_ff(Batch { ops }).await;
-            let fail = |replies: Vec<tokio::sync::oneshot::Sender<_>>, why: String| {
+            let fail = |replies: Vec<tokio::sync::oneshot::Sender<_>>,
+                        why: &dyn Fn() -> Unavailable| {
                 for r in replies {
-                    let _ = r.send(Err(WriteError::Unavailable(why.clone())));
+                    let _ = r.send(Err(WriteError::from(why())));
                 }
             };
             let rx = match submitted {
                 Ok(rx) => rx,
                 Err(e) => {
-                    fail(replies, e.to_string());
+                    fail(replies, &|| Unavailable::RaftStopped(Box::new(e.clone())));
                     continue;
                 }
             };
@@ -519,12 +515,11 @@ impl Cluster {
                             let _ = reply.send(result.map_err(WriteError::from));
                         }
                     }
-                    Ok(Ok(Err(e))) => fail(replies, e.to_string()),
-                    Ok(Err(_)) => fail(replies, "the leader stepped down".into()),
-                    Err(_) => fail(
-                        replies,
-                        format!("no majority acknowledged the write within {timeout:?}"),
-                    ),
+                    Ok(Ok(Err(e))) => {
+                        fail(replies, &|| Unavailable::WriteRefused(Box::new(e.clone())));
+                    }
+                    Ok(Err(_)) => fail(replies, &|| Unavailable::SteppedDown),
+                    Err(_) => fail(replies, &|| Unavailable::NotReplicated { timeout }),
                 }
             });
         }
@@ -668,15 +663,16 @@ impl Replication for Cluster {
 
     fn forward(&self, cmd: Command) -> BoxFuture<'static, Result<Outcome, WriteError>> {
         let Some(op) = Op::from_command(&cmd) else {
-            return async { Err(WriteError::Unavailable("not a replicated command".into())) }
-                .boxed();
+            return async { Err(Unavailable::NotReplicable.into()) }.boxed();
         };
         match serde_json::to_value(op) {
             Ok(body) => self.post_owned("/v1/raft/write", body).boxed(),
-            Err(e) => async move {
-                Err(WriteError::Unavailable(format!(
-                    "the write could not be encoded for the leader: {e}"
-                )))
+            Err(source) => async move {
+                Err(Unavailable::Encode {
+                    what: "write",
+                    source,
+                }
+                .into())
             }
             .boxed(),
         }
@@ -693,10 +689,12 @@ impl Replication for Cluster {
         };
         match serde_json::to_value(body) {
             Ok(body) => self.post_owned("/v1/raft/heartbeat", body).boxed(),
-            Err(e) => async move {
-                Err(WriteError::Unavailable(format!(
-                    "the heartbeat could not be encoded for the leader: {e}"
-                )))
+            Err(source) => async move {
+                Err(Unavailable::Encode {
+                    what: "heartbeat",
+                    source,
+                }
+                .into())
             }
             .boxed(),
         }
@@ -719,7 +717,7 @@ impl Cluster {
         // Long enough for a commit under load, short next to an election.
         let attempt = (self.config.heartbeat * 8).max(Duration::from_secs(1));
         async move {
-            let mut last = WriteError::Unavailable("no leader known (election under way?)".into());
+            let mut last = WriteError::from(Unavailable::NoLeader);
             let mut tried: Option<u64> = None;
             while Instant::now() < deadline {
                 let m = metrics.borrow_and_update().clone();
@@ -748,8 +746,8 @@ impl Cluster {
                     Ok(resp) => resp
                         .json::<Result<Outcome, ErrorWire>>()
                         .await
-                        .map_err(|e| WriteError::Unavailable(format!("leader answer: {e}"))),
-                    Err(e) => Err(WriteError::Unavailable(format!("leader unreachable: {e}"))),
+                        .map_err(|source| Unavailable::LeaderAnswer { source }.into()),
+                    Err(source) => Err(Unavailable::LeaderUnreachable { source }.into()),
                 };
                 match answer {
                     Ok(Ok(out)) => return Ok(out),

@@ -256,13 +256,13 @@ impl From<crate::registry::WriteError> for ApiError {
     fn from(e: crate::registry::WriteError) -> Self {
         match e {
             crate::registry::WriteError::Catalog(e) => e.into(),
-            crate::registry::WriteError::Store(detail) => Self::new(
+            crate::registry::WriteError::Store(e) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store-failed",
                 "Change not durable",
-                format!("the change is in memory but not on disk yet ({detail}); retry"),
+                format!("the change is in memory but not on disk yet ({e}); retry"),
             ),
-            crate::registry::WriteError::Unavailable(detail) => no_leader(detail),
+            crate::registry::WriteError::Unavailable(e) => no_leader(e.to_string()),
         }
     }
 }
