@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "tests/run.sh: cargo is required (https://rustup.rs)" >&2; exit 1; }
 
 # Outside tools, installed with apt-get when missing (root, as in CI, or sudo):
-# dig for tests/tests/dns_e2e.rs (dig_queries_the_real_server), curl for the
+# dig for tests/tests/it/dns_e2e.rs (dig_queries_the_real_server), curl for the
 # chart tests (they run the chart's `helm test` scripts against the binary).
 need() { # need COMMAND DEBIAN-PACKAGE
   command -v "$1" >/dev/null && return

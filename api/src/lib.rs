@@ -85,7 +85,11 @@ pub struct RegisterRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     /// String metadata (at most 64 entries).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_keys::deserialize"
+    )]
     pub meta: BTreeMap<String, String>,
     /// Balancing weights.
     #[serde(default)]
@@ -142,7 +146,10 @@ pub struct CheckDefinition {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// Extra HTTP request headers.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_keys::deserialize"
+    )]
     pub headers: BTreeMap<String, String>,
     /// Accept any certificate from an `https` target.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -290,6 +297,44 @@ pub struct Maintenance {
     pub reason: String,
 }
 
+/// Longest instance id, in bytes.
+pub const MAX_INSTANCE_ID_LEN: usize = 128;
+
+/// Checks an instance id against the rules the registry applies, so a client
+/// can refuse one before sending it: 1–128 characters of `A-Z a-z 0-9 . _ : -`,
+/// and not made of dots alone (`.` and `..` are path segments a URL resolves
+/// away, so no HTTP client could address such an instance). Case is kept.
+/// The error says what is wrong.
+///
+/// ```
+/// use roster_api::check_instance_id;
+/// assert!(check_instance_id("web-1:8080").is_ok());
+/// assert!(check_instance_id("Web.EU.1").is_ok());
+/// assert!(check_instance_id("..").is_err());
+/// assert!(check_instance_id("a/b").is_err());
+/// ```
+pub fn check_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_INSTANCE_ID_LEN {
+        return Err(format!(
+            "instance ids are 1 to {MAX_INSTANCE_ID_LEN} characters: {id:?}"
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return Err(format!(
+            "instance ids may hold only letters, digits, '.', '_', ':' and '-': {id:?}"
+        ));
+    }
+    if id.bytes().all(|b| b == b'.') {
+        return Err(format!(
+            "an instance id may not be made of dots alone (URLs resolve \".\" and \"..\" away): {id:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// One registered instance as the registry reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -414,6 +459,42 @@ pub struct Problem {
 
 /// Header carrying the catalog index on every API response.
 pub const INDEX_HEADER: &str = "x-roster-index";
+
+/// A string map whose JSON object must not name a key twice: serde keeps the
+/// last value of a repeated key, which would let a body say two things at
+/// once (structs already refuse a repeated field).
+mod unique_keys {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{MapAccess, Visitor};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, String>, D::Error> {
+        struct Unique;
+        impl<'de> Visitor<'de> for Unique {
+            type Value = BTreeMap<String, String>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of strings")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Unique)
+    }
+}
 
 /// Serde helpers for durations written as Go-style strings (`"15s"`, `"1m30s"`,
 /// `"250ms"`). Plain numbers are read as whole seconds.
@@ -561,6 +642,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_key_named_twice_in_meta_is_refused() {
+        let err = serde_json::from_str::<RegisterRequest>(
+            r#"{"port":80,"meta":{"owner":"a","owner":"b"}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("duplicate key `owner`"), "{err}");
+        let ok: RegisterRequest =
+            serde_json::from_str(r#"{"port":80,"meta":{"owner":"a","team":"b"}}"#).unwrap();
+        assert_eq!(ok.meta.len(), 2);
+    }
+
+    #[test]
     fn durations_round_trip() {
         for secs in [1u64, 15, 59, 60, 61, 90, 3600, 3661, 86_400] {
             let d = Duration::from_secs(secs);
@@ -593,6 +686,24 @@ mod tests {
         let err =
             serde_json::from_str::<RegisterRequest>(r#"{"port":80,"ttl":"often"}"#).unwrap_err();
         assert!(err.to_string().contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn instance_ids_that_every_face_can_carry() {
+        for ok in [
+            "a",
+            "web-1",
+            "Web-1:8080",
+            "a.b.c",
+            "_nomad-task-x",
+            "...a",
+            &"x".repeat(128),
+        ] {
+            assert!(check_instance_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [".", "..", "....", "", "a/b", "a b", "%2e", &"x".repeat(129)] {
+            assert!(check_instance_id(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -162,13 +162,13 @@ impl RosterClient {
         id: &str,
         req: &RegisterRequest,
     ) -> Result<Instance, Error> {
-        let path = instance_path(service, id);
+        let path = instance_path(service, id)?;
         self.send(Method::PUT, &path, Some(req)).await
     }
 
     /// Removes an instance. An instance that is already gone counts as success.
     pub async fn deregister(&self, service: &str, id: &str) -> Result<(), Error> {
-        let path = instance_path(service, id);
+        let path = instance_path(service, id)?;
         match self
             .send::<serde_json::Value>(Method::DELETE, &path, None::<&()>)
             .await
@@ -181,7 +181,7 @@ impl RosterClient {
     /// Renews the instance's lease. [`Error::NotFound`] means the registry forgot the
     /// instance and it should register again.
     pub async fn heartbeat(&self, service: &str, id: &str) -> Result<(), Error> {
-        let path = format!("{}/heartbeat", instance_path(service, id));
+        let path = format!("{}/heartbeat", instance_path(service, id)?);
         self.send::<serde_json::Value>(Method::PUT, &path, None::<&()>)
             .await
             .map(drop)
@@ -205,7 +205,7 @@ impl RosterClient {
         };
         let path = format!(
             "{}/checks/{}/{verdict}",
-            instance_path(service, id),
+            instance_path(service, id)?,
             encode(check)
         );
         let body = crate::api::CheckUpdate {
@@ -223,7 +223,7 @@ impl RosterClient {
         id: &str,
         req: &MaintenanceRequest,
     ) -> Result<Instance, Error> {
-        let path = format!("{}/maintenance", instance_path(service, id));
+        let path = format!("{}/maintenance", instance_path(service, id)?);
         self.send(Method::PUT, &path, Some(req)).await
     }
 
@@ -376,7 +376,7 @@ impl RosterClient {
 
     /// Fetches one instance.
     pub async fn instance(&self, service: &str, id: &str) -> Result<Instance, Error> {
-        self.send(Method::GET, &instance_path(service, id), None::<&()>)
+        self.send(Method::GET, &instance_path(service, id)?, None::<&()>)
             .await
     }
 
@@ -571,8 +571,24 @@ fn instances_path(service: &str, query: &InstanceQuery) -> String {
     path
 }
 
-fn instance_path(service: &str, id: &str) -> String {
-    format!("/v1/services/{}/instances/{}", encode(service), encode(id))
+/// The path of an instance. The id is checked first with the registry's own
+/// rules: `.` and `..` in particular would be resolved away by the URL and
+/// address another resource.
+fn instance_path(service: &str, id: &str) -> Result<String, Error> {
+    crate::api::check_instance_id(id).map_err(|detail| {
+        Error::Invalid(crate::api::Problem {
+            kind: "urn:roster:problem:invalid-field".into(),
+            title: "Invalid request field".into(),
+            status: 400,
+            detail,
+            field: Some("id".into()),
+        })
+    })?;
+    Ok(format!(
+        "/v1/services/{}/instances/{}",
+        encode(service),
+        encode(id)
+    ))
 }
 
 /// Percent-encodes everything outside the URL-safe unreserved set.
@@ -591,6 +607,18 @@ fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_ids_a_url_would_resolve_away() {
+        for id in [".", ".."] {
+            let err = instance_path("web", id).unwrap_err();
+            assert_eq!(err.problem().unwrap().field.as_deref(), Some("id"));
+        }
+        assert_eq!(
+            instance_path("web", "Web-1:8080").unwrap(),
+            "/v1/services/web/instances/Web-1%3A8080"
+        );
+    }
 
     #[test]
     fn encodes_path_segments() {

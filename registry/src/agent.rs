@@ -34,9 +34,9 @@ use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::checks::probe::{ProbeResult, Prober};
 use crate::checks::{CheckSpec, Flap};
 use crate::model::Limits;
-use crate::probe::{ProbeResult, Prober};
 
 /// One service of the agent's file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

@@ -49,9 +49,9 @@ pub enum Command {
     /// checks locally, heartbeat, deregister on exit, reload on SIGHUP.
     Agent(AgentArgs),
     /// Register Kubernetes Services and their endpoints in the registry given
-    /// by --registry, and keep them in step (see the README's "roster
-    /// sync-k8s" section). Needs get/list/watch on services, endpointslices
-    /// and namespaces.
+    /// by --registry, and keep them in step (see docs/registrars.md, "roster
+    /// sync-k8s"). Needs get/list/watch on services, endpointslices and
+    /// namespaces.
     #[command(name = "sync-k8s")]
     SyncK8s(SyncK8sArgs),
     /// Register (or replace) an instance.
@@ -177,7 +177,7 @@ impl SyncK8sArgs {
 /// Flags of `roster agent`.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// TOML file of services (see the README's "roster agent" section).
+    /// TOML file of services (see docs/registrars.md, "roster agent").
     #[arg(long, env = "ROSTER_AGENT_CONFIG", value_name = "FILE")]
     pub config: std::path::PathBuf,
     /// Log filter.

@@ -80,7 +80,7 @@ pub fn endpoint(instance: &Instance) -> Endpoint {
     let spec = &instance.spec;
     let (healthy, weight) = health_weight(instance.health(), spec.weights);
     Endpoint {
-        id: instance.id.to_string(),
+        id: crate::model::dns_instance_label(&instance.id).into_owned(),
         address: spec.address.clone(),
         port: spec.port,
         tags: spec.tags.clone(),

@@ -67,7 +67,7 @@ async fn agent(
     args: &roster_registry::cli::AgentArgs,
 ) -> anyhow::Result<()> {
     let client = client_command(registry, token, &args.log)?;
-    let prober = std::sync::Arc::new(roster_registry::probe::NetProber::new());
+    let prober = std::sync::Arc::new(roster_registry::checks::probe::NetProber::new());
     let agent = roster_registry::agent::Agent::new(client, prober);
     let shutdown = cancel_on_signal();
     agent

@@ -35,6 +35,11 @@ pub struct Limits {
     pub max_checks: usize,
     /// Shortest and longest check interval.
     pub check_interval_range: (Duration, Duration),
+    /// Refuse HTTP checks with a method or header the prober will not send
+    /// ([`crate::checks::check_http_method`], [`crate::checks::check_http_header`]).
+    /// Off only to read back definitions stored by an older version; the
+    /// prober refuses to send those anyway.
+    pub http_check_rules: bool,
 }
 
 impl Default for Limits {
@@ -49,6 +54,7 @@ impl Default for Limits {
             default_deregister_critical_after: Duration::from_secs(60),
             max_checks: 16,
             check_interval_range: (Duration::from_millis(100), Duration::from_secs(24 * 3600)),
+            http_check_rules: true,
         }
     }
 }
@@ -156,31 +162,25 @@ impl fmt::Display for ServiceName {
     }
 }
 
-/// An instance id: 1–128 characters of `[A-Za-z0-9._:-]`, unique in the registry
-/// and case-sensitive.
+/// An instance id: 1–128 characters of `[A-Za-z0-9._:-]`, not dots alone,
+/// unique in the registry and case-sensitive. The rules are the client's
+/// ([`roster_api::check_instance_id`]), so both agree. DNS carries
+/// every such id: one that is not a valid run of labels gets a stable alias
+/// there ([`dns_instance_label`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InstanceId(Arc<str>);
 
 impl InstanceId {
     /// Validates `raw`.
+    ///
+    /// ```
+    /// use roster_registry::model::InstanceId;
+    /// assert!(InstanceId::parse("Web-1:8080").is_ok());
+    /// assert!(InstanceId::parse(".").is_err());
+    /// assert!(InstanceId::parse("..").is_err());
+    /// ```
     pub fn parse(raw: &str) -> Result<Self, FieldError> {
-        if raw.is_empty() || raw.len() > 128 {
-            return Err(FieldError::new(
-                "id",
-                format!("instance ids are 1 to 128 characters: {raw:?}"),
-            ));
-        }
-        if !raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-        {
-            return Err(FieldError::new(
-                "id",
-                format!(
-                    "instance ids may hold only letters, digits, '.', '_', ':' and '-': {raw:?}"
-                ),
-            ));
-        }
+        roster_api::check_instance_id(raw).map_err(|detail| FieldError::new("id", detail))?;
         Ok(InstanceId(raw.into()))
     }
 
@@ -204,6 +204,38 @@ impl fmt::Display for InstanceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The name instance `id` has in DNS (`ID.SERVICE.instance.DOMAIN`, the
+/// target of its SRV records). An id that is a run of valid labels (split on
+/// dots, each 1–63 characters) is used as it is. Any other (a dotless run
+/// longer than 63 characters, or an empty label as in `a..b`) would make no
+/// valid name, and its SRV record would silently go missing; it gets a stable
+/// one-label alias instead: its first 46 characters with dots made `-`, a
+/// `-`, and 16 hex digits of a hash of the whole id (63 characters). The
+/// alias only names the instance in DNS; the API keeps the id.
+///
+/// ```
+/// use roster_registry::model::dns_instance_label;
+/// assert_eq!(dns_instance_label("web-1.eu"), "web-1.eu");
+/// let long = "x".repeat(100);
+/// let alias = dns_instance_label(&long);
+/// assert_eq!(alias.len(), 63);
+/// assert!(alias.starts_with(&"x".repeat(46)));
+/// ```
+pub fn dns_instance_label(id: &str) -> std::borrow::Cow<'_, str> {
+    if id.split('.').all(|l| !l.is_empty() && l.len() <= 63) {
+        return id.into();
+    }
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let prefix: String = id
+        .chars()
+        .take(46)
+        .map(|c| if c == '.' { '-' } else { c })
+        .collect();
+    format!("{prefix}-{hash:016x}").into()
 }
 
 /// A validated registration.

@@ -56,6 +56,11 @@ pub trait Replication: Send + Sync + std::fmt::Debug + 'static {
         service: ServiceName,
         id: InstanceId,
     ) -> futures_util::future::BoxFuture<'static, Result<Outcome, WriteError>>;
+    /// How long a write may take to reach a majority: also how long a
+    /// follower waits to apply its own forwarded write before answering.
+    fn write_timeout(&self) -> Duration {
+        Duration::from_secs(5)
+    }
 }
 
 /// What the write lock protects: the catalog and the watch topics, so that
@@ -138,12 +143,7 @@ impl Registry {
     /// A lease's deadline is its last renewal plus its ttl, so the renewal time is
     /// read back from the deadline (a restore's grace makes it look fresh).
     pub fn lease_ages(&self, service: &str) -> Vec<(Arc<str>, u64, u64, bool)> {
-        let now = u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.epoch)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX >> 1);
+        let now = crate::clock::since(self.epoch, Instant::now());
         let snap = self.snapshot();
         let Some(svc) = snap.services.get(service) else {
             return Vec::new();
@@ -281,10 +281,10 @@ impl Registry {
         self.reaper_wake.notify_one();
     }
 
-    /// Waits (a little, at most) until this node's catalog reaches `index`.
-    async fn wait_for_index(&self, index: u64) {
+    /// Waits, at most `limit`, until this node's catalog reaches `index`.
+    async fn wait_for_index(&self, index: u64, limit: Duration) {
         let mut rx = self.subscribe_list();
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tokio::time::timeout(limit, async {
             while *rx.borrow_and_update() < index {
                 if rx.changed().await.is_err() {
                     return;
@@ -335,8 +335,11 @@ impl Registry {
             if !rep.is_leader() {
                 let out = rep.forward(cmd).await?;
                 // Read your writes on this node too: the caller reads back what
-                // it wrote, from this node's catalog.
-                self.wait_for_index(out.index).await;
+                // it wrote, from this node's catalog. A node that cannot apply
+                // a committed entry within the write timeout is cut off from
+                // the leader; the write is done all the same, and the handler
+                // says so (see `http::services::written`).
+                self.wait_for_index(out.index, rep.write_timeout()).await;
                 return Ok(out);
             }
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -353,6 +356,25 @@ impl Registry {
             durable.await.map_err(|_| StoreError::Stopped)??;
         }
         Ok(out)
+    }
+
+    /// Reports a result this node decided on its own (a probe's verdict) without
+    /// waiting for it: applied at once and queued for the store when alone;
+    /// on a cluster leader proposed to the log, so every node applies it when
+    /// it commits (applying it here first would put this node ahead of the
+    /// log). A follower has nothing to report: only the leader probes.
+    pub fn report(&self, cmd: Command) -> Result<(), CatalogError> {
+        if self.replication.get().is_none() {
+            return self.apply(cmd).map(|_| ());
+        }
+        if let Some(rep) = self.replication()
+            && rep.is_leader()
+        {
+            let (tx, _rx) = tokio::sync::oneshot::channel();
+            let _order = self.lock();
+            let _ = rep.proposals().send((cmd, tx));
+        }
+        Ok(())
     }
 
     /// Applies a command now and publishes the new state. A change is queued for
@@ -469,12 +491,7 @@ impl Registry {
         {
             return rep.forward_heartbeat(service.clone(), id.clone()).await;
         }
-        let now = u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.epoch)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX >> 1);
+        let now = crate::clock::since(self.epoch, Instant::now());
         if self.leases.renew(service.as_str(), id.as_str(), now) == Renewal::Renewed {
             self.metrics.heartbeat(HeartbeatResult::Renewed);
             return Ok(Outcome {

@@ -84,7 +84,7 @@ fn records_of(service: &api::ServiceInstances) -> ServiceRecords {
             .map(|i| {
                 let (healthy, weight) = health_weight(i.health, i.weights);
                 Endpoint {
-                    id: i.id.clone(),
+                    id: crate::model::dns_instance_label(&i.id).into_owned(),
                     address: i.address.clone(),
                     port: i.port,
                     tags: i.tags.clone(),

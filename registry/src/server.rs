@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -10,15 +10,14 @@ use tokio_util::sync::CancellationToken;
 
 use roster_dns::{DnsHandler, DnsServer};
 
+use crate::checks::checker::Checker;
+use crate::checks::probe::NetProber;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::dns_view::RegistryView;
-use crate::health::Checker;
-use crate::http::consul::ConsulNode;
-use crate::http::limits::Limiter;
 use crate::http::serve::{TlsState, serve};
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
-use crate::probe::NetProber;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 
@@ -28,7 +27,7 @@ pub struct Server {
     local_addr: SocketAddr,
     dns_addr: Option<SocketAddr>,
     registry: Arc<Registry>,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
+    cluster: Option<Arc<Cluster>>,
     tasks: JoinSet<std::io::Result<()>>,
 }
 
@@ -43,132 +42,35 @@ impl Server {
         shutdown: CancellationToken,
     ) -> std::io::Result<Server> {
         let local_addr = listener.local_addr()?;
-        let shutdown_for_checker = shutdown.clone();
         let registry = Arc::new(Registry::new(config.catalog, Arc::new(Metrics::new())));
         registry.set_self_preservation(config.self_preservation);
-        let mut state = AppState::new(registry.clone(), config.limits.clone(), shutdown.clone());
-        state.lease_grace = config.lease_grace;
-        state.panic = Arc::new(config.panic.clone());
-        state.acl = config.acl.clone().map(Arc::new);
-        state.limiter = Arc::new(Limiter::new(config.limits_http.clone()));
         let tls = match &config.serve.tls {
-            Some(files) => Some(
-                TlsState::new(files.clone())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-            ),
+            Some(files) => Some(TlsState::new(files.clone()).map_err(invalid_input)?),
             None => None,
         };
-        if let Some(tokens) = &state.acl {
+        if let Some(tokens) = &config.acl {
             tracing::info!(
                 tokens = tokens.len(),
                 "ACLs on: every API call needs a token"
             );
         }
-        state.consul = Arc::new(ConsulNode::new(
-            &config.datacenter,
-            &config.node_name,
-            local_addr.ip(),
-            local_addr.port(),
-        ));
-        let dns = match config.dns_addr {
-            Some(addr) => {
-                let view = Arc::new(RegistryView::new(registry.clone()));
-                let handler = DnsHandler::new(view, config.dns.clone()).map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
-                })?;
-                registry.metrics().follow_dns(handler.clone());
-                let server = DnsServer::bind(addr, handler).await.map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("cannot serve DNS on {addr}: {e}"))
-                })?;
-                Some(server)
-            }
-            None => None,
-        };
+        let dns = start_dns(config, &registry).await?;
         let dns_addr = dns.as_ref().map(DnsServer::local_addr);
         let mut tasks = JoinSet::new();
-        if let (Some(cluster), Some(dir)) = (&config.cluster, &config.data_dir) {
-            // Replicated: the Raft log in the data directory is the durable
-            // copy; the node is ready once it knows a leader.
-            state.ready.store(false, Ordering::Release);
-            let mut cluster = cluster.clone();
-            if cluster.advertise.is_empty() {
-                cluster.advertise = local_addr.to_string();
-            }
-            let node = crate::cluster::Cluster::start(
-                registry.clone(),
-                dir,
-                cluster,
-                config.lease_grace,
-                state.ready.clone(),
-                &mut tasks,
-                shutdown.clone(),
-            )
-            .await
-            .map_err(|e| std::io::Error::other(format!("cannot start the cluster node: {e}")))?;
-            state.cluster = Some(node);
-        } else if let Some(dir) = config.data_dir.clone() {
-            // Serve /health at once, but refuse writes and report not ready until
-            // the catalog is loaded. A store that cannot be loaded stops the server.
-            state.ready.store(false, Ordering::Release);
-            let (registry, ready, grace, shutdown) = (
-                registry.clone(),
-                state.ready.clone(),
-                config.lease_grace,
-                shutdown.clone(),
-            );
-            tasks.spawn(async move {
-                let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
-                    .await
-                    .unwrap_or_else(|e| Err(StoreError::Load(e)));
-                match opened {
-                    Ok((store, loaded)) => {
-                        let count = loaded.instances.len();
-                        let file = store.file().display().to_string();
-                        registry.attach_store(store, loaded, grace);
-                        ready.store(true, Ordering::Release);
-                        tracing::info!(instances = count, %file, "catalog loaded");
-                        Ok(())
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot load the catalog");
-                        shutdown.cancel();
-                        Err(std::io::Error::other(e))
-                    }
-                }
-            });
-        }
-        let reaper = registry.clone().run_reaper(shutdown.clone());
-        tasks.spawn(async move {
-            reaper.await;
-            Ok(())
-        });
-        if let Some(changes) = registry.feed_changes() {
-            let checker =
-                Checker::new(registry.clone(), Arc::new(NetProber::new()), config.checker);
-            tasks.spawn(async move {
-                checker.run(changes, shutdown_for_checker).await;
-                Ok(())
-            });
-        }
-        if let Some(dns) = dns {
-            let domain = &config.dns.domain;
-            tracing::info!(addr = %dns.local_addr(), %domain, "roster DNS listening (UDP and TCP)");
-            tasks.spawn(dns.run(shutdown.clone().cancelled_owned()));
-        }
-        if let Some(tls) = tls.clone() {
-            let cancel = shutdown.clone();
-            let poll = config.serve.tls_poll;
-            tasks.spawn(async move {
-                tls.watch(poll, cancel).await;
-                Ok(())
-            });
-        }
+        // Ready at once in memory; a store or a cluster sets it once loaded.
+        let ready = Arc::new(AtomicBool::new(config.data_dir.is_none()));
+        let cluster =
+            start_storage(config, &registry, local_addr, &ready, &mut tasks, &shutdown).await?;
+        spawn_background(config, &registry, dns, tls.clone(), &mut tasks, &shutdown);
+        let state = AppState::builder(registry.clone(), config, shutdown.clone())
+            .address(local_addr)
+            .ready(ready)
+            .cluster(cluster.clone())
+            .build();
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let cluster = state.cluster.clone();
-        let app = router(state);
         tasks.spawn(serve(
             listener,
-            app,
+            router(state),
             config.serve.clone(),
             tls,
             shutdown.clone(),
@@ -213,5 +115,131 @@ impl Server {
             }
         }
         result
+    }
+}
+
+fn invalid_input(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+}
+
+/// Binds the DNS server, unless DNS is off; a port in use fails the start.
+async fn start_dns(
+    config: &Config,
+    registry: &Arc<Registry>,
+) -> std::io::Result<Option<DnsServer>> {
+    let Some(addr) = config.dns_addr else {
+        return Ok(None);
+    };
+    let view = Arc::new(RegistryView::new(registry.clone()));
+    let handler = DnsHandler::new(view, config.dns.clone()).map_err(invalid_input)?;
+    registry.metrics().follow_dns(handler.clone());
+    let server = DnsServer::bind(addr, handler)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot serve DNS on {addr}: {e}")))?;
+    Ok(Some(server))
+}
+
+/// Where the catalog lives: a Raft cluster (the log in the data directory is
+/// the durable copy; ready once a leader is known), a store loaded in the
+/// background (the server answers `/health` meanwhile, refuses writes and
+/// reports not ready; a store that cannot be loaded stops the server), or
+/// memory alone. Returns the cluster node when there is one.
+async fn start_storage(
+    config: &Config,
+    registry: &Arc<Registry>,
+    local_addr: SocketAddr,
+    ready: &Arc<AtomicBool>,
+    tasks: &mut JoinSet<std::io::Result<()>>,
+    shutdown: &CancellationToken,
+) -> std::io::Result<Option<Arc<Cluster>>> {
+    if let (Some(cluster), Some(dir)) = (&config.cluster, &config.data_dir) {
+        let mut cluster = cluster.clone();
+        if cluster.advertise.is_empty() {
+            cluster.advertise = local_addr.to_string();
+        }
+        let node = Cluster::start(
+            registry.clone(),
+            dir,
+            cluster,
+            config.lease_grace,
+            ready.clone(),
+            tasks,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| std::io::Error::other(format!("cannot start the cluster node: {e}")))?;
+        return Ok(Some(node));
+    }
+    let Some(dir) = config.data_dir.clone() else {
+        return Ok(None);
+    };
+    let (registry, ready, grace, shutdown) = (
+        registry.clone(),
+        ready.clone(),
+        config.lease_grace,
+        shutdown.clone(),
+    );
+    tasks.spawn(async move {
+        let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Load(e)));
+        match opened {
+            Ok((store, loaded)) => {
+                let count = loaded.instances.len();
+                let file = store.file().display().to_string();
+                registry.attach_store(store, loaded, grace);
+                ready.store(true, Ordering::Release);
+                tracing::info!(instances = count, %file, "catalog loaded");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the catalog");
+                shutdown.cancel();
+                Err(std::io::Error::other(e))
+            }
+        }
+    });
+    Ok(None)
+}
+
+/// The tasks beside the API: the reaper, the health checker, DNS and the TLS
+/// reloader.
+fn spawn_background(
+    config: &Config,
+    registry: &Arc<Registry>,
+    dns: Option<DnsServer>,
+    tls: Option<Arc<TlsState>>,
+    tasks: &mut JoinSet<std::io::Result<()>>,
+    shutdown: &CancellationToken,
+) {
+    let reaper = registry.clone().run_reaper(shutdown.clone());
+    tasks.spawn(async move {
+        reaper.await;
+        Ok(())
+    });
+    if let Some(changes) = registry.feed_changes() {
+        let checker = Checker::new(
+            registry.clone(),
+            Arc::new(NetProber::with_policy(config.probe.clone())),
+            config.checker,
+        );
+        let cancel = shutdown.clone();
+        tasks.spawn(async move {
+            checker.run(changes, cancel).await;
+            Ok(())
+        });
+    }
+    if let Some(dns) = dns {
+        let domain = &config.dns.domain;
+        tracing::info!(addr = %dns.local_addr(), %domain, "roster DNS listening (UDP and TCP)");
+        tasks.spawn(dns.run(shutdown.clone().cancelled_owned()));
+    }
+    if let Some(tls) = tls {
+        let cancel = shutdown.clone();
+        let poll = config.serve.tls_poll;
+        tasks.spawn(async move {
+            tls.watch(poll, cancel).await;
+            Ok(())
+        });
     }
 }

@@ -173,6 +173,7 @@ impl StoredInstance {
             max_checks: usize::MAX,
             check_interval_range: (Duration::ZERO, Duration::MAX),
             ttl_range: (Duration::ZERO, Duration::MAX),
+            http_check_rules: false,
             ..Limits::default()
         };
         let (defs, states): (Vec<_>, Vec<_>) = self
@@ -249,6 +250,8 @@ pub struct Store {
 
 impl Store {
     /// Locks `dir`, opens (or creates) the store in it and reads everything.
+    /// Without a store file the catalog starts empty; a file that holds no
+    /// valid store (empty, truncated, foreign) is refused, naming it.
     pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             file: dir.to_owned(),
@@ -271,6 +274,27 @@ impl Store {
             });
         }
         let file = dir.join(DB_FILE);
+        match std::fs::metadata(&file) {
+            // redb would initialize an empty file as a new database: the
+            // catalog would silently start empty in place of a store that was
+            // emptied (truncated, a failed copy). Roster never writes an empty
+            // store file (see `create_store`), so one is damage.
+            Ok(meta) if meta.len() == 0 => {
+                return Err(corrupt(
+                    &file,
+                    "the file is empty (0 bytes) and holds no store; restore it from a backup \
+                     (or a snapshot), or remove it to start with an empty catalog",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_store(dir, &file)?,
+            Err(e) => {
+                return Err(StoreError::Open {
+                    file: file.clone(),
+                    message: e.to_string(),
+                });
+            }
+        }
         // redb asserts on some damaged files (a truncated one, for instance)
         // instead of returning an error: report those as corruption too.
         let created =
@@ -332,6 +356,31 @@ impl Drop for Store {
             let _ = thread.join();
         }
     }
+}
+
+/// Creates a new, empty store at `file` whole: initialized under a temporary
+/// name, synced, then renamed into place, so a crash never leaves a partial
+/// (or empty) store file behind that a later start would have to refuse.
+fn create_store(dir: &Path, file: &Path) -> Result<(), StoreError> {
+    let open_err = |path: &Path, e: &dyn std::fmt::Display| StoreError::Open {
+        file: path.to_owned(),
+        message: e.to_string(),
+    };
+    let tmp = dir.join(format!("{DB_FILE}.new"));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(open_err(&tmp, &e)),
+    }
+    drop(Database::create(&tmp).map_err(|e| open_err(&tmp, &e))?);
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| open_err(&tmp, &e))?;
+    std::fs::rename(&tmp, file).map_err(|e| open_err(file, &e))?;
+    // The rename is durable once the directory is synced.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| open_err(dir, &e))
 }
 
 fn corrupt(file: &Path, message: impl std::fmt::Display) -> StoreError {

@@ -45,7 +45,7 @@ def test_register_defaults_id_to_name_and_weights_to_one(c):
     # No Address given: Consul would leave it empty and let clients use the
     # node's address (the agent runs on the service's host). roster is one
     # registry for many hosts, so it records the caller's address instead (a
-    # documented difference, see README "Using existing Consul tools").
+    # documented difference, see docs/consul.md, "How roster maps Consul's model").
     assert svc["Address"] == "127.0.0.1"
     _, entries = c.catalog.service("db")
     assert [e["ServiceAddress"] for e in entries] == ["127.0.0.1"]

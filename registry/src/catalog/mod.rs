@@ -28,6 +28,7 @@ use roster_api::Health;
 use tokio::time::Instant;
 
 use crate::checks::CheckState;
+use crate::clock::nanos;
 use crate::lease::{Lease, LeaseTable};
 use crate::model::{InstanceId, InstanceSpec, ServiceName};
 
@@ -209,7 +210,27 @@ pub enum CatalogError {
         /// Its value.
         limit: usize,
     },
+    /// A snapshot restore would set the index above [`MAX_RESTORE_INDEX`].
+    #[error(
+        "index {index} is above {max}, the highest a restore may set (it must leave room for later writes)"
+    )]
+    IndexTooHigh {
+        /// The index asked for.
+        index: u64,
+        /// [`MAX_RESTORE_INDEX`].
+        max: u64,
+    },
+    /// The global index cannot move on (it is at `u64::MAX`). Restores are
+    /// capped at [`MAX_RESTORE_INDEX`], so only a catalog that applied 2^63
+    /// changes gets here; the index is never wrapped.
+    #[error("the catalog index is exhausted; no further change can be recorded")]
+    IndexExhausted,
 }
+
+/// Highest index a snapshot restore ([`Command::Restore`] with `stamp`) may
+/// bring: 2^63, which leaves 2^63 − 1 indexes for later writes (about 290,000
+/// years at a million changes a second), so the index never wraps.
+pub const MAX_RESTORE_INDEX: u64 = 1 << 63;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Timer {
@@ -381,7 +402,7 @@ impl Catalog {
 
     /// Converts an instant to the lease clock (nanoseconds since the epoch).
     pub fn clock(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX >> 1)
+        crate::clock::since(self.epoch, t)
     }
 
     /// When the next timer comes due, if any: the time to run [`Command::Tick`].
@@ -421,7 +442,12 @@ impl Catalog {
         self.changed.clear();
         let now = self.clock(now);
         self.now = now;
-        let next = self.state.index + 1;
+        // Checked: a wrapped index would run watches and blocking queries backwards.
+        let next = self
+            .state
+            .index
+            .checked_add(1)
+            .ok_or(CatalogError::IndexExhausted)?;
         let mut out = Outcome {
             index: self.state.index,
             ..Outcome::default()
@@ -515,6 +541,16 @@ impl Catalog {
                 grace,
                 stamp,
             } => {
+                // Data from outside (a snapshot file, also when it travels
+                // through the replicated log) must leave room; the catalog's
+                // own data (the store, a replicated snapshot) may be above the
+                // bound after such a restore and is taken as it is.
+                if stamp && index > MAX_RESTORE_INDEX {
+                    return Err(CatalogError::IndexTooHigh {
+                        index,
+                        max: MAX_RESTORE_INDEX,
+                    });
+                }
                 let target = index.max(if stamp { next } else { self.state.index });
                 self.restore(target, names_index, instances, now, grace, stamp);
                 self.state.index = target;
@@ -552,8 +588,4 @@ const HOLD_RECHECK: Duration = Duration::from_secs(1);
 
 fn spec_checks_initial(checks: &[crate::checks::CheckSpec]) -> Vec<CheckState> {
     checks.iter().map(CheckState::initial).collect()
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX >> 2)
 }

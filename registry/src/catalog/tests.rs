@@ -166,3 +166,48 @@ fn a_check_critical_past_its_deregister_time_removes_the_instance() {
     c.apply(reg("web", "b", None), at(56)).unwrap();
     assert!(c.instances_with_ttl_check("app").is_empty());
 }
+
+fn restore(index: u64, stamp: bool) -> Command {
+    Command::Restore {
+        index,
+        names_index: 1,
+        instances: Vec::new(),
+        grace: Duration::ZERO,
+        stamp,
+    }
+}
+
+#[test]
+fn a_restore_leaves_the_index_room_to_grow() {
+    let t0 = Instant::now();
+    let mut c = Catalog::new(t0, CatalogLimits::default());
+    for index in [u64::MAX, u64::MAX - 1, MAX_RESTORE_INDEX + 1] {
+        let err = c.apply(restore(index, true), t0).unwrap_err();
+        assert!(
+            matches!(err, CatalogError::IndexTooHigh { index: i, .. } if i == index),
+            "{err:?}"
+        );
+        assert_eq!(c.snapshot().index, 1, "a refused restore changes nothing");
+    }
+    let out = c.apply(restore(MAX_RESTORE_INDEX, true), t0).unwrap();
+    assert_eq!(out.index, MAX_RESTORE_INDEX);
+    let out = c.apply(reg("web", "a", None), t0).unwrap();
+    assert_eq!(out.index, MAX_RESTORE_INDEX + 1, "the index keeps going up");
+}
+
+#[test]
+fn an_exhausted_index_refuses_changes_instead_of_wrapping() {
+    let t0 = Instant::now();
+    let mut c = Catalog::new(t0, CatalogLimits::default());
+    c.apply(reg("web", "a", None), t0).unwrap();
+    // The catalog's own data (the store at start-up) is loaded as it is, even
+    // at the very top.
+    let out = c.apply(restore(u64::MAX, false), t0).unwrap();
+    assert_eq!(out.index, u64::MAX);
+    let err = c.apply(reg("web", "b", None), t0).unwrap_err();
+    assert!(matches!(err, CatalogError::IndexExhausted), "{err:?}");
+    assert_eq!(c.snapshot().index, u64::MAX);
+    assert!(c.snapshot().instance("web", "b").is_none());
+    let err = c.apply(Command::Tick, t0).unwrap_err();
+    assert!(matches!(err, CatalogError::IndexExhausted), "{err:?}");
+}

@@ -155,15 +155,11 @@ impl Catalog {
                     // Count the critical time from the moment the lease ran out
                     // (or was released by self-preservation).
                     let from = if was_held.is_some() { now } else { deadline };
-                    let reap_at = from.saturating_add(
-                        u64::try_from(
-                            self.state.services[&rec.service].instances[&id]
-                                .spec
-                                .deregister_critical_after
-                                .as_nanos(),
-                        )
-                        .unwrap_or(u64::MAX >> 2),
-                    );
+                    let reap_at = from.saturating_add(crate::clock::nanos(
+                        self.state.services[&rec.service].instances[&id]
+                            .spec
+                            .deregister_critical_after,
+                    ));
                     let service = rec.service.clone();
                     let rec = self.records.get_mut(&id).expect("known instance");
                     rec.reap_timer = Some(reap_at);

@@ -257,7 +257,7 @@ impl Catalog {
     /// Gives `inst` a fresh live lease if its spec has a TTL.
     pub(super) fn arm_lease(&mut self, inst: &mut Instance, now: u64) {
         let Some(ttl) = inst.spec.ttl else { return };
-        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX >> 2);
+        let ttl = crate::clock::nanos(ttl);
         let deadline = now.saturating_add(ttl);
         let lease = Arc::new(Lease::new(inst.service.clone(), ttl, deadline));
         self.leases.insert(inst.id.clone(), lease.clone());

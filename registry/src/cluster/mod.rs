@@ -81,6 +81,10 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
 }
 
+/// Largest generated node id: 2^63 - 1, so an id survives tools that read
+/// JSON numbers as signed 64-bit integers.
+const MAX_NODE_ID: u64 = u64::MAX >> 1;
+
 /// Shortest cluster token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -158,7 +162,7 @@ impl Cluster {
             None => match log.get_meta::<u64>(log::NODE_ID).await? {
                 Some(id) => id,
                 None => {
-                    let id = fastrand::u64(1..u64::MAX >> 1);
+                    let id = fastrand::u64(1..=MAX_NODE_ID);
                     log.put_meta(log::NODE_ID, &id).await?;
                     id
                 }
@@ -648,6 +652,10 @@ pub struct ForwardedHeartbeat {
 impl Replication for Cluster {
     fn is_leader(&self) -> bool {
         self.leading.load(Ordering::Acquire)
+    }
+
+    fn write_timeout(&self) -> Duration {
+        self.config.write_timeout
     }
 
     fn has_quorum(&self) -> bool {

@@ -428,6 +428,15 @@ pub enum ErrorWire {
         /// Its value.
         limit: usize,
     },
+    /// [`CatalogError::IndexTooHigh`].
+    IndexTooHigh {
+        /// The index asked for.
+        index: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// [`CatalogError::IndexExhausted`].
+    IndexExhausted,
     /// An op that does not decode (a node of another version).
     Invalid {
         /// Message.
@@ -462,6 +471,11 @@ impl From<&CatalogError> for ErrorWire {
                 what: (*what).to_owned(),
                 limit: *limit,
             },
+            CatalogError::IndexTooHigh { index, max } => ErrorWire::IndexTooHigh {
+                index: *index,
+                max: *max,
+            },
+            CatalogError::IndexExhausted => ErrorWire::IndexExhausted,
         }
     }
 }
@@ -497,6 +511,8 @@ impl From<ErrorWire> for WriteError {
                 },
                 limit,
             },
+            ErrorWire::IndexTooHigh { index, max } => CatalogError::IndexTooHigh { index, max },
+            ErrorWire::IndexExhausted => CatalogError::IndexExhausted,
             // Another node's reasons arrive as text: kept as they are.
             ErrorWire::Invalid { message } | ErrorWire::Unavailable { message } => {
                 return Unavailable::Remote { message }.into();

@@ -11,7 +11,7 @@ use roster_api::duration;
 use serde::Deserialize;
 
 use crate::catalog::{CatalogLimits, SelfPreservation};
-use crate::health::CheckerConfig;
+use crate::checks::checker::CheckerConfig;
 use crate::http::limits::LimitConfig;
 use crate::http::serve::{ServeConfig, TlsFiles};
 use crate::model::{Limits, PanicPolicy};
@@ -93,6 +93,41 @@ pub struct ServeArgs {
     /// Most active health checks (http, tcp, grpc) in flight at once [default: 256].
     #[arg(long, env = "ROSTER_CHECK_CONCURRENCY", value_name = "N")]
     pub check_concurrency: Option<usize>,
+    /// Put the start of HTTP check response bodies (512 bytes) in the check
+    /// output that every reader sees; off, the output is the status line only
+    /// [default: false].
+    #[arg(
+        long,
+        env = "ROSTER_CHECK_OUTPUT_BODY",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    pub check_output_body: Option<bool>,
+    /// Destinations active checks may not reach, as CIDR or host name (repeat),
+    /// on top of the built-in ones: link-local 169.254.0.0/16 and fe80::/10,
+    /// fd00:ec2::254, 100.100.100.200 and metadata.google.internal.
+    #[arg(
+        long = "check-deny",
+        env = "ROSTER_CHECK_DENY",
+        value_name = "CIDR|HOST",
+        value_delimiter = ','
+    )]
+    pub check_deny: Vec<String>,
+    /// Deny loopback (127.0.0.0/8, ::1) to active checks too; allowed by
+    /// default for sidecar checks [default: false].
+    #[arg(
+        long,
+        env = "ROSTER_CHECK_DENY_LOOPBACK",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    pub check_deny_loopback: Option<bool>,
     /// Self-preservation: when more than this share of leased instances expire
     /// within one renewal window, stop expiring until heartbeats come back; 0
     /// turns it off [default: 0.15].
@@ -240,6 +275,10 @@ struct FileConfig {
     dns_domain: Option<String>,
     dns_ttl: Option<u32>,
     check_concurrency: Option<usize>,
+    check_output_body: Option<bool>,
+    #[serde(default)]
+    check_deny: Vec<String>,
+    check_deny_loopback: Option<bool>,
     #[serde(default)]
     dns_allow: Vec<String>,
     dns_rate_limit: Option<u32>,
@@ -326,6 +365,8 @@ pub struct Config {
     pub dns: roster_dns::DnsConfig,
     /// Health checker settings.
     pub checker: CheckerConfig,
+    /// What active checks may reach and show.
+    pub probe: crate::checks::probe::ProbePolicy,
     /// The guard against mass expiry.
     pub self_preservation: SelfPreservation,
     /// Panic thresholds of services.
@@ -365,6 +406,7 @@ impl Default for Config {
             dns_addr: Some(DEFAULT_DNS_ADDR),
             dns: roster_dns::DnsConfig::default(),
             checker: CheckerConfig::default(),
+            probe: crate::checks::probe::ProbePolicy::default(),
             self_preservation: SelfPreservation::default(),
             panic: PanicPolicy::default(),
             datacenter: "dc1".into(),
@@ -460,6 +502,40 @@ impl Config {
         }
         if let Some(n) = args.check_concurrency.or(file.check_concurrency) {
             cfg.checker.concurrency = n;
+        }
+        if let Some(b) = args.check_output_body.or(file.check_output_body) {
+            cfg.probe.output_body = b;
+        }
+        let deny = if args.check_deny.is_empty() {
+            &file.check_deny
+        } else {
+            &args.check_deny
+        };
+        for entry in deny {
+            let entry = entry.trim();
+            if let Ok(net) = parse_cidr(entry) {
+                cfg.probe.deny.push(net);
+            } else if !entry.is_empty()
+                && entry.len() <= 253
+                && entry
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+            {
+                let host = entry.trim_end_matches('.').to_ascii_lowercase();
+                cfg.probe.deny_hosts.push(host);
+            } else {
+                return Err(ConfigError::Invalid {
+                    setting: "check_deny",
+                    message: format!("expected a CIDR, an IP address or a host name: {entry:?}"),
+                });
+            }
+        }
+        if args
+            .check_deny_loopback
+            .or(file.check_deny_loopback)
+            .unwrap_or(false)
+        {
+            cfg.probe.deny_loopback();
         }
         if let Some(t) = args
             .self_preservation_threshold

@@ -270,6 +270,40 @@ fn dns_allow_and_rate_limit() {
 }
 
 #[test]
+fn check_policy_from_the_file_and_flags() {
+    let cfg = Config::load(&ServeArgs::default()).unwrap();
+    assert!(!cfg.probe.output_body, "no bodies by default");
+    assert!(cfg.probe.denies("169.254.169.254".parse().unwrap()));
+    assert!(!cfg.probe.denies("127.0.0.1".parse().unwrap()));
+    let path = write(
+        "check_output_body = true\ncheck_deny = [\"10.0.0.0/8\", \"Metadata.Example.\"]\ncheck_deny_loopback = true\n",
+    );
+    let args = ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
+    let cfg = Config::load(&args).unwrap();
+    assert!(cfg.probe.output_body);
+    assert!(cfg.probe.denies("10.1.2.3".parse().unwrap()));
+    assert!(cfg.probe.denies("127.0.0.1".parse().unwrap()));
+    assert!(cfg.probe.denies("::1".parse().unwrap()));
+    assert!(
+        cfg.probe.denies("169.254.169.254".parse().unwrap()),
+        "defaults kept"
+    );
+    assert!(cfg.probe.denies_host("metadata.example"));
+    assert!(cfg.probe.denies_host("metadata.google.internal"));
+    let args = ServeArgs {
+        config: Some(path.clone()),
+        check_deny: vec!["bad host!".into()],
+        ..Default::default()
+    };
+    let err = Config::load(&args).unwrap_err().to_string();
+    assert!(err.contains("check_deny"), "{err}");
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
 fn a_cluster_node_needs_a_cluster_token() {
     let dir = std::env::temp_dir().join(format!("roster-cfg-token-{}", std::process::id()));
     let args = |token: Option<&str>| {

@@ -128,3 +128,24 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
             .map_err(|e| ApiError::invalid("query", format!("malformed query string: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_metadata_key_is_a_400_naming_meta() {
+        let err = parse_json::<roster_api::RegisterRequest>(
+            br#"{"port":80,"meta":{"owner":"a","owner":"b"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(
+            err.detail().contains("duplicate key `owner`"),
+            "{}",
+            err.detail()
+        );
+        let resp = axum::response::IntoResponse::into_response(err);
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    }
+}

@@ -52,18 +52,6 @@ impl std::ops::Deref for AppState {
     }
 }
 
-impl std::ops::DerefMut for AppState {
-    /// Settings are changed while the server is being built, before the state
-    /// is shared.
-    ///
-    /// # Panics
-    ///
-    /// When a clone of the state exists.
-    fn deref_mut(&mut self) -> &mut Shared {
-        Arc::get_mut(&mut self.0).expect("AppState is configured before it is shared")
-    }
-}
-
 /// The fields of [`AppState`].
 #[derive(Debug)]
 pub struct Shared {
@@ -98,29 +86,37 @@ pub struct Shared {
 }
 
 impl AppState {
-    /// State over `registry`, ready at once (the in-memory catalog has nothing to
-    /// load); watches end when `shutdown` is cancelled.
-    pub fn new(registry: Arc<Registry>, limits: Limits, shutdown: CancellationToken) -> Self {
-        AppState(Arc::new(Shared {
-            registry,
-            limits: Arc::new(limits),
-            panic: Arc::default(),
-            acl: None,
-            limiter: Arc::default(),
-            consul: Arc::new(consul::ConsulNode::new(
-                "dc1",
-                "roster",
-                std::net::IpAddr::from([127, 0, 0, 1]),
-                8500,
-            )),
-            ready: Arc::new(AtomicBool::new(true)),
-            bodies: Arc::default(),
-            epoch: fastrand::u64(1..),
-            lease_grace: std::time::Duration::from_secs(30),
-            shutdown,
-            started: Instant::now(),
-            cluster: None,
-        }))
+    /// State over `registry` with `config`'s settings, ready at once (an
+    /// in-memory catalog has nothing to load); watches end when `shutdown` is
+    /// cancelled. Settings only known once the server is bound or clustered
+    /// are given to the [`AppStateBuilder`] before [`AppStateBuilder::build`].
+    pub fn builder(
+        registry: Arc<Registry>,
+        config: &crate::config::Config,
+        shutdown: CancellationToken,
+    ) -> AppStateBuilder {
+        AppStateBuilder {
+            shared: Shared {
+                registry,
+                limits: Arc::new(config.limits.clone()),
+                panic: Arc::new(config.panic.clone()),
+                acl: config.acl.clone().map(Arc::new),
+                limiter: Arc::new(limits::Limiter::new(config.limits_http.clone())),
+                consul: Arc::new(consul::ConsulNode::new(
+                    &config.datacenter,
+                    &config.node_name,
+                    config.http_addr.ip(),
+                    config.http_addr.port(),
+                )),
+                ready: Arc::new(AtomicBool::new(true)),
+                bodies: Arc::default(),
+                epoch: fastrand::u64(1..),
+                lease_grace: config.lease_grace,
+                shutdown,
+                started: Instant::now(),
+                cluster: None,
+            },
+        }
     }
 
     fn metrics(&self) -> &Metrics {
@@ -129,6 +125,44 @@ impl AppState {
 
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// The one way to make an [`AppState`]: [`AppState::builder`], then what
+/// the server learns while it starts.
+#[derive(Debug)]
+pub struct AppStateBuilder {
+    shared: Shared,
+}
+
+impl AppStateBuilder {
+    /// The address the Consul-compatible API reports for this node.
+    pub fn address(mut self, addr: std::net::SocketAddr) -> Self {
+        let node = &self.shared.consul;
+        self.shared.consul = Arc::new(consul::ConsulNode::new(
+            &node.datacenter,
+            &node.name,
+            addr.ip(),
+            addr.port(),
+        ));
+        self
+    }
+
+    /// The readiness flag the server's loader or cluster node sets.
+    pub fn ready(mut self, ready: Arc<AtomicBool>) -> Self {
+        self.shared.ready = ready;
+        self
+    }
+
+    /// This node's cluster, when replicated.
+    pub fn cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
+        self.shared.cluster = cluster;
+        self
+    }
+
+    /// The state, ready to share.
+    pub fn build(self) -> AppState {
+        AppState(Arc::new(self.shared))
     }
 }
 
@@ -267,6 +301,11 @@ fn static_route(route: &str) -> &'static str {
         .or_insert_with(|| Box::leak(route.to_owned().into_boxed_str()))
 }
 
+/// `X-Roster-LastContact` of a node that has never heard from a leader: far
+/// beyond any real silence (142,000 years), yet under 2^53, so JavaScript and
+/// other JSON readers that parse numbers as doubles still read it exactly.
+const NEVER_CONTACTED_MS: u64 = u64::MAX >> 12;
+
 /// On a cluster node: `?consistent` reads wait for the leader's read index
 /// first (503 when no leader confirms it), and every API answer says whether the
 /// node knows a leader and how long ago it heard from it, so callers can tell a
@@ -291,7 +330,7 @@ async fn cluster_reads(State(state): State<AppState>, req: Request, next: Next) 
     let mut resp = next.run(req).await;
     let (known, contact) = cluster.freshness();
     let known = if known { "true" } else { "false" };
-    let contact = contact.unwrap_or(u64::MAX >> 12);
+    let contact = contact.unwrap_or(NEVER_CONTACTED_MS);
     let headers = resp.headers_mut();
     for (k, v) in [
         ("x-roster-knownleader", HeaderValue::from_static(known)),

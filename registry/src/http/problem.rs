@@ -121,6 +121,11 @@ impl ApiError {
         )
     }
 
+    /// 409: the request conflicts with the catalog's current state.
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail.into())
+    }
+
     /// 503 or 429 when the registry sheds load; always with `Retry-After`.
     pub fn overloaded(status: StatusCode, detail: impl Into<String>) -> Self {
         let title = if status == StatusCode::TOO_MANY_REQUESTS {
@@ -248,6 +253,13 @@ impl From<CatalogError> for ApiError {
                 );
                 e
             }
+            CatalogError::IndexTooHigh { .. } => Self::invalid("index", detail),
+            CatalogError::IndexExhausted => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "index-exhausted",
+                "Catalog index exhausted",
+                detail,
+            ),
         }
     }
 }

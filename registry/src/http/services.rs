@@ -36,6 +36,36 @@ fn registered<'a>(
     })
 }
 
+/// The instance a write just changed, to answer with. It can be missing for
+/// two reasons, and the answer says which, since the write itself is done: a
+/// cluster follower that has not applied the leader's entry yet (503; retrying
+/// the write is safe, every write is idempotent), or a later change that
+/// removed it again (409).
+fn written<'a>(
+    snap: &'a crate::catalog::Snapshot,
+    service: &ServiceName,
+    id: &InstanceId,
+    index: u64,
+) -> Result<&'a std::sync::Arc<crate::catalog::Instance>, ApiError> {
+    if let Some(inst) = snap.instance(service.as_str(), id.as_str()) {
+        return Ok(inst);
+    }
+    if snap.index < index {
+        return Err(ApiError::unavailable(format!(
+            "the leader applied this write at index {index}, but this node is at {} and \
+             has not caught up (is it cut off from the leader?); the write is done, and \
+             sending it again is safe",
+            snap.index
+        ))
+        .retry_after(1));
+    }
+    Err(ApiError::conflict(format!(
+        "the write was applied at index {index}, and a later change removed instance \
+         {id:?} of {service:?} again (catalog index {})",
+        snap.index
+    )))
+}
+
 fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), ApiError> {
     Ok((ServiceName::parse(service)?, InstanceId::parse(id)?))
 }
@@ -57,9 +87,7 @@ pub(super) async fn register(
         })
         .await?;
     let snap = state.registry.snapshot();
-    let inst = snap
-        .instance(service.as_str(), id.as_str())
-        .ok_or_else(|| ApiError::unavailable("instance vanished right after registration"))?;
+    let inst = written(&snap, &service, &id, out.index)?;
     let created = out.changed && inst.create_index == out.index;
     let status = if created {
         StatusCode::CREATED
@@ -106,9 +134,7 @@ pub(super) async fn maintenance(
         })
         .await?;
     let snap = state.registry.snapshot();
-    let inst = snap
-        .instance(service.as_str(), id.as_str())
-        .ok_or_else(|| ApiError::unavailable("instance vanished during the update"))?;
+    let inst = written(&snap, &service, &id, out.index)?;
     Ok(with_index(out.index, Json(inst.to_api())))
 }
 
@@ -325,5 +351,57 @@ pub(crate) fn health_slot(health: Health) -> usize {
         Health::Passing => 0,
         Health::Warning => 1,
         Health::Critical => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Catalog, CatalogLimits, Command};
+    use crate::model::{InstanceSpec, Limits};
+
+    #[test]
+    fn a_done_write_whose_instance_is_missing_says_why() {
+        let now = tokio::time::Instant::now();
+        let mut catalog = Catalog::new(now, CatalogLimits::default());
+        let (service, id) = names("web", "web-1").unwrap();
+        let req = roster_api::RegisterRequest {
+            address: Some("10.0.0.1".into()),
+            port: 80,
+            ..Default::default()
+        };
+        let spec = InstanceSpec::from_request(req, None, &Limits::default()).unwrap();
+        let out = catalog
+            .apply(
+                Command::Register {
+                    service: service.clone(),
+                    id: id.clone(),
+                    spec,
+                },
+                now,
+            )
+            .unwrap();
+        assert!(written(catalog.snapshot(), &service, &id, out.index).is_ok());
+        // A follower behind the leader's index: 503, and it says the write is done.
+        let (other, _) = names("api", "api-1").unwrap();
+        let lag = written(catalog.snapshot(), &other, &id, out.index + 5).unwrap_err();
+        assert_eq!(lag.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            lag.detail().contains("the write is done"),
+            "{}",
+            lag.detail()
+        );
+        // Removed by a later change: 409.
+        catalog
+            .apply(
+                Command::Deregister {
+                    service: service.clone(),
+                    id: id.clone(),
+                },
+                now,
+            )
+            .unwrap();
+        let gone = written(catalog.snapshot(), &service, &id, out.index).unwrap_err();
+        assert_eq!(gone.status(), StatusCode::CONFLICT);
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::parse_json;
 use super::{ApiError, AppState, with_index};
-use crate::catalog::Command;
+use crate::catalog::{Command, MAX_RESTORE_INDEX};
 use crate::model::{InstanceId, InstanceSpec, ServiceName};
 use crate::store::{FORMAT_VERSION, StoredInstance};
 
@@ -24,7 +24,8 @@ pub struct SnapshotFile {
     pub format: String,
     /// Format version.
     pub version: u64,
-    /// Catalog index when the snapshot was taken.
+    /// Catalog index when the snapshot was taken; a restore refuses one
+    /// above [`MAX_RESTORE_INDEX`] (2^63).
     pub index: u64,
     /// Index of the last change to the set of names.
     #[serde(default)]
@@ -64,6 +65,27 @@ pub(super) async fn restore(
             format!(
                 "snapshot version {} cannot be read; this roster reads version {FORMAT_VERSION}",
                 file.version
+            ),
+        ));
+    }
+    // A restore continues at the file's index; one near u64::MAX would leave
+    // the catalog no room and wrap it (the catalog refuses it too, for the
+    // replicated path).
+    if file.index > MAX_RESTORE_INDEX {
+        return Err(ApiError::invalid(
+            "index",
+            format!(
+                "index {} is above {MAX_RESTORE_INDEX}, the highest a restore may set",
+                file.index
+            ),
+        ));
+    }
+    if file.names_index > file.index {
+        return Err(ApiError::invalid(
+            "names_index",
+            format!(
+                "names_index {} is above the snapshot's index {}",
+                file.names_index, file.index
             ),
         ));
     }

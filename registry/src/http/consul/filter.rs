@@ -82,25 +82,25 @@ impl Clause {
     }
 }
 
-/// Splits on ` and ` outside quotes.
+/// Splits on ` and ` outside quotes. Walks characters, not bytes, so a
+/// multi-byte character is never cut (slicing inside one panics).
 fn split_and(expr: &str) -> Vec<&str> {
+    const AND: &str = " and ";
     let mut parts = Vec::new();
     let mut start = 0;
     let mut quoted = false;
-    let bytes = expr.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => quoted = !quoted,
-            _ if !quoted && expr[i..].starts_with(" and ") => {
-                parts.push(&expr[start..i]);
-                i += 5;
-                start = i;
-                continue;
+    let mut chars = expr.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '"' {
+            quoted = !quoted;
+        } else if !quoted && expr[i..].starts_with(AND) {
+            parts.push(&expr[start..i]);
+            start = i + AND.len();
+            // Skip the rest of ` and `: ASCII, so `start` is a boundary.
+            for _ in 1..AND.len() {
+                chars.next();
             }
-            _ => {}
         }
-        i += 1;
     }
     parts.push(&expr[start..]);
     parts
@@ -193,6 +193,12 @@ mod tests {
         assert_eq!(f.clauses[0].op, Op::NotContains);
         let f = Filter::parse(r#"Service.Meta.team != "a and b""#).unwrap();
         assert_eq!(f.clauses[0].value, "a and b", "and inside quotes");
+        let f = Filter::parse(
+            "ServiceMeta.owner == \"j\u{fc}rgen\" and \"\u{e9}t\u{e9}\" in ServiceTags",
+        )
+        .unwrap();
+        assert_eq!(f.clauses[0].value, "j\u{fc}rgen", "multi-byte characters");
+        assert_eq!(f.clauses[1].value, "\u{e9}t\u{e9}");
     }
 
     #[test]
@@ -202,6 +208,10 @@ mod tests {
             "Checks.Status == \"passing\"",
             "ServiceID == unquoted",
             "(ServiceID == \"a\") or (ServiceID == \"b\")",
+            "\u{fc}",
+            "ServiceID == \"\u{fc}\" and \u{fc}",
+            "\u{fc} and ServiceID == \"a\"",
+            "\"\u{fc}",
         ] {
             assert!(Filter::parse(bad).is_err(), "{bad}");
         }

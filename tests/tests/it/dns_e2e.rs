@@ -515,6 +515,141 @@ async fn dns_answers_only_the_allowed_networks() {
     );
 }
 
+/// Sends one raw HTTP/1.1 request (no URL normalization on the way, unlike
+/// any HTTP client) and returns the whole response text.
+async fn raw_http(addr: &str, method: &str, path: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: roster\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Every id the API accepts has its SRV record and an instance name that
+/// answers: ids of 64 to 128 characters and ids with empty labels get a
+/// one-label alias instead of silently missing from SRV (14 of 17 were shown).
+/// Ids of dots alone, which URLs resolve away, are refused with a 400 naming
+/// `id`.
+#[tokio::test]
+async fn every_accepted_instance_id_is_in_srv() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let dns = reg.dns_addr();
+    let ids: Vec<String> = vec![
+        "a".into(),
+        "web-1".into(),
+        "Web-2:8080".into(),
+        "x.y.z".into(),
+        "_nomad-task-1".into(),
+        "x".repeat(63),
+        "x".repeat(64),
+        "y".repeat(100),
+        "z".repeat(128),
+        format!("{}.{}", "a".repeat(63), "b".repeat(64)),
+        format!("{}.{}", "c".repeat(63), "d".repeat(63)),
+        "a..b".into(),
+        ".lead".into(),
+        "trail.".into(),
+        "...x".into(),
+        "k8s-a-very-long-namespace-name-with-a-long-service-name-and-pod-7d9f8b6c4-x2k9z-8080"
+            .into(),
+        "e".repeat(127),
+    ];
+    assert_eq!(ids.len(), 17);
+    for (n, id) in ids.iter().enumerate() {
+        let address = format!("10.0.1.{}", n + 1);
+        client
+            .register(
+                "web",
+                id,
+                &register_request(&address, 8000 + n as u16, &[], 1),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+    }
+    let reply = tcp(dns, &query("_web._tcp.service.roster.", RecordType::SRV)).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    let targets: BTreeMap<u16, hickory_proto::rr::Name> = reply
+        .answers
+        .iter()
+        .map(|r| match &r.data {
+            RData::SRV(s) => (s.port, s.target.clone()),
+            other => panic!("not SRV: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        targets.len(),
+        ids.len(),
+        "every instance in SRV: {targets:?}"
+    );
+    for (n, id) in ids.iter().enumerate() {
+        let target = &targets[&(8000 + n as u16)];
+        let shown = target.to_string();
+        assert!(shown.ends_with(".web.instance.roster."), "{id}: {shown}");
+        // Asked with the record's own name: the text form of `Web-2:8080`
+        // does not parse back.
+        let mut message = Message::query();
+        message.add_query(hickory_proto::op::Query::query(
+            target.clone(),
+            RecordType::A,
+        ));
+        let reply = tcp(dns, &message).await;
+        assert_eq!(
+            answer_data(&reply),
+            [format!("10.0.1.{}", n + 1)],
+            "{id}: the SRV target {shown} answers"
+        );
+    }
+    // Short ids keep their own name.
+    assert_eq!(targets[&8001].to_string(), "web-1.web.instance.roster.");
+    assert_eq!(targets[&8003].to_string(), "x.y.z.web.instance.roster.");
+
+    // Dots alone: refused by the server (sent raw, since an HTTP client would
+    // resolve the segment away) and by the client before sending.
+    let addr = reg.url().trim_start_matches("http://").to_owned();
+    for id in [".", "..", "..."] {
+        let out = raw_http(
+            &addr,
+            "PUT",
+            &format!("/v1/services/web/instances/{id}"),
+            r#"{"address":"10.0.0.9","port":80}"#,
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{id}: {out}");
+        assert!(out.contains("application/problem+json"), "{id}: {out}");
+        assert!(out.contains(r#""field":"id""#), "{id}: {out}");
+        let err = client
+            .register("web", id, &register_request("10.0.0.9", 80, &[], 1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.problem().unwrap().field.as_deref(), Some("id"), "{id}");
+    }
+    // The Consul API applies the same rule.
+    let out = raw_http(
+        &addr,
+        "PUT",
+        "/v1/agent/service/register",
+        r#"{"Name":"web","ID":"..","Address":"10.0.0.9","Port":80}"#,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert_eq!(
+        client
+            .instances("web", &Default::default())
+            .await
+            .unwrap()
+            .instances
+            .len(),
+        ids.len()
+    );
+    reg.stop().await;
+}
+
 fn soa_serial(reply: &Message) -> u32 {
     let soa = reply
         .answers

@@ -3,7 +3,8 @@
 //! `PUT /v1/services/web/instances/x` and to Consul's
 //! `PUT /v1/agent/service/register`. Every answer is a 400 or a 413 (or a 2xx
 //! for a body that happens to be valid), never a 5xx or a panic, and a refused
-//! body leaves the catalog exactly as it was.
+//! body leaves the catalog exactly as it was. Consul's `?filter=` expressions
+//! get the same treatment: any string is a 200 or a plain-text 400.
 //!
 //! The proptest seed is fixed so CI sends the same bodies every time; set
 //! `PROPTEST_RNG_SEED` to explore others.
@@ -18,9 +19,9 @@ use http_body_util::BodyExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use roster_registry::catalog::CatalogLimits;
+use roster_registry::config::Config as RosterConfig;
 use roster_registry::http::{AppState, BODY_LIMIT, router};
 use roster_registry::metrics::Metrics;
-use roster_registry::model::Limits;
 use roster_registry::registry::Registry;
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
@@ -47,11 +48,12 @@ impl Api {
             CatalogLimits::default(),
             Arc::new(Metrics::new()),
         ));
-        let state = AppState::new(
+        let state = AppState::builder(
             registry.clone(),
-            Limits::default(),
+            &RosterConfig::default(),
             CancellationToken::new(),
-        );
+        )
+        .build();
         Api {
             router: router(state),
             registry,
@@ -74,6 +76,33 @@ impl Api {
             let status = response.status();
             let bytes = response.into_body().collect().await.unwrap().to_bytes();
             (status, String::from_utf8_lossy(&bytes).into_owned())
+        })
+    }
+
+    /// Sends a GET to `uri`: the status, the content type and the body.
+    fn get(&self, uri: &str) -> (StatusCode, String, String) {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        self.runtime.block_on(async {
+            let response = tower::ServiceExt::oneshot(self.router.clone(), request)
+                .await
+                .unwrap();
+            let status = response.status();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                content_type,
+                String::from_utf8_lossy(&bytes).into_owned(),
+            )
         })
     }
 
@@ -480,4 +509,98 @@ fn random_and_mutated_native_bodies_never_fail_the_server() {
 #[test]
 fn random_and_mutated_consul_bodies_never_fail_the_server() {
     fuzz(CONSUL, consul_valid(), 3_000);
+}
+
+/// Percent-encodes every byte outside the unreserved set, for a query value.
+fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Filter expressions: arbitrary strings, and sequences of the grammar's own
+/// pieces (selectors, operators, quotes, `and`, multi-byte characters) so the
+/// parser gets past its first check.
+fn filter_expr() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        prop::sample::select(vec![
+            "ServiceID",
+            "Service.Tags",
+            "ServiceTags",
+            "ServiceMeta.env",
+            "Service.Meta.\u{fc}",
+            "Node",
+            "==",
+            "!=",
+            "contains",
+            "not contains",
+            "in",
+            "not in",
+            "and",
+            " and ",
+            "\"",
+            "\"a\"",
+            "\"\u{fc}\"",
+            "\u{fc}",
+            "\u{1F600}",
+            "\u{e9}and",
+            "(",
+            ")",
+            "or",
+        ])
+        .prop_map(str::to_owned),
+        ".{0,6}",
+    ];
+    prop_oneof![
+        2 => prop::collection::vec(piece, 0..10).prop_map(|p| p.join(" ")),
+        1 => any::<String>(),
+        1 => ".{0,40}",
+    ]
+}
+
+#[test]
+fn random_consul_filters_never_fail_the_server() {
+    let api = Api::new();
+    let (status, text) = api.put(CONSUL, consul_valid().to_string().into_bytes());
+    assert!(status.is_success(), "{status} {text}");
+    // The reported panic, on both endpoints that take a filter.
+    for path in ["/v1/health/service/web", "/v1/catalog/service/web"] {
+        let (status, content_type, text) = api.get(&format!("{path}?filter=%C3%BC"));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {text}");
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        assert!(text.contains("filter"), "{text}");
+    }
+    let answered = Cell::new([0u32; 2]);
+    runner(2_000)
+        .run(&filter_expr(), |expr| {
+            for path in ["/v1/health/service/web", "/v1/catalog/service/web"] {
+                let uri = format!("{path}?filter={}", query_value(&expr));
+                let (status, content_type, text) = api.get(&uri);
+                let mut counts = answered.get();
+                match status {
+                    StatusCode::OK => counts[0] += 1,
+                    StatusCode::BAD_REQUEST => {
+                        prop_assert!(
+                            content_type.starts_with("text/plain"),
+                            "{:?}: Consul errors are plain text, got {}",
+                            expr,
+                            content_type
+                        );
+                        counts[1] += 1;
+                    }
+                    other => prop_assert!(false, "{} {:?}: {} {}", path, expr, other, text),
+                }
+                answered.set(counts);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let [ok, refused] = answered.get();
+    eprintln!("filters: {ok} answered, {refused} refused");
+    assert!(ok > 0 && refused > 0, "{ok} / {refused}");
 }

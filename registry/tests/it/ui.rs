@@ -13,9 +13,9 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use roster_registry::acl::Tokens;
 use roster_registry::catalog::CatalogLimits;
+use roster_registry::config::Config;
 use roster_registry::http::{AppState, router};
 use roster_registry::metrics::Metrics;
-use roster_registry::model::Limits;
 use roster_registry::registry::Registry;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -57,18 +57,15 @@ impl Api {
             CatalogLimits::default(),
             Arc::new(Metrics::new()),
         ));
-        let mut state = AppState::new(
-            registry.clone(),
-            Limits::default(),
-            CancellationToken::new(),
-        );
+        let mut config = Config::default();
         if acl {
             let tokens = Tokens::parse(&format!(
                 "[[tokens]]\nname = \"reader\"\nsecret = \"{READER}\"\npolicies = [\"read\"]\n"
             ))
             .unwrap();
-            state.acl = Some(Arc::new(tokens));
+            config.acl = Some(tokens);
         }
+        let state = AppState::builder(registry.clone(), &config, CancellationToken::new()).build();
         Api {
             router: router(state),
             registry,

@@ -5,8 +5,17 @@
 //! HTTP is spoken with hyper directly rather than a pooling client: every probe
 //! owns its connection, so dropping the probe (timeout, shutdown) closes it, and
 //! the response body is read only up to [`BODY_PREVIEW`] bytes.
+//!
+//! Checks are requests the registry makes on behalf of whoever may register, and
+//! their output is shown to every reader, so a [`ProbePolicy`] bounds them: the
+//! destination is resolved first and every address is checked against a
+//! deny-list (link-local and cloud metadata endpoints by default) right before
+//! connecting to exactly that address, so a name that resolves (or rebinds) to a
+//! denied address is refused too; and response bodies stay out of the output
+//! unless the operator turns them on.
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -21,10 +30,152 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::checks::{CheckSpec, Target};
+use crate::checks::{CheckSpec, Target, check_http_header, check_http_method};
 
-/// Bytes of an HTTP response body kept in the check output.
+/// Bytes of an HTTP response body kept in the check output (with
+/// [`ProbePolicy::output_body`]).
 pub const BODY_PREVIEW: usize = 512;
+
+/// What active checks may reach and what their output may show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbePolicy {
+    /// Put the start of HTTP response bodies in the check output. Off by
+    /// default: the output is readable by every reader, and a check aimed at
+    /// a private URL would otherwise read it back to them.
+    pub output_body: bool,
+    /// Networks probes never connect to, matched against every resolved
+    /// address right before connecting (IPv4-mapped IPv6 counts as IPv4).
+    pub deny: Vec<(IpAddr, u8)>,
+    /// Host names refused before any resolution (lowercase, no trailing dot).
+    pub deny_hosts: Vec<String>,
+}
+
+impl Default for ProbePolicy {
+    fn default() -> Self {
+        ProbePolicy {
+            output_body: false,
+            deny: vec![
+                // Link-local, which holds 169.254.169.254 (AWS, GCP, Azure,
+                // OpenStack metadata) and the ECS task metadata endpoints.
+                (IpAddr::V4(Ipv4Addr::new(169, 254, 0, 0)), 16),
+                (IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 10),
+                // AWS metadata over IPv6.
+                (
+                    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+                    128,
+                ),
+                // Alibaba Cloud metadata.
+                (IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)), 32),
+            ],
+            deny_hosts: vec!["metadata.google.internal".into()],
+        }
+    }
+}
+
+impl ProbePolicy {
+    /// Also denies loopback (127.0.0.0/8, ::1) and the unspecified addresses
+    /// that reach it (0.0.0.0/8, ::). Loopback is allowed by default because
+    /// sidecar checks on 127.0.0.1 are common.
+    pub fn deny_loopback(&mut self) {
+        self.deny.extend([
+            (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+            (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8),
+            (IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+            (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 128),
+        ]);
+    }
+
+    /// Whether `ip` is in a denied network.
+    ///
+    /// ```
+    /// use roster_registry::checks::probe::ProbePolicy;
+    /// let p = ProbePolicy::default();
+    /// assert!(p.denies("169.254.169.254".parse().unwrap()));
+    /// assert!(p.denies("::ffff:169.254.169.254".parse().unwrap()));
+    /// assert!(!p.denies("127.0.0.1".parse().unwrap()));
+    /// ```
+    pub fn denies(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.deny.iter().any(|&(net, len)| in_network(ip, net, len))
+    }
+
+    /// Whether the host name `host` is denied by name.
+    pub fn denies_host(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        self.deny_hosts.iter().any(|d| d.eq_ignore_ascii_case(host))
+    }
+
+    /// Resolves `host` and keeps the addresses probes may connect to; an error
+    /// when there is none.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if self.denies_host(host) {
+            return Err(format!("{host} is denied by the registry's check policy"));
+        }
+        let found: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| format!("resolve {host}: {e}"))?
+                .collect(),
+        };
+        let (allowed, denied): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            found.into_iter().partition(|a| !self.denies(a.ip()));
+        match (allowed.is_empty(), denied.first()) {
+            (false, _) => Ok(allowed),
+            (true, Some(d)) if d.ip().to_string() == host => Err(format!(
+                "{} is denied by the registry's check policy",
+                d.ip()
+            )),
+            (true, Some(d)) => Err(format!(
+                "{host} resolves to {}, which is denied by the registry's check policy",
+                d.ip()
+            )),
+            (true, None) => Err(format!("resolve {host}: no address")),
+        }
+    }
+
+    /// Connects to the first allowed address of `host:port` that answers.
+    async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, String> {
+        let mut last = String::from("no address");
+        for addr in self.resolve(host, port).await? {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+}
+
+fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+    match (ip, net.to_canonical()) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Splits `host:port` or `[v6]:port` (validated at registration).
+fn host_port(addr: &str) -> Result<(&str, u16), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected host:port: {addr:?}"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("expected host:port: {addr:?}"))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
+}
 
 /// The raw result of one probe, before the anti-flap thresholds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,11 +204,13 @@ pub trait Prober: Send + Sync + std::fmt::Debug + 'static {
     fn probe(&self, spec: &CheckSpec) -> ProbeFuture;
 }
 
-/// The real prober: HTTP(S), TCP and gRPC over the network.
+/// The real prober: HTTP(S), TCP and gRPC over the network, within a
+/// [`ProbePolicy`].
 #[derive(Clone, Debug)]
 pub struct NetProber {
     verified: Arc<ClientConfig>,
     unverified: Arc<ClientConfig>,
+    policy: Arc<ProbePolicy>,
 }
 
 impl Default for NetProber {
@@ -68,8 +221,14 @@ impl Default for NetProber {
 
 impl NetProber {
     /// A prober trusting the Mozilla root certificates compiled into the binary
-    /// (so it needs no CA bundle on the host or in the container).
+    /// (so it needs no CA bundle on the host or in the container), with the
+    /// default [`ProbePolicy`].
     pub fn new() -> Self {
+        Self::with_policy(ProbePolicy::default())
+    }
+
+    /// A prober bound by `policy`.
+    pub fn with_policy(policy: ProbePolicy) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -88,6 +247,7 @@ impl NetProber {
         NetProber {
             verified: Arc::new(verified),
             unverified: Arc::new(unverified),
+            policy: Arc::new(policy),
         }
     }
 }
@@ -106,25 +266,34 @@ impl Prober for NetProber {
                 } else {
                     self.verified.clone()
                 };
+                let policy = self.policy.clone();
                 Box::pin(async move {
-                    match http(&url, &method, &headers, tls).await {
+                    match http(&url, &method, &headers, tls, &policy).await {
                         Ok(r) => r,
                         Err(e) => ProbeResult::critical(format!("{method} {url}: {e}")),
                     }
                 })
             }
-            Target::Tcp { addr } => Box::pin(async move {
-                match TcpStream::connect(addr.as_str()).await {
-                    Ok(_) => ProbeResult {
-                        status: Health::Passing,
-                        output: format!("TCP connect {addr}: success"),
-                    },
-                    Err(e) => ProbeResult::critical(format!("TCP connect {addr}: {e}")),
-                }
-            }),
+            Target::Tcp { addr } => {
+                let policy = self.policy.clone();
+                Box::pin(async move {
+                    let connected = match host_port(&addr) {
+                        Ok((host, port)) => policy.connect(host, port).await,
+                        Err(e) => Err(e),
+                    };
+                    match connected {
+                        Ok(_) => ProbeResult {
+                            status: Health::Passing,
+                            output: format!("TCP connect {addr}: success"),
+                        },
+                        Err(e) => ProbeResult::critical(format!("TCP connect {addr}: {e}")),
+                    }
+                })
+            }
             Target::Grpc { addr, service } => {
                 let timeout = spec.timeout;
-                Box::pin(async move { grpc(&addr, &service, timeout).await })
+                let policy = self.policy.clone();
+                Box::pin(async move { grpc(&addr, &service, timeout, &policy).await })
             }
             Target::Ttl { .. } => Box::pin(async {
                 ProbeResult::critical("ttl checks are reported by the instance, not probed")
@@ -149,13 +318,21 @@ async fn http(
     method: &str,
     headers: &[(String, String)],
     tls: Arc<ClientConfig>,
+    policy: &ProbePolicy,
 ) -> Result<ProbeResult, String> {
+    // Registration refuses these; a definition stored by an older version
+    // may still hold one, and is not sent.
+    check_http_method(method)?;
+    for (k, _) in headers {
+        check_http_header(k)?;
+    }
     let uri: Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
     let https = uri.scheme_str() == Some("https");
     let host = uri.host().ok_or("the URL has no host")?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-    let tcp = TcpStream::connect((bare_host, port))
+    let tcp = policy
+        .connect(bare_host, port)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
@@ -186,7 +363,7 @@ async fn http(
     };
     let reason = status.canonical_reason().unwrap_or("");
     let mut output = format!("{method} {url}: {} {reason}", status.as_u16());
-    if !body.is_empty() {
+    if policy.output_body && !body.is_empty() {
         output.push('\n');
         output.push_str(&body);
     }
@@ -239,7 +416,12 @@ where
     }
 }
 
-async fn grpc(addr: &str, service: &str, timeout: std::time::Duration) -> ProbeResult {
+async fn grpc(
+    addr: &str,
+    service: &str,
+    timeout: std::time::Duration,
+    policy: &ProbePolicy,
+) -> ProbeResult {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
@@ -252,7 +434,19 @@ async fn grpc(addr: &str, service: &str, timeout: std::time::Duration) -> ProbeR
         Ok(e) => e.connect_timeout(timeout).timeout(timeout),
         Err(e) => return ProbeResult::critical(format!("gRPC {shown}: invalid address: {e}")),
     };
-    let channel = match endpoint.connect().await {
+    // Resolved and checked here; the channel connects to exactly that address.
+    let allowed = match host_port(addr) {
+        Ok((host, port)) => policy.resolve(host, port).await,
+        Err(e) => Err(e),
+    };
+    let target = match allowed {
+        Ok(addrs) => addrs[0],
+        Err(e) => return ProbeResult::critical(format!("gRPC {shown}: connect: {e}")),
+    };
+    let connector = tower::service_fn(move |_: Uri| async move {
+        TcpStream::connect(target).await.map(TokioIo::new)
+    });
+    let channel = match endpoint.connect_with_connector(connector).await {
         Ok(c) => c,
         Err(e) => return ProbeResult::critical(format!("gRPC {shown}: connect: {e}")),
     };
@@ -333,6 +527,48 @@ impl ServerCertVerifier for AcceptAnyCert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_match_by_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(in_network(ip("169.254.0.1"), ip("169.254.0.0"), 16));
+        assert!(!in_network(ip("169.255.0.1"), ip("169.254.0.0"), 16));
+        assert!(
+            in_network(ip("10.1.2.3"), ip("0.0.0.0"), 0),
+            "/0 is everything"
+        );
+        assert!(in_network(ip("fe80::1"), ip("fe80::"), 10));
+        assert!(in_network(ip("febf::1"), ip("fe80::"), 10));
+        assert!(!in_network(ip("fec0::1"), ip("fe80::"), 10));
+        assert!(in_network(ip("fd00:ec2::254"), ip("fd00:ec2::254"), 128));
+        assert!(!in_network(ip("fd00:ec2::253"), ip("fd00:ec2::254"), 128));
+        assert!(
+            !in_network(ip("169.254.0.1"), ip("fe80::"), 10),
+            "families differ"
+        );
+        let mut p = ProbePolicy::default();
+        assert!(p.denies(ip("::ffff:169.254.169.254")), "IPv4-mapped");
+        assert!(p.denies_host("Metadata.Google.Internal."));
+        assert!(!p.denies(ip("::1")));
+        p.deny_loopback();
+        assert!(p.denies(ip("::1")) && p.denies(ip("127.0.0.2")) && p.denies(ip("0.0.0.0")));
+        assert!(p.denies(ip("::ffff:127.0.0.1")));
+    }
+
+    #[tokio::test]
+    async fn resolution_is_checked() {
+        let mut p = ProbePolicy::default();
+        let err = p.resolve("169.254.169.254", 80).await.unwrap_err();
+        assert!(err.contains("denied"), "{err}");
+        let err = p.resolve("metadata.google.internal", 80).await.unwrap_err();
+        assert!(err.contains("denied"), "{err}");
+        assert!(p.resolve("localhost", 80).await.is_ok());
+        p.deny_loopback();
+        let err = p.resolve("localhost", 80).await.unwrap_err();
+        assert!(err.contains("resolves to"), "{err}");
+        let err = p.resolve("[::1]", 80).await.unwrap_err();
+        assert!(err.contains("denied"), "{err}");
+    }
 
     #[test]
     fn status_mapping() {

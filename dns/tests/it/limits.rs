@@ -3,7 +3,7 @@
 //! TCP, and FORMERR for malformed EDNS options. Real server on port 0, real
 //! packets.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

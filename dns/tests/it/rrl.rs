@@ -1,7 +1,7 @@
 //! Response rate limiting: the limiter driven with chosen times and
 //! addresses, and the real server over UDP and TCP on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

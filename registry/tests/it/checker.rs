@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use roster_client::api::{CheckDefinition, Health, RegisterRequest};
 use roster_registry::catalog::{CatalogLimits, Command};
+use roster_registry::checks::checker::{Checker, CheckerConfig};
+use roster_registry::checks::probe::{ProbeFuture, ProbeResult, Prober};
 use roster_registry::checks::{CheckSpec, Target};
-use roster_registry::health::{Checker, CheckerConfig};
 use roster_registry::metrics::Metrics;
 use roster_registry::model::{InstanceId, InstanceSpec, Limits, ServiceName};
-use roster_registry::probe::{ProbeFuture, ProbeResult, Prober};
 use roster_registry::registry::Registry;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

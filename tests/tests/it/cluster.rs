@@ -1043,3 +1043,61 @@ async fn self_preservation_holds_a_blip_and_drains_a_departure() {
     beats.abort();
     c.shutdown().await;
 }
+
+/// The leader's probe results go through the log: an instance whose `tcp`
+/// check passes turns passing on every node, not on the leader alone, and a
+/// failing one turns critical everywhere (found reading health.rs: results
+/// were applied to the leader's own catalog only, so followers kept every
+/// probed instance critical and left it out of reads and DNS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn probe_results_reach_every_node() {
+    let c = Cluster::start("probes", 3).await;
+    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let accept = tokio::spawn(async move {
+        loop {
+            let _ = up.accept().await;
+        }
+    });
+    // A port nothing listens on.
+    let down_addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let probed = |addr: SocketAddr| -> RegisterRequest {
+        serde_json::from_value(serde_json::json!({
+            "address": "127.0.0.1", "port": 80,
+            "checks": [{"tcp": addr.to_string(), "interval": "1s", "timeout": "1s"}]
+        }))
+        .unwrap()
+    };
+    let client = c.client_all();
+    client
+        .register("probed", "up", &probed(up_addr))
+        .await
+        .unwrap();
+    client
+        .register("probed", "down", &probed(down_addr))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let node = c.client(i);
+        timeout(SOON, async {
+            loop {
+                let healthy: BTreeSet<String> = node
+                    .instances("probed", &InstanceQuery::default())
+                    .await
+                    .map(|s| s.instances.into_iter().map(|i| i.id).collect())
+                    .unwrap_or_default();
+                if healthy == BTreeSet::from(["up".to_owned()]) {
+                    return;
+                }
+                sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("node {i} never saw the probed instance pass"));
+    }
+    accept.abort();
+}

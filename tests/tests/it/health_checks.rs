@@ -63,6 +63,14 @@ async fn wait_status(
     .await
 }
 
+/// The default configuration, with response bodies in check output (off by
+/// default): these tests follow the scripted bodies.
+fn with_bodies() -> Config {
+    let mut config = Config::default();
+    config.probe.output_body = true;
+    config
+}
+
 fn register_body(port: u16, checks: Vec<CheckDefinition>) -> RegisterRequest {
     RegisterRequest {
         address: Some("127.0.0.1".into()),
@@ -140,7 +148,7 @@ async fn http_check_thresholds_and_transitions() {
         Status(429), // 10: warning
     ];
     let (target, addr) = Scripted::start(&script, Status(200)).await;
-    let reg = TestRegistry::start().await;
+    let reg = TestRegistry::start_with(with_bodies()).await;
     let client = RosterClient::new(reg.url()).unwrap();
     let mut watch = client.watch(&["web"], None).await.unwrap();
     let check = CheckDefinition {
@@ -205,7 +213,7 @@ async fn http_check_thresholds_and_transitions() {
 #[tokio::test]
 async fn http_check_timeout_is_critical() {
     let (_target, addr) = Scripted::start(&[Step::Status(200)], Step::Hang).await;
-    let reg = TestRegistry::start().await;
+    let reg = TestRegistry::start_with(with_bodies()).await;
     let client = RosterClient::new(reg.url()).unwrap();
     let check = CheckDefinition {
         http: Some(format!("http://{addr}/health")),
@@ -328,7 +336,7 @@ async fn https_check_verifies_certificates_unless_told_not_to() {
             });
         }
     });
-    let reg = TestRegistry::start().await;
+    let reg = TestRegistry::start_with(with_bodies()).await;
     let client = RosterClient::new(reg.url()).unwrap();
     let url = format!("https://localhost:{port}/health");
     let strict = CheckDefinition {
@@ -737,4 +745,185 @@ async fn self_preservation_shows_in_health_and_metrics() {
     })
     .await;
     assert!(body.get("warnings").is_none());
+}
+
+/// A private HTTP server on loopback, as a sidecar's admin port or a local
+/// secret would be: `/secret.txt` answers 200 with a secret.
+async fn secret_server() -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/secret.txt",
+        axum::routing::get(|| async { "TOP-SECRET-VALUE" }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn http_check(id: &str, url: String) -> CheckDefinition {
+    CheckDefinition {
+        id: Some(id.into()),
+        http: Some(url),
+        interval: Some(ms(100)),
+        ..Default::default()
+    }
+}
+
+async fn refused_field(client: &RosterClient, check: CheckDefinition) -> String {
+    let err = client
+        .register("web", "ssrf", &register_body(80, vec![check]))
+        .await
+        .expect_err("refused");
+    let problem = err.problem().expect("a problem document");
+    assert_eq!(problem.status, 400, "{problem:?}");
+    problem.field.clone().unwrap_or_default()
+}
+
+/// Health checks as SSRF with the response read back: a writer registered an
+/// `http` check on a private URL with `Metadata-Flavor: Google`, and every
+/// reader got the response in the check output. Now the output holds the
+/// status line only, cloud-metadata headers, `Host`, hop-by-hop headers and
+/// methods beyond GET/HEAD/POST/PUT/OPTIONS are refused naming the field, and
+/// link-local and metadata destinations are refused at connect time.
+#[tokio::test]
+async fn checks_do_not_read_private_responses_back() {
+    let secret = secret_server().await;
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let url = format!("http://{secret}/secret.txt");
+
+    let mut metadata = http_check("meta", url.clone());
+    metadata.headers = [("Metadata-Flavor".to_owned(), "Google".to_owned())].into();
+    assert_eq!(
+        refused_field(&client, metadata).await,
+        "checks[0].headers.Metadata-Flavor"
+    );
+    for header in ["Host", "Connection", "Transfer-Encoding", "Upgrade"] {
+        let mut check = http_check("h", url.clone());
+        check.headers = [(header.to_owned(), "x".to_owned())].into();
+        assert_eq!(
+            refused_field(&client, check).await,
+            format!("checks[0].headers.{header}")
+        );
+    }
+    for method in ["DELETE", "PATCH", "TRACE", "CONNECT"] {
+        let mut check = http_check("m", url.clone());
+        check.method = Some(method.into());
+        assert_eq!(refused_field(&client, check).await, "checks[0].method");
+    }
+    // The Consul API applies the same rules (its errors are plain text).
+    let consul = reqwest::Client::new()
+        .put(format!("{}/v1/agent/service/register", reg.url()))
+        .body(format!(
+            r#"{{"Name":"web","ID":"c1","Port":80,"Check":{{"HTTP":"{url}","Interval":"1s","Header":{{"Metadata-Flavor":["Google"]}}}}}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(consul.status(), 400);
+    let text = consul.text().await.unwrap();
+    assert!(text.contains("Metadata-Flavor"), "{text}");
+    assert!(
+        client
+            .instances("web", &Default::default())
+            .await
+            .unwrap()
+            .instances
+            .is_empty()
+    );
+
+    // Loopback stays allowed (sidecar checks), but only the status line shows.
+    let mut plain = http_check("plain", url.clone());
+    plain.headers = [("X-Probe".to_owned(), "1".to_owned())].into();
+    let link_local = http_check(
+        "link-local",
+        "http://169.254.169.254/latest/meta-data/".into(),
+    );
+    let by_name = http_check(
+        "by-name",
+        "http://metadata.google.internal/computeMetadata/v1/".into(),
+    );
+    let tcp = CheckDefinition {
+        id: Some("tcp-metadata".into()),
+        tcp: Some("169.254.169.254:80".into()),
+        interval: Some(ms(100)),
+        ..Default::default()
+    };
+    client
+        .register(
+            "web",
+            "ssrf",
+            &register_body(80, vec![plain, link_local, by_name, tcp]),
+        )
+        .await
+        .unwrap();
+    let c = wait_status(&client, "web", "ssrf", "plain", Health::Passing).await;
+    assert_eq!(c.output, format!("GET {url}: 200 OK"));
+    for id in ["link-local", "by-name", "tcp-metadata"] {
+        let c = until(&format!("{id} to be refused"), || async {
+            let c = check_of(&client, "web", "ssrf", id).await;
+            (!c.output.is_empty()).then_some(c)
+        })
+        .await;
+        assert_eq!(c.status, Health::Critical, "{id}");
+        assert!(c.output.contains("denied"), "{id}: {}", c.output);
+    }
+    let listed = client.instance("web", "ssrf").await.unwrap();
+    for c in &listed.checks {
+        assert!(!c.output.contains("TOP-SECRET"), "{}: {}", c.id, c.output);
+    }
+    reg.stop().await;
+
+    // Loopback denied by configuration: by address and by a name that
+    // resolves to it, checked after resolution.
+    let mut config = Config::default();
+    config.probe.deny_loopback();
+    let reg = TestRegistry::start_with(config).await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let by_ip = http_check("by-ip", url.clone());
+    let resolved = http_check(
+        "resolved",
+        format!("http://localhost:{}/secret.txt", secret.port()),
+    );
+    let grpc = CheckDefinition {
+        id: Some("grpc".into()),
+        grpc: Some(format!("localhost:{}", secret.port())),
+        interval: Some(ms(100)),
+        ..Default::default()
+    };
+    client
+        .register(
+            "web",
+            "local",
+            &register_body(80, vec![by_ip, resolved, grpc]),
+        )
+        .await
+        .unwrap();
+    for id in ["by-ip", "resolved", "grpc"] {
+        let c = until(&format!("{id} to be refused"), || async {
+            let c = check_of(&client, "web", "local", id).await;
+            (!c.output.is_empty()).then_some(c)
+        })
+        .await;
+        assert_eq!(c.status, Health::Critical, "{id}");
+        assert!(c.output.contains("denied"), "{id}: {}", c.output);
+    }
+    let c = check_of(&client, "web", "local", "resolved").await;
+    assert!(c.output.contains("resolves to"), "{}", c.output);
+    reg.stop().await;
+
+    // The operator's opt-in brings bodies back.
+    let reg = TestRegistry::start_with(with_bodies()).await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    client
+        .register(
+            "web",
+            "opt-in",
+            &register_body(80, vec![http_check("plain", url.clone())]),
+        )
+        .await
+        .unwrap();
+    let c = wait_status(&client, "web", "opt-in", "plain", Health::Passing).await;
+    assert_eq!(c.output, format!("GET {url}: 200 OK\nTOP-SECRET-VALUE"));
+    reg.stop().await;
 }

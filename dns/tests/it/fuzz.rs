@@ -8,7 +8,7 @@
 //! `PROPTEST_RNG_SEED` to explore others. The cargo-fuzz targets in `fuzz/`
 //! run the same path without a bound.
 
-mod common;
+use crate::common;
 
 use std::cell::Cell;
 use std::net::SocketAddr;

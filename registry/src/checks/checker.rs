@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{CheckSource, Command, Instance};
+use crate::checks::probe::{ProbeResult, Prober};
 use crate::checks::{CheckSpec, Flap};
-use crate::probe::{ProbeResult, Prober};
 use crate::registry::{ChangeReceiver, Registry};
 
 /// Checker settings.
@@ -271,7 +271,7 @@ impl Checker {
             output: done.result.output,
             source: CheckSource::Probe,
         };
-        if let Err(e) = self.registry.apply(cmd) {
+        if let Err(e) = self.registry.report(cmd) {
             tracing::debug!(error = %e, "check result not applied");
         }
     }

@@ -4,6 +4,12 @@
 //! Both are pure. The scheduler that runs the probes lives in [`crate::health`],
 //! the probes themselves in [`crate::probe`].
 
+pub mod checker;
+pub mod probe;
+
+pub use checker::Checker;
+pub use probe::{NetProber, ProbePolicy};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -194,7 +200,7 @@ impl CheckSpec {
             1 => {
                 if let Some(url) = def.http {
                     let method = def.method.unwrap_or_else(|| "GET".into());
-                    parse_http(url, method, def.headers, def.tls_skip_verify)?
+                    parse_http(url, method, def.headers, def.tls_skip_verify, limits)?
                 } else if let Some(addr) = def.tcp {
                     Target::Tcp {
                         addr: parse_host_port("tcp", &addr)?,
@@ -319,11 +325,64 @@ pub fn validate_check_id(id: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Methods an HTTP check may use: the ones that ask about a resource; no
+/// DELETE, PATCH, CONNECT or TRACE sent by the registry on a writer's behalf.
+pub const HTTP_CHECK_METHODS: [&str; 5] = ["GET", "HEAD", "POST", "PUT", "OPTIONS"];
+
+/// Headers an HTTP check may not set: `Host` (the URL decides it), the
+/// hop-by-hop and framing headers (the prober owns the connection and sends no
+/// body), and the headers cloud metadata services require, which no health
+/// endpoint needs.
+pub const HTTP_CHECK_FORBIDDEN_HEADERS: [&str; 17] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "expect",
+    "metadata-flavor",
+    "metadata",
+    "x-google-metadata-request",
+    "x-aws-ec2-metadata-token",
+    "x-aws-ec2-metadata-token-ttl-seconds",
+];
+
+/// Whether an HTTP check may use `method` (upper-case).
+pub fn check_http_method(method: &str) -> Result<(), String> {
+    if HTTP_CHECK_METHODS.contains(&method) {
+        Ok(())
+    } else {
+        Err(format!(
+            "method {method:?} is not allowed in a check; use one of {}",
+            HTTP_CHECK_METHODS.join(", ")
+        ))
+    }
+}
+
+/// Whether an HTTP check may set header `name`.
+pub fn check_http_header(name: &str) -> Result<(), String> {
+    if HTTP_CHECK_FORBIDDEN_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+    {
+        Err(format!("header {name:?} may not be set by a check"))
+    } else {
+        Ok(())
+    }
+}
+
 fn parse_http(
     url: String,
     method: String,
     headers: BTreeMap<String, String>,
     tls_skip_verify: bool,
+    limits: &Limits,
 ) -> Result<Target, FieldError> {
     use axum::http::{HeaderName, HeaderValue, Method, Uri};
     let uri: Uri = url
@@ -345,6 +404,9 @@ fn parse_http(
             format!("invalid HTTP method {method:?}"),
         ));
     }
+    if limits.http_check_rules {
+        check_http_method(&method).map_err(|e| FieldError::new("method", e))?;
+    }
     if headers.len() > 32 {
         return Err(FieldError::new("headers", "at most 32 headers are allowed"));
     }
@@ -354,6 +416,9 @@ fn parse_http(
                 format!("headers.{k}"),
                 "invalid header name or value",
             ));
+        }
+        if limits.http_check_rules {
+            check_http_header(k).map_err(|e| FieldError::new(format!("headers.{k}"), e))?;
         }
     }
     Ok(Target::Http {
@@ -564,6 +629,24 @@ mod tests {
             field(r#"[{"tcp":"a:1","failures_before_critical":1000}]"#),
             "checks[0].failures_before_critical"
         );
+        for method in ["DELETE", "patch", "TRACE", "CONNECT", "PROPFIND"] {
+            assert_eq!(
+                field(&format!(r#"[{{"http":"http://a/","method":"{method}"}}]"#)),
+                "checks[0].method",
+                "{method}"
+            );
+        }
+        for header in ["Host", "connection", "Transfer-Encoding", "Metadata-Flavor"] {
+            assert_eq!(
+                field(&format!(
+                    r#"[{{"http":"http://a/","headers":{{"{header}":"x"}}}}]"#
+                )),
+                format!("checks[0].headers.{header}")
+            );
+        }
+        for method in ["get", "HEAD", "POST", "PUT", "OPTIONS"] {
+            parse(&format!(r#"[{{"http":"http://a/","method":"{method}"}}]"#)).unwrap();
+        }
         let many = format!("[{}]", vec![r#"{"tcp":"a:1"}"#; 17].join(","));
         assert_eq!(field(&many), "checks");
     }

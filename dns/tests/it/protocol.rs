@@ -1,7 +1,7 @@
 //! Protocol rules: response codes for bad requests, EDNS, sizes, truncation,
 //! TCP framing and shutdown, with hickory messages and raw wire bytes.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -459,3 +459,123 @@ async fn checks_and_their_results_survive_a_restart() {
     );
     roster.terminate();
 }
+
+/// A snapshot whose index leaves no room (2^64 − 1 made the next registration
+/// answer index 0 and the index run backwards) is refused naming `index`;
+/// the bound itself, 2^63, is accepted, the index keeps rising from it and
+/// survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_index_without_room_to_grow_is_refused() {
+    const BOUND: u64 = 1 << 63;
+    let dir = temp_dir("snap-index");
+    let roster = Roster::spawn(&dir);
+    roster.ready().await;
+    let client = RosterClient::new(&roster.url).unwrap();
+    let http = reqwest::Client::new();
+    let restore = |index: u64| {
+        let body = serde_json::json!({
+            "format": "roster-snapshot", "version": 1, "index": index, "instances": [
+                {"service": "web", "id": "w1", "address": "10.0.0.1", "port": 80,
+                 "deregister_critical_after_ms": 60000, "create_index": 1, "modify_index": 1}
+            ]
+        });
+        http.put(format!("{}/v1/snapshot", roster.url))
+            .json(&body)
+            .send()
+    };
+    for index in [u64::MAX, u64::MAX - 10, BOUND + 1] {
+        let resp = restore(index).await.unwrap();
+        assert_eq!(resp.status(), 400, "index {index}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let problem: roster_client::api::Problem = resp.json().await.unwrap();
+        assert_eq!(problem.field.as_deref(), Some("index"), "{problem:?}");
+    }
+    let inst = client.register("web", "a", &reg(80, 60)).await.unwrap();
+    assert!(
+        inst.modify_index > 1 && inst.modify_index < 10,
+        "refused restores left the index alone: {}",
+        inst.modify_index
+    );
+
+    let resp = restore(BOUND).await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let resp = http
+        .put(format!("{}/v1/services/web/instances/b", roster.url))
+        .json(&reg(81, 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(
+        resp.headers()["x-roster-index"].to_str().unwrap(),
+        (BOUND + 1).to_string()
+    );
+    let inst = client.register("web", "c", &reg(82, 60)).await.unwrap();
+    assert_eq!(inst.modify_index, BOUND + 2);
+
+    // The store holds an index above the bound now: its own data loads.
+    roster.terminate();
+    let roster = Roster::spawn(&dir);
+    roster.ready().await;
+    let client = RosterClient::new(&roster.url).unwrap();
+    assert_eq!(client.services().await.unwrap().index, BOUND + 2);
+    let inst = client.register("web", "d", &reg(83, 60)).await.unwrap();
+    assert_eq!(inst.modify_index, BOUND + 3);
+    roster.terminate();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A store file emptied to 0 bytes (`truncate -s 0`) used to start an empty
+/// catalog in place of the lost one (redb initializes an empty file); it stops
+/// start-up with an error naming the file. Without a file the catalog starts
+/// empty, and roster's own new store is never left empty or partial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_store_is_refused_and_no_store_starts_empty() {
+    let dir = temp_dir("emptied");
+    let roster = Roster::spawn(&dir);
+    roster.ready().await;
+    let client = RosterClient::new(&roster.url).unwrap();
+    client.register("web", "w1", &reg(80, 60)).await.unwrap();
+    roster.terminate();
+    let file = dir.join("catalog.redb");
+    assert!(std::fs::metadata(&file).unwrap().len() > 0);
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.ends_with(".new")),
+        "no temporary file left: {names:?}"
+    );
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let (ok, stderr) = Roster::spawn(&dir).exit();
+    assert!(!ok, "an emptied store must not start empty: {stderr}");
+    assert!(stderr.contains("catalog.redb"), "names the file: {stderr}");
+    assert!(stderr.contains("empty"), "{stderr}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().len(),
+        0,
+        "the file is left as found"
+    );
+
+    // No file at all: a fresh start.
+    std::fs::remove_file(&file).unwrap();
+    let roster = Roster::spawn(&dir);
+    roster.ready().await;
+    let client = RosterClient::new(&roster.url).unwrap();
+    assert!(client.services().await.unwrap().services.is_empty());
+    client.register("web", "w2", &reg(80, 60)).await.unwrap();
+    roster.terminate();
+    let roster = Roster::spawn(&dir);
+    roster.ready().await;
+    let client = RosterClient::new(&roster.url).unwrap();
+    assert_eq!(client.services().await.unwrap().services.len(), 1);
+    roster.terminate();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,7 +1,7 @@
 //! What each name answers: A/AAAA, tags, SRV, instances, CNAME, TXT, apex,
 //! rotation, case echo and cache refresh, over real UDP and TCP.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

@@ -1,0 +1,18 @@
+//! roster's end-to-end tests, in one binary: real servers started in-process
+//! on port 0 (and, where said, real processes), real clients, real DNS.
+
+mod agent;
+mod balancing;
+mod cli_e2e;
+mod cluster;
+mod consul_api;
+mod discovery;
+mod dns_e2e;
+mod dns_remote;
+mod failover;
+mod health_checks;
+mod hostile;
+mod registration;
+mod security;
+mod sync_k8s;
+mod watch;
