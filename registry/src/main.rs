@@ -84,13 +84,14 @@ async fn sync_k8s(
     let roster = client_command(registry, token, &args.log)?;
     // In-cluster (the pod's ServiceAccount) or KUBECONFIG / ~/.kube/config;
     // `default_client` installs rustls' crypto provider before it connects.
+    // `{e}` already carries the cause: printed as a chain it would repeat.
     let kube = roster_registry::k8s::default_client()
         .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = cancel_on_signal();
     roster_registry::k8s::run(args.settings(), kube, roster, shutdown)
         .await
-        .map_err(|e| anyhow::anyhow!(e))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Logs per `log` and a client for `registry`, with the token when given: the

@@ -17,27 +17,14 @@ use crate::catalog::{
 use crate::lease::{LeaseTable, Renewal};
 use crate::metrics::{HeartbeatResult, Metrics};
 use crate::model::{InstanceId, ServiceName};
-use crate::store::{Batch, Loaded, Store};
+use crate::store::{Batch, Loaded, Store, StoreError};
+
+mod error;
 use crate::watch::{Hub, Subscription};
+pub use error::{Unavailable, WriteError};
 
 /// Resolves once a change is on disk (or failed to get there).
-type Durable = tokio::sync::oneshot::Receiver<Result<(), String>>;
-
-/// Why a write failed.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    /// The catalog refused the command; nothing changed.
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    /// The change is in memory but could not be made durable; the store retries
-    /// it with the next write.
-    #[error("the change could not be written to disk: {0}")]
-    Store(String),
-    /// Replicated: no leader can take the write now (election under way, or this
-    /// node is cut off from the majority). Nothing is known to have changed.
-    #[error("no leader can take the write now: {0}")]
-    Unavailable(String),
-}
+type Durable = tokio::sync::oneshot::Receiver<Result<(), StoreError>>;
 
 /// A write waiting for the replicated log, and where its result goes.
 pub type Proposal = (
@@ -343,7 +330,7 @@ impl Registry {
     pub async fn write(&self, cmd: Command) -> Result<Outcome, WriteError> {
         if let Some(rep) = self.replication.get() {
             let Some(rep) = rep.upgrade() else {
-                return Err(WriteError::Unavailable("the node is shutting down".into()));
+                return Err(Unavailable::ShuttingDown.into());
             };
             if !rep.is_leader() {
                 let out = rep.forward(cmd).await?;
@@ -360,18 +347,13 @@ impl Registry {
                 let _order = self.lock();
                 rep.proposals()
                     .send((cmd, tx))
-                    .map_err(|_| WriteError::Unavailable("the proposer stopped".into()))?;
+                    .map_err(|_| Unavailable::ProposerStopped)?;
             }
-            return rx
-                .await
-                .map_err(|_| WriteError::Unavailable("the proposer stopped".into()))?;
+            return rx.await.map_err(|_| Unavailable::ProposerStopped)?;
         }
         let (out, durable) = self.apply_inner(cmd, true)?;
         if let Some(durable) = durable {
-            durable
-                .await
-                .map_err(|_| WriteError::Store("the store writer stopped".into()))?
-                .map_err(WriteError::Store)?;
+            durable.await.map_err(|_| StoreError::Stopped)??;
         }
         Ok(out)
     }

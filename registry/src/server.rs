@@ -182,11 +182,7 @@ async fn start_storage(
     tasks.spawn(async move {
         let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
             .await
-            .unwrap_or_else(|e| {
-                Err(StoreError::Write(format!(
-                    "loading the catalog failed: {e}"
-                )))
-            });
+            .unwrap_or_else(|e| Err(StoreError::Load(e)));
         match opened {
             Ok((store, loaded)) => {
                 let count = loaded.instances.len();

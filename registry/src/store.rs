@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::catalog::Instance;
 use crate::checks::{CheckSpec, CheckState};
-use crate::model::{InstanceSpec, Limits};
+use crate::model::{FieldError, InstanceSpec, Limits};
 
 /// Version of the row format (`meta.format`) and of snapshot files.
 pub const FORMAT_VERSION: u64 = 1;
@@ -57,9 +57,19 @@ pub enum StoreError {
         /// What went wrong.
         message: String,
     },
-    /// A write failed.
+    /// A write failed; the writer keeps the changes and retries them with
+    /// the next write.
     #[error("writing the catalog store failed: {0}")]
-    Write(String),
+    Write(#[source] Arc<redb::Error>),
+    /// The writer thread cannot be started.
+    #[error("cannot start the catalog store's writer: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The task loading the catalog panicked or was cancelled.
+    #[error("loading the catalog failed: {0}")]
+    Load(#[source] tokio::task::JoinError),
+    /// The writer thread is gone (shutdown).
+    #[error("the store writer has stopped")]
+    Stopped,
 }
 
 /// One instance as stored on disk and in snapshot files.
@@ -155,7 +165,7 @@ impl StoredInstance {
     }
 
     /// Back to a catalog instance; fails when a check definition is invalid.
-    pub fn into_instance(self) -> Result<Instance, String> {
+    pub fn into_instance(self) -> Result<Instance, FieldError> {
         let ttl = self.ttl_ms.map(Duration::from_millis);
         // The definitions passed validation when they were registered; read them
         // back without the size limits, which may have changed since.
@@ -179,7 +189,7 @@ impl StoredInstance {
                 )
             })
             .unzip();
-        let checks = CheckSpec::parse_all(defs, &lenient).map_err(|e| e.to_string())?;
+        let checks = CheckSpec::parse_all(defs, &lenient)?;
         Ok(Instance {
             id: self.id.into(),
             service: self.service.into(),
@@ -225,7 +235,7 @@ pub struct Batch {
     /// Changed instances by id; `None` removes one.
     pub changes: Vec<(Arc<str>, Option<Arc<Instance>>)>,
     /// Told once the batch is on disk, if somebody waits.
-    pub done: Option<oneshot::Sender<Result<(), String>>>,
+    pub done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 /// Handle to the writer thread. Dropping it stops the thread after it has
@@ -311,7 +321,7 @@ impl Store {
         let thread = std::thread::Builder::new()
             .name("roster-store".into())
             .spawn(move || writer(db, rx))
-            .map_err(|e| StoreError::Write(e.to_string()))?;
+            .map_err(StoreError::Spawn)?;
         Ok((
             Store {
                 tx: Some(tx),
@@ -334,7 +344,7 @@ impl Store {
             && let Err(mpsc::SendError(batch)) = tx.send(batch)
             && let Some(done) = batch.done
         {
-            let _ = done.send(Err("the store writer has stopped".into()));
+            let _ = done.send(Err(StoreError::Stopped));
         }
     }
 }
@@ -439,13 +449,13 @@ fn writer(db: Database, rx: mpsc::Receiver<Batch>) {
         let mut group = std::mem::take(&mut carried);
         group.push(first);
         group.extend(rx.try_iter());
-        let result = write_group(&db, &group).map_err(|e| e.to_string());
+        let result = write_group(&db, &group).map_err(Arc::new);
         if let Err(e) = &result {
             tracing::error!(error = %e, "catalog store write failed; the changes are kept and retried with the next write");
         }
         for batch in &mut group {
             if let Some(done) = batch.done.take() {
-                let _ = done.send(result.clone());
+                let _ = done.send(result.clone().map_err(StoreError::Write));
             }
         }
         if result.is_err() {

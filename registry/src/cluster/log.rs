@@ -17,7 +17,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::TypeConfig;
+use super::{ClusterError, TypeConfig};
 
 const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_meta");
@@ -50,14 +50,20 @@ pub struct LogStore {
 
 impl LogStore {
     /// Opens (or creates) the log file in `dir`.
-    pub fn open(dir: &Path) -> std::result::Result<LogStore, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    pub fn open(dir: &Path) -> std::result::Result<LogStore, ClusterError> {
+        std::fs::create_dir_all(dir).map_err(|source| ClusterError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
         let file = dir.join(RAFT_FILE);
-        let db = Database::create(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let tx = db.begin_write().map_err(|e| e.to_string())?;
-        tx.open_table(LOG).map_err(|e| e.to_string())?;
-        tx.open_table(META).map_err(|e| e.to_string())?;
-        tx.commit().map_err(|e| e.to_string())?;
+        let db = Database::create(&file).map_err(|source| ClusterError::LogFile {
+            path: file.clone(),
+            source,
+        })?;
+        let tx = db.begin_write().map_err(redb::Error::from)?;
+        tx.open_table(LOG).map_err(redb::Error::from)?;
+        tx.open_table(META).map_err(redb::Error::from)?;
+        tx.commit().map_err(redb::Error::from)?;
         Ok(LogStore { db: Arc::new(db) })
     }
 

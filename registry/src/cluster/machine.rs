@@ -174,7 +174,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 Ok(cmd) => {
                                     self.registry.apply_committed(cmd).map_err(|e| (&e).into())
                                 }
-                                Err(e) => Err(super::ops::ErrorWire::Invalid { message: e }),
+                                Err(e) => Err(super::ops::ErrorWire::Invalid {
+                                    message: e.to_string(),
+                                }),
                             })
                             .collect(),
                     );

@@ -11,6 +11,7 @@
 // openraft's storage traits fix the error type (`StorageError`, 200+ bytes).
 #![allow(clippy::result_large_err)]
 
+mod error;
 mod log;
 mod machine;
 mod network;
@@ -31,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use error::ClusterError;
 pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
 pub use network::{Cut, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
@@ -38,7 +40,7 @@ pub use roster_api::{RaftMember as Member, RaftStatus as Status};
 
 use crate::catalog::{Command, Outcome};
 use crate::model::{InstanceId, ServiceName};
-use crate::registry::{Proposal, Registry, Replication, WriteError};
+use crate::registry::{Proposal, Registry, Replication, Unavailable, WriteError};
 use ops::{Applied, Batch, ErrorWire, Op};
 
 openraft::declare_raft_types!(
@@ -152,31 +154,22 @@ impl Cluster {
         ready: Arc<AtomicBool>,
         tasks: &mut JoinSet<std::io::Result<()>>,
         cancel: CancellationToken,
-    ) -> Result<Arc<Cluster>, String> {
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let dir = dir.to_owned();
-        let log = tokio::task::spawn_blocking(move || LogStore::open(&dir))
-            .await
-            .map_err(|e| e.to_string())??;
+        let log = tokio::task::spawn_blocking(move || LogStore::open(&dir)).await??;
         let id = match config.node_id {
             Some(id) => id,
-            None => match log
-                .get_meta::<u64>(log::NODE_ID)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            None => match log.get_meta::<u64>(log::NODE_ID).await? {
                 Some(id) => id,
                 None => {
                     let id = fastrand::u64(1..=MAX_NODE_ID);
-                    log.put_meta(log::NODE_ID, &id)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    log.put_meta(log::NODE_ID, &id).await?;
                     id
                 }
             },
         };
         registry.set_replicated();
-        let sm =
-            StateMachine::open(registry.clone(), log.clone(), grace).map_err(|e| e.to_string())?;
+        let sm = StateMachine::open(registry.clone(), log.clone(), grace)?;
         let hb = config.heartbeat.as_millis().max(10) as u64;
         let raft_config = openraft::Config {
             cluster_name: "roster".into(),
@@ -188,18 +181,13 @@ impl Cluster {
             max_in_snapshot_log_to_keep: 1_000.min(config.snapshot_every),
             ..openraft::Config::default()
         }
-        .validate()
-        .map_err(|e| e.to_string())?;
+        .validate()?;
         if config.token.len() < MIN_TOKEN_LEN {
             // Without it, anyone who reaches the HTTP port could write to the log.
-            return Err(format!(
-                "a cluster node needs a cluster token of at least {MIN_TOKEN_LEN} characters"
-            ));
+            return Err(ClusterError::TokenTooShort);
         }
         let peers = Peers::new(id, config.token.clone(), Duration::from_secs(10))?;
-        let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log, sm)
-            .await
-            .map_err(|e| e.to_string())?;
+        let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log, sm).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             raft,
@@ -357,26 +345,24 @@ impl Cluster {
         let index = if self.is_leader() {
             self.read_index().await?
         } else {
-            let url = self
-                .leader_url()
-                .ok_or_else(|| WriteError::Unavailable("no leader known".into()))?;
+            let url = self.leader_url().ok_or(Unavailable::NoLeader)?;
             let resp = self
                 .peers
                 .request(reqwest::Method::GET, format!("{url}/v1/raft/read-index"))
                 .send()
                 .await
-                .map_err(|e| WriteError::Unavailable(format!("leader unreachable: {e}")))?;
+                .map_err(|source| Unavailable::LeaderUnreachable { source })?;
             let r: Result<u64, ErrorWire> = resp
                 .json()
                 .await
-                .map_err(|e| WriteError::Unavailable(format!("leader answer: {e}")))?;
+                .map_err(|source| Unavailable::LeaderAnswer { source })?;
             r.map_err(WriteError::from)?
         };
         self.raft
             .wait(Some(self.config.write_timeout))
             .applied_index_at_least(Some(index), "consistent read")
             .await
-            .map_err(|e| WriteError::Unavailable(format!("not caught up: {e}")))?;
+            .map_err(|source| Unavailable::NotCaughtUp { source })?;
         Ok(())
     }
 
@@ -385,15 +371,16 @@ impl Cluster {
         match tokio::time::timeout(self.config.write_timeout, self.raft.ensure_linearizable()).await
         {
             Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
-            Ok(Err(e)) => Err(WriteError::Unavailable(e.to_string())),
-            Err(_) => Err(WriteError::Unavailable(
-                "no quorum confirmed the leader".into(),
-            )),
+            Ok(Err(e)) => Err(Unavailable::LeadershipUnconfirmed(Box::new(e)).into()),
+            Err(_) => Err(Unavailable::NoQuorum {
+                timeout: self.config.write_timeout,
+            }
+            .into()),
         }
     }
 
     /// Adds the node at `addr` as a voter (on the leader).
-    pub async fn add_peer(&self, addr: &str) -> Result<Member, String> {
+    pub async fn add_peer(&self, addr: &str) -> Result<Member, ClusterError> {
         let info = fetch_info(&self.peers, addr).await?;
         self.add_node(info.id, addr.to_owned()).await?;
         Ok(Member {
@@ -407,9 +394,9 @@ impl Cluster {
 
     /// Adds node `id` at `addr`: first as a learner, which catches up (by
     /// snapshot if needed), then as a voter.
-    pub async fn add_node(&self, id: u64, addr: String) -> Result<(), String> {
+    pub async fn add_node(&self, id: u64, addr: String) -> Result<(), ClusterError> {
         if !self.is_leader() {
-            return Err("not the leader".into());
+            return Err(ClusterError::NotLeader);
         }
         let already = self
             .raft
@@ -422,37 +409,31 @@ impl Cluster {
         if already {
             return Ok(());
         }
-        self.raft
-            .add_learner(id, BasicNode { addr }, true)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.raft.add_learner(id, BasicNode { addr }, true).await?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(())
     }
 
     /// Removes node `id` from the cluster (on the leader).
-    pub async fn remove_peer(&self, id: u64) -> Result<(), String> {
+    pub async fn remove_peer(&self, id: u64) -> Result<(), ClusterError> {
         if !self.is_leader() {
-            return Err("not the leader".into());
+            return Err(ClusterError::NotLeader);
         }
         let m = self.raft.metrics().borrow().membership_config.clone();
         let membership = m.membership();
         if membership.get_node(&id).is_none() {
-            return Err(format!("node {id} is not a member"));
+            return Err(ClusterError::NotAMember { id });
         }
         if membership.voter_ids().any(|v| v == id) {
             self.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
         }
         self.raft
             .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(())
     }
 
@@ -462,9 +443,7 @@ impl Cluster {
         method: reqwest::Method,
         path: &str,
     ) -> Result<reqwest::RequestBuilder, WriteError> {
-        let url = self
-            .leader_url()
-            .ok_or_else(|| WriteError::Unavailable("no leader known".into()))?;
+        let url = self.leader_url().ok_or(Unavailable::NoLeader)?;
         Ok(self.peers.request(method, format!("{url}{path}")))
     }
 
@@ -510,9 +489,7 @@ impl Cluster {
                     // load) has no place in the log: say so rather than drop
                     // the caller's reply channel.
                     None => {
-                        let _ = reply.send(Err(WriteError::Unavailable(
-                            "this command is not replicated".into(),
-                        )));
+                        let _ = reply.send(Err(Unavailable::NotReplicable.into()));
                     }
                 }
             }
@@ -520,15 +497,16 @@ impl Cluster {
                 continue;
             }
             let submitted = self.raft.client_write_ff(Batch { ops }).await;
-            let fail = |replies: Vec<tokio::sync::oneshot::Sender<_>>, why: String| {
+            let fail = |replies: Vec<tokio::sync::oneshot::Sender<_>>,
+                        why: &dyn Fn() -> Unavailable| {
                 for r in replies {
-                    let _ = r.send(Err(WriteError::Unavailable(why.clone())));
+                    let _ = r.send(Err(WriteError::from(why())));
                 }
             };
             let rx = match submitted {
                 Ok(rx) => rx,
                 Err(e) => {
-                    fail(replies, e.to_string());
+                    fail(replies, &|| Unavailable::RaftStopped(Box::new(e.clone())));
                     continue;
                 }
             };
@@ -541,12 +519,11 @@ impl Cluster {
                             let _ = reply.send(result.map_err(WriteError::from));
                         }
                     }
-                    Ok(Ok(Err(e))) => fail(replies, e.to_string()),
-                    Ok(Err(_)) => fail(replies, "the leader stepped down".into()),
-                    Err(_) => fail(
-                        replies,
-                        format!("no majority acknowledged the write within {timeout:?}"),
-                    ),
+                    Ok(Ok(Err(e))) => {
+                        fail(replies, &|| Unavailable::WriteRefused(Box::new(e.clone())));
+                    }
+                    Ok(Err(_)) => fail(replies, &|| Unavailable::SteppedDown),
+                    Err(_) => fail(replies, &|| Unavailable::NotReplicated { timeout }),
                 }
             });
         }
@@ -602,7 +579,7 @@ impl Cluster {
         }
     }
 
-    async fn try_bootstrap(&self) -> Result<bool, String> {
+    async fn try_bootstrap(&self) -> Result<bool, ClusterError> {
         let mut met: BTreeMap<u64, NodeInfo> = BTreeMap::new();
         met.insert(self.id, self.info().await);
         for target in &self.config.join {
@@ -614,6 +591,10 @@ impl Cluster {
         }
         // A cluster exists already: ask it to take this node in.
         if let Some(member) = met.values().find(|n| n.initialized && n.id != self.id) {
+            let peer = |source| ClusterError::Peer {
+                addr: member.addr.clone(),
+                source,
+            };
             let resp = self
                 .peers
                 .request(
@@ -628,12 +609,11 @@ impl Cluster {
                 })
                 .send()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(peer)?;
             if !resp.status().is_success() {
-                return Err(format!(
-                    "join refused: {}",
-                    resp.text().await.unwrap_or_default()
-                ));
+                return Err(ClusterError::JoinRefused {
+                    body: resp.text().await.unwrap_or_default(),
+                });
             }
             tracing::info!(node = self.id, via = %member.addr, "joined the cluster");
             return Ok(true);
@@ -655,10 +635,7 @@ impl Cluster {
             members = members.len(),
             "forming the cluster"
         );
-        self.raft
-            .initialize(members)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.raft.initialize(members).await?;
         Ok(true)
     }
 }
@@ -694,15 +671,16 @@ impl Replication for Cluster {
 
     fn forward(&self, cmd: Command) -> BoxFuture<'static, Result<Outcome, WriteError>> {
         let Some(op) = Op::from_command(&cmd) else {
-            return async { Err(WriteError::Unavailable("not a replicated command".into())) }
-                .boxed();
+            return async { Err(Unavailable::NotReplicable.into()) }.boxed();
         };
         match serde_json::to_value(op) {
             Ok(body) => self.post_owned("/v1/raft/write", body).boxed(),
-            Err(e) => async move {
-                Err(WriteError::Unavailable(format!(
-                    "the write could not be encoded for the leader: {e}"
-                )))
+            Err(source) => async move {
+                Err(Unavailable::Encode {
+                    what: "write",
+                    source,
+                }
+                .into())
             }
             .boxed(),
         }
@@ -719,10 +697,12 @@ impl Replication for Cluster {
         };
         match serde_json::to_value(body) {
             Ok(body) => self.post_owned("/v1/raft/heartbeat", body).boxed(),
-            Err(e) => async move {
-                Err(WriteError::Unavailable(format!(
-                    "the heartbeat could not be encoded for the leader: {e}"
-                )))
+            Err(source) => async move {
+                Err(Unavailable::Encode {
+                    what: "heartbeat",
+                    source,
+                }
+                .into())
             }
             .boxed(),
         }
@@ -745,7 +725,7 @@ impl Cluster {
         // Long enough for a commit under load, short next to an election.
         let attempt = (self.config.heartbeat * 8).max(Duration::from_secs(1));
         async move {
-            let mut last = WriteError::Unavailable("no leader known (election under way?)".into());
+            let mut last = WriteError::from(Unavailable::NoLeader);
             let mut tried: Option<u64> = None;
             while Instant::now() < deadline {
                 let m = metrics.borrow_and_update().clone();
@@ -774,8 +754,8 @@ impl Cluster {
                     Ok(resp) => resp
                         .json::<Result<Outcome, ErrorWire>>()
                         .await
-                        .map_err(|e| WriteError::Unavailable(format!("leader answer: {e}"))),
-                    Err(e) => Err(WriteError::Unavailable(format!("leader unreachable: {e}"))),
+                        .map_err(|source| Unavailable::LeaderAnswer { source }.into()),
+                    Err(source) => Err(Unavailable::LeaderUnreachable { source }.into()),
                 };
                 match answer {
                     Ok(Ok(out)) => return Ok(out),
@@ -804,7 +784,11 @@ async fn resolve(target: &str) -> Vec<String> {
 }
 
 /// Asks the node at `addr` who it is.
-pub async fn fetch_info(peers: &Peers, addr: &str) -> Result<NodeInfo, String> {
+pub async fn fetch_info(peers: &Peers, addr: &str) -> Result<NodeInfo, ClusterError> {
+    let peer = |source| ClusterError::Peer {
+        addr: addr.to_owned(),
+        source,
+    };
     let resp = peers
         .request(
             reqwest::Method::GET,
@@ -813,9 +797,12 @@ pub async fn fetch_info(peers: &Peers, addr: &str) -> Result<NodeInfo, String> {
         .timeout(Duration::from_secs(2))
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(peer)?;
     if !resp.status().is_success() {
-        return Err(format!("{addr}: {}", resp.status()));
+        return Err(ClusterError::PeerStatus {
+            addr: addr.to_owned(),
+            status: resp.status(),
+        });
     }
-    resp.json().await.map_err(|e| e.to_string())
+    resp.json().await.map_err(peer)
 }

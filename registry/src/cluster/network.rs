@@ -17,7 +17,7 @@ use openraft::{AnyError, BasicNode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::TypeConfig;
+use super::{ClusterError, TypeConfig};
 
 /// Header naming the sending node, so a partition can be simulated on both sides.
 pub const NODE_HEADER: &str = "x-roster-node";
@@ -42,13 +42,13 @@ pub struct Peers {
 
 impl Peers {
     /// A client for peer traffic. `timeout` bounds each request.
-    pub fn new(me: u64, token: String, timeout: Duration) -> Result<Self, String> {
+    pub fn new(me: u64, token: String, timeout: Duration) -> Result<Self, ClusterError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(ClusterError::Client)?;
         Ok(Peers {
             http,
             me,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CatalogError, CheckSource, Command, Instance, Outcome};
 use crate::model::{FieldError, InstanceId, InstanceSpec, Limits, ServiceName};
-use crate::registry::WriteError;
+use crate::registry::{Unavailable, WriteError};
 use crate::store::StoredInstance;
 use roster_api::RegisterRequest;
 
@@ -87,11 +87,16 @@ pub enum Op {
     },
 }
 
-fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), String> {
-    Ok((
-        ServiceName::parse(service).map_err(|e| e.to_string())?,
-        InstanceId::parse(id).map_err(|e| e.to_string())?,
-    ))
+/// Why an op (from the log, or forwarded by another node) makes no command.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// A service name, instance id or check definition is invalid.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+}
+
+fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), OpError> {
+    Ok((ServiceName::parse(service)?, InstanceId::parse(id)?))
 }
 
 /// Validates a registration as it travels between nodes with the rules and
@@ -250,7 +255,7 @@ impl Op {
 
     /// Back to a catalog command. Names are validated again: an op may come
     /// from another node.
-    pub fn into_command(self) -> Result<Command, String> {
+    pub fn into_command(self) -> Result<Command, OpError> {
         Ok(match self {
             Op::Register { instance } => {
                 let (service, id) = names(&instance.service, &instance.id)?;
@@ -437,9 +442,12 @@ impl From<&WriteError> for ErrorWire {
     fn from(e: &WriteError) -> Self {
         match e {
             WriteError::Catalog(c) => c.into(),
-            WriteError::Store(m) | WriteError::Unavailable(m) => {
-                ErrorWire::Unavailable { message: m.clone() }
-            }
+            WriteError::Store(e) => ErrorWire::Unavailable {
+                message: e.to_string(),
+            },
+            WriteError::Unavailable(e) => ErrorWire::Unavailable {
+                message: e.to_string(),
+            },
         }
     }
 }
@@ -463,9 +471,79 @@ impl From<ErrorWire> for WriteError {
             },
             ErrorWire::IndexTooHigh { index, max } => CatalogError::IndexTooHigh { index, max },
             ErrorWire::IndexExhausted => CatalogError::IndexExhausted,
+            // Another node's reasons arrive as text: kept as they are.
             ErrorWire::Invalid { message } | ErrorWire::Unavailable { message } => {
-                return WriteError::Unavailable(message);
+                return Unavailable::Remote { message }.into();
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::ApiError;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn catalog_errors_cross_the_wire_unchanged() {
+        let errors = [
+            CatalogError::NotFound {
+                service: "web".into(),
+                id: "a".into(),
+            },
+            CatalogError::Conflict {
+                id: "a".into(),
+                existing: "db".into(),
+            },
+            CatalogError::CheckNotFound {
+                id: "a".into(),
+                check: "c".into(),
+            },
+            CatalogError::WrongCheckKind("only TTL checks take reports".into()),
+            CatalogError::Full {
+                what: "instances per service",
+                limit: 3,
+            },
+        ];
+        for e in errors {
+            let text = e.to_string();
+            let wire = ErrorWire::from(&WriteError::Catalog(e));
+            let json = serde_json::to_string(&wire).unwrap();
+            let back: ErrorWire = serde_json::from_str(&json).unwrap();
+            match WriteError::from(back) {
+                WriteError::Catalog(c) => assert_eq!(c.to_string(), text),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_of_unavailability_travel_as_their_text_and_stay_503() {
+        let sent = WriteError::from(Unavailable::NoQuorum {
+            timeout: std::time::Duration::from_secs(5),
+        });
+        let wire = ErrorWire::from(&sent);
+        assert_eq!(
+            serde_json::to_value(&wire).unwrap(),
+            serde_json::json!({"kind": "unavailable", "message": "no quorum confirmed the leader within 5s"})
+        );
+        let got = WriteError::from(wire);
+        assert!(
+            matches!(&got, WriteError::Unavailable(Unavailable::Remote { message }) if message.contains("no quorum")),
+            "{got:?}"
+        );
+        let api = ApiError::from(got);
+        assert_eq!(api.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(api.retry_after_secs(), Some(1));
+    }
+
+    #[test]
+    fn removing_a_stranger_is_a_404_by_variant() {
+        let api = ApiError::from(crate::cluster::ClusterError::NotAMember { id: 7 });
+        assert_eq!(api.status(), StatusCode::NOT_FOUND);
+        assert_eq!(api.detail(), "node 7 is not a member");
+        let api = ApiError::from(crate::cluster::ClusterError::NotLeader);
+        assert_eq!(api.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

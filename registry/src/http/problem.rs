@@ -268,24 +268,38 @@ impl From<crate::registry::WriteError> for ApiError {
     fn from(e: crate::registry::WriteError) -> Self {
         match e {
             crate::registry::WriteError::Catalog(e) => e.into(),
-            crate::registry::WriteError::Store(detail) => Self::new(
+            crate::registry::WriteError::Store(e) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store-failed",
                 "Change not durable",
-                format!("the change is in memory but not on disk yet ({detail}); retry"),
+                format!("the change is in memory but not on disk yet ({e}); retry"),
             ),
-            crate::registry::WriteError::Unavailable(detail) => {
-                let mut e = Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no-leader",
-                    "No leader",
-                    format!("{detail}; retry in a moment or on another node"),
-                );
-                e.retry_after = Some(1);
-                e
-            }
+            crate::registry::WriteError::Unavailable(e) => no_leader(e.to_string()),
         }
     }
+}
+
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        match e {
+            crate::cluster::ClusterError::NotAMember { .. } => Self::not_found(e.to_string()),
+            // Anything else an operator's membership change runs into passes
+            // (an election, an unreachable node, a change under way).
+            e => no_leader(e.to_string()),
+        }
+    }
+}
+
+/// 503 with `Retry-After`: no leader can do this now.
+fn no_leader(detail: String) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no-leader",
+        "No leader",
+        format!("{detail}; retry in a moment or on another node"),
+    );
+    e.retry_after = Some(1);
+    e
 }
 
 impl IntoResponse for ApiError {

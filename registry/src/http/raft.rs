@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use super::gate::{Gate, Group};
 use super::{ApiError, AppState};
-use crate::cluster::ops::{ErrorWire, Op};
+use crate::cluster::ops::{ErrorWire, Op, OpError};
 use crate::cluster::{Cluster, ForwardedHeartbeat, NODE_HEADER, NodeInfo, TypeConfig};
 use crate::model::{InstanceId, ServiceName};
-use crate::registry::{Replication, WriteError};
+use crate::registry::{Replication, Unavailable, WriteError};
 
 /// Largest Raft message (append batches, snapshot chunks of up to 3 MiB).
 const RAFT_BODY_LIMIT: usize = 16 << 20;
@@ -105,9 +105,7 @@ impl axum::extract::FromRequestParts<AppState> for Peer {
 
 /// The answer of a node asked to do what only the leader does.
 fn not_leader() -> Response {
-    reply(Err(WriteError::Unavailable(
-        "not the leader any more".into(),
-    )))
+    reply(Err(Unavailable::NotLeader.into()))
 }
 
 async fn append(Peer(c): Peer, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
@@ -153,9 +151,11 @@ async fn write(State(state): State<AppState>, Peer(c): Peer, Json(op): Json<Op>)
     }
     match op.into_command() {
         Ok(cmd) => reply(state.registry.write(cmd).await),
-        Err(e) => reply(Err(WriteError::Unavailable(format!(
-            "bad forwarded write: {e}"
-        )))),
+        Err(OpError::Invalid(source)) => reply(Err(Unavailable::BadForward {
+            what: "write",
+            source,
+        }
+        .into())),
     }
 }
 
@@ -167,10 +167,17 @@ async fn heartbeat(
     if !c.is_leader() {
         return not_leader();
     }
-    let (Ok(service), Ok(id)) = (ServiceName::parse(&hb.service), InstanceId::parse(&hb.id)) else {
-        return reply(Err(WriteError::Unavailable(
-            "bad forwarded heartbeat".into(),
-        )));
+    let names = ServiceName::parse(&hb.service)
+        .and_then(|service| Ok((service, InstanceId::parse(&hb.id)?)));
+    let (service, id) = match names {
+        Ok(names) => names,
+        Err(source) => {
+            return reply(Err(Unavailable::BadForward {
+                what: "heartbeat",
+                source,
+            }
+            .into()));
+        }
     };
     reply(state.registry.heartbeat(&service, &id).await)
 }
@@ -185,7 +192,7 @@ async fn join(Peer(c): Peer, Json(info): Json<NodeInfo>) -> Response {
     if c.is_leader() {
         return match c.add_node(info.id, info.addr).await {
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
-            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
         };
     }
     proxy(&c, reqwest::Method::POST, "/v1/raft/join", Some(&info)).await
@@ -214,9 +221,9 @@ async fn proxy<T: serde::Serialize>(
                 Ok(b) => b,
                 // The leader's status with no body would pass for its answer.
                 Err(e) => {
-                    return ApiError::from(WriteError::Unavailable(format!(
-                        "the leader's answer broke off: {e}"
-                    )))
+                    return ApiError::from(WriteError::from(Unavailable::LeaderAnswer {
+                        source: e,
+                    }))
                     .into_response();
                 }
             };
@@ -229,7 +236,7 @@ async fn proxy<T: serde::Serialize>(
             }
             out
         }
-        Err(e) => ApiError::from(WriteError::Unavailable(format!("leader unreachable: {e}")))
+        Err(source) => ApiError::from(WriteError::from(Unavailable::LeaderUnreachable { source }))
             .into_response(),
     }
 }
@@ -267,7 +274,7 @@ async fn add_peer(
     }
     match c.add_peer(req.addr.trim()).await {
         Ok(member) => Ok(Json(member).into_response()),
-        Err(e) => Err(ApiError::from(WriteError::Unavailable(e))),
+        Err(e) => Err(ApiError::from(e)),
     }
 }
 
@@ -290,7 +297,6 @@ async fn remove_peer(
     }
     match c.remove_peer(id).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Err(e) if e.contains("not a member") => Err(ApiError::not_found(e)),
-        Err(e) => Err(ApiError::from(WriteError::Unavailable(e))),
+        Err(e) => Err(ApiError::from(e)),
     }
 }

@@ -120,7 +120,7 @@ pub(super) async fn restore(
         InstanceSpec::from_request(request, None, &state.limits).map_err(at)?;
         let mut inst = stored
             .into_instance()
-            .map_err(|e| ApiError::invalid(format!("instances[{n}].checks"), e))?;
+            .map_err(|e| ApiError::invalid(format!("instances[{n}].checks"), e.to_string()))?;
         inst.service = service.as_arc().clone();
         inst.id = id.as_arc().clone();
         instances.push(inst);

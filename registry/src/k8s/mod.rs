@@ -12,6 +12,7 @@
 //! [`mapping::MANAGED_BY_KEY`] marker, and leaves them in place when it stops
 //! (a registrar's restart must not blank the catalog).
 
+mod error;
 pub mod mapping;
 pub mod reconcile;
 mod world;
@@ -27,6 +28,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use roster_client::RosterClient;
 use tokio_util::sync::CancellationToken;
 
+pub use error::{K8sError, ParseNamingModeError};
 use reconcile::Reconciler;
 use world::World;
 
@@ -42,15 +44,13 @@ pub enum NamingMode {
 }
 
 impl std::str::FromStr for NamingMode {
-    type Err = String;
+    type Err = ParseNamingModeError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ParseNamingModeError> {
         match s {
             "name" => Ok(NamingMode::Name),
             "name-namespace" => Ok(NamingMode::NameNamespace),
-            other => Err(format!(
-                "naming mode {other:?}: expected `name` or `name-namespace`"
-            )),
+            other => Err(ParseNamingModeError(other.to_owned())),
         }
     }
 }
@@ -122,17 +122,15 @@ fn backoff() -> WatchBackoff {
 /// process default first: the workspace builds rustls with both ring and
 /// aws-lc-rs, and then rustls cannot pick one by itself (kube's TLS setup
 /// would panic on an `https://` API server).
-pub fn client_from_config(config: kube::Config) -> Result<kube::Client, String> {
+pub fn client_from_config(config: kube::Config) -> Result<kube::Client, K8sError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+    kube::Client::try_from(config).map_err(K8sError::Client)
 }
 
 /// A Kubernetes client configured like kubectl: in-cluster (the pod's
 /// ServiceAccount) or from `KUBECONFIG` / `~/.kube/config`.
-pub async fn default_client() -> Result<kube::Client, String> {
-    let config = kube::Config::infer()
-        .await
-        .map_err(|e| format!("Kubernetes configuration: {e}"))?;
+pub async fn default_client() -> Result<kube::Client, K8sError> {
+    let config = kube::Config::infer().await.map_err(K8sError::Config)?;
     client_from_config(config)
 }
 
@@ -143,7 +141,7 @@ pub async fn run(
     kube: kube::Client,
     roster: RosterClient,
     cancel: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), K8sError> {
     let services = watcher(
         Api::<Service>::all(kube.clone()),
         watcher::Config::default(),

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use roster_api::Instance;
 use roster_client::{InstanceQuery, RosterClient};
 
+use super::K8sError;
 use super::mapping::{Desired, MANAGED_BY_KEY, MANAGED_BY_VALUE};
 
 /// What an apply did.
@@ -74,8 +75,8 @@ impl Reconciler {
 
     /// Full reconcile: reads what roster holds of ours, registers what is
     /// missing or different, deregisters what is no longer desired.
-    pub async fn full(&mut self, desired: Vec<Desired>) -> Result<Applied, String> {
-        let actual = self.owned().await.map_err(|e| e.to_string())?;
+    pub async fn full(&mut self, desired: Vec<Desired>) -> Result<Applied, K8sError> {
+        let actual = self.owned().await?;
         let mut done = Applied::default();
         let mut applied = BTreeMap::new();
         let want: BTreeMap<String, Desired> =

@@ -349,7 +349,7 @@ struct Harness {
     client: RosterClient,
     _registry: TestRegistry,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    task: tokio::task::JoinHandle<Result<(), k8s::K8sError>>,
 }
 
 impl Harness {
@@ -380,7 +380,7 @@ impl Harness {
             .await
             .expect("the registrar stops when cancelled")
             .unwrap();
-        assert_eq!(result, Ok(()));
+        result.expect("the registrar stops cleanly");
     }
 }
 
@@ -673,7 +673,7 @@ async fn the_initial_reconcile_removes_stale_owned_instances_only() {
         .unwrap();
     assert_eq!(fixed.address, "10.0.0.1", "the stale copy was replaced");
     cancel.cancel();
-    assert_eq!(task.await.unwrap(), Ok(()));
+    task.await.unwrap().expect("the registrar stops cleanly");
     // Stopping leaves the instances in place: a registrar restart must not
     // blank the catalog.
     assert_eq!(ids(&client, "web").await.len(), 2);
@@ -807,5 +807,5 @@ async fn a_restarted_registry_is_filled_again_by_the_periodic_reconcile() {
     )
     .await;
     cancel.cancel();
-    assert_eq!(task.await.unwrap(), Ok(()));
+    task.await.unwrap().expect("the registrar stops cleanly");
 }
