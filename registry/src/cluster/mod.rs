@@ -15,6 +15,7 @@ mod log;
 mod machine;
 mod network;
 pub mod ops;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -35,6 +36,7 @@ pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
 pub use network::{Cut, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
 pub use roster_api::{RaftMember as Member, RaftStatus as Status};
+pub use tls::{PeerTls, is_peer};
 
 use crate::catalog::{Command, Outcome};
 use crate::model::{InstanceId, ServiceName};
@@ -77,6 +79,8 @@ pub struct ClusterConfig {
     pub write_timeout: Duration,
     /// Entries between snapshots (the log is compacted after each).
     pub snapshot_every: u64,
+    /// Peer TLS; `None` sends peer traffic over plain HTTP.
+    pub peer_tls: Option<PeerTls>,
 }
 
 /// Largest generated node id: 2^63 - 1, so an id survives tools that read
@@ -97,6 +101,7 @@ impl Default for ClusterConfig {
             heartbeat: Duration::from_millis(100),
             write_timeout: Duration::from_secs(5),
             snapshot_every: 10_000,
+            peer_tls: None,
         }
     }
 }

@@ -77,14 +77,8 @@ impl TlsFiles {
     /// Builds a server configuration from the files.
     pub fn load(&self) -> Result<ServerConfig, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
-            .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| format!("{}: {e}", self.cert.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{}: no certificate found", self.cert.display()));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| format!("{}: {e}", self.key.display()))?;
+        let certs = read_certs(&self.cert)?;
+        let key = read_key(&self.key)?;
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
@@ -92,14 +86,7 @@ impl TlsFiles {
             None => builder.with_no_client_auth(),
             Some(path) => {
                 let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-                {
-                    let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                }
+                read_roots(path, &mut roots)?;
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider,
@@ -124,6 +111,40 @@ impl TlsFiles {
         }
         out
     }
+}
+
+/// Reads a PEM certificate chain; fails when it holds no certificate.
+pub fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key.
+pub fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Adds the PEM CA certificates of `path` to `roots`; fails when it holds none.
+pub fn read_roots(path: &std::path::Path, roots: &mut rustls::RootCertStore) -> Result<(), String> {
+    let mut found = false;
+    for cert in
+        CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?
+    {
+        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        found = true;
+    }
+    if !found {
+        return Err(format!("{}: no CA certificate found", path.display()));
+    }
+    Ok(())
 }
 
 /// The TLS configuration in use, swapped when the files change or on SIGHUP.
