@@ -155,7 +155,7 @@ impl PeerTlsSettings {
     /// Peer TLS, validated: all three files, or the CA alone when the API's
     /// certificate (`api`) is the node's peer identity; every file readable
     /// and parsed. `clustered` says whether the node is one of a cluster.
-    pub fn to_config(
+    pub fn into_config(
         self,
         clustered: bool,
         api: Option<&TlsFiles>,
