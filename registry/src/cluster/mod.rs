@@ -201,7 +201,17 @@ impl Cluster {
                 "a cluster node needs a cluster token of at least {MIN_TOKEN_LEN} characters"
             ));
         }
-        let peers = Peers::new(id, config.token.clone(), Duration::from_secs(10))?;
+        let peers = Peers::new(
+            id,
+            config.token.clone(),
+            Duration::from_secs(10),
+            config.peer_tls.clone(),
+        )?;
+        if config.peer_tls.is_none() {
+            tracing::warn!(
+                "peer TLS is off: Raft traffic between nodes (the log with every registration, snapshots, forwarded writes) and the cluster token cross the network in clear text; set --peer-tls-ca (and --peer-tls-cert/--peer-tls-key or the API's --tls-cert/--tls-key)"
+            );
+        }
         let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log, sm)
             .await
             .map_err(|e| e.to_string())?;
@@ -312,7 +322,7 @@ impl Cluster {
         m.membership_config
             .membership()
             .get_node(&leader)
-            .map(|n| base_url(&n.addr))
+            .map(|n| self.peers.url(&n.addr))
     }
 
     /// What this node says about itself to peers.
@@ -623,7 +633,7 @@ impl Cluster {
                 .peers
                 .request(
                     reqwest::Method::POST,
-                    format!("{}/v1/raft/join", base_url(&member.addr)),
+                    format!("{}/v1/raft/join", self.peers.url(&member.addr)),
                 )
                 .json(&NodeInfo {
                     id: self.id,
@@ -756,7 +766,7 @@ impl Cluster {
                 let m = metrics.borrow_and_update().clone();
                 let target = m.current_leader.and_then(|l| {
                     let node = m.membership_config.membership().get_node(&l)?;
-                    Some((l, base_url(&node.addr)))
+                    Some((l, peers.url(&node.addr)))
                 });
                 let Some((leader, url)) = target.filter(|(l, _)| Some(*l) != tried) else {
                     // No leader, or still the one that just failed: wait for news.
@@ -801,7 +811,10 @@ impl Cluster {
 /// The addresses a `host:port` join target stands for (a headless service
 /// name gives one per pod).
 async fn resolve(target: &str) -> Vec<String> {
-    let target = target.trim_start_matches("http://").trim_end_matches('/');
+    let target = target
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
     match tokio::net::lookup_host(target).await {
         Ok(addrs) => addrs.map(|a| a.to_string()).collect(),
         Err(_) => Vec::new(),
@@ -813,7 +826,7 @@ pub async fn fetch_info(peers: &Peers, addr: &str) -> Result<NodeInfo, String> {
     let resp = peers
         .request(
             reqwest::Method::GET,
-            format!("{}/v1/raft/node", base_url(addr)),
+            format!("{}/v1/raft/node", peers.url(addr)),
         )
         .timeout(Duration::from_secs(2))
         .send()

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -18,6 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::TypeConfig;
+use super::tls::PeerTls;
 
 /// Header naming the sending node, so a partition can be simulated on both sides.
 pub const NODE_HEADER: &str = "x-roster-node";
@@ -30,8 +32,13 @@ pub type Cut = Arc<RwLock<HashSet<u64>>>;
 /// What every connection to a peer shares.
 #[derive(Clone, Debug)]
 pub struct Peers {
-    /// HTTP client (connection pool shared by all peers).
-    pub http: reqwest::Client,
+    /// HTTP client (connection pool shared by all peers); rebuilt when the
+    /// peer certificate is reloaded, so new connections present the new one.
+    http: Arc<ArcSwap<reqwest::Client>>,
+    /// Peer TLS; `None` for plain HTTP.
+    tls: Option<PeerTls>,
+    /// Bound of each request.
+    timeout: Duration,
     /// This node's id.
     pub me: u64,
     /// The cluster token.
@@ -42,19 +49,68 @@ pub struct Peers {
 
 impl Peers {
     /// A client for peer traffic. `timeout` bounds each request.
-    pub fn new(me: u64, token: String, timeout: Duration) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| e.to_string())?;
+    /// With `tls`, peers are called over HTTPS with this node's certificate
+    /// as client identity and the peer CA alone as roots.
+    pub fn new(
+        me: u64,
+        token: String,
+        timeout: Duration,
+        tls: Option<PeerTls>,
+    ) -> Result<Self, String> {
+        let http = Self::client(timeout, tls.as_ref())?;
         Ok(Peers {
-            http,
+            http: Arc::new(ArcSwap::from_pointee(http)),
+            tls,
+            timeout,
             me,
             token,
             cut: Cut::default(),
         })
+    }
+
+    fn client(timeout: Duration, tls: Option<&PeerTls>) -> Result<reqwest::Client, String> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_backend_preconfigured(tls.client_config()?)
+                .https_only(true);
+        }
+        builder.build().map_err(|e| e.to_string())
+    }
+
+    /// Whether peer traffic goes over TLS.
+    pub fn tls_on(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the peer certificate again and uses it for new connections;
+    /// keeps the previous client if the files are broken.
+    pub fn reload_tls(&self) {
+        if self.tls.is_none() {
+            return;
+        }
+        match Self::client(self.timeout, self.tls.as_ref()) {
+            Ok(http) => {
+                self.http.store(Arc::new(http));
+                tracing::info!("peer TLS client reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "peer TLS client reload failed; still using the previous certificate");
+            }
+        }
+    }
+
+    /// Base URL of a peer's API from its advertised address: `https://` with
+    /// peer TLS, `http://` without, unless the address has a scheme.
+    pub fn url(&self, addr: &str) -> String {
+        if self.tls.is_some() && !addr.contains("://") {
+            format!("https://{}", addr.trim_end_matches('/'))
+        } else {
+            base_url(addr)
+        }
     }
 
     /// Whether traffic to or from `node` is cut.
@@ -65,6 +121,7 @@ impl Peers {
     /// A request to a peer's API, with the node and token headers.
     pub fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
         self.http
+            .load()
             .request(method, url)
             .header(NODE_HEADER, self.me.to_string())
             .header(TOKEN_HEADER, &self.token)
@@ -87,7 +144,7 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
         Connection {
             peers: self.clone(),
             target,
-            base: base_url(&node.addr),
+            base: self.url(&node.addr),
         }
     }
 }
