@@ -622,7 +622,7 @@ impl Cluster {
         met.insert(self.id, self.info().await);
         for target in &self.config.join {
             for addr in resolve(target).await {
-                if let Ok(info) = fetch_info(&self.peers, &addr).await {
+                if let Ok(info) = fetch_info_via(&self.peers, target, addr).await {
                     met.insert(info.id, info);
                 }
             }
@@ -810,15 +810,33 @@ impl Cluster {
 
 /// The addresses a `host:port` join target stands for (a headless service
 /// name gives one per pod).
-async fn resolve(target: &str) -> Vec<String> {
+async fn resolve(target: &str) -> Vec<std::net::SocketAddr> {
     let target = target
         .trim_start_matches("http://")
         .trim_start_matches("https://")
         .trim_end_matches('/');
     match tokio::net::lookup_host(target).await {
-        Ok(addrs) => addrs.map(|a| a.to_string()).collect(),
+        Ok(addrs) => addrs.collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// Asks the node at `addr`, one address of the join target `target`, who it is.
+async fn fetch_info_via(
+    peers: &Peers,
+    target: &str,
+    addr: std::net::SocketAddr,
+) -> Result<NodeInfo, String> {
+    let resp = peers
+        .request_via(reqwest::Method::GET, target, addr, "/v1/raft/node")?
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("{addr}: {}", resp.status()));
+    }
+    resp.json().await.map_err(|e| e.to_string())
 }
 
 /// Asks the node at `addr` who it is.

@@ -2,6 +2,7 @@
 //! `/v1/raft/`, with the cluster token.
 
 use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -69,6 +70,12 @@ impl Peers {
     }
 
     fn client(timeout: Duration, tls: Option<&PeerTls>) -> Result<reqwest::Client, String> {
+        Self::builder(timeout, tls)?
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    fn builder(timeout: Duration, tls: Option<&PeerTls>) -> Result<reqwest::ClientBuilder, String> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .timeout(timeout)
@@ -78,7 +85,35 @@ impl Peers {
                 .tls_backend_preconfigured(tls.client_config()?)
                 .https_only(true);
         }
-        builder.build().map_err(|e| e.to_string())
+        Ok(builder)
+    }
+
+    /// A request to `path` on the node at `addr`, one of the addresses the
+    /// join target `target` (`host:port`) resolves to. Over TLS, when the
+    /// target is a name, the node's certificate is checked against that name
+    /// (a headless Service's pods are reached by IP but named in their
+    /// certificates); otherwise against the address.
+    pub fn request_via(
+        &self,
+        method: reqwest::Method,
+        target: &str,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let name = host_of(target).filter(|h| h.parse::<IpAddr>().is_err());
+        match (&self.tls, name) {
+            (Some(tls), Some(name)) => {
+                let http = Self::builder(self.timeout, Some(tls))?
+                    .resolve(name, addr)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                Ok(http
+                    .request(method, format!("https://{name}:{}{path}", addr.port()))
+                    .header(NODE_HEADER, self.me.to_string())
+                    .header(TOKEN_HEADER, &self.token))
+            }
+            _ => Ok(self.request(method, format!("{}{path}", self.url(&addr.to_string())))),
+        }
     }
 
     /// Whether peer traffic goes over TLS.
@@ -126,6 +161,14 @@ impl Peers {
             .header(NODE_HEADER, self.me.to_string())
             .header(TOKEN_HEADER, &self.token)
     }
+}
+
+/// The host of a `host:port` (or URL) target, without brackets.
+fn host_of(target: &str) -> Option<&str> {
+    let rest = target.split_once("://").map_or(target, |(_, r)| r);
+    let rest = rest.split('/').next().unwrap_or(rest);
+    let (host, _port) = rest.rsplit_once(':')?;
+    Some(host.trim_start_matches('[').trim_end_matches(']'))
 }
 
 /// Base URL of a node's API from its advertised address.
@@ -232,5 +275,19 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         self.call("vote", &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn the_host_of_a_join_target() {
+        assert_eq!(host_of("roster-0.roster:8500"), Some("roster-0.roster"));
+        assert_eq!(host_of("https://roster:8500/"), Some("roster"));
+        assert_eq!(host_of("10.0.0.1:8500"), Some("10.0.0.1"));
+        assert_eq!(host_of("[::1]:8500"), Some("::1"));
+        assert_eq!(host_of("roster"), None);
     }
 }

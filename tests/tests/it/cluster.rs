@@ -52,6 +52,8 @@ struct Cluster {
     guard: SelfPreservation,
     /// Peer TLS: every node gets a certificate from this CA.
     tls: Option<PeerCa>,
+    /// The host nodes advertise and join by (and clients use).
+    host: &'static str,
 }
 
 /// A peer CA and the directory of the nodes' certificates.
@@ -60,6 +62,8 @@ struct PeerCa {
     key: KeyPair,
     pem: String,
     dir: PathBuf,
+    /// Subject alternative names of the node certificates.
+    names: Vec<String>,
 }
 
 impl PeerCa {
@@ -79,13 +83,13 @@ impl PeerCa {
             key,
             pem,
             dir,
+            names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
         }
     }
 
     /// A node certificate for 127.0.0.1 (server and client use): (cert, key) PEM.
     fn leaf(&self) -> (String, String) {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let mut params = CertificateParams::new(self.names.clone()).unwrap();
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -160,6 +164,22 @@ impl Cluster {
         .await
     }
 
+    /// Starts `n` nodes over peer TLS whose certificates name `localhost`
+    /// only; they advertise and join by that name.
+    async fn start_tls_by_name(name: &str, n: usize) -> Cluster {
+        let mut ca = PeerCa::new(name);
+        ca.names = vec!["localhost".to_owned()];
+        Self::start_inner(
+            name,
+            n,
+            10_000,
+            false,
+            SelfPreservation::default(),
+            Some(ca),
+        )
+        .await
+    }
+
     async fn start_inner(
         name: &str,
         n: usize,
@@ -173,14 +193,22 @@ impl Cluster {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
         }
         let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let host = match &tls {
+            Some(ca) if !ca.names.iter().any(|n| n == "127.0.0.1") => "localhost",
+            _ => "127.0.0.1",
+        };
         let mut cluster = Cluster {
             slots: Vec::new(),
-            join: addrs.iter().map(ToString::to_string).collect(),
+            join: addrs
+                .iter()
+                .map(|a| format!("{host}:{}", a.port()))
+                .collect(),
             expect: n,
             snapshot_every,
             dns,
             guard,
             tls,
+            host,
         };
         for (i, listener) in listeners.into_iter().enumerate() {
             let dir = temp_dir(&format!("{name}-{i}"));
@@ -219,7 +247,7 @@ impl Cluster {
             lease_grace: Duration::from_secs(1),
             self_preservation: self.guard,
             cluster: Some(ClusterConfig {
-                advertise: addr.to_string(),
+                advertise: format!("{}:{}", self.host, addr.port()),
                 join: self.join.clone(),
                 bootstrap_expect: expect,
                 token: "cluster-test-token-0123456789".into(),
@@ -234,7 +262,7 @@ impl Cluster {
 
     fn url(&self, i: usize) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}", self.slots[i].addr)
+        format!("{scheme}://{}:{}", self.host, self.slots[i].addr.port())
     }
 
     /// An API client of `urls`; over peer TLS it trusts the CA and has no
@@ -1461,5 +1489,29 @@ async fn rotating_peer_certificates_keeps_the_cluster_up() {
     c.restart(leader).await;
     c.wait_ready().await;
     c.converge("web", &set(&["r1", "r2", "r3"])).await;
+    c.shutdown().await;
+}
+
+/// Certificates that name the nodes by DNS name only: joining by that name
+/// checks each resolved address's certificate against the name, and Raft
+/// calls to the advertised names check it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_tls_checks_the_names_nodes_join_and_advertise_by() {
+    let c = Cluster::start_tls_by_name("ptls-names", 3).await;
+    c.client_all()
+        .register("web", "n1", &instance(80))
+        .await
+        .unwrap();
+    c.converge("web", &set(&["n1"])).await;
+    let leader = c.leader().await;
+    let status = c.client(leader).raft_status().await.unwrap();
+    assert_eq!(status.members.len(), 3, "{status:?}");
+    // The same node by IP: its certificate does not name 127.0.0.1.
+    let ca = c.tls.as_ref().unwrap();
+    let by_ip = peer_http(&ca.pem, None)
+        .get(format!("https://{}/ready", c.slots[leader].addr))
+        .send()
+        .await;
+    assert!(by_ip.is_err(), "{by_ip:?}");
     c.shutdown().await;
 }
