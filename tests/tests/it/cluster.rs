@@ -17,6 +17,7 @@ use roster_client::{InstanceQuery, RosterClient, TlsOptions};
 use roster_registry::catalog::SelfPreservation;
 use roster_registry::cluster::{ClusterConfig, PeerTls};
 use roster_registry::config::Config;
+use roster_registry::http::serve::TlsFiles;
 use roster_tests::TestRegistry;
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep, timeout};
@@ -64,6 +65,10 @@ struct PeerCa {
     dir: PathBuf,
     /// Subject alternative names of the node certificates.
     names: Vec<String>,
+    /// The API's `--tls-client-ca` (the node certificates then serve the API
+    /// too, as its `--tls-cert`), and the identity the harness's clients
+    /// present (cert + key PEM).
+    api_clients: Option<(Box<PeerCa>, String)>,
 }
 
 impl PeerCa {
@@ -84,6 +89,7 @@ impl PeerCa {
             pem,
             dir,
             names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            api_clients: None,
         }
     }
 
@@ -228,8 +234,16 @@ impl Cluster {
         let mut config = self.plain_config(addr, dir, expect);
         if let Some(ca) = &self.tls {
             config.serve.tls_poll = Duration::from_millis(100);
+            let files = ca.files(addr);
+            if let Some((clients, _)) = &ca.api_clients {
+                config.serve.tls = Some(TlsFiles {
+                    cert: files.cert.clone(),
+                    key: files.key.clone(),
+                    client_ca: Some(clients.dir.join("ca.pem")),
+                });
+            }
             if let Some(c) = config.cluster.as_mut() {
-                c.peer_tls = Some(ca.files(addr));
+                c.peer_tls = Some(files);
             }
         }
         config
@@ -270,7 +284,7 @@ impl Cluster {
     fn api_client(&self, urls: &str) -> RosterClient {
         let tls = TlsOptions {
             ca_pem: self.tls.as_ref().map(|ca| ca.pem.clone().into_bytes()),
-            identity_pem: None,
+            identity_pem: self.identity().map(String::into_bytes),
         };
         RosterClient::with_tls(urls, Duration::from_secs(5), &tls).unwrap()
     }
@@ -293,7 +307,16 @@ impl Cluster {
             builder = builder
                 .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap());
         }
+        if let Some(pem) = self.identity() {
+            builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
         builder.build().unwrap()
+    }
+
+    /// The certificate API clients present, when the API asks for one.
+    fn identity(&self) -> Option<String> {
+        let (_, pem) = self.tls.as_ref()?.api_clients.as_ref()?;
+        Some(pem.clone())
     }
 
     fn running(&self) -> Vec<usize> {
@@ -449,6 +472,9 @@ impl Cluster {
         }
         if let Some(ca) = &self.tls {
             let _ = std::fs::remove_dir_all(&ca.dir);
+            if let Some((clients, _)) = &ca.api_clients {
+                let _ = std::fs::remove_dir_all(&clients.dir);
+            }
         }
     }
 }
@@ -1513,5 +1539,76 @@ async fn peer_tls_checks_the_names_nodes_join_and_advertise_by() {
         .send()
         .await;
     assert!(by_ip.is_err(), "{by_ip:?}");
+    c.shutdown().await;
+}
+
+/// The API's certificate as the nodes' peer identity, next to an API client
+/// CA: the cluster forms; an API client without a certificate gets 403 on
+/// every request (the handshake lets it through because peers share the
+/// port); a client certificate opens the API but not the peer routes; a peer
+/// certificate opens both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_api_certificate_serves_peers_next_to_an_api_client_ca() {
+    let mut ca = PeerCa::new("ptls-api");
+    let clients = PeerCa::new("ptls-api-clients");
+    let (cert, key) = clients.leaf();
+    ca.api_clients = Some((Box::new(clients), format!("{cert}{key}")));
+    let c = Cluster::start_inner(
+        "ptls-api",
+        3,
+        10_000,
+        false,
+        SelfPreservation::default(),
+        Some(ca),
+    )
+    .await;
+    // The harness's clients present the client certificate.
+    c.client_all()
+        .register("web", "a1", &instance(80))
+        .await
+        .unwrap();
+    c.converge("web", &set(&["a1"])).await;
+    let ca = c.tls.as_ref().unwrap();
+    let url = c.url(c.leader().await);
+    let no_cert = peer_http(&ca.pem, None);
+    let resp = no_cert.get(format!("{url}/ready")).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("client certificate"));
+    // A client certificate: the API, not the peer routes.
+    let client = c.http();
+    assert_eq!(
+        client
+            .get(format!("{url}/v1/services"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let node = format!("{url}/v1/raft/node");
+    let resp = client
+        .get(&node)
+        .header("x-roster-cluster-token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // A peer certificate: both.
+    let peer = peer_http(&ca.pem, Some(ca.leaf()));
+    assert_eq!(
+        peer.get(format!("{url}/v1/services"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let resp = peer
+        .get(&node)
+        .header("x-roster-cluster-token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     c.shutdown().await;
 }
