@@ -810,7 +810,26 @@ async fn leases_live_through_a_failover_and_expire_under_the_new_leader() {
 /// compacted away), votes, and can be removed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_node_joins_by_snapshot_and_can_be_removed() {
-    let mut c = Cluster::start_with("join", 3, 20).await;
+    join_by_snapshot_and_remove(Cluster::start_with("join", 3, 20).await).await;
+}
+
+/// The same over peer TLS: the snapshot is installed over HTTPS too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_peer_tls_a_new_node_joins_by_snapshot() {
+    let ca = PeerCa::new("ptls-join");
+    let c = Cluster::start_inner(
+        "ptls-join",
+        3,
+        20,
+        false,
+        SelfPreservation::default(),
+        Some(ca),
+    )
+    .await;
+    join_by_snapshot_and_remove(c).await;
+}
+
+async fn join_by_snapshot_and_remove(mut c: Cluster) {
     let client = c.client_all();
     let mut want = BTreeSet::new();
     for k in 0..60 {
