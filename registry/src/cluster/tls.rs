@@ -200,6 +200,14 @@ mod tests {
             assert_eq!(setting, "peer_tls_cert", "{field}={name}: {message}");
         }
 
+        // Peers are called over https.
+        let mut scheme = all.clone();
+        scheme.cluster.advertise_addr = Some("http://127.0.0.1:8500".into());
+        assert_eq!(refused(&scheme).0, "advertise_addr");
+        let mut scheme = all.clone();
+        scheme.cluster.join = vec!["http://127.0.0.1:8501".into()];
+        assert_eq!(refused(&scheme).0, "join");
+
         // Only for a cluster node.
         let mut alone = args(&dir, false);
         alone.cluster.peer_tls_ca = f("ca.pem");

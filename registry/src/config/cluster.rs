@@ -154,10 +154,11 @@ impl PeerTlsSettings {
 
     /// Peer TLS, validated: all three files, or the CA alone when the API's
     /// certificate (`api`) is the node's peer identity; every file readable
-    /// and parsed. `clustered` says whether the node is one of a cluster.
+    /// and parsed; no peer address that says `http://`. `cluster` is the
+    /// node's cluster settings, `None` for a lone registry.
     pub fn into_config(
         self,
-        clustered: bool,
+        cluster: Option<&ClusterConfig>,
         api: Option<&TlsFiles>,
     ) -> Result<Option<PeerTls>, ConfigError> {
         let invalid = |setting, message: String| Err(ConfigError::Invalid { setting, message });
@@ -165,10 +166,22 @@ impl PeerTlsSettings {
         if cert.is_none() && key.is_none() && ca.is_none() {
             return Ok(None);
         }
-        if !clustered {
+        let Some(cluster) = cluster else {
             return invalid(
                 "peer_tls_ca",
                 "peer TLS settings are for a cluster node (--bootstrap-expect or --join)".into(),
+            );
+        };
+        if cluster.advertise.starts_with("http://") {
+            return invalid(
+                "advertise_addr",
+                "with peer TLS, peers are called over https: drop the http:// scheme".into(),
+            );
+        }
+        if cluster.join.iter().any(|j| j.starts_with("http://")) {
+            return invalid(
+                "join",
+                "with peer TLS, peers are called over https: drop the http:// scheme".into(),
             );
         }
         let Some(ca) = ca else {

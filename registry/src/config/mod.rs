@@ -651,7 +651,7 @@ impl Config {
                 ca: file.peer_tls_ca,
             },
         )
-        .into_config(cfg.cluster.is_some(), cfg.serve.tls.as_ref())?;
+        .into_config(cfg.cluster.as_ref(), cfg.serve.tls.as_ref())?;
         if let Some(cluster) = &mut cfg.cluster {
             cluster.peer_tls = peer_tls;
         }
