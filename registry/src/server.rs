@@ -44,9 +44,11 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let registry = Arc::new(Registry::new(config.catalog, Arc::new(Metrics::new())));
         registry.set_self_preservation(config.self_preservation);
-        let tls = match &config.serve.tls {
-            Some(files) => Some(TlsState::new(files.clone()).map_err(invalid_input)?),
-            None => None,
+        let peer_tls = config.cluster.as_ref().and_then(|c| c.peer_tls.clone());
+        let tls = if config.serve.tls.is_some() || peer_tls.is_some() {
+            Some(TlsState::with_peers(config.serve.tls.clone(), peer_tls).map_err(invalid_input)?)
+        } else {
+            None
         };
         if let Some(tokens) = &config.acl {
             tracing::info!(
@@ -61,6 +63,11 @@ impl Server {
         let ready = Arc::new(AtomicBool::new(config.data_dir.is_none()));
         let cluster =
             start_storage(config, &registry, local_addr, &ready, &mut tasks, &shutdown).await?;
+        if let (Some(tls), Some(cluster)) = (&tls, &cluster) {
+            // A reloaded peer certificate is used for new outgoing connections too.
+            let peers = cluster.peers().clone();
+            tls.on_reload(move || peers.reload_tls());
+        }
         spawn_background(config, &registry, dns, tls.clone(), &mut tasks, &shutdown);
         let state = AppState::builder(registry.clone(), config, shutdown.clone())
             .address(local_addr)

@@ -48,7 +48,11 @@ impl TestRegistry {
         let server = Server::start(&config, listener, shutdown.clone())
             .await
             .expect("server starts");
-        let scheme = if config.serve.tls.is_some() {
+        let peer_tls = config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.peer_tls.is_some());
+        let scheme = if config.serve.tls.is_some() || peer_tls {
             "https"
         } else {
             "http"

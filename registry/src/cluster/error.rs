@@ -53,6 +53,9 @@ pub enum ClusterError {
     /// A task of the node panicked or was cancelled.
     #[error(transparent)]
     Task(#[from] tokio::task::JoinError),
+    /// The peer TLS material could not be turned into a client.
+    #[error("peer TLS: {0}")]
+    PeerTls(String),
     /// The HTTP client for peer traffic cannot be built.
     #[error("the peer HTTP client: {0}")]
     Client(#[source] reqwest::Error),

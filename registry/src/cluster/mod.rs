@@ -16,6 +16,7 @@ mod log;
 mod machine;
 mod network;
 pub mod ops;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -37,6 +38,7 @@ pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
 pub use network::{Cut, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
 pub use roster_api::{RaftMember as Member, RaftStatus as Status};
+pub use tls::{PeerTls, is_peer};
 
 use crate::catalog::{Command, Outcome};
 use crate::model::{InstanceId, ServiceName};
@@ -79,6 +81,8 @@ pub struct ClusterConfig {
     pub write_timeout: Duration,
     /// Entries between snapshots (the log is compacted after each).
     pub snapshot_every: u64,
+    /// Peer TLS; `None` sends peer traffic over plain HTTP.
+    pub peer_tls: Option<PeerTls>,
 }
 
 /// Largest generated node id: 2^63 - 1, so an id survives tools that read
@@ -99,6 +103,7 @@ impl Default for ClusterConfig {
             heartbeat: Duration::from_millis(100),
             write_timeout: Duration::from_secs(5),
             snapshot_every: 10_000,
+            peer_tls: None,
         }
     }
 }
@@ -186,7 +191,17 @@ impl Cluster {
             // Without it, anyone who reaches the HTTP port could write to the log.
             return Err(ClusterError::TokenTooShort);
         }
-        let peers = Peers::new(id, config.token.clone(), Duration::from_secs(10))?;
+        let peers = Peers::new(
+            id,
+            config.token.clone(),
+            Duration::from_secs(10),
+            config.peer_tls.clone(),
+        )?;
+        if config.peer_tls.is_none() {
+            tracing::warn!(
+                "peer TLS is off: Raft traffic between nodes (the log with every registration, snapshots, forwarded writes) and the cluster token cross the network in clear text; set --peer-tls-ca (and --peer-tls-cert/--peer-tls-key or the API's --tls-cert/--tls-key)"
+            );
+        }
         let raft = Raft::new(id, Arc::new(raft_config), peers.clone(), log, sm).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
@@ -295,7 +310,7 @@ impl Cluster {
         m.membership_config
             .membership()
             .get_node(&leader)
-            .map(|n| base_url(&n.addr))
+            .map(|n| self.peers.url(&n.addr))
     }
 
     /// What this node says about itself to peers.
@@ -584,7 +599,7 @@ impl Cluster {
         met.insert(self.id, self.info().await);
         for target in &self.config.join {
             for addr in resolve(target).await {
-                if let Ok(info) = fetch_info(&self.peers, &addr).await {
+                if let Ok(info) = fetch_info_via(&self.peers, target, addr).await {
                     met.insert(info.id, info);
                 }
             }
@@ -599,7 +614,7 @@ impl Cluster {
                 .peers
                 .request(
                     reqwest::Method::POST,
-                    format!("{}/v1/raft/join", base_url(&member.addr)),
+                    format!("{}/v1/raft/join", self.peers.url(&member.addr)),
                 )
                 .json(&NodeInfo {
                     id: self.id,
@@ -731,7 +746,7 @@ impl Cluster {
                 let m = metrics.borrow_and_update().clone();
                 let target = m.current_leader.and_then(|l| {
                     let node = m.membership_config.membership().get_node(&l)?;
-                    Some((l, base_url(&node.addr)))
+                    Some((l, peers.url(&node.addr)))
                 });
                 let Some((leader, url)) = target.filter(|(l, _)| Some(*l) != tried) else {
                     // No leader, or still the one that just failed: wait for news.
@@ -775,12 +790,33 @@ impl Cluster {
 
 /// The addresses a `host:port` join target stands for (a headless service
 /// name gives one per pod).
-async fn resolve(target: &str) -> Vec<String> {
-    let target = target.trim_start_matches("http://").trim_end_matches('/');
+async fn resolve(target: &str) -> Vec<std::net::SocketAddr> {
+    let target = target
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
     match tokio::net::lookup_host(target).await {
-        Ok(addrs) => addrs.map(|a| a.to_string()).collect(),
+        Ok(addrs) => addrs.collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// Asks the node at `addr`, one address of the join target `target`, who it is.
+async fn fetch_info_via(
+    peers: &Peers,
+    target: &str,
+    addr: std::net::SocketAddr,
+) -> Result<NodeInfo, String> {
+    let resp = peers
+        .request_via(reqwest::Method::GET, target, addr, "/v1/raft/node")?
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("{addr}: {}", resp.status()));
+    }
+    resp.json().await.map_err(|e| e.to_string())
 }
 
 /// Asks the node at `addr` who it is.
@@ -792,7 +828,7 @@ pub async fn fetch_info(peers: &Peers, addr: &str) -> Result<NodeInfo, ClusterEr
     let resp = peers
         .request(
             reqwest::Method::GET,
-            format!("{}/v1/raft/node", base_url(addr)),
+            format!("{}/v1/raft/node", peers.url(addr)),
         )
         .timeout(Duration::from_secs(2))
         .send()

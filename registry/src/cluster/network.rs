@@ -2,9 +2,11 @@
 //! `/v1/raft/`, with the cluster token.
 
 use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -17,6 +19,7 @@ use openraft::{AnyError, BasicNode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::tls::PeerTls;
 use super::{ClusterError, TypeConfig};
 
 /// Header naming the sending node, so a partition can be simulated on both sides.
@@ -30,8 +33,13 @@ pub type Cut = Arc<RwLock<HashSet<u64>>>;
 /// What every connection to a peer shares.
 #[derive(Clone, Debug)]
 pub struct Peers {
-    /// HTTP client (connection pool shared by all peers).
-    pub http: reqwest::Client,
+    /// HTTP client (connection pool shared by all peers); rebuilt when the
+    /// peer certificate is reloaded, so new connections present the new one.
+    http: Arc<ArcSwap<reqwest::Client>>,
+    /// Peer TLS; `None` for plain HTTP.
+    tls: Option<PeerTls>,
+    /// Bound of each request.
+    timeout: Duration,
     /// This node's id.
     pub me: u64,
     /// The cluster token.
@@ -42,19 +50,102 @@ pub struct Peers {
 
 impl Peers {
     /// A client for peer traffic. `timeout` bounds each request.
-    pub fn new(me: u64, token: String, timeout: Duration) -> Result<Self, ClusterError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(ClusterError::Client)?;
+    /// With `tls`, peers are called over HTTPS with this node's certificate
+    /// as client identity and the peer CA alone as roots.
+    pub fn new(
+        me: u64,
+        token: String,
+        timeout: Duration,
+        tls: Option<PeerTls>,
+    ) -> Result<Self, ClusterError> {
+        let http = Self::client(timeout, tls.as_ref()).map_err(ClusterError::PeerTls)?;
         Ok(Peers {
-            http,
+            http: Arc::new(ArcSwap::from_pointee(http)),
+            tls,
+            timeout,
             me,
             token,
             cut: Cut::default(),
         })
+    }
+
+    fn client(timeout: Duration, tls: Option<&PeerTls>) -> Result<reqwest::Client, String> {
+        Self::builder(timeout, tls)?
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    fn builder(timeout: Duration, tls: Option<&PeerTls>) -> Result<reqwest::ClientBuilder, String> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_backend_preconfigured(tls.client_config()?)
+                .https_only(true);
+        }
+        Ok(builder)
+    }
+
+    /// A request to `path` on the node at `addr`, one of the addresses the
+    /// join target `target` (`host:port`) resolves to. Over TLS, when the
+    /// target is a name, the node's certificate is checked against that name
+    /// (a headless Service's pods are reached by IP but named in their
+    /// certificates); otherwise against the address.
+    pub fn request_via(
+        &self,
+        method: reqwest::Method,
+        target: &str,
+        addr: SocketAddr,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let name = host_of(target).filter(|h| h.parse::<IpAddr>().is_err());
+        match (&self.tls, name) {
+            (Some(tls), Some(name)) => {
+                let http = Self::builder(self.timeout, Some(tls))?
+                    .resolve(name, addr)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                Ok(http
+                    .request(method, format!("https://{name}:{}{path}", addr.port()))
+                    .header(NODE_HEADER, self.me.to_string())
+                    .header(TOKEN_HEADER, &self.token))
+            }
+            _ => Ok(self.request(method, format!("{}{path}", self.url(&addr.to_string())))),
+        }
+    }
+
+    /// Whether peer traffic goes over TLS.
+    pub fn tls_on(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the peer certificate again and uses it for new connections;
+    /// keeps the previous client if the files are broken.
+    pub fn reload_tls(&self) {
+        if self.tls.is_none() {
+            return;
+        }
+        match Self::client(self.timeout, self.tls.as_ref()) {
+            Ok(http) => {
+                self.http.store(Arc::new(http));
+                tracing::info!("peer TLS client reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "peer TLS client reload failed; still using the previous certificate");
+            }
+        }
+    }
+
+    /// Base URL of a peer's API from its advertised address: `https://` with
+    /// peer TLS, `http://` without, unless the address has a scheme.
+    pub fn url(&self, addr: &str) -> String {
+        if self.tls.is_some() && !addr.contains("://") {
+            format!("https://{}", addr.trim_end_matches('/'))
+        } else {
+            base_url(addr)
+        }
     }
 
     /// Whether traffic to or from `node` is cut.
@@ -65,10 +156,19 @@ impl Peers {
     /// A request to a peer's API, with the node and token headers.
     pub fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
         self.http
+            .load()
             .request(method, url)
             .header(NODE_HEADER, self.me.to_string())
             .header(TOKEN_HEADER, &self.token)
     }
+}
+
+/// The host of a `host:port` (or URL) target, without brackets.
+fn host_of(target: &str) -> Option<&str> {
+    let rest = target.split_once("://").map_or(target, |(_, r)| r);
+    let rest = rest.split('/').next().unwrap_or(rest);
+    let (host, _port) = rest.rsplit_once(':')?;
+    Some(host.trim_start_matches('[').trim_end_matches(']'))
 }
 
 /// Base URL of a node's API from its advertised address.
@@ -87,7 +187,7 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
         Connection {
             peers: self.clone(),
             target,
-            base: base_url(&node.addr),
+            base: self.url(&node.addr),
         }
     }
 }
@@ -175,5 +275,19 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         self.call("vote", &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn the_host_of_a_join_target() {
+        assert_eq!(host_of("roster-0.roster:8500"), Some("roster-0.roster"));
+        assert_eq!(host_of("https://roster:8500/"), Some("roster"));
+        assert_eq!(host_of("10.0.0.1:8500"), Some("10.0.0.1"));
+        assert_eq!(host_of("[::1]:8500"), Some("::1"));
+        assert_eq!(host_of("roster"), None);
     }
 }

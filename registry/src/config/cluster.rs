@@ -1,11 +1,13 @@
 //! Flags of `roster serve` that make the node one of a replicated cluster.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use roster_api::duration;
 
 use super::ConfigError;
-use crate::cluster::ClusterConfig;
+use crate::cluster::{ClusterConfig, PeerTls};
+use crate::http::serve::TlsFiles;
 
 /// Cluster flags. Cluster mode is on with `--bootstrap-expect` or `--join`.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -39,6 +41,17 @@ pub struct ClusterArgs {
     /// [default: 100ms].
     #[arg(long, env = "ROSTER_RAFT_HEARTBEAT", value_name = "DURATION", value_parser = duration::parse)]
     pub raft_heartbeat: Option<Duration>,
+    /// PEM certificate this node presents to its peers (as server and as
+    /// client) [default: the --tls-cert]. Needs the advertised DNS name or IP.
+    #[arg(long, env = "ROSTER_PEER_TLS_CERT", value_name = "FILE")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// PEM private key of --peer-tls-cert [default: the --tls-key].
+    #[arg(long, env = "ROSTER_PEER_TLS_KEY", value_name = "FILE")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// PEM CA that every peer's certificate must chain to; turns peer TLS on
+    /// (Raft, joins and forwarded writes over HTTPS with client certificates).
+    #[arg(long, env = "ROSTER_PEER_TLS_CA", value_name = "FILE")]
+    pub peer_tls_ca: Option<PathBuf>,
 }
 
 impl ClusterArgs {
@@ -115,5 +128,88 @@ impl ClusterArgs {
             cfg.heartbeat = hb;
         }
         Ok(Some(cfg))
+    }
+}
+
+/// The peer TLS settings from the flags, else from the file.
+#[derive(Debug, Default)]
+pub struct PeerTlsSettings {
+    /// `peer_tls_cert`.
+    pub cert: Option<PathBuf>,
+    /// `peer_tls_key`.
+    pub key: Option<PathBuf>,
+    /// `peer_tls_ca`.
+    pub ca: Option<PathBuf>,
+}
+
+impl PeerTlsSettings {
+    /// The flags' values, else the file's.
+    pub fn merge(args: &ClusterArgs, file: PeerTlsSettings) -> PeerTlsSettings {
+        PeerTlsSettings {
+            cert: args.peer_tls_cert.clone().or(file.cert),
+            key: args.peer_tls_key.clone().or(file.key),
+            ca: args.peer_tls_ca.clone().or(file.ca),
+        }
+    }
+
+    /// Peer TLS, validated: all three files, or the CA alone when the API's
+    /// certificate (`api`) is the node's peer identity; every file readable
+    /// and parsed; no peer address that says `http://`. `cluster` is the
+    /// node's cluster settings, `None` for a lone registry.
+    pub fn into_config(
+        self,
+        cluster: Option<&ClusterConfig>,
+        api: Option<&TlsFiles>,
+    ) -> Result<Option<PeerTls>, ConfigError> {
+        let invalid = |setting, message: String| Err(ConfigError::Invalid { setting, message });
+        let PeerTlsSettings { cert, key, ca } = self;
+        if cert.is_none() && key.is_none() && ca.is_none() {
+            return Ok(None);
+        }
+        let Some(cluster) = cluster else {
+            return invalid(
+                "peer_tls_ca",
+                "peer TLS settings are for a cluster node (--bootstrap-expect or --join)".into(),
+            );
+        };
+        if cluster.advertise.starts_with("http://") {
+            return invalid(
+                "advertise_addr",
+                "with peer TLS, peers are called over https: drop the http:// scheme".into(),
+            );
+        }
+        if cluster.join.iter().any(|j| j.starts_with("http://")) {
+            return invalid(
+                "join",
+                "with peer TLS, peers are called over https: drop the http:// scheme".into(),
+            );
+        }
+        let Some(ca) = ca else {
+            return invalid(
+                "peer_tls_ca",
+                "peer TLS needs --peer-tls-ca, the CA that peers' certificates chain to".into(),
+            );
+        };
+        let (cert, key) = match (cert, key, api) {
+            (Some(cert), Some(key), _) => (cert, key),
+            (None, None, Some(api)) => (api.cert.clone(), api.key.clone()),
+            (None, None, None) => {
+                return invalid(
+                    "peer_tls_cert",
+                    "peer TLS needs --peer-tls-cert and --peer-tls-key (or the API's --tls-cert and --tls-key)".into(),
+                );
+            }
+            _ => {
+                return invalid(
+                    "peer_tls_cert",
+                    "give both peer_tls_cert and peer_tls_key".into(),
+                );
+            }
+        };
+        let tls = PeerTls { cert, key, ca };
+        if let Err(e) = tls.check() {
+            return invalid("peer_tls_cert", e);
+        }
+        Ok(Some(tls))
     }
 }

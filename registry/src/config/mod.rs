@@ -313,6 +313,9 @@ struct FileConfig {
     write_timeout: Option<Duration>,
     #[serde(default)]
     panic_thresholds: std::collections::BTreeMap<String, f64>,
+    peer_tls_cert: Option<PathBuf>,
+    peer_tls_key: Option<PathBuf>,
+    peer_tls_ca: Option<PathBuf>,
 }
 
 /// Why the configuration was refused.
@@ -640,6 +643,18 @@ impl Config {
         cfg.cluster = args
             .cluster
             .to_config(cfg.http_addr, cfg.data_dir.as_deref())?;
+        let peer_tls = cluster::PeerTlsSettings::merge(
+            &args.cluster,
+            cluster::PeerTlsSettings {
+                cert: file.peer_tls_cert,
+                key: file.peer_tls_key,
+                ca: file.peer_tls_ca,
+            },
+        )
+        .into_config(cfg.cluster.as_ref(), cfg.serve.tls.as_ref())?;
+        if let Some(cluster) = &mut cfg.cluster {
+            cluster.peer_tls = peer_tls;
+        }
         cfg.validate()?;
         Ok(cfg)
     }

@@ -290,13 +290,28 @@ fn principal(
 }
 
 /// The cluster token of a peer request.
-fn peer(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn peer(state: &AppState, req: &Request) -> Result<(), ApiError> {
     let Some(cluster) = &state.cluster else {
         return Err(ApiError::not_found(
             "this registry runs alone: start it with --bootstrap-expect or --join to form a cluster",
         ));
     };
-    let given = headers
+    if cluster.peers().tls_on()
+        && req
+            .extensions()
+            .get::<crate::http::serve::PeerCertificate>()
+            != Some(&crate::http::serve::PeerCertificate(true))
+    {
+        // The handshake let the client through (API clients may come
+        // without a certificate), but only a peer's certificate opens the
+        // peer routes.
+        return Err(ApiError::forbidden(
+            StatusCode::FORBIDDEN,
+            "a peer certificate from the cluster's CA is required".into(),
+        ));
+    }
+    let given = req
+        .headers()
         .get(crate::cluster::TOKEN_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
@@ -381,7 +396,7 @@ async fn admit(state: &AppState, gate: Gate, req: Request) -> Result<(Request, S
     };
     let mut req = Request::from_parts(parts, body);
     if gate.access == Access::Peer {
-        peer(state, req.headers())?;
+        peer(state, &req)?;
     } else {
         let principal = principal(state, gate, &req, &params)?;
         req.extensions_mut().insert(principal);

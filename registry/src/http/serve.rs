@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::cluster::PeerTls;
+
 /// Connection-level settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServeConfig {
@@ -76,30 +78,42 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 impl TlsFiles {
     /// Builds a server configuration from the files.
     pub fn load(&self) -> Result<ServerConfig, String> {
+        self.load_with(None)
+    }
+
+    /// Builds a server configuration from the files; with `peer_ca`, client
+    /// certificates become optional at the handshake but must chain to the
+    /// peer CA or the client CA when presented.
+    pub fn load_with(&self, peer_ca: Option<&std::path::Path>) -> Result<ServerConfig, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
-            .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| format!("{}: {e}", self.cert.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{}: no certificate found", self.cert.display()));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| format!("{}: {e}", self.key.display()))?;
+        let certs = read_certs(&self.cert)?;
+        let key = read_key(&self.key)?;
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
-        let builder = match &self.client_ca {
-            None => builder.with_no_client_auth(),
-            Some(path) => {
+        let builder = match (&self.client_ca, peer_ca) {
+            (client_ca, Some(peer_ca)) => {
                 let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-                {
-                    let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                read_roots(peer_ca, &mut roots)?;
+                if let Some(path) = client_ca {
+                    read_roots(path, &mut roots)?;
                 }
+                // A peer must show its certificate; the gate of /v1/raft/*
+                // checks it came from the peer CA. API clients may come
+                // without one (see `PeerCertificate`).
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("{}: {e}", peer_ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            (None, None) => builder.with_no_client_auth(),
+            (Some(path), None) => {
+                let mut roots = rustls::RootCertStore::empty();
+                read_roots(path, &mut roots)?;
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider,
@@ -126,29 +140,140 @@ impl TlsFiles {
     }
 }
 
-/// The TLS configuration in use, swapped when the files change or on SIGHUP.
+/// Reads a PEM certificate chain; fails when it holds no certificate.
+pub fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key.
+pub fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Adds the PEM CA certificates of `path` to `roots`; fails when it holds none.
+pub fn read_roots(path: &std::path::Path, roots: &mut rustls::RootCertStore) -> Result<(), String> {
+    let mut found = false;
+    for cert in
+        CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?
+    {
+        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        found = true;
+    }
+    if !found {
+        return Err(format!("{}: no CA certificate found", path.display()));
+    }
+    Ok(())
+}
+
+/// Whether the client of a TLS connection presented a certificate that chains
+/// to the peer CA: in every request's extensions when peer TLS is on. The
+/// gate of `/v1/raft/*` requires it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCertificate(pub bool);
+
+/// A configuration in use and what checks a connection after its handshake.
 #[derive(Debug)]
+struct Loaded {
+    config: Arc<ServerConfig>,
+    /// The peer CA alone, when peer TLS is on.
+    peer: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+/// What to run after a successful reload.
+type OnReload = Box<dyn Fn() + Send + Sync>;
+
+/// The TLS configuration in use, swapped when the files change or on SIGHUP.
 pub struct TlsState {
     files: TlsFiles,
-    current: ArcSwap<ServerConfig>,
+    peer: Option<PeerTls>,
+    current: ArcSwap<Loaded>,
+    on_reload: std::sync::Mutex<Vec<OnReload>>,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState")
+            .field("files", &self.files)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TlsState {
     /// Loads the files; fails when they cannot be used.
     pub fn new(files: TlsFiles) -> Result<Arc<TlsState>, String> {
-        let config = files.load()?;
+        Self::with_peers(Some(files), None)
+    }
+
+    /// The API's TLS files and peer TLS, either or both: the server presents
+    /// the API certificate if there is one, else the peer certificate. `None`
+    /// when neither is set.
+    pub fn with_peers(
+        api: Option<TlsFiles>,
+        peer: Option<PeerTls>,
+    ) -> Result<Arc<TlsState>, String> {
+        let files = match (api, &peer) {
+            (Some(files), _) => files,
+            (None, Some(p)) => TlsFiles {
+                cert: p.cert.clone(),
+                key: p.key.clone(),
+                client_ca: None,
+            },
+            (None, None) => return Err("no TLS files".into()),
+        };
+        let loaded = Self::load(&files, peer.as_ref())?;
         Ok(Arc::new(TlsState {
             files,
-            current: ArcSwap::from_pointee(config),
+            peer,
+            current: ArcSwap::from_pointee(loaded),
+            on_reload: std::sync::Mutex::new(Vec::new()),
         }))
+    }
+
+    fn load(files: &TlsFiles, peer: Option<&PeerTls>) -> Result<Loaded, String> {
+        let config = files.load_with(peer.map(|p| p.ca.as_path()))?;
+        let peer = match peer {
+            Some(p) => {
+                // The files are read whole again: a cert and key that do not
+                // match fail here, not on the first peer call.
+                p.check()?;
+                Some(p.verifier()?)
+            }
+            None => None,
+        };
+        Ok(Loaded {
+            config: Arc::new(config),
+            peer,
+        })
+    }
+
+    /// Runs `f` after every successful reload (the peer client is rebuilt so).
+    pub fn on_reload(&self, f: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.on_reload.lock() {
+            hooks.push(Box::new(f));
+        }
     }
 
     /// Loads the files again; keeps the old configuration if they are broken.
     pub fn reload(&self) -> bool {
-        match self.files.load() {
-            Ok(config) => {
-                self.current.store(Arc::new(config));
+        match Self::load(&self.files, self.peer.as_ref()) {
+            Ok(loaded) => {
+                self.current.store(Arc::new(loaded));
                 tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                if let Ok(hooks) = self.on_reload.lock() {
+                    for hook in hooks.iter() {
+                        hook();
+                    }
+                }
                 true
             }
             Err(e) => {
@@ -158,10 +283,19 @@ impl TlsState {
         }
     }
 
+    fn modified(&self) -> Vec<Option<SystemTime>> {
+        let mut out = self.files.modified();
+        if let Some(p) = &self.peer {
+            let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            out.extend([mtime(&p.cert), mtime(&p.key), mtime(&p.ca)]);
+        }
+        out
+    }
+
     /// Reloads on SIGHUP and whenever a file's modification time changes
     /// (checked every `poll`), until `cancel`.
     pub async fn watch(self: Arc<Self>, poll: Duration, cancel: CancellationToken) {
-        let mut seen = self.files.modified();
+        let mut seen = self.modified();
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
@@ -178,10 +312,10 @@ impl TlsState {
                 () = cancel.cancelled() => return,
                 _ = hangup => {
                     self.reload();
-                    seen = self.files.modified();
+                    seen = self.modified();
                 }
                 () = tokio::time::sleep(poll) => {
-                    let now = self.files.modified();
+                    let now = self.modified();
                     if now != seen {
                         seen = now;
                         self.reload();
@@ -191,9 +325,33 @@ impl TlsState {
         }
     }
 
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    fn acceptor(&self) -> Acceptor {
+        let loaded = self.current.load_full();
+        Acceptor {
+            tls: tokio_rustls::TlsAcceptor::from(loaded.config.clone()),
+            peer: loaded.peer.clone(),
+            // The API asked for client certificates; the handshake lets a
+            // client without one through only because peers share the port.
+            cert_required: self.peer.is_some() && self.files.client_ca.is_some(),
+        }
     }
+}
+
+/// One connection's TLS settings, taken at accept.
+struct Acceptor {
+    tls: tokio_rustls::TlsAcceptor,
+    peer: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    cert_required: bool,
+}
+
+/// What the handshake told about the client.
+#[derive(Clone, Copy, Debug, Default)]
+struct ClientCert {
+    /// `Some(from the peer CA)` when peer TLS is on.
+    peer: Option<PeerCertificate>,
+    /// The API requires a client certificate and none was presented: every
+    /// request is refused.
+    missing: bool,
 }
 
 /// Serves `app` on `listener` until `shutdown`; then stops accepting, lets
@@ -239,12 +397,29 @@ pub async fn serve(
             }
             let tcp = WriteStall::new(tcp, write_timeout);
             match acceptor {
-                None => connection(tcp, remote, app, header_timeout, shutdown).await,
+                None => {
+                    connection(
+                        tcp,
+                        remote,
+                        ClientCert::default(),
+                        app,
+                        header_timeout,
+                        shutdown,
+                    )
+                    .await;
+                }
                 Some(acceptor) => {
                     if let Ok(Ok(stream)) =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls.accept(tcp)).await
                     {
-                        connection(stream, remote, app, header_timeout, shutdown).await;
+                        let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+                        let client = ClientCert {
+                            peer: acceptor.peer.as_ref().map(|v| {
+                                PeerCertificate(crate::cluster::is_peer(v.as_ref(), chain))
+                            }),
+                            missing: acceptor.cert_required && chain.is_empty(),
+                        };
+                        connection(stream, remote, client, app, header_timeout, shutdown).await;
                     }
                 }
             }
@@ -258,6 +433,7 @@ pub async fn serve(
 async fn connection<IO>(
     io: IO,
     remote: SocketAddr,
+    client: ClientCert,
     app: Router,
     header_timeout: Duration,
     shutdown: CancellationToken,
@@ -265,8 +441,20 @@ async fn connection<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        if client.missing {
+            use axum::response::IntoResponse;
+            let refused = (
+                hyper::StatusCode::FORBIDDEN,
+                "a client certificate is required\n",
+            )
+                .into_response();
+            return futures_util::future::Either::Left(std::future::ready(Ok(refused)));
+        }
         req.extensions_mut().insert(ConnectInfo(remote));
-        app.clone().oneshot(req)
+        if let Some(peer) = client.peer {
+            req.extensions_mut().insert(peer);
+        }
+        futures_util::future::Either::Right(app.clone().oneshot(req))
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -9,11 +9,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
 use roster_client::api::RegisterRequest;
-use roster_client::{InstanceQuery, RosterClient};
+use roster_client::{InstanceQuery, RosterClient, TlsOptions};
 use roster_registry::catalog::SelfPreservation;
-use roster_registry::cluster::ClusterConfig;
+use roster_registry::cluster::{ClusterConfig, PeerTls};
 use roster_registry::config::Config;
+use roster_registry::http::serve::TlsFiles;
 use roster_tests::TestRegistry;
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep, timeout};
@@ -47,6 +51,85 @@ struct Cluster {
     snapshot_every: u64,
     dns: bool,
     guard: SelfPreservation,
+    /// Peer TLS: every node gets a certificate from this CA.
+    tls: Option<PeerCa>,
+    /// The host nodes advertise and join by (and clients use).
+    host: &'static str,
+}
+
+/// A peer CA and the directory of the nodes' certificates.
+struct PeerCa {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+    dir: PathBuf,
+    /// Subject alternative names of the node certificates.
+    names: Vec<String>,
+    /// The API's `--tls-client-ca` (the node certificates then serve the API
+    /// too, as its `--tls-cert`), and the identity the harness's clients
+    /// present (cert + key PEM).
+    api_clients: Option<(Box<PeerCa>, String)>,
+}
+
+impl PeerCa {
+    fn new(name: &str) -> PeerCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} CA"));
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        let dir = temp_dir(&format!("{name}-tls"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), &pem).unwrap();
+        PeerCa {
+            params,
+            key,
+            pem,
+            dir,
+            names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            api_clients: None,
+        }
+    }
+
+    /// A node certificate for 127.0.0.1 (server and client use): (cert, key) PEM.
+    fn leaf(&self) -> (String, String) {
+        let mut params = CertificateParams::new(self.names.clone()).unwrap();
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// The peer TLS files of the node on `addr` (written on first use; a
+    /// restarted node keeps its certificate).
+    fn files(&self, addr: SocketAddr) -> PeerTls {
+        let tls = PeerTls {
+            cert: self.dir.join(format!("node-{}-cert.pem", addr.port())),
+            key: self.dir.join(format!("node-{}-key.pem", addr.port())),
+            ca: self.dir.join("ca.pem"),
+        };
+        if !tls.cert.exists() {
+            self.renew(&tls);
+        }
+        tls
+    }
+
+    /// Writes a new certificate and key for `tls` (each file replaced at once).
+    fn renew(&self, tls: &PeerTls) -> String {
+        let (cert, key) = self.leaf();
+        for (path, pem) in [(&tls.key, &key), (&tls.cert, &cert)] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, pem).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+        cert
+    }
 }
 
 impl Cluster {
@@ -70,18 +153,68 @@ impl Cluster {
         dns: bool,
         guard: SelfPreservation,
     ) -> Cluster {
+        Self::start_inner(name, n, snapshot_every, dns, guard, None).await
+    }
+
+    /// Starts `n` nodes that talk to each other over peer TLS.
+    async fn start_tls(name: &str, n: usize) -> Cluster {
+        let ca = PeerCa::new(name);
+        Self::start_inner(
+            name,
+            n,
+            10_000,
+            false,
+            SelfPreservation::default(),
+            Some(ca),
+        )
+        .await
+    }
+
+    /// Starts `n` nodes over peer TLS whose certificates name `localhost`
+    /// only; they advertise and join by that name.
+    async fn start_tls_by_name(name: &str, n: usize) -> Cluster {
+        let mut ca = PeerCa::new(name);
+        ca.names = vec!["localhost".to_owned()];
+        Self::start_inner(
+            name,
+            n,
+            10_000,
+            false,
+            SelfPreservation::default(),
+            Some(ca),
+        )
+        .await
+    }
+
+    async fn start_inner(
+        name: &str,
+        n: usize,
+        snapshot_every: u64,
+        dns: bool,
+        guard: SelfPreservation,
+        tls: Option<PeerCa>,
+    ) -> Cluster {
         let mut listeners = Vec::new();
         for _ in 0..n {
             listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
         }
         let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let host = match &tls {
+            Some(ca) if !ca.names.iter().any(|n| n == "127.0.0.1") => "localhost",
+            _ => "127.0.0.1",
+        };
         let mut cluster = Cluster {
             slots: Vec::new(),
-            join: addrs.iter().map(ToString::to_string).collect(),
+            join: addrs
+                .iter()
+                .map(|a| format!("{host}:{}", a.port()))
+                .collect(),
             expect: n,
             snapshot_every,
             dns,
             guard,
+            tls,
+            host,
         };
         for (i, listener) in listeners.into_iter().enumerate() {
             let dir = temp_dir(&format!("{name}-{i}"));
@@ -98,6 +231,25 @@ impl Cluster {
     }
 
     fn config(&self, addr: SocketAddr, dir: &std::path::Path, expect: usize) -> Config {
+        let mut config = self.plain_config(addr, dir, expect);
+        if let Some(ca) = &self.tls {
+            config.serve.tls_poll = Duration::from_millis(100);
+            let files = ca.files(addr);
+            if let Some((clients, _)) = &ca.api_clients {
+                config.serve.tls = Some(TlsFiles {
+                    cert: files.cert.clone(),
+                    key: files.key.clone(),
+                    client_ca: Some(clients.dir.join("ca.pem")),
+                });
+            }
+            if let Some(c) = config.cluster.as_mut() {
+                c.peer_tls = Some(files);
+            }
+        }
+        config
+    }
+
+    fn plain_config(&self, addr: SocketAddr, dir: &std::path::Path, expect: usize) -> Config {
         Config {
             // The harness gives DNS its own port 0 when it is on.
             dns_addr: if self.dns {
@@ -109,7 +261,7 @@ impl Cluster {
             lease_grace: Duration::from_secs(1),
             self_preservation: self.guard,
             cluster: Some(ClusterConfig {
-                advertise: addr.to_string(),
+                advertise: format!("{}:{}", self.host, addr.port()),
                 join: self.join.clone(),
                 bootstrap_expect: expect,
                 token: "cluster-test-token-0123456789".into(),
@@ -123,17 +275,48 @@ impl Cluster {
     }
 
     fn url(&self, i: usize) -> String {
-        format!("http://{}", self.slots[i].addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.slots[i].addr.port())
+    }
+
+    /// An API client of `urls`; over peer TLS it trusts the CA and has no
+    /// client certificate of its own.
+    fn api_client(&self, urls: &str) -> RosterClient {
+        let tls = TlsOptions {
+            ca_pem: self.tls.as_ref().map(|ca| ca.pem.clone().into_bytes()),
+            identity_pem: self.identity().map(String::into_bytes),
+        };
+        RosterClient::with_tls(urls, Duration::from_secs(5), &tls).unwrap()
     }
 
     fn client(&self, i: usize) -> RosterClient {
-        RosterClient::with_timeout(&self.url(i), Duration::from_secs(5)).unwrap()
+        self.api_client(&self.url(i))
     }
 
     /// A client that knows every node.
     fn client_all(&self) -> RosterClient {
         let urls: Vec<String> = (0..self.slots.len()).map(|i| self.url(i)).collect();
-        RosterClient::with_timeout(&urls.join(","), Duration::from_secs(5)).unwrap()
+        self.api_client(&urls.join(","))
+    }
+
+    /// A plain reqwest client that trusts the peer CA (when there is one),
+    /// without a client certificate.
+    fn http(&self) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if let Some(ca) = &self.tls {
+            builder = builder
+                .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap());
+        }
+        if let Some(pem) = self.identity() {
+            builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        builder.build().unwrap()
+    }
+
+    /// The certificate API clients present, when the API asks for one.
+    fn identity(&self) -> Option<String> {
+        let (_, pem) = self.tls.as_ref()?.api_clients.as_ref()?;
+        Some(pem.clone())
     }
 
     fn running(&self) -> Vec<usize> {
@@ -144,7 +327,7 @@ impl Cluster {
 
     /// Waits until every running node is ready (knows a leader).
     async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
+        let http = self.http();
         for i in self.running() {
             let url = format!("{}/ready", self.url(i));
             timeout(SOON, async {
@@ -286,6 +469,12 @@ impl Cluster {
         }
         for s in &self.slots {
             let _ = std::fs::remove_dir_all(&s.dir);
+        }
+        if let Some(ca) = &self.tls {
+            let _ = std::fs::remove_dir_all(&ca.dir);
+            if let Some((clients, _)) = &ca.api_clients {
+                let _ = std::fs::remove_dir_all(&clients.dir);
+            }
         }
     }
 }
@@ -621,7 +810,26 @@ async fn leases_live_through_a_failover_and_expire_under_the_new_leader() {
 /// compacted away), votes, and can be removed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_node_joins_by_snapshot_and_can_be_removed() {
-    let mut c = Cluster::start_with("join", 3, 20).await;
+    join_by_snapshot_and_remove(Cluster::start_with("join", 3, 20).await).await;
+}
+
+/// The same over peer TLS: the snapshot is installed over HTTPS too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_peer_tls_a_new_node_joins_by_snapshot() {
+    let ca = PeerCa::new("ptls-join");
+    let c = Cluster::start_inner(
+        "ptls-join",
+        3,
+        20,
+        false,
+        SelfPreservation::default(),
+        Some(ca),
+    )
+    .await;
+    join_by_snapshot_and_remove(c).await;
+}
+
+async fn join_by_snapshot_and_remove(mut c: Cluster) {
     let client = c.client_all();
     let mut want = BTreeSet::new();
     for k in 0..60 {
@@ -1100,4 +1308,326 @@ async fn probe_results_reach_every_node() {
         .unwrap_or_else(|_| panic!("node {i} never saw the probed instance pass"));
     }
     accept.abort();
+}
+
+const TOKEN: &str = "cluster-test-token-0123456789";
+
+/// A reqwest client that trusts `ca_pem` and presents `identity` (cert + key PEM).
+fn peer_http(ca_pem: &str, identity: Option<(String, String)>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .tls_info(true)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap());
+    if let Some((cert, key)) = identity {
+        builder = builder
+            .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+/// The certificate a node serves, DER.
+async fn served_certificate(http: &reqwest::Client, url: &str) -> Vec<u8> {
+    let resp = http.get(format!("{url}/ready")).send().await.unwrap();
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .expect("a TLS connection")
+        .to_vec()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// Peer TLS: the cluster forms, forwards, fails over and catches up with every
+/// peer call over HTTPS; API clients need no certificate; the peer routes need
+/// a peer certificate on top of the token, and plain HTTP gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_over_peer_tls_fails_over_and_catches_up() {
+    let mut c = Cluster::start_tls("ptls-failover", 3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    // An API client without a certificate registers on a follower (forwarded
+    // to the leader over peer TLS) and reads on every node.
+    c.client(follower)
+        .register("web", "w1", &instance(80))
+        .await
+        .unwrap();
+    c.converge("web", &set(&["w1"])).await;
+
+    // The leader goes away; a survivor takes writes.
+    c.stop(leader).await;
+    let survivor = c.running()[0];
+    timeout(SOON, async {
+        while c
+            .client(survivor)
+            .register("web", "w2", &instance(81))
+            .await
+            .is_err()
+        {
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a survivor takes writes after the leader stops");
+    c.converge("web", &set(&["w1", "w2"])).await;
+    // The old leader comes back and catches up over TLS.
+    c.restart(leader).await;
+    c.wait_ready().await;
+    c.converge("web", &set(&["w1", "w2"])).await;
+
+    let ca = c.tls.as_ref().unwrap();
+    let addr = c.slots[survivor].addr;
+    // The right token but no client certificate: 403 on the peer routes.
+    let no_cert = c.http();
+    for (method, path) in [
+        (reqwest::Method::GET, "node"),
+        (reqwest::Method::POST, "append"),
+        (reqwest::Method::POST, "vote"),
+    ] {
+        let resp = no_cert
+            .request(method, format!("https://{addr}/v1/raft/{path}"))
+            .header("x-roster-cluster-token", TOKEN)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{path}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("peer certificate"), "{text}");
+    }
+    // A peer certificate and the token: let in (a check of the test itself).
+    let peer = peer_http(&ca.pem, Some(ca.leaf()));
+    let resp = peer
+        .get(format!("https://{addr}/v1/raft/node"))
+        .header("x-roster-cluster-token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A peer certificate without the token: still 403.
+    let resp = peer
+        .get(format!("https://{addr}/v1/raft/node"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // Plain HTTP to the TLS port: no answer at all.
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let sent = plain
+        .get(format!("http://{addr}/v1/raft/node"))
+        .header("x-roster-cluster-token", TOKEN)
+        .send()
+        .await;
+    assert!(sent.is_err(), "plain HTTP answered: {sent:?}");
+    c.shutdown().await;
+}
+
+/// A node whose certificate comes from another CA (even one that trusts the
+/// cluster's CA) cannot join, and its append and vote requests are refused at
+/// the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_with_a_certificate_from_another_ca_cannot_join() {
+    let c = Cluster::start_tls("ptls-rogue", 3).await;
+    let rogue_ca = PeerCa::new("ptls-rogue-other");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = temp_dir("ptls-rogue-new");
+    let mut config = c.config(addr, &dir, 0);
+    // Its own certificate from the other CA; it trusts the cluster's CA.
+    let mut files = rogue_ca.files(addr);
+    files.ca = c.tls.as_ref().unwrap().dir.join("ca.pem");
+    config.cluster.as_mut().unwrap().peer_tls = Some(files);
+    let rogue = TestRegistry::start_on(listener, config).await;
+    sleep(Duration::from_secs(3)).await;
+    let leader = c.leader().await;
+    let status = c.client(leader).raft_status().await.unwrap();
+    assert_eq!(status.members.len(), 3, "{status:?}");
+    let rogue_id = rogue.server().cluster().unwrap().id();
+    assert!(
+        status.members.iter().all(|m| m.id != rogue_id),
+        "{status:?}"
+    );
+    // (With --bootstrap-expect 0 and no peer it could reach, it made a
+    // cluster of its own: one member, itself.)
+    let own = rogue.server().cluster().unwrap().status();
+    assert!(
+        own.members.iter().all(|m| m.id == rogue_id),
+        "the rogue node knows none of the cluster: {own:?}"
+    );
+    // Its requests die at the handshake: no HTTP status comes back.
+    let http = peer_http(&c.tls.as_ref().unwrap().pem, Some(rogue_ca.leaf()));
+    for path in ["append", "vote", "join"] {
+        let sent = http
+            .post(format!("{}/v1/raft/{path}", c.url(leader)))
+            .header("x-roster-cluster-token", TOKEN)
+            .json(&serde_json::json!({}))
+            .send()
+            .await;
+        assert!(sent.is_err(), "{path}: {sent:?}");
+    }
+    rogue.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&rogue_ca.dir);
+    c.shutdown().await;
+}
+
+/// New peer certificates from the same CA are picked up without a restart
+/// (served and presented on new connections) and the cluster stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotating_peer_certificates_keeps_the_cluster_up() {
+    let mut c = Cluster::start_tls("ptls-rotate", 3).await;
+    c.client_all()
+        .register("web", "r1", &instance(80))
+        .await
+        .unwrap();
+    c.converge("web", &set(&["r1"])).await;
+    let ca = c.tls.as_ref().unwrap();
+    let mut renewed = Vec::new();
+    for i in 0..3 {
+        let files = ca.files(c.slots[i].addr);
+        let before = served_certificate(&peer_http(&ca.pem, None), &c.url(i)).await;
+        assert_eq!(before, der(&std::fs::read_to_string(&files.cert).unwrap()));
+        sleep(Duration::from_millis(20)).await;
+        renewed.push(der(&ca.renew(&files)));
+    }
+    for (i, new) in renewed.iter().enumerate() {
+        timeout(SOON, async {
+            // A fresh client each time: no pooled connection from before.
+            let ca = c.tls.as_ref().unwrap();
+            while &served_certificate(&peer_http(&ca.pem, None), &c.url(i)).await != new {
+                sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("node {i} never served its new certificate"));
+    }
+    // Writes still replicate; a failover forces new peer connections, which
+    // present the new certificates.
+    c.client_all()
+        .register("web", "r2", &instance(81))
+        .await
+        .unwrap();
+    c.converge("web", &set(&["r1", "r2"])).await;
+    let leader = c.leader().await;
+    c.stop(leader).await;
+    let survivor = c.running()[0];
+    timeout(SOON, async {
+        while c
+            .client(survivor)
+            .register("web", "r3", &instance(82))
+            .await
+            .is_err()
+        {
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the survivors elect a leader over the new certificates");
+    c.restart(leader).await;
+    c.wait_ready().await;
+    c.converge("web", &set(&["r1", "r2", "r3"])).await;
+    c.shutdown().await;
+}
+
+/// Certificates that name the nodes by DNS name only: joining by that name
+/// checks each resolved address's certificate against the name, and Raft
+/// calls to the advertised names check it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_tls_checks_the_names_nodes_join_and_advertise_by() {
+    let c = Cluster::start_tls_by_name("ptls-names", 3).await;
+    c.client_all()
+        .register("web", "n1", &instance(80))
+        .await
+        .unwrap();
+    c.converge("web", &set(&["n1"])).await;
+    let leader = c.leader().await;
+    let status = c.client(leader).raft_status().await.unwrap();
+    assert_eq!(status.members.len(), 3, "{status:?}");
+    // The same node by IP: its certificate does not name 127.0.0.1.
+    let ca = c.tls.as_ref().unwrap();
+    let by_ip = peer_http(&ca.pem, None)
+        .get(format!("https://{}/ready", c.slots[leader].addr))
+        .send()
+        .await;
+    assert!(by_ip.is_err(), "{by_ip:?}");
+    c.shutdown().await;
+}
+
+/// The API's certificate as the nodes' peer identity, next to an API client
+/// CA: the cluster forms; an API client without a certificate gets 403 on
+/// every request (the handshake lets it through because peers share the
+/// port); a client certificate opens the API but not the peer routes; a peer
+/// certificate opens both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_api_certificate_serves_peers_next_to_an_api_client_ca() {
+    let mut ca = PeerCa::new("ptls-api");
+    let clients = PeerCa::new("ptls-api-clients");
+    let (cert, key) = clients.leaf();
+    ca.api_clients = Some((Box::new(clients), format!("{cert}{key}")));
+    let c = Cluster::start_inner(
+        "ptls-api",
+        3,
+        10_000,
+        false,
+        SelfPreservation::default(),
+        Some(ca),
+    )
+    .await;
+    // The harness's clients present the client certificate.
+    c.client_all()
+        .register("web", "a1", &instance(80))
+        .await
+        .unwrap();
+    c.converge("web", &set(&["a1"])).await;
+    let ca = c.tls.as_ref().unwrap();
+    let url = c.url(c.leader().await);
+    let no_cert = peer_http(&ca.pem, None);
+    let resp = no_cert.get(format!("{url}/ready")).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("client certificate"));
+    // A client certificate: the API, not the peer routes.
+    let client = c.http();
+    assert_eq!(
+        client
+            .get(format!("{url}/v1/services"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let node = format!("{url}/v1/raft/node");
+    let resp = client
+        .get(&node)
+        .header("x-roster-cluster-token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // A peer certificate: both.
+    let peer = peer_http(&ca.pem, Some(ca.leaf()));
+    assert_eq!(
+        peer.get(format!("{url}/v1/services"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let resp = peer
+        .get(&node)
+        .header("x-roster-cluster-token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    c.shutdown().await;
 }
