@@ -28,6 +28,7 @@ need() { # need COMMAND DEBIAN-PACKAGE
 }
 need dig bind9-dnsutils
 need curl curl
+need openssl openssl
 
 # The watch tests hold 1,000 streams open (2,000 descriptors in one process).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -45,4 +46,6 @@ ROSTER_BIN="$target_dir/debug/roster" bash tests/helm/run.sh
 ROSTER_BIN="$target_dir/debug/roster" bash tests/consul_compat/run.sh
 # A three-process cluster under SIGKILL and SIGSTOP (Python 3 standard library).
 ROSTER_BIN="$target_dir/debug/roster" bash tests/cluster_fault.sh
+# The same over peer TLS (certificates made with openssl), another CA refused.
+ROSTER_BIN="$target_dir/debug/roster" bash tests/cluster_peer_tls.sh
 ROSTER_BIN="$target_dir/debug/roster" bash tests/ui/run.sh
