@@ -616,6 +616,18 @@ pub struct RaftMember {
     pub leader: bool,
     /// Last log index known to be on it (leader's view), if known.
     pub matched: Option<u64>,
+    /// Whether the leader reaches it: a successful append within a few
+    /// heartbeats. `None` when the answering node does not know (no leader,
+    /// or the leader's view could not be fetched).
+    #[serde(default)]
+    pub reachable: Option<bool>,
+    /// Milliseconds since the leader last had a successful append answered by
+    /// it (0 for the leader itself); `None` when unknown or never.
+    #[serde(default)]
+    pub last_contact_ms: Option<u64>,
+    /// Entries its log is behind the leader's; `None` when unknown.
+    #[serde(default)]
+    pub lag: Option<u64>,
 }
 
 /// A replicated registry as one node sees it (`GET /v1/operator/raft`).
@@ -635,6 +647,11 @@ pub struct RaftStatus {
     pub applied: Option<u64>,
     /// Members.
     pub members: Vec<RaftMember>,
+    /// The node whose view the members' `reachable`, `last_contact_ms` and
+    /// `lag` are (the leader: only it replicates to the others); `None` when
+    /// no leader's view was available.
+    #[serde(default)]
+    pub replication_view: Option<u64>,
 }
 
 #[cfg(test)]
