@@ -671,6 +671,17 @@ mod tests {
     }
 
     #[test]
+    fn raft_status_of_an_older_node_still_reads() {
+        // A node from before reachability answers without the new fields.
+        let old = r#"{"node":1,"state":"Follower","term":3,"leader":2,"last_log_index":9,
+            "applied":9,"members":[{"id":2,"addr":"a:8500","voter":true,"leader":true,"matched":9}]}"#;
+        let s: RaftStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(s.replication_view, None);
+        let m = &s.members[0];
+        assert_eq!((m.reachable, m.last_contact_ms, m.lag), (None, None, None));
+    }
+
+    #[test]
     fn durations_round_trip() {
         for secs in [1u64, 15, 59, 60, 61, 90, 3600, 3661, 86_400] {
             let d = Duration::from_secs(secs);

@@ -435,6 +435,23 @@ async fn a_partitioned_node_refuses_writes_and_flags_its_reads_stale() {
     let others: Vec<usize> = (0..3).filter(|i| *i != isolated).collect();
     let majority = c.leader_among(&others).await;
     assert_ne!(majority, isolated);
+    // The leader of the majority reads the cut-off node as unreachable (a
+    // partition looks like a dead node from there), and the others as reachable.
+    let cut_id = c.node(isolated).cluster().unwrap().id();
+    timeout(SOON, async {
+        loop {
+            let s = c.client(majority).raft_status().await.unwrap();
+            if s.members
+                .iter()
+                .all(|m| m.reachable == Some(m.id != cut_id))
+            {
+                return;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the majority's leader reads the cut-off node unreachable");
     let writer = c.client((isolated + 1) % 3);
     timeout(SOON, async {
         while writer.register("api", "a3", &instance(82)).await.is_err() {
@@ -982,6 +999,9 @@ async fn peer_endpoints_need_the_cluster_token_and_forwarded_writes_are_validate
         BTreeSet::from(["web-1".to_owned()]),
         "the catalog was not emptied"
     );
+    // The leader's view of its peers (addresses, reachability) is for peers too.
+    let view = format!("{}/v1/raft/status", cluster.url(0));
+    assert_eq!(http.get(&view).send().await.unwrap().status(), 403);
     // With the token, an op the HTTP API would refuse is refused here too.
     let token = "cluster-test-token-0123456789";
     let bad = serde_json::json!({

@@ -642,6 +642,10 @@ impl Cluster {
                     "leadership changed"
                 );
                 self.registry.leadership_changed(leading, grace);
+                if leading {
+                    // Replies from an earlier term as leader say nothing of now.
+                    self.peers.contacts.clear();
+                }
             }
             // Ready: part of a cluster that has a leader (writes can be taken).
             ready.store(m.current_leader.is_some(), Ordering::Release);

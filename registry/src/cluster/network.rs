@@ -41,6 +41,13 @@ impl Contacts {
         }
     }
 
+    /// Forgets every reply (a node that becomes leader starts afresh).
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.0.lock() {
+            m.clear();
+        }
+    }
+
     /// Time since `node` last answered with success; `None` when it never did.
     pub fn since(&self, node: u64) -> Option<Duration> {
         let m = self.0.lock().ok()?;
