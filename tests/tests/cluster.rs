@@ -742,11 +742,21 @@ async fn a_stopped_follower_reads_unreachable_within_a_few_heartbeats_and_reacha
             .expect("still a member")
     };
 
-    // Healthy: the leader reaches everyone, nobody is behind, all vote.
-    let status = c.client(leader).raft_status().await.unwrap();
+    // Healthy: the leader reaches everyone (once each has answered it),
+    // nobody is behind, all vote.
+    let status = timeout(SOON, async {
+        loop {
+            let s = c.client(leader).raft_status().await.unwrap();
+            if s.members.iter().all(|m| m.reachable == Some(true)) {
+                return s;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the leader reaches every member");
     assert_eq!(status.replication_view, Some(status.node));
     for m in &status.members {
-        assert_eq!(m.reachable, Some(true), "{status:?}");
         assert!(m.voter, "{status:?}");
         assert!(m.last_contact_ms.unwrap() < 1000, "{status:?}");
     }
