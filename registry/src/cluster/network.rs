@@ -1,8 +1,8 @@
 //! Raft messages between nodes: JSON over HTTP on each node's API port, under
 //! `/v1/raft/`, with the cluster token.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use openraft::error::{
@@ -31,7 +31,7 @@ pub type Cut = Arc<RwLock<HashSet<u64>>>;
 /// the leader's evidence that it reaches the peer. openraft's metrics say how
 /// far a follower's log matches, not when it last answered.
 #[derive(Clone, Debug, Default)]
-pub struct Contacts(Arc<Mutex<HashMap<u64, tokio::time::Instant>>>);
+pub struct Contacts(Arc<std::sync::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>>);
 
 impl Contacts {
     /// Records a successful reply of `node` now.

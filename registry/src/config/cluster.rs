@@ -1,13 +1,11 @@
 //! Flags of `roster serve` (and keys of its TOML file) that make the node one
 //! of a replicated cluster.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use roster_api::duration;
-use serde::{Deserialize, Deserializer};
 
-use super::{ConfigError, FileConfig};
+use super::ConfigError;
 use crate::cluster::ClusterConfig;
 
 /// The cluster keys of the TOML file, taken out of it to merge under the flags.
@@ -17,11 +15,11 @@ pub(super) struct ClusterFile {
     join: Vec<String>,
     advertise_addr: Option<String>,
     node_id: Option<u64>,
-    cluster_token_file: Option<PathBuf>,
+    cluster_token_file: Option<std::path::PathBuf>,
     raft_heartbeat: Option<Duration>,
 }
 
-impl FileConfig {
+impl super::FileConfig {
     /// Moves the cluster keys out of the file.
     pub(super) fn take_cluster(&mut self) -> ClusterFile {
         ClusterFile {
@@ -37,7 +35,11 @@ impl FileConfig {
 
 /// `join` in the file: an array of addresses, or one string of them separated
 /// by commas (as the flag and `ROSTER_JOIN` take them).
-pub(super) fn join_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(super) fn join_list<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::Deserialize;
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Join {
@@ -57,7 +59,7 @@ pub(super) fn join_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, 
 
 /// Reads a cluster token from a file (a mounted Secret): surrounding
 /// whitespace, such as the trailing newline, is not part of it.
-fn read_token(path: &Path) -> Result<String, ConfigError> {
+fn read_token(path: &std::path::Path) -> Result<String, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
         setting: "cluster_token_file",
         message: format!("cannot read {}: {e}", path.display()),
@@ -110,7 +112,7 @@ pub struct ClusterArgs {
         value_name = "FILE",
         conflicts_with = "cluster_token"
     )]
-    pub cluster_token_file: Option<PathBuf>,
+    pub cluster_token_file: Option<std::path::PathBuf>,
     /// Leader heartbeat period. A failover takes 12-16 of them: followers wait out
     /// the old leader's lease (8), then a random election timeout (4-8)
     /// [default: 100ms].
