@@ -929,6 +929,7 @@ def test_peer_tls_is_off_by_default(chart):
         assert not set(PEER_TLS_ENV) & set(_env(container)), container.get("env")
         assert "peer-tls" not in {m["name"] for m in container["volumeMounts"]}
         assert "peer-tls" not in {v["name"] for v in pod.get("volumes", [])}
+        assert "scheme" not in container["readinessProbe"]["httpGet"]
 
 
 def test_peer_tls_mounts_the_certificate_secret_and_names_its_files(chart):
@@ -960,6 +961,9 @@ def test_peer_tls_mounts_the_certificate_secret_and_names_its_files(chart):
     assert pod["securityContext"]["fsGroup"] == 65532
     # The ACL token file is still there next to it.
     assert mounts["acl"]["mountPath"] == "/etc/roster/acl"
+    # With peer TLS the HTTP port speaks TLS only: the probes follow.
+    assert container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
     # The chart makes no certificate Secret: cert-manager (or you) does.
     assert not [o for _, o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == "roster-peer-tls"]
     for _, obj in objs:
@@ -1013,6 +1017,8 @@ def test_chart_readme_shows_a_cert_manager_certificate_for_peer_tls(chart):
     sts = find(objs, "StatefulSet")
     pods = [f"{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}.{NAMESPACE}.svc.cluster.local" for i in range(3)]
     assert pods[0] == "roster-0.roster-headless.roster-system.svc.cluster.local"
+    # The join name (the headless Service itself) is checked as a name too.
+    assert pods[0].split(".", 1)[1] in spec["dnsNames"]
     for pod in pods:
         assert any(
             name == pod or (name.startswith("*.") and pod.split(".", 1)[1] == name[2:]) for name in spec["dnsNames"]
