@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fault test of a 3-node roster cluster with real processes: a writer registers
 # and deregisters instances through every node while the script SIGKILLs the
-# leader, restarts it, and pauses (SIGSTOP) the next leader. At the end every
+# leader, restarts it, and pauses (SIGSTOP) the next leader; the leader's
+# list-peers view must read the killed and the paused node unreachable and the
+# restarted one reachable and caught up. At the end every
 # node must hold every acknowledged registration, none of the acknowledged
 # deletions, and the same catalog; three leased (ttl) instances heartbeated
 # throughout must never have expired. Takes about 20 s.
@@ -95,6 +97,21 @@ node_of_port() { local n; for n in 1 2 3; do [ "${port[$n]}" = "$1" ] && echo "$
 ready() { [ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:${port[$1]}/ready")" = 200 ]; }
 raft() { python3 "$helper" raft "${port[$1]}"; }           # "STATE LEADER_PORT TERM APPLIED" or "down"
 index() { python3 "$helper" index "${port[$1]}"; }
+peer() { python3 "$helper" peer "${port[$1]}" "${port[$2]}"; }  # how leader $1 sees node $2: "reachable LAG", "unreachable LAG"
+seen_as() { # seen_as LEADER NODE STATE [MAX_LAG]: the leader's list-peers view of the node
+  local s l
+  read -r s l <<< "$(peer "$1" "$2")"
+  echo "$s, lag $l" > "$work/last-peer-view"
+  [ "$s" = "$3" ] && { [ -z "${4:-}" ] || { [ "$l" != None ] && [ "$l" -le "$4" ]; }; }
+}
+wait_seen() { # wait_seen SECS WHAT LEADER NODE STATE [MAX_LAG]
+  local secs=$1 what=$2; shift 2
+  local end=$(( $(now_ms) + secs * 1000 ))
+  until seen_as "$@"; do
+    [ "$(now_ms)" -lt "$end" ] || fail "$what: not within ${secs}s (last seen: $(cat "$work/last-peer-view"))"
+    sleep 0.1
+  done
+}
 alive() { kill -0 "${pid[$1]}" 2>/dev/null || fail "node $1 (port ${port[$1]}) exited; see its log"; }
 
 # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every 0.2 s.
@@ -161,6 +178,9 @@ acked_after_kill() { writer_alive; [ "$(acks_since "$t_kill")" -ge 1 ]; }
 wait_for 20 "a write acknowledged after the leader was killed" acked_after_kill
 failover_ms=$(python3 "$helper" first-ack "$hist" "$t_kill")
 say "step 3: node $leader leads now (seen after $(( t_elected - t_kill )) ms); first write acknowledged ${failover_ms} ms after the kill"
+# The new leader lists the dead node as unreachable at once: it never had an
+# answer from it while leading.
+wait_seen 2 "the new leader listing killed node $killed as unreachable" "$leader" "$killed" unreachable
 [ "$failover_ms" -ge 0 ] && [ "$failover_ms" -lt 20000 ] || fail "failover took ${failover_ms} ms"
 
 # 4a. Restart the killed node; it catches up.
@@ -169,6 +189,8 @@ wait_for 30 "restarted node $killed ready" ready "$killed"
 target=$(index "$leader")
 wait_for 30 "restarted node $killed catching up to index $target" caught_up "$killed" "$target"
 wait_for 15 "all three nodes agree on the leader again" leader_among 1 2 3
+# The writer keeps the leader busy: up to two entries in flight is caught up.
+wait_seen 15 "the leader listing node $killed reachable and caught up" "$leader" "$killed" reachable 2
 say "step 4: node $killed restarted and caught up (index >= $target), leader is node $leader"
 
 # 4b. Pause the leader (a partition of one) for at least 5 s.
@@ -184,6 +206,7 @@ wait_for 20 "a new leader among the two nodes still running" other_leader
 t_elected2=$(now_ms)
 acked_after_stop() { writer_alive; [ "$(acks_since "$t_stop")" -ge 1 ]; }
 wait_for 20 "a write acknowledged while node $paused is paused" acked_after_stop
+wait_seen 5 "the new leader listing paused node $paused as unreachable" "$leader" "$paused" unreachable
 pause_failover_ms=$(python3 "$helper" first-ack "$hist" "$t_stop")
 while [ $(( $(now_ms) - t_stop )) -lt 5000 ]; do sleep 0.2; done
 during_pause=$(( $(acks) - acks_before_pause ))
@@ -215,6 +238,11 @@ same_index() {
   [ "$a" -ge 0 ] && [ "$a" = "$b" ] && [ "$b" = "$c" ]
 }
 wait_for 30 "all nodes at the same catalog index" same_index
+# With the writer stopped, the leader lists every node reachable and not behind.
+wait_for 15 "all three nodes agree on the leader" leader_among 1 2 3
+for n in 1 2 3; do
+  [ "$n" = "$leader" ] || wait_seen 10 "the leader listing node $n reachable with lag 0" "$leader" "$n" reachable 0
+done
 summary=$(python3 "$helper" check "$hist" "${port[1]}" "${port[2]}" "${port[3]}") || { failed=1; echo "$summary" >&2; fail "final check (above)"; }
 say "step 5: every node holds every acknowledged write and no acknowledged deletion"
 

@@ -616,6 +616,18 @@ pub struct RaftMember {
     pub leader: bool,
     /// Last log index known to be on it (leader's view), if known.
     pub matched: Option<u64>,
+    /// Whether the leader reaches it: a successful append within a few
+    /// heartbeats. `None` when the answering node does not know (no leader,
+    /// or the leader's view could not be fetched).
+    #[serde(default)]
+    pub reachable: Option<bool>,
+    /// Milliseconds since the leader last had a successful append answered by
+    /// it (0 for the leader itself); `None` when unknown or never.
+    #[serde(default)]
+    pub last_contact_ms: Option<u64>,
+    /// Entries its log is behind the leader's; `None` when unknown.
+    #[serde(default)]
+    pub lag: Option<u64>,
 }
 
 /// A replicated registry as one node sees it (`GET /v1/operator/raft`).
@@ -635,6 +647,11 @@ pub struct RaftStatus {
     pub applied: Option<u64>,
     /// Members.
     pub members: Vec<RaftMember>,
+    /// The node whose view the members' `reachable`, `last_contact_ms` and
+    /// `lag` are (the leader: only it replicates to the others); `None` when
+    /// no leader's view was available.
+    #[serde(default)]
+    pub replication_view: Option<u64>,
 }
 
 #[cfg(test)]
@@ -651,6 +668,17 @@ mod tests {
         let ok: RegisterRequest =
             serde_json::from_str(r#"{"port":80,"meta":{"owner":"a","team":"b"}}"#).unwrap();
         assert_eq!(ok.meta.len(), 2);
+    }
+
+    #[test]
+    fn raft_status_of_an_older_node_still_reads() {
+        // A node from before reachability answers without the new fields.
+        let old = r#"{"node":1,"state":"Follower","term":3,"leader":2,"last_log_index":9,
+            "applied":9,"members":[{"id":2,"addr":"a:8500","voter":true,"leader":true,"matched":9}]}"#;
+        let s: RaftStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(s.replication_view, None);
+        let m = &s.members[0];
+        assert_eq!((m.reachable, m.last_contact_ms, m.lag), (None, None, None));
     }
 
     #[test]

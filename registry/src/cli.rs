@@ -454,25 +454,7 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
                 if cli.json {
                     writeln!(out, "{}", serde_json::json!(status))?;
                 } else {
-                    writeln!(
-                        out,
-                        "{:<20} {:<28} {:<9} {:<8} MATCHED",
-                        "NODE", "ADDRESS", "ROLE", "VOTER"
-                    )?;
-                    for m in &status.members {
-                        let role = if m.leader { "leader" } else { "follower" };
-                        let matched = m.matched.map_or("-".to_owned(), |i| i.to_string());
-                        writeln!(
-                            out,
-                            "{:<20} {:<28} {:<9} {:<8} {matched}",
-                            m.id, m.addr, role, m.voter
-                        )?;
-                    }
-                    writeln!(
-                        out,
-                        "term {}, answered by node {}",
-                        status.term, status.node
-                    )?;
+                    peers_table(out, &status)?;
                 }
             }
             RaftCommand::AddPeer { addr } => {
@@ -564,6 +546,57 @@ fn bracket_v6(addr: &str) -> String {
     }
 }
 
+/// `operator raft list-peers`: one row per member, with the leader's view of
+/// whether it reaches the member, when it last did, and how far behind it is.
+fn peers_table(out: &mut impl Write, status: &roster_api::RaftStatus) -> std::io::Result<()> {
+    let known = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let rows = status
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.addr.clone(),
+                if m.leader { "leader" } else { "follower" }.into(),
+                if m.voter { "voter" } else { "learner" }.into(),
+                known(
+                    m.reachable
+                        .map(|r| if r { "reachable" } else { "UNREACHABLE" }.to_owned()),
+                ),
+                known(m.last_contact_ms.map(|ms| format!("{ms}ms ago"))),
+                known(m.lag.map(|l| l.to_string())),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "NODE",
+            "ADDRESS",
+            "ROLE",
+            "VOTES",
+            "LEADER REACHES",
+            "LAST CONTACT",
+            "LAG",
+        ],
+        rows,
+    )?;
+    match status.replication_view {
+        Some(_) => writeln!(
+            out,
+            "term {}, answered by node {}, reachability as leader {} sees it",
+            status.term,
+            status.node,
+            status.leader.map_or("-".into(), |l| l.to_string())
+        ),
+        None => writeln!(
+            out,
+            "term {}, answered by node {}; reachability, last contact and lag are known only on the leader, which did not answer",
+            status.term, status.node
+        ),
+    }
+}
+
 /// Writes left-aligned columns separated by two spaces.
 fn table(out: &mut impl Write, header: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -590,6 +623,60 @@ fn table(out: &mut impl Write, header: &[&str], rows: Vec<Vec<String>>) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_peers_shows_who_the_leader_reaches() {
+        let member = |id, leader, reachable, contact, lag| roster_api::RaftMember {
+            id,
+            addr: format!("10.0.0.{id}:8500"),
+            voter: id != 3,
+            leader,
+            matched: Some(10),
+            reachable,
+            last_contact_ms: contact,
+            lag,
+        };
+        let mut status = roster_api::RaftStatus {
+            node: 1,
+            state: "Leader".into(),
+            term: 4,
+            leader: Some(1),
+            last_log_index: Some(10),
+            applied: Some(10),
+            members: vec![
+                member(1, true, Some(true), Some(0), Some(0)),
+                member(2, false, Some(false), Some(2300), Some(7)),
+                member(3, false, Some(true), Some(40), Some(0)),
+            ],
+            replication_view: Some(1),
+        };
+        let mut out = Vec::new();
+        peers_table(&mut out, &status).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("NODE  ADDRESS"), "{text}");
+        assert!(
+            lines[0].contains("LEADER REACHES  LAST CONTACT  LAG"),
+            "{text}"
+        );
+        let cells = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            cells(lines[2])[2..],
+            ["follower", "voter", "UNREACHABLE", "2300ms", "ago", "7"]
+        );
+        assert_eq!(cells(lines[3])[3], "learner");
+        assert!(lines[4].contains("as leader 1 sees it"), "{text}");
+        // A follower whose leader did not answer says so instead of guessing.
+        status.replication_view = None;
+        for m in &mut status.members {
+            (m.reachable, m.last_contact_ms, m.lag) = (None, None, None);
+        }
+        let mut out = Vec::new();
+        peers_table(&mut out, &status).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("known only on the leader"), "{text}");
+        assert_eq!(cells(text.lines().nth(2).unwrap())[4..], ["-", "-", "-"]);
+    }
 
     #[test]
     fn table_aligns_columns() {

@@ -140,7 +140,15 @@
     }
     if (!resp.ok) throw await failure(resp);
     if (resp.status === 204) return null;
+    if (opts.exactIds) return JSON.parse(await resp.text(), exactIds);
     return resp.json();
+  }
+
+  // Raft node ids go up to 2^63: as JS numbers they would lose their last
+  // digits, so they are kept as the JSON text (where the browser gives it).
+  const ID_KEYS = new Set(["id", "node", "leader", "replication_view"]);
+  function exactIds(key, value, context) {
+    return ID_KEYS.has(key) && typeof value === "number" && context && context.source ? context.source : value;
   }
 
   /** The message for a refused read. */
@@ -534,6 +542,39 @@
 
   // The registry's status -----------------------------------------------------
 
+  /** The cluster's members as the leader sees them (GET /v1/operator/raft). */
+  async function raftMembers(v) {
+    const section = (...body) => el("section", { class: "card members", "aria-label": "Cluster members", id: "members" },
+      el("h2", {}, "Cluster members"), ...body);
+    let s;
+    try {
+      s = await api("v1/operator/raft", { signal: v.abort.signal, exactIds: true });
+    } catch (e) {
+      if (e.name === "AbortError") return undefined;
+      return section(el("p", { class: "muted", "data-field": "members-note" },
+        e.denied ? `Listing the members needs an admin token: ${e.detail}` : `Could not load the members: ${e.detail}`));
+    }
+    const known = s.replication_view !== null && s.replication_view !== undefined;
+    const rows = s.members.map((m) => el("tr", { "data-node": String(m.id), "data-addr": m.addr },
+      el("td", {}, String(m.id)),
+      el("td", {}, m.addr),
+      el("td", {}, m.leader ? "leader" : "follower"),
+      el("td", {}, m.voter ? "voter" : "learner"),
+      el("td", { "data-col": "reachable" }, m.reachable === true ? badge("passing", "reachable")
+        : m.reachable === false ? badge("critical", "unreachable") : "unknown"),
+      el("td", { "data-col": "contact" }, m.last_contact_ms === null || m.last_contact_ms === undefined
+        ? "never" : (m.last_contact_ms < 1000 ? `${m.last_contact_ms} ms ago` : ago(m.last_contact_ms))),
+      el("td", { class: "num", "data-col": "lag" }, m.lag === null || m.lag === undefined ? "unknown" : `${m.lag} entries`)));
+    return section(
+      el("div", { class: "table-wrap" }, el("table", {},
+        el("thead", {}, el("tr", {}, ["Node", "Address", "Role", "Votes", "Leader reaches it", "Last contact", "Behind"]
+          .map((t) => el("th", { scope: "col" }, t)))),
+        el("tbody", {}, rows))),
+      el("p", { class: "muted", "data-field": "members-note" }, known
+        ? `As node ${s.replication_view} (the leader) sees them: unreachable after three heartbeats without an answer.`
+        : "Reachability, last contact and lag are known only on the leader, which did not answer."));
+  }
+
   function statusPage(v) {
     document.title = "Status · roster";
     const grid = el("div", { class: "status-grid", id: "status" });
@@ -547,7 +588,7 @@
 
     const load = async () => {
       try {
-        const h = await api("health", { signal: v.abort.signal });
+        const h = await api("health", { signal: v.abort.signal, exactIds: true });
         let totals = null;
         let totalsNote = "";
         try {
@@ -593,9 +634,14 @@
             ...(h.warnings || []).map((w) => ["Warning", w, "warning"]),
           ]),
           card("Replication", [
-            ["Role", h.raft ? h.raft.role : "single node", "role"],
-            ["Peers", h.raft && h.raft.peers ? h.raft.peers.join(", ") : "none (replication is not available yet)", "peers"],
+            ["Role", h.raft ? `${h.raft.state.toLowerCase()} (node ${h.raft.node}, term ${h.raft.term})` : "single node", "role"],
+            ["Leader", h.raft ? (h.raft.leader === null || h.raft.leader === undefined ? "none known" : `node ${h.raft.leader}`) : "not clustered", "leader"],
           ]));
+        if (h.raft) {
+          const members = await raftMembers(v);
+          if (members === undefined) return;
+          grid.append(members);
+        }
         msg.textContent = `Updated ${new Date().toLocaleTimeString()}.`;
       } catch (e) {
         if (e.name === "AbortError") return;

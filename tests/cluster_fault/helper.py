@@ -7,6 +7,8 @@
   helper.py wait-leader T_MS SECS PORT..  polls every 20 ms until the nodes agree on a
                                      leader among them; prints ms since T_MS
   helper.py index PORT               the node's catalog index, or -1
+  helper.py peer PORT MEMBER_PORT    how node PORT sees the member: "reachable LAG",
+                                     "unreachable LAG", or "unknown"
   helper.py writer HIST STOP PORT..  writes until the file STOP exists (see below)
   helper.py first-ack HIST T_MS      ms from T_MS to the first ack of a write sent after it
   helper.py check HIST PORT..        final consistency check of every node
@@ -82,6 +84,21 @@ def cmd_raft(port):
         if m.get("leader"):
             leader = m["addr"].rsplit(":", 1)[-1]
     print(st.get("state"), leader, st.get("term"), st.get("applied"))
+
+
+def cmd_peer(port, member_port):
+    """How node `port` (the leader) sees the member on `member_port`:
+    "reachable LAG", "unreachable LAG", or "unknown" without a leader's view."""
+    st = get_json(port, "/v1/operator/raft", timeout=2.0)
+    if st is None or st.get("replication_view") is None:
+        print("unknown")
+        return
+    for m in st.get("members", []):
+        if m["addr"].rsplit(":", 1)[-1] == str(member_port):
+            state = {True: "reachable", False: "unreachable"}.get(m.get("reachable"), "unknown")
+            print(state, m.get("lag"))
+            return
+    print("unknown")
 
 
 def cmd_leader(ports):
@@ -340,6 +357,8 @@ def main(argv):
         cmd_ports(*args)
     elif cmd == "raft":
         cmd_raft(int(args[0]))
+    elif cmd == "peer":
+        cmd_peer(int(args[0]), int(args[1]))
     elif cmd == "index":
         cmd_index(int(args[0]))
     elif cmd == "wait-leader":

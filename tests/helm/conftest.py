@@ -124,6 +124,11 @@ VALUE_SETS: dict[str, dict] = {
         "extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}],
         "podDisruptionBudget": {"maxUnavailable": 2},
     },
+    # Raft traffic over TLS with a peer certificate Secret (cert-manager's).
+    "cluster-peer-tls": {
+        "replicas": 3,
+        "cluster": {"peerTls": {"enabled": True, "secretName": "roster-peer-tls"}},
+    },
 }
 
 

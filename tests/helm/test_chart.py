@@ -3,6 +3,7 @@ and its agreement with the Dockerfile, Cargo.toml and the chart README."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -283,6 +284,10 @@ def test_yamllint_rendered_manifests(chart, value_set, tmp_path):
         ({"clusterDomain": None}, "missing property 'clusterDomain'"),
         ({"cluster": {"existingSecret": "Raft_Token"}}, "/cluster/existingSecret"),
         ({"cluster": {"token": "s3cret"}}, "additional properties 'token' not allowed"),
+        ({"cluster": {"peerTls": {"enabled": True}}}, "cluster.peerTls.enabled needs cluster.peerTls.secretName"),
+        ({"cluster": {"peerTls": {"enabled": "yes"}}}, "/cluster/peerTls/enabled': got string, want boolean"),
+        ({"cluster": {"peerTls": {"secretName": "Peer_Certs"}}}, "'Peer_Certs' does not match pattern"),
+        ({"cluster": {"peerTls": {"cert": "x"}}}, "additional properties 'cert' not allowed"),
         ({"replica": 1}, "additional properties 'replica' not allowed"),
         ({"image": {"tga": "latest"}}, "additional properties 'tga' not allowed"),
         ({"roster": {"dns": {"ttl": -1}}}, "/roster/dns/ttl"),
@@ -338,7 +343,7 @@ def test_replicas_schema_allows_the_raft_sizes():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["replicas"] == 1, "one pod stays the default"
     assert values["clusterDomain"] == schema["properties"]["clusterDomain"]["default"] == "cluster.local"
-    assert values["cluster"] == {"existingSecret": ""}
+    assert values["cluster"] == {"existingSecret": "", "peerTls": {"enabled": False, "secretName": ""}}
 
 
 def _leaves(tree, prefix=""):
@@ -908,3 +913,115 @@ def test_cluster_notes_list_every_pod(chart):
     assert "Raft cluster of 3 pods" in notes
     assert "while 1 pod(s) are down" in notes
     assert "Raft" not in render(chart, {})["roster/templates/NOTES.txt"]
+
+
+PEER_TLS = VALUE_SETS["cluster-peer-tls"]
+PEER_TLS_ENV = {
+    "ROSTER_PEER_TLS_CERT": "/etc/roster/peer-tls/tls.crt",
+    "ROSTER_PEER_TLS_KEY": "/etc/roster/peer-tls/tls.key",
+    "ROSTER_PEER_TLS_CA": "/etc/roster/peer-tls/ca.crt",
+}
+
+
+def test_peer_tls_is_off_by_default(chart):
+    for values in ({}, {"replicas": 3}, VALUE_SETS["cluster-5-custom"]):
+        pod, container = _roster_container(manifests(render(chart, values)))
+        assert not set(PEER_TLS_ENV) & set(_env(container)), container.get("env")
+        assert "peer-tls" not in {m["name"] for m in container["volumeMounts"]}
+        assert "peer-tls" not in {v["name"] for v in pod.get("volumes", [])}
+        assert "scheme" not in container["readinessProbe"]["httpGet"]
+
+
+def test_peer_tls_mounts_the_certificate_secret_and_names_its_files(chart):
+    objs = manifests(render(chart, PEER_TLS))
+    pod, container = _roster_container(objs)
+    env = _env(container)
+    # The chart's cluster variables first, then the peer certificate's files.
+    assert [e["name"] for e in container["env"]] == CLUSTER_ENV + list(PEER_TLS_ENV)
+    assert {name: env[name]["value"] for name in PEER_TLS_ENV} == PEER_TLS_ENV
+    # Read-only, the whole Secret (no subPath), so a renewed certificate reaches
+    # the pod without a restart.
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["peer-tls"] == {"name": "peer-tls", "mountPath": "/etc/roster/peer-tls", "readOnly": True}
+    assert not any("subPath" in m for m in container["volumeMounts"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["peer-tls"] == {
+        "name": "peer-tls",
+        "secret": {
+            "secretName": "roster-peer-tls",
+            "defaultMode": 0o440,
+            "items": [
+                {"key": "tls.crt", "path": "tls.crt"},
+                {"key": "tls.key", "path": "tls.key"},
+                {"key": "ca.crt", "path": "ca.crt"},
+            ],
+        },
+    }
+    # The files are the group's (fsGroup), which roster runs with.
+    assert pod["securityContext"]["fsGroup"] == 65532
+    # The ACL token file is still there next to it.
+    assert mounts["acl"]["mountPath"] == "/etc/roster/acl"
+    # With peer TLS the HTTP port speaks TLS only: the probes follow.
+    assert container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    # The chart makes no certificate Secret: cert-manager (or you) does.
+    assert not [o for _, o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == "roster-peer-tls"]
+    for _, obj in objs:
+        kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_peer_tls_applies_to_a_cluster_only(chart):
+    """One replica has no peers: the value renders nothing there."""
+    values = {"cluster": PEER_TLS["cluster"]}
+    pod, container = _roster_container(manifests(render(chart, values)))
+    assert "env" not in container
+    assert "peer-tls" not in {v["name"] for v in pod.get("volumes", [])}
+
+
+def test_peer_tls_refusals_hold_without_the_schema(chart, tmp_path):
+    """`--skip-schema-validation` bypasses the schema; the template still
+    refuses peer TLS without a Secret, or without the fsGroup its files need."""
+    copy_dir = tmp_path / "roster"
+    shutil.copytree(CHART, copy_dir)
+    (copy_dir / "values.schema.json").unlink()
+    unchecked = helm_python.Chart.load(str(copy_dir))
+    with pytest.raises(helm_python.HelmRenderError) as err:
+        render(unchecked, {"replicas": 3, "cluster": {"peerTls": {"enabled": True}}})
+    assert "cluster.peerTls.enabled needs cluster.peerTls.secretName" in str(err.value)
+    no_group = {
+        **PEER_TLS,
+        "acl": {"enabled": False},
+        "podSecurityContext": {"fsGroup": None, "fsGroupChangePolicy": None},
+    }
+    with pytest.raises(helm_python.HelmRenderError) as err:
+        render(unchecked, no_group)
+    assert "cluster.peerTls.enabled needs podSecurityContext.fsGroup" in str(err.value)
+
+
+def test_chart_readme_shows_a_cert_manager_certificate_for_peer_tls(chart):
+    """The README's example Certificate (release `roster` in roster-system)
+    covers every pod's name, both usages, and lands in the Secret the value
+    names."""
+    readme = (CHART / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    docs = [d for b in blocks for d in yaml.safe_load_all(b) if d and d.get("apiVersion") == "cert-manager.io/v1"]
+    secret = PEER_TLS["cluster"]["peerTls"]["secretName"]
+    (cert,) = [d for d in docs if d["kind"] == "Certificate" and d["spec"]["secretName"] == secret]
+    spec = cert["spec"]
+    assert not spec.get("isCA")
+    # Its issuer is a CA issuer of its own, whose CA certificate is in the example too.
+    (issuer,) = [d for d in docs if d["kind"] == "Issuer" and d["metadata"]["name"] == spec["issuerRef"]["name"]]
+    (ca,) = [d for d in docs if d["kind"] == "Certificate" and d["spec"]["secretName"] == issuer["spec"]["ca"]["secretName"]]
+    assert ca["spec"]["isCA"] is True
+    objs = manifests(chart.render(copy.deepcopy(PEER_TLS), name="roster", namespace=NAMESPACE, is_install=True))
+    sts = find(objs, "StatefulSet")
+    pods = [f"{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}.{NAMESPACE}.svc.cluster.local" for i in range(3)]
+    assert pods[0] == "roster-0.roster-headless.roster-system.svc.cluster.local"
+    # The join name (the headless Service itself) is checked as a name too.
+    assert pods[0].split(".", 1)[1] in spec["dnsNames"]
+    for pod in pods:
+        assert any(
+            name == pod or (name.startswith("*.") and pod.split(".", 1)[1] == name[2:]) for name in spec["dnsNames"]
+        ), (pod, spec["dnsNames"])
+    assert set(spec["usages"]) >= {"server auth", "client auth"}
+    assert "--set cluster.peerTls.enabled=true" in readme

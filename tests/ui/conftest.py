@@ -199,6 +199,48 @@ def acl_roster(tmp_path: Path) -> Iterator[Roster]:
         yield server
 
 
+CLUSTER_TOKEN = "ui-test-cluster-token-0123456789"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[Roster]]:
+    """Three `roster serve` processes forming one Raft cluster (ACLs off)."""
+    ports = [free_port() for _ in range(3)]
+    join = ",".join(f"{HOST}:{p}" for p in ports)
+    nodes = []
+    for i, port in enumerate(ports):
+        workdir = tmp_path / f"node-{i}"
+        workdir.mkdir()
+        extra = ["--data-dir", str(workdir / "data"), "--bootstrap-expect", "3", "--join", join,
+                 "--cluster-token", CLUSTER_TOKEN, "--raft-heartbeat", "100ms"]
+        node = Roster(os.environ["ROSTER_BIN"], workdir, extra)
+        node.port = port
+        with open(node.log_path, "wb") as log:
+            node.proc = subprocess.Popen(
+                [node.binary, "serve", "--http-addr", f"{HOST}:{port}", "--no-dns", *extra],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
+            )
+        nodes.append(node)
+    try:
+        for node in nodes:
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{node.base}/ready", timeout=2) as resp:
+                        if resp.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass
+                assert time.monotonic() < deadline and node.proc.poll() is None, (
+                    f"node on {node.base} did not become ready; its log:\n{node.log()}"
+                )
+                time.sleep(0.05)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
     options = webdriver.ChromeOptions()

@@ -8,6 +8,7 @@ on `window` before the change must still be there after it.
 from __future__ import annotations
 
 import re
+import time
 
 from conftest import ADMIN, DEPLOYER, READER, wait_until
 from selenium.webdriver.common.by import By
@@ -314,6 +315,53 @@ def test_status_page_shows_the_registry(roster, browser, shots):
     assert field(browser, "role") == "single node"
     assert browser.find_element(By.CSS_SELECTOR, "a[data-nav=status]").get_attribute("aria-current") == "page"
     shots(browser, "status")
+
+
+def test_status_page_shows_which_cluster_member_is_down(cluster, browser, shots):
+    """SIGKILL of a follower: the leader reads it unreachable within a few
+    heartbeats, and the console's member table (on the other follower, which
+    asks the leader) shows it."""
+    status, view = cluster[0].api("GET", "/v1/operator/raft")
+    assert status == 200, view
+    leader_id = view["leader"]
+    ids = {}
+    for node in cluster:
+        _, s = node.api("GET", "/v1/operator/raft")
+        ids[s["node"]] = node
+    leader = ids[leader_id]
+    followers = [n for i, n in ids.items() if i != leader_id]
+    shown, victim = followers
+    victim_id = next(i for i, n in ids.items() if n is victim)
+
+    browser.get(shown.ui + "#/status")
+
+    def cell(d, node_id, col):
+        return js(d, "const c = document.querySelector(`#members tr[data-node='${arguments[0]}'] [data-col=${arguments[1]}]`);"
+                     "return c && c.innerText.trim();", str(node_id), col)
+
+    wait_until(browser, "every member reachable", lambda d: all(cell(d, i, "reachable") == "reachable" for i in ids))
+    assert cell(browser, victim_id, "lag") == "0 entries"
+    assert f"As node {leader_id} (the leader)" in js(browser, "return document.querySelector('#members').innerText;")
+
+    victim.proc.kill()  # SIGKILL
+    killed = time.monotonic()
+    while True:
+        _, s = leader.api("GET", "/v1/operator/raft")
+        member = next(m for m in s["members"] if m["id"] == victim_id)
+        if member["reachable"] is False:
+            took = time.monotonic() - killed
+            break
+        assert time.monotonic() - killed < 10, s
+        time.sleep(0.01)
+    print(f"a SIGKILLed follower read unreachable on the leader {took * 1000:.0f} ms after the kill")
+    # Three 100 ms heartbeats plus the 200 ms floor, and a second of slack.
+    assert took < 0.5 + 1.0, took
+    # The page refreshes every 5 s.
+    wait_until(browser, "the killed member unreachable", lambda d: cell(d, victim_id, "reachable") == "unreachable")
+    assert cell(browser, leader_id, "reachable") == "reachable"
+    shots(browser, "status-cluster-member-down")
+    victim.proc.wait(timeout=10)
+    victim.proc = None
 
 
 def test_keyboard_reaches_a_service_and_opens_it(roster, browser):

@@ -117,6 +117,27 @@ $(POD_NAME) only from variables defined before it.
     secretKeyRef:
       name: {{ include "roster.clusterSecretName" . }}
       key: cluster-token
+{{- if .Values.cluster.peerTls.enabled }}
+- name: ROSTER_PEER_TLS_CERT
+  value: {{ printf "%s/tls.crt" (include "roster.peerTlsDir" .) | quote }}
+- name: ROSTER_PEER_TLS_KEY
+  value: {{ printf "%s/tls.key" (include "roster.peerTlsDir" .) | quote }}
+- name: ROSTER_PEER_TLS_CA
+  value: {{ printf "%s/ca.crt" (include "roster.peerTlsDir" .) | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where the peer certificate Secret is mounted. A whole-Secret mount (no subPath),
+so the kubelet swaps in a renewed certificate and roster reloads it.
+*/}}
+{{- define "roster.peerTlsDir" -}}
+/etc/roster/peer-tls
+{{- end }}
+
+{{/* Peer TLS is on: the value, and a cluster to use it in. */}}
+{{- define "roster.peerTls" -}}
+{{- if and (include "roster.clustered" .) .Values.cluster.peerTls.enabled }}true{{ end }}
 {{- end }}
 
 {{/*

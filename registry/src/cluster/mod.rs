@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ClusterError;
 pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
-pub use network::{Cut, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
+pub use network::{Contacts, Cut, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
 pub use roster_api::{RaftMember as Member, RaftStatus as Status};
 pub use tls::{PeerTls, is_peer};
 
@@ -88,6 +88,9 @@ pub struct ClusterConfig {
 /// Largest generated node id: 2^63 - 1, so an id survives tools that read
 /// JSON numbers as signed 64-bit integers.
 const MAX_NODE_ID: u64 = u64::MAX >> 1;
+
+/// Added to three heartbeats before a silent member reads as unreachable.
+const UNREACHABLE_FLOOR: Duration = Duration::from_millis(200);
 
 /// Shortest cluster token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -328,19 +331,39 @@ impl Cluster {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        // Only the leader replicates, so only it knows who it reaches.
+        let leading = m.state == ServerState::Leader;
         let matched = m.replication.clone().unwrap_or_default();
+        let window = self.unreachable_after();
         let members = membership
             .nodes()
-            .map(|(id, node)| Member {
-                id: *id,
-                addr: node.addr.clone(),
-                voter: voters.contains(id),
-                leader: m.current_leader == Some(*id),
-                matched: if *id == self.id {
+            .map(|(id, node)| {
+                let me = *id == self.id;
+                let index = if me {
                     m.last_log_index
                 } else {
                     matched.get(id).and_then(|l| l.map(|l| l.index))
-                },
+                };
+                let since = if me {
+                    Some(Duration::ZERO)
+                } else {
+                    self.peers.contacts.since(*id)
+                };
+                let lag = match (m.last_log_index, index) {
+                    (Some(last), Some(at)) => last.saturating_sub(at),
+                    (Some(last), None) => last + 1,
+                    (None, _) => 0,
+                };
+                Member {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    voter: voters.contains(id),
+                    leader: m.current_leader == Some(*id),
+                    matched: index,
+                    reachable: leading.then(|| since.is_some_and(|d| d <= window)),
+                    last_contact_ms: since.filter(|_| leading).map(|d| d.as_millis() as u64),
+                    lag: leading.then_some(lag),
+                }
             })
             .collect();
         Status {
@@ -351,7 +374,51 @@ impl Cluster {
             last_log_index: m.last_log_index,
             applied: m.last_applied.map(|l| l.index),
             members,
+            replication_view: leading.then_some(self.id),
         }
+    }
+
+    /// A member the leader has had no successful append from for this long
+    /// reads as unreachable: three heartbeats (the leader sends one at least
+    /// that often) plus a floor for a busy machine.
+    pub fn unreachable_after(&self) -> Duration {
+        self.config.heartbeat * 3 + UNREACHABLE_FLOOR
+    }
+
+    /// [`Cluster::status`], with the leader's view of each member (reachable,
+    /// last contact, lag) when this node is a follower: asked of the leader
+    /// over the peer link. Without an answer those fields stay empty.
+    pub async fn status_with_leader_view(&self) -> Status {
+        let mut status = self.status();
+        if status.replication_view.is_some() {
+            return status;
+        }
+        let Ok(req) = self.to_leader(reqwest::Method::GET, "/v1/raft/status") else {
+            return status;
+        };
+        let view = async {
+            let resp = req.timeout(Duration::from_secs(1)).send().await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            resp.json::<Status>().await.ok()
+        };
+        let Some(leader) = view.await else {
+            return status;
+        };
+        if leader.replication_view.is_none() {
+            return status;
+        }
+        for m in &mut status.members {
+            if let Some(seen) = leader.members.iter().find(|l| l.id == m.id) {
+                m.reachable = seen.reachable;
+                m.last_contact_ms = seen.last_contact_ms;
+                m.lag = seen.lag;
+                m.matched = seen.matched;
+            }
+        }
+        status.replication_view = leader.replication_view;
+        status
     }
 
     /// Waits until this node may serve a linearizable read: the leader confirms
@@ -404,6 +471,9 @@ impl Cluster {
             voter: true,
             leader: false,
             matched: None,
+            reachable: None,
+            last_contact_ms: None,
+            lag: None,
         })
     }
 
@@ -564,6 +634,10 @@ impl Cluster {
                     "leadership changed"
                 );
                 self.registry.leadership_changed(leading, grace);
+                if leading {
+                    // Replies from an earlier term as leader say nothing of now.
+                    self.peers.contacts.clear();
+                }
             }
             // Ready: part of a cluster that has a leader (writes can be taken).
             ready.store(m.current_leader.is_some(), Ordering::Release);

@@ -30,6 +30,34 @@ pub const TOKEN_HEADER: &str = "x-roster-cluster-token";
 /// Nodes this one pretends it cannot reach (tests of partitions).
 pub type Cut = Arc<RwLock<HashSet<u64>>>;
 
+/// When each peer last answered an append (or snapshot chunk) with success:
+/// the leader's evidence that it reaches the peer. openraft's metrics say how
+/// far a follower's log matches, not when it last answered.
+#[derive(Clone, Debug, Default)]
+pub struct Contacts(Arc<std::sync::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>>);
+
+impl Contacts {
+    /// Records a successful reply of `node` now.
+    pub fn record(&self, node: u64) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(node, tokio::time::Instant::now());
+        }
+    }
+
+    /// Forgets every reply (a node that becomes leader starts afresh).
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.0.lock() {
+            m.clear();
+        }
+    }
+
+    /// Time since `node` last answered with success; `None` when it never did.
+    pub fn since(&self, node: u64) -> Option<Duration> {
+        let m = self.0.lock().ok()?;
+        m.get(&node).map(|t| t.elapsed())
+    }
+}
+
 /// What every connection to a peer shares.
 #[derive(Clone, Debug)]
 pub struct Peers {
@@ -44,6 +72,8 @@ pub struct Peers {
     pub me: u64,
     /// The cluster token.
     pub token: String,
+    /// Last successful reply of each peer.
+    pub contacts: Contacts,
     /// Simulated partition.
     pub cut: Cut,
 }
@@ -65,6 +95,7 @@ impl Peers {
             timeout,
             me,
             token,
+            contacts: Contacts::default(),
             cut: Cut::default(),
         })
     }
@@ -255,7 +286,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call("append", &rpc, &option).await
+        let result = self.call("append", &rpc, &option).await;
+        if result.is_ok() {
+            self.peers.contacts.record(self.target);
+        }
+        result
     }
 
     async fn install_snapshot(
@@ -266,7 +301,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.call("snapshot", &rpc, &option).await
+        let result = self.call("snapshot", &rpc, &option).await;
+        if result.is_ok() {
+            self.peers.contacts.record(self.target);
+        }
+        result
     }
 
     async fn vote(

@@ -1,4 +1,5 @@
-//! Flags of `roster serve` that make the node one of a replicated cluster.
+//! Flags of `roster serve` (and keys of its TOML file) that make the node one
+//! of a replicated cluster.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +9,75 @@ use roster_api::duration;
 use super::ConfigError;
 use crate::cluster::{ClusterConfig, PeerTls};
 use crate::http::serve::TlsFiles;
+
+/// The cluster keys of the TOML file, taken out of it to merge under the flags.
+#[derive(Debug, Default)]
+pub(super) struct ClusterFile {
+    bootstrap_expect: Option<usize>,
+    join: Vec<String>,
+    advertise_addr: Option<String>,
+    node_id: Option<u64>,
+    cluster_token_file: Option<std::path::PathBuf>,
+    raft_heartbeat: Option<Duration>,
+}
+
+impl super::FileConfig {
+    /// Moves the cluster keys out of the file.
+    pub(super) fn take_cluster(&mut self) -> ClusterFile {
+        ClusterFile {
+            bootstrap_expect: self.bootstrap_expect.take(),
+            join: std::mem::take(&mut self.join),
+            advertise_addr: self.advertise_addr.take(),
+            node_id: self.node_id.take(),
+            cluster_token_file: self.cluster_token_file.take(),
+            raft_heartbeat: self.raft_heartbeat.take(),
+        }
+    }
+}
+
+/// `join` in the file: an array of addresses, or one string of them separated
+/// by commas (as the flag and `ROSTER_JOIN` take them).
+pub(super) fn join_list<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Join {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match Join::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "expected \"host:port,host:port\" or an array of \"host:port\" strings",
+        )
+    })? {
+        Join::One(s) => s.split(',').map(str::to_owned).collect(),
+        Join::Many(v) => v,
+    };
+    Ok(list)
+}
+
+/// Reads a cluster token from a file (a mounted Secret): surrounding
+/// whitespace, such as the trailing newline, is not part of it.
+fn read_token(path: &std::path::Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+        setting: "cluster_token_file",
+        message: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let token = text.trim();
+    if token.len() < crate::cluster::MIN_TOKEN_LEN {
+        return Err(ConfigError::Invalid {
+            setting: "cluster_token_file",
+            message: format!(
+                "the token in {} must be at least 16 characters",
+                path.display()
+            ),
+        });
+    }
+    Ok(token.to_owned())
+}
 
 /// Cluster flags. Cluster mode is on with `--bootstrap-expect` or `--join`.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -36,6 +106,15 @@ pub struct ClusterArgs {
         hide_env_values = true
     )]
     pub cluster_token: Option<String>,
+    /// File holding the cluster token (a mounted Secret), instead of
+    /// --cluster-token; surrounding whitespace is trimmed.
+    #[arg(
+        long,
+        env = "ROSTER_CLUSTER_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "cluster_token"
+    )]
+    pub cluster_token_file: Option<std::path::PathBuf>,
     /// Leader heartbeat period. A failover takes 12-16 of them: followers wait out
     /// the old leader's lease (8), then a random election timeout (4-8)
     /// [default: 100ms].
@@ -55,13 +134,26 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    /// The cluster settings, or `None` for a lone registry.
-    pub fn to_config(
+    /// The cluster settings, flags over the file's keys, or `None` for a lone
+    /// registry.
+    pub(super) fn to_config(
         &self,
+        file: ClusterFile,
         http_addr: std::net::SocketAddr,
         data_dir: Option<&std::path::Path>,
     ) -> Result<Option<ClusterConfig>, ConfigError> {
-        if self.bootstrap_expect.is_none() && self.join.is_empty() {
+        let bootstrap_expect = self.bootstrap_expect.or(file.bootstrap_expect);
+        let join = if self.join.is_empty() {
+            file.join
+        } else {
+            self.join.clone()
+        };
+        let join: Vec<String> = join
+            .iter()
+            .map(|j| j.trim().to_owned())
+            .filter(|j| !j.is_empty())
+            .collect();
+        if bootstrap_expect.is_none() && join.is_empty() {
             return Ok(None);
         }
         let invalid = |setting, message: &str| {
@@ -76,29 +168,47 @@ impl ClusterArgs {
                 "a cluster node keeps its Raft log on disk: give it --data-dir",
             );
         }
-        let expect = self.bootstrap_expect.unwrap_or(0);
+        let expect = bootstrap_expect.unwrap_or(0);
         if expect > 7 {
             return invalid("bootstrap_expect", "at most 7 nodes (use 3 or 5)");
         }
-        if expect > 1 && self.join.is_empty() {
+        if expect > 1 && join.is_empty() {
             return invalid(
                 "join",
                 "--bootstrap-expect above 1 needs --join to find the other nodes",
             );
         }
-        let token = match self.cluster_token.as_deref().map(str::trim) {
-            Some(t) if t.len() >= crate::cluster::MIN_TOKEN_LEN => t.to_owned(),
-            Some(_) => return invalid("cluster_token", "must be at least 16 characters"),
-            // Peer endpoints take Raft messages and restores: without a token
-            // anyone who reaches the HTTP port could rewrite the catalog.
-            None => {
-                return invalid(
-                    "cluster_token",
-                    "a cluster node needs --cluster-token (the same secret of at least 16 characters on every node); peers present it on every Raft call",
-                );
-            }
+        if self.cluster_token.is_some() && self.cluster_token_file.is_some() {
+            // clap refuses both flags; this catches the two variables.
+            return invalid(
+                "cluster_token_file",
+                "give the cluster token or a file holding it, not both",
+            );
+        }
+        let token = match (
+            self.cluster_token.as_deref().map(str::trim),
+            &self.cluster_token_file,
+        ) {
+            (Some(t), _) if t.len() >= crate::cluster::MIN_TOKEN_LEN => t.to_owned(),
+            (Some(_), _) => return invalid("cluster_token", "must be at least 16 characters"),
+            (None, Some(path)) => read_token(path)?,
+            (None, None) => match &file.cluster_token_file {
+                Some(path) => read_token(path)?,
+                // Peer endpoints take Raft messages and restores: without a
+                // token anyone who reaches the HTTP port could rewrite the catalog.
+                None => {
+                    return invalid(
+                        "cluster_token",
+                        "a cluster node needs --cluster-token or --cluster-token-file (the same secret of at least 16 characters on every node); peers present it on every Raft call",
+                    );
+                }
+            },
         };
-        let advertise = match &self.advertise_addr {
+        let advertise = match self
+            .advertise_addr
+            .as_ref()
+            .or(file.advertise_addr.as_ref())
+        {
             Some(a) if !a.trim().is_empty() => a.trim().to_owned(),
             _ if http_addr.ip().is_unspecified() => {
                 return invalid(
@@ -108,20 +218,20 @@ impl ClusterArgs {
             }
             _ => http_addr.to_string(),
         };
+        let node_id = self.node_id.or(file.node_id);
+        if node_id.is_some_and(|id| id == 0 || id > i64::MAX as u64) {
+            // Ids must survive tools that read JSON numbers as signed 64-bit.
+            return invalid("node_id", "must be between 1 and 9223372036854775807");
+        }
         let mut cfg = ClusterConfig {
-            node_id: self.node_id,
+            node_id,
             advertise,
-            join: self
-                .join
-                .iter()
-                .map(|j| j.trim().to_owned())
-                .filter(|j| !j.is_empty())
-                .collect(),
+            join,
             bootstrap_expect: expect,
             token,
             ..ClusterConfig::default()
         };
-        if let Some(hb) = self.raft_heartbeat {
+        if let Some(hb) = self.raft_heartbeat.or(file.raft_heartbeat) {
             if hb < Duration::from_millis(10) || hb > Duration::from_secs(10) {
                 return invalid("raft_heartbeat", "must be between 10ms and 10s");
             }

@@ -261,6 +261,15 @@ fn parse_service_ratio(s: &str) -> Result<(String, f64), String> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    // Cluster settings; merged with the flags in config/cluster.rs.
+    bootstrap_expect: Option<usize>,
+    #[serde(default, deserialize_with = "cluster::join_list")]
+    join: Vec<String>,
+    advertise_addr: Option<String>,
+    node_id: Option<u64>,
+    cluster_token_file: Option<PathBuf>,
+    #[serde(default, with = "duration::option")]
+    raft_heartbeat: Option<Duration>,
     http_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     #[serde(default, with = "duration::option")]
@@ -425,10 +434,11 @@ impl Default for Config {
 impl Config {
     /// Merges flags/env over the optional file over the defaults, then validates.
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let cluster_file = file.take_cluster();
         let mut cfg = Config::default();
         if let Some(a) = args.http_addr.or(file.http_addr) {
             cfg.http_addr = a;
@@ -640,9 +650,9 @@ impl Config {
         cfg.panic
             .services
             .extend(args.service_panic_thresholds.iter().cloned());
-        cfg.cluster = args
-            .cluster
-            .to_config(cfg.http_addr, cfg.data_dir.as_deref())?;
+        cfg.cluster =
+            args.cluster
+                .to_config(cluster_file, cfg.http_addr, cfg.data_dir.as_deref())?;
         let peer_tls = cluster::PeerTlsSettings::merge(
             &args.cluster,
             cluster::PeerTlsSettings {

@@ -374,3 +374,178 @@ fn dns_udp_cap_tcp_cap_and_advertised_address() {
     }
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn cluster_settings_from_the_file() {
+    let dir = std::env::temp_dir().join(format!("roster-cfg-cluster-{}", std::process::id()));
+    let token = write("  a-token-from-a-mounted-secret\n");
+    let path = write(&format!(
+        "http_addr = \"0.0.0.0:8500\"\ndata_dir = {dir:?}\nbootstrap_expect = 3\n\
+         join = [\"roster-0.roster:8500\", \" roster-1.roster:8500 \", \"\"]\n\
+         advertise_addr = \"10.0.0.7:8500\"\nnode_id = 42\n\
+         cluster_token_file = {token:?}\nraft_heartbeat = \"250ms\"\n"
+    ));
+    let file_only = ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
+    let c = Config::load(&file_only)
+        .unwrap()
+        .cluster
+        .expect("cluster mode");
+    assert_eq!(c.bootstrap_expect, 3);
+    assert_eq!(c.join, ["roster-0.roster:8500", "roster-1.roster:8500"]);
+    assert_eq!(c.advertise, "10.0.0.7:8500");
+    assert_eq!(c.node_id, Some(42));
+    assert_eq!(c.token, "a-token-from-a-mounted-secret", "trimmed");
+    assert_eq!(c.heartbeat, Duration::from_millis(250));
+
+    // Flags and variables win over every key, as for the other settings.
+    let mut flags = ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
+    flags.cluster = ClusterArgs {
+        bootstrap_expect: Some(5),
+        join: vec!["10.0.0.1:8500".into()],
+        advertise_addr: Some("10.0.0.8:8500".into()),
+        node_id: Some(7),
+        cluster_token: Some("a-token-given-as-a-flag".into()),
+        raft_heartbeat: Some(Duration::from_millis(50)),
+        ..ClusterArgs::default()
+    };
+    let c = Config::load(&flags).unwrap().cluster.unwrap();
+    assert_eq!(c.bootstrap_expect, 5);
+    assert_eq!(c.join, ["10.0.0.1:8500"]);
+    assert_eq!(c.advertise, "10.0.0.8:8500");
+    assert_eq!(c.node_id, Some(7));
+    assert_eq!(c.token, "a-token-given-as-a-flag");
+    assert_eq!(c.heartbeat, Duration::from_millis(50));
+    std::fs::remove_file(path).unwrap();
+
+    // `join` may be one comma-separated string, as ROSTER_JOIN is.
+    let path = write(&format!(
+        "data_dir = {dir:?}\nbootstrap_expect = 2\njoin = \"a:8500, b:8500\"\ncluster_token_file = {token:?}\n"
+    ));
+    let c = Config::load(&ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    })
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(c.join, ["a:8500", "b:8500"]);
+    std::fs::remove_file(path).unwrap();
+    std::fs::remove_file(token).unwrap();
+}
+
+#[test]
+fn bad_cluster_settings_name_the_setting() {
+    let dir = std::env::temp_dir().join(format!("roster-cfg-cluster-bad-{}", std::process::id()));
+    let token = write("a-long-enough-cluster-token\n");
+    let short = write("short\n");
+    let base =
+        format!("http_addr = \"127.0.0.1:8500\"\ndata_dir = {dir:?}\nbootstrap_expect = 1\n");
+    let cases = [
+        (
+            format!("cluster_token_file = {short:?}\n"),
+            "cluster_token_file",
+        ),
+        (
+            "cluster_token_file = \"/nonexistent/roster-token\"\n".to_owned(),
+            "cluster_token_file",
+        ),
+        (String::new(), "cluster_token"),
+        (
+            format!("cluster_token_file = {token:?}\nraft_heartbeat = \"5ms\"\n"),
+            "raft_heartbeat",
+        ),
+        (
+            format!("cluster_token_file = {token:?}\nraft_heartbeat = \"soon\"\n"),
+            "raft_heartbeat",
+        ),
+        (
+            format!("cluster_token_file = {token:?}\nnode_id = 0\n"),
+            "node_id",
+        ),
+        (
+            format!("cluster_token_file = {token:?}\njoin = 8500\n"),
+            "join",
+        ),
+        (
+            format!("cluster_token_file = {token:?}\ncluster_token = \"inline-tokens-stay-out\"\n"),
+            "cluster_token",
+        ),
+    ];
+    for (extra, setting) in cases {
+        let path = write(&format!("{base}{extra}"));
+        let err = Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(setting), "{extra:?}: {err}");
+        std::fs::remove_file(path).unwrap();
+    }
+    let path = write(&format!(
+        "{base}bootstrap_expect = 9\ncluster_token_file = {token:?}\n"
+    ));
+    assert!(
+        Config::load(&ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .is_err()
+    );
+    std::fs::remove_file(path).unwrap();
+    let path = write(&format!(
+        "data_dir = {dir:?}\nbootstrap_expect = 9\ncluster_token_file = {token:?}\n"
+    ));
+    let err = Config::load(&ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("bootstrap_expect"), "{err}");
+    std::fs::remove_file(path).unwrap();
+
+    // A token flag and a token file flag (or their variables) exclude each other.
+    let mut both = ServeArgs {
+        data_dir: Some(dir.clone()),
+        ..Default::default()
+    };
+    both.cluster = ClusterArgs {
+        bootstrap_expect: Some(1),
+        cluster_token: Some("a-long-enough-cluster-token".into()),
+        cluster_token_file: Some(token.clone()),
+        ..ClusterArgs::default()
+    };
+    let err = Config::load(&both).unwrap_err().to_string();
+    assert!(err.contains("cluster_token_file"), "{err}");
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+    use clap::Parser;
+    let token_arg = token.to_str().unwrap();
+    assert!(
+        Cmd::try_parse_from([
+            "roster",
+            "--cluster-token",
+            "x",
+            "--cluster-token-file",
+            token_arg
+        ])
+        .is_err()
+    );
+    let cmd = Cmd::try_parse_from(["roster", "--cluster-token-file", token_arg]).unwrap();
+    assert_eq!(
+        cmd.serve.cluster.cluster_token_file.as_deref(),
+        Some(token.as_path())
+    );
+    std::fs::remove_file(token).unwrap();
+    std::fs::remove_file(short).unwrap();
+}

@@ -113,6 +113,9 @@ pub(super) async fn openapi() -> Response {
     resp
 }
 
+/// One per-member value of the leader's view, if known.
+type MemberGauge = fn(&roster_api::RaftMember) -> Option<u64>;
+
 /// Prometheus lines for a cluster node.
 fn raft_metrics(c: &crate::cluster::Cluster) -> String {
     use std::fmt::Write;
@@ -156,6 +159,39 @@ fn raft_metrics(c: &crate::cluster::Cluster) -> String {
             "Time since this node last heard from its leader (0 on a leader with a majority).",
             ms,
         );
+    }
+    // Per member, on the leader only: it alone replicates, so it alone knows.
+    if status.replication_view.is_some() {
+        let per_member: [(&str, &str, MemberGauge); 4] = [
+            (
+                "roster_raft_peer_reachable",
+                "1 while the leader has had a successful append from this member within a few heartbeats.",
+                |m| m.reachable.map(u64::from),
+            ),
+            (
+                "roster_raft_peer_last_contact_milliseconds",
+                "Time since this member last answered the leader's append with success.",
+                |m| m.last_contact_ms,
+            ),
+            (
+                "roster_raft_peer_lag_entries",
+                "Entries this member's log is behind the leader's.",
+                |m| m.lag,
+            ),
+            (
+                "roster_raft_peer_voter",
+                "1 for a voting member, 0 for a learner.",
+                |m| Some(u64::from(m.voter)),
+            ),
+        ];
+        for (name, help, value) in per_member {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for m in &status.members {
+                if let Some(v) = value(m) {
+                    let _ = writeln!(out, "{name}{{node=\"{}\"}} {v}", m.id);
+                }
+            }
+        }
     }
     out
 }

@@ -37,6 +37,7 @@ pub(super) fn groups() -> Vec<Group> {
         .route("/v1/raft/heartbeat", post(heartbeat))
         .route("/v1/raft/read-index", get(read_index))
         .route("/v1/raft/join", post(join))
+        .route("/v1/raft/status", get(peer_status))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT));
     let operator = Router::new()
         .route("/v1/operator/raft", get(status))
@@ -241,8 +242,14 @@ async fn proxy<T: serde::Serialize>(
     }
 }
 
+/// This node's view; on a follower, with the leader's view of each member.
 async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(cluster(&state)?.status()).into_response())
+    Ok(Json(cluster(&state)?.status_with_leader_view().await).into_response())
+}
+
+/// This node's own view, for a follower asking its leader (no proxying on).
+async fn peer_status(Peer(c): Peer) -> Response {
+    Json(c.status()).into_response()
 }
 
 /// Body of `POST /v1/operator/raft/peers`.

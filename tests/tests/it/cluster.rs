@@ -624,6 +624,23 @@ async fn a_partitioned_node_refuses_writes_and_flags_its_reads_stale() {
     let others: Vec<usize> = (0..3).filter(|i| *i != isolated).collect();
     let majority = c.leader_among(&others).await;
     assert_ne!(majority, isolated);
+    // The leader of the majority reads the cut-off node as unreachable (a
+    // partition looks like a dead node from there), and the others as reachable.
+    let cut_id = c.node(isolated).cluster().unwrap().id();
+    timeout(SOON, async {
+        loop {
+            let s = c.client(majority).raft_status().await.unwrap();
+            if s.members
+                .iter()
+                .all(|m| m.reachable == Some(m.id != cut_id))
+            {
+                return;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the majority's leader reads the cut-off node unreachable");
     let writer = c.client((isolated + 1) % 3);
     timeout(SOON, async {
         while writer.register("api", "a3", &instance(82)).await.is_err() {
@@ -917,6 +934,112 @@ async fn join_by_snapshot_and_remove(mut c: Cluster) {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_follower_reads_unreachable_within_a_few_heartbeats_and_reachable_again_once_back()
+ {
+    let mut c = Cluster::start("reach", 3).await;
+    let leader = c.leader().await;
+    let down = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let down_id = c.node(down).cluster().unwrap().id();
+    let member = |s: &roster_client::api::RaftStatus| {
+        s.members
+            .iter()
+            .find(|m| m.id == down_id)
+            .cloned()
+            .expect("still a member")
+    };
+
+    // Healthy: the leader reaches everyone (once each has answered it),
+    // nobody is behind, all vote.
+    let status = timeout(SOON, async {
+        loop {
+            let s = c.client(leader).raft_status().await.unwrap();
+            if s.members.iter().all(|m| m.reachable == Some(true)) {
+                return s;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the leader reaches every member");
+    assert_eq!(status.replication_view, Some(status.node));
+    for m in &status.members {
+        assert!(m.voter, "{status:?}");
+        assert!(m.last_contact_ms.unwrap() < 1000, "{status:?}");
+    }
+
+    // The follower goes away. The leader sends a heartbeat every 100ms; with
+    // none answered for 3 of them (+200ms), the follower reads unreachable.
+    c.stop(down).await;
+    let stopped = Instant::now();
+    let took = timeout(SOON, async {
+        loop {
+            let s = c.client(leader).raft_status().await.unwrap();
+            if member(&s).reachable == Some(false) {
+                return stopped.elapsed();
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the stopped follower reads unreachable");
+    eprintln!("a stopped follower read unreachable {took:?} after it stopped");
+    let bound = Duration::from_millis(3 * 100) + Duration::from_secs(1);
+    assert!(
+        took <= bound,
+        "unreachable after {took:?}, more than {bound:?}"
+    );
+
+    // Writes go on without it, and it falls behind by them.
+    c.client(leader)
+        .register("web", "w1", &instance(80))
+        .await
+        .unwrap();
+    let s = c.client(leader).raft_status().await.unwrap();
+    let m = member(&s);
+    assert!(m.lag.unwrap() >= 1, "{s:?}");
+    assert!(m.last_contact_ms.unwrap() >= 300, "{s:?}");
+    assert!(m.voter, "a stopped voter still votes: {s:?}");
+    // The surviving follower shows the leader's view, not its own guess.
+    let s = c.client(other).raft_status().await.unwrap();
+    assert_eq!(s.node, c.node(other).cluster().unwrap().id());
+    assert_ne!(s.replication_view, Some(s.node));
+    assert_eq!(member(&s).reachable, Some(false), "{s:?}");
+    // And /metrics on the leader says the same.
+    let metrics = reqwest::get(format!("{}/metrics", c.url(leader)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "roster_raft_peer_reachable{{node=\"{down_id}\"}} 0"
+        )),
+        "{metrics}"
+    );
+
+    // It comes back: reachable again and caught up.
+    c.restart(down).await;
+    timeout(SOON, async {
+        loop {
+            let s = c.client(leader).raft_status().await.unwrap();
+            let m = member(&s);
+            if m.reachable == Some(true) && m.lag == Some(0) {
+                return;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the follower is reachable again and caught up");
+    let back = stopped.elapsed();
+    eprintln!("reachable and caught up {back:?} after it stopped (restart included)");
+    c.converge("web", &set(&["w1"])).await;
+    c.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_lone_registry_has_no_raft_endpoints() {
     let r = TestRegistry::start().await;
@@ -1094,6 +1217,9 @@ async fn peer_endpoints_need_the_cluster_token_and_forwarded_writes_are_validate
         BTreeSet::from(["web-1".to_owned()]),
         "the catalog was not emptied"
     );
+    // The leader's view of its peers (addresses, reachability) is for peers too.
+    let view = format!("{}/v1/raft/status", cluster.url(0));
+    assert_eq!(http.get(&view).send().await.unwrap().status(), 403);
     // With the token, an op the HTTP API would refuse is refused here too.
     let token = "cluster-test-token-0123456789";
     let bad = serde_json::json!({
