@@ -218,7 +218,8 @@ pub(super) fn is_consul(path: &str) -> bool {
         .any(|p| path.starts_with(p))
 }
 
-/// Counts and times every request by route template and status.
+/// Counts and times every request by route template and status, and names
+/// the registry run in `X-Roster-Epoch` (hex) on every answer.
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = static_method(req.method());
@@ -226,7 +227,13 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| static_route(p.as_str()));
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    // The run of this node, as in watch event ids: a client tells a restarted
+    // (or another) registry from the one it knew before any event arrives.
+    if let Ok(epoch) = HeaderValue::from_str(&format!("{:x}", state.epoch)) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-roster-epoch"), epoch);
+    }
     let labels = RequestLabels {
         method,
         route,
