@@ -100,7 +100,7 @@ pub use discover::{Change, ServiceDiscover};
 pub use discovery::{DEFAULT_SETTLE, Discovery, Freshness, ServiceHandle, ServiceState};
 pub use error::{CallError, Error};
 pub use middleware::RosterMiddleware;
-pub use registration::{Registration, RegistrationStatus};
+pub use registration::{DROP_DEREGISTER_TIMEOUT, Registration, RegistrationStatus};
 /// The `reqwest-middleware` this crate is built against, so callers use the
 /// same version.
 pub use reqwest_middleware;

@@ -7,11 +7,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use roster_client::api::{Health, MaintenanceRequest, RegisterRequest};
-use roster_client::{Discovery, Freshness, RosterClient, ServiceState};
+use roster_client::{
+    Discovery, Freshness, Registration, RegistrationStatus, RosterClient, ServiceState,
+};
 use roster_registry::config::Config;
 use roster_tests::TestRegistry;
 use tokio::sync::watch;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 const GUARD: Duration = Duration::from_secs(30);
 
@@ -127,5 +129,76 @@ async fn discovery_merges_a_restarted_registry_into_its_last_good_set() {
     .await;
     assert_eq!(s.freshness, Freshness::Fresh);
     assert!(s.stale.is_empty());
+    reg.stop().await;
+}
+
+/// Whether the registry has `id` of `web` now.
+async fn registered(client: &RosterClient, id: &str) -> bool {
+    client.instance("web", id).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_is_back_within_a_second_of_a_restart_whatever_its_ttl() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let request = RegisterRequest {
+        ttl: Some(Duration::from_secs(60)),
+        ..instance(8080)
+    };
+    let registration = Registration::start(client.clone(), "web", "web-1", request)
+        .await
+        .unwrap();
+    let addr = reg.server().local_addr();
+    reg.stop().await;
+    // Shorter than the heartbeat interval (20 s): no heartbeat fails during
+    // the outage, so only noticing the registry go away brings it back soon.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reg = TestRegistry::start_at(addr, Config::default()).await;
+    let restarted = Instant::now();
+    while !registered(&client, "web-1").await {
+        assert!(
+            restarted.elapsed() < Duration::from_millis(1500),
+            "not back 1.5 s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "registration back {:?} after the restart",
+        restarted.elapsed()
+    );
+    assert_eq!(registration.status(), RegistrationStatus::Registered);
+    registration.shutdown().await.unwrap();
+    assert!(!registered(&client, "web-1").await);
+    reg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_registration_at_the_end_of_main_deregisters() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let url = reg.url().to_owned();
+    // What `#[tokio::main]` does: a runtime runs main's future, main returns
+    // (dropping the handle), then the runtime is dropped.
+    tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let client = RosterClient::new(&url).unwrap();
+            let request = RegisterRequest {
+                ttl: Some(Duration::from_secs(60)),
+                ..instance(8080)
+            };
+            let _registration = Registration::start(client, "web", "web-1", request)
+                .await
+                .unwrap();
+        });
+        drop(runtime);
+    })
+    .await
+    .unwrap();
+    // The lease has 60 s left: gone now means deregistered, not expired.
+    assert!(
+        !registered(&client, "web-1").await,
+        "the instance outlived its process"
+    );
     reg.stop().await;
 }
