@@ -19,8 +19,9 @@ use tokio::time::Instant;
 use crate::api::{Health, Instance};
 use crate::{Error, RosterClient};
 
-/// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest pause between reconnection attempts (jittered ±50 %): short, so a
+/// restarted registry is followed within about a second.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Default settle period after a registry restart (see [`Discovery::with_settle`]).
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
 /// Longest settle period, whatever the instances' TTLs.
