@@ -105,5 +105,5 @@ pub use registration::{DROP_DEREGISTER_TIMEOUT, Registration, RegistrationStatus
 /// same version.
 pub use reqwest_middleware;
 pub use retry::{Idempotent, RetryConfig, is_idempotent};
-pub use router::{EndpointStats, Router, RouterBuilder};
+pub use router::{DEFAULT_IDLE_TIMEOUT, EndpointStats, Router, RouterBuilder};
 pub use watch::{EPOCH_HEADER, RawEvent, WatchEvent, WatchStream};

@@ -20,10 +20,13 @@ use crate::router::Router;
 /// A request whose host is a service name goes to an instance the router
 /// picks: the URL's host and port are replaced by the instance's address and
 /// port, path and query are kept. Which hosts are service names: by default
-/// any host without a port, a dot or an IP address, other than `localhost`
-/// (`http://web/users` is, `http://example.com/` and `http://10.0.0.1/` are
-/// not); [`RosterMiddleware::only`] names them instead. Other requests pass
-/// through untouched.
+/// a host without a port, a dot or an IP address, other than `localhost`,
+/// that is a service in the catalog ([`Router::is_service`]: the catalog's
+/// service list, fetched once and followed) — `http://web/users` is when `web`
+/// is registered, `http://redis/`, `http://example.com/` and
+/// `http://10.0.0.1/` are not; [`RosterMiddleware::only`] names them instead.
+/// Other requests pass through untouched, and leave nothing behind: only
+/// services get a pool (released after the router's idle timeout).
 ///
 /// Failed attempts are retried on another instance for idempotent methods
 /// (GET, HEAD, PUT, DELETE, OPTIONS, or a request carrying the [`Idempotent`]
@@ -191,6 +194,9 @@ impl Middleware for RosterMiddleware {
         let Some(service) = self.service_of(request.url()).map(str::to_owned) else {
             return next.run(request, extensions).await;
         };
+        if self.only.is_none() && !self.router.is_service(&service).await {
+            return next.run(request, extensions).await;
+        }
         let span = tracing::debug_span!(
             "roster.request",
             service = %service,

@@ -525,3 +525,78 @@ async fn tower_discover_follows_registrations() {
     assert_eq!(next().await, "+z:4242");
     f.registry.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_catalog_services_are_rewritten_and_idle_pools_are_released() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let web = Backend::start("web-1").await;
+    let request = RegisterRequest {
+        address: Some(web.addr.ip().to_string()),
+        port: web.addr.port(),
+        ..Default::default()
+    };
+    client.register("web", "web-1", &request).await.unwrap();
+    let discovery = Discovery::new(client.clone());
+    let router = Router::builder(discovery.clone())
+        .idle_timeout(Duration::from_millis(300))
+        .build();
+    let http = RosterMiddleware::new(router.clone()).client(reqwest::Client::new());
+
+    // A dotless host that is no service goes out as it is (and fails to
+    // resolve here): no routing error, no pool, no watch.
+    let err = http.get("http://not-a-service/").send().await.unwrap_err();
+    assert!(
+        CallError::from_middleware(&err).is_none(),
+        "routed as a service: {err}"
+    );
+    assert!(
+        matches!(err, roster_client::reqwest_middleware::Error::Reqwest(_)),
+        "{err}"
+    );
+    for i in 0..20 {
+        let _ = http.get(format!("http://host-{i}/")).send().await;
+    }
+    assert_eq!(router.pools(), 0, "non-services leave no pool");
+    assert_eq!(discovery.watched(), 0, "and no watch stream");
+
+    // A registered service is rewritten.
+    let body = http
+        .get("http://web/x")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "web-1 /x");
+    assert_eq!((router.pools(), discovery.watched()), (1, 1));
+    // A service registered later is found too: the list is followed.
+    client.register("api", "api-1", &request).await.unwrap();
+    let found = timeout(GUARD, async {
+        loop {
+            if router.is_service("api").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "api never listed");
+
+    // Unused for longer than the idle timeout: released, watch closed.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(router.pools(), 0, "the idle pool is released");
+    assert_eq!(discovery.watched(), 0, "with its watch stream");
+    let body = http
+        .get("http://web/y")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "web-1 /y", "and built again on the next request");
+    web.task.abort();
+    reg.stop().await;
+}
