@@ -24,6 +24,9 @@ use crate::error::CallError;
 use crate::resilience::{EjectionState, OutlierDetector, ResilienceConfig, RetryBudget};
 use crate::{Discovery, ServiceHandle};
 
+/// The catalog's service names, once listed.
+type Names = Option<Arc<HashSet<String>>>;
+
 type MakeBalancer = Arc<dyn Fn() -> Box<dyn Balancer> + Send + Sync>;
 
 /// Balancing and resilience for requests to services found through
@@ -64,10 +67,7 @@ struct Inner {
     last_sweep: Mutex<Instant>,
     /// The catalog's service names, kept by a blocking-query task started on
     /// first need.
-    names: OnceLock<(
-        watch::Receiver<Option<Arc<HashSet<String>>>>,
-        JoinHandle<()>,
-    )>,
+    names: OnceLock<(watch::Receiver<Names>, JoinHandle<()>)>,
 }
 
 impl Drop for Inner {
@@ -83,10 +83,7 @@ impl Drop for Inner {
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Follows the catalog's service list with blocking queries.
-async fn follow_names(
-    client: crate::RosterClient,
-    tx: watch::Sender<Option<Arc<HashSet<String>>>>,
-) {
+async fn follow_names(client: crate::RosterClient, tx: watch::Sender<Names>) {
     let mut index = 0;
     let mut backoff = Duration::from_millis(100);
     loop {
