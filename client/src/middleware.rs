@@ -106,14 +106,32 @@ impl RosterMiddleware {
             .call(service, idempotent)
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
-        let timeout = self.router.config().timeout;
+        let config = self.router.config();
+        let deadline = config
+            .deadline
+            .map(|d| (d, tokio::time::Instant::now() + d));
         let mut original = Some(request);
         let mut last = None;
         loop {
-            let attempt = match call.next_attempt().await {
-                Ok(attempt) => attempt,
+            let picked = match deadline {
+                Some((_, at)) => tokio::time::timeout_at(at, call.next_attempt()).await.ok(),
+                None => Some(call.next_attempt().await),
+            };
+            let attempt = match picked {
+                Some(Ok(attempt)) => attempt,
                 // A retry that found no endpoint: the caller gets the last failure.
-                Err(e) => return last.unwrap_or(Err(reqwest_middleware::Error::middleware(e))),
+                Some(Err(e)) => {
+                    return last.unwrap_or(Err(reqwest_middleware::Error::middleware(e)));
+                }
+                None => return last.unwrap_or_else(|| Err(self.past_deadline(service, deadline))),
+            };
+            // The attempt's time: its own timeout, cut to what is left of
+            // the request's deadline.
+            let left =
+                deadline.map(|(_, at)| at.saturating_duration_since(tokio::time::Instant::now()));
+            let timeout = match (config.timeout, left) {
+                (Some(t), Some(l)) => Some(t.min(l)),
+                (t, l) => t.or(l),
             };
             // Keep the original for further attempts while the body allows.
             let request = match original.as_ref().and_then(Request::try_clone) {
@@ -150,6 +168,17 @@ impl RosterMiddleware {
             tracing::debug!(service, ?outcome, "retrying on another endpoint");
             last = Some(result);
         }
+    }
+
+    fn past_deadline(
+        &self,
+        service: &str,
+        deadline: Option<(std::time::Duration, tokio::time::Instant)>,
+    ) -> reqwest_middleware::Error {
+        reqwest_middleware::Error::middleware(CallError::DeadlineExceeded {
+            service: service.to_owned(),
+            after: deadline.map(|(d, _)| d).unwrap_or_default(),
+        })
     }
 
     async fn attempt(

@@ -214,6 +214,7 @@ impl Fixture {
 fn plain() -> ResilienceConfig {
     ResilienceConfig {
         timeout: None,
+        deadline: None,
         outlier: None,
         max_in_flight_per_endpoint: None,
         max_in_flight_per_service: None,
@@ -599,4 +600,72 @@ async fn only_catalog_services_are_rewritten_and_idle_pools_are_released() {
     assert_eq!(body, "web-1 /y", "and built again on the next request");
     web.task.abort();
     reg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_endpoint_costs_a_bounded_number_of_slow_calls() {
+    let defaults = ResilienceConfig::default();
+    assert_eq!(defaults.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(defaults.deadline, Some(Duration::from_secs(5)));
+    let attempt = Duration::from_millis(300);
+    let config = ResilienceConfig {
+        timeout: Some(attempt),
+        outlier: Some(OutlierConfig::default()),
+        retry: fast_retries(1),
+        ..plain()
+    };
+    let f = Fixture::start(&[("a", 1), ("b", 1), ("c", 1)], config, || {
+        RoundRobin::starting_at(0)
+    })
+    .await;
+    f.backend("a").set(HANG);
+    let mut slow = 0;
+    let mut longest = Duration::ZERO;
+    for _ in 0..60 {
+        let started = Instant::now();
+        assert_eq!(f.get().await, StatusCode::OK, "the retry answers");
+        let took = started.elapsed();
+        longest = longest.max(took);
+        if took >= attempt {
+            slow += 1;
+        }
+    }
+    println!("hung endpoint: {slow} slow calls of 60, longest {longest:?}");
+    // Timeouts count toward ejection: 5 in a row eject it, whatever the
+    // duration of the hang.
+    assert!(slow <= 5, "{slow} slow calls");
+    assert!(
+        longest < attempt * 2 + Duration::from_millis(700),
+        "{longest:?}"
+    );
+    assert!(matches!(
+        f.stats("a").ejection,
+        EjectionState::Ejected { .. }
+    ));
+    f.registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_deadline_bounds_all_its_attempts() {
+    let config = ResilienceConfig {
+        timeout: Some(Duration::from_millis(400)),
+        deadline: Some(Duration::from_millis(600)),
+        retry: fast_retries(2),
+        ..plain()
+    };
+    let f = Fixture::start(&[("a", 1), ("b", 1), ("c", 1)], config, || {
+        RoundRobin::starting_at(0)
+    })
+    .await;
+    f.backends.iter().for_each(|b| b.set(HANG));
+    let started = Instant::now();
+    let error = error_of(f.http.get("http://web/").send().await);
+    let took = started.elapsed();
+    assert!(error.starts_with("Timeout"), "{error}");
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_millis(1200),
+        "{took:?}: two attempts, the second cut to the deadline"
+    );
+    assert_eq!(f.total_hits(), 2, "no third attempt past the deadline");
+    f.registry.stop().await;
 }
