@@ -265,6 +265,14 @@ async fn keep_alive(
                     link_epoch = stream.epoch();
                     link = Some(stream);
                 }
+                // The registry went away right after the last heartbeat (a
+                // stopping registry may still answer one): check again soon.
+                Err(e @ (Error::Unavailable(_) | Error::Timeout)) => {
+                    tracing::debug!(service = %target.service, error = %e, "registry unreachable");
+                    let soon = Instant::now() + retry_pause(1, interval);
+                    next_beat = next_beat.min(soon);
+                }
+                // Not allowed to watch, say: heartbeats alone will do.
                 Err(e) => {
                     tracing::debug!(service = %target.service, error = %e, "cannot watch the registry; relying on heartbeats")
                 }
