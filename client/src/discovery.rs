@@ -110,6 +110,23 @@ impl ServiceState {
 /// that is longer (up to 5 minutes): an instance that heartbeats within its
 /// TTL comes back within it. A copy already too old to serve (see
 /// [`Discovery::with_max_staleness`]) is replaced, not merged.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), roster_client::Error> {
+/// use std::time::Duration;
+/// use roster_client::{Discovery, Freshness, RosterClient};
+///
+/// let discovery = Discovery::new(RosterClient::new("http://127.0.0.1:8500")?)
+///     .with_settle(Duration::from_secs(30));
+/// let shared = discovery.clone(); // same copies, same watch streams
+/// let web = shared.service("web");
+/// web.ready().await?;
+/// let state = web.changes().borrow().clone();
+/// if state.freshness == Freshness::Settling {
+///     println!("registry restarted (run {:x?}); still serving {:?}", state.epoch, state.stale);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Discovery {
     inner: Arc<Inner>,
