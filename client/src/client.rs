@@ -62,6 +62,8 @@ pub struct RosterClient {
     stream_http: reqwest::Client,
     registries: Arc<Registries>,
     token: Option<String>,
+    /// What the HTTP clients were built from, to build new ones.
+    settings: Arc<(Duration, TlsOptions)>,
 }
 
 /// Why one attempt of a call, on one registry address, failed.
@@ -103,38 +105,26 @@ impl RosterClient {
     /// ```
     pub fn with_tls(base_url: &str, timeout: Duration, tls: &TlsOptions) -> Result<Self, Error> {
         let registries = Arc::new(Registries::parse(base_url)?);
-        let builder = |b: reqwest::ClientBuilder| -> Result<reqwest::ClientBuilder, Error> {
-            let mut b = b
-                .connect_timeout(timeout.min(Duration::from_secs(2)))
-                .user_agent(concat!("roster-client/", env!("CARGO_PKG_VERSION")));
-            if let Some(pem) = &tls.ca_pem {
-                // A private CA replaces the public roots: a control plane should
-                // trust only its own.
-                b = b.tls_certs_only(
-                    reqwest::Certificate::from_pem_bundle(pem)
-                        .map_err(|e| Error::Config(format!("CA certificates: {e}")))?,
-                );
-            }
-            if let Some(pem) = &tls.identity_pem {
-                b = b.identity(
-                    reqwest::Identity::from_pem(pem)
-                        .map_err(|e| Error::Config(format!("client certificate: {e}")))?,
-                );
-            }
-            Ok(b)
-        };
-        let http = builder(reqwest::Client::builder().timeout(timeout))?
-            .build()
-            .map_err(Error::from_reqwest)?;
-        let stream_http =
-            builder(reqwest::Client::builder().read_timeout(Duration::from_secs(45)))?
-                .build()
-                .map_err(Error::from_reqwest)?;
+        let (http, stream_http) = build_http(timeout, tls)?;
         Ok(RosterClient {
             http,
             stream_http,
             registries,
             token: None,
+            settings: Arc::new((timeout, tls.clone())),
+        })
+    }
+
+    /// The same client with HTTP connection pools of its own, for use on
+    /// another runtime (the pooled connections of a runtime that is shutting
+    /// down or blocked cannot carry requests).
+    pub(crate) fn detached(&self) -> Result<Self, Error> {
+        let (timeout, tls) = &*self.settings;
+        let (http, stream_http) = build_http(*timeout, tls)?;
+        Ok(RosterClient {
+            http,
+            stream_http,
+            ..self.clone()
         })
     }
 
@@ -498,6 +488,40 @@ impl RosterClient {
         })
         .await
     }
+}
+
+/// The request client (with an overall `timeout`) and the stream client.
+fn build_http(
+    timeout: Duration,
+    tls: &TlsOptions,
+) -> Result<(reqwest::Client, reqwest::Client), Error> {
+    let builder = |b: reqwest::ClientBuilder| -> Result<reqwest::ClientBuilder, Error> {
+        let mut b = b
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .user_agent(concat!("roster-client/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &tls.ca_pem {
+            // A private CA replaces the public roots: a control plane should
+            // trust only its own.
+            b = b.tls_certs_only(
+                reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| Error::Config(format!("CA certificates: {e}")))?,
+            );
+        }
+        if let Some(pem) = &tls.identity_pem {
+            b = b.identity(
+                reqwest::Identity::from_pem(pem)
+                    .map_err(|e| Error::Config(format!("client certificate: {e}")))?,
+            );
+        }
+        Ok(b)
+    };
+    let http = builder(reqwest::Client::builder().timeout(timeout))?
+        .build()
+        .map_err(Error::from_reqwest)?;
+    let stream_http = builder(reqwest::Client::builder().read_timeout(Duration::from_secs(45)))?
+        .build()
+        .map_err(Error::from_reqwest)?;
+    Ok((http, stream_http))
 }
 
 /// Sends `request`, reads the whole answer and gives it to `read`, unless the

@@ -161,8 +161,13 @@ mod tests {
         let healthy: Arc<[Instance]> = healthy.into();
         ServiceState {
             index,
+            epoch: Some(1),
+            version: index,
             all: healthy.clone(),
             healthy,
+            stale: Arc::from(Vec::new()),
+            freshness: crate::Freshness::Fresh,
+            settle_until: None,
             connected: true,
             disconnected_since: None,
         }

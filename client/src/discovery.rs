@@ -8,7 +8,7 @@
 //! is unreachable the last known set keeps being served, up to a configurable
 //! staleness, after which [`ServiceHandle::instances`] reports the error.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -19,19 +19,60 @@ use tokio::time::Instant;
 use crate::api::{Health, Instance};
 use crate::{Error, RosterClient};
 
-/// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest pause between reconnection attempts (jittered ±50 %): short, so a
+/// restarted registry is followed within about a second.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Default settle period after a registry restart (see [`Discovery::with_settle`]).
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
+/// Longest settle period, whatever the instances' TTLs.
+const MAX_SETTLE: Duration = Duration::from_secs(300);
+
+/// How far a [`ServiceState`] can be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Connected, and the set is exactly what the registry says now.
+    Fresh,
+    /// Connected to a registry run this copy had not seen before (a restart
+    /// of an in-memory registry, or a move to another node): instances the
+    /// new run does not know yet are held over from the last good set,
+    /// listed in [`ServiceState::stale`], until they reappear or their
+    /// settle period ends (at [`ServiceState::settle_until`] for the last).
+    Settling,
+    /// Not connected (or connected, but no answer yet from a registry whose
+    /// run is not known): the last good set, as it was.
+    Stale,
+}
 
 /// One state of a watched service.
+///
+/// # Registry restarts
+///
+/// `index` is the registry's index, comparable only within one run of the
+/// registry, named by `epoch`: after a restart (or a move to another node)
+/// `epoch` changes and `index` may go backwards. To order states, use
+/// `version`, which this copy bumps on every change and never reuses.
 #[derive(Clone, Debug)]
 pub struct ServiceState {
-    /// Index of this state; 0 before the first answer.
+    /// Index of the last answer this state holds; 0 before the first answer.
     pub index: u64,
-    /// Instances that can take traffic (passing or warning), ordered by id.
+    /// The registry run `index` belongs to (random per run and per node, from
+    /// the watch stream); `None` before the first answer.
+    pub epoch: Option<u64>,
+    /// Local version of this copy: strictly increasing with every change.
+    pub version: u64,
+    /// Instances that can take traffic (passing or warning), ordered by id;
+    /// held-over instances included.
     pub healthy: Arc<[Instance]>,
-    /// Every instance, critical ones too.
+    /// Every instance, critical ones too, held-over ones included.
     pub all: Arc<[Instance]>,
-    /// Whether the watch stream is connected.
+    /// Ids of the instances held over from a previous registry run.
+    pub stale: Arc<[String]>,
+    /// Whether the set can be trusted now.
+    pub freshness: Freshness,
+    /// When the last held-over instance is dropped unless it reappears.
+    pub settle_until: Option<Instant>,
+    /// Whether the watch stream is connected (see `freshness` for whether
+    /// its data has arrived).
     pub connected: bool,
     /// When the stream last broke, while it is down.
     pub disconnected_since: Option<Instant>,
@@ -41,56 +82,157 @@ impl ServiceState {
     fn empty() -> Self {
         ServiceState {
             index: 0,
+            epoch: None,
+            version: 0,
             healthy: Arc::from(Vec::new()),
             all: Arc::from(Vec::new()),
+            stale: Arc::from(Vec::new()),
+            freshness: Freshness::Stale,
+            settle_until: None,
             connected: false,
             disconnected_since: None,
         }
     }
 }
 
-/// Entry point of client-side discovery.
-#[derive(Debug)]
+/// Entry point of client-side discovery: a cheap [`Clone`] handle; clones
+/// share the watched copies, so every [`Router`](crate::Router) built from
+/// clones of one `Discovery` shares one watch stream per service.
+///
+/// # Registry restarts
+///
+/// A copy is never replaced by the state of a registry run it has not seen
+/// before: instances the new run does not know yet stay (held over, marked
+/// stale in [`ServiceState::stale`]) for a settle period, or until they
+/// register again; instances the new run has join at once, and one it
+/// reports critical is dropped at once. The settle period is 30 s by
+/// default ([`Discovery::with_settle`]), stretched to an instance's TTL when
+/// that is longer (up to 5 minutes): an instance that heartbeats within its
+/// TTL comes back within it. A copy already too old to serve (see
+/// [`Discovery::with_max_staleness`]) is replaced, not merged.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), roster_client::Error> {
+/// use std::time::Duration;
+/// use roster_client::{Discovery, Freshness, RosterClient};
+///
+/// let discovery = Discovery::new(RosterClient::new("http://127.0.0.1:8500")?)
+///     .with_settle(Duration::from_secs(30));
+/// let shared = discovery.clone(); // same copies, same watch streams
+/// let web = shared.service("web");
+/// web.ready().await?;
+/// let state = web.changes().borrow().clone();
+/// if state.freshness == Freshness::Settling {
+///     println!("registry restarted (run {:x?}); still serving {:?}", state.epoch, state.stale);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
 pub struct Discovery {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     client: RosterClient,
-    max_staleness: Duration,
+    config: Config,
     services: Mutex<HashMap<String, Weak<Shared>>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Config {
+    max_staleness: Duration,
+    settle: Duration,
 }
 
 impl Discovery {
     /// Discovery through `client`, serving a disconnected copy for at most 5 minutes.
     pub fn new(client: RosterClient) -> Self {
-        Discovery {
+        Self::with_config(
             client,
-            max_staleness: Duration::from_secs(300),
-            services: Mutex::new(HashMap::new()),
+            Config {
+                max_staleness: Duration::from_secs(300),
+                settle: DEFAULT_SETTLE,
+            },
+        )
+    }
+
+    fn with_config(client: RosterClient, config: Config) -> Self {
+        Discovery {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                services: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
     /// Sets how long a copy may be served while the registry is unreachable.
-    pub fn with_max_staleness(mut self, max: Duration) -> Self {
-        self.max_staleness = max;
-        self
+    /// Returns a new `Discovery`, sharing no copies with earlier clones.
+    pub fn with_max_staleness(self, max: Duration) -> Self {
+        let config = Config {
+            max_staleness: max,
+            ..self.inner.config
+        };
+        Self::with_config(self.inner.client.clone(), config)
+    }
+
+    /// Sets the settle period after a registry restart (default 30 s): how
+    /// long instances the new registry run does not know yet keep being
+    /// served. Returns a new `Discovery`, sharing no copies with earlier
+    /// clones.
+    pub fn with_settle(self, settle: Duration) -> Self {
+        let config = Config {
+            settle,
+            ..self.inner.config
+        };
+        Self::with_config(self.inner.client.clone(), config)
+    }
+
+    /// The registry client.
+    pub fn client(&self) -> &RosterClient {
+        &self.inner.client
+    }
+
+    /// Whether two handles share their copies.
+    pub fn same_as(&self, other: &Discovery) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The handle for `service`, shared with every other caller asking for it.
     /// Needs a Tokio runtime (the first call starts the watch task).
     pub fn service(&self, service: &str) -> ServiceHandle {
-        let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &self.inner;
+        let mut services = inner.services.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(shared) = services.get(service).and_then(Weak::upgrade) {
             return ServiceHandle(shared);
         }
         services.retain(|_, weak| weak.strong_count() > 0);
         let (tx, rx) = watch::channel(ServiceState::empty());
-        let task = tokio::spawn(follow(self.client.clone(), service.to_owned(), tx));
+        let task = tokio::spawn(follow(
+            inner.client.clone(),
+            service.to_owned(),
+            inner.config,
+            tx,
+        ));
         let shared = Arc::new(Shared {
             service: service.to_owned(),
-            max_staleness: self.max_staleness,
+            max_staleness: inner.config.max_staleness,
             state: rx,
             task,
         });
         services.insert(service.to_owned(), Arc::downgrade(&shared));
         ServiceHandle(shared)
+    }
+
+    /// Services with a live handle now.
+    pub fn watched(&self) -> usize {
+        let services = self
+            .inner
+            .services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        services.values().filter(|w| w.strong_count() > 0).count()
     }
 }
 
@@ -160,36 +302,169 @@ impl ServiceHandle {
     }
 }
 
+/// The follow task's copy: the registry's last answer in the current run,
+/// and the instances held over from earlier runs.
+struct Copy {
+    config: Config,
+    /// The registry run the answer comes from.
+    epoch: Option<u64>,
+    index: u64,
+    /// The registry's last answer (every instance), ordered by id.
+    current: Vec<Instance>,
+    /// Held over from an earlier run: the instance and when it is dropped.
+    held: BTreeMap<String, (Instance, Instant)>,
+    version: u64,
+}
+
+impl Copy {
+    fn new(config: Config) -> Self {
+        Copy {
+            config,
+            epoch: None,
+            index: 0,
+            current: Vec::new(),
+            held: BTreeMap::new(),
+            version: 0,
+        }
+    }
+
+    /// A registry run this copy has not seen: everything it served that the
+    /// new run may not know yet is held over, unless the copy is too old to
+    /// serve (then the new run's state replaces it).
+    fn new_epoch(&mut self, epoch: u64, too_old: bool, now: Instant) {
+        if self.epoch == Some(epoch) {
+            return;
+        }
+        let had = self.epoch.is_some();
+        self.epoch = Some(epoch);
+        if !had {
+            return;
+        }
+        if too_old {
+            self.held.clear();
+            self.current.clear();
+            return;
+        }
+        for i in self.current.drain(..) {
+            if i.health == Health::Critical || self.held.contains_key(&i.id) {
+                continue;
+            }
+            let settle = self
+                .config
+                .settle
+                .max(i.ttl.unwrap_or_default().min(MAX_SETTLE));
+            self.held.insert(i.id.clone(), (i, now + settle));
+        }
+    }
+
+    /// An answer of the current run.
+    fn answer(&mut self, index: u64, instances: Vec<Instance>) {
+        self.index = index;
+        for i in &instances {
+            self.held.remove(&i.id);
+        }
+        self.current = instances;
+    }
+
+    /// Drops held-over instances whose settle period is over; true when any was.
+    fn expire(&mut self, now: Instant) -> bool {
+        let before = self.held.len();
+        self.held.retain(|_, (_, until)| *until > now);
+        self.held.len() != before
+    }
+
+    fn next_expiry(&self) -> Option<Instant> {
+        self.held.values().map(|(_, until)| *until).min()
+    }
+
+    fn state(&mut self, connected: bool, confirmed: bool, since: Option<Instant>) -> ServiceState {
+        self.version += 1;
+        let mut all: Vec<Instance> = self.current.clone();
+        all.extend(self.held.values().map(|(i, _)| i.clone()));
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let all: Arc<[Instance]> = all.into();
+        let healthy: Arc<[Instance]> = all
+            .iter()
+            .filter(|i| i.health != Health::Critical)
+            .cloned()
+            .collect();
+        let freshness = if !connected || !confirmed {
+            Freshness::Stale
+        } else if self.held.is_empty() {
+            Freshness::Fresh
+        } else {
+            Freshness::Settling
+        };
+        ServiceState {
+            index: self.index,
+            epoch: self.epoch,
+            version: self.version,
+            healthy,
+            all,
+            stale: self.held.keys().cloned().collect(),
+            freshness,
+            settle_until: self.held.values().map(|(_, until)| *until).max(),
+            connected,
+            disconnected_since: since,
+        }
+    }
+}
+
+/// The registry run an event id (`{epoch:x}.{index}`) comes from.
+fn epoch_of(id: &str) -> Option<u64> {
+    let (epoch, _) = id.split_once('.')?;
+    u64::from_str_radix(epoch, 16).ok()
+}
+
 /// Follows one service's watch stream forever, reconnecting with backoff. A
 /// stream that breaks has moved `client` off its address, so the reconnect goes
-/// to the next one; the copy keeps its last set meanwhile.
-async fn follow(client: RosterClient, service: String, tx: watch::Sender<ServiceState>) {
+/// to the next one; the copy keeps its last set meanwhile, and merges the
+/// state of a registry run it has not seen before (see [`Discovery`]).
+async fn follow(
+    client: RosterClient,
+    service: String,
+    config: Config,
+    tx: watch::Sender<ServiceState>,
+) {
+    let mut copy = Copy::new(config);
     let mut last_id: Option<String> = None;
     let mut backoff = Duration::from_millis(100);
+    let mut since: Option<Instant> = None;
     loop {
         match client.watch(&[service.as_str()], last_id.as_deref()).await {
             Ok(mut stream) => {
-                tx.send_modify(|s| {
-                    s.connected = true;
-                    s.disconnected_since = None;
-                });
+                let too_old = since.is_some_and(|s| s.elapsed() > config.max_staleness);
+                since = None;
+                // With the registry's epoch header the run is known at once:
+                // the same run resumed (the copy is current), or a new one
+                // (merge). Without it, the first event tells.
+                let mut confirmed = false;
+                if let Some(epoch) = stream.epoch() {
+                    copy.new_epoch(epoch, too_old, Instant::now());
+                    confirmed = copy.index > 0 || !copy.held.is_empty();
+                }
+                tx.send_replace(copy.state(true, confirmed, None));
                 loop {
-                    match stream.next().await {
+                    let expiry = copy.next_expiry();
+                    let next = tokio::select! {
+                        next = stream.next() => next,
+                        () = sleep_until(expiry) => {
+                            if copy.expire(Instant::now()) {
+                                tx.send_replace(copy.state(true, confirmed, None));
+                            }
+                            continue;
+                        }
+                    };
+                    match next {
                         Ok(Some(event)) => {
                             backoff = Duration::from_millis(100);
-                            let all: Arc<[Instance]> = event.event.instances.into();
-                            let healthy: Arc<[Instance]> = all
-                                .iter()
-                                .filter(|i| i.health != Health::Critical)
-                                .cloned()
-                                .collect();
-                            tx.send_replace(ServiceState {
-                                index: event.event.index,
-                                healthy,
-                                all,
-                                connected: true,
-                                disconnected_since: None,
-                            });
+                            if let Some(epoch) = event.id.as_deref().and_then(epoch_of) {
+                                copy.new_epoch(epoch, too_old, Instant::now());
+                            }
+                            confirmed = true;
+                            copy.answer(event.event.index, event.event.instances);
+                            copy.expire(Instant::now());
+                            tx.send_replace(copy.state(true, true, None));
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -202,12 +477,117 @@ async fn follow(client: RosterClient, service: String, tx: watch::Sender<Service
             }
             Err(e) => tracing::debug!(%service, error = %e, "cannot open the watch stream"),
         }
-        tx.send_modify(|s| {
-            s.connected = false;
-            s.disconnected_since.get_or_insert_with(Instant::now);
-        });
+        let down = *since.get_or_insert_with(Instant::now);
+        tx.send_replace(copy.state(false, false, Some(down)));
         let pause = backoff.mul_f64(0.5 + fastrand::f64());
         tokio::time::sleep(pause).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, health: Health) -> Instance {
+        let mut i: Instance = serde_json::from_value(serde_json::json!({
+            "id": id, "service": "web", "address": "10.0.0.1", "port": 80,
+            "health": "passing", "deregister_critical_after": "1m",
+            "create_index": 1, "modify_index": 1
+        }))
+        .unwrap();
+        i.health = health;
+        i
+    }
+
+    fn ids(s: &ServiceState) -> Vec<&str> {
+        s.healthy.iter().map(|i| i.id.as_str()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_run_is_merged_and_held_over_instances_settle() {
+        let settle = Duration::from_secs(30);
+        let mut copy = Copy::new(Config {
+            max_staleness: Duration::from_secs(300),
+            settle,
+        });
+        let t0 = Instant::now();
+        copy.new_epoch(1, false, t0);
+        copy.answer(
+            7,
+            vec![
+                instance("a", Health::Passing),
+                instance("b", Health::Passing),
+                instance("c", Health::Passing),
+                instance("d", Health::Critical),
+            ],
+        );
+        let s = copy.state(true, true, None);
+        assert_eq!(
+            (ids(&s), s.freshness),
+            (vec!["a", "b", "c"], Freshness::Fresh)
+        );
+
+        // The registry restarts empty: nothing is dropped.
+        copy.new_epoch(2, false, t0);
+        let s = copy.state(true, true, None);
+        assert_eq!(ids(&s), ["a", "b", "c"]);
+        assert_eq!(
+            (s.epoch, s.index, s.freshness),
+            (Some(2), 7, Freshness::Settling)
+        );
+        assert_eq!(&s.stale[..], ["a", "b", "c"]);
+        assert_eq!(s.settle_until, Some(t0 + settle));
+
+        // a comes back, e is new, b is critical in the new run.
+        copy.answer(
+            1,
+            vec![
+                instance("a", Health::Passing),
+                instance("b", Health::Critical),
+                instance("e", Health::Passing),
+            ],
+        );
+        let s = copy.state(true, true, None);
+        assert_eq!(
+            ids(&s),
+            ["a", "c", "e"],
+            "b dropped at once, c held, e joined"
+        );
+        assert_eq!(&s.stale[..], ["c"]);
+        assert!(
+            s.index < 7 && s.version > 2,
+            "index is per run; version only grows"
+        );
+
+        assert!(!copy.expire(t0 + settle - Duration::from_millis(1)));
+        assert!(copy.expire(t0 + settle));
+        let s = copy.state(true, true, None);
+        assert_eq!((ids(&s), s.freshness), (vec!["a", "e"], Freshness::Fresh));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_too_old_to_serve_is_replaced() {
+        let mut copy = Copy::new(Config {
+            max_staleness: Duration::from_secs(1),
+            settle: DEFAULT_SETTLE,
+        });
+        copy.new_epoch(1, false, Instant::now());
+        copy.answer(3, vec![instance("a", Health::Passing)]);
+        copy.new_epoch(2, true, Instant::now());
+        assert!(copy.state(true, true, None).healthy.is_empty());
+    }
+
+    #[test]
+    fn event_ids_carry_the_epoch() {
+        assert_eq!(epoch_of("ff.12"), Some(255));
+        assert_eq!(epoch_of("12"), None);
     }
 }

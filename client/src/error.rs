@@ -108,6 +108,14 @@ pub enum CallError {
         /// The timeout.
         after: std::time::Duration,
     },
+    /// The request's deadline ran out before an attempt could start.
+    #[error("service {service}: no answer within the request's deadline of {after:?}")]
+    DeadlineExceeded {
+        /// The service.
+        service: String,
+        /// The deadline.
+        after: std::time::Duration,
+    },
 }
 
 impl CallError {

@@ -97,13 +97,13 @@ mod watch;
 pub use call::{Attempt, Call, Outcome};
 pub use client::{InstanceQuery, RosterClient, TlsOptions};
 pub use discover::{Change, ServiceDiscover};
-pub use discovery::{Discovery, ServiceHandle, ServiceState};
+pub use discovery::{DEFAULT_SETTLE, Discovery, Freshness, ServiceHandle, ServiceState};
 pub use error::{CallError, Error};
 pub use middleware::RosterMiddleware;
-pub use registration::{Registration, RegistrationStatus};
+pub use registration::{DROP_DEREGISTER_TIMEOUT, Registration, RegistrationStatus};
 /// The `reqwest-middleware` this crate is built against, so callers use the
 /// same version.
 pub use reqwest_middleware;
 pub use retry::{Idempotent, RetryConfig, is_idempotent};
-pub use router::{EndpointStats, Router, RouterBuilder};
-pub use watch::{RawEvent, WatchEvent, WatchStream};
+pub use router::{DEFAULT_IDLE_TIMEOUT, EndpointStats, Router, RouterBuilder};
+pub use watch::{EPOCH_HEADER, RawEvent, WatchEvent, WatchStream};

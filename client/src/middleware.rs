@@ -20,10 +20,13 @@ use crate::router::Router;
 /// A request whose host is a service name goes to an instance the router
 /// picks: the URL's host and port are replaced by the instance's address and
 /// port, path and query are kept. Which hosts are service names: by default
-/// any host without a port, a dot or an IP address, other than `localhost`
-/// (`http://web/users` is, `http://example.com/` and `http://10.0.0.1/` are
-/// not); [`RosterMiddleware::only`] names them instead. Other requests pass
-/// through untouched.
+/// a host without a port, a dot or an IP address, other than `localhost`,
+/// that is a service in the catalog ([`Router::is_service`]: the catalog's
+/// service list, fetched once and followed) — `http://web/users` is when `web`
+/// is registered, `http://redis/`, `http://example.com/` and
+/// `http://10.0.0.1/` are not; [`RosterMiddleware::only`] names them instead.
+/// Other requests pass through untouched, and leave nothing behind: only
+/// services get a pool (released after the router's idle timeout).
 ///
 /// Failed attempts are retried on another instance for idempotent methods
 /// (GET, HEAD, PUT, DELETE, OPTIONS, or a request carrying the [`Idempotent`]
@@ -103,14 +106,32 @@ impl RosterMiddleware {
             .call(service, idempotent)
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
-        let timeout = self.router.config().timeout;
+        let config = self.router.config();
+        let deadline = config
+            .deadline
+            .map(|d| (d, tokio::time::Instant::now() + d));
         let mut original = Some(request);
         let mut last = None;
         loop {
-            let attempt = match call.next_attempt().await {
-                Ok(attempt) => attempt,
+            let picked = match deadline {
+                Some((_, at)) => tokio::time::timeout_at(at, call.next_attempt()).await.ok(),
+                None => Some(call.next_attempt().await),
+            };
+            let attempt = match picked {
+                Some(Ok(attempt)) => attempt,
                 // A retry that found no endpoint: the caller gets the last failure.
-                Err(e) => return last.unwrap_or(Err(reqwest_middleware::Error::middleware(e))),
+                Some(Err(e)) => {
+                    return last.unwrap_or(Err(reqwest_middleware::Error::middleware(e)));
+                }
+                None => return last.unwrap_or_else(|| Err(self.past_deadline(service, deadline))),
+            };
+            // The attempt's time: its own timeout, cut to what is left of
+            // the request's deadline.
+            let left =
+                deadline.map(|(_, at)| at.saturating_duration_since(tokio::time::Instant::now()));
+            let timeout = match (config.timeout, left) {
+                (Some(t), Some(l)) => Some(t.min(l)),
+                (t, l) => t.or(l),
             };
             // Keep the original for further attempts while the body allows.
             let request = match original.as_ref().and_then(Request::try_clone) {
@@ -147,6 +168,17 @@ impl RosterMiddleware {
             tracing::debug!(service, ?outcome, "retrying on another endpoint");
             last = Some(result);
         }
+    }
+
+    fn past_deadline(
+        &self,
+        service: &str,
+        deadline: Option<(std::time::Duration, tokio::time::Instant)>,
+    ) -> reqwest_middleware::Error {
+        reqwest_middleware::Error::middleware(CallError::DeadlineExceeded {
+            service: service.to_owned(),
+            after: deadline.map(|(d, _)| d).unwrap_or_default(),
+        })
     }
 
     async fn attempt(
@@ -191,6 +223,9 @@ impl Middleware for RosterMiddleware {
         let Some(service) = self.service_of(request.url()).map(str::to_owned) else {
             return next.run(request, extensions).await;
         };
+        if self.only.is_none() && !self.router.is_service(&service).await {
+            return next.run(request, extensions).await;
+        }
         let span = tracing::debug_span!(
             "roster.request",
             service = %service,

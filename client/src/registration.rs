@@ -4,24 +4,33 @@
 //! ttl/3 (±10 % jitter, so a fleet started together does not heartbeat in step).
 //! When the registry answers 404 (it forgot the instance: a restart without
 //! persistence, an operator's deregistration, an expiry) the task registers again.
-//! While the registry is unreachable it retries with jittered exponential backoff,
-//! and picks up again as soon as the registry answers. With several registry
-//! addresses every heartbeat tries the next one when the one in use fails, so a
-//! registry node going away costs no missed heartbeat. [`Registration::shutdown`]
-//! stops the task and deregisters; dropping the handle deregisters on a best-effort
-//! basis.
+//! While the registry is unreachable it retries every 0.2 s to 1 s (jittered,
+//! whatever the TTL), so the instance is back within about a second of the
+//! registry answering again. Between heartbeats the task keeps a watch stream
+//! open on its own service (one connection): it breaks the moment the
+//! registry stops, and carries the registry's run (epoch), so a restart
+//! is noticed at once rather than at the next heartbeat, up to ttl/3 later.
+//! With several registry addresses every heartbeat tries the next one when the
+//! one in use fails, so a registry node going away costs no missed heartbeat.
+//!
+//! [`Registration::shutdown`] stops the task and deregisters. Dropping the
+//! handle deregisters too, also at the end of `main`: the drop blocks for the
+//! one request (at most [`DROP_DEREGISTER_TIMEOUT`]) on a thread of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::api::RegisterRequest;
-use crate::{Error, RosterClient};
+use crate::{Error, RosterClient, WatchStream};
 
-/// First pause after a failed attempt; doubles up to the heartbeat interval.
+/// First pause after a failed attempt; doubles up to [`MAX_RETRY_PAUSE`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause between attempts while the registry does not answer.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Heartbeat interval of an instance registered without a TTL, which only needs
 /// to notice that the registry forgot it.
 const NO_TTL_INTERVAL: Duration = Duration::from_secs(30);
@@ -115,21 +124,56 @@ impl Registration {
 }
 
 impl Drop for Registration {
+    /// Deregisters on a thread of its own, with its own runtime and
+    /// connections, and waits for it at most [`DROP_DEREGISTER_TIMEOUT`]:
+    /// this works when the handle is dropped at the end of `main` (the
+    /// runtime is about to stop and would never run a spawned task), and
+    /// inside any runtime, at the cost of blocking the dropping thread for
+    /// one round trip to the registry. [`Registration::shutdown`] is the
+    /// non-blocking way, and reports errors.
     fn drop(&mut self) {
         let Some(task) = self.task.take() else {
             return; // shut down properly
         };
         task.abort();
-        // Best effort: deregister in the background if a runtime is still there.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let target = self.inner.clone();
-            runtime.spawn(async move {
-                if let Err(e) = target.client.deregister(&target.service, &target.id).await {
-                    tracing::debug!(error = %e, "deregistration on drop failed");
+        let target = self.inner.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("roster-deregister".into())
+            .spawn(move || {
+                let result = deregister_blocking(&target);
+                if let Err(e) = &result {
+                    tracing::warn!(service = %target.service, id = %target.id, error = %e, "deregistration on drop failed; the lease will expire");
                 }
+                let _ = done.send(result);
             });
+        match spawned {
+            Ok(_) => {
+                let _ = finished.recv_timeout(DROP_DEREGISTER_TIMEOUT + Duration::from_millis(100));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot start a thread to deregister on drop"),
         }
     }
+}
+
+/// The most a drop of [`Registration`] waits for its deregistration.
+pub const DROP_DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Deregisters `target` from a runtime of its own, within the drop timeout.
+fn deregister_blocking(target: &Target) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Config(format!("runtime for the deregistration: {e}")))?;
+    let client = target.client.detached()?;
+    runtime.block_on(async {
+        tokio::time::timeout(
+            DROP_DEREGISTER_TIMEOUT,
+            client.deregister(&target.service, &target.id),
+        )
+        .await
+        .unwrap_or(Err(Error::Timeout))
+    })
 }
 
 impl Target {
@@ -161,18 +205,106 @@ fn jitter(d: Duration, spread: f64) -> Duration {
     d.mul_f64(1.0 - spread + 2.0 * spread * fastrand::f64())
 }
 
+/// The pause after `attempts` failures in a row: 200 ms doubling up to 1 s
+/// (never more than the heartbeat interval), with equal jitter (between
+/// half and all of it), so the instance is back within about a second of
+/// the registry answering again, whatever its TTL.
+fn retry_pause(attempts: u32, interval: Duration) -> Duration {
+    let backoff = FIRST_BACKOFF
+        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+        .min(MAX_RETRY_PAUSE)
+        .min(interval.max(FIRST_BACKOFF));
+    backoff.mul_f64(0.5 + 0.5 * fastrand::f64())
+}
+
+/// Why the task woke up.
+enum Wake {
+    Stop,
+    Beat,
+    /// The registry said something on the link: `Some(epoch)` of an event.
+    Link(Result<Option<Option<u64>>, Error>),
+}
+
+/// The next event on the link, or never without one.
+async fn next_on(link: &mut Option<WatchStream>) -> Result<Option<Option<u64>>, Error> {
+    match link {
+        Some(stream) => Ok(stream.next_raw().await?.map(|raw| {
+            raw.id.as_deref().and_then(|id| {
+                let (epoch, _) = id.split_once('.')?;
+                u64::from_str_radix(epoch, 16).ok()
+            })
+        })),
+        None => std::future::pending().await,
+    }
+}
+
 async fn keep_alive(
     target: Arc<Target>,
     status: watch::Sender<RegistrationStatus>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let interval = target.interval();
-    let mut pause = jitter(interval, 0.1);
+    let mut next_beat = Instant::now() + jitter(interval, 0.1);
     let mut attempts = 0u32;
+    // A watch stream on the instance's own service, open while registered:
+    // it breaks the moment the registry goes away, and carries the registry's
+    // run, so a restart is noticed at once instead of at the next heartbeat.
+    let mut link: Option<WatchStream> = None;
+    let mut link_epoch: Option<u64> = None;
+    let mut open_link = true;
     loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            () = tokio::time::sleep(pause) => {}
+        if open_link && link.is_none() {
+            open_link = false;
+            let services = [target.service.as_str()];
+            let opened = tokio::select! {
+                _ = &mut stop => return,
+                opened = target.client.watch(&services, None) => opened,
+            };
+            match opened {
+                Ok(stream) => {
+                    link_epoch = stream.epoch();
+                    link = Some(stream);
+                }
+                // The registry went away right after the last heartbeat (a
+                // stopping registry may still answer one): check again soon.
+                Err(e @ (Error::Unavailable(_) | Error::Timeout)) => {
+                    tracing::debug!(service = %target.service, error = %e, "registry unreachable");
+                    let soon = Instant::now() + retry_pause(1, interval);
+                    next_beat = next_beat.min(soon);
+                }
+                // Not allowed to watch, say: heartbeats alone will do.
+                Err(e) => {
+                    tracing::debug!(service = %target.service, error = %e, "cannot watch the registry; relying on heartbeats")
+                }
+            }
+        }
+        let wake = tokio::select! {
+            _ = &mut stop => Wake::Stop,
+            () = tokio::time::sleep_until(next_beat) => Wake::Beat,
+            got = next_on(&mut link) => Wake::Link(got),
+        };
+        match wake {
+            Wake::Stop => return,
+            Wake::Beat => {}
+            Wake::Link(Ok(Some(epoch))) => {
+                if link_epoch.is_none() {
+                    link_epoch = epoch;
+                }
+                if epoch.is_none() || epoch == link_epoch {
+                    continue; // news about the service: nothing to do
+                }
+                // Another registry run behind the same stream: check at once.
+                link = None;
+            }
+            Wake::Link(_) => {
+                // The registry went away (or this node did): heartbeat soon,
+                // and retry quickly until it answers again.
+                tracing::debug!(service = %target.service, id = %target.id, "registry link broke");
+                link = None;
+                let soon = jitter(Duration::from_millis(100), 0.5);
+                next_beat = next_beat.min(Instant::now() + soon);
+                continue;
+            }
         }
         match target.beat().await {
             Ok(()) => {
@@ -182,7 +314,8 @@ async fn keep_alive(
                     *s = RegistrationStatus::Registered;
                     changed
                 });
-                pause = jitter(interval, 0.1);
+                next_beat = Instant::now() + jitter(interval, 0.1);
+                open_link = true;
             }
             Err(e) => {
                 attempts += 1;
@@ -191,10 +324,7 @@ async fn keep_alive(
                     attempts,
                     error: e.to_string(),
                 });
-                let backoff = FIRST_BACKOFF
-                    .saturating_mul(1 << attempts.min(16))
-                    .min(interval.max(FIRST_BACKOFF));
-                pause = jitter(backoff, 0.5);
+                next_beat = Instant::now() + retry_pause(attempts, interval);
             }
         }
     }
@@ -203,6 +333,19 @@ async fn keep_alive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_are_short_whatever_the_ttl() {
+        let hour = Duration::from_secs(3600);
+        for attempts in 1..40 {
+            let p = retry_pause(attempts, hour);
+            assert!(
+                p <= MAX_RETRY_PAUSE && p >= Duration::from_millis(100),
+                "{p:?}"
+            );
+        }
+        assert!(retry_pause(5, Duration::from_millis(300)) <= Duration::from_millis(300));
+    }
 
     #[test]
     fn jitter_stays_in_its_band() {

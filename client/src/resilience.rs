@@ -29,13 +29,21 @@ use crate::retry::RetryConfig;
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResilienceConfig {
-    /// Time limit of one attempt, up to the response headers (default 10 s).
+    /// Time limit of one attempt, up to the response headers (default 2 s):
+    /// a hung endpoint costs a request this long, then the retry goes
+    /// elsewhere; timeouts count as failures for outlier ejection.
     pub timeout: Option<Duration>,
+    /// Time limit of one logical request, across all its attempts and the
+    /// pauses between them (default 5 s): when it runs out the caller gets
+    /// the last failure, or [`CallError::DeadlineExceeded`](crate::CallError).
+    pub deadline: Option<Duration>,
     /// Outlier ejection; `None` turns it off.
     pub outlier: Option<OutlierConfig>,
     /// Bulkhead: most requests in flight to one endpoint (default 256); a
     /// full endpoint is skipped by balancing, and when all are full the
-    /// request fails at once with [`CallError::Overloaded`](crate::CallError).
+    /// request fails at once with
+    /// [`CallError::EndpointsFull`](crate::CallError::EndpointsFull)
+    /// ([`CallError::is_overloaded`](crate::CallError::is_overloaded)).
     pub max_in_flight_per_endpoint: Option<usize>,
     /// Bulkhead: most requests (with their retries) in flight to one service
     /// (default: no limit).
@@ -50,7 +58,8 @@ pub struct ResilienceConfig {
 impl Default for ResilienceConfig {
     fn default() -> Self {
         ResilienceConfig {
-            timeout: Some(Duration::from_secs(10)),
+            timeout: Some(Duration::from_secs(2)),
+            deadline: Some(Duration::from_secs(5)),
             outlier: Some(OutlierConfig::default()),
             max_in_flight_per_endpoint: Some(256),
             max_in_flight_per_service: None,

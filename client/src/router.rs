@@ -6,10 +6,14 @@
 //! [middleware](crate::RosterMiddleware) drives it for `reqwest`; other
 //! transports can drive it the same way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::api::Instance;
@@ -19,6 +23,9 @@ use crate::call::Call;
 use crate::error::CallError;
 use crate::resilience::{EjectionState, OutlierDetector, ResilienceConfig, RetryBudget};
 use crate::{Discovery, ServiceHandle};
+
+/// The catalog's service names, once listed.
+type Names = Option<Arc<HashSet<String>>>;
 
 type MakeBalancer = Arc<dyn Fn() -> Box<dyn Balancer> + Send + Sync>;
 
@@ -55,6 +62,58 @@ struct Inner {
     config: ResilienceConfig,
     make_balancer: MakeBalancer,
     pools: Mutex<HashMap<String, Arc<Pool>>>,
+    idle_timeout: Duration,
+    /// When idle pools were last looked for.
+    last_sweep: Mutex<Instant>,
+    /// The catalog's service names, kept by a blocking-query task started on
+    /// first need.
+    names: OnceLock<(watch::Receiver<Names>, JoinHandle<()>)>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.names.get() {
+            task.abort();
+        }
+    }
+}
+
+/// Default time after which a service's pool that no request used is
+/// released, with its watch stream.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Follows the catalog's service list with blocking queries.
+async fn follow_names(client: crate::RosterClient, tx: watch::Sender<Names>) {
+    let mut index = 0;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client
+            .services_blocking(index, Duration::from_secs(300))
+            .await
+        {
+            Ok(list) => {
+                backoff = Duration::from_millis(100);
+                index = list.index;
+                let names: HashSet<String> = list.services.into_iter().map(|s| s.name).collect();
+                tx.send_replace(Some(Arc::new(names)));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the catalog's services");
+                // An unreachable registry: answer the waiting requests (their
+                // hosts pass through) rather than hold them.
+                tx.send_if_modified(|n| {
+                    let first = n.is_none();
+                    if first {
+                        *n = Some(Arc::default());
+                    }
+                    first
+                });
+                index = 0;
+                tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64())).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Router {
@@ -70,6 +129,7 @@ pub struct RouterBuilder {
     discovery: Discovery,
     config: ResilienceConfig,
     make_balancer: MakeBalancer,
+    idle_timeout: Duration,
 }
 
 impl fmt::Debug for RouterBuilder {
@@ -98,6 +158,14 @@ impl RouterBuilder {
         self
     }
 
+    /// Releases a service's pool (balancer state, ejections, and its watch
+    /// stream unless another router shares it) when no request used it for
+    /// `idle` (default 5 minutes). The next request builds it again.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
     /// The router.
     pub fn build(self) -> Router {
         Router {
@@ -106,6 +174,9 @@ impl RouterBuilder {
                 config: self.config,
                 make_balancer: self.make_balancer,
                 pools: Mutex::new(HashMap::new()),
+                idle_timeout: self.idle_timeout,
+                last_sweep: Mutex::new(Instant::now()),
+                names: OnceLock::new(),
             }),
         }
     }
@@ -145,6 +216,7 @@ impl Router {
             discovery,
             config: ResilienceConfig::default(),
             make_balancer: Arc::new(|| Box::new(RoundRobin::new())),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 
@@ -214,6 +286,66 @@ impl Router {
             .collect()
     }
 
+    /// Whether `name` is a service of the catalog (or one this router already
+    /// sends to). The catalog's service list is fetched once and then
+    /// followed with blocking queries; the first call waits for it (up to the
+    /// discovery timeout). With the registry unreachable and no list yet,
+    /// only services with a pool count.
+    pub async fn is_service(&self, name: &str) -> bool {
+        if self.lock_pools().contains_key(name) {
+            return true;
+        }
+        let (names, _) = self.inner.names.get_or_init(|| {
+            let (tx, rx) = watch::channel(None);
+            let client = self.inner.discovery.client().clone();
+            (rx, tokio::spawn(follow_names(client, tx)))
+        });
+        let mut names = names.clone();
+        let list = tokio::time::timeout(
+            self.inner.config.discovery_timeout,
+            names.wait_for(Option::is_some),
+        )
+        .await;
+        match list {
+            Ok(Ok(list)) => list.as_ref().is_some_and(|n| n.contains(name)),
+            _ => false,
+        }
+    }
+
+    /// Services with a pool now (used within the idle timeout).
+    pub fn pools(&self) -> usize {
+        self.sweep(Instant::now(), true);
+        self.lock_pools().len()
+    }
+
+    /// Releases pools idle for longer than the idle timeout, at most every
+    /// few seconds unless `now_please`.
+    fn sweep(&self, now: Instant, now_please: bool) {
+        let idle = self.inner.idle_timeout;
+        {
+            let mut last = self
+                .inner
+                .last_sweep
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !now_please
+                && now.saturating_duration_since(*last) < idle.min(Duration::from_secs(10))
+            {
+                return;
+            }
+            *last = now;
+        }
+        self.lock_pools().retain(|service, pool| {
+            // A pool in use elsewhere (a call in flight) stays.
+            let keep = Arc::strong_count(pool) > 1
+                || now.saturating_duration_since(pool.last_used()) < idle;
+            if !keep {
+                tracing::debug!(%service, "releasing an idle pool");
+            }
+            keep
+        });
+    }
+
     /// Requests (with their retries) in flight to `service`.
     pub fn in_flight(&self, service: &str) -> usize {
         self.lock_pools()
@@ -229,8 +361,11 @@ impl Router {
     }
 
     fn pool(&self, service: &str) -> Arc<Pool> {
+        let now = Instant::now();
+        self.sweep(now, false);
         let mut pools = self.lock_pools();
         if let Some(pool) = pools.get(service) {
+            pool.touch(now);
             return pool.clone();
         }
         let config = &self.inner.config;
@@ -249,6 +384,8 @@ impl Router {
             endpoint_limit: config.max_in_flight_per_endpoint,
             config: config.clone(),
             snapshot: Mutex::new(Arc::new(Snapshot::empty())),
+            created: now,
+            used: AtomicU64::new(0),
         });
         pools.insert(service.to_owned(), pool.clone());
         pool
@@ -294,9 +431,21 @@ pub(crate) struct Pool {
     endpoint_limit: Option<usize>,
     pub(crate) config: ResilienceConfig,
     snapshot: Mutex<Arc<Snapshot>>,
+    created: Instant,
+    /// Milliseconds from `created` to the last use.
+    used: AtomicU64,
 }
 
 impl Pool {
+    fn touch(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.created).as_millis() as u64;
+        self.used.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last_used(&self) -> Instant {
+        self.created + Duration::from_millis(self.used.load(Ordering::Relaxed))
+    }
+
     pub(crate) fn discovery_error(&self, source: crate::Error) -> CallError {
         CallError::Discovery {
             service: self.service.clone(),

@@ -48,7 +48,12 @@ pub struct WatchStream {
     /// The opening client's addresses, and the index of the one this stream is on.
     registries: Arc<Registries>,
     at: usize,
+    epoch: Option<u64>,
 }
+
+/// Response header naming the registry run (random per start and per node,
+/// in hex, as in the watch stream's event ids).
+pub const EPOCH_HEADER: &str = "x-roster-epoch";
 
 impl WatchStream {
     pub(crate) fn new(
@@ -57,7 +62,13 @@ impl WatchStream {
         registries: Arc<Registries>,
         at: usize,
     ) -> Self {
+        let epoch = resp
+            .headers()
+            .get(EPOCH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
         WatchStream {
+            epoch,
             resp,
             buf: Vec::new(),
             scanned: 0,
@@ -70,6 +81,12 @@ impl WatchStream {
     /// The base URL of the registry this stream comes from.
     pub fn registry(&self) -> &str {
         self.registries.url(self.at)
+    }
+
+    /// The registry run this stream comes from, when the registry says
+    /// (`X-Roster-Epoch`); every event id starts with it too.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
     }
 
     /// The id of the last event received (or the one the stream resumed from).

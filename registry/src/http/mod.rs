@@ -75,6 +75,9 @@ pub struct Shared {
     /// Random per run of the server; part of every watch resume token, so a
     /// token from before a restart is never trusted.
     pub epoch: u64,
+    /// `epoch` in hex, as every answer's `X-Roster-Epoch` carries it (made
+    /// once: the header is on the heartbeat path).
+    epoch_header: HeaderValue,
     /// Extra lease time after a restore.
     pub lease_grace: std::time::Duration,
     /// Cancelled when the server shuts down: ends watch streams and blocking
@@ -112,6 +115,7 @@ impl AppState {
                 ready: Arc::new(AtomicBool::new(true)),
                 bodies: Arc::default(),
                 epoch: fastrand::u64(1..),
+                epoch_header: HeaderValue::from_static("0"),
                 lease_grace: config.lease_grace,
                 shutdown,
                 started: Instant::now(),
@@ -162,7 +166,9 @@ impl AppStateBuilder {
     }
 
     /// The state, ready to share.
-    pub fn build(self) -> AppState {
+    pub fn build(mut self) -> AppState {
+        self.shared.epoch_header = HeaderValue::from_str(&format!("{:x}", self.shared.epoch))
+            .expect("hex digits make a header value");
         AppState(Arc::new(self.shared))
     }
 }
@@ -253,7 +259,8 @@ pub(super) fn is_consul(path: &str) -> bool {
         .any(|p| path.starts_with(p))
 }
 
-/// Counts and times every request by route template and status.
+/// Counts and times every request by route template and status, and names
+/// the registry run in `X-Roster-Epoch` (hex) on every answer.
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = static_method(req.method());
@@ -261,7 +268,13 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| static_route(p.as_str()));
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
+    // The run of this node, as in watch event ids: a client tells a restarted
+    // (or another) registry from the one it knew before any event arrives.
+    resp.headers_mut().insert(
+        HeaderName::from_static("x-roster-epoch"),
+        state.epoch_header.clone(),
+    );
     let labels = RequestLabels {
         method,
         route,

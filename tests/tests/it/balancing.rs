@@ -214,6 +214,7 @@ impl Fixture {
 fn plain() -> ResilienceConfig {
     ResilienceConfig {
         timeout: None,
+        deadline: None,
         outlier: None,
         max_in_flight_per_endpoint: None,
         max_in_flight_per_service: None,
@@ -523,5 +524,148 @@ async fn tower_discover_follows_registrations() {
     };
     f.client.register("web", "z", &request).await.unwrap();
     assert_eq!(next().await, "+z:4242");
+    f.registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_catalog_services_are_rewritten_and_idle_pools_are_released() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let web = Backend::start("web-1").await;
+    let request = RegisterRequest {
+        address: Some(web.addr.ip().to_string()),
+        port: web.addr.port(),
+        ..Default::default()
+    };
+    client.register("web", "web-1", &request).await.unwrap();
+    let discovery = Discovery::new(client.clone());
+    let router = Router::builder(discovery.clone())
+        .idle_timeout(Duration::from_millis(300))
+        .build();
+    let http = RosterMiddleware::new(router.clone()).client(reqwest::Client::new());
+
+    // A dotless host that is no service goes out as it is (and fails to
+    // resolve here): no routing error, no pool, no watch.
+    let err = http.get("http://not-a-service/").send().await.unwrap_err();
+    assert!(
+        CallError::from_middleware(&err).is_none(),
+        "routed as a service: {err}"
+    );
+    assert!(
+        matches!(err, roster_client::reqwest_middleware::Error::Reqwest(_)),
+        "{err}"
+    );
+    for i in 0..20 {
+        let _ = http.get(format!("http://host-{i}/")).send().await;
+    }
+    assert_eq!(router.pools(), 0, "non-services leave no pool");
+    assert_eq!(discovery.watched(), 0, "and no watch stream");
+
+    // A registered service is rewritten.
+    let body = http
+        .get("http://web/x")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "web-1 /x");
+    assert_eq!((router.pools(), discovery.watched()), (1, 1));
+    // A service registered later is found too: the list is followed.
+    client.register("api", "api-1", &request).await.unwrap();
+    let found = timeout(GUARD, async {
+        loop {
+            if router.is_service("api").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "api never listed");
+
+    // Unused for longer than the idle timeout: released, watch closed.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(router.pools(), 0, "the idle pool is released");
+    assert_eq!(discovery.watched(), 0, "with its watch stream");
+    let body = http
+        .get("http://web/y")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "web-1 /y", "and built again on the next request");
+    web.task.abort();
+    reg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_endpoint_costs_a_bounded_number_of_slow_calls() {
+    let defaults = ResilienceConfig::default();
+    assert_eq!(defaults.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(defaults.deadline, Some(Duration::from_secs(5)));
+    let attempt = Duration::from_millis(300);
+    let config = ResilienceConfig {
+        timeout: Some(attempt),
+        outlier: Some(OutlierConfig::default()),
+        retry: fast_retries(1),
+        ..plain()
+    };
+    let f = Fixture::start(&[("a", 1), ("b", 1), ("c", 1)], config, || {
+        RoundRobin::starting_at(0)
+    })
+    .await;
+    f.backend("a").set(HANG);
+    let mut slow = 0;
+    let mut longest = Duration::ZERO;
+    for _ in 0..60 {
+        let started = Instant::now();
+        assert_eq!(f.get().await, StatusCode::OK, "the retry answers");
+        let took = started.elapsed();
+        longest = longest.max(took);
+        if took >= attempt {
+            slow += 1;
+        }
+    }
+    println!("hung endpoint: {slow} slow calls of 60, longest {longest:?}");
+    // Timeouts count toward ejection: 5 in a row eject it, whatever the
+    // duration of the hang.
+    assert!(slow <= 5, "{slow} slow calls");
+    assert!(
+        longest < attempt * 2 + Duration::from_millis(700),
+        "{longest:?}"
+    );
+    assert!(matches!(
+        f.stats("a").ejection,
+        EjectionState::Ejected { .. }
+    ));
+    f.registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_deadline_bounds_all_its_attempts() {
+    let config = ResilienceConfig {
+        timeout: Some(Duration::from_millis(400)),
+        deadline: Some(Duration::from_millis(600)),
+        retry: fast_retries(2),
+        ..plain()
+    };
+    let f = Fixture::start(&[("a", 1), ("b", 1), ("c", 1)], config, || {
+        RoundRobin::starting_at(0)
+    })
+    .await;
+    f.backends.iter().for_each(|b| b.set(HANG));
+    let started = Instant::now();
+    let error = error_of(f.http.get("http://web/").send().await);
+    let took = started.elapsed();
+    assert!(error.starts_with("Timeout"), "{error}");
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_millis(1200),
+        "{took:?}: two attempts, the second cut to the deadline"
+    );
+    assert_eq!(f.total_hits(), 2, "no third attempt past the deadline");
     f.registry.stop().await;
 }

@@ -248,7 +248,10 @@ async fn discovery_keeps_serving_and_follows_the_next_registry_when_one_stops() 
     on_b.register("web", "on-b", &instance(2)).await.unwrap();
 
     let client = RosterClient::new(&list(&[a.url(), b.url()])).unwrap();
-    let discovery = Discovery::new(client.clone());
+    // A and B are unrelated registries here; nodes of one cluster would hold
+    // the same instances. What B does not know is held over for a short
+    // settle period, then dropped.
+    let discovery = Discovery::new(client.clone()).with_settle(Duration::from_millis(500));
     let web = discovery.service("web");
     timeout(GUARD, web.ready()).await.unwrap().unwrap();
     let mut changes = web.changes();

@@ -13,6 +13,7 @@ mod failover;
 mod health_checks;
 mod hostile;
 mod registration;
+mod restart;
 mod security;
 mod sync_k8s;
 mod watch;
