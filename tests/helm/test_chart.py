@@ -1025,3 +1025,36 @@ def test_chart_readme_shows_a_cert_manager_certificate_for_peer_tls(chart):
         ), (pod, spec["dnsNames"])
     assert set(spec["usages"]) >= {"server auth", "client auth"}
     assert "--set cluster.peerTls.enabled=true" in readme
+
+
+def test_with_peer_tls_helm_test_talks_https_to_a_pod_trusting_the_peer_ca(chart):
+    """The port speaks TLS with the peer certificate, which names the pods:
+    the test pod goes to the first pod by name and trusts the peer CA."""
+    test_pod = render(chart, PEER_TLS)["roster/templates/tests/test-register-resolve.yaml"]
+    pod = yaml.safe_load(test_pod)
+    env = {e["name"]: e.get("value") for e in pod["spec"]["initContainers"][0]["env"]}
+    assert env["API"] == "https://r1-roster-0.r1-roster-headless.roster-system.svc.cluster.local:8500"
+    assert env["CURL_CA_BUNDLE"] == "/etc/roster/peer-ca/ca.crt"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["peer-ca"]["secret"] == {
+        "secretName": "roster-peer-tls",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    for container in pod["spec"]["initContainers"][:1] + pod["spec"]["containers"]:
+        mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+        assert mounts["peer-ca"]["mountPath"] == "/etc/roster/peer-ca", container["name"]
+    kubernetes_validate.validate(pod, KUBE_VERSIONS[-1], strict=True)
+    # Without peer TLS: plain HTTP through the Service, as before.
+    plain = yaml.safe_load(render(chart, {"replicas": 3})["roster/templates/tests/test-register-resolve.yaml"])
+    env = {e["name"]: e.get("value") for e in plain["spec"]["initContainers"][0]["env"]}
+    assert env["API"].startswith("http://r1-roster.") and "CURL_CA_BUNDLE" not in env
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ({"metrics": {"serviceMonitor": {"enabled": True}}}, "metrics.serviceMonitor with cluster.peerTls"),
+    ({"syncCatalog": {"enabled": True}}, "syncCatalog with cluster.peerTls"),
+])
+def test_peer_tls_refuses_what_cannot_talk_tls_yet(chart, extra, needle):
+    with pytest.raises((helm_python.HelmRenderError, helm_python.HelmValuesError)) as err:
+        render(chart, {**PEER_TLS, **extra})
+    assert needle in str(err.value)
