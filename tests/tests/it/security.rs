@@ -746,7 +746,6 @@ async fn bodies_are_refused_before_they_are_sent() {
     let addr = reg.server().local_addr();
     let auth = format!("Authorization: Bearer {WRITER}\r\n");
     let put = "PUT /v1/services/web/instances/web-1 HTTP/1.1\r\nHost: x\r\n";
-    let started = tokio::time::Instant::now();
     let answer = raw(
         addr,
         format!("{put}{auth}Content-Length: 99999999999\r\n\r\n{{").as_bytes(),
@@ -755,10 +754,8 @@ async fn bodies_are_refused_before_they_are_sent() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("application/problem+json"), "{answer}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "answered at once"
-    );
+    // (Before the fix the answer came after the 30 s request timeout, a 503,
+    // so the status alone tells the two apart.)
     let answer = raw(
         addr,
         format!("{put}Expect: 100-continue\r\nContent-Length: 40\r\n\r\n").as_bytes(),
