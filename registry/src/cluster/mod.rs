@@ -762,17 +762,7 @@ impl Replication for Cluster {
         let Some(op) = Op::from_command(&cmd) else {
             return async { Err(Unavailable::NotReplicable.into()) }.boxed();
         };
-        match serde_json::to_value(op) {
-            Ok(body) => self.post_owned("/v1/raft/write", body).boxed(),
-            Err(source) => async move {
-                Err(Unavailable::Encode {
-                    what: "write",
-                    source,
-                }
-                .into())
-            }
-            .boxed(),
-        }
+        self.post_json("/v1/raft/write", "write", &op)
     }
 
     fn forward_heartbeat(
@@ -784,17 +774,7 @@ impl Replication for Cluster {
             service: service.as_str().to_owned(),
             id: id.as_str().to_owned(),
         };
-        match serde_json::to_value(body) {
-            Ok(body) => self.post_owned("/v1/raft/heartbeat", body).boxed(),
-            Err(source) => async move {
-                Err(Unavailable::Encode {
-                    what: "heartbeat",
-                    source,
-                }
-                .into())
-            }
-            .boxed(),
-        }
+        self.post_json("/v1/raft/heartbeat", "heartbeat", &body)
     }
 }
 
@@ -803,6 +783,20 @@ impl Cluster {
     /// cut off): each attempt gets a short timeout, and the write goes to
     /// whichever node leads next, until the write timeout. Every write is
     /// idempotent, so sending it again after an attempt timed out is safe.
+    /// [`Cluster::post_owned`] of `body` as JSON; a body that does not encode
+    /// fails at once, naming `what` it was.
+    fn post_json<T: Serialize>(
+        &self,
+        path: &'static str,
+        what: &'static str,
+        body: &T,
+    ) -> BoxFuture<'static, Result<Outcome, WriteError>> {
+        match serde_json::to_value(body) {
+            Ok(body) => self.post_owned(path, body).boxed(),
+            Err(source) => async move { Err(Unavailable::Encode { what, source }.into()) }.boxed(),
+        }
+    }
+
     fn post_owned(
         &self,
         path: &'static str,
