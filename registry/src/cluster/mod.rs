@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 mod error;
+mod forward;
 mod log;
 mod machine;
 mod network;
@@ -762,7 +763,8 @@ impl Replication for Cluster {
         let Some(op) = Op::from_command(&cmd) else {
             return async { Err(Unavailable::NotReplicable.into()) }.boxed();
         };
-        self.post_json("/v1/raft/write", "write", &op)
+        let gone_is_done = matches!(op, Op::Deregister { .. });
+        self.post_json("/v1/raft/write", "write", &op, gone_is_done)
     }
 
     fn forward_heartbeat(
@@ -774,15 +776,11 @@ impl Replication for Cluster {
             service: service.as_str().to_owned(),
             id: id.as_str().to_owned(),
         };
-        self.post_json("/v1/raft/heartbeat", "heartbeat", &body)
+        self.post_json("/v1/raft/heartbeat", "heartbeat", &body, false)
     }
 }
 
 impl Cluster {
-    /// Sends a write to the leader. The leader may be gone (crashed, paused,
-    /// cut off): each attempt gets a short timeout, and the write goes to
-    /// whichever node leads next, until the write timeout. Every write is
-    /// idempotent, so sending it again after an attempt timed out is safe.
     /// [`Cluster::post_owned`] of `body` as JSON; a body that does not encode
     /// fails at once, naming `what` it was.
     fn post_json<T: Serialize>(
@@ -790,9 +788,10 @@ impl Cluster {
         path: &'static str,
         what: &'static str,
         body: &T,
+        gone_is_done: bool,
     ) -> BoxFuture<'static, Result<Outcome, WriteError>> {
         match serde_json::to_value(body) {
-            Ok(body) => self.post_owned(path, body).boxed(),
+            Ok(body) => self.post_owned(path, body, gone_is_done).boxed(),
             Err(source) => async move { Err(Unavailable::Encode { what, source }.into()) }.boxed(),
         }
     }
@@ -801,57 +800,25 @@ impl Cluster {
         &self,
         path: &'static str,
         body: serde_json::Value,
+        gone_is_done: bool,
     ) -> impl std::future::Future<Output = Result<Outcome, WriteError>> + Send + 'static {
-        let mut metrics = self.raft.metrics();
-        let peers = self.peers.clone();
+        let leaders = forward::RaftLeaders {
+            metrics: self.raft.metrics(),
+            peers: self.peers.clone(),
+        };
         let deadline = Instant::now() + self.config.write_timeout;
         // Long enough for a commit under load, short next to an election.
         let attempt = (self.config.heartbeat * 8).max(Duration::from_secs(1));
+        let peers = self.peers.clone();
         async move {
-            let mut last = WriteError::from(Unavailable::NoLeader);
-            let mut tried: Option<u64> = None;
-            while Instant::now() < deadline {
-                let m = metrics.borrow_and_update().clone();
-                let target = m.current_leader.and_then(|l| {
-                    let node = m.membership_config.membership().get_node(&l)?;
-                    Some((l, peers.url(&node.addr)))
-                });
-                let Some((leader, url)) = target.filter(|(l, _)| Some(*l) != tried) else {
-                    // No leader, or still the one that just failed: wait for news.
-                    let wait = deadline.saturating_duration_since(Instant::now());
-                    if tokio::time::timeout(wait.min(attempt), metrics.changed())
-                        .await
-                        .is_err()
-                    {
-                        tried = None;
-                    }
-                    continue;
-                };
-                let sent = peers
-                    .request(reqwest::Method::POST, format!("{url}{path}"))
-                    .timeout(attempt.min(deadline.saturating_duration_since(Instant::now())))
-                    .json(&body)
-                    .send()
-                    .await;
-                let answer = match sent {
-                    Ok(resp) => resp
-                        .json::<Result<Outcome, ErrorWire>>()
-                        .await
-                        .map_err(|source| Unavailable::LeaderAnswer { source }.into()),
-                    Err(source) => Err(Unavailable::LeaderUnreachable { source }.into()),
-                };
-                match answer {
-                    Ok(Ok(out)) => return Ok(out),
-                    Ok(Err(e @ (ErrorWire::Unavailable { .. } | ErrorWire::Invalid { .. }))) => {
-                        last = WriteError::from(e);
-                    }
-                    // The catalog's own answer (not found, conflict, full).
-                    Ok(Err(e)) => return Err(WriteError::from(e)),
-                    Err(e) => last = e,
-                }
-                tried = Some(leader);
-            }
-            Err(last)
+            let to = forward::Forward {
+                path,
+                body,
+                gone_is_done,
+                deadline,
+                attempt,
+            };
+            to.send(&peers, leaders).await
         }
     }
 }
