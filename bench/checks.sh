@@ -37,7 +37,7 @@ out=bench/out/checks.txt
 : > "$out"
 for n in ${counts[@]}; do
   for kind in http tcp; do
-    taskset -c 0 "$bin" serve --http-addr "127.0.0.1:$port" --no-dns --log warn \
+    taskset -c 0 "$bin" serve --http-addr "127.0.0.1:$port" --no-dns --no-grpc --log warn \
       --check-concurrency 256 --max-instances-per-service 100000 &
     pid=$!
     until curl -sf "$url/ready" >/dev/null; do sleep 0.1; done

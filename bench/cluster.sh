@@ -50,7 +50,7 @@ fail() { echo "bench/cluster.sh: $*" >&2; exit 1; }
 declare -a port pid
 read -r port[0] port[1] port[2] port[3] < <(python3 "$helper" ports 4)
 join="127.0.0.1:${port[1]},127.0.0.1:${port[2]},127.0.0.1:${port[3]}"
-common=(--no-dns --log warn --max-instances 1000000 --max-instances-per-service 100000)
+common=(--no-dns --no-grpc --log warn --max-instances 1000000 --max-instances-per-service 100000)
 
 start() { # start N [ARGS...]: node N (0 = the lone node) on CPU 0
   local n=$1; shift

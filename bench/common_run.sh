@@ -23,7 +23,7 @@ roster_url=http://127.0.0.1:$roster_port
 rnacos_url=http://127.0.0.1:$rnacos_port
 etcd_ep=127.0.0.1:$etcd_port etcd_url=http://127.0.0.1:$etcd_port
 static_url=http://127.0.0.1:$static_port/list.json axum_url=http://127.0.0.1:$axum_port/list.json
-roster_flags=(--http-addr "127.0.0.1:$roster_port" --no-dns --log warn
+roster_flags=(--http-addr "127.0.0.1:$roster_port" --no-dns --no-grpc --log warn
   --max-instances 1000000 --max-instances-per-service 100000)
 # Instances live 10-15 min without heartbeats, longer than any run (as roster's
 # and etcd's TTLs of 600 s), so preloaded instances stay listed.

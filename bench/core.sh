@@ -9,7 +9,7 @@ dur=${1:-10s}
 . bench/common.sh
 need wrk wrk
 port=18650
-taskset -c 0 "$bin" serve --http-addr 127.0.0.1:$port --no-dns --log warn &
+taskset -c 0 "$bin" serve --http-addr 127.0.0.1:$port --no-dns --no-grpc --log warn &
 pid=$!
 for _ in $(seq 50); do curl -sf http://127.0.0.1:$port/ready >/dev/null && break; sleep 0.1; done
 python3 - "$port" <<'PY'

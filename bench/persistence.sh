@@ -11,7 +11,7 @@ out=bench/out/persistence.txt
 : > "$out"
 port=18660
 wait_ready() { for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null && return 0; sleep 0.05; done; return 1; }
-start() { taskset -c 0 "$bin" serve --http-addr 127.0.0.1:$port --no-dns --log warn --max-instances 1000000 --max-instances-per-service 100000 "$@" & pid=$!; wait_ready; }
+start() { taskset -c 0 "$bin" serve --http-addr 127.0.0.1:$port --no-dns --no-grpc --log warn --max-instances 1000000 --max-instances-per-service 100000 "$@" & pid=$!; wait_ready; }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
 
 for mode in memory disk; do

@@ -26,6 +26,7 @@ mkdir -p bench/out
 # No DNS listener: it is not measured, and its port may be taken.
 serve_flags=()
 if "$roster" serve --help | grep -q -- --no-dns; then serve_flags+=(--no-dns); fi
+if "$roster" serve --help | grep -q -- --no-grpc; then serve_flags+=(--no-grpc); fi
 # 10,000 streams and the writer: above the default connection limit (10,000).
 if "$roster" serve --help | grep -q -- --max-connections; then serve_flags+=(--max-connections 30000); fi
 out=bench/out/watch.txt

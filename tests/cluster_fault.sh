@@ -86,7 +86,7 @@ join="127.0.0.1:${port[1]},127.0.0.1:${port[2]},127.0.0.1:${port[3]}"
 
 start_node() { # start_node N: starts (or restarts) node N on its port and data dir
   local n=$1
-  ROSTER_LOG=info,openraft=warn "$bin" serve --http-addr "127.0.0.1:${port[$n]}" --no-dns \
+  ROSTER_LOG=info,openraft=warn "$bin" serve --http-addr "127.0.0.1:${port[$n]}" --no-dns --no-grpc \
     --data-dir "$work/data$n" --bootstrap-expect 3 --join "$join" \
     --cluster-token "cluster-fault-test-token" --raft-heartbeat 100ms --lease-grace 1s \
     >> "$work/log$n" 2>&1 &

@@ -74,7 +74,7 @@ join="127.0.0.1:${port[1]},127.0.0.1:${port[2]},127.0.0.1:${port[3]}"
 
 start() { # N [CERT-NAME]
   local n=$1 name=${2:-node$1}
-  "$bin" serve --http-addr "127.0.0.1:${port[$n]}" --no-dns --data-dir "$work/data$n" \
+  "$bin" serve --http-addr "127.0.0.1:${port[$n]}" --no-dns --no-grpc --data-dir "$work/data$n" \
     --bootstrap-expect "$([ "$n" -le 3 ] && echo 3 || echo 0)" --join "$join" \
     --cluster-token "$token" --raft-heartbeat 100ms \
     --peer-tls-ca "$work/ca.pem" --peer-tls-cert "$work/$name.pem" --peer-tls-key "$work/$name.key" \

@@ -22,3 +22,4 @@ pub mod remote;
 pub mod server;
 pub mod store;
 pub mod watch;
+pub mod xds;

@@ -118,6 +118,10 @@ pub struct Metrics {
     dns_stats: std::sync::OnceLock<roster_dns::DnsHandler>,
     dns_tcp_open: Gauge,
     dns_tcp_closed: Family<ResultLabels, Counter>,
+    xds_streams: Family<KindLabels, Gauge>,
+    xds_pushes: Family<KindLabels, Counter>,
+    xds_nacks: Family<KindLabels, Counter>,
+    xds_refused: Family<ResultLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -299,7 +303,35 @@ impl Metrics {
             "DNS TCP connections closed by the server: refused past the cap, idle, or not reading its answers (write_timeout)",
             dns_tcp_closed.clone(),
         );
+        let xds_streams = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "xds_streams",
+            "xDS streams open now, by protocol (sotw: state of the world, delta: incremental)",
+            xds_streams.clone(),
+        );
+        let xds_pushes = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "xds_responses",
+            "xDS responses sent, by resource type (lds, rds, cds, eds)",
+            xds_pushes.clone(),
+        );
+        let xds_nacks = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "xds_nacks",
+            "xDS responses a client rejected (NACK), by resource type; each is logged with the client's error",
+            xds_nacks.clone(),
+        );
+        let xds_refused = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "xds_streams_refused",
+            "xDS streams refused: full (past the stream limit), unauthenticated, or denied",
+            xds_refused.clone(),
+        );
         Metrics {
+            xds_streams,
+            xds_pushes,
+            xds_nacks,
+            xds_refused,
             dns_limited,
             dns_stats: std::sync::OnceLock::new(),
             dns_tcp_open,
@@ -471,5 +503,32 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// xDS counters.
+impl Metrics {
+    /// An xDS stream of `protocol` (`sotw` or `delta`) opened (+1) or closed (-1).
+    pub fn xds_stream(&self, protocol: &'static str, delta: i64) {
+        self.xds_streams
+            .get_or_create(&KindLabels { kind: protocol })
+            .inc_by(delta);
+    }
+
+    /// A response of resource type `kind` sent.
+    pub fn xds_push(&self, kind: &'static str) {
+        self.xds_pushes.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// A response of resource type `kind` rejected by a client.
+    pub fn xds_nack(&self, kind: &'static str) {
+        self.xds_nacks.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// A stream refused, and why (`full`, `unauthenticated`, `denied`).
+    pub fn xds_refused(&self, result: &'static str) {
+        self.xds_refused
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 }

@@ -20,12 +20,14 @@ use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
+use crate::xds::Xds;
 
 /// A running server: its address, its registry, and its tasks.
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
     dns_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
     registry: Arc<Registry>,
     cluster: Option<Arc<Cluster>>,
     tasks: JoinSet<std::io::Result<()>>,
@@ -58,6 +60,13 @@ impl Server {
         }
         let dns = start_dns(config, &registry).await?;
         let dns_addr = dns.as_ref().map(DnsServer::local_addr);
+        let grpc = match config.grpc_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot serve gRPC (xDS) on {addr}: {e}"))
+            })?),
+            None => None,
+        };
+        let grpc_addr = grpc.as_ref().map(TcpListener::local_addr).transpose()?;
         let mut tasks = JoinSet::new();
         // Ready at once in memory; a store or a cluster sets it once loaded.
         let ready = Arc::new(AtomicBool::new(config.data_dir.is_none()));
@@ -79,13 +88,24 @@ impl Server {
             listener,
             router(state),
             config.serve.clone(),
-            tls,
+            tls.clone(),
             shutdown.clone(),
         ));
         tracing::info!(%local_addr, scheme, "roster HTTP API listening");
+        if let Some(listener) = grpc {
+            let xds = Xds::new(
+                registry.clone(),
+                config.acl.clone(),
+                config.max_xds_streams,
+                shutdown.clone(),
+            );
+            tracing::info!(addr = ?grpc_addr, tls = tls.is_some(), "roster gRPC (xDS) listening");
+            tasks.spawn(crate::xds::serve(listener, xds, tls, shutdown.clone()));
+        }
         Ok(Server {
             local_addr,
             dns_addr,
+            grpc_addr,
             registry,
             cluster,
             tasks,
@@ -100,6 +120,11 @@ impl Server {
     /// The DNS server's address (UDP and TCP), or `None` when DNS is off.
     pub fn dns_addr(&self) -> Option<SocketAddr> {
         self.dns_addr
+    }
+
+    /// The gRPC (xDS) server's address, or `None` when it is off.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// The registry behind the API.

@@ -88,7 +88,7 @@ class Roster:
             self.port = free_port()
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen(
-                    [self.binary, "serve", "--http-addr", f"{HOST}:{self.port}", "--no-dns", *self.extra_args],
+                    [self.binary, "serve", "--http-addr", f"{HOST}:{self.port}", "--no-dns", "--no-grpc", *self.extra_args],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

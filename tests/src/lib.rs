@@ -44,6 +44,9 @@ impl TestRegistry {
         if config.dns_addr.is_some() {
             config.dns_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         }
+        if config.grpc_addr.is_some() {
+            config.grpc_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
         let shutdown = CancellationToken::new();
         let server = Server::start(&config, listener, shutdown.clone())
             .await
@@ -68,6 +71,17 @@ impl TestRegistry {
     /// Base URL of the HTTP API.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Address of the gRPC (xDS) server.
+    ///
+    /// # Panics
+    ///
+    /// When the registry was started with gRPC off.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.server()
+            .grpc_addr()
+            .expect("the registry was started with gRPC off")
     }
 
     /// Address of the DNS server (UDP and TCP).

@@ -120,7 +120,7 @@ class Roster:
             self.port = free_port()
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen(
-                    [self.binary, "serve", "--http-addr", f"{HOST}:{self.port}", "--no-dns", *self.extra],
+                    [self.binary, "serve", "--http-addr", f"{HOST}:{self.port}", "--no-dns", "--no-grpc", *self.extra],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -217,7 +217,7 @@ def cluster(tmp_path: Path) -> Iterator[list[Roster]]:
         node.port = port
         with open(node.log_path, "wb") as log:
             node.proc = subprocess.Popen(
-                [node.binary, "serve", "--http-addr", f"{HOST}:{port}", "--no-dns", *extra],
+                [node.binary, "serve", "--http-addr", f"{HOST}:{port}", "--no-dns", "--no-grpc", *extra],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
             )
         nodes.append(node)

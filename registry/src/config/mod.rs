@@ -63,6 +63,26 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new(),
     )]
     pub no_dns: Option<bool>,
+    /// Address of the gRPC server (xDS: gRPC clients' `xds:///NAME` and Envoy)
+    /// [default: 127.0.0.1:8502].
+    #[arg(long, env = "ROSTER_GRPC_ADDR", value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Do not serve gRPC (xDS). `--no-grpc=false` turns it back on over the
+    /// file or environment [default: false].
+    #[arg(
+        long,
+        env = "ROSTER_NO_GRPC",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    pub no_grpc: Option<bool>,
+    /// Most xDS streams open at once; more are refused with RESOURCE_EXHAUSTED
+    /// [default: 16384].
+    #[arg(long, env = "ROSTER_MAX_XDS_STREAMS", value_name = "N")]
+    pub max_xds_streams: Option<usize>,
     /// DNS domain answered for: names look like `web.service.DOMAIN` [default: roster].
     #[arg(long, env = "ROSTER_DNS_DOMAIN", value_name = "DOMAIN")]
     pub dns_domain: Option<String>,
@@ -281,6 +301,9 @@ struct FileConfig {
     deregister_critical_after: Option<Duration>,
     dns_addr: Option<SocketAddr>,
     no_dns: Option<bool>,
+    grpc_addr: Option<SocketAddr>,
+    no_grpc: Option<bool>,
+    max_xds_streams: Option<usize>,
     dns_domain: Option<String>,
     dns_ttl: Option<u32>,
     check_concurrency: Option<usize>,
@@ -375,6 +398,10 @@ pub struct Config {
     pub dns_addr: Option<SocketAddr>,
     /// DNS answers: domain and TTLs.
     pub dns: roster_dns::DnsConfig,
+    /// gRPC (xDS) listen address; `None` turns it off.
+    pub grpc_addr: Option<SocketAddr>,
+    /// Most xDS streams open at once.
+    pub max_xds_streams: usize,
     /// Health checker settings.
     pub checker: CheckerConfig,
     /// What active checks may reach and show.
@@ -417,6 +444,8 @@ impl Default for Config {
             limits: Limits::default(),
             dns_addr: Some(DEFAULT_DNS_ADDR),
             dns: roster_dns::DnsConfig::default(),
+            grpc_addr: Some(crate::xds::DEFAULT_GRPC_ADDR),
+            max_xds_streams: 16_384,
             checker: CheckerConfig::default(),
             probe: crate::checks::probe::ProbePolicy::default(),
             self_preservation: SelfPreservation::default(),
@@ -472,6 +501,15 @@ impl Config {
         }
         if args.no_dns.or(file.no_dns).unwrap_or(false) {
             cfg.dns_addr = None;
+        }
+        if let Some(a) = args.grpc_addr.or(file.grpc_addr) {
+            cfg.grpc_addr = Some(a);
+        }
+        if args.no_grpc.or(file.no_grpc).unwrap_or(false) {
+            cfg.grpc_addr = None;
+        }
+        if let Some(n) = args.max_xds_streams.or(file.max_xds_streams) {
+            cfg.max_xds_streams = n;
         }
         if let Some(d) = args.dns_domain.clone().or(file.dns_domain) {
             cfg.dns.domain = d;
@@ -713,6 +751,7 @@ impl Config {
             ("max_connections", self.serve.max_connections),
             ("max_requests", self.limits_http.max_requests),
             ("max_watchers", self.limits_http.max_watchers),
+            ("max_xds_streams", self.max_xds_streams),
         ] {
             if n == 0 || n > 10_000_000 {
                 return invalid(setting, "must be between 1 and 10000000");

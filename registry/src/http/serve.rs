@@ -184,6 +184,8 @@ pub struct PeerCertificate(pub bool);
 #[derive(Debug)]
 struct Loaded {
     config: Arc<ServerConfig>,
+    /// The same, offering HTTP/2 alone (gRPC).
+    h2: Arc<ServerConfig>,
     /// The peer CA alone, when peer TLS is on.
     peer: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
@@ -250,8 +252,11 @@ impl TlsState {
             }
             None => None,
         };
+        let mut h2 = config.clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Loaded {
             config: Arc::new(config),
+            h2: Arc::new(h2),
             peer,
         })
     }
@@ -323,6 +328,11 @@ impl TlsState {
                 }
             }
         }
+    }
+
+    /// The current certificate for HTTP/2 (gRPC) connections.
+    pub fn h2_config(&self) -> Arc<ServerConfig> {
+        self.current.load().h2.clone()
     }
 
     fn acceptor(&self) -> Acceptor {

@@ -57,6 +57,7 @@ async fn sigterm_deregisters_the_agents_services() {
                 "--http-addr",
                 &format!("127.0.0.1:{port}"),
                 "--no-dns",
+                "--no-grpc",
                 "--log",
                 "warn",
             ])

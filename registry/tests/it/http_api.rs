@@ -35,6 +35,7 @@ impl TestServer {
         let token = CancellationToken::new();
         let config = Config {
             dns_addr: Some("127.0.0.1:0".parse().unwrap()),
+            grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
             ..Config::default()
         };
         let server = Server::start(&config, listener, token.clone())

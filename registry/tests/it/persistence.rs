@@ -50,6 +50,7 @@ impl Roster {
                 "30s",
                 // Parallel tests each run a server: the default DNS port would collide.
                 "--no-dns",
+                "--no-grpc",
             ])
             .arg("--data-dir")
             .arg(dir)

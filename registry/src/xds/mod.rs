@@ -1,0 +1,310 @@
+//! The xDS control plane: gRPC clients in any language (the `xds:///NAME`
+//! resolver) and Envoy discover roster's instances over the Aggregated
+//! Discovery Service, state of the world and incremental.
+//!
+//! Every stream reads the registry's published snapshot: a change wakes each
+//! stream once (`Registry::subscribe_list`), the stream compares the versions
+//! of what it subscribed to with what it sent, and sends what differs. The
+//! resources themselves are built and encoded once per change of their
+//! service ([`resources::Resources`]) and shared by every stream.
+
+pub mod resources;
+
+mod delta;
+mod sotw;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures_util::Stream;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::acl::{Need, Tokens};
+use crate::http::serve::TlsState;
+use crate::registry::Registry;
+use resources::Resources;
+
+/// Default gRPC (xDS) listen address, Consul's gRPC port.
+pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8502,
+));
+
+/// Responses queued for one stream before the stream stops reading changes
+/// (a client that does not read falls behind and gets the latest state when it
+/// reads again, never every step between).
+const QUEUE: usize = 4;
+
+/// What every stream shares.
+#[derive(Debug)]
+pub struct Xds {
+    registry: Arc<Registry>,
+    resources: Resources,
+    acl: Option<Tokens>,
+    streams: Arc<Semaphore>,
+    cancel: CancellationToken,
+}
+
+impl Xds {
+    /// The control plane over `registry`, with at most `max_streams` streams.
+    pub fn new(
+        registry: Arc<Registry>,
+        acl: Option<Tokens>,
+        max_streams: usize,
+        cancel: CancellationToken,
+    ) -> Arc<Xds> {
+        Arc::new(Xds {
+            registry,
+            resources: Resources::default(),
+            acl,
+            streams: Arc::new(Semaphore::new(max_streams)),
+            cancel,
+        })
+    }
+
+    /// Admits a stream: a token that may read (when ACLs are on) and room
+    /// under the stream limit.
+    fn admit<T>(&self, req: &Request<T>) -> Result<OwnedSemaphorePermit, Status> {
+        if let Some(tokens) = &self.acl {
+            let secret = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim())
+                .filter(|v| !v.is_empty());
+            let principal = match secret {
+                None => tokens.anonymous().ok_or_else(|| {
+                    self.registry.metrics().xds_refused("unauthenticated");
+                    Status::unauthenticated(
+                        "a token is required: send `authorization: Bearer TOKEN` metadata",
+                    )
+                })?,
+                Some(secret) => tokens.lookup(secret).ok_or_else(|| {
+                    self.registry.metrics().xds_refused("unauthenticated");
+                    Status::unauthenticated("unknown token")
+                })?,
+            };
+            if !principal.allows(&Need::Read) {
+                self.registry.metrics().xds_refused("denied");
+                return Err(Status::permission_denied(format!(
+                    "token {:?} may not read the catalog",
+                    principal.name
+                )));
+            }
+        }
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            self.registry.metrics().xds_refused("full");
+            Status::resource_exhausted("too many xDS streams on this node; try another")
+        })
+    }
+
+    /// The ADS gRPC service.
+    pub fn service(self: &Arc<Self>) -> AggregatedDiscoveryServiceServer<Ads> {
+        AggregatedDiscoveryServiceServer::from_arc(Arc::new(Ads(self.clone())))
+            .max_decoding_message_size(4 << 20)
+    }
+}
+
+/// The ADS endpoint.
+#[derive(Debug)]
+pub struct Ads(Arc<Xds>);
+
+type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let permit = self.0.admit(&request)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let xds = self.0.clone();
+        tokio::spawn(async move {
+            let metrics = xds.registry.metrics().clone();
+            metrics.xds_stream("sotw", 1);
+            sotw::run(&xds, request.into_inner(), tx).await;
+            metrics.xds_stream("sotw", -1);
+            drop(permit);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let permit = self.0.admit(&request)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let xds = self.0.clone();
+        tokio::spawn(async move {
+            let metrics = xds.registry.metrics().clone();
+            metrics.xds_stream("delta", 1);
+            delta::run(&xds, request.into_inner(), tx).await;
+            metrics.xds_stream("delta", -1);
+            drop(permit);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Queues a response for a stream; `false` once the stream is closed or the
+/// server stops (a client that never reads must not hold shutdown up).
+async fn deliver<T>(xds: &Xds, tx: &mpsc::Sender<Result<T, Status>>, response: T) -> bool {
+    tokio::select! {
+        sent = tx.send(Ok(response)) => sent.is_ok(),
+        () = xds.cancel.cancelled() => false,
+    }
+}
+
+/// A client's node id, for logs.
+fn node_id(node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> &str {
+    node.map_or("", |n| n.id.as_str())
+}
+
+/// Serves xDS on `listener` (over TLS with `tls`) until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    xds: Arc<Xds>,
+    tls: Option<Arc<TlsState>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let service = xds.service();
+    let (conns, incoming) = mpsc::channel::<std::io::Result<Conn>>(64);
+    let accept = {
+        let shutdown = shutdown.clone();
+        async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "xDS accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = tcp.set_nodelay(true);
+                let conns = conns.clone();
+                let tls = tls.clone();
+                // The handshake runs beside the accept loop, bounded, so a
+                // client that stalls in it holds nothing else up.
+                tokio::spawn(async move {
+                    let conn = match tls {
+                        None => Conn::Plain(tcp, peer),
+                        Some(tls) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(tls.h2_config());
+                            match tokio::time::timeout(
+                                Duration::from_secs(10),
+                                acceptor.accept(tcp),
+                            )
+                            .await
+                            {
+                                Ok(Ok(s)) => Conn::Tls(Box::new(s), peer),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "xDS TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            }
+                        }
+                    };
+                    let _ = conns.send(Ok(conn)).await;
+                });
+            }
+        }
+    };
+    tokio::spawn(accept);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown.cancelled_owned())
+        .await
+        .map_err(std::io::Error::other)
+}
+
+/// An accepted xDS connection.
+#[derive(Debug)]
+pub enum Conn {
+    /// Plain TCP.
+    Plain(tokio::net::TcpStream, SocketAddr),
+    /// TLS.
+    Tls(
+        Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+        SocketAddr,
+    ),
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = SocketAddr;
+
+    fn connect_info(&self) -> SocketAddr {
+        match self {
+            Conn::Plain(_, a) | Conn::Tls(_, a) => *a,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s, _) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

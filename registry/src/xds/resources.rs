@@ -1,0 +1,459 @@
+//! The catalog as xDS resources: for a name `web` (or `v2.web`, the instances
+//! of `web` tagged `v2`, as in DNS) a gRPC API listener, a route table, an EDS
+//! cluster and its endpoints. Each resource is encoded once per change of its
+//! service and shared by every stream that asks for it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
+};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Locality,
+    SocketAddress,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use envoy_types::util::pack_any;
+use roster_api::Health;
+
+use crate::catalog::{Instance, ServiceState, Snapshot};
+
+/// Instance metadata key that picks a service's balancing policy.
+pub const LB_POLICY_KEY: &str = "lb_policy";
+/// Instance metadata keys of its locality.
+pub const REGION_KEY: &str = "region";
+/// See [`REGION_KEY`].
+pub const ZONE_KEY: &str = "zone";
+/// See [`REGION_KEY`].
+pub const SUB_ZONE_KEY: &str = "sub_zone";
+
+/// The four resource types roster serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// LDS.
+    Listener,
+    /// RDS.
+    Route,
+    /// CDS.
+    Cluster,
+    /// EDS.
+    Endpoints,
+}
+
+impl Kind {
+    /// Every kind, in the order a client needs them.
+    pub const ALL: [Kind; 4] = [Kind::Listener, Kind::Route, Kind::Cluster, Kind::Endpoints];
+
+    /// The kind of a type URL.
+    pub fn from_type_url(url: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.type_url() == url)
+    }
+
+    /// The type URL of its resources.
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            Kind::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            Kind::Endpoints => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+        }
+    }
+
+    /// Short name for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Listener => "lds",
+            Kind::Route => "rds",
+            Kind::Cluster => "cds",
+            Kind::Endpoints => "eds",
+        }
+    }
+
+    /// Whether a response must list every resource the client asked for
+    /// (one left out is gone), as for listeners and clusters; routes and
+    /// endpoints may be sent one at a time.
+    pub fn full_state(self) -> bool {
+        matches!(self, Kind::Listener | Kind::Cluster)
+    }
+}
+
+/// A resource name taken apart: `web` or `TAG.web`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Name {
+    /// The service, lowercase.
+    pub service: String,
+    /// The tag filter.
+    pub tag: Option<String>,
+}
+
+impl Name {
+    /// Parses a resource name; `None` for one that can name no service.
+    pub fn parse(name: &str) -> Option<Name> {
+        let (tag, service) = match name.rsplit_once('.') {
+            Some((tag, service)) => (Some(tag), service),
+            None => (None, name),
+        };
+        let service = crate::model::ServiceName::parse(service).ok()?;
+        if tag.is_some_and(|t| t.is_empty()) {
+            return None;
+        }
+        Some(Name {
+            service: service.as_str().to_owned(),
+            tag: tag.map(str::to_owned),
+        })
+    }
+}
+
+/// One encoded resource.
+#[derive(Debug)]
+pub struct Built {
+    /// Its name, as asked.
+    pub name: Arc<str>,
+    /// Version: a digest of the encoded bytes, so equal content has equal
+    /// versions across restarts of the registry (a reconnecting client that
+    /// names the version it has gets nothing it already holds).
+    pub version: Arc<str>,
+    /// The resource.
+    pub any: Any,
+    /// Index of the service it was built from.
+    index: u64,
+}
+
+/// Resources built from the catalog, cached per (kind, name) against the
+/// service's index.
+#[derive(Debug, Default)]
+pub struct Resources {
+    cache: DashMap<(Kind, Arc<str>), Arc<Built>>,
+    /// `names_index` of the snapshot the cache was last pruned against.
+    pruned: AtomicU64,
+}
+
+/// Entries above which the cache is cleared (names asked for by clients,
+/// tag filters included, are not bounded by the catalog).
+const CACHE_LIMIT: usize = 100_000;
+
+impl Resources {
+    /// The resource `name` of `kind` in `snap`; `None` when it does not exist
+    /// (no such service, or a name that cannot be one).
+    pub fn get(&self, snap: &Snapshot, kind: Kind, name: &str) -> Option<Arc<Built>> {
+        self.prune(snap);
+        let parsed = Name::parse(name)?;
+        let state = snap.services.get(parsed.service.as_str())?;
+        let key = (kind, Arc::<str>::from(name));
+        if let Some(hit) = self.cache.get(&key)
+            && hit.index == state.modify_index
+        {
+            return Some(hit.clone());
+        }
+        let any = build(kind, name, &parsed, state);
+        let version: Arc<str> = digest(&any.value).into();
+        let fresh = Arc::new(Built {
+            name: key.1.clone(),
+            version,
+            any,
+            index: state.modify_index,
+        });
+        let mut out = fresh.clone();
+        self.cache
+            .entry(key)
+            .and_modify(|cached| {
+                if cached.index > fresh.index {
+                    // Built from an older snapshot: keep the newer one.
+                    out = cached.clone();
+                } else if cached.version == fresh.version {
+                    // Same bytes: keep the shared copy streams compare against.
+                    out = cached.clone();
+                } else {
+                    *cached = fresh.clone();
+                }
+            })
+            .or_insert_with(|| fresh.clone());
+        Some(out)
+    }
+
+    /// Every cluster name of the catalog (a wildcard CDS subscription).
+    pub fn all_services(snap: &Snapshot) -> Vec<Arc<str>> {
+        snap.services.keys().cloned().collect()
+    }
+
+    fn prune(&self, snap: &Snapshot) {
+        if self.pruned.swap(snap.names_index, Ordering::Relaxed) != snap.names_index
+            || self.cache.len() > CACHE_LIMIT
+        {
+            self.cache.retain(|(_, name), _| {
+                Name::parse(name).is_some_and(|n| snap.services.contains_key(n.service.as_str()))
+            });
+            if self.cache.len() > CACHE_LIMIT {
+                self.cache.clear();
+            }
+        }
+    }
+
+    /// Number of cached resources.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+}
+
+/// First 16 hex digits of the SHA-256 of `bytes`.
+fn digest(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn build(kind: Kind, name: &str, parsed: &Name, state: &ServiceState) -> Any {
+    match kind {
+        Kind::Listener => pack_any(listener(name)),
+        Kind::Route => pack_any(route(name)),
+        Kind::Cluster => pack_any(cluster(name, policy(state))),
+        Kind::Endpoints => pack_any(endpoints(name, parsed, state)),
+    }
+}
+
+/// A gRPC client's listener: an API listener whose connection manager takes
+/// its routes over ADS (RDS), with the router filter last as gRPC requires.
+pub fn listener(name: &str) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: name.to_owned(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: name.to_owned(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(ConfigType::TypedConfig(pack_any(Router::default()))),
+            ..HttpFilter::default()
+        }],
+        ..HttpConnectionManager::default()
+    };
+    Listener {
+        name: name.to_owned(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(pack_any(hcm)),
+        }),
+        ..Listener::default()
+    }
+}
+
+/// Every request of the virtual host to the cluster of the same name.
+pub fn route(name: &str) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: name.to_owned(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix(String::new())),
+                    ..RouteMatch::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(name.to_owned())),
+                    ..RouteAction::default()
+                })),
+                ..Route::default()
+            }],
+            ..VirtualHost::default()
+        }],
+        ..RouteConfiguration::default()
+    }
+}
+
+/// An EDS cluster whose endpoints come over ADS.
+pub fn cluster(name: &str, policy: LbPolicy) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: name.to_owned(),
+        }),
+        lb_policy: policy as i32,
+        connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        ..Cluster::default()
+    }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..ConfigSource::default()
+    }
+}
+
+/// The balancing policy named by the service's instances (metadata
+/// [`LB_POLICY_KEY`], the first instance that has it), round robin otherwise.
+pub fn policy(state: &ServiceState) -> LbPolicy {
+    let named = state
+        .instances
+        .values()
+        .find_map(|i| i.spec.meta.get(LB_POLICY_KEY));
+    match named.map(String::as_str) {
+        Some("ring_hash") => LbPolicy::RingHash,
+        Some("least_request") => LbPolicy::LeastRequest,
+        _ => LbPolicy::RoundRobin,
+    }
+}
+
+/// Where an instance runs, from its metadata.
+fn locality(i: &Instance) -> Locality {
+    let get = |k: &str| i.spec.meta.get(k).cloned().unwrap_or_default();
+    Locality {
+        region: get(REGION_KEY),
+        zone: get(ZONE_KEY),
+        sub_zone: get(SUB_ZONE_KEY),
+        ..Locality::default()
+    }
+}
+
+/// How an instance of this health is offered: passing and warning are
+/// served (weighted by the weight for that health), critical is not, and
+/// maintenance is draining.
+fn status(i: &Instance) -> (HealthStatus, u32) {
+    let clamp = |w: u32| w.clamp(1, u32::from(u16::MAX));
+    if i.maintenance.is_some() {
+        return (HealthStatus::Draining, 1);
+    }
+    match i.health() {
+        Health::Passing => (HealthStatus::Healthy, clamp(i.spec.weights.passing)),
+        Health::Warning => (HealthStatus::Healthy, clamp(i.spec.weights.warning)),
+        Health::Critical => (HealthStatus::Unhealthy, 1),
+    }
+}
+
+/// The endpoints of `name`: the service's instances (with the tag, for a
+/// tagged name) that have an IP address, grouped by locality. Every locality
+/// has a weight (gRPC ignores those without): the sum of its served
+/// endpoints' weights. Under round robin, a locality whose endpoints have
+/// different weights is split into one locality per endpoint, since gRPC's
+/// round robin ignores endpoint weights and only locality weights then make
+/// 1:3 weights give 1:3 traffic; Envoy uses the endpoint weights either way.
+pub fn endpoints(name: &str, parsed: &Name, state: &ServiceState) -> ClusterLoadAssignment {
+    let split = policy(state) == LbPolicy::RoundRobin;
+    let mut groups: BTreeMap<(String, String, String), Vec<(LbEndpoint, u32, bool)>> =
+        BTreeMap::new();
+    for i in state.instances.values() {
+        if let Some(tag) = &parsed.tag
+            && !i.spec.tags.iter().any(|t| t.eq_ignore_ascii_case(tag))
+        {
+            continue;
+        }
+        // xDS endpoints are addresses; a host name would be NACKed.
+        let Ok(ip) = i.spec.address.parse::<IpAddr>() else {
+            continue;
+        };
+        let (health, weight) = status(i);
+        let l = locality(i);
+        let endpoint = LbEndpoint {
+            health_status: health as i32,
+            load_balancing_weight: Some(UInt32Value { value: weight }),
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(AddressKind::SocketAddress(SocketAddress {
+                        address: ip.to_string(),
+                        port_specifier: Some(PortSpecifier::PortValue(u32::from(i.spec.port))),
+                        ..SocketAddress::default()
+                    })),
+                }),
+                hostname: i.id.to_string(),
+                ..Endpoint::default()
+            })),
+            ..LbEndpoint::default()
+        };
+        groups
+            .entry((l.region, l.zone, l.sub_zone))
+            .or_default()
+            .push((endpoint, weight, health == HealthStatus::Healthy));
+    }
+    let mut out = Vec::new();
+    for ((region, zone, sub_zone), members) in groups {
+        let served = |m: &[(LbEndpoint, u32, bool)]| -> u32 {
+            m.iter()
+                .filter(|(_, _, up)| *up)
+                .map(|(_, w, _)| *w)
+                .sum::<u32>()
+                .max(1)
+        };
+        let weights_differ = members
+            .iter()
+            .filter(|(_, _, up)| *up)
+            .any(|(_, w, _)| *w != members[0].1);
+        if split && weights_differ {
+            for (endpoint, weight, up) in members {
+                let id = match &endpoint.host_identifier {
+                    Some(HostIdentifier::Endpoint(e)) => e.hostname.clone(),
+                    _ => String::new(),
+                };
+                out.push(LocalityLbEndpoints {
+                    locality: Some(Locality {
+                        region: region.clone(),
+                        zone: zone.clone(),
+                        sub_zone: if sub_zone.is_empty() {
+                            id
+                        } else {
+                            format!("{sub_zone}/{id}")
+                        },
+                        ..Locality::default()
+                    }),
+                    load_balancing_weight: Some(UInt32Value {
+                        value: if up { weight } else { 1 },
+                    }),
+                    lb_endpoints: vec![endpoint],
+                    ..LocalityLbEndpoints::default()
+                });
+            }
+        } else {
+            let weight = served(&members);
+            out.push(LocalityLbEndpoints {
+                locality: Some(Locality {
+                    region,
+                    zone,
+                    sub_zone,
+                    ..Locality::default()
+                }),
+                load_balancing_weight: Some(UInt32Value { value: weight }),
+                lb_endpoints: members.into_iter().map(|(e, _, _)| e).collect(),
+                ..LocalityLbEndpoints::default()
+            });
+        }
+    }
+    ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        endpoints: out,
+        ..ClusterLoadAssignment::default()
+    }
+}

@@ -1,0 +1,173 @@
+//! State-of-the-world ADS (what gRPC clients speak): each response of a type
+//! carries the resources the client asked for, versioned by the catalog
+//! index; an ACK changes nothing, a NACK is logged and counted and nothing is
+//! sent again until the catalog changes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::resources::{Built, Kind, Resources};
+use super::{Xds, node_id};
+
+/// Most names one stream may subscribe to per type.
+const MAX_NAMES: usize = 10_000;
+
+/// One resource type on one stream.
+#[derive(Debug, Default)]
+struct Sub {
+    /// Names asked for.
+    names: BTreeSet<Arc<str>>,
+    /// Every cluster of the catalog (an empty CDS request) .
+    wildcard: bool,
+    /// Version of each resource the client was last sent.
+    sent: HashMap<Arc<str>, Arc<str>>,
+    /// Nonce of the last response.
+    nonce: String,
+    /// Version of the last response.
+    version: String,
+}
+
+pub(super) async fn run(
+    xds: &Xds,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
+    let mut changes = xds.registry.subscribe_list();
+    let mut subs: HashMap<Kind, Sub> = HashMap::new();
+    let mut nonce = 0u64;
+    let mut node = String::new();
+    loop {
+        tokio::select! {
+            () = xds.cancel.cancelled() => return,
+            req = requests.message() => {
+                let req = match req {
+                    Ok(Some(req)) => req,
+                    Ok(None) | Err(_) => return,
+                };
+                if node.is_empty() {
+                    node = node_id(req.node.as_ref()).to_owned();
+                }
+                let Some(kind) = Kind::from_type_url(&req.type_url) else {
+                    tracing::debug!(%node, type_url = %req.type_url, "xDS request for a type roster does not serve");
+                    continue;
+                };
+                if req.resource_names.len() > MAX_NAMES {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(format!(
+                            "at most {MAX_NAMES} resource names per request"
+                        ))))
+                        .await;
+                    return;
+                }
+                let sub = subs.entry(kind).or_default();
+                if !req.response_nonce.is_empty() && req.response_nonce != sub.nonce {
+                    // An answer to an older response: the client will answer
+                    // the latest one too.
+                    continue;
+                }
+                if let Some(err) = &req.error_detail {
+                    xds.registry.metrics().xds_nack(kind.label());
+                    tracing::warn!(
+                        %node,
+                        r#type = kind.label(),
+                        version = %sub.version,
+                        error = %err.message,
+                        "xDS client rejected a response (NACK); it is not sent again until the catalog changes"
+                    );
+                }
+                let names: BTreeSet<Arc<str>> =
+                    req.resource_names.iter().map(|n| Arc::from(n.as_str())).collect();
+                let wildcard = kind == Kind::Cluster && (names.is_empty() || names.contains("*"));
+                let first = sub.nonce.is_empty();
+                let changed = names != sub.names || wildcard != sub.wildcard;
+                if !(first || changed) {
+                    continue; // an ACK, or a NACK of the current state
+                }
+                sub.names = names;
+                sub.wildcard = wildcard;
+                if !send(xds, kind, sub, &mut nonce, true, &tx).await {
+                    return;
+                }
+            }
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                for kind in Kind::ALL {
+                    if let Some(sub) = subs.get_mut(&kind)
+                        && !sub.nonce.is_empty()
+                        && !send(xds, kind, sub, &mut nonce, false, &tx).await
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends what the client of `sub` should have now: for listeners and clusters
+/// every existing resource asked for (one left out is gone), for routes and
+/// endpoints those that changed (all of them when `asked`). Nothing when
+/// nothing changed and the client did not ask. `false` once the stream is
+/// closed.
+async fn send(
+    xds: &Xds,
+    kind: Kind,
+    sub: &mut Sub,
+    nonce: &mut u64,
+    asked: bool,
+    tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) -> bool {
+    let snap = xds.registry.snapshot();
+    let names: Vec<Arc<str>> = if sub.wildcard {
+        Resources::all_services(&snap)
+    } else {
+        sub.names.iter().cloned().collect()
+    };
+    let current: Vec<Arc<Built>> = names
+        .iter()
+        .filter_map(|n| xds.resources.get(&snap, kind, n))
+        .collect();
+    let differs = |b: &Arc<Built>| sub.sent.get(&b.name) != Some(&b.version);
+    let out: Vec<&Arc<Built>> = if kind.full_state() {
+        let same = current.len() == sub.sent.len() && !current.iter().any(differs);
+        if same && !asked {
+            return true;
+        }
+        current.iter().collect()
+    } else if asked {
+        current.iter().collect()
+    } else {
+        current.iter().filter(|b| differs(b)).collect()
+    };
+    if out.is_empty() && !asked && !kind.full_state() {
+        // Nothing to say; forget what is gone so it is sent when it is back.
+        sub.sent.retain(|n, _| current.iter().any(|b| &b.name == n));
+        return true;
+    }
+    if kind.full_state() {
+        sub.sent.clear();
+    } else {
+        sub.sent.retain(|n, _| current.iter().any(|b| &b.name == n));
+    }
+    for b in &out {
+        sub.sent.insert(b.name.clone(), b.version.clone());
+    }
+    *nonce += 1;
+    sub.nonce = nonce.to_string();
+    sub.version = snap.index.to_string();
+    let response = DiscoveryResponse {
+        version_info: sub.version.clone(),
+        resources: out.iter().map(|b| b.any.clone()).collect(),
+        type_url: kind.type_url().to_owned(),
+        nonce: sub.nonce.clone(),
+        ..DiscoveryResponse::default()
+    };
+    xds.registry.metrics().xds_push(kind.label());
+    super::deliver(xds, tx, response).await
+}
