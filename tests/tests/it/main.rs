@@ -17,3 +17,4 @@ mod restart;
 mod security;
 mod sync_k8s;
 mod watch;
+mod xds;
