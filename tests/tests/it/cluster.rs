@@ -1757,3 +1757,62 @@ async fn the_api_certificate_serves_peers_next_to_an_api_client_ca() {
     assert_eq!(resp.status(), 200);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_serves_xds_from_its_replica_across_a_failover() {
+    use crate::xds::{EDS, Sotw, decode, endpoints};
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+
+    let mut c = Cluster::start("xds", 3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    c.client(leader)
+        .register("web", "w1", &instance(80))
+        .await
+        .unwrap();
+    c.converge("web", &set(&["w1"])).await;
+    let addr = c.node(follower).grpc_addr().expect("gRPC on");
+    let mut s = Sotw::try_open_at(addr, None).await.expect("stream opens");
+    s.ask(EDS, &["web"]).await;
+    let cla: Vec<ClusterLoadAssignment> = decode(&s.next_of(EDS).await);
+    assert_eq!(
+        endpoints(&cla[0]).len(),
+        1,
+        "the follower serves its replica"
+    );
+    s.ask(EDS, &["web"]).await;
+
+    // The leader goes away; a write through the new leader reaches the stream
+    // on the follower.
+    c.stop(leader).await;
+    let written = timeout(SOON, async {
+        loop {
+            let survivor = c.leader_among(&c.running()).await;
+            if c.client(survivor)
+                .register("web", "w2", &instance(81))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(written.is_ok(), "writes resume after the leader stops");
+    let pushed = timeout(SOON, async {
+        loop {
+            let cla: Vec<ClusterLoadAssignment> = decode(&s.next_of(EDS).await);
+            s.ask(EDS, &["web"]).await;
+            if endpoints(&cla[0]).len() == 2 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        pushed.is_ok(),
+        "the follower pushes the write made after the failover"
+    );
+    c.shutdown().await;
+}

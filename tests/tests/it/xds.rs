@@ -34,15 +34,15 @@ use tonic::{Code, Streaming};
 const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub(crate) const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
 /// Bound of every wait for an answer: far above what one takes.
 const WAIT: Duration = Duration::from_secs(10);
 /// How long "nothing more arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(400);
 
-async fn channel(reg: &TestRegistry) -> Channel {
-    Channel::from_shared(format!("http://{}", reg.grpc_addr()))
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
@@ -63,7 +63,7 @@ fn instance(address: &str, port: u16, tags: &[&str], weight: u32) -> RegisterReq
 }
 
 /// A state-of-the-world ADS stream.
-struct Sotw {
+pub(crate) struct Sotw {
     tx: mpsc::Sender<DiscoveryRequest>,
     rx: Streaming<DiscoveryResponse>,
     /// Last response per type (for ACKs).
@@ -76,7 +76,15 @@ impl Sotw {
     }
 
     async fn try_open(reg: &TestRegistry, token: Option<&str>) -> Result<Sotw, tonic::Status> {
-        let mut client = AggregatedDiscoveryServiceClient::new(channel(reg).await);
+        Self::try_open_at(reg.grpc_addr(), token).await
+    }
+
+    /// A stream to the gRPC server at `addr`.
+    pub(crate) async fn try_open_at(
+        addr: std::net::SocketAddr,
+        token: Option<&str>,
+    ) -> Result<Sotw, tonic::Status> {
+        let mut client = AggregatedDiscoveryServiceClient::new(channel(addr).await);
         let (tx, rx) = mpsc::channel(16);
         let mut req = tonic::Request::new(ReceiverStream::new(rx));
         if let Some(t) = token {
@@ -92,7 +100,7 @@ impl Sotw {
     }
 
     /// Asks for `names` of `type_url`, acknowledging the last response of it.
-    async fn ask(&mut self, type_url: &str, names: &[&str]) {
+    pub(crate) async fn ask(&mut self, type_url: &str, names: &[&str]) {
         let last = self.last.get(type_url);
         self.send(DiscoveryRequest {
             node: Some(Node {
@@ -142,7 +150,7 @@ impl Sotw {
     }
 
     /// The next response of `type_url`, skipping others.
-    async fn next_of(&mut self, type_url: &str) -> DiscoveryResponse {
+    pub(crate) async fn next_of(&mut self, type_url: &str) -> DiscoveryResponse {
         loop {
             let r = self.next().await;
             if r.type_url == type_url {
@@ -159,7 +167,7 @@ impl Sotw {
     }
 }
 
-fn decode<T: Message + Default>(r: &DiscoveryResponse) -> Vec<T> {
+pub(crate) fn decode<T: Message + Default>(r: &DiscoveryResponse) -> Vec<T> {
     r.resources
         .iter()
         .map(|a| T::decode(a.value.as_slice()).expect("decodes"))
@@ -167,7 +175,7 @@ fn decode<T: Message + Default>(r: &DiscoveryResponse) -> Vec<T> {
 }
 
 /// (address:port, health, weight) of every endpoint, sorted.
-fn endpoints(cla: &ClusterLoadAssignment) -> Vec<(String, HealthStatus, u32)> {
+pub(crate) fn endpoints(cla: &ClusterLoadAssignment) -> Vec<(String, HealthStatus, u32)> {
     let mut out: Vec<_> = cla
         .endpoints
         .iter()
@@ -527,7 +535,7 @@ struct Delta {
 
 impl Delta {
     async fn open(reg: &TestRegistry) -> Delta {
-        let mut client = AggregatedDiscoveryServiceClient::new(channel(reg).await);
+        let mut client = AggregatedDiscoveryServiceClient::new(channel(reg.grpc_addr()).await);
         let (tx, rx) = mpsc::channel(16);
         let rx = client
             .delta_aggregated_resources(ReceiverStream::new(rx))
@@ -733,4 +741,70 @@ async fn streams_past_the_limit_are_refused_and_a_closed_one_frees_its_place() {
     })
     .await;
     assert!(reopened.is_ok(), "a closed stream frees its place");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_streams_each_get_the_change() {
+    const STREAMS: usize = 10_000;
+    const PER_CONNECTION: usize = 100;
+    let (reg, client) = registry_with_web().await;
+    let mut channels = Vec::new();
+    for _ in 0..STREAMS / PER_CONNECTION {
+        channels.push(channel(reg.grpc_addr()).await);
+    }
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..STREAMS {
+        let ch = channels[i / PER_CONNECTION].clone();
+        let (ready, done) = (ready_tx.clone(), done_tx.clone());
+        tasks.spawn(async move {
+            let mut client = AggregatedDiscoveryServiceClient::new(ch);
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(DiscoveryRequest {
+                type_url: EDS.into(),
+                resource_names: vec!["web".into()],
+                ..DiscoveryRequest::default()
+            })
+            .await
+            .unwrap();
+            let mut stream = client
+                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .await
+                .expect("admitted")
+                .into_inner();
+            let first = stream.message().await.unwrap().unwrap();
+            let _ = ready.send(());
+            tx.send(DiscoveryRequest {
+                type_url: EDS.into(),
+                resource_names: vec!["web".into()],
+                version_info: first.version_info.clone(),
+                response_nonce: first.nonce.clone(),
+                ..DiscoveryRequest::default()
+            })
+            .await
+            .unwrap();
+            let next = stream.message().await.unwrap().unwrap();
+            let cla: Vec<ClusterLoadAssignment> = decode(&next);
+            let _ = done.send(endpoints(&cla[0]).len());
+            // Hold the stream until every other one is done.
+            std::future::pending::<()>().await;
+        });
+    }
+    for n in 0..STREAMS {
+        tokio::time::timeout(Duration::from_secs(120), ready_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {n} streams answered"));
+    }
+    client
+        .register("web", "web-3", &instance("10.0.0.3", 8080, &[], 1))
+        .await
+        .unwrap();
+    for n in 0..STREAMS {
+        let got = tokio::time::timeout(Duration::from_secs(120), done_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {n} streams got the change"));
+        assert_eq!(got, Some(3), "stream {n} saw the new instance");
+    }
+    tasks.abort_all();
 }
