@@ -401,17 +401,17 @@ pub fn endpoints(name: &str, parsed: &Name, state: &ServiceState) -> ClusterLoad
     }
     let mut out = Vec::new();
     for ((region, zone, sub_zone), members) in groups {
+        // Served endpoints' weights; 1 for a locality with none up (gRPC
+        // skips it while nothing in it is ready, and a weight must be set).
         let served = |m: &[(LbEndpoint, u32, bool)]| -> u32 {
             m.iter()
                 .filter(|(_, _, up)| *up)
-                .map(|(_, w, _)| *w)
-                .sum::<u32>()
+                .fold(0u32, |sum, (_, w, _)| sum.saturating_add(*w))
                 .max(1)
         };
-        let weights_differ = members
-            .iter()
-            .filter(|(_, _, up)| *up)
-            .any(|(_, w, _)| *w != members[0].1);
+        let mut up_weights = members.iter().filter(|(_, _, up)| *up).map(|(_, w, _)| *w);
+        let first = up_weights.next();
+        let weights_differ = up_weights.any(|w| Some(w) != first);
         if split && weights_differ {
             for (endpoint, weight, up) in members {
                 let id = match &endpoint.host_identifier {
@@ -455,5 +455,170 @@ pub fn endpoints(name: &str, parsed: &Name, state: &ServiceState) -> ClusterLoad
         cluster_name: name.to_owned(),
         endpoints: out,
         ..ClusterLoadAssignment::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use imbl::OrdMap;
+    use roster_api::Weights;
+
+    use super::*;
+    use crate::model::InstanceSpec;
+
+    fn inst(id: &str, address: &str, weight: u32, lease: Option<Health>) -> Arc<Instance> {
+        Arc::new(Instance {
+            id: id.into(),
+            service: "web".into(),
+            spec: InstanceSpec {
+                address: address.into(),
+                port: 80,
+                tags: vec!["v2".into()],
+                meta: BTreeMap::new(),
+                weights: Weights {
+                    passing: weight,
+                    warning: 1,
+                },
+                ttl: None,
+                deregister_critical_after: Duration::from_secs(60),
+                checks: Arc::new([]),
+            },
+            lease,
+            maintenance: None,
+            checks: Vec::new(),
+            create_index: 1,
+            modify_index: 1,
+        })
+    }
+
+    fn state(instances: &[Arc<Instance>], index: u64) -> ServiceState {
+        ServiceState {
+            modify_index: index,
+            instances: instances
+                .iter()
+                .map(|i| (i.id.clone(), i.clone()))
+                .collect::<OrdMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn names_are_a_service_with_an_optional_tag() {
+        let n = |s: &str| Name::parse(s).map(|n| (n.service, n.tag));
+        assert_eq!(n("web"), Some(("web".into(), None)));
+        assert_eq!(n("Web"), Some(("web".into(), None)), "services ignore case");
+        assert_eq!(n("v2.web"), Some(("web".into(), Some("v2".into()))));
+        assert_eq!(n("a.b.web"), Some(("web".into(), Some("a.b".into()))));
+        for bad in ["", ".web", "web.", "we b", "-web", "x/web"] {
+            assert_eq!(n(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn endpoints_keep_ip_addresses_and_weigh_localities_by_what_is_served() {
+        let s = state(
+            &[
+                inst("a", "10.0.0.1", 2, None),
+                inst("b", "10.0.0.2", 2, Some(Health::Critical)),
+                inst("c", "db.internal", 2, None),
+            ],
+            5,
+        );
+        let cla = endpoints("web", &Name::parse("web").unwrap(), &s);
+        assert_eq!(cla.endpoints.len(), 1, "equal weights: one locality");
+        let l = &cla.endpoints[0];
+        assert_eq!(l.lb_endpoints.len(), 2, "a host name is not an xDS address");
+        assert_eq!(
+            l.load_balancing_weight.as_ref().unwrap().value,
+            2,
+            "the critical endpoint adds nothing"
+        );
+        let health: Vec<i32> = l.lb_endpoints.iter().map(|e| e.health_status).collect();
+        assert_eq!(
+            health,
+            [HealthStatus::Healthy as i32, HealthStatus::Unhealthy as i32]
+        );
+    }
+
+    #[test]
+    fn different_weights_split_only_under_round_robin() {
+        let a = inst("a", "10.0.0.1", 1, None);
+        let b = inst("b", "10.0.0.2", 3, None);
+        let cla = endpoints("web", &Name::parse("web").unwrap(), &state(&[a, b], 5));
+        let weights: Vec<(String, u32)> = cla
+            .endpoints
+            .iter()
+            .map(|l| {
+                (
+                    l.locality.as_ref().unwrap().sub_zone.clone(),
+                    l.load_balancing_weight.as_ref().unwrap().value,
+                )
+            })
+            .collect();
+        assert_eq!(weights, [("a".into(), 1), ("b".into(), 3)]);
+
+        let mut ring = Arc::unwrap_or_clone(inst("a", "10.0.0.1", 1, None));
+        ring.spec
+            .meta
+            .insert(LB_POLICY_KEY.into(), "ring_hash".into());
+        let s = state(&[Arc::new(ring), inst("b", "10.0.0.2", 3, None)], 6);
+        assert_eq!(policy(&s), LbPolicy::RingHash);
+        let cla = endpoints("web", &Name::parse("web").unwrap(), &s);
+        assert_eq!(cla.endpoints.len(), 1, "ring hash weighs endpoints itself");
+        assert_eq!(
+            cla.endpoints[0]
+                .load_balancing_weight
+                .as_ref()
+                .unwrap()
+                .value,
+            4
+        );
+    }
+
+    #[test]
+    fn resources_are_built_once_per_change_and_shared_while_the_bytes_hold() {
+        let r = Resources::default();
+        let mut snap = Snapshot {
+            index: 5,
+            names_index: 1,
+            services: OrdMap::new(),
+        };
+        assert!(r.get(&snap, Kind::Endpoints, "web").is_none(), "no service");
+        snap.services
+            .insert("web".into(), state(&[inst("a", "10.0.0.1", 1, None)], 5));
+        let eds = r.get(&snap, Kind::Endpoints, "web").unwrap();
+        let lds = r.get(&snap, Kind::Listener, "web").unwrap();
+        assert!(Arc::ptr_eq(
+            &eds,
+            &r.get(&snap, Kind::Endpoints, "web").unwrap()
+        ));
+
+        // A change to the service: new endpoints, the same listener bytes.
+        snap.index = 6;
+        snap.services.insert(
+            "web".into(),
+            state(
+                &[
+                    inst("a", "10.0.0.1", 1, None),
+                    inst("b", "10.0.0.2", 1, None),
+                ],
+                6,
+            ),
+        );
+        let eds2 = r.get(&snap, Kind::Endpoints, "web").unwrap();
+        assert_ne!(eds2.version, eds.version);
+        let lds2 = r.get(&snap, Kind::Listener, "web").unwrap();
+        assert!(
+            Arc::ptr_eq(&lds, &lds2),
+            "unchanged bytes: the same resource"
+        );
+        assert_eq!(lds.version.len(), 16);
+
+        // The service gone: the cache forgets it once the names move.
+        snap.services.remove("web");
+        snap.names_index = 7;
+        assert!(r.get(&snap, Kind::Listener, "web").is_none());
+        assert!(r.is_empty());
     }
 }
