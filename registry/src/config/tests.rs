@@ -114,6 +114,38 @@ fn dns_flags_parse() {
 }
 
 #[test]
+fn grpc_settings_from_flags_and_the_file() {
+    let on = Config::load(&ServeArgs::default()).unwrap();
+    assert_eq!(on.grpc_addr, Some(crate::xds::DEFAULT_GRPC_ADDR));
+    let off = Config::load(&ServeArgs {
+        no_grpc: Some(true),
+        grpc_addr: Some("127.0.0.1:9000".parse().unwrap()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(off.grpc_addr, None, "--no-grpc wins over an address");
+    let dir = std::env::temp_dir().join(format!("roster-grpc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("roster.toml");
+    std::fs::write(&file, "grpc_addr = \"0.0.0.0:9502\"\nmax_xds_streams = 7\n").unwrap();
+    let from_file = Config::load(&ServeArgs {
+        config: Some(file.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(from_file.grpc_addr, Some("0.0.0.0:9502".parse().unwrap()));
+    assert_eq!(from_file.max_xds_streams, 7);
+    std::fs::write(&file, "max_xds_streams = 0\n").unwrap();
+    let err = Config::load(&ServeArgs {
+        config: Some(file),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("max_xds_streams"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn bad_dns_settings_are_refused() {
     for domain in [".", "", "a..b", &"x".repeat(64)] {
         let err = Config::load(&ServeArgs {

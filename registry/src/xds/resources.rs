@@ -9,7 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::load_balancing_policy::Policy;
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, LoadBalancingPolicy};
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+use envoy_types::pb::envoy::extensions::load_balancing_policies::least_request::v3::LeastRequest;
+use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
+use envoy_types::pb::envoy::extensions::load_balancing_policies::wrr_locality::v3::WrrLocality;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
 };
@@ -290,7 +295,18 @@ pub fn route(name: &str) -> RouteConfiguration {
 }
 
 /// An EDS cluster whose endpoints come over ADS.
+///
+/// Round robin and ring hash are named in `lb_policy`, which every gRPC
+/// release reads. Least request is not in every gRPC (the C core of 1.85
+/// rejects the whole cluster for it), so it goes in `load_balancing_policy`
+/// with round robin after it, and each client takes the first policy it
+/// knows (gRFC A52): for gRPC a locality-weighted picker of least request, or
+/// of round robin where least request is missing; for Envoy least request.
 pub fn cluster(name: &str, policy: LbPolicy) -> Cluster {
+    let (lb_policy, load_balancing_policy) = match policy {
+        LbPolicy::LeastRequest => (LbPolicy::RoundRobin, Some(least_request_first())),
+        other => (other, None),
+    };
     Cluster {
         name: name.to_owned(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
@@ -298,12 +314,53 @@ pub fn cluster(name: &str, policy: LbPolicy) -> Cluster {
             eds_config: Some(ads()),
             service_name: name.to_owned(),
         }),
-        lb_policy: policy as i32,
+        lb_policy: lb_policy as i32,
+        load_balancing_policy,
         connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
             seconds: 5,
             nanos: 0,
         }),
         ..Cluster::default()
+    }
+}
+
+/// Least request where the client has it, round robin otherwise.
+fn least_request_first() -> LoadBalancingPolicy {
+    let policy = |name: &str, config: Any| Policy {
+        typed_extension_config: Some(TypedExtensionConfig {
+            name: name.to_owned(),
+            typed_config: Some(config),
+        }),
+    };
+    let least_request = || {
+        policy(
+            "envoy.load_balancing_policies.least_request",
+            pack_any(LeastRequest::default()),
+        )
+    };
+    let round_robin = || {
+        policy(
+            "envoy.load_balancing_policies.round_robin",
+            pack_any(RoundRobin::default()),
+        )
+    };
+    // gRPC weighs localities only under wrr_locality; Envoy has no such
+    // policy and skips to the next entry.
+    let wrr_locality = WrrLocality {
+        endpoint_picking_policy: Some(LoadBalancingPolicy {
+            policies: vec![least_request(), round_robin()],
+        }),
+        ..WrrLocality::default()
+    };
+    LoadBalancingPolicy {
+        policies: vec![
+            policy(
+                "envoy.load_balancing_policies.wrr_locality",
+                pack_any(wrr_locality),
+            ),
+            least_request(),
+            round_robin(),
+        ],
     }
 }
 
@@ -336,7 +393,6 @@ fn locality(i: &Instance) -> Locality {
         region: get(REGION_KEY),
         zone: get(ZONE_KEY),
         sub_zone: get(SUB_ZONE_KEY),
-        ..Locality::default()
     }
 }
 
@@ -355,6 +411,9 @@ fn status(i: &Instance) -> (HealthStatus, u32) {
     }
 }
 
+/// An endpoint, its weight, and whether it is served.
+type Member = (LbEndpoint, u32, bool);
+
 /// The endpoints of `name`: the service's instances (with the tag, for a
 /// tagged name) that have an IP address, grouped by locality. Every locality
 /// has a weight (gRPC ignores those without): the sum of its served
@@ -364,8 +423,7 @@ fn status(i: &Instance) -> (HealthStatus, u32) {
 /// 1:3 weights give 1:3 traffic; Envoy uses the endpoint weights either way.
 pub fn endpoints(name: &str, parsed: &Name, state: &ServiceState) -> ClusterLoadAssignment {
     let split = policy(state) == LbPolicy::RoundRobin;
-    let mut groups: BTreeMap<(String, String, String), Vec<(LbEndpoint, u32, bool)>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<(String, String, String), Vec<Member>> = BTreeMap::new();
     for i in state.instances.values() {
         if let Some(tag) = &parsed.tag
             && !i.spec.tags.iter().any(|t| t.eq_ignore_ascii_case(tag))
@@ -403,7 +461,7 @@ pub fn endpoints(name: &str, parsed: &Name, state: &ServiceState) -> ClusterLoad
     for ((region, zone, sub_zone), members) in groups {
         // Served endpoints' weights; 1 for a locality with none up (gRPC
         // skips it while nothing in it is ready, and a weight must be set).
-        let served = |m: &[(LbEndpoint, u32, bool)]| -> u32 {
+        let served = |m: &[Member]| -> u32 {
             m.iter()
                 .filter(|(_, _, up)| *up)
                 .fold(0u32, |sum, (_, w, _)| sum.saturating_add(*w))
@@ -427,7 +485,6 @@ pub fn endpoints(name: &str, parsed: &Name, state: &ServiceState) -> ClusterLoad
                         } else {
                             format!("{sub_zone}/{id}")
                         },
-                        ..Locality::default()
                     }),
                     load_balancing_weight: Some(UInt32Value {
                         value: if up { weight } else { 1 },
@@ -443,7 +500,6 @@ pub fn endpoints(name: &str, parsed: &Name, state: &ServiceState) -> ClusterLoad
                     region,
                     zone,
                     sub_zone,
-                    ..Locality::default()
                 }),
                 load_balancing_weight: Some(UInt32Value { value: weight }),
                 lb_endpoints: members.into_iter().map(|(e, _, _)| e).collect(),
