@@ -171,11 +171,14 @@ class Roster:
     def log(self) -> str:
         return tail(self.log_path)
 
-    def start(self) -> None:
+    def start(self, keep_ports: bool = False) -> None:
+        """Starts roster on free ports, or (keep_ports) on the ports it had, as a
+        restarted registry would be found by its clients."""
         # Ports are free when chosen but could be taken before roster binds
         # them: a few attempts with fresh ones rule that out.
         for _ in range(3):
-            self.http_port, self.grpc_port = free_port(), free_port()
+            if not keep_ports:
+                self.http_port, self.grpc_port = free_port(), free_port()
             args = [
                 self.binary, "serve", "--http-addr", f"{HOST}:{self.http_port}",
                 "--grpc-addr", f"{HOST}:{self.grpc_port}", "--no-dns", *self.extra_args,
@@ -183,7 +186,7 @@ class Roster:
             if self.tls:
                 args += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
             env = {k: v for k, v in os.environ.items() if not k.startswith("ROSTER_")}
-            with open(self.log_path, "wb") as log:
+            with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
                     args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     cwd=self.workdir, env=env,
@@ -211,6 +214,7 @@ class Roster:
             return False
 
     def stop(self) -> None:
+        """Ends roster with SIGKILL (a crash, as far as its clients can tell)."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
