@@ -49,3 +49,5 @@ ROSTER_BIN="$target_dir/debug/roster" bash tests/cluster_fault.sh
 # The same over peer TLS (certificates made with openssl), another CA refused.
 ROSTER_BIN="$target_dir/debug/roster" bash tests/cluster_peer_tls.sh
 ROSTER_BIN="$target_dir/debug/roster" bash tests/ui/run.sh
+# gRPC's own xDS client (grpcio) calling backends through xds:///NAME.
+ROSTER_BIN="$target_dir/debug/roster" bash tests/xds/run.sh

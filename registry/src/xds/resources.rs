@@ -350,7 +350,6 @@ fn least_request_first() -> LoadBalancingPolicy {
         endpoint_picking_policy: Some(LoadBalancingPolicy {
             policies: vec![least_request(), round_robin()],
         }),
-        ..WrrLocality::default()
     };
     LoadBalancingPolicy {
         policies: vec![
