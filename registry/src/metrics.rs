@@ -324,7 +324,7 @@ impl Metrics {
         let xds_refused = Family::<ResultLabels, Counter>::default();
         registry.register(
             "xds_streams_refused",
-            "xDS streams refused: full (past the stream limit), unauthenticated, or denied",
+            "xDS streams refused: full (past the stream limit), unauthenticated, or denied; connections: connections closed past the connection limit",
             xds_refused.clone(),
         );
         Metrics {
@@ -525,7 +525,8 @@ impl Metrics {
         self.xds_nacks.get_or_create(&KindLabels { kind }).inc();
     }
 
-    /// A stream refused, and why (`full`, `unauthenticated`, `denied`).
+    /// A stream refused, and why (`full`, `unauthenticated`, `denied`), or a
+    /// connection past the limit (`connections`).
     pub fn xds_refused(&self, result: &'static str) {
         self.xds_refused
             .get_or_create(&ResultLabels { result })

@@ -100,7 +100,13 @@ impl Server {
                 shutdown.clone(),
             );
             tracing::info!(addr = ?grpc_addr, tls = tls.is_some(), "roster gRPC (xDS) listening");
-            tasks.spawn(crate::xds::serve(listener, xds, tls, shutdown.clone()));
+            tasks.spawn(crate::xds::serve(
+                listener,
+                xds,
+                tls,
+                config.serve.max_connections,
+                shutdown.clone(),
+            ));
         }
         Ok(Server {
             local_addr,

@@ -182,9 +182,12 @@ pub async fn serve(
     listener: TcpListener,
     xds: Arc<Xds>,
     tls: Option<Arc<TlsState>>,
+    max_connections: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let service = xds.service();
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let metrics = xds.registry.metrics().clone();
     let (conns, incoming) = mpsc::channel::<std::io::Result<Conn>>(64);
     let accept = {
         let shutdown = shutdown.clone();
@@ -201,6 +204,11 @@ pub async fn serve(
                         }
                     },
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // Full: closed at once rather than queued.
+                    metrics.xds_refused("connections");
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let conns = conns.clone();
                 let tls = tls.clone();
@@ -208,16 +216,22 @@ pub async fn serve(
                 // client that stalls in it holds nothing else up.
                 tokio::spawn(async move {
                     let conn = match tls {
-                        None => Conn::Plain(tcp, peer),
+                        None => {
+                            // A client that sends nothing does not keep its slot.
+                            let mut first = [0u8; 1];
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first))
+                                .await
+                            {
+                                Ok(Ok(n)) if n > 0 => Conn::Plain(tcp, peer, slot),
+                                _ => return,
+                            }
+                        }
                         Some(tls) => {
                             let acceptor = tokio_rustls::TlsAcceptor::from(tls.h2_config());
-                            match tokio::time::timeout(
-                                Duration::from_secs(10),
-                                acceptor.accept(tcp),
-                            )
-                            .await
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                                .await
                             {
-                                Ok(Ok(s)) => Conn::Tls(Box::new(s), peer),
+                                Ok(Ok(s)) => Conn::Tls(Box::new(s), peer, slot),
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "xDS TLS handshake failed");
                                     return;
@@ -232,24 +246,47 @@ pub async fn serve(
         }
     };
     tokio::spawn(accept);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(service)
-        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown.cancelled_owned())
-        .await
-        .map_err(std::io::Error::other)
+        .serve_with_incoming_shutdown(
+            ReceiverStream::new(incoming),
+            shutdown.clone().cancelled_owned(),
+        );
+    // At shutdown every stream ends at once, but a connection whose client
+    // does not read cannot deliver the end of its streams: it is dropped
+    // after a short grace instead of holding the process up.
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(std::io::Error::other),
+        () = grace => {
+            tracing::debug!("xDS connections still open after the shutdown grace; dropped");
+            Ok(())
+        }
+    }
 }
+
+/// How long a new connection may take to start (TLS handshake, or its first
+/// bytes without TLS).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long connections get to close at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// An accepted xDS connection.
 #[derive(Debug)]
 pub enum Conn {
-    /// Plain TCP.
-    Plain(tokio::net::TcpStream, SocketAddr),
+    /// Plain TCP, and its place under the connection limit.
+    Plain(tokio::net::TcpStream, SocketAddr, OwnedSemaphorePermit),
     /// TLS.
     Tls(
         Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
         SocketAddr,
+        OwnedSemaphorePermit,
     ),
 }
 
@@ -258,7 +295,7 @@ impl tonic::transport::server::Connected for Conn {
 
     fn connect_info(&self) -> SocketAddr {
         match self {
-            Conn::Plain(_, a) | Conn::Tls(_, a) => *a,
+            Conn::Plain(_, a, _) | Conn::Tls(_, a, _) => *a,
         }
     }
 }
@@ -270,8 +307,8 @@ impl tokio::io::AsyncRead for Conn {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Plain(s, _, _) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s, _, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -283,8 +320,8 @@ impl tokio::io::AsyncWrite for Conn {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Plain(s, _, _) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s, _, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -293,8 +330,8 @@ impl tokio::io::AsyncWrite for Conn {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Plain(s, _, _) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s, _, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -303,8 +340,8 @@ impl tokio::io::AsyncWrite for Conn {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s, _) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Plain(s, _, _) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s, _, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

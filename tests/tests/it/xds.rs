@@ -808,3 +808,99 @@ async fn ten_thousand_streams_each_get_the_change() {
     }
     tasks.abort_all();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_holds_up_neither_others_nor_shutdown() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    // Big answers (200 endpoints), so unread ones fill the flow-control window.
+    for i in 0..200u16 {
+        let addr = format!("10.1.{}.{}", i / 250, i % 250 + 1);
+        client
+            .register("big", &format!("b-{i}"), &instance(&addr, 80, &[], 1))
+            .await
+            .unwrap();
+    }
+    let mut stuck = Sotw::open(&reg).await;
+    stuck.ask(EDS, &["big"]).await; // and never read again
+    let mut reader = Sotw::open(&reg).await;
+    reader.ask(EDS, &["big"]).await;
+    reader.next_of(EDS).await;
+    reader.ask(EDS, &["big"]).await;
+    for k in 0..300u16 {
+        client
+            .maintenance(
+                "big",
+                &format!("b-{}", k % 200),
+                &MaintenanceRequest {
+                    enabled: k % 400 < 200,
+                    reason: Some("churn".into()),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let last = reg.server().registry().snapshot().index.to_string();
+    let caught_up = tokio::time::timeout(WAIT, async {
+        loop {
+            let r = reader.next_of(EDS).await;
+            reader.ask(EDS, &["big"]).await;
+            if r.version_info == last {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        caught_up.is_ok(),
+        "a reading stream reaches the last change"
+    );
+    let stopped = tokio::time::timeout(WAIT, reg.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "shutdown does not wait on the stream nobody reads"
+    );
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_and_idle_ones_free_their_place() {
+    let mut config = Config::default();
+    config.serve.max_connections = 2;
+    let reg = TestRegistry::start_with(config).await;
+    // Two clients that connect and send nothing hold both places.
+    let idle1 = tokio::net::TcpStream::connect(reg.grpc_addr())
+        .await
+        .unwrap();
+    let idle2 = tokio::net::TcpStream::connect(reg.grpc_addr())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = tokio::time::timeout(WAIT, async {
+        match Channel::from_shared(format!("http://{}", reg.grpc_addr()))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(ch) => AggregatedDiscoveryServiceClient::new(ch)
+                .stream_aggregated_resources(ReceiverStream::new(mpsc::channel(1).1))
+                .await
+                .is_err(),
+            Err(_) => true,
+        }
+    })
+    .await
+    .expect("answered in time");
+    assert!(refused, "a third connection is closed");
+    drop((idle1, idle2));
+    let opened = tokio::time::timeout(WAIT, async {
+        loop {
+            if Sotw::try_open(&reg, None).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(opened.is_ok(), "closed connections free their places");
+}
