@@ -179,25 +179,35 @@ class Roster:
         for _ in range(3):
             if not keep_ports:
                 self.http_port, self.grpc_port = free_port(), free_port()
-            args = [
-                self.binary, "serve", "--http-addr", f"{HOST}:{self.http_port}",
-                "--grpc-addr", f"{HOST}:{self.grpc_port}", "--no-dns", *self.extra_args,
-            ]
-            if self.tls:
-                args += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
-            env = {k: v for k, v in os.environ.items() if not k.startswith("ROSTER_")}
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=self.workdir, env=env,
-                )
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if self._ready() and self._grpc_listening():
-                    return
-                time.sleep(0.05)
+            self.spawn()
+            if self.wait_started(time.monotonic() + STARTUP_TIMEOUT):
+                return
             self.stop()
         raise AssertionError(f"roster did not become ready on {self.base}; its log:\n{self.log()}")
+
+    def spawn(self) -> None:
+        """Starts the process on http_port and grpc_port, without waiting for it."""
+        args = [
+            self.binary, "serve", "--http-addr", f"{HOST}:{self.http_port}",
+            "--grpc-addr", f"{HOST}:{self.grpc_port}", "--no-dns", *self.extra_args,
+        ]
+        if self.tls:
+            args += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROSTER_")}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.workdir, env=env,
+            )
+
+    def wait_started(self, deadline: float) -> bool:
+        """Waits until the process is ready (/ready) and its gRPC port listens;
+        false when it exited or the monotonic deadline passed first."""
+        while time.monotonic() < deadline and self.alive():
+            if self._ready() and self._grpc_listening():
+                return True
+            time.sleep(0.05)
+        return False
 
     def _ready(self) -> bool:
         try:
@@ -229,6 +239,12 @@ class Roster:
 
     def api(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201, 204)) -> Any:
         """One call of the native API; fails the test on a status not in expect."""
+        status, text = self.request(method, path, body)
+        assert status in expect, f"{method} {path} {body!r}: {status} {text}"
+        return json.loads(text) if text.strip() else None
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
+        """One call of the native API: (status, body text)."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
@@ -240,8 +256,7 @@ class Roster:
                 status, text = resp.status, resp.read().decode()
         except urllib.error.HTTPError as e:
             status, text = e.code, e.read().decode(errors="replace")
-        assert status in expect, f"{method} {path} {body!r}: {status} {text}"
-        return json.loads(text) if text.strip() else None
+        return status, text
 
     def register(self, service: str, instance_id: str, backend: Backend, **fields: Any) -> dict:
         body = {"address": HOST, "port": backend.port, **fields}
