@@ -453,6 +453,12 @@ class XdsClient:
         self.send(op="until", target=target, name=name, present=present, window=window, deadline=deadline)
         return self.receive(deadline + REPLY_TIMEOUT)
 
+    def calling(self, target: str, bound: float = 60.0) -> Calling:
+        """Calls target one call after another in the client process while the
+        `with` block runs (at most `bound` seconds); the result is then in
+        `.result`, as from calls() plus "start" and "end" (monotonic times)."""
+        return Calling(self, target, bound)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             assert self.proc.stdin is not None
@@ -463,6 +469,25 @@ class XdsClient:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
         self._log.close()
+
+
+class Calling:
+    """See XdsClient.calling. The client process stops when a file appears."""
+
+    def __init__(self, client: XdsClient, target: str, bound: float) -> None:
+        self.client, self.target, self.bound = client, target, bound
+        self.stop_path = client.bootstrap_path.parent / f"stop-{time.monotonic_ns()}"
+        self.result: dict = {}
+
+    def __enter__(self) -> Calling:
+        self.client.send(op="run", target=self.target, stop=str(self.stop_path), deadline=self.bound)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.stop_path.touch()
+        if exc_type is None:
+            self.result = self.client.receive(self.bound + REPLY_TIMEOUT)
+            assert self.result["stopped"], f"calls went on for {self.bound}s without being stopped: {self.result}"
 
 
 @pytest.fixture
