@@ -6,7 +6,10 @@ and another is elected, and then follows changes written through the
 surviving nodes. Every node serves xDS from its own copy of the catalog
 (docs/xds.md, "Clusters"), so a follower's stream does not depend on the
 leader: the follower stays up, its stream to the client never breaks, and a
-failed call during the failover would be a bug."""
+failed call during the failover would be a bug.
+
+A client whose bootstrap names the leader first and a follower second shows
+what grpcio's xDS fallback (gRFC A71) does when the leader is killed."""
 
 from __future__ import annotations
 
@@ -21,6 +24,10 @@ ECHO = "xds:///echo"
 REPLICATED_CHANGE_BOUND = CHANGE_BOUND + 3.0
 # Calls go on this long after the new leader is known, while it settles.
 AFTER_ELECTION = 1.0
+# Bound on gRPC asking the bootstrap's second server for a new target when the
+# first is down (it does so at once: its channel to the first has failed).
+FALLBACK_BOUND = 10.0
+
 
 def test_calls_through_a_follower_survive_a_leader_failover(cluster: Cluster, start_client, backends) -> None:
     leader = cluster.wait_leader()
@@ -83,3 +90,55 @@ def test_calls_through_a_follower_survive_a_leader_failover(cluster: Cluster, st
     hits = client.spread(ECHO, 300)
     assert hits.keys() == {"a", "b", "d"}, hits
 
+
+def test_second_server_of_the_bootstrap_serves_what_the_client_had_not_cached(
+    cluster: Cluster, start_client, backends
+) -> None:
+    """A bootstrap naming the leader, then a follower; the leader is killed.
+
+    grpcio 1.85 falls back to the next server (gRFC A71, on without any
+    setting) only for resources it has not cached, and keeps one xDS client
+    per channel target: a target it already had stays with the dead first
+    server and keeps calling the endpoints it last got (no failure, but no
+    update either, until that server is back), while a target first used
+    after the kill is served by the follower at once."""
+    leader = cluster.wait_leader()
+    follower, other = [n for n in cluster.nodes if n is not leader]
+    for name in "abc":
+        leader.register("echo", f"echo-{name}", backends(name))
+    client = start_client([leader, follower], node_id="xds-cluster-fallback")
+    warm(client, ECHO, {"a", "b", "c"})
+    streams = {n.http_port: n.metric("roster_xds_streams", kind="sotw") for n in cluster.nodes}
+    assert streams == {leader.http_port: 1, follower.http_port: 0, other.http_port: 0}, streams
+
+    with client.calling(ECHO) as run:
+        time.sleep(0.5)
+        assert cluster.wait_leader() is leader, "the leadership moved before the kill"
+        cluster.kill(leader)
+        cluster.wait_leader([follower, other])
+        time.sleep(AFTER_ELECTION)
+    out = run.result
+    assert not out["errors"], f"calls from the client's cache failed: {out}\n{client.log()}"
+    assert out["hits"].keys() == {"a", "b", "c"}, out
+
+    # A change after the kill, on the follower too.
+    cluster.write(other, "DELETE", "/v1/services/echo/instances/echo-c")
+    deadline = time.monotonic() + REPLICATED_CHANGE_BOUND
+    while "echo-c" in {i["id"] for i in follower.api("GET", "/v1/services/echo")["instances"]}:
+        assert time.monotonic() < deadline, f"the follower still lists echo-c:\n{cluster.logs()}"
+        time.sleep(0.05)
+
+    # A target new to the client: its xDS client finds the first server down
+    # and nothing cached, and asks the follower.
+    e = backends("e")
+    cluster.write(other, "PUT", "/v1/services/echo2/instances/echo2-e", {"address": "127.0.0.1", "port": e.port})
+    r = client.until("xds:///echo2", "e", present=True, deadline=FALLBACK_BOUND)
+    assert r["met"], f"a new target was not served by the second server: {r}\n{client.log()}"
+    assert follower.metric("roster_xds_streams", kind="sotw") == 1, "no stream on the fallback server"
+
+    # The target the client had: still its last endpoints, c included.
+    hits = client.spread(ECHO, 90)
+    assert "c" in hits, (
+        f"grpcio now moves a target with everything cached to the fallback server ({hits}): "
+        "update this test and the Clusters paragraph of docs/xds.md"
+    )
