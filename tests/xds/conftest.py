@@ -12,6 +12,9 @@ Each test gets:
   test its own registry, node id and token; this process never opens an xDS
   channel itself.
 
+Tests that need several registries take `cluster` instead: three roster
+processes forming one Raft cluster, whose nodes a bootstrap may name.
+
 After every test, roster must still be running and no gRPC client may have
 rejected (NACKed) anything it sent, per roster's own metric
 `roster_xds_nacks_total`.
@@ -179,25 +182,35 @@ class Roster:
         for _ in range(3):
             if not keep_ports:
                 self.http_port, self.grpc_port = free_port(), free_port()
-            args = [
-                self.binary, "serve", "--http-addr", f"{HOST}:{self.http_port}",
-                "--grpc-addr", f"{HOST}:{self.grpc_port}", "--no-dns", *self.extra_args,
-            ]
-            if self.tls:
-                args += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
-            env = {k: v for k, v in os.environ.items() if not k.startswith("ROSTER_")}
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=self.workdir, env=env,
-                )
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if self._ready() and self._grpc_listening():
-                    return
-                time.sleep(0.05)
+            self.spawn()
+            if self.wait_started(time.monotonic() + STARTUP_TIMEOUT):
+                return
             self.stop()
         raise AssertionError(f"roster did not become ready on {self.base}; its log:\n{self.log()}")
+
+    def spawn(self) -> None:
+        """Starts the process on http_port and grpc_port, without waiting for it."""
+        args = [
+            self.binary, "serve", "--http-addr", f"{HOST}:{self.http_port}",
+            "--grpc-addr", f"{HOST}:{self.grpc_port}", "--no-dns", *self.extra_args,
+        ]
+        if self.tls:
+            args += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROSTER_")}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.workdir, env=env,
+            )
+
+    def wait_started(self, deadline: float) -> bool:
+        """Waits until the process is ready (/ready) and its gRPC port listens;
+        false when it exited or the monotonic deadline passed first."""
+        while time.monotonic() < deadline and self.alive():
+            if self._ready() and self._grpc_listening():
+                return True
+            time.sleep(0.05)
+        return False
 
     def _ready(self) -> bool:
         try:
@@ -229,6 +242,12 @@ class Roster:
 
     def api(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201, 204)) -> Any:
         """One call of the native API; fails the test on a status not in expect."""
+        status, text = self.request(method, path, body)
+        assert status in expect, f"{method} {path} {body!r}: {status} {text}"
+        return json.loads(text) if text.strip() else None
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
+        """One call of the native API: (status, body text)."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
@@ -240,8 +259,7 @@ class Roster:
                 status, text = resp.status, resp.read().decode()
         except urllib.error.HTTPError as e:
             status, text = e.code, e.read().decode(errors="replace")
-        assert status in expect, f"{method} {path} {body!r}: {status} {text}"
-        return json.loads(text) if text.strip() else None
+        return status, text
 
     def register(self, service: str, instance_id: str, backend: Backend, **fields: Any) -> dict:
         body = {"address": HOST, "port": backend.port, **fields}
@@ -303,6 +321,130 @@ def roster(start_roster: Callable[..., Roster]) -> Roster:
     return start_roster()
 
 
+# --- a 3-node cluster -----------------------------------------------------------
+
+CLUSTER_TOKEN = "xds-cluster-test-token"
+# Raft heartbeat of the test clusters: elections take well under a second.
+RAFT_HEARTBEAT = "100ms"
+# Bound on a new leader being known to the nodes left after one is killed.
+ELECTION_BOUND = 20.0
+
+
+def raft_status(node: Roster) -> dict | None:
+    """GET /v1/operator/raft of a node, or None when it does not answer 200."""
+    try:
+        with urllib.request.urlopen(f"{node.base}/v1/operator/raft", timeout=2) as resp:
+            return json.loads(resp.read()) if resp.status == 200 else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+class Cluster:
+    """`size` roster processes on 127.0.0.1 forming one Raft cluster
+    (--bootstrap-expect, --join, --cluster-token), each with its own data
+    directory, HTTP port and gRPC (xDS) port."""
+
+    def __init__(self, binary: str, workdir: Path, size: int = 3) -> None:
+        self.nodes: list[Roster] = []
+        self.killed: list[Roster] = []  # ended on purpose by the test
+        self._binary, self._workdir, self._size = binary, workdir, size
+
+    def start(self) -> None:
+        # All ports must be known before any node starts (--join names them
+        # all); a port taken meanwhile makes a node exit: start again on fresh
+        # ports and data directories.
+        for attempt in range(3):
+            self.stop()
+            ports = [(free_port(), free_port()) for _ in range(self._size)]
+            join = ",".join(f"{HOST}:{http}" for http, _ in ports)
+            self.nodes = []
+            for i, (http, grpc_port) in enumerate(ports, start=1):
+                workdir = self._workdir / f"node{i}-try{attempt}"
+                workdir.mkdir(parents=True)
+                node = Roster(self._binary, workdir, (
+                    "--data-dir", str(workdir / "data"), "--bootstrap-expect", str(self._size),
+                    "--join", join, "--cluster-token", CLUSTER_TOKEN, "--raft-heartbeat", RAFT_HEARTBEAT,
+                ))
+                node.http_port, node.grpc_port = http, grpc_port
+                self.nodes.append(node)
+            for node in self.nodes:
+                node.spawn()
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            if all(node.wait_started(deadline) for node in self.nodes):
+                return
+        raise AssertionError(f"the cluster did not form; its logs:\n{self.logs()}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def kill(self, node: Roster) -> None:
+        """SIGKILLs a node (a crash); the checks after the test leave it out."""
+        node.stop()
+        self.killed.append(node)
+
+    def running(self) -> list[Roster]:
+        return [n for n in self.nodes if n not in self.killed]
+
+    def leader(self, among: list[Roster] | None = None) -> Roster | None:
+        """The node that every node of `among` (default: all running) names as
+        leader, when they agree on one of themselves; else None."""
+        among = among if among is not None else self.running()
+        named = set()
+        for node in among:
+            st = raft_status(node)
+            if st is None:
+                return None
+            leaders = [m["addr"] for m in st.get("members", []) if m.get("leader")]
+            if len(leaders) != 1:
+                return None
+            named.add(leaders[0])
+        if len(named) != 1:
+            return None
+        addr = named.pop()
+        return next((n for n in among if f"{HOST}:{n.http_port}" == addr), None)
+
+    def wait_leader(self, among: list[Roster] | None = None, bound: float = ELECTION_BOUND) -> Roster:
+        deadline = time.monotonic() + bound
+        while True:
+            leader = self.leader(among)
+            if leader is not None:
+                return leader
+            assert time.monotonic() < deadline, f"no leader agreed on within {bound}s; logs:\n{self.logs()}"
+            time.sleep(0.05)
+
+    def write(self, node: Roster, method: str, path: str, body: Any = None, bound: float = ELECTION_BOUND) -> Any:
+        """A write through `node`, sent again while it answers 503 (no leader
+        known yet: the documented answer, with Retry-After); every write is
+        idempotent."""
+        deadline = time.monotonic() + bound
+        while True:
+            status, text = node.request(method, path, body)
+            if status != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert status in (200, 201, 204), f"{method} {path} {body!r} on :{node.http_port}: {status} {text}"
+        return json.loads(text) if text.strip() else None
+
+    def logs(self) -> str:
+        return "\n".join(f"---- node :{n.http_port} (gRPC :{n.grpc_port}) ----\n{tail(n.log_path, 2500)}"
+                         for n in self.nodes)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A running 3-node cluster; after the test every node it did not kill must
+    still run and have had no NACK, and every node is stopped."""
+    c = Cluster(os.environ["ROSTER_BIN"], tmp_path / "cluster")
+    try:
+        c.start()
+        yield c
+        for node in c.running():
+            _check_roster_after(node)
+    finally:
+        c.stop()
+
+
 # --- backends ----------------------------------------------------------------
 
 
@@ -349,22 +491,27 @@ def backends() -> Iterator[Callable[[str], Backend]]:
 # --- the gRPC client ---------------------------------------------------------
 
 
-def bootstrap(roster: Roster, node_id: str, token_file: Path | None = None) -> dict:
+def bootstrap(roster: Roster | list[Roster], node_id: str, token_file: Path | None = None) -> dict:
     """gRPC's xDS bootstrap naming `roster` (TLS with its CA when it has one,
-    and a bearer token read from token_file when given)."""
-    server: dict[str, Any] = {
-        "server_uri": f"{HOST}:{roster.grpc_port}",
-        "channel_creds": [
-            {"type": "tls", "config": {"ca_certificate_file": str(roster.tls.ca)}}
-            if roster.tls
-            else {"type": "insecure"}
-        ],
-        "server_features": ["xds_v3"],
-    }
-    if token_file is not None:
-        # gRFC A97: a JWT read from a file, sent as `authorization: Bearer`.
-        server["call_creds"] = [{"type": "jwt_token_file", "config": {"jwt_token_file": str(token_file)}}]
-    return {"xds_servers": [server], "node": {"id": node_id}}
+    and a bearer token read from token_file when given). A list of registries
+    becomes a list of xds_servers: gRPC uses the first, and the next ones for
+    what it has not cached while the first is unreachable (gRFC A71)."""
+    servers = []
+    for r in roster if isinstance(roster, list) else [roster]:
+        server: dict[str, Any] = {
+            "server_uri": f"{HOST}:{r.grpc_port}",
+            "channel_creds": [
+                {"type": "tls", "config": {"ca_certificate_file": str(r.tls.ca)}}
+                if r.tls
+                else {"type": "insecure"}
+            ],
+            "server_features": ["xds_v3"],
+        }
+        if token_file is not None:
+            # gRFC A97: a JWT read from a file, sent as `authorization: Bearer`.
+            server["call_creds"] = [{"type": "jwt_token_file", "config": {"jwt_token_file": str(token_file)}}]
+        servers.append(server)
+    return {"xds_servers": servers, "node": {"id": node_id}}
 
 
 class XdsClient:
@@ -438,6 +585,12 @@ class XdsClient:
         self.send(op="until", target=target, name=name, present=present, window=window, deadline=deadline)
         return self.receive(deadline + REPLY_TIMEOUT)
 
+    def calling(self, target: str, bound: float = 60.0) -> Calling:
+        """Calls target one call after another in the client process while the
+        `with` block runs (at most `bound` seconds); the result is then in
+        `.result`, as from calls() plus "start" and "end" (monotonic times)."""
+        return Calling(self, target, bound)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             assert self.proc.stdin is not None
@@ -450,14 +603,33 @@ class XdsClient:
         self._log.close()
 
 
+class Calling:
+    """See XdsClient.calling. The client process stops when a file appears."""
+
+    def __init__(self, client: XdsClient, target: str, bound: float) -> None:
+        self.client, self.target, self.bound = client, target, bound
+        self.stop_path = client.bootstrap_path.parent / f"stop-{time.monotonic_ns()}"
+        self.result: dict = {}
+
+    def __enter__(self) -> Calling:
+        self.client.send(op="run", target=self.target, stop=str(self.stop_path), deadline=self.bound)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.stop_path.touch()
+        if exc_type is None:
+            self.result = self.client.receive(self.bound + REPLY_TIMEOUT)
+            assert self.result["stopped"], f"calls went on for {self.bound}s without being stopped: {self.result}"
+
+
 @pytest.fixture
 def start_client(tmp_path: Path) -> Iterator[Callable[..., XdsClient]]:
     """`start_client(roster, node_id="...", token_file=None, extra_env=None)`
-    starts a gRPC client process bootstrapped to roster; all are ended after
-    the test."""
+    starts a gRPC client process bootstrapped to roster (or to a list of
+    registries, in order); all are ended after the test."""
     started: list[XdsClient] = []
 
-    def start(roster: Roster, node_id: str = "xds-test", token_file: Path | None = None,
+    def start(roster: Roster | list[Roster], node_id: str = "xds-test", token_file: Path | None = None,
               extra_env: dict[str, str] | None = None) -> XdsClient:
         workdir = tmp_path / f"client-{len(started)}"
         workdir.mkdir()

@@ -19,12 +19,18 @@ stdout. Every loop here is bounded by a deadline given in the command.
       answers {"met": bool, "at": monotonic time of the first
       call of the deciding window, "calls": total, "hits": ..., "errors": ...}.
       time.monotonic() is CLOCK_MONOTONIC, shared with the test process.
+  {"op": "run", "target": T, "stop": PATH, "deadline": S, "timeout": S2}
+      Calls one after another until the file PATH exists or S seconds pass
+      (so the test can act meanwhile); answers {"hits", "errors", "calls",
+      "stopped": whether PATH ended it, "start", "end", "first_error",
+      "last_error": monotonic times (the last two null without errors)}.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import os
 import sys
 import time
 
@@ -88,8 +94,37 @@ def until(cmd: dict) -> dict:
             return {"met": False, "at": None, "calls": total, "hits": hits, "errors": errors}
 
 
+def run(cmd: dict) -> dict:
+    stop = cmd["stop"]
+    hits: collections.Counter = collections.Counter()
+    errors: collections.Counter = collections.Counter()
+    first_error = last_error = None
+    start = time.monotonic()
+    deadline = start + cmd["deadline"]
+    total = 0
+    stopped = False
+    while True:
+        if os.path.exists(stop):
+            stopped = True
+            break
+        if time.monotonic() > deadline:
+            break
+        at = time.monotonic()
+        got, err = call(cmd["target"], cmd.get("timeout", 5.0))
+        total += 1
+        if got is not None:
+            hits[got] += 1
+        else:
+            errors[err] += 1
+            first_error = first_error or at
+            last_error = at
+            time.sleep(0.01)  # a channel that fails at once must not spin
+    return {"hits": hits, "errors": errors, "calls": total, "stopped": stopped,
+            "start": start, "end": time.monotonic(), "first_error": first_error, "last_error": last_error}
+
+
 def main() -> None:
-    ops = {"calls": calls, "until": until}
+    ops = {"calls": calls, "until": until, "run": run}
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
