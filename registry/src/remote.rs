@@ -24,17 +24,46 @@ const WAIT: Duration = Duration::from_secs(300);
 /// Longest pause between attempts while the registry is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// How long after the registry restarts (its index went backwards) the
+/// instances of the last copy it no longer lists are still served: long
+/// enough for instances to register again, as roster-client's `Discovery`
+/// settles a new run.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
 /// The services as last seen on the registry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RemoteView {
-    services: ArcSwap<HashMap<Arc<str>, Arc<ServiceRecords>>>,
+    /// What DNS answers from.
+    served: ArcSwap<HashMap<Arc<str>, Arc<ServiceRecords>>>,
+    /// The registry's own state as last fetched: each service with the
+    /// registry's index of it (to fetch only what moved).
+    fresh: std::sync::Mutex<Fresh>,
+    /// After a restart of the registry: until when the last copy of the old
+    /// run is merged in, and that copy.
+    settling: std::sync::Mutex<Option<(tokio::time::Instant, Served)>>,
+    /// How long a restart is settled.
+    settle: Duration,
+    /// Version of the records this view builds: the DNS handler caches what
+    /// it rendered by `ServiceRecords::index`, which must change with the
+    /// endpoints, and the registry's own indexes start again after a restart.
+    version: std::sync::atomic::AtomicU64,
     /// The registry's index as of the copy: the zone's SOA serial.
     index: std::sync::atomic::AtomicU64,
 }
 
+type Served = HashMap<Arc<str>, Arc<ServiceRecords>>;
+/// Each service with the registry's index of it.
+type Fresh = HashMap<Arc<str>, (u64, Arc<ServiceRecords>)>;
+
+impl Default for RemoteView {
+    fn default() -> Self {
+        Self::with_settle(SETTLE)
+    }
+}
+
 impl ServiceView for RemoteView {
     fn service(&self, name: &str) -> Option<Arc<ServiceRecords>> {
-        self.services.load().get(name).cloned()
+        self.served.load().get(name).cloned()
     }
 
     fn index(&self) -> u64 {
@@ -43,41 +72,138 @@ impl ServiceView for RemoteView {
 }
 
 impl RemoteView {
+    /// An empty view that settles a registry restart for `settle`.
+    pub fn with_settle(settle: Duration) -> Self {
+        RemoteView {
+            served: ArcSwap::default(),
+            fresh: std::sync::Mutex::default(),
+            settling: std::sync::Mutex::default(),
+            settle,
+            version: std::sync::atomic::AtomicU64::new(0),
+            index: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn next_version(&self) -> u64 {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    /// Until when a restart is being settled, if one is.
+    fn settling_until(&self) -> Option<tokio::time::Instant> {
+        lock(&self.settling).as_ref().map(|(until, _)| *until)
+    }
+
     /// Brings the copy up to date with `list`, fetching the services whose index
     /// moved. Returns the list's index.
+    ///
+    /// A list whose index is below the copy's comes from a new run of the
+    /// registry (a restart of one in memory) that may not have heard from
+    /// every instance yet: for [`SETTLE`] the last copy's instances that it
+    /// does not list are still served beside its own (those it lists, healthy
+    /// or not, win), then its state alone.
     async fn sync(
         &self,
         client: &RosterClient,
         list: ServiceList,
     ) -> Result<u64, roster_client::Error> {
-        let current = self.services.load_full();
-        let mut next = HashMap::with_capacity(list.services.len());
+        let before = self.index.load(std::sync::atomic::Ordering::Acquire);
+        let restarted = before > 0 && list.index < before;
+        let known = if restarted {
+            tracing::warn!(
+                was = before,
+                now = list.index,
+                settle = ?self.settle,
+                "the registry's index went back (a restart): serving the last copy's instances beside its own while they register again"
+            );
+            *lock(&self.settling) = Some((
+                tokio::time::Instant::now() + self.settle,
+                (**self.served.load()).clone(),
+            ));
+            HashMap::new()
+        } else {
+            lock(&self.fresh).clone()
+        };
+        let mut fresh = HashMap::with_capacity(list.services.len());
         let all = InstanceQuery {
             all: true,
             ..InstanceQuery::default()
         };
         for summary in &list.services {
             let name: Arc<str> = summary.name.as_str().into();
-            match current.get(&name) {
-                Some(records) if records.index >= summary.modify_index => {
-                    next.insert(name, records.clone());
+            match known.get(&name) {
+                Some((at, records)) if *at >= summary.modify_index => {
+                    fresh.insert(name, (*at, records.clone()));
                 }
                 _ => {
                     let fetched = client.instances(&summary.name, &all).await?;
-                    next.insert(name, Arc::new(records_of(&fetched)));
+                    let records = records_of(&fetched, self.next_version());
+                    fresh.insert(name, (summary.modify_index, Arc::new(records)));
                 }
             }
         }
-        self.services.store(Arc::new(next));
+        self.publish(&fresh);
+        *lock(&self.fresh) = fresh;
         self.index
             .store(list.index, std::sync::atomic::Ordering::Release);
         Ok(list.index)
     }
+
+    /// Serves `fresh`, with the held copy merged in while a restart settles.
+    fn publish(&self, fresh: &Fresh) {
+        let mut settling = lock(&self.settling);
+        if settling
+            .as_ref()
+            .is_some_and(|(until, _)| tokio::time::Instant::now() >= *until)
+        {
+            *settling = None;
+            tracing::info!("registry restart settled: serving its state alone");
+        }
+        let previous = self.served.load_full();
+        let mut served: Served = fresh
+            .iter()
+            .map(|(name, (_, records))| (name.clone(), records.clone()))
+            .collect();
+        if let Some((_, held)) = settling.as_ref() {
+            for (name, old) in held {
+                let merged = match served.get(name) {
+                    None => old.clone(),
+                    Some(new) => {
+                        let mut endpoints = new.endpoints.clone();
+                        endpoints.extend(
+                            old.endpoints
+                                .iter()
+                                .filter(|o| !new.endpoints.iter().any(|n| n.id == o.id))
+                                .cloned(),
+                        );
+                        if endpoints.len() == new.endpoints.len() {
+                            continue;
+                        }
+                        // Unchanged since the last publish: keep its version.
+                        match previous.get(name) {
+                            Some(p) if p.endpoints == endpoints => p.clone(),
+                            _ => Arc::new(ServiceRecords {
+                                index: self.next_version(),
+                                endpoints,
+                            }),
+                        }
+                    }
+                };
+                served.insert(name.clone(), merged);
+            }
+        }
+        self.served.store(Arc::new(served));
+    }
 }
 
-fn records_of(service: &api::ServiceInstances) -> ServiceRecords {
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn records_of(service: &api::ServiceInstances, version: u64) -> ServiceRecords {
     ServiceRecords {
-        index: service.index,
+        index: version,
         endpoints: service
             .instances
             .iter()
@@ -106,9 +232,16 @@ async fn follow(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
+        // While a restart settles, ask again by its end even if nothing
+        // changes, so the held copy is dropped on time.
+        let wait = view.settling_until().map_or(WAIT, |until| {
+            until
+                .saturating_duration_since(tokio::time::Instant::now())
+                .clamp(Duration::from_millis(10), WAIT)
+        });
         let answer = tokio::select! {
             () = shutdown.cancelled() => return,
-            answer = client.services_blocking(index, WAIT) => answer,
+            answer = client.services_blocking(index, wait) => answer,
         };
         let result = match answer {
             Ok(list) => view.sync(&client, list).await,
@@ -148,7 +281,19 @@ impl RemoteDns {
         config: DnsConfig,
         shutdown: CancellationToken,
     ) -> std::io::Result<RemoteDns> {
-        let view = Arc::new(RemoteView::default());
+        Self::start_with_settle(client, addr, config, SETTLE, shutdown).await
+    }
+
+    /// [`RemoteDns::start`], settling a restart of the registry for `settle`
+    /// instead of [`SETTLE`].
+    pub async fn start_with_settle(
+        client: RosterClient,
+        addr: SocketAddr,
+        config: DnsConfig,
+        settle: Duration,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<RemoteDns> {
+        let view = Arc::new(RemoteView::with_settle(settle));
         let handler = DnsHandler::new(view.clone(), config)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         // Serve nothing before the first copy: an early NXDOMAIN would be cached.

@@ -117,3 +117,91 @@ async fn remote_front_end_follows_the_registry_and_survives_its_absence() {
     shutdown.cancel();
     front.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_restart_is_settled_not_adopted_empty() {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let registry = TestRegistry::start_at(addr, roster_registry::config::Config::default()).await;
+    let client = RosterClient::new(registry.url()).unwrap();
+    client
+        .register("web", "web-1", &reg("10.0.0.1", 8080))
+        .await
+        .unwrap();
+    client
+        .register("web", "web-2", &reg("10.0.0.2", 8080))
+        .await
+        .unwrap();
+    client
+        .register("db", "db-1", &reg("10.0.1.1", 5432))
+        .await
+        .unwrap();
+    // More history than the new run will have when the front end sees it.
+    for k in 0..10 {
+        let m = MaintenanceRequest {
+            enabled: k % 2 == 0,
+            reason: None,
+        };
+        client.maintenance("db", "db-1", &m).await.unwrap();
+    }
+    let settle = Duration::from_secs(6);
+    let shutdown = CancellationToken::new();
+    let front = RemoteDns::start_with_settle(
+        client.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        roster_dns::DnsConfig::default(),
+        settle,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let dns = front.local_addr();
+    eventually(
+        dns,
+        "web.service.roster.",
+        RecordType::A,
+        &["10.0.0.1", "10.0.0.2"],
+    )
+    .await;
+
+    // The registry restarts empty (in memory) on the same address; web-1
+    // comes back in maintenance, a new web-3 registers, web-2 and db not yet.
+    registry.stop().await;
+    let registry = TestRegistry::start_at(addr, roster_registry::config::Config::default()).await;
+    client
+        .register("web", "web-3", &reg("10.0.0.3", 8080))
+        .await
+        .unwrap();
+    client
+        .register("web", "web-1", &reg("10.0.0.1", 8080))
+        .await
+        .unwrap();
+    let off = MaintenanceRequest {
+        enabled: true,
+        reason: None,
+    };
+    client.maintenance("web", "web-1", &off).await.unwrap();
+    // Settling: the new run's own instances (web-1 critical leaves, web-3
+    // joins) beside the held ones (web-2, db). (Seen after the settle period
+    // this would read 10.0.0.3 alone and fail.)
+    eventually(
+        dns,
+        "web.service.roster.",
+        RecordType::A,
+        &["10.0.0.2", "10.0.0.3"],
+    )
+    .await;
+    assert_eq!(
+        ask(dns, "db.service.roster.", RecordType::A).await,
+        ["10.0.1.1"]
+    );
+    // Settled: the registry's state alone.
+    eventually(dns, "web.service.roster.", RecordType::A, &["10.0.0.3"]).await;
+    let reply = udp(dns, &query("db.service.roster.", RecordType::A)).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    drop(registry);
+    shutdown.cancel();
+    front.wait().await.unwrap();
+}
