@@ -157,6 +157,7 @@ pub async fn run(
     let namespaces = watcher(Api::<Namespace>::all(kube), watcher::Config::default())
         .backoff(backoff())
         .boxed();
+    let restarts = registry_restarts(roster.clone(), cancel.clone());
     let mut loop_state = Loop {
         world: World::default(),
         reconciler: Reconciler::new(roster),
@@ -164,8 +165,66 @@ pub async fn run(
         retry: None,
         retry_pause: FIRST_RETRY,
     };
-    run_loop(&mut loop_state, services, slices, namespaces, cancel).await;
+    run_loop(
+        &mut loop_state,
+        services,
+        slices,
+        namespaces,
+        restarts,
+        cancel,
+    )
+    .await;
     Ok(())
+}
+
+/// Signals when the registry may have forgotten what was registered: its
+/// index went back (an in-memory registry restarted) or it answers again
+/// after being unreachable. Followed with one blocking query on the service
+/// list, so a restart is repaired at once rather than at the next periodic
+/// reconcile.
+fn registry_restarts(
+    roster: RosterClient,
+    cancel: CancellationToken,
+) -> tokio::sync::mpsc::Receiver<()> {
+    const WAIT: Duration = Duration::from_secs(300);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut index = 0u64;
+        let mut lost = false;
+        let mut pause = FIRST_RETRY;
+        loop {
+            let answer = tokio::select! {
+                () = cancel.cancelled() => return,
+                a = roster.services_blocking(index, WAIT) => a,
+            };
+            match answer {
+                Ok(list) => {
+                    let restarted = list.index < index;
+                    if restarted || lost {
+                        tracing::info!(
+                            was = index,
+                            now = list.index,
+                            "sync-k8s: the registry restarted or came back; reconciling"
+                        );
+                        // Full: a reconcile is already due.
+                        let _ = tx.try_send(());
+                    }
+                    index = list.index;
+                    lost = false;
+                    pause = FIRST_RETRY;
+                }
+                Err(_) => {
+                    lost = index > 0;
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
+    rx
 }
 
 type Events<K> = futures_util::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>;
@@ -184,6 +243,7 @@ async fn run_loop(
     mut services: Events<Service>,
     mut slices: Events<EndpointSlice>,
     mut namespaces: Events<Namespace>,
+    mut restarts: tokio::sync::mpsc::Receiver<()>,
     cancel: CancellationToken,
 ) {
     let mut resync = tokio::time::interval(state.settings.resync);
@@ -197,6 +257,7 @@ async fn run_loop(
             Some(ev) = slices.next() => state.world.on_slice(ev),
             Some(ev) = namespaces.next() => state.world.on_namespace(ev),
             _ = resync.tick() => world::Touched::All,
+            Some(()) = restarts.recv() => world::Touched::All,
             () = sleep_until(retry_at) => {
                 state.retry = None;
                 world::Touched::All

@@ -809,3 +809,38 @@ async fn a_restarted_registry_is_filled_again_by_the_periodic_reconcile() {
     cancel.cancel();
     task.await.unwrap().expect("the registrar stops cleanly");
 }
+
+#[tokio::test]
+async fn a_restarted_registry_is_filled_again_at_once_not_at_the_next_resync() {
+    let (fake, kube) = FakeKube::start().await;
+    standard_cluster(&fake);
+    let first = TestRegistry::start_with(Config {
+        dns_addr: None,
+        ..Config::default()
+    })
+    .await;
+    let addr: std::net::SocketAddr = first.url().trim_start_matches("http://").parse().unwrap();
+    let client = RosterClient::new(first.url()).unwrap();
+    // The periodic reconcile is an hour away: only noticing the restart can
+    // repair it within the test's bound.
+    let s = SyncSettings {
+        resync: Duration::from_secs(3600),
+        ..settings()
+    };
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(k8s::run(s, kube, client.clone(), cancel.clone()));
+    let want = ["k8s-shop-web-web-1-8080", "k8s-shop-web-web-2-8080"];
+    wait_ids(&client, "web", &want).await;
+    first.stop().await;
+    let _second = TestRegistry::start_at(
+        addr,
+        Config {
+            dns_addr: None,
+            ..Config::default()
+        },
+    )
+    .await;
+    wait_ids(&client, "web", &want).await;
+    cancel.cancel();
+    task.await.unwrap().expect("the registrar stops cleanly");
+}
