@@ -262,7 +262,10 @@ mod tests {
         };
         let key = "__meta_roster_metadata_a_b";
         // '-' sorts before '.' and '_': without the rule "a-b" would win.
-        let g = group(&inst(&[("a-b", "dash"), ("a.b", "dot"), ("a_b", "plain")]), "dc1");
+        let g = group(
+            &inst(&[("a-b", "dash"), ("a.b", "dot"), ("a_b", "plain")]),
+            "dc1",
+        );
         assert_eq!(g.labels[key], "plain");
         let g = group(&inst(&[("a.b", "dot"), ("a-b", "dash")]), "dc1");
         assert_eq!(g.labels[key], "dash", "otherwise the first in key order");
