@@ -118,7 +118,7 @@ read -r roster_port www_port dead_port prom_port < <(python3 "$helper" ports 4)
 api="http://127.0.0.1:$roster_port"
 
 # 1. roster, and a static /metrics to scrape.
-start roster "$bin" serve --http-addr "127.0.0.1:$roster_port" --no-dns
+start roster "$bin" serve --http-addr "127.0.0.1:$roster_port" --no-dns --no-grpc
 printf '# TYPE roster_prometheus_test gauge\nroster_prometheus_test 1\n' > "$work/www/metrics"
 start www python3 -m http.server --bind 127.0.0.1 --directory "$work/www" "$www_port"
 roster_ready() { alive roster; curl -sf -o /dev/null -m 2 "$api/ready"; }

@@ -32,11 +32,12 @@ struct Reply {
 }
 
 impl Api {
-    /// A server with `config`'s settings, without DNS (tests run in parallel:
-    /// the default DNS port would be taken by the first).
+    /// A server with `config`'s settings, without DNS and gRPC (tests run in
+    /// parallel: their default ports would be taken by the first).
     async fn start(config: Config) -> Api {
         let config = Config {
             dns_addr: None,
+            grpc_addr: None,
             ..config
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
