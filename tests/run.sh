@@ -51,3 +51,4 @@ ROSTER_BIN="$target_dir/debug/roster" bash tests/cluster_peer_tls.sh
 ROSTER_BIN="$target_dir/debug/roster" bash tests/ui/run.sh
 # gRPC's own xDS client (grpcio) calling backends through xds:///NAME.
 ROSTER_BIN="$target_dir/debug/roster" bash tests/xds/run.sh
+ROSTER_BIN="$target_dir/debug/roster" bash tests/prometheus/run.sh

@@ -9,6 +9,7 @@ pub mod limits;
 mod ops;
 mod parse_errors;
 mod problem;
+mod prometheus;
 mod raft;
 pub mod serve;
 mod services;
@@ -215,6 +216,7 @@ fn groups() -> Vec<Group> {
         .route("/v1/services/{service}/watch", get(watch::watch_service))
         .route("/v1/services/{service}/leases", get(leases::service_leases))
         .route("/v1/watch", get(watch::watch_many))
+        .route("/v1/prometheus/targets", get(prometheus::targets))
         .route(instance, get(services::get_instance))
         .route(&format!("{instance}/checks"), get(services::get_checks));
     let write = Router::new()

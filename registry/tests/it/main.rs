@@ -8,6 +8,7 @@ mod fuzz_api;
 mod http_api;
 mod leases;
 mod persistence;
+mod prometheus;
 mod raft_store;
 mod replication_props;
 mod ui;
