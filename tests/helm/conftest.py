@@ -32,6 +32,7 @@ ALL_FEATURES: dict = {
     "roster": {
         "log": "roster_registry=debug,info",
         "dns": {"enabled": True, "domain": "example.internal", "ttl": 5},
+        "grpc": {"enabled": True, "maxStreams": 4096},
         "extraArgs": ["--config=/etc/roster/roster.toml"],
     },
     "acl": {"enabled": True, "existingSecret": "roster-tokens"},
@@ -39,7 +40,7 @@ ALL_FEATURES: dict = {
         {"name": "RUST_BACKTRACE", "value": "1"},
         {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
     ],
-    "service": {"annotations": {"example.com/team": "platform"}},
+    "service": {"grpcPort": 18502, "annotations": {"example.com/team": "platform"}},
     "dnsService": {"clusterIP": "10.96.0.53", "annotations": {"example.com/dns": "roster"}},
     "persistence": {
         "storageClassName": "fast-ssd",
@@ -105,7 +106,7 @@ VALUE_SETS: dict[str, dict] = {
     "defaults": {},
     "all-features": ALL_FEATURES,
     "minimal": {
-        "roster": {"dns": {"enabled": False}},
+        "roster": {"dns": {"enabled": False}, "grpc": {"enabled": False}},
         "persistence": {"enabled": False},
         "serviceAccount": {"create": False},
         "podDisruptionBudget": {"enabled": False},
@@ -119,7 +120,7 @@ VALUE_SETS: dict[str, dict] = {
     "cluster-5-custom": {
         "replicas": 5,
         "clusterDomain": "k8s.example.org",
-        "containerPorts": {"http": 9500},
+        "containerPorts": {"http": 9500, "grpc": 9502},
         "cluster": {"existingSecret": "raft-token"},
         "extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}],
         "podDisruptionBudget": {"maxUnavailable": 2},

@@ -170,6 +170,12 @@ depends on how the next word is read.
 {{- else }}
 - "--no-dns"
 {{- end }}
+{{- if .Values.roster.grpc.enabled }}
+- {{ printf "--grpc-addr=0.0.0.0:%d" (int .Values.containerPorts.grpc) | quote }}
+- {{ printf "--max-xds-streams=%d" (int64 .Values.roster.grpc.maxStreams) | quote }}
+{{- else }}
+- "--no-grpc"
+{{- end }}
 - {{ printf "--log=%s" .Values.roster.log | quote }}
 - {{ printf "--lease-grace=%s" .Values.roster.leaseGrace | quote }}
 - {{ printf "--deregister-critical-after=%s" .Values.roster.deregisterCriticalAfter | quote }}
