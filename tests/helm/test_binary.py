@@ -2,14 +2,16 @@
 
 Takes the container's args and the probes from the rendered StatefulSet, starts
 <repo>/target/debug/roster with exactly those args, and checks that the probe
-paths answer 200 on the probe port and that the DNS port answers, over UDP and
-TCP. Substitutions, all needed to run outside a pod:
+paths answer 200 on the probe port, that the DNS port answers, over UDP and
+TCP, and that the gRPC port serves xDS. Substitutions, all needed to run
+outside a pod:
 
 - ``--data-dir=/var/lib/roster`` becomes a fresh temporary directory: the pod
   mounts its claim there, this machine has no such writable directory.
-- the ports of ``--http-addr`` and ``--dns-addr`` become free ports of this
-  machine (the address, 0.0.0.0, stays as rendered): 8500 and 8600 may be taken
-  by another registry or test. The probes are then sent to the substituted HTTP
+- the ports of ``--http-addr``, ``--dns-addr`` and ``--grpc-addr`` become free
+  ports of this machine (the address, 0.0.0.0, stays as rendered): 8500, 8600
+  and 8502 may be taken by another registry or test (roster's own default for
+  gRPC is 8502 too). The probes are then sent to the substituted HTTP
   port, after checking that they name the port the args listen on.
 - with ACLs on, ``--acl-tokens=/etc/roster/acl/tokens.toml`` becomes a
   temporary file holding the ``tokens.toml`` of the rendered Secret (its admin
@@ -20,7 +22,13 @@ With ACLs on, calls without a token get 401 (reads get 200 when
 acl.anonymousPolicies is ["read"]), the register call uses the rendered
 Secret's admin-token, and the probes and /metrics still need no token.
 The `helm test` pod's register and deregister scripts are also run, with the
-local curl, against the binary.
+local curl, against the binary. Over gRPC, an ADS stream asks for the
+registered instance's endpoints (with the admin token when ACLs are on, after
+checking that a stream without one is refused unless anonymous reads are
+allowed); where no token is needed, a real gRPC client then calls a backend
+through ``xds:///NAME`` with a bootstrap naming the gRPC port, as the install
+notes say. With roster.grpc.enabled=false the args hold ``--no-grpc`` and
+roster starts no gRPC listener (its info log names the one it starts).
 
 Everything else (the flags, their order, the domain, TTL, log filter, limits) is
 passed unchanged, so a flag the binary does not accept fails the test.
@@ -42,9 +50,11 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import grpc
 import pytest
 
 from conftest import find, manifests, render, secret_data
+from xds_probe import fetch_endpoints, fields, xds_client_round_trip
 
 
 def free_port() -> int:
@@ -60,6 +70,16 @@ def free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port")
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different free ports."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def http(method: str, url: str, body: dict | None = None, token: str | None = None) -> tuple[int, bytes]:
@@ -84,15 +104,18 @@ def flag(args: list[str], name: str) -> str:
     "values",
     [
         {},
-        # Non-default ports and DNS settings, to show they reach the binary.
-        {"containerPorts": {"http": 9500, "dns": 9600},
-         "roster": {"dns": {"domain": "registry.internal", "ttl": 7}, "log": "warn", "leaseGrace": "1m"}},
+        # Non-default ports and DNS and gRPC settings, to show they reach the binary.
+        {"containerPorts": {"http": 9500, "dns": 9600, "grpc": 9502},
+         "roster": {"dns": {"domain": "registry.internal", "ttl": 7}, "log": "warn", "leaseGrace": "1m",
+                    "grpc": {"maxStreams": 100}}},
         # ACLs off: no token anywhere.
         {"acl": {"enabled": False}},
         # Calls without a token may read: the rendered file's [anonymous] table.
         {"acl": {"anonymousPolicies": ["read"]}},
+        # No gRPC: --no-grpc, and no gRPC port anywhere.
+        {"roster": {"grpc": {"enabled": False}}},
     ],
-    ids=["defaults", "custom-ports-and-dns", "acl-disabled", "acl-anonymous-read"],
+    ids=["defaults", "custom-ports-and-dns", "acl-disabled", "acl-anonymous-read", "grpc-disabled"],
 )
 def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values, tmp_path):
     objs = manifests(render(chart, values))
@@ -103,6 +126,7 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
     args = list(container["args"])
     acl = values.get("acl", {}).get("enabled", True)
     anonymous = values.get("acl", {}).get("anonymousPolicies", [])
+    grpc_on = values.get("roster", {}).get("grpc", {}).get("enabled", True)
 
     # Probes: paths and ports as rendered, the port resolved through its name.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -120,6 +144,16 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
     assert http_host == dns_host == "0.0.0.0", "the pod must listen on every interface"
     assert {port for _, port in probes.values()} == {int(http_port)}, "probes must hit the HTTP listener"
     assert ports["dns-udp"] == ports["dns-tcp"] == int(dns_port)
+    if grpc_on:
+        grpc_addr = flag(args, "grpc-addr")
+        grpc_host, grpc_port = grpc_addr.rsplit(":", 1)
+        assert grpc_host == "0.0.0.0", "the pod must listen on every interface"
+        assert ports["grpc"] == int(grpc_port)
+        assert "--no-grpc" not in args
+    else:
+        assert "--no-grpc" in args
+        assert not any(a.startswith(("--grpc-addr", "--max-xds-streams")) for a in args), args
+        assert "grpc" not in ports
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["data"] == data_dir
 
@@ -143,9 +177,7 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
         assert [o for _, o in objs if o["kind"] == "Secret"] == []
 
     # The substitutions (see the module docstring).
-    local_http, local_dns = free_port(), free_port()
-    while local_dns == local_http:
-        local_dns = free_port()
+    local_http, local_dns, local_grpc = free_ports(3)
     data = tmp_path / "data"
     data.mkdir()
     substitute = {
@@ -153,10 +185,12 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
         f"--dns-addr={dns_addr}": f"--dns-addr={dns_host}:{local_dns}",
         f"--data-dir={data_dir}": f"--data-dir={data}",
     }
+    if grpc_on:
+        substitute[f"--grpc-addr={grpc_addr}"] = f"--grpc-addr={grpc_host}:{local_grpc}"
     if acl:
         substitute[f"--acl-tokens={tokens_path}"] = f"--acl-tokens={tokens_file}"
     run_args = [substitute.get(a, a) for a in args]
-    assert sum(a != b for a, b in zip(args, run_args)) == len(substitute) == (4 if acl else 3)
+    assert sum(a != b for a, b in zip(args, run_args)) == len(substitute) == 3 + grpc_on + acl
 
     # Nothing from this machine's environment (ROSTER_ACL, ROSTER_ACL_TOKENS, ...)
     # may change what the args say.
@@ -226,6 +260,13 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
         # The data dir is where the catalog went.
         assert (data / "catalog.redb").is_file()
 
+        # roster logs (at info) the gRPC listener it starts: none with --no-grpc,
+        # whose own default would otherwise be 127.0.0.1:8502.
+        if flag(args, "log") == "info":
+            assert ("roster gRPC (xDS) listening" in Path(log.name).read_text()) == grpc_on
+        if grpc_on:
+            check_grpc(f"127.0.0.1:{local_grpc}", base, admin_token, acl and anonymous != ["read"], tmp_path)
+
         run_helm_test_scripts(objs, base, admin_token, tmp_path)
     finally:
         proc.terminate()
@@ -237,6 +278,32 @@ def test_rendered_statefulset_runs_the_real_binary(chart, roster_binary, values,
             code = None
         log.close()
     assert code == 0, f"roster did not stop cleanly on SIGTERM ({code}): {Path(log.name).read_text()}"
+
+
+def check_grpc(address: str, base: str, admin_token: str | None, token_needed: bool, tmp_path: Path) -> None:
+    """The gRPC port serves xDS: the endpoints of the instance registered above
+    over a raw ADS stream; without a token the stream is refused exactly when
+    ACLs need one; and where none is needed, a gRPC client reaches a backend
+    through xds:///NAME with a bootstrap naming the port (the install notes)."""
+    if token_needed:
+        with pytest.raises(grpc.RpcError) as err:
+            fetch_endpoints(address, "helm-test", None)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value
+        with pytest.raises(grpc.RpcError) as err:
+            fetch_endpoints(address, "helm-test", "x" * 40)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value
+    (assignment,) = fetch_endpoints(address, "helm-test", admin_token)
+    assert dict(fields(assignment))[1] == b"helm-test"  # ClusterLoadAssignment.cluster_name
+    assert b"10.11.12.13" in assignment
+    if token_needed:
+        return
+
+    def register(port: int) -> None:
+        status, body = http("PUT", base + "/v1/services/helm-grpc/instances/helm-grpc-1",
+                            {"address": "127.0.0.1", "port": port, "ttl": "60s"}, token=admin_token)
+        assert status == 201, body
+
+    assert xds_client_round_trip(address, "helm-grpc", register, tmp_path) == "pong:ping"
 
 
 def run_helm_test_scripts(objs: list, base: str, admin_token: str | None, tmp_path: Path) -> None:
