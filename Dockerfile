@@ -41,8 +41,9 @@ USER 65532:65532
 # catalog on disk. Flags given after the image name override these.
 ENV ROSTER_HTTP_ADDR=0.0.0.0:8500 \
     ROSTER_DNS_ADDR=0.0.0.0:8600 \
+    ROSTER_GRPC_ADDR=0.0.0.0:8502 \
     ROSTER_DATA_DIR=/var/lib/roster
 VOLUME ["/var/lib/roster"]
-# HTTP API, and DNS on UDP and TCP (the same port).
-EXPOSE 8500/tcp 8600/udp 8600/tcp
+# HTTP API, gRPC (xDS), and DNS on UDP and TCP (the same port).
+EXPOSE 8500/tcp 8502/tcp 8600/udp 8600/tcp
 ENTRYPOINT ["/usr/local/bin/roster", "serve"]

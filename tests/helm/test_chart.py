@@ -423,24 +423,19 @@ def test_dockerfile_agrees_with_the_chart(chart):
     (user,) = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert user.split(":")[0] not in ("0", "root")
     exposed = set(re.search(r"^EXPOSE (.+)$", dockerfile, re.M).group(1).split())
-    assert exposed == {"8500/tcp", "8600/udp", "8600/tcp"}
+    assert exposed == {"8500/tcp", "8502/tcp", "8600/udp", "8600/tcp"}
 
     objs = manifests(render(chart, {}))
     (container,) = find(objs, "StatefulSet")["spec"]["template"]["spec"]["containers"]
     assert container["command"] == entrypoint
     ports = {f"{p['containerPort']}/{p['protocol'].lower()}" for p in container["ports"]}
-    # The image does not expose gRPC yet (see the xfail test below); the chart
-    # passes --grpc-addr itself, so its pods do not depend on it.
-    assert ports == exposed | {"8502/tcp"}
+    assert ports == exposed
     # The image's user is the one the chart runs as.
     pod_sc = find(objs, "StatefulSet")["spec"]["template"]["spec"]["securityContext"]
     assert user == f"{pod_sc['runAsUser']}:{pod_sc['runAsGroup']}"
     assert "target" in (REPO / ".dockerignore").read_text().split()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The Dockerfile (outside the chart) does not serve gRPC on every interface yet: it needs "
-    "ROSTER_GRPC_ADDR=0.0.0.0:8502 in its ENV and 8502/tcp in EXPOSE. Remove this marker then."))
 def test_image_serves_grpc_on_every_interface():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "ROSTER_GRPC_ADDR=0.0.0.0:8502" in dockerfile
