@@ -708,7 +708,10 @@ impl Cluster {
             tracing::info!(node = self.id, via = %member.addr, "joined the cluster");
             return Ok(true);
         }
-        if met.len() < self.config.bootstrap_expect.max(1) {
+        // Without --bootstrap-expect the node only ever joins: a node that
+        // cannot reach its cluster at start must not form one of its own (a
+        // second leader and catalog beside the real ones).
+        if self.config.bootstrap_expect == 0 || met.len() < self.config.bootstrap_expect {
             return Ok(false);
         }
         // The smallest id of the nodes that met forms the cluster; the others

@@ -1816,3 +1816,39 @@ async fn every_node_serves_xds_from_its_replica_across_a_failover() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_only_joins_never_forms_a_cluster_of_its_own() {
+    // Its cluster is unreachable at start (nothing listens at the address).
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = temp_dir("join-only");
+    let config = Config {
+        dns_addr: None,
+        data_dir: Some(dir.clone()),
+        cluster: Some(ClusterConfig {
+            advertise: addr.to_string(),
+            join: vec![dead.to_string()],
+            bootstrap_expect: 0,
+            token: "cluster-test-token-0123456789".into(),
+            heartbeat: Duration::from_millis(100),
+            ..ClusterConfig::default()
+        }),
+        ..Config::default()
+    };
+    let node = TestRegistry::start_on(listener, config).await;
+    let raft = node.server().cluster().unwrap().raft().clone();
+    // Several bootstrap rounds (200 ms, then doubling to 2 s) go by.
+    sleep(Duration::from_secs(3)).await;
+    assert!(
+        !raft.is_initialized().await.unwrap(),
+        "a node with --join alone formed a cluster by itself"
+    );
+    let ready = reqwest::get(format!("{}/ready", node.url())).await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready without a cluster");
+    node.stop().await;
+}
