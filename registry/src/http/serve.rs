@@ -401,7 +401,16 @@ pub async fn serve(
         tracker.spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
-            if acceptor.is_none() && opens_with_h2_preface(&tcp, header_timeout).await {
+            // Until a connection has sent something (or finished its TLS
+            // handshake) there is nothing in flight: a shutdown drops it
+            // rather than wait out the header or handshake timeout.
+            let h2 =
+                async { acceptor.is_none() && opens_with_h2_preface(&tcp, header_timeout).await };
+            let h2 = tokio::select! {
+                h2 = h2 => h2,
+                () = shutdown.cancelled() => return,
+            };
+            if h2 {
                 refuse_h2(tcp).await;
                 return;
             }
@@ -419,9 +428,13 @@ pub async fn serve(
                     .await;
                 }
                 Some(acceptor) => {
-                    if let Ok(Ok(stream)) =
-                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls.accept(tcp)).await
-                    {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls.accept(tcp));
+                    let handshake = tokio::select! {
+                        h = handshake => h,
+                        () = shutdown.cancelled() => return,
+                    };
+                    if let Ok(Ok(stream)) = handshake {
                         let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
                         let client = ClientCert {
                             peer: acceptor.peer.as_ref().map(|v| {

@@ -260,3 +260,19 @@ async fn idle_dns_tcp_connections_are_capped() {
     assert!(refused >= 400 - 256, "{refused} refused");
     drop(idle);
 }
+
+/// A connection that has sent nothing has nothing in flight: a shutdown does
+/// not wait out its header timeout (15 s) for it, nor a TLS handshake's.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_connections_that_sent_nothing() {
+    let reg = TestRegistry::start().await;
+    let addr: SocketAddr = reg.url().trim_start_matches("http://").parse().unwrap();
+    let _silent = TcpStream::connect(addr).await.unwrap();
+    // Let the server accept it.
+    sleep(Duration::from_millis(200)).await;
+    let stopped = timeout(Duration::from_secs(5), reg.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "the registry stops without waiting for the silent connection"
+    );
+}
