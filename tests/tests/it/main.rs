@@ -18,3 +18,14 @@ mod security;
 mod sync_k8s;
 mod watch;
 mod xds;
+
+/// The Rust examples of docs/client.md, compiled (see tests/build.rs).
+mod doc_examples {
+    include!(concat!(env!("OUT_DIR"), "/doc_examples.rs"));
+
+    #[test]
+    fn the_client_guide_examples_are_compiled() {
+        // Registering, discovering, calling through the middleware, at least.
+        assert!(COUNT >= 3, "only {COUNT} examples found in docs/client.md");
+    }
+}
