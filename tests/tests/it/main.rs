@@ -23,9 +23,7 @@ mod xds;
 mod doc_examples {
     include!(concat!(env!("OUT_DIR"), "/doc_examples.rs"));
 
-    #[test]
-    fn the_client_guide_examples_are_compiled() {
-        // Registering, discovering, calling through the middleware, at least.
-        assert!(COUNT >= 3, "only {COUNT} examples found in docs/client.md");
-    }
+    // Registering, discovering, calling through the middleware, at least:
+    // an extraction that finds fewer fails the build.
+    const _: () = assert!(COUNT >= 3, "too few examples found in docs/client.md");
 }
