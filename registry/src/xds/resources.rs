@@ -145,8 +145,9 @@ pub struct Built {
     pub version: Arc<str>,
     /// The resource.
     pub any: Any,
-    /// Index of the service it was built from.
-    index: u64,
+    /// The service it was built from, and that service's index then.
+    service: Arc<str>,
+    index: AtomicU64,
 }
 
 /// Resources built from the catalog, cached per (kind, name) against the
@@ -164,34 +165,45 @@ const CACHE_LIMIT: usize = 100_000;
 
 impl Resources {
     /// The resource `name` of `kind` in `snap`; `None` when it does not exist
-    /// (no such service, or a name that cannot be one).
-    pub fn get(&self, snap: &Snapshot, kind: Kind, name: &str) -> Option<Arc<Built>> {
+    /// (no such service, or a name that cannot be one). The hot path, a
+    /// resource unchanged since it was built, is one map lookup on each side
+    /// and no allocation: every stream asks for every name it follows on
+    /// every change.
+    pub fn get(&self, snap: &Snapshot, kind: Kind, name: &Arc<str>) -> Option<Arc<Built>> {
         self.prune(snap);
-        let parsed = Name::parse(name)?;
-        let state = snap.services.get(parsed.service.as_str())?;
-        let key = (kind, Arc::<str>::from(name));
-        if let Some(hit) = self.cache.get(&key)
-            && hit.index == state.modify_index
-        {
-            return Some(hit.clone());
+        let key = (kind, name.clone());
+        if let Some(hit) = self.cache.get(&key) {
+            match snap.services.get(&hit.service) {
+                Some(state) if state.modify_index == hit.index.load(Ordering::Acquire) => {
+                    return Some(hit.clone());
+                }
+                None => return None,
+                Some(_) => {}
+            }
         }
+        let parsed = Name::parse(name)?;
+        let (service, state) = snap.services.get_key_value(parsed.service.as_str())?;
         let any = build(kind, name, &parsed, state);
         let version: Arc<str> = digest(&any.value).into();
         let fresh = Arc::new(Built {
-            name: key.1.clone(),
+            name: name.clone(),
             version,
             any,
-            index: state.modify_index,
+            service: service.clone(),
+            index: AtomicU64::new(state.modify_index),
         });
         let mut out = fresh.clone();
         self.cache
             .entry(key)
             .and_modify(|cached| {
-                if cached.index > fresh.index {
+                let fresh_index = state.modify_index;
+                if cached.index.load(Ordering::Acquire) > fresh_index {
                     // Built from an older snapshot: keep the newer one.
                     out = cached.clone();
                 } else if cached.version == fresh.version {
-                    // Same bytes: keep the shared copy streams compare against.
+                    // Same bytes: keep the shared copy streams compare
+                    // against, marked current.
+                    cached.index.fetch_max(fresh_index, Ordering::AcqRel);
                     out = cached.clone();
                 } else {
                     *cached = fresh.clone();
@@ -207,9 +219,11 @@ impl Resources {
     }
 
     fn prune(&self, snap: &Snapshot) {
-        if self.pruned.swap(snap.names_index, Ordering::Relaxed) != snap.names_index
-            || self.cache.len() > CACHE_LIMIT
-        {
+        // A read first: every stream passes here on every change, and only
+        // the first after a change of names needs to write.
+        let moved = self.pruned.load(Ordering::Relaxed) != snap.names_index
+            && self.pruned.swap(snap.names_index, Ordering::Relaxed) != snap.names_index;
+        if moved || self.cache.len() > CACHE_LIMIT {
             self.cache.retain(|(_, name), _| {
                 Name::parse(name).is_some_and(|n| snap.services.contains_key(n.service.as_str()))
             });
@@ -634,19 +648,20 @@ mod tests {
     #[test]
     fn resources_are_built_once_per_change_and_shared_while_the_bytes_hold() {
         let r = Resources::default();
+        let web: Arc<str> = "web".into();
         let mut snap = Snapshot {
             index: 5,
             names_index: 1,
             services: OrdMap::new(),
         };
-        assert!(r.get(&snap, Kind::Endpoints, "web").is_none(), "no service");
+        assert!(r.get(&snap, Kind::Endpoints, &web).is_none(), "no service");
         snap.services
             .insert("web".into(), state(&[inst("a", "10.0.0.1", 1, None)], 5));
-        let eds = r.get(&snap, Kind::Endpoints, "web").unwrap();
-        let lds = r.get(&snap, Kind::Listener, "web").unwrap();
+        let eds = r.get(&snap, Kind::Endpoints, &web).unwrap();
+        let lds = r.get(&snap, Kind::Listener, &web).unwrap();
         assert!(Arc::ptr_eq(
             &eds,
-            &r.get(&snap, Kind::Endpoints, "web").unwrap()
+            &r.get(&snap, Kind::Endpoints, &web).unwrap()
         ));
 
         // A change to the service: new endpoints, the same listener bytes.
@@ -661,9 +676,9 @@ mod tests {
                 6,
             ),
         );
-        let eds2 = r.get(&snap, Kind::Endpoints, "web").unwrap();
+        let eds2 = r.get(&snap, Kind::Endpoints, &web).unwrap();
         assert_ne!(eds2.version, eds.version);
-        let lds2 = r.get(&snap, Kind::Listener, "web").unwrap();
+        let lds2 = r.get(&snap, Kind::Listener, &web).unwrap();
         assert!(
             Arc::ptr_eq(&lds, &lds2),
             "unchanged bytes: the same resource"
@@ -673,7 +688,7 @@ mod tests {
         // The service gone: the cache forgets it once the names move.
         snap.services.remove("web");
         snap.names_index = 7;
-        assert!(r.get(&snap, Kind::Listener, "web").is_none());
+        assert!(r.get(&snap, Kind::Listener, &web).is_none());
         assert!(r.is_empty());
     }
 }
