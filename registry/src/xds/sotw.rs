@@ -64,9 +64,14 @@ pub(super) async fn run(
                     return;
                 }
                 let sub = subs.entry(kind).or_default();
-                if !req.response_nonce.is_empty() && req.response_nonce != sub.nonce {
+                if !sub.nonce.is_empty()
+                    && !req.response_nonce.is_empty()
+                    && req.response_nonce != sub.nonce
+                {
                     // An answer to an older response: the client will answer
-                    // the latest one too.
+                    // the latest one too. (Before the first response of the
+                    // type on this stream any nonce is one from an earlier
+                    // stream, and the request is a new subscription.)
                     continue;
                 }
                 if let Some(err) = &req.error_detail {

@@ -419,6 +419,22 @@ async fn a_nack_is_not_answered_with_the_same_state_and_stale_nonces_are_ignored
 }
 
 #[tokio::test]
+async fn a_first_request_carrying_a_nonce_of_an_earlier_stream_is_answered() {
+    let (reg, _client) = registry_with_web().await;
+    let mut s = Sotw::open(&reg).await;
+    s.send(DiscoveryRequest {
+        type_url: EDS.into(),
+        resource_names: vec!["web".into()],
+        version_info: "41".into(),
+        response_nonce: "7".into(),
+        ..DiscoveryRequest::default()
+    })
+    .await;
+    let cla: Vec<ClusterLoadAssignment> = decode(&s.next_of(EDS).await);
+    assert_eq!(endpoints(&cla[0]).len(), 2);
+}
+
+#[tokio::test]
 async fn a_tagged_name_serves_only_the_tagged_instances() {
     let (reg, _client) = registry_with_web().await;
     let mut s = Sotw::open(&reg).await;
