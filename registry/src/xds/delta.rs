@@ -40,7 +40,7 @@ pub(super) async fn run(
     mut requests: Streaming<DeltaDiscoveryRequest>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
-    let mut changes = xds.registry.subscribe_list();
+    let mut wake = super::Wake::new();
     let mut subs: HashMap<Kind, Sub> = HashMap::new();
     let mut nonce = 0u64;
     let mut node = String::new();
@@ -103,12 +103,18 @@ pub(super) async fn run(
                         .await;
                     return;
                 }
+                wake.follow(
+                    &xds.registry,
+                    subs.values().flat_map(|s| s.names.iter()),
+                    subs.values().any(|s| s.wildcard),
+                );
+                let sub = subs.get_mut(&kind).expect("just added");
                 if !send(xds, kind, sub, &mut nonce, &tx).await {
                     return;
                 }
             }
-            changed = changes.changed() => {
-                if changed.is_err() {
+            open = wake.changed() => {
+                if !open {
                     return;
                 }
                 for kind in Kind::ALL {

@@ -172,6 +172,100 @@ async fn deliver<T>(xds: &Xds, tx: &mpsc::Sender<Result<T, Status>>, response: T
     }
 }
 
+/// Services a stream follows one by one; past this it wakes on every change.
+const MAX_FOLLOWED: usize = 256;
+
+/// What wakes a stream: a change of a service it follows by name, or, for a
+/// wildcard subscription, any change of the catalog. A change elsewhere does
+/// not wake it, so a catalog of many services with many streams costs each
+/// change only the streams that follow it.
+struct Wake {
+    /// The catalog index, for wildcard subscriptions.
+    list: Option<tokio::sync::watch::Receiver<u64>>,
+    /// One subscription per service followed by name.
+    services: tokio_stream::StreamMap<
+        Arc<str>,
+        tokio_stream::wrappers::BroadcastStream<Arc<crate::watch::ServiceEvent>>,
+    >,
+}
+
+impl Wake {
+    fn new() -> Wake {
+        Wake {
+            list: None,
+            services: tokio_stream::StreamMap::new(),
+        }
+    }
+
+    /// Follows the services of `names` (resource names), and every change
+    /// when `wildcard`. Call before reading the snapshot to answer from, so
+    /// no change falls between.
+    fn follow<'a>(
+        &mut self,
+        registry: &Registry,
+        names: impl Iterator<Item = &'a Arc<str>>,
+        wildcard: bool,
+    ) {
+        let mut wanted: std::collections::BTreeSet<crate::model::ServiceName> = names
+            .filter_map(|n| resources::Name::parse(n))
+            .filter_map(|n| crate::model::ServiceName::parse(&n.service).ok())
+            .collect();
+        // Past a few hundred services one subscription per service costs more
+        // than waking on every change (and would let one stream hold
+        // thousands of receivers).
+        let everything = wildcard || wanted.len() > MAX_FOLLOWED;
+        if everything {
+            wanted.clear();
+            if self.list.is_none() {
+                self.list = Some(registry.subscribe_list());
+            }
+        } else {
+            self.list = None;
+        }
+        let gone: Vec<Arc<str>> = self
+            .services
+            .keys()
+            .filter(|k| !wanted.iter().any(|w| w.as_str() == &***k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.services.remove(&k);
+        }
+        for service in wanted {
+            if !self.services.contains_key(service.as_str()) {
+                let sub = registry.subscribe(&service);
+                self.services.insert(
+                    service.as_arc().clone(),
+                    tokio_stream::wrappers::BroadcastStream::new(sub.changes),
+                );
+            }
+        }
+    }
+
+    /// Waits for a change worth looking at; `false` once the registry is gone.
+    async fn changed(&mut self) -> bool {
+        use tokio_stream::StreamExt as _;
+        let list = async {
+            match self.list.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let services = async {
+            if self.services.is_empty() {
+                return std::future::pending().await;
+            }
+            // An event or a lag (events dropped for a slow reader): either
+            // way, look again.
+            self.services.next().await.is_some()
+        };
+        tokio::select! {
+            open = list => open,
+            open = services => open,
+        }
+    }
+}
+
 /// A client's node id, for logs.
 fn node_id(node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> &str {
     node.map_or("", |n| n.id.as_str())
@@ -343,5 +437,64 @@ impl tokio::io::AsyncWrite for Conn {
             Conn::Plain(s, _, _) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s, _, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use roster_api::Weights;
+
+    use super::*;
+    use crate::catalog::{CatalogLimits, Command};
+    use crate::metrics::Metrics;
+    use crate::model::{InstanceId, InstanceSpec, ServiceName};
+
+    fn register(registry: &Registry, service: &str, id: &str) {
+        registry
+            .apply(Command::Register {
+                service: ServiceName::parse(service).unwrap(),
+                id: InstanceId::parse(id).unwrap(),
+                spec: InstanceSpec {
+                    address: "10.0.0.1".into(),
+                    port: 80,
+                    tags: vec![],
+                    meta: BTreeMap::new(),
+                    weights: Weights::default(),
+                    ttl: None,
+                    deregister_critical_after: Duration::from_secs(60),
+                    checks: Arc::new([]),
+                },
+            })
+            .unwrap();
+    }
+
+    async fn wakes(wake: &mut Wake) -> bool {
+        tokio::time::timeout(Duration::from_millis(200), wake.changed())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_stream_wakes_for_the_services_it_follows_only() {
+        let registry = Registry::new(CatalogLimits::default(), Arc::new(Metrics::new()));
+        let mut wake = Wake::new();
+        let names: Vec<Arc<str>> = vec!["web".into(), "v2.api".into()];
+        wake.follow(&registry, names.iter(), false);
+        register(&registry, "db", "d1");
+        assert!(!wakes(&mut wake).await, "another service changed");
+        register(&registry, "web", "w1");
+        assert!(wakes(&mut wake).await, "a followed service changed");
+        register(&registry, "api", "a1");
+        assert!(wakes(&mut wake).await, "the service of a tagged name");
+
+        // Unfollowed: no longer woken; a wildcard wakes on everything.
+        wake.follow(&registry, names[..1].iter(), false);
+        register(&registry, "api", "a2");
+        assert!(!wakes(&mut wake).await);
+        wake.follow(&registry, names[..1].iter(), true);
+        register(&registry, "db", "d2");
+        assert!(wakes(&mut wake).await, "a wildcard follows every change");
     }
 }

@@ -36,7 +36,7 @@ pub(super) async fn run(
     mut requests: Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) {
-    let mut changes = xds.registry.subscribe_list();
+    let mut wake = super::Wake::new();
     let mut subs: HashMap<Kind, Sub> = HashMap::new();
     let mut nonce = 0u64;
     let mut node = String::new();
@@ -94,12 +94,18 @@ pub(super) async fn run(
                 }
                 sub.names = names;
                 sub.wildcard = wildcard;
+                wake.follow(
+                    &xds.registry,
+                    subs.values().flat_map(|s| s.names.iter()),
+                    subs.values().any(|s| s.wildcard),
+                );
+                let sub = subs.get_mut(&kind).expect("just added");
                 if !send(xds, kind, sub, &mut nonce, true, &tx).await {
                     return;
                 }
             }
-            changed = changes.changed() => {
-                if changed.is_err() {
+            open = wake.changed() => {
+                if !open {
                     return;
                 }
                 for kind in Kind::ALL {
