@@ -8,7 +8,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use roster_client::api::{CatalogEvent, Instance, MaintenanceRequest, RegisterRequest};
 use roster_client::{
-    CatalogEventKind, CatalogFilter, CatalogStream, CatalogWatchEvent, InstanceQuery, RosterClient,
+    CatalogEventKind, CatalogFilter, CatalogStream, CatalogWatchEvent, Discovery, InstanceQuery,
+    RosterClient,
 };
 use roster_registry::acl::Tokens;
 use roster_registry::config::Config;
@@ -369,5 +370,100 @@ async fn catalog_stream_needs_read_permission_and_a_watcher_slot() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.headers()["retry-after"], "1");
     drop(stream);
+    reg.stop().await;
+}
+
+/// Waits until the registry counts `n` open streams.
+async fn streams(reg: &TestRegistry, n: usize) {
+    let url = format!("{}/metrics", reg.url());
+    let want = format!("roster_watchers{{kind=\"stream\"}} {n}\n");
+    timeout(GUARD, async {
+        loop {
+            let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+            if text.contains(&want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} streams open"));
+}
+
+#[tokio::test]
+async fn discovery_follows_many_services_on_one_stream() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    client.register("web", "w-1", &req(80)).await.unwrap();
+    client.register("db", "d-1", &req(5432)).await.unwrap();
+    let discovery = Discovery::new(client.clone());
+    let web = discovery.service("web");
+    let db = discovery.service("db");
+    let api = discovery.service("api");
+    for h in [&web, &db] {
+        timeout(GUARD, h.ready()).await.unwrap().unwrap();
+    }
+    assert_eq!(web.instances().unwrap()[0].id, "w-1");
+    assert_eq!(db.instances().unwrap()[0].id, "d-1");
+    streams(&reg, 1).await;
+
+    // A change reaches its service's copy alone, through the one stream.
+    let mut db_changes = db.changes();
+    db_changes.borrow_and_update();
+    client.register("web", "w-2", &req(81)).await.unwrap();
+    client.deregister("web", "w-1").await.unwrap();
+    client.register("api", "a-1", &req(90)).await.unwrap();
+    let mut api_changes = api.changes();
+    timeout(
+        GUARD,
+        api_changes.wait_for(|s| s.healthy.iter().any(|i| i.id == "a-1")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let ids: Vec<String> = web
+        .instances()
+        .unwrap()
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(ids, ["w-2"], "the api change came after web's");
+    assert!(!db_changes.has_changed().unwrap(), "db did not change");
+
+    // One more service: the stream is reopened on the new set, still one.
+    let cache = discovery.service("cache");
+    client.register("cache", "c-1", &req(6379)).await.unwrap();
+    let mut cache_changes = cache.changes();
+    timeout(
+        GUARD,
+        cache_changes.wait_for(|s| s.healthy.iter().any(|i| i.id == "c-1")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    streams(&reg, 1).await;
+
+    // A service that loses its last instance empties its copy.
+    client.deregister("db", "d-1").await.unwrap();
+    timeout(GUARD, db_changes.wait_for(|s| s.all.is_empty()))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Dropping a service keeps the stream; the others still follow it.
+    drop(api);
+    client.register("web", "w-3", &req(82)).await.unwrap();
+    let mut web_changes = web.changes();
+    timeout(
+        GUARD,
+        web_changes.wait_for(|s| s.healthy.iter().any(|i| i.id == "w-3")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    streams(&reg, 1).await;
+
+    drop((web, db, cache));
+    streams(&reg, 0).await;
     reg.stop().await;
 }
