@@ -467,3 +467,89 @@ async fn discovery_follows_many_services_on_one_stream() {
     streams(&reg, 0).await;
     reg.stop().await;
 }
+
+/// A rough measurement, not a test (`--ignored` to run it, in release for
+/// meaningful times): one catalog stream over 10,000 services, then 200
+/// changes one at a time; prints the snapshot's size and, per change, the
+/// bytes of its delta and the time from just before the write to the
+/// moment the stream read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; prints numbers, asserts only that deltas stay small"]
+async fn measure_one_change_among_ten_thousand_services() {
+    const SERVICES: usize = 10_000;
+    const CHANGES: usize = 200;
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            for s in (worker..SERVICES).step_by(16) {
+                client
+                    .register(&format!("svc-{s}"), &format!("svc-{s}-1"), &req(8000))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    eprintln!("registered {SERVICES} services in {:?}", started.elapsed());
+
+    let mut stream = client
+        .watch_catalog(&CatalogFilter::all(), None)
+        .await
+        .unwrap();
+    let (kind, snap) = timeout(GUARD, stream.next_raw())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(kind, CatalogEventKind::Snapshot);
+    eprintln!("snapshot: {} bytes", snap.data.len());
+
+    let mut bytes = Vec::with_capacity(CHANGES);
+    let mut latency = Vec::with_capacity(CHANGES);
+    for i in 0..CHANGES {
+        let service = format!("svc-{}", (i * 37) % SERVICES);
+        let t0 = std::time::Instant::now();
+        let inst = client
+            .register(&service, &format!("{service}-2"), &req(9000 + i as u16))
+            .await
+            .unwrap();
+        loop {
+            let (_, ev) = timeout(GUARD, stream.next_raw())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if ev
+                .data
+                .starts_with(&format!("{{\"index\":{},", inst.modify_index))
+            {
+                latency.push(t0.elapsed());
+                bytes.push(ev.data.len());
+                break;
+            }
+        }
+    }
+    bytes.sort_unstable();
+    latency.sort_unstable();
+    let q = |v: &[Duration], p: f64| v[((v.len() - 1) as f64 * p) as usize];
+    eprintln!(
+        "RESULT services={SERVICES} changes={CHANGES} delta_bytes_median={} delta_bytes_max={} \
+         latency_p50={:?} latency_p99={:?} latency_max={:?}",
+        bytes[bytes.len() / 2],
+        bytes[bytes.len() - 1],
+        q(&latency, 0.5),
+        q(&latency, 0.99),
+        latency[latency.len() - 1],
+    );
+    assert!(
+        bytes[bytes.len() - 1] * 100 < snap.data.len(),
+        "a delta is a small part of the catalog"
+    );
+    reg.stop().await;
+}
