@@ -430,6 +430,17 @@ pub struct CatalogEvent {
     pub gone: Vec<String>,
 }
 
+/// Answer of the blocking form of the catalog watch (`GET /v1/catalog/changes`):
+/// a snapshot, or every change since the client's index merged into one delta.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogChanges {
+    /// Whether this is a snapshot (replace everything held) rather than a delta.
+    pub snapshot: bool,
+    /// The changes, or the snapshot.
+    #[serde(flatten)]
+    pub event: CatalogEvent,
+}
+
 /// The change of one service in a [`CatalogEvent`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceChange {

@@ -304,6 +304,59 @@ impl CatalogDelta {
     }
 }
 
+/// Every delta of `deltas` (in order) that `filter` passes, merged into one
+/// ([`api::CatalogEvent`] at `index`): per service the latest state of each
+/// instance changed, and every id removed (also those of a service gone and
+/// created again meanwhile, so a reader that had them drops them).
+pub fn merge_deltas(
+    deltas: &[Arc<CatalogDelta>],
+    filter: &CatalogFilter,
+    index: u64,
+) -> api::CatalogEvent {
+    #[derive(Default)]
+    struct Merged {
+        index: u64,
+        upsert: std::collections::BTreeMap<Arc<str>, Arc<Instance>>,
+        remove: BTreeSet<Arc<str>>,
+        gone: bool,
+    }
+    let mut merged: std::collections::BTreeMap<Arc<str>, Merged> = Default::default();
+    for delta in deltas {
+        for s in delta.services.iter().filter(|s| filter.matches(&s.service)) {
+            let m = merged.entry(s.service.clone()).or_default();
+            m.index = s.index;
+            m.gone = s.gone;
+            for id in &s.remove {
+                m.upsert.remove(id);
+                m.remove.insert(id.clone());
+            }
+            for inst in &s.upsert {
+                m.remove.remove(&inst.id);
+                m.upsert.insert(inst.id.clone(), inst.clone());
+            }
+        }
+    }
+    let mut event = api::CatalogEvent {
+        index,
+        ..Default::default()
+    };
+    for (name, m) in merged {
+        if m.gone {
+            event.gone.push(name.to_string());
+        } else {
+            event.services.insert(
+                name.to_string(),
+                api::ServiceChange {
+                    index: m.index,
+                    upsert: m.upsert.values().map(|i| i.to_api()).collect(),
+                    remove: m.remove.iter().map(|id| id.to_string()).collect(),
+                },
+            );
+        }
+    }
+    event
+}
+
 /// The state of every service in `snap` that passes `filter`, as a catalog
 /// stream's `snapshot` event ([`api::CatalogEvent`]).
 pub fn snapshot_json(snap: &Snapshot, filter: &CatalogFilter) -> String {

@@ -18,13 +18,13 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::extract::QueryPairs;
-use super::watch::{KEEP_ALIVE, parse_token};
-use super::{ApiError, AppState};
+use super::watch::{Blocking, KEEP_ALIVE, parse_token};
+use super::{ApiError, AppState, with_index};
 use crate::catalog::Snapshot;
 use crate::metrics::{WatchKind, WatcherGuard};
 use crate::model::ServiceName;
 use crate::registry::Registry;
-use crate::watch::{CatalogDelta, CatalogFilter, snapshot_json};
+use crate::watch::{CatalogDelta, CatalogFilter, merge_deltas, snapshot_json};
 
 /// Most `?service=` names one catalog stream may list (use a prefix, or no
 /// filter, for more).
@@ -54,6 +54,83 @@ pub(super) async fn watch_catalog(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
+}
+
+/// `GET /v1/catalog/changes?index=N&epoch=E&wait=D` (plus the stream's
+/// filters): the blocking form. With the index and epoch of the client's last
+/// answer, every change since, merged into one delta, as soon as there is one
+/// for a matching service (or an empty delta at the current index when `wait`
+/// runs out); without them, or when the registry no longer keeps the changes
+/// since (another run, or more than the kept history), a snapshot at once.
+pub(super) async fn catalog_changes(
+    State(state): State<AppState>,
+    query: QueryPairs,
+) -> Result<Response, ApiError> {
+    let filter = parse_filter(&query)?;
+    let blocking = Blocking::parse(&query)?;
+    let epoch = match query.all("epoch").last() {
+        None => None,
+        Some(raw) => Some(u64::from_str_radix(raw.trim(), 16).map_err(|_| {
+            ApiError::invalid("epoch", format!("epoch is hexadecimal, got {raw:?}"))
+        })?),
+    };
+    let resume = blocking
+        .filter(|b| b.index > 0 && epoch == Some(state.epoch))
+        .map(|b| b.index);
+    let registry = &state.registry;
+    let _guard = blocking.map(|_| registry.metrics().watcher(WatchKind::Blocking));
+    let mut sub = registry.subscribe_catalog(resume);
+    let snapshot = |snap: &Snapshot| {
+        let event: roster_api::CatalogEvent =
+            serde_json::from_str(&snapshot_json(snap, &filter)).expect("our own JSON");
+        with_index(
+            snap.index,
+            axum::Json(roster_api::CatalogChanges {
+                snapshot: true,
+                event,
+            }),
+        )
+    };
+    if let Some(snap) = &sub.snapshot {
+        return Ok(snapshot(snap));
+    }
+    let mut deltas = sub.backlog;
+    let mut at = deltas.last().map_or(sub.at, |d| d.index);
+    let passes = |d: &CatalogDelta| d.services.iter().any(|s| filter.matches(&s.service));
+    if !deltas.iter().any(|d| passes(d)) {
+        let wait = blocking.map_or(std::time::Duration::ZERO, |b| b.wait);
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            let got = tokio::select! {
+                () = &mut deadline => break,
+                () = state.shutdown.cancelled() => break,
+                got = sub.changes.recv() => got,
+            };
+            match got {
+                Ok(delta) if delta.index <= at => {}
+                Ok(delta) if delta.prev > at => return Ok(snapshot(&registry.snapshot())),
+                Ok(delta) => {
+                    at = delta.index;
+                    let done = passes(&delta);
+                    deltas.push(delta);
+                    if done {
+                        break;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => return Ok(snapshot(&registry.snapshot())),
+                Err(RecvError::Closed) => break,
+            }
+        }
+    }
+    let event = merge_deltas(&deltas, &filter, at);
+    Ok(with_index(
+        at,
+        axum::Json(roster_api::CatalogChanges {
+            snapshot: false,
+            event,
+        }),
+    ))
 }
 
 fn parse_filter(query: &QueryPairs) -> Result<CatalogFilter, ApiError> {

@@ -218,6 +218,7 @@ fn groups() -> Vec<Group> {
         .route("/v1/services/{service}/leases", get(leases::service_leases))
         .route("/v1/watch", get(watch::watch_many))
         .route("/v1/catalog/watch", get(catalog_watch::watch_catalog))
+        .route("/v1/catalog/changes", get(catalog_watch::catalog_changes))
         .route("/v1/prometheus/targets", get(prometheus::targets))
         .route(instance, get(services::get_instance))
         .route(&format!("{instance}/checks"), get(services::get_checks));

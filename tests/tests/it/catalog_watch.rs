@@ -553,3 +553,84 @@ async fn measure_one_change_among_ten_thousand_services() {
     );
     reg.stop().await;
 }
+
+/// `GET /v1/catalog/changes`: one answer per request.
+async fn changes(reg: &TestRegistry, query: &str) -> (u64, roster_client::api::CatalogChanges) {
+    let resp = reqwest::get(format!("{}/v1/catalog/changes?{query}", reg.url()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{query}");
+    let index = resp.headers()["x-roster-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (index, resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blocking_form_merges_the_changes_since_an_index() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    client.register("web", "a", &req(80)).await.unwrap();
+    client.register("web", "b", &req(81)).await.unwrap();
+    let epoch = format!(
+        "{:x}",
+        client
+            .watch_catalog(&CatalogFilter::all(), None)
+            .await
+            .unwrap()
+            .epoch()
+            .unwrap()
+    );
+
+    // Without an index: a snapshot at once.
+    let (index, first) = changes(&reg, "prefix=web").await;
+    assert!(first.snapshot);
+    assert_eq!(first.event.services["web"].upsert.len(), 2);
+    assert_eq!(index, first.event.index);
+
+    // Three changes, one outside the filter, merged into one delta: b's
+    // latest state, a removed, c added.
+    let maint = MaintenanceRequest {
+        enabled: true,
+        reason: None,
+    };
+    client.maintenance("web", "b", &maint).await.unwrap();
+    client.deregister("web", "a").await.unwrap();
+    client.register("db", "x", &req(5432)).await.unwrap();
+    let c = client.register("web", "c", &req(82)).await.unwrap();
+    let (index, merged) = changes(&reg, &format!("prefix=web&index={index}&epoch={epoch}")).await;
+    assert!(!merged.snapshot);
+    assert_eq!(index, c.modify_index);
+    assert_eq!(merged.event.services.keys().collect::<Vec<_>>(), ["web"]);
+    assert_eq!(
+        ids(&merged.event, "web"),
+        (vec!["b".into(), "c".into()], vec!["a".into()])
+    );
+
+    // Up to date: the query waits for a matching change (db's is not one).
+    let waiting = tokio::spawn({
+        let url = reg.url().to_owned();
+        let query = format!("prefix=web&index={index}&epoch={epoch}&wait=60s");
+        async move {
+            reqwest::get(format!("{url}/v1/catalog/changes?{query}"))
+                .await
+                .unwrap()
+                .json::<roster_client::api::CatalogChanges>()
+                .await
+                .unwrap()
+        }
+    });
+    client.register("db", "y", &req(5433)).await.unwrap();
+    client.deregister("web", "c").await.unwrap();
+    let got = timeout(GUARD, waiting).await.unwrap().unwrap();
+    assert!(!got.snapshot);
+    assert_eq!(ids(&got.event, "web"), (vec![], vec!["c".into()]));
+
+    // Another run's epoch, or an index the registry no longer covers: a snapshot.
+    let (_, other) = changes(&reg, &format!("prefix=web&index={index}&epoch=1")).await;
+    assert!(other.snapshot);
+    assert_eq!(other.event.services["web"].upsert.len(), 1);
+    reg.stop().await;
+}
