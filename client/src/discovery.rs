@@ -29,6 +29,9 @@ use crate::{CatalogFilter, Error, RosterClient};
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Default settle period after a registry restart (see [`Discovery::with_settle`]).
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
+/// Most services the catalog stream names; more, and it follows the whole
+/// catalog instead.
+const MAX_NAMED: usize = 512;
 /// Longest settle period, whatever the instances' TTLs.
 const MAX_SETTLE: Duration = Duration::from_secs(300);
 
@@ -558,7 +561,14 @@ async fn follow(client: RosterClient, config: Config, members: Members, changed:
         // A resume token is good only for the same set: a service new to the
         // set needs its state, which only a snapshot brings.
         let token = (names == streamed).then_some(last_id.as_deref()).flatten();
-        let filter = CatalogFilter::services(&names);
+        // Past a few hundred names the URL grows long (the registry takes at
+        // most 4096, within a 64 KiB request head): follow the whole catalog
+        // and keep only the services followed.
+        let filter = if names.len() > MAX_NAMED {
+            CatalogFilter::all()
+        } else {
+            CatalogFilter::services(&names)
+        };
         let end = match client.watch_catalog(&filter, token).await {
             Ok(mut stream) => {
                 streamed = names;
