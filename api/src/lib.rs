@@ -409,6 +409,51 @@ pub struct ServiceEvent {
     pub instances: Vec<Instance>,
 }
 
+/// One event of a catalog stream (`GET /v1/catalog/watch`), of either kind:
+///
+/// - `snapshot`: every matching service with all its instances (each in
+///   `upsert`, `remove` empty); replace everything you hold with it. Sent
+///   first, and again whenever the stream cannot continue with deltas (a
+///   resume token too old, a reader that fell behind).
+/// - `delta`: only what changed since the previous event: per changed
+///   service, the instances added or changed (`upsert`, complete) and the ids
+///   removed (`remove`); services that lost their last instance in `gone`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogEvent {
+    /// Global index of the catalog this event brings the reader to.
+    pub index: u64,
+    /// Changed (or, in a snapshot, every) matching services, by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceChange>,
+    /// Services that no longer have instances (deltas only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<String>,
+}
+
+/// Answer of the blocking form of the catalog watch (`GET /v1/catalog/changes`):
+/// a snapshot, or every change since the client's index merged into one delta.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogChanges {
+    /// Whether this is a snapshot (replace everything held) rather than a delta.
+    pub snapshot: bool,
+    /// The changes, or the snapshot.
+    #[serde(flatten)]
+    pub event: CatalogEvent,
+}
+
+/// The change of one service in a [`CatalogEvent`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceChange {
+    /// Index of the service's new state (its `modify_index`).
+    pub index: u64,
+    /// Instances added or changed, complete, ordered by id.
+    #[serde(default)]
+    pub upsert: Vec<Instance>,
+    /// Ids of removed instances, ordered.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
 /// One row of `GET /v1/services`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSummary {

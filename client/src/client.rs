@@ -10,7 +10,7 @@ use crate::api::{
 };
 use crate::error::Error;
 use crate::failover::{Registries, fails_over};
-use crate::watch::WatchStream;
+use crate::watch::{CatalogStream, WatchStream};
 
 /// Filters for [`RosterClient::instances`].
 #[derive(Clone, Debug, Default)]
@@ -19,6 +19,40 @@ pub struct InstanceQuery {
     pub all: bool,
     /// Only instances carrying every one of these tags.
     pub tags: Vec<String>,
+}
+
+/// Which services a catalog stream ([`RosterClient::watch_catalog`])
+/// follows: the ones named, plus the ones whose name starts with a prefix;
+/// with neither, the whole catalog.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CatalogFilter {
+    /// Services named exactly.
+    pub services: Vec<String>,
+    /// Name prefixes.
+    pub prefixes: Vec<String>,
+}
+
+impl CatalogFilter {
+    /// Every service.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// These services.
+    pub fn services<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Self {
+        CatalogFilter {
+            services: names.into_iter().map(|s| s.as_ref().to_owned()).collect(),
+            prefixes: Vec::new(),
+        }
+    }
+
+    /// Services whose name starts with `prefix`.
+    pub fn prefix(prefix: &str) -> Self {
+        CatalogFilter {
+            services: Vec::new(),
+            prefixes: vec![prefix.to_owned()],
+        }
+    }
 }
 
 /// TLS settings for an `https://` registry.
@@ -298,12 +332,47 @@ impl RosterClient {
             .map(|s| format!("service={}", encode(s)))
             .collect();
         let path = format!("/v1/watch?{}", query.join("&"));
+        self.open_stream(&path, last_event_id).await
+    }
+
+    /// Opens a catalog stream (`GET /v1/catalog/watch`) on the services that
+    /// `filter` selects: first a snapshot of them all, then only what changes
+    /// (instances added, changed or removed, services gone), one stream for
+    /// any number of services. To resume after a broken connection, pass the
+    /// last [`CatalogStream::last_event_id`]: the registry sends only the
+    /// deltas missed when it still has them, else a new snapshot.
+    pub async fn watch_catalog(
+        &self,
+        filter: &CatalogFilter,
+        last_event_id: Option<&str>,
+    ) -> Result<CatalogStream, Error> {
+        let query: Vec<String> = filter
+            .services
+            .iter()
+            .map(|s| format!("service={}", encode(s)))
+            .chain(
+                filter
+                    .prefixes
+                    .iter()
+                    .map(|p| format!("prefix={}", encode(p))),
+            )
+            .collect();
+        let path = format!("/v1/catalog/watch?{}", query.join("&"));
+        let stream = self.open_stream(&path, last_event_id).await?;
+        Ok(CatalogStream::new(stream))
+    }
+
+    async fn open_stream(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<WatchStream, Error> {
         // A resume token from another node is fine: the registry sends the full
         // state of every service when the token is not from its own run.
         let (at, resp) = self
             .on_each_address(|at, base| {
                 let mut req = self
-                    .long_request(Method::GET, base, &path)
+                    .long_request(Method::GET, base, path)
                     .header(reqwest::header::ACCEPT, "text/event-stream");
                 if let Some(id) = last_event_id {
                     req = req.header("last-event-id", id);

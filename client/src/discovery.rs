@@ -1,9 +1,11 @@
 //! Client-side discovery: a cached, watched copy of a service's instances.
 //!
 //! [`Discovery::service`] returns a [`ServiceHandle`] whose instance set is kept
-//! fresh by the registry's watch stream (resumed with `Last-Event-ID` after a
-//! broken connection, on the client's next registry address when it has
-//! several). Every handle for the same service shares one stream and
+//! fresh by the registry's catalog stream (`GET /v1/catalog/watch`, resumed
+//! with `Last-Event-ID` after a broken connection, on the client's next
+//! registry address when it has several). All the services one `Discovery`
+//! follows share one stream, whatever their number: it sends a snapshot of
+//! the set, then only what changes. Every handle for the same service shares
 //! one copy; the stream stops when the last handle is dropped. While the registry
 //! is unreachable the last known set keeps being served, up to a configurable
 //! staleness, after which [`ServiceHandle::instances`] reports the error.
@@ -16,14 +18,20 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::api::{Health, Instance};
-use crate::{Error, RosterClient};
+use tokio::sync::Notify;
+
+use crate::api::{Health, Instance, ServiceChange};
+use crate::watch::CatalogEventKind;
+use crate::{CatalogFilter, Error, RosterClient};
 
 /// Longest pause between reconnection attempts (jittered ±50 %): short, so a
 /// restarted registry is followed within about a second.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Default settle period after a registry restart (see [`Discovery::with_settle`]).
 pub const DEFAULT_SETTLE: Duration = Duration::from_secs(30);
+/// Most services the catalog stream names; more, and it follows the whole
+/// catalog instead.
+const MAX_NAMED: usize = 512;
 /// Longest settle period, whatever the instances' TTLs.
 const MAX_SETTLE: Duration = Duration::from_secs(300);
 
@@ -97,7 +105,10 @@ impl ServiceState {
 
 /// Entry point of client-side discovery: a cheap [`Clone`] handle; clones
 /// share the watched copies, so every [`Router`](crate::Router) built from
-/// clones of one `Discovery` shares one watch stream per service.
+/// clones of one `Discovery` shares them, and one catalog stream for all the
+/// services followed. Following one more service reopens that stream on the
+/// new set (a snapshot of the set, then deltas again); dropping the last
+/// handle of one does not.
 ///
 /// # Registry restarts
 ///
@@ -137,6 +148,27 @@ struct Inner {
     client: RosterClient,
     config: Config,
     services: Mutex<HashMap<String, Weak<Shared>>>,
+    /// The task following every service on one stream, while any handle lives.
+    group: Mutex<Weak<Group>>,
+}
+
+/// Senders of the services followed, by name, each with the id of its handle.
+type Members = Arc<Mutex<BTreeMap<String, (u64, watch::Sender<ServiceState>)>>>;
+
+/// The one stream of a `Discovery`: the set of services it follows and the
+/// task following them. Held by every handle; the task stops with the last.
+#[derive(Debug)]
+struct Group {
+    members: Members,
+    /// Wakes the task when the set changes.
+    changed: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -163,6 +195,7 @@ impl Discovery {
                 client,
                 config,
                 services: Mutex::new(HashMap::new()),
+                group: Mutex::new(Weak::new()),
             }),
         }
     }
@@ -208,18 +241,44 @@ impl Discovery {
             return ServiceHandle(shared);
         }
         services.retain(|_, weak| weak.strong_count() > 0);
+        let group = {
+            let mut slot = inner.group.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.upgrade() {
+                Some(group) => group,
+                None => {
+                    let members = Members::default();
+                    let changed = Arc::new(Notify::new());
+                    let task = tokio::spawn(follow(
+                        inner.client.clone(),
+                        inner.config,
+                        members.clone(),
+                        changed.clone(),
+                    ));
+                    let group = Arc::new(Group {
+                        members,
+                        changed,
+                        task,
+                    });
+                    *slot = Arc::downgrade(&group);
+                    group
+                }
+            }
+        };
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = watch::channel(ServiceState::empty());
-        let task = tokio::spawn(follow(
-            inner.client.clone(),
-            service.to_owned(),
-            inner.config,
-            tx,
-        ));
+        group
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service.to_owned(), (id, tx));
+        group.changed.notify_one();
         let shared = Arc::new(Shared {
             service: service.to_owned(),
             max_staleness: inner.config.max_staleness,
             state: rx,
-            task,
+            id,
+            group,
         });
         services.insert(service.to_owned(), Arc::downgrade(&shared));
         ServiceHandle(shared)
@@ -241,12 +300,22 @@ struct Shared {
     service: String,
     max_staleness: Duration,
     state: watch::Receiver<ServiceState>,
-    task: JoinHandle<()>,
+    /// Tells this handle's sender from a later one for the same service.
+    id: u64,
+    group: Arc<Group>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.task.abort();
+        let mut members = self.group.members.lock().unwrap_or_else(|p| p.into_inner());
+        if members
+            .get(&self.service)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            members.remove(&self.service);
+            drop(members);
+            self.group.changed.notify_one();
+        }
     }
 }
 
@@ -366,6 +435,23 @@ impl Copy {
         self.current = instances;
     }
 
+    /// A delta of the current run: instances added or changed, ids removed.
+    fn delta(&mut self, index: u64, change: ServiceChange) {
+        self.index = index;
+        let replaced: std::collections::HashSet<&str> = change
+            .remove
+            .iter()
+            .map(String::as_str)
+            .chain(change.upsert.iter().map(|i| i.id.as_str()))
+            .collect();
+        self.current.retain(|i| !replaced.contains(i.id.as_str()));
+        for i in &change.upsert {
+            self.held.remove(&i.id);
+        }
+        self.current.extend(change.upsert);
+        self.current.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+
     /// Drops held-over instances whose settle period is over; true when any was.
     fn expire(&mut self, now: Instant) -> bool {
         let before = self.held.len();
@@ -416,41 +502,114 @@ fn epoch_of(id: &str) -> Option<u64> {
     u64::from_str_radix(epoch, 16).ok()
 }
 
-/// Follows one service's watch stream forever, reconnecting with backoff. A
-/// stream that breaks has moved `client` off its address, so the reconnect goes
-/// to the next one; the copy keeps its last set meanwhile, and merges the
-/// state of a registry run it has not seen before (see [`Discovery`]).
-async fn follow(
-    client: RosterClient,
-    service: String,
-    config: Config,
+/// One followed service in the follow task: its copy, where to publish it,
+/// and whether the current stream has confirmed it.
+struct Member {
+    copy: Copy,
     tx: watch::Sender<ServiceState>,
-) {
-    let mut copy = Copy::new(config);
+    confirmed: bool,
+}
+
+/// How a stream ended.
+enum End {
+    /// It broke (or the registry closed it).
+    Broke,
+    /// The set of services changed: open a stream on the new set.
+    SetChanged,
+}
+
+/// Follows the services in `members` on one catalog stream forever,
+/// reconnecting with backoff, and reopening it when the set changes. A stream
+/// that breaks has moved `client` off its address, so the reconnect goes to
+/// the next one; every copy keeps its last set meanwhile, and merges the
+/// state of a registry run it has not seen before (see [`Discovery`]).
+async fn follow(client: RosterClient, config: Config, members: Members, changed: Arc<Notify>) {
+    let mut followed: BTreeMap<String, Member> = BTreeMap::new();
+    // The set of the last stream and its last event id, to resume with.
+    let mut streamed: Vec<String> = Vec::new();
     let mut last_id: Option<String> = None;
     let mut backoff = Duration::from_millis(100);
     let mut since: Option<Instant> = None;
     loop {
-        match client.watch(&[service.as_str()], last_id.as_deref()).await {
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let members = members.lock().unwrap_or_else(|p| p.into_inner());
+            followed.retain(|name, _| members.contains_key(name));
+            for (name, (_, tx)) in members.iter() {
+                let m = followed.entry(name.clone()).or_insert_with(|| Member {
+                    copy: Copy::new(config),
+                    tx: tx.clone(),
+                    confirmed: false,
+                });
+                if !m.tx.same_channel(tx) {
+                    // A new handle for a service whose last one was dropped.
+                    *m = Member {
+                        copy: Copy::new(config),
+                        tx: tx.clone(),
+                        confirmed: false,
+                    };
+                }
+            }
+        }
+        if followed.is_empty() {
+            notified.await;
+            continue;
+        }
+        let names: Vec<String> = followed.keys().cloned().collect();
+        // A resume token is good only for the same set: a service new to the
+        // set needs its state, which only a snapshot brings.
+        let token = (names == streamed).then_some(last_id.as_deref()).flatten();
+        // Past a few hundred names the URL grows long (the registry takes at
+        // most 4096, within a 64 KiB request head): follow the whole catalog
+        // and keep only the services followed.
+        let filter = if names.len() > MAX_NAMED {
+            CatalogFilter::all()
+        } else {
+            CatalogFilter::services(&names)
+        };
+        let end = match client.watch_catalog(&filter, token).await {
             Ok(mut stream) => {
+                streamed = names;
                 let too_old = since.is_some_and(|s| s.elapsed() > config.max_staleness);
                 since = None;
                 // With the registry's epoch header the run is known at once:
                 // the same run resumed (the copy is current), or a new one
                 // (merge). Without it, the first event tells.
-                let mut confirmed = false;
-                if let Some(epoch) = stream.epoch() {
-                    copy.new_epoch(epoch, too_old, Instant::now());
-                    confirmed = copy.index > 0 || !copy.held.is_empty();
+                for m in followed.values_mut() {
+                    m.confirmed = false;
+                    if let Some(epoch) = stream.epoch() {
+                        m.copy.new_epoch(epoch, too_old, Instant::now());
+                        m.confirmed = m.copy.index > 0 || !m.copy.held.is_empty();
+                    }
+                    m.tx.send_replace(m.copy.state(true, m.confirmed, None));
                 }
-                tx.send_replace(copy.state(true, confirmed, None));
-                loop {
-                    let expiry = copy.next_expiry();
+                let end = loop {
+                    let expiry = followed.values().filter_map(|m| m.copy.next_expiry()).min();
                     let next = tokio::select! {
                         next = stream.next() => next,
+                        () = &mut notified => {
+                            notified.set(changed.notified());
+                            notified.as_mut().enable();
+                            let members = members.lock().unwrap_or_else(|p| p.into_inner());
+                            let fewer = members.iter().all(|(name, (_, tx))| {
+                                followed.get(name).is_some_and(|m| m.tx.same_channel(tx))
+                            });
+                            if !fewer {
+                                break End::SetChanged;
+                            }
+                            // Services were only dropped: the stream goes on,
+                            // their changes are ignored until it is reopened.
+                            followed.retain(|name, _| members.contains_key(name));
+                            continue;
+                        }
                         () = sleep_until(expiry) => {
-                            if copy.expire(Instant::now()) {
-                                tx.send_replace(copy.state(true, confirmed, None));
+                            let now = Instant::now();
+                            for m in followed.values_mut() {
+                                if m.copy.expire(now) {
+                                    m.tx.send_replace(m.copy.state(true, m.confirmed, None));
+                                }
                             }
                             continue;
                         }
@@ -458,27 +617,75 @@ async fn follow(
                     match next {
                         Ok(Some(event)) => {
                             backoff = Duration::from_millis(100);
-                            if let Some(epoch) = event.id.as_deref().and_then(epoch_of) {
-                                copy.new_epoch(epoch, too_old, Instant::now());
+                            let now = Instant::now();
+                            let epoch = event.id.as_deref().and_then(epoch_of);
+                            let index = event.event.index;
+                            let mut services = event.event.services;
+                            let mut touched: Vec<String> = Vec::new();
+                            if event.kind == CatalogEventKind::Snapshot {
+                                // Every followed service, present or not.
+                                for (name, m) in followed.iter_mut() {
+                                    let change = services.remove(name).unwrap_or(ServiceChange {
+                                        index,
+                                        ..Default::default()
+                                    });
+                                    if let Some(epoch) = epoch {
+                                        m.copy.new_epoch(epoch, too_old, now);
+                                    }
+                                    m.copy.answer(change.index, change.upsert);
+                                    touched.push(name.clone());
+                                }
+                            } else {
+                                for (name, change) in services {
+                                    if let Some(m) = followed.get_mut(&name) {
+                                        if let Some(epoch) = epoch {
+                                            m.copy.new_epoch(epoch, too_old, now);
+                                        }
+                                        m.copy.delta(change.index, change);
+                                        touched.push(name);
+                                    }
+                                }
+                                for name in event.event.gone {
+                                    if let Some(m) = followed.get_mut(&name) {
+                                        m.copy.answer(index, Vec::new());
+                                        touched.push(name);
+                                    }
+                                }
                             }
-                            confirmed = true;
-                            copy.answer(event.event.index, event.event.instances);
-                            copy.expire(Instant::now());
-                            tx.send_replace(copy.state(true, true, None));
+                            for (name, m) in followed.iter_mut() {
+                                let expired = m.copy.expire(now);
+                                let first = !m.confirmed;
+                                m.confirmed = true;
+                                if expired || first || touched.contains(name) {
+                                    m.tx.send_replace(m.copy.state(true, true, None));
+                                }
+                            }
                         }
-                        Ok(None) => break,
+                        Ok(None) => break End::Broke,
                         Err(e) => {
-                            tracing::debug!(%service, error = %e, "watch stream broke");
-                            break;
+                            tracing::debug!(error = %e, "catalog stream broke");
+                            break End::Broke;
                         }
                     }
-                }
+                };
                 last_id = stream.last_event_id().map(str::to_owned);
+                end
             }
-            Err(e) => tracing::debug!(%service, error = %e, "cannot open the watch stream"),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open the catalog stream");
+                End::Broke
+            }
+        };
+        if let End::SetChanged = end {
+            // Handles often come in bursts (a router's services at start-up):
+            // let them gather into one new stream.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
         }
         let down = *since.get_or_insert_with(Instant::now);
-        tx.send_replace(copy.state(false, false, Some(down)));
+        for m in followed.values_mut() {
+            m.tx.send_replace(m.copy.state(false, false, Some(down)));
+        }
         let pause = backoff.mul_f64(0.5 + fastrand::f64());
         tokio::time::sleep(pause).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -583,6 +790,41 @@ mod tests {
         copy.answer(3, vec![instance("a", Health::Passing)]);
         copy.new_epoch(2, true, Instant::now());
         assert!(copy.state(true, true, None).healthy.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delta_changes_only_its_instances_and_settles_held_ones() {
+        let mut copy = Copy::new(Config {
+            max_staleness: Duration::from_secs(300),
+            settle: DEFAULT_SETTLE,
+        });
+        copy.new_epoch(1, false, Instant::now());
+        copy.answer(
+            3,
+            vec![
+                instance("a", Health::Passing),
+                instance("b", Health::Passing),
+            ],
+        );
+        // A restart holds a and b over; a delta of the new run brings b back.
+        copy.new_epoch(2, false, Instant::now());
+        copy.answer(1, vec![instance("c", Health::Passing)]);
+        copy.delta(
+            2,
+            ServiceChange {
+                index: 2,
+                upsert: vec![instance("b", Health::Warning)],
+                remove: vec!["c".into()],
+            },
+        );
+        let s = copy.state(true, true, None);
+        assert_eq!(ids(&s), ["a", "b"]);
+        assert_eq!(&s.stale[..], ["a"], "b came back in the delta");
+        assert_eq!(
+            s.all.iter().find(|i| i.id == "b").unwrap().health,
+            Health::Warning
+        );
+        assert_eq!(s.index, 2);
     }
 
     #[test]

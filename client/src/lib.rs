@@ -95,7 +95,7 @@ mod router;
 mod watch;
 
 pub use call::{Attempt, Call, Outcome};
-pub use client::{InstanceQuery, RosterClient, TlsOptions};
+pub use client::{CatalogFilter, InstanceQuery, RosterClient, TlsOptions};
 pub use discover::{Change, ServiceDiscover};
 pub use discovery::{DEFAULT_SETTLE, Discovery, Freshness, ServiceHandle, ServiceState};
 pub use error::{CallError, Error};
@@ -106,4 +106,7 @@ pub use registration::{DROP_DEREGISTER_TIMEOUT, Registration, RegistrationStatus
 pub use reqwest_middleware;
 pub use retry::{Idempotent, RetryConfig, is_idempotent};
 pub use router::{DEFAULT_IDLE_TIMEOUT, EndpointStats, Router, RouterBuilder};
-pub use watch::{EPOCH_HEADER, RawEvent, WatchEvent, WatchStream};
+pub use watch::{
+    CatalogEventKind, CatalogStream, CatalogWatchEvent, EPOCH_HEADER, RawEvent, WatchEvent,
+    WatchStream,
+};

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::api::ServiceEvent;
+use crate::api::{CatalogEvent, ServiceEvent};
 use crate::error::Error;
 use crate::failover::Registries;
 
@@ -49,6 +49,10 @@ pub struct WatchStream {
     registries: Arc<Registries>,
     at: usize,
     epoch: Option<u64>,
+    /// Event kinds this stream reads; others are skipped.
+    kinds: &'static [&'static str],
+    /// Kind of the last event returned.
+    kind: Option<String>,
 }
 
 /// Response header naming the registry run (random per start and per node,
@@ -75,7 +79,15 @@ impl WatchStream {
             last_id,
             registries,
             at,
+            kinds: &["service"],
+            kind: None,
         }
+    }
+
+    /// The same stream, reading events of `kinds` instead.
+    pub(crate) fn with_kinds(mut self, kinds: &'static [&'static str]) -> Self {
+        self.kinds = kinds;
+        self
     }
 
     /// The base URL of the registry this stream comes from.
@@ -156,10 +168,96 @@ impl WatchStream {
         if let Some(id) = &id {
             self.last_id = Some(id.clone());
         }
-        if kind.as_deref() != Some("service") || data.is_empty() {
+        let Some(kind) = kind.filter(|k| self.kinds.contains(&k.as_str())) else {
+            return Ok(None);
+        };
+        if data.is_empty() {
             return Ok(None);
         }
+        self.kind = Some(kind);
         Ok(Some(RawEvent { id, data }))
+    }
+}
+
+/// What a [`CatalogWatchEvent`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatalogEventKind {
+    /// Every matching service: replace everything held with it.
+    Snapshot,
+    /// Only what changed since the previous event: apply it.
+    Delta,
+}
+
+/// One event of a catalog stream ([`CatalogStream`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogWatchEvent {
+    /// Resume token: pass it as `last_event_id` to continue after a reconnect.
+    pub id: Option<String>,
+    /// Snapshot or delta.
+    pub kind: CatalogEventKind,
+    /// The services in it.
+    pub event: CatalogEvent,
+}
+
+/// An open catalog stream (`GET /v1/catalog/watch`): a snapshot of the
+/// matching services first, then deltas. Read it with [`CatalogStream::next`].
+///
+/// Like [`WatchStream`], a stream that breaks moves its client to its next
+/// registry address. Reopen it with [`CatalogStream::last_event_id`] to get
+/// only the deltas missed (or a snapshot, when the registry no longer has them
+/// or is another run).
+#[derive(Debug)]
+pub struct CatalogStream {
+    inner: WatchStream,
+}
+
+impl CatalogStream {
+    pub(crate) fn new(inner: WatchStream) -> Self {
+        CatalogStream {
+            inner: inner.with_kinds(&["snapshot", "delta"]),
+        }
+    }
+
+    /// The base URL of the registry this stream comes from.
+    pub fn registry(&self) -> &str {
+        self.inner.registry()
+    }
+
+    /// The registry run this stream comes from (`X-Roster-Epoch`).
+    pub fn epoch(&self) -> Option<u64> {
+        self.inner.epoch()
+    }
+
+    /// The id of the last event received (or the one the stream resumed from).
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.inner.last_event_id()
+    }
+
+    /// Waits for the next event. `Ok(None)` when the registry closed the stream.
+    pub async fn next(&mut self) -> Result<Option<CatalogWatchEvent>, Error> {
+        let Some((kind, raw)) = self.next_raw().await? else {
+            return Ok(None);
+        };
+        let event = serde_json::from_str(&raw.data)
+            .map_err(|e| Error::Protocol(format!("bad catalog event: {e}")))?;
+        Ok(Some(CatalogWatchEvent {
+            id: raw.id,
+            kind,
+            event,
+        }))
+    }
+
+    /// Waits for the next event without decoding its JSON (to count or
+    /// forward bytes).
+    pub async fn next_raw(&mut self) -> Result<Option<(CatalogEventKind, RawEvent)>, Error> {
+        let Some(raw) = self.inner.next_raw().await? else {
+            return Ok(None);
+        };
+        let kind = match self.inner.kind.as_deref() {
+            Some("snapshot") => CatalogEventKind::Snapshot,
+            _ => CatalogEventKind::Delta,
+        };
+        Ok(Some((kind, raw)))
     }
 }
 

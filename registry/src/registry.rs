@@ -20,7 +20,7 @@ use crate::model::{InstanceId, ServiceName};
 use crate::store::{Batch, Loaded, Store, StoreError};
 
 mod error;
-use crate::watch::{Hub, Subscription};
+use crate::watch::{CatalogSubscription, Hub, Subscription};
 pub use error::{Unavailable, WriteError};
 
 /// Resolves once a change is on disk (or failed to get there).
@@ -212,6 +212,14 @@ impl Registry {
         let mut core = self.lock();
         let Core { catalog, hub } = &mut *core;
         hub.subscribe(catalog.snapshot(), service.as_arc())
+    }
+
+    /// Subscribes to the catalog feed: every change as a delta (see
+    /// [`Hub::subscribe_catalog`] for `resume`).
+    pub fn subscribe_catalog(&self, resume: Option<u64>) -> CatalogSubscription {
+        let mut core = self.lock();
+        let Core { catalog, hub } = &mut *core;
+        hub.subscribe_catalog(catalog.snapshot(), resume)
     }
 
     /// A receiver of the global index, which moves on every change.
@@ -409,7 +417,7 @@ impl Registry {
         if out.changed {
             let snap = catalog.snapshot();
             self.snapshot.store(Arc::new(snap.clone()));
-            hub.publish(snap, catalog.touched());
+            hub.publish(snap, catalog.touched(), catalog.changed());
             if persist && let Some(store) = self.store.get() {
                 // Queued under the lock, so batches reach the store in index order.
                 let (tx, rx) = tokio::sync::oneshot::channel();

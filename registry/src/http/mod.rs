@@ -1,6 +1,7 @@
 //! The HTTP API: native `/v1` endpoints plus `/health`, `/ready` and `/metrics`.
 
 mod bodies;
+mod catalog_watch;
 pub mod consul;
 pub mod extract;
 mod gate;
@@ -216,6 +217,8 @@ fn groups() -> Vec<Group> {
         .route("/v1/services/{service}/watch", get(watch::watch_service))
         .route("/v1/services/{service}/leases", get(leases::service_leases))
         .route("/v1/watch", get(watch::watch_many))
+        .route("/v1/catalog/watch", get(catalog_watch::watch_catalog))
+        .route("/v1/catalog/changes", get(catalog_watch::catalog_changes))
         .route("/v1/prometheus/targets", get(prometheus::targets))
         .route(instance, get(services::get_instance))
         .route(&format!("{instance}/checks"), get(services::get_checks));

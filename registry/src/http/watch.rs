@@ -33,7 +33,7 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub const MAX_STREAM_SERVICES: usize = 64;
 
 /// Reads a resume token `EPOCH.INDEX` (epoch in hex).
-fn parse_token(raw: &str) -> Option<(u64, u64)> {
+pub(super) fn parse_token(raw: &str) -> Option<(u64, u64)> {
     let (epoch, index) = raw.trim().split_once('.')?;
     Some((u64::from_str_radix(epoch, 16).ok()?, index.parse().ok()?))
 }

@@ -3,6 +3,7 @@
 
 mod agent;
 mod balancing;
+mod catalog_watch;
 mod cli_e2e;
 mod cluster;
 mod consul_api;
