@@ -78,18 +78,33 @@ impl DnsHandler {
         let Some(parsed) = parsed else {
             return Some(bare(&header, ResponseCode::FormErr, slip));
         };
-        let prepared = self.prepare(&parsed, udp, slip);
+        if !slip && let Some(answer) = self.answer_cached(&parsed, udp) {
+            return Some(answer);
+        }
+        Some(self.answer_uncached(&parsed, &header, udp, slip))
+    }
+
+    /// The answer to `parsed` built record by record and encoded by hickory:
+    /// every answer the cache does not hold.
+    pub(crate) fn answer_uncached(
+        &self,
+        parsed: &Request,
+        header: &Header,
+        udp: bool,
+        slip: bool,
+    ) -> Vec<u8> {
+        let prepared = self.prepare(parsed, udp, slip);
         let mut buf = Vec::with_capacity(prepared.limit.min(512));
         let mut encoder = BinEncoder::new(&mut buf);
         encoder.set_max_size(u16::try_from(prepared.limit).unwrap_or(u16::MAX));
         match self
-            .response(&parsed, &prepared)
+            .response(parsed, &prepared)
             .destructive_emit(&mut encoder)
         {
-            Ok(_) => Some(buf),
+            Ok(_) => buf,
             Err(error) => {
                 debug!(id = header.metadata.id, %error, "dns response not encoded");
-                Some(bare(&header, ResponseCode::ServFail, false))
+                bare(header, ResponseCode::ServFail, false)
             }
         }
     }

@@ -110,6 +110,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 mod answer;
+mod cache;
 mod edns;
 mod handler;
 mod names;
