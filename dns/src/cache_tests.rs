@@ -400,3 +400,109 @@ fn the_cache_is_bounded() {
         "{len} entries: evicting too much"
     );
 }
+
+/// A raw query: `name` (its case kept), type, class, an optional OPT record
+/// (payload, version, options) and trailing bytes.
+fn raw_query(
+    id: u16,
+    flags: u8,
+    name: &str,
+    qtype: u16,
+    qclass: u16,
+    opt: Option<(u16, u8, Vec<u8>)>,
+    trailing: &[u8],
+) -> Vec<u8> {
+    let mut m = id.to_be_bytes().to_vec();
+    // RD and the opcode from `flags`; CD and AD too.
+    m.push((flags & 0x01) | ((flags & 0x30) >> 1));
+    m.push(flags & 0x30);
+    m.extend([0, 1, 0, 0, 0, 0, 0, u8::from(opt.is_some())]);
+    for label in name.trim_end_matches('.').split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.push(0);
+    m.extend(qtype.to_be_bytes());
+    m.extend(qclass.to_be_bytes());
+    if let Some((payload, version, options)) = opt {
+        m.extend([0, 0, 41]);
+        m.extend(payload.to_be_bytes());
+        m.extend([0, version, 0x80, 0]);
+        m.extend((options.len() as u16).to_be_bytes());
+        m.extend(options);
+    }
+    m.extend_from_slice(trailing);
+    m
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Plain queries read without hickory's parser get the answer the full
+    /// path gives, and every other message too.
+    #[test]
+    fn the_plain_reader_answers_as_the_full_path(
+        endpoints in endpoints(),
+        queries in prop::collection::vec(
+            (0..NAMES.len(), any::<u64>(), any::<u16>(), any::<u8>(), 0usize..100,
+             prop::sample::select(vec![1u16, 5, 6, 28, 33, 16, 255, 252, 41, 0, 65535]),
+             prop::sample::select(vec![1u16, 1, 1, 3, 255]),
+             prop::option::of((0u16..5000, prop::sample::select(vec![0u8, 0, 0, 1]),
+                 prop::sample::select(vec![vec![], vec![], vec![0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8], vec![0, 10, 0, 1, 7]]))),
+             prop::sample::select(vec![vec![], vec![], vec![], vec![0u8], vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]),
+             any::<bool>()),
+            1..12),
+    ) {
+        let view = Arc::new(View::default());
+        view.set("web", 3, endpoints);
+        let handler = handler(&view);
+        let src = "192.0.2.1:5353".parse().unwrap();
+        for (name, case, id, flags, turn, qtype, qclass, opt, trailing, udp) in queries {
+            let name = mixed_case(NAMES[name], case);
+            let bytes = raw_query(id, flags, &name, qtype, qclass, opt.clone(), &trailing);
+            let transport = if udp { Transport::Udp } else { Transport::Tcp };
+            for _ in 0..2 {
+                handler.inner.turn.store(turn, Ordering::Relaxed);
+                let plain = handler.answer_bytes_with(&bytes, src, transport, true);
+                handler.inner.turn.store(turn, Ordering::Relaxed);
+                let full = handler.answer_bytes_with(&bytes, src, transport, false);
+                prop_assert_eq!(&plain, &full, "{} {} {} {:?} {:?}", name, qtype, qclass, opt, trailing);
+            }
+        }
+    }
+}
+
+#[test]
+fn plain_queries_skip_hickorys_parser() {
+    let view = Arc::new(View::default());
+    view.set("web", 1, big(3));
+    let handler = handler(&view);
+    let plain = |bytes: &[u8]| {
+        let header = Header::read(&mut BinDecoder::new(bytes)).unwrap();
+        handler.answer_plain(bytes, &header, true).is_some()
+    };
+    let a = |opt| raw_query(1, 1, "Web.Service.roster.", 1, 1, opt, &[]);
+    assert!(plain(&a(None)));
+    assert!(plain(&a(Some((1232, 0, vec![])))));
+    assert!(!plain(&a(Some((1232, 1, vec![])))), "BADVERS");
+    assert!(
+        !plain(&a(Some((
+            1232,
+            0,
+            vec![0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]
+        )))),
+        "options: the full path checks them"
+    );
+    assert!(
+        !plain(&raw_query(1, 1, "web.service.roster.", 1, 3, None, &[])),
+        "CH"
+    );
+    assert!(
+        !plain(&raw_query(1, 1, "web.service.roster.", 1, 1, None, &[0])),
+        "trailing byte"
+    );
+    assert!(
+        !plain(&raw_query(1, 1, "nosuch.service.roster.", 1, 1, None, &[])),
+        "NXDOMAIN"
+    );
+}

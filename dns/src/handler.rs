@@ -66,6 +66,20 @@ impl fmt::Debug for DnsHandler {
     }
 }
 
+/// A query in its plainest form, all an answer from the cache needs.
+pub(crate) struct Plain<'a> {
+    pub id: u16,
+    pub recursion_desired: bool,
+    pub checking_disabled: bool,
+    /// The question section as received: one question, no compression.
+    pub question: &'a [u8],
+    /// The question's name, lowercase.
+    pub name: &'a LowerName,
+    pub qtype: RecordType,
+    /// The requester's OPT payload size, when it sent an OPT record.
+    pub payload: Option<u16>,
+}
+
 /// A negative answer of a name backed by a service.
 enum Negative {
     NxDomain,
@@ -432,12 +446,7 @@ impl DnsHandler {
             return None;
         };
         let question = request.queries.as_bytes();
-        let qtype = query.query_type();
-        if query.query_class() != DNSClass::IN
-            || matches!(qtype, RecordType::AXFR | RecordType::IXFR)
-            || !question_is_plain(question)
-            || question.len() < 5
-        {
+        if query.query_class() != DNSClass::IN || !question_is_plain(question) {
             return None;
         }
         if let Some(edns) = &request.edns
@@ -445,7 +454,30 @@ impl DnsHandler {
         {
             return None;
         }
-        let shape = names::parse(query.name(), &self.inner.domain_lower);
+        self.answer_from_cache(
+            &Plain {
+                id: metadata.id,
+                recursion_desired: metadata.recursion_desired,
+                checking_disabled: metadata.checking_disabled,
+                question,
+                name: query.name(),
+                qtype: query.query_type(),
+                payload: request.edns.as_ref().map(Edns::max_payload),
+            },
+            udp,
+        )
+    }
+
+    /// The answer to `query` from the answer cache, or `None` when the
+    /// uncached path must answer (a negative answer, a name not backed by a
+    /// service, a zone transfer).
+    pub(crate) fn answer_from_cache(&self, query: &Plain<'_>, udp: bool) -> Option<Vec<u8>> {
+        let question = query.question;
+        let qtype = query.qtype;
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) || question.len() < 5 {
+            return None;
+        }
+        let shape = names::parse(query.name, &self.inner.domain_lower);
         let (Shape::Service { service, .. }
         | Shape::Srv { service, .. }
         | Shape::Instance { service, .. }) = shape
@@ -464,9 +496,9 @@ impl DnsHandler {
         let entry = match self.inner.answers.get(key) {
             Some(entry) if entry.index == rendered.index => entry,
             _ => {
-                let qname = query.original().name();
+                // Owner names are the question's, written per query.
                 let encoded = self
-                    .service_answer(&shape, qtype, qname, &rendered)
+                    .service_answer(&shape, qtype, &Name::root(), &rendered)
                     .ok()
                     .and_then(|answer| Encoded::new(&answer));
                 let entry = Arc::new(Entry {
@@ -479,37 +511,48 @@ impl DnsHandler {
         };
         let encoded = entry.encoded.as_ref()?;
         let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
-        let (limit, opt) = self.limits(request, udp);
+        let (limit, opt) = self.sizes(query.payload, udp);
         let query = cache::Query {
-            id: metadata.id,
-            recursion_desired: metadata.recursion_desired,
-            checking_disabled: metadata.checking_disabled,
+            id: query.id,
+            recursion_desired: query.recursion_desired,
+            checking_disabled: query.checking_disabled,
             question,
             turn,
             limit,
-            opt: opt.map(|edns| edns.max_payload()),
+            opt,
             udp,
         };
-        debug!(id = metadata.id, query = ?query.question, turn, "dns query (cached)");
+        debug!(id = query.id, query = ?query.question, turn, "dns query (cached)");
         Some(encoded.write(&query))
+    }
+
+    /// The largest answer over UDP (`udp`) or TCP to a request with an OPT
+    /// record announcing `payload` (or none), and the payload size of the
+    /// answer's OPT record.
+    fn sizes(&self, payload: Option<u16>, udp: bool) -> (usize, Option<u16>) {
+        let max_udp = self.inner.config.max_udp_payload.max(512);
+        let limit = match (payload, udp) {
+            (_, false) => TCP_LIMIT,
+            (None, true) => 512,
+            (Some(payload), true) => usize::from(payload.clamp(512, max_udp)),
+        };
+        let opt = payload.map(|_| {
+            if udp {
+                u16::try_from(limit).unwrap_or(max_udp)
+            } else {
+                max_udp
+            }
+        });
+        (limit, opt)
     }
 
     /// The largest answer to `request` over UDP (`udp`) or TCP, and the OPT
     /// record of the answer (when the request has one).
     fn limits(&self, request: &Request, udp: bool) -> (usize, Option<Edns>) {
-        let max_udp = self.inner.config.max_udp_payload.max(512);
-        let limit = match (&request.edns, udp) {
-            (_, false) => TCP_LIMIT,
-            (None, true) => 512,
-            (Some(edns), true) => usize::from(edns.max_payload().clamp(512, max_udp)),
-        };
-        let edns = request.edns.as_ref().map(|_| {
+        let (limit, opt) = self.sizes(request.edns.as_ref().map(Edns::max_payload), udp);
+        let edns = opt.map(|payload| {
             let mut edns = Edns::new();
-            edns.set_max_payload(if udp {
-                u16::try_from(limit).unwrap_or(max_udp)
-            } else {
-                max_udp
-            });
+            edns.set_max_payload(payload);
             edns
         });
         (limit, edns)
