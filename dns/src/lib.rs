@@ -90,7 +90,9 @@
 //!   encoded once per (lowercase name, type) and index: such a query copies
 //!   the requester's id and question (its exact case, DNS 0x20) and the
 //!   encoded records in its rotation, so its cost grows with the bytes sent,
-//!   not with the instances behind the name. The sizes, compression and
+//!   not with the instances behind the name; a plain query (one question
+//!   without compression, class IN, at most an OPT record of version 0
+//!   without options) is read without hickory's parser. The sizes, compression and
 //!   truncation are those of hickory's encoder, which still encodes negative
 //!   answers, the apex, `ns.DOMAIN` and errors. The cache is bounded (8192
 //!   entries, about 64 MiB) and sharded, with no lock common to all queries.
