@@ -401,6 +401,26 @@ fn the_cache_is_bounded() {
     );
 }
 
+#[test]
+fn nxdomain_names_take_no_entry() {
+    let view = Arc::new(View::default());
+    view.set("web", 1, big(2));
+    let handler = handler(&view);
+    let src = "192.0.2.1:5353".parse().unwrap();
+    for i in 0..100 {
+        for name in [
+            format!("x{i}.web.instance.roster."),
+            format!("t{i}.web.service.roster."),
+            format!("_web._t{i}.service.roster."),
+        ] {
+            let bytes = query_bytes(1, &name, RecordType::A, None, 0);
+            let answer = handler.answer_bytes(&bytes, src, Transport::Udp).unwrap();
+            assert_eq!(answer[3] & 0x0F, 3, "{name}: NXDOMAIN");
+        }
+    }
+    assert_eq!(handler.inner.answers.len(), 0);
+}
+
 /// A raw query: `name` (its case kept), type, class, an optional OPT record
 /// (payload, version, options) and trailing bytes.
 fn raw_query(

@@ -496,11 +496,14 @@ impl DnsHandler {
         let entry = match self.inner.answers.get(key) {
             Some(entry) if entry.index == rendered.index => entry,
             _ => {
-                // Owner names are the question's, written per query.
-                let encoded = self
-                    .service_answer(&shape, qtype, &Name::root(), &rendered)
-                    .ok()
-                    .and_then(|answer| Encoded::new(&answer));
+                // Owner names are the question's, written per query. NODATA
+                // is kept (as no answer) so that it is decided once; NXDOMAIN
+                // is not, or random names would fill the cache.
+                let encoded = match self.service_answer(&shape, qtype, &Name::root(), &rendered) {
+                    Ok(answer) => Encoded::new(&answer),
+                    Err(Negative::NoData) => None,
+                    Err(Negative::NxDomain) => return None,
+                };
                 let entry = Arc::new(Entry {
                     index: rendered.index,
                     encoded,
