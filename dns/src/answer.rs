@@ -3,13 +3,17 @@
 
 use std::net::SocketAddr;
 
-use hickory_proto::op::{Header, HeaderCounts, Message, MessageType, Metadata, ResponseCode};
+use hickory_proto::op::{
+    Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_proto::rr::{LowerName, Name, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use tracing::debug;
 
+use crate::handler::Plain;
 use crate::rrl::Verdict;
 use crate::{DnsHandler, Transport};
 
@@ -48,6 +52,18 @@ impl DnsHandler {
         src: SocketAddr,
         transport: Transport,
     ) -> Option<Vec<u8>> {
+        self.answer_bytes_with(request, src, transport, true)
+    }
+
+    /// [`DnsHandler::answer_bytes`], with or without reading plain queries
+    /// without hickory's parser.
+    pub(crate) fn answer_bytes_with(
+        &self,
+        request: &[u8],
+        src: SocketAddr,
+        transport: Transport,
+        plain: bool,
+    ) -> Option<Vec<u8>> {
         let header = Header::read(&mut BinDecoder::new(request)).ok()?;
         if header.metadata.message_type == MessageType::Response || src.port() == 0 {
             return None;
@@ -63,6 +79,12 @@ impl DnsHandler {
             Verdict::Slip => true,
             Verdict::Answer => false,
         };
+        if plain
+            && !slip
+            && let Some(answer) = self.answer_plain(request, &header, udp)
+        {
+            return Some(answer);
+        }
         let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
         // hickory reserves room for every announced question before reading
         // one: a 12-byte message announcing 65535 would cost megabytes.
@@ -78,20 +100,103 @@ impl DnsHandler {
         let Some(parsed) = parsed else {
             return Some(bare(&header, ResponseCode::FormErr, slip));
         };
-        let prepared = self.prepare(&parsed, udp, slip);
+        if !slip && let Some(answer) = self.answer_cached(&parsed, udp) {
+            return Some(answer);
+        }
+        Some(self.answer_uncached(&parsed, &header, udp, slip))
+    }
+
+    /// The answer to `parsed` built record by record and encoded by hickory:
+    /// every answer the cache does not hold.
+    pub(crate) fn answer_uncached(
+        &self,
+        parsed: &Request,
+        header: &Header,
+        udp: bool,
+        slip: bool,
+    ) -> Vec<u8> {
+        let prepared = self.prepare(parsed, udp, slip);
         let mut buf = Vec::with_capacity(prepared.limit.min(512));
         let mut encoder = BinEncoder::new(&mut buf);
         encoder.set_max_size(u16::try_from(prepared.limit).unwrap_or(u16::MAX));
         match self
-            .response(&parsed, &prepared)
+            .response(parsed, &prepared)
             .destructive_emit(&mut encoder)
         {
-            Ok(_) => Some(buf),
+            Ok(_) => buf,
             Err(error) => {
                 debug!(id = header.metadata.id, %error, "dns response not encoded");
-                Some(bare(&header, ResponseCode::ServFail, false))
+                bare(header, ResponseCode::ServFail, false)
             }
         }
+    }
+}
+
+impl DnsHandler {
+    /// The answer from the cache to a plain query read straight from the
+    /// wire, without hickory's parser: one question without compression,
+    /// class IN, and nothing else but an OPT record of version 0 without
+    /// options ending the message. Anything else is `None`, for the full path.
+    pub(crate) fn answer_plain(
+        &self,
+        message: &[u8],
+        header: &Header,
+        udp: bool,
+    ) -> Option<Vec<u8>> {
+        let counts = &header.counts;
+        if header.metadata.op_code != OpCode::Query
+            || counts.queries != 1
+            || counts.answers != 0
+            || counts.authorities != 0
+            || counts.additionals > 1
+        {
+            return None;
+        }
+        let mut labels = Vec::with_capacity(8);
+        let mut pos = HEADER;
+        loop {
+            let len = usize::from(*message.get(pos)?);
+            if len == 0 {
+                pos += 1;
+                break;
+            }
+            if len > 63 {
+                return None;
+            }
+            labels.push(message.get(pos + 1..pos + 1 + len)?);
+            pos += 1 + len;
+        }
+        if pos - HEADER > 255 {
+            return None;
+        }
+        let fixed = message.get(pos..pos + 4)?;
+        let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        if u16::from_be_bytes([fixed[2], fixed[3]]) != 1 {
+            return None;
+        }
+        let question = &message[HEADER..pos + 4];
+        let rest = &message[pos + 4..];
+        let payload = match (counts.additionals, rest) {
+            (0, []) => None,
+            // Root name, OPT, payload, extended RCODE, version 0, flags, no options.
+            (1, &[0, 0, 41, high, low, _, 0, _, _, 0, 0]) => Some(u16::from_be_bytes([high, low])),
+            _ => return None,
+        };
+        let mut name = Name::from_labels(labels).ok()?;
+        name.set_fqdn(true);
+        let name = LowerName::new(&name);
+        self.answer_from_cache(
+            &Plain {
+                id: header.metadata.id,
+                recursion_desired: header.metadata.recursion_desired,
+                checking_disabled: header.metadata.checking_disabled,
+                question,
+                name: &name,
+                qtype: RecordType::from(qtype),
+                payload,
+            },
+            udp,
+        )
     }
 }
 

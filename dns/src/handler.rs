@@ -16,6 +16,7 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Quer
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::cache::{self, Answer, AnswerCache, Encoded, Entry};
 use crate::edns;
 use crate::names::{self, Shape};
 use crate::render::{Addr, Rendered, Selection};
@@ -47,6 +48,8 @@ struct Inner {
     /// SOA, NS and the name server's address.
     zone: Zone,
     cache: RwLock<HashMap<Box<str>, Arc<Rendered>>>,
+    /// Encoded positive answers by question name and type.
+    answers: AnswerCache,
     /// Rotation counter: one step per query.
     turn: AtomicUsize,
     /// An empty question section, sent instead of a question that must not be echoed.
@@ -61,6 +64,26 @@ impl fmt::Debug for DnsHandler {
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
+}
+
+/// A query in its plainest form, all an answer from the cache needs.
+pub(crate) struct Plain<'a> {
+    pub id: u16,
+    pub recursion_desired: bool,
+    pub checking_disabled: bool,
+    /// The question section as received: one question, no compression.
+    pub question: &'a [u8],
+    /// The question's name, lowercase.
+    pub name: &'a LowerName,
+    pub qtype: RecordType,
+    /// The requester's OPT payload size, when it sent an OPT record.
+    pub payload: Option<u16>,
+}
+
+/// A negative answer of a name backed by a service.
+enum Negative {
+    NxDomain,
+    NoData,
 }
 
 /// What a query resolved to, before sizing.
@@ -132,6 +155,7 @@ impl DnsHandler {
                 domain,
                 zone,
                 cache: RwLock::new(HashMap::new()),
+                answers: AnswerCache::default(),
                 turn: AtomicUsize::new(0),
                 no_question,
                 rrl,
@@ -230,7 +254,8 @@ impl DnsHandler {
         }
         let qname = query.original().name();
         let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
-        match names::parse(query.name(), &self.inner.domain_lower) {
+        let shape = names::parse(query.name(), &self.inner.domain_lower);
+        match &shape {
             Shape::Outside => Reply::error(ResponseCode::Refused),
             Shape::Unknown => Reply::nxdomain(),
             Shape::Empty => Reply::nodata(),
@@ -262,45 +287,56 @@ impl DnsHandler {
                 Some(_) => Reply::nodata(),
                 None => Reply::nxdomain(),
             },
-            Shape::Service { service, tag } => {
+            Shape::Service { service, .. }
+            | Shape::Srv { service, .. }
+            | Shape::Instance { service, .. } => {
                 let Some(rendered) = self.rendered(service) else {
                     return Reply::nxdomain();
                 };
-                let Some(selection) = select(&rendered, tag) else {
-                    return Reply::nxdomain();
-                };
-                Reply::answer(
-                    self.service_answers(qname, qtype, &rendered, selection, turn),
-                    Vec::new(),
-                )
-            }
-            Shape::Srv { service, tag } => {
-                let Some(rendered) = self.rendered(service) else {
-                    return Reply::nxdomain();
-                };
-                let Some(selection) = select(&rendered, tag) else {
-                    return Reply::nxdomain();
-                };
-                if !matches!(qtype, RecordType::SRV | RecordType::ANY) {
-                    return Reply::nodata();
-                }
-                self.srv_answers(qname, &rendered, selection, turn)
-            }
-            Shape::Instance { service, id } => {
-                let Some(rendered) = self.rendered(service) else {
-                    return Reply::nxdomain();
-                };
-                let id = id.join(".");
-                match rendered.ids.get(id.as_str()) {
-                    Some(&i) => Reply::answer(
-                        self.instance_answers(qname, qtype, &rendered, i),
-                        Vec::new(),
-                    ),
-                    None if rendered.has_id_suffix(&id) => Reply::nodata(),
-                    None => Reply::nxdomain(),
+                match self.service_answer(&shape, qtype, qname, &rendered) {
+                    Ok(answer) => Reply::answer(answer.answers(turn), answer.additionals(turn)),
+                    Err(Negative::NxDomain) => Reply::nxdomain(),
+                    Err(Negative::NoData) => Reply::nodata(),
                 }
             }
         }
+    }
+
+    /// The records of a name backed by a service (`Service`, `Srv` and
+    /// `Instance` shapes), named `qname`, unrotated; or the negative reply.
+    fn service_answer(
+        &self,
+        shape: &Shape<'_>,
+        qtype: RecordType,
+        qname: &Name,
+        rendered: &Rendered,
+    ) -> Result<Answer, Negative> {
+        let answer = match shape {
+            Shape::Service { tag, .. } => {
+                let selection = select(rendered, *tag).ok_or(Negative::NxDomain)?;
+                self.service_answers(qname, qtype, rendered, selection)
+            }
+            Shape::Srv { tag, .. } => {
+                let selection = select(rendered, *tag).ok_or(Negative::NxDomain)?;
+                if !matches!(qtype, RecordType::SRV | RecordType::ANY) {
+                    return Err(Negative::NoData);
+                }
+                self.srv_answers(qname, rendered, selection)
+            }
+            Shape::Instance { id, .. } => {
+                let id = id.join(".");
+                match rendered.ids.get(id.as_str()) {
+                    Some(&i) => self.instance_answers(qname, qtype, rendered, i),
+                    None if rendered.has_id_suffix(&id) => return Err(Negative::NoData),
+                    None => return Err(Negative::NxDomain),
+                }
+            }
+            _ => return Err(Negative::NxDomain),
+        };
+        if answer.is_empty() {
+            return Err(Negative::NoData);
+        }
+        Ok(answer)
     }
 
     /// A/AAAA/CNAME/TXT of the healthy endpoints in `selection`.
@@ -310,65 +346,63 @@ impl DnsHandler {
         qtype: RecordType,
         rendered: &Rendered,
         selection: &Selection,
-        turn: usize,
-    ) -> Vec<Record> {
+    ) -> Answer {
         let any = qtype == RecordType::ANY;
-        let mut out = Vec::new();
+        let mut answer = Answer::default();
         if any || matches!(qtype, RecordType::A | RecordType::AAAA) {
             let addrs = selection
                 .members
                 .iter()
                 .map(|&i| &rendered.eps[i as usize].addr);
             if selection.has_ip {
-                for addr in addrs {
-                    if let Addr::Ip(data) = addr
-                        && (any || data.record_type() == qtype)
-                    {
-                        out.push(self.record(qname, data.clone()));
-                    }
-                }
+                let records = addrs
+                    .filter_map(|addr| match addr {
+                        Addr::Ip(data) if any || data.record_type() == qtype => {
+                            Some(self.record(qname, data.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                answer.push(records, false);
             } else {
-                let hosts = addrs.filter(|addr| matches!(addr, Addr::Host(_)));
-                let count = hosts.clone().count();
-                if let Some(Addr::Host(data)) = hosts.clone().nth(turn % count.max(1)) {
-                    out.push(self.record(qname, data.clone()));
-                }
+                // One hostname per query, in rotation.
+                let records = addrs
+                    .filter_map(|addr| match addr {
+                        Addr::Host(data) => Some(self.record(qname, data.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                answer.push(records, true);
             }
         }
-        rotate(&mut out, turn);
         if any || qtype == RecordType::TXT {
-            let start = out.len();
-            for &i in &selection.txt {
-                if let Some(txt) = &rendered.eps[i as usize].txt {
-                    out.push(self.record(qname, txt.clone()));
-                }
-            }
-            rotate(&mut out[start..], turn);
+            let records = selection
+                .txt
+                .iter()
+                .filter_map(|&i| rendered.eps[i as usize].txt.as_ref())
+                .map(|txt| self.record(qname, txt.clone()))
+                .collect();
+            answer.push(records, false);
         }
-        out
+        answer
     }
 
     /// SRV of the endpoints in `selection`, with A/AAAA of every IP target.
-    fn srv_answers(
-        &self,
-        qname: &Name,
-        rendered: &Rendered,
-        selection: &Selection,
-        turn: usize,
-    ) -> Reply {
+    fn srv_answers(&self, qname: &Name, rendered: &Rendered, selection: &Selection) -> Answer {
         let mut answers = Vec::with_capacity(selection.members.len());
         let mut additionals = Vec::with_capacity(selection.members.len());
         for &i in &selection.members {
             let ep = &rendered.eps[i as usize];
             let Some(srv) = &ep.srv else { continue };
-            answers.push(self.record(qname, srv.clone()));
             if let (Addr::Ip(data), Some(target)) = (&ep.addr, &ep.instance_name) {
-                additionals.push(self.record(target, data.clone()));
+                additionals.push((self.record(target, data.clone()), answers.len()));
             }
+            answers.push(self.record(qname, srv.clone()));
         }
-        rotate(&mut answers, turn);
-        rotate(&mut additionals, turn);
-        Reply::answer(answers, additionals)
+        let mut answer = Answer::default();
+        answer.push(answers, false);
+        answer.additionals = additionals;
+        answer
     }
 
     /// Records of one instance, whatever its health.
@@ -378,25 +412,153 @@ impl DnsHandler {
         qtype: RecordType,
         rendered: &Rendered,
         i: u32,
-    ) -> Vec<Record> {
+    ) -> Answer {
         let ep = &rendered.eps[i as usize];
         let any = qtype == RecordType::ANY;
-        let mut out = Vec::new();
+        let mut answer = Answer::default();
         if any || matches!(qtype, RecordType::A | RecordType::AAAA) {
             match &ep.addr {
                 Addr::Ip(data) if any || data.record_type() == qtype => {
-                    out.push(self.record(qname, data.clone()));
+                    answer.push(vec![self.record(qname, data.clone())], false);
                 }
-                Addr::Host(data) => out.push(self.record(qname, data.clone())),
+                Addr::Host(data) => answer.push(vec![self.record(qname, data.clone())], false),
                 _ => {}
             }
         }
         if let Some(txt) = &ep.txt
             && (any || qtype == RecordType::TXT)
         {
-            out.push(self.record(qname, txt.clone()));
+            answer.push(vec![self.record(qname, txt.clone())], false);
         }
-        out
+        answer
+    }
+
+    /// The answer to `request` from the answer cache (encoded once per
+    /// question name, type and service index), or `None` when the uncached
+    /// path must answer: anything but a plain query for a name backed by a
+    /// service with a positive answer.
+    pub(crate) fn answer_cached(&self, request: &Request, udp: bool) -> Option<Vec<u8>> {
+        let metadata = &request.metadata;
+        if metadata.op_code != OpCode::Query {
+            return None;
+        }
+        let [query] = request.queries.queries() else {
+            return None;
+        };
+        let question = request.queries.as_bytes();
+        if query.query_class() != DNSClass::IN || !question_is_plain(question) {
+            return None;
+        }
+        if let Some(edns) = &request.edns
+            && (edns.version() > 0 || !edns::options_valid(request.as_slice()))
+        {
+            return None;
+        }
+        self.answer_from_cache(
+            &Plain {
+                id: metadata.id,
+                recursion_desired: metadata.recursion_desired,
+                checking_disabled: metadata.checking_disabled,
+                question,
+                name: query.name(),
+                qtype: query.query_type(),
+                payload: request.edns.as_ref().map(Edns::max_payload),
+            },
+            udp,
+        )
+    }
+
+    /// The answer to `query` from the answer cache, or `None` when the
+    /// uncached path must answer (a negative answer, a name not backed by a
+    /// service, a zone transfer).
+    pub(crate) fn answer_from_cache(&self, query: &Plain<'_>, udp: bool) -> Option<Vec<u8>> {
+        let question = query.question;
+        let qtype = query.qtype;
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) || question.len() < 5 {
+            return None;
+        }
+        let shape = names::parse(query.name, &self.inner.domain_lower);
+        let (Shape::Service { service, .. }
+        | Shape::Srv { service, .. }
+        | Shape::Instance { service, .. }) = shape
+        else {
+            return None;
+        };
+        let rendered = self.rendered(service)?;
+        // The key: the lowercase name as on the wire, then the type.
+        let name = &question[..question.len() - 4];
+        let mut key = [0u8; 260];
+        let key = &mut key[..name.len() + 2];
+        for (k, b) in key.iter_mut().zip(name) {
+            *k = b.to_ascii_lowercase();
+        }
+        key[name.len()..].copy_from_slice(&u16::from(qtype).to_be_bytes());
+        let entry = match self.inner.answers.get(key) {
+            Some(entry) if entry.index == rendered.index => entry,
+            _ => {
+                // Owner names are the question's, written per query. NODATA
+                // is kept (as no answer) so that it is decided once; NXDOMAIN
+                // is not, or random names would fill the cache.
+                let encoded = match self.service_answer(&shape, qtype, &Name::root(), &rendered) {
+                    Ok(answer) => Encoded::new(&answer),
+                    Err(Negative::NoData) => None,
+                    Err(Negative::NxDomain) => return None,
+                };
+                let entry = Arc::new(Entry {
+                    index: rendered.index,
+                    encoded,
+                });
+                self.inner.answers.insert(key, entry.clone());
+                entry
+            }
+        };
+        let encoded = entry.encoded.as_ref()?;
+        let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
+        let (limit, opt) = self.sizes(query.payload, udp);
+        let query = cache::Query {
+            id: query.id,
+            recursion_desired: query.recursion_desired,
+            checking_disabled: query.checking_disabled,
+            question,
+            turn,
+            limit,
+            opt,
+            udp,
+        };
+        debug!(id = query.id, query = ?query.question, turn, "dns query (cached)");
+        Some(encoded.write(&query))
+    }
+
+    /// The largest answer over UDP (`udp`) or TCP to a request with an OPT
+    /// record announcing `payload` (or none), and the payload size of the
+    /// answer's OPT record.
+    fn sizes(&self, payload: Option<u16>, udp: bool) -> (usize, Option<u16>) {
+        let max_udp = self.inner.config.max_udp_payload.max(512);
+        let limit = match (payload, udp) {
+            (_, false) => TCP_LIMIT,
+            (None, true) => 512,
+            (Some(payload), true) => usize::from(payload.clamp(512, max_udp)),
+        };
+        let opt = payload.map(|_| {
+            if udp {
+                u16::try_from(limit).unwrap_or(max_udp)
+            } else {
+                max_udp
+            }
+        });
+        (limit, opt)
+    }
+
+    /// The largest answer to `request` over UDP (`udp`) or TCP, and the OPT
+    /// record of the answer (when the request has one).
+    fn limits(&self, request: &Request, udp: bool) -> (usize, Option<Edns>) {
+        let (limit, opt) = self.sizes(request.edns.as_ref().map(Edns::max_payload), udp);
+        let edns = opt.map(|payload| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(payload);
+            edns
+        });
+        (limit, edns)
     }
 
     /// Everything but the sizing: header checks, then the question.
@@ -427,14 +589,6 @@ fn select<'r>(rendered: &'r Rendered, tag: Option<&str>) -> Option<&'r Selection
     match tag {
         None => Some(&rendered.healthy),
         Some(tag) => rendered.tags.get(tag),
-    }
-}
-
-/// Rotates `records` left by `turn` positions (modulo their number).
-fn rotate(records: &mut [Record], turn: usize) {
-    if !records.is_empty() {
-        let len = records.len();
-        records.rotate_left(turn % len);
     }
 }
 
@@ -473,22 +627,7 @@ impl DnsHandler {
     /// Resolves and sizes the answer to `request`; with `slip`, a truncated
     /// empty answer that sends the requester to TCP instead.
     pub(crate) fn prepare(&self, request: &Request, udp: bool, slip: bool) -> Prepared {
-        let config = &self.inner.config;
-        let max_udp = config.max_udp_payload.max(512);
-        let limit = match (&request.edns, udp) {
-            (_, false) => TCP_LIMIT,
-            (None, true) => 512,
-            (Some(edns), true) => usize::from(edns.max_payload().clamp(512, max_udp)),
-        };
-        let edns = request.edns.as_ref().map(|_| {
-            let mut edns = Edns::new();
-            edns.set_max_payload(if udp {
-                u16::try_from(limit).unwrap_or(max_udp)
-            } else {
-                max_udp
-            });
-            edns
-        });
+        let (limit, edns) = self.limits(request, udp);
         let echo = question_is_plain(request.queries.as_bytes());
         let reply = if !echo {
             Reply::error(ResponseCode::FormErr)
@@ -584,3 +723,7 @@ fn question_is_plain(mut bytes: &[u8]) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod cache_tests;

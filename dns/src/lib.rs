@@ -85,8 +85,17 @@
 //!   records that fit.
 //! * Answers (A, AAAA, SRV, TXT, and the CNAME pick) are rotated by one position
 //!   per query, so naive clients that take the first record spread their load.
-//! * Rendered records are cached per service and [`ServiceRecords::index`]: a
-//!   query only filters, rotates and copies prepared records.
+//! * Rendered records are cached per service and [`ServiceRecords::index`],
+//!   and positive answers of service, tag, SRV and instance names are
+//!   encoded once per (lowercase name, type) and index: such a query copies
+//!   the requester's id and question (its exact case, DNS 0x20) and the
+//!   encoded records in its rotation, so its cost grows with the bytes sent,
+//!   not with the instances behind the name; a plain query (one question
+//!   without compression, class IN, at most an OPT record of version 0
+//!   without options) is read without hickory's parser. The sizes, compression and
+//!   truncation are those of hickory's encoder, which still encodes negative
+//!   answers, the apex, `ns.DOMAIN` and errors. The cache is bounded (8192
+//!   entries, about 64 MiB) and sharded, with no lock common to all queries.
 //! * Over UDP, an answer is never larger than the requester's EDNS payload
 //!   size (values below 512 count as 512) nor [`DnsConfig::max_udp_payload`],
 //!   and never larger than 512 bytes without EDNS. With the default 1232, a
@@ -110,6 +119,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 mod answer;
+mod cache;
 mod edns;
 mod handler;
 mod names;
