@@ -79,7 +79,8 @@ impl Drop for Inner {
 }
 
 /// Default time after which a service's pool that no request used is
-/// released, with its watch stream.
+/// released (Discovery keeps following its service on its catalog stream
+/// while another handle of it lives).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Follows the catalog's service list with blocking queries.
