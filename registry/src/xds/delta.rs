@@ -55,20 +55,12 @@ pub(super) async fn run(
                 if node.is_empty() {
                     node = node_id(req.node.as_ref()).to_owned();
                 }
-                let Some(kind) = Kind::from_type_url(&req.type_url) else {
-                    tracing::debug!(%node, type_url = %req.type_url, "xDS request for a type roster does not serve");
+                let Some(kind) = super::kind_of(&node, &req.type_url) else {
                     continue;
                 };
                 let sub = subs.entry(kind).or_default();
                 if let Some(err) = &req.error_detail {
-                    xds.registry.metrics().xds_nack(kind.label());
-                    tracing::warn!(
-                        %node,
-                        r#type = kind.label(),
-                        nonce = %req.response_nonce,
-                        error = %err.message,
-                        "xDS client rejected a response (NACK); it is not sent again until the catalog changes"
-                    );
+                    super::rejected(xds, &node, kind, &format!("nonce {}", req.response_nonce), err);
                 }
                 if !sub.started {
                     sub.started = true;

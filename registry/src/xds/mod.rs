@@ -266,6 +266,35 @@ impl Wake {
     }
 }
 
+/// The kind of a request's type URL; a type roster does not serve is logged
+/// (at debug: Envoy asks for types it may not need) and skipped.
+fn kind_of(node: &str, type_url: &str) -> Option<resources::Kind> {
+    let kind = resources::Kind::from_type_url(type_url);
+    if kind.is_none() {
+        tracing::debug!(%node, %type_url, "xDS request for a type roster does not serve");
+    }
+    kind
+}
+
+/// A client rejected a response (NACK): counted and logged with its error.
+/// Nothing is sent again for it; the next change of the catalog is.
+fn rejected(
+    xds: &Xds,
+    node: &str,
+    kind: resources::Kind,
+    which: &str,
+    error: &envoy_types::pb::google::rpc::Status,
+) {
+    xds.registry.metrics().xds_nack(kind.label());
+    tracing::warn!(
+        %node,
+        r#type = kind.label(),
+        response = %which,
+        error = %error.message,
+        "xDS client rejected a response (NACK); it is not sent again until the catalog changes"
+    );
+}
+
 /// A client's node id, for logs.
 fn node_id(node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> &str {
     node.map_or("", |n| n.id.as_str())

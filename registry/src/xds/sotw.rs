@@ -51,8 +51,7 @@ pub(super) async fn run(
                 if node.is_empty() {
                     node = node_id(req.node.as_ref()).to_owned();
                 }
-                let Some(kind) = Kind::from_type_url(&req.type_url) else {
-                    tracing::debug!(%node, type_url = %req.type_url, "xDS request for a type roster does not serve");
+                let Some(kind) = super::kind_of(&node, &req.type_url) else {
                     continue;
                 };
                 if req.resource_names.len() > MAX_NAMES {
@@ -75,14 +74,7 @@ pub(super) async fn run(
                     continue;
                 }
                 if let Some(err) = &req.error_detail {
-                    xds.registry.metrics().xds_nack(kind.label());
-                    tracing::warn!(
-                        %node,
-                        r#type = kind.label(),
-                        version = %sub.version,
-                        error = %err.message,
-                        "xDS client rejected a response (NACK); it is not sent again until the catalog changes"
-                    );
+                    super::rejected(xds, &node, kind, &format!("version {}", sub.version), err);
                 }
                 let names: BTreeSet<Arc<str>> =
                     req.resource_names.iter().map(|n| Arc::from(n.as_str())).collect();
