@@ -73,6 +73,25 @@ impl TestRegistry {
         &self.url
     }
 
+    /// Waits until `/metrics` has the sample `line` (name, labels and value,
+    /// as Prometheus' text format writes them), checking every 10 ms; `false`
+    /// when `within` runs out first.
+    pub async fn wait_for_metric(&self, line: &str, within: std::time::Duration) -> bool {
+        let url = format!("{}/metrics", self.url);
+        let want = format!("{line}\n");
+        tokio::time::timeout(within, async {
+            loop {
+                let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+                if text.contains(&want) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     /// Address of the gRPC (xDS) server.
     ///
     /// # Panics

@@ -375,19 +375,8 @@ async fn catalog_stream_needs_read_permission_and_a_watcher_slot() {
 
 /// Waits until the registry counts `n` open streams.
 async fn streams(reg: &TestRegistry, n: usize) {
-    let url = format!("{}/metrics", reg.url());
-    let want = format!("roster_watchers{{kind=\"stream\"}} {n}\n");
-    timeout(GUARD, async {
-        loop {
-            let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
-            if text.contains(&want) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{n} streams open"));
+    let line = format!("roster_watchers{{kind=\"stream\"}} {n}");
+    assert!(reg.wait_for_metric(&line, GUARD).await, "{n} streams open");
 }
 
 #[tokio::test]

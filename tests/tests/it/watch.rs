@@ -27,19 +27,11 @@ fn req(port: u16) -> RegisterRequest {
 
 /// Waits until `n` blocking queries are parked in the server.
 async fn parked(reg: &TestRegistry, n: usize) {
-    let url = format!("{}/metrics", reg.url());
-    let want = format!("roster_watchers{{kind=\"blocking\"}} {n}\n");
-    timeout(GUARD, async {
-        loop {
-            let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
-            if text.contains(&want) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("blocking query parked");
+    let line = format!("roster_watchers{{kind=\"blocking\"}} {n}");
+    assert!(
+        reg.wait_for_metric(&line, GUARD).await,
+        "blocking query parked"
+    );
 }
 
 /// The `index` field at the start of an event's JSON, read without decoding the rest.
