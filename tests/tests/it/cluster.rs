@@ -450,6 +450,25 @@ impl Cluster {
         }
     }
 
+    /// Registers `web/id` through a running node, retrying while the
+    /// survivors of a stopped leader elect another; `false` if no write is
+    /// taken within [`SOON`].
+    async fn register_on_a_survivor(&self, id: &str, port: u16) -> bool {
+        let survivor = self.running()[0];
+        timeout(SOON, async {
+            while self
+                .client(survivor)
+                .register("web", id, &instance(port))
+                .await
+                .is_err()
+            {
+                sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     fn heal(&self) {
         for i in self.running() {
             self.node(i)
@@ -1488,18 +1507,10 @@ async fn a_cluster_over_peer_tls_fails_over_and_catches_up() {
     // The leader goes away; a survivor takes writes.
     c.stop(leader).await;
     let survivor = c.running()[0];
-    timeout(SOON, async {
-        while c
-            .client(survivor)
-            .register("web", "w2", &instance(81))
-            .await
-            .is_err()
-        {
-            sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("a survivor takes writes after the leader stops");
+    assert!(
+        c.register_on_a_survivor("w2", 81).await,
+        "a survivor takes writes after the leader stops"
+    );
     c.converge("web", &set(&["w1", "w2"])).await;
     // The old leader comes back and catches up over TLS.
     c.restart(leader).await;
@@ -1644,19 +1655,10 @@ async fn rotating_peer_certificates_keeps_the_cluster_up() {
     c.converge("web", &set(&["r1", "r2"])).await;
     let leader = c.leader().await;
     c.stop(leader).await;
-    let survivor = c.running()[0];
-    timeout(SOON, async {
-        while c
-            .client(survivor)
-            .register("web", "r3", &instance(82))
-            .await
-            .is_err()
-        {
-            sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the survivors elect a leader over the new certificates");
+    assert!(
+        c.register_on_a_survivor("r3", 82).await,
+        "the survivors elect a leader over the new certificates"
+    );
     c.restart(leader).await;
     c.wait_ready().await;
     c.converge("web", &set(&["r1", "r2", "r3"])).await;
@@ -1785,21 +1787,10 @@ async fn every_node_serves_xds_from_its_replica_across_a_failover() {
     // The leader goes away; a write through the new leader reaches the stream
     // on the follower.
     c.stop(leader).await;
-    let written = timeout(SOON, async {
-        loop {
-            let survivor = c.leader_among(&c.running()).await;
-            if c.client(survivor)
-                .register("web", "w2", &instance(81))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(written.is_ok(), "writes resume after the leader stops");
+    assert!(
+        c.register_on_a_survivor("w2", 81).await,
+        "writes resume after the leader stops"
+    );
     let pushed = timeout(SOON, async {
         loop {
             let cla: Vec<ClusterLoadAssignment> = decode(&s.next_of(EDS).await);
