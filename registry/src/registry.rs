@@ -20,7 +20,7 @@ use crate::model::{InstanceId, ServiceName};
 use crate::store::{Batch, Loaded, Store, StoreError};
 
 mod error;
-use crate::watch::{CatalogSubscription, Hub, Subscription};
+use crate::watch::{CatalogFilter, CatalogSubscription, Hub, SnapshotPieces, Subscription};
 pub use error::{Unavailable, WriteError};
 
 /// Resolves once a change is on disk (or failed to get there).
@@ -86,6 +86,8 @@ pub struct Registry {
     replication: OnceLock<std::sync::Weak<dyn Replication>>,
     /// Wakes the reaper when this node's leadership changes.
     leadership: Notify,
+    /// Each service's part of a catalog stream's snapshot.
+    snapshot_pieces: SnapshotPieces,
 }
 
 /// Sends every changed instance (`None`: removed) to the health checker.
@@ -114,6 +116,7 @@ impl Registry {
             preserving: AtomicBool::new(false),
             replication: OnceLock::new(),
             leadership: Notify::new(),
+            snapshot_pieces: SnapshotPieces::default(),
         }
     }
 
@@ -220,6 +223,13 @@ impl Registry {
         let mut core = self.lock();
         let Core { catalog, hub } = &mut *core;
         hub.subscribe_catalog(catalog.snapshot(), resume)
+    }
+
+    /// The state of every service in `snap` that passes `filter`, as a catalog
+    /// stream's `snapshot` event: put together from each service's JSON, which
+    /// is serialized once per change of the service, not once per stream.
+    pub fn catalog_snapshot_json(&self, snap: &Snapshot, filter: &CatalogFilter) -> String {
+        self.snapshot_pieces.snapshot_json(snap, filter)
     }
 
     /// A receiver of the global index, which moves on every change.

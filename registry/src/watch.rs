@@ -357,35 +357,101 @@ pub fn merge_deltas(
     event
 }
 
-/// The state of every service in `snap` that passes `filter`, as a catalog
-/// stream's `snapshot` event ([`api::CatalogEvent`]).
-pub fn snapshot_json(snap: &Snapshot, filter: &CatalogFilter) -> String {
-    let mut out = format!("{{\"index\":{},\"services\":{{", snap.index);
-    let mut first = true;
-    let mut add = |name: &Arc<str>, state: &ServiceState| {
-        if !first {
-            out.push(',');
+/// Each service's part of a catalog snapshot (`"name":{"index":..,"upsert":[..],"remove":[]}`),
+/// kept against the service's index: a snapshot of a large catalog is put
+/// together from these pieces rather than serialized again for every stream
+/// that opens (only the services changed since are serialized).
+#[derive(Debug, Default)]
+pub struct SnapshotPieces {
+    pieces: dashmap::DashMap<Arc<str>, (u64, Arc<str>)>,
+    /// `names_index` of the snapshot the pieces were last pruned against.
+    pruned: std::sync::atomic::AtomicU64,
+}
+
+impl SnapshotPieces {
+    /// The piece of service `name` in `state`.
+    fn piece(&self, name: &Arc<str>, state: &ServiceState) -> Arc<str> {
+        if let Some(hit) = self.pieces.get(name)
+            && hit.0 == state.modify_index
+        {
+            return hit.1.clone();
         }
-        first = false;
+        let mut out = String::new();
         let upsert: Vec<Arc<Instance>> = state.instances.values().cloned().collect();
         write_service(&mut out, name, state.modify_index, &upsert, &[]);
-    };
-    if filter.is_all() || !filter.prefixes.is_empty() {
-        for (name, state) in &snap.services {
-            if filter.matches(name) {
-                add(name, state);
-            }
-        }
-    } else {
-        // Named services only: look them up rather than walk the catalog.
-        for name in &filter.services {
-            if let Some(state) = snap.services.get(name) {
-                add(name, state);
-            }
+        let piece: Arc<str> = out.into();
+        self.pieces
+            .entry(name.clone())
+            .and_modify(|cached| {
+                // Another stream may have built a newer one meanwhile.
+                if cached.0 <= state.modify_index {
+                    *cached = (state.modify_index, piece.clone());
+                }
+            })
+            .or_insert_with(|| (state.modify_index, piece.clone()));
+        piece
+    }
+
+    /// Drops the pieces of services gone since the last call.
+    fn prune(&self, snap: &Snapshot) {
+        use std::sync::atomic::Ordering;
+        let moved = self.pruned.load(Ordering::Relaxed) != snap.names_index
+            && self.pruned.swap(snap.names_index, Ordering::Relaxed) != snap.names_index;
+        if moved {
+            self.pieces
+                .retain(|name, _| snap.services.contains_key(name.as_ref()));
         }
     }
-    out.push_str("}}");
-    out
+
+    /// Number of services with a piece.
+    pub fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// Whether no service has a piece.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// The state of every service in `snap` that passes `filter`, as a
+    /// catalog stream's `snapshot` event ([`api::CatalogEvent`]).
+    pub fn snapshot_json(&self, snap: &Snapshot, filter: &CatalogFilter) -> String {
+        self.prune(snap);
+        let mut parts: Vec<Arc<str>> = Vec::new();
+        if filter.is_all() || !filter.prefixes.is_empty() {
+            for (name, state) in &snap.services {
+                if filter.matches(name) {
+                    parts.push(self.piece(name, state));
+                }
+            }
+        } else {
+            // Named services only: look them up rather than walk the catalog.
+            for name in &filter.services {
+                if let Some((name, state)) = snap.services.get_key_value(name) {
+                    parts.push(self.piece(name, state));
+                }
+            }
+        }
+        let head = format!("{{\"index\":{},\"services\":{{", snap.index);
+        let len = head.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2;
+        let mut out = String::with_capacity(len);
+        out.push_str(&head);
+        for (n, part) in parts.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(part);
+        }
+        out.push_str("}}");
+        out
+    }
+}
+
+/// The state of every service in `snap` that passes `filter`, as a catalog
+/// stream's `snapshot` event, serialized afresh (see [`SnapshotPieces`] for
+/// the cached form streams use).
+pub fn snapshot_json(snap: &Snapshot, filter: &CatalogFilter) -> String {
+    SnapshotPieces::default().snapshot_json(snap, filter)
 }
 
 /// The catalog feed: the last published state (to diff the next one against),
@@ -694,6 +760,48 @@ mod tests {
         assert!(current.snapshot.is_none() && current.backlog.is_empty());
         let old = hub.subscribe_catalog(catalog.snapshot(), Some(1));
         assert!(old.snapshot.is_some() && old.backlog.is_empty());
+    }
+
+    #[test]
+    fn snapshots_reuse_the_json_of_unchanged_services() {
+        let mut catalog = Catalog::new(Instant::now(), CatalogLimits::default());
+        register(&mut catalog, "web", "a", 80);
+        register(&mut catalog, "db", "d", 5432);
+        register(&mut catalog, "cache", "c", 6379);
+        let pieces = SnapshotPieces::default();
+        let all = CatalogFilter::default();
+        let snap = catalog.snapshot().clone();
+        let first = pieces.snapshot_json(&snap, &all);
+        assert_eq!(first, snapshot_json(&snap, &all), "same bytes as uncached");
+        assert_eq!(pieces.len(), 3);
+        let web_before = pieces.pieces.get("web").unwrap().1.clone();
+        let db_before = pieces.pieces.get("db").unwrap().1.clone();
+
+        // web changes, cache leaves: web is serialized again, db is not,
+        // cache's piece is dropped.
+        register(&mut catalog, "web", "b", 81);
+        deregister(&mut catalog, "cache", "c");
+        let snap = catalog.snapshot().clone();
+        let second = pieces.snapshot_json(&snap, &all);
+        assert_eq!(second, snapshot_json(&snap, &all));
+        let event = parse(&second);
+        assert_eq!(event.services["web"].upsert.len(), 2);
+        assert!(!event.services.contains_key("cache"));
+        assert!(!Arc::ptr_eq(
+            &web_before,
+            &pieces.pieces.get("web").unwrap().1
+        ));
+        assert!(Arc::ptr_eq(&db_before, &pieces.pieces.get("db").unwrap().1));
+        assert_eq!(pieces.len(), 2, "the piece of a service gone is dropped");
+
+        // Filters take the same pieces.
+        let only_db = CatalogFilter {
+            services: [Arc::from("db")].into_iter().collect(),
+            ..CatalogFilter::default()
+        };
+        let db = parse(&pieces.snapshot_json(&snap, &only_db));
+        assert_eq!(db.services.keys().collect::<Vec<_>>(), ["db"]);
+        assert_eq!(db.index, snap.index);
     }
 
     #[test]

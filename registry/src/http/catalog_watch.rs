@@ -24,7 +24,7 @@ use crate::catalog::Snapshot;
 use crate::metrics::{WatchKind, WatcherGuard};
 use crate::model::ServiceName;
 use crate::registry::Registry;
-use crate::watch::{CatalogDelta, CatalogFilter, merge_deltas, snapshot_json};
+use crate::watch::{CatalogDelta, CatalogFilter, merge_deltas};
 
 /// Most `?service=` names one catalog stream may list (use a prefix, or no
 /// filter, for more).
@@ -81,14 +81,16 @@ pub(super) async fn catalog_changes(
     let _guard = blocking.map(|_| registry.metrics().watcher(WatchKind::Blocking));
     let mut sub = registry.subscribe_catalog(resume);
     let snapshot = |snap: &Snapshot| {
-        let event: roster_api::CatalogEvent =
-            serde_json::from_str(&snapshot_json(snap, &filter)).expect("our own JSON");
+        // `CatalogChanges` with `snapshot: true`: the event's fields follow
+        // the flag in one object.
+        let event = registry.catalog_snapshot_json(snap, &filter);
+        let body = format!("{{\"snapshot\":true,{}", &event[1..]);
         with_index(
             snap.index,
-            axum::Json(roster_api::CatalogChanges {
-                snapshot: true,
-                event,
-            }),
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            ),
         )
     };
     if let Some(snap) = &sub.snapshot {
@@ -222,7 +224,7 @@ impl CatalogWatcher {
                     Event::default()
                         .event("snapshot")
                         .id(format!("{:x}.{}", self.epoch, snap.index))
-                        .data(snapshot_json(&snap, &self.filter)),
+                        .data(self.registry.catalog_snapshot_json(&snap, &self.filter)),
                 );
             }
             let delta = match self.backlog.pop_front() {

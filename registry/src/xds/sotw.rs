@@ -76,15 +76,16 @@ pub(super) async fn run(
                 if let Some(err) = &req.error_detail {
                     super::rejected(xds, &node, kind, &format!("version {}", sub.version), err);
                 }
-                let names: BTreeSet<Arc<str>> =
-                    req.resource_names.iter().map(|n| Arc::from(n.as_str())).collect();
-                let wildcard = kind == Kind::Cluster && (names.is_empty() || names.contains("*"));
+                let wildcard = kind == Kind::Cluster
+                    && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
                 let first = sub.nonce.is_empty();
-                let changed = names != sub.names || wildcard != sub.wildcard;
-                if !(first || changed) {
+                // Every response is answered (ACK or NACK), nearly always
+                // naming what the stream already follows: that case is
+                // decided without building a set.
+                if !first && wildcard == sub.wildcard && same_names(&req.resource_names, &sub.names) {
                     continue; // an ACK, or a NACK of the current state
                 }
-                sub.names = names;
+                sub.names = req.resource_names.iter().map(|n| Arc::from(n.as_str())).collect();
                 sub.wildcard = wildcard;
                 wake.follow(
                     &xds.registry,
@@ -110,6 +111,26 @@ pub(super) async fn run(
                 }
             }
         }
+    }
+}
+
+/// Whether `asked` names exactly the set `held` (in any order, repeats
+/// allowed).
+fn same_names(asked: &[String], held: &BTreeSet<Arc<str>>) -> bool {
+    if !asked.iter().all(|n| held.contains(n.as_str())) {
+        return false;
+    }
+    // Each asked name is held; equal when every held name is asked too.
+    match asked.len() {
+        n if n == held.len() => {
+            n <= 1 || {
+                let mut sorted: Vec<&str> = asked.iter().map(String::as_str).collect();
+                sorted.sort_unstable();
+                sorted.windows(2).all(|w| w[0] != w[1])
+            }
+        }
+        n if n < held.len() => false,
+        _ => held.len() == asked.iter().collect::<BTreeSet<_>>().len(),
     }
 }
 
@@ -173,4 +194,43 @@ async fn send(
     };
     xds.registry.metrics().xds_push(kind.label());
     super::deliver(xds, tx, response).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> BTreeSet<Arc<str>> {
+        names.iter().map(|n| Arc::from(*n)).collect()
+    }
+
+    fn asked(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn same_names_is_set_equality() {
+        let cases: &[(&[&str], &[&str], bool)] = &[
+            (&[], &[], true),
+            (&["web"], &["web"], true),
+            (&["web"], &["db"], false),
+            (&["web", "db"], &["db", "web"], true),
+            (&["web", "web"], &["web"], true),
+            (&["web", "web"], &["web", "db"], false),
+            (&["web"], &["web", "db"], false),
+            (&["web", "db", "x"], &["web", "db"], false),
+            (&["web", "db", "db"], &["web", "db"], true),
+            (&[], &["web"], false),
+            (&["web"], &[], false),
+        ];
+        for (a, h, want) in cases {
+            let expected = asked(a)
+                .iter()
+                .map(|n| Arc::from(n.as_str()))
+                .collect::<BTreeSet<Arc<str>>>()
+                == set(h);
+            assert_eq!(expected, *want, "case {a:?} {h:?}");
+            assert_eq!(same_names(&asked(a), &set(h)), *want, "{a:?} against {h:?}");
+        }
+    }
 }

@@ -257,7 +257,12 @@ async fn resuming_sends_only_the_missed_deltas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_lagging_past_the_buffer_gets_a_snapshot() {
-    let reg = TestRegistry::start().await;
+    // The reader stops for as long as the writes take; on a loaded machine
+    // that can pass the 15 s write timeout, which would cut the stream (a
+    // different defence, tested in hostile.rs) instead of making it lag.
+    let mut config = Config::default();
+    config.serve.write_timeout = Duration::from_secs(600);
+    let reg = TestRegistry::start_with(config).await;
     let client = RosterClient::new(reg.url()).unwrap();
     client.register("web", "a", &req(80)).await.unwrap();
     let mut stalled = client
