@@ -436,6 +436,11 @@ pub struct CatalogEvent {
 pub struct CatalogChanges {
     /// Whether this is a snapshot (replace everything held) rather than a delta.
     pub snapshot: bool,
+    /// The registry run the answer comes from (hex, as in `X-Roster-Epoch`):
+    /// sent back as `epoch` with the index, so changes are asked for only
+    /// from the run that counted them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
     /// The changes, or the snapshot.
     #[serde(flatten)]
     pub event: CatalogEvent,

@@ -346,20 +346,50 @@ impl RosterClient {
         filter: &CatalogFilter,
         last_event_id: Option<&str>,
     ) -> Result<CatalogStream, Error> {
-        let query: Vec<String> = filter
-            .services
-            .iter()
-            .map(|s| format!("service={}", encode(s)))
-            .chain(
-                filter
-                    .prefixes
-                    .iter()
-                    .map(|p| format!("prefix={}", encode(p))),
-            )
-            .collect();
-        let path = format!("/v1/catalog/watch?{}", query.join("&"));
+        let path = format!("/v1/catalog/watch?{}", catalog_query(filter));
         let stream = self.open_stream(&path, last_event_id).await?;
         Ok(CatalogStream::new(stream))
+    }
+
+    /// The blocking form of [`RosterClient::watch_catalog`] (`GET
+    /// /v1/catalog/changes`), for callers that poll rather than hold a
+    /// stream. Without `after`, a snapshot of the services `filter` selects,
+    /// at once. With the previous answer, every change since to those
+    /// services merged into one delta as soon as there is one, or an empty
+    /// delta at the current index when `wait` runs out; a snapshot again
+    /// (`snapshot: true`: replace what you hold) when the registry is another
+    /// run than the one that answered `after`, or no longer keeps the changes
+    /// since.
+    ///
+    /// ```no_run
+    /// # async fn poll(client: roster_client::RosterClient) -> Result<(), roster_client::Error> {
+    /// use std::time::Duration;
+    /// use roster_client::CatalogFilter;
+    ///
+    /// let filter = CatalogFilter::prefix("web-");
+    /// let mut last = client.catalog_changes(&filter, None, Duration::ZERO).await?;
+    /// loop {
+    ///     let next = client.catalog_changes(&filter, Some(&last), Duration::from_secs(30)).await?;
+    ///     // apply `next.event` (replace everything first when `next.snapshot`)
+    ///     last = next;
+    /// }
+    /// # }
+    /// ```
+    pub async fn catalog_changes(
+        &self,
+        filter: &CatalogFilter,
+        after: Option<&crate::api::CatalogChanges>,
+        wait: Duration,
+    ) -> Result<crate::api::CatalogChanges, Error> {
+        let mut path = format!("/v1/catalog/changes?{}", catalog_query(filter));
+        let index = match after {
+            Some(prev) if !prev.epoch.is_empty() => {
+                path.push_str(&format!("&epoch={}", encode(&prev.epoch)));
+                prev.event.index
+            }
+            _ => 0,
+        };
+        self.get_blocking(path, index, wait).await
     }
 
     async fn open_stream(
@@ -640,6 +670,23 @@ fn error_for(status: StatusCode, body: &[u8]) -> Error {
         s if s.is_client_error() => Error::Invalid(problem),
         s => Error::Unavailable(format!("HTTP {s}: {}", problem.detail)),
     }
+}
+
+/// The query string that selects `filter`'s services on the catalog stream
+/// and its blocking form.
+fn catalog_query(filter: &CatalogFilter) -> String {
+    let query: Vec<String> = filter
+        .services
+        .iter()
+        .map(|s| format!("service={}", encode(s)))
+        .chain(
+            filter
+                .prefixes
+                .iter()
+                .map(|p| format!("prefix={}", encode(p))),
+        )
+        .collect();
+    query.join("&")
 }
 
 /// Client-side timeout of a blocking query: the wait, the server's jitter (up to

@@ -84,7 +84,11 @@ pub(super) async fn catalog_changes(
         // `CatalogChanges` with `snapshot: true`: the event's fields follow
         // the flag in one object.
         let event = registry.catalog_snapshot_json(snap, &filter);
-        let body = format!("{{\"snapshot\":true,{}", &event[1..]);
+        let body = format!(
+            "{{\"snapshot\":true,\"epoch\":\"{:x}\",{}",
+            state.epoch,
+            &event[1..]
+        );
         with_index(
             snap.index,
             (
@@ -130,6 +134,7 @@ pub(super) async fn catalog_changes(
         at,
         axum::Json(roster_api::CatalogChanges {
             snapshot: false,
+            epoch: format!("{:x}", state.epoch),
             event,
         }),
     ))

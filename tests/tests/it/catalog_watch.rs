@@ -628,3 +628,70 @@ async fn the_blocking_form_merges_the_changes_since_an_index() {
     assert_eq!(other.event.services["web"].upsert.len(), 1);
     reg.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_polls_the_blocking_form_from_answer_to_answer() {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let config = || Config {
+        dns_addr: None,
+        ..Config::default()
+    };
+    let reg = TestRegistry::start_at(addr, config()).await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    client.register("web", "a", &req(80)).await.unwrap();
+    let filter = CatalogFilter::prefix("web");
+
+    let first = client
+        .catalog_changes(&filter, None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(first.snapshot);
+    assert!(!first.epoch.is_empty(), "the answer names its run");
+    assert_eq!(ids(&first.event, "web").0, vec!["a".to_owned()]);
+
+    // Nothing new: an empty delta at the same index once the wait runs out.
+    let idle = client
+        .catalog_changes(&filter, Some(&first), Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(!idle.snapshot);
+    assert!(idle.event.services.is_empty());
+    assert_eq!(idle.event.index, first.event.index);
+    assert_eq!(idle.epoch, first.epoch);
+
+    // A change during the wait answers it with only that change.
+    let polling = tokio::spawn({
+        let client = client.clone();
+        let filter = filter.clone();
+        let idle = idle.clone();
+        async move {
+            client
+                .catalog_changes(&filter, Some(&idle), Duration::from_secs(60))
+                .await
+        }
+    });
+    client.register("db", "x", &req(5432)).await.unwrap();
+    let b = client.register("web", "b", &req(81)).await.unwrap();
+    let got = timeout(GUARD, polling).await.unwrap().unwrap().unwrap();
+    assert!(!got.snapshot);
+    assert_eq!(got.event.index, b.modify_index);
+    assert_eq!(ids(&got.event, "web"), (vec!["b".to_owned()], vec![]));
+    assert!(!got.event.services.contains_key("db"), "outside the filter");
+
+    // A restarted registry is another run: the old answer gets a snapshot,
+    // not a delta counted from the other run's index.
+    reg.stop().await;
+    let reg = TestRegistry::start_at(addr, config()).await;
+    client.register("web", "c", &req(82)).await.unwrap();
+    let after = client
+        .catalog_changes(&filter, Some(&got), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(after.snapshot);
+    assert_ne!(after.epoch, got.epoch);
+    assert_eq!(ids(&after.event, "web").0, vec!["c".to_owned()]);
+    reg.stop().await;
+}
