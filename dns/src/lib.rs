@@ -119,6 +119,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 mod answer;
+#[cfg(target_os = "linux")]
+mod batch;
 mod cache;
 mod edns;
 mod handler;

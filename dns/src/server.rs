@@ -206,6 +206,64 @@ impl Backoff {
     }
 }
 
+/// Reads queries a batch at a time and writes the batch's answers together
+/// (see [`crate::batch`]).
+#[cfg(target_os = "linux")]
+async fn udp_loop(socket: Arc<UdpSocket>, handler: DnsHandler) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
+
+    use crate::batch::{self, BATCH};
+
+    let fd = socket.as_raw_fd();
+    let mut bufs = vec![vec![0u8; UDP_RECV_BUFFER]; BATCH];
+    let mut received = Vec::with_capacity(BATCH);
+    let mut answers: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
+    let mut backoff = Backoff::new();
+    loop {
+        socket.readable().await?;
+        match socket.try_io(Interest::READABLE, || {
+            batch::recv(fd, &mut bufs, &mut received)
+        }) {
+            Ok(()) => backoff.reset(),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(error) => {
+                // Errors that repeat (out of memory, a socket gone bad) must
+                // not spin a core.
+                let pause = backoff.pause();
+                debug!(%error, ?pause, "udp receive failed");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        }
+        answers.clear();
+        for (r, buf) in received.iter().zip(&bufs) {
+            if let Some(answer) = handler.answer_bytes(&buf[..r.len], r.src, Transport::Udp) {
+                answers.push((answer, r.src));
+            }
+        }
+        let mut sent = 0;
+        while sent < answers.len() {
+            socket.writable().await?;
+            match socket.try_io(Interest::WRITABLE, || batch::send(fd, &answers[sent..])) {
+                // The kernel took none (it never should without an error):
+                // drop one rather than spin.
+                Ok(0) => sent += 1,
+                Ok(n) => sent += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => {
+                    // This datagram cannot go (an unreachable or refused
+                    // address); the rest of the batch still can.
+                    debug!(%error, to = %answers[sent].1, "dns response not sent");
+                    sent += 1;
+                }
+            }
+        }
+    }
+}
+
+/// One query read and answered at a time (systems without `recvmmsg`).
+#[cfg(not(target_os = "linux"))]
 async fn udp_loop(socket: Arc<UdpSocket>, handler: DnsHandler) -> io::Result<()> {
     let mut buf = vec![0; UDP_RECV_BUFFER];
     let mut backoff = Backoff::new();
@@ -216,8 +274,6 @@ async fn udp_loop(socket: Arc<UdpSocket>, handler: DnsHandler) -> io::Result<()>
                 received
             }
             Err(error) => {
-                // Errors that repeat (out of memory, a socket gone bad) must
-                // not spin a core.
                 let pause = backoff.pause();
                 debug!(%error, ?pause, "udp receive failed");
                 tokio::time::sleep(pause).await;

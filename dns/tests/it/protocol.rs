@@ -336,3 +336,52 @@ async fn the_handler_also_runs_under_hickorys_server() {
     assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
     server.shutdown_gracefully().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_burst_of_queries_from_many_sockets_is_answered_whole() {
+    // More queries than one batch (32) waiting at once, from several
+    // sockets: every one is answered, to its own socket, with its own id.
+    let running = start(sample_view()).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.connect(running.addr).await.unwrap();
+        clients.push(socket);
+    }
+    let per_client = 50u16;
+    for (c, socket) in clients.iter().enumerate() {
+        for n in 0..per_client {
+            let mut q = query(
+                if n % 2 == 0 {
+                    "web.service.roster."
+                } else {
+                    "_web._tcp.service.roster."
+                },
+                if n % 2 == 0 {
+                    RecordType::A
+                } else {
+                    RecordType::SRV
+                },
+            );
+            q.metadata.id = c as u16 * 1000 + n;
+            socket.send(&q.to_vec().unwrap()).await.unwrap();
+        }
+    }
+    for (c, socket) in clients.iter().enumerate() {
+        let mut ids = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while ids.len() < usize::from(per_client) {
+            let len = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("client {c}: {} of {per_client} answers", ids.len()))
+                .unwrap();
+            let reply = Message::from_vec(&buf[..len]).unwrap();
+            assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+            assert!(!reply.answers.is_empty(), "{reply:?}");
+            ids.push(reply.metadata.id);
+        }
+        ids.sort_unstable();
+        let want: Vec<u16> = (0..per_client).map(|n| c as u16 * 1000 + n).collect();
+        assert_eq!(ids, want, "client {c}");
+    }
+}
