@@ -98,7 +98,7 @@ pub use call::{Attempt, Call, Outcome};
 pub use client::{CatalogFilter, InstanceQuery, RosterClient, TlsOptions};
 pub use discover::{Change, ServiceDiscover};
 pub use discovery::{DEFAULT_SETTLE, Discovery, Freshness, ServiceHandle, ServiceState};
-pub use error::{CallError, Error};
+pub use error::{CallError, Error, Unavailable};
 pub use middleware::RosterMiddleware;
 pub use registration::{DROP_DEREGISTER_TIMEOUT, Registration, RegistrationStatus};
 /// The `reqwest-middleware` this crate is built against, so callers use the
