@@ -15,6 +15,7 @@ use std::time::Duration;
 use roster_client::reqwest_middleware::ClientWithMiddleware;
 use roster_client::resilience::EjectionState;
 use roster_client::{Discovery, Freshness, RosterClient, RosterMiddleware, Router, ServiceState};
+use roster_tests::TestRegistry;
 use roster_tests::process::{Process, RosterProcess, free_addr, temp_dir};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -536,4 +537,44 @@ async fn a_process_that_drops_its_registration_and_returns_from_main_deregisters
             .any(|l| l == "roster_lease_expirations_total 0"),
         "no lease expired"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_hosts_that_are_no_service_leave_the_callers_memory_flat() {
+    let registry = TestRegistry::start().await;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_roster-many-hosts"));
+    command.args([registry.url(), "2000", "10000"]);
+    let mut process = Process::spawn("roster-many-hosts", command);
+    let line = process.read_line().await.unwrap_or_default();
+    assert!(process.exit().await, "roster-many-hosts failed: {line}");
+    let fields: Vec<&str> = line.split(' ').collect();
+    let [
+        "answered",
+        answered,
+        "pools",
+        pools,
+        "watched",
+        watched,
+        "rss_kb",
+        before,
+        after,
+    ] = fields[..]
+    else {
+        panic!("unexpected report {line:?}");
+    };
+    let number = |s: &str| s.parse::<i64>().unwrap();
+    let growth = number(after) - number(before);
+    println!(
+        "10,000 distinct non-service hosts through the middleware: resident memory {before} KiB -> {after} KiB ({growth:+} KiB), pools {pools}, watched {watched}"
+    );
+    assert_eq!(number(answered), 12_000, "every host answered");
+    assert_eq!(
+        (number(pools), number(watched)),
+        (1, 1),
+        "only the real service got a pool and a watch"
+    );
+    // A pool and a watch per host would be tens of MiB; allocator noise is
+    // far below this.
+    assert!(growth < 16 * 1024, "grew by {growth} KiB");
+    registry.stop().await;
 }
