@@ -30,6 +30,11 @@
 //! ejection with the first successful late answer. The share of the pool
 //! that may be ejected at once applies; a silent endpoint that cannot be
 //! ejected is still passed over while others can take the request.
+//!
+//! Requests that legitimately wait long for their response headers (long
+//! polls, with a [`ResilienceConfig::timeout`] raised to match) look like
+//! silence when nothing else is in flight to the endpoint: send them through
+//! a router whose [`OutlierConfig::stall`] is `None`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

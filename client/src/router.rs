@@ -203,6 +203,12 @@ pub struct EndpointStats {
     pub ejected_until: Option<Instant>,
     /// Ejections in a row (0 when never ejected or back).
     pub ejections: u32,
+    /// How long it has had requests in flight without answering any
+    /// ([`Endpoint::silent_for`]); `None` with nothing in flight.
+    pub silent_for: Option<Duration>,
+    /// A high percentile of its latency ([`Endpoint::latency_peak`]); `None`
+    /// before its first success.
+    pub latency_peak: Option<Duration>,
 }
 
 impl Router {
@@ -282,6 +288,8 @@ impl Router {
                     ejection: detector.map_or(EjectionState::Active, |d| d.state(e.id(), now)),
                     ejected_until: ejection.map(|(until, _)| until),
                     ejections: ejection.map_or(0, |(_, n)| n),
+                    silent_for: e.silent_for(now),
+                    latency_peak: e.latency_peak(),
                 }
             })
             .collect()

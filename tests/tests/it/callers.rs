@@ -437,7 +437,16 @@ async fn a_stopped_backend_costs_a_few_slow_calls_and_comes_back() {
     let hung = &backends[0];
     hung.signal("STOP");
     let stopped = Instant::now();
-    sleep(Duration::from_secs(20)).await;
+    // Ejected for its silence before the first of its requests times out
+    // (2 s); 5 timeouts in a row would have come later.
+    sleep(Duration::from_millis(1500)).await;
+    let early = caller.router.endpoints("echo");
+    let echo_1 = early.iter().find(|s| s.id == "echo-1").expect("echo-1");
+    assert!(
+        matches!(echo_1.ejection, EjectionState::Ejected { ejections: 1, .. }),
+        "{echo_1:?}"
+    );
+    sleep(Duration::from_millis(18_500)).await;
     hung.signal("CONT");
     let resumed = Instant::now();
     // Back once its ejection (30 s from the stop) ends and the probe answers.
