@@ -18,9 +18,13 @@ pub enum Outcome {
     /// The endpoint answered (any answer that is not a server failure: a 404
     /// is the endpoint working).
     Success,
-    /// The endpoint failed (5xx, timeout, broken connection) after the
-    /// request may have reached it: retried only if the request is idempotent.
+    /// The endpoint failed (5xx, broken connection) after the request may
+    /// have reached it: retried only if the request is idempotent.
     Failed,
+    /// The endpoint did not answer in time: a failure, retried only if the
+    /// request is idempotent, and no sign of life (the endpoint's silence
+    /// goes on; see [`StallConfig`](crate::resilience::StallConfig)).
+    TimedOut,
     /// The request never reached the endpoint (connection refused): counts
     /// against the endpoint, and may be retried whatever the method.
     NotSent,
@@ -107,10 +111,10 @@ impl Call {
     /// left, another endpoint to go to, and room in the retry budget.
     pub fn finish(&mut self, mut attempt: Attempt, outcome: Outcome) -> bool {
         let now = Instant::now();
-        attempt.report(outcome, now);
+        attempt.report(outcome);
         let retryable = match outcome {
             Outcome::Success => false,
-            Outcome::Failed => self.idempotent,
+            Outcome::Failed | Outcome::TimedOut => self.idempotent,
             Outcome::NotSent => true,
         };
         let config = &self.pool.config.retry;
@@ -188,22 +192,18 @@ impl Attempt {
         self.probe
     }
 
-    fn report(&mut self, outcome: Outcome, now: Instant) {
+    fn report(&mut self, outcome: Outcome) {
         let Some(in_flight) = self.in_flight.take() else {
             return;
         };
-        let success = outcome == Outcome::Success;
-        if success {
-            in_flight.finish(now.saturating_duration_since(self.started));
-        }
-        if let Some(d) = &self.pool.outlier {
-            let pool_size = self.snapshot.endpoints.len();
-            if d.record(&self.id, success, pool_size, now) {
-                tracing::warn!(service = %self.pool.service, endpoint = %self.id, "endpoint ejected after failures");
-            } else if self.probe && success {
-                tracing::info!(service = %self.pool.service, endpoint = %self.id, "ejected endpoint is back");
-            }
-        }
+        self.pool.report(
+            &self.id,
+            in_flight,
+            outcome,
+            self.started,
+            self.probe,
+            self.snapshot.endpoints.len(),
+        );
     }
 }
 

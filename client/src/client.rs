@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{
     Instance, MaintenanceRequest, Problem, RegisterRequest, ServiceInstances, ServiceList,
 };
-use crate::error::Error;
+use crate::error::{Error, Unavailable};
 use crate::failover::{Registries, fails_over};
 use crate::watch::{CatalogStream, WatchStream};
 
@@ -668,7 +668,7 @@ fn error_for(status: StatusCode, body: &[u8]) -> Error {
         StatusCode::NOT_FOUND => Error::NotFound(problem),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Denied(problem),
         s if s.is_client_error() => Error::Invalid(problem),
-        s => Error::Unavailable(format!("HTTP {s}: {}", problem.detail)),
+        _ => Unavailable::Status { problem }.into(),
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use crate::api::{Health, Instance, ServiceChange};
 use crate::watch::CatalogEventKind;
-use crate::{CatalogFilter, Error, RosterClient};
+use crate::{CatalogFilter, Error, RosterClient, Unavailable};
 
 /// Longest pause between reconnection attempts (jittered ±50 %): short, so a
 /// restarted registry is followed within about a second.
@@ -339,18 +339,20 @@ impl ServiceHandle {
     pub fn instances(&self) -> Result<Arc<[Instance]>, Error> {
         let state = self.0.state.borrow();
         if state.index == 0 {
-            return Err(Error::Unavailable(format!(
-                "no answer from the registry yet for {}",
-                self.0.service
-            )));
+            return Err(Unavailable::NoAnswerYet {
+                service: self.0.service.clone(),
+            }
+            .into());
         }
         if let Some(since) = state.disconnected_since {
             let age = since.elapsed();
             if age > self.0.max_staleness {
-                return Err(Error::Unavailable(format!(
-                    "the registry has been unreachable for {age:?}; the copy of {} is too old",
-                    self.0.service
-                )));
+                return Err(Unavailable::TooStale {
+                    service: self.0.service.clone(),
+                    age,
+                    max_staleness: self.0.max_staleness,
+                }
+                .into());
             }
         }
         Ok(state.healthy.clone())
@@ -362,7 +364,7 @@ impl ServiceHandle {
         rx.wait_for(|s| s.index > 0)
             .await
             .map(drop)
-            .map_err(|_| Error::Unavailable("discovery stopped".into()))
+            .map_err(|_| Unavailable::DiscoveryStopped.into())
     }
 
     /// Every change of the copy, including connection changes.

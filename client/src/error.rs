@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use crate::api::Problem;
 
 /// What can go wrong talking to the registry.
@@ -13,9 +15,10 @@ pub enum Error {
     /// do this (403).
     #[error("denied ({}): {}", .0.status, .0.detail)]
     Denied(Problem),
-    /// The registry could not be reached or answered with a server error.
+    /// The registry could not be reached or answered with a server error;
+    /// [`Unavailable`] says which.
     #[error("registry unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[from] Unavailable),
     /// The request did not complete within the client's timeout.
     #[error("registry request timed out")]
     Timeout,
@@ -36,7 +39,7 @@ impl Error {
         } else if e.is_builder() {
             Error::Config(e.to_string())
         } else {
-            Error::Unavailable(e.to_string())
+            Unavailable::Transport { source: e }.into()
         }
     }
 
@@ -46,6 +49,93 @@ impl Error {
             Error::NotFound(p) | Error::Invalid(p) | Error::Denied(p) => Some(p),
             _ => None,
         }
+    }
+}
+
+/// Why the registry could not serve a request ([`Error::Unavailable`]): the
+/// caller may try again later, or at another registry address.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unavailable {
+    /// The request did not get through, or its answer did not: connection
+    /// refused or reset, TLS, name resolution, a broken stream.
+    #[error("{}", with_cause(source))]
+    Transport {
+        /// What the HTTP client said.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The registry answered with a server error (5xx, or a status this
+    /// client cannot act on); the problem document says what it reported.
+    #[error("{}", status_message(problem))]
+    Status {
+        /// The registry's problem document (`status` is the HTTP status).
+        problem: Problem,
+    },
+    /// Discovery has had no answer from the registry for the service yet.
+    #[error("no answer from the registry yet for {service}")]
+    NoAnswerYet {
+        /// The service.
+        service: String,
+    },
+    /// The registry has been unreachable for longer than discovery serves
+    /// a disconnected copy.
+    #[error(
+        "the registry has been unreachable for {age:?}; the copy of {service} is too old (served for at most {max_staleness:?})"
+    )]
+    TooStale {
+        /// The service.
+        service: String,
+        /// How long the registry has been unreachable.
+        age: Duration,
+        /// Discovery's maximum staleness.
+        max_staleness: Duration,
+    },
+    /// The discovery task behind a handle has stopped (its runtime is
+    /// shutting down).
+    #[error("discovery stopped")]
+    DiscoveryStopped,
+    /// The registry closed a watch stream that should have stayed open.
+    #[error("the registry closed the watch stream")]
+    StreamClosed,
+}
+
+impl Unavailable {
+    /// The HTTP status the registry answered with, for [`Unavailable::Status`].
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Unavailable::Status { problem } => Some(problem.status),
+            _ => None,
+        }
+    }
+}
+
+/// "HTTP 503 Service Unavailable: the detail".
+fn status_message(problem: &Problem) -> String {
+    let reason = reqwest::StatusCode::from_u16(problem.status)
+        .ok()
+        .and_then(|s| s.canonical_reason());
+    let mut message = format!("HTTP {}", problem.status);
+    if let Some(reason) = reason {
+        message = format!("{message} {reason}");
+    }
+    if !problem.detail.is_empty() {
+        message = format!("{message}: {}", problem.detail);
+    }
+    message
+}
+
+/// `e`'s message followed by its innermost cause ("connection refused"),
+/// which reqwest's own message leaves out.
+fn with_cause(e: &reqwest::Error) -> String {
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    if std::ptr::addr_eq(root, e as &dyn std::error::Error) {
+        e.to_string()
+    } else {
+        format!("{e}: {root}")
     }
 }
 
@@ -134,5 +224,43 @@ impl CallError {
             reqwest_middleware::Error::Middleware(e) => e.downcast_ref(),
             reqwest_middleware::Error::Reqwest(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_error_names_its_status_and_detail() {
+        let problem = Problem {
+            status: 503,
+            detail: "not ready".into(),
+            ..Problem::default()
+        };
+        let e = Error::from(Unavailable::Status { problem });
+        assert_eq!(
+            e.to_string(),
+            "registry unavailable: HTTP 503 Service Unavailable: not ready"
+        );
+        assert!(matches!(&e, Error::Unavailable(u) if u.status() == Some(503)));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_says_so_and_keeps_its_source() {
+        // Nothing listens on port 1.
+        let e = reqwest::get("http://127.0.0.1:1/").await.unwrap_err();
+        let e = Error::from_reqwest(e);
+        let Error::Unavailable(u @ Unavailable::Transport { .. }) = &e else {
+            panic!("{e:?}");
+        };
+        let source = std::error::Error::source(u).expect("the reqwest error");
+        assert!(
+            source
+                .downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_connect)
+        );
+        let message = e.to_string().to_lowercase();
+        assert!(message.contains("refused"), "{message}");
     }
 }

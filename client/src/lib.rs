@@ -76,6 +76,17 @@
 //! }
 //! # let _ = page; Ok(()) }
 //! ```
+//!
+//! # Failing and hung instances
+//!
+//! By default each attempt has 2 s to get its response headers and a request
+//! 5 s across its attempts; 5 failures in a row eject an instance for 30 s,
+//! doubling with each ejection in a row up to 300 s, then a single request
+//! probes it. An instance that has requests in flight and answers none of
+//! them for longer than max(250 ms, 4 × its latency peak) is ejected at once,
+//! before those requests time out, so a hung instance costs a few slow calls
+//! whatever the length of the hang. See [`resilience`] for the details and
+//! [`resilience::StallConfig`] for the settings.
 #![warn(missing_docs)]
 
 pub use roster_api as api;
@@ -98,7 +109,7 @@ pub use call::{Attempt, Call, Outcome};
 pub use client::{CatalogFilter, InstanceQuery, RosterClient, TlsOptions};
 pub use discover::{Change, ServiceDiscover};
 pub use discovery::{DEFAULT_SETTLE, Discovery, Freshness, ServiceHandle, ServiceState};
-pub use error::{CallError, Error};
+pub use error::{CallError, Error, Unavailable};
 pub use middleware::RosterMiddleware;
 pub use registration::{DROP_DEREGISTER_TIMEOUT, Registration, RegistrationStatus};
 /// The `reqwest-middleware` this crate is built against, so callers use the

@@ -257,6 +257,15 @@ fn outcome_of(result: &reqwest_middleware::Result<Response>) -> Outcome {
         }
         Ok(_) => Outcome::Success,
         Err(reqwest_middleware::Error::Reqwest(e)) if e.is_connect() => Outcome::NotSent,
+        Err(reqwest_middleware::Error::Reqwest(e)) if e.is_timeout() => Outcome::TimedOut,
+        Err(e)
+            if matches!(
+                CallError::from_middleware(e),
+                Some(CallError::Timeout { .. })
+            ) =>
+        {
+            Outcome::TimedOut
+        }
         Err(_) => Outcome::Failed,
     }
 }

@@ -1,8 +1,40 @@
-//! Building blocks that keep a dead or slow endpoint from costing much: outlier
-//! ejection and a retry budget, and the [`ResilienceConfig`] that the request
-//! path ([`Router`](crate::Router)) applies with them. The building blocks take
+//! Building blocks that keep a dead, failing or hung endpoint from costing
+//! much: outlier ejection (failures in a row, and silence: [`StallConfig`])
+//! and a retry budget, and the [`ResilienceConfig`] that the request path
+//! ([`Router`](crate::Router)) applies with them. The building blocks take
 //! the time as an argument (Tokio's clock in production), so tests run on a
 //! paused clock.
+//!
+//! # A hung endpoint
+//!
+//! An endpoint that accepts connections but never answers (a stopped
+//! process, a deadlock) is the costly case: every request sent to it waits
+//! for its timeout. Timeouts count as failures, but under load many requests
+//! go out before the first timeout fires, so failures in a row alone would
+//! let `rate × timeout` requests wait. The router therefore watches each
+//! endpoint's silence ([`Endpoint::silent_for`](crate::balance::Endpoint::silent_for)):
+//! how long it has had requests in flight without answering any of them. A
+//! silence longer than `max(min_silence, latency_multiple × latency peak)`
+//! (250 ms and 4 × by default; the peak is a high percentile of the
+//! endpoint's own latency) ejects it at the next pick, before the requests
+//! already sent time out. So a hang costs the requests sent during that
+//! silence (about `rate × 250 ms`) plus one probe per ejection, and
+//! ejections double (30 s, 60 s, 120 s, ... up to 300 s), so the probes grow
+//! with the logarithm of the hang's duration, not with it.
+//!
+//! What does not trip it: a burst (many requests in flight, but the
+//! endpoint keeps answering some, so it is never silent for long), a slow
+//! but live endpoint (its threshold grows with its latency peak), an
+//! endpoint that never answered yet (no latency known: timeouts and failures
+//! in a row judge it). A pause that ends (a garbage collection) ends the
+//! ejection with the first successful late answer. The share of the pool
+//! that may be ejected at once applies; a silent endpoint that cannot be
+//! ejected is still passed over while others can take the request.
+//!
+//! Requests that legitimately wait long for their response headers (long
+//! polls, with a [`ResilienceConfig::timeout`] raised to match) look like
+//! silence when nothing else is in flight to the endpoint: send them through
+//! a router whose [`OutlierConfig::stall`] is `None`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -31,7 +63,9 @@ use crate::retry::RetryConfig;
 pub struct ResilienceConfig {
     /// Time limit of one attempt, up to the response headers (default 2 s):
     /// a hung endpoint costs a request this long, then the retry goes
-    /// elsewhere; timeouts count as failures for outlier ejection.
+    /// elsewhere; timeouts count as failures for outlier ejection, and a
+    /// hung endpoint is ejected sooner for its silence
+    /// ([`OutlierConfig::stall`]).
     pub timeout: Option<Duration>,
     /// Time limit of one logical request, across all its attempts and the
     /// pauses between them (default 5 s): when it runs out the caller gets
@@ -70,17 +104,40 @@ impl Default for ResilienceConfig {
 }
 
 /// When to eject an endpoint, and for how long.
+///
+/// ```
+/// use std::time::Duration;
+/// use roster_client::resilience::{OutlierConfig, StallConfig};
+///
+/// let outlier = OutlierConfig::default();
+/// assert_eq!(outlier.ejection_time(1), Duration::from_secs(30));
+/// assert_eq!(outlier.ejection_time(3), Duration::from_secs(120));
+/// assert_eq!(outlier.ejection_time(9), Duration::from_secs(300));
+/// // A backend whose answers take up to a few seconds: judge silences later.
+/// let patient = OutlierConfig {
+///     stall: Some(StallConfig { min_silence: Duration::from_secs(1), ..Default::default() }),
+///     ..Default::default()
+/// };
+/// # let _ = patient;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OutlierConfig {
-    /// Failures in a row that eject an endpoint.
+    /// Failures in a row (5xx except 501, timeouts, connection errors) that
+    /// eject an endpoint (default 5).
     pub consecutive_failures: u32,
-    /// Ejection time of a first ejection; the n-th lasts n times as long.
+    /// Ejection time of a first ejection (default 30 s); each ejection in a
+    /// row doubles it ([`ejection_time`](OutlierConfig::ejection_time)).
     pub base_ejection: Duration,
-    /// Longest ejection.
+    /// Longest ejection (default 300 s).
     pub max_ejection: Duration,
-    /// Largest share of the pool that may be ejected at once (rounded down),
-    /// so a failure of everything does not leave nothing to send to.
+    /// Largest share of the pool that may be ejected at once (rounded down,
+    /// default 0.5), so a failure of everything does not leave nothing to
+    /// send to.
     pub max_ejected_share: f64,
+    /// Ejects an endpoint that stopped answering before its requests time
+    /// out; `None` leaves hung endpoints to timeouts and
+    /// `consecutive_failures`.
+    pub stall: Option<StallConfig>,
 }
 
 impl Default for OutlierConfig {
@@ -90,7 +147,59 @@ impl Default for OutlierConfig {
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
             max_ejected_share: 0.5,
+            stall: Some(StallConfig::default()),
         }
+    }
+}
+
+impl OutlierConfig {
+    /// How long the `n`-th ejection in a row lasts: `base_ejection × 2^(n-1)`,
+    /// at most `max_ejection`.
+    pub fn ejection_time(&self, n: u32) -> Duration {
+        let doubling = 2u32.saturating_pow(n.saturating_sub(1));
+        self.base_ejection
+            .saturating_mul(doubling)
+            .min(self.max_ejection)
+    }
+}
+
+/// When an endpoint's silence (requests in flight, none answered; see
+/// [`Endpoint::silent_for`](crate::balance::Endpoint::silent_for)) counts as
+/// a stall that ejects it: longer than `min_silence` and than
+/// `latency_multiple` times its latency peak (a high percentile of its own
+/// latency). An endpoint that never answered has no latency to judge by and
+/// never stalls.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StallConfig {
+    /// Shortest silence that counts (default 250 ms): below it, jitter and
+    /// short pauses of a healthy endpoint.
+    pub min_silence: Duration,
+    /// Silence, in multiples of the endpoint's latency peak, that counts
+    /// (default 4).
+    pub latency_multiple: u32,
+}
+
+impl Default for StallConfig {
+    fn default() -> Self {
+        StallConfig {
+            min_silence: Duration::from_millis(250),
+            latency_multiple: 4,
+        }
+    }
+}
+
+impl StallConfig {
+    /// The silence that counts for an endpoint whose latency peak is `peak`.
+    pub fn threshold(&self, peak: Duration) -> Duration {
+        self.min_silence
+            .max(peak.saturating_mul(self.latency_multiple))
+    }
+
+    /// How long `endpoint` has been silent, when that is a stall at `now`.
+    pub fn stalled(&self, endpoint: &crate::balance::Endpoint, now: Instant) -> Option<Duration> {
+        let peak = endpoint.latency_peak()?;
+        let silence = endpoint.silent_for(now)?;
+        (silence > self.threshold(peak)).then_some(silence)
     }
 }
 
@@ -118,6 +227,8 @@ struct Record {
     ejections: u32,
     /// Set from an ejection until a request succeeds after it has ended.
     ejected_until: Option<Instant>,
+    /// The current ejection is for silence: a late success ends it.
+    stalled: bool,
     probing: bool,
 }
 
@@ -135,11 +246,16 @@ impl Record {
     }
 }
 
-/// Ejects endpoints that keep failing (Envoy's consecutive-5xx detector): after
-/// `consecutive_failures` failures in a row an endpoint gets no traffic for
-/// `base_ejection × ejections` (capped). When that time is over, one request
-/// probes it ([`OutlierDetector::try_probe`]); a success brings it back, a
-/// failure ejects it again for longer.
+/// Ejects endpoints that keep failing (Envoy's consecutive-5xx detector) or
+/// fell silent: after `consecutive_failures` failures in a row
+/// ([`record`](OutlierDetector::record)), or a stall
+/// ([`eject_stalled`](OutlierDetector::eject_stalled)), an endpoint gets no
+/// traffic for [`OutlierConfig::ejection_time`] (doubling with each ejection
+/// in a row). When that time is over, one request probes it
+/// ([`OutlierDetector::try_probe`]) while the others keep away; a success
+/// brings it back, a failure ejects it again for twice as long. A success
+/// of a request sent before a stall ejection ends that ejection at once:
+/// the endpoint was paused, not hung.
 #[derive(Debug, Default)]
 pub struct OutlierDetector {
     config: OutlierConfig,
@@ -177,14 +293,25 @@ impl OutlierDetector {
             .filter(|(other, r)| other.as_str() != id && r.ejected_until.is_some())
             .count();
         let record = records.entry(id.to_owned()).or_default();
-        let state = record.state(now);
+        let mut state = record.state(now);
         if matches!(state, EjectionState::Ejected { .. }) {
-            // A late answer to a request sent before the ejection says
-            // nothing about the endpoint now.
-            return false;
+            if !(success && record.stalled) {
+                // A late answer to a request sent before the ejection says
+                // nothing about the endpoint now.
+                return false;
+            }
+            // Ejected for silence, and a request sent before answered after
+            // all: it was a pause, not a hang.
+            tracing::info!(endpoint = %id, "a silent endpoint answered: back in the pool");
+            record.ejected_until = None;
+            record.ejections -= 1;
+            record.stalled = false;
+            self.out.store(out, Ordering::Relaxed);
+            state = EjectionState::Active;
         }
         let probed = matches!(state, EjectionState::ProbeDue | EjectionState::Probing);
         record.probing = false;
+        record.stalled = false;
         if success {
             record.consecutive = 0;
             if probed {
@@ -197,20 +324,46 @@ impl OutlierDetector {
         }
         record.consecutive += 1;
         // A failed probe re-ejects whatever the share: it never rejoined the pool.
-        let room = out < (self.config.max_ejected_share * pool_size as f64).floor() as usize;
+        let room = out < self.room(pool_size);
         if !probed && (record.consecutive < self.config.consecutive_failures || !room) {
             return false;
         }
-        record.ejections += 1;
-        let time = self
-            .config
-            .base_ejection
-            .saturating_mul(record.ejections)
-            .min(self.config.max_ejection);
-        record.ejected_until = Some(now + time);
-        record.consecutive = 0;
+        self.eject(record, false, now);
         self.out.store(out + 1, Ordering::Relaxed);
         true
+    }
+
+    fn eject(&self, record: &mut Record, stalled: bool, now: Instant) {
+        record.ejections += 1;
+        record.ejected_until = Some(now + self.config.ejection_time(record.ejections));
+        record.consecutive = 0;
+        record.stalled = stalled;
+    }
+
+    /// Ejects `id`, in a pool of `pool_size` endpoints, because it has gone
+    /// silent ([`StallConfig::stalled`]), when it takes ordinary traffic and
+    /// the ejected share leaves room. Returns true when it ejected it.
+    pub fn eject_stalled(&self, id: &str, pool_size: usize, now: Instant) -> bool {
+        let mut records = self.records();
+        let out = records
+            .iter()
+            .filter(|(other, r)| other.as_str() != id && r.ejected_until.is_some())
+            .count();
+        if out >= self.room(pool_size) {
+            return false;
+        }
+        let record = records.entry(id.to_owned()).or_default();
+        if record.state(now) != EjectionState::Active {
+            return false;
+        }
+        self.eject(record, true, now);
+        self.out.store(out + 1, Ordering::Relaxed);
+        true
+    }
+
+    /// How many endpoints of a pool of `pool_size` may be out at once.
+    fn room(&self, pool_size: usize) -> usize {
+        (self.config.max_ejected_share * pool_size as f64).floor() as usize
     }
 
     /// How many endpoints are out of the pool (ejected, or waiting for a
@@ -356,7 +509,109 @@ mod tests {
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(25),
             max_ejected_share: 0.5,
+            stall: Some(StallConfig::default()),
         })
+    }
+
+    #[test]
+    fn ejections_double_up_to_the_cap() {
+        let c = OutlierConfig::default();
+        let times: Vec<u64> = (1..=6).map(|n| c.ejection_time(n).as_secs()).collect();
+        assert_eq!(times, [30, 60, 120, 240, 300, 300]);
+        assert_eq!(c.ejection_time(u32::MAX), c.max_ejection);
+    }
+
+    #[test]
+    fn a_stall_ejects_at_once_and_a_late_success_ends_it() {
+        let d = detector();
+        let t0 = Instant::now();
+        assert!(d.eject_stalled("a", 4, t0));
+        assert!(!d.eject_stalled("a", 4, t0), "already out");
+        assert!(matches!(
+            d.state("a", t0),
+            EjectionState::Ejected { ejections: 1, .. }
+        ));
+        assert_eq!(d.out_count(), 1);
+        // A request sent before the ejection times out: nothing changes.
+        assert!(!d.record("a", false, 4, t0 + Duration::from_millis(100)));
+        assert!(!d.available("a", t0 + Duration::from_millis(100)));
+        // Another one answers after all: a pause, not a hang.
+        let t1 = t0 + Duration::from_millis(300);
+        assert!(!d.record("a", true, 4, t1));
+        assert!(d.available("a", t1));
+        assert_eq!((d.ejection("a"), d.out_count()), (None, 0));
+        // The next stall starts from the base time again.
+        assert!(d.eject_stalled("a", 4, t1));
+        assert_eq!(d.ejection("a"), Some((t1 + Duration::from_secs(10), 1)));
+    }
+
+    #[test]
+    fn a_stall_without_an_answer_runs_its_course_with_one_probe_at_a_time() {
+        let d = detector();
+        let t0 = Instant::now();
+        assert!(d.eject_stalled("a", 4, t0));
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(d.try_probe("a", t1));
+        assert!(!d.try_probe("a", t1), "one probe at a time");
+        // The probe times out: ejected twice as long, no longer for silence,
+        // so a late success of an old request does not end it.
+        let t2 = t1 + Duration::from_secs(2);
+        assert!(d.record("a", false, 4, t2));
+        assert_eq!(d.ejection("a"), Some((t2 + Duration::from_secs(20), 2)));
+        assert!(!d.record("a", true, 4, t2 + Duration::from_secs(1)));
+        assert!(!d.available("a", t2 + Duration::from_secs(1)));
+        // A good probe brings it back.
+        let t3 = t2 + Duration::from_secs(20);
+        assert!(d.try_probe("a", t3));
+        assert!(!d.record("a", true, 4, t3));
+        assert!(d.available("a", t3));
+    }
+
+    #[test]
+    fn stalls_keep_to_the_ejected_share() {
+        let d = detector();
+        let t0 = Instant::now();
+        assert!(d.eject_stalled("a", 3, t0));
+        assert!(!d.eject_stalled("b", 3, t0), "half of three is one");
+        for _ in 0..3 {
+            d.record("c", false, 3, t0);
+        }
+        assert!(d.available("c", t0), "failures in a row keep to it too");
+        assert!(d.eject_stalled("b", 4, t0), "two of four");
+    }
+
+    #[test]
+    fn the_stall_threshold_follows_the_latency_peak_with_a_floor() {
+        let s = StallConfig::default();
+        assert_eq!(
+            s.threshold(Duration::from_millis(3)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            s.threshold(Duration::from_millis(400)),
+            Duration::from_millis(1600)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_silence_past_the_threshold_of_an_endpoint_that_answered_is_a_stall() {
+        use crate::balance::Endpoint;
+        let s = StallConfig::default();
+        let e = Endpoint::new("a", 1);
+        // Never answered: no latency to judge by.
+        let first = e.start();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(s.stalled(&e, Instant::now()), None);
+        first.finish(Duration::from_millis(100));
+        // Peak 100 ms: silence counts past 400 ms.
+        let _waiting = e.start();
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(s.stalled(&e, Instant::now()), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            s.stalled(&e, Instant::now()),
+            Some(Duration::from_millis(401))
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::api::Instance;
 use crate::balance::{Balancer, Endpoint, InFlight, RoundRobin};
 use crate::bulkhead::Bulkhead;
-use crate::call::Call;
+use crate::call::{Call, Outcome};
 use crate::error::CallError;
 use crate::resilience::{EjectionState, OutlierDetector, ResilienceConfig, RetryBudget};
 use crate::{Discovery, ServiceHandle};
@@ -203,6 +203,12 @@ pub struct EndpointStats {
     pub ejected_until: Option<Instant>,
     /// Ejections in a row (0 when never ejected or back).
     pub ejections: u32,
+    /// How long it has had requests in flight without answering any
+    /// ([`Endpoint::silent_for`]); `None` with nothing in flight.
+    pub silent_for: Option<Duration>,
+    /// A high percentile of its latency ([`Endpoint::latency_peak`]); `None`
+    /// before its first success.
+    pub latency_peak: Option<Duration>,
 }
 
 impl Router {
@@ -282,6 +288,8 @@ impl Router {
                     ejection: detector.map_or(EjectionState::Active, |d| d.state(e.id(), now)),
                     ejected_until: ejection.map(|(until, _)| until),
                     ejections: ejection.map_or(0, |(_, n)| n),
+                    silent_for: e.silent_for(now),
+                    latency_peak: e.latency_peak(),
                 }
             })
             .collect()
@@ -513,7 +521,10 @@ impl Pool {
 
     /// Picks the endpoint of the next attempt among those not in `tried`:
     /// an endpoint due for its probe first, otherwise the balancer's choice
-    /// among the endpoints neither ejected nor full.
+    /// among the endpoints neither ejected, silent nor full. A silent
+    /// endpoint ([`StallConfig`](crate::resilience::StallConfig)) is ejected
+    /// here, or passed over when the ejected share is used up (unless no
+    /// other endpoint is left).
     pub(crate) fn pick(
         &self,
         snapshot: &Snapshot,
@@ -525,10 +536,16 @@ impl Pool {
             return Err(self.no_endpoints());
         }
         let limit = self.limit();
-        let ejecting = self.outlier.as_ref().filter(|d| d.out_count() > 0);
+        let detector = self.outlier.as_ref();
+        let stall = self.config.outlier.and_then(|o| o.stall);
+        let stalled = |e: &Endpoint| stall.and_then(|s| s.stalled(e, now));
         // The hot path: nothing to filter, so the balancer sees the shared
         // slice and nothing is allocated.
-        if tried.is_empty() && ejecting.is_none() && endpoints.iter().all(|e| e.in_flight() < limit)
+        if tried.is_empty()
+            && detector.is_none_or(|d| d.out_count() == 0)
+            && endpoints
+                .iter()
+                .all(|e| e.in_flight() < limit && stalled(e).is_none())
         {
             let index = self
                 .balancer
@@ -544,18 +561,20 @@ impl Pool {
             });
         }
         let mut eligible = Vec::with_capacity(endpoints.len());
+        // Silent endpoints that could not be ejected: the last resort.
+        let mut silent = Vec::new();
         let mut full = 0;
         for (i, e) in endpoints.iter().enumerate() {
             if was_tried(tried, e) {
                 continue;
             }
-            let state = ejecting.map_or(EjectionState::Active, |d| d.state(e.id(), now));
+            let state = detector.map_or(EjectionState::Active, |d| d.state(e.id(), now));
             match state {
                 EjectionState::Ejected { .. } | EjectionState::Probing => continue,
                 EjectionState::ProbeDue => {
                     // Probes go first, so a recovered endpoint comes back
                     // as soon as its time is over, whatever the balancer.
-                    let d = ejecting.expect("only ejecting detectors give states");
+                    let d = detector.expect("only detectors give ejection states");
                     if let Some(in_flight) = e.try_start(limit)
                         && d.try_probe(e.id(), now)
                     {
@@ -574,7 +593,24 @@ impl Pool {
                 full += 1;
                 continue;
             }
+            if let Some(silence) = stalled(e) {
+                if detector.is_some_and(|d| d.eject_stalled(e.id(), endpoints.len(), now)) {
+                    tracing::warn!(
+                        service = %self.service,
+                        endpoint = %e.id(),
+                        ?silence,
+                        in_flight = e.in_flight(),
+                        "endpoint ejected: no answer while requests were in flight"
+                    );
+                } else {
+                    silent.push(i);
+                }
+                continue;
+            }
             eligible.push(i);
+        }
+        if eligible.is_empty() {
+            eligible = silent;
         }
         if eligible.is_empty() {
             return Err(if full > 0 {
@@ -599,6 +635,35 @@ impl Pool {
         })
     }
 
+    /// Records how an attempt on `id` (in a pool of `pool_size`), started
+    /// at `started`, went: its latency or answer for the endpoint's load
+    /// state, its success or failure for the outlier detector.
+    pub(crate) fn report(
+        &self,
+        id: &str,
+        in_flight: InFlight,
+        outcome: Outcome,
+        started: Instant,
+        probe: bool,
+        pool_size: usize,
+    ) {
+        let now = Instant::now();
+        let success = outcome == Outcome::Success;
+        match outcome {
+            Outcome::Success => in_flight.finish(now.saturating_duration_since(started)),
+            Outcome::Failed | Outcome::NotSent => in_flight.answered(),
+            // No answer: the endpoint's silence goes on.
+            Outcome::TimedOut => drop(in_flight),
+        }
+        if let Some(d) = &self.outlier {
+            if d.record(id, success, pool_size, now) {
+                tracing::warn!(service = %self.service, endpoint = %id, ?outcome, "endpoint ejected after failures");
+            } else if probe && success {
+                tracing::info!(service = %self.service, endpoint = %id, "ejected endpoint is back");
+            }
+        }
+    }
+
     fn no_endpoints(&self) -> CallError {
         CallError::NoEndpoints {
             service: self.service.clone(),
@@ -616,3 +681,6 @@ impl Pool {
 fn was_tried(tried: &[Arc<str>], e: &Endpoint) -> bool {
     tried.iter().any(|t| **t == *e.id())
 }
+
+#[cfg(test)]
+mod tests;

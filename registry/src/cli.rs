@@ -424,9 +424,9 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
             let mut seen = 0;
             while count.is_none_or(|c| seen < c) {
                 let Some(ev) = stream.next().await? else {
-                    return Err(CliError::Client(roster_client::Error::Unavailable(
-                        "the registry closed the watch stream".into(),
-                    )));
+                    return Err(CliError::Client(
+                        roster_client::Unavailable::StreamClosed.into(),
+                    ));
                 };
                 seen += 1;
                 if cli.json {

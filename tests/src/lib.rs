@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod dns;
+pub mod process;
 
 use std::net::SocketAddr;
 

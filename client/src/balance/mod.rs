@@ -2,8 +2,9 @@
 //!
 //! Every balancer implements [`Balancer`] and picks an index into a slice of
 //! [`Endpoint`]s. An endpoint carries what balancing needs (id, weight) and
-//! shared load state (requests in flight, a peak-EWMA latency estimate) that
-//! callers feed through the [`InFlight`] guard returned by [`Endpoint::start`].
+//! shared load state (requests in flight, a peak-EWMA latency estimate, a
+//! latency peak, when it last answered) that callers feed through the
+//! [`InFlight`] guard returned by [`Endpoint::start`].
 //!
 //! | Balancer | Uses | Hot path |
 //! |---|---|---|
@@ -26,7 +27,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -127,10 +128,40 @@ impl Endpoint {
             .map(|us| Duration::from_nanos((us * 1000.0) as u64))
     }
 
+    /// A high percentile of the endpoint's latency (a peak that falls back
+    /// by 1/64 of the gap with each lower sample, never with time alone), or
+    /// `None` before the first [`InFlight::finish`]. Unlike
+    /// [`peak_ewma`](Endpoint::peak_ewma) it does not fade while the endpoint
+    /// is idle or silent, so it can judge a silence.
+    pub fn latency_peak(&self) -> Option<Duration> {
+        match self.load.peak_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(u64::from(us))),
+        }
+    }
+
+    /// How long the endpoint has been silent while working: with requests
+    /// in flight, the time since it last answered anything (or since the
+    /// oldest of them started, when none was in flight before); `None` with
+    /// nothing in flight. A slow but live endpoint keeps answering some of
+    /// its requests, so its silence stays short however many are queued; a
+    /// hung one's grows from its first unanswered request.
+    pub fn silent_for(&self, now: Instant) -> Option<Duration> {
+        // The start of a request marks the time before it counts, so a
+        // count seen here comes with the mark of its first request.
+        if self.load.in_flight.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let since = self.load.progress.load(Ordering::Acquire);
+        let now = self.load.now_ms64(now);
+        Some(Duration::from_millis(now.saturating_sub(since)))
+    }
+
     /// Marks a request as started; it counts as in flight until the returned
     /// guard is dropped or [finished](InFlight::finish).
     pub fn start(&self) -> InFlight {
-        self.load.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.load.mark_if_idle();
+        self.load.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight {
             load: self.load.clone(),
         }
@@ -148,9 +179,10 @@ impl Endpoint {
     /// assert!(e.try_start(1).is_some());
     /// ```
     pub fn try_start(&self, limit: usize) -> Option<InFlight> {
+        self.load.mark_if_idle();
         self.load
             .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
@@ -185,9 +217,11 @@ pub fn instance_weight(instance: &Instance) -> u32 {
     }
 }
 
-/// A request in flight to an [`Endpoint`]: dropping it ends the request
-/// without a latency sample (use that for failures and cancellations);
-/// [`finish`](InFlight::finish) ends it and records the latency.
+/// A request in flight to an [`Endpoint`]: [`finish`](InFlight::finish) ends
+/// it with a latency sample (a success), [`answered`](InFlight::answered)
+/// with an answer that is no sample (an error status, a refused or broken
+/// connection), and dropping it ends it with no answer at all (a timeout, a
+/// cancellation), which leaves the endpoint's silence running.
 #[derive(Debug)]
 #[must_use = "the request stops counting as in flight as soon as the guard is dropped"]
 pub struct InFlight {
@@ -195,16 +229,26 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// Ends the request and records `latency` into the endpoint's peak EWMA.
+    /// Ends the request and records `latency` into the endpoint's peak EWMA
+    /// and latency peak; the endpoint answered.
     pub fn finish(self, latency: Duration) {
-        let now = self.load.now_ms(Instant::now());
-        self.load.observe(latency_us(latency), now);
+        let now = Instant::now();
+        self.load
+            .observe(latency_us(latency), self.load.now_ms(now));
+        self.load.mark(now);
+    }
+
+    /// Ends the request without a latency sample, but as an answer: the
+    /// endpoint is not silent (a failure status, a refused or reset
+    /// connection).
+    pub fn answered(self) {
+        self.load.mark(Instant::now());
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -221,15 +265,44 @@ struct LoadState {
     /// (wrapping, about 49 days), low 32 bits the estimate in microseconds
     /// (saturating at about 71 minutes); 0 means no sample yet.
     ewma: AtomicU64,
+    /// The latency peak in microseconds (see [`Endpoint::latency_peak`]);
+    /// 0 means no sample yet.
+    peak_us: AtomicU32,
+    /// Milliseconds since `epoch` of the last answer, or of the start of a
+    /// request when none was in flight: what silence is measured from.
+    progress: AtomicU64,
     epoch: Instant,
 }
+
+/// A lower latency sample pulls the latency peak down by this share of the
+/// gap: it tracks roughly the 97th-99th percentile of steady latency.
+const PEAK_FALL: u32 = 64;
 
 impl LoadState {
     fn new() -> Self {
         LoadState {
             in_flight: AtomicUsize::new(0),
             ewma: AtomicU64::new(0),
+            peak_us: AtomicU32::new(0),
+            progress: AtomicU64::new(0),
             epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms64(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Notes a sign of life at `now`.
+    fn mark(&self, now: Instant) {
+        self.progress
+            .fetch_max(self.now_ms64(now), Ordering::AcqRel);
+    }
+
+    /// Before a request starts: with nothing in flight, silence starts now.
+    fn mark_if_idle(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            self.mark(Instant::now());
         }
     }
 
@@ -260,6 +333,15 @@ impl LoadState {
                     (blended.round() as u32).max(1)
                 };
                 Some(pack(now_ms, next))
+            });
+        let _ = self
+            .peak_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |peak| {
+                Some(if sample_us >= peak {
+                    sample_us
+                } else {
+                    peak - (peak - sample_us) / PEAK_FALL
+                })
             });
     }
 
@@ -411,6 +493,60 @@ pub(crate) mod tests {
         tokio::time::advance(PEAK_EWMA_DECAY).await;
         let est = e.peak_ewma().unwrap().as_secs_f64() * 1000.0;
         assert!((est - 100.0 / std::f64::consts::E).abs() < 0.1, "{est}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_runs_from_the_first_request_until_any_answer() {
+        let step = Duration::from_millis(100);
+        let e = Endpoint::new("a", 1);
+        assert_eq!(e.silent_for(Instant::now()), None, "nothing in flight");
+        tokio::time::advance(step).await;
+        let first = e.start();
+        tokio::time::advance(step).await;
+        let second = e.try_start(10).unwrap();
+        tokio::time::advance(step).await;
+        // Measured from the first request, not the newest.
+        assert_eq!(e.silent_for(Instant::now()), Some(2 * step));
+        // A timeout (a drop) is no answer: the silence goes on.
+        drop(first);
+        tokio::time::advance(step).await;
+        assert_eq!(e.silent_for(Instant::now()), Some(3 * step));
+        let third = e.start();
+        // An error answer is one.
+        second.answered();
+        assert_eq!(e.silent_for(Instant::now()), Some(Duration::ZERO));
+        tokio::time::advance(step).await;
+        assert_eq!(e.silent_for(Instant::now()), Some(step));
+        third.finish(step);
+        assert_eq!(e.silent_for(Instant::now()), None);
+        // After a quiet spell, the next request starts a new silence.
+        tokio::time::advance(10 * step).await;
+        let _fourth = e.start();
+        assert_eq!(e.silent_for(Instant::now()), Some(Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_latency_peak_jumps_up_and_falls_per_sample_not_with_time() {
+        let e = Endpoint::new("a", 1);
+        assert_eq!(e.latency_peak(), None);
+        e.start().finish(Duration::from_millis(100));
+        e.start().finish(Duration::from_millis(10));
+        let after_one = e.latency_peak().unwrap();
+        assert!(
+            after_one < Duration::from_millis(100) && after_one > Duration::from_millis(98),
+            "{after_one:?}"
+        );
+        // An idle hour changes nothing (the peak EWMA would have faded).
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(e.latency_peak(), Some(after_one));
+        // 64 lower samples close about two thirds of the gap.
+        for _ in 0..64 {
+            e.start().finish(Duration::from_millis(10));
+        }
+        let later = e.latency_peak().unwrap().as_secs_f64() * 1000.0;
+        assert!((40.0..45.0).contains(&later), "{later}");
+        e.start().finish(Duration::from_millis(500));
+        assert_eq!(e.latency_peak(), Some(Duration::from_millis(500)));
     }
 
     #[test]

@@ -270,6 +270,7 @@ async fn a_failing_backend_is_ejected_until_its_probe_succeeds() {
             base_ejection: Duration::from_millis(300),
             max_ejection: Duration::from_secs(10),
             max_ejected_share: 0.5,
+            ..OutlierConfig::default()
         }),
         ..plain()
     };

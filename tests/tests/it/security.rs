@@ -10,7 +10,7 @@ use rcgen::{
 };
 use reqwest::StatusCode;
 use roster_client::api::{MaintenanceRequest, RegisterRequest};
-use roster_client::{Error, RosterClient, TlsOptions};
+use roster_client::{Error, RosterClient, TlsOptions, Unavailable};
 use roster_registry::acl::Tokens;
 use roster_registry::config::Config;
 use roster_registry::http::serve::TlsFiles;
@@ -341,11 +341,14 @@ async fn https_round_trip_and_a_wrong_ca_is_refused() {
     assert_eq!(client.services().await.unwrap().services.len(), 1);
     // A client trusting another CA, or only the public roots, refuses the server.
     let wrong = trusting(reg.url(), &other, None);
-    assert!(matches!(wrong.services().await, Err(Error::Unavailable(_))));
+    assert!(matches!(
+        wrong.services().await,
+        Err(Error::Unavailable(Unavailable::Transport { .. }))
+    ));
     let public = RosterClient::new(reg.url()).unwrap();
     assert!(matches!(
         public.services().await,
-        Err(Error::Unavailable(_))
+        Err(Error::Unavailable(Unavailable::Transport { .. }))
     ));
     // Plain HTTP on the TLS port gets nowhere.
     let plain = RosterClient::new(&reg.url().replace("https://", "http://")).unwrap();
@@ -366,12 +369,12 @@ async fn client_certificates_are_required_when_configured() {
     let without = trusting(reg.url(), &good, None);
     assert!(matches!(
         without.services().await,
-        Err(Error::Unavailable(_))
+        Err(Error::Unavailable(Unavailable::Transport { .. }))
     ));
     let foreign = trusting(reg.url(), &good, Some(leaf(&other, true)));
     assert!(matches!(
         foreign.services().await,
-        Err(Error::Unavailable(_))
+        Err(Error::Unavailable(Unavailable::Transport { .. }))
     ));
     let with = trusting(reg.url(), &good, Some(leaf(&good, true)));
     assert!(with.services().await.unwrap().services.is_empty());
