@@ -32,7 +32,7 @@ fn sm_err(e: impl ToString) -> StorageError<u64> {
 
 /// A snapshot as it travels and is stored: the catalog's rows and indexes.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct SnapshotData {
+pub(crate) struct SnapshotData {
     /// Catalog index.
     pub index: u64,
     /// Index of the last change to the set of names.
@@ -59,11 +59,12 @@ impl SnapshotData {
     }
 }
 
-/// A stored snapshot: its metadata and its bytes.
+/// A stored snapshot (the `snapshot` row of the log file): its metadata and
+/// its bytes, a [`SnapshotData`] in JSON.
 #[derive(Debug, Serialize, Deserialize)]
-struct Stored {
-    meta: Meta,
-    data: Vec<u8>,
+pub(crate) struct Stored {
+    pub(crate) meta: Meta,
+    pub(crate) data: Vec<u8>,
 }
 
 /// The state machine over a node's [`Registry`].

@@ -14,7 +14,7 @@
 mod error;
 mod forward;
 mod log;
-mod machine;
+pub(crate) mod machine;
 mod network;
 pub mod ops;
 mod tls;

@@ -14,7 +14,7 @@ mod prometheus;
 mod raft;
 pub mod serve;
 mod services;
-mod snapshot;
+pub(crate) mod snapshot;
 mod ui;
 mod watch;
 
