@@ -2,9 +2,11 @@
 //! another node: the store's rows (`catalog.redb`), snapshot files, the Raft
 //! log's entries and its other records (vote, commit point, purge point, node
 //! id, snapshot; `raft.redb`), and what nodes send each other (Raft messages,
-//! forwarded writes and heartbeats, their answers). A change to a type these embed, the wire
-//! types of `roster-api` included, changes these bytes; the test then fails
-//! and says so, instead of a node reading yesterday's data wrongly. A format
+//! forwarded writes and heartbeats, their answers). They are made of the
+//! registry's own row types (`rows.rs`, `cluster/ops.rs`), not of
+//! `roster-api`'s, and of openraft's; a change to one of these types changes
+//! the bytes, and the test fails and says so, instead of a node reading
+//! yesterday's data wrongly. A format
 //! change on purpose needs a version story (old rows must still load) and new
 //! golden files: `ROSTER_BLESS=1 cargo test -p roster-registry golden`.
 
@@ -23,13 +25,11 @@ use openraft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::Outcome;
 use crate::cluster::machine::{SnapshotData, Stored};
-use crate::cluster::ops::{Batch, ErrorWire, Op};
+use crate::cluster::ops::{Batch, ErrorWire, Op, OutcomeWire};
 use crate::cluster::{ForwardedHeartbeat, NodeInfo, TypeConfig};
 use crate::http::snapshot::SnapshotFile;
-use crate::store::StoredInstance;
-use roster_api::Health;
+use crate::rows::{FORMAT_VERSION, HealthRow, InstanceRow};
 
 fn path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -74,7 +74,7 @@ fn pin_text<T: Serialize + DeserializeOwned>(name: &str, value: &T) {
 
 /// A row that uses every field: tags, metadata, weights, a lease, maintenance,
 /// and one check of each kind with its last result.
-fn row() -> StoredInstance {
+fn row() -> InstanceRow {
     serde_json::from_str(
         r#"{
             "service": "web", "id": "web-1", "address": "10.0.0.7", "port": 8080,
@@ -108,7 +108,7 @@ fn store_rows_keep_their_format() {
 /// lease, no checks).
 #[test]
 fn store_rows_without_options_keep_their_format() {
-    let minimal: StoredInstance = serde_json::from_str(
+    let minimal: InstanceRow = serde_json::from_str(
         r#"{"service": "db", "id": "db-1", "address": "db.internal", "port": 5432,
             "deregister_critical_after_ms": 60000, "create_index": 3, "modify_index": 3}"#,
     )
@@ -121,7 +121,7 @@ fn store_rows_without_options_keep_their_format() {
 fn snapshot_files_keep_their_format() {
     let file = SnapshotFile {
         format: "roster-snapshot".into(),
-        version: crate::store::FORMAT_VERSION,
+        version: FORMAT_VERSION,
         index: 99,
         names_index: 98,
         instances: vec![row()],
@@ -229,8 +229,8 @@ fn peer_messages_keep_their_format() {
     struct PeerMessages {
         heartbeat: ForwardedHeartbeat,
         node: NodeInfo,
-        write_done: Result<Outcome, ErrorWire>,
-        write_refused: Vec<Result<Outcome, ErrorWire>>,
+        write_done: Result<OutcomeWire, ErrorWire>,
+        write_refused: Vec<Result<OutcomeWire, ErrorWire>>,
         read_index: Result<u64, ErrorWire>,
         read_index_refused: Result<u64, ErrorWire>,
     }
@@ -246,7 +246,7 @@ fn peer_messages_keep_their_format() {
             initialized: true,
             leader: Some(1),
         },
-        write_done: Ok(Outcome {
+        write_done: Ok(OutcomeWire {
             index: 121,
             changed: true,
             expired: 2,
@@ -393,7 +393,7 @@ fn raft_log_entries_keep_their_format() {
                 service: service.clone(),
                 id: id.clone(),
                 check: "ttl".into(),
-                status: Health::Warning,
+                status: HealthRow::Warning,
                 output: "slow".into(),
                 report: true,
             },

@@ -602,7 +602,7 @@ impl Cluster {
                 match tokio::time::timeout(timeout, rx).await {
                     Ok(Ok(Ok(resp))) => {
                         for (reply, result) in replies.into_iter().zip(resp.data) {
-                            let _ = reply.send(result.map_err(WriteError::from));
+                            let _ = reply.send(result.map(Outcome::from).map_err(WriteError::from));
                         }
                     }
                     Ok(Ok(Err(e))) => {

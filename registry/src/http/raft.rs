@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::gate::{Gate, Group};
 use super::{ApiError, AppState};
-use crate::cluster::ops::{ErrorWire, Op, OpError};
+use crate::cluster::ops::{ErrorWire, Op, OpError, OutcomeWire};
 use crate::cluster::{Cluster, ForwardedHeartbeat, NODE_HEADER, NodeInfo, TypeConfig};
 use crate::model::{InstanceId, ServiceName};
 use crate::registry::{Replication, Unavailable, WriteError};
@@ -134,7 +134,8 @@ async fn node(Peer(c): Peer) -> Response {
 }
 
 fn reply(result: Result<crate::catalog::Outcome, WriteError>) -> Response {
-    let wire: Result<crate::catalog::Outcome, ErrorWire> = result.map_err(|e| (&e).into());
+    let wire: Result<OutcomeWire, ErrorWire> =
+        result.map(OutcomeWire::from).map_err(|e| (&e).into());
     Json(wire).into_response()
 }
 
@@ -145,7 +146,7 @@ async fn write(State(state): State<AppState>, Peer(c): Peer, Json(op): Json<Op>)
         return not_leader();
     }
     if let Err(e) = op.validate_forwarded(&state.limits) {
-        let refused: Result<crate::catalog::Outcome, ErrorWire> = Err(ErrorWire::Invalid {
+        let refused: Result<OutcomeWire, ErrorWire> = Err(ErrorWire::Invalid {
             message: format!("forwarded write refused: {e}"),
         });
         return (StatusCode::BAD_REQUEST, Json(refused)).into_response();
