@@ -33,7 +33,7 @@ use crate::lease::{Lease, LeaseTable};
 use crate::model::{InstanceId, InstanceSpec, ServiceName};
 
 pub use guard::{GuardStatus, SelfPreservation};
-pub use instance::{Instance, ServiceState, Snapshot};
+pub use instance::{HealthCounts, Instance, ServiceState, Snapshot};
 
 /// A write to the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -34,7 +34,6 @@ pub use extract::BODY_LIMIT;
 use gate::{Gate, Group};
 pub use ops::OPENAPI;
 pub use problem::ApiError;
-pub(crate) use services::health_slot;
 
 use crate::metrics::{Metrics, RequestLabels};
 use crate::model::{Limits, PanicPolicy};
