@@ -37,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 pub use error::ClusterError;
 pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
-pub use network::{Contacts, Cut, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
+pub use network::{Contacts, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
+#[cfg(feature = "fault-injection")]
+pub use network::{Cut, PARTITIONED};
 pub use roster_api::{RaftMember as Member, RaftStatus as Status};
 pub use tls::{PeerTls, is_peer};
 
