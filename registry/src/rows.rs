@@ -463,13 +463,23 @@ mod duration_text {
         out
     }
 
-    fn parse(s: &str) -> Result<Duration, String> {
+    /// A duration's text that does not parse.
+    #[derive(Debug, thiserror::Error)]
+    #[error("invalid duration {text:?} ({source}); use forms like \"15s\", \"1m30s\", \"500ms\"")]
+    pub(super) struct DurationError {
+        text: String,
+        #[source]
+        source: humantime::DurationError,
+    }
+
+    fn parse(s: &str) -> Result<Duration, DurationError> {
         let s = s.trim();
         if let Ok(secs) = s.parse::<u64>() {
             return Ok(Duration::from_secs(secs));
         }
-        humantime::parse_duration(s).map_err(|e| {
-            format!("invalid duration {s:?} ({e}); use forms like \"15s\", \"1m30s\", \"500ms\"")
+        humantime::parse_duration(s).map_err(|source| DurationError {
+            text: s.to_owned(),
+            source,
         })
     }
 
@@ -515,7 +525,11 @@ mod duration_text {
             for text in [
                 "15s", "1m30s", "1h 5m", "250ms", "20", " 7 ", "soon", "", "-1s",
             ] {
-                assert_eq!(parse(text), roster_api::duration::parse(text), "{text:?}");
+                assert_eq!(
+                    parse(text).map_err(|e| e.to_string()),
+                    roster_api::duration::parse(text),
+                    "{text:?}"
+                );
             }
         }
     }

@@ -846,17 +846,24 @@ async fn fetch_info_via(
     peers: &Peers,
     target: &str,
     addr: std::net::SocketAddr,
-) -> Result<NodeInfo, String> {
+) -> Result<NodeInfo, ClusterError> {
+    let peer = |source| ClusterError::Peer {
+        addr: addr.to_string(),
+        source,
+    };
     let resp = peers
         .request_via(reqwest::Method::GET, target, addr, "/v1/raft/node")?
         .timeout(Duration::from_secs(2))
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(peer)?;
     if !resp.status().is_success() {
-        return Err(format!("{addr}: {}", resp.status()));
+        return Err(ClusterError::PeerStatus {
+            addr: addr.to_string(),
+            status: resp.status(),
+        });
     }
-    resp.json().await.map_err(|e| e.to_string())
+    resp.json().await.map_err(peer)
 }
 
 /// Asks the node at `addr` who it is.

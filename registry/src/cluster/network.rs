@@ -97,7 +97,7 @@ impl Peers {
         timeout: Duration,
         tls: Option<PeerTls>,
     ) -> Result<Self, ClusterError> {
-        let http = Self::client(timeout, tls.as_ref()).map_err(ClusterError::PeerTls)?;
+        let http = Self::client(timeout, tls.as_ref())?;
         Ok(Peers {
             http: Arc::new(ArcSwap::from_pointee(http)),
             tls,
@@ -110,20 +110,23 @@ impl Peers {
         })
     }
 
-    fn client(timeout: Duration, tls: Option<&PeerTls>) -> Result<reqwest::Client, String> {
+    fn client(timeout: Duration, tls: Option<&PeerTls>) -> Result<reqwest::Client, ClusterError> {
         Self::builder(timeout, tls)?
             .build()
-            .map_err(|e| e.to_string())
+            .map_err(ClusterError::Client)
     }
 
-    fn builder(timeout: Duration, tls: Option<&PeerTls>) -> Result<reqwest::ClientBuilder, String> {
+    fn builder(
+        timeout: Duration,
+        tls: Option<&PeerTls>,
+    ) -> Result<reqwest::ClientBuilder, ClusterError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(30));
         if let Some(tls) = tls {
             builder = builder
-                .tls_backend_preconfigured(tls.client_config()?)
+                .tls_backend_preconfigured(tls.client_config().map_err(ClusterError::PeerTls)?)
                 .https_only(true);
         }
         Ok(builder)
@@ -140,14 +143,14 @@ impl Peers {
         target: &str,
         addr: SocketAddr,
         path: &str,
-    ) -> Result<reqwest::RequestBuilder, String> {
+    ) -> Result<reqwest::RequestBuilder, ClusterError> {
         let name = host_of(target).filter(|h| h.parse::<IpAddr>().is_err());
         match (&self.tls, name) {
             (Some(tls), Some(name)) => {
                 let http = Self::builder(self.timeout, Some(tls))?
                     .resolve(name, addr)
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ClusterError::Client)?;
                 Ok(http
                     .request(method, format!("https://{name}:{}{path}", addr.port()))
                     .header(NODE_HEADER, self.me.to_string())
