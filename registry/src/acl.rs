@@ -174,6 +174,43 @@ impl fmt::Debug for Tokens {
 /// Shortest secret accepted.
 pub const MIN_SECRET_LEN: usize = 16;
 
+/// Why a token file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    /// Not TOML, or not the shape of a token file (an unknown key, a missing one).
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    /// A secret is too short to be one.
+    #[error("token {name:?}: secrets must be at least {MIN_SECRET_LEN} characters")]
+    ShortSecret {
+        /// The token's name.
+        name: String,
+    },
+    /// A secret holds a space or a control character (a copy-paste accident).
+    #[error("token {name:?}: secrets cannot hold spaces or control characters")]
+    SecretCharacters {
+        /// The token's name.
+        name: String,
+    },
+    /// Two tokens share a secret, so a call could not tell which it is.
+    #[error("token {name:?}: the same secret is configured twice")]
+    DuplicateSecret {
+        /// The name of the second token with it.
+        name: String,
+    },
+    /// A policy is none of `read`, `write:PATTERN`, `admin`.
+    #[error("token {name:?}: unknown policy {policy:?} (use read, write:PATTERN or admin)")]
+    UnknownPolicy {
+        /// The token's name (`anonymous` for the anonymous policies).
+        name: String,
+        /// The policy.
+        policy: String,
+    },
+    /// The anonymous policies include `admin`.
+    #[error("anonymous: the admin policy cannot be given to calls without a token")]
+    AnonymousAdmin,
+}
+
 impl Tokens {
     /// Parses the TOML token list:
     ///
@@ -183,39 +220,31 @@ impl Tokens {
     /// secret = "a long random string"
     /// policies = ["read", "write:web-*"]
     /// ```
-    pub fn parse(text: &str) -> Result<Tokens, String> {
-        let file: TokenFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Tokens, TokensError> {
+        let file: TokenFile = toml::from_str(text)?;
         let mut tokens = Tokens::default();
         for entry in file.tokens {
             let name = entry.name;
             if entry.secret.len() < MIN_SECRET_LEN {
-                return Err(format!(
-                    "token {name:?}: secrets must be at least {MIN_SECRET_LEN} characters"
-                ));
+                return Err(TokensError::ShortSecret { name });
             }
             if entry
                 .secret
                 .chars()
                 .any(|c| c.is_whitespace() || c.is_control())
             {
-                return Err(format!(
-                    "token {name:?}: secrets cannot hold spaces or control characters"
-                ));
+                return Err(TokensError::SecretCharacters { name });
             }
             let principal = principal_of(&name, &entry.policies)?;
             let digest = digest(&entry.secret);
             if tokens.entries.iter().any(|(d, _)| *d == digest) {
-                return Err(format!(
-                    "token {name:?}: the same secret is configured twice"
-                ));
+                return Err(TokensError::DuplicateSecret { name });
             }
             tokens.entries.push((digest, Arc::new(principal)));
         }
         if let Some(anon) = file.anonymous {
             if anon.policies.iter().any(|p| p == "admin") {
-                return Err(
-                    "anonymous: the admin policy cannot be given to calls without a token".into(),
-                );
+                return Err(TokensError::AnonymousAdmin);
             }
             tokens.anonymous = Some(Arc::new(principal_of("anonymous", &anon.policies)?));
         }
@@ -252,7 +281,7 @@ impl Tokens {
 }
 
 /// A principal named `name` with `policies`.
-fn principal_of(name: &str, policies: &[String]) -> Result<Principal, String> {
+fn principal_of(name: &str, policies: &[String]) -> Result<Principal, TokensError> {
     let mut principal = Principal {
         name: name.to_owned(),
         ..Principal::default()
@@ -265,9 +294,10 @@ fn principal_of(name: &str, policies: &[String]) -> Result<Principal, String> {
                 principal.write.push(Pattern::new(pattern));
             }
             _ => {
-                return Err(format!(
-                    "token {name:?}: unknown policy {policy:?} (use read, write:PATTERN or admin)"
-                ));
+                return Err(TokensError::UnknownPolicy {
+                    name: name.to_owned(),
+                    policy: policy.clone(),
+                });
             }
         }
     }
@@ -395,9 +425,16 @@ mod tests {
         let anon = Tokens::parse(&with).unwrap().anonymous().unwrap();
         assert!(anon.allows(&Need::Read) && !anon.allows(&Need::AnyWrite));
         let admin = format!("{FILE}\n[anonymous]\npolicies = [\"admin\"]\n");
-        assert!(Tokens::parse(&admin).unwrap_err().contains("admin"));
+        let err = Tokens::parse(&admin).unwrap_err();
+        assert!(matches!(err, TokensError::AnonymousAdmin), "{err:?}");
+        assert!(err.to_string().contains("admin"), "{err}");
         let bad = format!("{FILE}\n[anonymous]\npolicies = [\"everything\"]\n");
-        assert!(Tokens::parse(&bad).unwrap_err().contains("unknown policy"));
+        let err = Tokens::parse(&bad).unwrap_err();
+        assert!(
+            matches!(&err, TokensError::UnknownPolicy { name, policy } if name == "anonymous" && policy == "everything"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("unknown policy"), "{err}");
     }
 
     #[test]
@@ -442,7 +479,7 @@ mod tests {
                 "unknown field",
             ),
         ] {
-            let err = Tokens::parse(file).unwrap_err();
+            let err = Tokens::parse(file).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         }
     }

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod remote;
+pub mod rows;
 pub mod server;
 pub mod store;
 pub mod watch;

@@ -10,7 +10,7 @@ use roster_api::Health;
 use std::sync::atomic::AtomicU64;
 use tokio::time::Instant;
 
-use crate::catalog::{GuardStatus, Snapshot};
+use crate::catalog::{GuardStatus, HealthCounts, Snapshot};
 
 /// Labels of an HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -462,21 +462,17 @@ impl Metrics {
 
     /// Renders all metrics, with catalog gauges taken from `snap`.
     pub fn render(&self, snap: &Snapshot) -> String {
-        let mut counts = [0i64; 3];
-        for svc in snap.services.values() {
-            for inst in svc.instances.values() {
-                counts[crate::http::health_slot(inst.health())] += 1;
-            }
-        }
-        for (health, n) in [Health::Passing, Health::Warning, Health::Critical]
-            .into_iter()
-            .zip(counts)
-        {
+        let counts = HealthCounts::of(
+            snap.services
+                .values()
+                .flat_map(|svc| svc.instances.values().map(|i| &**i)),
+        );
+        for health in [Health::Passing, Health::Warning, Health::Critical] {
             self.instances
                 .get_or_create(&HealthLabels {
                     health: health.as_str(),
                 })
-                .set(n);
+                .set(i64::try_from(counts.get(health)).unwrap_or(i64::MAX));
         }
         self.services.set(snap.services.len() as i64);
         if let Some(handler) = self.dns_stats.get() {

@@ -1,7 +1,7 @@
 //! Durable catalog on disk (redb), with group commit.
 //!
 //! The store holds the catalog's *state*, not a log of commands: one row per
-//! instance (JSON, versioned) plus the global index, so it stays as large as the
+//! instance (JSON, [`InstanceRow`], versioned) plus the global index, so it stays as large as the
 //! catalog however long the registry runs. Writers hand their changed instances to
 //! one writer thread; it takes everything queued, writes it in one transaction and
 //! fsyncs once, then acknowledges every writer of the group. Heartbeats that
@@ -14,16 +14,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use roster_api::{CheckDefinition, Health, Weights};
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::catalog::Instance;
-use crate::checks::{CheckSpec, CheckState};
-use crate::model::{FieldError, InstanceSpec, Limits};
-
-/// Version of the row format (`meta.format`) and of snapshot files.
-pub const FORMAT_VERSION: u64 = 1;
+use crate::rows::{FORMAT_VERSION, InstanceRow};
 
 const INSTANCES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("instances");
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
@@ -70,146 +64,6 @@ pub enum StoreError {
     /// The writer thread is gone (shutdown).
     #[error("the store writer has stopped")]
     Stopped,
-}
-
-/// One instance as stored on disk and in snapshot files.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredInstance {
-    /// Service name.
-    pub service: String,
-    /// Instance id.
-    pub id: String,
-    /// Address.
-    pub address: String,
-    /// Port.
-    pub port: u16,
-    /// Tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Metadata.
-    #[serde(default)]
-    pub meta: std::collections::BTreeMap<String, String>,
-    /// Weights.
-    #[serde(default)]
-    pub weights: Weights,
-    /// Lease length in milliseconds.
-    #[serde(default)]
-    pub ttl_ms: Option<u64>,
-    /// Time in critical before removal, in milliseconds.
-    pub deregister_critical_after_ms: u64,
-    /// Status of the lease check.
-    #[serde(default)]
-    pub lease: Option<Health>,
-    /// Maintenance reason.
-    #[serde(default)]
-    pub maintenance: Option<String>,
-    /// Health checks besides the lease, with their last results.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub checks: Vec<StoredCheck>,
-    /// Index of the first registration.
-    pub create_index: u64,
-    /// Index of the last change.
-    pub modify_index: u64,
-}
-
-/// One health check as stored: its definition and last reported result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredCheck {
-    /// The definition, complete (every default filled in).
-    pub definition: CheckDefinition,
-    /// Reported status.
-    pub status: Health,
-    /// Output of that result.
-    #[serde(default)]
-    pub output: String,
-}
-
-impl StoredInstance {
-    /// Every instance of a catalog snapshot in its stored form.
-    pub fn all_of(snap: &crate::catalog::Snapshot) -> Vec<StoredInstance> {
-        snap.services
-            .values()
-            .flat_map(|s| s.instances.values())
-            .map(|i| StoredInstance::from_instance(i))
-            .collect()
-    }
-
-    /// The stored form of a catalog instance.
-    pub fn from_instance(i: &Instance) -> Self {
-        StoredInstance {
-            service: i.service.to_string(),
-            id: i.id.to_string(),
-            address: i.spec.address.clone(),
-            port: i.spec.port,
-            tags: i.spec.tags.clone(),
-            meta: i.spec.meta.clone(),
-            weights: i.spec.weights,
-            ttl_ms: i.spec.ttl.map(|d| d.as_millis() as u64),
-            deregister_critical_after_ms: i.spec.deregister_critical_after.as_millis() as u64,
-            lease: i.lease,
-            maintenance: i.maintenance.clone(),
-            checks: i
-                .spec
-                .checks
-                .iter()
-                .zip(&i.checks)
-                .map(|(def, state)| StoredCheck {
-                    definition: def.to_definition(),
-                    status: state.status,
-                    output: state.output.clone(),
-                })
-                .collect(),
-            create_index: i.create_index,
-            modify_index: i.modify_index,
-        }
-    }
-
-    /// Back to a catalog instance; fails when a check definition is invalid.
-    pub fn into_instance(self) -> Result<Instance, FieldError> {
-        let ttl = self.ttl_ms.map(Duration::from_millis);
-        // The definitions passed validation when they were registered; read them
-        // back without the size limits, which may have changed since.
-        let lenient = Limits {
-            max_checks: usize::MAX,
-            check_interval_range: (Duration::ZERO, Duration::MAX),
-            ttl_range: (Duration::ZERO, Duration::MAX),
-            http_check_rules: false,
-            ..Limits::default()
-        };
-        let (defs, states): (Vec<_>, Vec<_>) = self
-            .checks
-            .into_iter()
-            .map(|c| {
-                (
-                    c.definition,
-                    CheckState {
-                        status: c.status,
-                        output: c.output,
-                    },
-                )
-            })
-            .unzip();
-        let checks = CheckSpec::parse_all(defs, &lenient)?;
-        Ok(Instance {
-            id: self.id.into(),
-            service: self.service.into(),
-            spec: InstanceSpec {
-                address: self.address,
-                port: self.port,
-                tags: self.tags,
-                meta: self.meta,
-                weights: self.weights,
-                ttl,
-                deregister_critical_after: Duration::from_millis(self.deregister_critical_after_ms),
-                checks: checks.into(),
-            },
-            lease: ttl.map(|_| self.lease.unwrap_or(Health::Passing)),
-            maintenance: self.maintenance,
-            checks: states,
-            create_index: self.create_index,
-            modify_index: self.modify_index,
-        })
-    }
 }
 
 /// What the store held at start-up.
@@ -424,7 +278,7 @@ fn load(db: &Database, file: &Path) -> Result<Loaded, StoreError> {
     let table = txn.open_table(INSTANCES).map_err(|e| corrupt(file, e))?;
     for row in table.iter().map_err(|e| corrupt(file, e))? {
         let (key, value) = row.map_err(|e| corrupt(file, e))?;
-        let stored: StoredInstance = serde_json::from_slice(value.value())
+        let stored: InstanceRow = serde_json::from_slice(value.value())
             .map_err(|e| corrupt(file, format!("instance {:?}: {e}", key.value())))?;
         if stored.modify_index > loaded.index {
             return Err(corrupt(
@@ -482,7 +336,7 @@ fn write_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
             for (id, change) in &batch.changes {
                 match change {
                     Some(inst) => {
-                        let row = serde_json::to_vec(&StoredInstance::from_instance(inst))
+                        let row = serde_json::to_vec(&InstanceRow::from_instance(inst))
                             .expect("instances serialize");
                         table.insert(&**id, row.as_slice())?;
                     }
@@ -499,55 +353,4 @@ fn write_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
     }
     txn.commit()?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use roster_api::RegisterRequest;
-
-    #[test]
-    fn instances_with_checks_survive_the_row_format() {
-        let req: RegisterRequest = serde_json::from_str(
-            r#"{"address":"10.0.0.1","port":80,"ttl":"15s","checks":[
-                {"http":"https://10.0.0.1/h","interval":"5s","tls_skip_verify":true,
-                 "headers":{"x-probe":"1"},"failures_before_critical":3},
-                {"tcp":"10.0.0.1:80"},{"grpc":"10.0.0.1:9000/svc"},{"ttl":"30s","id":"app"}]}"#,
-        )
-        .unwrap();
-        let spec = InstanceSpec::from_request(req, None, &Limits::default()).unwrap();
-        let inst = Instance {
-            id: "web-1".into(),
-            service: "web".into(),
-            checks: vec![
-                CheckState {
-                    status: Health::Warning,
-                    output: "GET https://10.0.0.1/h: 429 Too Many Requests".into(),
-                },
-                CheckState::initial(&spec.checks[1]),
-                CheckState::initial(&spec.checks[2]),
-                CheckState {
-                    status: Health::Passing,
-                    output: "fine".into(),
-                },
-            ],
-            spec,
-            lease: Some(Health::Passing),
-            maintenance: None,
-            create_index: 3,
-            modify_index: 7,
-        };
-        let row = serde_json::to_vec(&StoredInstance::from_instance(&inst)).unwrap();
-        let back: StoredInstance = serde_json::from_slice(&row).unwrap();
-        assert_eq!(back.into_instance().unwrap(), inst);
-    }
-
-    #[test]
-    fn rows_without_checks_still_load() {
-        let row = r#"{"service":"web","id":"a","address":"10.0.0.1","port":80,
-            "deregister_critical_after_ms":60000,"create_index":2,"modify_index":2}"#;
-        let stored: StoredInstance = serde_json::from_str(row).unwrap();
-        let inst = stored.into_instance().unwrap();
-        assert!(inst.spec.checks.is_empty() && inst.checks.is_empty());
-    }
 }

@@ -113,6 +113,57 @@ impl Instance {
     }
 }
 
+/// How many instances are in each health state, counted by
+/// [`Instance::health`] (by name, not by the order of `Health`'s variants).
+///
+/// ```
+/// use roster_api::Health;
+/// use roster_registry::catalog::HealthCounts;
+/// let mut counts = HealthCounts::default();
+/// counts.add(Health::Warning);
+/// counts.add(Health::Critical);
+/// counts.add(Health::Warning);
+/// assert_eq!((counts.passing, counts.warning, counts.critical), (0, 2, 1));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HealthCounts {
+    /// Passing instances.
+    pub passing: usize,
+    /// Instances in warning.
+    pub warning: usize,
+    /// Critical instances (maintenance included).
+    pub critical: usize,
+}
+
+impl HealthCounts {
+    /// Counts one instance of health `health`.
+    pub fn add(&mut self, health: Health) {
+        match health {
+            Health::Passing => self.passing += 1,
+            Health::Warning => self.warning += 1,
+            Health::Critical => self.critical += 1,
+        }
+    }
+
+    /// The count of `health`.
+    pub fn get(&self, health: Health) -> usize {
+        match health {
+            Health::Passing => self.passing,
+            Health::Warning => self.warning,
+            Health::Critical => self.critical,
+        }
+    }
+
+    /// The counts of `instances`.
+    pub fn of<'a>(instances: impl IntoIterator<Item = &'a Instance>) -> Self {
+        let mut counts = HealthCounts::default();
+        for inst in instances {
+            counts.add(inst.health());
+        }
+        counts
+    }
+}
+
 /// A service and its instances.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceState {

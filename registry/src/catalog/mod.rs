@@ -33,7 +33,7 @@ use crate::lease::{Lease, LeaseTable};
 use crate::model::{InstanceId, InstanceSpec, ServiceName};
 
 pub use guard::{GuardStatus, SelfPreservation};
-pub use instance::{Instance, ServiceState, Snapshot};
+pub use instance::{HealthCounts, Instance, ServiceState, Snapshot};
 
 /// A write to the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,8 +141,9 @@ pub enum CheckSource {
     Report,
 }
 
-/// What a command did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What a command did. Between nodes it travels as
+/// [`crate::cluster::ops::OutcomeWire`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
     /// Global index after the command.
     pub index: u64,

@@ -211,3 +211,39 @@ fn an_exhausted_index_refuses_changes_instead_of_wrapping() {
     let err = c.apply(Command::Tick, t0).unwrap_err();
     assert!(matches!(err, CatalogError::IndexExhausted), "{err:?}");
 }
+
+#[test]
+fn health_counts_follow_each_instance_health() {
+    let t0 = Instant::now();
+    let mut c = Catalog::new(t0, CatalogLimits::default());
+    for id in ["a", "b", "c"] {
+        c.apply(reg("web", id, Some(10)), t0).unwrap();
+    }
+    c.apply(reg("web", "d", None), t0).unwrap();
+    c.apply(
+        Command::SetMaintenance {
+            service: ServiceName::parse("web").unwrap(),
+            id: InstanceId::parse("b").unwrap(),
+            reason: Some("kernel upgrade".into()),
+        },
+        t0,
+    )
+    .unwrap();
+    let snap = c.snapshot();
+    let web = &snap.services.get("web").unwrap().instances;
+    let counts = HealthCounts::of(web.values().map(|i| &**i));
+    assert_eq!(
+        (counts.passing, counts.warning, counts.critical),
+        (3, 0, 1),
+        "maintenance counts as critical"
+    );
+    // The leases of a, b and c run out; d has none.
+    c.apply(Command::Tick, t0 + Duration::from_secs(10))
+        .unwrap();
+    let snap = c.snapshot();
+    let web = &snap.services.get("web").unwrap().instances;
+    let counts = HealthCounts::of(web.values().map(|i| &**i));
+    assert_eq!(counts.get(Health::Passing), 1);
+    assert_eq!(counts.get(Health::Critical), 3);
+    assert_eq!(counts.get(Health::Warning), 0);
+}

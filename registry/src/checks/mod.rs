@@ -353,25 +353,36 @@ pub const HTTP_CHECK_FORBIDDEN_HEADERS: [&str; 17] = [
     "x-aws-ec2-metadata-token-ttl-seconds",
 ];
 
+/// What an HTTP check may not do on a writer's behalf.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForbiddenInCheck {
+    /// A method outside [`HTTP_CHECK_METHODS`].
+    #[error(
+        "method {0:?} is not allowed in a check; use one of {methods}",
+        methods = HTTP_CHECK_METHODS.join(", ")
+    )]
+    Method(String),
+    /// A header of [`HTTP_CHECK_FORBIDDEN_HEADERS`].
+    #[error("header {0:?} may not be set by a check")]
+    Header(String),
+}
+
 /// Whether an HTTP check may use `method` (upper-case).
-pub fn check_http_method(method: &str) -> Result<(), String> {
+pub fn check_http_method(method: &str) -> Result<(), ForbiddenInCheck> {
     if HTTP_CHECK_METHODS.contains(&method) {
         Ok(())
     } else {
-        Err(format!(
-            "method {method:?} is not allowed in a check; use one of {}",
-            HTTP_CHECK_METHODS.join(", ")
-        ))
+        Err(ForbiddenInCheck::Method(method.to_owned()))
     }
 }
 
 /// Whether an HTTP check may set header `name`.
-pub fn check_http_header(name: &str) -> Result<(), String> {
+pub fn check_http_header(name: &str) -> Result<(), ForbiddenInCheck> {
     if HTTP_CHECK_FORBIDDEN_HEADERS
         .iter()
         .any(|h| h.eq_ignore_ascii_case(name))
     {
-        Err(format!("header {name:?} may not be set by a check"))
+        Err(ForbiddenInCheck::Header(name.to_owned()))
     } else {
         Ok(())
     }
@@ -405,7 +416,7 @@ fn parse_http(
         ));
     }
     if limits.http_check_rules {
-        check_http_method(&method).map_err(|e| FieldError::new("method", e))?;
+        check_http_method(&method).map_err(|e| FieldError::new("method", e.to_string()))?;
     }
     if headers.len() > 32 {
         return Err(FieldError::new("headers", "at most 32 headers are allowed"));
@@ -418,7 +429,8 @@ fn parse_http(
             ));
         }
         if limits.http_check_rules {
-            check_http_header(k).map_err(|e| FieldError::new(format!("headers.{k}"), e))?;
+            check_http_header(k)
+                .map_err(|e| FieldError::new(format!("headers.{k}"), e.to_string()))?;
         }
     }
     Ok(Target::Http {

@@ -30,7 +30,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::checks::{CheckSpec, Target, check_http_header, check_http_method};
+use crate::checks::{CheckSpec, ForbiddenInCheck, Target, check_http_header, check_http_method};
 
 /// Bytes of an HTTP response body kept in the check output (with
 /// [`ProbePolicy::output_body`]).
@@ -107,45 +107,130 @@ impl ProbePolicy {
 
     /// Resolves `host` and keeps the addresses probes may connect to; an error
     /// when there is none.
-    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if self.denies_host(host) {
-            return Err(format!("{host} is denied by the registry's check policy"));
+            return Err(ResolveError::Denied(host.to_owned()));
         }
         let found: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => tokio::net::lookup_host((host, port))
                 .await
-                .map_err(|e| format!("resolve {host}: {e}"))?
+                .map_err(|source| ResolveError::Lookup {
+                    host: host.to_owned(),
+                    source,
+                })?
                 .collect(),
         };
         let (allowed, denied): (Vec<SocketAddr>, Vec<SocketAddr>) =
             found.into_iter().partition(|a| !self.denies(a.ip()));
         match (allowed.is_empty(), denied.first()) {
             (false, _) => Ok(allowed),
-            (true, Some(d)) if d.ip().to_string() == host => Err(format!(
-                "{} is denied by the registry's check policy",
-                d.ip()
-            )),
-            (true, Some(d)) => Err(format!(
-                "{host} resolves to {}, which is denied by the registry's check policy",
-                d.ip()
-            )),
-            (true, None) => Err(format!("resolve {host}: no address")),
+            (true, Some(d)) if d.ip().to_string() == host => {
+                Err(ResolveError::Denied(d.ip().to_string()))
+            }
+            (true, Some(d)) => Err(ResolveError::ResolvesToDenied {
+                host: host.to_owned(),
+                ip: d.ip(),
+            }),
+            (true, None) => Err(ResolveError::NoAddress(host.to_owned())),
         }
     }
 
     /// Connects to the first allowed address of `host:port` that answers.
-    async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, String> {
-        let mut last = String::from("no address");
+    async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, ConnectError> {
+        let mut last = None;
         for addr in self.resolve(host, port).await? {
             match TcpStream::connect(addr).await {
                 Ok(tcp) => return Ok(tcp),
-                Err(e) => last = e.to_string(),
+                Err(e) => last = Some(e),
             }
         }
-        Err(last)
+        // `resolve` returns at least one address.
+        Err(last.map_or_else(
+            || ResolveError::NoAddress(host.to_owned()).into(),
+            ConnectError::Io,
+        ))
     }
+}
+
+/// Why a probe's destination has no address it may connect to.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The host name, or the address given, is denied by the [`ProbePolicy`].
+    #[error("{0} is denied by the registry's check policy")]
+    Denied(String),
+    /// The name resolves to denied addresses only (the first one named).
+    #[error("{host} resolves to {ip}, which is denied by the registry's check policy")]
+    ResolvesToDenied {
+        /// The name.
+        host: String,
+        /// A denied address it resolves to.
+        ip: IpAddr,
+    },
+    /// The name does not resolve.
+    #[error("resolve {host}: {source}")]
+    Lookup {
+        /// The name.
+        host: String,
+        /// What the resolver said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The name resolves to no address at all.
+    #[error("resolve {0}: no address")]
+    NoAddress(String),
+}
+
+/// Why a probe's connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// No address to connect to.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// Every address refused (the last one's error).
+    #[error(transparent)]
+    Io(std::io::Error),
+}
+
+/// Why an HTTP or TCP probe failed before it had a status to report; its
+/// text is the check's output, after the method and URL (or the address).
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    /// The check's `host:port` does not split.
+    #[error("expected host:port: {0:?}")]
+    HostPort(String),
+    /// A method or header registration refuses, in a definition stored by an
+    /// older version.
+    #[error(transparent)]
+    Forbidden(#[from] ForbiddenInCheck),
+    /// The URL does not parse.
+    #[error("invalid URL: {0}")]
+    Url(#[source] axum::http::uri::InvalidUri),
+    /// The URL names no host.
+    #[error("the URL has no host")]
+    NoHost,
+    /// No connection (for HTTP; a TCP probe reports the [`ConnectError`] alone).
+    #[error("connect: {0}")]
+    Connect(#[source] ConnectError),
+    /// The request cannot be built from the definition.
+    #[error("invalid request: {0}")]
+    Request(#[source] axum::http::Error),
+    /// The host is not a valid TLS server name.
+    #[error("invalid TLS server name: {0}")]
+    ServerName(#[source] rustls::pki_types::InvalidDnsNameError),
+    /// The TLS handshake failed.
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] std::io::Error),
+    /// The HTTP/1.1 handshake failed.
+    #[error("HTTP handshake: {0}")]
+    HttpHandshake(#[source] hyper::Error),
+    /// Sending the request or reading the response head failed.
+    #[error("request: {0}")]
+    Send(#[source] hyper::Error),
+    /// The connection failed before the response arrived.
+    #[error("connection: {0}")]
+    Connection(#[source] hyper::Error),
 }
 
 fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
@@ -167,13 +252,10 @@ fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
 }
 
 /// Splits `host:port` or `[v6]:port` (validated at registration).
-fn host_port(addr: &str) -> Result<(&str, u16), String> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| format!("expected host:port: {addr:?}"))?;
-    let port = port
-        .parse()
-        .map_err(|_| format!("expected host:port: {addr:?}"))?;
+fn host_port(addr: &str) -> Result<(&str, u16), ProbeError> {
+    let bad = || ProbeError::HostPort(addr.to_owned());
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse().map_err(|_| bad())?;
     Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
@@ -277,16 +359,18 @@ impl Prober for NetProber {
             Target::Tcp { addr } => {
                 let policy = self.policy.clone();
                 Box::pin(async move {
-                    let connected = match host_port(&addr) {
-                        Ok((host, port)) => policy.connect(host, port).await,
-                        Err(e) => Err(e),
+                    let failed = |e: &dyn std::fmt::Display| {
+                        ProbeResult::critical(format!("TCP connect {addr}: {e}"))
                     };
-                    match connected {
-                        Ok(_) => ProbeResult {
-                            status: Health::Passing,
-                            output: format!("TCP connect {addr}: success"),
+                    match host_port(&addr) {
+                        Err(e) => failed(&e),
+                        Ok((host, port)) => match policy.connect(host, port).await {
+                            Ok(_) => ProbeResult {
+                                status: Health::Passing,
+                                output: format!("TCP connect {addr}: success"),
+                            },
+                            Err(e) => failed(&e),
                         },
-                        Err(e) => ProbeResult::critical(format!("TCP connect {addr}: {e}")),
                     }
                 })
             }
@@ -319,22 +403,22 @@ async fn http(
     headers: &[(String, String)],
     tls: Arc<ClientConfig>,
     policy: &ProbePolicy,
-) -> Result<ProbeResult, String> {
+) -> Result<ProbeResult, ProbeError> {
     // Registration refuses these; a definition stored by an older version
     // may still hold one, and is not sent.
     check_http_method(method)?;
     for (k, _) in headers {
         check_http_header(k)?;
     }
-    let uri: Uri = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
+    let uri: Uri = url.parse().map_err(ProbeError::Url)?;
     let https = uri.scheme_str() == Some("https");
-    let host = uri.host().ok_or("the URL has no host")?;
+    let host = uri.host().ok_or(ProbeError::NoHost)?;
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let bare_host = host.trim_start_matches('[').trim_end_matches(']');
     let tcp = policy
         .connect(bare_host, port)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(ProbeError::Connect)?;
     let _ = tcp.set_nodelay(true);
     let authority = uri.authority().map_or(host, |a| a.as_str()).to_owned();
     let mut req = Request::builder()
@@ -349,14 +433,13 @@ async fn http(
     }
     let req = req
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("invalid request: {e}"))?;
+        .map_err(ProbeError::Request)?;
     let (status, body) = if https {
-        let name = ServerName::try_from(bare_host.to_owned())
-            .map_err(|e| format!("invalid TLS server name: {e}"))?;
+        let name = ServerName::try_from(bare_host.to_owned()).map_err(ProbeError::ServerName)?;
         let stream = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("TLS handshake: {e}"))?;
+            .map_err(ProbeError::Tls)?;
         exchange(stream, req).await?
     } else {
         exchange(tcp, req).await?
@@ -376,18 +459,18 @@ async fn http(
 /// Sends `req` on a new HTTP/1.1 connection over `io` and reads the status and
 /// the start of the body. The connection is driven inside this future, so it
 /// closes when the future is dropped.
-async fn exchange<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<(StatusCode, String), String>
+async fn exchange<IO>(
+    io: IO,
+    req: Request<Empty<Bytes>>,
+) -> Result<(StatusCode, String), ProbeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
+        .map_err(ProbeError::HttpHandshake)?;
     let work = async move {
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
+        let resp = sender.send_request(req).await.map_err(ProbeError::Send)?;
         let status = resp.status();
         let mut body = resp.into_body();
         let mut preview = Vec::new();
@@ -403,13 +486,13 @@ where
             }
         }
         preview.truncate(BODY_PREVIEW);
-        Ok::<_, String>((status, String::from_utf8_lossy(&preview).into_owned()))
+        Ok::<_, ProbeError>((status, String::from_utf8_lossy(&preview).into_owned()))
     };
     tokio::pin!(conn, work);
     tokio::select! {
         r = &mut work => r,
         c = &mut conn => match c {
-            Err(e) => Err(format!("connection: {e}")),
+            Err(e) => Err(ProbeError::Connection(e)),
             // Closed after the whole response arrived: it is still readable.
             Ok(()) => work.await,
         },
@@ -435,13 +518,14 @@ async fn grpc(
         Err(e) => return ProbeResult::critical(format!("gRPC {shown}: invalid address: {e}")),
     };
     // Resolved and checked here; the channel connects to exactly that address.
-    let allowed = match host_port(addr) {
-        Ok((host, port)) => policy.resolve(host, port).await,
-        Err(e) => Err(e),
-    };
-    let target = match allowed {
-        Ok(addrs) => addrs[0],
-        Err(e) => return ProbeResult::critical(format!("gRPC {shown}: connect: {e}")),
+    let refused =
+        |e: &dyn std::fmt::Display| ProbeResult::critical(format!("gRPC {shown}: connect: {e}"));
+    let target = match host_port(addr) {
+        Err(e) => return refused(&e),
+        Ok((host, port)) => match policy.resolve(host, port).await {
+            Ok(addrs) => addrs[0],
+            Err(e) => return refused(&e),
+        },
     };
     let connector = tower::service_fn(move |_: Uri| async move {
         TcpStream::connect(target).await.map(TokioIo::new)
@@ -559,15 +643,114 @@ mod tests {
     async fn resolution_is_checked() {
         let mut p = ProbePolicy::default();
         let err = p.resolve("169.254.169.254", 80).await.unwrap_err();
-        assert!(err.contains("denied"), "{err}");
+        assert!(matches!(&err, ResolveError::Denied(a) if a == "169.254.169.254"));
+        assert_eq!(
+            err.to_string(),
+            "169.254.169.254 is denied by the registry's check policy"
+        );
         let err = p.resolve("metadata.google.internal", 80).await.unwrap_err();
-        assert!(err.contains("denied"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "metadata.google.internal is denied by the registry's check policy"
+        );
         assert!(p.resolve("localhost", 80).await.is_ok());
         p.deny_loopback();
         let err = p.resolve("localhost", 80).await.unwrap_err();
-        assert!(err.contains("resolves to"), "{err}");
+        assert!(
+            matches!(err, ResolveError::ResolvesToDenied { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("localhost resolves to "),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with(", which is denied by the registry's check policy")
+        );
         let err = p.resolve("[::1]", 80).await.unwrap_err();
-        assert!(err.contains("denied"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "::1 is denied by the registry's check policy"
+        );
+    }
+
+    /// What a probe that cannot start says, in the check's output.
+    #[tokio::test]
+    async fn probe_failures_read_as_before() {
+        let spec = |target: Target| CheckSpec {
+            target,
+            ..CheckSpec::parse_all(
+                vec![roster_api::CheckDefinition {
+                    tcp: Some("127.0.0.1:1".into()),
+                    ..Default::default()
+                }],
+                &crate::model::Limits::default(),
+            )
+            .unwrap()
+            .remove(0)
+        };
+        let prober = NetProber::new();
+        let out = prober
+            .probe(&spec(Target::Tcp {
+                addr: "no-port".into(),
+            }))
+            .await;
+        assert_eq!(
+            out.output,
+            r#"TCP connect no-port: expected host:port: "no-port""#
+        );
+        let out = prober
+            .probe(&spec(Target::Tcp {
+                addr: "169.254.169.254:80".into(),
+            }))
+            .await;
+        assert_eq!(
+            out.output,
+            "TCP connect 169.254.169.254:80: 169.254.169.254 is denied by the registry's check policy"
+        );
+        let http = |url: &str, method: &str, headers: Vec<(String, String)>| Target::Http {
+            url: url.into(),
+            method: method.into(),
+            headers,
+            tls_skip_verify: false,
+        };
+        let out = prober
+            .probe(&spec(http("http://169.254.169.254/latest", "GET", vec![])))
+            .await;
+        assert_eq!(
+            out.output,
+            "GET http://169.254.169.254/latest: connect: 169.254.169.254 is denied by the registry's check policy"
+        );
+        let out = prober
+            .probe(&spec(http("http://10.0.0.1/", "DELETE", vec![])))
+            .await;
+        assert_eq!(
+            out.output,
+            r#"DELETE http://10.0.0.1/: method "DELETE" is not allowed in a check; use one of GET, HEAD, POST, PUT, OPTIONS"#
+        );
+        let out = prober
+            .probe(&spec(http(
+                "http://10.0.0.1/",
+                "GET",
+                vec![("Host".into(), "x".into())],
+            )))
+            .await;
+        assert_eq!(
+            out.output,
+            r#"GET http://10.0.0.1/: header "Host" may not be set by a check"#
+        );
+        let out = prober
+            .probe(&spec(Target::Grpc {
+                addr: "169.254.169.254:9000".into(),
+                service: String::new(),
+            }))
+            .await;
+        assert_eq!(
+            out.output,
+            "gRPC 169.254.169.254:9000: connect: 169.254.169.254 is denied by the registry's check policy"
+        );
+        assert!(out.status == Health::Critical);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub enum ClusterError {
     Task(#[from] tokio::task::JoinError),
     /// The peer TLS material could not be turned into a client.
     #[error("peer TLS: {0}")]
-    PeerTls(String),
+    PeerTls(#[source] crate::http::serve::TlsError),
     /// The HTTP client for peer traffic cannot be built.
     #[error("the peer HTTP client: {0}")]
     Client(#[source] reqwest::Error),

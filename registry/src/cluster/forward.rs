@@ -9,7 +9,7 @@ use openraft::BasicNode;
 use tokio::time::Instant;
 
 use super::network::Peers;
-use super::ops::ErrorWire;
+use super::ops::{ErrorWire, OutcomeWire};
 use crate::catalog::Outcome;
 use crate::registry::{Unavailable, WriteError};
 
@@ -100,7 +100,7 @@ impl Forward {
                 .await;
             let answer = match sent {
                 Ok(resp) => resp
-                    .json::<Result<Outcome, ErrorWire>>()
+                    .json::<Result<OutcomeWire, ErrorWire>>()
                     .await
                     .map_err(|source| {
                         maybe_applied = true;
@@ -113,7 +113,7 @@ impl Forward {
                 }
             };
             match answer {
-                Ok(Ok(out)) => return Ok(out),
+                Ok(Ok(out)) => return Ok(out.into()),
                 Ok(Err(ErrorWire::NotFound { .. })) if self.gone_is_done && maybe_applied => {
                     return earlier_attempt_done(peers, &url, deadline).await;
                 }
@@ -202,7 +202,7 @@ mod tests {
                         if n < lost {
                             tokio::time::sleep(Duration::from_secs(30)).await;
                         }
-                        Json(Err::<Outcome, _>(ErrorWire::NotFound {
+                        Json(Err::<OutcomeWire, _>(ErrorWire::NotFound {
                             service: "web".into(),
                             id: "a".into(),
                         }))

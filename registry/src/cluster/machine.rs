@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use super::TypeConfig;
 use super::log::{LogStore, SNAPSHOT};
-use super::ops::{Applied, Batch};
+use super::ops::{Applied, Batch, OutcomeWire};
 use crate::catalog::Snapshot as CatalogSnapshot;
 use crate::registry::Registry;
-use crate::store::StoredInstance;
+use crate::rows::InstanceRow;
 
 type Result<T> = std::result::Result<T, StorageError<u64>>;
 type Meta = SnapshotMeta<u64, openraft::BasicNode>;
@@ -32,13 +32,13 @@ fn sm_err(e: impl ToString) -> StorageError<u64> {
 
 /// A snapshot as it travels and is stored: the catalog's rows and indexes.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct SnapshotData {
+pub(crate) struct SnapshotData {
     /// Catalog index.
     pub index: u64,
     /// Index of the last change to the set of names.
     pub names_index: u64,
     /// Every instance.
-    pub instances: Vec<StoredInstance>,
+    pub instances: Vec<InstanceRow>,
     /// Every service's modify index.
     #[serde(default)]
     pub services: std::collections::BTreeMap<String, u64>,
@@ -49,7 +49,7 @@ impl SnapshotData {
         SnapshotData {
             index: snap.index,
             names_index: snap.names_index,
-            instances: StoredInstance::all_of(snap),
+            instances: InstanceRow::all_of(snap),
             services: snap
                 .services
                 .iter()
@@ -59,11 +59,12 @@ impl SnapshotData {
     }
 }
 
-/// A stored snapshot: its metadata and its bytes.
+/// A stored snapshot (the `snapshot` row of the log file): its metadata and
+/// its bytes, a [`SnapshotData`] in JSON.
 #[derive(Debug, Serialize, Deserialize)]
-struct Stored {
-    meta: Meta,
-    data: Vec<u8>,
+pub(crate) struct Stored {
+    pub(crate) meta: Meta,
+    pub(crate) data: Vec<u8>,
 }
 
 /// The state machine over a node's [`Registry`].
@@ -99,7 +100,7 @@ impl StateMachine {
         let instances = data
             .instances
             .into_iter()
-            .map(StoredInstance::into_instance)
+            .map(InstanceRow::into_instance)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(sm_err)?;
         self.registry.install(
@@ -171,9 +172,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     replies.push(
                         ops.into_iter()
                             .map(|op| match op.into_command() {
-                                Ok(cmd) => {
-                                    self.registry.apply_committed(cmd).map_err(|e| (&e).into())
-                                }
+                                Ok(cmd) => self
+                                    .registry
+                                    .apply_committed(cmd)
+                                    .map(OutcomeWire::from)
+                                    .map_err(|e| (&e).into()),
                                 Err(e) => Err(super::ops::ErrorWire::Invalid {
                                     message: e.to_string(),
                                 }),

@@ -14,7 +14,7 @@
 mod error;
 mod forward;
 mod log;
-mod machine;
+pub(crate) mod machine;
 mod network;
 pub mod ops;
 mod tls;
@@ -37,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 pub use error::ClusterError;
 pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
-pub use network::{Contacts, Cut, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
+pub use network::{Contacts, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
+#[cfg(feature = "fault-injection")]
+pub use network::{Cut, PARTITIONED};
 pub use roster_api::{RaftMember as Member, RaftStatus as Status};
 pub use tls::{PeerTls, is_peer};
 
@@ -602,7 +604,7 @@ impl Cluster {
                 match tokio::time::timeout(timeout, rx).await {
                     Ok(Ok(Ok(resp))) => {
                         for (reply, result) in replies.into_iter().zip(resp.data) {
-                            let _ = reply.send(result.map_err(WriteError::from));
+                            let _ = reply.send(result.map(Outcome::from).map_err(WriteError::from));
                         }
                     }
                     Ok(Ok(Err(e))) => {
@@ -844,17 +846,24 @@ async fn fetch_info_via(
     peers: &Peers,
     target: &str,
     addr: std::net::SocketAddr,
-) -> Result<NodeInfo, String> {
+) -> Result<NodeInfo, ClusterError> {
+    let peer = |source| ClusterError::Peer {
+        addr: addr.to_string(),
+        source,
+    };
     let resp = peers
         .request_via(reqwest::Method::GET, target, addr, "/v1/raft/node")?
         .timeout(Duration::from_secs(2))
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(peer)?;
     if !resp.status().is_success() {
-        return Err(format!("{addr}: {}", resp.status()));
+        return Err(ClusterError::PeerStatus {
+            addr: addr.to_string(),
+            status: resp.status(),
+        });
     }
-    resp.json().await.map_err(|e| e.to_string())
+    resp.json().await.map_err(peer)
 }
 
 /// Asks the node at `addr` who it is.

@@ -1,9 +1,8 @@
 //! Raft messages between nodes: JSON over HTTP on each node's API port, under
 //! `/v1/raft/`, with the cluster token.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -22,13 +21,22 @@ use serde::de::DeserializeOwned;
 use super::tls::PeerTls;
 use super::{ClusterError, TypeConfig};
 
-/// Header naming the sending node, so a partition can be simulated on both sides.
+/// Header naming the sending node (with the feature `fault-injection`, a
+/// simulated partition refuses messages by it).
 pub const NODE_HEADER: &str = "x-roster-node";
 /// Header carrying the cluster token.
 pub const TOKEN_HEADER: &str = "x-roster-cluster-token";
 
-/// Nodes this one pretends it cannot reach (tests of partitions).
-pub type Cut = Arc<RwLock<HashSet<u64>>>;
+/// Nodes this one pretends it cannot reach, both ways: a simulated partition
+/// for tests. Only with the cargo feature `fault-injection`, which release
+/// builds leave off.
+#[cfg(feature = "fault-injection")]
+pub type Cut = Arc<std::sync::RwLock<std::collections::HashSet<u64>>>;
+
+/// What a node answers, and what its sender sees, across a simulated
+/// partition.
+#[cfg(feature = "fault-injection")]
+pub const PARTITIONED: &str = "partitioned (test)";
 
 /// When each peer last answered an append (or snapshot chunk) with success:
 /// the leader's evidence that it reaches the peer. openraft's metrics say how
@@ -74,7 +82,8 @@ pub struct Peers {
     pub token: String,
     /// Last successful reply of each peer.
     pub contacts: Contacts,
-    /// Simulated partition.
+    /// Simulated partition: the nodes this one neither calls nor answers.
+    #[cfg(feature = "fault-injection")]
     pub cut: Cut,
 }
 
@@ -88,7 +97,7 @@ impl Peers {
         timeout: Duration,
         tls: Option<PeerTls>,
     ) -> Result<Self, ClusterError> {
-        let http = Self::client(timeout, tls.as_ref()).map_err(ClusterError::PeerTls)?;
+        let http = Self::client(timeout, tls.as_ref())?;
         Ok(Peers {
             http: Arc::new(ArcSwap::from_pointee(http)),
             tls,
@@ -96,24 +105,28 @@ impl Peers {
             me,
             token,
             contacts: Contacts::default(),
+            #[cfg(feature = "fault-injection")]
             cut: Cut::default(),
         })
     }
 
-    fn client(timeout: Duration, tls: Option<&PeerTls>) -> Result<reqwest::Client, String> {
+    fn client(timeout: Duration, tls: Option<&PeerTls>) -> Result<reqwest::Client, ClusterError> {
         Self::builder(timeout, tls)?
             .build()
-            .map_err(|e| e.to_string())
+            .map_err(ClusterError::Client)
     }
 
-    fn builder(timeout: Duration, tls: Option<&PeerTls>) -> Result<reqwest::ClientBuilder, String> {
+    fn builder(
+        timeout: Duration,
+        tls: Option<&PeerTls>,
+    ) -> Result<reqwest::ClientBuilder, ClusterError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(30));
         if let Some(tls) = tls {
             builder = builder
-                .tls_backend_preconfigured(tls.client_config()?)
+                .tls_backend_preconfigured(tls.client_config().map_err(ClusterError::PeerTls)?)
                 .https_only(true);
         }
         Ok(builder)
@@ -130,14 +143,14 @@ impl Peers {
         target: &str,
         addr: SocketAddr,
         path: &str,
-    ) -> Result<reqwest::RequestBuilder, String> {
+    ) -> Result<reqwest::RequestBuilder, ClusterError> {
         let name = host_of(target).filter(|h| h.parse::<IpAddr>().is_err());
         match (&self.tls, name) {
             (Some(tls), Some(name)) => {
                 let http = Self::builder(self.timeout, Some(tls))?
                     .resolve(name, addr)
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ClusterError::Client)?;
                 Ok(http
                     .request(method, format!("https://{name}:{}{path}", addr.port()))
                     .header(NODE_HEADER, self.me.to_string())
@@ -179,7 +192,8 @@ impl Peers {
         }
     }
 
-    /// Whether traffic to or from `node` is cut.
+    /// Whether traffic to or from `node` is cut (a simulated partition).
+    #[cfg(feature = "fault-injection")]
     pub fn is_cut(&self, node: u64) -> bool {
         self.cut.read().map(|c| c.contains(&node)).unwrap_or(false)
     }
@@ -243,9 +257,10 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        #[cfg(feature = "fault-injection")]
         if self.peers.is_cut(self.target) {
             return Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(
-                "partitioned (test)",
+                PARTITIONED,
             ))));
         }
         let resp = self

@@ -1,14 +1,14 @@
 //! What travels in the log and between nodes: catalog commands in a wire form,
-//! and their results.
+//! and their results. Made of the registry's own row types
+//! ([`crate::rows`]), never of the HTTP API's, and pinned by the golden files
+//! (`golden.rs`): a node of another version must read them.
 
-use roster_api::Health;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CatalogError, CheckSource, Command, Instance, Outcome};
 use crate::model::{FieldError, InstanceId, InstanceSpec, Limits, ServiceName};
 use crate::registry::{Unavailable, WriteError};
-use crate::store::StoredInstance;
-use roster_api::RegisterRequest;
+use crate::rows::{HealthRow, InstanceRow};
 
 /// One log entry's payload: the writes the leader's proposer took together.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -27,7 +27,7 @@ pub enum Op {
     /// [`Command::Register`]; only the registration fields of the row count.
     Register {
         /// The registration.
-        instance: StoredInstance,
+        instance: InstanceRow,
     },
     /// [`Command::Deregister`].
     Deregister { service: String, id: String },
@@ -46,7 +46,7 @@ pub enum Op {
         id: String,
         check: String,
         /// New status.
-        status: Health,
+        status: HealthRow,
         output: String,
         /// Reported by the instance (TTL check) rather than probed.
         report: bool,
@@ -72,7 +72,7 @@ pub enum Op {
         /// Its names index.
         names_index: u64,
         /// Its instances.
-        instances: Vec<StoredInstance>,
+        instances: Vec<InstanceRow>,
         /// Grace every lease gets, in milliseconds.
         grace_ms: u64,
     },
@@ -102,22 +102,10 @@ fn names(service: &str, id: &str) -> Result<(ServiceName, InstanceId), OpError> 
 /// Validates a registration as it travels between nodes with the rules and
 /// limits of the HTTP API: a forwarded write gets no more trust than the
 /// request it came from.
-fn validate_row(row: &StoredInstance, limits: &Limits) -> Result<(), FieldError> {
+fn validate_row(row: &InstanceRow, limits: &Limits) -> Result<(), FieldError> {
     ServiceName::parse(&row.service)?;
     InstanceId::parse(&row.id)?;
-    let req = RegisterRequest {
-        address: Some(row.address.clone()),
-        port: row.port,
-        tags: row.tags.clone(),
-        meta: row.meta.clone(),
-        weights: row.weights,
-        ttl: row.ttl_ms.map(std::time::Duration::from_millis),
-        deregister_critical_after: Some(std::time::Duration::from_millis(
-            row.deregister_critical_after_ms,
-        )),
-        checks: row.checks.iter().map(|c| c.definition.clone()).collect(),
-    };
-    InstanceSpec::from_request(req, None, limits).map(|_| ())
+    InstanceSpec::from_request(row.to_request(), None, limits).map(|_| ())
 }
 
 impl Op {
@@ -167,7 +155,7 @@ impl Op {
                     modify_index: 0,
                 };
                 Op::Register {
-                    instance: StoredInstance::from_instance(&inst),
+                    instance: InstanceRow::from_instance(&inst),
                 }
             }
             Command::Deregister { service, id } => Op::Deregister {
@@ -198,7 +186,7 @@ impl Op {
                 service: s(service),
                 id: i(id),
                 check: check.clone(),
-                status: *status,
+                status: (*status).into(),
                 output: output.clone(),
                 report: *source == CheckSource::Report,
             },
@@ -242,10 +230,7 @@ impl Op {
             } => Op::Restore {
                 index: *index,
                 names_index: *names_index,
-                instances: instances
-                    .iter()
-                    .map(StoredInstance::from_instance)
-                    .collect(),
+                instances: instances.iter().map(InstanceRow::from_instance).collect(),
                 grace_ms: grace.as_millis() as u64,
             },
             // Local only: the lease clock, and loading a node's own state.
@@ -299,7 +284,7 @@ impl Op {
                     service,
                     id,
                     check,
-                    status,
+                    status: status.into(),
                     output,
                     source: if report {
                         CheckSource::Report
@@ -344,7 +329,7 @@ impl Op {
                 names_index,
                 instances: instances
                     .into_iter()
-                    .map(StoredInstance::into_instance)
+                    .map(InstanceRow::into_instance)
                     .collect::<Result<_, _>>()?,
                 grace: std::time::Duration::from_millis(grace_ms),
                 stamp: true,
@@ -368,7 +353,62 @@ impl Op {
 }
 
 /// The result of one op.
-pub type Applied = Result<Outcome, ErrorWire>;
+pub type Applied = Result<OutcomeWire, ErrorWire>;
+
+/// What a command did ([`Outcome`]), as it travels between nodes: the answer
+/// to a forwarded write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(expecting = "struct Outcome")]
+pub struct OutcomeWire {
+    /// Global index after the command.
+    pub index: u64,
+    /// Whether anything changed.
+    pub changed: bool,
+    /// Leases expired.
+    pub expired: u32,
+    /// Instances removed for being critical too long.
+    pub reaped: u32,
+    /// Leases overdue but held by self-preservation.
+    pub held: u32,
+}
+
+impl From<Outcome> for OutcomeWire {
+    fn from(o: Outcome) -> Self {
+        let Outcome {
+            index,
+            changed,
+            expired,
+            reaped,
+            held,
+        } = o;
+        OutcomeWire {
+            index,
+            changed,
+            expired,
+            reaped,
+            held,
+        }
+    }
+}
+
+impl From<OutcomeWire> for Outcome {
+    fn from(o: OutcomeWire) -> Self {
+        let OutcomeWire {
+            index,
+            changed,
+            expired,
+            reaped,
+            held,
+        } = o;
+        Outcome {
+            index,
+            changed,
+            expired,
+            reaped,
+            held,
+        }
+    }
+}
 
 /// Why a write failed, as it travels between nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

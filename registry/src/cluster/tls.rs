@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rustls::RootCertStore;
 use rustls::server::danger::ClientCertVerifier;
 
-use crate::http::serve::{read_certs, read_key, read_roots};
+use crate::http::serve::{TlsError, read_certs, read_key, read_roots};
 
 /// Where a node's peer TLS material lives; read at start and again when it
 /// changes (like the API's certificate).
@@ -30,7 +30,7 @@ pub struct PeerTls {
 
 impl PeerTls {
     /// The peer CA as a root store.
-    pub fn roots(&self) -> Result<RootCertStore, String> {
+    pub fn roots(&self) -> Result<RootCertStore, TlsError> {
         let mut roots = RootCertStore::empty();
         read_roots(&self.ca, &mut roots)?;
         Ok(roots)
@@ -38,32 +38,39 @@ impl PeerTls {
 
     /// The TLS configuration of outgoing peer calls: this node's certificate as
     /// client identity, the peer CA alone as roots.
-    pub fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs = read_certs(&self.cert)?;
         let key = read_key(&self.key)?;
         rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(TlsError::Protocols)?
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(certs, key)
-            .map_err(|e| format!("{} and {}: {e}", self.cert.display(), self.key.display()))
+            .map_err(|source| TlsError::KeyPair {
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+                source,
+            })
     }
 
     /// Checks a certificate a client presented against the peer CA alone
     /// (the handshake accepts the API's client CA too).
-    pub fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    pub fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(self.roots()?),
             provider,
         )
         .build()
-        .map_err(|e| format!("{}: {e}", self.ca.display()))
+        .map_err(|source| TlsError::Verifier {
+            path: self.ca.clone(),
+            source,
+        })
     }
 
     /// Loads every file once: whether the settings can be used.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), TlsError> {
         self.client_config()?;
         self.verifier()?;
         Ok(())

@@ -318,7 +318,7 @@ impl PeerTlsSettings {
         };
         let tls = PeerTls { cert, key, ca };
         if let Err(e) = tls.check() {
-            return invalid("peer_tls_cert", e);
+            return invalid("peer_tls_cert", e.to_string());
         }
         Ok(Some(tls))
     }

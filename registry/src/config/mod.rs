@@ -244,8 +244,19 @@ pub struct ServeArgs {
     pub service_panic_thresholds: Vec<(String, f64)>,
 }
 
+/// Why a network (`--dns-allow`, `check_deny`) does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// The part before the `/` is not an IP address.
+    #[error("not an IP address: {0:?}")]
+    Address(String),
+    /// The prefix length is not a number up to 32 (IPv4) or 128 (IPv6).
+    #[error("bad prefix length in {0:?}")]
+    PrefixLength(String),
+}
+
 /// Parses `10.0.0.0/8`, `fd00::/8` or a bare address (a single host).
-pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), CidrError> {
     let (addr, len) = match s.split_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
@@ -253,7 +264,7 @@ pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
     let ip: std::net::IpAddr = addr
         .trim()
         .parse()
-        .map_err(|_| format!("not an IP address: {addr:?}"))?;
+        .map_err(|_| CidrError::Address(addr.to_owned()))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len = match len {
         None => max,
@@ -262,18 +273,29 @@ pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
             .parse::<u8>()
             .ok()
             .filter(|l| *l <= max)
-            .ok_or_else(|| format!("bad prefix length in {s:?}"))?,
+            .ok_or_else(|| CidrError::PrefixLength(s.to_owned()))?,
     };
     Ok((ip, len))
 }
 
-fn parse_service_ratio(s: &str) -> Result<(String, f64), String> {
+/// Why a `--service-panic-threshold` does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceRatioError {
+    /// No `=`.
+    #[error("expected SERVICE=RATIO, got {0:?}")]
+    Shape(String),
+    /// The ratio is not a number.
+    #[error("not a number: {0:?}")]
+    Ratio(String),
+}
+
+fn parse_service_ratio(s: &str) -> Result<(String, f64), ServiceRatioError> {
     let (name, ratio) = s
         .split_once('=')
-        .ok_or_else(|| format!("expected SERVICE=RATIO, got {s:?}"))?;
+        .ok_or_else(|| ServiceRatioError::Shape(s.to_owned()))?;
     let ratio = ratio
         .parse()
-        .map_err(|_| format!("not a number: {ratio:?}"))?;
+        .map_err(|_| ServiceRatioError::Ratio(ratio.to_owned()))?;
     Ok((name.to_ascii_lowercase(), ratio))
 }
 
@@ -522,9 +544,9 @@ impl Config {
                 .iter()
                 .map(|s| parse_cidr(s))
                 .collect::<Result<_, _>>()
-                .map_err(|message| ConfigError::Invalid {
+                .map_err(|e| ConfigError::Invalid {
                     setting: "dns_allow",
-                    message,
+                    message: e.to_string(),
                 })?
         } else {
             args.dns_allow.clone()
@@ -624,11 +646,10 @@ impl Config {
                     .map_err(|source| ConfigError::Read { path, source })?,
                 None => std::env::var("ROSTER_ACL_TOKENS").unwrap_or_default(),
             };
-            let tokens =
-                crate::acl::Tokens::parse(&text).map_err(|message| ConfigError::Invalid {
-                    setting: "acl_tokens",
-                    message,
-                })?;
+            let tokens = crate::acl::Tokens::parse(&text).map_err(|e| ConfigError::Invalid {
+                setting: "acl_tokens",
+                message: e.to_string(),
+            })?;
             if tokens.is_empty() {
                 return Err(ConfigError::Invalid {
                     setting: "acl_tokens",
@@ -774,9 +795,9 @@ impl Config {
             }
         }
         if let Some(tls) = &self.serve.tls {
-            tls.load().map_err(|message| ConfigError::Invalid {
+            tls.load().map_err(|e| ConfigError::Invalid {
                 setting: "tls_cert",
-                message,
+                message: e.to_string(),
             })?;
         }
         if self.checker.concurrency == 0 || self.checker.concurrency > 100_000 {

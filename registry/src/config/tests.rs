@@ -281,7 +281,14 @@ fn dns_allow_and_rate_limit() {
         ("10.0.0.0".parse().unwrap(), 8)
     );
     assert_eq!(parse_cidr("::1").unwrap(), ("::1".parse().unwrap(), 128));
-    assert!(parse_cidr("10.0.0.0/33").is_err() && parse_cidr("ten/8").is_err());
+    assert_eq!(
+        parse_cidr("10.0.0.0/33"),
+        Err(CidrError::PrefixLength("10.0.0.0/33".into()))
+    );
+    assert_eq!(
+        parse_cidr("ten/8").unwrap_err().to_string(),
+        r#"not an IP address: "ten""#
+    );
     let path = write("dns_allow = [\"10.0.0.0/8\", \"fd00::/8\"]\ndns_rate_limit = 50\n");
     let cfg = Config::load(&ServeArgs {
         config: Some(path.clone()),
@@ -580,4 +587,35 @@ fn bad_cluster_settings_name_the_setting() {
     );
     std::fs::remove_file(token).unwrap();
     std::fs::remove_file(short).unwrap();
+}
+
+/// The flags' own parsers say what is wrong, through clap.
+#[test]
+fn flag_values_that_do_not_parse_are_named() {
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+    for (flags, message) in [
+        (["--dns-allow", "ten/8"], r#"not an IP address: "ten""#),
+        (
+            ["--dns-allow", "::1/129"],
+            r#"bad prefix length in "::1/129""#,
+        ),
+        (
+            ["--service-panic-threshold", "web"],
+            r#"expected SERVICE=RATIO, got "web""#,
+        ),
+        (
+            ["--service-panic-threshold", "web=half"],
+            r#"not a number: "half""#,
+        ),
+    ] {
+        let err = <Cmd as clap::Parser>::try_parse_from(std::iter::once("serve").chain(flags))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(message), "{flags:?}: {err}");
+    }
 }

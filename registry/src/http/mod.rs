@@ -14,7 +14,7 @@ mod prometheus;
 mod raft;
 pub mod serve;
 mod services;
-mod snapshot;
+pub(crate) mod snapshot;
 mod ui;
 mod watch;
 
@@ -34,7 +34,6 @@ pub use extract::BODY_LIMIT;
 use gate::{Gate, Group};
 pub use ops::OPENAPI;
 pub use problem::ApiError;
-pub(crate) use services::health_slot;
 
 use crate::metrics::{Metrics, RequestLabels};
 use crate::model::{Limits, PanicPolicy};

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use super::gate::{Gate, Group};
 use super::{ApiError, AppState};
-use crate::cluster::ops::{ErrorWire, Op, OpError};
-use crate::cluster::{Cluster, ForwardedHeartbeat, NODE_HEADER, NodeInfo, TypeConfig};
+use crate::cluster::ops::{ErrorWire, Op, OpError, OutcomeWire};
+use crate::cluster::{Cluster, ForwardedHeartbeat, NodeInfo, TypeConfig};
 use crate::model::{InstanceId, ServiceName};
 use crate::registry::{Replication, Unavailable, WriteError};
 
@@ -60,6 +60,8 @@ fn cluster(state: &AppState) -> Result<Arc<Cluster>, ApiError> {
 #[derive(Debug)]
 enum Refused {
     NotClustered,
+    /// A simulated partition (feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
     Partitioned,
 }
 
@@ -69,8 +71,9 @@ impl IntoResponse for Refused {
             Refused::NotClustered => {
                 (StatusCode::NOT_FOUND, "this registry runs alone").into_response()
             }
+            #[cfg(feature = "fault-injection")]
             Refused::Partitioned => {
-                (StatusCode::SERVICE_UNAVAILABLE, "partitioned (test)").into_response()
+                (StatusCode::SERVICE_UNAVAILABLE, crate::cluster::PARTITIONED).into_response()
             }
         }
     }
@@ -79,18 +82,32 @@ impl IntoResponse for Refused {
 /// The cluster of a peer's message, with simulated partitions applied.
 fn peer(state: &AppState, headers: &HeaderMap) -> Result<Arc<Cluster>, Refused> {
     let c = state.cluster.clone().ok_or(Refused::NotClustered)?;
+    refuse_if_cut(&c, headers)?;
+    Ok(c)
+}
+
+/// Refuses a message from a node this one is cut off from by a simulated
+/// partition.
+#[cfg(feature = "fault-injection")]
+fn refuse_if_cut(c: &Cluster, headers: &HeaderMap) -> Result<(), Refused> {
     let from = headers
-        .get(NODE_HEADER)
+        .get(crate::cluster::NODE_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if from.is_some_and(|n| c.peers().is_cut(n)) {
         return Err(Refused::Partitioned);
     }
-    Ok(c)
+    Ok(())
+}
+
+/// Without the feature `fault-injection` there are no simulated partitions.
+#[cfg(not(feature = "fault-injection"))]
+fn refuse_if_cut(_: &Cluster, _: &HeaderMap) -> Result<(), Refused> {
+    Ok(())
 }
 
 /// A message from a peer node (its cluster token checked by the gate),
-/// partitions applied.
+/// simulated partitions applied.
 struct Peer(Arc<Cluster>);
 
 impl axum::extract::FromRequestParts<AppState> for Peer {
@@ -134,7 +151,8 @@ async fn node(Peer(c): Peer) -> Response {
 }
 
 fn reply(result: Result<crate::catalog::Outcome, WriteError>) -> Response {
-    let wire: Result<crate::catalog::Outcome, ErrorWire> = result.map_err(|e| (&e).into());
+    let wire: Result<OutcomeWire, ErrorWire> =
+        result.map(OutcomeWire::from).map_err(|e| (&e).into());
     Json(wire).into_response()
 }
 
@@ -145,7 +163,7 @@ async fn write(State(state): State<AppState>, Peer(c): Peer, Json(op): Json<Op>)
         return not_leader();
     }
     if let Err(e) = op.validate_forwarded(&state.limits) {
-        let refused: Result<crate::catalog::Outcome, ErrorWire> = Err(ErrorWire::Invalid {
+        let refused: Result<OutcomeWire, ErrorWire> = Err(ErrorWire::Invalid {
             message: format!("forwarded write refused: {e}"),
         });
         return (StatusCode::BAD_REQUEST, Json(refused)).into_response();

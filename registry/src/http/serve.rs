@@ -75,22 +75,78 @@ pub struct TlsFiles {
 /// Longest TLS handshake allowed.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why TLS material (the API's or the peers') cannot be used. Each names the
+/// file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file cannot be read or parsed.
+    #[error("{}: {source}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM reader said.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A certificate chain file holds no certificate.
+    #[error("{}: no certificate found", .0.display())]
+    NoCertificate(PathBuf),
+    /// A CA file holds no certificate.
+    #[error("{}: no CA certificate found", .0.display())]
+    NoCaCertificate(PathBuf),
+    /// A CA certificate is not one rustls can use as a root.
+    #[error("{}: {source}", path.display())]
+    Root {
+        /// The CA file.
+        path: PathBuf,
+        /// What rustls said.
+        #[source]
+        source: rustls::Error,
+    },
+    /// No client certificate verifier can be built from the CA file.
+    #[error("{}: {source}", path.display())]
+    Verifier {
+        /// The CA file.
+        path: PathBuf,
+        /// What rustls said.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// The certificate and the key do not go together (or do not suit TLS).
+    #[error("{} and {}: {source}", cert.display(), key.display())]
+    KeyPair {
+        /// The certificate chain file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls said.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The crypto provider supports none of the default protocol versions.
+    #[error(transparent)]
+    Protocols(rustls::Error),
+    /// Neither the API's TLS files nor peer TLS are configured.
+    #[error("no TLS files")]
+    NoFiles,
+}
+
 impl TlsFiles {
     /// Builds a server configuration from the files.
-    pub fn load(&self) -> Result<ServerConfig, String> {
+    pub fn load(&self) -> Result<ServerConfig, TlsError> {
         self.load_with(None)
     }
 
     /// Builds a server configuration from the files; with `peer_ca`, client
     /// certificates become optional at the handshake but must chain to the
     /// peer CA or the client CA when presented.
-    pub fn load_with(&self, peer_ca: Option<&std::path::Path>) -> Result<ServerConfig, String> {
+    pub fn load_with(&self, peer_ca: Option<&std::path::Path>) -> Result<ServerConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs = read_certs(&self.cert)?;
         let key = read_key(&self.key)?;
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
+            .map_err(TlsError::Protocols)?;
         let builder = match (&self.client_ca, peer_ca) {
             (client_ca, Some(peer_ca)) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -107,7 +163,10 @@ impl TlsFiles {
                 )
                 .allow_unauthenticated()
                 .build()
-                .map_err(|e| format!("{}: {e}", peer_ca.display()))?;
+                .map_err(|source| TlsError::Verifier {
+                    path: peer_ca.to_owned(),
+                    source,
+                })?;
                 builder.with_client_cert_verifier(verifier)
             }
             (None, None) => builder.with_no_client_auth(),
@@ -119,13 +178,21 @@ impl TlsFiles {
                     provider,
                 )
                 .build()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|source| TlsError::Verifier {
+                    path: path.clone(),
+                    source,
+                })?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        let mut config = builder
-            .with_single_cert(certs, key)
-            .map_err(|e| format!("{} and {}: {e}", self.cert.display(), self.key.display()))?;
+        let mut config =
+            builder
+                .with_single_cert(certs, key)
+                .map_err(|source| TlsError::KeyPair {
+                    cert: self.cert.clone(),
+                    key: self.key.clone(),
+                    source,
+                })?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)
     }
@@ -140,36 +207,45 @@ impl TlsFiles {
     }
 }
 
+fn pem_error(path: &std::path::Path) -> impl Fn(rustls::pki_types::pem::Error) -> TlsError {
+    move |source| TlsError::Pem {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// Reads a PEM certificate chain; fails when it holds no certificate.
-pub fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(pem_error(path))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate found", path.display()));
+        return Err(TlsError::NoCertificate(path.to_owned()));
     }
     Ok(certs)
 }
 
 /// Reads a PEM private key.
-pub fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(pem_error(path))
 }
 
 /// Adds the PEM CA certificates of `path` to `roots`; fails when it holds none.
-pub fn read_roots(path: &std::path::Path, roots: &mut rustls::RootCertStore) -> Result<(), String> {
+pub fn read_roots(
+    path: &std::path::Path,
+    roots: &mut rustls::RootCertStore,
+) -> Result<(), TlsError> {
     let mut found = false;
-    for cert in
-        CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?
-    {
-        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+    for cert in CertificateDer::pem_file_iter(path).map_err(pem_error(path))? {
+        let cert = cert.map_err(pem_error(path))?;
+        roots.add(cert).map_err(|source| TlsError::Root {
+            path: path.to_owned(),
+            source,
+        })?;
         found = true;
     }
     if !found {
-        return Err(format!("{}: no CA certificate found", path.display()));
+        return Err(TlsError::NoCaCertificate(path.to_owned()));
     }
     Ok(())
 }
@@ -212,7 +288,7 @@ impl std::fmt::Debug for TlsState {
 
 impl TlsState {
     /// Loads the files; fails when they cannot be used.
-    pub fn new(files: TlsFiles) -> Result<Arc<TlsState>, String> {
+    pub fn new(files: TlsFiles) -> Result<Arc<TlsState>, TlsError> {
         Self::with_peers(Some(files), None)
     }
 
@@ -222,7 +298,7 @@ impl TlsState {
     pub fn with_peers(
         api: Option<TlsFiles>,
         peer: Option<PeerTls>,
-    ) -> Result<Arc<TlsState>, String> {
+    ) -> Result<Arc<TlsState>, TlsError> {
         let files = match (api, &peer) {
             (Some(files), _) => files,
             (None, Some(p)) => TlsFiles {
@@ -230,7 +306,7 @@ impl TlsState {
                 key: p.key.clone(),
                 client_ca: None,
             },
-            (None, None) => return Err("no TLS files".into()),
+            (None, None) => return Err(TlsError::NoFiles),
         };
         let loaded = Self::load(&files, peer.as_ref())?;
         Ok(Arc::new(TlsState {
@@ -241,7 +317,7 @@ impl TlsState {
         }))
     }
 
-    fn load(files: &TlsFiles, peer: Option<&PeerTls>) -> Result<Loaded, String> {
+    fn load(files: &TlsFiles, peer: Option<&PeerTls>) -> Result<Loaded, TlsError> {
         let config = files.load_with(peer.map(|p| p.ca.as_path()))?;
         let peer = match peer {
             Some(p) => {

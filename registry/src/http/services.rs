@@ -15,7 +15,7 @@ use super::extract::parse_json;
 use super::extract::{JsonBody, PeerIp, QueryPairs};
 use super::watch::{Blocking, wait_for_list, wait_for_service};
 use super::{ApiError, AppState, with_index};
-use crate::catalog::{CheckSource, Command};
+use crate::catalog::{CheckSource, Command, HealthCounts};
 use crate::checks::{LEASE_CHECK, validate_check_id};
 use crate::model::{InstanceId, InstanceSpec, ServiceName, validate_reason};
 use axum::body::Bytes;
@@ -160,18 +160,18 @@ pub(super) async fn list_services(
         .services
         .iter()
         .map(|(name, svc)| {
-            let mut counts = [0usize; 3];
+            let mut counts = HealthCounts::default();
             let mut tags = BTreeSet::new();
             for inst in svc.instances.values() {
-                counts[health_slot(inst.health())] += 1;
+                counts.add(inst.health());
                 tags.extend(inst.spec.tags.iter().cloned());
             }
             ServiceSummary {
                 name: name.to_string(),
                 instances: svc.instances.len(),
-                passing: counts[0],
-                warning: counts[1],
-                critical: counts[2],
+                passing: counts.passing,
+                warning: counts.warning,
+                critical: counts.critical,
                 tags: tags.into_iter().collect(),
                 modify_index: svc.modify_index,
             }
@@ -342,16 +342,6 @@ fn json_bytes(body: Bytes) -> Response {
         HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-/// Where a health state is counted in a `[passing, warning, critical]` array,
-/// named here rather than taken from the order of the enum's variants.
-pub(crate) fn health_slot(health: Health) -> usize {
-    match health {
-        Health::Passing => 0,
-        Health::Warning => 1,
-        Health::Critical => 2,
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,5 @@
 //! `GET /v1/snapshot` and `PUT /v1/snapshot`: backups of the whole catalog.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -12,7 +10,7 @@ use super::extract::parse_json;
 use super::{ApiError, AppState, with_index};
 use crate::catalog::{Command, MAX_RESTORE_INDEX};
 use crate::model::{InstanceId, InstanceSpec, ServiceName};
-use crate::store::{FORMAT_VERSION, StoredInstance};
+use crate::rows::{FORMAT_VERSION, InstanceRow};
 
 /// Largest snapshot accepted by a restore.
 pub const SNAPSHOT_LIMIT: usize = 256 * 1024 * 1024;
@@ -31,7 +29,7 @@ pub struct SnapshotFile {
     #[serde(default)]
     pub names_index: u64,
     /// Every instance.
-    pub instances: Vec<StoredInstance>,
+    pub instances: Vec<InstanceRow>,
 }
 
 const FORMAT: &str = "roster-snapshot";
@@ -43,7 +41,7 @@ pub(super) async fn save(State(state): State<AppState>) -> Response {
         version: FORMAT_VERSION,
         index: snap.index,
         names_index: snap.names_index,
-        instances: StoredInstance::all_of(&snap),
+        instances: InstanceRow::all_of(&snap),
     };
     with_index(snap.index, Json(file))
 }
@@ -105,19 +103,7 @@ pub(super) async fn restore(
         }
         // The same rules as a registration, so a restore cannot smuggle in what
         // the API would refuse.
-        let request = roster_api::RegisterRequest {
-            address: Some(stored.address.clone()),
-            port: stored.port,
-            tags: stored.tags.clone(),
-            meta: stored.meta.clone(),
-            weights: stored.weights,
-            ttl: stored.ttl_ms.map(Duration::from_millis),
-            deregister_critical_after: Some(Duration::from_millis(
-                stored.deregister_critical_after_ms,
-            )),
-            checks: stored.checks.iter().map(|c| c.definition.clone()).collect(),
-        };
-        InstanceSpec::from_request(request, None, &state.limits).map_err(at)?;
+        InstanceSpec::from_request(stored.to_request(), None, &state.limits).map_err(at)?;
         let mut inst = stored
             .into_instance()
             .map_err(|e| ApiError::invalid(format!("instances[{n}].checks"), e.to_string()))?;

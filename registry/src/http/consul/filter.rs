@@ -39,9 +39,17 @@ enum Field {
     Node,
 }
 
+/// A clause of a `?filter=` that is outside the supported subset.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported filter expression: {clause:?}")]
+pub struct FilterError {
+    /// The clause, as written.
+    pub clause: String,
+}
+
 impl Filter {
-    /// Parses `expr`; the error says what was not understood.
-    pub fn parse(expr: &str) -> Result<Filter, String> {
+    /// Parses `expr`; the error says which clause was not understood.
+    pub fn parse(expr: &str) -> Result<Filter, FilterError> {
         let clauses = split_and(expr)
             .into_iter()
             .map(|c| parse_clause(c.trim()))
@@ -106,8 +114,10 @@ fn split_and(expr: &str) -> Vec<&str> {
     parts
 }
 
-fn parse_clause(clause: &str) -> Result<Clause, String> {
-    let unsupported = || format!("unsupported filter expression: {clause:?}");
+fn parse_clause(clause: &str) -> Result<Clause, FilterError> {
+    let unsupported = || FilterError {
+        clause: clause.to_owned(),
+    };
     // `"value" in Selector` / `"value" not in Selector`
     if let Some(rest) = clause.strip_prefix('"') {
         let (value, rest) = rest.split_once('"').ok_or_else(unsupported)?;
@@ -215,5 +225,11 @@ mod tests {
         ] {
             assert!(Filter::parse(bad).is_err(), "{bad}");
         }
+        let err = Filter::parse(r#"ServiceID == "a" and Service.Tags is empty"#).unwrap_err();
+        assert_eq!(err.clause, "Service.Tags is empty");
+        assert_eq!(
+            err.to_string(),
+            r#"unsupported filter expression: "Service.Tags is empty""#
+        );
     }
 }
