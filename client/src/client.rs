@@ -101,6 +101,10 @@ pub struct RosterClient {
 }
 
 /// Why one attempt of a call, on one registry address, failed.
+/// Times one call is sent again on the same address after its connection
+/// turned out to be closed ([`Error::is_stale_connection`]).
+const STALE_CONNECTION_RETRIES: usize = 3;
+
 enum Failed {
     /// This address cannot serve now (unreachable, timed out, no leader):
     /// another one may.
@@ -518,7 +522,21 @@ impl RosterClient {
         let mut last = None;
         for at in self.registries.attempt_order() {
             let base = self.registries.url(at);
-            let result = attempt(at, base).await;
+            let mut result = attempt(at, base).await;
+            // A request lost on a keep-alive connection the registry had
+            // closed (it restarted) is sent again on this address: every
+            // call is safe to repeat (see above), and a fresh connection
+            // most likely takes it. A few times, as the pool may hold more
+            // such connections.
+            for _ in 0..STALE_CONNECTION_RETRIES {
+                match &result {
+                    Err(Failed::Next(error)) if error.is_stale_connection() => {
+                        tracing::debug!(registry = base, %error, "connection closed under the request; sending it again");
+                        result = attempt(at, base).await;
+                    }
+                    _ => break,
+                }
+            }
             let answer = match result {
                 Ok(value) => Ok(value),
                 Err(Failed::Answer(error)) => Err(error),
@@ -747,6 +765,64 @@ fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry that answers every first request of a connection and
+    /// closes the connection, unanswered, on its second: what a pooled
+    /// keep-alive connection to a registry that restarted looks like.
+    async fn closes_kept_connections() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let answered = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = answered.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = 0;
+                    loop {
+                        // Requests here are small GETs: one read is one request.
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        seen += 1;
+                        if seen > 1 {
+                            return; // dropped with the request unanswered
+                        }
+                        let body = r#"{"index":7,"services":[]}"#;
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        conn.write_all(head.as_bytes()).await.unwrap();
+                        conn.write_all(body.as_bytes()).await.unwrap();
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        (url, answered)
+    }
+
+    #[tokio::test]
+    async fn a_call_lost_on_a_closed_keep_alive_connection_is_sent_again() {
+        let (url, answered) = closes_kept_connections().await;
+        let client = RosterClient::new(&url).unwrap();
+        for n in 1..=3 {
+            let list = client
+                .services()
+                .await
+                .unwrap_or_else(|e| panic!("call {n}: {e}"));
+            assert_eq!(list.index, 7);
+        }
+        // Each call after the first found its pooled connection closed under
+        // it and went through on a new one.
+        assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn refuses_ids_a_url_would_resolve_away() {

@@ -43,6 +43,40 @@ impl Error {
         }
     }
 
+    /// Whether the request died on a connection the registry had closed: a
+    /// pooled keep-alive connection to a registry that restarted (or closed
+    /// it while idle) fails the first request sent on it before the client
+    /// notices. On a fresh connection the same request most likely goes
+    /// through.
+    pub(crate) fn is_stale_connection(&self) -> bool {
+        let Error::Unavailable(Unavailable::Transport { source }) = self else {
+            return false;
+        };
+        if source.is_connect() || source.is_timeout() {
+            return false;
+        }
+        let mut cause = std::error::Error::source(source);
+        while let Some(e) = cause {
+            if let Some(h) = e.downcast_ref::<hyper::Error>()
+                && h.is_incomplete_message()
+            {
+                return true;
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionAborted
+                )
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+
     /// The problem document behind a rejected or not-found request.
     pub fn problem(&self) -> Option<&Problem> {
         match self {
