@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use clap::Parser;
+use roster_cli::{Cli, run_client};
 use roster_client::api::Health;
 use roster_client::{InstanceQuery, RosterClient};
-use roster_registry::cli::{Cli, run_client};
 use roster_tests::TestRegistry;
 
 /// Runs `roster --registry URL ARGS...` through the CLI code path, returning stdout.

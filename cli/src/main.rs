@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use roster_registry::cli::{Cli, Command, run_client};
+use roster_cli::{Cli, Command, run_client};
 use roster_registry::config::Config;
 use roster_registry::server::Server;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,7 @@ async fn serve(args: &roster_registry::config::ServeArgs) -> anyhow::Result<()> 
 async fn dns(
     registry: &str,
     token: Option<&str>,
-    args: &roster_registry::cli::DnsArgs,
+    args: &roster_cli::command::DnsArgs,
 ) -> anyhow::Result<()> {
     let client = client_command(registry, token, &args.log)?;
     let config = roster_dns::DnsConfig {
@@ -57,18 +57,18 @@ async fn dns(
     };
     let shutdown = cancel_on_signal();
     let front =
-        roster_registry::remote::RemoteDns::start(client, args.dns_addr, config, shutdown).await?;
+        roster_cli::remote::RemoteDns::start(client, args.dns_addr, config, shutdown).await?;
     front.wait().await.context("DNS front end failed")
 }
 
 async fn agent(
     registry: &str,
     token: Option<&str>,
-    args: &roster_registry::cli::AgentArgs,
+    args: &roster_cli::command::AgentArgs,
 ) -> anyhow::Result<()> {
     let client = client_command(registry, token, &args.log)?;
     let prober = std::sync::Arc::new(roster_registry::checks::probe::NetProber::new());
-    let agent = roster_registry::agent::Agent::new(client, prober);
+    let agent = roster_cli::agent::Agent::new(client, prober);
     let shutdown = cancel_on_signal();
     agent
         .run(&args.config, shutdown)
@@ -79,17 +79,17 @@ async fn agent(
 async fn sync_k8s(
     registry: &str,
     token: Option<&str>,
-    args: &roster_registry::cli::SyncK8sArgs,
+    args: &roster_cli::command::SyncK8sArgs,
 ) -> anyhow::Result<()> {
     let roster = client_command(registry, token, &args.log)?;
     // In-cluster (the pod's ServiceAccount) or KUBECONFIG / ~/.kube/config;
     // `default_client` installs rustls' crypto provider before it connects.
     // `{e}` already carries the cause: printed as a chain it would repeat.
-    let kube = roster_registry::k8s::default_client()
+    let kube = roster_cli::k8s::default_client()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = cancel_on_signal();
-    roster_registry::k8s::run(args.settings(), kube, roster, shutdown)
+    roster_cli::k8s::run(args.settings(), kube, roster, shutdown)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
