@@ -8,7 +8,7 @@ use std::io::Write;
 use roster_api::{self as api, MaintenanceRequest, RegisterRequest, Weights, duration};
 use roster_client::{InstanceQuery, RosterClient};
 
-use crate::command::{Cli, Command, OperatorCommand, RaftCommand, SnapshotCommand};
+use crate::command::{ClientCommand, GlobalArgs, OperatorCommand, RaftCommand, SnapshotCommand};
 
 /// Why a client subcommand failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,22 +19,22 @@ pub enum CliError {
     /// Output could not be written.
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
-    /// `serve`, `dns`, `agent` and `sync-k8s` are not client commands.
-    #[error("serve, dns, agent and sync-k8s are not client commands")]
-    NotAClientCommand,
 }
 
-/// Runs a client subcommand, writing its output to `out`.
-pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError> {
-    let mut client = RosterClient::new(&cli.registry)?;
-    if let Some(token) = &cli.token {
+/// Runs a client command against the registry `global` names, writing its
+/// output to `out`.
+pub async fn run_client(
+    global: &GlobalArgs,
+    command: &ClientCommand,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let mut client = RosterClient::new(&global.registry)?;
+    if let Some(token) = &global.token {
         client = client.with_token(token.clone());
     }
-    match &cli.command {
-        Command::Serve(_) | Command::Dns(_) | Command::Agent(_) | Command::SyncK8s(_) => {
-            return Err(CliError::NotAClientCommand);
-        }
-        Command::Register(args) => {
+    let json = global.json;
+    match command {
+        ClientCommand::Register(args) => {
             let req = RegisterRequest {
                 address: args.address.clone(),
                 port: args.port,
@@ -49,25 +49,25 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
                 checks: args.checks(),
             };
             let inst = client.register(&args.service, &args.id, &req).await?;
-            print_instances(out, cli.json, std::slice::from_ref(&inst), true)?;
+            print_instances(out, json, std::slice::from_ref(&inst), true)?;
         }
-        Command::Deregister { service, id } => {
+        ClientCommand::Deregister { service, id } => {
             client.deregister(service, id).await?;
-            if cli.json {
+            if json {
                 writeln!(out, "{}", serde_json::json!({ "deregistered": id }))?;
             } else {
                 writeln!(out, "deregistered {service}/{id}")?;
             }
         }
-        Command::Heartbeat { service, id } => {
+        ClientCommand::Heartbeat { service, id } => {
             client.heartbeat(service, id).await?;
-            if cli.json {
+            if json {
                 writeln!(out, "{}", serde_json::json!({ "renewed": id }))?;
             } else {
                 writeln!(out, "renewed {service}/{id}")?;
             }
         }
-        Command::Maintenance {
+        ClientCommand::Maintenance {
             service,
             id,
             off,
@@ -78,11 +78,11 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
                 reason: reason.clone(),
             };
             let inst = client.maintenance(service, id, &req).await?;
-            print_instances(out, cli.json, std::slice::from_ref(&inst), true)?;
+            print_instances(out, json, std::slice::from_ref(&inst), true)?;
         }
-        Command::Services => {
+        ClientCommand::Services => {
             let list = client.services().await?;
-            if cli.json {
+            if json {
                 serde_json::to_writer_pretty(&mut *out, &list).map_err(std::io::Error::other)?;
                 writeln!(out)?;
             } else {
@@ -114,7 +114,7 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
                 )?;
             }
         }
-        Command::Watch { services, count } => {
+        ClientCommand::Watch { services, count } => {
             let names: Vec<&str> = services.iter().map(String::as_str).collect();
             let mut stream = client.watch(&names, None).await?;
             let mut seen = 0;
@@ -125,7 +125,7 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
                     ));
                 };
                 seen += 1;
-                if cli.json {
+                if json {
                     serde_json::to_writer(&mut *out, &ev.event).map_err(std::io::Error::other)?;
                     writeln!(out)?;
                 } else {
@@ -144,10 +144,10 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
                 out.flush()?;
             }
         }
-        Command::Operator(OperatorCommand::Raft(cmd)) => match cmd {
+        ClientCommand::Operator(OperatorCommand::Raft(cmd)) => match cmd {
             RaftCommand::ListPeers => {
                 let status = client.raft_status().await?;
-                if cli.json {
+                if json {
                     writeln!(out, "{}", serde_json::json!(status))?;
                 } else {
                     peers_table(out, &status)?;
@@ -162,7 +162,7 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
                 writeln!(out, "removed node {id}")?;
             }
         },
-        Command::Snapshot(SnapshotCommand::Save { file }) => {
+        ClientCommand::Snapshot(SnapshotCommand::Save { file }) => {
             let bytes = client.snapshot_save().await?;
             // Write then rename, so a crash never leaves half a backup under the name.
             let tmp = file.with_extension("partial");
@@ -170,18 +170,18 @@ pub async fn run_client(cli: &Cli, out: &mut impl Write) -> Result<(), CliError>
             std::fs::rename(&tmp, file)?;
             writeln!(out, "saved {} bytes to {}", bytes.len(), file.display())?;
         }
-        Command::Snapshot(SnapshotCommand::Restore { file }) => {
+        ClientCommand::Snapshot(SnapshotCommand::Restore { file }) => {
             let bytes = std::fs::read(file)?;
             let index = client.snapshot_restore(bytes).await?;
             writeln!(out, "restored {} at index {index}", file.display())?;
         }
-        Command::Instances { service, all, tags } => {
+        ClientCommand::Instances { service, all, tags } => {
             let query = InstanceQuery {
                 all: *all,
                 tags: tags.clone(),
             };
             let list = client.instances(service, &query).await?;
-            if cli.json {
+            if json {
                 serde_json::to_writer_pretty(&mut *out, &list).map_err(std::io::Error::other)?;
                 writeln!(out)?;
             } else {

@@ -18,6 +18,18 @@ use roster_registry::config::ServeArgs;
     propagate_version = true
 )]
 pub struct Cli {
+    /// The flags every subcommand accepts.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The flags every subcommand accepts (`global`): where the registry is, how
+/// to authenticate to it, how to print.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
     /// Registry to talk to (client subcommands): a base URL, or several
     /// separated by commas (the nodes of a cluster; calls fail over between them).
     #[arg(
@@ -33,12 +45,10 @@ pub struct Cli {
     /// Print JSON instead of a table (client subcommands).
     #[arg(long, global = true)]
     pub json: bool,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
 }
 
-/// Subcommands.
+/// What `roster` runs: the server, a long-running process that follows a
+/// registry, or one client call.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the registry server.
@@ -55,6 +65,16 @@ pub enum Command {
     /// namespaces.
     #[command(name = "sync-k8s")]
     SyncK8s(SyncK8sArgs),
+    /// One call to a running registry (flattened: `roster register …`, not
+    /// `roster client register …`).
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The client commands: one call to the registry given by --registry, its
+/// answer printed (see [`crate::run_client`]).
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
     /// Register (or replace) an instance.
     Register(RegisterArgs),
     /// Remove an instance.
@@ -321,13 +341,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn client_commands_sit_beside_the_others() {
+        use clap::CommandFactory;
+        let names: Vec<_> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "serve",
+                "dns",
+                "agent",
+                "sync-k8s",
+                "register",
+                "deregister",
+                "heartbeat",
+                "maintenance",
+                "services",
+                "operator",
+                "snapshot",
+                "watch",
+                "instances",
+            ]
+        );
+        let parse = |argv: &[&str]| Cli::try_parse_from(argv).unwrap();
+        let cli = parse(&["roster", "--registry", "http://r:1", "services", "--json"]);
+        assert!(matches!(
+            cli.command,
+            Command::Client(ClientCommand::Services)
+        ));
+        assert_eq!(cli.global.registry, "http://r:1");
+        assert!(cli.global.json);
+        assert!(matches!(
+            parse(&["roster", "sync-k8s"]).command,
+            Command::SyncK8s(_)
+        ));
+        assert!(matches!(
+            parse(&["roster", "dns", "--token", "t"]).command,
+            Command::Dns(_)
+        ));
+    }
+
+    #[test]
     fn parses_register_flags() {
         let cli = Cli::try_parse_from([
             "roster", "register", "web", "web-1", "--port", "8080", "--tag", "v2", "--meta",
             "zone=a", "--ttl", "15s",
         ])
         .unwrap();
-        let Command::Register(args) = cli.command else {
+        let Command::Client(ClientCommand::Register(args)) = cli.command else {
             panic!("not register")
         };
         assert_eq!(args.ttl, Some(Duration::from_secs(15)));

@@ -18,4 +18,4 @@ pub mod k8s;
 pub mod remote;
 
 pub use client::{CliError, run_client};
-pub use command::{Cli, Command};
+pub use command::{Cli, ClientCommand, Command, GlobalArgs};
