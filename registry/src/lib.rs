@@ -6,7 +6,7 @@
 pub mod acl;
 pub mod catalog;
 pub mod checks;
-pub mod clock;
+pub(crate) mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dns_view;
@@ -19,6 +19,6 @@ pub mod model;
 pub mod registry;
 pub mod rows;
 pub mod server;
-pub mod store;
+pub(crate) mod store;
 pub mod watch;
-pub mod xds;
+pub(crate) mod xds;
