@@ -10,7 +10,7 @@ use crate::api::Instance;
 use crate::balance::InFlight;
 use crate::bulkhead::Permit;
 use crate::error::CallError;
-use crate::router::{Pool, Snapshot};
+use crate::router::{EndpointSet, Pool};
 
 /// How an attempt went, as far as the endpoint's health is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub struct Call {
     idempotent: bool,
     retries_allowed: bool,
     tried: Vec<Arc<str>>,
-    snapshot: Option<Arc<Snapshot>>,
+    snapshot: Option<Arc<EndpointSet>>,
     _permit: Permit,
 }
 
@@ -141,7 +141,7 @@ impl Call {
 /// failure.
 pub struct Attempt {
     pool: Arc<Pool>,
-    snapshot: Arc<Snapshot>,
+    snapshot: Arc<EndpointSet>,
     index: usize,
     id: Arc<str>,
     number: u32,

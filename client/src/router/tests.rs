@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Pool, Router, Snapshot};
+use super::{EndpointSet, Pool, Router};
 use crate::balance::{Endpoint, InFlight};
 use crate::call::Outcome;
 use crate::resilience::{OutlierConfig, ResilienceConfig};
@@ -42,8 +42,8 @@ fn pool(config: ResilienceConfig) -> Arc<Pool> {
     .unwrap()
 }
 
-fn snapshot(n: usize) -> Snapshot {
-    Snapshot {
+fn snapshot(n: usize) -> EndpointSet {
+    EndpointSet {
         instances: Arc::from(Vec::new()),
         endpoints: (0..n).map(|i| Endpoint::new(format!("e{i}"), 1)).collect(),
     }
