@@ -14,7 +14,7 @@ use crate::router::{EndpointSet, Pool};
 
 /// How an attempt went, as far as the endpoint's health is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum AttemptOutcome {
     /// The endpoint answered (any answer that is not a server failure: a 404
     /// is the endpoint working).
     Success,
@@ -109,13 +109,13 @@ impl Call {
     /// Reports how `attempt` went and says whether to retry: only after a
     /// failure, for an idempotent request (or one never sent), with retries
     /// left, another endpoint to go to, and room in the retry budget.
-    pub fn finish(&mut self, mut attempt: Attempt, outcome: Outcome) -> bool {
+    pub fn finish(&mut self, mut attempt: Attempt, outcome: AttemptOutcome) -> bool {
         let now = Instant::now();
         attempt.report(outcome);
         let retryable = match outcome {
-            Outcome::Success => false,
-            Outcome::Failed | Outcome::TimedOut => self.idempotent,
-            Outcome::NotSent => true,
+            AttemptOutcome::Success => false,
+            AttemptOutcome::Failed | AttemptOutcome::TimedOut => self.idempotent,
+            AttemptOutcome::NotSent => true,
         };
         let config = &self.pool.config.retry;
         if !retryable || !self.retries_allowed || self.attempts() > config.max_retries {
@@ -192,7 +192,7 @@ impl Attempt {
         self.probe
     }
 
-    fn report(&mut self, outcome: Outcome) {
+    fn report(&mut self, outcome: AttemptOutcome) {
         let Some(in_flight) = self.in_flight.take() else {
             return;
         };

@@ -105,7 +105,7 @@ mod router;
 mod tower_discover;
 mod watch;
 
-pub use call::{Attempt, Call, Outcome};
+pub use call::{Attempt, AttemptOutcome, Call};
 pub use client::{CatalogFilter, InstanceQuery, RosterClient, TlsOptions};
 pub use discovery::{DEFAULT_SETTLE, Discovery, Freshness, ServiceHandle, ServiceState};
 pub use error::{CallError, Error, Unavailable};

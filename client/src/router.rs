@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::api::Instance;
 use crate::balance::{Balancer, Endpoint, InFlight, RoundRobin};
 use crate::bulkhead::Bulkhead;
-use crate::call::{Call, Outcome};
+use crate::call::{AttemptOutcome, Call};
 use crate::error::CallError;
 use crate::resilience::{EjectionState, OutlierDetector, ResilienceConfig, RetryBudget};
 use crate::{Discovery, ServiceHandle};
@@ -35,7 +35,7 @@ type MakeBalancer = Arc<dyn Fn() -> Box<dyn Balancer> + Send + Sync>;
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use roster_client::balance::WeightedRoundRobin;
-/// use roster_client::{Discovery, Outcome, RosterClient, Router};
+/// use roster_client::{Discovery, AttemptOutcome, RosterClient, Router};
 ///
 /// let discovery = Discovery::new(RosterClient::new("http://127.0.0.1:8500")?);
 /// let router = Router::builder(discovery).balancer(WeightedRoundRobin::new).build();
@@ -44,7 +44,7 @@ type MakeBalancer = Arc<dyn Fn() -> Box<dyn Balancer> + Send + Sync>;
 /// loop {
 ///     let attempt = call.next_attempt().await?;
 ///     let ok = send_somehow(attempt.address(), attempt.port()).await;
-///     let outcome = if ok { Outcome::Success } else { Outcome::Failed };
+///     let outcome = if ok { AttemptOutcome::Success } else { AttemptOutcome::Failed };
 ///     if !call.finish(attempt, outcome) {
 ///         break;
 ///     }
@@ -642,18 +642,18 @@ impl Pool {
         &self,
         id: &str,
         in_flight: InFlight,
-        outcome: Outcome,
+        outcome: AttemptOutcome,
         started: Instant,
         probe: bool,
         pool_size: usize,
     ) {
         let now = Instant::now();
-        let success = outcome == Outcome::Success;
+        let success = outcome == AttemptOutcome::Success;
         match outcome {
-            Outcome::Success => in_flight.finish(now.saturating_duration_since(started)),
-            Outcome::Failed | Outcome::NotSent => in_flight.answered(),
+            AttemptOutcome::Success => in_flight.finish(now.saturating_duration_since(started)),
+            AttemptOutcome::Failed | AttemptOutcome::NotSent => in_flight.answered(),
             // No answer: the endpoint's silence goes on.
-            Outcome::TimedOut => drop(in_flight),
+            AttemptOutcome::TimedOut => drop(in_flight),
         }
         if let Some(d) = &self.outlier {
             if d.record(id, success, pool_size, now) {
