@@ -17,7 +17,7 @@ use crate::catalog::{
 use crate::lease::{LeaseTable, Renewal};
 use crate::metrics::{HeartbeatResult, Metrics};
 use crate::model::{InstanceId, ServiceName};
-use crate::store::{Batch, Loaded, Store, StoreError};
+use crate::store::{Loaded, Store, StoreError, WriteBatch};
 
 mod error;
 use crate::watch::{CatalogFilter, CatalogSubscription, Hub, SnapshotPieces, Subscription};
@@ -445,7 +445,7 @@ impl Registry {
                         .map(|id| (id.clone(), catalog.instance_by_id(id).cloned()))
                         .collect()
                 };
-                store.submit(Batch {
+                store.submit(WriteBatch {
                     index: snap.index,
                     names_index: snap.names_index,
                     replace_all,
