@@ -14,7 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use roster_api::{self as api, ServiceList};
 use roster_client::{InstanceQuery, RosterClient};
-use roster_dns::{DnsConfig, DnsHandler, DnsServer, Endpoint, ServiceRecords, ServiceView};
+use roster_dns::{DnsConfig, DnsHandler, DnsServer, InstanceRecord, ServiceRecords, ServiceView};
 use roster_registry::dns_view::health_weight;
 use roster_registry::model::dns_instance_label;
 use tokio_util::sync::CancellationToken;
@@ -209,7 +209,7 @@ fn records_of(service: &api::ServiceInstances, version: u64) -> ServiceRecords {
             .iter()
             .map(|i| {
                 let (healthy, weight) = health_weight(i.health, i.weights);
-                Endpoint {
+                InstanceRecord {
                     id: dns_instance_label(&i.id).into_owned(),
                     address: i.address.clone(),
                     port: i.port,
