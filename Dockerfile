@@ -22,7 +22,7 @@ COPY . .
 # builds; the binary is copied out of the cache so the next stage can take it.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p roster-registry --bin roster \
+    cargo build --release --locked -p roster-cli --bin roster \
  && install -D -m 0755 target/release/roster /out/usr/local/bin/roster \
  && install -d -m 0750 -o 65532 -g 65532 /out/var/lib/roster
 

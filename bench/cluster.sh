@@ -21,7 +21,7 @@ need() { # need COMMAND PACKAGE
 need wrk wrk; need curl curl; need bc bc; need taskset util-linux
 
 bin=${ROSTER_BIN:-${CARGO_TARGET_DIR:-target}/release/roster}
-[ -n "${ROSTER_BIN:-}" ] || cargo build --release -q -p roster-registry --bin roster
+[ -n "${ROSTER_BIN:-}" ] || cargo build --release -q -p roster-cli --bin roster
 helper="$PWD/tests/cluster_fault/helper.py"
 mkdir -p bench/out
 out=bench/out/cluster.txt

@@ -10,7 +10,7 @@ need() {
 
 # The binary under test: $ROSTER_BIN, or a fresh release build.
 bin=${ROSTER_BIN:-${CARGO_TARGET_DIR:-target}/release/roster}
-[ -n "${ROSTER_BIN:-}" ] || cargo build --release -q -p roster-registry
+[ -n "${ROSTER_BIN:-}" ] || cargo build --release -q -p roster-cli
 mkdir -p bench/out
 
 work=$(mktemp -d)

@@ -73,7 +73,7 @@ target=${CARGO_TARGET_DIR:-target}
 # same as the shipped release build's.
 export CARGO_PROFILE_RELEASE_STRIP=none
 if [ -z "${ROSTER_BIN:-}" ]; then
-  cargo build --release -q -p roster-registry --bin roster
+  cargo build --release -q -p roster-cli --bin roster
   ROSTER_BIN=$target/release/roster
 fi
 cargo build --release -q -p roster-bench --bins "${etcd_feature[@]}"

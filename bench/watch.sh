@@ -21,7 +21,7 @@ ulimit -n 20000
 target=${CARGO_TARGET_DIR:-target}
 roster=${ROSTER_BIN:-$target/release/roster}
 if [ -n "${ROSTER_BIN:-}" ]; then cargo build --release -q -p roster-bench --bin watch_latency
-else cargo build --release -q -p roster-registry -p roster-bench; fi
+else cargo build --release -q -p roster-cli -p roster-bench; fi
 mkdir -p bench/out
 # No DNS listener: it is not measured, and its port may be taken.
 serve_flags=()

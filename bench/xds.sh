@@ -19,7 +19,7 @@ ulimit -n 20000
 target=${CARGO_TARGET_DIR:-target}
 roster=${ROSTER_BIN:-$target/release/roster}
 if [ -n "${ROSTER_BIN:-}" ]; then cargo build --release -q -p roster-bench --bin xds_latency
-else cargo build --release -q -p roster-registry -p roster-bench --bin roster --bin xds_latency; fi
+else cargo build --release -q -p roster-cli -p roster-bench --bin roster --bin xds_latency; fi
 mkdir -p bench/out
 out=bench/out/xds.txt
 : > "$out"

@@ -17,7 +17,7 @@ if [ -z "${ROSTER_BIN:-}" ]; then
   exit 1
 fi
 if [ ! -f "$ROSTER_BIN" ] || [ ! -x "$ROSTER_BIN" ]; then
-  echo "$me: ROSTER_BIN=$ROSTER_BIN is not an executable file (run cargo build -p roster-registry)" >&2
+  echo "$me: ROSTER_BIN=$ROSTER_BIN is not an executable file (run cargo build -p roster-cli)" >&2
   exit 1
 fi
 case "$ROSTER_BIN" in /*) ;; *) ROSTER_BIN="$PWD/$ROSTER_BIN" ;; esac

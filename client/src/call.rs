@@ -10,11 +10,11 @@ use crate::api::Instance;
 use crate::balance::InFlight;
 use crate::bulkhead::Permit;
 use crate::error::CallError;
-use crate::router::{Pool, Snapshot};
+use crate::router::{EndpointSet, Pool};
 
 /// How an attempt went, as far as the endpoint's health is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum AttemptOutcome {
     /// The endpoint answered (any answer that is not a server failure: a 404
     /// is the endpoint working).
     Success,
@@ -40,7 +40,7 @@ pub struct Call {
     idempotent: bool,
     retries_allowed: bool,
     tried: Vec<Arc<str>>,
-    snapshot: Option<Arc<Snapshot>>,
+    snapshot: Option<Arc<EndpointSet>>,
     _permit: Permit,
 }
 
@@ -109,13 +109,13 @@ impl Call {
     /// Reports how `attempt` went and says whether to retry: only after a
     /// failure, for an idempotent request (or one never sent), with retries
     /// left, another endpoint to go to, and room in the retry budget.
-    pub fn finish(&mut self, mut attempt: Attempt, outcome: Outcome) -> bool {
+    pub fn finish(&mut self, mut attempt: Attempt, outcome: AttemptOutcome) -> bool {
         let now = Instant::now();
         attempt.report(outcome);
         let retryable = match outcome {
-            Outcome::Success => false,
-            Outcome::Failed | Outcome::TimedOut => self.idempotent,
-            Outcome::NotSent => true,
+            AttemptOutcome::Success => false,
+            AttemptOutcome::Failed | AttemptOutcome::TimedOut => self.idempotent,
+            AttemptOutcome::NotSent => true,
         };
         let config = &self.pool.config.retry;
         if !retryable || !self.retries_allowed || self.attempts() > config.max_retries {
@@ -141,7 +141,7 @@ impl Call {
 /// failure.
 pub struct Attempt {
     pool: Arc<Pool>,
-    snapshot: Arc<Snapshot>,
+    snapshot: Arc<EndpointSet>,
     index: usize,
     id: Arc<str>,
     number: u32,
@@ -192,7 +192,7 @@ impl Attempt {
         self.probe
     }
 
-    fn report(&mut self, outcome: Outcome) {
+    fn report(&mut self, outcome: AttemptOutcome) {
         let Some(in_flight) = self.in_flight.take() else {
             return;
         };

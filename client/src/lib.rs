@@ -94,7 +94,6 @@ pub mod balance;
 mod bulkhead;
 mod call;
 mod client;
-mod discover;
 mod discovery;
 mod error;
 mod failover;
@@ -103,11 +102,11 @@ mod registration;
 pub mod resilience;
 mod retry;
 mod router;
+mod tower_discover;
 mod watch;
 
-pub use call::{Attempt, Call, Outcome};
+pub use call::{Attempt, AttemptOutcome, Call};
 pub use client::{CatalogFilter, InstanceQuery, RosterClient, TlsOptions};
-pub use discover::{Change, ServiceDiscover};
 pub use discovery::{DEFAULT_SETTLE, Discovery, Freshness, ServiceHandle, ServiceState};
 pub use error::{CallError, Error, Unavailable};
 pub use middleware::RosterMiddleware;
@@ -117,6 +116,7 @@ pub use registration::{DROP_DEREGISTER_TIMEOUT, Registration, RegistrationStatus
 pub use reqwest_middleware;
 pub use retry::{Idempotent, RetryConfig, is_idempotent};
 pub use router::{DEFAULT_IDLE_TIMEOUT, EndpointStats, Router, RouterBuilder};
+pub use tower_discover::{Change, ServiceDiscover};
 pub use watch::{
     CatalogEventKind, CatalogStream, CatalogWatchEvent, EPOCH_HEADER, RawEvent, WatchEvent,
     WatchStream,

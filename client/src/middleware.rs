@@ -10,7 +10,7 @@ use reqwest::{Request, Response, StatusCode, Url};
 use reqwest_middleware::{ClientWithMiddleware, Middleware, Next};
 use tracing::Instrument;
 
-use crate::call::{Attempt, Outcome};
+use crate::call::{Attempt, AttemptOutcome};
 use crate::error::CallError;
 use crate::retry::{Idempotent, is_idempotent};
 use crate::router::Router;
@@ -249,24 +249,24 @@ fn point_at(url: &mut Url, address: &str, port: u16) -> Result<(), ()> {
 }
 
 /// How a result counts for the endpoint's health and for retries.
-fn outcome_of(result: &reqwest_middleware::Result<Response>) -> Outcome {
+fn outcome_of(result: &reqwest_middleware::Result<Response>) -> AttemptOutcome {
     match result {
         // 501 is the application's answer, not the endpoint failing.
         Ok(r) if r.status().is_server_error() && r.status() != StatusCode::NOT_IMPLEMENTED => {
-            Outcome::Failed
+            AttemptOutcome::Failed
         }
-        Ok(_) => Outcome::Success,
-        Err(reqwest_middleware::Error::Reqwest(e)) if e.is_connect() => Outcome::NotSent,
-        Err(reqwest_middleware::Error::Reqwest(e)) if e.is_timeout() => Outcome::TimedOut,
+        Ok(_) => AttemptOutcome::Success,
+        Err(reqwest_middleware::Error::Reqwest(e)) if e.is_connect() => AttemptOutcome::NotSent,
+        Err(reqwest_middleware::Error::Reqwest(e)) if e.is_timeout() => AttemptOutcome::TimedOut,
         Err(e)
             if matches!(
                 CallError::from_middleware(e),
                 Some(CallError::Timeout { .. })
             ) =>
         {
-            Outcome::TimedOut
+            AttemptOutcome::TimedOut
         }
-        Err(_) => Outcome::Failed,
+        Err(_) => AttemptOutcome::Failed,
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::api::Instance;
 use crate::balance::{Balancer, Endpoint, InFlight, RoundRobin};
 use crate::bulkhead::Bulkhead;
-use crate::call::{Call, Outcome};
+use crate::call::{AttemptOutcome, Call};
 use crate::error::CallError;
 use crate::resilience::{EjectionState, OutlierDetector, ResilienceConfig, RetryBudget};
 use crate::{Discovery, ServiceHandle};
@@ -35,7 +35,7 @@ type MakeBalancer = Arc<dyn Fn() -> Box<dyn Balancer> + Send + Sync>;
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use roster_client::balance::WeightedRoundRobin;
-/// use roster_client::{Discovery, Outcome, RosterClient, Router};
+/// use roster_client::{Discovery, AttemptOutcome, RosterClient, Router};
 ///
 /// let discovery = Discovery::new(RosterClient::new("http://127.0.0.1:8500")?);
 /// let router = Router::builder(discovery).balancer(WeightedRoundRobin::new).build();
@@ -44,7 +44,7 @@ type MakeBalancer = Arc<dyn Fn() -> Box<dyn Balancer> + Send + Sync>;
 /// loop {
 ///     let attempt = call.next_attempt().await?;
 ///     let ok = send_somehow(attempt.address(), attempt.port()).await;
-///     let outcome = if ok { Outcome::Success } else { Outcome::Failed };
+///     let outcome = if ok { AttemptOutcome::Success } else { AttemptOutcome::Failed };
 ///     if !call.finish(attempt, outcome) {
 ///         break;
 ///     }
@@ -392,7 +392,7 @@ impl Router {
             bulkhead: Bulkhead::new(config.max_in_flight_per_service),
             endpoint_limit: config.max_in_flight_per_endpoint,
             config: config.clone(),
-            snapshot: Mutex::new(Arc::new(Snapshot::empty())),
+            snapshot: Mutex::new(Arc::new(EndpointSet::empty())),
             created: now,
             used: AtomicU64::new(0),
         });
@@ -402,16 +402,16 @@ impl Router {
 }
 
 /// The endpoint set of one discovery state.
-pub(crate) struct Snapshot {
+pub(crate) struct EndpointSet {
     /// The discovery state it was built from, compared by pointer.
     instances: Arc<[Instance]>,
     /// One per instance, in the same order.
     pub(crate) endpoints: Vec<Endpoint>,
 }
 
-impl Snapshot {
+impl EndpointSet {
     fn empty() -> Self {
-        Snapshot {
+        EndpointSet {
             instances: Arc::from(Vec::new()),
             endpoints: Vec::new(),
         }
@@ -439,7 +439,7 @@ pub(crate) struct Pool {
     bulkhead: Bulkhead,
     endpoint_limit: Option<usize>,
     pub(crate) config: ResilienceConfig,
-    snapshot: Mutex<Arc<Snapshot>>,
+    snapshot: Mutex<Arc<EndpointSet>>,
     created: Instant,
     /// Milliseconds from `created` to the last use.
     used: AtomicU64,
@@ -465,7 +465,7 @@ impl Pool {
     /// The endpoints of discovery's current state, rebuilt only when that
     /// state changed. Endpoints that stay keep their load state, so
     /// in-flight counts and latency estimates survive membership changes.
-    pub(crate) fn snapshot(&self) -> Result<Arc<Snapshot>, CallError> {
+    pub(crate) fn snapshot(&self) -> Result<Arc<EndpointSet>, CallError> {
         let instances = self
             .handle
             .instances()
@@ -488,7 +488,7 @@ impl Pool {
         if let Some(d) = &self.outlier {
             d.retain(|id| instances.iter().any(|i| i.id == id));
         }
-        let next = Arc::new(Snapshot {
+        let next = Arc::new(EndpointSet {
             instances,
             endpoints,
         });
@@ -504,7 +504,7 @@ impl Pool {
     /// ejected (the bulkhead is checked when the retry picks).
     pub(crate) fn has_untried(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &EndpointSet,
         tried: &[Arc<str>],
         now: Instant,
     ) -> bool {
@@ -527,7 +527,7 @@ impl Pool {
     /// other endpoint is left).
     pub(crate) fn pick(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &EndpointSet,
         tried: &[Arc<str>],
         now: Instant,
     ) -> Result<Pick, CallError> {
@@ -642,18 +642,18 @@ impl Pool {
         &self,
         id: &str,
         in_flight: InFlight,
-        outcome: Outcome,
+        outcome: AttemptOutcome,
         started: Instant,
         probe: bool,
         pool_size: usize,
     ) {
         let now = Instant::now();
-        let success = outcome == Outcome::Success;
+        let success = outcome == AttemptOutcome::Success;
         match outcome {
-            Outcome::Success => in_flight.finish(now.saturating_duration_since(started)),
-            Outcome::Failed | Outcome::NotSent => in_flight.answered(),
+            AttemptOutcome::Success => in_flight.finish(now.saturating_duration_since(started)),
+            AttemptOutcome::Failed | AttemptOutcome::NotSent => in_flight.answered(),
             // No answer: the endpoint's silence goes on.
-            Outcome::TimedOut => drop(in_flight),
+            AttemptOutcome::TimedOut => drop(in_flight),
         }
         if let Some(d) = &self.outlier {
             if d.record(id, success, pool_size, now) {

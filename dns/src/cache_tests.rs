@@ -11,13 +11,13 @@ use hickory_server::net::xfer::Protocol;
 use proptest::prelude::*;
 
 use super::*;
-use crate::{Endpoint, ServiceRecords, Transport};
+use crate::{InstanceRecord, ServiceRecords, Transport};
 
 #[derive(Default)]
 struct View(RwLock<HashMap<String, Arc<ServiceRecords>>>);
 
 impl View {
-    fn set(&self, name: &str, index: u64, endpoints: Vec<Endpoint>) {
+    fn set(&self, name: &str, index: u64, endpoints: Vec<InstanceRecord>) {
         self.0
             .write()
             .unwrap()
@@ -65,8 +65,14 @@ fn both(handler: &DnsHandler, bytes: &[u8], udp: bool, turn: usize) -> (Option<V
     (cached, uncached)
 }
 
-fn endpoint(id: String, address: String, tags: Vec<&str>, meta: usize, healthy: bool) -> Endpoint {
-    Endpoint {
+fn endpoint(
+    id: String,
+    address: String,
+    tags: Vec<&str>,
+    meta: usize,
+    healthy: bool,
+) -> InstanceRecord {
+    InstanceRecord {
         port: 8000 + id.len() as u16,
         meta: (0..meta)
             .map(|m| (format!("k{m}"), format!("v{m}-{id}")))
@@ -126,7 +132,7 @@ const TYPES: [RecordType; 7] = [
 prop_compose! {
     fn endpoints()(specs in prop::collection::vec(
         (any::<u8>(), 0..4usize, 0..3usize, prop::bool::weighted(0.8)), 0..13)
-    ) -> Vec<Endpoint> {
+    ) -> Vec<InstanceRecord> {
         specs
             .into_iter()
             .enumerate()
@@ -174,7 +180,7 @@ proptest! {
 }
 
 /// A service of `n` IPv4 instances with metadata.
-fn big(n: usize) -> Vec<Endpoint> {
+fn big(n: usize) -> Vec<InstanceRecord> {
     (0..n)
         .map(|i| endpoint(format!("i{i}"), address(0, i), vec!["a"], 1, true))
         .collect()

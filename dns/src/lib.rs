@@ -41,7 +41,7 @@
 //!   The CNAME target is outside the zone and is not chased. TXT queries on an
 //!   instance with a hostname address still get its TXT record (a deliberate
 //!   exception to the CNAME rule: the metadata would otherwise be unreachable).
-//! * **SRV** (RFC 2782): priority 1, weight [`Endpoint::weight`], the endpoint's
+//! * **SRV** (RFC 2782): priority 1, weight [`InstanceRecord::weight`], the endpoint's
 //!   port. The target is `ID.SERVICE.instance.DOMAIN` for IP endpoints, and its
 //!   A/AAAA record goes in the additional section (for every target, as long as
 //!   it fits); for hostname endpoints the target is the hostname itself, with no
@@ -152,12 +152,12 @@ pub struct ServiceRecords {
     /// `endpoints` does: the handler caches its rendered records by it.
     pub index: u64,
     /// Every endpoint of the service, healthy or not.
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<InstanceRecord>,
 }
 
 /// One instance of a service.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Endpoint {
+pub struct InstanceRecord {
     /// Instance id (unique in the registry).
     pub id: String,
     /// IP address or hostname.

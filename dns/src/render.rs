@@ -58,7 +58,7 @@ pub(crate) struct Rendered {
     /// Healthy endpoints by lowercase tag; a tag carried only by unhealthy
     /// endpoints has an empty selection (the name exists, NODATA).
     pub tags: HashMap<Box<str>, Selection>,
-    /// Endpoint by lowercase id.
+    /// InstanceRecord by lowercase id.
     pub ids: HashMap<Box<str>, u32>,
 }
 
@@ -200,10 +200,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::Endpoint;
+    use crate::InstanceRecord;
 
-    fn ep(id: &str, address: &str, healthy: bool, tags: &[&str]) -> Endpoint {
-        Endpoint {
+    fn ep(id: &str, address: &str, healthy: bool, tags: &[&str]) -> InstanceRecord {
+        InstanceRecord {
             id: id.into(),
             address: address.into(),
             port: 80,

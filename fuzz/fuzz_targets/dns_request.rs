@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use hickory_proto::op::{Message, ResponseCode};
 use libfuzzer_sys::fuzz_target;
-use roster_dns::{DnsConfig, DnsHandler, Endpoint, ServiceRecords, ServiceView, Transport};
+use roster_dns::{DnsConfig, DnsHandler, InstanceRecord, ServiceRecords, ServiceView, Transport};
 
 /// A few services, one of them too big for a UDP answer.
 struct View(BTreeMap<&'static str, Arc<ServiceRecords>>);
@@ -21,8 +21,8 @@ impl ServiceView for View {
     }
 }
 
-fn endpoint(id: String, address: String, tags: &[&str]) -> Endpoint {
-    Endpoint {
+fn endpoint(id: String, address: String, tags: &[&str]) -> InstanceRecord {
+    InstanceRecord {
         id,
         address,
         port: 8080,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use roster_api::{Health, Weights};
-use roster_dns::{Endpoint, ServiceRecords, ServiceView};
+use roster_dns::{InstanceRecord, ServiceRecords, ServiceView};
 
 use crate::catalog::{Instance, ServiceState};
 use crate::registry::Registry;
@@ -17,7 +17,7 @@ use crate::registry::Registry;
 /// `modify_index`) and shared by every query until the next change. Entries of
 /// services that no longer exist are dropped when the set of names changes.
 #[derive(Debug)]
-pub struct RegistryView {
+pub(crate) struct RegistryView {
     registry: Arc<Registry>,
     cache: DashMap<Arc<str>, Arc<ServiceRecords>>,
     /// `names_index` of the snapshot the cache was last pruned against.
@@ -26,7 +26,7 @@ pub struct RegistryView {
 
 impl RegistryView {
     /// A view of `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>) -> Self {
         RegistryView {
             registry,
             cache: DashMap::new(),
@@ -76,10 +76,10 @@ impl ServiceView for RegistryView {
 
 /// The DNS form of an instance: healthy unless critical (maintenance counts as
 /// critical), weighted by its weight for the current health.
-pub fn endpoint(instance: &Instance) -> Endpoint {
+pub(crate) fn endpoint(instance: &Instance) -> InstanceRecord {
     let spec = &instance.spec;
     let (healthy, weight) = health_weight(instance.health(), spec.weights);
-    Endpoint {
+    InstanceRecord {
         id: crate::model::dns_instance_label(&instance.id).into_owned(),
         address: spec.address.clone(),
         port: spec.port,

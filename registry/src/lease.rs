@@ -17,7 +17,7 @@ const EXPIRED: u64 = 1 << 63;
 
 /// One instance's lease.
 #[derive(Debug)]
-pub struct Lease {
+pub(crate) struct Lease {
     service: Arc<str>,
     ttl: u64,
     state: AtomicU64,
@@ -36,7 +36,7 @@ pub enum Renewal {
 
 impl Lease {
     /// A live lease for an instance of `service`, due at `deadline`.
-    pub fn new(service: Arc<str>, ttl_nanos: u64, deadline: u64) -> Self {
+    pub(crate) fn new(service: Arc<str>, ttl_nanos: u64, deadline: u64) -> Self {
         Lease {
             service,
             ttl: ttl_nanos,
@@ -45,17 +45,17 @@ impl Lease {
     }
 
     /// Lease length in nanoseconds.
-    pub fn ttl(&self) -> u64 {
+    pub(crate) fn ttl(&self) -> u64 {
         self.ttl
     }
 
     /// Current deadline (nanoseconds since the epoch), expired or not.
-    pub fn deadline(&self) -> u64 {
+    pub(crate) fn deadline(&self) -> u64 {
         self.state.load(Ordering::Acquire) & !EXPIRED
     }
 
     /// Whether the lease has been expired by the reaper.
-    pub fn is_expired(&self) -> bool {
+    pub(crate) fn is_expired(&self) -> bool {
         self.state.load(Ordering::Acquire) & EXPIRED != 0
     }
 
@@ -81,13 +81,13 @@ impl Lease {
     }
 
     /// Sets a fresh, live deadline (catalog side, under its lock).
-    pub fn revive(&self, deadline: u64) {
+    pub(crate) fn revive(&self, deadline: u64) {
         self.state.store(deadline & !EXPIRED, Ordering::Release);
     }
 
     /// Expires the lease if its deadline is at or before `now`. On failure returns
     /// the deadline it was renewed to.
-    pub fn try_expire(&self, now: u64) -> Result<(), u64> {
+    pub(crate) fn try_expire(&self, now: u64) -> Result<(), u64> {
         let mut cur = self.state.load(Ordering::Acquire);
         loop {
             if cur & EXPIRED != 0 {
@@ -126,27 +126,28 @@ impl LeaseTable {
     }
 
     /// Adds or replaces a lease.
-    pub fn insert(&self, id: Arc<str>, lease: Arc<Lease>) {
+    pub(crate) fn insert(&self, id: Arc<str>, lease: Arc<Lease>) {
         self.leases.insert(id, lease);
     }
 
     /// The lease of instance `id`, if it has one.
-    pub fn get(&self, id: &str) -> Option<Arc<Lease>> {
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Lease>> {
         self.leases.get(id).map(|l| l.value().clone())
     }
 
     /// Removes a lease.
-    pub fn remove(&self, id: &str) {
+    pub(crate) fn remove(&self, id: &str) {
         self.leases.remove(id);
     }
 
     /// Number of leases.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.leases.len()
     }
 
     /// Whether there are no leases.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.leases.is_empty()
     }
 }

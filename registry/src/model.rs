@@ -73,7 +73,7 @@ pub struct PanicPolicy {
 
 impl PanicPolicy {
     /// The threshold of `service`.
-    pub fn threshold(&self, service: &str) -> f64 {
+    pub(crate) fn threshold(&self, service: &str) -> f64 {
         self.services.get(service).copied().unwrap_or(self.default)
     }
 
@@ -104,7 +104,7 @@ pub struct FieldError {
 
 impl FieldError {
     /// A new error for `field`.
-    pub fn new(field: impl Into<String>, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, detail: impl Into<String>) -> Self {
         FieldError {
             field: field.into(),
             detail: detail.into(),
@@ -151,7 +151,7 @@ impl ServiceName {
     }
 
     /// The shared string.
-    pub fn as_arc(&self) -> &Arc<str> {
+    pub(crate) fn as_arc(&self) -> &Arc<str> {
         &self.0
     }
 }
@@ -190,12 +190,12 @@ impl InstanceId {
     }
 
     /// The id.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
     /// The shared string.
-    pub fn as_arc(&self) -> &Arc<str> {
+    pub(crate) fn as_arc(&self) -> &Arc<str> {
         &self.0
     }
 }
@@ -362,7 +362,7 @@ impl InstanceSpec {
 }
 
 /// Validates a maintenance reason.
-pub fn validate_reason(reason: Option<String>) -> Result<String, FieldError> {
+pub(crate) fn validate_reason(reason: Option<String>) -> Result<String, FieldError> {
     let reason = reason.unwrap_or_default();
     check_text("reason", &reason, 0, 256)?;
     Ok(reason)

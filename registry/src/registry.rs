@@ -17,7 +17,7 @@ use crate::catalog::{
 use crate::lease::{LeaseTable, Renewal};
 use crate::metrics::{HeartbeatResult, Metrics};
 use crate::model::{InstanceId, ServiceName};
-use crate::store::{Batch, Loaded, Store, StoreError};
+use crate::store::{Loaded, Store, StoreError, WriteBatch};
 
 mod error;
 use crate::watch::{CatalogFilter, CatalogSubscription, Hub, SnapshotPieces, Subscription};
@@ -27,14 +27,14 @@ pub use error::{Unavailable, WriteError};
 type Durable = tokio::sync::oneshot::Receiver<Result<(), StoreError>>;
 
 /// A write waiting for the replicated log, and where its result goes.
-pub type Proposal = (
+pub(crate) type Proposal = (
     Command,
     tokio::sync::oneshot::Sender<Result<Outcome, WriteError>>,
 );
 
 /// How a replicated registry gets its writes into the log (implemented by
 /// [`crate::cluster`]).
-pub trait Replication: Send + Sync + std::fmt::Debug + 'static {
+pub(crate) trait Replication: Send + Sync + std::fmt::Debug + 'static {
     /// Whether this node is the leader now: only the leader proposes, runs the
     /// lease clock and the active checks.
     fn is_leader(&self) -> bool;
@@ -94,7 +94,8 @@ pub struct Registry {
 type ChangeFeed = tokio::sync::mpsc::UnboundedSender<(Arc<str>, Option<Arc<Instance>>)>;
 
 /// Receives every changed instance, see [`Registry::feed_changes`].
-pub type ChangeReceiver = tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, Option<Arc<Instance>>)>;
+pub(crate) type ChangeReceiver =
+    tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, Option<Arc<Instance>>)>;
 
 impl Registry {
     /// An empty registry.
@@ -126,12 +127,12 @@ impl Registry {
     }
 
     /// Looks up an instance by id alone (ids are unique in the registry).
-    pub fn instance_by_id(&self, id: &str) -> Option<Arc<Instance>> {
+    pub(crate) fn instance_by_id(&self, id: &str) -> Option<Arc<Instance>> {
         self.lock().catalog.instance_by_id(id).cloned()
     }
 
     /// The instances (service, id) that have a TTL check with this id.
-    pub fn find_ttl_check(&self, check: &str) -> Vec<(Arc<str>, Arc<str>)> {
+    pub(crate) fn find_ttl_check(&self, check: &str) -> Vec<(Arc<str>, Arc<str>)> {
         let core = self.lock();
         core.catalog
             .instances_with_ttl_check(check)
@@ -145,7 +146,7 @@ impl Registry {
     /// the last renewal, expired)`, times in nanoseconds, in instance id order.
     /// A lease's deadline is its last renewal plus its ttl, so the renewal time is
     /// read back from the deadline (a restore's grace makes it look fresh).
-    pub fn lease_ages(&self, service: &str) -> Vec<(Arc<str>, u64, u64, bool)> {
+    pub(crate) fn lease_ages(&self, service: &str) -> Vec<(Arc<str>, u64, u64, bool)> {
         let now = crate::clock::since(self.epoch, Instant::now());
         let snap = self.snapshot();
         let Some(svc) = snap.services.get(service) else {
@@ -219,7 +220,7 @@ impl Registry {
 
     /// Subscribes to the catalog feed: every change as a delta (see
     /// [`Hub::subscribe_catalog`] for `resume`).
-    pub fn subscribe_catalog(&self, resume: Option<u64>) -> CatalogSubscription {
+    pub(crate) fn subscribe_catalog(&self, resume: Option<u64>) -> CatalogSubscription {
         let mut core = self.lock();
         let Core { catalog, hub } = &mut *core;
         hub.subscribe_catalog(catalog.snapshot(), resume)
@@ -228,18 +229,18 @@ impl Registry {
     /// The state of every service in `snap` that passes `filter`, as a catalog
     /// stream's `snapshot` event: put together from each service's JSON, which
     /// is serialized once per change of the service, not once per stream.
-    pub fn catalog_snapshot_json(&self, snap: &Snapshot, filter: &CatalogFilter) -> String {
+    pub(crate) fn catalog_snapshot_json(&self, snap: &Snapshot, filter: &CatalogFilter) -> String {
         self.snapshot_pieces.snapshot_json(snap, filter)
     }
 
     /// A receiver of the global index, which moves on every change.
-    pub fn subscribe_list(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(crate) fn subscribe_list(&self) -> tokio::sync::watch::Receiver<u64> {
         self.lock().hub.subscribe_list()
     }
 
     /// Loads what a store held at start-up, then writes every later change to it.
     /// Leases get `grace` on top of their TTL.
-    pub fn attach_store(&self, store: Store, loaded: Loaded, grace: Duration) {
+    pub(crate) fn attach_store(&self, store: Store, loaded: Loaded, grace: Duration) {
         let cmd = Command::Restore {
             index: loaded.index,
             names_index: loaded.names_index,
@@ -257,7 +258,7 @@ impl Registry {
     /// Makes this registry one node of a replicated cluster: writes go through
     /// `replication`, ticks only decide (see [`Catalog::set_replicated`]), and the
     /// lease clock runs only while this node leads.
-    pub fn attach_replication(&self, replication: std::sync::Weak<dyn Replication>) {
+    pub(crate) fn attach_replication(&self, replication: std::sync::Weak<dyn Replication>) {
         self.lock().catalog.set_replicated();
         if self.replication.set(replication).is_err() {
             tracing::error!("replication was already attached; keeping the first");
@@ -274,13 +275,13 @@ impl Registry {
     }
 
     /// Whether this registry is one node of a cluster.
-    pub fn is_replicated(&self) -> bool {
+    pub(crate) fn is_replicated(&self) -> bool {
         self.replication.get().is_some()
     }
 
     /// Whether this node runs the lease clock and the active checks: always
     /// alone, only while leading in a cluster.
-    pub fn is_leading(&self) -> bool {
+    pub(crate) fn is_leading(&self) -> bool {
         match self.replication.get() {
             None => true,
             Some(r) => r.upgrade().is_some_and(|r| r.is_leader()),
@@ -291,7 +292,7 @@ impl Registry {
     /// leader re-arms every lease at now + ttl + `grace` (its followers' soft
     /// lease clocks never saw the heartbeats), so a failover expires nothing
     /// that is alive.
-    pub fn leadership_changed(&self, leading: bool, grace: Duration) {
+    pub(crate) fn leadership_changed(&self, leading: bool, grace: Duration) {
         if leading {
             self.lock().catalog.rearm(Instant::now(), grace);
         }
@@ -314,14 +315,14 @@ impl Registry {
 
     /// Applies a command that came out of the replicated log (every node, in log
     /// order). Nothing goes to the store: the log is the durable copy.
-    pub fn apply_committed(&self, cmd: Command) -> Result<Outcome, CatalogError> {
+    pub(crate) fn apply_committed(&self, cmd: Command) -> Result<Outcome, CatalogError> {
         self.apply_inner(cmd, false).map(|(out, _)| out)
     }
 
     /// Replaces the catalog with a replicated snapshot, stamped so watchers see it.
     /// `service_indexes` are the services' own modify indexes (a removal bumps
     /// a service's index beyond its instances'), so they match the leader's.
-    pub fn install(
+    pub(crate) fn install(
         &self,
         index: u64,
         names_index: u64,
@@ -345,7 +346,7 @@ impl Registry {
     /// Applies a command and waits until the change is on disk (at once without a
     /// store), or, replicated, until the log has it on a majority and it is
     /// applied here. What HTTP writers call before they answer.
-    pub async fn write(&self, cmd: Command) -> Result<Outcome, WriteError> {
+    pub(crate) async fn write(&self, cmd: Command) -> Result<Outcome, WriteError> {
         if let Some(rep) = self.replication.get() {
             let Some(rep) = rep.upgrade() else {
                 return Err(Unavailable::ShuttingDown.into());
@@ -381,7 +382,7 @@ impl Registry {
     /// on a cluster leader proposed to the log, so every node applies it when
     /// it commits (applying it here first would put this node ahead of the
     /// log). A follower has nothing to report: only the leader probes.
-    pub fn report(&self, cmd: Command) -> Result<(), CatalogError> {
+    pub(crate) fn report(&self, cmd: Command) -> Result<(), CatalogError> {
         if self.replication.get().is_none() {
             return self.apply(cmd).map(|_| ());
         }
@@ -444,7 +445,7 @@ impl Registry {
                         .map(|id| (id.clone(), catalog.instance_by_id(id).cloned()))
                         .collect()
                 };
-                store.submit(Batch {
+                store.submit(WriteBatch {
                     index: snap.index,
                     names_index: snap.names_index,
                     replace_all,

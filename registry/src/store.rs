@@ -79,7 +79,7 @@ pub struct Loaded {
 
 /// A set of changes to write together.
 #[derive(Debug)]
-pub struct Batch {
+pub struct WriteBatch {
     /// Global index after the changes.
     pub index: u64,
     /// Names index after the changes.
@@ -96,7 +96,7 @@ pub struct Batch {
 /// written everything queued.
 #[derive(Debug)]
 pub struct Store {
-    tx: Option<mpsc::Sender<Batch>>,
+    tx: Option<mpsc::Sender<WriteBatch>>,
     thread: Option<std::thread::JoinHandle<()>>,
     file: PathBuf,
     _lock: File,
@@ -193,7 +193,7 @@ impl Store {
     }
 
     /// Queues a batch. Never blocks.
-    pub fn submit(&self, batch: Batch) {
+    pub fn submit(&self, batch: WriteBatch) {
         if let Some(tx) = &self.tx
             && let Err(mpsc::SendError(batch)) = tx.send(batch)
             && let Some(done) = batch.done
@@ -296,9 +296,9 @@ fn load(db: &Database, file: &Path) -> Result<Loaded, StoreError> {
 }
 
 /// The writer thread: group commit until the channel closes.
-fn writer(db: Database, rx: mpsc::Receiver<Batch>) {
+fn writer(db: Database, rx: mpsc::Receiver<WriteBatch>) {
     // Changes of a group that failed to commit, written again with the next group.
-    let mut carried: Vec<Batch> = Vec::new();
+    let mut carried: Vec<WriteBatch> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut group = std::mem::take(&mut carried);
         group.push(first);
@@ -324,7 +324,7 @@ fn writer(db: Database, rx: mpsc::Receiver<Batch>) {
     }
 }
 
-fn write_group(db: &Database, group: &[Batch]) -> Result<(), redb::Error> {
+fn write_group(db: &Database, group: &[WriteBatch]) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     {
         let mut meta = txn.open_table(META)?;

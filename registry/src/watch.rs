@@ -33,7 +33,7 @@ pub const TOPIC_CAPACITY: usize = 64;
 pub const CATALOG_HISTORY: usize = 1024;
 /// Changed instances the kept deltas may hold in all; older deltas are dropped
 /// past it (a restore of a large catalog is one big delta).
-pub const CATALOG_HISTORY_INSTANCES: usize = 100_000;
+pub(crate) const CATALOG_HISTORY_INSTANCES: usize = 100_000;
 
 /// The state of one service at one index, as sent to watchers.
 ///
@@ -54,7 +54,7 @@ pub struct ServiceEvent {
 
 impl ServiceEvent {
     /// The state of `service` in `snap`.
-    pub fn from_snapshot(snap: &Snapshot, service: &Arc<str>) -> Self {
+    pub(crate) fn from_snapshot(snap: &Snapshot, service: &Arc<str>) -> Self {
         ServiceEvent {
             service: service.clone(),
             index: snap.service_index(service),
@@ -64,7 +64,7 @@ impl ServiceEvent {
     }
 
     /// The event as JSON ([`api::ServiceEvent`]), built once.
-    pub fn json(&self) -> &str {
+    pub(crate) fn json(&self) -> &str {
         self.json.get_or_init(|| {
             let event = api::ServiceEvent {
                 service: self.service.to_string(),
@@ -84,7 +84,7 @@ impl ServiceEvent {
 /// Which services a catalog stream follows: named ones, ones whose name starts
 /// with a prefix, or (neither given) all.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CatalogFilter {
+pub(crate) struct CatalogFilter {
     /// Services named exactly.
     pub services: BTreeSet<Arc<str>>,
     /// Name prefixes.
@@ -93,12 +93,12 @@ pub struct CatalogFilter {
 
 impl CatalogFilter {
     /// Whether the filter lets every service through.
-    pub fn is_all(&self) -> bool {
+    pub(crate) fn is_all(&self) -> bool {
         self.services.is_empty() && self.prefixes.is_empty()
     }
 
     /// Whether `service` passes.
-    pub fn matches(&self, service: &str) -> bool {
+    pub(crate) fn matches(&self, service: &str) -> bool {
         self.is_all()
             || self.services.contains(service)
             || self
@@ -186,7 +186,7 @@ impl CatalogDelta {
     /// `changed` instances (ids) are the only ones that may differ. With many
     /// changed ids (a restore) each touched service is compared whole instead,
     /// which costs little: unchanged instances are the same `Arc`.
-    pub fn between(
+    pub(crate) fn between(
         old: &Snapshot,
         new: &Snapshot,
         touched: &[Arc<str>],
@@ -254,14 +254,14 @@ impl CatalogDelta {
     }
 
     /// The delta as JSON, every service in it.
-    pub fn json(&self) -> &str {
+    pub(crate) fn json(&self) -> &str {
         self.json.get_or_init(|| self.build(|_| true))
     }
 
     /// The delta as JSON for a stream with `filter`: `None` when no service in
     /// it passes. The shared JSON when every one does; otherwise the shared
     /// parts of the services that pass, put together.
-    pub fn json_for(&self, filter: &CatalogFilter) -> Option<Cow<'_, str>> {
+    pub(crate) fn json_for(&self, filter: &CatalogFilter) -> Option<Cow<'_, str>> {
         if filter.is_all() {
             return Some(Cow::Borrowed(self.json()));
         }
@@ -308,7 +308,7 @@ impl CatalogDelta {
 /// ([`api::CatalogEvent`] at `index`): per service the latest state of each
 /// instance changed, and every id removed (also those of a service gone and
 /// created again meanwhile, so a reader that had them drops them).
-pub fn merge_deltas(
+pub(crate) fn merge_deltas(
     deltas: &[Arc<CatalogDelta>],
     filter: &CatalogFilter,
     index: u64,
@@ -362,7 +362,7 @@ pub fn merge_deltas(
 /// together from these pieces rather than serialized again for every stream
 /// that opens (only the services changed since are serialized).
 #[derive(Debug, Default)]
-pub struct SnapshotPieces {
+pub(crate) struct SnapshotPieces {
     pieces: dashmap::DashMap<Arc<str>, (u64, Arc<str>)>,
     /// `names_index` of the snapshot the pieces were last pruned against.
     pruned: std::sync::atomic::AtomicU64,
@@ -404,18 +404,14 @@ impl SnapshotPieces {
     }
 
     /// Number of services with a piece.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.pieces.len()
-    }
-
-    /// Whether no service has a piece.
-    pub fn is_empty(&self) -> bool {
-        self.pieces.is_empty()
     }
 
     /// The state of every service in `snap` that passes `filter`, as a
     /// catalog stream's `snapshot` event ([`api::CatalogEvent`]).
-    pub fn snapshot_json(&self, snap: &Snapshot, filter: &CatalogFilter) -> String {
+    pub(crate) fn snapshot_json(&self, snap: &Snapshot, filter: &CatalogFilter) -> String {
         self.prune(snap);
         let mut parts: Vec<Arc<str>> = Vec::new();
         if filter.is_all() || !filter.prefixes.is_empty() {
@@ -450,7 +446,8 @@ impl SnapshotPieces {
 /// The state of every service in `snap` that passes `filter`, as a catalog
 /// stream's `snapshot` event, serialized afresh (see [`SnapshotPieces`] for
 /// the cached form streams use).
-pub fn snapshot_json(snap: &Snapshot, filter: &CatalogFilter) -> String {
+#[cfg(test)]
+pub(crate) fn snapshot_json(snap: &Snapshot, filter: &CatalogFilter) -> String {
     SnapshotPieces::default().snapshot_json(snap, filter)
 }
 
@@ -467,7 +464,7 @@ struct Feed {
 
 /// A subscription to the catalog feed.
 #[derive(Debug)]
-pub struct CatalogSubscription {
+pub(crate) struct CatalogSubscription {
     /// The state to send first, when the stream cannot resume from its token.
     pub snapshot: Option<Snapshot>,
     /// Kept deltas the resuming stream missed, in order.
@@ -497,7 +494,7 @@ pub struct Subscription {
 /// All topics. Lives under the registry's write lock, so subscribing and
 /// publishing are ordered with catalog changes.
 #[derive(Debug)]
-pub struct Hub {
+pub(crate) struct Hub {
     topics: HashMap<Arc<str>, Topic>,
     list: watch::Sender<u64>,
     feed: Option<Feed>,
@@ -518,7 +515,7 @@ impl Hub {
     /// state of every touched service that somebody watches, and (once a
     /// catalog stream was opened) the delta of the `changed` instances to the
     /// catalog feed.
-    pub fn publish(&mut self, snap: &Snapshot, touched: &[Arc<str>], changed: &[Arc<str>]) {
+    pub(crate) fn publish(&mut self, snap: &Snapshot, touched: &[Arc<str>], changed: &[Arc<str>]) {
         self.list.send_replace(snap.index);
         if let Some(feed) = &mut self.feed {
             let delta = Arc::new(CatalogDelta::between(&feed.prev, snap, touched, changed));
@@ -550,7 +547,7 @@ impl Hub {
     }
 
     /// Subscribes to `service` (which need not exist yet).
-    pub fn subscribe(&mut self, snap: &Snapshot, service: &Arc<str>) -> Subscription {
+    pub(crate) fn subscribe(&mut self, snap: &Snapshot, service: &Arc<str>) -> Subscription {
         if self.topics.len() > 2 * snap.services.len() + 1024 {
             self.topics.retain(|_, t| t.tx.receiver_count() > 0);
         }
@@ -568,7 +565,7 @@ impl Hub {
     /// the global index a reconnecting stream's reader is at: when the kept
     /// deltas reach back to it, the subscription brings only the deltas since;
     /// otherwise (or without `resume`) the whole current state.
-    pub fn subscribe_catalog(
+    pub(crate) fn subscribe_catalog(
         &mut self,
         snap: &Snapshot,
         resume: Option<u64>,
@@ -610,12 +607,13 @@ impl Hub {
     }
 
     /// A receiver of the global index, for list watchers.
-    pub fn subscribe_list(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe_list(&self) -> watch::Receiver<u64> {
         self.list.subscribe()
     }
 
     /// Number of live topics.
-    pub fn topics(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn topics(&self) -> usize {
         self.topics.len()
     }
 }

@@ -203,12 +203,12 @@ def roster_binary() -> Path:
         cargo = shutil.which("cargo")
         if cargo:
             subprocess.run(
-                [cargo, "build", "--locked", "-p", "roster-registry", "--bin", "roster"],
+                [cargo, "build", "--locked", "-p", "roster-cli", "--bin", "roster"],
                 cwd=REPO,
                 check=True,
             )
     assert binary.is_file() and os.access(binary, os.X_OK), (
-        f"{binary} is missing: run `cargo build -p roster-registry` (or tests/run.sh)"
+        f"{binary} is missing: run `cargo build -p roster-cli` (or tests/run.sh)"
     )
     return binary
 

@@ -21,7 +21,7 @@ me=tests/prometheus/run.sh
 bin=${ROSTER_BIN:-}
 [ -n "$bin" ] || { echo "$me: FAIL: ROSTER_BIN must name the roster binary to test (e.g. ROSTER_BIN=target/debug/roster)" >&2; exit 1; }
 case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
-[ -x "$bin" ] || { echo "$me: FAIL: ROSTER_BIN=$bin is not an executable file (cargo build -p roster-registry)" >&2; exit 1; }
+[ -x "$bin" ] || { echo "$me: FAIL: ROSTER_BIN=$bin is not an executable file (cargo build -p roster-cli)" >&2; exit 1; }
 for tool in curl python3; do
   command -v "$tool" >/dev/null || { echo "$me: FAIL: $tool is required" >&2; exit 1; }
 done

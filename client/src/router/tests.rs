@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Pool, Router, Snapshot};
+use super::{EndpointSet, Pool, Router};
 use crate::balance::{Endpoint, InFlight};
-use crate::call::Outcome;
+use crate::call::AttemptOutcome;
 use crate::resilience::{OutlierConfig, ResilienceConfig};
 use crate::{Discovery, RosterClient};
 
@@ -42,8 +42,8 @@ fn pool(config: ResilienceConfig) -> Arc<Pool> {
     .unwrap()
 }
 
-fn snapshot(n: usize) -> Snapshot {
-    Snapshot {
+fn snapshot(n: usize) -> EndpointSet {
+    EndpointSet {
         instances: Arc::from(Vec::new()),
         endpoints: (0..n).map(|i| Endpoint::new(format!("e{i}"), 1)).collect(),
     }
@@ -92,7 +92,7 @@ struct Attempt {
     in_flight: InFlight,
     probe: bool,
     started: Instant,
-    outcome: Outcome,
+    outcome: AttemptOutcome,
 }
 
 /// Sends a call at each of `starts` through `pool`'s endpoint choice to
@@ -142,7 +142,7 @@ async fn simulate(
                 let a = attempts.remove(&a).expect("pending");
                 let id = ids[a.index].clone();
                 pool.report(&id, a.in_flight, a.outcome, a.started, a.probe, n);
-                if a.outcome == Outcome::Success {
+                if a.outcome == AttemptOutcome::Success {
                     run.calls
                         .push((call_starts[a.call], at - call_starts[a.call]));
                     continue;
@@ -162,9 +162,9 @@ async fn simulate(
         run.arrivals[pick.index].push(at);
         let answer = backends(pick.index, at);
         let (done, outcome) = if answer <= at + TIMEOUT {
-            (answer, Outcome::Success)
+            (answer, AttemptOutcome::Success)
         } else {
-            (at + TIMEOUT, Outcome::TimedOut)
+            (at + TIMEOUT, AttemptOutcome::TimedOut)
         };
         attempts.insert(
             seq,

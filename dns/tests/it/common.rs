@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
-use roster_dns::{DnsConfig, DnsHandler, DnsServer, Endpoint, ServiceRecords, ServiceView};
+use roster_dns::{DnsConfig, DnsHandler, DnsServer, InstanceRecord, ServiceRecords, ServiceView};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::oneshot;
@@ -27,7 +27,7 @@ pub struct FakeView {
 }
 
 impl FakeView {
-    pub fn set(&self, name: &str, index: u64, endpoints: Vec<Endpoint>) {
+    pub fn set(&self, name: &str, index: u64, endpoints: Vec<InstanceRecord>) {
         self.index.fetch_max(index, Ordering::Relaxed);
         self.services
             .write()
@@ -46,8 +46,8 @@ impl ServiceView for FakeView {
     }
 }
 
-pub fn ep(id: &str, address: &str, port: u16, tags: &[&str], healthy: bool) -> Endpoint {
-    Endpoint {
+pub fn ep(id: &str, address: &str, port: u16, tags: &[&str], healthy: bool) -> InstanceRecord {
+    InstanceRecord {
         id: id.into(),
         address: address.into(),
         port,

@@ -338,7 +338,10 @@ impl Catalog {
 
     /// Sets services' modify indexes as a snapshot recorded them (a restore
     /// derives them from the instances, which misses removals).
-    pub fn set_service_indexes(&mut self, indexes: &std::collections::BTreeMap<String, u64>) {
+    pub(crate) fn set_service_indexes(
+        &mut self,
+        indexes: &std::collections::BTreeMap<String, u64>,
+    ) {
         for (name, index) in indexes {
             if let Some(svc) = self.state.services.get_mut(name.as_str()) {
                 svc.modify_index = (*index).min(self.state.index);
@@ -360,7 +363,7 @@ impl Catalog {
     }
 
     /// Instances that have a TTL check with this id.
-    pub fn instances_with_ttl_check(&self, check: &str) -> &[Arc<str>] {
+    pub(crate) fn instances_with_ttl_check(&self, check: &str) -> &[Arc<str>] {
         self.ttl_index.get(check).map_or(&[], Vec::as_slice)
     }
 
@@ -385,7 +388,7 @@ impl Catalog {
     }
 
     /// When the next timer comes due, if any: the time to run [`Command::Tick`].
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let timer = self.timers.first().map(|(due, _, _)| *due);
         // While the guard is on, look again every HOLD_RECHECK even if no
         // timer is due, so it lets go as soon as it may.
@@ -405,12 +408,12 @@ impl Catalog {
     }
 
     /// Instances changed or removed by the last [`Catalog::apply`], each once.
-    pub fn changed(&self) -> &[Arc<str>] {
+    pub(crate) fn changed(&self) -> &[Arc<str>] {
         &self.changed
     }
 
     /// Looks up an instance by id alone.
-    pub fn instance_by_id(&self, id: &str) -> Option<&Arc<Instance>> {
+    pub(crate) fn instance_by_id(&self, id: &str) -> Option<&Arc<Instance>> {
         let rec = self.records.get(id)?;
         self.state.instance(&rec.service, id)
     }

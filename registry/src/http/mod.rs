@@ -2,11 +2,11 @@
 
 mod bodies;
 mod catalog_watch;
-pub mod consul;
-pub mod extract;
+pub(crate) mod consul;
+pub(crate) mod extract;
 mod gate;
 mod leases;
-pub mod limits;
+pub(crate) mod limits;
 mod ops;
 mod parse_errors;
 mod problem;
@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use extract::BODY_LIMIT;
 use gate::{Gate, Group};
 pub use ops::OPENAPI;
-pub use problem::ApiError;
+pub(crate) use problem::ApiError;
 
 use crate::metrics::{Metrics, RequestLabels};
 use crate::model::{Limits, PanicPolicy};
@@ -143,7 +143,7 @@ pub struct AppStateBuilder {
 
 impl AppStateBuilder {
     /// The address the Consul-compatible API reports for this node.
-    pub fn address(mut self, addr: std::net::SocketAddr) -> Self {
+    pub(crate) fn address(mut self, addr: std::net::SocketAddr) -> Self {
         let node = &self.shared.consul;
         self.shared.consul = Arc::new(consul::ConsulNode::new(
             &node.datacenter,
@@ -155,13 +155,13 @@ impl AppStateBuilder {
     }
 
     /// The readiness flag the server's loader or cluster node sets.
-    pub fn ready(mut self, ready: Arc<AtomicBool>) -> Self {
+    pub(crate) fn ready(mut self, ready: Arc<AtomicBool>) -> Self {
         self.shared.ready = ready;
         self
     }
 
     /// This node's cluster, when replicated.
-    pub fn cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
+    pub(crate) fn cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
         self.shared.cluster = cluster;
         self
     }

@@ -338,14 +338,14 @@ pub async fn serve(
                 // The handshake runs beside the accept loop, bounded, so a
                 // client that stalls in it holds nothing else up.
                 tokio::spawn(async move {
-                    let conn = match tls {
+                    let transport = match tls {
                         None => {
                             // A client that sends nothing does not keep its slot.
                             let mut first = [0u8; 1];
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first))
                                 .await
                             {
-                                Ok(Ok(n)) if n > 0 => Conn::Plain(tcp, peer, slot),
+                                Ok(Ok(n)) if n > 0 => Transport::Plain(tcp),
                                 _ => return,
                             }
                         }
@@ -354,7 +354,7 @@ pub async fn serve(
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
                                 .await
                             {
-                                Ok(Ok(s)) => Conn::Tls(Box::new(s), peer, slot),
+                                Ok(Ok(s)) => Transport::Tls(Box::new(s)),
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "xDS TLS handshake failed");
                                     return;
@@ -362,6 +362,11 @@ pub async fn serve(
                                 Err(_) => return,
                             }
                         }
+                    };
+                    let conn = Conn {
+                        transport,
+                        peer,
+                        _slot: slot,
                     };
                     let _ = conns.send(Ok(conn)).await;
                 });
@@ -402,24 +407,25 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// An accepted xDS connection.
 #[derive(Debug)]
-pub enum Conn {
-    /// Plain TCP, and its place under the connection limit.
-    Plain(tokio::net::TcpStream, SocketAddr, OwnedSemaphorePermit),
-    /// TLS.
-    Tls(
-        Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
-        SocketAddr,
-        OwnedSemaphorePermit,
-    ),
+pub struct Conn {
+    transport: Transport,
+    peer: SocketAddr,
+    /// Its place under the connection limit, given back when it is dropped.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The transport of an accepted connection: plain TCP or TLS.
+#[derive(Debug)]
+enum Transport {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
 }
 
 impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = SocketAddr;
 
     fn connect_info(&self) -> SocketAddr {
-        match self {
-            Conn::Plain(_, a, _) | Conn::Tls(_, a, _) => *a,
-        }
+        self.peer
     }
 }
 
@@ -429,9 +435,9 @@ impl tokio::io::AsyncRead for Conn {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s, _, _) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s, _, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().transport {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -442,9 +448,9 @@ impl tokio::io::AsyncWrite for Conn {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s, _, _) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s, _, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().transport {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -452,9 +458,9 @@ impl tokio::io::AsyncWrite for Conn {
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s, _, _) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s, _, _) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().transport {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -462,9 +468,9 @@ impl tokio::io::AsyncWrite for Conn {
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s, _, _) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s, _, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().transport {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -232,16 +232,6 @@ impl Resources {
             }
         }
     }
-
-    /// Number of cached resources.
-    pub fn len(&self) -> usize {
-        self.cache.len()
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.cache.is_empty()
-    }
 }
 
 /// First 16 hex digits of the SHA-256 of `bytes`.
@@ -689,6 +679,6 @@ mod tests {
         snap.services.remove("web");
         snap.names_index = 7;
         assert!(r.get(&snap, Kind::Listener, &web).is_none());
-        assert!(r.is_empty());
+        assert!(r.cache.is_empty());
     }
 }

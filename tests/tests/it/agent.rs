@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use roster_cli::agent::{Agent, parse};
 use roster_client::RosterClient;
 use roster_client::api::Health;
-use roster_registry::agent::{Agent, parse};
 use roster_registry::checks::probe::NetProber;
 use roster_registry::config::Config;
 use roster_tests::TestRegistry;

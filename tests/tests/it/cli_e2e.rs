@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use clap::Parser;
+use roster_cli::{Cli, Command, run_client};
 use roster_client::api::Health;
 use roster_client::{InstanceQuery, RosterClient};
-use roster_registry::cli::{Cli, run_client};
 use roster_tests::TestRegistry;
 
 /// Runs `roster --registry URL ARGS...` through the CLI code path, returning stdout.
@@ -14,8 +14,11 @@ async fn roster(url: &str, args: &[&str]) -> Result<String, String> {
     let head = ["roster", "--registry", url];
     let argv = head.iter().chain(args);
     let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    let Command::Client(command) = &cli.command else {
+        return Err(format!("not a client command: {args:?}"));
+    };
     let mut out = Vec::new();
-    run_client(&cli, &mut out)
+    run_client(&cli.global, command, &mut out)
         .await
         .map_err(|e| e.to_string())?;
     Ok(String::from_utf8(out).expect("utf-8 output"))

@@ -1117,7 +1117,7 @@ async fn dns_answers_on_every_node_and_a_remote_front_end_fails_over() {
     urls.extend((0..3).filter(|i| *i != leader).map(|i| c.url(i)));
     let follow = RosterClient::with_timeout(&urls.join(","), Duration::from_secs(2)).unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let front = roster_registry::remote::RemoteDns::start(
+    let front = roster_cli::remote::RemoteDns::start(
         follow,
         "127.0.0.1:0".parse().unwrap(),
         roster_dns::DnsConfig::default(),

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
+use roster_cli::remote::RemoteDns;
 use roster_client::RosterClient;
 use roster_client::api::{MaintenanceRequest, RegisterRequest};
-use roster_registry::remote::RemoteDns;
 use roster_tests::TestRegistry;
 use roster_tests::dns::{answer_data, ask, query, udp};
 use tokio_util::sync::CancellationToken;

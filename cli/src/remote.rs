@@ -14,10 +14,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use roster_api::{self as api, ServiceList};
 use roster_client::{InstanceQuery, RosterClient};
-use roster_dns::{DnsConfig, DnsHandler, DnsServer, Endpoint, ServiceRecords, ServiceView};
+use roster_dns::{DnsConfig, DnsHandler, DnsServer, InstanceRecord, ServiceRecords, ServiceView};
+use roster_registry::dns_view::health_weight;
+use roster_registry::model::dns_instance_label;
 use tokio_util::sync::CancellationToken;
-
-use crate::dns_view::health_weight;
 
 /// How long each blocking query on the registry waits.
 const WAIT: Duration = Duration::from_secs(300);
@@ -209,8 +209,8 @@ fn records_of(service: &api::ServiceInstances, version: u64) -> ServiceRecords {
             .iter()
             .map(|i| {
                 let (healthy, weight) = health_weight(i.health, i.weights);
-                Endpoint {
-                    id: crate::model::dns_instance_label(&i.id).into_owned(),
+                InstanceRecord {
+                    id: dns_instance_label(&i.id).into_owned(),
                     address: i.address.clone(),
                     port: i.port,
                     tags: i.tags.clone(),

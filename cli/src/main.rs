@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use roster_registry::cli::{Cli, Command, run_client};
+use roster_cli::{Cli, Command, GlobalArgs, run_client};
 use roster_registry::config::Config;
 use roster_registry::server::Server;
 use tokio_util::sync::CancellationToken;
@@ -14,10 +14,10 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Dns(args) => dns(&cli.registry, cli.token.as_deref(), args).await,
-        Command::Agent(args) => agent(&cli.registry, cli.token.as_deref(), args).await,
-        Command::SyncK8s(args) => sync_k8s(&cli.registry, cli.token.as_deref(), args).await,
-        _ => run_client(&cli, &mut std::io::stdout().lock())
+        Command::Dns(args) => dns(&cli.global, args).await,
+        Command::Agent(args) => agent(&cli.global, args).await,
+        Command::SyncK8s(args) => sync_k8s(&cli.global, args).await,
+        Command::Client(command) => run_client(&cli.global, command, &mut std::io::stdout().lock())
             .await
             .map_err(Into::into),
     };
@@ -44,12 +44,8 @@ async fn serve(args: &roster_registry::config::ServeArgs) -> anyhow::Result<()> 
     server.wait().await.context("server failed")
 }
 
-async fn dns(
-    registry: &str,
-    token: Option<&str>,
-    args: &roster_registry::cli::DnsArgs,
-) -> anyhow::Result<()> {
-    let client = client_command(registry, token, &args.log)?;
+async fn dns(global: &GlobalArgs, args: &roster_cli::command::DnsArgs) -> anyhow::Result<()> {
+    let client = client_command(global, &args.log)?;
     let config = roster_dns::DnsConfig {
         domain: args.dns_domain.clone(),
         ttl: args.dns_ttl,
@@ -57,18 +53,14 @@ async fn dns(
     };
     let shutdown = cancel_on_signal();
     let front =
-        roster_registry::remote::RemoteDns::start(client, args.dns_addr, config, shutdown).await?;
+        roster_cli::remote::RemoteDns::start(client, args.dns_addr, config, shutdown).await?;
     front.wait().await.context("DNS front end failed")
 }
 
-async fn agent(
-    registry: &str,
-    token: Option<&str>,
-    args: &roster_registry::cli::AgentArgs,
-) -> anyhow::Result<()> {
-    let client = client_command(registry, token, &args.log)?;
+async fn agent(global: &GlobalArgs, args: &roster_cli::command::AgentArgs) -> anyhow::Result<()> {
+    let client = client_command(global, &args.log)?;
     let prober = std::sync::Arc::new(roster_registry::checks::probe::NetProber::new());
-    let agent = roster_registry::agent::Agent::new(client, prober);
+    let agent = roster_cli::agent::Agent::new(client, prober);
     let shutdown = cancel_on_signal();
     agent
         .run(&args.config, shutdown)
@@ -77,38 +69,33 @@ async fn agent(
 }
 
 async fn sync_k8s(
-    registry: &str,
-    token: Option<&str>,
-    args: &roster_registry::cli::SyncK8sArgs,
+    global: &GlobalArgs,
+    args: &roster_cli::command::SyncK8sArgs,
 ) -> anyhow::Result<()> {
-    let roster = client_command(registry, token, &args.log)?;
+    let roster = client_command(global, &args.log)?;
     // In-cluster (the pod's ServiceAccount) or KUBECONFIG / ~/.kube/config;
     // `default_client` installs rustls' crypto provider before it connects.
     // `{e}` already carries the cause: printed as a chain it would repeat.
-    let kube = roster_registry::k8s::default_client()
+    let kube = roster_cli::k8s::default_client()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shutdown = cancel_on_signal();
-    roster_registry::k8s::run(args.settings(), kube, roster, shutdown)
+    roster_cli::k8s::run(args.settings(), kube, roster, shutdown)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Logs per `log` and a client for `registry`, with the token when given: the
-/// start of every long-running command that follows a registry.
-fn client_command(
-    registry: &str,
-    token: Option<&str>,
-    log: &str,
-) -> anyhow::Result<roster_client::RosterClient> {
+/// Logs per `log` and a client for `--registry`, with `--token` when given:
+/// the start of every long-running command that follows a registry.
+fn client_command(global: &GlobalArgs, log: &str) -> anyhow::Result<roster_client::RosterClient> {
     let filter = tracing_subscriber::EnvFilter::try_new(log).context("invalid --log filter")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour())
         .init();
-    let mut client = roster_client::RosterClient::new(registry)?;
-    if let Some(token) = token {
-        client = client.with_token(token);
+    let mut client = roster_client::RosterClient::new(&global.registry)?;
+    if let Some(token) = &global.token {
+        client = client.with_token(token.clone());
     }
     Ok(client)
 }

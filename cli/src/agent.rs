@@ -34,9 +34,9 @@ use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::checks::probe::{ProbeResult, Prober};
-use crate::checks::{CheckSpec, Flap};
-use crate::model::Limits;
+use roster_registry::checks::probe::{ProbeResult, Prober};
+use roster_registry::checks::{CheckSpec, Flap};
+use roster_registry::model::Limits;
 
 /// One service of the agent's file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
