@@ -24,10 +24,26 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("roster: {e:#}");
+            eprintln!("roster: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: many of our errors already put
+/// their cause in their own message, and anyhow's `{:#}` would repeat it.
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 async fn serve(args: &roster_registry::config::ServeArgs) -> anyhow::Result<()> {

@@ -2,4 +2,5 @@
 //! binary as a child process.
 
 mod agent_process;
+mod errors;
 mod persistence;
