@@ -24,7 +24,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +66,62 @@ pub struct ServiceEntry {
     pub check: Vec<CheckDefinition>,
 }
 
+/// Why the agent's file was refused, or a service could not be kept
+/// registered.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read and is wrong.
+    #[error("{}: {source}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong in it.
+        #[source]
+        source: Box<AgentError>,
+    },
+    /// Not TOML, or not the agent file's shape (an unknown field, a wrong
+    /// type).
+    #[error(transparent)]
+    Syntax(#[from] toml::de::Error),
+    /// A check definition the server would refuse too.
+    #[error("service {service:?}: {source}")]
+    Check {
+        /// The service it belongs to.
+        service: String,
+        /// The field and what is wrong with it.
+        #[source]
+        source: roster_registry::model::FieldError,
+    },
+    /// A TTL check: somebody else would have to report it.
+    #[error(
+        "service {service:?}: check {check:?} is a ttl check; the agent runs http, tcp and grpc checks"
+    )]
+    TtlCheck {
+        /// The service it belongs to.
+        service: String,
+        /// The check's id.
+        check: String,
+    },
+    /// Two services with the same instance id.
+    #[error("instance id {0:?} is used twice")]
+    DuplicateId(String),
+    /// The registry refused or could not take the registration.
+    #[error(transparent)]
+    Register(#[from] roster_client::Error),
+    /// SIGHUP (reload) could not be listened for.
+    #[error("cannot listen for SIGHUP: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AgentFile {
@@ -82,14 +138,19 @@ impl ServiceEntry {
     }
 
     /// The local checks, validated; only checks the agent can run.
-    fn specs(&self) -> Result<Vec<CheckSpec>, String> {
-        let specs = CheckSpec::parse_all(self.check.clone(), &Limits::default())
-            .map_err(|e| format!("service {:?}: {e}", self.name))?;
+    fn specs(&self) -> Result<Vec<CheckSpec>, AgentError> {
+        let specs =
+            CheckSpec::parse_all(self.check.clone(), &Limits::default()).map_err(|source| {
+                AgentError::Check {
+                    service: self.name.clone(),
+                    source,
+                }
+            })?;
         if let Some(ttl) = specs.iter().find(|s| !s.is_active()) {
-            return Err(format!(
-                "service {:?}: check {:?} is a ttl check; the agent runs http, tcp and grpc checks",
-                self.name, ttl.id
-            ));
+            return Err(AgentError::TtlCheck {
+                service: self.name.clone(),
+                check: ttl.id.to_string(),
+            });
         }
         Ok(specs)
     }
@@ -128,23 +189,25 @@ fn host_name() -> String {
 }
 
 /// Reads and validates the agent's file.
-pub fn load(path: &Path) -> Result<Vec<ServiceEntry>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+pub fn load(path: &Path) -> Result<Vec<ServiceEntry>, AgentError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AgentError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text).map_err(|e| AgentError::Invalid {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
 }
 
 /// Parses and validates the text of an agent file.
-pub fn parse(text: &str) -> Result<Vec<ServiceEntry>, String> {
-    let file: AgentFile = toml::from_str(text).map_err(|e| e.to_string())?;
+pub fn parse(text: &str) -> Result<Vec<ServiceEntry>, AgentError> {
+    let file: AgentFile = toml::from_str(text)?;
     let mut ids = std::collections::BTreeSet::new();
     for entry in &file.service {
         entry.specs()?;
         if !ids.insert(entry.instance_id()) {
-            return Err(format!(
-                "instance id {:?} is used twice",
-                entry.instance_id()
-            ));
+            return Err(AgentError::DuplicateId(entry.instance_id()));
         }
     }
     Ok(file.service)
@@ -185,7 +248,7 @@ impl Agent {
     /// ones gone, registers new ones, re-registers changed ones, leaves the
     /// rest alone. Returns the first error; the other services are still
     /// applied.
-    pub async fn apply(&mut self, entries: Vec<ServiceEntry>) -> Result<(), String> {
+    pub async fn apply(&mut self, entries: Vec<ServiceEntry>) -> Result<(), AgentError> {
         let wanted: BTreeMap<String, ServiceEntry> =
             entries.into_iter().map(|e| (e.instance_id(), e)).collect();
         let stale: Vec<String> = self
@@ -217,12 +280,11 @@ impl Agent {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn start(&self, id: &str, entry: ServiceEntry) -> Result<Running, String> {
+    async fn start(&self, id: &str, entry: ServiceEntry) -> Result<Running, AgentError> {
         let specs = entry.specs()?;
         let registration =
             Registration::start(self.client.clone(), &entry.name, id, entry.request(&specs))
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
         let mut checks = JoinSet::new();
         for spec in specs {
             checks.spawn(check_loop(
@@ -250,12 +312,12 @@ impl Agent {
 
     /// Runs until `cancel`: applies `path` now and again on every SIGHUP (a
     /// broken file is logged and the running services kept), then deregisters.
-    pub async fn run(mut self, path: &Path, cancel: CancellationToken) -> Result<(), String> {
+    pub async fn run(mut self, path: &Path, cancel: CancellationToken) -> Result<(), AgentError> {
         // Listen before registering anything, so a SIGHUP sent once the
         // services show up can never hit the default action (exit).
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| e.to_string())?;
+            .map_err(AgentError::Signal)?;
         self.apply(load(path)?).await?;
         loop {
             #[cfg(unix)]
@@ -369,7 +431,7 @@ mod tests {
                 "tcp",
             ),
         ] {
-            let err = parse(text).unwrap_err();
+            let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         }
     }

@@ -330,10 +330,15 @@ impl RegisterArgs {
     }
 }
 
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
+/// A `--meta` (or similar) value without `=`.
+#[derive(Debug, thiserror::Error)]
+#[error("expected KEY=VALUE, got {0:?}")]
+pub struct NotKeyValue(String);
+
+fn parse_key_value(s: &str) -> Result<(String, String), NotKeyValue> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+        .ok_or_else(|| NotKeyValue(s.to_owned()))
 }
 
 #[cfg(test)]

@@ -78,10 +78,7 @@ async fn agent(global: &GlobalArgs, args: &roster_cli::command::AgentArgs) -> an
     let prober = std::sync::Arc::new(roster_registry::checks::probe::NetProber::new());
     let agent = roster_cli::agent::Agent::new(client, prober);
     let shutdown = cancel_on_signal();
-    agent
-        .run(&args.config, shutdown)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))
+    agent.run(&args.config, shutdown).await.map_err(Into::into)
 }
 
 async fn sync_k8s(

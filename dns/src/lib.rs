@@ -132,6 +132,7 @@ mod wire;
 mod zone;
 
 pub use handler::DnsHandler;
+pub use names::DomainError;
 pub use rrl::{RateLimiter, RrlConfig, RrlStats, Verdict};
 pub use server::{DnsServer, TcpStats, serve};
 
@@ -297,7 +298,8 @@ pub enum ConfigError {
         /// The configured domain.
         domain: String,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        reason: names::DomainError,
     },
     /// The response rate limiting settings cannot work.
     #[error("invalid DNS rate limiting settings: {reason}")]

@@ -87,12 +87,23 @@ pub(crate) fn parse<'a>(qname: &'a LowerName, domain: &LowerName) -> Shape<'a> {
     }
 }
 
+/// What is wrong with a configured domain.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// Not a DNS name (or a name under it would not be one: too long).
+    #[error(transparent)]
+    NotAName(#[from] hickory_proto::ProtoError),
+    /// The root, or empty.
+    #[error("the domain must have at least one label")]
+    NoLabel,
+}
+
 /// Builds the fully qualified, lowercase domain name from the configuration.
-pub(crate) fn domain_name(domain: &str) -> Result<Name, String> {
+pub(crate) fn domain_name(domain: &str) -> Result<Name, DomainError> {
     let trimmed = domain.trim();
-    let mut name = Name::from_utf8(trimmed).map_err(|e| e.to_string())?;
+    let mut name = Name::from_utf8(trimmed)?;
     if name.is_root() || name.num_labels() == 0 {
-        return Err("the domain must have at least one label".to_owned());
+        return Err(DomainError::NoLabel);
     }
     name.set_fqdn(true);
     Ok(name.to_lowercase())

@@ -30,7 +30,7 @@ impl Zone {
                 .and_then(|n| n.append_domain(domain))
                 .map_err(|e| ConfigError::InvalidDomain {
                     domain: config.domain.clone(),
-                    reason: e.to_string(),
+                    reason: e.into(),
                 })
         };
         let ns_name = label("ns")?;
