@@ -29,6 +29,16 @@ pub enum ClusterError {
         #[source]
         source: redb::DatabaseError,
     },
+    /// The log file exists but holds no Raft log (empty, truncated, another
+    /// file): refused rather than started afresh, which would forget this
+    /// node's vote and identity.
+    #[error("{path}: {reason}")]
+    LogFileDamaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it, and what to do.
+        reason: &'static str,
+    },
     /// The log file's tables cannot be set up.
     #[error(transparent)]
     Log(#[from] redb::Error),

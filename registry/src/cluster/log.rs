@@ -56,15 +56,51 @@ impl LogStore {
             source,
         })?;
         let file = dir.join(RAFT_FILE);
-        let db = Database::create(&file).map_err(|source| ClusterError::LogFile {
-            path: file.clone(),
-            source,
-        })?;
+        match std::fs::metadata(&file) {
+            // redb would initialize an empty file as a new log: the node would
+            // come back with no vote, no log and a new identity, and could
+            // vote twice in one term. Roster never leaves an empty log file
+            // behind (see `create_log_file`), so one is damage.
+            Ok(meta) if meta.len() == 0 => {
+                return Err(ClusterError::LogFileDamaged {
+                    path: file,
+                    reason: "the file is empty (0 bytes) and holds no Raft log; restore it from \
+                             a backup, or remove the node from the cluster and start it with an \
+                             empty data directory to join again",
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_log_file(dir, &file)?,
+            Err(source) => return Err(ClusterError::Io { path: file, source }),
+        }
+        // redb asserts on some damaged files (a truncated one) instead of
+        // returning an error: those are damage too.
+        let created =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::create(&file)));
+        let db = match created {
+            Ok(opened) => opened.map_err(|source| ClusterError::LogFile {
+                path: file.clone(),
+                source,
+            })?,
+            Err(_) => {
+                return Err(ClusterError::LogFileDamaged {
+                    path: file,
+                    reason: "the file is damaged (truncated, or not a Raft log); restore it from \
+                             a backup, or remove the node from the cluster and start it with an \
+                             empty data directory to join again",
+                });
+            }
+        };
         let tx = db.begin_write().map_err(redb::Error::from)?;
         tx.open_table(LOG).map_err(redb::Error::from)?;
         tx.open_table(META).map_err(redb::Error::from)?;
         tx.commit().map_err(redb::Error::from)?;
         Ok(LogStore { db: Arc::new(db) })
+    }
+
+    #[cfg(test)]
+    fn path_of(dir: &Path) -> std::path::PathBuf {
+        dir.join(RAFT_FILE)
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T>
@@ -104,6 +140,35 @@ impl LogStore {
     pub(super) fn get_meta_now<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>> {
         get_meta(&self.db, key)
     }
+}
+
+/// Creates a new, empty log file at `file` whole: initialized under a
+/// temporary name, synced, then renamed into place, so a crash never leaves a
+/// partial (or empty) log file that a later start would have to refuse.
+fn create_log_file(dir: &Path, file: &Path) -> std::result::Result<(), ClusterError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ClusterError::Io { path, source }
+    };
+    let tmp = dir.join(format!("{RAFT_FILE}.new"));
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&tmp)(e)),
+    }
+    drop(
+        Database::create(&tmp).map_err(|source| ClusterError::LogFile {
+            path: tmp.clone(),
+            source,
+        })?,
+    );
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, file).map_err(io(file))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }
 
 fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>> {
@@ -246,5 +311,51 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             tx.commit().map_err(write_err)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod damage_tests {
+    use super::*;
+
+    fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("roster-raftlog-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[tokio::test]
+    async fn an_empty_or_truncated_log_file_is_refused_and_a_new_one_is_made_whole() {
+        // A new directory: the file is made, nothing temporary left behind,
+        // and what is written survives a reopen.
+        let dir = fresh_dir("new");
+        let log = LogStore::open(&dir).unwrap();
+        log.put_meta("probe", &42u64).await.unwrap();
+        drop(log);
+        assert!(!dir.join(format!("{RAFT_FILE}.new")).exists());
+        let reopened = LogStore::open(&dir).unwrap();
+        assert_eq!(reopened.get_meta_now::<u64>("probe").unwrap(), Some(42));
+        drop(reopened);
+        let whole = std::fs::read(LogStore::path_of(&dir)).unwrap();
+
+        // Emptied: refused, and left as it was (not turned into a new log).
+        std::fs::write(LogStore::path_of(&dir), b"").unwrap();
+        let err = LogStore::open(&dir).unwrap_err();
+        assert!(matches!(err, ClusterError::LogFileDamaged { .. }), "{err}");
+        assert!(err.to_string().contains("empty"), "{err}");
+        assert_eq!(std::fs::metadata(LogStore::path_of(&dir)).unwrap().len(), 0);
+
+        // Truncated: refused with an error, not a panic.
+        std::fs::write(LogStore::path_of(&dir), &whole[..whole.len().min(300)]).unwrap();
+        let err = LogStore::open(&dir).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClusterError::LogFileDamaged { .. } | ClusterError::LogFile { .. }
+            ),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
