@@ -200,6 +200,19 @@ fn config(outlier: OutlierConfig) -> ResilienceConfig {
 
 const FAST: Duration = Duration::from_millis(5);
 
+/// Backends that answer in [`FAST`], except the first, which answers nothing
+/// it is sent between `from` and `until` before `until` (a hang, then a late
+/// answer to everything it held).
+fn first_hangs(from: Instant, until: Instant) -> impl FnMut(usize, Instant) -> Instant {
+    move |i, t| {
+        if i == 0 && t + FAST > from && t < until {
+            until + FAST
+        } else {
+            t + FAST
+        }
+    }
+}
+
 /// 50 calls/s over three endpoints answering in 5 ms; endpoint 0 stops
 /// answering for `hang` from t = 5 s (what it gets meanwhile it answers when
 /// it wakes up, as a SIGSTOPped process does).
@@ -211,13 +224,7 @@ async fn hang_run(outlier: OutlierConfig, hang: Duration, tail: Duration) -> (Ru
         t0 + Duration::from_secs(5) + hang,
     );
     let end = until + tail;
-    let mut backends = |i: usize, t: Instant| {
-        if i == 0 && t + FAST > from && t < until {
-            until + FAST
-        } else {
-            t + FAST
-        }
-    };
+    let mut backends = first_hangs(from, until);
     let run = simulate(
         &pool,
         3,
@@ -300,13 +307,7 @@ async fn a_pause_ejects_until_the_first_late_answer() {
         t0 + Duration::from_millis(5600),
     );
     let end = t0 + Duration::from_secs(10);
-    let mut backends = |i: usize, t: Instant| {
-        if i == 0 && t + FAST > from && t < until {
-            until + FAST
-        } else {
-            t + FAST
-        }
-    };
+    let mut backends = first_hangs(from, until);
     let run = simulate(
         &pool,
         3,
