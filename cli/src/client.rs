@@ -19,6 +19,42 @@ pub enum CliError {
     /// Output could not be written.
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
+    /// A certificate or key file given on the command line cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A client for the registry `global` names: its addresses, its token, and
+/// the CA and client certificate to use over https.
+pub fn connect(global: &GlobalArgs) -> Result<RosterClient, CliError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| CliError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let mut tls = roster_client::TlsOptions::default();
+    if let Some(ca) = &global.ca_cert {
+        tls.ca_pem = Some(read(ca)?);
+    }
+    if let (Some(cert), Some(key)) = (&global.client_cert, &global.client_key) {
+        let mut identity = read(cert)?;
+        identity.push(b'\n');
+        identity.extend(read(key)?);
+        tls.identity_pem = Some(identity);
+    }
+    let mut client =
+        RosterClient::with_tls(&global.registry, std::time::Duration::from_secs(10), &tls)?;
+    if let Some(token) = &global.token {
+        client = client.with_token(token.clone());
+    }
+    Ok(client)
 }
 
 /// Runs a client command against the registry `global` names, writing its
@@ -28,10 +64,7 @@ pub async fn run_client(
     command: &ClientCommand,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
-    let mut client = RosterClient::new(&global.registry)?;
-    if let Some(token) = &global.token {
-        client = client.with_token(token.clone());
-    }
+    let client = connect(global)?;
     let json = global.json;
     match command {
         ClientCommand::Register(args) => {

@@ -45,6 +45,30 @@ pub struct GlobalArgs {
     /// Print JSON instead of a table (client subcommands).
     #[arg(long, global = true)]
     pub json: bool,
+    /// CA certificate (PEM) to trust for an `https://` registry, instead of
+    /// the system's roots: a private CA, or the cluster's peer CA (client
+    /// subcommands, `agent`, `sync-k8s` and `dns`).
+    #[arg(long, global = true, env = "ROSTER_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a registry that verifies its clients;
+    /// needs --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "ROSTER_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "ROSTER_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 /// What `roster` runs: the server, a long-running process that follows a

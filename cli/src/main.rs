@@ -98,7 +98,8 @@ async fn sync_k8s(
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Logs per `log` and a client for `--registry`, with `--token` when given:
+/// Logs per `log` and a client for `--registry` (with `--token`, `--ca-cert`
+/// and the client certificate when given):
 /// the start of every long-running command that follows a registry.
 fn client_command(global: &GlobalArgs, log: &str) -> anyhow::Result<roster_client::RosterClient> {
     let filter = tracing_subscriber::EnvFilter::try_new(log).context("invalid --log filter")?;
@@ -106,11 +107,7 @@ fn client_command(global: &GlobalArgs, log: &str) -> anyhow::Result<roster_clien
         .with_env_filter(filter)
         .with_ansi(colour())
         .init();
-    let mut client = roster_client::RosterClient::new(&global.registry)?;
-    if let Some(token) = &global.token {
-        client = client.with_token(token.clone());
-    }
-    Ok(client)
+    Ok(roster_cli::client::connect(global)?)
 }
 
 /// A token cancelled on SIGTERM or Ctrl-C.

@@ -884,3 +884,71 @@ async fn unparsable_requests_get_a_problem_document() {
     assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
     assert!(answer.contains("application/problem+json"), "{answer}");
 }
+
+#[tokio::test]
+async fn the_cli_trusts_a_private_ca_and_presents_a_client_certificate() {
+    use clap::Parser;
+    use roster_cli::{Cli, Command, run_client};
+
+    let ca = ca("roster cli CA");
+    let dir = tls_dir("cli");
+    let mut files = write_server_cert(&dir, &ca);
+    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+    files.client_ca = Some(dir.join("ca.pem"));
+    let (cert, key) = leaf(&ca, true);
+    std::fs::write(dir.join("client.pem"), cert).unwrap();
+    std::fs::write(dir.join("client-key.pem"), key).unwrap();
+    let mut config = base_config();
+    config.serve.tls = Some(files);
+    let reg = TestRegistry::start_with(config).await;
+    let path = |f: &str| dir.join(f).display().to_string();
+    let run = |extra: Vec<String>| {
+        let url = reg.url().to_owned();
+        async move {
+            let mut argv = vec!["roster".to_owned(), "--registry".to_owned(), url];
+            argv.extend(extra);
+            argv.push("services".to_owned());
+            let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+            let Command::Client(command) = &cli.command else {
+                unreachable!("services is a client command")
+            };
+            let mut out = Vec::new();
+            run_client(&cli.global, command, &mut out)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(String::from_utf8(out).unwrap())
+        }
+    };
+    let ca_args = vec!["--ca-cert".to_owned(), path("ca.pem")];
+    let identity = vec![
+        "--client-cert".to_owned(),
+        path("client.pem"),
+        "--client-key".to_owned(),
+        path("client-key.pem"),
+    ];
+
+    // The CA and the client certificate: the call goes through.
+    let both = [ca_args.clone(), identity.clone()].concat();
+    run(both)
+        .await
+        .expect("trusted CA and a client certificate");
+    // Without the CA the server is not trusted; without the certificate the
+    // server refuses the client; a missing file is named.
+    let no_ca = run(identity).await.unwrap_err();
+    assert!(no_ca.contains("unavailable"), "{no_ca}");
+    assert!(run(ca_args.clone()).await.is_err(), "no client certificate");
+    let missing = run(vec!["--ca-cert".to_owned(), path("nope.pem")])
+        .await
+        .unwrap_err();
+    assert!(missing.contains("nope.pem"), "{missing}");
+    // A certificate without its key is refused by the command line.
+    let half = run([
+        ca_args,
+        vec!["--client-cert".to_owned(), path("client.pem")],
+    ]
+    .concat())
+    .await
+    .unwrap_err();
+    assert!(half.contains("--client-key"), "{half}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
