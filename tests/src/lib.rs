@@ -74,16 +74,35 @@ impl TestRegistry {
         &self.url
     }
 
+    /// The registry's `/metrics` page, as text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one series of `/metrics`, named exactly as the page
+    /// writes it (labels included: `name{label="value"}`); `None` when the
+    /// page has no such series.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics_text().await;
+        text.lines().find_map(|l| {
+            let value = l.strip_prefix(series)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
+    }
+
     /// Waits until `/metrics` has the sample `line` (name, labels and value,
     /// as Prometheus' text format writes them), checking every 10 ms; `false`
     /// when `within` runs out first.
     pub async fn wait_for_metric(&self, line: &str, within: std::time::Duration) -> bool {
-        let url = format!("{}/metrics", self.url);
         let want = format!("{line}\n");
         tokio::time::timeout(within, async {
             loop {
-                let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
-                if text.contains(&want) {
+                if self.metrics_text().await.contains(&want) {
                     return;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -323,17 +323,10 @@ async fn a_reader_lagging_past_the_buffer_gets_a_snapshot() {
     assert_eq!(ev.kind, CatalogEventKind::Snapshot);
     assert_eq!(ev.event.index, final_index);
 
-    let metrics = reqwest::get(format!("{}/metrics", reg.url()))
+    let coalesced = reg
+        .metric("roster_watch_coalesced_total")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let coalesced: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("roster_watch_coalesced_total "))
-        .and_then(|v| v.parse().ok())
-        .expect("coalesced counter");
+        .expect("coalesced counter") as u64;
     assert!(coalesced >= 1, "counted as coalesced: {coalesced}");
     reg.stop().await;
 }

@@ -596,12 +596,7 @@ async fn two_thousand_hanging_checks_keep_to_the_concurrency_cap() {
         (CAP / 2..=CAP + 4).contains(&max),
         "at most {CAP} checks in flight, saw {max} connections open at once"
     );
-    let metrics = reqwest::get(format!("{}/metrics", reg.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = reg.metrics_text().await;
     assert!(
         metrics.contains("roster_checks_scheduled 2000"),
         "{metrics}"
@@ -706,12 +701,7 @@ async fn self_preservation_shows_in_health_and_metrics() {
             .unwrap()
             .contains("self-preservation")
     );
-    let metrics = reqwest::get(format!("{}/metrics", reg.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = reg.metrics_text().await;
     assert!(
         metrics.contains("roster_self_preservation_active 1"),
         "{metrics}"

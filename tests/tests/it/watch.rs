@@ -369,17 +369,10 @@ async fn stalled_reader_blocks_nobody_and_later_gets_a_consistent_snapshot() {
         last.event.instances,
         client.instances("web", &all).await.unwrap().instances
     );
-    let metrics = reqwest::get(format!("{}/metrics", reg.url()))
+    let coalesced = reg
+        .metric("roster_watch_coalesced_total")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let coalesced: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("roster_watch_coalesced_total "))
-        .and_then(|v| v.parse().ok())
-        .expect("coalesced counter");
+        .expect("coalesced counter") as u64;
     assert!(
         coalesced >= 1,
         "the stalled reader was sent a snapshot: {coalesced}"

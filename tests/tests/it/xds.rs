@@ -401,12 +401,7 @@ async fn a_nack_is_not_answered_with_the_same_state_and_stale_nonces_are_ignored
     let next = s.next_of(EDS).await;
     assert_ne!(next.nonce, first.nonce);
     assert_ne!(next.version_info, first.version_info);
-    let metrics = reqwest::get(format!("{}/metrics", reg.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = reg.metrics_text().await;
     assert!(
         metrics.contains("roster_xds_nacks_total{kind=\"eds\"} 1"),
         "the NACK is counted: {}",
