@@ -4,13 +4,13 @@
 //! never existed). A client that reconnects names the versions it holds and
 //! is sent nothing it already has.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use tokio::sync::mpsc;
+use futures_util::Stream;
 use tonic::{Status, Streaming};
 
 use super::resources::{Kind, Resources};
@@ -35,102 +35,160 @@ struct Sub {
     started: bool,
 }
 
-pub(super) async fn run(
-    xds: &Xds,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-) {
-    let mut wake = super::Wake::new();
-    let mut subs: HashMap<Kind, Sub> = HashMap::new();
-    let mut nonce = 0u64;
-    let mut node = String::new();
-    loop {
-        tokio::select! {
-            () = xds.cancel.cancelled() => return,
-            req = requests.message() => {
-                let req = match req {
-                    Ok(Some(req)) => req,
-                    Ok(None) | Err(_) => return,
-                };
-                if node.is_empty() {
-                    node = node_id(req.node.as_ref()).to_owned();
-                }
-                let Some(kind) = super::kind_of(&node, &req.type_url) else {
-                    continue;
-                };
-                let sub = subs.entry(kind).or_default();
-                if let Some(err) = &req.error_detail {
-                    super::rejected(xds, &node, kind, &format!("nonce {}", req.response_nonce), err);
-                }
-                if !sub.started {
-                    sub.started = true;
-                    for (name, version) in &req.initial_resource_versions {
-                        sub.held.insert(Arc::from(name.as_str()), Arc::from(version.as_str()));
-                    }
-                    if req.resource_names_subscribe.is_empty() && kind.full_state() {
-                        sub.wildcard = true;
-                    }
-                }
-                for name in &req.resource_names_subscribe {
-                    if name == "*" {
-                        sub.wildcard = true;
-                    } else {
-                        sub.names.insert(Arc::from(name.as_str()));
-                    }
-                }
-                for name in &req.resource_names_unsubscribe {
-                    if name == "*" {
-                        sub.wildcard = false;
-                    } else {
-                        sub.names.remove(name.as_str());
-                        sub.held.remove(name.as_str());
-                        sub.absent.remove(name.as_str());
-                    }
-                }
-                if sub.names.len() > MAX_NAMES {
-                    let _ = tx
-                        .send(Err(Status::invalid_argument(format!(
-                            "at most {MAX_NAMES} resource names per type"
-                        ))))
-                        .await;
-                    return;
-                }
-                wake.follow(
-                    &xds.registry,
-                    subs.values().flat_map(|s| s.names.iter()),
-                    subs.values().any(|s| s.wildcard),
-                );
-                let sub = subs.get_mut(&kind).expect("just added");
-                if !send(xds, kind, sub, &mut nonce, &tx).await {
-                    return;
-                }
+/// An incremental stream: the response body tonic polls, doing its work only
+/// when polled (see `sotw::stream`).
+pub(super) fn stream(
+    xds: Arc<Xds>,
+    requests: Streaming<DeltaDiscoveryRequest>,
+    open: super::Open,
+) -> impl Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send + 'static {
+    let state = State {
+        xds,
+        requests,
+        _open: open,
+        wake: super::Wake::new(),
+        subs: HashMap::new(),
+        nonce: 0,
+        node: String::new(),
+        pending: VecDeque::new(),
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut state| async move {
+        let next = state.next().await?;
+        Some((next, state))
+    })
+}
+
+/// What one stream holds.
+struct State {
+    xds: Arc<Xds>,
+    requests: Streaming<DeltaDiscoveryRequest>,
+    /// Held for the stream's life: its place under the stream limit.
+    _open: super::Open,
+    wake: super::Wake,
+    subs: HashMap<Kind, Sub>,
+    nonce: u64,
+    node: String,
+    /// Responses decided on and not yet taken.
+    pending: VecDeque<DeltaDiscoveryResponse>,
+    done: bool,
+}
+
+impl State {
+    /// The next response; `None` once the stream ends.
+    async fn next(&mut self) -> Option<Result<DeltaDiscoveryResponse, Status>> {
+        loop {
+            if let Some(response) = self.pending.pop_front() {
+                return Some(Ok(response));
             }
-            open = wake.changed() => {
-                if !open {
-                    return;
+            if self.done {
+                return None;
+            }
+            // A request, or `None` for a change of the catalog.
+            let request = tokio::select! {
+                () = self.xds.cancel.cancelled() => return None,
+                req = self.requests.message() => Some(req),
+                open = self.wake.changed() => {
+                    if !open {
+                        return None;
+                    }
+                    None
                 }
-                for kind in Kind::ALL {
-                    if let Some(sub) = subs.get_mut(&kind)
-                        && sub.started
-                        && !send(xds, kind, sub, &mut nonce, &tx).await
-                    {
-                        return;
+            };
+            match request {
+                Some(Ok(Some(req))) => {
+                    if let Err(status) = self.request(req) {
+                        self.done = true;
+                        return Some(Err(status));
+                    }
+                }
+                Some(Ok(None) | Err(_)) => return None,
+                None => {
+                    for kind in Kind::ALL {
+                        if let Some(sub) = self.subs.get_mut(&kind)
+                            && sub.started
+                            && let Some(r) = respond(&self.xds, kind, sub, &mut self.nonce)
+                        {
+                            self.pending.push_back(r);
+                        }
                     }
                 }
             }
         }
     }
+
+    /// Takes in one request: (un)subscriptions are answered with what the
+    /// client lacks.
+    fn request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
+        let xds = &*self.xds;
+        if self.node.is_empty() {
+            self.node = node_id(req.node.as_ref()).to_owned();
+        }
+        let Some(kind) = super::kind_of(&self.node, &req.type_url) else {
+            return Ok(());
+        };
+        let sub = self.subs.entry(kind).or_default();
+        if let Some(err) = &req.error_detail {
+            super::rejected(
+                xds,
+                &self.node,
+                kind,
+                &format!("nonce {}", req.response_nonce),
+                err,
+            );
+        }
+        if !sub.started {
+            sub.started = true;
+            for (name, version) in &req.initial_resource_versions {
+                sub.held
+                    .insert(Arc::from(name.as_str()), Arc::from(version.as_str()));
+            }
+            if req.resource_names_subscribe.is_empty() && kind.full_state() {
+                sub.wildcard = true;
+            }
+        }
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                sub.wildcard = true;
+            } else {
+                sub.names.insert(Arc::from(name.as_str()));
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                sub.wildcard = false;
+            } else {
+                sub.names.remove(name.as_str());
+                sub.held.remove(name.as_str());
+                sub.absent.remove(name.as_str());
+            }
+        }
+        if sub.names.len() > MAX_NAMES {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_NAMES} resource names per type"
+            )));
+        }
+        self.wake.follow(
+            &xds.registry,
+            self.subs.values().flat_map(|s| s.names.iter()),
+            self.subs.values().any(|s| s.wildcard),
+        );
+        let sub = self.subs.get_mut(&kind).expect("just added");
+        if let Some(r) = respond(xds, kind, sub, &mut self.nonce) {
+            self.pending.push_back(r);
+        }
+        Ok(())
+    }
 }
 
-/// Sends the difference between what the client holds and what exists now;
-/// nothing when there is none. `false` once the stream is closed.
-async fn send(
+/// The difference between what the client holds and what exists now;
+/// `None` when there is none.
+fn respond(
     xds: &Xds,
     kind: Kind,
     sub: &mut Sub,
     nonce: &mut u64,
-    tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-) -> bool {
+) -> Option<DeltaDiscoveryResponse> {
     let snap = xds.registry.snapshot();
     let mut wanted: BTreeSet<Arc<str>> = sub.names.clone();
     if sub.wildcard {
@@ -177,7 +235,7 @@ async fn send(
         }
     }
     if resources.is_empty() && removed.is_empty() {
-        return true;
+        return None;
     }
     *nonce += 1;
     let response = DeltaDiscoveryResponse {
@@ -189,5 +247,5 @@ async fn send(
         ..DeltaDiscoveryResponse::default()
     };
     xds.registry.metrics().xds_push(kind.label());
-    super::deliver(xds, tx, response).await
+    Some(response)
 }

@@ -42,11 +42,6 @@ pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4:
     8502,
 ));
 
-/// Responses queued for one stream before the stream stops reading changes
-/// (a client that does not read falls behind and gets the latest state when it
-/// reads again, never every step between).
-const QUEUE: usize = 4;
-
 /// What every stream shares.
 #[derive(Debug)]
 pub struct Xds {
@@ -132,43 +127,45 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let permit = self.0.admit(&request)?;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let xds = self.0.clone();
-        tokio::spawn(async move {
-            let metrics = xds.registry.metrics().clone();
-            metrics.xds_stream("sotw", 1);
-            sotw::run(&xds, request.into_inner(), tx).await;
-            metrics.xds_stream("sotw", -1);
-            drop(permit);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let open = Open::new(&self.0, self.0.admit(&request)?, "sotw");
+        let stream = sotw::stream(self.0.clone(), request.into_inner(), open);
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let permit = self.0.admit(&request)?;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let xds = self.0.clone();
-        tokio::spawn(async move {
-            let metrics = xds.registry.metrics().clone();
-            metrics.xds_stream("delta", 1);
-            delta::run(&xds, request.into_inner(), tx).await;
-            metrics.xds_stream("delta", -1);
-            drop(permit);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let open = Open::new(&self.0, self.0.admit(&request)?, "delta");
+        let stream = delta::stream(self.0.clone(), request.into_inner(), open);
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
-/// Queues a response for a stream; `false` once the stream is closed or the
-/// server stops (a client that never reads must not hold shutdown up).
-async fn deliver<T>(xds: &Xds, tx: &mpsc::Sender<Result<T, Status>>, response: T) -> bool {
-    tokio::select! {
-        sent = tx.send(Ok(response)) => sent.is_ok(),
-        () = xds.cancel.cancelled() => false,
+/// An open stream: counted in the metrics and holding its place under the
+/// stream limit until it is dropped (the client went away, the stream ended,
+/// or the server stopped).
+struct Open {
+    metrics: Arc<crate::metrics::Metrics>,
+    protocol: &'static str,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Open {
+    fn new(xds: &Xds, permit: OwnedSemaphorePermit, protocol: &'static str) -> Open {
+        let metrics = xds.registry.metrics().clone();
+        metrics.xds_stream(protocol, 1);
+        Open {
+            metrics,
+            protocol,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.metrics.xds_stream(self.protocol, -1);
     }
 }
 

@@ -3,11 +3,11 @@
 //! index; an ACK changes nothing, a NACK is logged and counted and nothing is
 //! sent again until the catalog changes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
+use futures_util::Stream;
 use tonic::{Status, Streaming};
 
 use super::resources::{Built, Kind, Resources};
@@ -31,86 +31,150 @@ struct Sub {
     version: String,
 }
 
-pub(super) async fn run(
-    xds: &Xds,
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-) {
-    let mut wake = super::Wake::new();
-    let mut subs: HashMap<Kind, Sub> = HashMap::new();
-    let mut nonce = 0u64;
-    let mut node = String::new();
-    loop {
-        tokio::select! {
-            () = xds.cancel.cancelled() => return,
-            req = requests.message() => {
-                let req = match req {
-                    Ok(Some(req)) => req,
-                    Ok(None) | Err(_) => return,
-                };
-                if node.is_empty() {
-                    node = node_id(req.node.as_ref()).to_owned();
-                }
-                let Some(kind) = super::kind_of(&node, &req.type_url) else {
-                    continue;
-                };
-                if req.resource_names.len() > MAX_NAMES {
-                    let _ = tx
-                        .send(Err(Status::invalid_argument(format!(
-                            "at most {MAX_NAMES} resource names per request"
-                        ))))
-                        .await;
-                    return;
-                }
-                let sub = subs.entry(kind).or_default();
-                if !sub.nonce.is_empty()
-                    && !req.response_nonce.is_empty()
-                    && req.response_nonce != sub.nonce
-                {
-                    // An answer to an older response: the client will answer
-                    // the latest one too. (Before the first response of the
-                    // type on this stream any nonce is one from an earlier
-                    // stream, and the request is a new subscription.)
-                    continue;
-                }
-                if let Some(err) = &req.error_detail {
-                    super::rejected(xds, &node, kind, &format!("version {}", sub.version), err);
-                }
-                let wildcard = kind == Kind::Cluster
-                    && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
-                let first = sub.nonce.is_empty();
-                // Every response is answered (ACK or NACK), nearly always
-                // naming what the stream already follows: that case is
-                // decided without building a set.
-                if !first && wildcard == sub.wildcard && same_names(&req.resource_names, &sub.names) {
-                    continue; // an ACK, or a NACK of the current state
-                }
-                sub.names = req.resource_names.iter().map(|n| Arc::from(n.as_str())).collect();
-                sub.wildcard = wildcard;
-                wake.follow(
-                    &xds.registry,
-                    subs.values().flat_map(|s| s.names.iter()),
-                    subs.values().any(|s| s.wildcard),
-                );
-                let sub = subs.get_mut(&kind).expect("just added");
-                if !send(xds, kind, sub, &mut nonce, true, &tx).await {
-                    return;
-                }
+/// A state-of-the-world stream: the response body tonic polls. It does its
+/// work only when polled, so a client that does not read (its HTTP/2 window
+/// full) costs nothing until it reads again, and then gets the latest state.
+pub(super) fn stream(
+    xds: Arc<Xds>,
+    requests: Streaming<DiscoveryRequest>,
+    open: super::Open,
+) -> impl Stream<Item = Result<DiscoveryResponse, Status>> + Send + 'static {
+    let state = State {
+        xds,
+        requests,
+        _open: open,
+        wake: super::Wake::new(),
+        subs: HashMap::new(),
+        nonce: 0,
+        node: String::new(),
+        pending: VecDeque::new(),
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut state| async move {
+        let next = state.next().await?;
+        Some((next, state))
+    })
+}
+
+/// What one stream holds.
+struct State {
+    xds: Arc<Xds>,
+    requests: Streaming<DiscoveryRequest>,
+    /// Held for the stream's life: its place under the stream limit.
+    _open: super::Open,
+    wake: super::Wake,
+    subs: HashMap<Kind, Sub>,
+    nonce: u64,
+    node: String,
+    /// Responses decided on and not yet taken (one change can produce one
+    /// per type).
+    pending: VecDeque<DiscoveryResponse>,
+    done: bool,
+}
+
+impl State {
+    /// The next response; `None` once the stream ends.
+    async fn next(&mut self) -> Option<Result<DiscoveryResponse, Status>> {
+        loop {
+            if let Some(response) = self.pending.pop_front() {
+                return Some(Ok(response));
             }
-            open = wake.changed() => {
-                if !open {
-                    return;
+            if self.done {
+                return None;
+            }
+            // A request, or `None` for a change of the catalog.
+            let request = tokio::select! {
+                () = self.xds.cancel.cancelled() => return None,
+                req = self.requests.message() => Some(req),
+                open = self.wake.changed() => {
+                    if !open {
+                        return None;
+                    }
+                    None
                 }
-                for kind in Kind::ALL {
-                    if let Some(sub) = subs.get_mut(&kind)
-                        && !sub.nonce.is_empty()
-                        && !send(xds, kind, sub, &mut nonce, false, &tx).await
-                    {
-                        return;
+            };
+            match request {
+                Some(Ok(Some(req))) => {
+                    if let Err(status) = self.request(req) {
+                        self.done = true;
+                        return Some(Err(status));
+                    }
+                }
+                Some(Ok(None) | Err(_)) => return None,
+                None => {
+                    for kind in Kind::ALL {
+                        if let Some(sub) = self.subs.get_mut(&kind)
+                            && !sub.nonce.is_empty()
+                            && let Some(r) = respond(&self.xds, kind, sub, &mut self.nonce, false)
+                        {
+                            self.pending.push_back(r);
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Takes in one request: a new subscription is answered, an ACK or a
+    /// NACK of the current state is not.
+    fn request(&mut self, req: DiscoveryRequest) -> Result<(), Status> {
+        let xds = &*self.xds;
+        if self.node.is_empty() {
+            self.node = node_id(req.node.as_ref()).to_owned();
+        }
+        let Some(kind) = super::kind_of(&self.node, &req.type_url) else {
+            return Ok(());
+        };
+        if req.resource_names.len() > MAX_NAMES {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_NAMES} resource names per request"
+            )));
+        }
+        let sub = self.subs.entry(kind).or_default();
+        if !sub.nonce.is_empty()
+            && !req.response_nonce.is_empty()
+            && req.response_nonce != sub.nonce
+        {
+            // An answer to an older response: the client will answer the
+            // latest one too. (Before the first response of the type on this
+            // stream any nonce is one from an earlier stream, and the request
+            // is a new subscription.)
+            return Ok(());
+        }
+        if let Some(err) = &req.error_detail {
+            super::rejected(
+                xds,
+                &self.node,
+                kind,
+                &format!("version {}", sub.version),
+                err,
+            );
+        }
+        let wildcard = kind == Kind::Cluster
+            && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
+        let first = sub.nonce.is_empty();
+        // Every response is answered (ACK or NACK), nearly always naming what
+        // the stream already follows: that case is decided without building a
+        // set.
+        if !first && wildcard == sub.wildcard && same_names(&req.resource_names, &sub.names) {
+            return Ok(()); // an ACK, or a NACK of the current state
+        }
+        sub.names = req
+            .resource_names
+            .iter()
+            .map(|n| Arc::from(n.as_str()))
+            .collect();
+        sub.wildcard = wildcard;
+        self.wake.follow(
+            &xds.registry,
+            self.subs.values().flat_map(|s| s.names.iter()),
+            self.subs.values().any(|s| s.wildcard),
+        );
+        let sub = self.subs.get_mut(&kind).expect("just added");
+        if let Some(r) = respond(xds, kind, sub, &mut self.nonce, true) {
+            self.pending.push_back(r);
+        }
+        Ok(())
     }
 }
 
@@ -134,19 +198,17 @@ fn same_names(asked: &[String], held: &BTreeSet<Arc<str>>) -> bool {
     }
 }
 
-/// Sends what the client of `sub` should have now: for listeners and clusters
+/// What the client of `sub` should be sent now: for listeners and clusters
 /// every existing resource asked for (one left out is gone), for routes and
-/// endpoints those that changed (all of them when `asked`). Nothing when
-/// nothing changed and the client did not ask. `false` once the stream is
-/// closed.
-async fn send(
+/// endpoints those that changed (all of them when `asked`). `None` when
+/// nothing changed and the client did not ask.
+fn respond(
     xds: &Xds,
     kind: Kind,
     sub: &mut Sub,
     nonce: &mut u64,
     asked: bool,
-    tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
-) -> bool {
+) -> Option<DiscoveryResponse> {
     let snap = xds.registry.snapshot();
     let names: Vec<Arc<str>> = if sub.wildcard {
         Resources::all_services(&snap)
@@ -161,7 +223,7 @@ async fn send(
     let out: Vec<&Arc<Built>> = if kind.full_state() {
         let same = current.len() == sub.sent.len() && !current.iter().any(differs);
         if same && !asked {
-            return true;
+            return None;
         }
         current.iter().collect()
     } else if asked {
@@ -172,7 +234,7 @@ async fn send(
     if out.is_empty() && !asked && !kind.full_state() {
         // Nothing to say; forget what is gone so it is sent when it is back.
         sub.sent.retain(|n, _| current.iter().any(|b| &b.name == n));
-        return true;
+        return None;
     }
     if kind.full_state() {
         sub.sent.clear();
@@ -193,7 +255,7 @@ async fn send(
         ..DiscoveryResponse::default()
     };
     xds.registry.metrics().xds_push(kind.label());
-    super::deliver(xds, tx, response).await
+    Some(response)
 }
 
 #[cfg(test)]
