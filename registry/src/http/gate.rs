@@ -16,13 +16,12 @@
 //! never one of the slots everyone else needs.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -215,11 +214,7 @@ fn query_token(raw: &str) -> Cow<'_, str> {
 }
 
 /// What a request to a route of `access` needs; `None` when anyone may call.
-fn need(
-    access: Access,
-    method: &Method,
-    params: &HashMap<String, String>,
-) -> Result<Option<Need>, ApiError> {
+fn need(access: Access, method: &Method, service: Option<&str>) -> Result<Option<Need>, ApiError> {
     Ok(Some(match access {
         Access::Open | Access::Peer => return Ok(None),
         Access::Read => Need::Read,
@@ -228,7 +223,7 @@ fn need(
         // A write route's GET (an instance's own record) only reads.
         Access::Write if *method == Method::GET || *method == Method::HEAD => Need::Read,
         Access::Write => {
-            let raw = params.get("service").ok_or_else(|| {
+            let raw = service.ok_or_else(|| {
                 // A write route without {service} is a bug in the router, and
                 // it must fail closed.
                 ApiError::forbidden(
@@ -255,9 +250,9 @@ fn principal(
     state: &AppState,
     gate: Gate,
     req: &Request,
-    params: &HashMap<String, String>,
+    service: Option<&str>,
 ) -> Result<Arc<Principal>, ApiError> {
-    let Some(need) = need(gate.access, req.method(), params)? else {
+    let Some(need) = need(gate.access, req.method(), service)? else {
         // Open routes look at no token, so a stale one cannot break a probe.
         return Ok(NOBODY.clone());
     };
@@ -383,22 +378,26 @@ async fn check(
 /// Everything the gate checks before the handler runs.
 async fn admit(state: &AppState, gate: Gate, req: Request) -> Result<(Request, Slot), ApiError> {
     let (mut parts, body) = req.into_parts();
-    // Decoded exactly as the handler's `Path` extractor will decode them.
-    let params = match Path::<HashMap<String, String>>::from_request_parts(&mut parts, state).await
-    {
-        Ok(Path(p)) => p,
-        Err(e) => {
-            return Err(ApiError::invalid(
+    // axum percent-decodes path parameters when it routes; one whose escapes
+    // are not UTF-8 is refused here with a problem document (the handler's
+    // `Path` extractor would answer plain text). The values are shared, not
+    // copied.
+    let params = RawPathParams::from_request_parts(&mut parts, state)
+        .await
+        .map_err(|e| {
+            ApiError::invalid(
                 "path",
                 format!("the path does not decode: {}", e.body_text()),
-            ));
-        }
-    };
+            )
+        })?;
+    let service = params
+        .iter()
+        .find_map(|(k, v)| (k == "service").then_some(v));
     let mut req = Request::from_parts(parts, body);
     if gate.access == Access::Peer {
         peer(state, &req)?;
     } else {
-        let principal = principal(state, gate, &req, &params)?;
+        let principal = principal(state, gate, &req, service)?;
         req.extensions_mut().insert(principal);
     }
     let reads = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -506,18 +505,17 @@ mod tests {
 
     #[test]
     fn write_routes_authorize_the_decoded_name() {
-        let params = |s: &str| HashMap::from([("service".to_owned(), s.to_owned())]);
         let put = Method::PUT;
         assert_eq!(
-            need(Access::Write, &put, &params("Web")).unwrap(),
+            need(Access::Write, &put, Some("Web")).unwrap(),
             Some(Need::Write("web".into()))
         );
-        assert!(need(Access::Write, &put, &params(&"x".repeat(2000))).is_err());
-        assert!(need(Access::Write, &put, &HashMap::new()).is_err());
+        assert!(need(Access::Write, &put, Some(&"x".repeat(2000))).is_err());
+        assert!(need(Access::Write, &put, None).is_err());
         assert_eq!(
-            need(Access::Write, &Method::GET, &params("web")).unwrap(),
+            need(Access::Write, &Method::GET, Some("web")).unwrap(),
             Some(Need::Read)
         );
-        assert_eq!(need(Access::Open, &put, &HashMap::new()).unwrap(), None);
+        assert_eq!(need(Access::Open, &put, None).unwrap(), None);
     }
 }
