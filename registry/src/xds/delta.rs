@@ -104,6 +104,12 @@ impl State {
                 }
                 Some(Ok(None) | Err(_)) => return None,
                 None => {
+                    // Let every stream woken by this change queue its
+                    // response before the connections write: on the xDS
+                    // threads' runtimes a yielded task runs again after the
+                    // others, so a connection writes its streams' responses
+                    // together instead of one system call each.
+                    tokio::task::yield_now().await;
                     for kind in Kind::ALL {
                         if let Some(sub) = self.subs.get_mut(&kind)
                             && sub.started

@@ -298,6 +298,14 @@ fn node_id(node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> &st
 }
 
 /// Serves xDS on `listener` (over TLS with `tls`) until `shutdown`.
+///
+/// Connections are served by a few threads of their own, each a
+/// single-threaded runtime, and handed to them in turn by the accept loop. On
+/// such a runtime a task woken from inside it runs after the tasks already
+/// queued: when a change wakes a connection's streams, each stream queues its
+/// response and the connection writes them all in one go. On the shared
+/// runtime the connection task ran right after every stream that woke it
+/// (tokio's LIFO slot) and wrote each response with its own system call.
 pub async fn serve(
     listener: TcpListener,
     xds: Arc<Xds>,
@@ -305,72 +313,121 @@ pub async fn serve(
     max_connections: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let service = xds.service();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS));
     let slots = Arc::new(Semaphore::new(max_connections));
     let metrics = xds.registry.metrics().clone();
-    let (conns, incoming) = mpsc::channel::<std::io::Result<Conn>>(64);
-    let accept = {
-        let shutdown = shutdown.clone();
-        async move {
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "xDS accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    // Full: closed at once rather than queued.
-                    metrics.xds_refused("connections");
+    let mut workers = Vec::with_capacity(threads);
+    let mut finished = Vec::with_capacity(threads);
+    for n in 0..threads {
+        let (conns, accepted) = mpsc::unbounded_channel::<Accepted>();
+        let (done, finish) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (xds, tls, shutdown) = (xds.clone(), tls.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name(format!("roster-xds-{n}"))
+            .spawn(move || {
+                let served = runtime.block_on(serve_on_thread(accepted, xds, tls, shutdown));
+                let _ = done.send(served);
+            })?;
+        workers.push(conns);
+        finished.push(finish);
+    }
+    let mut next = 0usize;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "xDS accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let conns = conns.clone();
-                let tls = tls.clone();
-                // The handshake runs beside the accept loop, bounded, so a
-                // client that stalls in it holds nothing else up.
-                tokio::spawn(async move {
-                    let transport = match tls {
-                        None => {
-                            // A client that sends nothing does not keep its slot.
-                            let mut first = [0u8; 1];
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first))
-                                .await
-                            {
-                                Ok(Ok(n)) if n > 0 => Transport::Plain(tcp),
-                                _ => return,
-                            }
-                        }
-                        Some(tls) => {
-                            let acceptor = tokio_rustls::TlsAcceptor::from(tls.h2_config());
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                                .await
-                            {
-                                Ok(Ok(s)) => Transport::Tls(Box::new(s)),
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "xDS TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => return,
-                            }
-                        }
-                    };
-                    let conn = Conn {
-                        transport,
-                        peer,
-                        _slot: slot,
-                    };
-                    let _ = conns.send(Ok(conn)).await;
-                });
-            }
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: closed at once rather than queued.
+            metrics.xds_refused("connections");
+            continue;
+        };
+        // Moved to the thread's runtime, whose reactor then drives it.
+        let Ok(tcp) = tcp.into_std() else { continue };
+        let _ = workers[next % threads].send(Accepted { tcp, peer, slot });
+        next = next.wrapping_add(1);
+    }
+    drop(workers);
+    let mut result = Ok(());
+    for finish in finished {
+        if let Ok(Err(e)) = finish.await {
+            result = Err(e);
         }
-    };
-    tokio::spawn(accept);
+    }
+    result
+}
+
+/// Most threads serving xDS connections.
+const MAX_THREADS: usize = 8;
+
+/// A connection accepted and not yet started.
+struct Accepted {
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+}
+
+/// One xDS thread: starts the connections handed to it (TLS handshake, or the
+/// first bytes) and serves them until `shutdown`.
+async fn serve_on_thread(
+    mut accepted: mpsc::UnboundedReceiver<Accepted>,
+    xds: Arc<Xds>,
+    tls: Option<Arc<TlsState>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let service = xds.service();
+    let (conns, incoming) = mpsc::channel::<std::io::Result<Conn>>(64);
+    tokio::spawn(async move {
+        while let Some(Accepted { tcp, peer, slot }) = accepted.recv().await {
+            let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let conns = conns.clone();
+            let tls = tls.clone();
+            // The handshake runs beside the others, bounded, so a client that
+            // stalls in it holds nothing else up.
+            tokio::spawn(async move {
+                let transport = match tls {
+                    None => {
+                        // A client that sends nothing does not keep its slot.
+                        let mut first = [0u8; 1];
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+                            Ok(Ok(n)) if n > 0 => Transport::Plain(tcp),
+                            _ => return,
+                        }
+                    }
+                    Some(tls) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.h2_config());
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => Transport::Tls(Box::new(s)),
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "xDS TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                };
+                let conn = Conn {
+                    transport,
+                    peer,
+                    _slot: slot,
+                };
+                let _ = conns.send(Ok(conn)).await;
+            });
+        }
+    });
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
