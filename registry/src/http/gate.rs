@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 
+use super::federation::Forwarded;
 use super::limits::{self, Slot};
 use super::{ApiError, AppState};
 use crate::acl::{Need, Principal};
@@ -51,6 +52,8 @@ pub(super) enum Access {
     Admin,
     /// Another node of the cluster, with the cluster token.
     Peer,
+    /// Another datacenter, with the federation token.
+    Federation,
 }
 
 /// How the routes of a group answer errors.
@@ -81,7 +84,7 @@ impl Gate {
             access,
             style,
             body_limit: super::BODY_LIMIT,
-            until_ready: !matches!(access, Access::Open | Access::Peer),
+            until_ready: !matches!(access, Access::Open | Access::Peer | Access::Federation),
         }
     }
 
@@ -122,6 +125,16 @@ impl Group {
 }
 
 static ROOT: LazyLock<Arc<Principal>> = LazyLock::new(|| Arc::new(Principal::root()));
+
+/// The principal of a call another datacenter forwards without a caller's
+/// token (failover polls): it may read, nothing else.
+static FEDERATION: LazyLock<Arc<Principal>> = LazyLock::new(|| {
+    Arc::new(Principal {
+        name: "federation".into(),
+        read: true,
+        ..Principal::default()
+    })
+});
 
 /// The principal of a call to an open route: allowed nothing beyond the route.
 static NOBODY: LazyLock<Arc<Principal>> = LazyLock::new(|| {
@@ -221,7 +234,7 @@ fn need(
     params: &HashMap<String, String>,
 ) -> Result<Option<Need>, ApiError> {
     Ok(Some(match access {
-        Access::Open | Access::Peer => return Ok(None),
+        Access::Open | Access::Peer | Access::Federation => return Ok(None),
         Access::Read => Need::Read,
         Access::Admin => Need::Admin,
         Access::AnyWrite => Need::AnyWrite,
@@ -264,6 +277,11 @@ fn principal(
     let principal = match &state.acl {
         None => ROOT.clone(),
         Some(tokens) => match secret(req.headers(), req.uri().query(), gate.style) {
+            // Another datacenter asking on its own behalf (a failover poll):
+            // the federation token it proved is a read right.
+            None if req.extensions().get::<Forwarded>().is_some() && need == Need::Read => {
+                FEDERATION.clone()
+            }
             // The anonymous policy, when the operator gave one, decides calls
             // without a token; a call it does not cover needs a token (401).
             None => match tokens.anonymous().filter(|anon| anon.allows(&need)) {
@@ -374,10 +392,123 @@ async fn check(
     req: Request,
     next: Next,
 ) -> Response {
-    match admit(&state, gate, req).await {
-        Ok((req, slot)) => run(&state, slot, req, next).await,
+    let (req, slot) = match admit(&state, gate, req).await {
+        Ok(admitted) => admitted,
+        Err(e) => return refuse(gate.style, e),
+    };
+    match remote_datacenter(&state, gate, &req) {
+        Ok(None) => run(&state, slot, next.run(req)).await,
+        Ok(Some(dc)) => {
+            let forward = super::federation::forward(state.clone(), dc, gate.style, req);
+            run(&state, slot, forward).await
+        }
         Err(e) => refuse(gate.style, e),
     }
+}
+
+/// A call another datacenter forwarded: it must carry the federation token
+/// (401 without, 403 with a wrong one, 403 on a node that takes no forwarded
+/// calls). `None` for an ordinary call.
+fn forwarded(state: &AppState, req: &Request) -> Result<Option<Forwarded>, ApiError> {
+    let headers = req.headers();
+    let token = headers.get(crate::federation::TOKEN_HEADER);
+    let from = headers.get(crate::federation::FORWARDED_HEADER);
+    if token.is_none() && from.is_none() {
+        return Ok(None);
+    }
+    let Some(federation) = &state.federation else {
+        return Err(ApiError::forbidden(
+            StatusCode::FORBIDDEN,
+            "this node takes no calls from other datacenters (it has no --federation-token)".into(),
+        ));
+    };
+    let Some(token) = token else {
+        return Err(ApiError::forbidden(
+            StatusCode::UNAUTHORIZED,
+            "a call forwarded by another datacenter needs the federation token".into(),
+        ));
+    };
+    if !federation.token_matches(token.as_bytes()) {
+        return Err(ApiError::forbidden(
+            StatusCode::FORBIDDEN,
+            "wrong federation token".into(),
+        ));
+    }
+    let from = from
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown")
+        .to_owned();
+    Ok(Some(Forwarded(from)))
+}
+
+/// The other datacenter `?dc=` names, when it names one: `None` for none,
+/// an empty one or this datacenter. Only configured datacenters are ever
+/// called; a forwarded call is never forwarded again (a loop of
+/// misconfigured datacenters ends at the second hop); with ACLs the token
+/// needs a `dc:` policy for it. Routes without a token (open, peer) ignore
+/// `?dc=`, and so do admin routes: snapshots and maintenance stay local.
+fn remote_datacenter(
+    state: &AppState,
+    gate: Gate,
+    req: &Request,
+) -> Result<Option<Arc<crate::federation::RemoteDc>>, ApiError> {
+    if !matches!(gate.access, Access::Read | Access::Write | Access::AnyWrite) {
+        return Ok(None);
+    }
+    let Some(dc) = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').filter_map(|kv| kv.strip_prefix("dc=")).last())
+    else {
+        return Ok(None);
+    };
+    if dc.is_empty() || dc == state.consul.datacenter {
+        return Ok(None);
+    }
+    if let Some(Forwarded(from)) = req.extensions().get::<Forwarded>() {
+        return Err(ApiError::remote(
+            StatusCode::LOOP_DETECTED,
+            format!(
+                "datacenter {from:?} forwarded a call naming datacenter {dc:?} to this one ({:?}): forwarded calls are never forwarded again; check --federate in {from:?}",
+                state.consul.datacenter
+            ),
+        ));
+    }
+    let remote = state.federation.as_ref().and_then(|f| f.remote(dc));
+    let Some(remote) = remote else {
+        if gate.style == Style::Consul {
+            // What Consul answers for a datacenter it has no path to.
+            return Err(ApiError::remote(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "No path to datacenter",
+            ));
+        }
+        let known = state
+            .federation
+            .as_ref()
+            .map(|f| f.names())
+            .unwrap_or_else(|| vec![state.consul.datacenter.as_str()]);
+        let shown: String = dc.chars().take(128).collect();
+        return Err(ApiError::unknown_datacenter(&shown, &known));
+    };
+    let allowed = req
+        .extensions()
+        .get::<Arc<Principal>>()
+        .is_some_and(|p| p.allows_datacenter(&remote.name));
+    if !allowed {
+        let name = req
+            .extensions()
+            .get::<Arc<Principal>>()
+            .map_or("anonymous".to_owned(), |p| p.name.clone());
+        return Err(ApiError::forbidden(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token {name:?} may not call datacenter {:?} (it needs a dc: policy matching it)",
+                remote.name
+            ),
+        ));
+    }
+    Ok(Some(remote.clone()))
 }
 
 /// Everything the gate checks before the handler runs.
@@ -395,7 +526,17 @@ async fn admit(state: &AppState, gate: Gate, req: Request) -> Result<(Request, S
         }
     };
     let mut req = Request::from_parts(parts, body);
-    if gate.access == Access::Peer {
+    if let Some(forwarded) = forwarded(state, &req)? {
+        req.extensions_mut().insert(forwarded);
+    }
+    if gate.access == Access::Federation {
+        if req.extensions().get::<Forwarded>().is_none() {
+            return Err(ApiError::forbidden(
+                StatusCode::UNAUTHORIZED,
+                "the federation token is required".into(),
+            ));
+        }
+    } else if gate.access == Access::Peer {
         peer(state, &req)?;
     } else {
         let principal = principal(state, gate, &req, &params)?;
@@ -425,7 +566,7 @@ async fn admit(state: &AppState, gate: Gate, req: Request) -> Result<(Request, S
     let slot = match gate.access {
         // Probes and peers are cheap or few, and must get through an overload:
         // a starved Raft heartbeat would start an election.
-        Access::Open | Access::Peer => Slot::Free,
+        Access::Open | Access::Peer | Access::Federation => Slot::Free,
         _ => state.limiter.request()?,
     };
     Ok((req, slot))
@@ -433,10 +574,10 @@ async fn admit(state: &AppState, gate: Gate, req: Request) -> Result<(Request, S
 
 /// Runs the handler holding `slot`: a watcher's slot for as long as its body
 /// streams, a request's under the request deadline.
-async fn run(state: &AppState, slot: Slot, req: Request, next: Next) -> Response {
+async fn run(state: &AppState, slot: Slot, handler: impl Future<Output = Response>) -> Response {
     match slot {
         Slot::Watcher(permit) => {
-            let resp = next.run(req).await;
+            let resp = handler.await;
             resp.map(|body| {
                 Body::from_stream(body.into_data_stream().map(move |chunk| {
                     let _held = &permit;
@@ -446,7 +587,7 @@ async fn run(state: &AppState, slot: Slot, req: Request, next: Next) -> Response
         }
         slot => {
             let timeout = state.limiter.config().request_timeout;
-            let resp = tokio::time::timeout(timeout, next.run(req)).await;
+            let resp = tokio::time::timeout(timeout, handler).await;
             drop(slot);
             resp.unwrap_or_else(|_| {
                 ApiError::unavailable("the request took too long; retry shortly")
