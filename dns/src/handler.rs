@@ -136,6 +136,24 @@ impl Reply {
     }
 }
 
+/// Why a name backed by a service has no records.
+#[derive(Clone, Copy, Debug)]
+enum Missing {
+    /// No such service (or datacenter): NXDOMAIN.
+    Unknown,
+    /// Its datacenter cannot be asked now: SERVFAIL, so resolvers retry.
+    Unavailable,
+}
+
+impl Missing {
+    fn reply(self) -> Reply {
+        match self {
+            Missing::Unknown => Reply::nxdomain(),
+            Missing::Unavailable => Reply::error(ResponseCode::ServFail),
+        }
+    }
+}
+
 impl DnsHandler {
     /// A handler answering for `config.domain` from `view`.
     pub fn new(view: Arc<dyn ServiceView>, config: DnsConfig) -> Result<DnsHandler, ConfigError> {
@@ -197,7 +215,7 @@ impl DnsHandler {
     /// The rendered records of `service` (in datacenter `dc`, when given),
     /// from the cache when its index has not moved; the negative reply
     /// otherwise.
-    fn rendered(&self, service: &str, dc: Option<&str>) -> Result<Arc<Rendered>, Reply> {
+    fn rendered(&self, service: &str, dc: Option<&str>) -> Result<Arc<Rendered>, Missing> {
         let inner = &*self.inner;
         let cache = || inner.cache.read().unwrap_or_else(PoisonError::into_inner);
         let remote_key;
@@ -206,15 +224,13 @@ impl DnsHandler {
             Some(dc) => {
                 let records = match inner.view.remote_service(dc, service) {
                     crate::Remote::Records(r) => Some(r),
-                    crate::Remote::Unavailable => {
-                        return Err(Reply::error(ResponseCode::ServFail));
-                    }
+                    crate::Remote::Unavailable => return Err(Missing::Unavailable),
                     crate::Remote::NoService | crate::Remote::UnknownDatacenter => None,
                 };
                 // Names in answers (SRV targets) carry the datacenter too.
                 let domain = Name::from_ascii(dc)
                     .and_then(|d| d.append_domain(&inner.domain))
-                    .map_err(|_| Reply::nxdomain())?;
+                    .map_err(|_| Missing::Unknown)?;
                 // `@` is in no service or datacenter name: no collision.
                 remote_key = format!("{service}@{dc}");
                 (remote_key.as_str(), records, Some(domain))
@@ -225,7 +241,7 @@ impl DnsHandler {
                 let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
                 cache.remove(key);
             }
-            return Err(Reply::nxdomain());
+            return Err(Missing::Unknown);
         };
         if let Some(rendered) = cache().get(key)
             && rendered.index == records.index
@@ -308,14 +324,14 @@ impl DnsHandler {
             },
             Shape::ServiceParent { service } => match self.rendered(service, dc) {
                 Ok(_) => Reply::nodata(),
-                Err(negative) => negative,
+                Err(missing) => missing.reply(),
             },
             Shape::Service { service, .. }
             | Shape::Srv { service, .. }
             | Shape::Instance { service, .. } => {
                 let rendered = match self.rendered(service, dc) {
                     Ok(r) => r,
-                    Err(negative) => return negative,
+                    Err(missing) => return missing.reply(),
                 };
                 match self.service_answer(&shape, qtype, qname, &rendered) {
                     Ok(answer) => Reply::answer(answer.answers(turn), answer.additionals(turn)),

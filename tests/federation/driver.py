@@ -43,6 +43,7 @@ PORT = 8500
 DNS_PORT = 8600
 WAN = "10.99.0.100"
 PROXY = False  # set in run(): netem missing, delay by proxies instead
+FAILOVER = "web=dc2,dc3"  # dc1's --failover
 
 
 def say(msg):
@@ -263,7 +264,7 @@ def start_all():
     procs = {}
     if PROXY:
         start_proxies()
-    procs["dc1"] = start("dc1", "10.99.0.1", "dc1-a", ["--failover", "web=dc2,dc3"])
+    procs["dc1"] = start("dc1", "10.99.0.1", "dc1-a", ["--failover", FAILOVER])
     procs["dc2"] = start("dc2", "10.99.0.2", "dc2-a")
     join = ",".join(f"{a}:{PORT}" for a in DCS["dc3"])
     for i, addr in enumerate(DCS["dc3"], 1):
@@ -501,11 +502,101 @@ def run():
     say("PASS")
 
 
+def percentile(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def timed(path, n):
+    out = []
+    for _ in range(n):
+        s, _, _, took = http("GET", url(D1, path))
+        if s != 200:
+            fail(f"bench GET {path}: {s}")
+        out.append(took * 1000)
+    return out
+
+
+def wrk(path, secs=5):
+    """Requests per second of wrk (1 thread, 16 connections) on dc1, or None."""
+    import shutil
+    if not shutil.which("wrk"):
+        return None
+    r = sh("wrk", "-t1", "-c16", f"-d{secs}s", url(D1, path), check=False)
+    for line in r.stdout.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    return None
+
+
+def bench():
+    """bench/federation.sh: added latency of a ?dc= read over the simulated
+    WAN, and the cost of failover answers, from this host to dc1."""
+    global PROXY, FAILOVER
+    os.makedirs(os.path.join(WORK, "pids"), exist_ok=True)
+    PROXY = not netem_works()
+    FAILOVER = "web=dc2,dc3;*=dc2"
+    build_network()
+    start_all()
+    for addr in [D1, D2]:
+        until(30, f"{addr} ready", lambda a=addr: (http("GET", url(a, "/ready"), timeout=2)[0] == 200, None))
+    until(15, "dc2 up", lambda: (datacenter_row("dc2").get("rtt_ms") is not None, datacenter_row("dc2")))
+    register(D1, "web", "web-1", "10.1.0.1")
+    register(D2, "web", "web-2", "10.2.0.1")
+    time.sleep(2)  # a few probes for the RTT average
+    rtt = datacenter_row("dc2").get("rtt_ms")
+    n = 200
+    local = timed("/v1/services/web", n)
+    remote = timed("/v1/services/web?dc=dc2", n)
+    maintenance(D1, "web-1", True)
+    until(10, "failover", lambda: (web_answer()[0] == "dc2", web_answer()))
+    failover = timed("/v1/services/web", n)
+    # Cold failover: the first question about a service whose local
+    # instances just went down (its poller starts on that question).
+    cold = []
+    for i in range(10):
+        svc = f"cold{i}"
+        register(D1, svc, f"{svc}-1", "10.1.0.9")
+        register(D2, svc, f"{svc}-2", "10.2.0.9")
+        s, _, b, _ = http("PUT", url(D1, f"/v1/services/{svc}/instances/{svc}-1/maintenance"),
+                          {"enabled": True, "reason": "bench"})
+        s, h, b, took = http("GET", url(D1, f"/v1/services/{svc}"))
+        if h.get("x-roster-datacenter") != "dc2":
+            fail(f"cold failover of {svc}: {s} {h} {b}")
+        cold.append(took * 1000)
+    rates = []
+    for round_ in range(2):
+        maintenance(D1, "web-1", False)
+        time.sleep(0.2)
+        loc = wrk("/v1/services/web")
+        maintenance(D1, "web-1", True)
+        until(10, "failover", lambda: (web_answer()[0] == "dc2", web_answer()))
+        fo = wrk("/v1/services/web")
+        rates.append((loc, fo))
+
+    def row(name, xs):
+        return f"| {name} | {statistics.median(xs):.2f} | {percentile(xs, 0.9):.2f} | {percentile(xs, 0.99):.2f} |"
+    print(f"WAN: {'delaying TCP proxy (no netem in this kernel)' if PROXY else 'netem'}, "
+          f"{DELAY} per link end; dc1<->dc2 probe RTT (EWMA) {rtt} ms; {n} sequential GETs each from the host to dc1")
+    print("| read | p50 ms | p90 ms | p99 ms |\n|---|---|---|---|")
+    print(row("local answer (`/v1/services/web`)", local))
+    print(row("`?dc=dc2` (forwarded over the WAN)", remote))
+    print(row("failover answer (from the poller's cache)", failover))
+    print(f"added latency of ?dc=dc2 at p50: {statistics.median(remote) - statistics.median(local):.2f} ms")
+    print(f"first failover answer of a service (its poller starts on that question; 10 services): "
+          f"p50 {statistics.median(cold):.2f} ms, max {max(cold):.2f} ms")
+    for i, (loc, fo) in enumerate(rates, 1):
+        if loc and fo:
+            print(f"wrk round {i}: local {loc:,.0f} req/s, failover {fo:,.0f} req/s, failover/local {fo / loc:.2f}")
+
+
 if __name__ == "__main__":
     os.makedirs(WORK, exist_ok=True)
     if sys.argv[1:] == ["teardown"]:
         teardown()
     elif sys.argv[1:2] == ["proxy"]:
         proxy_main(sys.argv[2])
+    elif sys.argv[1:] == ["bench"]:
+        bench()
     else:
         run()

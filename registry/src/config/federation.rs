@@ -397,8 +397,10 @@ mod tests {
     use crate::config::{Config, ServeArgs};
 
     fn args(federate: &str) -> ServeArgs {
-        let mut a = ServeArgs::default();
-        a.datacenter = Some("dc1".into());
+        let mut a = ServeArgs {
+            datacenter: Some("dc1".into()),
+            ..ServeArgs::default()
+        };
         a.federation.federate = Some(federate.into());
         a.federation.federation_token = Some("a-federation-token-1".into());
         a
@@ -455,8 +457,13 @@ mod tests {
         a.federation.federation_token = Some("short".into());
         assert_eq!(refused(&a).0, "federation_token");
         // A token alone: this node takes forwarded calls, calls no one.
-        let mut alone = ServeArgs::default();
-        alone.federation.federation_token = Some("a-federation-token-1".into());
+        let alone = ServeArgs {
+            federation: FederationArgs {
+                federation_token: Some("a-federation-token-1".into()),
+                ..FederationArgs::default()
+            },
+            ..ServeArgs::default()
+        };
         let fed = Config::load(&alone).unwrap().federation.unwrap();
         assert!(fed.remotes.is_empty());
     }

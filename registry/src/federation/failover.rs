@@ -41,8 +41,11 @@ const MAX_ANSWER: usize = 16 << 20;
 /// Most instances taken from one remote answer.
 const MAX_INSTANCES: usize = 10_000;
 /// Set in the index of a failover answer, so it never equals a local index
-/// (blocking queries compare indexes for equality only).
-pub const FAILOVER_INDEX_BIT: u64 = 1 << 62;
+/// (blocking queries compare indexes for equality only). Bit 52, not a higher
+/// one: the whole index stays below 2^53, so JavaScript and other readers of
+/// JSON numbers as doubles send back exactly the index they got (a rounded
+/// one would never match, and their blocking queries would spin).
+pub const FAILOVER_INDEX_BIT: u64 = 1 << 52;
 
 /// What one datacenter said about one service: its healthy instances.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,7 +66,7 @@ pub struct RemoteAnswer {
 impl RemoteAnswer {
     /// The index a local answer made of this one carries, given the local
     /// service's index: it moves when either moves, and never equals a
-    /// plain local index.
+    /// plain local index (those stay far below 2^52).
     pub fn failover_index(&self, local_index: u64) -> u64 {
         FAILOVER_INDEX_BIT | (local_index.wrapping_add(self.version) & (FAILOVER_INDEX_BIT - 1))
     }
@@ -409,5 +412,30 @@ impl Failover {
             version: 0,
             instances,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_indexes_move_with_either_side_and_stay_exact_in_doubles() {
+        let answer = |version| RemoteAnswer {
+            datacenter: "dc2".into(),
+            service: "web".into(),
+            index: 7,
+            version,
+            instances: Vec::new(),
+        };
+        let a = answer(5).failover_index(100);
+        assert_ne!(a, 100);
+        assert_ne!(a, answer(6).failover_index(100), "remote change");
+        assert_ne!(a, answer(5).failover_index(101), "local change");
+        for index in [a, answer(u64::MAX).failover_index(u64::MAX)] {
+            assert!(index < 1 << 53);
+            assert_eq!(index as f64 as u64, index);
+            assert!(index & FAILOVER_INDEX_BIT != 0);
+        }
     }
 }

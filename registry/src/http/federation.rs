@@ -99,7 +99,7 @@ fn head_within(req: &Request, timeout: Duration) -> Duration {
     let wait = query
         .split('&')
         .filter_map(|kv| kv.strip_prefix("wait="))
-        .last()
+        .next_back()
         .and_then(|w| roster_api::duration::parse(w).ok())
         .unwrap_or(super::watch::DEFAULT_WAIT)
         .min(super::watch::MAX_WAIT);

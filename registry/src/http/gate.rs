@@ -455,11 +455,11 @@ fn remote_datacenter(
     if !matches!(gate.access, Access::Read | Access::Write | Access::AnyWrite) {
         return Ok(None);
     }
-    let Some(dc) = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').filter_map(|kv| kv.strip_prefix("dc=")).last())
-    else {
+    let Some(dc) = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.strip_prefix("dc="))
+            .next_back()
+    }) else {
         return Ok(None);
     };
     if dc.is_empty() || dc == state.consul.datacenter {

@@ -237,10 +237,10 @@ async fn get_owned(url: String) -> (u16, reqwest::header::HeaderMap, Value) {
 async fn next_event(resp: &mut reqwest::Response) -> String {
     let mut buf = String::new();
     loop {
-        if let Some(at) = buf.find("data:") {
-            if let Some(end) = buf[at..].find('\n') {
-                return buf[at..at + end].to_owned();
-            }
+        if let Some(at) = buf.find("data:")
+            && let Some(end) = buf[at..].find('\n')
+        {
+            return buf[at..at + end].to_owned();
         }
         let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
             .await
