@@ -450,6 +450,15 @@ mod tests {
     }
 
     #[test]
+    fn with_peer_tls_remote_datacenters_are_called_over_https() {
+        let https = parse_server("r2.example:8500", true).unwrap();
+        assert_eq!(https.base_url(), "https://r2.example:8500");
+        let err = parse_server("http://r2.example:8500", true).unwrap_err();
+        assert!(err.contains("https"), "{err}");
+        assert!(!parse_server("10.0.0.1:8500", false).unwrap().https);
+    }
+
+    #[test]
     fn token_is_required_and_long() {
         let mut a = args("dc2=a:80");
         a.federation.federation_token = None;

@@ -40,6 +40,12 @@ const POLL_WAIT: Duration = Duration::from_secs(25);
 const MAX_ANSWER: usize = 16 << 20;
 /// Most instances taken from one remote answer.
 const MAX_INSTANCES: usize = 10_000;
+/// Most entries, and so pollers, per remote datacenter. Questions about
+/// services nobody has (random DNS names, say) would otherwise make this
+/// node start a poller, and a WAN call, per name: past the bound a new entry
+/// is not made, and the question is answered locally. Half the datacenter's
+/// in-flight bound, so pollers never starve `?dc=` calls.
+pub const MAX_ENTRIES: usize = super::pool::MAX_IN_FLIGHT / 2;
 /// Set in the index of a failover answer, so it never equals a local index
 /// (blocking queries compare indexes for equality only). Bit 52, not a higher
 /// one: the whole index stays below 2^53, so JavaScript and other readers of
@@ -107,6 +113,8 @@ struct Inner {
     epoch: Instant,
     /// Failover answers served, per datacenter.
     served: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Entries not made because [`MAX_ENTRIES`] were there.
+    refused: AtomicU64,
 }
 
 /// The failover resolver (cheap to clone).
@@ -136,6 +144,7 @@ impl Failover {
             tracker: TaskTracker::new(),
             epoch: Instant::now(),
             served: Mutex::default(),
+            refused: AtomicU64::new(0),
         }))
     }
 
@@ -241,6 +250,11 @@ impl Failover {
             "# HELP roster_federation_pollers Remote (datacenter, service) answers kept fresh by a poller now.\n# TYPE roster_federation_pollers gauge\nroster_federation_pollers {}",
             self.pollers()
         );
+        let _ = writeln!(
+            out,
+            "# HELP roster_federation_pollers_refused_total Remote answers not followed because {MAX_ENTRIES} pollers of their datacenter were running.\n# TYPE roster_federation_pollers_refused_total counter\nroster_federation_pollers_refused_total {}",
+            self.0.refused.load(Ordering::Relaxed)
+        );
         out
     }
 
@@ -266,6 +280,10 @@ impl Failover {
         // Pollers are tasks: without a runtime (a unit test of a view) the
         // cache is only read.
         if tokio::runtime::Handle::try_current().is_err() || self.0.shutdown.is_cancelled() {
+            return None;
+        }
+        if entries.keys().filter(|(d, _)| d == dc).count() >= MAX_ENTRIES {
+            self.0.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let entry = Arc::new(Entry {
@@ -418,6 +436,45 @@ impl Failover {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn questions_about_many_names_start_a_bounded_number_of_pollers() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let dc = Arc::new(RemoteDc::new(
+            "dc2",
+            &[crate::config::RemoteServer {
+                host: "127.0.0.1".into(),
+                port,
+                https: false,
+            }],
+            Duration::from_secs(60),
+        ));
+        let shutdown = CancellationToken::new();
+        let failover = Failover::new(
+            FailoverPolicy {
+                default: vec!["dc2".into()],
+                ..FailoverPolicy::default()
+            },
+            vec![dc],
+            reqwest::Client::new(),
+            "dc1",
+            "a-federation-token-1",
+            Duration::from_millis(100),
+            shutdown.clone(),
+        );
+        for i in 0..MAX_ENTRIES + 50 {
+            assert!(failover.resolve_now(&format!("random-{i}")).is_none());
+        }
+        assert_eq!(failover.pollers(), MAX_ENTRIES);
+        assert!(
+            failover
+                .metrics_text()
+                .contains("roster_federation_pollers_refused_total 50")
+        );
+        shutdown.cancel();
+    }
 
     #[test]
     fn failover_indexes_move_with_either_side_and_stay_exact_in_doubles() {

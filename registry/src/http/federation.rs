@@ -12,8 +12,9 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::gate::{Style, refuse};
+use super::gate::{Access, Style, refuse};
 use super::{ApiError, AppState};
+use crate::acl::Principal;
 use crate::federation::{FederationError, RemoteDc};
 
 /// Set on a request forwarded by another datacenter (its name): answered
@@ -214,4 +215,110 @@ pub(super) async fn forward(
         );
     }
     out
+}
+
+/// A call another datacenter forwarded: it must carry the federation token
+/// (401 without, 403 with a wrong one, 403 on a node that takes no forwarded
+/// calls). `None` for an ordinary call.
+pub(super) fn forwarded(state: &AppState, req: &Request) -> Result<Option<Forwarded>, ApiError> {
+    let headers = req.headers();
+    let token = headers.get(crate::federation::TOKEN_HEADER);
+    let from = headers.get(crate::federation::FORWARDED_HEADER);
+    if token.is_none() && from.is_none() {
+        return Ok(None);
+    }
+    let Some(federation) = &state.federation else {
+        return Err(ApiError::forbidden(
+            StatusCode::FORBIDDEN,
+            "this node takes no calls from other datacenters (it has no --federation-token)".into(),
+        ));
+    };
+    let Some(token) = token else {
+        return Err(ApiError::forbidden(
+            StatusCode::UNAUTHORIZED,
+            "a call forwarded by another datacenter needs the federation token".into(),
+        ));
+    };
+    if !federation.token_matches(token.as_bytes()) {
+        return Err(ApiError::forbidden(
+            StatusCode::FORBIDDEN,
+            "wrong federation token".into(),
+        ));
+    }
+    let from = from
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown")
+        .to_owned();
+    Ok(Some(Forwarded(from)))
+}
+
+/// The other datacenter `?dc=` names, when it names one: `None` for none,
+/// an empty one or this datacenter. Only configured datacenters are ever
+/// called; a forwarded call is never forwarded again (a loop of
+/// misconfigured datacenters ends at the second hop); with ACLs the token
+/// needs a `dc:` policy for it. Routes without a token (open, peer) ignore
+/// `?dc=`, and so do admin routes: snapshots and maintenance stay local.
+pub(super) fn remote_datacenter(
+    state: &AppState,
+    access: Access,
+    style: Style,
+    req: &Request,
+) -> Result<Option<Arc<crate::federation::RemoteDc>>, ApiError> {
+    if !matches!(access, Access::Read | Access::Write | Access::AnyWrite) {
+        return Ok(None);
+    }
+    let Some(dc) = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.strip_prefix("dc="))
+            .next_back()
+    }) else {
+        return Ok(None);
+    };
+    if dc.is_empty() || dc == state.consul.datacenter {
+        return Ok(None);
+    }
+    if let Some(Forwarded(from)) = req.extensions().get::<Forwarded>() {
+        return Err(ApiError::remote(
+            StatusCode::LOOP_DETECTED,
+            format!(
+                "datacenter {from:?} forwarded a call naming datacenter {dc:?} to this one ({:?}): forwarded calls are never forwarded again; check --federate in {from:?}",
+                state.consul.datacenter
+            ),
+        ));
+    }
+    let remote = state.federation.as_ref().and_then(|f| f.remote(dc));
+    let Some(remote) = remote else {
+        if style == Style::Consul {
+            // What Consul answers for a datacenter it has no path to.
+            return Err(ApiError::remote(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "No path to datacenter",
+            ));
+        }
+        let known = state
+            .federation
+            .as_ref()
+            .map(|f| f.names())
+            .unwrap_or_else(|| vec![state.consul.datacenter.as_str()]);
+        let shown: String = dc.chars().take(128).collect();
+        return Err(ApiError::unknown_datacenter(&shown, &known));
+    };
+    let allowed = req
+        .extensions()
+        .get::<Arc<Principal>>()
+        .is_some_and(|p| p.allows_datacenter(&remote.name));
+    if !allowed {
+        let name = req
+            .extensions()
+            .get::<Arc<Principal>>()
+            .map_or("anonymous".to_owned(), |p| p.name.clone());
+        return Err(ApiError::forbidden(
+            StatusCode::FORBIDDEN,
+            format!(
+                "token {name:?} may not call datacenter {:?} (it needs a dc: policy matching it)",
+                remote.name
+            ),
+        ));
+    }
+    Ok(Some(remote.clone()))
 }

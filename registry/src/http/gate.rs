@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 
-use super::federation::Forwarded;
+use super::federation::{Forwarded, forwarded, remote_datacenter};
 use super::limits::{self, Slot};
 use super::{ApiError, AppState};
 use crate::acl::{Need, Principal};
@@ -396,7 +396,7 @@ async fn check(
         Ok(admitted) => admitted,
         Err(e) => return refuse(gate.style, e),
     };
-    match remote_datacenter(&state, gate, &req) {
+    match remote_datacenter(&state, gate.access, gate.style, &req) {
         Ok(None) => run(&state, slot, next.run(req)).await,
         Ok(Some(dc)) => {
             let forward = super::federation::forward(state.clone(), dc, gate.style, req);
@@ -404,111 +404,6 @@ async fn check(
         }
         Err(e) => refuse(gate.style, e),
     }
-}
-
-/// A call another datacenter forwarded: it must carry the federation token
-/// (401 without, 403 with a wrong one, 403 on a node that takes no forwarded
-/// calls). `None` for an ordinary call.
-fn forwarded(state: &AppState, req: &Request) -> Result<Option<Forwarded>, ApiError> {
-    let headers = req.headers();
-    let token = headers.get(crate::federation::TOKEN_HEADER);
-    let from = headers.get(crate::federation::FORWARDED_HEADER);
-    if token.is_none() && from.is_none() {
-        return Ok(None);
-    }
-    let Some(federation) = &state.federation else {
-        return Err(ApiError::forbidden(
-            StatusCode::FORBIDDEN,
-            "this node takes no calls from other datacenters (it has no --federation-token)".into(),
-        ));
-    };
-    let Some(token) = token else {
-        return Err(ApiError::forbidden(
-            StatusCode::UNAUTHORIZED,
-            "a call forwarded by another datacenter needs the federation token".into(),
-        ));
-    };
-    if !federation.token_matches(token.as_bytes()) {
-        return Err(ApiError::forbidden(
-            StatusCode::FORBIDDEN,
-            "wrong federation token".into(),
-        ));
-    }
-    let from = from
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("unknown")
-        .to_owned();
-    Ok(Some(Forwarded(from)))
-}
-
-/// The other datacenter `?dc=` names, when it names one: `None` for none,
-/// an empty one or this datacenter. Only configured datacenters are ever
-/// called; a forwarded call is never forwarded again (a loop of
-/// misconfigured datacenters ends at the second hop); with ACLs the token
-/// needs a `dc:` policy for it. Routes without a token (open, peer) ignore
-/// `?dc=`, and so do admin routes: snapshots and maintenance stay local.
-fn remote_datacenter(
-    state: &AppState,
-    gate: Gate,
-    req: &Request,
-) -> Result<Option<Arc<crate::federation::RemoteDc>>, ApiError> {
-    if !matches!(gate.access, Access::Read | Access::Write | Access::AnyWrite) {
-        return Ok(None);
-    }
-    let Some(dc) = req.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.strip_prefix("dc="))
-            .next_back()
-    }) else {
-        return Ok(None);
-    };
-    if dc.is_empty() || dc == state.consul.datacenter {
-        return Ok(None);
-    }
-    if let Some(Forwarded(from)) = req.extensions().get::<Forwarded>() {
-        return Err(ApiError::remote(
-            StatusCode::LOOP_DETECTED,
-            format!(
-                "datacenter {from:?} forwarded a call naming datacenter {dc:?} to this one ({:?}): forwarded calls are never forwarded again; check --federate in {from:?}",
-                state.consul.datacenter
-            ),
-        ));
-    }
-    let remote = state.federation.as_ref().and_then(|f| f.remote(dc));
-    let Some(remote) = remote else {
-        if gate.style == Style::Consul {
-            // What Consul answers for a datacenter it has no path to.
-            return Err(ApiError::remote(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "No path to datacenter",
-            ));
-        }
-        let known = state
-            .federation
-            .as_ref()
-            .map(|f| f.names())
-            .unwrap_or_else(|| vec![state.consul.datacenter.as_str()]);
-        let shown: String = dc.chars().take(128).collect();
-        return Err(ApiError::unknown_datacenter(&shown, &known));
-    };
-    let allowed = req
-        .extensions()
-        .get::<Arc<Principal>>()
-        .is_some_and(|p| p.allows_datacenter(&remote.name));
-    if !allowed {
-        let name = req
-            .extensions()
-            .get::<Arc<Principal>>()
-            .map_or("anonymous".to_owned(), |p| p.name.clone());
-        return Err(ApiError::forbidden(
-            StatusCode::FORBIDDEN,
-            format!(
-                "token {name:?} may not call datacenter {:?} (it needs a dc: policy matching it)",
-                remote.name
-            ),
-        ));
-    }
-    Ok(Some(remote.clone()))
 }
 
 /// Everything the gate checks before the handler runs.
