@@ -12,8 +12,9 @@
 //!
 //! [`Failover::resolve`] (async, may wait a bounded time for a first remote
 //! answer) and [`Failover::resolve_now`] (never waits: DNS and xDS) are the
-//! one place that decides which datacenter answers. A datacenter whose
-//! circuit is open is skipped without a call.
+//! one place that decides which datacenter answers. A datacenter that is
+//! down (no server answered the last probe round, or its circuit is open)
+//! is skipped without a call.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -27,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::pool::{CircuitState, RemoteDc};
+use super::pool::RemoteDc;
 use super::probe::read_limited;
 use super::{FederationError, federation_headers};
 use crate::config::FailoverPolicy;
@@ -201,7 +202,7 @@ impl Failover {
     /// poller when there is none. `None` when `dc` is not federated.
     pub fn remote_now(&self, dc: &str, service: &str) -> Option<Slot> {
         let remote = self.0.remotes.iter().find(|r| r.name == dc)?;
-        if remote.circuit_state() == CircuitState::Open {
+        if !remote.up() {
             return Some(Slot::Down(format!("datacenter {dc:?} is unreachable")));
         }
         let entry = self.entry(dc, service)?;
@@ -263,11 +264,13 @@ impl Failover {
     }
 
     /// The entry of (`dc`, `service`), marked as asked now; a new one gets
-    /// its poller. `None` for a datacenter that is not federated, or whose
-    /// circuit is open (skipped at once; its poller, if any, lingers).
+    /// its poller. `None` for a datacenter that is not federated, or that is
+    /// down: its circuit is open, or no server answered the last probe round
+    /// (skipped at once, before the circuit opens: a poller's copy may be
+    /// older than the outage; its poller, if any, lingers).
     fn entry(&self, dc: &str, service: &str) -> Option<Arc<Entry>> {
         let remote = self.0.remotes.iter().find(|r| r.name == dc)?;
-        if remote.circuit_state() == CircuitState::Open {
+        if !remote.up() {
             return None;
         }
         let now = self.now_ms();
