@@ -48,6 +48,9 @@ ROSTER_BIN="$target_dir/debug/roster" bash tests/consul_compat/run.sh
 ROSTER_BIN="$target_dir/debug/roster" bash tests/cluster_fault.sh
 # The same over peer TLS (certificates made with openssl), another CA refused.
 ROSTER_BIN="$target_dir/debug/roster" bash tests/cluster_peer_tls.sh
+# Three datacenters (one a 3-node cluster) in network namespaces on a
+# simulated WAN: cross-DC reads, failover and back, a DC cut off, a node killed.
+ROSTER_BIN="$target_dir/debug/roster" bash tests/federation.sh
 ROSTER_BIN="$target_dir/debug/roster" bash tests/ui/run.sh
 # gRPC's own xDS client (grpcio) calling backends through xds:///NAME.
 ROSTER_BIN="$target_dir/debug/roster" bash tests/xds/run.sh

@@ -393,7 +393,57 @@ pub struct ServiceInstances {
     /// included, and the caller chooses (also in `X-Roster-Panic: true`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub panic: bool,
+    /// The datacenter that answered, when it is not the one asked: set on a
+    /// failover answer (the local datacenter had no healthy instance) and on
+    /// answers of another datacenter read with `?dc=` (also in
+    /// `X-Roster-Datacenter`). Absent on local answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacenter: Option<String>,
 }
+
+/// One datacenter of `GET /v1/datacenters`: the local one first, then the
+/// federated ones by round-trip time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Datacenter {
+    /// Its name.
+    pub name: String,
+    /// True for the datacenter of the node that answered.
+    #[serde(default)]
+    pub local: bool,
+    /// `up` (some server answers probes), `down` (none does) or `unknown`
+    /// (not probed yet); always `up` for the local one.
+    pub state: String,
+    /// `closed` (calls go through) or `open` (calls fail at once until a
+    /// probe succeeds); absent for the local one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<String>,
+    /// Smoothed probe round-trip time in milliseconds of the best server;
+    /// absent for the local one and before any probe answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// The configured servers and what the last probe of each said.
+    #[serde(default)]
+    pub servers: Vec<DatacenterServer>,
+}
+
+/// One configured server of a federated datacenter.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DatacenterServer {
+    /// `host:port` as configured.
+    pub address: String,
+    /// Whether the last probe succeeded.
+    pub healthy: bool,
+    /// Smoothed probe round-trip time in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// Why the last probe failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Header naming the datacenter an answer came from, when it is not the local
+/// one (a failover answer, or a read of another datacenter with `?dc=`).
+pub const DATACENTER_HEADER: &str = "x-roster-datacenter";
 
 /// One event of a watch stream (`GET /v1/watch`, `GET /v1/services/{service}/watch`):
 /// the complete current set of a service's instances, whatever their health.

@@ -98,6 +98,8 @@ pub struct RosterClient {
     token: Option<String>,
     /// What the HTTP clients were built from, to build new ones.
     settings: Arc<(Duration, TlsOptions)>,
+    /// Another datacenter every call is for (`?dc=`), when set.
+    datacenter: Option<Arc<str>>,
 }
 
 /// Why one attempt of a call, on one registry address, failed.
@@ -150,6 +152,7 @@ impl RosterClient {
             registries,
             token: None,
             settings: Arc::new((timeout, tls.clone())),
+            datacenter: None,
         })
     }
 
@@ -170,6 +173,39 @@ impl RosterClient {
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
+    }
+
+    /// The same client with every call for datacenter `dc` (`?dc=` on every
+    /// path): the registry forwards reads, and writes the token may make, to
+    /// that datacenter's servers. A [`crate::Discovery`] over such a client
+    /// follows services in `dc`.
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), roster_client::Error> {
+    /// use roster_client::RosterClient;
+    /// let dc2 = RosterClient::new("http://127.0.0.1:8500")?.with_datacenter("dc2");
+    /// assert_eq!(dc2.datacenter(), Some("dc2"));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_datacenter(mut self, dc: &str) -> Self {
+        self.datacenter = Some(Arc::from(dc));
+        self
+    }
+
+    /// The datacenter calls are for, when not the registry's own.
+    pub fn datacenter(&self) -> Option<&str> {
+        self.datacenter.as_deref()
+    }
+
+    /// The URL of `path` on the registry at `base`, with `?dc=` when set.
+    fn url(&self, base: &str, path: &str) -> String {
+        match &self.datacenter {
+            None => format!("{base}{path}"),
+            Some(dc) => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                format!("{base}{path}{sep}dc={}", encode(dc))
+            }
+        }
     }
 
     /// The base URL of the registry address in use now: the one that last
@@ -497,7 +533,7 @@ impl RosterClient {
     /// A request to the registry at `base` on the client without an overall
     /// timeout (streams, snapshots).
     fn long_request(&self, method: Method, base: &str, path: &str) -> reqwest::RequestBuilder {
-        let req = self.stream_http.request(method, format!("{base}{path}"));
+        let req = self.stream_http.request(method, self.url(base, path));
         match &self.token {
             Some(token) => req.bearer_auth(token),
             None => req,
@@ -582,7 +618,7 @@ impl RosterClient {
             None => None,
         };
         self.on_each_address(|_, base| {
-            let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+            let mut req = self.http.request(method.clone(), self.url(base, path));
             if let Some(timeout) = timeout {
                 req = req.timeout(timeout);
             }

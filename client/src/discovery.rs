@@ -227,6 +227,29 @@ impl Discovery {
         &self.inner.client
     }
 
+    /// Discovery of the services of datacenter `dc`, through this
+    /// registry (which forwards the catalog stream there): a new
+    /// `Discovery` with the same settings, sharing no copies with this one.
+    pub fn in_datacenter(&self, dc: &str) -> Discovery {
+        Self::with_config(
+            self.inner.client.clone().with_datacenter(dc),
+            self.inner.config,
+        )
+    }
+
+    /// Follows `service`'s healthy-only answer, failover across datacenters
+    /// included: when the registry's datacenter has no healthy instance and
+    /// the service has a failover list, the instances of the datacenter the
+    /// registry fails over to ([`crate::HealthyWatch::datacenter`] names it).
+    /// One blocking-query loop per call, stopped when the watch is dropped.
+    pub fn healthy(&self, service: &str) -> crate::HealthyWatch {
+        crate::HealthyWatch::new(
+            self.inner.client.clone(),
+            service,
+            self.inner.config.max_staleness,
+        )
+    }
+
     /// Whether two handles share their copies.
     pub fn same_as(&self, other: &Discovery) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)

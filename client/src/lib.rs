@@ -97,6 +97,7 @@ mod client;
 mod discovery;
 mod error;
 mod failover;
+mod healthy;
 mod middleware;
 mod registration;
 pub mod resilience;
@@ -109,6 +110,7 @@ pub use call::{Attempt, AttemptOutcome, Call};
 pub use client::{CatalogFilter, InstanceQuery, RosterClient, TlsOptions};
 pub use discovery::{DEFAULT_SETTLE, Discovery, Freshness, ServiceHandle, ServiceState};
 pub use error::{CallError, Error, Unavailable};
+pub use healthy::{HealthyState, HealthyWatch};
 pub use middleware::RosterMiddleware;
 pub use registration::{DROP_DEREGISTER_TIMEOUT, Registration, RegistrationStatus};
 /// The `reqwest-middleware` this crate is built against, so callers use the

@@ -136,6 +136,24 @@ impl Reply {
     }
 }
 
+/// Why a name backed by a service has no records.
+#[derive(Clone, Copy, Debug)]
+enum Missing {
+    /// No such service (or datacenter): NXDOMAIN.
+    Unknown,
+    /// Its datacenter cannot be asked now: SERVFAIL, so resolvers retry.
+    Unavailable,
+}
+
+impl Missing {
+    fn reply(self) -> Reply {
+        match self {
+            Missing::Unknown => Reply::nxdomain(),
+            Missing::Unavailable => Reply::error(ResponseCode::ServFail),
+        }
+    }
+}
+
 impl DnsHandler {
     /// A handler answering for `config.domain` from `view`.
     pub fn new(view: Arc<dyn ServiceView>, config: DnsConfig) -> Result<DnsHandler, ConfigError> {
@@ -194,29 +212,50 @@ impl DnsHandler {
         &self.inner.tcp
     }
 
-    /// The rendered records of `service`, from the cache when its index has not moved.
-    fn rendered(&self, service: &str) -> Option<Arc<Rendered>> {
+    /// The rendered records of `service` (in datacenter `dc`, when given),
+    /// from the cache when its index has not moved; the negative reply
+    /// otherwise.
+    fn rendered(&self, service: &str, dc: Option<&str>) -> Result<Arc<Rendered>, Missing> {
         let inner = &*self.inner;
         let cache = || inner.cache.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(records) = inner.view.service(service) else {
-            if cache().contains_key(service) {
-                let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
-                cache.remove(service);
+        let remote_key;
+        let (key, records, domain) = match dc {
+            None => (service, inner.view.service(service), None),
+            Some(dc) => {
+                let records = match inner.view.remote_service(dc, service) {
+                    crate::Remote::Records(r) => Some(r),
+                    crate::Remote::Unavailable => return Err(Missing::Unavailable),
+                    crate::Remote::NoService | crate::Remote::UnknownDatacenter => None,
+                };
+                // Names in answers (SRV targets) carry the datacenter too.
+                let domain = Name::from_ascii(dc)
+                    .and_then(|d| d.append_domain(&inner.domain))
+                    .map_err(|_| Missing::Unknown)?;
+                // `@` is in no service or datacenter name: no collision.
+                remote_key = format!("{service}@{dc}");
+                (remote_key.as_str(), records, Some(domain))
             }
-            return None;
         };
-        if let Some(rendered) = cache().get(service)
+        let Some(records) = records else {
+            if cache().contains_key(key) {
+                let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
+                cache.remove(key);
+            }
+            return Err(Missing::Unknown);
+        };
+        if let Some(rendered) = cache().get(key)
             && rendered.index == records.index
         {
-            return Some(rendered.clone());
+            return Ok(rendered.clone());
         }
-        let rendered = Arc::new(Rendered::new(service, &records, &inner.domain));
+        let domain = domain.as_ref().unwrap_or(&inner.domain);
+        let rendered = Arc::new(Rendered::new(service, &records, domain));
         let mut cache = inner.cache.write().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= CACHE_CAP && !cache.contains_key(service) {
+        if cache.len() >= CACHE_CAP && !cache.contains_key(key) {
             cache.clear();
         }
-        cache.insert(service.into(), rendered.clone());
-        Some(rendered)
+        cache.insert(key.into(), rendered.clone());
+        Ok(rendered)
     }
 
     fn record(&self, name: &Name, data: RData) -> Record {
@@ -254,7 +293,7 @@ impl DnsHandler {
         }
         let qname = query.original().name();
         let turn = self.inner.turn.fetch_add(1, Ordering::Relaxed);
-        let shape = names::parse(query.name(), &self.inner.domain_lower);
+        let (shape, dc) = names::parse(query.name(), &self.inner.domain_lower);
         match &shape {
             Shape::Outside => Reply::error(ResponseCode::Refused),
             Shape::Unknown => Reply::nxdomain(),
@@ -283,15 +322,16 @@ impl DnsHandler {
                 }
                 _ => Reply::nodata(),
             },
-            Shape::ServiceParent { service } => match self.rendered(service) {
-                Some(_) => Reply::nodata(),
-                None => Reply::nxdomain(),
+            Shape::ServiceParent { service } => match self.rendered(service, dc) {
+                Ok(_) => Reply::nodata(),
+                Err(missing) => missing.reply(),
             },
             Shape::Service { service, .. }
             | Shape::Srv { service, .. }
             | Shape::Instance { service, .. } => {
-                let Some(rendered) = self.rendered(service) else {
-                    return Reply::nxdomain();
+                let rendered = match self.rendered(service, dc) {
+                    Ok(r) => r,
+                    Err(missing) => return missing.reply(),
                 };
                 match self.service_answer(&shape, qtype, qname, &rendered) {
                     Ok(answer) => Reply::answer(answer.answers(turn), answer.additionals(turn)),
@@ -477,14 +517,14 @@ impl DnsHandler {
         if matches!(qtype, RecordType::AXFR | RecordType::IXFR) || question.len() < 5 {
             return None;
         }
-        let shape = names::parse(query.name, &self.inner.domain_lower);
+        let (shape, dc) = names::parse(query.name, &self.inner.domain_lower);
         let (Shape::Service { service, .. }
         | Shape::Srv { service, .. }
         | Shape::Instance { service, .. }) = shape
         else {
             return None;
         };
-        let rendered = self.rendered(service)?;
+        let rendered = self.rendered(service, dc).ok()?;
         // The key: the lowercase name as on the wire, then the type.
         let name = &question[..question.len() - 4];
         let mut key = [0u8; 260];

@@ -21,6 +21,7 @@
 //! | `_SERVICE._tcp.service.DOMAIN` | SRV | every healthy endpoint |
 //! | `_SERVICE._TAG.service.DOMAIN` | SRV | healthy endpoints carrying `TAG` |
 //! | `ID.SERVICE.instance.DOMAIN` | A, AAAA, TXT | one instance, whatever its health |
+//! | any of the above with `.DC` after `service`/`instance` | as above | the same, from datacenter `DC` ([`ServiceView::remote_service`]); SERVFAIL while it is unreachable |
 //!
 //! `ANY` returns every record of the name. Other existing names
 //! (`service.DOMAIN`, `instance.DOMAIN`, `SERVICE.instance.DOMAIN`,
@@ -192,6 +193,28 @@ pub trait ServiceView: Send + Sync + 'static {
     fn index(&self) -> u64 {
         1
     }
+
+    /// The records of service `name` in another datacenter, for names with
+    /// a datacenter label (`web.service.dc2.DOMAIN`). The default knows no
+    /// other datacenter. Called on the query path too: it must not block.
+    fn remote_service(&self, datacenter: &str, name: &str) -> Remote {
+        let _ = (datacenter, name);
+        Remote::UnknownDatacenter
+    }
+}
+
+/// What a [`ServiceView`] knows about a service of another datacenter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Remote {
+    /// Its records ([`ServiceRecords::index`] must change when they do).
+    Records(Arc<ServiceRecords>),
+    /// The datacenter does not have the service: NXDOMAIN.
+    NoService,
+    /// No such datacenter: NXDOMAIN.
+    UnknownDatacenter,
+    /// The datacenter is unreachable or not asked yet: SERVFAIL, so
+    /// resolvers retry rather than cache a negative answer.
+    Unavailable,
 }
 
 /// Settings of the DNS front end.

@@ -44,23 +44,37 @@ pub(crate) enum Shape<'a> {
     Unknown,
 }
 
-/// Parses `qname` (lowercase) relative to `domain` (lowercase, fully qualified).
-pub(crate) fn parse<'a>(qname: &'a LowerName, domain: &LowerName) -> Shape<'a> {
+/// Parses `qname` (lowercase) relative to `domain` (lowercase, fully
+/// qualified), with the datacenter label of the name when it has one
+/// (`web.service.dc2.DOMAIN`, `_web._tcp.service.dc2.DOMAIN`,
+/// `ID.web.instance.dc2.DOMAIN`: the label right after the kind).
+pub(crate) fn parse<'a>(qname: &'a LowerName, domain: &LowerName) -> (Shape<'a>, Option<&'a str>) {
     if !domain.zone_of(qname) {
-        return Shape::Outside;
+        return (Shape::Outside, None);
     }
     let relative = usize::from(qname.num_labels() - domain.num_labels());
     if relative == 0 {
-        return Shape::Apex;
+        return (Shape::Apex, None);
     }
     let mut labels = Vec::with_capacity(relative);
     for label in qname.iter().take(relative) {
         match std::str::from_utf8(label) {
             Ok(label) => labels.push(label),
-            Err(_) => return Shape::Unknown,
+            Err(_) => return (Shape::Unknown, None),
         }
     }
     let (kind, rest) = labels.split_last().expect("relative > 0");
+    if !matches!(*kind, "service" | "instance" | "ns")
+        && matches!(rest.last(), Some(&("service" | "instance")))
+    {
+        return (shape(rest), Some(kind));
+    }
+    (shape(&labels), None)
+}
+
+/// The shape of the labels below the domain (and datacenter), left to right.
+fn shape<'a>(labels: &[&'a str]) -> Shape<'a> {
+    let (kind, rest) = labels.split_last().expect("at least one label");
     match (*kind, rest) {
         ("service" | "instance", []) => Shape::Empty,
         ("ns", []) => Shape::Nameserver,
@@ -116,7 +130,29 @@ mod tests {
     fn shape(q: &str) -> String {
         let domain = LowerName::from(domain_name("Roster").unwrap());
         let q = LowerName::from(Name::from_utf8(q).unwrap());
-        format!("{:?}", parse(&q, &domain))
+        match parse(&q, &domain) {
+            (shape, None) => format!("{shape:?}"),
+            (shape, Some(dc)) => format!("{shape:?} in {dc}"),
+        }
+    }
+
+    #[test]
+    fn datacenter_labels() {
+        assert_eq!(
+            shape("web.service.dc2.roster."),
+            r#"Service { service: "web", tag: None } in dc2"#
+        );
+        assert_eq!(
+            shape("_web._tcp.service.DC2.roster."),
+            r#"Srv { service: "web", tag: None } in dc2"#
+        );
+        assert_eq!(
+            shape("a.web.instance.dc2.roster."),
+            r#"Instance { service: "web", id: ["a"] } in dc2"#
+        );
+        assert_eq!(shape("service.dc2.roster."), "Empty in dc2");
+        assert_eq!(shape("ns.dc2.roster."), "Unknown");
+        assert_eq!(shape("web.dc2.roster."), "Unknown");
     }
 
     #[test]

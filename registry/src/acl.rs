@@ -8,7 +8,11 @@
 //! - `write:PATTERN`: register, deregister, heartbeat and report checks of the
 //!   services whose names match `PATTERN` (`*` matches any run of characters);
 //!   a writer may also read;
-//! - `admin`: everything, including snapshots and maintenance.
+//! - `admin`: everything, including snapshots and maintenance;
+//! - `dc:PATTERN`: the token's other rights also hold in the federated
+//!   datacenters whose names match `PATTERN` (`?dc=`); without it a token
+//!   reads and writes its own datacenter only. The remote datacenter checks
+//!   the same token again against its own list.
 //!
 //! An `[anonymous]` table gives calls without any token a policy of their own
 //! (Consul's anonymous token), typically `read` so that health indicators and
@@ -102,6 +106,8 @@ pub struct Principal {
     pub admin: bool,
     /// Services it may write.
     pub write: Vec<Pattern>,
+    /// Other datacenters it may call with `?dc=` (an admin may call any).
+    pub datacenters: Vec<Pattern>,
 }
 
 impl Principal {
@@ -112,7 +118,17 @@ impl Principal {
             read: true,
             admin: true,
             write: Vec::new(),
+            datacenters: Vec::new(),
         }
+    }
+
+    /// Whether this principal may cross into datacenter `dc` with `?dc=`.
+    pub fn allows_datacenter(&self, dc: &str) -> bool {
+        self.admin
+            || self
+                .datacenters
+                .iter()
+                .any(|p| p.matches(&dc.to_ascii_lowercase()))
     }
 
     /// Whether this principal has `need`.
@@ -199,7 +215,9 @@ pub enum TokensError {
         name: String,
     },
     /// A policy is none of `read`, `write:PATTERN`, `admin`.
-    #[error("token {name:?}: unknown policy {policy:?} (use read, write:PATTERN or admin)")]
+    #[error(
+        "token {name:?}: unknown policy {policy:?} (use read, write:PATTERN, dc:PATTERN or admin)"
+    )]
     UnknownPolicy {
         /// The token's name (`anonymous` for the anonymous policies).
         name: String,
@@ -292,6 +310,9 @@ fn principal_of(name: &str, policies: &[String]) -> Result<Principal, TokensErro
             None if policy == "admin" => principal.admin = true,
             Some(("write", pattern)) if !pattern.is_empty() => {
                 principal.write.push(Pattern::new(pattern));
+            }
+            Some(("dc", pattern)) if !pattern.is_empty() => {
+                principal.datacenters.push(Pattern::new(pattern));
             }
             _ => {
                 return Err(TokensError::UnknownPolicy {

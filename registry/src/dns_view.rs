@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use roster_api::{Health, Weights};
-use roster_dns::{InstanceRecord, ServiceRecords, ServiceView};
+use roster_dns::{InstanceRecord, Remote, ServiceRecords, ServiceView};
 
 use crate::catalog::{Instance, ServiceState};
+use crate::federation::Federation;
+use crate::federation::failover::Slot;
 use crate::registry::Registry;
 
 /// Answers DNS lookups from [`Registry::snapshot`], without taking the catalog lock.
@@ -22,6 +24,8 @@ pub(crate) struct RegistryView {
     cache: DashMap<Arc<str>, Arc<ServiceRecords>>,
     /// `names_index` of the snapshot the cache was last pruned against.
     pruned: AtomicU64,
+    /// Other datacenters: names with a datacenter label, and failover.
+    federation: Option<Arc<Federation>>,
 }
 
 impl RegistryView {
@@ -31,7 +35,45 @@ impl RegistryView {
             registry,
             cache: DashMap::new(),
             pruned: AtomicU64::new(0),
+            federation: None,
         }
+    }
+
+    /// The same view answering for other datacenters too, and failing over
+    /// to them.
+    pub(crate) fn federated(mut self, federation: Option<Arc<Federation>>) -> Self {
+        self.federation = federation;
+        self
+    }
+
+    /// The failover records of `name` when it has no healthy local instance
+    /// and a datacenter on its list has some: the local endpoints (none
+    /// healthy, so instance names still answer) and the remote healthy ones,
+    /// each with `datacenter=NAME` in its TXT record.
+    fn failover(&self, name: &str, local: Option<&ServiceState>) -> Option<Arc<ServiceRecords>> {
+        let failover = self.federation.as_ref()?.failover();
+        if failover.targets(name).is_empty()
+            || local.is_some_and(|st| {
+                st.instances
+                    .values()
+                    .any(|i| i.health() != Health::Critical)
+            })
+        {
+            return None;
+        }
+        let remote = failover.resolve_now(name)?;
+        failover.served(&remote.datacenter);
+        let mut endpoints: Vec<InstanceRecord> = local
+            .map(|st| st.instances.values().map(|i| endpoint(i)).collect())
+            .unwrap_or_default();
+        endpoints.extend(
+            remote
+                .instances
+                .iter()
+                .map(|i| remote_endpoint(i, &remote.datacenter)),
+        );
+        let index = remote.failover_index(local.map_or(0, |st| st.modify_index));
+        Some(Arc::new(ServiceRecords { index, endpoints }))
     }
 
     /// Builds (or reuses) the records of one service.
@@ -65,12 +107,56 @@ impl ServiceView for RegistryView {
             self.cache
                 .retain(|service, _| snapshot.services.contains_key(service));
         }
-        let (name, state) = snapshot.services.get_key_value(name)?;
+        let local = snapshot.services.get_key_value(name);
+        if let Some(records) = self.failover(name, local.map(|(_, st)| st)) {
+            return Some(records);
+        }
+        let (name, state) = local?;
         Some(self.records(name, state))
     }
 
     fn index(&self) -> u64 {
         self.registry.snapshot().index
+    }
+
+    fn remote_service(&self, datacenter: &str, name: &str) -> Remote {
+        let Some(federation) = &self.federation else {
+            return Remote::UnknownDatacenter;
+        };
+        if datacenter == federation.local() {
+            return self
+                .service(name)
+                .map_or(Remote::NoService, Remote::Records);
+        }
+        match federation.failover().remote_now(datacenter, name) {
+            None => Remote::UnknownDatacenter,
+            Some(Slot::Cold | Slot::Down(_)) => Remote::Unavailable,
+            // Only healthy instances cross: an empty answer is NODATA.
+            Some(Slot::Ready(answer)) => Remote::Records(Arc::new(ServiceRecords {
+                index: answer.version,
+                endpoints: answer
+                    .instances
+                    .iter()
+                    .map(|i| remote_endpoint(i, datacenter))
+                    .collect(),
+            })),
+        }
+    }
+}
+
+/// The DNS form of an instance of another datacenter.
+fn remote_endpoint(instance: &roster_api::Instance, datacenter: &str) -> InstanceRecord {
+    let (healthy, weight) = health_weight(instance.health, instance.weights);
+    let mut meta = instance.meta.clone();
+    meta.insert("datacenter".into(), datacenter.to_owned());
+    InstanceRecord {
+        id: crate::model::dns_instance_label(&instance.id).into_owned(),
+        address: instance.address.clone(),
+        port: instance.port,
+        tags: instance.tags.clone(),
+        meta,
+        weight,
+        healthy,
     }
 }
 

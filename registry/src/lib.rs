@@ -10,6 +10,7 @@ pub(crate) mod clock;
 pub mod cluster;
 pub mod config;
 pub mod dns_view;
+pub mod federation;
 #[cfg(test)]
 mod golden;
 pub mod http;

@@ -15,6 +15,7 @@ use crate::checks::probe::NetProber;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::dns_view::RegistryView;
+use crate::federation::Federation;
 use crate::http::serve::{TlsState, serve};
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
@@ -58,7 +59,13 @@ impl Server {
                 "ACLs on: every API call needs a token"
             );
         }
-        let dns = start_dns(config, &registry).await?;
+        let federation = match &config.federation {
+            Some(f) => Some(
+                Federation::new(f, &config.datacenter, shutdown.clone()).map_err(invalid_input)?,
+            ),
+            None => None,
+        };
+        let dns = start_dns(config, &registry, federation.clone()).await?;
         let dns_addr = dns.as_ref().map(DnsServer::local_addr);
         let grpc = match config.grpc_addr {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
@@ -78,10 +85,14 @@ impl Server {
             tls.on_reload(move || peers.reload_tls());
         }
         spawn_background(config, &registry, dns, tls.clone(), &mut tasks, &shutdown);
+        if let Some(federation) = &federation {
+            federation.start(&mut tasks, &shutdown);
+        }
         let state = AppState::builder(registry.clone(), config, shutdown.clone())
             .address(local_addr)
             .ready(ready)
             .cluster(cluster.clone())
+            .federation(federation)
             .build();
         let scheme = if tls.is_some() { "https" } else { "http" };
         tasks.spawn(serve(
@@ -164,11 +175,12 @@ fn invalid_input(e: impl std::fmt::Display) -> std::io::Error {
 async fn start_dns(
     config: &Config,
     registry: &Arc<Registry>,
+    federation: Option<Arc<Federation>>,
 ) -> std::io::Result<Option<DnsServer>> {
     let Some(addr) = config.dns_addr else {
         return Ok(None);
     };
-    let view = Arc::new(RegistryView::new(registry.clone()));
+    let view = Arc::new(RegistryView::new(registry.clone()).federated(federation));
     let handler = DnsHandler::new(view, config.dns.clone()).map_err(invalid_input)?;
     registry.metrics().follow_dns(handler.clone());
     let server = DnsServer::bind(addr, handler)

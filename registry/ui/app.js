@@ -637,6 +637,16 @@
             ["Role", h.raft ? `${h.raft.state.toLowerCase()} (node ${h.raft.node}, term ${h.raft.term})` : "single node", "role"],
             ["Leader", h.raft ? (h.raft.leader === null || h.raft.leader === undefined ? "none known" : `node ${h.raft.leader}`) : "not clustered", "leader"],
           ]));
+        if (h.federation) {
+          // This datacenter first, then the federated ones by round-trip time.
+          grid.append(card("Datacenters", h.federation.datacenters.map((d) => [
+            d.name,
+            d.local ? "this datacenter"
+              : el("span", {}, badge(d.state === "up" ? "passing" : "critical", d.state),
+                ` ${d.rtt_ms === undefined ? "no RTT yet" : `${d.rtt_ms} ms`}, circuit ${d.circuit}`),
+            `dc-${d.name}`,
+          ])));
+        }
         if (h.raft) {
           const members = await raftMembers(v);
           if (members === undefined) return;

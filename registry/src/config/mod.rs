@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// Cluster flags.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// Federation flags (other datacenters, failover).
+    #[command(flatten)]
+    pub federation: FederationArgs,
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "ROSTER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -370,6 +373,14 @@ struct FileConfig {
     peer_tls_cert: Option<PathBuf>,
     peer_tls_key: Option<PathBuf>,
     peer_tls_ca: Option<PathBuf>,
+    // Federation settings; merged with the flags in config/federation.rs.
+    federate: Option<federation::FederateFile>,
+    federation_token_file: Option<PathBuf>,
+    failover: Option<federation::FailoverFile>,
+    #[serde(default, with = "duration::option")]
+    federation_timeout: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    federation_probe_interval: Option<Duration>,
 }
 
 /// Why the configuration was refused.
@@ -444,6 +455,8 @@ pub struct Config {
     pub limits_http: LimitConfig,
     /// Replication, when this node is one of a cluster.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Other datacenters, when this node federates or takes forwarded calls.
+    pub federation: Option<FederationConfig>,
 }
 
 /// Default DNS listen address.
@@ -478,6 +491,7 @@ impl Default for Config {
             serve: ServeConfig::default(),
             limits_http: LimitConfig::default(),
             cluster: None,
+            federation: None,
         }
     }
 }
@@ -490,6 +504,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let cluster_file = file.take_cluster();
+        let federation_file = file.take_federation();
         let mut cfg = Config::default();
         if let Some(a) = args.http_addr.or(file.http_addr) {
             cfg.http_addr = a;
@@ -721,6 +736,9 @@ impl Config {
             },
         )
         .into_config(cfg.cluster.as_ref(), cfg.serve.tls.as_ref())?;
+        cfg.federation =
+            args.federation
+                .to_config(federation_file, &cfg.datacenter, peer_tls.clone())?;
         if let Some(cluster) = &mut cfg.cluster {
             cluster.peer_tls = peer_tls;
         }
@@ -896,3 +914,7 @@ mod tests;
 
 mod cluster;
 pub use cluster::ClusterArgs;
+mod federation;
+pub use federation::{
+    FailoverPolicy, FederationArgs, FederationConfig, RemoteDatacenter, RemoteServer,
+};

@@ -28,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
 
+use super::federation::{Forwarded, forwarded, remote_datacenter};
 use super::limits::{self, Slot};
 use super::{ApiError, AppState};
 use crate::acl::{Need, Principal};
@@ -50,6 +51,8 @@ pub(super) enum Access {
     Admin,
     /// Another node of the cluster, with the cluster token.
     Peer,
+    /// Another datacenter, with the federation token.
+    Federation,
 }
 
 /// How the routes of a group answer errors.
@@ -80,7 +83,7 @@ impl Gate {
             access,
             style,
             body_limit: super::BODY_LIMIT,
-            until_ready: !matches!(access, Access::Open | Access::Peer),
+            until_ready: !matches!(access, Access::Open | Access::Peer | Access::Federation),
         }
     }
 
@@ -121,6 +124,16 @@ impl Group {
 }
 
 static ROOT: LazyLock<Arc<Principal>> = LazyLock::new(|| Arc::new(Principal::root()));
+
+/// The principal of a call another datacenter forwards without a caller's
+/// token (failover polls): it may read, nothing else.
+static FEDERATION: LazyLock<Arc<Principal>> = LazyLock::new(|| {
+    Arc::new(Principal {
+        name: "federation".into(),
+        read: true,
+        ..Principal::default()
+    })
+});
 
 /// The principal of a call to an open route: allowed nothing beyond the route.
 static NOBODY: LazyLock<Arc<Principal>> = LazyLock::new(|| {
@@ -216,7 +229,7 @@ fn query_token(raw: &str) -> Cow<'_, str> {
 /// What a request to a route of `access` needs; `None` when anyone may call.
 fn need(access: Access, method: &Method, service: Option<&str>) -> Result<Option<Need>, ApiError> {
     Ok(Some(match access {
-        Access::Open | Access::Peer => return Ok(None),
+        Access::Open | Access::Peer | Access::Federation => return Ok(None),
         Access::Read => Need::Read,
         Access::Admin => Need::Admin,
         Access::AnyWrite => Need::AnyWrite,
@@ -259,6 +272,11 @@ fn principal(
     let principal = match &state.acl {
         None => ROOT.clone(),
         Some(tokens) => match secret(req.headers(), req.uri().query(), gate.style) {
+            // Another datacenter asking on its own behalf (a failover poll):
+            // the federation token it proved is a read right.
+            None if req.extensions().get::<Forwarded>().is_some() && need == Need::Read => {
+                FEDERATION.clone()
+            }
             // The anonymous policy, when the operator gave one, decides calls
             // without a token; a call it does not cover needs a token (401).
             None => match tokens.anonymous().filter(|anon| anon.allows(&need)) {
@@ -369,8 +387,16 @@ async fn check(
     req: Request,
     next: Next,
 ) -> Response {
-    match admit(&state, gate, req).await {
-        Ok((req, slot)) => run(&state, slot, req, next).await,
+    let (req, slot) = match admit(&state, gate, req).await {
+        Ok(admitted) => admitted,
+        Err(e) => return refuse(gate.style, e),
+    };
+    match remote_datacenter(&state, gate.access, gate.style, &req) {
+        Ok(None) => run(&state, slot, next.run(req)).await,
+        Ok(Some(dc)) => {
+            let forward = super::federation::forward(state.clone(), dc, gate.style, req);
+            run(&state, slot, forward).await
+        }
         Err(e) => refuse(gate.style, e),
     }
 }
@@ -394,7 +420,17 @@ async fn admit(state: &AppState, gate: Gate, req: Request) -> Result<(Request, S
         .iter()
         .find_map(|(k, v)| (k == "service").then_some(v));
     let mut req = Request::from_parts(parts, body);
-    if gate.access == Access::Peer {
+    if let Some(forwarded) = forwarded(state, &req)? {
+        req.extensions_mut().insert(forwarded);
+    }
+    if gate.access == Access::Federation {
+        if req.extensions().get::<Forwarded>().is_none() {
+            return Err(ApiError::forbidden(
+                StatusCode::UNAUTHORIZED,
+                "the federation token is required".into(),
+            ));
+        }
+    } else if gate.access == Access::Peer {
         peer(state, &req)?;
     } else {
         let principal = principal(state, gate, &req, service)?;
@@ -424,7 +460,7 @@ async fn admit(state: &AppState, gate: Gate, req: Request) -> Result<(Request, S
     let slot = match gate.access {
         // Probes and peers are cheap or few, and must get through an overload:
         // a starved Raft heartbeat would start an election.
-        Access::Open | Access::Peer => Slot::Free,
+        Access::Open | Access::Peer | Access::Federation => Slot::Free,
         _ => state.limiter.request()?,
     };
     Ok((req, slot))
@@ -432,10 +468,10 @@ async fn admit(state: &AppState, gate: Gate, req: Request) -> Result<(Request, S
 
 /// Runs the handler holding `slot`: a watcher's slot for as long as its body
 /// streams, a request's under the request deadline.
-async fn run(state: &AppState, slot: Slot, req: Request, next: Next) -> Response {
+async fn run(state: &AppState, slot: Slot, handler: impl Future<Output = Response>) -> Response {
     match slot {
         Slot::Watcher(permit) => {
-            let resp = next.run(req).await;
+            let resp = handler.await;
             resp.map(|body| {
                 Body::from_stream(body.into_data_stream().map(move |chunk| {
                     let _held = &permit;
@@ -445,7 +481,7 @@ async fn run(state: &AppState, slot: Slot, req: Request, next: Next) -> Response
         }
         slot => {
             let timeout = state.limiter.config().request_timeout;
-            let resp = tokio::time::timeout(timeout, next.run(req)).await;
+            let resp = tokio::time::timeout(timeout, handler).await;
             drop(slot);
             resp.unwrap_or_else(|_| {
                 ApiError::unavailable("the request took too long; retry shortly")

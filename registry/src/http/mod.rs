@@ -4,6 +4,8 @@ mod bodies;
 mod catalog_watch;
 pub(crate) mod consul;
 pub(crate) mod extract;
+mod failover;
+pub(crate) mod federation;
 mod gate;
 mod leases;
 pub(crate) mod limits;
@@ -88,6 +90,8 @@ pub struct Shared {
     pub started: Instant,
     /// This node's cluster, when replicated.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The other datacenters, when federated.
+    pub federation: Option<Arc<crate::federation::Federation>>,
 }
 
 impl AppState {
@@ -121,6 +125,7 @@ impl AppState {
                 shutdown,
                 started: Instant::now(),
                 cluster: None,
+                federation: None,
             },
         }
     }
@@ -166,6 +171,15 @@ impl AppStateBuilder {
         self
     }
 
+    /// The other datacenters, when federated.
+    pub(crate) fn federation(
+        mut self,
+        federation: Option<Arc<crate::federation::Federation>>,
+    ) -> Self {
+        self.shared.federation = federation;
+        self
+    }
+
     /// The state, ready to share.
     pub fn build(mut self) -> AppState {
         self.shared.epoch_header = HeaderValue::from_str(&format!("{:x}", self.shared.epoch))
@@ -196,7 +210,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Every route of the API, by who may call it.
 fn groups() -> Vec<Group> {
-    use gate::Access::{Admin, Open, Read, Write};
+    use gate::Access::{Admin, Federation, Open, Read, Write};
     use gate::Style::Native;
     let instance = "/v1/services/{service}/instances/{id}";
     let open = Router::new()
@@ -219,6 +233,7 @@ fn groups() -> Vec<Group> {
         .route("/v1/catalog/watch", get(catalog_watch::watch_catalog))
         .route("/v1/catalog/changes", get(catalog_watch::catalog_changes))
         .route("/v1/prometheus/targets", get(prometheus::targets))
+        .route("/v1/datacenters", get(federation::datacenters))
         .route(instance, get(services::get_instance))
         .route(&format!("{instance}/checks"), get(services::get_checks));
     let write = Router::new()
@@ -251,6 +266,11 @@ fn groups() -> Vec<Group> {
             admin,
         ),
     ];
+    // Other datacenters' probes, with the federation token.
+    groups.push(Group::new(
+        Gate::new(Federation, Native),
+        Router::new().route("/v1/federation/ping", get(federation::ping)),
+    ));
     groups.extend(consul::groups());
     groups.extend(raft::groups());
     groups
@@ -275,10 +295,14 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let mut resp = next.run(req).await;
     // The run of this node, as in watch event ids: a client tells a restarted
     // (or another) registry from the one it knew before any event arrives.
-    resp.headers_mut().insert(
-        HeaderName::from_static("x-roster-epoch"),
-        state.epoch_header.clone(),
-    );
+    // A proxied answer of another datacenter keeps that registry's epoch:
+    // its resume tokens are that run's.
+    if !resp.headers().contains_key("x-roster-epoch") {
+        resp.headers_mut().insert(
+            HeaderName::from_static("x-roster-epoch"),
+            state.epoch_header.clone(),
+        );
+    }
     let labels = RequestLabels {
         method,
         route,

@@ -37,14 +37,35 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
             "known_leader": c.known_leader(),
         });
     }
+    let mut warnings = Vec::new();
+    if let Some(f) = &state.federation {
+        // A dead remote datacenter degrades the federation, not this node:
+        // still 200, still "ok", so no orchestrator restarts a healthy node
+        // over a WAN cut.
+        let down = f.down();
+        body["federation"] = json!({
+            "status": if down.is_empty() { "ok" } else { "degraded" },
+            "down": down,
+            "datacenters": f.status(),
+        });
+        if !down.is_empty() {
+            warnings.push(json!(format!(
+                "federated datacenters unreachable: {} (calls to them fail at once; failover skips them)",
+                down.join(", ")
+            )));
+        }
+    }
     // Still 200: the process is alive and serving; the warning is for operators.
     if preserving {
-        body["warnings"] = json!([format!(
+        warnings.push(json!(format!(
             "self-preservation is on: too many leases ran out at once, so {} overdue leases are held (each for at most {} past its deadline; all held now are released within {}) until heartbeats come back; check the registry's network",
             guard.held,
             roster_api::duration::format(guard.max_hold),
             roster_api::duration::format(round_secs(guard.drained_within(now))),
-        )]);
+        )));
+    }
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
     }
     Json(body).into_response()
 }
@@ -95,6 +116,9 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let mut body = state.metrics().render(&state.registry.snapshot());
     if let Some(c) = &state.cluster {
         body.push_str(&raft_metrics(c));
+    }
+    if let Some(f) = &state.federation {
+        body.push_str(&f.metrics_text());
     }
     let mut resp = (StatusCode::OK, body).into_response();
     resp.headers_mut().insert(

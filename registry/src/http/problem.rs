@@ -40,6 +40,36 @@ impl ApiError {
         }
     }
 
+    /// 404: `?dc=` names a datacenter this node is not federated with (only
+    /// configured datacenters are ever called).
+    pub fn unknown_datacenter(dc: &str, known: &[&str]) -> Self {
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown-datacenter",
+            "Unknown datacenter",
+            format!(
+                "datacenter {dc:?} is not this one nor a federated one (known: {})",
+                known.join(", ")
+            ),
+        );
+        e.field = Some("dc".into());
+        e
+    }
+
+    /// A call to another datacenter failed: 503 when it is known to be down
+    /// (open circuit, overload), 504 when it did not answer in time, 502
+    /// when it answered nonsense; `field` is `dc`.
+    pub fn remote(status: StatusCode, detail: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            status,
+            "remote-datacenter",
+            "Another datacenter failed",
+            detail.into(),
+        );
+        e.field = Some("dc".into());
+        e
+    }
+
     /// What went wrong, for humans.
     pub fn detail(&self) -> &str {
         &self.detail

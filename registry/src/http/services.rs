@@ -13,6 +13,8 @@ use roster_api::{
 
 use super::extract::parse_json;
 use super::extract::{JsonBody, PeerIp, QueryPairs};
+use super::failover;
+use super::federation::Forwarded;
 use super::watch::{Blocking, wait_for_list, wait_for_service};
 use super::{ApiError, AppState, with_index};
 use crate::catalog::{CheckSource, Command, HealthCounts};
@@ -185,12 +187,45 @@ pub(super) async fn list_instances(
     State(state): State<AppState>,
     Path(service): Path<String>,
     query: QueryPairs,
+    forwarded: Option<axum::Extension<Forwarded>>,
 ) -> Result<Response, ApiError> {
     let service = ServiceName::parse(&service)?;
     let all = query.flag("all")?.unwrap_or(false) || !query.flag("healthy")?.unwrap_or(true);
     let tags: Vec<&str> = query.all("tag").collect();
+    // Only healthy-only answers fail over.
+    let failover = if all {
+        None
+    } else {
+        failover::failover_for(&state, service.as_str(), forwarded.as_deref())
+    };
     if let Some(q) = Blocking::parse(&query)? {
-        wait_for_service(&state, &service, q).await;
+        match &failover {
+            Some(f) => failover::wait(&state, &service, q, f).await,
+            None => wait_for_service(&state, &service, q).await,
+        }
+    }
+    if let Some(f) = &failover
+        && let (index, Some(remote)) = failover::current(&state, service.as_str(), f).await
+    {
+        f.served(&remote.datacenter);
+        let instances = remote
+            .instances
+            .iter()
+            .filter(|i| tags.iter().all(|t| i.tags.iter().any(|x| x == t)))
+            .cloned()
+            .collect();
+        let mut resp = with_index(
+            index,
+            Json(ServiceInstances {
+                service: service.to_string(),
+                index,
+                instances,
+                panic: false,
+                datacenter: Some(remote.datacenter.clone()),
+            }),
+        );
+        failover::mark(&mut resp, &remote.datacenter);
+        return Ok(resp);
     }
     let snap = state.registry.snapshot();
     // An unknown service is an empty one: watchers of a service that has no
@@ -231,6 +266,7 @@ pub(super) async fn list_instances(
             index,
             instances,
             panic: false,
+            datacenter: None,
         };
         let bytes = Bytes::from(serde_json::to_vec(&body).expect("instances serialize"));
         state
@@ -245,6 +281,7 @@ pub(super) async fn list_instances(
             index,
             instances,
             panic,
+            datacenter: None,
         }),
     );
     if panic {

@@ -74,7 +74,7 @@ impl Blocking {
 
     /// Whether a result at `current` answers the client at once: it changed, the
     /// client has no index yet, or the index went backwards (a restore).
-    fn ready(self, current: u64) -> bool {
+    pub(super) fn ready(self, current: u64) -> bool {
         self.index == 0 || current != self.index
     }
 }

@@ -12,6 +12,8 @@ mod discovery;
 mod dns_e2e;
 mod dns_remote;
 mod failover;
+mod federation;
+mod federation_faults;
 mod health_checks;
 mod hostile;
 mod registration;

@@ -14,6 +14,8 @@ use super::{ConsulError, blocking, check_dc, reply};
 use crate::catalog::{Instance, Snapshot};
 use crate::http::AppState;
 use crate::http::extract::QueryPairs;
+use crate::http::failover::{current, failover_for, mark};
+use crate::http::federation::Forwarded;
 use crate::http::watch::{wait_for_list, wait_for_service};
 use crate::model::ServiceName;
 
@@ -60,8 +62,14 @@ pub(super) async fn peers(
     })
 }
 
+/// Names of the datacenters, the local one first, then the federated ones
+/// by round-trip time (as Consul sorts them).
 pub(super) async fn datacenters(State(state): State<AppState>) -> Response {
-    reply(state.registry.snapshot().index, &[&state.consul.datacenter])
+    let names: Vec<String> = match &state.federation {
+        Some(f) => f.status().into_iter().map(|d| d.name).collect(),
+        None => vec![state.consul.datacenter.clone()],
+    };
+    reply(state.registry.snapshot().index, &names)
 }
 
 /// Waits on the global index when the query asks to, then returns the snapshot.
@@ -169,8 +177,37 @@ pub(super) async fn health_service(
     State(state): State<AppState>,
     Path(service): Path<String>,
     query: QueryPairs,
+    forwarded: Option<axum::Extension<Forwarded>>,
 ) -> Result<Response, ConsulError> {
     let passing = query.flag("passing")?.unwrap_or(false);
+    // `?passing` is Consul's healthy-only answer: it fails over.
+    let name = ServiceName::parse(&service).ok();
+    let failover = match (&name, passing) {
+        (Some(name), true) => {
+            check_dc(&state, &query)?;
+            failover_for(&state, name.as_str(), forwarded.as_deref()).map(|f| (name, f))
+        }
+        _ => None,
+    };
+    if let Some((name, failover)) = failover {
+        if let Some(q) = blocking(&query)? {
+            crate::http::failover::wait(&state, name, q, &failover).await;
+        }
+        if let (index, Some(remote)) = current(&state, name.as_str(), &failover).await {
+            failover.served(&remote.datacenter);
+            let tags: Vec<&str> = query.all("tag").collect();
+            let rows: Vec<Value> = remote
+                .instances
+                .iter()
+                .filter(|i| i.health == Health::Passing)
+                .filter(|i| tags.iter().all(|t| i.tags.iter().any(|x| x == t)))
+                .map(|i| super::view::remote_health_row(i, &remote.datacenter))
+                .collect();
+            let mut resp = reply(index, &rows);
+            mark(&mut resp, &remote.datacenter);
+            return Ok(resp);
+        }
+    }
     let (snap, name) = service_snapshot(&state, &service, &query).await?;
     let (index, instances) = selected(&snap, name.as_ref(), &query, &state.consul.name)?;
     let node = state.consul.node_json(snap.index);

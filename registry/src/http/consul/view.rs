@@ -222,6 +222,59 @@ pub fn checks(inst: &Instance, node: &ConsulNode) -> Vec<Value> {
     out
 }
 
+/// One row of `health/service/{service}` for an instance of another
+/// datacenter (a failover answer): the node is the remote datacenter, the
+/// checks are the instance's as that datacenter reported them.
+pub fn remote_health_row(inst: &roster_api::Instance, datacenter: &str) -> Value {
+    let node = format!("roster-{datacenter}");
+    let checks: Vec<Value> = inst
+        .checks
+        .iter()
+        .map(|c| {
+            json!({
+                "Node": node,
+                "CheckID": c.id,
+                "Name": c.name.clone().unwrap_or_else(|| format!("Service '{}' check", inst.service)),
+                "Status": c.status.as_str(),
+                "Notes": c.notes.clone().unwrap_or_default(),
+                "Output": c.output,
+                "ServiceID": inst.id,
+                "ServiceName": inst.service,
+                "ServiceTags": inst.tags,
+                "Type": "",
+                "CreateIndex": inst.create_index,
+                "ModifyIndex": inst.modify_index,
+            })
+        })
+        .collect();
+    json!({
+        "Node": {
+            "ID": uuid_from(&node),
+            "Node": node,
+            "Address": inst.address,
+            "Datacenter": datacenter,
+            "TaggedAddresses": { "lan": inst.address, "wan": inst.address },
+            "Meta": { "roster": "true" },
+            "CreateIndex": 1,
+            "ModifyIndex": inst.modify_index.max(1),
+        },
+        "Service": {
+            "ID": inst.id,
+            "Service": inst.service,
+            "Tags": inst.tags,
+            "Meta": inst.meta,
+            "Port": inst.port,
+            "Address": inst.address,
+            "Weights": { "Passing": inst.weights.passing, "Warning": inst.weights.warning },
+            "EnableTagOverride": false,
+            "Datacenter": datacenter,
+            "CreateIndex": inst.create_index,
+            "ModifyIndex": inst.modify_index,
+        },
+        "Checks": checks,
+    })
+}
+
 /// Union of the tags of a service's instances, sorted.
 pub fn service_tags<'a>(instances: impl Iterator<Item = &'a Instance>) -> Vec<String> {
     let mut tags: BTreeMap<&str, ()> = BTreeMap::new();
