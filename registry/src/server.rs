@@ -92,7 +92,7 @@ impl Server {
             .address(local_addr)
             .ready(ready)
             .cluster(cluster.clone())
-            .federation(federation)
+            .federation(federation.clone())
             .build();
         let scheme = if tls.is_some() { "https" } else { "http" };
         tasks.spawn(serve(
@@ -108,6 +108,7 @@ impl Server {
                 registry.clone(),
                 config.acl.clone(),
                 config.max_xds_streams,
+                federation.as_deref(),
                 shutdown.clone(),
             );
             tracing::info!(addr = ?grpc_addr, tls = tls.is_some(), "roster gRPC (xDS) listening");

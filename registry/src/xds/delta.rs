@@ -43,10 +43,10 @@ pub(super) fn stream(
     open: super::Open,
 ) -> impl Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send + 'static {
     let state = State {
+        wake: super::Wake::new(xds.failover()),
         xds,
         requests,
         _open: open,
-        wake: super::Wake::new(),
         subs: HashMap::new(),
         nonce: 0,
         node: String::new(),
@@ -203,7 +203,7 @@ fn respond(
     let mut resources = Vec::new();
     let mut removed = Vec::new();
     for name in &wanted {
-        match xds.resources.get(&snap, kind, name) {
+        match xds.resources.get(&snap, kind, name, xds.failover()) {
             Some(b) => {
                 sub.absent.remove(name);
                 if sub.held.get(name) != Some(&b.version) {

@@ -11,6 +11,7 @@
 pub mod resources;
 
 mod delta;
+mod failover;
 mod sotw;
 
 use std::net::SocketAddr;
@@ -32,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::acl::{Need, Tokens};
+use crate::federation::Federation;
+use crate::federation::failover::Failover;
 use crate::http::serve::TlsState;
 use crate::registry::Registry;
 use resources::Resources;
@@ -50,14 +53,18 @@ pub struct Xds {
     acl: Option<Tokens>,
     streams: Arc<Semaphore>,
     cancel: CancellationToken,
+    /// Other datacenters' answers for failover, when federated.
+    failover: Option<Failover>,
 }
 
 impl Xds {
-    /// The control plane over `registry`, with at most `max_streams` streams.
+    /// The control plane over `registry`, with at most `max_streams` streams;
+    /// with `federation`, endpoints fail over to other datacenters.
     pub fn new(
         registry: Arc<Registry>,
         acl: Option<Tokens>,
         max_streams: usize,
+        federation: Option<&Federation>,
         cancel: CancellationToken,
     ) -> Arc<Xds> {
         Arc::new(Xds {
@@ -66,7 +73,13 @@ impl Xds {
             acl,
             streams: Arc::new(Semaphore::new(max_streams)),
             cancel,
+            failover: federation.map(|f| f.failover().clone()),
         })
+    }
+
+    /// The failover resolver, when federated.
+    fn failover(&self) -> Option<&Failover> {
+        self.failover.as_ref()
     }
 
     /// Admits a stream: a token that may read (when ACLs are on) and room
@@ -184,13 +197,26 @@ struct Wake {
         Arc<str>,
         tokio_stream::wrappers::BroadcastStream<Arc<crate::watch::ServiceEvent>>,
     >,
+    /// Federated: other datacenters' answers changed, and a periodic look
+    /// that keeps the answers a failed-over resource uses followed (a remote
+    /// answer nobody asks about for a minute is dropped).
+    failover: Option<(tokio::sync::watch::Receiver<u64>, tokio::time::Interval)>,
 }
 
+/// How often a federated stream looks again without a change.
+const FAILOVER_LOOK: Duration = Duration::from_secs(20);
+
 impl Wake {
-    fn new() -> Wake {
+    fn new(failover: Option<&Failover>) -> Wake {
         Wake {
             list: None,
             services: tokio_stream::StreamMap::new(),
+            failover: failover.map(|f| {
+                let mut every = tokio::time::interval(FAILOVER_LOOK);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every.reset();
+                (f.subscribe(), every)
+            }),
         }
     }
 
@@ -256,9 +282,27 @@ impl Wake {
             // way, look again.
             self.services.next().await.is_some()
         };
+        let failover = async {
+            match self.failover.as_mut() {
+                Some((rx, every)) => {
+                    tokio::select! {
+                        changed = rx.changed() => {
+                            if changed.is_err() {
+                                // The federation stopped: only local changes now.
+                                self.failover = None;
+                            }
+                        }
+                        _ = every.tick() => {}
+                    }
+                    true
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             open = list => open,
             open = services => open,
+            open = failover => open,
         }
     }
 }
@@ -568,7 +612,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_wakes_for_the_services_it_follows_only() {
         let registry = Registry::new(CatalogLimits::default(), Arc::new(Metrics::new()));
-        let mut wake = Wake::new();
+        let mut wake = Wake::new(None);
         let names: Vec<Arc<str>> = vec!["web".into(), "v2.api".into()];
         wake.follow(&registry, names.iter(), false);
         register(&registry, "db", "d1");

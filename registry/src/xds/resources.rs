@@ -47,6 +47,7 @@ use envoy_types::util::pack_any;
 use roster_api::Health;
 
 use crate::catalog::{Instance, ServiceState, Snapshot};
+use crate::federation::failover::Failover;
 
 /// Instance metadata key that picks a service's balancing policy.
 pub const LB_POLICY_KEY: &str = "lb_policy";
@@ -148,6 +149,9 @@ pub struct Built {
     /// The service it was built from, and that service's index then.
     service: Arc<str>,
     index: AtomicU64,
+    /// The version of the other datacenter's answer it includes (failover),
+    /// 0 for none.
+    remote: u64,
 }
 
 /// Resources built from the catalog, cached per (kind, name) against the
@@ -169,13 +173,29 @@ impl Resources {
     /// resource unchanged since it was built, is one map lookup on each side
     /// and no allocation: every stream asks for every name it follows on
     /// every change.
-    pub fn get(&self, snap: &Snapshot, kind: Kind, name: &Arc<str>) -> Option<Arc<Built>> {
+    pub fn get(
+        &self,
+        snap: &Snapshot,
+        kind: Kind,
+        name: &Arc<str>,
+        failover: Option<&Failover>,
+    ) -> Option<Arc<Built>> {
         self.prune(snap);
         let key = (kind, name.clone());
+        // Failover only changes endpoints, and only for a service with a
+        // failover list: everything else never looks at other datacenters.
+        let remote = |service: &str, state: &ServiceState| {
+            (kind == Kind::Endpoints)
+                .then(|| super::failover::remote_for(failover, service, state))
+                .flatten()
+        };
         if let Some(hit) = self.cache.get(&key) {
             match snap.services.get(&hit.service) {
                 Some(state) if state.modify_index == hit.index.load(Ordering::Acquire) => {
-                    return Some(hit.clone());
+                    let now = remote(&hit.service, state).map_or(0, |r| r.version);
+                    if now == hit.remote {
+                        return Some(hit.clone());
+                    }
                 }
                 None => return None,
                 Some(_) => {}
@@ -183,7 +203,15 @@ impl Resources {
         }
         let parsed = Name::parse(name)?;
         let (service, state) = snap.services.get_key_value(parsed.service.as_str())?;
-        let any = build(kind, name, &parsed, state);
+        let remote = remote(service, state);
+        let any = match (kind, &remote) {
+            (Kind::Endpoints, Some(remote)) => {
+                let mut cla = endpoints(name, &parsed, state);
+                super::failover::add_remote(&mut cla, &parsed, remote);
+                pack_any(cla)
+            }
+            _ => build(kind, name, &parsed, state),
+        };
         let version: Arc<str> = digest(&any.value).into();
         let fresh = Arc::new(Built {
             name: name.clone(),
@@ -191,6 +219,7 @@ impl Resources {
             any,
             service: service.clone(),
             index: AtomicU64::new(state.modify_index),
+            remote: remote.map_or(0, |r| r.version),
         });
         let mut out = fresh.clone();
         self.cache
@@ -200,7 +229,7 @@ impl Resources {
                 if cached.index.load(Ordering::Acquire) > fresh_index {
                     // Built from an older snapshot: keep the newer one.
                     out = cached.clone();
-                } else if cached.version == fresh.version {
+                } else if cached.version == fresh.version && cached.remote == fresh.remote {
                     // Same bytes: keep the shared copy streams compare
                     // against, marked current.
                     cached.index.fetch_max(fresh_index, Ordering::AcqRel);
@@ -644,14 +673,17 @@ mod tests {
             names_index: 1,
             services: OrdMap::new(),
         };
-        assert!(r.get(&snap, Kind::Endpoints, &web).is_none(), "no service");
+        assert!(
+            r.get(&snap, Kind::Endpoints, &web, None).is_none(),
+            "no service"
+        );
         snap.services
             .insert("web".into(), state(&[inst("a", "10.0.0.1", 1, None)], 5));
-        let eds = r.get(&snap, Kind::Endpoints, &web).unwrap();
-        let lds = r.get(&snap, Kind::Listener, &web).unwrap();
+        let eds = r.get(&snap, Kind::Endpoints, &web, None).unwrap();
+        let lds = r.get(&snap, Kind::Listener, &web, None).unwrap();
         assert!(Arc::ptr_eq(
             &eds,
-            &r.get(&snap, Kind::Endpoints, &web).unwrap()
+            &r.get(&snap, Kind::Endpoints, &web, None).unwrap()
         ));
 
         // A change to the service: new endpoints, the same listener bytes.
@@ -666,9 +698,9 @@ mod tests {
                 6,
             ),
         );
-        let eds2 = r.get(&snap, Kind::Endpoints, &web).unwrap();
+        let eds2 = r.get(&snap, Kind::Endpoints, &web, None).unwrap();
         assert_ne!(eds2.version, eds.version);
-        let lds2 = r.get(&snap, Kind::Listener, &web).unwrap();
+        let lds2 = r.get(&snap, Kind::Listener, &web, None).unwrap();
         assert!(
             Arc::ptr_eq(&lds, &lds2),
             "unchanged bytes: the same resource"
@@ -678,7 +710,7 @@ mod tests {
         // The service gone: the cache forgets it once the names move.
         snap.services.remove("web");
         snap.names_index = 7;
-        assert!(r.get(&snap, Kind::Listener, &web).is_none());
+        assert!(r.get(&snap, Kind::Listener, &web, None).is_none());
         assert!(r.cache.is_empty());
     }
 }

@@ -40,10 +40,10 @@ pub(super) fn stream(
     open: super::Open,
 ) -> impl Stream<Item = Result<DiscoveryResponse, Status>> + Send + 'static {
     let state = State {
+        wake: super::Wake::new(xds.failover()),
         xds,
         requests,
         _open: open,
-        wake: super::Wake::new(),
         subs: HashMap::new(),
         nonce: 0,
         node: String::new(),
@@ -223,7 +223,7 @@ fn respond(
     };
     let current: Vec<Arc<Built>> = names
         .iter()
-        .filter_map(|n| xds.resources.get(&snap, kind, n))
+        .filter_map(|n| xds.resources.get(&snap, kind, n, xds.failover()))
         .collect();
     let differs = |b: &Arc<Built>| sub.sent.get(&b.name) != Some(&b.version);
     let out: Vec<&Arc<Built>> = if kind.full_state() {

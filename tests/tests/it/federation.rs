@@ -436,3 +436,118 @@ async fn failover_when_every_local_instance_is_critical_and_back() {
     assert_eq!(dc_header(&headers), Some("dc1"));
     assert_eq!(body["instances"], serde_json::json!([]), "{body}");
 }
+
+/// The endpoints of one EDS response: (locality region, priority, address)
+/// of every endpoint, sorted.
+fn eds_rows(
+    r: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse,
+) -> Vec<(String, u32, Vec<String>)> {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    let cla: Vec<ClusterLoadAssignment> = crate::xds::decode(r);
+    let mut rows: Vec<(String, u32, Vec<String>)> = cla[0]
+        .endpoints
+        .iter()
+        .map(|l| {
+            let one = ClusterLoadAssignment {
+                endpoints: vec![l.clone()],
+                ..ClusterLoadAssignment::default()
+            };
+            let addrs = crate::xds::endpoints(&one)
+                .into_iter()
+                .map(|(a, _, _)| a)
+                .collect();
+            (
+                l.locality.clone().unwrap_or_default().region,
+                l.priority,
+                addrs,
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// xDS fails over as Envoy and gRPC expect: the other datacenter's healthy
+/// instances arrive as a locality of priority 1 (named after the
+/// datacenter) beside the local ones, and leave when a local one is back.
+#[tokio::test]
+async fn xds_endpoints_fail_over_as_a_lower_priority_locality() {
+    let (l1, a1) = listener().await;
+    let (l2, a2) = listener().await;
+    let config = Config {
+        datacenter: "dc1".into(),
+        federation: Some(federation(&[("dc2", a2)], "web=dc2")),
+        grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..Config::default()
+    };
+    let dc1 = TestRegistry::start_on(l1, config).await;
+    let dc2 = start_dc(l2, "dc2", Some(federation(&[("dc1", a1)], ""))).await;
+    let c1 = RosterClient::new(dc1.url()).unwrap();
+    let c2 = RosterClient::new(dc2.url()).unwrap();
+    c1.register("web", "web-1", &instance("10.1.0.1"))
+        .await
+        .unwrap();
+    c2.register("web", "web-2", &instance("10.2.0.1"))
+        .await
+        .unwrap();
+    let eds = crate::xds::EDS;
+    let mut s = crate::xds::Sotw::try_open_at(dc1.grpc_addr(), None)
+        .await
+        .unwrap();
+    s.ask(eds, &["web"]).await;
+    let local = vec![(String::new(), 0, vec!["10.1.0.1:8080".to_owned()])];
+    assert_eq!(eds_rows(&s.next_of(eds).await), local);
+
+    // Every local instance down: dc2's arrive at priority 1 (the first push
+    // may come before dc2 has answered; the next one brings them).
+    maintenance(&c1, "web-1", true).await;
+    let failed_over = vec![
+        (String::new(), 0, vec!["10.1.0.1:8080".to_owned()]),
+        ("dc2".to_owned(), 1, vec!["10.2.0.1:8080".to_owned()]),
+    ];
+    let mut seen = Vec::new();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let r = s.next_of(eds).await;
+            s.ask(eds, &["web"]).await;
+            let rows = eds_rows(&r);
+            if rows == failed_over {
+                return;
+            }
+            seen.push(rows);
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "no failover in EDS; saw {seen:?}");
+
+    // A change in dc2 is pushed too.
+    c2.register("web", "web-3", &instance("10.2.0.2"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let r = s.next_of(eds).await;
+            s.ask(eds, &["web"]).await;
+            let rows = eds_rows(&r);
+            if rows.iter().any(|(dc, _, a)| dc == "dc2" && a.len() == 2) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "dc2's new instance not pushed");
+
+    // Back: the local instance recovers and dc2's locality leaves.
+    maintenance(&c1, "web-1", false).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let r = s.next_of(eds).await;
+            s.ask(eds, &["web"]).await;
+            if eds_rows(&r) == local {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "EDS did not move back to the local instance");
+}
