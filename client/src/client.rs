@@ -559,7 +559,7 @@ impl RosterClient {
         Err(last.unwrap_or_else(|| Error::Config("no registry address".into())))
     }
 
-    async fn send<T: DeserializeOwned>(
+    pub(crate) async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

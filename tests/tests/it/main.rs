@@ -3,6 +3,7 @@
 
 mod agent;
 mod balancing;
+mod batch;
 mod callers;
 mod catalog_watch;
 mod cli_e2e;
