@@ -27,7 +27,7 @@ use crate::model::{InstanceId, InstanceSpec, Limits, ServiceName, validate_reaso
 
 /// Largest batch body: room for a thousand ordinary registrations, and small
 /// enough that a batch, as one Raft entry, stays far below the peers' limit.
-pub(super) const BATCH_BODY_LIMIT: usize = 1 << 20;
+pub(in crate::http) const BATCH_BODY_LIMIT: usize = 1 << 20;
 
 /// A batch whose operations are read one by one, to find which are wrong.
 #[derive(Deserialize)]

@@ -273,6 +273,7 @@ pub(super) fn is_consul(path: &str) -> bool {
     ["/v1/agent/", "/v1/catalog/", "/v1/health/", "/v1/status/"]
         .iter()
         .any(|p| path.starts_with(p))
+        || path == "/v1/txn"
 }
 
 /// Counts and times every request by route template and status, and names
