@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ClusterError;
 pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
+pub(crate) use network::PEER_BODY_LIMIT;
 pub use network::{Contacts, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
 #[cfg(feature = "fault-injection")]
 pub use network::{Cut, PARTITIONED};
