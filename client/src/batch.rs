@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde::Serialize;
 
-use crate::api::{BatchOp, BatchResponse, ItemProblem};
+use crate::api::{BatchOp, BatchResponse, ItemProblem, MAX_BATCH_OPS, MaintenanceRequest, Problem};
 use crate::{Error, RosterClient};
 
 /// The body of `POST /v1/batch`, borrowing the caller's operations.
@@ -38,6 +38,104 @@ impl RosterClient {
     pub async fn batch(&self, ops: &[BatchOp]) -> Result<BatchResponse, Error> {
         self.send(Method::POST, "/v1/batch", Some(&Body { ops }))
             .await
+    }
+}
+
+impl RosterClient {
+    /// Writes `ops` so that each succeeds or fails on its own, as if sent one
+    /// by one, in as few requests as the registry allows: batches of at most
+    /// [`MAX_BATCH_OPS`]; the operations a batch is refused for get their own
+    /// error and the rest is sent again without them; a registry without the
+    /// batch endpoint, or a batch failing as a whole (unreachable, no
+    /// leader), gets the operations one by one. The results are in the order
+    /// of `ops`. What registrars use to write many instances.
+    pub async fn batch_each(&self, ops: &[BatchOp]) -> Vec<Result<(), Error>> {
+        let mut results: Vec<Option<Result<(), Error>>> = ops.iter().map(|_| None).collect();
+        let all: Vec<usize> = (0..ops.len()).collect();
+        for chunk in all.chunks(MAX_BATCH_OPS) {
+            let mut pending = chunk.to_vec();
+            // Each round settles at least one operation, so this ends.
+            while pending.len() > 1 {
+                let batch: Vec<BatchOp> = pending.iter().map(|&i| ops[i].clone()).collect();
+                match self.batch(&batch).await {
+                    Ok(_) => {
+                        for i in pending.drain(..) {
+                            results[i] = Some(Ok(()));
+                        }
+                    }
+                    Err(e) if !e.batch_errors().is_empty() => {
+                        let mut refused = vec![false; pending.len()];
+                        for item in e.batch_errors() {
+                            if let Some(slot) = refused.get_mut(item.index)
+                                && !*slot
+                            {
+                                *slot = true;
+                                let i = pending[item.index];
+                                // As `deregister` alone: an instance that is
+                                // not there is deregistered.
+                                let gone =
+                                    item.status == 404 && matches!(ops[i], BatchOp::Deregister(_));
+                                results[i] =
+                                    Some(if gone { Ok(()) } else { Err(item_error(item)) });
+                            }
+                        }
+                        pending = pending
+                            .iter()
+                            .zip(&refused)
+                            .filter(|(_, r)| !**r)
+                            .map(|(i, _)| *i)
+                            .collect();
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, operations = pending.len(), "batch not taken; writing one by one");
+                        break;
+                    }
+                }
+            }
+            for i in pending {
+                results[i] = Some(self.write_one(&ops[i]).await);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Protocol("operation not written".into()))))
+            .collect()
+    }
+
+    /// One operation through its own endpoint.
+    async fn write_one(&self, op: &BatchOp) -> Result<(), Error> {
+        match op {
+            BatchOp::Register(r) => self
+                .register(&r.service, &r.id, &r.instance)
+                .await
+                .map(drop),
+            BatchOp::Deregister(r) => self.deregister(&r.service, &r.id).await,
+            BatchOp::Heartbeat(r) => self.heartbeat(&r.service, &r.id).await,
+            BatchOp::Maintenance(m) => {
+                let req = MaintenanceRequest {
+                    enabled: m.enabled,
+                    reason: m.reason.clone(),
+                };
+                self.maintenance(&m.service, &m.id, &req).await.map(drop)
+            }
+        }
+    }
+}
+
+/// The error one refused operation of a batch would have had on its own.
+fn item_error(item: &ItemProblem) -> Error {
+    let problem = Problem {
+        kind: String::new(),
+        title: String::new(),
+        status: item.status,
+        detail: item.detail.clone(),
+        field: item.field.clone(),
+        errors: Vec::new(),
+    };
+    match item.status {
+        404 => Error::NotFound(problem),
+        401 | 403 => Error::Denied(problem),
+        _ => Error::Invalid(problem),
     }
 }
 

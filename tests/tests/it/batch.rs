@@ -340,3 +340,41 @@ async fn watchers_see_a_batch_as_one_change() {
     assert_eq!(woke.instances.len(), 101);
     reg.stop().await;
 }
+
+/// What registrars use: each operation succeeds or fails on its own, in as
+/// few requests as the registry allows.
+#[tokio::test]
+async fn batch_each_fails_only_the_refused_operations() {
+    let reg = TestRegistry::start_with(config()).await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    client
+        .register("db", "taken", &instance(5432))
+        .await
+        .unwrap();
+    let mut ops = registrations("web", 20);
+    ops[4] = BatchOp::register("web", "taken", instance(80));
+    ops[9] = BatchOp::heartbeat("web", "ghost");
+    // Deregistering what is not there succeeds, as `deregister` alone does.
+    ops.push(BatchOp::deregister("web", "never-registered"));
+    let results = client.batch_each(&ops).await;
+    assert_eq!(results.len(), 21);
+    let failed: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_err())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(failed, [4, 9]);
+    assert!(
+        matches!(results[9], Err(Error::NotFound(_))),
+        "{:?}",
+        results[9]
+    );
+    assert_eq!(count(&client, "web").await, 18);
+    // Two requests: the refused batch, then the rest.
+    let batches = reg
+        .metric(r#"roster_http_requests_total{method="POST",route="/v1/batch",status="200"}"#)
+        .await;
+    assert_eq!(batches, Some(1.0));
+    reg.stop().await;
+}
