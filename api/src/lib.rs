@@ -512,8 +512,10 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// Each refused operation of a batch (`POST /v1/batch`); empty otherwise.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<ItemProblem>,
+    /// Behind one pointer: a problem travels in the error of every `Result`
+    /// of the client, which must stay small (`clippy::result_large_err`).
+    #[serde(default, skip_serializing_if = "<[ItemProblem]>::is_empty")]
+    pub errors: Box<Vec<ItemProblem>>,
 }
 
 /// Header carrying the catalog index on every API response.

@@ -98,7 +98,7 @@ impl RosterClient {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::Protocol("operation not written".into()))))
+            .map(|r| r.unwrap_or_else(not_written))
             .collect()
     }
 
@@ -122,6 +122,12 @@ impl RosterClient {
     }
 }
 
+/// The result of an operation left without one (never: every path above
+/// settles each operation it takes).
+fn not_written() -> Result<(), Error> {
+    Err(Error::Protocol("operation not written".into()))
+}
+
 /// The error one refused operation of a batch would have had on its own.
 fn item_error(item: &ItemProblem) -> Error {
     let problem = Problem {
@@ -130,7 +136,7 @@ fn item_error(item: &ItemProblem) -> Error {
         status: item.status,
         detail: item.detail.clone(),
         field: item.field.clone(),
-        errors: Vec::new(),
+        errors: Box::default(),
     };
     match item.status {
         404 => Error::NotFound(problem),
@@ -143,7 +149,7 @@ impl Error {
     /// The refused operations of a batch ([`RosterClient::batch`]), each
     /// with its position, status, field and reason; empty for other errors.
     pub fn batch_errors(&self) -> &[ItemProblem] {
-        self.problem().map_or(&[], |p| p.errors.as_slice())
+        self.problem().map_or(&[], |p| &p.errors)
     }
 
     /// Whether the registry has no batch endpoint (one older than it): the

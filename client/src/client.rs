@@ -740,7 +740,7 @@ fn instance_path(service: &str, id: &str) -> Result<String, Error> {
             status: 400,
             detail,
             field: Some("id".into()),
-            errors: Vec::new(),
+            errors: Box::default(),
         })
     })?;
     Ok(format!(

@@ -369,7 +369,7 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             detail: self.detail,
             field: self.field,
-            errors: self.errors,
+            errors: Box::new(self.errors),
         };
         let body = serde_json::to_vec(&problem).expect("problem serializes");
         let mut resp = (self.status, body).into_response();
