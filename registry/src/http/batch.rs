@@ -15,7 +15,10 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::{Json, body::Bytes};
-use roster_api::{BatchOp, BatchRequest, BatchResponse, BatchResult, ItemProblem, MAX_BATCH_OPS};
+use roster_api::{
+    BatchMaintenance, BatchOp, BatchRegister, BatchRequest, BatchResponse, BatchResult,
+    InstanceRef, ItemProblem, MAX_BATCH_OPS, RegisterRequest,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -90,10 +93,72 @@ pub(super) async fn batch(
     ))
 }
 
+/// An operation read in one pass: serde reads a tagged enum ([`BatchOp`])
+/// by buffering each item first, which was a tenth of a batch's CPU time in
+/// a profile; this flat form reads it directly.
+#[derive(Deserialize)]
+struct FlatOp {
+    op: String,
+    service: String,
+    id: String,
+    #[serde(default)]
+    instance: Option<RegisterRequest>,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct FlatBatch {
+    ops: Vec<FlatOp>,
+}
+
+impl FlatOp {
+    /// The operation, if it is a complete one (`None` sends the body to the
+    /// slow path, which names what is wrong).
+    fn into_op(self) -> Option<BatchOp> {
+        let FlatOp {
+            op,
+            service,
+            id,
+            instance,
+            enabled,
+            reason,
+        } = self;
+        Some(match op.as_str() {
+            "register" => BatchOp::Register(BatchRegister {
+                service,
+                id,
+                instance: instance?,
+            }),
+            "deregister" => BatchOp::Deregister(InstanceRef { service, id }),
+            "heartbeat" => BatchOp::Heartbeat(InstanceRef { service, id }),
+            "maintenance" => BatchOp::Maintenance(BatchMaintenance {
+                service,
+                id,
+                enabled: enabled?,
+                reason,
+            }),
+            _ => return None,
+        })
+    }
+}
+
 /// The operations of the body. Read whole first (the common case); only a
 /// body that does not read is read again operation by operation, so that
 /// the answer names every wrong one.
 fn decode(body: &[u8]) -> Result<Vec<BatchOp>, ApiError> {
+    if let Ok(flat) = parse_json::<FlatBatch>(body)
+        && let Some(ops) = flat
+            .ops
+            .into_iter()
+            .map(FlatOp::into_op)
+            .collect::<Option<Vec<_>>>()
+    {
+        count(ops.len())?;
+        return Ok(ops);
+    }
     let whole = match parse_json::<BatchRequest>(body) {
         Ok(req) => {
             count(req.ops.len())?;
