@@ -17,6 +17,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod batch;
+pub use batch::{
+    BatchMaintenance, BatchOp, BatchRegister, BatchRequest, BatchResponse, BatchResult,
+    InstanceRef, ItemProblem, MAX_BATCH_OPS,
+};
+
 /// Health of a check or an instance, ordered from best to worst.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -555,6 +561,11 @@ pub struct Problem {
     /// The offending request field, when one is to blame (`port`, `tags[3]`, `meta.owner`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Each refused operation of a batch (`POST /v1/batch`); empty otherwise.
+    /// Behind one pointer: a problem travels in the error of every `Result`
+    /// of the client, which must stay small (`clippy::result_large_err`).
+    #[serde(default, skip_serializing_if = "<[ItemProblem]>::is_empty")]
+    pub errors: Box<Vec<ItemProblem>>,
 }
 
 /// Header carrying the catalog index on every API response.

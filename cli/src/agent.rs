@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use roster_api::{CheckDefinition, Health, RegisterRequest, duration};
+use roster_api::{BatchOp, CheckDefinition, Health, RegisterRequest, duration};
 use roster_client::{Registration, RosterClient};
 use serde::Deserialize;
 use tokio::task::JoinSet;
@@ -257,21 +257,43 @@ impl Agent {
             .filter(|(id, r)| wanted.get(*id) != Some(&r.entry))
             .map(|(id, _)| id.clone())
             .collect();
-        for id in stale {
-            if let Some(running) = self.running.remove(&id) {
-                stop(running).await;
-            }
-        }
+        let stopping: Vec<Running> = stale
+            .iter()
+            .filter_map(|id| self.running.remove(id))
+            .collect();
+        stop_all(&self.client, stopping).await;
         let mut first_error = None;
+        // Every new service's checks are validated first; the valid ones are
+        // registered together, in as few requests as the registry allows.
+        let mut new = Vec::new();
         for (id, entry) in wanted {
             if self.running.contains_key(&id) {
                 continue;
             }
-            match self.start(&id, entry).await {
-                Ok(running) => {
+            match entry.specs() {
+                Ok(specs) => {
+                    let request = entry.request(&specs);
+                    new.push((id, entry, specs, request));
+                }
+                Err(e) => {
+                    tracing::error!(instance = %id, error = %e, "agent: cannot register");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let ops: Vec<BatchOp> = new
+            .iter()
+            .map(|(id, entry, _, request)| BatchOp::register(&entry.name, id, request.clone()))
+            .collect();
+        let results = self.client.batch_each(&ops).await;
+        for ((id, entry, specs, request), result) in new.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    let running = self.start(&id, entry, specs, request);
                     self.running.insert(id, running);
                 }
                 Err(e) => {
+                    let e = AgentError::from(e);
                     tracing::error!(instance = %id, error = %e, "agent: cannot register");
                     first_error.get_or_insert(e);
                 }
@@ -280,11 +302,15 @@ impl Agent {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn start(&self, id: &str, entry: ServiceEntry) -> Result<Running, AgentError> {
-        let specs = entry.specs()?;
-        let registration =
-            Registration::start(self.client.clone(), &entry.name, id, entry.request(&specs))
-                .await?;
+    /// Keeps a registered service alive and starts its check loops.
+    fn start(
+        &self,
+        id: &str,
+        entry: ServiceEntry,
+        specs: Vec<CheckSpec>,
+        request: RegisterRequest,
+    ) -> Running {
+        let registration = Registration::adopt(self.client.clone(), &entry.name, id, request);
         let mut checks = JoinSet::new();
         for spec in specs {
             checks.spawn(check_loop(
@@ -296,18 +322,17 @@ impl Agent {
             ));
         }
         tracing::info!(service = %entry.name, instance = %id, "agent: registered");
-        Ok(Running {
+        Running {
             entry,
             registration,
             checks,
-        })
+        }
     }
 
     /// Deregisters everything.
     pub async fn shutdown(mut self) {
-        for (_, running) in std::mem::take(&mut self.running) {
-            stop(running).await;
-        }
+        let all = std::mem::take(&mut self.running).into_values().collect();
+        stop_all(&self.client, all).await;
     }
 
     /// Runs until `cancel`: applies `path` now and again on every SIGHUP (a
@@ -343,11 +368,19 @@ impl Agent {
     }
 }
 
-async fn stop(mut running: Running) {
-    running.checks.abort_all();
-    let id = running.entry.instance_id();
-    if let Err(e) = running.registration.shutdown().await {
-        tracing::warn!(instance = %id, error = %e, "agent: deregistration failed");
+/// Stops the services' checks and heartbeats, then deregisters them
+/// together.
+async fn stop_all(client: &RosterClient, running: Vec<Running>) {
+    let mut ops = Vec::with_capacity(running.len());
+    for mut r in running {
+        r.checks.abort_all();
+        ops.push(BatchOp::deregister(&r.entry.name, &r.entry.instance_id()));
+        r.registration.detach().await;
+    }
+    for (op, result) in ops.iter().zip(client.batch_each(&ops).await) {
+        if let Err(e) = result {
+            tracing::warn!(instance = %op.id(), error = %e, "agent: deregistration failed");
+        }
     }
 }
 

@@ -595,7 +595,7 @@ impl RosterClient {
         Err(last.unwrap_or_else(|| Error::Config("no registry address".into())))
     }
 
-    async fn send<T: DeserializeOwned>(
+    pub(crate) async fn send<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -776,6 +776,7 @@ fn instance_path(service: &str, id: &str) -> Result<String, Error> {
             status: 400,
             detail,
             field: Some("id".into()),
+            errors: Box::default(),
         })
     })?;
     Ok(format!(

@@ -91,6 +91,7 @@
 
 pub use roster_api as api;
 pub mod balance;
+mod batch;
 mod bulkhead;
 mod call;
 mod client;

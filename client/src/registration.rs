@@ -82,15 +82,44 @@ impl Registration {
             request,
         });
         target.register().await?;
+        Ok(Registration::keep(target))
+    }
+
+    /// Keeps alive an instance registered already (by [`RosterClient::batch`]
+    /// with others, say): heartbeats as [`Registration::start`] does, and
+    /// registers again when the registry forgets it. Needs a Tokio runtime.
+    pub fn adopt(
+        client: RosterClient,
+        service: &str,
+        id: &str,
+        request: RegisterRequest,
+    ) -> Registration {
+        Registration::keep(Arc::new(Target {
+            client,
+            service: service.to_owned(),
+            id: id.to_owned(),
+            request,
+        }))
+    }
+
+    /// Starts keeping `target` alive.
+    fn keep(target: Arc<Target>) -> Registration {
         let (status_tx, status) = watch::channel(RegistrationStatus::Registered);
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(keep_alive(target.clone(), status_tx, stopped));
-        Ok(Registration {
+        Registration {
             inner: target,
             stop: Some(stop),
             task: Some(task),
             status,
-        })
+        }
+    }
+
+    /// Stops heartbeating without deregistering, for a caller that
+    /// deregisters many instances in one batch: the instance stays until it
+    /// is deregistered or its lease runs out.
+    pub async fn detach(mut self) {
+        self.stop_task().await;
     }
 
     /// The current status.

@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::machine::{SnapshotData, Stored};
-use crate::cluster::ops::{Batch, ErrorWire, Op, OutcomeWire};
+use crate::cluster::ops::{Batch, ErrorWire, ItemErrorWire, Op, OutcomeWire};
 use crate::cluster::{ForwardedHeartbeat, NodeInfo, TypeConfig};
 use crate::http::snapshot::SnapshotFile;
 use crate::rows::{FORMAT_VERSION, HealthRow, InstanceRow};
@@ -437,4 +437,76 @@ fn raft_log_entries_keep_their_format() {
     assert_eq!(text, golden, "the Raft log entry format changed");
     let back: openraft::Entry<TypeConfig> = serde_json::from_str(&golden).unwrap();
     assert_eq!(back.log_id, entry.log_id);
+}
+
+/// A batch write (`POST /v1/batch`, Consul's `/v1/txn`) as one op of a log
+/// entry, with every kind of item it may hold, and the answer to a refused
+/// one: each failing item by its position.
+#[test]
+fn batch_ops_keep_their_format() {
+    let (service, id) = (String::from("web"), String::from("web-1"));
+    let batch = Batch {
+        ops: vec![Op::Batch {
+            ops: vec![
+                Op::Expect {
+                    service: service.clone(),
+                    id: id.clone(),
+                    index: Some(57),
+                },
+                Op::Register { instance: row() },
+                Op::Heartbeat {
+                    service: service.clone(),
+                    id: id.clone(),
+                },
+                Op::SetMaintenance {
+                    service: service.clone(),
+                    id: id.clone(),
+                    reason: None,
+                },
+                Op::Expect {
+                    service: service.clone(),
+                    id: "web-2".into(),
+                    index: None,
+                },
+                Op::Deregister {
+                    service: service.clone(),
+                    id: "web-2".into(),
+                },
+            ],
+        }],
+    };
+    let refused: Result<OutcomeWire, ErrorWire> = Err(ErrorWire::Batch {
+        errors: vec![
+            ItemErrorWire {
+                index: 0,
+                error: ErrorWire::Unexpected {
+                    service: service.clone(),
+                    id: id.clone(),
+                    expected: Some(57),
+                    actual: Some(60),
+                },
+            },
+            ItemErrorWire {
+                index: 1,
+                error: ErrorWire::Conflict {
+                    id,
+                    existing: "db".into(),
+                },
+            },
+            ItemErrorWire {
+                index: 2,
+                error: ErrorWire::NotInBatch {
+                    what: "a check result".into(),
+                },
+            },
+            ItemErrorWire {
+                index: 4,
+                error: ErrorWire::NotFound {
+                    service,
+                    id: "web-2".into(),
+                },
+            },
+        ],
+    });
+    pin("raft_op_batch.json", &(batch, refused));
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use roster_api::Instance;
+use roster_api::{BatchOp, Instance};
 use roster_client::{InstanceQuery, RosterClient};
 
 use super::K8sError;
@@ -81,31 +81,36 @@ impl Reconciler {
         let mut applied = BTreeMap::new();
         let want: BTreeMap<String, Desired> =
             desired.into_iter().map(|d| (d.id.clone(), d)).collect();
-        for (id, inst) in &actual {
-            let keep = want.get(id).is_some_and(|d| d.service == inst.service);
-            if keep {
-                continue;
-            }
-            match self.client.deregister(&inst.service, id).await {
+        let gone: Vec<BatchOp> = actual
+            .iter()
+            .filter(|(id, inst)| want.get(*id).is_none_or(|d| d.service != inst.service))
+            .map(|(id, inst)| BatchOp::deregister(&inst.service, id))
+            .collect();
+        for (op, result) in gone.iter().zip(self.client.batch_each(&gone).await) {
+            match result {
                 Ok(()) => done.deregistered += 1,
                 Err(e) => {
-                    tracing::warn!(instance = %id, error = %e, "sync-k8s: deregistration failed");
+                    tracing::warn!(instance = %op.id(), error = %e, "sync-k8s: deregistration failed");
                     done.failed += 1;
                 }
             }
         }
+        let mut changed = Vec::new();
         for (id, want) in want {
             if actual.get(&id).is_some_and(|inst| matches(inst, &want)) {
                 applied.insert(id, want);
-                continue;
+            } else {
+                changed.push(want);
             }
-            match self.register(&want).await {
+        }
+        for (want, result) in changed.iter().zip(self.register_all(&changed).await) {
+            match result {
                 Ok(()) => {
                     done.registered += 1;
-                    applied.insert(id, want);
+                    applied.insert(want.id.clone(), want.clone());
                 }
                 Err(e) => {
-                    tracing::warn!(instance = %id, error = %e, "sync-k8s: registration failed");
+                    tracing::warn!(instance = %want.id, error = %e, "sync-k8s: registration failed");
                     done.failed += 1;
                 }
             }
@@ -127,8 +132,12 @@ impl Reconciler {
             .filter(|d| want.get(&d.id).is_none_or(|w| w.service != d.service))
             .cloned()
             .collect();
-        for old in stale {
-            match self.client.deregister(&old.service, &old.id).await {
+        let ops: Vec<BatchOp> = stale
+            .iter()
+            .map(|old| BatchOp::deregister(&old.service, &old.id))
+            .collect();
+        for (old, result) in stale.iter().zip(self.client.batch_each(&ops).await) {
+            match result {
                 Ok(()) => {
                     done.deregistered += 1;
                     self.applied.remove(&old.id);
@@ -139,19 +148,20 @@ impl Reconciler {
                 }
             }
         }
-        for (id, want) in want {
-            if self.applied.get(&id) == Some(&want) {
-                continue;
-            }
-            match self.register(&want).await {
+        let changed: Vec<Desired> = want
+            .into_values()
+            .filter(|want| self.applied.get(&want.id) != Some(want))
+            .collect();
+        for (want, result) in changed.iter().zip(self.register_all(&changed).await) {
+            match result {
                 Ok(()) => {
                     done.registered += 1;
-                    self.applied.insert(id, want);
+                    self.applied.insert(want.id.clone(), want.clone());
                 }
                 Err(e) => {
-                    tracing::warn!(instance = %id, error = %e, "sync-k8s: registration failed");
+                    tracing::warn!(instance = %want.id, error = %e, "sync-k8s: registration failed");
                     // Forget it, so the next attempt registers it again.
-                    self.applied.remove(&id);
+                    self.applied.remove(&want.id);
                     done.failed += 1;
                 }
             }
@@ -164,10 +174,13 @@ impl Reconciler {
         self.applied.keys().cloned().collect()
     }
 
-    async fn register(&self, want: &Desired) -> Result<(), roster_client::Error> {
-        self.client
-            .register(&want.service, &want.id, &want.request)
-            .await
-            .map(drop)
+    /// Registers `wants`, each succeeding or failing on its own, in as few
+    /// requests as the registry allows.
+    async fn register_all(&self, wants: &[Desired]) -> Vec<Result<(), roster_client::Error>> {
+        let ops: Vec<BatchOp> = wants
+            .iter()
+            .map(|w| BatchOp::register(&w.service, &w.id, w.request.clone()))
+            .collect();
+        self.client.batch_each(&ops).await
     }
 }

@@ -12,6 +12,9 @@
 //! [`Command::Tick`] either finds the lease renewed and re-arms the timer at the
 //! new deadline (once per TTL at most, not once per heartbeat) or expires it.
 
+mod batch;
+#[cfg(test)]
+mod batch_tests;
 mod guard;
 mod instance;
 #[cfg(test)]
@@ -32,6 +35,8 @@ use crate::clock::nanos;
 use crate::lease::{Lease, LeaseTable};
 use crate::model::{InstanceId, InstanceSpec, ServiceName};
 
+pub use batch::{ItemError, MAX_BATCH_ITEMS};
+use batch::{batch_text, expect_text};
 pub use guard::{GuardStatus, SelfPreservation};
 pub use instance::{HealthCounts, Instance, ServiceState, Snapshot};
 
@@ -79,6 +84,28 @@ pub enum Command {
         /// Who reports it: the health checker (active checks only) or the
         /// instance itself (TTL checks only; this also restarts the check's TTL).
         source: CheckSource,
+    },
+    /// Several registrations, deregistrations, heartbeats, maintenance changes
+    /// and [`Command::Expect`]s, applied in order as one change: every item
+    /// is checked first and, if any would fail, none is applied
+    /// ([`CatalogError::Batch`] names them). Everything it changes gets the
+    /// same new index, so watchers see it as one change. Deregistering an
+    /// instance that is not registered is no error here, so that a batch sent
+    /// again after a lost answer does the same.
+    Batch {
+        /// At most [`MAX_BATCH_ITEMS`].
+        items: Vec<Command>,
+    },
+    /// A condition, changing nothing: the instance is registered in `service`
+    /// (`index: None`), is not registered (`Some(0)`), or is registered with
+    /// modify index `n` (`Some(n)`). In a batch it makes the whole batch
+    /// conditional (compare-and-set); it sees the effects of the items before
+    /// it, and an `Some(n)` on an instance an earlier item wrote fails.
+    Expect {
+        service: ServiceName,
+        id: InstanceId,
+        /// The expected modify index, see above.
+        index: Option<u64>,
     },
     /// Expire overdue leases and remove instances critical for too long. In a
     /// replicated catalog ([`Catalog::set_replicated`]) the tick changes nothing
@@ -198,6 +225,31 @@ pub enum CatalogError {
         index: u64,
         /// [`MAX_RESTORE_INDEX`].
         max: u64,
+    },
+    /// A [`Command::Expect`] does not hold.
+    #[error("instance {id:?} of service {service:?} {}", expect_text(*expected, *actual))]
+    Unexpected {
+        service: String,
+        id: String,
+        /// The condition (see [`Command::Expect`]).
+        expected: Option<u64>,
+        /// The instance's modify index, `None` when it is not registered (or
+        /// was written earlier in the same batch: `Some(u64::MAX)`).
+        actual: Option<u64>,
+    },
+    /// Items of a batch that would fail; nothing of the batch was applied.
+    #[error("{}", batch_text(errors))]
+    Batch {
+        /// Each failing item, in item order.
+        errors: Vec<ItemError>,
+    },
+    /// A command that cannot be an item of a batch.
+    #[error(
+        "a batch may hold registrations, deregistrations, heartbeats, maintenance changes and conditions, not {kind}"
+    )]
+    NotInBatch {
+        /// What it was.
+        kind: &'static str,
     },
     /// The global index cannot move on (it is at `u64::MAX`). Restores are
     /// capped at [`MAX_RESTORE_INDEX`], so only a catalog that applied 2^63
@@ -451,17 +503,7 @@ impl Catalog {
                 service,
                 id,
                 reason,
-            } => {
-                let current = self.find(&service, &id)?;
-                if current.maintenance == reason {
-                    false
-                } else {
-                    let mut inst = (*current).clone();
-                    inst.maintenance = reason;
-                    self.put(inst, next);
-                    true
-                }
-            }
+            } => self.set_maintenance(&service, &id, reason, next)?,
             Command::SetCheck {
                 service,
                 id,
@@ -471,6 +513,11 @@ impl Catalog {
                 source,
             } => self.set_check(&service, &id, &check, status, output, source, now, next)?,
             Command::Tick => self.tick(now, next, &mut out),
+            Command::Batch { items } => self.apply_batch(items, now, next)?,
+            Command::Expect { service, id, index } => {
+                self.check_expect(&service, &id, index)?;
+                false
+            }
             Command::ExpireLease {
                 service,
                 id,

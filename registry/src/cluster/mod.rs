@@ -18,6 +18,7 @@ pub(crate) mod machine;
 mod network;
 pub mod ops;
 mod tls;
+mod wire_error;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ClusterError;
 pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
+pub(crate) use network::PEER_BODY_LIMIT;
 pub use network::{Contacts, NODE_HEADER, Peers, TOKEN_HEADER, base_url};
 #[cfg(feature = "fault-injection")]
 pub use network::{Cut, PARTITIONED};
@@ -558,10 +560,16 @@ impl Cluster {
                     None => return,
                 },
             };
+            // Bounded by the writes it carries, a batch write counting as
+            // its items: an entry must stay well below the peers' body limit.
+            let mut writes = weight(&first.0);
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while writes < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(p) => batch.push(p),
+                    Ok(p) => {
+                        writes += weight(&p.0);
+                        batch.push(p);
+                    }
                     Err(_) => break,
                 }
             }
@@ -732,6 +740,14 @@ impl Cluster {
         );
         self.raft.initialize(members).await?;
         Ok(true)
+    }
+}
+
+/// How many writes a command is, for the size of a log entry.
+fn weight(cmd: &Command) -> usize {
+    match cmd {
+        Command::Batch { items } => items.len().max(1),
+        _ => 1,
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -20,6 +21,10 @@ use serde::de::DeserializeOwned;
 
 use super::tls::PeerTls;
 use super::{ClusterError, TypeConfig};
+
+/// Largest message a node takes from a peer (append batches, snapshot
+/// chunks of up to 3 MiB).
+pub(crate) const PEER_BODY_LIMIT: usize = 16 << 20;
 
 /// Header naming the sending node (with the feature `fault-injection`, a
 /// simulated partition refuses messages by it).
@@ -263,6 +268,24 @@ impl Connection {
                 PARTITIONED,
             ))));
         }
+        let body = match serde_json::to_vec(body) {
+            Ok(bytes) => bytes,
+            Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
+        };
+        self.post(path, body, option).await
+    }
+
+    /// Sends an encoded message and reads the answer.
+    async fn post<Resp, E>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let resp = self
             .peers
             .request(
@@ -270,7 +293,8 @@ impl Connection {
                 format!("{}/v1/raft/{path}", self.base),
             )
             .timeout(option.hard_ttl())
-            .json(body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .map_err(|e| {
@@ -301,7 +325,25 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let result = self.call("append", &rpc, &option).await;
+        #[cfg(feature = "fault-injection")]
+        if self.peers.is_cut(self.target) {
+            return Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(
+                PARTITIONED,
+            ))));
+        }
+        let body =
+            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // The peer refuses bodies over PEER_BODY_LIMIT, and would refuse the
+        // same append on every retry: ask openraft for fewer entries instead
+        // (entries carry batch writes, so a lagging follower's catch-up can
+        // be large). One entry alone is bounded by the proposer.
+        if body.len() > PEER_BODY_LIMIT && rpc.entries.len() > 1 {
+            let fewer = (rpc.entries.len() as u64 / 2).max(1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fewer),
+            ));
+        }
+        let result = self.post("append", body, &option).await;
         if result.is_ok() {
             self.peers.contacts.record(self.target);
         }

@@ -5,10 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{CatalogError, CheckSource, Command, Instance, Outcome};
+use crate::catalog::{CheckSource, Command, Instance, MAX_BATCH_ITEMS, Outcome};
 use crate::model::{FieldError, InstanceId, InstanceSpec, Limits, ServiceName};
-use crate::registry::{Unavailable, WriteError};
 use crate::rows::{HealthRow, InstanceRow};
+
+pub use super::wire_error::{ErrorWire, ItemErrorWire};
 
 /// One log entry's payload: the writes the leader's proposer took together.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -76,6 +77,20 @@ pub enum Op {
         /// Grace every lease gets, in milliseconds.
         grace_ms: u64,
     },
+    /// [`Command::Batch`]: its items, each a register, deregister,
+    /// heartbeat, set_maintenance or expect op, applied as one change.
+    Batch {
+        /// The items, in order.
+        ops: Vec<Op>,
+    },
+    /// [`Command::Expect`].
+    Expect {
+        service: String,
+        id: String,
+        /// `None`: registered; `Some(0)`: not registered; `Some(n)`: at
+        /// modify index n.
+        index: Option<u64>,
+    },
     /// [`Command::Reap`].
     Reap {
         service: String,
@@ -108,6 +123,35 @@ fn validate_row(row: &InstanceRow, limits: &Limits) -> Result<(), FieldError> {
     InstanceSpec::from_request(row.to_request(), None, limits).map(|_| ())
 }
 
+/// A forwarded batch: at most [`MAX_BATCH_ITEMS`] items, each one of the
+/// writes a batch may hold and valid as its own forwarded op would be.
+fn validate_batch(ops: &[Op], limits: &Limits) -> Result<(), FieldError> {
+    if ops.len() > MAX_BATCH_ITEMS {
+        return Err(FieldError::new(
+            "ops",
+            format!("a batch holds at most {MAX_BATCH_ITEMS} operations"),
+        ));
+    }
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Op::Register { .. }
+            | Op::Deregister { .. }
+            | Op::Heartbeat { .. }
+            | Op::SetMaintenance { .. }
+            | Op::Expect { .. } => op
+                .validate_forwarded(limits)
+                .map_err(|e| FieldError::new(format!("ops[{i}].{}", e.field), e.detail))?,
+            _ => {
+                return Err(FieldError::new(
+                    format!("ops[{i}].op"),
+                    "a batch holds only register, deregister, heartbeat, set_maintenance and expect",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Op {
     /// Checks an op a follower forwarded to this node (the leader): only the
     /// writes a follower takes from its clients are accepted (expiry and
@@ -127,7 +171,11 @@ impl Op {
             Op::SetMaintenance { reason, .. } => {
                 crate::model::validate_reason(reason.clone()).map(|_| ())
             }
-            Op::Deregister { .. } | Op::Heartbeat { .. } | Op::SetCheck { .. } => Ok(()),
+            Op::Batch { ops } => validate_batch(ops, limits),
+            Op::Deregister { .. }
+            | Op::Heartbeat { .. }
+            | Op::SetCheck { .. }
+            | Op::Expect { .. } => Ok(()),
             Op::ExpireLease { .. } | Op::ExpireCheck { .. } | Op::Reap { .. } => Err(
                 FieldError::new("op", "expiry is decided by the leader, never forwarded"),
             ),
@@ -233,6 +281,14 @@ impl Op {
                 instances: instances.iter().map(InstanceRow::from_instance).collect(),
                 grace_ms: grace.as_millis() as u64,
             },
+            Command::Batch { items } => Op::Batch {
+                ops: items.iter().map(Op::from_command).collect::<Option<_>>()?,
+            },
+            Command::Expect { service, id, index } => Op::Expect {
+                service: s(service),
+                id: i(id),
+                index: *index,
+            },
             // Local only: the lease clock, and loading a node's own state.
             Command::Tick | Command::Restore { stamp: false, .. } => return None,
         })
@@ -334,6 +390,16 @@ impl Op {
                 grace: std::time::Duration::from_millis(grace_ms),
                 stamp: true,
             },
+            Op::Batch { ops } => Command::Batch {
+                items: ops
+                    .into_iter()
+                    .map(Op::into_command)
+                    .collect::<Result<_, _>>()?,
+            },
+            Op::Expect { service, id, index } => {
+                let (service, id) = names(&service, &id)?;
+                Command::Expect { service, id, index }
+            }
             Op::Reap {
                 service,
                 id,
@@ -410,119 +476,12 @@ impl From<OutcomeWire> for Outcome {
     }
 }
 
-/// Why a write failed, as it travels between nodes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-// Fields named `service`, `id`, `check` and `output` are what they say; a
-// doc line repeating the name would add nothing.
-#[allow(missing_docs)]
-pub enum ErrorWire {
-    /// [`CatalogError::NotFound`].
-    NotFound { service: String, id: String },
-    /// [`CatalogError::Conflict`].
-    Conflict { id: String, existing: String },
-    /// [`CatalogError::CheckNotFound`].
-    CheckNotFound { id: String, check: String },
-    /// [`CatalogError::WrongCheckKind`].
-    WrongCheckKind { message: String },
-    /// [`CatalogError::Full`].
-    Full {
-        /// Which limit.
-        what: String,
-        /// Its value.
-        limit: usize,
-    },
-    /// [`CatalogError::IndexTooHigh`].
-    IndexTooHigh {
-        /// The index asked for.
-        index: u64,
-        /// The bound.
-        max: u64,
-    },
-    /// [`CatalogError::IndexExhausted`].
-    IndexExhausted,
-    /// An op that does not decode (a node of another version).
-    Invalid { message: String },
-    /// [`WriteError::Unavailable`].
-    Unavailable { message: String },
-}
-
-impl From<&CatalogError> for ErrorWire {
-    fn from(e: &CatalogError) -> Self {
-        match e {
-            CatalogError::NotFound { service, id } => ErrorWire::NotFound {
-                service: service.clone(),
-                id: id.clone(),
-            },
-            CatalogError::Conflict { id, existing } => ErrorWire::Conflict {
-                id: id.clone(),
-                existing: existing.clone(),
-            },
-            CatalogError::CheckNotFound { id, check } => ErrorWire::CheckNotFound {
-                id: id.clone(),
-                check: check.clone(),
-            },
-            CatalogError::WrongCheckKind(message) => ErrorWire::WrongCheckKind {
-                message: message.clone(),
-            },
-            CatalogError::Full { what, limit } => ErrorWire::Full {
-                what: (*what).to_owned(),
-                limit: *limit,
-            },
-            CatalogError::IndexTooHigh { index, max } => ErrorWire::IndexTooHigh {
-                index: *index,
-                max: *max,
-            },
-            CatalogError::IndexExhausted => ErrorWire::IndexExhausted,
-        }
-    }
-}
-
-impl From<&WriteError> for ErrorWire {
-    fn from(e: &WriteError) -> Self {
-        match e {
-            WriteError::Catalog(c) => c.into(),
-            WriteError::Store(e) => ErrorWire::Unavailable {
-                message: e.to_string(),
-            },
-            WriteError::Unavailable(e) => ErrorWire::Unavailable {
-                message: e.to_string(),
-            },
-        }
-    }
-}
-
-impl From<ErrorWire> for WriteError {
-    fn from(e: ErrorWire) -> Self {
-        WriteError::Catalog(match e {
-            ErrorWire::NotFound { service, id } => CatalogError::NotFound { service, id },
-            ErrorWire::Conflict { id, existing } => CatalogError::Conflict { id, existing },
-            ErrorWire::CheckNotFound { id, check } => CatalogError::CheckNotFound { id, check },
-            ErrorWire::WrongCheckKind { message } => CatalogError::WrongCheckKind(message),
-            ErrorWire::Full { what, limit } => CatalogError::Full {
-                // The catalog names its limits with static strings; keep the
-                // known ones, and do not leak memory for others.
-                what: match what.as_str() {
-                    "instances per service" => "instances per service",
-                    "instances in the registry" => "instances in the registry",
-                    _ => "capacity",
-                },
-                limit,
-            },
-            ErrorWire::IndexTooHigh { index, max } => CatalogError::IndexTooHigh { index, max },
-            ErrorWire::IndexExhausted => CatalogError::IndexExhausted,
-            // Another node's reasons arrive as text: kept as they are.
-            ErrorWire::Invalid { message } | ErrorWire::Unavailable { message } => {
-                return Unavailable::Remote { message }.into();
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::CatalogError;
     use crate::http::ApiError;
+    use crate::registry::{Unavailable, WriteError};
     use axum::http::StatusCode;
 
     #[test]

@@ -45,33 +45,42 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return ApiError::malformed(format!("invalid JSON: {inner}"));
-        }
-        let msg = inner.to_string();
-        // serde reports a missing field against its parent: name the field itself.
-        if let Some(name) = msg
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.split('`').next())
-        {
-            let field = if path == "." {
-                name.to_owned()
-            } else {
-                format!("{path}.{name}")
-            };
-            return ApiError::invalid(field, format!("{name} is required"));
-        }
-        if path == "." {
-            return ApiError::malformed(format!("the request body must be a JSON object: {msg}"));
-        }
-        ApiError::invalid(path, msg)
-    })?;
+    let value = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
     de.end()
         .map_err(|e| ApiError::malformed(format!("trailing data after the JSON value: {e}")))?;
     Ok(value)
+}
+
+/// Reads a value already parsed as JSON (one operation of a batch), naming
+/// the failing field from the value's root.
+pub(crate) fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(path_error)
+}
+
+/// The 400 for a body that is JSON but not what was asked for, naming the field.
+fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return ApiError::malformed(format!("invalid JSON: {inner}"));
+    }
+    let msg = inner.to_string();
+    // serde reports a missing field against its parent: name the field itself.
+    if let Some(name) = msg
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        let field = if path == "." {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        };
+        return ApiError::invalid(field, format!("{name} is required"));
+    }
+    if path == "." {
+        return ApiError::malformed(format!("the request body must be a JSON object: {msg}"));
+    }
+    ApiError::invalid(path, msg)
 }
 
 /// The IP address the request came from, when the server knows it.

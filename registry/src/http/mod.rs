@@ -1,5 +1,6 @@
 //! The HTTP API: native `/v1` endpoints plus `/health`, `/ready` and `/metrics`.
 
+mod batch;
 mod bodies;
 mod catalog_watch;
 pub(crate) mod consul;
@@ -28,7 +29,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -210,7 +211,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Every route of the API, by who may call it.
 fn groups() -> Vec<Group> {
-    use gate::Access::{Admin, Federation, Open, Read, Write};
+    use gate::Access::{Admin, AnyWrite, Federation, Open, Read, Write};
     use gate::Style::Native;
     let instance = "/v1/services/{service}/instances/{id}";
     let open = Router::new()
@@ -246,6 +247,13 @@ fn groups() -> Vec<Group> {
             &format!("{instance}/checks/{{check_id}}/{{status}}"),
             put(services::update_check),
         );
+    // A batch names its services in the body, not the path: the gate lets in
+    // a token that may write some service, and the handler authorizes every
+    // operation on its decoded, validated name before anything is applied.
+    let batch = Router::new().route(
+        "/v1/batch",
+        post(batch::batch).layer(DefaultBodyLimit::max(batch::BATCH_BODY_LIMIT)),
+    );
     let admin = Router::new()
         .route(
             &format!("{instance}/maintenance"),
@@ -261,6 +269,10 @@ fn groups() -> Vec<Group> {
         Group::new(Gate::new(Open, Native), open),
         Group::new(Gate::new(Read, Native), read),
         Group::new(Gate::new(Write, Native), write),
+        Group::new(
+            Gate::new(AnyWrite, Native).body_limit(batch::BATCH_BODY_LIMIT),
+            batch,
+        ),
         Group::new(
             Gate::new(Admin, Native).body_limit(snapshot::SNAPSHOT_LIMIT),
             admin,
@@ -281,6 +293,7 @@ pub(super) fn is_consul(path: &str) -> bool {
     ["/v1/agent/", "/v1/catalog/", "/v1/health/", "/v1/status/"]
         .iter()
         .any(|p| path.starts_with(p))
+        || path == "/v1/txn"
 }
 
 /// Counts and times every request by route template and status, and names

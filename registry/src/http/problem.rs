@@ -2,7 +2,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use roster_api::Problem;
+use roster_api::{ItemProblem, Problem};
 
 use crate::catalog::CatalogError;
 use crate::model::FieldError;
@@ -17,6 +17,8 @@ pub struct ApiError {
     field: Option<String>,
     /// Seconds for `Retry-After`.
     retry_after: Option<u32>,
+    /// The refused operations of a batch.
+    errors: Vec<ItemProblem>,
 }
 
 impl ApiError {
@@ -28,6 +30,50 @@ impl ApiError {
             detail,
             field: None,
             retry_after: None,
+            errors: Vec::new(),
+        }
+    }
+
+    /// 400 (or `status`): operations of a batch refused, each named by its
+    /// position and field; nothing of the batch was applied.
+    pub fn batch(status: StatusCode, errors: Vec<ItemProblem>) -> Self {
+        let (kind, title) = if status == StatusCode::FORBIDDEN {
+            ("forbidden", "Not allowed")
+        } else {
+            ("invalid-batch", "Batch refused")
+        };
+        let first = errors
+            .first()
+            .map(|e| format!(" (first: operation {}: {})", e.index, e.detail))
+            .unwrap_or_default();
+        let mut e = Self::new(
+            status,
+            kind,
+            title,
+            format!(
+                "{} operation(s) of the batch refused{first}; nothing of the batch was applied",
+                errors.len()
+            ),
+        );
+        e.field = errors.first().and_then(|i| i.field.clone());
+        e.errors = errors;
+        e
+    }
+
+    /// This error as one operation of a batch: the field named from the
+    /// batch's root, `ops[index].…` (`id` when the error names none).
+    pub fn into_item(self, index: usize) -> ItemProblem {
+        let field = match self.field.as_deref() {
+            // The operation as a whole.
+            Some("") => format!("ops[{index}]"),
+            Some(f) => format!("ops[{index}].{f}"),
+            None => format!("ops[{index}].id"),
+        };
+        ItemProblem {
+            index,
+            status: self.status.as_u16(),
+            detail: self.detail,
+            field: Some(field),
         }
     }
 
@@ -284,6 +330,19 @@ impl From<CatalogError> for ApiError {
                 e
             }
             CatalogError::IndexTooHigh { .. } => Self::invalid("index", detail),
+            CatalogError::Unexpected { .. } => {
+                let mut e = Self::conflict(detail);
+                e.field = Some("id".into());
+                e
+            }
+            CatalogError::Batch { errors } => Self::batch(
+                StatusCode::BAD_REQUEST,
+                errors
+                    .into_iter()
+                    .map(|i| ApiError::from(i.error).into_item(i.index))
+                    .collect(),
+            ),
+            CatalogError::NotInBatch { .. } => Self::invalid("op", detail),
             CatalogError::IndexExhausted => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "index-exhausted",
@@ -340,6 +399,7 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             detail: self.detail,
             field: self.field,
+            errors: Box::new(self.errors),
         };
         let body = serde_json::to_vec(&problem).expect("problem serializes");
         let mut resp = (self.status, body).into_response();

@@ -20,7 +20,7 @@ use crate::model::{InstanceId, ServiceName};
 use crate::registry::{Replication, Unavailable, WriteError};
 
 /// Largest Raft message (append batches, snapshot chunks of up to 3 MiB).
-const RAFT_BODY_LIMIT: usize = 16 << 20;
+const RAFT_BODY_LIMIT: usize = crate::cluster::PEER_BODY_LIMIT;
 
 /// The cluster routes: Raft messages and forwarded writes for peers with the
 /// cluster token, the operator's calls for admins. Both are there on a lone

@@ -73,7 +73,7 @@ async fn ids(client: &RosterClient, service: &str) -> Vec<(String, u16)> {
 
 #[tokio::test]
 async fn registers_checks_locally_applies_edits_and_deregisters() {
-    let (_reg, client) = registry().await;
+    let (reg, client) = registry().await;
     let status = Arc::new(AtomicU16::new(200));
     let addr = target(status.clone()).await;
     let file = |port: u16, with_db: bool| {
@@ -99,6 +99,11 @@ async fn registers_checks_locally_applies_edits_and_deregisters() {
     let mut agent = Agent::new(client.clone(), Arc::new(NetProber::new()));
     agent.apply(file(8080, true)).await.unwrap();
     assert_eq!(agent.instances(), ["billing-1", "db-1"]);
+    // Both services went to the registry in one batch.
+    let batches = reg
+        .metric(r#"roster_http_requests_total{method="POST",route="/v1/batch",status="200"}"#)
+        .await;
+    assert_eq!(batches, Some(1.0));
 
     // The check runs in the agent and reaches the registry as a TTL check.
     let check = until("the check to pass", || async {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
-use roster_client::api::RegisterRequest;
+use roster_client::api::{BatchOp, RegisterRequest};
 use roster_client::{InstanceQuery, RosterClient, TlsOptions};
 use roster_registry::catalog::SelfPreservation;
 use roster_registry::cluster::{ClusterConfig, PeerTls};
@@ -1251,7 +1251,13 @@ async fn peer_endpoints_need_the_cluster_token_and_forwarded_writes_are_validate
     let expire = serde_json::json!({
         "op": "expire_lease", "service": "web", "id": "web-1", "create_index": 1
     });
-    for op in [bad, expire] {
+    // A batch is checked item by item with the same rules: one bad item (or
+    // an expiry smuggled into it) refuses the whole batch.
+    let batch_bad = serde_json::json!({"op": "batch", "ops": [
+        {"op": "heartbeat", "service": "web", "id": "web-1"}, bad.clone()
+    ]});
+    let batch_expire = serde_json::json!({"op": "batch", "ops": [expire.clone()]});
+    for op in [bad, expire, batch_bad, batch_expire] {
         let resp = http
             .post(&write)
             .header("x-roster-cluster-token", token)
@@ -1265,6 +1271,54 @@ async fn peer_endpoints_need_the_cluster_token_and_forwarded_writes_are_validate
     }
     assert!(cluster.ids(0, "evil").await.is_empty());
     assert_eq!(cluster.ids(0, "web").await.len(), 1);
+}
+
+/// A batch sent to a follower travels to the leader as one write and is
+/// applied on every node at one index; a batch with an item that would fail
+/// is applied nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_through_a_follower_is_applied_on_every_node() {
+    let c = Cluster::start("batch", 3).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let ops: Vec<BatchOp> = (0..100)
+        .map(|i| BatchOp::register("web", &format!("b{i}"), instance(9000 + i)))
+        .collect();
+    let done = c.client(follower).batch(&ops).await.expect("applied");
+    assert_eq!(done.results.len(), 100);
+    let want: BTreeSet<String> = (0..100).map(|i| format!("b{i}")).collect();
+    // The follower answered once it could read the batch itself.
+    assert_eq!(c.ids(follower, "web").await, want);
+    c.converge("web", &want).await;
+    for i in c.running() {
+        let snap = c.node(i).registry().snapshot();
+        let web = &snap.services["web"];
+        assert!(
+            web.instances
+                .values()
+                .all(|inst| inst.modify_index == done.index),
+            "node {i}: the batch is one index everywhere"
+        );
+    }
+    // One item that would fail (an unknown instance's heartbeat): nothing
+    // of the batch anywhere, and the answer names the item.
+    let bad = vec![
+        BatchOp::deregister("web", "b0"),
+        BatchOp::register("web", "b100", instance(9100)),
+        BatchOp::heartbeat("web", "ghost"),
+    ];
+    let err = c.client(follower).batch(&bad).await.unwrap_err();
+    let items = err.batch_errors();
+    assert_eq!(items.len(), 1, "{err}");
+    assert_eq!((items[0].index, items[0].status), (2, 404));
+    // A later write applied everywhere proves the refused batch came before it.
+    c.client(follower)
+        .register("db", "d1", &instance(5432))
+        .await
+        .unwrap();
+    c.converge("db", &set(&["d1"])).await;
+    c.converge("web", &want).await;
+    c.shutdown().await;
 }
 
 /// Self-preservation on the leader of a cluster: a blip in which no heartbeat

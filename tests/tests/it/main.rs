@@ -3,11 +3,13 @@
 
 mod agent;
 mod balancing;
+mod batch;
 mod callers;
 mod catalog_watch;
 mod cli_e2e;
 mod cluster;
 mod consul_api;
+mod consul_txn;
 mod discovery;
 mod dns_e2e;
 mod dns_remote;

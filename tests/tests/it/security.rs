@@ -569,6 +569,7 @@ async fn every_route_needs_a_token_but_the_open_ones() {
         ("GET", "/v1/health/state/{status}"),
         ("GET", "/v1/status/leader"),
         ("GET", "/v1/status/peers"),
+        ("PUT", "/v1/txn"),
     ] {
         routes.push((m.into(), p.into()));
     }

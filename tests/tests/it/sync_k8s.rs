@@ -347,7 +347,7 @@ async fn wait_ids(client: &RosterClient, service: &str, want: &[&str]) {
 struct Harness {
     fake: FakeKube,
     client: RosterClient,
-    _registry: TestRegistry,
+    registry: TestRegistry,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), k8s::K8sError>>,
 }
@@ -368,7 +368,7 @@ impl Harness {
         Harness {
             fake,
             client,
-            _registry: registry,
+            registry,
             cancel,
             task,
         }
@@ -464,6 +464,12 @@ async fn endpoints_are_registered_and_follow_changes() {
     assert_eq!(inst.meta["k8s-namespace"], "shop");
     assert_eq!(inst.meta["k8s-pod"], "web-1");
     assert_eq!(inst.meta["k8s-node"], "node-a");
+    // The registrar writes several instances in one batch request.
+    let batches = h
+        .registry
+        .metric(r#"roster_http_requests_total{method="POST",route="/v1/batch",status="200"}"#)
+        .await;
+    assert!(batches.is_some_and(|n| n >= 1.0), "no batch: {batches:?}");
 
     // A third endpoint, and web-2 turning not ready.
     h.fake.put(slice(

@@ -11,9 +11,11 @@ mod agent;
 mod catalog;
 pub mod decode;
 mod filter;
+mod txn;
 pub mod view;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -58,11 +60,22 @@ pub(in crate::http) fn groups() -> Vec<Group> {
         "/v1/agent/service/maintenance/{id}",
         put(agent::maintenance),
     );
+    // A transaction may only read (`get`): the gate asks for a token that
+    // reads, and the handler checks each operation's service against the
+    // token (write for set, cas and deletes) before anything is applied.
+    let txn = Router::new().route(
+        "/v1/txn",
+        put(txn::txn).layer(DefaultBodyLimit::max(super::batch::BATCH_BODY_LIMIT)),
+    );
     vec![
         Group::new(Gate::new(Open, Consul), open),
         Group::new(Gate::new(Read, Consul), read),
         Group::new(Gate::new(AnyWrite, Consul), write),
         Group::new(Gate::new(Admin, Consul), admin),
+        Group::new(
+            Gate::new(Read, Consul).body_limit(super::batch::BATCH_BODY_LIMIT),
+            txn,
+        ),
     ]
 }
 
