@@ -14,7 +14,8 @@ use futures_util::Stream;
 use tonic::{Status, Streaming};
 
 use super::resources::{Kind, Resources};
-use super::{Xds, node_id};
+use super::stream::Session;
+use super::{Wake, Xds, node_id};
 
 /// Most names one stream may subscribe to per type.
 const MAX_NAMES: usize = 10_000;
@@ -35,98 +36,36 @@ struct Sub {
     started: bool,
 }
 
-/// An incremental stream: the response body tonic polls, doing its work only
-/// when polled (see `sotw::stream`).
+/// An incremental stream (see [`super::stream`]).
 pub(super) fn stream(
     xds: Arc<Xds>,
     requests: Streaming<DeltaDiscoveryRequest>,
     open: super::Open,
 ) -> impl Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send + 'static {
-    let state = State {
-        wake: super::Wake::new(xds.failover()),
-        xds,
-        requests,
-        _open: open,
-        subs: HashMap::new(),
-        nonce: 0,
-        node: String::new(),
-        pending: VecDeque::new(),
-        done: false,
-    };
-    futures_util::stream::unfold(state, |mut state| async move {
-        let next = state.next().await?;
-        Some((next, state))
-    })
+    super::stream::drive(xds, requests, open, State::default())
 }
 
 /// What one stream holds.
+#[derive(Default)]
 struct State {
-    xds: Arc<Xds>,
-    requests: Streaming<DeltaDiscoveryRequest>,
-    /// Held for the stream's life: its place under the stream limit.
-    _open: super::Open,
-    wake: super::Wake,
     subs: HashMap<Kind, Sub>,
     nonce: u64,
     node: String,
-    /// Responses decided on and not yet taken.
-    pending: VecDeque<DeltaDiscoveryResponse>,
-    done: bool,
 }
 
-impl State {
-    /// The next response; `None` once the stream ends.
-    async fn next(&mut self) -> Option<Result<DeltaDiscoveryResponse, Status>> {
-        loop {
-            if let Some(response) = self.pending.pop_front() {
-                return Some(Ok(response));
-            }
-            if self.done {
-                return None;
-            }
-            // A request, or `None` for a change of the catalog.
-            let request = tokio::select! {
-                () = self.xds.cancel.cancelled() => return None,
-                req = self.requests.message() => Some(req),
-                open = self.wake.changed() => {
-                    if !open {
-                        return None;
-                    }
-                    None
-                }
-            };
-            match request {
-                Some(Ok(Some(req))) => {
-                    if let Err(status) = self.request(req) {
-                        self.done = true;
-                        return Some(Err(status));
-                    }
-                }
-                Some(Ok(None) | Err(_)) => return None,
-                None => {
-                    // Let every stream woken by this change queue its
-                    // response before the connections write: on the xDS
-                    // threads' runtimes a yielded task runs again after the
-                    // others, so a connection writes its streams' responses
-                    // together instead of one system call each.
-                    tokio::task::yield_now().await;
-                    for kind in Kind::ALL {
-                        if let Some(sub) = self.subs.get_mut(&kind)
-                            && sub.started
-                            && let Some(r) = respond(&self.xds, kind, sub, &mut self.nonce)
-                        {
-                            self.pending.push_back(r);
-                        }
-                    }
-                }
-            }
-        }
-    }
+impl Session for State {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
 
     /// Takes in one request: (un)subscriptions are answered with what the
     /// client lacks.
-    fn request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
-        let xds = &*self.xds;
+    fn request(
+        &mut self,
+        xds: &Xds,
+        wake: &mut Wake,
+        req: DeltaDiscoveryRequest,
+        out: &mut VecDeque<DeltaDiscoveryResponse>,
+    ) -> Result<(), Status> {
         if self.node.is_empty() {
             self.node = node_id(req.node.as_ref()).to_owned();
         }
@@ -174,16 +113,27 @@ impl State {
                 "at most {MAX_NAMES} resource names per type"
             )));
         }
-        self.wake.follow(
+        wake.follow(
             &xds.registry,
             self.subs.values().flat_map(|s| s.names.iter()),
             self.subs.values().any(|s| s.wildcard),
         );
         let sub = self.subs.get_mut(&kind).expect("just added");
         if let Some(r) = respond(xds, kind, sub, &mut self.nonce) {
-            self.pending.push_back(r);
+            out.push_back(r);
         }
         Ok(())
+    }
+
+    fn changed(&mut self, xds: &Xds, out: &mut VecDeque<DeltaDiscoveryResponse>) {
+        for kind in Kind::ALL {
+            if let Some(sub) = self.subs.get_mut(&kind)
+                && sub.started
+                && let Some(r) = respond(xds, kind, sub, &mut self.nonce)
+            {
+                out.push_back(r);
+            }
+        }
     }
 }
 

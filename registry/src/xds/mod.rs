@@ -13,6 +13,7 @@ pub mod resources;
 mod delta;
 mod failover;
 mod sotw;
+mod stream;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
