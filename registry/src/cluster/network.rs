@@ -378,6 +378,50 @@ impl RaftNetwork<TypeConfig> for Connection {
 mod tests {
     use super::host_of;
 
+    /// An append over the peers' body limit is not sent (it would be refused
+    /// every time): openraft is asked for half the entries.
+    #[tokio::test]
+    async fn an_append_over_the_body_limit_asks_for_fewer_entries() {
+        use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+        use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+        use super::super::ops::{Batch, Op};
+        use super::{PEER_BODY_LIMIT, Peers};
+
+        let entry = |index: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch {
+                ops: vec![Op::Heartbeat {
+                    service: "web".into(),
+                    // Each entry is over a third of the limit.
+                    id: "x".repeat(PEER_BODY_LIMIT / 3 + 1),
+                }],
+            }),
+        };
+        let mut peers =
+            Peers::new(1, "token".into(), std::time::Duration::from_secs(1), None).expect("peers");
+        // Nothing listens there: an append that were sent would fail otherwise.
+        let mut conn = peers
+            .new_client(
+                2,
+                &BasicNode {
+                    addr: "127.0.0.1:9".into(),
+                },
+            )
+            .await;
+        let rpc = openraft::raft::AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: (1..=4).map(entry).collect(),
+            leader_commit: None,
+        };
+        let option = RPCOption::new(std::time::Duration::from_secs(1));
+        match conn.append_entries(rpc, option).await {
+            Err(openraft::error::RPCError::PayloadTooLarge(p)) => assert_eq!(p.entries_hint(), 2),
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+    }
+
     #[test]
     fn the_host_of_a_join_target() {
         assert_eq!(host_of("roster-0.roster:8500"), Some("roster-0.roster"));
