@@ -14,7 +14,7 @@
 //! misconfigured datacenters costs one refused call, not a storm.
 //!
 //! Pieces: [`pool`] (a remote datacenter's servers, circuit and in-flight
-//! bound), [`probe`] (the periodic, jittered prober) and [`failover`] (the
+//! bound), `probe` (the periodic, jittered prober) and [`failover`] (the
 //! remote answers a failover needs, each kept fresh by a blocking-query
 //! poller that lives only while someone asks).
 
