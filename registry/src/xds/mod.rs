@@ -399,8 +399,20 @@ pub async fn serve(
         };
         // Moved to the thread's runtime, whose reactor then drives it.
         let Ok(tcp) = tcp.into_std() else { continue };
-        let _ = workers[next % threads].send(Accepted { tcp, peer, slot });
-        next = next.wrapping_add(1);
+        let mut accepted = Accepted { tcp, peer, slot };
+        // A thread whose runtime ended (a panic) is skipped; with none left
+        // xDS stops rather than accepting connections nobody serves.
+        loop {
+            workers.retain(|w| !w.is_closed());
+            if workers.is_empty() {
+                return Err(std::io::Error::other("every xDS thread has stopped"));
+            }
+            next = next.wrapping_add(1);
+            match workers[next % workers.len()].send(accepted) {
+                Ok(()) => break,
+                Err(mpsc::error::SendError(back)) => accepted = back,
+            }
+        }
     }
     drop(workers);
     let mut result = Ok(());
