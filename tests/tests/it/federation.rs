@@ -116,9 +116,20 @@ pub(crate) async fn wait_state(reg: &TestRegistry, remote: &str, state: &str) ->
 
 /// Two datacenters federated with each other: dc1 fails `web` over to dc2.
 async fn two_dcs() -> (TestRegistry, TestRegistry) {
+    two_dcs_with_grpc(false).await
+}
+
+/// [`two_dcs`], dc1 serving xDS too when `grpc`.
+async fn two_dcs_with_grpc(grpc: bool) -> (TestRegistry, TestRegistry) {
     let (l1, a1) = listener().await;
     let (l2, a2) = listener().await;
-    let dc1 = start_dc(l1, "dc1", Some(federation(&[("dc2", a2)], "web=dc2"))).await;
+    let config = Config {
+        datacenter: "dc1".into(),
+        federation: Some(federation(&[("dc2", a2)], "web=dc2")),
+        grpc_addr: grpc.then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..Config::default()
+    };
+    let dc1 = TestRegistry::start_on(l1, config).await;
     let dc2 = start_dc(l2, "dc2", Some(federation(&[("dc1", a1)], ""))).await;
     (dc1, dc2)
 }
@@ -467,21 +478,36 @@ fn eds_rows(
     rows
 }
 
+/// Reads (and acknowledges) EDS responses of `web` until one's rows satisfy
+/// `done`; panics with what was seen after 10 s.
+async fn eds_until(
+    s: &mut crate::xds::Sotw,
+    what: &str,
+    done: impl Fn(&[(String, u32, Vec<String>)]) -> bool,
+) {
+    let eds = crate::xds::EDS;
+    let mut seen = Vec::new();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let r = s.next_of(eds).await;
+            s.ask(eds, &["web"]).await;
+            let rows = eds_rows(&r);
+            if done(&rows) {
+                return;
+            }
+            seen.push(rows);
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "{what}; saw {seen:?}");
+}
+
 /// xDS fails over as Envoy and gRPC expect: the other datacenter's healthy
 /// instances arrive as a locality of priority 1 (named after the
 /// datacenter) beside the local ones, and leave when a local one is back.
 #[tokio::test]
 async fn xds_endpoints_fail_over_as_a_lower_priority_locality() {
-    let (l1, a1) = listener().await;
-    let (l2, a2) = listener().await;
-    let config = Config {
-        datacenter: "dc1".into(),
-        federation: Some(federation(&[("dc2", a2)], "web=dc2")),
-        grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        ..Config::default()
-    };
-    let dc1 = TestRegistry::start_on(l1, config).await;
-    let dc2 = start_dc(l2, "dc2", Some(federation(&[("dc1", a1)], ""))).await;
+    let (dc1, dc2) = two_dcs_with_grpc(true).await;
     let c1 = RosterClient::new(dc1.url()).unwrap();
     let c2 = RosterClient::new(dc2.url()).unwrap();
     c1.register("web", "web-1", &instance("10.1.0.1"))
@@ -505,49 +531,23 @@ async fn xds_endpoints_fail_over_as_a_lower_priority_locality() {
         (String::new(), 0, vec!["10.1.0.1:8080".to_owned()]),
         ("dc2".to_owned(), 1, vec!["10.2.0.1:8080".to_owned()]),
     ];
-    let mut seen = Vec::new();
-    let got = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let r = s.next_of(eds).await;
-            s.ask(eds, &["web"]).await;
-            let rows = eds_rows(&r);
-            if rows == failed_over {
-                return;
-            }
-            seen.push(rows);
-        }
-    })
-    .await;
-    assert!(got.is_ok(), "no failover in EDS; saw {seen:?}");
+    eds_until(&mut s, "no failover in EDS", |rows| rows == failed_over).await;
 
     // A change in dc2 is pushed too.
     c2.register("web", "web-3", &instance("10.2.0.2"))
         .await
         .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let r = s.next_of(eds).await;
-            s.ask(eds, &["web"]).await;
-            let rows = eds_rows(&r);
-            if rows.iter().any(|(dc, _, a)| dc == "dc2" && a.len() == 2) {
-                return;
-            }
-        }
+    eds_until(&mut s, "dc2's new instance not pushed", |rows| {
+        rows.iter().any(|(dc, _, a)| dc == "dc2" && a.len() == 2)
     })
     .await;
-    assert!(got.is_ok(), "dc2's new instance not pushed");
 
     // Back: the local instance recovers and dc2's locality leaves.
     maintenance(&c1, "web-1", false).await;
-    let got = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let r = s.next_of(eds).await;
-            s.ask(eds, &["web"]).await;
-            if eds_rows(&r) == local {
-                return;
-            }
-        }
-    })
+    eds_until(
+        &mut s,
+        "EDS did not move back to the local instance",
+        |rows| rows == local,
+    )
     .await;
-    assert!(got.is_ok(), "EDS did not move back to the local instance");
 }
