@@ -12,32 +12,33 @@ use dashmap::DashMap;
 
 use crate::catalog::Snapshot;
 
-/// Bodies by service and `all` flag, each with the index it was built at.
+/// Bodies by `all` flag (healthy only, all) and service, each with the index
+/// it was built at. One map per flag, so a lookup borrows the service name
+/// instead of building a key.
 #[derive(Debug, Default)]
 pub struct BodyCache {
-    entries: DashMap<(Arc<str>, bool), (u64, Bytes)>,
+    entries: [DashMap<Arc<str>, (u64, Bytes)>; 2],
 }
 
 impl BodyCache {
     /// The body of `service` at exactly `index`, if built.
     pub fn get(&self, service: &str, all: bool, index: u64) -> Option<Bytes> {
-        let key: (Arc<str>, bool) = (service.into(), all);
-        self.entries
-            .get(&key)
+        self.entries[usize::from(all)]
+            .get(service)
             .filter(|entry| entry.0 == index)
             .map(|entry| entry.1.clone())
     }
 
     /// Stores a body built from `snap`. Entries of services that no longer exist
-    /// are dropped once the cache holds more than twice the live services, so it
-    /// stays bounded by the catalog.
+    /// are dropped once a flag's map holds more than the live services (and a
+    /// few), so it stays bounded by the catalog.
     pub fn put(&self, snap: &Snapshot, service: &Arc<str>, all: bool, index: u64, body: Bytes) {
-        if self.entries.len() > 2 * snap.services.len() + 64 {
-            self.entries
-                .retain(|(name, _), _| snap.services.contains_key(name));
+        let entries = &self.entries[usize::from(all)];
+        if entries.len() > snap.services.len() + 32 {
+            entries.retain(|name, _| snap.services.contains_key(name));
         }
-        self.entries
-            .entry((service.clone(), all))
+        entries
+            .entry(service.clone())
             .and_modify(|entry| {
                 // A reader holding an older snapshot must not replace a newer body.
                 if entry.0 < index {

@@ -222,8 +222,11 @@ pub(super) async fn forward(
 /// calls). `None` for an ordinary call.
 pub(super) fn forwarded(state: &AppState, req: &Request) -> Result<Option<Forwarded>, ApiError> {
     let headers = req.headers();
-    let token = headers.get(crate::federation::TOKEN_HEADER);
-    let from = headers.get(crate::federation::FORWARDED_HEADER);
+    // Header names made once, not parsed from text on every request.
+    const TOKEN: HeaderName = HeaderName::from_static(crate::federation::TOKEN_HEADER);
+    const FROM: HeaderName = HeaderName::from_static(crate::federation::FORWARDED_HEADER);
+    let token = headers.get(TOKEN);
+    let from = headers.get(FROM);
     if token.is_none() && from.is_none() {
         return Ok(None);
     }

@@ -22,10 +22,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, RawPathParams, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use http_body_util::BodyExt;
 
 use super::federation::{Forwarded, forwarded, remote_datacenter};
@@ -191,7 +191,7 @@ fn secret<'a>(
             .map(Cow::Borrowed);
     }
     if let Some(t) = headers
-        .get("x-consul-token")
+        .get(HeaderName::from_static("x-consul-token"))
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -381,35 +381,90 @@ async fn read_body(
     }
 }
 
-/// The gate itself.
+/// The gate itself, and what every routed request goes through besides
+/// ([`super::Front`]: limits, metrics, the cluster's headers).
 async fn check(
     State((state, gate)): State<(AppState, Gate)>,
     req: Request,
     next: Next,
 ) -> Response {
-    let (req, slot) = match admit(&state, gate, req).await {
+    let front = super::Front::begin(&state, &req);
+    let resp = match super::Front::refusal(&state, &req) {
+        Some(refused) => refused,
+        None => gated(&state, gate, &front, req, next).await,
+    };
+    front.end(&state, resp)
+}
+
+/// The gate's own checks, then the handler.
+async fn gated(
+    state: &AppState,
+    gate: Gate,
+    front: &super::Front,
+    req: Request,
+    next: Next,
+) -> Response {
+    let admitted = match admit(state, gate, req) {
+        Ok(Admit::In(req, slot)) => Ok((req, slot)),
+        // Boxed: most requests (reads) have no body, and the body's read
+        // would make every request's gate future as large as its own, a
+        // size copied each time the future is created and boxed.
+        Ok(Admit::AfterBody(req)) => Box::pin(admit_body(state, gate, req)).await,
+        Err(e) => Err(e),
+    };
+    let (req, slot) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => return refuse(gate.style, e),
     };
-    match remote_datacenter(&state, gate.access, gate.style, &req) {
-        Ok(None) => run(&state, slot, next.run(req)).await,
+    match remote_datacenter(state, gate.access, gate.style, &req) {
+        Ok(None) => {
+            if let Some(barrier) = front.barrier(state, &req)
+                && let Err(e) = Box::pin(barrier).await
+            {
+                return refuse(gate.style, e);
+            }
+            run(state, slot, next.run(req)).await
+        }
         Ok(Some(dc)) => {
-            let forward = super::federation::forward(state.clone(), dc, gate.style, req);
-            run(&state, slot, forward).await
+            // Boxed for the same reason: a forwarded call is rare, and its
+            // future is large.
+            let forward = Box::pin(super::federation::forward(
+                state.clone(),
+                dc,
+                gate.style,
+                req,
+            ));
+            run(state, slot, forward).await
         }
         Err(e) => refuse(gate.style, e),
     }
 }
 
-/// Everything the gate checks before the handler runs.
-async fn admit(state: &AppState, gate: Gate, req: Request) -> Result<(Request, Slot), ApiError> {
+/// What the gate decided before any body arrived.
+enum Admit {
+    /// Let in, holding this slot.
+    In(Request, Slot),
+    /// Every check passed but the body's: read it, then take a slot.
+    AfterBody(Request),
+}
+
+/// Everything the gate checks before the body arrives, without waiting for
+/// anything: path parameters, token, readiness, the watchers' cap.
+fn admit(state: &AppState, gate: Gate, req: Request) -> Result<Admit, ApiError> {
     let (mut parts, body) = req.into_parts();
     // axum percent-decodes path parameters when it routes; one whose escapes
     // are not UTF-8 is refused here with a problem document (the handler's
     // `Path` extractor would answer plain text). The values are shared, not
-    // copied.
+    // copied. The extraction only reads what the router left in the
+    // request, so it is ready at once; were it ever not, the request is
+    // refused rather than let through unchecked.
     let params = RawPathParams::from_request_parts(&mut parts, state)
-        .await
+        .now_or_never()
+        .unwrap_or_else(|| {
+            Err(axum::extract::rejection::RawPathParamsRejection::from(
+                axum::extract::rejection::MissingPathParams::default(),
+            ))
+        })
         .map_err(|e| {
             ApiError::invalid(
                 "path",
@@ -444,26 +499,40 @@ async fn admit(state: &AppState, gate: Gate, req: Request) -> Result<(Request, S
     }
     if limits::is_watch(&req) {
         let slot = state.limiter.watcher()?;
-        return Ok((req, slot));
+        return Ok(Admit::In(req, slot));
     }
     if has_body(req.headers()) {
-        let (parts, body) = req.into_parts();
-        let body = read_body(
-            &parts.headers,
-            body,
-            gate.body_limit,
-            state.limiter.config().body_timeout,
-        )
-        .await?;
-        req = Request::from_parts(parts, body);
+        return Ok(Admit::AfterBody(req));
     }
-    let slot = match gate.access {
+    Ok(Admit::In(req, slot(state, gate)?))
+}
+
+/// The rest of [`admit`] for a request with a body: the body read in whole
+/// (under its own deadline and size limit), then a slot.
+async fn admit_body(
+    state: &AppState,
+    gate: Gate,
+    req: Request,
+) -> Result<(Request, Slot), ApiError> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(
+        &parts.headers,
+        body,
+        gate.body_limit,
+        state.limiter.config().body_timeout,
+    )
+    .await?;
+    Ok((Request::from_parts(parts, body), slot(state, gate)?))
+}
+
+/// A request's concurrency slot, taken once its body is in.
+fn slot(state: &AppState, gate: Gate) -> Result<Slot, ApiError> {
+    match gate.access {
         // Probes and peers are cheap or few, and must get through an overload:
         // a starved Raft heartbeat would start an election.
-        Access::Open | Access::Peer | Access::Federation => Slot::Free,
-        _ => state.limiter.request()?,
-    };
-    Ok((req, slot))
+        Access::Open | Access::Peer | Access::Federation => Ok(Slot::Free),
+        _ => state.limiter.request(),
+    }
 }
 
 /// Runs the handler holding `slot`: a watcher's slot for as long as its body

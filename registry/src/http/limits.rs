@@ -13,9 +13,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -171,13 +170,14 @@ impl Limiter {
 /// Most bytes of request headers, names and values together.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// The outer layer, in front of every route (and of the 404s): headers over
-/// their limit, and writes over the client's rate. Slots are taken by each
-/// group's gate (`gate.rs`), once the request's body has arrived.
-pub(super) async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The checks in front of every route (and of the 404s), run by the outer
+/// layer (`super::front`): headers over their limit, and writes over the
+/// client's rate. `None` lets the request on. Slots are taken by each group's
+/// gate (`gate.rs`), once the request's body has arrived.
+pub(super) fn refusal(state: &AppState, req: &Request) -> Option<Response> {
     let path = req.uri().path();
     if matches!(path, "/health" | "/ready" | "/metrics") {
-        return next.run(req).await;
+        return None;
     }
     let style = if is_consul(path) {
         Style::Consul
@@ -190,22 +190,22 @@ pub(super) async fn limit(State(state): State<AppState>, req: Request, next: Nex
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if header_bytes > MAX_HEADER_BYTES {
-        return refuse(style, ApiError::headers_too_large(MAX_HEADER_BYTES));
+        return Some(refuse(style, ApiError::headers_too_large(MAX_HEADER_BYTES)));
     }
     let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if write
         && let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>()
         && !state.limiter.allow_write(peer.ip(), Instant::now())
     {
-        return refuse(
+        return Some(refuse(
             style,
             ApiError::overloaded(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many writes from this address; slow down",
             ),
-        );
+        ));
     }
-    next.run(req).await
+    None
 }
 
 #[cfg(test)]

@@ -26,8 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, Uri};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use tokio::time::Instant;
@@ -198,14 +197,9 @@ pub fn router(state: AppState) -> Router {
         router = router.merge(group.seal(&state));
     }
     router
-        .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
-        .method_not_allowed_fallback(|req: Request| async move {
-            ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
-        })
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(state.clone(), cluster_reads))
-        .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
-        .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
 
@@ -296,35 +290,102 @@ pub(super) fn is_consul(path: &str) -> bool {
         || path == "/v1/txn"
 }
 
-/// Counts and times every request by route template and status, and names
-/// the registry run in `X-Roster-Epoch` (hex) on every answer.
-async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = static_method(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| static_route(p.as_str()));
-    let mut resp = next.run(req).await;
-    // The run of this node, as in watch event ids: a client tells a restarted
-    // (or another) registry from the one it knew before any event arrives.
-    // A proxied answer of another datacenter keeps that registry's epoch:
-    // its resume tokens are that run's.
-    if !resp.headers().contains_key("x-roster-epoch") {
-        resp.headers_mut().insert(
-            HeaderName::from_static("x-roster-epoch"),
-            state.epoch_header.clone(),
-        );
+/// What every request goes through besides its group's gate, which calls
+/// these (and so do the two fallbacks below, for requests no route takes).
+/// One middleware per route rather than a layer per concern: each layer costs
+/// a boxed future, a clone of the inner service and moves of the request per
+/// call (bench/src/bin/router_overhead.rs measures the stack).
+pub(super) struct Front {
+    start: Instant,
+    method: &'static str,
+    route: &'static str,
+    /// The cluster's freshness headers go on this answer.
+    fresh: bool,
+}
+
+impl Front {
+    /// Notes the request before anything runs.
+    pub(super) fn begin(state: &AppState, req: &Request) -> Front {
+        let path = req.uri().path();
+        Front {
+            start: Instant::now(),
+            method: static_method(req.method()),
+            route: req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("unmatched", |p| static_route(p.as_str())),
+            fresh: state.cluster.is_some()
+                && path.starts_with("/v1/")
+                && !path.starts_with("/v1/raft/"),
+        }
     }
-    let labels = RequestLabels {
-        method,
-        route,
-        status: resp.status().as_u16(),
-    };
-    state
-        .metrics()
-        .observe_request(labels, start.elapsed().as_secs_f64());
-    resp
+
+    /// Headers over their limit and writes over the client's rate
+    /// (`limits.rs`), refused before the gate looks at anything else.
+    pub(super) fn refusal(state: &AppState, req: &Request) -> Option<Response> {
+        limits::refusal(state, req)
+    }
+
+    /// On a cluster node, a `?consistent` read waits for the leader's read
+    /// index (503 when no leader confirms it) before its handler runs.
+    pub(super) fn barrier(
+        &self,
+        state: &AppState,
+        req: &Request,
+    ) -> Option<impl Future<Output = Result<(), ApiError>> + Send + 'static> {
+        let consistent = self.fresh
+            && req.method() == Method::GET
+            && req.uri().query().is_some_and(|q| {
+                q.split('&')
+                    .any(|kv| kv.split('=').next() == Some("consistent"))
+            });
+        let cluster = state.cluster.clone().filter(|_| consistent)?;
+        Some(async move { cluster.read_barrier().await.map_err(ApiError::from) })
+    }
+
+    /// Finishes the answer: the cluster's freshness headers, `X-Roster-Epoch`,
+    /// and the request counted and timed by route template and status.
+    pub(super) fn end(self, state: &AppState, mut resp: Response) -> Response {
+        if self.fresh
+            && let Some(cluster) = &state.cluster
+        {
+            freshness(cluster, &mut resp);
+        }
+        // The run of this node, as in watch event ids: a client tells a restarted
+        // (or another) registry from the one it knew before any event arrives.
+        // A proxied answer of another datacenter keeps that registry's epoch:
+        // its resume tokens are that run's.
+        const EPOCH: HeaderName = HeaderName::from_static("x-roster-epoch");
+        if !resp.headers().contains_key(EPOCH) {
+            resp.headers_mut().insert(EPOCH, state.epoch_header.clone());
+        }
+        let labels = RequestLabels {
+            method: self.method,
+            route: self.route,
+            status: resp.status().as_u16(),
+        };
+        state
+            .metrics()
+            .observe_request(labels, self.start.elapsed().as_secs_f64());
+        resp
+    }
+}
+
+/// A request for a path no route serves.
+async fn no_route(State(state): State<AppState>, req: Request) -> Response {
+    let front = Front::begin(&state, &req);
+    let resp = Front::refusal(&state, &req)
+        .unwrap_or_else(|| ApiError::no_route(req.uri().path()).into_response());
+    front.end(&state, resp)
+}
+
+/// A request with a method the path's routes do not take.
+async fn no_method(State(state): State<AppState>, req: Request) -> Response {
+    let front = Front::begin(&state, &req);
+    let resp = Front::refusal(&state, &req).unwrap_or_else(|| {
+        ApiError::method_not_allowed(req.method().as_str(), req.uri().path()).into_response()
+    });
+    front.end(&state, resp)
 }
 
 /// The method as a label without allocating (other methods share one label).
@@ -361,28 +422,12 @@ fn static_route(route: &str) -> &'static str {
 /// other JSON readers that parse numbers as doubles still read it exactly.
 const NEVER_CONTACTED_MS: u64 = u64::MAX >> 12;
 
-/// On a cluster node: `?consistent` reads wait for the leader's read index
-/// first (503 when no leader confirms it), and every API answer says whether the
-/// node knows a leader and how long ago it heard from it, so callers can tell a
-/// stale read (`X-Roster-KnownLeader`, `X-Roster-LastContact` in ms, and the
-/// same in Consul's headers on its paths).
-async fn cluster_reads(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(cluster) = state.cluster.clone() else {
-        return next.run(req).await;
-    };
-    let path = req.uri().path();
-    if !path.starts_with("/v1/") || path.starts_with("/v1/raft/") {
-        return next.run(req).await;
-    }
-    let consistent = req.method() == Method::GET
-        && req.uri().query().is_some_and(|q| {
-            q.split('&')
-                .any(|kv| kv.split('=').next() == Some("consistent"))
-        });
-    if consistent && let Err(e) = cluster.read_barrier().await {
-        return ApiError::from(e).into_response();
-    }
-    let mut resp = next.run(req).await;
+/// On a cluster node every API answer says whether the node knows a leader
+/// and how long ago it heard from it, so callers can tell a stale read
+/// (`X-Roster-KnownLeader`, `X-Roster-LastContact` in ms, and the same in
+/// Consul's headers on its paths); `?consistent` reads wait for the leader's
+/// read index first ([`Front::barrier`]).
+fn freshness(cluster: &crate::cluster::Cluster, resp: &mut Response) {
     let (known, contact) = cluster.freshness();
     let known = if known { "true" } else { "false" };
     let contact = contact.unwrap_or(NEVER_CONTACTED_MS);
@@ -393,7 +438,7 @@ async fn cluster_reads(State(state): State<AppState>, req: Request, next: Next) 
     ] {
         headers.insert(HeaderName::from_static(k), v);
     }
-    if headers.contains_key("x-consul-knownleader") {
+    if headers.contains_key(HeaderName::from_static("x-consul-knownleader")) {
         headers.insert(
             HeaderName::from_static("x-consul-knownleader"),
             HeaderValue::from_static(known),
@@ -403,7 +448,6 @@ async fn cluster_reads(State(state): State<AppState>, req: Request, next: Next) 
             HeaderValue::from(contact),
         );
     }
-    resp
 }
 
 /// Adds `X-Roster-Index` to a response.

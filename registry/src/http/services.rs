@@ -198,14 +198,18 @@ pub(super) async fn list_instances(
     } else {
         failover::failover_for(&state, service.as_str(), forwarded.as_deref())
     };
+    // The waits and the remote answer are boxed: most reads need neither,
+    // and inline they would make every read's future as large as theirs, a
+    // size copied each time the layers above create and box it.
     if let Some(q) = Blocking::parse(&query)? {
         match &failover {
-            Some(f) => failover::wait(&state, &service, q, f).await,
-            None => wait_for_service(&state, &service, q).await,
+            Some(f) => Box::pin(failover::wait(&state, &service, q, f)).await,
+            None => Box::pin(wait_for_service(&state, &service, q)).await,
         }
     }
     if let Some(f) = &failover
-        && let (index, Some(remote)) = failover::current(&state, service.as_str(), f).await
+        && let (index, Some(remote)) =
+            Box::pin(failover::current(&state, service.as_str(), f)).await
     {
         f.served(&remote.datacenter);
         let instances = remote
