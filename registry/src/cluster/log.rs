@@ -1,8 +1,11 @@
 //! The Raft log, the vote and the last snapshot on disk, in one redb file.
 //!
-//! Entries are JSON rows keyed by log index. Every write is one redb
-//! transaction, committed with fsync before openraft hears it is done; reads and
-//! writes run on the blocking pool so an fsync never stalls the runtime.
+//! Entries are rows keyed by log index, in the binary format of `codec.rs`
+//! (a format byte first); rows written by earlier versions are JSON and still
+//! load (they start with `{`, which no binary row does). Every write is one
+//! redb transaction, committed with fsync before openraft hears it is done;
+//! reads and writes run on the blocking pool so an fsync never stalls the
+//! runtime.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -17,7 +20,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{ClusterError, TypeConfig};
+use super::{ClusterError, TypeConfig, codec};
 
 const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_meta");
@@ -182,14 +185,30 @@ fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>> 
     }
 }
 
+/// A log row back to its entry: binary (`codec.rs`) or, from before that
+/// format, JSON. Damage is a read error naming the row, never a panic.
+fn decode_row(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>> {
+    let decoded = if bytes.first() == Some(&b'{') {
+        serde_json::from_slice(bytes).map_err(|e| format!("JSON row: {e}"))
+    } else {
+        codec::decode_entry(bytes).map_err(|e| e.to_string())
+    };
+    let entry: Entry<TypeConfig> =
+        decoded.map_err(|why| read_err(format!("Raft log entry {index}: {why}")))?;
+    if entry.log_id.index != index {
+        return Err(read_err(format!(
+            "Raft log entry {index}: the row holds entry {}",
+            entry.log_id.index
+        )));
+    }
+    Ok(entry)
+}
+
 fn last_entry(db: &Database) -> Result<Option<LogId<u64>>> {
     let tx = db.begin_read().map_err(read_err)?;
     let table = tx.open_table(LOG).map_err(read_err)?;
     match table.last().map_err(read_err)? {
-        Some((_, v)) => {
-            let entry: Entry<TypeConfig> = serde_json::from_slice(v.value()).map_err(read_err)?;
-            Ok(Some(entry.log_id))
-        }
+        Some((k, v)) => Ok(Some(decode_row(k.value(), v.value())?.log_id)),
         None => Ok(None),
     }
 }
@@ -206,8 +225,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let table = tx.open_table(LOG).map_err(read_err)?;
             let mut out = Vec::new();
             for row in table.range(bounds).map_err(read_err)? {
-                let (_, v) = row.map_err(read_err)?;
-                out.push(serde_json::from_slice(v.value()).map_err(read_err)?);
+                let (k, v) = row.map_err(read_err)?;
+                out.push(decode_row(k.value(), v.value())?);
             }
             Ok(out)
         })
@@ -260,9 +279,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let rows = entries
             .into_iter()
-            .map(|e| serde_json::to_vec(&e).map(|v| (e.log_id.index, v)))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(write_err)?;
+            .map(|e| (e.log_id.index, codec::encode_entry(&e)))
+            .collect::<Vec<_>>();
         let result = self
             .blocking(move |db| {
                 let tx = db.begin_write().map_err(write_err)?;
@@ -356,6 +374,230 @@ mod damage_tests {
             ),
             "{err}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use std::time::Duration;
+
+    use openraft::{BasicNode, CommittedLeaderId, EntryPayload, Membership, ServerState};
+
+    use super::super::ops::{Batch, Op};
+    use super::super::{Peers, StateMachine};
+    use super::*;
+    use crate::catalog::CatalogLimits;
+    use crate::metrics::Metrics;
+    use crate::registry::Registry;
+
+    fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("roster-raftfmt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn golden(name: &str) -> String {
+        let file = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        std::fs::read_to_string(file).expect("golden file")
+    }
+
+    fn register(service: &str, id: &str) -> Op {
+        let mut row: crate::rows::InstanceRow =
+            serde_json::from_str(&golden("store_row_minimal.json")).expect("row");
+        row.service = service.into();
+        row.id = id.into();
+        Op::Register { instance: row }
+    }
+
+    /// Writes `entries` as the previous version did: JSON rows.
+    fn write_json_rows(log: &LogStore, entries: &[Entry<TypeConfig>]) {
+        let tx = log.db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(LOG).unwrap();
+            for e in entries {
+                let row = serde_json::to_vec(e).unwrap();
+                assert_eq!(row[0], b'{');
+                table.insert(e.log_id.index, row.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+
+    fn raw_rows(log: &LogStore) -> Vec<(u64, Vec<u8>)> {
+        let tx = log.db.begin_read().unwrap();
+        let table = tx.open_table(LOG).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.value(), v.value().to_vec())
+            })
+            .collect()
+    }
+
+    /// The row the previous version wrote for the golden entry (every op
+    /// kind) reads back through the log store, beside binary rows.
+    #[tokio::test]
+    async fn json_rows_of_the_previous_version_read_beside_binary_ones() {
+        let dir = fresh_dir("mixed");
+        let mut log = LogStore::open(&dir).unwrap();
+        let old: Entry<TypeConfig> =
+            serde_json::from_str(&golden("raft_entry.json")).expect("golden entry");
+        write_json_rows(&log, std::slice::from_ref(&old));
+        let next = Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), old.log_id.index + 1),
+            payload: EntryPayload::Blank,
+        };
+        // Written the way `append` writes (its callback is openraft's own).
+        let rows = vec![(next.log_id.index, codec::encode_entry(&next))];
+        log.blocking(move |db| {
+            let tx = db.begin_write().map_err(write_err)?;
+            {
+                let mut t = tx.open_table(LOG).map_err(write_err)?;
+                for (i, b) in &rows {
+                    t.insert(i, b.as_slice()).map_err(write_err)?;
+                }
+            }
+            tx.commit().map_err(write_err)
+        })
+        .await
+        .unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(next.log_id));
+        let got = log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].log_id, old.log_id);
+        assert_eq!(got[0].payload, old.payload);
+        assert_eq!(got[1].payload, EntryPayload::Blank);
+        let kinds: Vec<u8> = raw_rows(&log).iter().map(|(_, b)| b[0]).collect();
+        assert_eq!(kinds, vec![b'{', codec::FORMAT_V1]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A damaged row is a read error that names the entry, never a panic.
+    #[tokio::test]
+    async fn a_damaged_row_is_a_storage_error_naming_the_entry() {
+        let dir = fresh_dir("damaged");
+        let mut log = LogStore::open(&dir).unwrap();
+        for (index, bytes) in [
+            (5u64, vec![codec::FORMAT_V1, 1, 1]),
+            (6, b"{\"log_id\":".to_vec()),
+            (7, vec![0xee]),
+        ] {
+            let tx = log.db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(LOG).unwrap();
+                t.retain(|_, _| false).unwrap();
+                t.insert(index, bytes.as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+            let err = log.try_get_log_entries(..).await.unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("Raft log entry {index}")),
+                "{err}"
+            );
+            let err = log.get_log_state().await.unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("Raft log entry {index}")),
+                "{err}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A node whose log the previous version wrote (JSON rows, committed)
+    /// starts on it, replays it into its catalog, and goes on writing
+    /// binary rows after it.
+    #[tokio::test]
+    async fn a_json_row_log_opens_and_replays() {
+        let dir = fresh_dir("replay");
+        let log = LogStore::open(&dir).unwrap();
+        let at = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+        let members = Membership::new(
+            vec![std::collections::BTreeSet::from([1])],
+            std::collections::BTreeMap::from([(
+                1,
+                BasicNode {
+                    addr: "127.0.0.1:9".into(),
+                },
+            )]),
+        );
+        write_json_rows(
+            &log,
+            &[
+                Entry {
+                    log_id: at(0),
+                    payload: EntryPayload::Membership(members),
+                },
+                Entry {
+                    log_id: at(1),
+                    payload: EntryPayload::Blank,
+                },
+                Entry {
+                    log_id: at(2),
+                    payload: EntryPayload::Normal(Batch {
+                        ops: vec![register("web", "web-1"), register("web", "web-2")],
+                    }),
+                },
+            ],
+        );
+        log.put_meta(VOTE, &Vote::new_committed(1, 1))
+            .await
+            .unwrap();
+        log.put_meta(COMMITTED, &Some(at(2))).await.unwrap();
+        drop(log);
+
+        let log = LogStore::open(&dir).unwrap();
+        let registry = Arc::new(Registry::new(
+            CatalogLimits::default(),
+            Arc::new(Metrics::new()),
+        ));
+        registry.set_replicated();
+        let sm = StateMachine::open(registry.clone(), log.clone(), Duration::from_secs(1)).unwrap();
+        let config = openraft::Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .unwrap();
+        let peers = Peers::new(1, "t".repeat(16), Duration::from_secs(1), None).unwrap();
+        let raft = openraft::Raft::<TypeConfig>::new(1, Arc::new(config), peers, log.clone(), sm)
+            .await
+            .unwrap();
+        // Replayed at start: the committed writes are in the catalog.
+        let snap = registry.snapshot();
+        assert!(snap.instance("web", "web-1").is_some());
+        assert!(snap.instance("web", "web-2").is_some());
+
+        // It leads its one-node cluster and appends binary rows after the JSON ones.
+        raft.wait(Some(Duration::from_secs(30)))
+            .state(ServerState::Leader, "leads")
+            .await
+            .unwrap();
+        raft.client_write(Batch {
+            ops: vec![register("db", "db-1")],
+        })
+        .await
+        .unwrap();
+        assert!(registry.snapshot().instance("db", "db-1").is_some());
+        raft.shutdown().await.unwrap();
+        let rows = raw_rows(&log);
+        assert_eq!(
+            &rows[..3].iter().map(|(_, b)| b[0]).collect::<Vec<_>>(),
+            &[b'{'; 3]
+        );
+        assert!(
+            rows[3..].iter().all(|(_, b)| b[0] == codec::FORMAT_V1),
+            "{rows:?}"
+        );
+        assert!(rows.len() >= 4, "the new write is in the log");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
