@@ -2,21 +2,30 @@
 //!
 //! Entries are rows keyed by log index, in the binary format of `codec.rs`
 //! (a format byte first); rows written by earlier versions are JSON and still
-//! load (they start with `{`, which no binary row does). Every write is one
-//! redb transaction, committed with fsync before openraft hears it is done;
-//! reads and writes run on the blocking pool so an fsync never stalls the
-//! runtime.
+//! load (they start with `{`, which no binary row does).
+//!
+//! Appends do not wait for the disk: openraft hands entries over, they are
+//! readable at once from memory, and one writer thread makes them durable,
+//! every append queued meanwhile in the same redb transaction (one fsync for
+//! all), before it tells openraft they are flushed. So a leader replicates an
+//! entry while its own fsync runs, and writes that arrive during an fsync
+//! share the next one. Truncation and purging go through the same queue, in
+//! order, and are waited for; the commit point is written without an fsync of
+//! its own (it rides on the next durable transaction: losing it only means
+//! replaying more on restart). Other reads and writes run on the blocking
+//! pool, so an fsync never stalls the runtime.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -49,6 +58,134 @@ fn write_err(e: impl ToString) -> StorageError<u64> {
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
+    io: Arc<Io>,
+}
+
+/// Entries appended but not yet durable, by index: always the newest part of
+/// the log, without holes (the writer persists in order, truncation cuts the
+/// end, purging the start).
+type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+
+/// The writer thread and what it shares with the store.
+#[derive(Debug)]
+struct Io {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    pending: Pending,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        // The thread ends when the queue closes; waiting for it releases the
+        // database file before a reopen.
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type Done = tokio::sync::oneshot::Sender<std::result::Result<(), String>>;
+
+/// Work for the writer thread, done in queue order.
+enum Job {
+    /// Entries (index, log id, row) to make durable, then tell openraft.
+    Append {
+        rows: Vec<(LogId<u64>, Vec<u8>)>,
+        done: LogFlushed<TypeConfig>,
+    },
+    /// Remove entries from this index on.
+    Truncate { from: u64, done: Done },
+    /// Remove entries up to this index, recording the purge point.
+    Purge {
+        upto: u64,
+        purged: Vec<u8>,
+        done: Done,
+    },
+    /// The commit point (encoded), needing no fsync of its own.
+    Committed(Vec<u8>),
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Append { rows, .. } => write!(f, "Append({} entries)", rows.len()),
+            Job::Truncate { from, .. } => write!(f, "Truncate({from}..)"),
+            Job::Purge { upto, .. } => write!(f, "Purge(..={upto})"),
+            Job::Committed(_) => f.write_str("Committed"),
+        }
+    }
+}
+
+/// Most jobs in one transaction.
+const MAX_GROUP: usize = 512;
+
+/// The writer thread: takes every job queued, writes them in one transaction
+/// (durable unless only the commit point moved), then reports each.
+fn run_writer(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>, pending: Pending) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = write_group(&db, &group).map_err(|e| e.to_string());
+        for job in group {
+            match job {
+                Job::Append { rows, done } => {
+                    if result.is_ok() {
+                        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                        for (log_id, _) in &rows {
+                            // A truncation may have replaced it meanwhile.
+                            if p.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
+                                p.remove(&log_id.index);
+                            }
+                        }
+                    }
+                    done.log_io_completed(result.clone().map_err(std::io::Error::other));
+                }
+                Job::Truncate { done, .. } | Job::Purge { done, .. } => {
+                    let _ = done.send(result.clone());
+                }
+                Job::Committed(_) => {}
+            }
+        }
+    }
+}
+
+fn write_group(db: &Database, group: &[Job]) -> Result<()> {
+    let mut tx = db.begin_write().map_err(write_err)?;
+    if group.iter().all(|j| matches!(j, Job::Committed(_))) {
+        tx.set_durability(Durability::None).map_err(write_err)?;
+    }
+    {
+        let mut log = tx.open_table(LOG).map_err(write_err)?;
+        let mut meta = tx.open_table(META).map_err(write_err)?;
+        for job in group {
+            match job {
+                Job::Append { rows, .. } => {
+                    for (log_id, bytes) in rows {
+                        log.insert(log_id.index, bytes.as_slice())
+                            .map_err(write_err)?;
+                    }
+                }
+                Job::Truncate { from, .. } => {
+                    log.retain_in(*from.., |_, _| false).map_err(write_err)?;
+                }
+                Job::Purge { upto, purged, .. } => {
+                    meta.insert(PURGED, purged.as_slice()).map_err(write_err)?;
+                    log.retain_in(..=*upto, |_, _| false).map_err(write_err)?;
+                }
+                Job::Committed(bytes) => {
+                    meta.insert(COMMITTED, bytes.as_slice())
+                        .map_err(write_err)?;
+                }
+            }
+        }
+    }
+    tx.commit().map_err(write_err)
 }
 
 impl LogStore {
@@ -98,7 +235,51 @@ impl LogStore {
         tx.open_table(LOG).map_err(redb::Error::from)?;
         tx.open_table(META).map_err(redb::Error::from)?;
         tx.commit().map_err(redb::Error::from)?;
-        Ok(LogStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let pending = Pending::default();
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let thread = {
+            let (db, pending) = (db.clone(), pending.clone());
+            std::thread::Builder::new()
+                .name("raft-log-writer".into())
+                .spawn(move || run_writer(db, queue, pending))
+                .map_err(|source| ClusterError::Io {
+                    path: file.clone(),
+                    source,
+                })?
+        };
+        Ok(LogStore {
+            db,
+            io: Arc::new(Io {
+                jobs: Some(jobs),
+                pending,
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// Queues a job for the writer thread.
+    fn queue(&self, job: Job) -> Result<()> {
+        match &self.io.jobs {
+            Some(jobs) => jobs
+                .send(job)
+                .map_err(|_| write_err("the Raft log writer stopped")),
+            None => Err(write_err("the Raft log writer stopped")),
+        }
+    }
+
+    /// Queues a job and waits until it is durable.
+    async fn queue_and_wait(&self, job: impl FnOnce(Done) -> Job) -> Result<()> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.queue(job(done))?;
+        match rx.await {
+            Ok(result) => result.map_err(write_err),
+            Err(_) => Err(write_err("the Raft log writer stopped")),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+        self.io.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     #[cfg(test)]
@@ -204,6 +385,21 @@ fn decode_row(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>> {
     Ok(entry)
 }
 
+/// Whether a range holds no index (`BTreeMap::range` refuses some of those).
+fn is_empty(bounds: &(Bound<u64>, Bound<u64>)) -> bool {
+    let start = match bounds.0 {
+        Bound::Included(s) => Some(s),
+        Bound::Excluded(s) => s.checked_add(1),
+        Bound::Unbounded => Some(0),
+    };
+    let Some(start) = start else { return true };
+    match bounds.1 {
+        Bound::Included(e) => start > e,
+        Bound::Excluded(e) => start >= e,
+        Bound::Unbounded => false,
+    }
+}
+
 fn last_entry(db: &Database) -> Result<Option<LogId<u64>>> {
     let tx = db.begin_read().map_err(read_err)?;
     let table = tx.open_table(LOG).map_err(read_err)?;
@@ -220,17 +416,41 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry<TypeConfig>>> {
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(read_err)?;
-            let table = tx.open_table(LOG).map_err(read_err)?;
-            let mut out = Vec::new();
-            for row in table.range(bounds).map_err(read_err)? {
-                let (k, v) = row.map_err(read_err)?;
-                out.push(decode_row(k.value(), v.value())?);
-            }
-            Ok(out)
-        })
-        .await
+        if is_empty(&bounds) {
+            return Ok(Vec::new());
+        }
+        // Pending first: an entry that leaves it meanwhile is on disk before
+        // the read below begins.
+        let (fresh, first_pending) = {
+            let p = self.pending();
+            let fresh: Vec<Entry<TypeConfig>> = p.range(bounds).map(|(_, e)| e.clone()).collect();
+            (fresh, p.keys().next().copied())
+        };
+        let all_pending = match (bounds.0, first_pending) {
+            (Bound::Included(from), Some(first)) => from >= first,
+            (Bound::Excluded(from), Some(first)) => from >= first,
+            _ => false,
+        };
+        if all_pending {
+            return Ok(fresh);
+        }
+        let mut out = self
+            .blocking(move |db| {
+                let tx = db.begin_read().map_err(read_err)?;
+                let table = tx.open_table(LOG).map_err(read_err)?;
+                let mut out = Vec::new();
+                for row in table.range(bounds).map_err(read_err)? {
+                    let (k, v) = row.map_err(read_err)?;
+                    out.push(decode_row(k.value(), v.value())?);
+                }
+                Ok(out)
+            })
+            .await?;
+        if let Some(first) = fresh.first().map(|e| e.log_id.index) {
+            out.retain(|e| e.log_id.index < first);
+            out.extend(fresh);
+        }
+        Ok(out)
     }
 }
 
@@ -238,9 +458,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
-        self.blocking(|db| {
+        let newest = self.pending().values().next_back().map(|e| e.log_id);
+        self.blocking(move |db| {
             let purged: Option<LogId<u64>> = get_meta(db, PURGED)?;
-            let last = last_entry(db)?.or(purged);
+            let last = newest.or(last_entry(db)?).or(purged);
             Ok(LogState {
                 last_purged_log_id: purged,
                 last_log_id: last,
@@ -262,7 +483,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<()> {
-        self.put_meta(COMMITTED, &committed).await
+        let bytes = serde_json::to_vec(&committed).map_err(write_err)?;
+        self.queue(Job::Committed(bytes))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>> {
@@ -277,56 +499,43 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let rows = entries
-            .into_iter()
-            .map(|e| (e.log_id.index, codec::encode_entry(&e)))
-            .collect::<Vec<_>>();
-        let result = self
-            .blocking(move |db| {
-                let tx = db.begin_write().map_err(write_err)?;
-                {
-                    let mut table = tx.open_table(LOG).map_err(write_err)?;
-                    for (index, bytes) in &rows {
-                        table.insert(index, bytes.as_slice()).map_err(write_err)?;
-                    }
-                }
-                tx.commit().map_err(write_err)
-            })
-            .await;
-        callback.log_io_completed(
-            result
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| std::io::Error::other(e.to_string())),
-        );
-        result
+            .iter()
+            .map(|e| (e.log_id, codec::encode_entry(e)))
+            .collect();
+        {
+            let mut p = self.pending();
+            for e in entries {
+                p.insert(e.log_id.index, e);
+            }
+        }
+        self.queue(Job::Append {
+            rows,
+            done: callback,
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<()> {
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(write_err)?;
-            tx.open_table(LOG)
-                .map_err(write_err)?
-                .retain_in(log_id.index.., |_, _| false)
-                .map_err(write_err)?;
-            tx.commit().map_err(write_err)
+        let _ = self.pending().split_off(&log_id.index);
+        self.queue_and_wait(|done| Job::Truncate {
+            from: log_id.index,
+            done,
         })
         .await
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<()> {
         let purged = serde_json::to_vec(&Some(log_id)).map_err(write_err)?;
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(write_err)?;
-            tx.open_table(META)
-                .map_err(write_err)?
-                .insert(PURGED, purged.as_slice())
-                .map_err(write_err)?;
-            tx.open_table(LOG)
-                .map_err(write_err)?
-                .retain_in(..=log_id.index, |_, _| false)
-                .map_err(write_err)?;
-            tx.commit().map_err(write_err)
+        {
+            let mut p = self.pending();
+            let keep = p.split_off(&log_id.index.saturating_add(1));
+            *p = keep;
+        }
+        self.queue_and_wait(|done| Job::Purge {
+            upto: log_id.index,
+            purged,
+            done,
         })
         .await
     }
