@@ -824,7 +824,7 @@ impl Cluster {
         body: &T,
         gone_is_done: bool,
     ) -> BoxFuture<'static, Result<Outcome, WriteError>> {
-        match serde_json::to_value(body) {
+        match serde_json::to_vec(body) {
             Ok(body) => self.post_owned(path, body, gone_is_done).boxed(),
             Err(source) => async move { Err(Unavailable::Encode { what, source }.into()) }.boxed(),
         }
@@ -833,7 +833,7 @@ impl Cluster {
     fn post_owned(
         &self,
         path: &'static str,
-        body: serde_json::Value,
+        body: Vec<u8>,
         gone_is_done: bool,
     ) -> impl std::future::Future<Output = Result<Outcome, WriteError>> + Send + 'static {
         let leaders = forward::RaftLeaders {
