@@ -49,7 +49,8 @@ impl Leaders for RaftLeaders {
 /// A write (or heartbeat) on its way to the leader.
 pub(super) struct Forward {
     pub(super) path: &'static str,
-    pub(super) body: serde_json::Value,
+    /// The JSON body, encoded once for every attempt.
+    pub(super) body: Vec<u8>,
     /// "Not found" after an attempt that may have been applied is success.
     pub(super) gone_is_done: bool,
     pub(super) deadline: Instant,
@@ -95,7 +96,8 @@ impl Forward {
                     self.attempt
                         .min(deadline.saturating_duration_since(Instant::now())),
                 )
-                .json(&self.body)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(self.body.clone())
                 .send()
                 .await;
             let answer = match sent {
@@ -222,7 +224,10 @@ mod tests {
     fn deregister(gone_is_done: bool) -> Forward {
         Forward {
             path: "/v1/raft/write",
-            body: serde_json::json!({"op": "deregister", "service": "web", "id": "a"}),
+            body: serde_json::to_vec(
+                &serde_json::json!({"op": "deregister", "service": "web", "id": "a"}),
+            )
+            .expect("encodes"),
             gone_is_done,
             deadline: Instant::now() + Duration::from_secs(10),
             attempt: Duration::from_millis(300),

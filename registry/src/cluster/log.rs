@@ -1,23 +1,35 @@
 //! The Raft log, the vote and the last snapshot on disk, in one redb file.
 //!
-//! Entries are JSON rows keyed by log index. Every write is one redb
-//! transaction, committed with fsync before openraft hears it is done; reads and
-//! writes run on the blocking pool so an fsync never stalls the runtime.
+//! Entries are rows keyed by log index, in the binary format of `codec.rs`
+//! (a format byte first); rows written by earlier versions are JSON and still
+//! load (they start with `{`, which no binary row does).
+//!
+//! Appends do not wait for the disk: openraft hands entries over, they are
+//! readable at once from memory, and one writer thread makes them durable,
+//! every append queued meanwhile in the same redb transaction (one fsync for
+//! all), before it tells openraft they are flushed. So a leader replicates an
+//! entry while its own fsync runs, and writes that arrive during an fsync
+//! share the next one. Truncation and purging go through the same queue, in
+//! order, and are waited for; the commit point is written without an fsync of
+//! its own (it rides on the next durable transaction: losing it only means
+//! replaying more on restart). Other reads and writes run on the blocking
+//! pool, so an fsync never stalls the runtime.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{ClusterError, TypeConfig};
+use super::{ClusterError, TypeConfig, codec};
 
 const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_meta");
@@ -46,6 +58,134 @@ fn write_err(e: impl ToString) -> StorageError<u64> {
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Arc<Database>,
+    io: Arc<Io>,
+}
+
+/// Entries appended but not yet durable, by index: always the newest part of
+/// the log, without holes (the writer persists in order, truncation cuts the
+/// end, purging the start).
+type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+
+/// The writer thread and what it shares with the store.
+#[derive(Debug)]
+struct Io {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    pending: Pending,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Io {
+    fn drop(&mut self) {
+        // The thread ends when the queue closes; waiting for it releases the
+        // database file before a reopen.
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type Done = tokio::sync::oneshot::Sender<std::result::Result<(), String>>;
+
+/// Work for the writer thread, done in queue order.
+enum Job {
+    /// Entries (index, log id, row) to make durable, then tell openraft.
+    Append {
+        rows: Vec<(LogId<u64>, Vec<u8>)>,
+        done: LogFlushed<TypeConfig>,
+    },
+    /// Remove entries from this index on.
+    Truncate { from: u64, done: Done },
+    /// Remove entries up to this index, recording the purge point.
+    Purge {
+        upto: u64,
+        purged: Vec<u8>,
+        done: Done,
+    },
+    /// The commit point (encoded), needing no fsync of its own.
+    Committed(Vec<u8>),
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Append { rows, .. } => write!(f, "Append({} entries)", rows.len()),
+            Job::Truncate { from, .. } => write!(f, "Truncate({from}..)"),
+            Job::Purge { upto, .. } => write!(f, "Purge(..={upto})"),
+            Job::Committed(_) => f.write_str("Committed"),
+        }
+    }
+}
+
+/// Most jobs in one transaction.
+const MAX_GROUP: usize = 512;
+
+/// The writer thread: takes every job queued, writes them in one transaction
+/// (durable unless only the commit point moved), then reports each.
+fn run_writer(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>, pending: Pending) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = write_group(&db, &group).map_err(|e| e.to_string());
+        for job in group {
+            match job {
+                Job::Append { rows, done } => {
+                    if result.is_ok() {
+                        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                        for (log_id, _) in &rows {
+                            // A truncation may have replaced it meanwhile.
+                            if p.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
+                                p.remove(&log_id.index);
+                            }
+                        }
+                    }
+                    done.log_io_completed(result.clone().map_err(std::io::Error::other));
+                }
+                Job::Truncate { done, .. } | Job::Purge { done, .. } => {
+                    let _ = done.send(result.clone());
+                }
+                Job::Committed(_) => {}
+            }
+        }
+    }
+}
+
+fn write_group(db: &Database, group: &[Job]) -> Result<()> {
+    let mut tx = db.begin_write().map_err(write_err)?;
+    if group.iter().all(|j| matches!(j, Job::Committed(_))) {
+        tx.set_durability(Durability::None).map_err(write_err)?;
+    }
+    {
+        let mut log = tx.open_table(LOG).map_err(write_err)?;
+        let mut meta = tx.open_table(META).map_err(write_err)?;
+        for job in group {
+            match job {
+                Job::Append { rows, .. } => {
+                    for (log_id, bytes) in rows {
+                        log.insert(log_id.index, bytes.as_slice())
+                            .map_err(write_err)?;
+                    }
+                }
+                Job::Truncate { from, .. } => {
+                    log.retain_in(*from.., |_, _| false).map_err(write_err)?;
+                }
+                Job::Purge { upto, purged, .. } => {
+                    meta.insert(PURGED, purged.as_slice()).map_err(write_err)?;
+                    log.retain_in(..=*upto, |_, _| false).map_err(write_err)?;
+                }
+                Job::Committed(bytes) => {
+                    meta.insert(COMMITTED, bytes.as_slice())
+                        .map_err(write_err)?;
+                }
+            }
+        }
+    }
+    tx.commit().map_err(write_err)
 }
 
 impl LogStore {
@@ -95,7 +235,51 @@ impl LogStore {
         tx.open_table(LOG).map_err(redb::Error::from)?;
         tx.open_table(META).map_err(redb::Error::from)?;
         tx.commit().map_err(redb::Error::from)?;
-        Ok(LogStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let pending = Pending::default();
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let thread = {
+            let (db, pending) = (db.clone(), pending.clone());
+            std::thread::Builder::new()
+                .name("raft-log-writer".into())
+                .spawn(move || run_writer(db, queue, pending))
+                .map_err(|source| ClusterError::Io {
+                    path: file.clone(),
+                    source,
+                })?
+        };
+        Ok(LogStore {
+            db,
+            io: Arc::new(Io {
+                jobs: Some(jobs),
+                pending,
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// Queues a job for the writer thread.
+    fn queue(&self, job: Job) -> Result<()> {
+        match &self.io.jobs {
+            Some(jobs) => jobs
+                .send(job)
+                .map_err(|_| write_err("the Raft log writer stopped")),
+            None => Err(write_err("the Raft log writer stopped")),
+        }
+    }
+
+    /// Queues a job and waits until it is durable.
+    async fn queue_and_wait(&self, job: impl FnOnce(Done) -> Job) -> Result<()> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.queue(job(done))?;
+        match rx.await {
+            Ok(result) => result.map_err(write_err),
+            Err(_) => Err(write_err("the Raft log writer stopped")),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+        self.io.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     #[cfg(test)]
@@ -182,14 +366,45 @@ fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>> 
     }
 }
 
+/// A log row back to its entry: binary (`codec.rs`) or, from before that
+/// format, JSON. Damage is a read error naming the row, never a panic.
+fn decode_row(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>> {
+    let decoded = if bytes.first() == Some(&b'{') {
+        serde_json::from_slice(bytes).map_err(|e| format!("JSON row: {e}"))
+    } else {
+        codec::decode_entry(bytes).map_err(|e| e.to_string())
+    };
+    let entry: Entry<TypeConfig> =
+        decoded.map_err(|why| read_err(format!("Raft log entry {index}: {why}")))?;
+    if entry.log_id.index != index {
+        return Err(read_err(format!(
+            "Raft log entry {index}: the row holds entry {}",
+            entry.log_id.index
+        )));
+    }
+    Ok(entry)
+}
+
+/// Whether a range holds no index (`BTreeMap::range` refuses some of those).
+fn is_empty(bounds: &(Bound<u64>, Bound<u64>)) -> bool {
+    let start = match bounds.0 {
+        Bound::Included(s) => Some(s),
+        Bound::Excluded(s) => s.checked_add(1),
+        Bound::Unbounded => Some(0),
+    };
+    let Some(start) = start else { return true };
+    match bounds.1 {
+        Bound::Included(e) => start > e,
+        Bound::Excluded(e) => start >= e,
+        Bound::Unbounded => false,
+    }
+}
+
 fn last_entry(db: &Database) -> Result<Option<LogId<u64>>> {
     let tx = db.begin_read().map_err(read_err)?;
     let table = tx.open_table(LOG).map_err(read_err)?;
     match table.last().map_err(read_err)? {
-        Some((_, v)) => {
-            let entry: Entry<TypeConfig> = serde_json::from_slice(v.value()).map_err(read_err)?;
-            Ok(Some(entry.log_id))
-        }
+        Some((k, v)) => Ok(Some(decode_row(k.value(), v.value())?.log_id)),
         None => Ok(None),
     }
 }
@@ -201,17 +416,41 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry<TypeConfig>>> {
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(read_err)?;
-            let table = tx.open_table(LOG).map_err(read_err)?;
-            let mut out = Vec::new();
-            for row in table.range(bounds).map_err(read_err)? {
-                let (_, v) = row.map_err(read_err)?;
-                out.push(serde_json::from_slice(v.value()).map_err(read_err)?);
-            }
-            Ok(out)
-        })
-        .await
+        if is_empty(&bounds) {
+            return Ok(Vec::new());
+        }
+        // Pending first: an entry that leaves it meanwhile is on disk before
+        // the read below begins.
+        let (fresh, first_pending) = {
+            let p = self.pending();
+            let fresh: Vec<Entry<TypeConfig>> = p.range(bounds).map(|(_, e)| e.clone()).collect();
+            (fresh, p.keys().next().copied())
+        };
+        let all_pending = match (bounds.0, first_pending) {
+            (Bound::Included(from), Some(first)) => from >= first,
+            (Bound::Excluded(from), Some(first)) => from >= first,
+            _ => false,
+        };
+        if all_pending {
+            return Ok(fresh);
+        }
+        let mut out = self
+            .blocking(move |db| {
+                let tx = db.begin_read().map_err(read_err)?;
+                let table = tx.open_table(LOG).map_err(read_err)?;
+                let mut out = Vec::new();
+                for row in table.range(bounds).map_err(read_err)? {
+                    let (k, v) = row.map_err(read_err)?;
+                    out.push(decode_row(k.value(), v.value())?);
+                }
+                Ok(out)
+            })
+            .await?;
+        if let Some(first) = fresh.first().map(|e| e.log_id.index) {
+            out.retain(|e| e.log_id.index < first);
+            out.extend(fresh);
+        }
+        Ok(out)
     }
 }
 
@@ -219,9 +458,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
-        self.blocking(|db| {
+        let newest = self.pending().values().next_back().map(|e| e.log_id);
+        self.blocking(move |db| {
             let purged: Option<LogId<u64>> = get_meta(db, PURGED)?;
-            let last = last_entry(db)?.or(purged);
+            let last = newest.or(last_entry(db)?).or(purged);
             Ok(LogState {
                 last_purged_log_id: purged,
                 last_log_id: last,
@@ -243,7 +483,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<()> {
-        self.put_meta(COMMITTED, &committed).await
+        let bytes = serde_json::to_vec(&committed).map_err(write_err)?;
+        self.queue(Job::Committed(bytes))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>> {
@@ -258,57 +499,43 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let rows = entries
-            .into_iter()
-            .map(|e| serde_json::to_vec(&e).map(|v| (e.log_id.index, v)))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(write_err)?;
-        let result = self
-            .blocking(move |db| {
-                let tx = db.begin_write().map_err(write_err)?;
-                {
-                    let mut table = tx.open_table(LOG).map_err(write_err)?;
-                    for (index, bytes) in &rows {
-                        table.insert(index, bytes.as_slice()).map_err(write_err)?;
-                    }
-                }
-                tx.commit().map_err(write_err)
-            })
-            .await;
-        callback.log_io_completed(
-            result
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| std::io::Error::other(e.to_string())),
-        );
-        result
+            .iter()
+            .map(|e| (e.log_id, codec::encode_entry(e)))
+            .collect();
+        {
+            let mut p = self.pending();
+            for e in entries {
+                p.insert(e.log_id.index, e);
+            }
+        }
+        self.queue(Job::Append {
+            rows,
+            done: callback,
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<()> {
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(write_err)?;
-            tx.open_table(LOG)
-                .map_err(write_err)?
-                .retain_in(log_id.index.., |_, _| false)
-                .map_err(write_err)?;
-            tx.commit().map_err(write_err)
+        let _ = self.pending().split_off(&log_id.index);
+        self.queue_and_wait(|done| Job::Truncate {
+            from: log_id.index,
+            done,
         })
         .await
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<()> {
         let purged = serde_json::to_vec(&Some(log_id)).map_err(write_err)?;
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(write_err)?;
-            tx.open_table(META)
-                .map_err(write_err)?
-                .insert(PURGED, purged.as_slice())
-                .map_err(write_err)?;
-            tx.open_table(LOG)
-                .map_err(write_err)?
-                .retain_in(..=log_id.index, |_, _| false)
-                .map_err(write_err)?;
-            tx.commit().map_err(write_err)
+        {
+            let mut p = self.pending();
+            let keep = p.split_off(&log_id.index.saturating_add(1));
+            *p = keep;
+        }
+        self.queue_and_wait(|done| Job::Purge {
+            upto: log_id.index,
+            purged,
+            done,
         })
         .await
     }
@@ -356,6 +583,230 @@ mod damage_tests {
             ),
             "{err}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use std::time::Duration;
+
+    use openraft::{BasicNode, CommittedLeaderId, EntryPayload, Membership, ServerState};
+
+    use super::super::ops::{Batch, Op};
+    use super::super::{Peers, StateMachine};
+    use super::*;
+    use crate::catalog::CatalogLimits;
+    use crate::metrics::Metrics;
+    use crate::registry::Registry;
+
+    fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("roster-raftfmt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn golden(name: &str) -> String {
+        let file = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        std::fs::read_to_string(file).expect("golden file")
+    }
+
+    fn register(service: &str, id: &str) -> Op {
+        let mut row: crate::rows::InstanceRow =
+            serde_json::from_str(&golden("store_row_minimal.json")).expect("row");
+        row.service = service.into();
+        row.id = id.into();
+        Op::Register { instance: row }
+    }
+
+    /// Writes `entries` as the previous version did: JSON rows.
+    fn write_json_rows(log: &LogStore, entries: &[Entry<TypeConfig>]) {
+        let tx = log.db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(LOG).unwrap();
+            for e in entries {
+                let row = serde_json::to_vec(e).unwrap();
+                assert_eq!(row[0], b'{');
+                table.insert(e.log_id.index, row.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+
+    fn raw_rows(log: &LogStore) -> Vec<(u64, Vec<u8>)> {
+        let tx = log.db.begin_read().unwrap();
+        let table = tx.open_table(LOG).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.value(), v.value().to_vec())
+            })
+            .collect()
+    }
+
+    /// The row the previous version wrote for the golden entry (every op
+    /// kind) reads back through the log store, beside binary rows.
+    #[tokio::test]
+    async fn json_rows_of_the_previous_version_read_beside_binary_ones() {
+        let dir = fresh_dir("mixed");
+        let mut log = LogStore::open(&dir).unwrap();
+        let old: Entry<TypeConfig> =
+            serde_json::from_str(&golden("raft_entry.json")).expect("golden entry");
+        write_json_rows(&log, std::slice::from_ref(&old));
+        let next = Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), old.log_id.index + 1),
+            payload: EntryPayload::Blank,
+        };
+        // Written the way `append` writes (its callback is openraft's own).
+        let rows = vec![(next.log_id.index, codec::encode_entry(&next))];
+        log.blocking(move |db| {
+            let tx = db.begin_write().map_err(write_err)?;
+            {
+                let mut t = tx.open_table(LOG).map_err(write_err)?;
+                for (i, b) in &rows {
+                    t.insert(i, b.as_slice()).map_err(write_err)?;
+                }
+            }
+            tx.commit().map_err(write_err)
+        })
+        .await
+        .unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(next.log_id));
+        let got = log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].log_id, old.log_id);
+        assert_eq!(got[0].payload, old.payload);
+        assert_eq!(got[1].payload, EntryPayload::Blank);
+        let kinds: Vec<u8> = raw_rows(&log).iter().map(|(_, b)| b[0]).collect();
+        assert_eq!(kinds, vec![b'{', codec::FORMAT_V1]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A damaged row is a read error that names the entry, never a panic.
+    #[tokio::test]
+    async fn a_damaged_row_is_a_storage_error_naming_the_entry() {
+        let dir = fresh_dir("damaged");
+        let mut log = LogStore::open(&dir).unwrap();
+        for (index, bytes) in [
+            (5u64, vec![codec::FORMAT_V1, 1, 1]),
+            (6, b"{\"log_id\":".to_vec()),
+            (7, vec![0xee]),
+        ] {
+            let tx = log.db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(LOG).unwrap();
+                t.retain(|_, _| false).unwrap();
+                t.insert(index, bytes.as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+            let err = log.try_get_log_entries(..).await.unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("Raft log entry {index}")),
+                "{err}"
+            );
+            let err = log.get_log_state().await.unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("Raft log entry {index}")),
+                "{err}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A node whose log the previous version wrote (JSON rows, committed)
+    /// starts on it, replays it into its catalog, and goes on writing
+    /// binary rows after it.
+    #[tokio::test]
+    async fn a_json_row_log_opens_and_replays() {
+        let dir = fresh_dir("replay");
+        let log = LogStore::open(&dir).unwrap();
+        let at = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+        let members = Membership::new(
+            vec![std::collections::BTreeSet::from([1])],
+            std::collections::BTreeMap::from([(
+                1,
+                BasicNode {
+                    addr: "127.0.0.1:9".into(),
+                },
+            )]),
+        );
+        write_json_rows(
+            &log,
+            &[
+                Entry {
+                    log_id: at(0),
+                    payload: EntryPayload::Membership(members),
+                },
+                Entry {
+                    log_id: at(1),
+                    payload: EntryPayload::Blank,
+                },
+                Entry {
+                    log_id: at(2),
+                    payload: EntryPayload::Normal(Batch {
+                        ops: vec![register("web", "web-1"), register("web", "web-2")],
+                    }),
+                },
+            ],
+        );
+        log.put_meta(VOTE, &Vote::new_committed(1, 1))
+            .await
+            .unwrap();
+        log.put_meta(COMMITTED, &Some(at(2))).await.unwrap();
+        drop(log);
+
+        let log = LogStore::open(&dir).unwrap();
+        let registry = Arc::new(Registry::new(
+            CatalogLimits::default(),
+            Arc::new(Metrics::new()),
+        ));
+        registry.set_replicated();
+        let sm = StateMachine::open(registry.clone(), log.clone(), Duration::from_secs(1)).unwrap();
+        let config = openraft::Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .unwrap();
+        let peers = Peers::new(1, "t".repeat(16), Duration::from_secs(1), None).unwrap();
+        let raft = openraft::Raft::<TypeConfig>::new(1, Arc::new(config), peers, log.clone(), sm)
+            .await
+            .unwrap();
+        // Replayed at start: the committed writes are in the catalog.
+        let snap = registry.snapshot();
+        assert!(snap.instance("web", "web-1").is_some());
+        assert!(snap.instance("web", "web-2").is_some());
+
+        // It leads its one-node cluster and appends binary rows after the JSON ones.
+        raft.wait(Some(Duration::from_secs(30)))
+            .state(ServerState::Leader, "leads")
+            .await
+            .unwrap();
+        raft.client_write(Batch {
+            ops: vec![register("db", "db-1")],
+        })
+        .await
+        .unwrap();
+        assert!(registry.snapshot().instance("db", "db-1").is_some());
+        raft.shutdown().await.unwrap();
+        let rows = raw_rows(&log);
+        assert_eq!(
+            &rows[..3].iter().map(|(_, b)| b[0]).collect::<Vec<_>>(),
+            &[b'{'; 3]
+        );
+        assert!(
+            rows[3..].iter().all(|(_, b)| b[0] == codec::FORMAT_V1),
+            "{rows:?}"
+        );
+        assert!(rows.len() >= 4, "the new write is in the log");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -11,6 +11,7 @@
 // openraft's storage traits fix the error type (`StorageError`, 200+ bytes).
 #![allow(clippy::result_large_err)]
 
+mod codec;
 mod error;
 mod forward;
 mod log;
@@ -57,6 +58,15 @@ openraft::declare_raft_types!(
         R = Vec<Applied>,
 );
 
+/// Heartbeats a follower waits out after the last one it heard before it
+/// stops honouring the leader's lease (openraft's `election_timeout_max`):
+/// a silence of this many heartbeats is no blip on a loaded machine.
+pub const LEASE_HEARTBEATS: u64 = 4;
+/// Shortest election timeout, in heartbeats; each node draws its own between
+/// this and [`LEASE_HEARTBEATS`]. A failover takes 7–8 heartbeats plus one
+/// vote round (700–800 ms at the default 100 ms).
+const ELECTION_MIN_HEARTBEATS: u64 = 3;
+
 /// Log entries of writes the leader has in flight at once.
 const MAX_IN_FLIGHT: usize = 2;
 /// Most writes in one log entry.
@@ -79,8 +89,9 @@ pub struct ClusterConfig {
     /// Shared secret the nodes present to each other on every peer call; at
     /// least [`MIN_TOKEN_LEN`] characters, always required.
     pub token: String,
-    /// Leader heartbeat period. Followers wait out the leader's lease (8 of
-    /// them) plus a random 4–8 more before they elect a new one.
+    /// Leader heartbeat period. Followers wait out the leader's lease
+    /// ([`LEASE_HEARTBEATS`] of them) plus a random 3–4 more before they elect
+    /// a new one.
     pub heartbeat: Duration,
     /// How long a write waits for a majority before it fails with 503.
     pub write_timeout: Duration,
@@ -187,8 +198,10 @@ impl Cluster {
         let raft_config = openraft::Config {
             cluster_name: "roster".into(),
             heartbeat_interval: hb,
-            election_timeout_min: hb * 4,
-            election_timeout_max: hb * 8,
+            // openraft makes the leader's lease election_timeout_max: a
+            // failover costs the lease plus this node's election timeout.
+            election_timeout_min: hb * ELECTION_MIN_HEARTBEATS,
+            election_timeout_max: hb * LEASE_HEARTBEATS,
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every.max(2)),
             max_in_snapshot_log_to_keep: 1_000.min(config.snapshot_every),
@@ -811,7 +824,7 @@ impl Cluster {
         body: &T,
         gone_is_done: bool,
     ) -> BoxFuture<'static, Result<Outcome, WriteError>> {
-        match serde_json::to_value(body) {
+        match serde_json::to_vec(body) {
             Ok(body) => self.post_owned(path, body, gone_is_done).boxed(),
             Err(source) => async move { Err(Unavailable::Encode { what, source }.into()) }.boxed(),
         }
@@ -820,7 +833,7 @@ impl Cluster {
     fn post_owned(
         &self,
         path: &'static str,
-        body: serde_json::Value,
+        body: Vec<u8>,
         gone_is_done: bool,
     ) -> impl std::future::Future<Output = Result<Outcome, WriteError>> + Send + 'static {
         let leaders = forward::RaftLeaders {
