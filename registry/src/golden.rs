@@ -423,7 +423,10 @@ fn raft_log_entries_keep_their_format() {
         ],
     };
     pin("raft_batch.json", &batch);
-    // The entry as the log store keeps it: openraft's envelope around it.
+    // The entry as earlier versions' log store kept it (a JSON row, openraft's
+    // envelope around it); the log still reads such rows. Binary rows
+    // (format byte 0x01) are pinned in cluster/codec.rs and
+    // raft_log_rows_v1.hex.
     let entry = openraft::Entry::<TypeConfig> {
         log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 120),
         payload: openraft::EntryPayload::Normal(batch),

@@ -115,9 +115,9 @@ pub struct ClusterArgs {
         conflicts_with = "cluster_token"
     )]
     pub cluster_token_file: Option<std::path::PathBuf>,
-    /// Leader heartbeat period. A failover takes 12-16 of them: followers wait out
-    /// the old leader's lease (8), then a random election timeout (4-8)
-    /// [default: 100ms].
+    /// Leader heartbeat period. A failover takes 7-8 of them plus a vote round:
+    /// followers wait out the old leader's lease (4), then a random election
+    /// timeout (3-4) [default: 100ms].
     #[arg(long, env = "ROSTER_RAFT_HEARTBEAT", value_name = "DURATION", value_parser = duration::parse)]
     pub raft_heartbeat: Option<Duration>,
     /// PEM certificate this node presents to its peers (as server and as
