@@ -72,6 +72,10 @@ fn service(i: usize) -> String {
     format!("svc-{i:05}")
 }
 
+fn instance(i: usize) -> String {
+    format!("i{i:05}")
+}
+
 /// What the reader saw: each delta's index, arrival and size.
 type Seen = (u64, Instant, usize);
 
@@ -93,7 +97,8 @@ async fn run(args: Args) -> Result<String, String> {
     for i in 0..args.services {
         ops.push(BatchOp::Register(BatchRegister {
             service: service(i),
-            id: "i0".into(),
+            // Instance ids are unique across the registry.
+            id: instance(i),
             instance: RegisterRequest {
                 address: Some(instance_address(i)),
                 port: 8080,
@@ -135,7 +140,7 @@ async fn run(args: Args) -> Result<String, String> {
         };
         let start = Instant::now();
         let changed = client
-            .maintenance(&service(s), "i0", &req)
+            .maintenance(&service(s), &instance(s), &req)
             .await
             .map_err(|e| e.to_string())?;
         let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;

@@ -4,8 +4,11 @@
 //! under `taskset -c 0` both run one worker on one core.
 //!
 //! ```text
-//! peer_axum --addr 127.0.0.1:18700 --file bench/out/run/list-100.json
+//! peer_axum --addr 127.0.0.1:18700 --file bench/out/run/list-100.json [--nodelay on]
 //! ```
+//!
+//! `--nodelay on` sets `TCP_NODELAY` on every connection, as roster does
+//! (axum's default leaves Nagle's algorithm on).
 
 use std::process::ExitCode;
 
@@ -14,16 +17,17 @@ use axum::body::Bytes;
 use axum::http::header;
 use tokio::net::TcpListener;
 
-const USAGE: &str = "usage: peer_axum --addr ADDR --file FILE";
+const USAGE: &str = "usage: peer_axum --addr ADDR --file FILE [--nodelay on|off]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (mut addr, mut file) = (None, None);
+    let (mut addr, mut file, mut nodelay) = (None, None, false);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match (flag.as_str(), args.next()) {
             ("--addr", Some(v)) => addr = Some(v),
             ("--file", Some(v)) => file = Some(v),
+            ("--nodelay", Some(v)) if v == "on" || v == "off" => nodelay = v == "on",
             _ => {
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);
@@ -53,7 +57,16 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = axum::serve(listener, app).await {
+    let served = if nodelay {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app).await
+    } else {
+        axum::serve(listener, app).await
+    };
+    if let Err(e) = served {
         eprintln!("peer_axum: {e}");
         return ExitCode::FAILURE;
     }
