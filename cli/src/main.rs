@@ -9,12 +9,6 @@ use roster_registry::config::Config;
 use roster_registry::server::Server;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc instead of the system allocator: the server allocates and frees
-/// many small, short-lived objects per request (headers, futures, bodies), and
-/// glibc's malloc was 8 % of a read's CPU (`bench/RESULTS.md`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
