@@ -31,10 +31,6 @@ use roster_registry::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// The allocator of the `roster` binary, so the stack is measured as it runs.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/out/router-overhead.txt");
 const USAGE: &str = "usage: router_overhead [--requests N] [--rounds R]";
 
