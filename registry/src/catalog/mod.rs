@@ -315,7 +315,10 @@ impl Default for CatalogLimits {
 pub struct Catalog {
     epoch: Instant,
     state: Snapshot,
-    records: HashMap<Arc<str>, Record>,
+    /// Boxed: the map's slots are the size of their entries, and a map of a
+    /// million entries has two million slots (after its last doubling), so
+    /// an inline record would cost its size twice per instance.
+    records: HashMap<Arc<str>, Box<Record>>,
     timers: BTreeSet<(u64, Timer, Arc<str>)>,
     leases: Arc<LeaseTable>,
     limits: CatalogLimits,
