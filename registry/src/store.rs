@@ -521,10 +521,7 @@ mod tests {
             index: 61,
             names_index: 2,
             replace_all: false,
-            changes: vec![(
-                expected[1].id.clone(),
-                Some(Arc::new(expected[1].clone())),
-            )],
+            changes: vec![(expected[1].id.clone(), Some(Arc::new(expected[1].clone())))],
             done: Some(done),
         });
         wait.await.unwrap().unwrap();
@@ -578,7 +575,10 @@ mod tests {
             let txn = db.begin_write().unwrap();
             txn.open_table(INSTANCES)
                 .unwrap()
-                .insert("db-1", [crate::rows::BINARY_ROW_VERSION, 9, b'x'].as_slice())
+                .insert(
+                    "db-1",
+                    [crate::rows::BINARY_ROW_VERSION, 9, b'x'].as_slice(),
+                )
                 .unwrap();
             txn.commit().unwrap();
         }

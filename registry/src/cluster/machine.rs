@@ -445,6 +445,10 @@ mod tests {
         }
         let mut long = bytes.clone();
         long.push(0);
-        assert!(decode_snapshot(&long).unwrap_err().contains("after the end"));
+        assert!(
+            decode_snapshot(&long)
+                .unwrap_err()
+                .contains("after the end")
+        );
     }
 }

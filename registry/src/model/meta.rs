@@ -152,6 +152,9 @@ mod tests {
         assert_eq!(grown.insert("b".into(), "1".into()), None);
         assert_eq!(grown.insert("a".into(), "2".into()), None);
         assert_eq!(grown.insert("b".into(), "3".into()), Some("1".into()));
-        assert_eq!(grown, BTreeMap::from([("a".into(), "2".into()), ("b".into(), "3".into())]));
+        assert_eq!(
+            grown,
+            BTreeMap::from([("a".into(), "2".into()), ("b".into(), "3".into())])
+        );
     }
 }

@@ -205,7 +205,10 @@ impl<'a> Reader<'a> {
         if self.at == self.bytes.len() {
             Ok(())
         } else {
-            self.damaged(format!("{} bytes after the end", self.bytes.len() - self.at))
+            self.damaged(format!(
+                "{} bytes after the end",
+                self.bytes.len() - self.at
+            ))
         }
     }
 
@@ -457,7 +460,9 @@ mod tests {
             (&[2, 1, 0xff], "the service is not UTF-8"),
             (&[2, 0, 0, 0, 0xff, 0xff, 0x04], "port 81919"),
             (
-                &[2, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+                &[
+                    2, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+                ],
                 "the port is larger than 64 bits",
             ),
         ];
@@ -466,7 +471,9 @@ mod tests {
             assert!(err.contains(text), "{bytes:?}: {err}");
         }
         // Port 65536 is one too many.
-        let err = decode_row(&[2, 0, 0, 0, 0x80, 0x80, 0x04]).unwrap_err().to_string();
+        let err = decode_row(&[2, 0, 0, 0, 0x80, 0x80, 0x04])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("port 65536"), "{err}");
     }
 
