@@ -170,7 +170,7 @@ pub(crate) fn endpoint(instance: &Instance) -> InstanceRecord {
         address: spec.address.clone(),
         port: spec.port,
         tags: spec.tags.clone(),
-        meta: spec.meta.clone(),
+        meta: spec.meta.to_map(),
         weight,
         healthy,
     }
@@ -205,7 +205,7 @@ mod tests {
             address: address.into(),
             port: 8080,
             tags: vec!["v2".into()],
-            meta: BTreeMap::from([("zone".into(), "eu-1".into())]),
+            meta: BTreeMap::from([("zone".into(), "eu-1".into())]).into(),
             weights,
             ttl: None,
             deregister_critical_after: Duration::from_secs(60),

@@ -14,6 +14,9 @@ use roster_api::{RegisterRequest, Weights};
 
 use crate::checks::CheckSpec;
 
+mod meta;
+pub use meta::Meta;
+
 /// Limits on what a client controls.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -248,7 +251,7 @@ pub struct InstanceSpec {
     /// Tags, duplicates removed, order kept.
     pub tags: Vec<String>,
     /// Metadata.
-    pub meta: BTreeMap<String, String>,
+    pub meta: Meta,
     /// Weights.
     pub weights: Weights,
     /// Lease length; `None` means the instance never expires.
@@ -347,17 +350,29 @@ impl InstanceSpec {
             deregister_critical_after,
             limits.dereg_range,
         )?;
-        let checks = CheckSpec::parse_all(req.checks, limits)?.into();
+        let checks = shared_checks(CheckSpec::parse_all(req.checks, limits)?);
         Ok(InstanceSpec {
             address,
             port: req.port,
             tags,
-            meta: req.meta,
+            meta: req.meta.into(),
             weights: req.weights,
             ttl: req.ttl,
             deregister_critical_after,
             checks,
         })
+    }
+}
+
+/// `checks` as an instance holds them; all instances without checks share
+/// one empty list instead of an allocation each.
+pub(crate) fn shared_checks(checks: Vec<CheckSpec>) -> Arc<[CheckSpec]> {
+    static NONE: std::sync::LazyLock<Arc<[CheckSpec]>> =
+        std::sync::LazyLock::new(|| Arc::from(Vec::new()));
+    if checks.is_empty() {
+        NONE.clone()
+    } else {
+        checks.into()
     }
 }
 

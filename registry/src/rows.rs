@@ -25,9 +25,19 @@ use crate::catalog::{Instance, Snapshot};
 use crate::checks::{CheckSpec, CheckState};
 use crate::model::{FieldError, InstanceSpec, Limits};
 
-/// Version of the row format: the store's `meta.format` and the `version` of
-/// snapshot files.
+pub(crate) mod binary;
+pub use binary::{BINARY_ROW_VERSION, RowError, decode_row, encode_row, row_bytes};
+
+/// Version of the row format of snapshot files (their `version`), and the
+/// store format whose rows are all JSON.
 pub const FORMAT_VERSION: u64 = 1;
+
+/// The store's `meta.format` since rows may be binary ([`encode_row`]): a
+/// store of this format holds binary rows, JSON rows (written by format 1),
+/// or both. Format 1 stores are read as they are and become format 2 with
+/// their next write; a roster that reads only format 1 refuses such a store
+/// by its version instead of misreading a row.
+pub const STORE_FORMAT: u64 = 2;
 
 // The types below name the types they replaced in their decoding errors
 // (`#[serde(expecting)]`), so what a restore's 400 says about a bad snapshot
@@ -311,7 +321,7 @@ impl InstanceRow {
             address: i.spec.address.clone(),
             port: i.spec.port,
             tags: i.spec.tags.clone(),
-            meta: i.spec.meta.clone(),
+            meta: i.spec.meta.to_map(),
             weights: i.spec.weights.into(),
             ttl_ms: i.spec.ttl.map(|d| d.as_millis() as u64),
             deregister_critical_after_ms: i.spec.deregister_critical_after.as_millis() as u64,
@@ -366,11 +376,11 @@ impl InstanceRow {
                 address: self.address,
                 port: self.port,
                 tags: self.tags,
-                meta: self.meta,
+                meta: self.meta.into(),
                 weights: self.weights.into(),
                 ttl,
                 deregister_critical_after: Duration::from_millis(self.deregister_critical_after_ms),
-                checks: checks.into(),
+                checks: crate::model::shared_checks(checks),
             },
             lease: ttl.map(|_| self.lease.map_or(Health::Passing, Health::from)),
             maintenance: self.maintenance,

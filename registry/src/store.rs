@@ -1,8 +1,10 @@
 //! Durable catalog on disk (redb), with group commit.
 //!
 //! The store holds the catalog's *state*, not a log of commands: one row per
-//! instance (JSON, [`InstanceRow`], versioned) plus the global index, so it stays as large as the
-//! catalog however long the registry runs. Writers hand their changed instances to
+//! instance ([`InstanceRow`] in the compact binary form of [`crate::rows::encode_row`];
+//! JSON in stores written before format 2, still read) plus the global
+//! index, so it stays as large as the catalog however long the registry runs.
+//! At start-up the rows are decoded on every core. Writers hand their changed instances to
 //! one writer thread; it takes everything queued, writes it in one transaction and
 //! fsyncs once, then acknowledges every writer of the group. Heartbeats that
 //! change nothing never reach it.
@@ -17,7 +19,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use crate::catalog::Instance;
-use crate::rows::{FORMAT_VERSION, InstanceRow};
+use crate::rows::{FORMAT_VERSION, InstanceRow, STORE_FORMAT, decode_row, encode_row};
 
 const INSTANCES: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("instances");
 const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
@@ -261,38 +263,126 @@ fn load(db: &Database, file: &Path) -> Result<Loaded, StoreError> {
             .map(|v| v.value()))
     };
     match get("format")? {
-        Some(FORMAT_VERSION) => {}
+        Some(FORMAT_VERSION | STORE_FORMAT) => {}
         Some(v) => {
             return Err(corrupt(
                 file,
-                format!("format version {v}; this roster reads version {FORMAT_VERSION}"),
+                format!(
+                    "format version {v}; this roster reads versions {FORMAT_VERSION} and {STORE_FORMAT}"
+                ),
             ));
         }
         None => return Err(corrupt(file, "no format version")),
     }
-    let mut loaded = Loaded {
-        index: get("index")?.ok_or_else(|| corrupt(file, "no index"))?,
-        names_index: get("names_index")?.unwrap_or(0),
-        instances: Vec::new(),
-    };
+    let index = get("index")?.ok_or_else(|| corrupt(file, "no index"))?;
+    let names_index = get("names_index")?.unwrap_or(0);
     let table = txn.open_table(INSTANCES).map_err(|e| corrupt(file, e))?;
-    for row in table.iter().map_err(|e| corrupt(file, e))? {
+    let rows = table.iter().map_err(|e| corrupt(file, e))?.map(|row| {
         let (key, value) = row.map_err(|e| corrupt(file, e))?;
-        let stored: InstanceRow = serde_json::from_slice(value.value())
-            .map_err(|e| corrupt(file, format!("instance {:?}: {e}", key.value())))?;
-        if stored.modify_index > loaded.index {
-            return Err(corrupt(
-                file,
-                format!("instance {:?} is newer than the catalog index", key.value()),
-            ));
-        }
-        let id = stored.id.clone();
-        let inst = stored
-            .into_instance()
-            .map_err(|e| corrupt(file, format!("instance {id:?}: {e}")))?;
-        loaded.instances.push(inst);
+        Ok((key.value().to_owned(), value.value().to_vec()))
+    });
+    let started = std::time::Instant::now();
+    let instances = decode_parallel(rows, |id, bytes| decode(file, index, id, bytes))?;
+    tracing::info!(
+        instances = instances.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "catalog store read"
+    );
+    Ok(Loaded {
+        index,
+        names_index,
+        instances,
+    })
+}
+
+/// One stored row back to an instance, checked against the catalog index.
+fn decode(file: &Path, index: u64, key: &str, bytes: &[u8]) -> Result<Instance, StoreError> {
+    let stored = decode_row(bytes).map_err(|e| corrupt(file, format!("instance {key:?}: {e}")))?;
+    if stored.modify_index > index {
+        return Err(corrupt(
+            file,
+            format!("instance {key:?} is newer than the catalog index"),
+        ));
     }
-    Ok(loaded)
+    stored
+        .into_instance()
+        .map_err(|e| corrupt(file, format!("instance {key:?}: {e}")))
+}
+
+/// Rows are handed to the decoding threads in chunks of this many.
+const CHUNK: usize = 4096;
+
+/// Decodes `rows` (id, bytes) with `decode` on every core while this thread
+/// reads them; the first error wins. The instances come back in no
+/// particular order.
+fn decode_parallel<I, F>(rows: I, decode: F) -> Result<Vec<Instance>, StoreError>
+where
+    I: Iterator<Item = Result<(String, Vec<u8>), StoreError>>,
+    F: Fn(&str, &[u8]) -> Result<Instance, StoreError> + Sync,
+{
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (tx, rx) = mpsc::sync_channel::<Vec<(String, Vec<u8>)>>(workers * 2);
+    let rx = std::sync::Mutex::new(rx);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| -> Result<Vec<Instance>, StoreError> {
+                    let mut out = Vec::new();
+                    loop {
+                        // The lock is held only to take the next chunk.
+                        let chunk = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(chunk) = chunk else { return Ok(out) };
+                        for (id, bytes) in &chunk {
+                            out.push(decode(id, bytes)?);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut read_error = None;
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for row in rows {
+            match row {
+                Ok(row) => chunk.push(row),
+                Err(e) => {
+                    read_error = Some(e);
+                    break;
+                }
+            }
+            if chunk.len() == CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                // A send fails only when every worker has stopped on an error.
+                if tx.send(full).is_err() {
+                    break;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.send(chunk);
+        }
+        drop(tx);
+        let mut instances = Vec::new();
+        let mut first_error = read_error;
+        for handle in handles {
+            match handle.join() {
+                Ok(Ok(mut part)) => {
+                    if instances.is_empty() {
+                        instances = part;
+                    } else {
+                        instances.append(&mut part);
+                    }
+                }
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(instances),
+        }
+    })
 }
 
 /// The writer thread: group commit until the channel closes.
@@ -329,6 +419,7 @@ fn write_group(db: &Database, group: &[WriteBatch]) -> Result<(), redb::Error> {
     {
         let mut meta = txn.open_table(META)?;
         let mut table = txn.open_table(INSTANCES)?;
+        let mut row = Vec::new();
         for batch in group {
             if batch.replace_all {
                 table.retain(|_, _| false)?;
@@ -336,8 +427,8 @@ fn write_group(db: &Database, group: &[WriteBatch]) -> Result<(), redb::Error> {
             for (id, change) in &batch.changes {
                 match change {
                     Some(inst) => {
-                        let row = serde_json::to_vec(&InstanceRow::from_instance(inst))
-                            .expect("instances serialize");
+                        row.clear();
+                        encode_row(&InstanceRow::from_instance(inst), &mut row);
                         table.insert(&**id, row.as_slice())?;
                     }
                     None => {
@@ -347,10 +438,161 @@ fn write_group(db: &Database, group: &[WriteBatch]) -> Result<(), redb::Error> {
             }
         }
         let last = group.last().expect("groups are never empty");
-        meta.insert("format", FORMAT_VERSION)?;
+        meta.insert("format", STORE_FORMAT)?;
         meta.insert("index", last.index)?;
         meta.insert("names_index", last.names_index)?;
     }
     txn.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("roster-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// A golden row; the full one's TTL check is renamed, as its id `ttl`
+    /// is the lease's and the catalog refuses it.
+    fn golden_row(name: &str) -> InstanceRow {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        let mut row: InstanceRow =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for check in &mut row.checks {
+            if check.definition.id.as_deref() == Some("ttl") {
+                check.definition.id = Some("app".into());
+            }
+        }
+        row
+    }
+
+    /// A store as format 1 wrote it: JSON rows, `meta.format` 1.
+    fn write_format_1(dir: &Path, rows: &[InstanceRow], index: u64) {
+        std::fs::create_dir_all(dir).unwrap();
+        let db = Database::create(dir.join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            let mut table = txn.open_table(INSTANCES).unwrap();
+            for row in rows {
+                table
+                    .insert(row.id.as_str(), serde_json::to_vec(row).unwrap().as_slice())
+                    .unwrap();
+            }
+            meta.insert("format", FORMAT_VERSION).unwrap();
+            meta.insert("index", index).unwrap();
+            meta.insert("names_index", 2).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    fn sorted(mut v: Vec<Instance>) -> Vec<Instance> {
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// A format-1 store loads; its next write makes it format 2 with binary
+    /// rows beside the JSON ones, and that loads to the same instances.
+    #[tokio::test]
+    async fn format_1_stores_load_and_move_to_format_2() {
+        let dir = dir("v1");
+        let rows = [
+            golden_row("store_row.json"),
+            golden_row("store_row_minimal.json"),
+        ];
+        write_format_1(&dir, &rows, 60);
+        let expected: Vec<Instance> = sorted(
+            rows.iter()
+                .map(|r| r.clone().into_instance().unwrap())
+                .collect(),
+        );
+        let (store, loaded) = Store::open(&dir).unwrap();
+        assert_eq!((loaded.index, loaded.names_index), (60, 2));
+        assert_eq!(sorted(loaded.instances), expected);
+        // Rewrite one instance: its row becomes binary, the other stays JSON.
+        let (done, wait) = oneshot::channel();
+        store.submit(WriteBatch {
+            index: 61,
+            names_index: 2,
+            replace_all: false,
+            changes: vec![(expected[1].id.clone(), Some(Arc::new(expected[1].clone())))],
+            done: Some(done),
+        });
+        wait.await.unwrap().unwrap();
+        drop(store);
+        {
+            let db = Database::create(dir.join(DB_FILE)).unwrap();
+            let txn = db.begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(meta.get("format").unwrap().unwrap().value(), STORE_FORMAT);
+            let table = txn.open_table(INSTANCES).unwrap();
+            let first = |id: &str| table.get(id).unwrap().unwrap().value()[0];
+            assert_eq!(first(&expected[1].id), crate::rows::BINARY_ROW_VERSION);
+            assert_eq!(first(&expected[0].id), b'{');
+        }
+        let (_store, loaded) = Store::open(&dir).unwrap();
+        assert_eq!(loaded.index, 61);
+        assert_eq!(sorted(loaded.instances), expected);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Many rows decode on several threads to the same set of instances.
+    #[test]
+    fn many_rows_load_whole() {
+        let dir = dir("many");
+        let base = golden_row("store_row_minimal.json");
+        let rows: Vec<InstanceRow> = (0..CHUNK * 3 + 17)
+            .map(|i| InstanceRow {
+                id: format!("db-{i}"),
+                ..base.clone()
+            })
+            .collect();
+        write_format_1(&dir, &rows, 60);
+        let (_store, loaded) = Store::open(&dir).unwrap();
+        let mut ids: Vec<String> = loaded.instances.iter().map(|i| i.id.to_string()).collect();
+        ids.sort();
+        let mut want: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        want.sort();
+        assert_eq!(ids, want);
+        drop(_store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A damaged row, or a store of an unknown format, stops the load with
+    /// an error that names it.
+    #[test]
+    fn damaged_rows_and_unknown_formats_are_refused() {
+        let dir = dir("damaged");
+        write_format_1(&dir, &[golden_row("store_row_minimal.json")], 60);
+        {
+            let db = Database::create(dir.join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(INSTANCES)
+                .unwrap()
+                .insert(
+                    "db-1",
+                    [crate::rows::BINARY_ROW_VERSION, 9, b'x'].as_slice(),
+                )
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("corrupt") && err.contains("\"db-1\""), "{err}");
+        assert!(err.contains("damaged binary row"), "{err}");
+        {
+            let db = Database::create(dir.join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert("format", 3).unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("format version 3"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -98,7 +98,7 @@ impl Instance {
             address: spec.address.clone(),
             port: spec.port,
             tags: spec.tags.clone(),
-            meta: spec.meta.clone(),
+            meta: spec.meta.to_map(),
             weights: spec.weights,
             health: self.health(),
             checks,

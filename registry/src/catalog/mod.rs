@@ -301,11 +301,22 @@ pub struct CatalogLimits {
     pub max_instances: usize,
 }
 
+/// Default of [`CatalogLimits::max_instances`]: room for a million instances
+/// twice over (a blue/green deploy of all of them), about 2 GiB of memory at
+/// the measured size of an instance (bench/RESULTS.md, "one node at a million
+/// instances").
+pub const DEFAULT_MAX_INSTANCES: usize = 2_000_000;
+
+/// Default of [`CatalogLimits::max_instances_per_service`]: larger than any
+/// one Kubernetes service is likely to be; a healthy-only list of such a
+/// service is a response of several megabytes.
+pub const DEFAULT_MAX_INSTANCES_PER_SERVICE: usize = 100_000;
+
 impl Default for CatalogLimits {
     fn default() -> Self {
         CatalogLimits {
-            max_instances_per_service: 10_000,
-            max_instances: 200_000,
+            max_instances_per_service: DEFAULT_MAX_INSTANCES_PER_SERVICE,
+            max_instances: DEFAULT_MAX_INSTANCES,
         }
     }
 }
@@ -315,7 +326,10 @@ impl Default for CatalogLimits {
 pub struct Catalog {
     epoch: Instant,
     state: Snapshot,
-    records: HashMap<Arc<str>, Record>,
+    /// Boxed: the map's slots are the size of their entries, and a map of a
+    /// million entries has two million slots (after its last doubling), so
+    /// an inline record would cost its size twice per instance.
+    records: HashMap<Arc<str>, Box<Record>>,
     timers: BTreeSet<(u64, Timer, Arc<str>)>,
     leases: Arc<LeaseTable>,
     limits: CatalogLimits,

@@ -138,7 +138,7 @@ impl Catalog {
         let spec_checks = spec.checks.clone();
         let mut inst = Instance {
             id: id.as_arc().clone(),
-            service: service.as_arc().clone(),
+            service: self.service_name(service.as_arc()),
             spec,
             lease: None,
             maintenance: None,
@@ -148,10 +148,10 @@ impl Catalog {
         };
         self.records.insert(
             inst.id.clone(),
-            Record {
+            Box::new(Record {
                 service: inst.service.clone(),
                 ..Record::default()
-            },
+            }),
         );
         self.arm_lease(&mut inst, now);
         self.arm_checks(&inst, now);
@@ -170,18 +170,28 @@ impl Catalog {
     ) {
         self.touched.extend(self.state.services.keys().cloned());
         self.changed.extend(self.records.keys().cloned());
+        // Ids repeat only if the catalog had instances or the list repeats
+        // one; otherwise the million of a start-up need no sort.
+        let mut repeats = !self.changed.is_empty();
         for (id, rec) in self.records.drain() {
             if rec.lease.is_some() {
                 self.leases.remove(&id);
             }
         }
         self.timers.clear();
+        // Every timer of the restore, put into the set at once at the end:
+        // sorted and built in one pass, not a million inserts into a tree
+        // whose keys (mostly one deadline) differ only by their ids.
+        let mut timers = Vec::new();
         self.held.clear();
         self.guard_at = 0;
         self.ttl_index.clear();
         self.state.services = OrdMap::new();
         let grace = nanos(grace);
+        // Grown once, not doubled (and rehashed) twenty times on the way to a million.
+        self.records.reserve(instances.len());
         for mut inst in instances {
+            inst.service = self.service_name(&inst.service);
             if stamp {
                 inst.modify_index = index;
                 inst.create_index = inst.create_index.min(index);
@@ -197,16 +207,14 @@ impl Catalog {
                 if let Target::Ttl { ttl } = def.target {
                     let due = now.saturating_add(grace).saturating_add(nanos(ttl));
                     rec.check_timers.push((i as u16, due));
-                    self.timers
-                        .insert((due, Timer::Check(i as u16), inst.id.clone()));
+                    timers.push((due, Timer::Check(i as u16), inst.id.clone()));
                 }
                 if let Some(after) = def.deregister_critical_after
                     && inst.checks[i].status == Health::Critical
                 {
                     let due = now.saturating_add(grace).saturating_add(nanos(after));
                     rec.check_reaps.push((i as u16, due));
-                    self.timers
-                        .insert((due, Timer::CheckReap(i as u16), inst.id.clone()));
+                    timers.push((due, Timer::CheckReap(i as u16), inst.id.clone()));
                 }
             }
             self.index_ttl(&inst);
@@ -222,21 +230,27 @@ impl Catalog {
                         .saturating_add(grace)
                         .saturating_add(nanos(inst.spec.deregister_critical_after));
                     rec.reap_timer = Some(reap_at);
-                    self.timers.insert((reap_at, Timer::Reap, inst.id.clone()));
+                    timers.push((reap_at, Timer::Reap, inst.id.clone()));
                 } else {
                     inst.lease = Some(Health::Passing);
                     rec.lease_timer = Some(deadline);
-                    self.timers
-                        .insert((deadline, Timer::Lease, inst.id.clone()));
+                    timers.push((deadline, Timer::Lease, inst.id.clone()));
                 }
                 self.leases.insert(inst.id.clone(), lease.clone());
                 rec.lease = Some(lease);
             } else {
                 inst.lease = None;
             }
-            self.touched.push(inst.service.clone());
+            if !self.state.services.contains_key(&inst.service) {
+                // Each service once (the services before the restore are in
+                // already), not a million times to sort and dedup.
+                self.touched.push(inst.service.clone());
+            }
             self.changed.push(inst.id.clone());
-            self.records.insert(inst.id.clone(), rec);
+            repeats |= self
+                .records
+                .insert(inst.id.clone(), Box::new(rec))
+                .is_some();
             let svc = self.state.services.entry(inst.service.clone()).or_default();
             svc.modify_index = if stamp {
                 index
@@ -245,13 +259,16 @@ impl Catalog {
             };
             svc.instances.insert(inst.id.clone(), Arc::new(inst));
         }
+        self.timers = timers.into_iter().collect();
         self.state.names_index = if stamp {
             index
         } else {
             names_index.clamp(1, index)
         };
-        self.changed.sort_unstable();
-        self.changed.dedup();
+        if repeats {
+            self.changed.sort_unstable();
+            self.changed.dedup();
+        }
     }
 
     /// Gives `inst` a fresh live lease if its spec has a TTL.
@@ -522,6 +539,16 @@ impl Catalog {
             && let Some(due) = rec.reap_timer.take()
         {
             self.timers.remove(&(due, Timer::Reap, id.clone()));
+        }
+    }
+
+    /// The catalog's own copy of a service's name when it has the service:
+    /// a million instances of a hundred services share a hundred names, not
+    /// a million copies (the record and the lease share it too).
+    pub(super) fn service_name(&self, name: &Arc<str>) -> Arc<str> {
+        match self.state.services.get_key_value(&**name) {
+            Some((known, _)) => known.clone(),
+            None => name.clone(),
         }
     }
 

@@ -42,10 +42,11 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `roster_registry=debug` [default: info].
     #[arg(long, env = "ROSTER_LOG", value_name = "FILTER")]
     pub log: Option<String>,
-    /// Most instances one service may have [default: 10000].
+    /// Most instances one service may have [default: 100000].
     #[arg(long, env = "ROSTER_MAX_INSTANCES_PER_SERVICE", value_name = "N")]
     pub max_instances_per_service: Option<usize>,
-    /// Most instances in the registry [default: 200000].
+    /// Most instances in the registry [default: 2000000]; each takes about
+    /// 1 KiB of memory (bench/RESULTS.md).
     #[arg(long, env = "ROSTER_MAX_INSTANCES", value_name = "N")]
     pub max_instances: Option<usize>,
     /// Default time an instance may stay critical before removal [default: 1m].

@@ -588,8 +588,6 @@ impl tokio::io::AsyncWrite for Conn {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use roster_api::Weights;
 
     use super::*;
@@ -606,7 +604,7 @@ mod tests {
                     address: "10.0.0.1".into(),
                     port: 80,
                     tags: vec![],
-                    meta: BTreeMap::new(),
+                    meta: Default::default(),
                     weights: Weights::default(),
                     ttl: None,
                     deregister_critical_after: Duration::from_secs(60),

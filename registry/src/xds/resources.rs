@@ -564,7 +564,7 @@ mod tests {
                 address: address.into(),
                 port: 80,
                 tags: vec!["v2".into()],
-                meta: BTreeMap::new(),
+                meta: Default::default(),
                 weights: Weights {
                     passing: weight,
                     warning: 1,
