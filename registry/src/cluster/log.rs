@@ -320,10 +320,37 @@ impl LogStore {
         .await
     }
 
-    /// Reads one metadata value, blocking (start-up only).
-    pub(super) fn get_meta_now<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>> {
-        get_meta(&self.db, key)
+    /// Reads one metadata row's bytes as they are stored.
+    pub(super) async fn get_meta_raw(&self, key: &'static str) -> Result<Option<Vec<u8>>> {
+        self.blocking(move |db| get_meta_raw(db, key)).await
     }
+
+    /// Reads one metadata row's bytes, blocking (start-up only).
+    pub(super) fn get_meta_raw_now(&self, key: &'static str) -> Result<Option<Vec<u8>>> {
+        get_meta_raw(&self.db, key)
+    }
+
+    /// Writes one metadata row's bytes as they are, durably.
+    pub(super) async fn put_meta_raw(&self, key: &'static str, bytes: Vec<u8>) -> Result<()> {
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(write_err)?;
+            tx.open_table(META)
+                .map_err(write_err)?
+                .insert(key, bytes.as_slice())
+                .map_err(write_err)?;
+            tx.commit().map_err(write_err)
+        })
+        .await
+    }
+}
+
+fn get_meta_raw(db: &Database, key: &str) -> Result<Option<Vec<u8>>> {
+    let tx = db.begin_read().map_err(read_err)?;
+    let table = tx.open_table(META).map_err(read_err)?;
+    Ok(table
+        .get(key)
+        .map_err(read_err)?
+        .map(|v| v.value().to_vec()))
 }
 
 /// Creates a new, empty log file at `file` whole: initialized under a
@@ -562,7 +589,8 @@ mod damage_tests {
         drop(log);
         assert!(!dir.join(format!("{RAFT_FILE}.new")).exists());
         let reopened = LogStore::open(&dir).unwrap();
-        assert_eq!(reopened.get_meta_now::<u64>("probe").unwrap(), Some(42));
+        let probe = reopened.get_meta_raw_now("probe").unwrap().unwrap();
+        assert_eq!(serde_json::from_slice::<u64>(&probe).unwrap(), 42);
         drop(reopened);
         let whole = std::fs::read(LogStore::path_of(&dir)).unwrap();
 
