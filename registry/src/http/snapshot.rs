@@ -12,8 +12,10 @@ use crate::catalog::{Command, MAX_RESTORE_INDEX};
 use crate::model::{InstanceId, InstanceSpec, ServiceName};
 use crate::rows::{FORMAT_VERSION, InstanceRow};
 
-/// Largest snapshot accepted by a restore.
-pub const SNAPSHOT_LIMIT: usize = 256 * 1024 * 1024;
+/// Largest snapshot accepted by a restore: a million instances are about
+/// 270 MB of JSON, so 1 GiB leaves room for larger ones and their metadata.
+/// The route is an admin's; the body is held in memory while it is read.
+pub const SNAPSHOT_LIMIT: usize = 1024 * 1024 * 1024;
 
 /// The snapshot file: versioned, self-describing JSON.
 #[derive(Debug, Serialize, Deserialize)]
