@@ -572,7 +572,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod damage_tests {
     use super::*;
 
-    fn fresh_dir(name: &str) -> std::path::PathBuf {
+    /// An empty directory of this test process, named `name` (unique
+    /// across this file's test modules).
+    pub(super) fn fresh_dir(name: &str) -> std::path::PathBuf {
         let dir =
             std::env::temp_dir().join(format!("roster-raftlog-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -623,17 +625,11 @@ mod format_tests {
 
     use super::super::ops::{Batch, Op};
     use super::super::{Peers, StateMachine};
+    use super::damage_tests::fresh_dir;
     use super::*;
     use crate::catalog::CatalogLimits;
     use crate::metrics::Metrics;
     use crate::registry::Registry;
-
-    fn fresh_dir(name: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("roster-raftfmt-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
 
     fn golden(name: &str) -> String {
         let file = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
