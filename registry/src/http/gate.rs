@@ -389,7 +389,7 @@ async fn check(
     next: Next,
 ) -> Response {
     let front = super::Front::begin(&state, &req);
-    let resp = match super::Front::refusal(&state, &req) {
+    let resp = match limits::refusal(&state, &req) {
         Some(refused) => refused,
         None => gated(&state, gate, &front, req, next).await,
     };

@@ -170,10 +170,10 @@ impl Limiter {
 /// Most bytes of request headers, names and values together.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// The checks in front of every route (and of the 404s), run by the outer
-/// layer (`super::front`): headers over their limit, and writes over the
-/// client's rate. `None` lets the request on. Slots are taken by each group's
-/// gate (`gate.rs`), once the request's body has arrived.
+/// The checks in front of every route (and of the 404s), run first by each
+/// group's gate (`gate.rs`) and by the router's fallbacks: headers over their
+/// limit, and writes over the client's rate. `None` lets the request on.
+/// Slots are taken by the gate, once the request's body has arrived.
 pub(super) fn refusal(state: &AppState, req: &Request) -> Option<Response> {
     let path = req.uri().path();
     if matches!(path, "/health" | "/ready" | "/metrics") {

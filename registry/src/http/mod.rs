@@ -320,12 +320,6 @@ impl Front {
         }
     }
 
-    /// Headers over their limit and writes over the client's rate
-    /// (`limits.rs`), refused before the gate looks at anything else.
-    pub(super) fn refusal(state: &AppState, req: &Request) -> Option<Response> {
-        limits::refusal(state, req)
-    }
-
     /// On a cluster node, a `?consistent` read waits for the leader's read
     /// index (503 when no leader confirms it) before its handler runs.
     pub(super) fn barrier(
@@ -374,7 +368,7 @@ impl Front {
 /// A request for a path no route serves.
 async fn no_route(State(state): State<AppState>, req: Request) -> Response {
     let front = Front::begin(&state, &req);
-    let resp = Front::refusal(&state, &req)
+    let resp = limits::refusal(&state, &req)
         .unwrap_or_else(|| ApiError::no_route(req.uri().path()).into_response());
     front.end(&state, resp)
 }
@@ -382,7 +376,7 @@ async fn no_route(State(state): State<AppState>, req: Request) -> Response {
 /// A request with a method the path's routes do not take.
 async fn no_method(State(state): State<AppState>, req: Request) -> Response {
     let front = Front::begin(&state, &req);
-    let resp = Front::refusal(&state, &req).unwrap_or_else(|| {
+    let resp = limits::refusal(&state, &req).unwrap_or_else(|| {
         ApiError::method_not_allowed(req.method().as_str(), req.uri().path()).into_response()
     });
     front.end(&state, resp)
