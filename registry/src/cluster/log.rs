@@ -309,15 +309,7 @@ impl LogStore {
     /// Writes one metadata value durably.
     pub(super) async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T) -> Result<()> {
         let bytes = serde_json::to_vec(value).map_err(write_err)?;
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(write_err)?;
-            tx.open_table(META)
-                .map_err(write_err)?
-                .insert(key, bytes.as_slice())
-                .map_err(write_err)?;
-            tx.commit().map_err(write_err)
-        })
-        .await
+        self.put_meta_raw(key, bytes).await
     }
 
     /// Reads one metadata row's bytes as they are stored.
@@ -383,14 +375,9 @@ fn create_log_file(dir: &Path, file: &Path) -> std::result::Result<(), ClusterEr
 }
 
 fn get_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>> {
-    let tx = db.begin_read().map_err(read_err)?;
-    let table = tx.open_table(META).map_err(read_err)?;
-    match table.get(key).map_err(read_err)? {
-        Some(v) => serde_json::from_slice(v.value())
-            .map(Some)
-            .map_err(read_err),
-        None => Ok(None),
-    }
+    get_meta_raw(db, key)?
+        .map(|bytes| serde_json::from_slice(&bytes).map_err(read_err))
+        .transpose()
 }
 
 /// A log row back to its entry: binary (`codec.rs`) or, from before that
