@@ -325,37 +325,30 @@ mod tests {
         for _ in 0..OPEN_AFTER {
             dc.failure();
         }
-        let err = dc
-            .send(
-                &reqwest::Client::new(),
-                reqwest::Method::GET,
-                "/health",
-                HeaderMap::new(),
-                axum::body::Bytes::new(),
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap_err();
+        let err = get_health(&dc).await;
         assert!(matches!(err, FederationError::CircuitOpen { .. }), "{err}");
         assert_eq!(dc.counts.fast_failed.load(Ordering::Relaxed), 1);
         assert_eq!(dc.counts.failed.load(Ordering::Relaxed), 0);
     }
 
+    /// `GET /health` through `dc`, expected to fail.
+    async fn get_health(dc: &RemoteDc) -> FederationError {
+        dc.send(
+            &reqwest::Client::new(),
+            reqwest::Method::GET,
+            "/health",
+            HeaderMap::new(),
+            axum::body::Bytes::new(),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err()
+    }
+
     #[tokio::test]
     async fn a_refused_connection_fails_and_counts() {
         let dc = dc();
-        let http = reqwest::Client::new();
-        let err = dc
-            .send(
-                &http,
-                reqwest::Method::GET,
-                "/health",
-                HeaderMap::new(),
-                axum::body::Bytes::new(),
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap_err();
+        let err = get_health(&dc).await;
         assert!(matches!(err, FederationError::Unreachable { .. }), "{err}");
         assert_eq!(dc.counts.failed.load(Ordering::Relaxed), 1);
     }
