@@ -63,8 +63,16 @@ pub struct LogStore {
 
 /// Entries appended but not yet durable, by index: always the newest part of
 /// the log, without holes (the writer persists in order, truncation cuts the
-/// end, purging the start).
-type Pending = Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>;
+/// end, purging the start). Each entry is held with the length of its row.
+type Pending = Arc<Mutex<BTreeMap<u64, (Entry<TypeConfig>, usize)>>>;
+
+/// Most row bytes one append to a follower carries (one entry always goes,
+/// whatever its size). openraft gives an append one heartbeat to be answered
+/// and sends the same range again when it is not: a follower catching up on
+/// entries of large batches (a thousand registrations each) that could not
+/// decode and store an append within that time was sent it again forever.
+/// With this bound an append is a few milliseconds of work for the follower.
+pub(crate) const APPEND_BUDGET: usize = 256 << 10;
 
 /// The writer thread and what it shares with the store.
 #[derive(Debug)]
@@ -139,7 +147,9 @@ fn run_writer(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>, pending: 
                         let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
                         for (log_id, _) in &rows {
                             // A truncation may have replaced it meanwhile.
-                            if p.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
+                            if p.get(&log_id.index)
+                                .is_some_and(|(e, _)| e.log_id == *log_id)
+                            {
                                 p.remove(&log_id.index);
                             }
                         }
@@ -278,7 +288,7 @@ impl LogStore {
         }
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (Entry<TypeConfig>, usize)>> {
         self.io.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -423,13 +433,14 @@ fn last_entry(db: &Database) -> Result<Option<LogId<u64>>> {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
+impl LogStore {
+    /// The entries of `bounds`, in order, stopping after the one that takes
+    /// the rows read past `budget` bytes (so at least one when any exists).
+    async fn read(
+        &self,
+        bounds: (Bound<u64>, Bound<u64>),
+        budget: usize,
     ) -> Result<Vec<Entry<TypeConfig>>> {
-        let bounds: (Bound<u64>, Bound<u64>) =
-            (range.start_bound().cloned(), range.end_bound().cloned());
         if is_empty(&bounds) {
             return Ok(Vec::new());
         }
@@ -437,7 +448,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // the read below begins.
         let (fresh, first_pending) = {
             let p = self.pending();
-            let fresh: Vec<Entry<TypeConfig>> = p.range(bounds).map(|(_, e)| e.clone()).collect();
+            let mut used = 0;
+            let mut fresh: Vec<(Entry<TypeConfig>, usize)> = Vec::new();
+            for (e, bytes) in p.range(bounds).map(|(_, held)| held) {
+                if used >= budget {
+                    break;
+                }
+                used += bytes;
+                fresh.push((e.clone(), *bytes));
+            }
             (fresh, p.keys().next().copied())
         };
         let all_pending = match (bounds.0, first_pending) {
@@ -446,25 +465,67 @@ impl RaftLogReader<TypeConfig> for LogStore {
             _ => false,
         };
         if all_pending {
-            return Ok(fresh);
+            return Ok(fresh.into_iter().map(|(e, _)| e).collect());
         }
-        let mut out = self
+        let (mut out, used) = self
             .blocking(move |db| {
                 let tx = db.begin_read().map_err(read_err)?;
                 let table = tx.open_table(LOG).map_err(read_err)?;
                 let mut out = Vec::new();
+                let mut used = 0;
                 for row in table.range(bounds).map_err(read_err)? {
+                    if used >= budget {
+                        break;
+                    }
                     let (k, v) = row.map_err(read_err)?;
+                    used += v.value().len();
                     out.push(decode_row(k.value(), v.value())?);
                 }
-                Ok(out)
+                Ok((out, used))
             })
             .await?;
-        if let Some(first) = fresh.first().map(|e| e.log_id.index) {
+        if let Some(first) = fresh.first().map(|(e, _)| e.log_id.index) {
             out.retain(|e| e.log_id.index < first);
-            out.extend(fresh);
+            // The pending entries follow the durable ones read: they go on
+            // only when those left room, and never after a gap.
+            let next = out
+                .last()
+                .map_or(Some(first), |e| e.log_id.index.checked_add(1));
+            if used < budget && next == Some(first) {
+                let mut used = used;
+                for (e, bytes) in fresh {
+                    if used >= budget {
+                        break;
+                    }
+                    used += bytes;
+                    out.push(e);
+                }
+            }
         }
         Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>> {
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.read(bounds, usize::MAX).await
+    }
+
+    /// What replication sends: at most [`APPEND_BUDGET`] bytes of rows.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>> {
+        self.read(
+            (Bound::Included(start), Bound::Excluded(end)),
+            APPEND_BUDGET,
+        )
+        .await
     }
 }
 
@@ -472,7 +533,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
-        let newest = self.pending().values().next_back().map(|e| e.log_id);
+        let newest = self.pending().values().next_back().map(|(e, _)| e.log_id);
         self.blocking(move |db| {
             let purged: Option<LogId<u64>> = get_meta(db, PURGED)?;
             let last = newest.or(last_entry(db)?).or(purged);
@@ -514,14 +575,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let rows = entries
+        let rows: Vec<(LogId<u64>, Vec<u8>)> = entries
             .iter()
             .map(|e| (e.log_id, codec::encode_entry(e)))
             .collect();
         {
             let mut p = self.pending();
-            for e in entries {
-                p.insert(e.log_id.index, e);
+            for (e, (_, row)) in entries.into_iter().zip(&rows) {
+                p.insert(e.log_id.index, (e, row.len()));
             }
         }
         self.queue(Job::Append {
@@ -696,6 +757,81 @@ mod format_tests {
         assert_eq!(got[1].payload, EntryPayload::Blank);
         let kinds: Vec<u8> = raw_rows(&log).iter().map(|(_, b)| b[0]).collect();
         assert_eq!(kinds, vec![b'{', codec::FORMAT_V1]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Replication reads at most `APPEND_BUDGET` bytes of rows per append
+    /// (one entry always), across the durable rows and the pending ones, in
+    /// order and without gaps; a plain read still gets the whole range.
+    #[tokio::test]
+    async fn an_append_carries_a_bounded_number_of_bytes() {
+        let dir = fresh_dir("budget");
+        let mut log = LogStore::open(&dir).unwrap();
+        let entry = |index: u64, ops: usize| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch {
+                ops: (0..ops)
+                    .map(|k| register("web", &format!("web-{index}-{k}")))
+                    .collect(),
+            }),
+        };
+        // 1..=40 durable, 41..=60 still pending, 61 alone over the budget.
+        let durable: Vec<(u64, Vec<u8>)> = (1..=40)
+            .map(|i| (i, codec::encode_entry(&entry(i, 300))))
+            .collect();
+        let row_len = durable[0].1.len();
+        assert!(row_len * 60 > 2 * APPEND_BUDGET, "rows of {row_len} bytes");
+        log.blocking(move |db| {
+            let tx = db.begin_write().map_err(write_err)?;
+            {
+                let mut t = tx.open_table(LOG).map_err(write_err)?;
+                for (i, b) in &durable {
+                    t.insert(i, b.as_slice()).map_err(write_err)?;
+                }
+            }
+            tx.commit().map_err(write_err)
+        })
+        .await
+        .unwrap();
+        let big = entry(61, APPEND_BUDGET / 30);
+        let big_len = codec::encode_entry(&big).len();
+        assert!(big_len > APPEND_BUDGET);
+        {
+            let mut p = log.pending();
+            for i in 41..=60 {
+                let e = entry(i, 300);
+                let len = codec::encode_entry(&e).len();
+                p.insert(i, (e, len));
+            }
+            p.insert(61, (big, big_len));
+        }
+
+        let mut next = 1;
+        let mut calls = 0;
+        while next <= 60 {
+            let got = log.limited_get_log_entries(next, 61).await.unwrap();
+            calls += 1;
+            assert!(!got.is_empty(), "an append from {next} carries an entry");
+            let indexes: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+            let want: Vec<u64> = (next..next + got.len() as u64).collect();
+            assert_eq!(indexes, want, "in order, from {next}, no gap");
+            let bytes: usize = got.iter().map(|e| codec::encode_entry(e).len()).sum();
+            let last = codec::encode_entry(got.last().unwrap()).len();
+            assert!(
+                bytes - last < APPEND_BUDGET,
+                "{bytes} bytes from {next}: only the last entry may pass the budget"
+            );
+            next += got.len() as u64;
+        }
+        assert_eq!(next, 61);
+        assert!(
+            calls >= 3,
+            "60 entries of {row_len} bytes took {calls} appends"
+        );
+        let alone = log.limited_get_log_entries(61, 62).await.unwrap();
+        assert_eq!(alone.len(), 1, "an entry over the budget still goes");
+        let all = log.try_get_log_entries(1..62).await.unwrap();
+        assert_eq!(all.len(), 61, "a plain read is not bounded");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
