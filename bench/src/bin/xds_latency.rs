@@ -13,7 +13,10 @@
 //! ```
 //!
 //! Prints `CHANGES` when every stream has its first response, then one
-//! `RESULT key=value ...` line.
+//! `RESULT key=value ...` line. With `XDS_PER_CHANGE` set in the environment
+//! it first prints one `CHANGE` line per change: how long its `PUT` took to be
+//! answered and the first, median and last delivery, which tells a slow
+//! write apart from a slow push.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -202,6 +205,7 @@ async fn run(args: &Args) -> Result<(), String> {
     let cpu0 = args.server_pid.and_then(|p| cpu_seconds(&p.to_string()));
     let t0 = Instant::now();
     let mut changes: Vec<(u64, Instant)> = Vec::new();
+    let mut put_us: Vec<u64> = Vec::new();
     let mut on = [false; INSTANCES];
     for k in 0..args.changes {
         tokio::time::sleep_until((t0 + args.interval * k as u32).into()).await;
@@ -219,6 +223,7 @@ async fn run(args: &Args) -> Result<(), String> {
             )
             .await
             .map_err(|e| format!("change {k}: {e}"))?;
+        put_us.push(start.elapsed().as_micros() as u64);
         changes.push((inst.modify_index, start));
     }
     tokio::time::sleep(SETTLE).await;
@@ -233,6 +238,7 @@ async fn run(args: &Args) -> Result<(), String> {
     let _ = stop_tx.send(true);
     let by_index: HashMap<u64, Instant> = changes.iter().copied().collect();
     let mut all = Vec::new();
+    let mut per_change: HashMap<u64, Vec<u64>> = HashMap::new();
     let (mut failed, mut coalesced) = (0usize, 0usize);
     while let Some(joined) = tasks.join_next().await {
         match joined.map_err(|e| e.to_string())? {
@@ -240,7 +246,9 @@ async fn run(args: &Args) -> Result<(), String> {
                 for (v, at) in seen {
                     match by_index.get(&v) {
                         Some(start) => {
-                            all.push(at.saturating_duration_since(*start).as_micros() as u64)
+                            let us = at.saturating_duration_since(*start).as_micros() as u64;
+                            all.push(us);
+                            per_change.entry(v).or_default().push(us);
                         }
                         None => coalesced += 1,
                     }
@@ -250,6 +258,20 @@ async fn run(args: &Args) -> Result<(), String> {
         }
     }
     all.sort_unstable();
+    if std::env::var_os("XDS_PER_CHANGE").is_some() {
+        for ((v, _), put) in changes.iter().zip(&put_us) {
+            let mut l = per_change.remove(v).unwrap_or_default();
+            l.sort_unstable();
+            let q = |p: f64| quantile(&l, p).unwrap_or(0);
+            println!(
+                "CHANGE index={v} put_us={put} n={} min_us={} p50_us={} max_us={}",
+                l.len(),
+                q(0.0),
+                q(0.5),
+                q(1.0)
+            );
+        }
+    }
     let expected = args.streams * changes.len();
     let q = |p: f64| quantile(&all, p).map_or("-".into(), |x| x.to_string());
     println!(
