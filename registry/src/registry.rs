@@ -14,6 +14,7 @@ use crate::catalog::{
     Catalog, CatalogError, CatalogLimits, Command, GuardStatus, Instance, Outcome,
     SelfPreservation, Snapshot,
 };
+use crate::checks::CheckSpec;
 use crate::lease::{LeaseTable, Renewal};
 use crate::metrics::{HeartbeatResult, Metrics};
 use crate::model::{InstanceId, ServiceName};
@@ -90,12 +91,37 @@ pub struct Registry {
     snapshot_pieces: SnapshotPieces,
 }
 
-/// Sends every changed instance (`None`: removed) to the health checker.
-type ChangeFeed = tokio::sync::mpsc::UnboundedSender<(Arc<str>, Option<Arc<Instance>>)>;
+/// What the health checker is told of a change.
+#[derive(Debug)]
+pub enum Change {
+    /// One instance changed: its state now, `None` when it is gone.
+    One(Arc<str>, Option<Arc<Instance>>),
+    /// The whole catalog was replaced (a start-up from disk, a restore, a
+    /// Raft snapshot): every instance that has an active check now. Only
+    /// those concern the checker, so a million instances without one cost a
+    /// walk over the catalog, not a million messages.
+    All(Vec<(Arc<str>, Arc<Instance>)>),
+}
 
-/// Receives every changed instance, see [`Registry::feed_changes`].
-pub(crate) type ChangeReceiver =
-    tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, Option<Arc<Instance>>)>;
+impl Change {
+    /// [`Change::All`] for the instances of `snap`.
+    fn all(snap: &Snapshot) -> Change {
+        Change::All(
+            snap.services
+                .values()
+                .flat_map(|s| s.instances.iter())
+                .filter(|(_, inst)| inst.spec.checks.iter().any(CheckSpec::is_active))
+                .map(|(id, inst)| (id.clone(), inst.clone()))
+                .collect(),
+        )
+    }
+}
+
+/// Sends every change to the health checker.
+type ChangeFeed = tokio::sync::mpsc::UnboundedSender<Change>;
+
+/// Receives every change, see [`Registry::feed_changes`].
+pub(crate) type ChangeReceiver = tokio::sync::mpsc::UnboundedReceiver<Change>;
 
 impl Registry {
     /// An empty registry.
@@ -185,11 +211,7 @@ impl Registry {
     pub fn feed_changes(&self) -> Option<ChangeReceiver> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let core = self.lock();
-        for svc in core.catalog.snapshot().services.values() {
-            for (id, inst) in &svc.instances {
-                let _ = tx.send((id.clone(), Some(inst.clone())));
-            }
-        }
+        let _ = tx.send(Change::all(core.catalog.snapshot()));
         self.changes.set(tx).ok()?;
         drop(core);
         Some(rx)
@@ -455,8 +477,13 @@ impl Registry {
                 durable = Some(rx);
             }
             if let Some(feed) = self.changes.get() {
-                for id in catalog.changed() {
-                    let _ = feed.send((id.clone(), catalog.instance_by_id(id).cloned()));
+                if replace_all {
+                    let _ = feed.send(Change::all(snap));
+                } else {
+                    for id in catalog.changed() {
+                        let inst = catalog.instance_by_id(id).cloned();
+                        let _ = feed.send(Change::One(id.clone(), inst));
+                    }
                 }
             }
         }

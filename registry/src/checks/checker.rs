@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::{CheckSource, Command, Instance};
 use crate::checks::probe::{ProbeResult, Prober};
 use crate::checks::{CheckSpec, Flap};
-use crate::registry::{ChangeReceiver, Registry};
+use crate::registry::{Change, ChangeReceiver, Registry};
 
 /// Checker settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +125,8 @@ impl Checker {
                     }
                 }
                 change = changes.recv() => match change {
-                    Some((id, inst)) => self.sync(id, inst, now),
+                    Some(Change::One(id, inst)) => self.sync(id, inst, now),
+                    Some(Change::All(active)) => self.sync_all(active, now),
                     None => break,
                 },
                 permit = slots.clone().acquire_owned(), if due => {
@@ -136,6 +137,25 @@ impl Checker {
             }
         }
         probes.abort_all();
+    }
+
+    /// Brings every run in line with a replaced catalog, of which `active`
+    /// are the instances with an active check: the others held are gone (or
+    /// have no active check any more).
+    fn sync_all(&mut self, active: Vec<(Arc<str>, Arc<Instance>)>, now: Instant) {
+        let keep: HashMap<Arc<str>, Arc<Instance>> = active.into_iter().collect();
+        let gone: Vec<Arc<str>> = self
+            .instances
+            .keys()
+            .filter(|id| !keep.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.sync(id, None, now);
+        }
+        for (id, inst) in keep {
+            self.sync(id, Some(inst), now);
+        }
     }
 
     /// Brings the runs of one instance in line with the catalog.

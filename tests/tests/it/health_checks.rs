@@ -917,3 +917,57 @@ async fn checks_do_not_read_private_responses_back() {
     assert_eq!(c.output, format!("GET {url}: 200 OK\nTOP-SECRET-VALUE"));
     reg.stop().await;
 }
+
+/// A restore replaces the catalog, and with it the active checks: the
+/// restored instance's check runs again, and the check of an instance the
+/// restore removed stops (the checker hears of a replaced catalog as one
+/// list of the instances with active checks, not one message per instance).
+#[tokio::test]
+async fn a_restore_moves_the_active_checks_to_the_restored_instances() {
+    let reg = TestRegistry::start().await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let (kept, kept_addr) = Scripted::start(&[], Step::Status(200)).await;
+    let (dropped, dropped_addr) = Scripted::start(&[], Step::Status(200)).await;
+    let check = |addr: SocketAddr| http_check("http", format!("http://{addr}/health"));
+
+    client
+        .register("web", "kept", &register_body(80, vec![check(kept_addr)]))
+        .await
+        .unwrap();
+    wait_status(&client, "web", "kept", "http", Health::Passing).await;
+    let saved = client.snapshot_save().await.expect("snapshot");
+    client.deregister("web", "kept").await.unwrap();
+    client
+        .register(
+            "web",
+            "dropped",
+            &register_body(80, vec![check(dropped_addr)]),
+        )
+        .await
+        .unwrap();
+    until("the second instance's check to run", || async {
+        (dropped.served() >= 2).then_some(())
+    })
+    .await;
+
+    let before = kept.served();
+    client.snapshot_restore(saved).await.expect("restore");
+    assert!(client.instance("web", "dropped").await.is_err(), "removed");
+    until("the restored instance's check to run again", || async {
+        (kept.served() >= before + 2).then_some(())
+    })
+    .await;
+    // A probe started before the restore may still land; none after that.
+    let settled = dropped.served();
+    let from = kept.served();
+    until("three more rounds of the restored check", || async {
+        (kept.served() >= from + 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        dropped.served(),
+        settled,
+        "the removed instance is not probed after the restore"
+    );
+    wait_status(&client, "web", "kept", "http", Health::Passing).await;
+}
