@@ -11,6 +11,7 @@
 // openraft's storage traits fix the error type (`StorageError`, 200+ bytes).
 #![allow(clippy::result_large_err)]
 
+mod carrier;
 mod codec;
 mod error;
 mod forward;
@@ -36,6 +37,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use carrier::MAX_OPS as MAX_FORWARDED_OPS;
 pub use error::ClusterError;
 pub use log::{LogStore, RAFT_FILE};
 pub use machine::StateMachine;
@@ -146,6 +148,8 @@ pub struct Cluster {
     id: u64,
     addr: String,
     peers: Peers,
+    /// Follower writes on their way to the leader, sent in batches.
+    carrier: carrier::Batching,
     registry: Arc<Registry>,
     leading: AtomicBool,
     proposals: mpsc::UnboundedSender<Proposal>,
@@ -229,6 +233,7 @@ impl Cluster {
             raft,
             id,
             addr: config.advertise.clone(),
+            carrier: carrier::Batching::new(peers.clone()),
             peers,
             registry: registry.clone(),
             leading: AtomicBool::new(false),
@@ -798,7 +803,7 @@ impl Replication for Cluster {
             return async { Err(Unavailable::NotReplicable.into()) }.boxed();
         };
         let gone_is_done = matches!(op, Op::Deregister { .. });
-        self.post_json("/v1/raft/write", "write", &op, gone_is_done)
+        self.post_json(carrier::WRITE_PATH, "write", &op, gone_is_done)
     }
 
     fn forward_heartbeat(
@@ -825,15 +830,17 @@ impl Cluster {
         gone_is_done: bool,
     ) -> BoxFuture<'static, Result<Outcome, WriteError>> {
         match serde_json::to_vec(body) {
-            Ok(body) => self.post_owned(path, body, gone_is_done).boxed(),
+            Ok(body) => self.post_owned(path, body.into(), gone_is_done).boxed(),
             Err(source) => async move { Err(Unavailable::Encode { what, source }.into()) }.boxed(),
         }
     }
 
+    /// Sends `body` to the leader's `path` ([`forward::Forward::send`]);
+    /// writes travel in batches with the others waiting here.
     fn post_owned(
         &self,
         path: &'static str,
-        body: Vec<u8>,
+        body: axum::body::Bytes,
         gone_is_done: bool,
     ) -> impl std::future::Future<Output = Result<Outcome, WriteError>> + Send + 'static {
         let leaders = forward::RaftLeaders {
@@ -844,6 +851,7 @@ impl Cluster {
         // Long enough for a commit under load, short next to an election.
         let attempt = (self.config.heartbeat * 8).max(Duration::from_secs(1));
         let peers = self.peers.clone();
+        let carrier = self.carrier.clone();
         async move {
             let to = forward::Forward {
                 path,
@@ -852,7 +860,7 @@ impl Cluster {
                 deadline,
                 attempt,
             };
-            to.send(&peers, leaders).await
+            to.send(&peers, &carrier, leaders).await
         }
     }
 }

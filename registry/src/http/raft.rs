@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use super::gate::{Gate, Group};
 use super::{ApiError, AppState};
+use crate::catalog::Command;
 use crate::cluster::ops::{ErrorWire, Op, OpError, OutcomeWire};
 use crate::cluster::{Cluster, ForwardedHeartbeat, NodeInfo, TypeConfig};
 use crate::model::{InstanceId, ServiceName};
@@ -34,6 +36,7 @@ pub(super) fn groups() -> Vec<Group> {
         .route("/v1/raft/snapshot", post(snapshot))
         .route("/v1/raft/node", get(node))
         .route("/v1/raft/write", post(write))
+        .route("/v1/raft/writes", post(writes))
         .route("/v1/raft/heartbeat", post(heartbeat))
         .route("/v1/raft/read-index", get(read_index))
         .route("/v1/raft/join", post(join))
@@ -156,26 +159,111 @@ fn reply(result: Result<crate::catalog::Outcome, WriteError>) -> Response {
     Json(wire).into_response()
 }
 
+/// A forwarded op checked as the HTTP API would check it (a forwarded write
+/// gets no more trust than the request it came from), made a command; or
+/// the answer refusing it, with the status the single-write endpoint gives.
+fn command_of(state: &AppState, op: Op) -> Result<Command, (StatusCode, ErrorWire)> {
+    if let Err(e) = op.validate_forwarded(&state.limits) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            ErrorWire::Invalid {
+                message: format!("forwarded write refused: {e}"),
+            },
+        ));
+    }
+    match op.into_command() {
+        Ok(cmd) => Ok(cmd),
+        Err(OpError::Invalid(source)) => Err((
+            StatusCode::OK,
+            (&WriteError::from(Unavailable::BadForward {
+                what: "write",
+                source,
+            }))
+                .into(),
+        )),
+    }
+}
+
 /// A write forwarded by a follower. Taken only by the leader: a node that is
 /// not the leader any more does not forward it again.
 async fn write(State(state): State<AppState>, Peer(c): Peer, Json(op): Json<Op>) -> Response {
     if !c.is_leader() {
         return not_leader();
     }
-    if let Err(e) = op.validate_forwarded(&state.limits) {
-        let refused: Result<OutcomeWire, ErrorWire> = Err(ErrorWire::Invalid {
-            message: format!("forwarded write refused: {e}"),
-        });
-        return (StatusCode::BAD_REQUEST, Json(refused)).into_response();
-    }
-    match op.into_command() {
+    match command_of(&state, op) {
         Ok(cmd) => reply(state.registry.write(cmd).await),
-        Err(OpError::Invalid(source)) => reply(Err(Unavailable::BadForward {
-            what: "write",
-            source,
+        Err((status, refused)) => {
+            (status, Json(Err::<OutcomeWire, ErrorWire>(refused))).into_response()
         }
-        .into())),
     }
+}
+
+/// Body of `POST /v1/raft/writes`.
+#[derive(Deserialize)]
+struct Writes<T> {
+    ops: Vec<T>,
+}
+
+/// Most ops one `POST /v1/raft/writes` may carry (a follower sends at most
+/// [`crate::cluster::MAX_FORWARDED_OPS`]; the rest is headroom for a newer
+/// one).
+const MAX_WRITES: usize = 4 * crate::cluster::MAX_FORWARDED_OPS;
+
+/// Writes a follower forwarded together (`{"ops": [op, ...]}`): answered with
+/// one result per op, in order, each what [`write`] would answer to that op
+/// alone. The ops enter the proposer's queue together and in order, so they
+/// share as few log entries (and fsyncs) as the load allows.
+async fn writes(State(state): State<AppState>, Peer(c): Peer, body: Bytes) -> Response {
+    let ops: Vec<Result<Op, ErrorWire>> = match serde_json::from_slice::<Writes<Op>>(&body) {
+        Ok(w) => w.ops.into_iter().map(Ok).collect(),
+        // One op this version does not read (a newer follower's) must not
+        // sink the others: each decoded on its own, on this rare path only.
+        Err(_) => match serde_json::from_slice::<Writes<serde_json::Value>>(&body) {
+            Ok(w) => w
+                .ops
+                .into_iter()
+                .map(|v| {
+                    serde_json::from_value::<Op>(v).map_err(|e| ErrorWire::Invalid {
+                        message: format!("forwarded write does not decode: {e}"),
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("expected {{\"ops\": [...]}}: {e}"),
+                )
+                    .into_response();
+            }
+        },
+    };
+    if ops.len() > MAX_WRITES {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_WRITES} forwarded writes in one request"),
+        )
+            .into_response();
+    }
+    if !c.is_leader() {
+        let refused: Result<OutcomeWire, ErrorWire> =
+            Err((&WriteError::from(Unavailable::NotLeader)).into());
+        return Json(vec![refused; ops.len()]).into_response();
+    }
+    let state = &state;
+    // join_all polls every write once before any finishes: each is checked
+    // and queued for the proposer in order on that first poll.
+    let answers: Vec<Result<OutcomeWire, ErrorWire>> =
+        futures_util::future::join_all(ops.into_iter().map(|op| async move {
+            let cmd = op.and_then(|op| command_of(state, op).map_err(|(_, e)| e))?;
+            state
+                .registry
+                .write(cmd)
+                .await
+                .map(OutcomeWire::from)
+                .map_err(|e| (&e).into())
+        }))
+        .await;
+    Json(answers).into_response()
 }
 
 async fn heartbeat(

@@ -8,6 +8,7 @@ mod callers;
 mod catalog_watch;
 mod cli_e2e;
 mod cluster;
+mod cluster_batch_forward;
 mod consul_api;
 mod consul_txn;
 mod discovery;
