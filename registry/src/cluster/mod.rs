@@ -11,6 +11,7 @@
 // openraft's storage traits fix the error type (`StorageError`, 200+ bytes).
 #![allow(clippy::result_large_err)]
 
+mod append_wire;
 mod carrier;
 mod codec;
 mod error;
@@ -37,6 +38,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use append_wire::{CONTENT_TYPE as APPEND_CONTENT_TYPE, decode as decode_append};
 pub(crate) use carrier::MAX_OPS as MAX_FORWARDED_OPS;
 pub use error::ClusterError;
 pub use log::{LogStore, RAFT_FILE};

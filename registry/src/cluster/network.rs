@@ -1,5 +1,6 @@
-//! Raft messages between nodes: JSON over HTTP on each node's API port, under
-//! `/v1/raft/`, with the cluster token.
+//! Raft messages between nodes: over HTTP on each node's API port, under
+//! `/v1/raft/`, with the cluster token. Appends are binary
+//! ([`super::append_wire`]) to peers that read it, the rest JSON.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,6 +26,10 @@ use super::{ClusterError, TypeConfig};
 /// Largest message a node takes from a peer (append batches, snapshot
 /// chunks of up to 3 MiB).
 pub(crate) const PEER_BODY_LIMIT: usize = 16 << 20;
+
+/// How long a peer that refused a binary append gets JSON ones before it is
+/// offered binary again (it may have been upgraded meanwhile).
+const JSON_APPENDS_FOR: Duration = Duration::from_secs(60);
 
 /// Header naming the sending node (with the feature `fault-injection`, a
 /// simulated partition refuses messages by it).
@@ -87,6 +92,9 @@ pub struct Peers {
     pub token: String,
     /// Last successful reply of each peer.
     pub contacts: Contacts,
+    /// Peers that answered a binary append with 415 (an earlier version),
+    /// and when: they get JSON appends for [`JSON_APPENDS_FOR`] after it.
+    json_appends: Arc<std::sync::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>>,
     /// Simulated partition: the nodes this one neither calls nor answers.
     #[cfg(feature = "fault-injection")]
     pub cut: Cut,
@@ -110,6 +118,7 @@ impl Peers {
             me,
             token,
             contacts: Contacts::default(),
+            json_appends: Arc::default(),
             #[cfg(feature = "fault-injection")]
             cut: Cut::default(),
         })
@@ -197,6 +206,25 @@ impl Peers {
         }
     }
 
+    /// Whether `node` is sent binary appends (it has not refused one lately).
+    fn binary_appends(&self, node: u64) -> bool {
+        let mut m = self.json_appends.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get(&node) {
+            Some(at) if at.elapsed() < JSON_APPENDS_FOR => false,
+            Some(_) => {
+                m.remove(&node);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// `node` refused a binary append: JSON ones for a while.
+    fn refused_binary_appends(&self, node: u64) {
+        let mut m = self.json_appends.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(node, tokio::time::Instant::now());
+    }
+
     /// Whether traffic to or from `node` is cut (a simulated partition).
     #[cfg(feature = "fault-injection")]
     pub fn is_cut(&self, node: u64) -> bool {
@@ -275,7 +303,7 @@ impl Connection {
         self.post(path, body, option).await
     }
 
-    /// Sends an encoded message and reads the answer.
+    /// Sends an encoded JSON message and reads the answer.
     async fn post<Resp, E>(
         &self,
         path: &str,
@@ -286,14 +314,28 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let resp = self
-            .peers
+        let resp = self.send(path, body, "application/json", option).await?;
+        Self::answer(resp, self.target).await
+    }
+
+    /// Posts `body` as `content_type`.
+    async fn send<E>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &'static str,
+        option: &RPCOption,
+    ) -> Result<reqwest::Response, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        E: std::error::Error,
+    {
+        self.peers
             .request(
                 reqwest::Method::POST,
                 format!("{}/v1/raft/{path}", self.base),
             )
             .timeout(option.hard_ttl())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body)
             .send()
             .await
@@ -303,7 +345,18 @@ impl Connection {
                 } else {
                     RPCError::Network(NetworkError::new(&e))
                 }
-            })?;
+            })
+    }
+
+    /// Reads a peer's answer.
+    async fn answer<Resp, E>(
+        resp: reqwest::Response,
+        target: u64,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
@@ -315,7 +368,51 @@ impl Connection {
             .json()
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+    }
+
+    /// Sends an append, binary unless the peer refused binary lately (then
+    /// JSON); a 415 to a binary one (a peer of an earlier version) is
+    /// answered by sending the same append as JSON at once.
+    async fn append(
+        &self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let json =
+            |rpc| serde_json::to_vec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)));
+        let binary = self.peers.binary_appends(self.target);
+        let (body, content_type) = if binary {
+            (
+                super::append_wire::encode(rpc),
+                super::append_wire::CONTENT_TYPE,
+            )
+        } else {
+            (json(rpc)?, "application/json")
+        };
+        // The peer refuses bodies over PEER_BODY_LIMIT, and would refuse the
+        // same append on every retry: ask openraft for fewer entries instead
+        // (entries carry batch writes, so a lagging follower's catch-up can
+        // be large). One entry alone is bounded by the proposer.
+        if body.len() > PEER_BODY_LIMIT && rpc.entries.len() > 1 {
+            let fewer = (rpc.entries.len() as u64 / 2).max(1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fewer),
+            ));
+        }
+        let resp = self.send("append", body, content_type, option).await?;
+        if binary && resp.status() == reqwest::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            tracing::info!(
+                peer = self.target,
+                "a peer does not read binary appends (an earlier version?): sending it JSON"
+            );
+            self.peers.refused_binary_appends(self.target);
+            let resp = self
+                .send("append", json(rpc)?, "application/json", option)
+                .await?;
+            return Self::answer(resp, self.target).await;
+        }
+        Self::answer(resp, self.target).await
     }
 }
 
@@ -331,19 +428,7 @@ impl RaftNetwork<TypeConfig> for Connection {
                 PARTITIONED,
             ))));
         }
-        let body =
-            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        // The peer refuses bodies over PEER_BODY_LIMIT, and would refuse the
-        // same append on every retry: ask openraft for fewer entries instead
-        // (entries carry batch writes, so a lagging follower's catch-up can
-        // be large). One entry alone is bounded by the proposer.
-        if body.len() > PEER_BODY_LIMIT && rpc.entries.len() > 1 {
-            let fewer = (rpc.entries.len() as u64 / 2).max(1);
-            return Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(fewer),
-            ));
-        }
-        let result = self.post("append", body, &option).await;
+        let result = self.append(&rpc, &option).await;
         if result.is_ok() {
             self.peers.contacts.record(self.target);
         }
@@ -420,6 +505,114 @@ mod tests {
             Err(openraft::error::RPCError::PayloadTooLarge(p)) => assert_eq!(p.entries_hint(), 2),
             other => panic!("expected PayloadTooLarge, got {other:?}"),
         }
+    }
+
+    /// Appends go binary; a peer of an earlier version answers that with
+    /// 415 and gets the same append as JSON at once, and JSON from then on.
+    #[tokio::test]
+    async fn appends_are_binary_and_fall_back_to_json_for_an_older_peer() {
+        use std::sync::{Arc, Mutex};
+
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+        use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+        use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+        use super::super::append_wire;
+        use super::super::ops::{Batch, Op};
+        use super::Peers;
+
+        /// A peer that reads binary appends (`new`) or only JSON ones, and
+        /// notes each content type and entry count it got.
+        async fn peer(new: bool) -> (String, Arc<Mutex<Vec<(String, usize)>>>) {
+            let seen: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+            let log = seen.clone();
+            let app =
+                axum::Router::new().route(
+                    "/v1/raft/append",
+                    axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                        let log = log.clone();
+                        async move {
+                            let ct = headers
+                                .get("content-type")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            let entries = if ct == append_wire::CONTENT_TYPE && new {
+                                append_wire::decode(&body).expect("decodes").entries.len()
+                            } else if ct == "application/json" {
+                                serde_json::from_slice::<
+                                    AppendEntriesRequest<super::super::TypeConfig>,
+                                >(&body)
+                                .expect("JSON append")
+                                .entries
+                                .len()
+                            } else {
+                                log.lock().unwrap().push((ct, 0));
+                                return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
+                            };
+                            log.lock().unwrap().push((ct, entries));
+                            let ok: Result<
+                                AppendEntriesResponse<u64>,
+                                openraft::error::RaftError<u64>,
+                            > = Ok(AppendEntriesResponse::Success);
+                            axum::Json(ok).into_response()
+                        }
+                    }),
+                );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            (addr, seen)
+        }
+        let rpc = || AppendEntriesRequest::<super::super::TypeConfig> {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: (1..=3)
+                .map(|i| Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                    payload: EntryPayload::Normal(Batch {
+                        ops: vec![Op::Heartbeat {
+                            service: "web".into(),
+                            id: format!("web-{i}"),
+                        }],
+                    }),
+                })
+                .collect(),
+            leader_commit: None,
+        };
+        let option = || RPCOption::new(std::time::Duration::from_secs(5));
+        let mut peers =
+            Peers::new(1, "token".into(), std::time::Duration::from_secs(5), None).expect("peers");
+
+        let (addr, seen) = peer(true).await;
+        let mut conn = peers.new_client(2, &BasicNode { addr }).await;
+        for _ in 0..2 {
+            conn.append_entries(rpc(), option())
+                .await
+                .expect("appended");
+        }
+        let binary = (append_wire::CONTENT_TYPE.to_owned(), 3);
+        assert_eq!(*seen.lock().unwrap(), vec![binary.clone(), binary]);
+
+        let (addr, seen) = peer(false).await;
+        let mut conn = peers.new_client(3, &BasicNode { addr }).await;
+        for _ in 0..2 {
+            conn.append_entries(rpc(), option())
+                .await
+                .expect("appended");
+        }
+        let json = ("application/json".to_owned(), 3);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                (append_wire::CONTENT_TYPE.to_owned(), 0),
+                json.clone(),
+                json
+            ],
+            "refused once, then JSON"
+        );
     }
 
     #[test]

@@ -129,7 +129,34 @@ fn not_leader() -> Response {
     reply(Err(Unavailable::NotLeader.into()))
 }
 
-async fn append(Peer(c): Peer, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
+/// An append from the leader: binary ([`crate::cluster::APPEND_CONTENT_TYPE`])
+/// or, from a leader of an earlier version, JSON.
+async fn append(Peer(c): Peer, headers: HeaderMap, body: Bytes) -> Response {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let req: AppendEntriesRequest<TypeConfig> =
+        if content_type == crate::cluster::APPEND_CONTENT_TYPE {
+            match crate::cluster::decode_append(&body) {
+                Ok(req) => req,
+                Err(e) => return (StatusCode::BAD_REQUEST, format!("append: {e}")).into_response(),
+            }
+        } else if content_type.starts_with("application/json") {
+            match serde_json::from_slice(&body) {
+                Ok(req) => req,
+                Err(e) => return (StatusCode::BAD_REQUEST, format!("append: {e}")).into_response(),
+            }
+        } else {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "append: expected {} or application/json",
+                    crate::cluster::APPEND_CONTENT_TYPE
+                ),
+            )
+                .into_response();
+        };
     let result = c.raft().append_entries(req).await;
     if result.is_ok() {
         c.touch_leader();
