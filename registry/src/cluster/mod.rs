@@ -11,7 +11,7 @@
 // openraft's storage traits fix the error type (`StorageError`, 200+ bytes).
 #![allow(clippy::result_large_err)]
 
-mod append_wire;
+mod binary_wire;
 mod carrier;
 mod codec;
 mod error;
@@ -38,7 +38,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use append_wire::{CONTENT_TYPE as APPEND_CONTENT_TYPE, decode as decode_append};
+pub(crate) use binary_wire::{
+    CHUNK_CONTENT_TYPE, CONTENT_TYPE as APPEND_CONTENT_TYPE, decode as decode_append, decode_chunk,
+};
 pub(crate) use carrier::MAX_OPS as MAX_FORWARDED_OPS;
 pub use error::ClusterError;
 pub use log::{LogStore, RAFT_FILE};

@@ -1,6 +1,6 @@
 //! Raft messages between nodes: over HTTP on each node's API port, under
-//! `/v1/raft/`, with the cluster token. Appends are binary
-//! ([`super::append_wire`]) to peers that read it, the rest JSON.
+//! `/v1/raft/`, with the cluster token. Appends and snapshot chunks are
+//! binary ([`super::binary_wire`]) to peers that read it, the rest JSON.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -27,9 +27,9 @@ use super::{ClusterError, TypeConfig};
 /// chunks of up to 3 MiB).
 pub(crate) const PEER_BODY_LIMIT: usize = 16 << 20;
 
-/// How long a peer that refused a binary append gets JSON ones before it is
+/// How long a peer that refused a binary message gets JSON before it is
 /// offered binary again (it may have been upgraded meanwhile).
-const JSON_APPENDS_FOR: Duration = Duration::from_secs(60);
+const JSON_FOR: Duration = Duration::from_secs(60);
 
 /// Header naming the sending node (with the feature `fault-injection`, a
 /// simulated partition refuses messages by it).
@@ -92,9 +92,9 @@ pub struct Peers {
     pub token: String,
     /// Last successful reply of each peer.
     pub contacts: Contacts,
-    /// Peers that answered a binary append with 415 (an earlier version),
-    /// and when: they get JSON appends for [`JSON_APPENDS_FOR`] after it.
-    json_appends: Arc<std::sync::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>>,
+    /// Peers that answered a binary message with 415 (an earlier version),
+    /// and when: they get JSON for [`JSON_FOR`] after it.
+    json_only: Arc<std::sync::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>>,
     /// Simulated partition: the nodes this one neither calls nor answers.
     #[cfg(feature = "fault-injection")]
     pub cut: Cut,
@@ -118,7 +118,7 @@ impl Peers {
             me,
             token,
             contacts: Contacts::default(),
-            json_appends: Arc::default(),
+            json_only: Arc::default(),
             #[cfg(feature = "fault-injection")]
             cut: Cut::default(),
         })
@@ -206,11 +206,12 @@ impl Peers {
         }
     }
 
-    /// Whether `node` is sent binary appends (it has not refused one lately).
-    fn binary_appends(&self, node: u64) -> bool {
-        let mut m = self.json_appends.lock().unwrap_or_else(|e| e.into_inner());
+    /// Whether `node` is sent binary appends and snapshot chunks (it has not
+    /// refused one lately).
+    fn binary_messages(&self, node: u64) -> bool {
+        let mut m = self.json_only.lock().unwrap_or_else(|e| e.into_inner());
         match m.get(&node) {
-            Some(at) if at.elapsed() < JSON_APPENDS_FOR => false,
+            Some(at) if at.elapsed() < JSON_FOR => false,
             Some(_) => {
                 m.remove(&node);
                 true
@@ -219,9 +220,9 @@ impl Peers {
         }
     }
 
-    /// `node` refused a binary append: JSON ones for a while.
-    fn refused_binary_appends(&self, node: u64) {
-        let mut m = self.json_appends.lock().unwrap_or_else(|e| e.into_inner());
+    /// `node` refused a binary message: JSON ones for a while.
+    fn refused_binary_messages(&self, node: u64) {
+        let mut m = self.json_only.lock().unwrap_or_else(|e| e.into_inner());
         m.insert(node, tokio::time::Instant::now());
     }
 
@@ -372,23 +373,17 @@ impl Connection {
     }
 
     /// Sends an append, binary unless the peer refused binary lately (then
-    /// JSON); a 415 to a binary one (a peer of an earlier version) is
-    /// answered by sending the same append as JSON at once.
+    /// JSON).
     async fn append(
         &self,
         rpc: &AppendEntriesRequest<TypeConfig>,
         option: &RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        let json =
-            |rpc| serde_json::to_vec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)));
-        let binary = self.peers.binary_appends(self.target);
-        let (body, content_type) = if binary {
-            (
-                super::append_wire::encode(rpc),
-                super::append_wire::CONTENT_TYPE,
-            )
+        let binary = self.peers.binary_messages(self.target);
+        let body = if binary {
+            super::binary_wire::encode(rpc)
         } else {
-            (json(rpc)?, "application/json")
+            json(rpc)?
         };
         // The peer refuses bodies over PEER_BODY_LIMIT, and would refuse the
         // same append on every retry: ask openraft for fewer entries instead
@@ -400,20 +395,54 @@ impl Connection {
                 PayloadTooLarge::new_entries_hint(fewer),
             ));
         }
-        let resp = self.send("append", body, content_type, option).await?;
-        if binary && resp.status() == reqwest::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        let content_type = binary.then_some(super::binary_wire::CONTENT_TYPE);
+        self.either("append", body, content_type, || json(rpc), option)
+            .await
+    }
+
+    /// Posts `body`, binary of `content_type` or JSON when that is `None`;
+    /// a 415 to a binary one (a peer of an earlier version) is answered by
+    /// sending the JSON `json` gives at once, and the peer gets JSON for a
+    /// while.
+    async fn either<Resp, E>(
+        &self,
+        path: &'static str,
+        body: Vec<u8>,
+        content_type: Option<&'static str>,
+        json: impl FnOnce() -> Result<Vec<u8>, RPCError<u64, BasicNode, RaftError<u64, E>>>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let resp = self
+            .send(
+                path,
+                body,
+                content_type.unwrap_or("application/json"),
+                option,
+            )
+            .await?;
+        if content_type.is_some() && resp.status() == reqwest::StatusCode::UNSUPPORTED_MEDIA_TYPE {
             tracing::info!(
                 peer = self.target,
-                "a peer does not read binary appends (an earlier version?): sending it JSON"
+                path,
+                "a peer does not read binary Raft messages (an earlier version?): sending it JSON"
             );
-            self.peers.refused_binary_appends(self.target);
-            let resp = self
-                .send("append", json(rpc)?, "application/json", option)
-                .await?;
+            self.peers.refused_binary_messages(self.target);
+            let resp = self.send(path, json()?, "application/json", option).await?;
             return Self::answer(resp, self.target).await;
         }
         Self::answer(resp, self.target).await
     }
+}
+
+/// `value` as JSON, or the error openraft expects.
+fn json<T: Serialize, E: std::error::Error>(
+    value: &T,
+) -> Result<Vec<u8>, RPCError<u64, BasicNode, RaftError<u64, E>>> {
+    serde_json::to_vec(value).map_err(|e| RPCError::Network(NetworkError::new(&e)))
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
@@ -443,7 +472,16 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        let result = self.call("snapshot", &rpc, &option).await;
+        let binary = self.peers.binary_messages(self.target);
+        let body = if binary {
+            super::binary_wire::encode_chunk(&rpc)
+        } else {
+            json(&rpc)?
+        };
+        let content_type = binary.then_some(super::binary_wire::CHUNK_CONTENT_TYPE);
+        let result = self
+            .either("snapshot", body, content_type, || json(&rpc), &option)
+            .await;
         if result.is_ok() {
             self.peers.contacts.record(self.target);
         }
@@ -519,7 +557,7 @@ mod tests {
         use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
         use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 
-        use super::super::append_wire;
+        use super::super::binary_wire;
         use super::super::ops::{Batch, Op};
         use super::Peers;
 
@@ -528,39 +566,38 @@ mod tests {
         async fn peer(new: bool) -> (String, Arc<Mutex<Vec<(String, usize)>>>) {
             let seen: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
             let log = seen.clone();
-            let app =
-                axum::Router::new().route(
-                    "/v1/raft/append",
-                    axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-                        let log = log.clone();
-                        async move {
-                            let ct = headers
-                                .get("content-type")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_owned();
-                            let entries = if ct == append_wire::CONTENT_TYPE && new {
-                                append_wire::decode(&body).expect("decodes").entries.len()
-                            } else if ct == "application/json" {
-                                serde_json::from_slice::<
+            let app = axum::Router::new().route(
+                "/v1/raft/append",
+                axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                    let log = log.clone();
+                    async move {
+                        let ct = headers
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let entries = if ct == binary_wire::CONTENT_TYPE && new {
+                            binary_wire::decode(&body).expect("decodes").entries.len()
+                        } else if ct == "application/json" {
+                            serde_json::from_slice::<
                                     AppendEntriesRequest<super::super::TypeConfig>,
                                 >(&body)
                                 .expect("JSON append")
                                 .entries
                                 .len()
-                            } else {
-                                log.lock().unwrap().push((ct, 0));
-                                return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
-                            };
-                            log.lock().unwrap().push((ct, entries));
-                            let ok: Result<
-                                AppendEntriesResponse<u64>,
-                                openraft::error::RaftError<u64>,
-                            > = Ok(AppendEntriesResponse::Success);
-                            axum::Json(ok).into_response()
-                        }
-                    }),
-                );
+                        } else {
+                            log.lock().unwrap().push((ct, 0));
+                            return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
+                        };
+                        log.lock().unwrap().push((ct, entries));
+                        let ok: Result<
+                            AppendEntriesResponse<u64>,
+                            openraft::error::RaftError<u64>,
+                        > = Ok(AppendEntriesResponse::Success);
+                        axum::Json(ok).into_response()
+                    }
+                }),
+            );
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap().to_string();
             tokio::spawn(async move { axum::serve(listener, app).await });
@@ -593,7 +630,7 @@ mod tests {
                 .await
                 .expect("appended");
         }
-        let binary = (append_wire::CONTENT_TYPE.to_owned(), 3);
+        let binary = (binary_wire::CONTENT_TYPE.to_owned(), 3);
         assert_eq!(*seen.lock().unwrap(), vec![binary.clone(), binary]);
 
         let (addr, seen) = peer(false).await;
@@ -607,7 +644,7 @@ mod tests {
         assert_eq!(
             *seen.lock().unwrap(),
             vec![
-                (append_wire::CONTENT_TYPE.to_owned(), 0),
+                (binary_wire::CONTENT_TYPE.to_owned(), 0),
                 json.clone(),
                 json
             ],

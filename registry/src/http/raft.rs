@@ -132,31 +132,15 @@ fn not_leader() -> Response {
 /// An append from the leader: binary ([`crate::cluster::APPEND_CONTENT_TYPE`])
 /// or, from a leader of an earlier version, JSON.
 async fn append(Peer(c): Peer, headers: HeaderMap, body: Bytes) -> Response {
-    let content_type = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let req: AppendEntriesRequest<TypeConfig> =
-        if content_type == crate::cluster::APPEND_CONTENT_TYPE {
-            match crate::cluster::decode_append(&body) {
-                Ok(req) => req,
-                Err(e) => return (StatusCode::BAD_REQUEST, format!("append: {e}")).into_response(),
-            }
-        } else if content_type.starts_with("application/json") {
-            match serde_json::from_slice(&body) {
-                Ok(req) => req,
-                Err(e) => return (StatusCode::BAD_REQUEST, format!("append: {e}")).into_response(),
-            }
-        } else {
-            return (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "append: expected {} or application/json",
-                    crate::cluster::APPEND_CONTENT_TYPE
-                ),
-            )
-                .into_response();
-        };
+    let req: AppendEntriesRequest<TypeConfig> = match either(
+        &headers,
+        &body,
+        crate::cluster::APPEND_CONTENT_TYPE,
+        crate::cluster::decode_append,
+    ) {
+        Ok(req) => req,
+        Err(refused) => return refused.into_response(),
+    };
     let result = c.raft().append_entries(req).await;
     if result.is_ok() {
         c.touch_leader();
@@ -164,11 +148,48 @@ async fn append(Peer(c): Peer, headers: HeaderMap, body: Bytes) -> Response {
     Json(result).into_response()
 }
 
+/// A peer message read from `body`: with the content type `binary`, by
+/// `decode`; as JSON otherwise. 400 when it does not read, 415 for another
+/// content type.
+fn either<T: serde::de::DeserializeOwned, E: std::fmt::Display>(
+    headers: &HeaderMap,
+    body: &[u8],
+    binary: &str,
+    decode: impl FnOnce(&[u8]) -> Result<T, E>,
+) -> Result<T, (StatusCode, String)> {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let bad = |e: String| (StatusCode::BAD_REQUEST, e);
+    if content_type == binary {
+        decode(body).map_err(|e| bad(e.to_string()))
+    } else if content_type.starts_with("application/json") {
+        serde_json::from_slice(body).map_err(|e| bad(e.to_string()))
+    } else {
+        Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("expected {binary} or application/json"),
+        ))
+    }
+}
+
 async fn vote(Peer(c): Peer, Json(req): Json<VoteRequest<u64>>) -> Response {
     Json(c.raft().vote(req).await).into_response()
 }
 
-async fn snapshot(Peer(c): Peer, Json(req): Json<InstallSnapshotRequest<TypeConfig>>) -> Response {
+/// A snapshot chunk from the leader: binary ([`crate::cluster::CHUNK_CONTENT_TYPE`])
+/// or, from a leader of an earlier version, JSON.
+async fn snapshot(Peer(c): Peer, headers: HeaderMap, body: Bytes) -> Response {
+    let req: InstallSnapshotRequest<TypeConfig> = match either(
+        &headers,
+        &body,
+        crate::cluster::CHUNK_CONTENT_TYPE,
+        crate::cluster::decode_chunk,
+    ) {
+        Ok(req) => req,
+        Err(refused) => return refused.into_response(),
+    };
     let result = c.raft().install_snapshot(req).await;
     if result.is_ok() {
         c.touch_leader();
