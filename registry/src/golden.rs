@@ -42,16 +42,23 @@ fn path(name: &str) -> PathBuf {
 /// be the file's text; returns it.
 fn golden<T: Serialize>(name: &str, value: &T) -> String {
     let text = serde_json::to_string_pretty(value).expect("serializes") + "\n";
+    pin_file(
+        name,
+        &text,
+        "the format changed; if on purpose, keep old data readable and rebless",
+    )
+}
+
+/// `text` must be the golden file `name` (`ROSTER_BLESS=1` writes it
+/// instead); `changed` says what a difference means. Returns the file's text.
+pub(crate) fn pin_file(name: &str, text: &str, changed: &str) -> String {
     let file = path(name);
     if std::env::var_os("ROSTER_BLESS").is_some() {
-        std::fs::write(&file, &text).expect("golden file written");
+        std::fs::write(&file, text).expect("golden file written");
     }
     let golden = std::fs::read_to_string(&file)
         .unwrap_or_else(|e| panic!("{}: {e} (ROSTER_BLESS=1 writes it)", file.display()));
-    assert_eq!(
-        text, golden,
-        "{name}: the format changed; if on purpose, keep old data readable and rebless"
-    );
+    assert_eq!(text, golden, "{name}: {changed}");
     golden
 }
 
@@ -432,12 +439,11 @@ fn raft_log_entries_keep_their_format() {
         payload: openraft::EntryPayload::Normal(batch),
     };
     let text = serde_json::to_string_pretty(&entry).expect("serializes") + "\n";
-    let file = path("raft_entry.json");
-    if std::env::var_os("ROSTER_BLESS").is_some() {
-        std::fs::write(&file, &text).expect("golden file written");
-    }
-    let golden = std::fs::read_to_string(&file).expect("golden file");
-    assert_eq!(text, golden, "the Raft log entry format changed");
+    let golden = pin_file(
+        "raft_entry.json",
+        &text,
+        "the Raft log entry format changed",
+    );
     let back: openraft::Entry<TypeConfig> = serde_json::from_str(&golden).unwrap();
     assert_eq!(back.log_id, entry.log_id);
 }

@@ -240,16 +240,10 @@ mod tests {
         let text = format!(
             "# AppendEntries, binary version 1: vote T3-N7 committed, prev 41, a blank entry 42 and a heartbeat entry 43, commit 42\n{hex}\n"
         );
-        let file = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden/raft_append_v1.hex");
-        if std::env::var_os("ROSTER_BLESS").is_some() {
-            std::fs::write(&file, &text).expect("golden file written");
-        }
-        let golden = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("{}: {e} (ROSTER_BLESS=1 writes it)", file.display()));
-        assert_eq!(
-            text, golden,
-            "the binary append changed; if on purpose, a new version byte"
+        let golden = crate::golden::pin_file(
+            "raft_append_v1.hex",
+            &text,
+            "the binary append changed; if on purpose, a new version byte",
         );
         let line = golden.lines().nth(1).expect("hex line");
         let back: Vec<u8> = (0..line.len())

@@ -844,15 +844,10 @@ mod tests {
                 text.push('\n');
             }
         }
-        let file = golden_path("raft_log_rows_v1.hex");
-        if std::env::var_os("ROSTER_BLESS").is_some() {
-            std::fs::write(&file, &text).expect("golden file written");
-        }
-        let golden = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("{}: {e} (ROSTER_BLESS=1 writes it)", file.display()));
-        assert_eq!(
-            text, golden,
-            "the binary log row format changed; if on purpose, new format byte and rebless"
+        let golden = crate::golden::pin_file(
+            "raft_log_rows_v1.hex",
+            &text,
+            "the binary log row format changed; if on purpose, new format byte and rebless",
         );
         // The file's bytes read back as the entries, section by section.
         let mut sections: Vec<Vec<u8>> = Vec::new();

@@ -494,13 +494,11 @@ mod tests {
     fn binary_snapshots_keep_their_format() {
         let snap = catalog();
         let bytes = encode_snapshot(&snap);
-        let file = golden_path("raft_snapshot_v2.hex");
-        if std::env::var_os("ROSTER_BLESS").is_some() {
-            std::fs::write(&file, hex(&bytes)).unwrap();
-        }
-        let golden = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("{}: {e} (ROSTER_BLESS=1 writes it)", file.display()));
-        assert_eq!(hex(&bytes), golden, "the binary snapshot format changed");
+        crate::golden::pin_file(
+            "raft_snapshot_v2.hex",
+            &hex(&bytes),
+            "the binary snapshot format changed",
+        );
         assert_eq!(decode_snapshot(&bytes).unwrap(), decoded_of(&snap));
     }
 

@@ -398,16 +398,10 @@ mod tests {
     fn pin_binary(json_name: &str, hex_name: &str) {
         let row = golden_row(json_name);
         let bytes = row_bytes(&row);
-        let file = golden_path(hex_name);
-        if std::env::var_os("ROSTER_BLESS").is_some() {
-            std::fs::write(&file, hex(&bytes)).expect("golden file written");
-        }
-        let golden = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("{}: {e} (ROSTER_BLESS=1 writes it)", file.display()));
-        assert_eq!(
-            hex(&bytes),
-            golden,
-            "{hex_name}: the binary row format changed; if on purpose, keep old rows readable and rebless"
+        let golden = crate::golden::pin_file(
+            hex_name,
+            &hex(&bytes),
+            "the binary row format changed; if on purpose, keep old rows readable and rebless",
         );
         let text: String = golden.split_whitespace().collect();
         let from_file: Vec<u8> = (0..text.len())
