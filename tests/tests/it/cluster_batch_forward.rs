@@ -60,6 +60,24 @@ async fn all<T: Send + 'static>(
     out
 }
 
+/// Registers instances `{prefix}0` to `{prefix}{n-1}` of `web` through node
+/// `via`, all at once (instance i on port 1000 + i): their ids, and each
+/// answer in the same order.
+async fn register_all(
+    c: &Nodes,
+    via: usize,
+    prefix: &str,
+    n: usize,
+) -> (Vec<String>, Vec<(u16, Option<u64>, Option<Instance>)>) {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let answers = all(ids.iter().enumerate().map(|(i, id)| {
+        let (api, id) = (c.api.clone(), id.clone());
+        async move { api.register(via, "web", &id, 1000 + i as u16).await }
+    }))
+    .await;
+    (ids, answers)
+}
+
 impl Nodes {
     async fn start(name: &str, catalog: CatalogLimits) -> Nodes {
         let mut listeners = Vec::new();
@@ -274,12 +292,7 @@ async fn many_concurrent_writes_through_a_follower_land_on_every_node_with_their
     let leader = c.leader().await;
     let follower = (leader + 1) % 3;
     let n = 300;
-    let ids: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
-    let answers = all(ids.iter().enumerate().map(|(i, id)| {
-        let (api, id) = (c.api.clone(), id.clone());
-        async move { api.register(follower, "web", &id, 1000 + i as u16).await }
-    }))
-    .await;
+    let (ids, answers) = register_all(&c, follower, "w", n).await;
     let mut indexes = BTreeSet::new();
     for (i, answer) in answers.iter().enumerate() {
         indexes.insert(check_own_answer(i, &ids[i], answer));
@@ -344,12 +357,7 @@ async fn the_leaders_capacity_refuses_exactly_the_writes_over_it() {
     let leader = c.leader().await;
     let follower = (leader + 1) % 3;
     let n = 100;
-    let ids: Vec<String> = (0..n).map(|i| format!("f{i}")).collect();
-    let answers = all(ids.iter().enumerate().map(|(i, id)| {
-        let (api, id) = (c.api.clone(), id.clone());
-        async move { api.register(follower, "web", &id, 1000 + i as u16).await }
-    }))
-    .await;
+    let (ids, answers) = register_all(&c, follower, "f", n).await;
     let mut taken = BTreeSet::new();
     for (i, answer) in answers.iter().enumerate() {
         if answer.0 == 400 {
