@@ -515,7 +515,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         self.read(bounds, usize::MAX).await
     }
 
-    /// What replication sends: at most [`APPEND_BUDGET`] bytes of rows.
+    /// What replication sends: at most `APPEND_BUDGET` (256 KiB) of rows.
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
