@@ -84,25 +84,6 @@ pub fn decode_chunk(bytes: &[u8]) -> Result<InstallSnapshotRequest<TypeConfig>, 
     })
 }
 
-/// The version check and the length-prefixed header: the header's bytes
-/// and the offset after them.
-fn head_of(bytes: &[u8]) -> Result<(&[u8], usize), DecodeError> {
-    let err = |offset: usize, what: String| DecodeError { offset, what };
-    match bytes.first() {
-        Some(&VERSION) => {}
-        Some(v) => return Err(err(0, format!("unknown version {v}"))),
-        None => return Err(err(0, "empty message".into())),
-    }
-    let len = bytes
-        .get(1..5)
-        .ok_or_else(|| err(1, "length cut short".into()))?;
-    let len = u32::from_be_bytes(len.try_into().expect("four bytes")) as usize;
-    let head = bytes
-        .get(5..5usize.saturating_add(len))
-        .ok_or_else(|| err(1, format!("{len} bytes announced, fewer left")))?;
-    Ok((head, 5 + len))
-}
-
 /// The request without its entries.
 #[derive(Serialize, Deserialize)]
 struct Head {
@@ -140,46 +121,30 @@ fn put_len(out: &mut Vec<u8>, len: usize) {
 
 /// Decodes what [`encode`] wrote.
 pub fn decode(bytes: &[u8]) -> Result<AppendEntriesRequest<TypeConfig>, DecodeError> {
-    let err = |offset: usize, what: String| DecodeError { offset, what };
-    match bytes.first() {
-        Some(&VERSION) => {}
-        Some(v) => return Err(err(0, format!("unknown append version {v}"))),
-        None => return Err(err(0, "empty append".into())),
-    }
-    let mut at = 1;
-    let len_at = |at: usize| -> Result<usize, DecodeError> {
-        let b = bytes
-            .get(at..at + 4)
-            .ok_or_else(|| err(at, "length cut short".into()))?;
-        Ok(u32::from_be_bytes(b.try_into().expect("four bytes")) as usize)
-    };
-    let part = |at: &mut usize| -> Result<&[u8], DecodeError> {
-        let len = len_at(*at)?;
-        let start = *at + 4;
-        let part = bytes
-            .get(start..start.saturating_add(len))
-            .ok_or_else(|| err(*at, format!("{len} bytes announced, fewer left")))?;
-        *at = start + len;
-        Ok(part)
-    };
-    let head: Head = serde_json::from_slice(part(&mut at)?)
-        .map_err(|e| err(5, format!("header does not decode: {e}")))?;
-    let count = len_at(at)?;
+    let (head, mut at) = head_of(bytes)?;
+    let head: Head = serde_json::from_slice(head).map_err(|e| DecodeError {
+        offset: 5,
+        what: format!("header does not decode: {e}"),
+    })?;
+    let count = u32_at(bytes, at)?;
     at += 4;
     // Each entry takes at least its four length bytes: no larger list to
     // allocate than the input could hold.
     let mut entries = Vec::with_capacity(count.min((bytes.len() - at) / 4));
     for _ in 0..count {
-        let start = at;
-        let row = part(&mut at)?;
-        let entry = codec::decode_entry(row).map_err(|e| err(start + 4 + e.offset, e.what))?;
+        let (row, next) = part(bytes, at)?;
+        let entry = codec::decode_entry(row).map_err(|e| DecodeError {
+            offset: at + 4 + e.offset,
+            what: e.what,
+        })?;
         entries.push(entry);
+        at = next;
     }
     if at != bytes.len() {
-        return Err(err(
-            at,
-            format!("{} bytes after the last entry", bytes.len() - at),
-        ));
+        return Err(DecodeError {
+            offset: at,
+            what: format!("{} bytes after the last entry", bytes.len() - at),
+        });
     }
     Ok(AppendEntriesRequest {
         vote: head.vote,
@@ -187,6 +152,44 @@ pub fn decode(bytes: &[u8]) -> Result<AppendEntriesRequest<TypeConfig>, DecodeEr
         entries,
         leader_commit: head.leader_commit,
     })
+}
+
+/// The version check and the length-prefixed header: the header's bytes
+/// and the offset after them.
+fn head_of(bytes: &[u8]) -> Result<(&[u8], usize), DecodeError> {
+    match bytes.first() {
+        Some(&VERSION) => part(bytes, 1),
+        Some(v) => Err(DecodeError {
+            offset: 0,
+            what: format!("unknown version {v}"),
+        }),
+        None => Err(DecodeError {
+            offset: 0,
+            what: "empty message".into(),
+        }),
+    }
+}
+
+/// The big-endian `u32` at `at`.
+fn u32_at(bytes: &[u8], at: usize) -> Result<usize, DecodeError> {
+    let b = bytes.get(at..at + 4).ok_or_else(|| DecodeError {
+        offset: at,
+        what: "length cut short".into(),
+    })?;
+    Ok(u32::from_be_bytes(b.try_into().expect("four bytes")) as usize)
+}
+
+/// The length-prefixed part at `at`, and the offset after it.
+fn part(bytes: &[u8], at: usize) -> Result<(&[u8], usize), DecodeError> {
+    let len = u32_at(bytes, at)?;
+    let start = at + 4;
+    let part = bytes
+        .get(start..start.saturating_add(len))
+        .ok_or_else(|| DecodeError {
+            offset: at,
+            what: format!("{len} bytes announced, fewer left"),
+        })?;
+    Ok((part, start + len))
 }
 
 #[cfg(test)]
