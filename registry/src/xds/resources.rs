@@ -227,8 +227,12 @@ impl Resources {
             .and_modify(|cached| {
                 let fresh_index = state.modify_index;
                 if cached.index.load(Ordering::Acquire) > fresh_index {
-                    // Built from an older snapshot: keep the newer one.
-                    out = cached.clone();
+                    // Another stream built it from a newer snapshot: keep
+                    // that in the cache, but answer this stream from its own
+                    // snapshot. Handing it the newer bytes would label them
+                    // with this snapshot's older version, and the stream would
+                    // then see nothing new when it reaches the newer snapshot
+                    // (a client left a change behind, issue 19).
                 } else if cached.version == fresh.version && cached.remote == fresh.remote {
                     // Same bytes: keep the shared copy streams compare
                     // against, marked current.
@@ -712,5 +716,46 @@ mod tests {
         snap.names_index = 7;
         assert!(r.get(&snap, Kind::Listener, &web, None).is_none());
         assert!(r.cache.is_empty());
+    }
+
+    #[test]
+    fn a_stream_on_an_older_snapshot_is_answered_from_that_snapshot() {
+        let r = Resources::default();
+        let web: Arc<str> = "web".into();
+        let older = Snapshot {
+            index: 5,
+            names_index: 1,
+            services: [(
+                Arc::<str>::from("web"),
+                state(&[inst("a", "10.0.0.1", 1, None)], 5),
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let mut newer = older.clone();
+        newer.index = 6;
+        newer.services.insert(
+            "web".into(),
+            state(
+                &[
+                    inst("a", "10.0.0.1", 1, None),
+                    inst("b", "10.0.0.2", 1, None),
+                ],
+                6,
+            ),
+        );
+        // One stream builds from the newer snapshot first; a second, still
+        // holding the older one, asks after it.
+        let new = r.get(&newer, Kind::Endpoints, &web, None).unwrap();
+        let old = r.get(&older, Kind::Endpoints, &web, None).unwrap();
+        assert_ne!(
+            old.version, new.version,
+            "the older snapshot's stream gets the older bytes, so it sees the change later"
+        );
+        assert_eq!(old.index.load(Ordering::Acquire), 5);
+        assert!(
+            Arc::ptr_eq(&new, &r.get(&newer, Kind::Endpoints, &web, None).unwrap()),
+            "the cache keeps the newer build"
+        );
     }
 }

@@ -825,14 +825,10 @@ async fn ten_thousand_streams_each_get_the_change() {
     tasks.abort_all();
 }
 
-// Known bug (issue 19, found 2026-12-05): in about one run in two to eight
-// the reader, which starts reading only after 300 changes, stops getting
-// answers short of the last change. The server has recorded the last
-// version as sent (its later wakes find nothing new), but that answer
-// never reaches the client; where it is held (h2 flow control, hyper's
-// pipe) is not found yet. Run with `cargo test -p roster-tests --test it
-// -- --ignored a_client_that_never_reads` while fixing it.
-#[ignore = "known bug: a lagging xDS reader can miss the last change (issue 19)"]
+// This test found a bug (issue 19): a stream answering from an older
+// snapshot was handed a resource another stream had built from a newer one,
+// labelled with the older version; when it reached the newer snapshot it saw
+// nothing new, and the client stayed a version short.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_holds_up_neither_others_nor_shutdown() {
     let reg = TestRegistry::start().await;
