@@ -247,3 +247,100 @@ fn health_counts_follow_each_instance_health() {
     assert_eq!(counts.get(Health::Critical), 3);
     assert_eq!(counts.get(Health::Warning), 0);
 }
+
+/// `n` instances over seven services (ids interleaved across them, every
+/// third with a 10 s TTL), registered one by one.
+fn registered(n: usize, t0: Instant) -> Catalog {
+    let mut c = Catalog::new(t0, CatalogLimits::default());
+    for k in 0..n {
+        let ttl = (k % 3 == 0).then_some(10);
+        c.apply(reg(&format!("svc{}", k % 7), &format!("i{k}"), ttl), t0)
+            .unwrap();
+    }
+    c
+}
+
+fn instances_of(c: &Catalog) -> Vec<Instance> {
+    c.snapshot()
+        .services
+        .values()
+        .flat_map(|s| s.instances.values().map(|i| (**i).clone()))
+        .collect()
+}
+
+fn restore_of(instances: Vec<Instance>, index: u64) -> Command {
+    Command::Restore {
+        index,
+        names_index: 1,
+        instances,
+        grace: Duration::ZERO,
+        stamp: false,
+    }
+}
+
+#[test]
+fn a_restore_rebuilds_what_registrations_built_small_or_large() {
+    let t0 = Instant::now();
+    // Below and above the size at which a restore fills on two threads.
+    for n in [50, write::PARALLEL_RESTORE + 500] {
+        let source = registered(n, t0);
+        let mut listed = instances_of(&source);
+        listed.reverse(); // the store's order is not the services' order
+        let mut c = Catalog::new(t0, CatalogLimits::default());
+        c.apply(restore_of(listed, source.snapshot().index), t0)
+            .unwrap();
+        assert_eq!(
+            c.snapshot().services,
+            source.snapshot().services,
+            "n={n}: the same services, instances and indexes"
+        );
+        let ttls = n.div_ceil(3);
+        assert_eq!(c.leases().len(), ttls, "n={n}: one lease per TTL");
+        assert_eq!(c.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        let out = c
+            .apply(Command::Tick, t0 + Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            (out.expired + out.held) as usize,
+            ttls,
+            "n={n}: every lease's timer is armed"
+        );
+        // The restored catalog takes writes like the one it copies.
+        let err = c.apply(reg("db", "i1", None), t0).unwrap_err();
+        assert!(matches!(err, CatalogError::Conflict { .. }), "n={n}");
+    }
+}
+
+#[test]
+fn a_restore_that_lists_an_id_twice_keeps_the_later_only() {
+    let t0 = Instant::now();
+    for n in [50, write::PARALLEL_RESTORE + 500] {
+        let source = registered(n, t0);
+        let mut listed = instances_of(&source);
+        // i0 again, under a service of its own; and i1 twice in svc1.
+        let mut moved = listed.iter().find(|i| &*i.id == "i0").unwrap().clone();
+        moved.service = "other".into();
+        let again = listed.iter().find(|i| &*i.id == "i1").unwrap().clone();
+        listed.push(moved);
+        listed.push(again);
+        let mut c = Catalog::new(t0, CatalogLimits::default());
+        c.apply(restore_of(listed, source.snapshot().index), t0)
+            .unwrap();
+        let snap = c.snapshot();
+        assert!(snap.instance("svc0", "i0").is_none(), "n={n}");
+        assert!(snap.instance("other", "i0").is_some(), "n={n}");
+        assert!(snap.instance("svc1", "i1").is_some(), "n={n}");
+        assert_eq!(snap.instance_count(), n, "n={n}");
+        // Deregistering it where it now is works, and leaves nothing behind.
+        c.apply(
+            Command::Deregister {
+                service: ServiceName::parse("other").unwrap(),
+                id: InstanceId::parse("i0").unwrap(),
+            },
+            t0,
+        )
+        .unwrap();
+        assert!(!c.snapshot().services.contains_key("other"), "n={n}");
+        assert_eq!(c.snapshot().instance_count(), n - 1, "n={n}");
+    }
+}

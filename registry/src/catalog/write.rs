@@ -2,7 +2,7 @@
 //! and remove, with the bookkeeping of leases, TTL-check timers and removal
 //! timers that goes with them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +10,11 @@ use imbl::OrdMap;
 use roster_api::Health;
 
 use super::{
-    Catalog, CatalogError, CheckSource, Instance, Record, Timer, nanos, spec_checks_initial,
+    Catalog, CatalogError, CheckSource, Instance, Record, ServiceState, Timer, nanos,
+    spec_checks_initial,
 };
 use crate::checks::{CheckState, Target, truncate_output};
-use crate::lease::Lease;
+use crate::lease::{Lease, LeaseTable};
 use crate::model::{InstanceId, InstanceSpec, ServiceName};
 
 impl Catalog {
@@ -173,11 +174,8 @@ impl Catalog {
         // Ids repeat only if the catalog had instances or the list repeats
         // one; otherwise the million of a start-up need no sort.
         let mut repeats = !self.changed.is_empty();
-        for (id, rec) in self.records.drain() {
-            if rec.lease.is_some() {
-                self.leases.remove(&id);
-            }
-        }
+        // The leases go with them: `fill` puts a new table in place.
+        self.records.clear();
         self.timers.clear();
         // Every timer of the restore, put into the set at once at the end:
         // sorted and built in one pass, not a million inserts into a tree
@@ -188,10 +186,32 @@ impl Catalog {
         self.ttl_index.clear();
         self.state.services = OrdMap::new();
         let grace = nanos(grace);
+        let count = instances.len();
         // Grown once, not doubled (and rehashed) twenty times on the way to a million.
-        self.records.reserve(instances.len());
+        self.records.reserve(count);
+        // The loop below does each instance's own bookkeeping; the three big
+        // structures (records, leases, each service's ordered map) are filled
+        // afterwards, two of them beside each other (see `fill`).
+        let mut records = Vec::with_capacity(count);
+        let mut leases = Vec::new();
+        // Each service's instances, gathered by one name lookup (none for a
+        // run of one service's instances) instead of three tree searches each.
+        let mut slots: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut groups: Vec<Group> = Vec::new();
+        let mut last = usize::MAX;
         for mut inst in instances {
-            inst.service = self.service_name(&inst.service);
+            if groups.get(last).is_none_or(|g| g.name != inst.service) {
+                last = *slots.entry(inst.service.clone()).or_insert_with(|| {
+                    groups.push(Group {
+                        name: inst.service.clone(),
+                        modify_index: 0,
+                        members: Vec::new(),
+                    });
+                    groups.len() - 1
+                });
+            }
+            let group = &mut groups[last];
+            inst.service = group.name.clone();
             if stamp {
                 inst.modify_index = index;
                 inst.create_index = inst.create_index.min(index);
@@ -217,7 +237,6 @@ impl Catalog {
                     timers.push((due, Timer::CheckReap(i as u16), inst.id.clone()));
                 }
             }
-            self.index_ttl(&inst);
             if let Some(ttl) = inst.spec.ttl {
                 let ttl = nanos(ttl);
                 let deadline = now.saturating_add(ttl).saturating_add(grace);
@@ -236,30 +255,38 @@ impl Catalog {
                     rec.lease_timer = Some(deadline);
                     timers.push((deadline, Timer::Lease, inst.id.clone()));
                 }
-                self.leases.insert(inst.id.clone(), lease.clone());
+                leases.push((inst.id.clone(), lease.clone()));
                 rec.lease = Some(lease);
             } else {
                 inst.lease = None;
             }
-            if !self.state.services.contains_key(&inst.service) {
-                // Each service once (the services before the restore are in
-                // already), not a million times to sort and dedup.
-                self.touched.push(inst.service.clone());
-            }
-            self.changed.push(inst.id.clone());
-            repeats |= self
-                .records
-                .insert(inst.id.clone(), Box::new(rec))
-                .is_some();
-            let svc = self.state.services.entry(inst.service.clone()).or_default();
-            svc.modify_index = if stamp {
+            group.modify_index = if stamp {
                 index
             } else {
-                svc.modify_index.max(inst.modify_index)
+                group.modify_index.max(inst.modify_index)
             };
-            svc.instances.insert(inst.id.clone(), Arc::new(inst));
+            self.changed.push(inst.id.clone());
+            records.push((inst.id.clone(), Box::new(rec)));
+            let inst = Arc::new(inst);
+            self.index_ttl(&inst);
+            groups[last].members.push((inst.id.clone(), inst));
         }
-        self.timers = timers.into_iter().collect();
+        // Each service once (the services before the restore are in
+        // already), not a million times to sort and dedup.
+        self.touched.extend(groups.iter().map(|g| g.name.clone()));
+        let repeated = fill(
+            &mut self.records,
+            &self.leases,
+            &mut self.state.services,
+            &mut self.timers,
+            Filling {
+                records,
+                leases,
+                groups,
+                timers,
+            },
+        );
+        repeats |= repeated;
         self.state.names_index = if stamp {
             index
         } else {
@@ -619,4 +646,101 @@ impl Catalog {
         }
         self.touched.push(rec.service);
     }
+}
+
+/// One service's instances gathered by a restore.
+struct Group {
+    name: Arc<str>,
+    modify_index: u64,
+    members: Vec<(Arc<str>, Arc<Instance>)>,
+}
+
+/// What a restore puts into the catalog's structures once each instance's
+/// bookkeeping is done.
+struct Filling {
+    records: Vec<(Arc<str>, Box<Record>)>,
+    leases: Vec<(Arc<str>, Arc<Lease>)>,
+    groups: Vec<Group>,
+    timers: Vec<(u64, Timer, Arc<str>)>,
+}
+
+/// Below this many instances a restore fills everything on its own thread.
+pub(super) const PARALLEL_RESTORE: usize = 10_000;
+
+/// Puts a restore's `filling` into the (emptied) catalog structures, and its
+/// leases in place of every lease; `true` when an id came twice. At start-up
+/// these inserts are most of the work (a million hash inserts for the
+/// records, as many for the leases, and the ordered maps), so for a large
+/// restore the leases and the timers are filled on a second thread while this
+/// one does the records and services.
+fn fill(
+    records: &mut HashMap<Arc<str>, Box<Record>>,
+    leases: &LeaseTable,
+    services: &mut OrdMap<Arc<str>, ServiceState>,
+    timers: &mut BTreeSet<(u64, Timer, Arc<str>)>,
+    filling: Filling,
+) -> bool {
+    let Filling {
+        records: new_records,
+        leases: new_leases,
+        groups,
+        timers: new_timers,
+    } = filling;
+    let count = new_records.len();
+    let side = move || {
+        leases.replace_all(new_leases);
+        // Sorted once and built in one pass, not a million inserts into a
+        // tree whose keys (mostly one deadline) differ only by their ids.
+        new_timers.into_iter().collect::<BTreeSet<_>>()
+    };
+    let main = |records: &mut HashMap<Arc<str>, Box<Record>>,
+                services: &mut OrdMap<Arc<str>, ServiceState>| {
+        let before = records.len();
+        records.extend(new_records);
+        for group in groups {
+            services.insert(
+                group.name,
+                ServiceState {
+                    modify_index: group.modify_index,
+                    instances: group.members.into_iter().collect(),
+                },
+            );
+        }
+        records.len() != before + count
+    };
+    let repeated = if count >= PARALLEL_RESTORE {
+        std::thread::scope(|scope| {
+            let other = scope.spawn(side);
+            let repeated = main(records, services);
+            match other.join() {
+                Ok(built) => *timers = built,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+            repeated
+        })
+    } else {
+        *timers = side();
+        main(records, services)
+    };
+    if repeated {
+        // An id that came twice under two services: the later one won in the
+        // records (and the leases); the earlier service must not keep it.
+        let names: Vec<Arc<str>> = services.keys().cloned().collect();
+        for name in names {
+            let state = services.get_mut(&name).expect("listed above");
+            let stale: Vec<Arc<str>> = state
+                .instances
+                .keys()
+                .filter(|id| records.get(&**id).is_none_or(|r| r.service != name))
+                .cloned()
+                .collect();
+            for id in stale {
+                state.instances.remove(&id);
+            }
+            if state.instances.is_empty() {
+                services.remove(&name);
+            }
+        }
+    }
+    repeated
 }
