@@ -225,8 +225,9 @@ impl LogStore {
         }
         // redb asserts on some damaged files (a truncated one) instead of
         // returning an error: those are damage too.
-        let created =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Database::create(&file)));
+        let created = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::store::open_redb(&file)
+        }));
         let db = match created {
             Ok(opened) => opened.map_err(|source| ClusterError::LogFile {
                 path: file.clone(),
