@@ -348,7 +348,7 @@ impl Registry {
         &self,
         index: u64,
         names_index: u64,
-        instances: Vec<Instance>,
+        instances: Vec<Arc<Instance>>,
         grace: Duration,
         service_indexes: &std::collections::BTreeMap<String, u64>,
     ) {

@@ -76,7 +76,7 @@ pub struct Loaded {
     /// Index of the last change to the set of service names.
     pub names_index: u64,
     /// Every instance.
-    pub instances: Vec<Instance>,
+    pub instances: Vec<Arc<Instance>>,
 }
 
 /// A set of changes to write together.
@@ -293,7 +293,9 @@ fn load(db: &Database, file: &Path) -> Result<Loaded, StoreError> {
         Ok((key.value().to_owned(), value.value().to_vec()))
     });
     let started = std::time::Instant::now();
-    let instances = decode_parallel(rows, |id, bytes| decode(file, index, id, bytes))?;
+    let instances = decode_parallel(rows, |id, bytes| {
+        decode(file, index, id, bytes).map(Arc::new)
+    })?;
     tracing::info!(
         instances = instances.len(),
         ms = started.elapsed().as_millis() as u64,
@@ -326,10 +328,10 @@ const CHUNK: usize = 4096;
 /// Decodes `rows` (id, bytes) with `decode` on every core while this thread
 /// reads them; the first error wins. The instances come back in no
 /// particular order.
-fn decode_parallel<I, F>(rows: I, decode: F) -> Result<Vec<Instance>, StoreError>
+fn decode_parallel<I, F>(rows: I, decode: F) -> Result<Vec<Arc<Instance>>, StoreError>
 where
     I: Iterator<Item = Result<(String, Vec<u8>), StoreError>>,
-    F: Fn(&str, &[u8]) -> Result<Instance, StoreError> + Sync,
+    F: Fn(&str, &[u8]) -> Result<Arc<Instance>, StoreError> + Sync,
 {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (tx, rx) = mpsc::sync_channel::<Vec<(String, Vec<u8>)>>(workers * 2);
@@ -337,7 +339,7 @@ where
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
-                scope.spawn(|| -> Result<Vec<Instance>, StoreError> {
+                scope.spawn(|| -> Result<Vec<Arc<Instance>>, StoreError> {
                     let mut out = Vec::new();
                     loop {
                         // The lock is held only to take the next chunk.
@@ -503,7 +505,8 @@ mod tests {
         txn.commit().unwrap();
     }
 
-    fn sorted(mut v: Vec<Instance>) -> Vec<Instance> {
+    fn sorted(v: Vec<Arc<Instance>>) -> Vec<Instance> {
+        let mut v: Vec<Instance> = v.into_iter().map(Arc::unwrap_or_clone).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
@@ -520,7 +523,7 @@ mod tests {
         write_format_1(&dir, &rows, 60);
         let expected: Vec<Instance> = sorted(
             rows.iter()
-                .map(|r| r.clone().into_instance().unwrap())
+                .map(|r| Arc::new(r.clone().into_instance().unwrap()))
                 .collect(),
         );
         let (store, loaded) = Store::open(&dir).unwrap();

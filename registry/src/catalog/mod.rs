@@ -148,8 +148,9 @@ pub enum Command {
         index: u64,
         /// Index of the last change to the set of names.
         names_index: u64,
-        /// The instances.
-        instances: Vec<Instance>,
+        /// The instances (shared, so a store's decoders can allocate them on
+        /// their own threads; one still shared elsewhere is copied once).
+        instances: Vec<Arc<Instance>>,
         /// Extra time for every lease.
         grace: Duration,
         /// Stamp every service and instance with the new index, so that watchers

@@ -272,7 +272,7 @@ fn restore_of(instances: Vec<Instance>, index: u64) -> Command {
     Command::Restore {
         index,
         names_index: 1,
-        instances,
+        instances: instances.into_iter().map(Arc::new).collect(),
         grace: Duration::ZERO,
         stamp: false,
     }
@@ -343,4 +343,38 @@ fn a_restore_that_lists_an_id_twice_keeps_the_later_only() {
         assert!(!c.snapshot().services.contains_key("other"), "n={n}");
         assert_eq!(c.snapshot().instance_count(), n - 1, "n={n}");
     }
+}
+
+#[test]
+fn a_restore_of_shared_instances_leaves_their_other_holders_as_they_were() {
+    let t0 = Instant::now();
+    let source = registered(20, t0);
+    let before = source.snapshot().clone();
+    // The snapshot's own instances, shared with it (as a Raft snapshot's are).
+    let shared: Vec<Arc<Instance>> = before
+        .services
+        .values()
+        .flat_map(|s| s.instances.values().cloned())
+        .collect();
+    let mut c = Catalog::new(t0, CatalogLimits::default());
+    let out = c
+        .apply(
+            Command::Restore {
+                index: before.index + 10,
+                names_index: 1,
+                instances: shared,
+                grace: Duration::ZERO,
+                stamp: true,
+            },
+            t0,
+        )
+        .unwrap();
+    let restored = c.snapshot().instance("svc3", "i3").unwrap().clone();
+    assert_eq!(restored.modify_index, out.index, "stamped with the restore");
+    assert_eq!(
+        source.snapshot(),
+        &before,
+        "the source's instances are not stamped through the shared pointers"
+    );
+    assert!(before.instance("svc3", "i3").unwrap().modify_index < out.index);
 }

@@ -164,7 +164,7 @@ impl Catalog {
         &mut self,
         index: u64,
         names_index: u64,
-        instances: Vec<Instance>,
+        instances: Vec<Arc<Instance>>,
         now: u64,
         grace: Duration,
         stamp: bool,
@@ -199,7 +199,8 @@ impl Catalog {
         let mut slots: HashMap<Arc<str>, usize> = HashMap::new();
         let mut groups: Vec<Group> = Vec::new();
         let mut last = usize::MAX;
-        for mut inst in instances {
+        for mut shared in instances {
+            let inst = Arc::make_mut(&mut shared);
             if groups.get(last).is_none_or(|g| g.name != inst.service) {
                 last = *slots.entry(inst.service.clone()).or_insert_with(|| {
                     groups.push(Group {
@@ -267,9 +268,8 @@ impl Catalog {
             };
             self.changed.push(inst.id.clone());
             records.push((inst.id.clone(), Box::new(rec)));
-            let inst = Arc::new(inst);
-            self.index_ttl(&inst);
-            groups[last].members.push((inst.id.clone(), inst));
+            self.index_ttl(&shared);
+            groups[last].members.push((shared.id.clone(), shared));
         }
         // Each service once (the services before the restore are in
         // already), not a million times to sort and dedup.

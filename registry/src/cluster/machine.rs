@@ -88,7 +88,7 @@ pub(crate) fn encode_snapshot(snap: &CatalogSnapshot) -> Vec<u8> {
 pub(crate) struct Decoded {
     pub(crate) index: u64,
     pub(crate) names_index: u64,
-    pub(crate) instances: Vec<Instance>,
+    pub(crate) instances: Vec<Arc<Instance>>,
     pub(crate) services: BTreeMap<String, u64>,
 }
 
@@ -96,7 +96,7 @@ pub(crate) struct Decoded {
 /// naming what was wrong, never a panic.
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> std::result::Result<Decoded, String> {
     let to_instances = |rows: &[InstanceRow]| {
-        map_parallel(rows, |row| row.clone().into_instance())
+        map_parallel(rows, |row| row.clone().into_instance().map(Arc::new))
             .map_err(|(n, e)| format!("snapshot instance {n} ({:?}): {e}", rows[n].id))
     };
     if bytes.first() != Some(&SNAPSHOT_BINARY) {
@@ -129,7 +129,7 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> std::result::Result<Decoded, Stri
     let instances = map_parallel(&rows, |bytes| {
         decode_row(bytes)
             .map_err(|e| e.to_string())
-            .and_then(|row| row.into_instance().map_err(|e| e.to_string()))
+            .and_then(|row| row.into_instance().map(Arc::new).map_err(|e| e.to_string()))
     })
     .map_err(|(n, e)| format!("snapshot instance {n}: {e}"))?;
     Ok(Decoded {
@@ -478,7 +478,7 @@ mod tests {
                 .services
                 .values()
                 .flat_map(|s| s.instances.values())
-                .map(|i| (**i).clone())
+                .cloned()
                 .collect(),
             services: snap
                 .services
@@ -524,7 +524,7 @@ mod tests {
         assert_eq!(decoded.services, BTreeMap::from([("web".to_owned(), 57)]));
         assert_eq!(
             decoded.instances,
-            vec![row("store_row.json").into_instance().unwrap()]
+            vec![Arc::new(row("store_row.json").into_instance().unwrap())]
         );
     }
 

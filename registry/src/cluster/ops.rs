@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::catalog::{CheckSource, Command, Instance, MAX_BATCH_ITEMS, Outcome};
 use crate::model::{FieldError, InstanceId, InstanceSpec, Limits, ServiceName};
 use crate::rows::{HealthRow, InstanceRow};
@@ -278,7 +280,10 @@ impl Op {
             } => Op::Restore {
                 index: *index,
                 names_index: *names_index,
-                instances: instances.iter().map(InstanceRow::from_instance).collect(),
+                instances: instances
+                    .iter()
+                    .map(|i| InstanceRow::from_instance(i))
+                    .collect(),
                 grace_ms: grace.as_millis() as u64,
             },
             Command::Batch { items } => Op::Batch {
@@ -385,7 +390,7 @@ impl Op {
                 names_index,
                 instances: instances
                     .into_iter()
-                    .map(InstanceRow::into_instance)
+                    .map(|row| row.into_instance().map(Arc::new))
                     .collect::<Result<_, _>>()?,
                 grace: std::time::Duration::from_millis(grace_ms),
                 stamp: true,

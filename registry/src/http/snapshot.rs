@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use super::extract::parse_json;
 use super::{ApiError, AppState, with_index};
@@ -111,7 +112,7 @@ pub(super) async fn restore(
             .map_err(|e| ApiError::invalid(format!("instances[{n}].checks"), e.to_string()))?;
         inst.service = service.as_arc().clone();
         inst.id = id.as_arc().clone();
-        instances.push(inst);
+        instances.push(Arc::new(inst));
     }
     let out = state
         .registry
