@@ -15,7 +15,8 @@
 # request through etcd's JSON gateway).
 # RAFT_HEARTBEATS="250ms 100ms" sets the heartbeat periods the failover rounds
 # run with (default: 100ms, the default of roster serve). Throughput runs use
-# the default heartbeat.
+# the default heartbeat. ROSTER_LOG sets the servers' --log level (default
+# warn); KEEP_LOGS=DIR copies their logs there at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur=${1:-10s}
@@ -49,6 +50,9 @@ cleanup() {
     for f in "$work"/pids/*; do [ -e "$f" ] && kill -9 "$(cat "$f")"; done || true
     wait
   } 2>/dev/null
+  if [ -n "${KEEP_LOGS:-}" ]; then
+    mkdir -p "$KEEP_LOGS" && cp "$work"/log* "$KEEP_LOGS"/ 2>/dev/null
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -61,7 +65,7 @@ fail() { echo "bench/cluster.sh: $*" >&2; exit 1; }
 declare -a port pid
 read -r port[0] port[1] port[2] port[3] < <(python3 "$helper" ports 4)
 join="127.0.0.1:${port[1]},127.0.0.1:${port[2]},127.0.0.1:${port[3]}"
-common=(--no-dns --no-grpc --log warn --max-instances 1000000 --max-instances-per-service 100000)
+common=(--no-dns --no-grpc --log "${ROSTER_LOG:-warn}" --max-instances 1000000 --max-instances-per-service 100000)
 
 run_bin=$bin
 start() { # start N [ARGS...]: node N (0 = the lone node) on CPU 0, build $run_bin
@@ -237,6 +241,7 @@ stats() { # stats BUILD HB KEY: min / median / max of KEY over the failover roun
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) printf "%s", (NR % 2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 {
 echo
+if [ "$tp_rounds" -gt 0 ]; then
 echo "| build | writes, 64 connections, ${dur}, median of $tp_rounds rounds | registrations/s | p50 | p99 | errors | ÷ single durable (median of per-round ratios) |"
 echo "|---|---|---:|---:|---:|---:|---:|"
 for b in "${tp_builds[@]}"; do
@@ -253,6 +258,7 @@ for b in "${tp_builds[@]}"; do
       "$(echo "$p99 / 1000" | bc -l)" "$errs" "$ratio"
   done
 done
+fi
 echo
 echo "| build | failover, SIGKILL the leader ($rounds rounds) | new leader in /v1/operator/raft, ms (min / median / max) | first acknowledged write, ms (min / median / max) |"
 echo "|---|---|---:|---:|"

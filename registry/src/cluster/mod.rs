@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use openraft::raft::VoteRequest;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -161,6 +162,9 @@ pub struct Cluster {
     contact_ms: AtomicU64,
     epoch: Instant,
     config: ClusterConfig,
+    /// An election of this node's own is being started (see
+    /// [`Cluster::refused_a_vote`]).
+    standing: AtomicBool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -244,6 +248,7 @@ impl Cluster {
             proposals: tx,
             contact_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            standing: AtomicBool::new(false),
             config,
         });
         let weak: std::sync::Weak<dyn Replication> =
@@ -290,6 +295,59 @@ impl Cluster {
     /// The shared settings of peer traffic (token check, simulated partitions).
     pub fn peers(&self) -> &Peers {
         &self.peers
+    }
+
+    /// Called after this node answered a vote request: when it refused a
+    /// candidate whose log is behind its own while the leader has been
+    /// silent for an election timeout, it stands for election itself at
+    /// once, above the candidate's term.
+    ///
+    /// Without this a failover could take seconds (measured: 1.7 and 2.6 s
+    /// in 2 of 5 rounds, against 0.9 s): the survivor one append behind often
+    /// times out first, the other refuses it for its log without taking its
+    /// term (openraft 0.9 has no pre-vote), and then stands at the same term,
+    /// which the first refuses because it voted for itself; the two go on
+    /// until the one with the longer log draws the earlier timeout.
+    pub fn refused_a_vote(
+        self: &Arc<Self>,
+        req: &VoteRequest<u64>,
+        resp: &openraft::raft::VoteResponse<u64>,
+    ) {
+        let silent = self.last_contact_ms();
+        let hb = self.config.heartbeat.as_millis() as u64;
+        if !should_stand(req, resp, silent, hb) || self.standing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let target = req.vote.leader_id().term;
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            // Each election is this node's term plus one; a refusal by a
+            // candidate at a higher term moves this node to that term, so
+            // the next one is above it. A few tries at most: the timer
+            // stays the safety net.
+            for _ in 0..STAND_TRIES {
+                let (term, settled) = {
+                    let metrics = this.raft.metrics();
+                    let m = metrics.borrow();
+                    let settled = m.state == ServerState::Leader
+                        || (m.current_leader.is_some() && m.current_term > target);
+                    (m.current_term, settled)
+                };
+                if settled {
+                    break;
+                }
+                tracing::info!(
+                    term,
+                    candidate_term = target,
+                    "standing for election: a candidate behind this node's log asked for a vote"
+                );
+                if this.raft.trigger().elect().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(this.config.heartbeat / 2).await;
+            }
+            this.standing.store(false, Ordering::Release);
+        });
     }
 
     /// Records that the leader was heard from now.
@@ -773,6 +831,25 @@ fn weight(cmd: &Command) -> usize {
     }
 }
 
+/// Most elections [`Cluster::refused_a_vote`] starts in a row.
+const STAND_TRIES: usize = 3;
+
+/// Whether a node that answered `req` with `resp` should stand for election
+/// at once: it refused the candidate, its own log is ahead of the
+/// candidate's (so the candidate cannot win with its vote), and it has not
+/// heard from a leader for an election timeout (`silent_ms`; `None`: never),
+/// so no leader's lease is being broken.
+fn should_stand(
+    req: &VoteRequest<u64>,
+    resp: &openraft::raft::VoteResponse<u64>,
+    silent_ms: Option<u64>,
+    heartbeat_ms: u64,
+) -> bool {
+    !resp.vote_granted
+        && resp.last_log_id > req.last_log_id
+        && silent_ms.is_none_or(|ms| ms >= heartbeat_ms * ELECTION_MIN_HEARTBEATS)
+}
+
 /// A heartbeat forwarded to the leader.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ForwardedHeartbeat {
@@ -929,4 +1006,42 @@ pub async fn fetch_info(peers: &Peers, addr: &str) -> Result<NodeInfo, ClusterEr
         });
     }
     resp.json().await.map_err(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::raft::VoteResponse;
+    use openraft::{CommittedLeaderId, LogId, Vote};
+
+    use super::*;
+
+    fn log(term: u64, index: u64) -> Option<LogId<u64>> {
+        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    #[test]
+    fn a_node_stands_only_against_a_candidate_behind_it_with_the_leader_silent() {
+        let hb = 100;
+        // A candidate at term 6, one append behind; this node at term 5.
+        let req = VoteRequest::new(Vote::new(6, 2), log(5, 41));
+        let ahead = VoteResponse::new(Vote::new_committed(5, 1), log(5, 42), false);
+        assert!(should_stand(&req, &ahead, Some(hb * 3), hb));
+        assert!(should_stand(&req, &ahead, None, hb), "never heard a leader");
+        assert!(
+            !should_stand(&req, &ahead, Some(hb * 3 - 1), hb),
+            "a leader heard within an election timeout keeps its lease"
+        );
+        let granted = VoteResponse::new(Vote::new(6, 2), log(5, 42), true);
+        assert!(!should_stand(&req, &granted, Some(hb * 10), hb));
+        // Refused with logs alike (a split vote at one term): the timers decide.
+        let even = VoteResponse::new(Vote::new(6, 3), log(5, 41), false);
+        assert!(!should_stand(&req, &even, Some(hb * 10), hb));
+        // The candidate's log is ahead: it may win, this node must not stand.
+        let behind = VoteResponse::new(Vote::new_committed(5, 1), log(5, 40), false);
+        assert!(!should_stand(&req, &behind, Some(hb * 10), hb));
+        // A later term in the log outranks a longer one.
+        let req = VoteRequest::new(Vote::new(7, 2), log(6, 3));
+        let older = VoteResponse::new(Vote::new_committed(5, 1), log(5, 90), false);
+        assert!(!should_stand(&req, &older, Some(hb * 10), hb));
+    }
 }

@@ -175,7 +175,11 @@ fn either<T: serde::de::DeserializeOwned, E: std::fmt::Display>(
 }
 
 async fn vote(Peer(c): Peer, Json(req): Json<VoteRequest<u64>>) -> Response {
-    Json(c.raft().vote(req).await).into_response()
+    let answer = c.raft().vote(req.clone()).await;
+    if let Ok(resp) = &answer {
+        c.refused_a_vote(&req, resp);
+    }
+    Json(answer).into_response()
 }
 
 /// A snapshot chunk from the leader: binary ([`crate::cluster::CHUNK_CONTENT_TYPE`])
