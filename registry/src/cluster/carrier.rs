@@ -31,6 +31,23 @@ pub(crate) const WRITE_PATH: &str = "/v1/raft/write";
 /// The leader's endpoint for several: `{"ops": [op, ...]}`, answered with one
 /// `Result<OutcomeWire, ErrorWire>` per op, in order.
 pub(crate) const WRITES_PATH: &str = "/v1/raft/writes";
+/// The leader's endpoint for one forwarded heartbeat.
+pub(crate) const HEARTBEAT_PATH: &str = "/v1/raft/heartbeat";
+/// The leader's endpoint for several: `{"ops": [heartbeat, ...]}`, answered
+/// like [`WRITES_PATH`]. Heartbeats never enter the log (the leader renews
+/// its leases), so they travel in batches of their own.
+pub(crate) const HEARTBEATS_PATH: &str = "/v1/raft/heartbeats";
+
+/// The batch endpoint that carries several requests of the single
+/// endpoint `path`, if there is one.
+fn batch_path(path: &str) -> Option<&'static str> {
+    match path {
+        WRITE_PATH => Some(WRITES_PATH),
+        HEARTBEAT_PATH => Some(HEARTBEATS_PATH),
+        _ => None,
+    }
+}
+
 /// Most ops in one batch request.
 pub(crate) const MAX_OPS: usize = 256;
 /// Most bytes of ops in one batch request (the peers' body limit is 16 MiB;
@@ -113,19 +130,22 @@ async fn direct(
     }
 }
 
-/// Writes to [`WRITE_PATH`] queued per leader and sent in batches to
-/// [`WRITES_PATH`]; anything else (heartbeats, ops over [`MAX_BYTES`]) goes
-/// [`Direct`].
+/// Writes to [`WRITE_PATH`] (and heartbeats to [`HEARTBEAT_PATH`]) queued
+/// per leader and sent in batches to [`WRITES_PATH`] ([`HEARTBEATS_PATH`]);
+/// anything else (ops over [`MAX_BYTES`]) goes [`Direct`].
 #[derive(Clone)]
 pub(super) struct Batching(Arc<Inner>);
 
 struct Inner {
     peers: Peers,
-    lanes: Mutex<HashMap<String, Lane>>,
+    lanes: Mutex<HashMap<LaneKey, Lane>>,
     next: std::sync::atomic::AtomicU64,
 }
 
-/// The writes waiting for one leader.
+/// A leader's URL and the single endpoint its lane's requests are for.
+type LaneKey = (String, &'static str);
+
+/// The writes (or heartbeats) waiting for one leader.
 #[derive(Default)]
 struct Lane {
     queue: VecDeque<Waiting>,
@@ -161,12 +181,15 @@ impl Batching {
     /// Writes queued for the leader at `url` and not yet sent.
     #[cfg(test)]
     pub(super) fn queued(&self, url: &str) -> usize {
-        self.0.lanes().get(url).map_or(0, |l| l.queue.len())
+        self.0
+            .lanes()
+            .get(&(url.to_owned(), WRITE_PATH))
+            .map_or(0, |l| l.queue.len())
     }
 }
 
 impl Inner {
-    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lane>> {
+    fn lanes(&self) -> std::sync::MutexGuard<'_, HashMap<LaneKey, Lane>> {
         // A panic under this lock leaves the queues consistent (every change
         // is one push, pop or counter step).
         self.lanes.lock().unwrap_or_else(|e| e.into_inner())
@@ -182,9 +205,10 @@ impl Carrier for Batching {
         timeout: Duration,
     ) -> BoxFuture<'a, Attempt> {
         let direct_one = || direct(&self.0.peers, url, path, body.clone(), timeout).boxed();
-        if path != WRITE_PATH || body.len() > MAX_BYTES {
+        if batch_path(path).is_none() || body.len() > MAX_BYTES {
             return direct_one();
         }
+        let key: LaneKey = (url.to_owned(), path);
         let now = Instant::now();
         let (tx, rx) = oneshot::channel();
         let seq = self
@@ -193,7 +217,7 @@ impl Carrier for Batching {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let spawn = {
             let mut lanes = self.0.lanes();
-            let lane = lanes.entry(url.to_owned()).or_default();
+            let lane = lanes.entry(key.clone()).or_default();
             if lane.single(now) {
                 drop(lanes);
                 return direct_one();
@@ -213,7 +237,7 @@ impl Carrier for Batching {
         if spawn {
             // Its own task: the batch it sends answers other callers too, so
             // it must not be cancelled with this one.
-            tokio::spawn(send_batches(self.0.clone(), url.to_owned()));
+            tokio::spawn(send_batches(self.0.clone(), key.clone()));
         }
         async move {
             match tokio::time::timeout(timeout, rx).await {
@@ -228,7 +252,7 @@ impl Carrier for Batching {
                 Err(_) => {
                     // Still queued: it never left, and never will.
                     let mut lanes = self.0.lanes();
-                    let removed = lanes.get_mut(url).is_some_and(|lane| {
+                    let removed = lanes.get_mut(&key).is_some_and(|lane| {
                         let before = lane.queue.len();
                         lane.queue.retain(|w| w.seq != seq);
                         lane.queue.len() < before
@@ -258,9 +282,9 @@ enum Take {
     Single(Vec<Waiting>),
 }
 
-fn take(inner: &Inner, url: &str) -> Take {
+fn take(inner: &Inner, key: &LaneKey) -> Take {
     let mut lanes = inner.lanes();
-    let Some(lane) = lanes.get_mut(url) else {
+    let Some(lane) = lanes.get_mut(key) else {
         return Take::Done;
     };
     let single = lane.single(Instant::now());
@@ -285,7 +309,7 @@ fn take(inner: &Inner, url: &str) -> Take {
     if batch.is_empty() {
         lane.senders -= 1;
         if lane.senders == 0 && lane.queue.is_empty() && !lane.single(Instant::now()) {
-            lanes.remove(url);
+            lanes.remove(key);
         }
         return Take::Done;
     }
@@ -297,22 +321,23 @@ fn take(inner: &Inner, url: &str) -> Take {
 }
 
 /// Sends the lane's queued writes until the queue is empty.
-async fn send_batches(inner: Arc<Inner>, url: String) {
+async fn send_batches(inner: Arc<Inner>, key: LaneKey) {
+    let (url, path) = (&key.0, key.1);
     loop {
-        match take(&inner, &url) {
+        match take(&inner, &key) {
             Take::Done => return,
-            Take::Single(writes) => singles(&inner.peers, &url, writes).await,
+            Take::Single(writes) => singles(&inner.peers, url, path, writes).await,
             Take::Batch(writes) => {
-                if let Some(refused) = batch(&inner.peers, &url, writes).await {
+                if let Some(refused) = batch(&inner.peers, url, path, writes).await {
                     // An older leader: these and the next writes go one by one.
                     {
                         let mut lanes = inner.lanes();
-                        if let Some(lane) = lanes.get_mut(&url) {
+                        if let Some(lane) = lanes.get_mut(&key) {
                             lane.single_until = Some(Instant::now() + RECHECK);
                         }
                     }
-                    tracing::info!(leader = %url, "the leader does not take batched writes (an older version?): forwarding them one by one");
-                    singles(&inner.peers, &url, refused).await;
+                    tracing::info!(leader = %url, path, "the leader does not take batches of these (an older version?): forwarding them one by one");
+                    singles(&inner.peers, url, path, refused).await;
                 }
             }
         }
@@ -320,19 +345,26 @@ async fn send_batches(inner: Arc<Inner>, url: String) {
 }
 
 /// Sends each write in its own request, all at once.
-async fn singles(peers: &Peers, url: &str, writes: Vec<Waiting>) {
+async fn singles(peers: &Peers, url: &str, path: &'static str, writes: Vec<Waiting>) {
     let now = Instant::now();
     futures_util::future::join_all(writes.into_iter().map(|w| async move {
         let left = w.until.saturating_duration_since(now);
-        let attempt = direct(peers, url, WRITE_PATH, w.body, left).await;
+        let attempt = direct(peers, url, path, w.body, left).await;
         let _ = w.reply.send(attempt);
     }))
     .await;
 }
 
-/// Sends `writes` in one request and answers each; gives them back when the
-/// leader does not know the batch endpoint (404 or 405).
-async fn batch(peers: &Peers, url: &str, writes: Vec<Waiting>) -> Option<Vec<Waiting>> {
+/// Sends `writes` (each for the single endpoint `path`) in one request to
+/// its batch endpoint and answers each; gives them back when the leader does
+/// not know the batch endpoint (404 or 405).
+async fn batch(
+    peers: &Peers,
+    url: &str,
+    path: &'static str,
+    writes: Vec<Waiting>,
+) -> Option<Vec<Waiting>> {
+    let target = batch_path(path).expect("a lane is for a path with a batch endpoint");
     let size = writes.iter().map(|w| w.body.len() + 1).sum::<usize>() + 16;
     let mut body = Vec::with_capacity(size);
     body.extend_from_slice(b"{\"ops\":[");
@@ -345,7 +377,7 @@ async fn batch(peers: &Peers, url: &str, writes: Vec<Waiting>) -> Option<Vec<Wai
     body.extend_from_slice(b"]}");
     let until = writes.iter().map(|w| w.until).max().expect("not empty");
     let sent = peers
-        .request(reqwest::Method::POST, format!("{url}{WRITES_PATH}"))
+        .request(reqwest::Method::POST, format!("{url}{target}"))
         .timeout(until.saturating_duration_since(Instant::now()))
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body)

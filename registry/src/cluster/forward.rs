@@ -160,7 +160,9 @@ mod tests {
 
     use super::*;
     use crate::catalog::CatalogError;
-    use crate::cluster::carrier::{Batching, Direct, WRITE_PATH, WRITES_PATH};
+    use crate::cluster::carrier::{
+        Batching, Direct, HEARTBEAT_PATH, HEARTBEATS_PATH, WRITE_PATH, WRITES_PATH,
+    };
     use crate::cluster::ops::OutcomeWire;
 
     /// A fixed list of leaders, the next one taken after each change.
@@ -597,5 +599,104 @@ mod tests {
             batches >= rest.div_ceil(MAX_OPS),
             "{rest} queued writes in {batches} batches of at most {MAX_OPS}"
         );
+    }
+
+    /// A leader that renews heartbeats of instance `iN` with index N, on the
+    /// batch endpoint when `batches`, always on the single one; counts the
+    /// requests on each.
+    async fn heartbeat_leader(batches: bool) -> (String, Calls) {
+        fn answer(hb: &serde_json::Value) -> Result<OutcomeWire, ErrorWire> {
+            let id = hb["id"].as_str().unwrap_or_default();
+            let index = id
+                .strip_prefix('i')
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            Ok(OutcomeWire {
+                index,
+                changed: false,
+                expired: 0,
+                reaped: 0,
+                held: 0,
+            })
+        }
+        let calls = Calls::default();
+        let (single, batch) = (calls.single.clone(), calls.batch.clone());
+        let mut app = axum::Router::new()
+            .route(
+                HEARTBEAT_PATH,
+                post(move |Json(hb): Json<serde_json::Value>| {
+                    single.fetch_add(1, Ordering::SeqCst);
+                    async move { Json(answer(&hb)) }
+                }),
+            )
+            // Nothing may come here: heartbeats never enter the log.
+            .route(
+                WRITES_PATH,
+                post(|| async { axum::http::StatusCode::IM_A_TEAPOT }),
+            )
+            .route(
+                WRITE_PATH,
+                post(|| async { axum::http::StatusCode::IM_A_TEAPOT }),
+            );
+        if batches {
+            app = app.route(
+                HEARTBEATS_PATH,
+                post(move |Json(body): Json<serde_json::Value>| {
+                    batch.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let list = body["ops"].as_array().cloned().unwrap_or_default();
+                        Json(list.iter().map(answer).collect::<Vec<_>>())
+                    }
+                }),
+            );
+        }
+        (serve(app).await, calls)
+    }
+
+    fn heartbeat(id: &str) -> Forward {
+        Forward {
+            path: HEARTBEAT_PATH,
+            body: serde_json::to_vec(&serde_json::json!({"service": "web", "id": id}))
+                .expect("encodes")
+                .into(),
+            gone_is_done: false,
+            deadline: Instant::now() + Duration::from_secs(10),
+            attempt: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn heartbeats_travel_in_batches_of_their_own_each_answered() {
+        for batches in [true, false] {
+            let (url, calls) = heartbeat_leader(batches).await;
+            let batching = Batching::new(peers());
+            let sent = futures_util::future::join_all((1..=60u64).map(|n| {
+                let (batching, url) = (&batching, url.clone());
+                async move {
+                    let r = heartbeat(&format!("i{n}"))
+                        .send(&peers(), batching, Script(vec![(1, url)]))
+                        .await;
+                    (n, r)
+                }
+            }))
+            .await;
+            for (n, r) in sent {
+                let out = r.unwrap_or_else(|e| panic!("batches {batches}: i{n}: {e:?}"));
+                // The read index is the leader's 42 only for writes that
+                // changed something; a renewal answers its own index.
+                assert_eq!(out.index, n, "batches {batches}: i{n} got its own answer");
+            }
+            if batches {
+                assert_eq!(calls.single(), 0);
+                assert!(
+                    (1..60).contains(&calls.batch()),
+                    "60 heartbeats in fewer requests: {}",
+                    calls.batch()
+                );
+            } else {
+                // An older leader (404 on the batch endpoint): one by one.
+                assert_eq!(calls.single(), 60);
+            }
+        }
     }
 }

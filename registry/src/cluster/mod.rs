@@ -896,7 +896,7 @@ impl Replication for Cluster {
             service: service.as_str().to_owned(),
             id: id.as_str().to_owned(),
         };
-        self.post_json("/v1/raft/heartbeat", "heartbeat", &body, false)
+        self.post_json(carrier::HEARTBEAT_PATH, "heartbeat", &body, false)
     }
 }
 

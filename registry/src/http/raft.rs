@@ -38,6 +38,7 @@ pub(super) fn groups() -> Vec<Group> {
         .route("/v1/raft/write", post(write))
         .route("/v1/raft/writes", post(writes))
         .route("/v1/raft/heartbeat", post(heartbeat))
+        .route("/v1/raft/heartbeats", post(heartbeats))
         .route("/v1/raft/read-index", get(read_index))
         .route("/v1/raft/join", post(join))
         .route("/v1/raft/status", get(peer_status))
@@ -326,19 +327,60 @@ async fn heartbeat(
     if !c.is_leader() {
         return not_leader();
     }
+    reply(renew(&state, hb).await)
+}
+
+/// A forwarded heartbeat, renewed here (the leader).
+async fn renew(
+    state: &AppState,
+    hb: ForwardedHeartbeat,
+) -> Result<crate::catalog::Outcome, WriteError> {
     let names = ServiceName::parse(&hb.service)
         .and_then(|service| Ok((service, InstanceId::parse(&hb.id)?)));
-    let (service, id) = match names {
-        Ok(names) => names,
-        Err(source) => {
-            return reply(Err(Unavailable::BadForward {
-                what: "heartbeat",
-                source,
-            }
-            .into()));
+    let (service, id) = names.map_err(|source| Unavailable::BadForward {
+        what: "heartbeat",
+        source,
+    })?;
+    state.registry.heartbeat(&service, &id).await
+}
+
+/// Heartbeats a follower forwarded together (`{"ops": [heartbeat, ...]}`):
+/// one result per heartbeat, in order, each what [`heartbeat`] would answer
+/// to it alone. Most renew a lease with one atomic step; one whose lease ran
+/// out goes through the log, without holding up the others.
+async fn heartbeats(State(state): State<AppState>, Peer(c): Peer, body: Bytes) -> Response {
+    let hbs = match serde_json::from_slice::<Writes<ForwardedHeartbeat>>(&body) {
+        Ok(w) => w.ops,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"ops\": [{{\"service\": ..., \"id\": ...}}, ...]}}: {e}"),
+            )
+                .into_response();
         }
     };
-    reply(state.registry.heartbeat(&service, &id).await)
+    if hbs.len() > MAX_WRITES {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_WRITES} forwarded heartbeats in one request"),
+        )
+            .into_response();
+    }
+    if !c.is_leader() {
+        let refused: Result<OutcomeWire, ErrorWire> =
+            Err((&WriteError::from(Unavailable::NotLeader)).into());
+        return Json(vec![refused; hbs.len()]).into_response();
+    }
+    let state = &state;
+    let answers: Vec<Result<OutcomeWire, ErrorWire>> =
+        futures_util::future::join_all(hbs.into_iter().map(|hb| async move {
+            renew(state, hb)
+                .await
+                .map(OutcomeWire::from)
+                .map_err(|e| (&e).into())
+        }))
+        .await;
+    Json(answers).into_response()
 }
 
 async fn read_index(Peer(c): Peer) -> Response {

@@ -419,3 +419,89 @@ async fn the_batch_endpoint_wants_the_cluster_token() {
     }
     c.stop().await;
 }
+
+/// Sum of `roster_http_requests_total` for `route` on `node`.
+async fn requests_on(api: &Api, node: usize, route: &str) -> u64 {
+    let text = api
+        .http
+        .get(format!("{}/metrics", api.urls[node]))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    let label = format!("route=\"{route}\"");
+    text.lines()
+        .filter(|l| l.starts_with("roster_http_requests_total") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heartbeats_through_a_follower_reach_the_leader_in_batches_with_their_own_answers() {
+    let c = Nodes::start("beats", limits()).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let n = 100;
+    let ids: Vec<String> = (0..n).map(|i| format!("h{i}")).collect();
+    let registered = all(ids.iter().map(|id| {
+        let (api, id) = (c.api.clone(), id.clone());
+        async move {
+            let req = RegisterRequest {
+                address: Some("10.2.0.1".into()),
+                port: 80,
+                ttl: Some(Duration::from_secs(60)),
+                ..RegisterRequest::default()
+            };
+            api.http
+                .put(api.instance_url(leader, "web", &id))
+                .json(&req)
+                .send()
+                .await
+                .expect("the node answers")
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    assert!(
+        registered.iter().all(|s| *s == 200 || *s == 201),
+        "{registered:?}"
+    );
+    c.api.converge("web", &ids.iter().cloned().collect()).await;
+    let singles_before = requests_on(&c.api, leader, "/v1/raft/heartbeat").await;
+    // Every instance heartbeats through the follower at once, and one that
+    // does not exist among them.
+    let beats = all(ids.iter().cloned().chain(["ghost".to_owned()]).map(|id| {
+        let api = c.api.clone();
+        async move {
+            let status = api
+                .http
+                .put(format!(
+                    "{}/heartbeat",
+                    api.instance_url(follower, "web", &id)
+                ))
+                .send()
+                .await
+                .expect("the node answers")
+                .status()
+                .as_u16();
+            (id, status)
+        }
+    }))
+    .await;
+    for (id, status) in &beats {
+        let want = if id == "ghost" { 404 } else { 204 };
+        assert_eq!(*status, want, "{id}");
+    }
+    let batches = requests_on(&c.api, leader, "/v1/raft/heartbeats").await;
+    let singles = requests_on(&c.api, leader, "/v1/raft/heartbeat").await - singles_before;
+    assert!(batches >= 1, "the leader took heartbeats in batches");
+    assert!(
+        batches + singles < n as u64,
+        "{} heartbeats in {batches} batches and {singles} single requests",
+        n + 1
+    );
+    c.stop().await;
+}
