@@ -444,6 +444,7 @@ impl Registry {
         let mut core = self.lock();
         let Core { catalog, hub } = &mut *core;
         let before = catalog.next_deadline();
+        let probed_before = catalog.has_active_checks();
         let out = catalog.apply(cmd, Instant::now())?;
         after(catalog);
         let mut durable = None;
@@ -479,7 +480,9 @@ impl Registry {
             if let Some(feed) = self.changes.get() {
                 if replace_all {
                     let _ = feed.send(Change::all(snap));
-                } else {
+                } else if probed_before || catalog.has_active_checks() {
+                    // (Otherwise no instance had an active check before or
+                    // after: the checker holds nothing this change touches.)
                     for id in catalog.changed() {
                         let inst = catalog.instance_by_id(id).cloned();
                         let _ = feed.send(Change::One(id.clone(), inst));

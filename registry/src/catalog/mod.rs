@@ -340,6 +340,9 @@ pub struct Catalog {
     /// Instances by the ids of their TTL checks, for APIs that address a check
     /// by its id alone (Consul's).
     ttl_index: HashMap<Arc<str>, Vec<Arc<str>>>,
+    /// Instances with a check the registry runs itself (HTTP, TCP, gRPC):
+    /// while there are none, nothing needs telling the health checker.
+    actively_checked: usize,
     /// The time of the command being applied.
     now: u64,
     /// When the self-preservation decision was last made (0: never).
@@ -382,6 +385,7 @@ impl Catalog {
             changed: Vec::new(),
             preservation: SelfPreservation::default(),
             ttl_index: HashMap::new(),
+            actively_checked: 0,
             now: 0,
             guard_at: 0,
             expirations: std::collections::VecDeque::new(),
@@ -437,6 +441,13 @@ impl Catalog {
     /// Whether self-preservation is holding overdue leases right now.
     pub fn self_preservation_active(&self) -> bool {
         self.preserving
+    }
+
+    /// Whether some instance has a check the registry runs itself. A change
+    /// made while there is none, before and after, has nothing for the
+    /// health checker.
+    pub(crate) fn has_active_checks(&self) -> bool {
+        self.actively_checked > 0
     }
 
     /// The lease table, for the heartbeat fast path.

@@ -378,3 +378,72 @@ fn a_restore_of_shared_instances_leaves_their_other_holders_as_they_were() {
     );
     assert!(before.instance("svc3", "i3").unwrap().modify_index < out.index);
 }
+
+fn reg_checked(id: &str, check: roster_api::CheckDefinition) -> Command {
+    let req = RegisterRequest {
+        address: Some("10.0.0.1".into()),
+        port: 80,
+        checks: vec![check],
+        ..Default::default()
+    };
+    Command::Register {
+        service: ServiceName::parse("web").unwrap(),
+        id: InstanceId::parse(id).unwrap(),
+        spec: InstanceSpec::from_request(req, None, &Limits::default()).unwrap(),
+    }
+}
+
+#[test]
+fn the_catalog_knows_whether_any_instance_has_an_active_check() {
+    let t0 = Instant::now();
+    let tcp = || roster_api::CheckDefinition {
+        tcp: Some("127.0.0.1:1".into()),
+        ..Default::default()
+    };
+    let ttl = || roster_api::CheckDefinition {
+        ttl: Some(Duration::from_secs(30)),
+        ..Default::default()
+    };
+    let mut c = Catalog::new(t0, CatalogLimits::default());
+    c.apply(reg("web", "plain", Some(10)), t0).unwrap();
+    c.apply(reg_checked("reported", ttl()), t0).unwrap();
+    assert!(
+        !c.has_active_checks(),
+        "a lease and a TTL check are not run"
+    );
+    c.apply(reg_checked("a", tcp()), t0).unwrap();
+    c.apply(reg_checked("b", tcp()), t0).unwrap();
+    assert!(c.has_active_checks());
+    // Re-registered without it, and removed: none left.
+    c.apply(reg_checked("a", ttl()), t0).unwrap();
+    assert!(c.has_active_checks(), "b still has one");
+    c.apply(
+        Command::Deregister {
+            service: ServiceName::parse("web").unwrap(),
+            id: InstanceId::parse("b").unwrap(),
+        },
+        t0,
+    )
+    .unwrap();
+    assert!(!c.has_active_checks());
+    // A restore counts what it brings, an id listed twice once.
+    c.apply(reg_checked("b", tcp()), t0).unwrap();
+    let listed = instances_of(&c);
+    let twice: Vec<Instance> = listed.iter().chain(listed.iter()).cloned().collect();
+    let index = c.snapshot().index;
+    let mut d = Catalog::new(t0, CatalogLimits::default());
+    d.apply(restore_of(twice, index), t0).unwrap();
+    assert!(d.has_active_checks());
+    d.apply(
+        Command::Deregister {
+            service: ServiceName::parse("web").unwrap(),
+            id: InstanceId::parse("b").unwrap(),
+        },
+        t0,
+    )
+    .unwrap();
+    assert!(
+        !d.has_active_checks(),
+        "the restored count was 1, not 2, for b listed twice"
+    );
+}

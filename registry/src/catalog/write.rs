@@ -199,6 +199,7 @@ impl Catalog {
         let mut slots: HashMap<Arc<str>, usize> = HashMap::new();
         let mut groups: Vec<Group> = Vec::new();
         let mut last = usize::MAX;
+        let mut actively = 0;
         for mut shared in instances {
             let inst = Arc::make_mut(&mut shared);
             if groups.get(last).is_none_or(|g| g.name != inst.service) {
@@ -268,6 +269,7 @@ impl Catalog {
             };
             self.changed.push(inst.id.clone());
             records.push((inst.id.clone(), Box::new(rec)));
+            actively += usize::from(actively_checked(inst));
             self.index_ttl(&shared);
             groups[last].members.push((shared.id.clone(), shared));
         }
@@ -287,6 +289,17 @@ impl Catalog {
             },
         );
         repeats |= repeated;
+        self.actively_checked = if repeated {
+            // Counted twice for an id listed twice: count what is kept.
+            self.state
+                .services
+                .values()
+                .flat_map(|s| s.instances.values())
+                .filter(|i| actively_checked(i))
+                .count()
+        } else {
+            actively
+        };
         self.state.names_index = if stamp {
             index
         } else {
@@ -582,6 +595,12 @@ impl Catalog {
     /// Stores a changed instance and stamps the index on it and its service.
     pub(super) fn put(&mut self, mut inst: Instance, index: u64) {
         let old = self.state.instance(&inst.service, &inst.id).cloned();
+        self.actively_checked += usize::from(actively_checked(&inst));
+        // Saturating: a miscount errs towards telling the checker too much.
+        self.actively_checked = self.actively_checked.saturating_sub(
+            old.as_deref()
+                .map_or(0, |o| usize::from(actively_checked(o))),
+        );
         if old
             .as_ref()
             .is_none_or(|o| !Arc::ptr_eq(&o.spec.checks, &inst.spec.checks))
@@ -615,6 +634,9 @@ impl Catalog {
         };
         if let Some(inst) = self.state.instance(&rec.service, id).cloned() {
             self.unindex_ttl(&inst);
+            self.actively_checked = self
+                .actively_checked
+                .saturating_sub(usize::from(actively_checked(&inst)));
         }
         for (i, due) in &rec.check_reaps {
             self.timers
@@ -646,6 +668,11 @@ impl Catalog {
         }
         self.touched.push(rec.service);
     }
+}
+
+/// Whether `inst` has a check the registry runs itself.
+fn actively_checked(inst: &Instance) -> bool {
+    inst.spec.checks.iter().any(|c| c.is_active())
 }
 
 /// One service's instances gathered by a restore.

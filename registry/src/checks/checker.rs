@@ -194,7 +194,12 @@ impl Checker {
                 },
             );
         }
-        self.instances.insert(id, checks);
+        // Only instances with something to run are held: one whose active
+        // checks are gone is forgotten (the catalog stops telling the
+        // checker about changes once no instance has an active check).
+        if checks.iter().any(CheckSpec::is_active) {
+            self.instances.insert(id, checks);
+        }
     }
 
     /// Starts the earliest due check, holding `permit` while it runs.
