@@ -262,6 +262,28 @@ struct Writes<T> {
 /// one).
 const MAX_WRITES: usize = 4 * crate::cluster::MAX_FORWARDED_OPS;
 
+/// The answer to a batch of `n` forwarded `what` (writes or heartbeats) that
+/// this node does not take: more than [`MAX_WRITES`] (413), or this node is
+/// not the leader (each item answered "not leader", so the follower retries
+/// each at the next leader).
+fn refuse_batch(c: &Cluster, n: usize, what: &str) -> Option<Response> {
+    if n > MAX_WRITES {
+        return Some(
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("at most {MAX_WRITES} forwarded {what} in one request"),
+            )
+                .into_response(),
+        );
+    }
+    if !c.is_leader() {
+        let refused: Result<OutcomeWire, ErrorWire> =
+            Err((&WriteError::from(Unavailable::NotLeader)).into());
+        return Some(Json(vec![refused; n]).into_response());
+    }
+    None
+}
+
 /// Writes a follower forwarded together (`{"ops": [op, ...]}`): answered with
 /// one result per op, in order, each what [`write`] would answer to that op
 /// alone. The ops enter the proposer's queue together and in order, so they
@@ -290,17 +312,8 @@ async fn writes(State(state): State<AppState>, Peer(c): Peer, body: Bytes) -> Re
             }
         },
     };
-    if ops.len() > MAX_WRITES {
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("at most {MAX_WRITES} forwarded writes in one request"),
-        )
-            .into_response();
-    }
-    if !c.is_leader() {
-        let refused: Result<OutcomeWire, ErrorWire> =
-            Err((&WriteError::from(Unavailable::NotLeader)).into());
-        return Json(vec![refused; ops.len()]).into_response();
+    if let Some(refused) = refuse_batch(&c, ops.len(), "writes") {
+        return refused;
     }
     let state = &state;
     // join_all polls every write once before any finishes: each is checked
@@ -359,17 +372,8 @@ async fn heartbeats(State(state): State<AppState>, Peer(c): Peer, body: Bytes) -
                 .into_response();
         }
     };
-    if hbs.len() > MAX_WRITES {
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("at most {MAX_WRITES} forwarded heartbeats in one request"),
-        )
-            .into_response();
-    }
-    if !c.is_leader() {
-        let refused: Result<OutcomeWire, ErrorWire> =
-            Err((&WriteError::from(Unavailable::NotLeader)).into());
-        return Json(vec![refused; hbs.len()]).into_response();
+    if let Some(refused) = refuse_batch(&c, hbs.len(), "heartbeats") {
+        return refused;
     }
     let state = &state;
     let answers: Vec<Result<OutcomeWire, ErrorWire>> =
