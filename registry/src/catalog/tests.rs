@@ -268,6 +268,13 @@ fn instances_of(c: &Catalog) -> Vec<Instance> {
         .collect()
 }
 
+fn dereg(svc: &str, id: &str) -> Command {
+    Command::Deregister {
+        service: ServiceName::parse(svc).unwrap(),
+        id: InstanceId::parse(id).unwrap(),
+    }
+}
+
 fn restore_of(instances: Vec<Instance>, index: u64) -> Command {
     Command::Restore {
         index,
@@ -332,14 +339,7 @@ fn a_restore_that_lists_an_id_twice_keeps_the_later_only() {
         assert!(snap.instance("svc1", "i1").is_some(), "n={n}");
         assert_eq!(snap.instance_count(), n, "n={n}");
         // Deregistering it where it now is works, and leaves nothing behind.
-        c.apply(
-            Command::Deregister {
-                service: ServiceName::parse("other").unwrap(),
-                id: InstanceId::parse("i0").unwrap(),
-            },
-            t0,
-        )
-        .unwrap();
+        c.apply(dereg("other", "i0"), t0).unwrap();
         assert!(!c.snapshot().services.contains_key("other"), "n={n}");
         assert_eq!(c.snapshot().instance_count(), n - 1, "n={n}");
     }
@@ -417,14 +417,7 @@ fn the_catalog_knows_whether_any_instance_has_an_active_check() {
     // Re-registered without it, and removed: none left.
     c.apply(reg_checked("a", ttl()), t0).unwrap();
     assert!(c.has_active_checks(), "b still has one");
-    c.apply(
-        Command::Deregister {
-            service: ServiceName::parse("web").unwrap(),
-            id: InstanceId::parse("b").unwrap(),
-        },
-        t0,
-    )
-    .unwrap();
+    c.apply(dereg("web", "b"), t0).unwrap();
     assert!(!c.has_active_checks());
     // A restore counts what it brings, an id listed twice once.
     c.apply(reg_checked("b", tcp()), t0).unwrap();
@@ -434,14 +427,7 @@ fn the_catalog_knows_whether_any_instance_has_an_active_check() {
     let mut d = Catalog::new(t0, CatalogLimits::default());
     d.apply(restore_of(twice, index), t0).unwrap();
     assert!(d.has_active_checks());
-    d.apply(
-        Command::Deregister {
-            service: ServiceName::parse("web").unwrap(),
-            id: InstanceId::parse("b").unwrap(),
-        },
-        t0,
-    )
-    .unwrap();
+    d.apply(dereg("web", "b"), t0).unwrap();
     assert!(
         !d.has_active_checks(),
         "the restored count was 1, not 2, for b listed twice"
