@@ -595,6 +595,17 @@ mod tests {
         }
     }
 
+    /// Instances a and b of `web`, changed last at `index`.
+    fn two_instances(index: u64) -> ServiceState {
+        state(
+            &[
+                inst("a", "10.0.0.1", 1, None),
+                inst("b", "10.0.0.2", 1, None),
+            ],
+            index,
+        )
+    }
+
     #[test]
     fn names_are_a_service_with_an_optional_tag() {
         let n = |s: &str| Name::parse(s).map(|n| (n.service, n.tag));
@@ -692,16 +703,7 @@ mod tests {
 
         // A change to the service: new endpoints, the same listener bytes.
         snap.index = 6;
-        snap.services.insert(
-            "web".into(),
-            state(
-                &[
-                    inst("a", "10.0.0.1", 1, None),
-                    inst("b", "10.0.0.2", 1, None),
-                ],
-                6,
-            ),
-        );
+        snap.services.insert("web".into(), two_instances(6));
         let eds2 = r.get(&snap, Kind::Endpoints, &web, None).unwrap();
         assert_ne!(eds2.version, eds.version);
         let lds2 = r.get(&snap, Kind::Listener, &web, None).unwrap();
@@ -734,16 +736,7 @@ mod tests {
         };
         let mut newer = older.clone();
         newer.index = 6;
-        newer.services.insert(
-            "web".into(),
-            state(
-                &[
-                    inst("a", "10.0.0.1", 1, None),
-                    inst("b", "10.0.0.2", 1, None),
-                ],
-                6,
-            ),
-        );
+        newer.services.insert("web".into(), two_instances(6));
         // One stream builds from the newer snapshot first; a second, still
         // holding the older one, asks after it.
         let new = r.get(&newer, Kind::Endpoints, &web, None).unwrap();
