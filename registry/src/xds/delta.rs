@@ -10,8 +10,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use futures_util::Stream;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::resources::{Kind, Resources};
 use super::stream::Session;
@@ -36,18 +35,9 @@ struct Sub {
     started: bool,
 }
 
-/// An incremental stream (see [`super::stream`]).
-pub(super) fn stream(
-    xds: Arc<Xds>,
-    requests: Streaming<DeltaDiscoveryRequest>,
-    open: super::Open,
-) -> impl Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send + 'static {
-    super::stream::drive(xds, requests, open, State::default())
-}
-
 /// What one stream holds.
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     subs: HashMap<Kind, Sub>,
     nonce: u64,
     node: String,

@@ -20,18 +20,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use futures_util::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
 use crate::acl::{Need, Tokens};
 use crate::federation::Federation;
@@ -85,10 +77,9 @@ impl Xds {
 
     /// Admits a stream: a token that may read (when ACLs are on) and room
     /// under the stream limit.
-    fn admit<T>(&self, req: &Request<T>) -> Result<OwnedSemaphorePermit, Status> {
+    fn admit(&self, headers: &http::HeaderMap) -> Result<OwnedSemaphorePermit, Status> {
         if let Some(tokens) = &self.acl {
-            let secret = req
-                .metadata()
+            let secret = headers
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim())
@@ -117,42 +108,6 @@ impl Xds {
             self.registry.metrics().xds_refused("full");
             Status::resource_exhausted("too many xDS streams on this node; try another")
         })
-    }
-
-    /// The ADS gRPC service.
-    pub fn service(self: &Arc<Self>) -> AggregatedDiscoveryServiceServer<Ads> {
-        AggregatedDiscoveryServiceServer::from_arc(Arc::new(Ads(self.clone())))
-            .max_decoding_message_size(4 << 20)
-    }
-}
-
-/// The ADS endpoint.
-#[derive(Debug)]
-pub struct Ads(Arc<Xds>);
-
-type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Ads {
-    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let open = Open::new(&self.0, self.0.admit(&request)?, "sotw");
-        let stream = sotw::stream(self.0.clone(), request.into_inner(), open);
-        Ok(Response::new(Box::pin(stream)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let open = Open::new(&self.0, self.0.admit(&request)?, "delta");
-        let stream = delta::stream(self.0.clone(), request.into_inner(), open);
-        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -442,71 +397,58 @@ async fn serve_on_thread(
     tls: Option<Arc<TlsState>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let service = xds.service();
-    let (conns, incoming) = mpsc::channel::<std::io::Result<Conn>>(64);
-    tokio::spawn(async move {
-        while let Some(Accepted { tcp, peer, slot }) = accepted.recv().await {
-            let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else {
-                continue;
+    let connections = tokio_util::task::TaskTracker::new();
+    while let Some(Accepted { tcp, peer, slot }) = tokio::select! {
+        () = shutdown.cancelled() => None,
+        accepted = accepted.recv() => accepted,
+    } {
+        let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (xds, tls, shutdown) = (xds.clone(), tls.clone(), shutdown.clone());
+        // Each connection starts (TLS handshake, or its first bytes) and is
+        // served beside the others, so one that stalls holds nothing up.
+        connections.spawn(async move {
+            let transport = match tls {
+                None => {
+                    // A client that sends nothing does not keep its slot.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => Transport::Plain(tcp),
+                        _ => return,
+                    }
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.h2_config());
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => Transport::Tls(Box::new(s)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "xDS TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
             };
-            let _ = tcp.set_nodelay(true);
-            let conns = conns.clone();
-            let tls = tls.clone();
-            // The handshake runs beside the others, bounded, so a client that
-            // stalls in it holds nothing else up.
-            tokio::spawn(async move {
-                let transport = match tls {
-                    None => {
-                        // A client that sends nothing does not keep its slot.
-                        let mut first = [0u8; 1];
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
-                            Ok(Ok(n)) if n > 0 => Transport::Plain(tcp),
-                            _ => return,
-                        }
-                    }
-                    Some(tls) => {
-                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.h2_config());
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(s)) => Transport::Tls(Box::new(s)),
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "xDS TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        }
-                    }
-                };
-                let conn = Conn {
-                    transport,
-                    peer,
-                    _slot: slot,
-                };
-                let _ = conns.send(Ok(conn)).await;
-            });
-        }
-    });
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            ReceiverStream::new(incoming),
-            shutdown.clone().cancelled_owned(),
-        );
+            let conn = Conn {
+                transport,
+                _slot: slot,
+            };
+            stream::serve_connection(conn, xds, shutdown, HANDSHAKE_TIMEOUT).await;
+        });
+    }
+    connections.close();
     // At shutdown every stream ends at once, but a connection whose client
     // does not read cannot deliver the end of its streams: it is dropped
     // after a short grace instead of holding the process up.
-    let grace = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        served = server => served.map_err(std::io::Error::other),
-        () = grace => {
-            tracing::debug!("xDS connections still open after the shutdown grace; dropped");
-            Ok(())
-        }
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::debug!("xDS connections still open after the shutdown grace; dropped");
     }
+    Ok(())
 }
 
 /// How long a new connection may take to start (TLS handshake, or its first
@@ -520,7 +462,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Conn {
     transport: Transport,
-    peer: SocketAddr,
     /// Its place under the connection limit, given back when it is dropped.
     _slot: OwnedSemaphorePermit,
 }
@@ -530,14 +471,6 @@ pub struct Conn {
 enum Transport {
     Plain(tokio::net::TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
-}
-
-impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = SocketAddr;
-
-    fn connect_info(&self) -> SocketAddr {
-        self.peer
-    }
 }
 
 impl tokio::io::AsyncRead for Conn {

@@ -7,8 +7,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use futures_util::Stream;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::resources::{Built, Kind, Resources};
 use super::stream::Session;
@@ -32,18 +31,9 @@ struct Sub {
     version: String,
 }
 
-/// A state-of-the-world stream (see [`super::stream`]).
-pub(super) fn stream(
-    xds: Arc<Xds>,
-    requests: Streaming<DiscoveryRequest>,
-    open: super::Open,
-) -> impl Stream<Item = Result<DiscoveryResponse, Status>> + Send + 'static {
-    super::stream::drive(xds, requests, open, State::default())
-}
-
 /// What one stream holds.
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     subs: HashMap<Kind, Sub>,
     nonce: u64,
     node: String,

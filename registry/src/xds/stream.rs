@@ -1,21 +1,42 @@
-//! What both ADS protocols share: a stream is the response body tonic polls.
-//! It does its work only when polled, so a client that does not read (its
-//! HTTP/2 window full) costs nothing until it reads again, and then gets the
-//! latest state. The protocol decides what to answer ([`Session`]); the
-//! driver here waits for a request or a change and hands out the answers.
+//! Serving ADS over HTTP/2 directly: one task per connection runs all of its
+//! streams.
+//!
+//! A stream is a future the connection's task polls, not a task of its own:
+//! a change wakes the streams that follow it, the connection's task polls
+//! every woken stream in one pass (each builds its response and hands it to
+//! the connection), and then writes them all at once. Through tonic and
+//! hyper every stream was a task woken by the change, polled through a
+//! stack of body adapters, and woken again for each ACK; that work per
+//! stream was most of the cost of a push to many streams.
+//!
+//! A stream does its work only when the client can take it: while the
+//! client's HTTP/2 window is full the stream waits and reads nothing, and
+//! when the client reads again it gets the latest state, so a client that
+//! does not read costs nothing but its buffers. The protocol decides what to
+//! answer ([`Session`]).
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures_util::Stream;
-use tonic::{Status, Streaming};
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, HeaderValue};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
 
-use super::{Open, Wake, Xds};
+use super::{Open, Wake, Xds, delta, sotw};
 
 /// One ADS protocol's state on one stream.
 pub(super) trait Session: Send + 'static {
-    type Request: Send + 'static;
-    type Response: Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: prost::Message + Send + 'static;
 
     /// Takes in one request, queueing what it answers; an error ends the
     /// stream with that status.
@@ -32,81 +53,460 @@ pub(super) trait Session: Send + 'static {
     fn changed(&mut self, xds: &Xds, out: &mut VecDeque<Self::Response>);
 }
 
-/// The response stream of `session` over `requests`.
-pub(super) fn drive<S: Session>(
+/// The state-of-the-world method.
+pub(super) const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+/// The incremental method.
+pub(super) const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+
+/// Largest request message taken.
+pub(super) const MAX_REQUEST: usize = 4 << 20;
+/// Streams one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// HTTP/2 windows: what a client may send before roster reads it.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 4 << 20;
+/// A connection is pinged after this long, and dropped when the ping is not
+/// answered within [`KEEPALIVE_TIMEOUT`]: a client that vanished without
+/// closing does not hold its streams for ever.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one connection's streams until the client closes it, it breaks,
+/// or `shutdown` (every stream then ends, and the connection closes once
+/// they are written).
+pub(super) async fn serve_connection<IO>(
+    io: IO,
     xds: Arc<Xds>,
-    requests: Streaming<S::Request>,
-    open: Open,
-    session: S,
-) -> impl Stream<Item = Result<S::Response, Status>> + Send + 'static {
-    let driver = Driver {
-        wake: Wake::new(xds.failover()),
-        xds,
-        requests,
-        _open: open,
-        session,
-        pending: VecDeque::new(),
-        done: false,
+    shutdown: CancellationToken,
+    handshake_timeout: Duration,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .max_header_list_size(16 << 10)
+        .handshake::<_, Bytes>(io);
+    let mut conn = match tokio::time::timeout(handshake_timeout, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "xDS HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => return,
     };
-    futures_util::stream::unfold(driver, |mut driver| async move {
-        let next = driver.next().await?;
-        Some((next, driver))
-    })
-}
-
-struct Driver<S: Session> {
-    xds: Arc<Xds>,
-    requests: Streaming<S::Request>,
-    /// Held for the stream's life: its place under the stream limit.
-    _open: Open,
-    wake: Wake,
-    session: S,
-    /// Responses decided on and not yet taken (one change can produce one
-    /// per type).
-    pending: VecDeque<S::Response>,
-    done: bool,
-}
-
-impl<S: Session> Driver<S> {
-    /// The next response; `None` once the stream ends.
-    async fn next(&mut self) -> Option<Result<S::Response, Status>> {
-        loop {
-            if let Some(response) = self.pending.pop_front() {
-                return Some(Ok(response));
+    let mut keepalive = pin!(keepalive(conn.ping_pong()));
+    let mut stop = pin!(shutdown.cancelled());
+    let mut streams = FuturesUnordered::new();
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stop, if !closing => {
+                // The streams see the same token and end themselves; the
+                // connection then closes once they are written.
+                closing = true;
+                conn.graceful_shutdown();
             }
-            if self.done {
-                return None;
-            }
-            // A request, or `None` for a change.
-            let request = tokio::select! {
-                () = self.xds.cancel.cancelled() => return None,
-                req = self.requests.message() => Some(req),
-                open = self.wake.changed() => {
-                    if !open {
-                        return None;
-                    }
-                    None
+            accepted = conn.accept() => match accepted {
+                Some(Ok((request, respond))) => {
+                    streams.push(Box::pin(run_stream(xds.clone(), request, respond)));
                 }
-            };
-            match request {
-                Some(Ok(Some(req))) => {
-                    let (xds, wake) = (&*self.xds, &mut self.wake);
-                    if let Err(status) = self.session.request(xds, wake, req, &mut self.pending) {
-                        self.done = true;
-                        return Some(Err(status));
-                    }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "xDS connection ended");
+                    return;
                 }
-                Some(Ok(None) | Err(_)) => return None,
-                None => {
-                    // Let every stream woken by this change queue its
-                    // response before the connections write: on the xDS
-                    // threads' runtimes a yielded task runs again after the
-                    // others, so a connection writes its streams' responses
-                    // together instead of one system call each.
-                    tokio::task::yield_now().await;
-                    self.session.changed(&self.xds, &mut self.pending);
-                }
+                None => return,
+            },
+            Some(()) = streams.next(), if !streams.is_empty() => {}
+            () = &mut keepalive => {
+                tracing::debug!("xDS client did not answer a ping; connection dropped");
+                return;
             }
         }
+    }
+}
+
+/// Pings the client every [`KEEPALIVE_INTERVAL`]; returns when a ping goes
+/// unanswered.
+async fn keepalive(ping_pong: Option<h2::PingPong>) {
+    let Some(mut ping_pong) = ping_pong else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        let pong = ping_pong.ping(h2::Ping::opaque());
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, pong).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+    }
+}
+
+/// One request stream: routed by its method, admitted (token, stream limit),
+/// then served to its end.
+async fn run_stream(
+    xds: Arc<Xds>,
+    request: http::Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+) {
+    let sotw = match request.uri().path() {
+        SOTW_PATH => true,
+        DELTA_PATH => false,
+        path => {
+            let status = Status::unimplemented(format!("roster serves no method {path}"));
+            return refuse(respond, &status);
+        }
+    };
+    if request
+        .headers()
+        .get("grpc-encoding")
+        .is_some_and(|e| e != "identity")
+    {
+        let status = Status::unimplemented("compressed requests are not supported");
+        return refuse(respond, &status);
+    }
+    let permit = match xds.admit(request.headers()) {
+        Ok(permit) => permit,
+        Err(status) => return refuse(respond, &status),
+    };
+    let body = request.into_body();
+    if sotw {
+        let open = Open::new(&xds, permit, "sotw");
+        drive(xds, body, respond, open, sotw::State::default()).await;
+    } else {
+        let open = Open::new(&xds, permit, "delta");
+        drive(xds, body, respond, open, delta::State::default()).await;
+    }
+}
+
+/// Answers a stream with only a status (gRPC's trailers-only response).
+fn refuse(mut respond: SendResponse<Bytes>, status: &Status) {
+    let mut response = http::Response::new(());
+    *response.headers_mut() = grpc_headers();
+    put_status(response.headers_mut(), status);
+    let _ = respond.send_response(response, true);
+}
+
+/// Headers every response starts with.
+fn grpc_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers
+}
+
+/// `grpc-status` and `grpc-message` (percent-encoded, as gRPC asks).
+fn put_status(headers: &mut HeaderMap, status: &Status) {
+    headers.insert("grpc-status", HeaderValue::from(status.code() as i32));
+    if !status.message().is_empty() {
+        let mut message = String::with_capacity(status.message().len());
+        for b in status.message().bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                message.push(char::from(b));
+            } else {
+                message.push_str(&format!("%{b:02X}"));
+            }
+        }
+        if let Ok(v) = HeaderValue::try_from(message) {
+            headers.insert("grpc-message", v);
+        }
+    }
+}
+
+/// What woke an idle stream.
+enum Event {
+    Shutdown,
+    Data(Option<Result<Bytes, h2::Error>>),
+    Changed(bool),
+}
+
+/// Serves one admitted stream until it ends; `open` is held until then.
+async fn drive<S: Session>(
+    xds: Arc<Xds>,
+    mut body: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    _open: Open,
+    mut session: S,
+) {
+    let mut response = http::Response::new(());
+    *response.headers_mut() = grpc_headers();
+    let Ok(mut send) = respond.send_response(response, false) else {
+        return;
+    };
+    let mut cancelled = pin!(xds.cancel.cancelled());
+    let mut wake = Wake::new(xds.failover());
+    let mut requests = Requests::default();
+    let mut out = VecDeque::new();
+    loop {
+        // Hand over what is decided, each response once the client's window
+        // has room for some of it (the rest waits in the connection, at most
+        // one response per stream).
+        while let Some(response) = out.pop_front() {
+            if !has_room(&mut send, &mut cancelled).await {
+                return finish(&mut send, &Status::new(Code::Ok, ""));
+            }
+            if send.send_data(frame(&response), false).is_err() {
+                return;
+            }
+        }
+        let event = tokio::select! {
+            biased;
+            () = &mut cancelled => Event::Shutdown,
+            data = body.data() => Event::Data(data),
+            open = wake.changed() => Event::Changed(open),
+        };
+        match event {
+            Event::Shutdown | Event::Changed(false) | Event::Data(None) => {
+                return finish(&mut send, &Status::new(Code::Ok, ""));
+            }
+            Event::Data(Some(Err(_))) => return, // reset by the client
+            Event::Data(Some(Ok(chunk))) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                requests.buf.extend_from_slice(&chunk);
+                loop {
+                    let request = match requests.next::<S::Request>() {
+                        Ok(Some(r)) => r,
+                        Ok(None) => break,
+                        Err(status) => return finish(&mut send, &status),
+                    };
+                    if let Err(status) = session.request(&xds, &mut wake, request, &mut out) {
+                        return finish(&mut send, &status);
+                    }
+                }
+            }
+            Event::Changed(true) => session.changed(&xds, &mut out),
+        }
+    }
+}
+
+/// Waits until the stream may send (the client's window is open); `false`
+/// when the stream is gone or the server stops first.
+async fn has_room(
+    send: &mut SendStream<Bytes>,
+    cancelled: &mut std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+) -> bool {
+    send.reserve_capacity(1);
+    if send.capacity() > 0 {
+        return true;
+    }
+    loop {
+        tokio::select! {
+            () = &mut *cancelled => return false,
+            capacity = poll_fn(|cx| send.poll_capacity(cx)) => match capacity {
+                Some(Ok(0)) => {}
+                Some(Ok(_)) => return true,
+                Some(Err(_)) | None => return false,
+            },
+        }
+    }
+}
+
+/// Ends the stream with `status` in its trailers.
+fn finish(send: &mut SendStream<Bytes>, status: &Status) {
+    let mut trailers = HeaderMap::new();
+    put_status(&mut trailers, status);
+    let _ = send.send_trailers(trailers);
+}
+
+/// `message` as one uncompressed gRPC message.
+fn frame(message: &impl prost::Message) -> Bytes {
+    let len = message.encoded_len();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    message
+        .encode(&mut buf)
+        .expect("the buffer holds the message");
+    buf.freeze()
+}
+
+/// The request bytes read so far, cut into gRPC messages.
+#[derive(Default)]
+struct Requests {
+    buf: BytesMut,
+}
+
+impl Requests {
+    /// The next whole message, if one has arrived.
+    fn next<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        if self.buf[0] != 0 {
+            return Err(Status::unimplemented(
+                "compressed requests are not supported",
+            ));
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > MAX_REQUEST {
+            return Err(Status::resource_exhausted(format!(
+                "a request of {len} bytes is over the limit of {MAX_REQUEST}"
+            )));
+        }
+        if self.buf.len() < 5 + len {
+            // Not reserved ahead: a five-byte header must not make roster
+            // allocate the megabytes it announces.
+            return Ok(None);
+        }
+        self.buf.advance(5);
+        let message = self.buf.split_to(len);
+        M::decode(message.freeze())
+            .map(Some)
+            .map_err(|e| Status::internal(format!("a request that does not decode: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use tokio::io::DuplexStream;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::catalog::CatalogLimits;
+    use crate::metrics::Metrics;
+    use crate::registry::Registry;
+
+    /// A connection served over an in-memory pipe, and the client's end.
+    async fn served() -> (
+        tokio::task::JoinHandle<()>,
+        h2::client::SendRequest<Bytes>,
+        h2::client::Connection<DuplexStream, Bytes>,
+    ) {
+        let registry = Arc::new(Registry::new(
+            CatalogLimits::default(),
+            Arc::new(Metrics::new()),
+        ));
+        let xds = Xds::new(registry, None, 16, None, CancellationToken::new());
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let served = tokio::spawn(serve_connection(
+            server,
+            xds,
+            CancellationToken::new(),
+            Duration::from_secs(10),
+        ));
+        let (send, conn) = h2::client::handshake(client).await.unwrap();
+        (served, send, conn)
+    }
+
+    /// The status of a call to `path` with `headers`, answered with no message.
+    async fn status_of(path: &str, headers: &[(&str, &str)]) -> (String, String) {
+        let (_served, mut send, conn) = served().await;
+        tokio::spawn(conn);
+        let mut request = http::Request::post(format!("http://xds{path}"))
+            .header("content-type", "application/grpc");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let (response, _) = send.send_request(request.body(()).unwrap(), true).unwrap();
+        let response = response.await.unwrap();
+        assert!(response.body().is_end_stream(), "trailers only");
+        let h = response.headers();
+        let get = |k: &str| h.get(k).map_or("", |v| v.to_str().unwrap()).to_owned();
+        (get("grpc-status"), get("grpc-message"))
+    }
+
+    #[tokio::test]
+    async fn another_method_and_compressed_requests_get_unimplemented() {
+        let (code, message) = status_of("/grpc.health.v1.Health/Check", &[]).await;
+        assert_eq!(code, "12");
+        assert!(message.contains("Health/Check"), "{message}");
+        let (code, message) = status_of(SOTW_PATH, &[("grpc-encoding", "gzip")]).await;
+        assert_eq!(code, "12");
+        assert!(message.contains("compressed"), "{message}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_answers_no_ping_is_dropped_and_one_that_does_is_kept() {
+        // Answers pings: its connection is driven.
+        let (kept, _send, conn) = served().await;
+        tokio::spawn(conn);
+        // Never driven again after the handshake: it answers nothing.
+        let (dropped, _send2, _conn2) = served().await;
+        let start = Instant::now();
+        tokio::time::timeout(KEEPALIVE_INTERVAL * 20, dropped)
+            .await
+            .expect("the silent client is dropped")
+            .unwrap();
+        let took = start.elapsed();
+        assert!(
+            took >= KEEPALIVE_INTERVAL && took <= KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT,
+            "{took:?}"
+        );
+        tokio::time::sleep(KEEPALIVE_INTERVAL * 4).await;
+        assert!(!kept.is_finished(), "a client that answers is kept");
+    }
+
+    #[test]
+    fn requests_are_cut_at_message_bounds_whatever_the_chunks() {
+        let a = DiscoveryRequest {
+            type_url: "t".into(),
+            resource_names: vec!["web".into()],
+            ..DiscoveryRequest::default()
+        };
+        let b = DiscoveryRequest {
+            version_info: "7".into(),
+            ..a.clone()
+        };
+        let mut bytes = frame(&a).to_vec();
+        bytes.extend_from_slice(&frame(&b));
+        for cut in 0..bytes.len() {
+            let mut r = Requests::default();
+            let mut got = Vec::new();
+            for chunk in [&bytes[..cut], &bytes[cut..]] {
+                r.buf.extend_from_slice(chunk);
+                while let Some(m) = r.next::<DiscoveryRequest>().unwrap() {
+                    got.push(m);
+                }
+            }
+            assert_eq!(got, vec![a.clone(), b.clone()], "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_compressed_and_garbled_requests_are_refused() {
+        let mut r = Requests::default();
+        r.buf.put_u8(0);
+        r.buf.put_u32(u32::try_from(MAX_REQUEST + 1).unwrap());
+        let err = r.next::<DiscoveryRequest>().unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+
+        // Announcing the most allowed reserves nothing ahead of the bytes.
+        let mut r = Requests::default();
+        r.buf.put_u8(0);
+        r.buf.put_u32(u32::try_from(MAX_REQUEST).unwrap());
+        assert!(r.next::<DiscoveryRequest>().unwrap().is_none());
+        assert!(r.buf.capacity() < 1024, "{}", r.buf.capacity());
+
+        let mut r = Requests::default();
+        r.buf.extend_from_slice(&[1, 0, 0, 0, 0]);
+        let err = r.next::<DiscoveryRequest>().unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+
+        let mut r = Requests::default();
+        r.buf.extend_from_slice(&[0, 0, 0, 0, 2, 0xff, 0xff]);
+        let err = r.next::<DiscoveryRequest>().unwrap_err();
+        assert_eq!(err.code(), Code::Internal);
+    }
+
+    #[test]
+    fn status_messages_are_percent_encoded() {
+        let mut headers = HeaderMap::new();
+        put_status(
+            &mut headers,
+            &Status::permission_denied("token \"x\" may not: 100% ünread\n"),
+        );
+        assert_eq!(headers["grpc-status"], "7");
+        assert_eq!(
+            headers["grpc-message"],
+            "token \"x\" may not: 100%25 %C3%BCnread%0A"
+        );
     }
 }
