@@ -511,9 +511,10 @@ impl Metrics {
             .inc_by(delta);
     }
 
-    /// A response of resource type `kind` sent.
-    pub fn xds_push(&self, kind: &'static str) {
-        self.xds_pushes.get_or_create(&KindLabels { kind }).inc();
+    /// The counter of responses of resource type `kind` sent, to keep and
+    /// count on without looking it up by label each time.
+    pub fn xds_push_counter(&self, kind: &'static str) -> Counter {
+        self.xds_pushes.get_or_create(&KindLabels { kind }).clone()
     }
 
     /// A response of resource type `kind` rejected by a client.

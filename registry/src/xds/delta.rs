@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use tonic::Status;
 
-use super::resources::{Kind, Resources};
+use super::resources::{Kind, PerKind, Resources};
 use super::stream::Session;
 use super::{Wake, Xds, node_id};
 
@@ -38,7 +38,7 @@ struct Sub {
 /// What one stream holds.
 #[derive(Default)]
 pub(super) struct State {
-    subs: HashMap<Kind, Sub>,
+    subs: PerKind<Sub>,
     nonce: u64,
     node: String,
 }
@@ -62,7 +62,7 @@ impl Session for State {
         let Some(kind) = super::kind_of(&self.node, &req.type_url) else {
             return Ok(());
         };
-        let sub = self.subs.entry(kind).or_default();
+        let sub = self.subs.entry(kind);
         if let Some(err) = &req.error_detail {
             super::rejected(
                 xds,
@@ -108,7 +108,7 @@ impl Session for State {
             self.subs.values().flat_map(|s| s.names.iter()),
             self.subs.values().any(|s| s.wildcard),
         );
-        let sub = self.subs.get_mut(&kind).expect("just added");
+        let sub = self.subs.get_mut(kind).expect("just added");
         if let Some(r) = respond(xds, kind, sub, &mut self.nonce) {
             out.push_back(r);
         }
@@ -117,7 +117,7 @@ impl Session for State {
 
     fn changed(&mut self, xds: &Xds, out: &mut VecDeque<DeltaDiscoveryResponse>) {
         for kind in Kind::ALL {
-            if let Some(sub) = self.subs.get_mut(&kind)
+            if let Some(sub) = self.subs.get_mut(kind)
                 && sub.started
                 && let Some(r) = respond(xds, kind, sub, &mut self.nonce)
             {
@@ -192,6 +192,6 @@ fn respond(
         nonce: nonce.to_string(),
         ..DeltaDiscoveryResponse::default()
     };
-    xds.registry.metrics().xds_push(kind.label());
+    xds.pushed(kind).inc();
     Some(response)
 }

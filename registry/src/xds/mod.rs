@@ -48,6 +48,8 @@ pub struct Xds {
     cancel: CancellationToken,
     /// Other datacenters' answers for failover, when federated.
     failover: Option<Failover>,
+    /// Responses sent, per kind (indexed by the kind's discriminant).
+    pushes: [prometheus_client::metrics::counter::Counter; 4],
 }
 
 impl Xds {
@@ -60,7 +62,12 @@ impl Xds {
         federation: Option<&Federation>,
         cancel: CancellationToken,
     ) -> Arc<Xds> {
+        let mut pushes: [prometheus_client::metrics::counter::Counter; 4] = Default::default();
+        for kind in resources::Kind::ALL {
+            pushes[kind as usize] = registry.metrics().xds_push_counter(kind.label());
+        }
         Arc::new(Xds {
+            pushes,
             registry,
             resources: Resources::default(),
             acl,
@@ -68,6 +75,11 @@ impl Xds {
             cancel,
             failover: federation.map(|f| f.failover().clone()),
         })
+    }
+
+    /// The counter of `kind` responses sent.
+    fn pushed(&self, kind: resources::Kind) -> &prometheus_client::metrics::counter::Counter {
+        &self.pushes[kind as usize]
     }
 
     /// The failover resolver, when federated.
@@ -224,6 +236,14 @@ impl Wake {
     /// Waits for a change worth looking at; `false` once the registry is gone.
     async fn changed(&mut self) -> bool {
         use tokio_stream::StreamExt as _;
+        if self.list.is_none() && self.failover.is_none() {
+            // Services followed by name only, nearly every stream: their
+            // receivers alone, without the select below.
+            if self.services.is_empty() {
+                return std::future::pending().await;
+            }
+            return self.services.next().await.is_some();
+        }
         let list = async {
             match self.list.as_mut() {
                 Some(rx) => rx.changed().await.is_ok(),
@@ -256,6 +276,7 @@ impl Wake {
             }
         };
         tokio::select! {
+            biased;
             open = list => open,
             open = services => open,
             open = failover => open,
@@ -545,6 +566,42 @@ mod tests {
                 },
             })
             .unwrap();
+    }
+
+    #[test]
+    fn a_response_framed_from_shared_entries_is_what_prost_encodes() {
+        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+        use prost::Message as _;
+
+        let registry = Registry::new(CatalogLimits::default(), Arc::new(Metrics::new()));
+        register(&registry, "web", "w1");
+        register(&registry, "api", "a1");
+        let snap = registry.snapshot();
+        let resources = Resources::default();
+        let kind = resources::Kind::Endpoints;
+        let built: Vec<_> = ["web", "api"]
+            .iter()
+            .map(|n| resources.get(&snap, kind, &Arc::from(*n), None).unwrap())
+            .collect();
+        for take in [0, 1, 2] {
+            let out: Vec<&Arc<resources::Built>> = built.iter().take(take).collect();
+            let framed = sotw::encode_response("42", &out, kind.type_url(), "7");
+            let expected = DiscoveryResponse {
+                version_info: "42".into(),
+                resources: out.iter().map(|b| b.any.clone()).collect(),
+                type_url: kind.type_url().into(),
+                nonce: "7".into(),
+                ..DiscoveryResponse::default()
+            };
+            assert_eq!(framed[0], 0, "not compressed");
+            let len = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
+            assert_eq!(len, framed.len() - 5);
+            assert_eq!(
+                &framed[5..],
+                &expected.encode_to_vec()[..],
+                "{take} resources"
+            );
+        }
     }
 
     async fn wakes(wake: &mut Wake) -> bool {

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::cluster::v3::load_balancing_policy::Policy;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, LoadBalancingPolicy};
@@ -44,6 +45,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use envoy_types::util::pack_any;
+use prost::Message as _;
 use roster_api::Health;
 
 use crate::catalog::{Instance, ServiceState, Snapshot};
@@ -69,6 +71,37 @@ pub enum Kind {
     Cluster,
     /// EDS.
     Endpoints,
+}
+
+/// One value per kind, in an array indexed by the kind: a stream's
+/// subscriptions are looked up on every request and change, without hashing.
+#[derive(Debug)]
+pub(crate) struct PerKind<T>([Option<T>; 4]);
+
+impl<T> Default for PerKind<T> {
+    fn default() -> Self {
+        PerKind([None, None, None, None])
+    }
+}
+
+impl<T> PerKind<T> {
+    /// The value of `kind`, made when missing.
+    pub(crate) fn entry(&mut self, kind: Kind) -> &mut T
+    where
+        T: Default,
+    {
+        self.0[kind as usize].get_or_insert_with(T::default)
+    }
+
+    /// The value of `kind`, if any.
+    pub(crate) fn get_mut(&mut self, kind: Kind) -> Option<&mut T> {
+        self.0[kind as usize].as_mut()
+    }
+
+    /// Every value held.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().flatten()
+    }
 }
 
 impl Kind {
@@ -146,6 +179,9 @@ pub struct Built {
     pub version: Arc<str>,
     /// The resource.
     pub any: Any,
+    /// The resource as one entry of a `DiscoveryResponse`'s `resources`
+    /// (field 2, length-delimited), encoded once for every stream.
+    pub entry: Bytes,
     /// The service it was built from, and that service's index then.
     service: Arc<str>,
     index: AtomicU64,
@@ -213,9 +249,12 @@ impl Resources {
             _ => build(kind, name, &parsed, state),
         };
         let version: Arc<str> = digest(&any.value).into();
+        let mut entry = BytesMut::with_capacity(any.encoded_len() + 8);
+        prost::encoding::message::encode(2, &any, &mut entry);
         let fresh = Arc::new(Built {
             name: name.clone(),
             version,
+            entry: entry.freeze(),
             any,
             service: service.clone(),
             index: AtomicU64::new(state.modify_index),

@@ -6,11 +6,12 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use bytes::{BufMut as _, Bytes, BytesMut};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
-use super::resources::{Built, Kind, Resources};
-use super::stream::Session;
+use super::resources::{Built, Kind, PerKind, Resources};
+use super::stream::{Framed, Session};
 use super::{Wake, Xds, node_id};
 
 /// Most names one stream may subscribe to per type.
@@ -34,14 +35,14 @@ struct Sub {
 /// What one stream holds.
 #[derive(Default)]
 pub(super) struct State {
-    subs: HashMap<Kind, Sub>,
+    subs: PerKind<Sub>,
     nonce: u64,
     node: String,
 }
 
 impl Session for State {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = Framed;
 
     /// Takes in one request: a new subscription is answered, an ACK or a
     /// NACK of the current state is not.
@@ -50,7 +51,7 @@ impl Session for State {
         xds: &Xds,
         wake: &mut Wake,
         req: DiscoveryRequest,
-        out: &mut VecDeque<DiscoveryResponse>,
+        out: &mut VecDeque<Framed>,
     ) -> Result<(), Status> {
         if self.node.is_empty() {
             self.node = node_id(req.node.as_ref()).to_owned();
@@ -63,7 +64,7 @@ impl Session for State {
                 "at most {MAX_NAMES} resource names per request"
             )));
         }
-        let sub = self.subs.entry(kind).or_default();
+        let sub = self.subs.entry(kind);
         if !sub.nonce.is_empty()
             && !req.response_nonce.is_empty()
             && req.response_nonce != sub.nonce
@@ -103,16 +104,16 @@ impl Session for State {
             self.subs.values().flat_map(|s| s.names.iter()),
             self.subs.values().any(|s| s.wildcard),
         );
-        let sub = self.subs.get_mut(&kind).expect("just added");
+        let sub = self.subs.get_mut(kind).expect("just added");
         if let Some(r) = respond(xds, kind, sub, &mut self.nonce, true) {
             out.push_back(r);
         }
         Ok(())
     }
 
-    fn changed(&mut self, xds: &Xds, out: &mut VecDeque<DiscoveryResponse>) {
+    fn changed(&mut self, xds: &Xds, out: &mut VecDeque<Framed>) {
         for kind in Kind::ALL {
-            if let Some(sub) = self.subs.get_mut(&kind)
+            if let Some(sub) = self.subs.get_mut(kind)
                 && !sub.nonce.is_empty()
                 && let Some(r) = respond(xds, kind, sub, &mut self.nonce, false)
             {
@@ -146,13 +147,7 @@ fn same_names(asked: &[String], held: &BTreeSet<Arc<str>>) -> bool {
 /// every existing resource asked for (one left out is gone), for routes and
 /// endpoints those that changed (all of them when `asked`). `None` when
 /// nothing changed and the client did not ask.
-fn respond(
-    xds: &Xds,
-    kind: Kind,
-    sub: &mut Sub,
-    nonce: &mut u64,
-    asked: bool,
-) -> Option<DiscoveryResponse> {
+fn respond(xds: &Xds, kind: Kind, sub: &mut Sub, nonce: &mut u64, asked: bool) -> Option<Framed> {
     let snap = xds.registry.snapshot();
     let names: Vec<Arc<str>> = if sub.wildcard {
         Resources::all_services(&snap)
@@ -191,15 +186,45 @@ fn respond(
     *nonce += 1;
     sub.nonce = nonce.to_string();
     sub.version = snap.index.to_string();
-    let response = DiscoveryResponse {
-        version_info: sub.version.clone(),
-        resources: out.iter().map(|b| b.any.clone()).collect(),
-        type_url: kind.type_url().to_owned(),
-        nonce: sub.nonce.clone(),
-        ..DiscoveryResponse::default()
+    let response = encode_response(&sub.version, &out, kind.type_url(), &sub.nonce);
+    xds.pushed(kind).inc();
+    Some(Framed(response))
+}
+
+/// A `DiscoveryResponse` framed as a gRPC message, its resources copied from
+/// their encoding shared by every stream rather than built and encoded
+/// again for each: the same bytes prost writes for the same response.
+pub(super) fn encode_response(
+    version: &str,
+    resources: &[&Arc<Built>],
+    type_url: &str,
+    nonce: &str,
+) -> Bytes {
+    use prost::encoding::{encoded_len_varint, key_len};
+    let strings = [(1, version), (4, type_url), (5, nonce)];
+    let len = strings
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(tag, v)| key_len(*tag) + encoded_len_varint(v.len() as u64) + v.len())
+        .sum::<usize>()
+        + resources.iter().map(|b| b.entry.len()).sum::<usize>();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    let put = |buf: &mut BytesMut, tag: u32, v: &str| {
+        if !v.is_empty() {
+            prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, buf);
+            prost::encoding::encode_varint(v.len() as u64, buf);
+            buf.put_slice(v.as_bytes());
+        }
     };
-    xds.registry.metrics().xds_push(kind.label());
-    Some(response)
+    put(&mut buf, 1, version);
+    for b in resources {
+        buf.put_slice(&b.entry);
+    }
+    put(&mut buf, 4, type_url);
+    put(&mut buf, 5, nonce);
+    buf.freeze()
 }
 
 #[cfg(test)]

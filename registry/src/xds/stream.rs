@@ -36,7 +36,7 @@ use super::{Open, Wake, Xds, delta, sotw};
 /// One ADS protocol's state on one stream.
 pub(super) trait Session: Send + 'static {
     type Request: prost::Message + Default + Send + 'static;
-    type Response: prost::Message + Send + 'static;
+    type Response: Outgoing;
 
     /// Takes in one request, queueing what it answers; an error ends the
     /// stream with that status.
@@ -51,6 +51,27 @@ pub(super) trait Session: Send + 'static {
     /// The catalog (or another datacenter's answer) changed: queues what
     /// the client should be sent now.
     fn changed(&mut self, xds: &Xds, out: &mut VecDeque<Self::Response>);
+}
+
+/// A response as it goes out.
+pub(super) trait Outgoing: Send + 'static {
+    /// The response as one gRPC message (uncompressed, length-prefixed).
+    fn into_frame(self) -> Bytes;
+}
+
+impl Outgoing for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse {
+    fn into_frame(self) -> Bytes {
+        frame(&self)
+    }
+}
+
+/// A response already framed by its session.
+pub(super) struct Framed(pub Bytes);
+
+impl Outgoing for Framed {
+    fn into_frame(self) -> Bytes {
+        self.0
+    }
 }
 
 /// The state-of-the-world method.
@@ -242,7 +263,7 @@ async fn drive<S: Session>(
     let mut cancelled = pin!(xds.cancel.cancelled());
     let mut wake = Wake::new(xds.failover());
     let mut requests = Requests::default();
-    let mut out = VecDeque::new();
+    let mut out: VecDeque<S::Response> = VecDeque::new();
     loop {
         // Hand over what is decided, each response once the client's window
         // has room for some of it (the rest waits in the connection, at most
@@ -251,7 +272,7 @@ async fn drive<S: Session>(
             if !has_room(&mut send, &mut cancelled).await {
                 return finish(&mut send, &Status::new(Code::Ok, ""));
             }
-            if send.send_data(frame(&response), false).is_err() {
+            if send.send_data(response.into_frame(), false).is_err() {
                 return;
             }
         }
@@ -315,7 +336,7 @@ fn finish(send: &mut SendStream<Bytes>, status: &Status) {
 }
 
 /// `message` as one uncompressed gRPC message.
-fn frame(message: &impl prost::Message) -> Bytes {
+pub(super) fn frame(message: &impl prost::Message) -> Bytes {
     let len = message.encoded_len();
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);
