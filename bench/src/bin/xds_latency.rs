@@ -205,7 +205,7 @@ mod lean {
     use prost::Message as _;
     use tokio::sync::{mpsc, watch};
 
-    use super::{DiscoveryRequest, EDS, SERVICE, Seen, ack};
+    use super::{DiscoveryRequest, EDS, SERVICE, Seen};
 
     const PATH: &str =
         "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
@@ -307,6 +307,7 @@ mod lean {
             .map_err(|e| e.to_string())?;
         let mut body = response.await.map_err(|e| e.to_string())?.into_body();
         let (mut buf, mut seen, mut first) = (BytesMut::new(), Seen::new(), true);
+        let ack_prefix = ack_prefix();
         loop {
             let chunk = tokio::select! {
                 _ = stop.changed() => return Ok(seen),
@@ -318,27 +319,71 @@ mod lean {
             };
             let at = Instant::now();
             let _ = body.flow_control().release_capacity(chunk.len());
-            buf.extend_from_slice(&chunk);
-            while buf.len() >= 5 {
-                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-                if buf.len() < 5 + len {
+            // Whole messages are read from the chunk in place; only a
+            // message cut by the chunk's end is copied aside.
+            let mut rest: &[u8] = &chunk;
+            if !buf.is_empty() {
+                buf.extend_from_slice(rest);
+                rest = &[];
+            }
+            loop {
+                let from_buf = !buf.is_empty();
+                let data: &[u8] = if from_buf { &buf } else { rest };
+                if data.len() < 5 {
                     break;
                 }
-                let msg = buf.split_to(5 + len);
-                let (version, nonce) =
-                    version_and_nonce(&msg[5..]).ok_or("a response that does not decode")?;
-                let version = std::str::from_utf8(version).map_err(|e| e.to_string())?;
-                let nonce = std::str::from_utf8(nonce).map_err(|e| e.to_string())?;
+                let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+                if data.len() < 5 + len {
+                    break;
+                }
+                let (version, nonce) = version_and_nonce(&data[5..5 + len])
+                    .ok_or("a response that does not decode")?;
                 // ACK, as gRPC clients do.
-                let _ = send.send_data(frame(&ack(version, nonce)), false);
+                let _ = send.send_data(ack_frame(&ack_prefix, version, nonce), false);
+                let version = std::str::from_utf8(version).map_err(|e| e.to_string())?;
                 if first {
                     first = false;
                     let _ = ready.send(());
                 } else if let Ok(v) = version.parse() {
                     seen.push((v, at));
                 }
+                if from_buf {
+                    let _ = buf.split_to(5 + len);
+                } else {
+                    rest = &rest[5 + len..];
+                }
+            }
+            if !rest.is_empty() {
+                buf.extend_from_slice(rest);
             }
         }
+    }
+
+    /// The fields every ACK shares (type URL and resource name), encoded.
+    fn ack_prefix() -> Vec<u8> {
+        let fields = DiscoveryRequest {
+            type_url: EDS.into(),
+            resource_names: vec![SERVICE.into()],
+            ..DiscoveryRequest::default()
+        };
+        fields.encode_to_vec()
+    }
+
+    /// An ACK of `version` and `nonce` as one gRPC message: the shared
+    /// fields, then version_info (1) and response_nonce (5); field order
+    /// does not matter to a protobuf reader.
+    fn ack_frame(prefix: &[u8], version: &[u8], nonce: &[u8]) -> Bytes {
+        let len = prefix.len() + 2 * 2 + version.len() + nonce.len();
+        let mut b = BytesMut::with_capacity(5 + len);
+        b.put_u8(0);
+        b.put_u32(u32::try_from(len).expect("small message"));
+        b.put_slice(prefix);
+        for (tag, v) in [(0x0a, version), (0x2a, nonce)] {
+            b.put_u8(tag);
+            b.put_u8(u8::try_from(v.len()).expect("short field"));
+            b.put_slice(v);
+        }
+        b.freeze()
     }
 }
 
