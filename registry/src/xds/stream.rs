@@ -85,9 +85,13 @@ pub(super) const DELTA_PATH: &str =
 pub(super) const MAX_REQUEST: usize = 4 << 20;
 /// Streams one connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
-/// HTTP/2 windows: what a client may send before roster reads it.
-const STREAM_WINDOW: u32 = 1 << 20;
-const CONNECTION_WINDOW: u32 = 4 << 20;
+/// HTTP/2 windows: what a client may send before roster takes it in. A
+/// request's bytes are given back to the window only once the whole message
+/// is read, so a stream's window holds the largest request, and what one
+/// connection can make roster hold is bounded by its window, however many
+/// streams it opens.
+const STREAM_WINDOW: u32 = MAX_REQUEST as u32 + 5;
+const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
 /// A connection is pinged after this long, and dropped when the ping is not
 /// answered within [`KEEPALIVE_TIMEOUT`]: a client that vanished without
 /// closing does not hold its streams for ever.
@@ -276,6 +280,20 @@ async fn drive<S: Session>(
                 return;
             }
         }
+        // One request at a time: what it answers goes out (as the client
+        // reads) before the next is taken in, so a client that sends many
+        // requests and reads nothing holds one request's answers, not all.
+        match requests.next::<S::Request>() {
+            Ok(Some((request, used))) => {
+                let _ = body.flow_control().release_capacity(used);
+                if let Err(status) = session.request(&xds, &mut wake, request, &mut out) {
+                    return finish(&mut send, &status);
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(status) => return finish(&mut send, &status),
+        }
         let event = tokio::select! {
             biased;
             () = &mut cancelled => Event::Shutdown,
@@ -287,20 +305,7 @@ async fn drive<S: Session>(
                 return finish(&mut send, &Status::new(Code::Ok, ""));
             }
             Event::Data(Some(Err(_))) => return, // reset by the client
-            Event::Data(Some(Ok(chunk))) => {
-                let _ = body.flow_control().release_capacity(chunk.len());
-                requests.buf.extend_from_slice(&chunk);
-                loop {
-                    let request = match requests.next::<S::Request>() {
-                        Ok(Some(r)) => r,
-                        Ok(None) => break,
-                        Err(status) => return finish(&mut send, &status),
-                    };
-                    if let Err(status) = session.request(&xds, &mut wake, request, &mut out) {
-                        return finish(&mut send, &status);
-                    }
-                }
-            }
+            Event::Data(Some(Ok(chunk))) => requests.buf.extend_from_slice(&chunk),
             Event::Changed(true) => session.changed(&xds, &mut out),
         }
     }
@@ -354,8 +359,8 @@ struct Requests {
 }
 
 impl Requests {
-    /// The next whole message, if one has arrived.
-    fn next<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
+    /// The next whole message, if one has arrived, and the bytes it took.
+    fn next<M: prost::Message + Default>(&mut self) -> Result<Option<(M, usize)>, Status> {
         if self.buf.len() < 5 {
             return Ok(None);
         }
@@ -379,7 +384,7 @@ impl Requests {
         self.buf.advance(5);
         let message = self.buf.split_to(len);
         M::decode(message.freeze())
-            .map(Some)
+            .map(|m| Some((m, 5 + len)))
             .map_err(|e| Status::internal(format!("a request that does not decode: {e}")))
     }
 }
@@ -444,6 +449,52 @@ mod tests {
         assert!(message.contains("compressed"), "{message}");
     }
 
+    #[tokio::test]
+    async fn a_connection_can_make_roster_hold_no_more_than_its_window() {
+        let (_served, mut requests, conn) = served().await;
+        tokio::spawn(conn);
+        // Three streams, each starting a request of the largest size and
+        // never finishing it.
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let request = http::Request::post(format!("http://xds{SOTW_PATH}"))
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            requests = requests.ready().await.unwrap();
+            let (response, mut send) = requests.send_request(request, false).unwrap();
+            let mut header = BytesMut::new();
+            header.put_u8(0);
+            header.put_u32(u32::try_from(MAX_REQUEST).unwrap());
+            send.send_data(header.freeze(), false).unwrap();
+            streams.push((response, send, MAX_REQUEST - 1));
+        }
+        let mut sent = 15;
+        loop {
+            let mut progressed = false;
+            for (_, send, left) in &mut streams {
+                send.reserve_capacity((*left).min(1 << 20));
+                let wait = Duration::from_millis(200);
+                let granted = tokio::time::timeout(wait, poll_fn(|cx| send.poll_capacity(cx)));
+                if let Ok(Some(Ok(n))) = granted.await {
+                    let n = n.min(*left);
+                    if n > 0 {
+                        send.send_data(Bytes::from(vec![0u8; n]), false).unwrap();
+                        (*left, sent, progressed) = (*left - n, sent + n, true);
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        assert!(sent <= CONNECTION_WINDOW as usize, "{sent} bytes held");
+        assert!(
+            sent > STREAM_WINDOW as usize,
+            "one stream's window only: {sent}"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_client_that_answers_no_ping_is_dropped_and_one_that_does_is_kept() {
         // Answers pings: its connection is driven.
@@ -483,7 +534,8 @@ mod tests {
             let mut got = Vec::new();
             for chunk in [&bytes[..cut], &bytes[cut..]] {
                 r.buf.extend_from_slice(chunk);
-                while let Some(m) = r.next::<DiscoveryRequest>().unwrap() {
+                while let Some((m, used)) = r.next::<DiscoveryRequest>().unwrap() {
+                    assert_eq!(used, frame(&m).len());
                     got.push(m);
                 }
             }
