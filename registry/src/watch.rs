@@ -50,6 +50,9 @@ pub struct ServiceEvent {
     /// The service; `None` when it has no instances.
     pub state: Option<ServiceState>,
     json: OnceLock<String>,
+    /// The event as one Server-Sent Events frame, and the registry run
+    /// (epoch) its id names: the same bytes for every stream that sends it.
+    sse: OnceLock<(u64, bytes::Bytes)>,
 }
 
 impl ServiceEvent {
@@ -60,6 +63,20 @@ impl ServiceEvent {
             index: snap.service_index(service),
             state: snap.services.get(service).cloned(),
             json: OnceLock::new(),
+            sse: OnceLock::new(),
+        }
+    }
+
+    /// The event as a Server-Sent Events frame whose id (the resume token)
+    /// is `epoch.index`: built once and shared by every stream.
+    pub(crate) fn sse_frame(&self, epoch: u64) -> bytes::Bytes {
+        let (cached, frame) = self
+            .sse
+            .get_or_init(|| (epoch, sse_frame(epoch, self.index, self.json())));
+        if *cached == epoch {
+            frame.clone()
+        } else {
+            sse_frame(epoch, self.index, self.json())
         }
     }
 
@@ -79,6 +96,20 @@ impl ServiceEvent {
             serde_json::to_string(&event).expect("events serialize")
         })
     }
+}
+
+/// A `service` event with id `epoch.token` (epoch in hex) and `json` as its
+/// data, one `data:` line per line of it.
+pub(crate) fn sse_frame(epoch: u64, token: u64, json: &str) -> bytes::Bytes {
+    let mut out = String::with_capacity(json.len() + 48);
+    let _ = write!(out, "event: service\nid: {epoch:x}.{token}\n");
+    for line in json.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    bytes::Bytes::from(out)
 }
 
 /// Which services a catalog stream follows: named ones, ones whose name starts

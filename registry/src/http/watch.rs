@@ -7,10 +7,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::future::select_all;
 use roster_api::duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -172,13 +173,34 @@ fn stream(
         .and_then(parse_token)
         .and_then(|(epoch, index)| (epoch == state.epoch).then_some(index));
     let watcher = Watcher::new(state, &services, resume);
-    let events = futures_util::stream::unfold(watcher, |mut w| async move {
-        let event = w.next().await?;
-        Some((Ok::<_, Infallible>(event), w))
+    Ok(event_stream(watcher))
+}
+
+/// A comment line: what an idle event stream sends every [`KEEP_ALIVE`] so
+/// that proxies and clients see it is alive.
+const KEEP_ALIVE_FRAME: &[u8] = b":\n\n";
+
+/// The response streaming `watcher`'s events, each a frame shared with every
+/// other stream that sends it (the write is the only work per stream), and a
+/// keep-alive comment after [`KEEP_ALIVE`] without an event.
+fn event_stream(watcher: Watcher) -> Response {
+    let frames = futures_util::stream::unfold(watcher, |mut w| async move {
+        let frame = match tokio::time::timeout(KEEP_ALIVE, w.next()).await {
+            Ok(frame) => frame?,
+            // The wait is dropped, not the watcher's state: what it was
+            // waiting for is still in its receivers.
+            Err(_) => Bytes::from_static(KEEP_ALIVE_FRAME),
+        };
+        Some((Ok::<_, Infallible>(frame), w))
     });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response())
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(frames),
+    )
+        .into_response()
 }
 
 struct Watched {
@@ -241,7 +263,7 @@ impl Watcher {
         }
     }
 
-    async fn next(&mut self) -> Option<Event> {
+    async fn next(&mut self) -> Option<Bytes> {
         loop {
             while let Some((i, event)) = self.pending.pop_front() {
                 let w = &mut self.watched[i];
@@ -251,12 +273,11 @@ impl Watcher {
                 w.sent = event.index;
                 self.token = self.token.max(event.index);
                 self.registry.metrics().watch_event();
-                return Some(
-                    Event::default()
-                        .event("service")
-                        .id(format!("{:x}.{}", self.epoch, self.token))
-                        .data(event.json()),
-                );
+                return Some(if self.token == event.index {
+                    event.sse_frame(self.epoch)
+                } else {
+                    crate::watch::sse_frame(self.epoch, self.token, event.json())
+                });
             }
             let shutdown = self.shutdown.clone();
             let (i, first) = tokio::select! {
@@ -316,6 +337,10 @@ impl Watcher {
     }
 
     async fn recv_any(&mut self) -> (usize, Result<Arc<ServiceEvent>, RecvError>) {
+        if let [only] = self.watched.as_mut_slice() {
+            // One service, nearly every stream: no futures to gather.
+            return (0, only.sub.changes.recv().await);
+        }
         let futures: Vec<RecvFuture<'_>> = self
             .watched
             .iter_mut()
@@ -325,5 +350,98 @@ impl Watcher {
             })
             .collect();
         select_all(futures).await.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::BodyDataStream;
+    use futures_util::StreamExt as _;
+    use roster_api::Weights;
+
+    use super::*;
+    use crate::catalog::{CatalogLimits, Command};
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::model::{InstanceId, InstanceSpec};
+
+    fn register(registry: &Registry, id: &str) {
+        registry
+            .apply(Command::Register {
+                service: ServiceName::parse("web").unwrap(),
+                id: InstanceId::parse(id).unwrap(),
+                spec: InstanceSpec {
+                    address: "10.0.0.1".into(),
+                    port: 80,
+                    tags: vec![],
+                    meta: Default::default(),
+                    weights: Weights::default(),
+                    ttl: None,
+                    deregister_critical_after: Duration::from_secs(60),
+                    checks: Arc::new([]),
+                },
+            })
+            .unwrap();
+    }
+
+    async fn frame(body: &mut BodyDataStream) -> Bytes {
+        body.next().await.unwrap().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_share_each_event_frame_and_an_idle_one_sends_keep_alives() {
+        let registry = Arc::new(Registry::new(
+            CatalogLimits::default(),
+            Arc::new(Metrics::new()),
+        ));
+        register(&registry, "w1");
+        let state = AppState::builder(
+            registry.clone(),
+            &Config::default(),
+            CancellationToken::new(),
+        )
+        .build();
+        let web = [ServiceName::parse("web").unwrap()];
+        let open = || {
+            let response = event_stream(Watcher::new(&state, &web, None));
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            response.into_body().into_data_stream()
+        };
+        let (mut a, mut b) = (open(), open());
+        let first = frame(&mut a).await;
+        assert_eq!(first, frame(&mut b).await);
+        let text = std::str::from_utf8(&first).unwrap();
+        let index = registry.snapshot().service_index("web");
+        assert!(
+            text.starts_with(&format!(
+                "event: service\nid: {:x}.{index}\ndata: {{",
+                state.epoch
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with("}\n\n"), "{text}");
+
+        // Nothing happens: a keep-alive comment after the interval, not before.
+        let start = tokio::time::Instant::now();
+        assert_eq!(&frame(&mut a).await[..], KEEP_ALIVE_FRAME);
+        assert_eq!(start.elapsed(), KEEP_ALIVE);
+
+        // A change: both streams send the very same bytes, built once.
+        register(&registry, "w2");
+        let (x, y) = (frame(&mut a).await, frame(&mut b).await);
+        assert_eq!(x, y);
+        assert_eq!(x.as_ptr(), y.as_ptr(), "one frame shared by both streams");
+        assert!(std::str::from_utf8(&x).unwrap().contains("\"w2\""));
+    }
+
+    #[test]
+    fn a_frame_puts_each_line_of_its_data_on_a_data_line() {
+        let frame = crate::watch::sse_frame(0xab, 7, "{\"a\":1}\n{\"b\":2}");
+        assert_eq!(
+            &frame[..],
+            b"event: service\nid: ab.7\ndata: {\"a\":1}\ndata: {\"b\":2}\n\n"
+        );
     }
 }
