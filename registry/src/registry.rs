@@ -123,6 +123,29 @@ type ChangeFeed = tokio::sync::mpsc::UnboundedSender<Change>;
 /// Receives every change, see [`Registry::feed_changes`].
 pub(crate) type ChangeReceiver = tokio::sync::mpsc::UnboundedReceiver<Change>;
 
+#[cfg(test)]
+impl Registry {
+    /// For tests: registers `id` under `service` at 10.0.0.1:80, without a
+    /// TTL or checks.
+    pub(crate) fn register_plain(&self, service: &str, id: &str) {
+        self.apply(Command::Register {
+            service: ServiceName::parse(service).unwrap(),
+            id: InstanceId::parse(id).unwrap(),
+            spec: crate::model::InstanceSpec {
+                address: "10.0.0.1".into(),
+                port: 80,
+                tags: vec![],
+                meta: Default::default(),
+                weights: roster_api::Weights::default(),
+                ttl: None,
+                deregister_critical_after: Duration::from_secs(60),
+                checks: Arc::new([]),
+            },
+        })
+        .unwrap();
+    }
+}
+
 impl Registry {
     /// An empty registry.
     pub fn new(limits: CatalogLimits, metrics: Arc<Metrics>) -> Self {

@@ -355,36 +355,12 @@ impl Watcher {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use axum::body::BodyDataStream;
-    use futures_util::StreamExt as _;
-    use roster_api::Weights;
-
     use super::*;
-    use crate::catalog::{CatalogLimits, Command};
+    use crate::catalog::CatalogLimits;
     use crate::config::Config;
     use crate::metrics::Metrics;
-    use crate::model::{InstanceId, InstanceSpec};
-
-    fn register(registry: &Registry, id: &str) {
-        registry
-            .apply(Command::Register {
-                service: ServiceName::parse("web").unwrap(),
-                id: InstanceId::parse(id).unwrap(),
-                spec: InstanceSpec {
-                    address: "10.0.0.1".into(),
-                    port: 80,
-                    tags: vec![],
-                    meta: Default::default(),
-                    weights: Weights::default(),
-                    ttl: None,
-                    deregister_critical_after: Duration::from_secs(60),
-                    checks: Arc::new([]),
-                },
-            })
-            .unwrap();
-    }
+    use axum::body::BodyDataStream;
+    use futures_util::StreamExt as _;
 
     async fn frame(body: &mut BodyDataStream) -> Bytes {
         body.next().await.unwrap().unwrap()
@@ -396,7 +372,7 @@ mod tests {
             CatalogLimits::default(),
             Arc::new(Metrics::new()),
         ));
-        register(&registry, "w1");
+        registry.register_plain("web", "w1");
         let state = AppState::builder(
             registry.clone(),
             &Config::default(),
@@ -429,7 +405,7 @@ mod tests {
         assert_eq!(start.elapsed(), KEEP_ALIVE);
 
         // A change: both streams send the very same bytes, built once.
-        register(&registry, "w2");
+        registry.register_plain("web", "w2");
         let (x, y) = (frame(&mut a).await, frame(&mut b).await);
         assert_eq!(x, y);
         assert_eq!(x.as_ptr(), y.as_ptr(), "one frame shared by both streams");

@@ -542,31 +542,9 @@ impl tokio::io::AsyncWrite for Conn {
 
 #[cfg(test)]
 mod tests {
-    use roster_api::Weights;
-
     use super::*;
-    use crate::catalog::{CatalogLimits, Command};
+    use crate::catalog::CatalogLimits;
     use crate::metrics::Metrics;
-    use crate::model::{InstanceId, InstanceSpec, ServiceName};
-
-    fn register(registry: &Registry, service: &str, id: &str) {
-        registry
-            .apply(Command::Register {
-                service: ServiceName::parse(service).unwrap(),
-                id: InstanceId::parse(id).unwrap(),
-                spec: InstanceSpec {
-                    address: "10.0.0.1".into(),
-                    port: 80,
-                    tags: vec![],
-                    meta: Default::default(),
-                    weights: Weights::default(),
-                    ttl: None,
-                    deregister_critical_after: Duration::from_secs(60),
-                    checks: Arc::new([]),
-                },
-            })
-            .unwrap();
-    }
 
     #[test]
     fn a_response_framed_from_shared_entries_is_what_prost_encodes() {
@@ -574,8 +552,8 @@ mod tests {
         use prost::Message as _;
 
         let registry = Registry::new(CatalogLimits::default(), Arc::new(Metrics::new()));
-        register(&registry, "web", "w1");
-        register(&registry, "api", "a1");
+        registry.register_plain("web", "w1");
+        registry.register_plain("api", "a1");
         let snap = registry.snapshot();
         let resources = Resources::default();
         let kind = resources::Kind::Endpoints;
@@ -616,19 +594,19 @@ mod tests {
         let mut wake = Wake::new(None);
         let names: Vec<Arc<str>> = vec!["web".into(), "v2.api".into()];
         wake.follow(&registry, names.iter(), false);
-        register(&registry, "db", "d1");
+        registry.register_plain("db", "d1");
         assert!(!wakes(&mut wake).await, "another service changed");
-        register(&registry, "web", "w1");
+        registry.register_plain("web", "w1");
         assert!(wakes(&mut wake).await, "a followed service changed");
-        register(&registry, "api", "a1");
+        registry.register_plain("api", "a1");
         assert!(wakes(&mut wake).await, "the service of a tagged name");
 
         // Unfollowed: no longer woken; a wildcard wakes on everything.
         wake.follow(&registry, names[..1].iter(), false);
-        register(&registry, "api", "a2");
+        registry.register_plain("api", "a2");
         assert!(!wakes(&mut wake).await);
         wake.follow(&registry, names[..1].iter(), true);
-        register(&registry, "db", "d2");
+        registry.register_plain("db", "d2");
         assert!(wakes(&mut wake).await, "a wildcard follows every change");
     }
 }
