@@ -5,6 +5,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
@@ -966,5 +967,105 @@ async fn the_cli_trusts_a_private_ca_and_presents_a_client_certificate() {
     .await
     .unwrap_err();
     assert!(half.contains("--client-key"), "{half}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// One state-of-the-world request for the endpoints of `service` over `io`,
+/// as raw HTTP/2; the first response, decoded.
+async fn first_eds_response<IO>(io: IO, service: &str) -> Result<DiscoveryResponse, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use prost::Message as _;
+    const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    let (requests, conn) = h2::client::handshake(io).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut requests = requests.ready().await.map_err(|e| e.to_string())?;
+    let request = http::Request::post(
+        "https://localhost/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+    )
+    .header("content-type", "application/grpc")
+    .body(())
+    .unwrap();
+    let (response, mut send) = requests
+        .send_request(request, false)
+        .map_err(|e| e.to_string())?;
+    let ask = DiscoveryRequest {
+        type_url: EDS.into(),
+        resource_names: vec![service.into()],
+        ..DiscoveryRequest::default()
+    };
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(ask.encoded_len()).unwrap().to_be_bytes());
+    ask.encode(&mut frame).unwrap();
+    send.send_data(bytes::Bytes::from(frame), false)
+        .map_err(|e| e.to_string())?;
+    let mut body = response.await.map_err(|e| e.to_string())?.into_body();
+    let mut got = Vec::new();
+    while got.len() < 5
+        || got.len() < 5 + u32::from_be_bytes(got[1..5].try_into().unwrap()) as usize
+    {
+        let chunk = body
+            .data()
+            .await
+            .ok_or("stream ended")?
+            .map_err(|e| e.to_string())?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    DiscoveryResponse::decode(&got[5..]).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn xds_is_served_over_tls_only_to_clients_that_trust_the_certificate() {
+    let (good, other) = (ca("roster test CA"), ca("another CA"));
+    let dir = tls_dir("xds");
+    let mut config = base_config();
+    config.serve.tls = Some(write_server_cert(&dir, &good));
+    config.grpc_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let reg = TestRegistry::start_with(config).await;
+    trusting(reg.url(), &good, None)
+        .register("web", "web-1", &body(80))
+        .await
+        .unwrap();
+    let connect = |ca: &Ca| {
+        let mut roots = rustls::RootCertStore::empty();
+        let der = {
+            use rustls::pki_types::pem::PemObject as _;
+            rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()
+        };
+        roots.add(der).unwrap();
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let addr = reg.grpc_addr();
+        async move {
+            let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+
+    let tls = connect(&good).await.unwrap();
+    let response = first_eds_response(tls, "web").await.unwrap();
+    assert_eq!(response.resources.len(), 1, "{response:?}");
+    assert!(!response.version_info.is_empty());
+
+    // A client trusting another CA does not get through the handshake.
+    assert!(connect(&other).await.is_err());
+    // Plain HTTP/2 on the TLS port gets no answer.
+    let plain = TcpStream::connect(reg.grpc_addr()).await.unwrap();
+    let answered =
+        tokio::time::timeout(Duration::from_secs(5), first_eds_response(plain, "web")).await;
+    assert!(!matches!(answered, Ok(Ok(_))), "{answered:?}");
     std::fs::remove_dir_all(dir).unwrap();
 }
