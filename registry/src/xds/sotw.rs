@@ -4,6 +4,7 @@
 //! sent again until the catalog changes.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
@@ -149,15 +150,15 @@ fn same_names(asked: &[String], held: &BTreeSet<Arc<str>>) -> bool {
 /// nothing changed and the client did not ask.
 fn respond(xds: &Xds, kind: Kind, sub: &mut Sub, nonce: &mut u64, asked: bool) -> Option<Framed> {
     let snap = xds.registry.snapshot();
-    let names: Vec<Arc<str>> = if sub.wildcard {
+    let get = |n: &Arc<str>| xds.resources.get(&snap, kind, n, xds.failover());
+    let current: Vec<Arc<Built>> = if sub.wildcard {
         Resources::all_services(&snap)
+            .iter()
+            .filter_map(get)
+            .collect()
     } else {
-        sub.names.iter().cloned().collect()
+        sub.names.iter().filter_map(get).collect()
     };
-    let current: Vec<Arc<Built>> = names
-        .iter()
-        .filter_map(|n| xds.resources.get(&snap, kind, n, xds.failover()))
-        .collect();
     let differs = |b: &Arc<Built>| sub.sent.get(&b.name) != Some(&b.version);
     let out: Vec<&Arc<Built>> = if kind.full_state() {
         let same = current.len() == sub.sent.len() && !current.iter().any(differs);
@@ -184,8 +185,11 @@ fn respond(xds: &Xds, kind: Kind, sub: &mut Sub, nonce: &mut u64, asked: bool) -
         sub.sent.insert(b.name.clone(), b.version.clone());
     }
     *nonce += 1;
-    sub.nonce = nonce.to_string();
-    sub.version = snap.index.to_string();
+    // Written over the last ones: no new strings per response.
+    sub.nonce.clear();
+    let _ = write!(sub.nonce, "{nonce}");
+    sub.version.clear();
+    let _ = write!(sub.version, "{}", snap.index);
     let response = encode_response(&sub.version, &out, kind.type_url(), &sub.nonce);
     xds.pushed(kind).inc();
     Some(Framed(response))
