@@ -341,7 +341,7 @@ fn finish(send: &mut SendStream<Bytes>, status: &Status) {
 }
 
 /// `message` as one uncompressed gRPC message.
-pub(super) fn frame(message: &impl prost::Message) -> Bytes {
+fn frame(message: &impl prost::Message) -> Bytes {
     let len = message.encoded_len();
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);
