@@ -233,6 +233,14 @@ impl Wake {
         }
     }
 
+    /// Takes the service events that are already in: one look at the
+    /// catalog answers them all.
+    fn drain(&mut self) {
+        use futures_util::FutureExt as _;
+        use tokio_stream::StreamExt as _;
+        while let Some(Some(_)) = self.services.next().now_or_never() {}
+    }
+
     /// Waits for a change worth looking at; `false` once the registry is gone.
     async fn changed(&mut self) -> bool {
         use tokio_stream::StreamExt as _;
@@ -242,7 +250,9 @@ impl Wake {
             if self.services.is_empty() {
                 return std::future::pending().await;
             }
-            return self.services.next().await.is_some();
+            let open = self.services.next().await.is_some();
+            self.drain();
+            return open;
         }
         let list = async {
             match self.list.as_mut() {
@@ -275,12 +285,14 @@ impl Wake {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let open = tokio::select! {
             biased;
             open = list => open,
             open = services => open,
             open = failover => open,
-        }
+        };
+        self.drain();
+        open
     }
 }
 
@@ -562,7 +574,7 @@ mod tests {
             .map(|n| resources.get(&snap, kind, &Arc::from(*n), None).unwrap())
             .collect();
         for take in [0, 1, 2] {
-            let out: Vec<&Arc<resources::Built>> = built.iter().take(take).collect();
+            let out: Vec<&resources::Built> = built.iter().take(take).map(|b| &**b).collect();
             let framed = sotw::encode_response("42", &out, kind.type_url(), "7");
             let expected = DiscoveryResponse {
                 version_info: "42".into(),
@@ -580,6 +592,18 @@ mod tests {
                 "{take} resources"
             );
         }
+
+        // One resource alone at an index: framed once, versioned and
+        // nonced by the index, the same bytes for every caller.
+        let web = &built[0];
+        let shared = web.sotw_response(snap.index, kind.type_url());
+        let index = snap.index.to_string();
+        let alone = sotw::encode_response(&index, &[&**web], kind.type_url(), &index);
+        assert_eq!(shared, alone);
+        let again = web.sotw_response(snap.index, kind.type_url());
+        assert_eq!(again.as_ptr(), shared.as_ptr(), "shared, not framed again");
+        let later = web.sotw_response(snap.index + 1, kind.type_url());
+        assert_ne!(later, shared, "another index is another response");
     }
 
     async fn wakes(wake: &mut Wake) -> bool {

@@ -188,13 +188,35 @@ pub struct Built {
     /// The version of the other datacenter's answer it includes (failover),
     /// 0 for none.
     remote: u64,
+    /// The state-of-the-world response of this resource alone, framed, and
+    /// the catalog index it was made at (its version and its nonce).
+    sotw: std::sync::Mutex<Option<(u64, Bytes)>>,
+}
+
+impl Built {
+    /// The framed state-of-the-world response that carries this resource
+    /// alone at catalog `index` (the response's version and nonce): made by
+    /// the first stream that sends it and shared by every other.
+    pub(super) fn sotw_response(&self, index: u64, type_url: &str) -> Bytes {
+        let mut held = self.sotw.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, frame)) = &*held
+            && *at == index
+        {
+            return frame.clone();
+        }
+        let version = index.to_string();
+        let frame = super::sotw::encode_response(&version, &[self], type_url, &version);
+        *held = Some((index, frame.clone()));
+        frame
+    }
 }
 
 /// Resources built from the catalog, cached per (kind, name) against the
 /// service's index.
 #[derive(Debug, Default)]
 pub struct Resources {
-    cache: DashMap<(Kind, Arc<str>), Arc<Built>>,
+    /// Hashed with foldhash: every stream looks up here on every change.
+    cache: DashMap<(Kind, Arc<str>), Arc<Built>, foldhash::fast::RandomState>,
     /// `names_index` of the snapshot the cache was last pruned against.
     pruned: AtomicU64,
 }
@@ -259,6 +281,7 @@ impl Resources {
             service: service.clone(),
             index: AtomicU64::new(state.modify_index),
             remote: remote.map_or(0, |r| r.version),
+            sotw: std::sync::Mutex::new(None),
         });
         let mut out = fresh.clone();
         self.cache

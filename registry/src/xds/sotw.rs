@@ -26,19 +26,28 @@ struct Sub {
     /// Every cluster of the catalog (an empty CDS request) .
     wildcard: bool,
     /// Version of each resource the client was last sent.
-    sent: HashMap<Arc<str>, Arc<str>>,
+    sent: SentMap,
+    /// Catalog index of the last response.
+    index: Option<u64>,
     /// Nonce of the last response.
     nonce: String,
     /// Version of the last response.
     version: String,
 }
 
+/// Resource name to the version sent. Hashed with foldhash (seeded per
+/// map): it is looked up for every resource of every response.
+type SentMap = HashMap<Arc<str>, Arc<str>, foldhash::fast::RandomState>;
+
 /// What one stream holds.
 #[derive(Default)]
 pub(super) struct State {
     subs: PerKind<Sub>,
+    /// Responses that needed a nonce of the stream's own.
     nonce: u64,
     node: String,
+    /// The resources of the response being built (kept to save allocating).
+    current: Vec<Arc<Built>>,
 }
 
 impl Session for State {
@@ -106,7 +115,7 @@ impl Session for State {
             self.subs.values().any(|s| s.wildcard),
         );
         let sub = self.subs.get_mut(kind).expect("just added");
-        if let Some(r) = respond(xds, kind, sub, &mut self.nonce, true) {
+        if let Some(r) = respond(xds, kind, sub, &mut self.nonce, true, &mut self.current) {
             out.push_back(r);
         }
         Ok(())
@@ -116,7 +125,7 @@ impl Session for State {
         for kind in Kind::ALL {
             if let Some(sub) = self.subs.get_mut(kind)
                 && !sub.nonce.is_empty()
-                && let Some(r) = respond(xds, kind, sub, &mut self.nonce, false)
+                && let Some(r) = respond(xds, kind, sub, &mut self.nonce, false, &mut self.current)
             {
                 out.push_back(r);
             }
@@ -148,50 +157,70 @@ fn same_names(asked: &[String], held: &BTreeSet<Arc<str>>) -> bool {
 /// every existing resource asked for (one left out is gone), for routes and
 /// endpoints those that changed (all of them when `asked`). `None` when
 /// nothing changed and the client did not ask.
-fn respond(xds: &Xds, kind: Kind, sub: &mut Sub, nonce: &mut u64, asked: bool) -> Option<Framed> {
+///
+/// Nonces: a response is versioned by the catalog index, and the first
+/// response of a type at an index takes the index as its nonce too, so the
+/// response of one resource is the same bytes on every stream and is framed
+/// once ([`Built::sotw_response`]). A further response of the type at the
+/// same index (a change of names, another datacenter's answer) takes
+/// `INDEX.N` with the stream's own counter: a nonce never repeats on a
+/// stream, so a late ACK of an older response is told from the latest.
+fn respond(
+    xds: &Xds,
+    kind: Kind,
+    sub: &mut Sub,
+    counter: &mut u64,
+    asked: bool,
+    current: &mut Vec<Arc<Built>>,
+) -> Option<Framed> {
     let snap = xds.registry.snapshot();
     let get = |n: &Arc<str>| xds.resources.get(&snap, kind, n, xds.failover());
-    let current: Vec<Arc<Built>> = if sub.wildcard {
-        Resources::all_services(&snap)
-            .iter()
-            .filter_map(get)
-            .collect()
+    current.clear();
+    if sub.wildcard {
+        current.extend(Resources::all_services(&snap).iter().filter_map(get));
     } else {
-        sub.names.iter().filter_map(get).collect()
-    };
-    let differs = |b: &Arc<Built>| sub.sent.get(&b.name) != Some(&b.version);
-    let out: Vec<&Arc<Built>> = if kind.full_state() {
-        let same = current.len() == sub.sent.len() && !current.iter().any(differs);
+        current.extend(sub.names.iter().filter_map(get));
+    }
+    let differs = |sent: &SentMap, b: &Arc<Built>| sent.get(&b.name) != Some(&b.version);
+    if kind.full_state() {
+        let same =
+            current.len() == sub.sent.len() && !current.iter().any(|b| differs(&sub.sent, b));
         if same && !asked {
             return None;
         }
-        current.iter().collect()
-    } else if asked {
-        current.iter().collect()
-    } else {
-        current.iter().filter(|b| differs(b)).collect()
-    };
-    if out.is_empty() && !asked && !kind.full_state() {
-        // Nothing to say; forget what is gone so it is sent when it is back.
-        sub.sent.retain(|n, _| current.iter().any(|b| &b.name == n));
-        return None;
-    }
-    if kind.full_state() {
         sub.sent.clear();
     } else {
+        // Forget what is gone, so it is sent when it is back.
         sub.sent.retain(|n, _| current.iter().any(|b| &b.name == n));
+        if !asked {
+            current.retain(|b| differs(&sub.sent, b));
+            if current.is_empty() {
+                return None;
+            }
+        }
     }
-    for b in &out {
+    for b in current.iter() {
         sub.sent.insert(b.name.clone(), b.version.clone());
     }
-    *nonce += 1;
-    // Written over the last ones: no new strings per response.
-    sub.nonce.clear();
-    let _ = write!(sub.nonce, "{nonce}");
-    sub.version.clear();
-    let _ = write!(sub.version, "{}", snap.index);
-    let response = encode_response(&sub.version, &out, kind.type_url(), &sub.nonce);
     xds.pushed(kind).inc();
+    let index = snap.index;
+    let first_at_index = sub.index != Some(index);
+    sub.index = Some(index);
+    sub.version.clear();
+    let _ = write!(sub.version, "{index}");
+    if first_at_index && let [only] = current.as_slice() {
+        let response = only.sotw_response(index, kind.type_url());
+        sub.nonce.clone_from(&sub.version);
+        current.clear();
+        return Some(Framed(response));
+    }
+    *counter += 1;
+    sub.nonce.clear();
+    let _ = write!(sub.nonce, "{index}.{counter}");
+    let out: Vec<&Built> = current.iter().map(|b| &**b).collect();
+    let response = encode_response(&sub.version, &out, kind.type_url(), &sub.nonce);
+    drop(out);
+    current.clear();
     Some(Framed(response))
 }
 
@@ -200,7 +229,7 @@ fn respond(xds: &Xds, kind: Kind, sub: &mut Sub, nonce: &mut u64, asked: bool) -
 /// again for each: the same bytes prost writes for the same response.
 pub(super) fn encode_response(
     version: &str,
-    resources: &[&Arc<Built>],
+    resources: &[&Built],
     type_url: &str,
     nonce: &str,
 ) -> Bytes {
@@ -233,7 +262,93 @@ pub(super) fn encode_response(
 
 #[cfg(test)]
 mod tests {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+    use prost::Message as _;
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
+    use crate::catalog::CatalogLimits;
+    use crate::metrics::Metrics;
+    use crate::registry::Registry;
+
+    /// One stream: its state, its wake, and what it sent.
+    struct Stream(State, Wake, VecDeque<Framed>);
+
+    impl Stream {
+        fn new() -> Stream {
+            Stream(State::default(), Wake::new(None), VecDeque::new())
+        }
+
+        /// Sends an endpoints request; the response it got, if any.
+        fn ask(&mut self, xds: &Xds, names: &[&str], nonce: &str) -> Option<Bytes> {
+            let req = DiscoveryRequest {
+                type_url: Kind::Endpoints.type_url().into(),
+                resource_names: asked(names),
+                response_nonce: nonce.into(),
+                ..DiscoveryRequest::default()
+            };
+            self.0.request(xds, &mut self.1, req, &mut self.2).unwrap();
+            self.2.pop_front().map(|f| f.0)
+        }
+
+        fn changed(&mut self, xds: &Xds) -> Option<Bytes> {
+            self.0.changed(xds, &mut self.2);
+            self.2.pop_front().map(|f| f.0)
+        }
+    }
+
+    fn decode(frame: &Bytes) -> DiscoveryResponse {
+        DiscoveryResponse::decode(&frame[5..]).unwrap()
+    }
+
+    #[test]
+    fn streams_share_the_bytes_of_a_change_and_a_nonce_never_repeats_on_a_stream() {
+        let registry = Arc::new(Registry::new(
+            CatalogLimits::default(),
+            Arc::new(Metrics::new()),
+        ));
+        registry.register_plain("web", "w1");
+        let xds = Xds::new(registry.clone(), None, 16, None, CancellationToken::new());
+        let (mut a, mut b) = (Stream::new(), Stream::new());
+        let first_a = a.ask(&xds, &["web"], "").unwrap();
+        let first_b = b.ask(&xds, &["web"], "").unwrap();
+        assert_eq!(first_a.as_ptr(), first_b.as_ptr(), "one frame for both");
+        let first = decode(&first_a);
+        assert_eq!(first.nonce, first.version_info);
+        assert!(a.ask(&xds, &["web"], &first.nonce).is_none(), "an ACK");
+
+        registry.register_plain("web", "w2");
+        let (pushed_a, pushed_b) = (a.changed(&xds).unwrap(), b.changed(&xds).unwrap());
+        assert_eq!(pushed_a.as_ptr(), pushed_b.as_ptr(), "one frame for both");
+        let pushed = decode(&pushed_a);
+        assert_eq!(pushed.nonce, registry.snapshot().index.to_string());
+        assert_ne!(pushed.nonce, first.nonce);
+        assert!(a.changed(&xds).is_none(), "nothing new");
+
+        // More names at the same index: a nonce of the stream's own.
+        let more = decode(&a.ask(&xds, &["web", "api"], &pushed.nonce).unwrap());
+        assert_eq!(more.version_info, pushed.version_info);
+        assert_ne!(more.nonce, pushed.nonce);
+        // A late answer to the response before (the one name) is not taken
+        // as a change of names back to it.
+        assert!(a.ask(&xds, &["web"], &pushed.nonce).is_none());
+        assert!(
+            a.ask(&xds, &["web", "api"], &more.nonce).is_none(),
+            "an ACK"
+        );
+        registry.register_plain("api", "a1");
+        let api = decode(&a.changed(&xds).unwrap());
+        assert_eq!(api.resources.len(), 1, "only what changed");
+        assert!(
+            a.0.subs
+                .get_mut(Kind::Endpoints)
+                .unwrap()
+                .sent
+                .contains_key("api"),
+            "both names still followed"
+        );
+        assert!(b.changed(&xds).is_none(), "b follows web only");
+    }
 
     fn set(names: &[&str]) -> BTreeSet<Arc<str>> {
         names.iter().map(|n| Arc::from(*n)).collect()

@@ -297,8 +297,10 @@ async fn drive<S: Session>(
         let event = tokio::select! {
             biased;
             () = &mut cancelled => Event::Shutdown,
-            data = body.data() => Event::Data(data),
+            // A change first: when a push wakes every stream, none of them
+            // looks at its request side (the ACKs come after).
             open = wake.changed() => Event::Changed(open),
+            data = body.data() => Event::Data(data),
         };
         match event {
             Event::Shutdown | Event::Changed(false) | Event::Data(None) => {
