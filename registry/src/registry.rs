@@ -125,6 +125,11 @@ pub(crate) type ChangeReceiver = tokio::sync::mpsc::UnboundedReceiver<Change>;
 
 #[cfg(test)]
 impl Registry {
+    /// For tests: how many receivers follow `service`'s changes.
+    pub(crate) fn watchers_of(&self, service: &str) -> usize {
+        self.lock().hub.receivers_of(service)
+    }
+
     /// For tests: registers `id` under `service` at 10.0.0.1:80, without a
     /// TTL or checks.
     pub(crate) fn register_plain(&self, service: &str, id: &str) {

@@ -577,6 +577,14 @@ impl Hub {
         }
     }
 
+    /// How many receivers follow `service`.
+    #[cfg(test)]
+    pub(crate) fn receivers_of(&self, service: &str) -> usize {
+        self.topics
+            .get(service)
+            .map_or(0, |t| t.tx.receiver_count())
+    }
+
     /// Subscribes to `service` (which need not exist yet).
     pub(crate) fn subscribe(&mut self, snap: &Snapshot, service: &Arc<str>) -> Subscription {
         if self.topics.len() > 2 * snap.services.len() + 1024 {

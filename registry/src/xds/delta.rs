@@ -104,7 +104,7 @@ impl Session for State {
             )));
         }
         wake.follow(
-            &xds.registry,
+            xds,
             self.subs.values().flat_map(|s| s.names.iter()),
             self.subs.values().any(|s| s.wildcard),
         );

@@ -12,6 +12,7 @@ pub mod resources;
 
 mod delta;
 mod failover;
+mod fanout;
 mod sotw;
 mod stream;
 
@@ -50,6 +51,8 @@ pub struct Xds {
     failover: Option<Failover>,
     /// Responses sent, per kind (indexed by the kind's discriminant).
     pushes: [prometheus_client::metrics::counter::Counter; 4],
+    /// Each thread's receivers of the followed services' changes.
+    fanout: fanout::Fanout,
 }
 
 impl Xds {
@@ -74,6 +77,7 @@ impl Xds {
             streams: Arc::new(Semaphore::new(max_streams)),
             cancel,
             failover: federation.map(|f| f.failover().clone()),
+            fanout: fanout::Fanout::default(),
         })
     }
 
@@ -160,11 +164,11 @@ const MAX_FOLLOWED: usize = 256;
 struct Wake {
     /// The catalog index, for wildcard subscriptions.
     list: Option<tokio::sync::watch::Receiver<u64>>,
-    /// One subscription per service followed by name.
-    services: tokio_stream::StreamMap<
-        Arc<str>,
-        tokio_stream::wrappers::BroadcastStream<Arc<crate::watch::ServiceEvent>>,
-    >,
+    /// Raised by a change of a service followed by name.
+    signal: Arc<fanout::Signal>,
+    /// The services followed by name, each shared with the other streams
+    /// of this thread that follow it.
+    services: Vec<Arc<fanout::Slot>>,
     /// Federated: other datacenters' answers changed, and a periodic look
     /// that keeps the answers a failed-over resource uses followed (a remote
     /// answer nobody asks about for a minute is dropped).
@@ -178,7 +182,8 @@ impl Wake {
     fn new(failover: Option<&Failover>) -> Wake {
         Wake {
             list: None,
-            services: tokio_stream::StreamMap::new(),
+            signal: Arc::default(),
+            services: Vec::new(),
             failover: failover.map(|f| {
                 let mut every = tokio::time::interval(FAILOVER_LOOK);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -191,12 +196,7 @@ impl Wake {
     /// Follows the services of `names` (resource names), and every change
     /// when `wildcard`. Call before reading the snapshot to answer from, so
     /// no change falls between.
-    fn follow<'a>(
-        &mut self,
-        registry: &Registry,
-        names: impl Iterator<Item = &'a Arc<str>>,
-        wildcard: bool,
-    ) {
+    fn follow<'a>(&mut self, xds: &Xds, names: impl Iterator<Item = &'a Arc<str>>, wildcard: bool) {
         let mut wanted: std::collections::BTreeSet<crate::model::ServiceName> = names
             .filter_map(|n| resources::Name::parse(n))
             .filter_map(|n| crate::model::ServiceName::parse(&n.service).ok())
@@ -208,51 +208,37 @@ impl Wake {
         if everything {
             wanted.clear();
             if self.list.is_none() {
-                self.list = Some(registry.subscribe_list());
+                self.list = Some(xds.registry.subscribe_list());
             }
         } else {
             self.list = None;
         }
-        let gone: Vec<Arc<str>> = self
-            .services
-            .keys()
-            .filter(|k| !wanted.iter().any(|w| w.as_str() == &***k))
-            .cloned()
-            .collect();
-        for k in gone {
-            self.services.remove(&k);
-        }
-        for service in wanted {
-            if !self.services.contains_key(service.as_str()) {
-                let sub = registry.subscribe(&service);
-                self.services.insert(
-                    service.as_arc().clone(),
-                    tokio_stream::wrappers::BroadcastStream::new(sub.changes),
-                );
+        let signal = &self.signal;
+        self.services.retain(|slot| {
+            let keep = wanted.remove(slot.service());
+            if !keep {
+                slot.unfollow(signal);
             }
+            keep
+        });
+        for service in wanted {
+            let slot = xds.fanout.follow(&xds.registry, &service, signal);
+            self.services.push(slot);
         }
     }
 
-    /// Takes the service events that are already in: one look at the
-    /// catalog answers them all.
+    /// Takes the service changes that are already in: the look about to be
+    /// taken answers them.
     fn drain(&mut self) {
-        use futures_util::FutureExt as _;
-        use tokio_stream::StreamExt as _;
-        while let Some(Some(_)) = self.services.next().now_or_never() {}
+        self.signal.lower();
     }
 
     /// Waits for a change worth looking at; `false` once the registry is gone.
     async fn changed(&mut self) -> bool {
-        use tokio_stream::StreamExt as _;
         if self.list.is_none() && self.failover.is_none() {
-            // Services followed by name only, nearly every stream: their
-            // receivers alone, without the select below.
-            if self.services.is_empty() {
-                return std::future::pending().await;
-            }
-            let open = self.services.next().await.is_some();
-            self.drain();
-            return open;
+            // Services followed by name only, nearly every stream: the
+            // signal alone, without the select below.
+            return service_changed(&self.signal, &self.services).await;
         }
         let list = async {
             match self.list.as_mut() {
@@ -260,14 +246,7 @@ impl Wake {
                 None => std::future::pending().await,
             }
         };
-        let services = async {
-            if self.services.is_empty() {
-                return std::future::pending().await;
-            }
-            // An event or a lag (events dropped for a slow reader): either
-            // way, look again.
-            self.services.next().await.is_some()
-        };
+        let services = service_changed(&self.signal, &self.services);
         let failover = async {
             match self.failover.as_mut() {
                 Some((rx, every)) => {
@@ -293,6 +272,24 @@ impl Wake {
         };
         self.drain();
         open
+    }
+}
+
+/// Waits for a service of `services` to change (`signal` raised); `false`
+/// once the registry is gone.
+async fn service_changed(signal: &fanout::Signal, services: &[Arc<fanout::Slot>]) -> bool {
+    if services.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| signal.poll_raised(cx)).await;
+    !services.iter().any(|s| s.is_closed())
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        for slot in &self.services {
+            slot.unfollow(&self.signal);
+        }
     }
 }
 
@@ -614,10 +611,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_wakes_for_the_services_it_follows_only() {
-        let registry = Registry::new(CatalogLimits::default(), Arc::new(Metrics::new()));
+        let registry = Arc::new(Registry::new(
+            CatalogLimits::default(),
+            Arc::new(Metrics::new()),
+        ));
+        let xds = Xds::new(registry.clone(), None, 16, None, CancellationToken::new());
         let mut wake = Wake::new(None);
         let names: Vec<Arc<str>> = vec!["web".into(), "v2.api".into()];
-        wake.follow(&registry, names.iter(), false);
+        wake.follow(&xds, names.iter(), false);
         registry.register_plain("db", "d1");
         assert!(!wakes(&mut wake).await, "another service changed");
         registry.register_plain("web", "w1");
@@ -626,11 +627,54 @@ mod tests {
         assert!(wakes(&mut wake).await, "the service of a tagged name");
 
         // Unfollowed: no longer woken; a wildcard wakes on everything.
-        wake.follow(&registry, names[..1].iter(), false);
+        wake.follow(&xds, names[..1].iter(), false);
         registry.register_plain("api", "a2");
         assert!(!wakes(&mut wake).await);
-        wake.follow(&registry, names[..1].iter(), true);
+        wake.follow(&xds, names[..1].iter(), true);
         registry.register_plain("db", "d2");
         assert!(wakes(&mut wake).await, "a wildcard follows every change");
+    }
+
+    #[tokio::test]
+    async fn streams_of_a_thread_share_one_receiver_per_service_and_each_is_woken() {
+        let registry = Arc::new(Registry::new(
+            CatalogLimits::default(),
+            Arc::new(Metrics::new()),
+        ));
+        let xds = Xds::new(registry.clone(), None, 16, None, CancellationToken::new());
+        let web: Vec<Arc<str>> = vec!["web".into()];
+        let both: Vec<Arc<str>> = vec!["web".into(), "api".into()];
+        let mut a = Wake::new(None);
+        let mut b = Wake::new(None);
+        a.follow(&xds, web.iter(), false);
+        b.follow(&xds, both.iter(), false);
+        let b_web = b.services.iter().find(|s| s.service().as_str() == "web");
+        assert!(
+            Arc::ptr_eq(&a.services[0], b_web.unwrap()),
+            "one slot for web"
+        );
+        let receivers = |s: &str| registry.watchers_of(s);
+        assert_eq!(receivers("web"), 1, "one receiver for the thread");
+        registry.register_plain("web", "w1");
+        assert!(wakes(&mut a).await);
+        assert!(wakes(&mut b).await);
+        // Several changes before a stream looks: one wake answers them all.
+        registry.register_plain("web", "w2");
+        registry.register_plain("web", "w3");
+        assert!(wakes(&mut a).await);
+        assert!(!wakes(&mut a).await, "already answered");
+        assert!(wakes(&mut b).await);
+
+        // A stream that lets go is not woken; the last one to let go of a
+        // service ends its receiver.
+        drop(a);
+        registry.register_plain("api", "a1");
+        assert!(wakes(&mut b).await);
+        b.follow(&xds, std::iter::empty(), false);
+        tokio::task::yield_now().await;
+        registry.register_plain("web", "w4");
+        tokio::task::yield_now().await;
+        assert_eq!(receivers("web"), 0, "no one follows web");
+        assert!(!wakes(&mut b).await);
     }
 }

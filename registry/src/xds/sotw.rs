@@ -110,7 +110,7 @@ impl Session for State {
             .collect();
         sub.wildcard = wildcard;
         wake.follow(
-            &xds.registry,
+            xds,
             self.subs.values().flat_map(|s| s.names.iter()),
             self.subs.values().any(|s| s.wildcard),
         );
@@ -301,8 +301,8 @@ mod tests {
         DiscoveryResponse::decode(&frame[5..]).unwrap()
     }
 
-    #[test]
-    fn streams_share_the_bytes_of_a_change_and_a_nonce_never_repeats_on_a_stream() {
+    #[tokio::test]
+    async fn streams_share_the_bytes_of_a_change_and_a_nonce_never_repeats_on_a_stream() {
         let registry = Arc::new(Registry::new(
             CatalogLimits::default(),
             Arc::new(Metrics::new()),

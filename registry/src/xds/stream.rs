@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
@@ -128,31 +129,64 @@ pub(super) async fn serve_connection<IO>(
     let mut streams = FuturesUnordered::new();
     let mut closing = false;
     loop {
-        tokio::select! {
-            biased;
-            () = &mut stop, if !closing => {
+        let event = poll_fn(|cx| {
+            if !closing && stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Turn::Stop);
+            }
+            // The streams first, then the connection: what the woken
+            // streams hand over is written in this same turn, so a change
+            // goes out connection by connection as each is done, not once
+            // every connection of the thread has built its responses.
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok(accepted))) => {
+                    return Poll::Ready(Turn::Accepted(Box::new(accepted)));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Turn::Ended(Some(e))),
+                Poll::Ready(None) => return Poll::Ready(Turn::Ended(None)),
+                Poll::Pending => {}
+            }
+            if keepalive.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Turn::Silent);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Turn::Stop => {
                 // The streams see the same token and end themselves; the
                 // connection then closes once they are written.
                 closing = true;
                 conn.graceful_shutdown();
             }
-            accepted = conn.accept() => match accepted {
-                Some(Ok((request, respond))) => {
-                    streams.push(Box::pin(run_stream(xds.clone(), request, respond)));
-                }
-                Some(Err(e)) => {
+            Turn::Accepted(accepted) => {
+                let (request, respond) = *accepted;
+                streams.push(Box::pin(run_stream(xds.clone(), request, respond)));
+            }
+            Turn::Ended(error) => {
+                if let Some(e) = error {
                     tracing::debug!(error = %e, "xDS connection ended");
-                    return;
                 }
-                None => return,
-            },
-            Some(()) = streams.next(), if !streams.is_empty() => {}
-            () = &mut keepalive => {
+                return;
+            }
+            Turn::Silent => {
                 tracing::debug!("xDS client did not answer a ping; connection dropped");
                 return;
             }
         }
     }
+}
+
+/// What a turn of a connection's task came to.
+enum Turn {
+    /// The server stops.
+    Stop,
+    /// A new stream.
+    Accepted(Box<(http::Request<RecvStream>, SendResponse<Bytes>)>),
+    /// The connection closed (with the error that broke it).
+    Ended(Option<h2::Error>),
+    /// The client did not answer a ping.
+    Silent,
 }
 
 /// Pings the client every [`KEEPALIVE_INTERVAL`]; returns when a ping goes
