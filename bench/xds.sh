@@ -10,8 +10,11 @@
 # Writes bench/out/xds.txt (one RESULT line per run plus the server's memory).
 # Usage: bench/xds.sh [changes, default 50]
 #   PORT=N (HTTP, default 18681; gRPC on N+1)   STREAMS="1000 10000"
-#   CLIENT=h2|tonic   the generator's client (default h2, the lean one; tonic
-#                     decodes every response whole and costs the generator more)
+#   CLIENT=raw|h2|tonic   the generator's client: raw (default) speaks HTTP/2
+#                     itself, one task per connection; h2 is one task per stream
+#                     on the h2 crate; tonic decodes every response whole. At
+#                     1,000 streams the h2 client spent more CPU per change than
+#                     the server and set the figure itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 changes=${1:-50}
@@ -35,7 +38,7 @@ for streams in ${STREAMS:-1000 10000}; do
   server=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/ready >/dev/null && break; sleep 0.1; done
   timeout 900 taskset -c 1 "$target/release/xds_latency" --url http://127.0.0.1:$port --grpc 127.0.0.1:$grpc \
-    --streams "$streams" --changes "$changes" --server-pid "$server" --client "${CLIENT:-h2}" | tee -a "$out"
+    --streams "$streams" --changes "$changes" --server-pid "$server" --client "${CLIENT:-raw}" | tee -a "$out"
   echo "MEMORY streams=$streams rss_kb=$(awk '/VmRSS/ {print $2}' /proc/$server/status)" | tee -a "$out"
   stop
 done
