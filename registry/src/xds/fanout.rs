@@ -70,7 +70,9 @@ pub(super) struct Fanout {
 pub(super) struct Slot {
     key: Key,
     slots: Arc<Slots>,
-    followers: Mutex<Vec<Arc<Signal>>>,
+    /// Held in a slab: a follower lets go in constant time, so 10,000
+    /// streams closing at once cost 10,000 steps, not 10,000 squared.
+    followers: Mutex<slab::Slab<Arc<Signal>>>,
     /// The registry stopped: no change will come again.
     closed: AtomicBool,
     /// The task runs (not dropped with its runtime).
@@ -94,7 +96,7 @@ impl Fanout {
         registry: &Registry,
         service: &ServiceName,
         signal: &Arc<Signal>,
-    ) -> Arc<Slot> {
+    ) -> Following {
         let key = (std::thread::current().id(), service.clone());
         // Slots are taken and dropped outside the lock: a slot's drop takes it.
         let found = locked(&self.slots).get(&key).and_then(Weak::upgrade);
@@ -107,8 +109,8 @@ impl Fanout {
                 slot
             }
         };
-        locked(&slot.followers).push(signal.clone());
-        slot
+        let place = locked(&slot.followers).insert(signal.clone());
+        Following { slot, place }
     }
 
     /// A new slot and its task. The registry's receiver is taken here, so a
@@ -119,7 +121,7 @@ impl Fanout {
         let slot = Arc::new(Slot {
             key,
             slots: self.slots.clone(),
-            followers: Mutex::new(Vec::new()),
+            followers: Mutex::new(slab::Slab::new()),
             closed: AtomicBool::new(false),
             running: Arc::new(AtomicBool::new(true)),
             _stop: stop.clone().drop_guard(),
@@ -147,7 +149,7 @@ impl Fanout {
                 if !open {
                     slot.closed.store(true, Ordering::Release);
                 }
-                for follower in locked(&slot.followers).iter() {
+                for (_, follower) in locked(&slot.followers).iter() {
                     follower.raise();
                 }
                 if !open {
@@ -169,10 +171,26 @@ impl Slot {
     pub(super) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+}
 
-    /// `signal` no longer follows this service.
-    pub(super) fn unfollow(&self, signal: &Arc<Signal>) {
-        locked(&self.followers).retain(|f| !Arc::ptr_eq(f, signal));
+/// One stream following one service; it lets go when dropped.
+#[derive(Debug)]
+pub(super) struct Following {
+    slot: Arc<Slot>,
+    /// Its place among the slot's followers.
+    place: usize,
+}
+
+impl Following {
+    /// The slot followed.
+    pub(super) fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        locked(&self.slot.followers).try_remove(self.place);
     }
 }
 

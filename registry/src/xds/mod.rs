@@ -168,7 +168,7 @@ struct Wake {
     signal: Arc<fanout::Signal>,
     /// The services followed by name, each shared with the other streams
     /// of this thread that follow it.
-    services: Vec<Arc<fanout::Slot>>,
+    services: Vec<fanout::Following>,
     /// Federated: other datacenters' answers changed, and a periodic look
     /// that keeps the answers a failed-over resource uses followed (a remote
     /// answer nobody asks about for a minute is dropped).
@@ -213,17 +213,11 @@ impl Wake {
         } else {
             self.list = None;
         }
-        let signal = &self.signal;
-        self.services.retain(|slot| {
-            let keep = wanted.remove(slot.service());
-            if !keep {
-                slot.unfollow(signal);
-            }
-            keep
-        });
+        // Dropping a `Following` lets go of its service.
+        self.services.retain(|f| wanted.remove(f.slot().service()));
         for service in wanted {
-            let slot = xds.fanout.follow(&xds.registry, &service, signal);
-            self.services.push(slot);
+            let following = xds.fanout.follow(&xds.registry, &service, &self.signal);
+            self.services.push(following);
         }
     }
 
@@ -277,20 +271,12 @@ impl Wake {
 
 /// Waits for a service of `services` to change (`signal` raised); `false`
 /// once the registry is gone.
-async fn service_changed(signal: &fanout::Signal, services: &[Arc<fanout::Slot>]) -> bool {
+async fn service_changed(signal: &fanout::Signal, services: &[fanout::Following]) -> bool {
     if services.is_empty() {
         return std::future::pending().await;
     }
     std::future::poll_fn(|cx| signal.poll_raised(cx)).await;
-    !services.iter().any(|s| s.is_closed())
-}
-
-impl Drop for Wake {
-    fn drop(&mut self) {
-        for slot in &self.services {
-            slot.unfollow(&self.signal);
-        }
-    }
+    !services.iter().any(|f| f.slot().is_closed())
 }
 
 /// The kind of a request's type URL; a type roster does not serve is logged
@@ -648,9 +634,12 @@ mod tests {
         let mut b = Wake::new(None);
         a.follow(&xds, web.iter(), false);
         b.follow(&xds, both.iter(), false);
-        let b_web = b.services.iter().find(|s| s.service().as_str() == "web");
+        let b_web = b
+            .services
+            .iter()
+            .find(|f| f.slot().service().as_str() == "web");
         assert!(
-            Arc::ptr_eq(&a.services[0], b_web.unwrap()),
+            Arc::ptr_eq(a.services[0].slot(), b_web.unwrap().slot()),
             "one slot for web"
         );
         let receivers = |s: &str| registry.watchers_of(s);
