@@ -212,7 +212,7 @@ mod lean {
 
     use super::{DiscoveryRequest, EDS, SERVICE, Seen};
 
-    const PATH: &str =
+    pub const PATH: &str =
         "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
     /// One HTTP/2 connection to `addr`, driven by a task of its own.
@@ -416,10 +416,8 @@ mod raw {
     use tokio::sync::{mpsc, watch};
 
     use super::Seen;
-    use super::lean::{ack_frame, ack_prefix, subscribe_frame, version_and_nonce};
+    use super::lean::{PATH, ack_frame, ack_prefix, subscribe_frame, version_and_nonce};
 
-    const PATH: &[u8] =
-        b"/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
     const WINDOW: u32 = 1 << 30;
     const DATA: u8 = 0;
     const HEADERS: u8 = 1;
@@ -452,7 +450,7 @@ mod raw {
     fn request_headers(authority: &str) -> Vec<u8> {
         let mut b = vec![0x83, 0x86]; // :method POST, :scheme http
         b.push(0x04); // :path, name from the static table
-        hpack_string(&mut b, PATH);
+        hpack_string(&mut b, PATH.as_bytes());
         b.push(0x01); // :authority
         hpack_string(&mut b, authority.as_bytes());
         b.extend_from_slice(&[0x0f, 0x10]); // content-type (static 31)
