@@ -535,6 +535,18 @@ impl tokio::io::AsyncWrite for Conn {
     }
 }
 
+/// For tests: an empty registry and the control plane over it.
+#[cfg(test)]
+pub(super) fn test_xds() -> (Arc<Registry>, Arc<Xds>) {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let registry = Arc::new(Registry::new(
+        crate::catalog::CatalogLimits::default(),
+        metrics,
+    ));
+    let xds = Xds::new(registry.clone(), None, 16, None, CancellationToken::new());
+    (registry, xds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,11 +609,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_wakes_for_the_services_it_follows_only() {
-        let registry = Arc::new(Registry::new(
-            CatalogLimits::default(),
-            Arc::new(Metrics::new()),
-        ));
-        let xds = Xds::new(registry.clone(), None, 16, None, CancellationToken::new());
+        let (registry, xds) = test_xds();
         let mut wake = Wake::new(None);
         let names: Vec<Arc<str>> = vec!["web".into(), "v2.api".into()];
         wake.follow(&xds, names.iter(), false);
@@ -623,11 +631,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_of_a_thread_share_one_receiver_per_service_and_each_is_woken() {
-        let registry = Arc::new(Registry::new(
-            CatalogLimits::default(),
-            Arc::new(Metrics::new()),
-        ));
-        let xds = Xds::new(registry.clone(), None, 16, None, CancellationToken::new());
+        let (registry, xds) = test_xds();
         let web: Vec<Arc<str>> = vec!["web".into()];
         let both: Vec<Arc<str>> = vec!["web".into(), "api".into()];
         let mut a = Wake::new(None);

@@ -278,12 +278,8 @@ pub(super) fn encode_response(
 mod tests {
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
     use prost::Message as _;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::catalog::CatalogLimits;
-    use crate::metrics::Metrics;
-    use crate::registry::Registry;
 
     /// One stream: its state, its wake, and what it sent.
     struct Stream(State, Wake, VecDeque<Framed>);
@@ -317,12 +313,8 @@ mod tests {
 
     #[tokio::test]
     async fn streams_share_the_bytes_of_a_change_and_a_nonce_never_repeats_on_a_stream() {
-        let registry = Arc::new(Registry::new(
-            CatalogLimits::default(),
-            Arc::new(Metrics::new()),
-        ));
+        let (registry, xds) = super::super::test_xds();
         registry.register_plain("web", "w1");
-        let xds = Xds::new(registry.clone(), None, 16, None, CancellationToken::new());
         let (mut a, mut b) = (Stream::new(), Stream::new());
         let first_a = a.ask(&xds, &["web"], "").unwrap();
         let first_b = b.ask(&xds, &["web"], "").unwrap();
@@ -374,11 +366,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_is_gone_is_forgotten_with_few_names_and_with_many() {
-        let registry = Arc::new(Registry::new(
-            CatalogLimits::default(),
-            Arc::new(Metrics::new()),
-        ));
-        let xds = Xds::new(registry.clone(), None, 16, None, CancellationToken::new());
+        let (registry, xds) = super::super::test_xds();
         let snap_of = |n: usize| {
             for i in 0..n {
                 registry.register_plain(&format!("s{i}"), &format!("i{i}"));

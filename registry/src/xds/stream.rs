@@ -432,9 +432,6 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::catalog::CatalogLimits;
-    use crate::metrics::Metrics;
-    use crate::registry::Registry;
 
     /// A connection served over an in-memory pipe, and the client's end.
     async fn served() -> (
@@ -442,11 +439,7 @@ mod tests {
         h2::client::SendRequest<Bytes>,
         h2::client::Connection<DuplexStream, Bytes>,
     ) {
-        let registry = Arc::new(Registry::new(
-            CatalogLimits::default(),
-            Arc::new(Metrics::new()),
-        ));
-        let xds = Xds::new(registry, None, 16, None, CancellationToken::new());
+        let (_, xds) = super::super::test_xds();
         let (client, server) = tokio::io::duplex(1 << 16);
         let served = tokio::spawn(serve_connection(
             server,
