@@ -211,10 +211,24 @@ impl Built {
     }
 }
 
+/// Every cluster of one snapshot, for wildcard CDS subscriptions (Envoy):
+/// gathered once per catalog index and shared by every wildcard stream.
+#[derive(Debug)]
+pub struct AllClusters {
+    /// The catalog index it was gathered at.
+    pub index: u64,
+    /// The clusters, by name.
+    pub built: Vec<Arc<Built>>,
+    /// A digest of every name and version: equal digests, same clusters.
+    pub digest: u64,
+}
+
 /// Resources built from the catalog, cached per (kind, name) against the
 /// service's index.
 #[derive(Debug, Default)]
 pub struct Resources {
+    /// The latest [`AllClusters`] gathered.
+    all_clusters: std::sync::Mutex<Option<Arc<AllClusters>>>,
     /// Hashed with foldhash: every stream looks up here on every change.
     cache: DashMap<(Kind, Arc<str>), Arc<Built>, foldhash::fast::RandomState>,
     /// `names_index` of the snapshot the cache was last pruned against.
@@ -311,6 +325,52 @@ impl Resources {
     /// Every cluster name of the catalog (a wildcard CDS subscription).
     pub fn all_services(snap: &Snapshot) -> Vec<Arc<str>> {
         snap.services.keys().cloned().collect()
+    }
+
+    /// Every cluster of `snap`, gathered by the first wildcard stream that
+    /// looks at this catalog index and shared by the others: a change costs
+    /// each wildcard stream a comparison of digests, not a lookup per
+    /// service.
+    pub fn all_clusters(&self, snap: &Snapshot, failover: Option<&Failover>) -> Arc<AllClusters> {
+        let held = |r: &Resources| {
+            r.all_clusters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        if let Some(all) = held(self)
+            && all.index == snap.index
+        {
+            return all;
+        }
+        let built: Vec<Arc<Built>> = snap
+            .services
+            .keys()
+            .filter_map(|n| self.get(snap, Kind::Cluster, n, failover))
+            .collect();
+        let digest = {
+            use std::hash::{BuildHasher as _, Hasher as _};
+            // Fixed seed: every stream and thread must agree.
+            let mut h = foldhash::quality::FixedState::with_seed(0x5eed).build_hasher();
+            for b in &built {
+                h.write(b.name.as_bytes());
+                h.write_u8(0);
+                h.write(b.version.as_bytes());
+                h.write_u8(0);
+            }
+            h.finish()
+        };
+        let all = Arc::new(AllClusters {
+            index: snap.index,
+            built,
+            digest,
+        });
+        let mut slot = self.all_clusters.lock().unwrap_or_else(|p| p.into_inner());
+        // A stream on an older snapshot does not replace a newer list.
+        if slot.as_ref().is_none_or(|held| held.index < all.index) {
+            *slot = Some(all.clone());
+        }
+        all
     }
 
     fn prune(&self, snap: &Snapshot) {

@@ -11,7 +11,7 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
-use super::resources::{Built, Kind, PerKind, Resources};
+use super::resources::{Built, Kind, PerKind};
 use super::stream::{Framed, Session};
 use super::{Wake, Xds, node_id};
 
@@ -29,6 +29,9 @@ struct Sub {
     sent: SentMap,
     /// Catalog index of the last response.
     index: Option<u64>,
+    /// For a wildcard CDS subscription, the digest of the clusters last
+    /// sent ([`super::resources::AllClusters`]).
+    all_sent: Option<u64>,
     /// Nonce of the last response.
     nonce: String,
     /// Version of the last response.
@@ -109,6 +112,9 @@ impl Session for State {
             .map(|n| Arc::from(n.as_str()))
             .collect();
         sub.wildcard = wildcard;
+        if !wildcard {
+            sub.all_sent = None;
+        }
         wake.follow(
             xds,
             self.subs.values().flat_map(|s| s.names.iter()),
@@ -177,7 +183,13 @@ fn respond(
     let get = |n: &Arc<str>| xds.resources.get(&snap, kind, n, xds.failover());
     current.clear();
     if sub.wildcard {
-        current.extend(Resources::all_services(&snap).iter().filter_map(get));
+        // Only a CDS subscription is a wildcard.
+        let all = xds.resources.all_clusters(&snap, xds.failover());
+        if !asked && sub.all_sent == Some(all.digest) {
+            return None; // the same clusters as sent: nothing to look up
+        }
+        sub.all_sent = Some(all.digest);
+        current.extend(all.built.iter().cloned());
     } else {
         current.extend(sub.names.iter().filter_map(get));
     }
@@ -291,8 +303,13 @@ mod tests {
 
         /// Sends an endpoints request; the response it got, if any.
         fn ask(&mut self, xds: &Xds, names: &[&str], nonce: &str) -> Option<Bytes> {
+            self.ask_for(xds, Kind::Endpoints, names, nonce)
+        }
+
+        /// Sends a request for `kind`; the response it got, if any.
+        fn ask_for(&mut self, xds: &Xds, kind: Kind, names: &[&str], nonce: &str) -> Option<Bytes> {
             let req = DiscoveryRequest {
-                type_url: Kind::Endpoints.type_url().into(),
+                type_url: kind.type_url().into(),
                 resource_names: asked(names),
                 response_nonce: nonce.into(),
                 ..DiscoveryRequest::default()
@@ -362,6 +379,57 @@ mod tests {
 
     fn asked(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn wildcard_cds_streams_share_one_list_and_hear_only_of_cluster_changes() {
+        let (registry, xds) = super::super::test_xds();
+        registry.register_plain("web", "w1");
+        let (mut a, mut b) = (Stream::new(), Stream::new());
+        let first = decode(&a.ask_for(&xds, Kind::Cluster, &[], "").unwrap());
+        assert_eq!(first.resources.len(), 1);
+        assert_eq!(
+            decode(&b.ask_for(&xds, Kind::Cluster, &["*"], "").unwrap())
+                .resources
+                .len(),
+            1
+        );
+        let snap = registry.snapshot();
+        let all = xds.resources.all_clusters(&snap, None);
+        assert!(
+            Arc::ptr_eq(&all, &xds.resources.all_clusters(&snap, None)),
+            "gathered once per catalog index"
+        );
+
+        // An instance comes: a new index, the same clusters, nothing sent.
+        registry.register_plain("web", "w2");
+        assert!(a.changed(&xds).is_none());
+        assert!(b.changed(&xds).is_none());
+        // A new service is a new cluster: the whole list, to both.
+        registry.register_plain("api", "a1");
+        let pushed = decode(&a.changed(&xds).unwrap());
+        let names: Vec<String> = pushed
+            .resources
+            .iter()
+            .map(|r| {
+                envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(&r.value[..])
+                    .unwrap()
+                    .name
+            })
+            .collect();
+        assert_eq!(names, ["api", "web"]);
+        assert_eq!(decode(&b.changed(&xds).unwrap()).resources.len(), 2);
+        assert!(a.changed(&xds).is_none(), "nothing new");
+
+        // Named clusters after the wildcard: answered by name again.
+        let named = decode(
+            &a.ask_for(&xds, Kind::Cluster, &["web"], &pushed.nonce)
+                .unwrap(),
+        );
+        assert_eq!(named.resources.len(), 1);
+        registry.register_plain("db", "d1");
+        assert!(a.changed(&xds).is_none(), "db is not asked for");
+        assert_eq!(decode(&b.changed(&xds).unwrap()).resources.len(), 3);
     }
 
     #[tokio::test]
