@@ -171,7 +171,28 @@ fn same_names(asked: &[String], held: &BTreeSet<Arc<str>>) -> bool {
 /// same index (a change of names, another datacenter's answer) takes
 /// `INDEX.N` with the stream's own counter: a nonce never repeats on a
 /// stream, so a late ACK of an older response is told from the latest.
+///
+/// `current` is a buffer the stream keeps to save allocating; it holds
+/// nothing once this returns (a stream keeps no resource alive between
+/// changes), and a large one (a wildcard list) is not kept at all.
 fn respond(
+    xds: &Xds,
+    kind: Kind,
+    sub: &mut Sub,
+    counter: &mut u64,
+    asked: bool,
+    current: &mut Vec<Arc<Built>>,
+) -> Option<Framed> {
+    let response = build_response(xds, kind, sub, counter, asked, current);
+    current.clear();
+    if current.capacity() > 16 {
+        *current = Vec::new();
+    }
+    response
+}
+
+/// [`respond`], leaving what it looked at in `current`.
+fn build_response(
     xds: &Xds,
     kind: Kind,
     sub: &mut Sub,
@@ -223,7 +244,6 @@ fn respond(
     if first_at_index && let [only] = current.as_slice() {
         let response = only.sotw_response(index, kind.type_url());
         sub.nonce.clone_from(&sub.version);
-        current.clear();
         return Some(Framed(response));
     }
     *counter += 1;
@@ -231,8 +251,6 @@ fn respond(
     let _ = write!(sub.nonce, "{index}.{counter}");
     let out: Vec<&Built> = current.iter().map(|b| &**b).collect();
     let response = encode_response(&sub.version, &out, kind.type_url(), &sub.nonce);
-    drop(out);
-    current.clear();
     Some(Framed(response))
 }
 
@@ -429,6 +447,7 @@ mod tests {
         assert_eq!(named.resources.len(), 1);
         registry.register_plain("db", "d1");
         assert!(a.changed(&xds).is_none(), "db is not asked for");
+        assert!(a.0.current.is_empty(), "no resource kept between changes");
         assert_eq!(decode(&b.changed(&xds).unwrap()).resources.len(), 3);
     }
 
