@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use tonic::Status;
 
-use super::resources::{Kind, PerKind, Resources};
+use super::resources::{Built, Kind, PerKind, Resources};
 use super::stream::Session;
 use super::{Wake, Xds, node_id};
 
@@ -33,6 +33,9 @@ struct Sub {
     absent: BTreeSet<Arc<str>>,
     /// Whether the client sent a request for the type yet.
     started: bool,
+    /// For a wildcard listener or cluster subscription, the digest of the
+    /// whole list it was last compared against ([`super::resources::All`]).
+    all_seen: Option<u64>,
 }
 
 /// What one stream holds.
@@ -109,7 +112,7 @@ impl Session for State {
             self.subs.values().any(|s| s.wildcard),
         );
         let sub = self.subs.get_mut(kind).expect("just added");
-        if let Some(r) = respond(xds, kind, sub, &mut self.nonce) {
+        if let Some(r) = respond(xds, kind, sub, &mut self.nonce, true) {
             out.push_back(r);
         }
         Ok(())
@@ -119,7 +122,7 @@ impl Session for State {
         for kind in Kind::ALL {
             if let Some(sub) = self.subs.get_mut(kind)
                 && sub.started
-                && let Some(r) = respond(xds, kind, sub, &mut self.nonce)
+                && let Some(r) = respond(xds, kind, sub, &mut self.nonce, false)
             {
                 out.push_back(r);
             }
@@ -128,56 +131,70 @@ impl Session for State {
 }
 
 /// The difference between what the client holds and what exists now;
-/// `None` when there is none.
+/// `None` when there is none. `asked`: answering a request (else a change).
+///
+/// A wildcard listener or cluster stream (Envoy) compares the digest of the
+/// whole list, gathered once per catalog index for every stream, with the
+/// one it last saw: an instance change leaves every cluster as it was, and
+/// costs such a stream no lookup per service.
 fn respond(
     xds: &Xds,
     kind: Kind,
     sub: &mut Sub,
     nonce: &mut u64,
+    asked: bool,
 ) -> Option<DeltaDiscoveryResponse> {
     let snap = xds.registry.snapshot();
-    let mut wanted: BTreeSet<Arc<str>> = sub.names.clone();
-    if sub.wildcard {
-        wanted.extend(Resources::all_services(&snap));
-    }
+    let get = |name: &Arc<str>| xds.resources.get(&snap, kind, name, xds.failover());
     let mut resources = Vec::new();
     let mut removed = Vec::new();
-    for name in &wanted {
-        match xds.resources.get(&snap, kind, name, xds.failover()) {
-            Some(b) => {
-                sub.absent.remove(name);
-                if sub.held.get(name) != Some(&b.version) {
-                    sub.held.insert(name.clone(), b.version.clone());
-                    resources.push(Resource {
-                        name: name.to_string(),
-                        version: b.version.to_string(),
-                        resource: Some(b.any.clone()),
-                        ..Resource::default()
-                    });
-                }
-            }
-            None => {
-                let held = sub.held.remove(name).is_some();
-                // Named but never there: say so once, so the client need not
-                // wait out its does-not-exist timer.
-                let unknown = sub.names.contains(name) && sub.absent.insert(name.clone());
-                if held || unknown {
-                    removed.push(name.to_string());
-                }
-            }
+    let all =
+        (sub.wildcard && kind.full_state()).then(|| xds.resources.all(&snap, kind, xds.failover()));
+    let seen = std::mem::replace(&mut sub.all_seen, all.as_ref().map(|a| a.digest));
+    if !asked && all.is_some() && seen == sub.all_seen {
+        // The same list as last time, and no request since: only the
+        // names asked for outside it (tag filters) may have changed.
+        let Sub {
+            names,
+            held,
+            absent,
+            ..
+        } = &mut *sub;
+        for name in names.iter() {
+            let parts = Parts {
+                names,
+                held,
+                absent,
+            };
+            compare(parts, name, get(name), &mut resources, &mut removed);
         }
-    }
-    // Held resources no longer wanted (a wildcard member that is gone).
-    let gone: Vec<Arc<str>> = sub
-        .held
-        .keys()
-        .filter(|n| !wanted.contains(*n))
-        .cloned()
-        .collect();
-    for name in gone {
-        sub.held.remove(&name);
-        if sub.wildcard {
-            removed.push(name.to_string());
+    } else {
+        let mut wanted: BTreeSet<Arc<str>> = sub.names.clone();
+        match &all {
+            Some(all) => wanted.extend(all.built.iter().map(|b| b.name.clone())),
+            None if sub.wildcard => wanted.extend(Resources::all_services(&snap)),
+            None => {}
+        }
+        for name in &wanted {
+            let parts = Parts {
+                names: &sub.names,
+                held: &mut sub.held,
+                absent: &mut sub.absent,
+            };
+            compare(parts, name, get(name), &mut resources, &mut removed);
+        }
+        // Held resources no longer wanted (a wildcard member that is gone).
+        let gone: Vec<Arc<str>> = sub
+            .held
+            .keys()
+            .filter(|n| !wanted.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            sub.held.remove(&name);
+            if sub.wildcard {
+                removed.push(name.to_string());
+            }
         }
     }
     if resources.is_empty() && removed.is_empty() {
@@ -194,4 +211,148 @@ fn respond(
     };
     xds.pushed(kind).inc();
     Some(response)
+}
+
+/// The parts of a [`Sub`] that [`compare`] reads and changes.
+struct Parts<'a> {
+    names: &'a BTreeSet<Arc<str>>,
+    held: &'a mut HashMap<Arc<str>, Arc<str>>,
+    absent: &'a mut BTreeSet<Arc<str>>,
+}
+
+/// Adds `name` to the response when the client does not hold what exists
+/// now (`built`), or to the removed names when it is gone, or was asked for
+/// by name and never existed (said once, so the client need not wait out its
+/// does-not-exist timer).
+fn compare(
+    sub: Parts<'_>,
+    name: &Arc<str>,
+    built: Option<Arc<Built>>,
+    resources: &mut Vec<Resource>,
+    removed: &mut Vec<String>,
+) {
+    match built {
+        Some(b) => {
+            sub.absent.remove(name);
+            if sub.held.get(name) != Some(&b.version) {
+                sub.held.insert(name.clone(), b.version.clone());
+                resources.push(Resource {
+                    name: name.to_string(),
+                    version: b.version.to_string(),
+                    resource: Some(b.any.clone()),
+                    ..Resource::default()
+                });
+            }
+        }
+        None => {
+            let held = sub.held.remove(name).is_some();
+            let unknown = sub.names.contains(name) && sub.absent.insert(name.clone());
+            if held || unknown {
+                removed.push(name.to_string());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::catalog::Command;
+    use crate::model::{InstanceId, ServiceName};
+
+    /// One stream: its state, its wake, and what it sent.
+    struct Stream(State, Wake, VecDeque<DeltaDiscoveryResponse>);
+
+    impl Stream {
+        fn new() -> Stream {
+            Stream(State::default(), Wake::new(None), VecDeque::new())
+        }
+
+        fn subscribe(&mut self, xds: &Xds, kind: Kind, names: &[&str]) -> DeltaDiscoveryResponse {
+            let req = DeltaDiscoveryRequest {
+                type_url: kind.type_url().into(),
+                resource_names_subscribe: names.iter().map(|n| (*n).to_owned()).collect(),
+                ..DeltaDiscoveryRequest::default()
+            };
+            self.0.request(xds, &mut self.1, req, &mut self.2).unwrap();
+            self.2.pop_front().expect("an answer")
+        }
+
+        fn changed(&mut self, xds: &Xds) -> Option<DeltaDiscoveryResponse> {
+            self.0.changed(xds, &mut self.2);
+            self.2.pop_front()
+        }
+    }
+
+    fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+        r.resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn wildcard_cluster_streams_look_nothing_up_when_no_cluster_changed() {
+        let (registry, xds) = super::super::test_xds();
+        for i in 0..50 {
+            registry.register_plain(&format!("s{i:02}"), &format!("i{i}"));
+        }
+        let (mut a, mut b) = (Stream::new(), Stream::new());
+        assert_eq!(a.subscribe(&xds, Kind::Cluster, &[]).resources.len(), 50);
+        assert_eq!(b.subscribe(&xds, Kind::Cluster, &["*"]).resources.len(), 50);
+        let lookups = || xds.resources.lookups.load(Ordering::Relaxed);
+
+        // An instance comes: every cluster is as it was. The list is
+        // gathered once for the new index, and neither stream looks up a
+        // service of its own.
+        registry.register_plain("s07", "another");
+        let before = lookups();
+        assert!(a.changed(&xds).is_none());
+        let gathered = lookups() - before;
+        assert!(gathered <= 50, "{gathered} lookups to gather the list");
+        assert!(b.changed(&xds).is_none());
+        assert_eq!(lookups() - before, gathered, "b shares a's list");
+        let before = lookups();
+        assert!(a.changed(&xds).is_none());
+        assert_eq!(lookups(), before, "nothing looked up without a change");
+
+        // A new service: only its cluster is sent, to both.
+        registry.register_plain("new", "n1");
+        assert_eq!(names(&a.changed(&xds).unwrap()), ["new"]);
+        assert_eq!(names(&b.changed(&xds).unwrap()), ["new"]);
+        // A service gone: reported removed.
+        registry
+            .apply(Command::Deregister {
+                service: ServiceName::parse("new").unwrap(),
+                id: InstanceId::parse("n1").unwrap(),
+            })
+            .unwrap();
+        assert_eq!(a.changed(&xds).unwrap().removed_resources, ["new"]);
+        assert_eq!(b.changed(&xds).unwrap().removed_resources, ["new"]);
+        assert!(a.changed(&xds).is_none(), "nothing new");
+    }
+
+    #[tokio::test]
+    async fn a_wildcard_stream_still_hears_of_names_asked_beside_it() {
+        let (registry, xds) = super::super::test_xds();
+        registry.register_plain("web", "w1");
+        let mut a = Stream::new();
+        assert_eq!(names(&a.subscribe(&xds, Kind::Cluster, &["*"])), ["web"]);
+        // A tag-filtered cluster is no service of its own: asked by name.
+        let tagged = a.subscribe(&xds, Kind::Cluster, &["v2.web"]);
+        assert_eq!(names(&tagged), ["v2.web"]);
+        registry.register_plain("web", "w2");
+        assert!(a.changed(&xds).is_none(), "no cluster changed");
+        // Unsubscribing the wildcard: the services' clusters are dropped
+        // from what the stream holds (the named one stays).
+        let req = DeltaDiscoveryRequest {
+            type_url: Kind::Cluster.type_url().into(),
+            resource_names_unsubscribe: vec!["*".into()],
+            ..DeltaDiscoveryRequest::default()
+        };
+        a.0.request(&xds, &mut a.1, req, &mut a.2).unwrap();
+        let sub = a.0.subs.get_mut(Kind::Cluster).unwrap();
+        assert!(sub.all_seen.is_none());
+        assert!(sub.held.contains_key("v2.web"));
+        assert!(!sub.held.contains_key("web"));
+    }
 }

@@ -211,13 +211,14 @@ impl Built {
     }
 }
 
-/// Every cluster of one snapshot, for wildcard CDS subscriptions (Envoy):
-/// gathered once per catalog index and shared by every wildcard stream.
+/// Every listener or every cluster of one snapshot, for wildcard
+/// subscriptions (Envoy's CDS and LDS): gathered once per catalog index and
+/// shared by every wildcard stream.
 #[derive(Debug)]
-pub struct AllClusters {
+pub struct All {
     /// The catalog index it was gathered at.
     pub index: u64,
-    /// The clusters, by name.
+    /// The resources, by name.
     pub built: Vec<Arc<Built>>,
     /// A digest of every name and version: equal digests, same clusters.
     pub digest: u64,
@@ -227,12 +228,15 @@ pub struct AllClusters {
 /// service's index.
 #[derive(Debug, Default)]
 pub struct Resources {
-    /// The latest [`AllClusters`] gathered.
-    all_clusters: std::sync::Mutex<Option<Arc<AllClusters>>>,
+    /// The latest [`All`] gathered, per kind (listeners and clusters).
+    all: [std::sync::Mutex<Option<Arc<All>>>; 4],
     /// Hashed with foldhash: every stream looks up here on every change.
     cache: DashMap<(Kind, Arc<str>), Arc<Built>, foldhash::fast::RandomState>,
     /// `names_index` of the snapshot the cache was last pruned against.
     pruned: AtomicU64,
+    /// Calls of [`Resources::get`], for tests that count a change's work.
+    #[cfg(test)]
+    pub(super) lookups: AtomicU64,
 }
 
 /// Entries above which the cache is cleared (names asked for by clients,
@@ -252,6 +256,8 @@ impl Resources {
         name: &Arc<str>,
         failover: Option<&Failover>,
     ) -> Option<Arc<Built>> {
+        #[cfg(test)]
+        self.lookups.fetch_add(1, Ordering::Relaxed);
         self.prune(snap);
         let key = (kind, name.clone());
         // Failover only changes endpoints, and only for a service with a
@@ -327,18 +333,16 @@ impl Resources {
         snap.services.keys().cloned().collect()
     }
 
-    /// Every cluster of `snap`, gathered by the first wildcard stream that
-    /// looks at this catalog index and shared by the others: a change costs
-    /// each wildcard stream a comparison of digests, not a lookup per
-    /// service.
-    pub fn all_clusters(&self, snap: &Snapshot, failover: Option<&Failover>) -> Arc<AllClusters> {
-        let held = |r: &Resources| {
-            r.all_clusters
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-        };
-        if let Some(all) = held(self)
+    /// Every listener or every cluster (`kind`) of `snap`, gathered by the
+    /// first wildcard stream that looks at this catalog index and shared by
+    /// the others: a change costs each wildcard stream a comparison of
+    /// digests, not a lookup per service. Not for endpoints: those also
+    /// change with other datacenters' answers, which move no catalog index.
+    pub fn all(&self, snap: &Snapshot, kind: Kind, failover: Option<&Failover>) -> Arc<All> {
+        debug_assert!(kind.full_state(), "{kind:?} is not gathered whole");
+        let slot = &self.all[kind as usize];
+        let held = || slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(all) = held()
             && all.index == snap.index
         {
             return all;
@@ -346,7 +350,7 @@ impl Resources {
         let built: Vec<Arc<Built>> = snap
             .services
             .keys()
-            .filter_map(|n| self.get(snap, Kind::Cluster, n, failover))
+            .filter_map(|n| self.get(snap, kind, n, failover))
             .collect();
         let digest = {
             use std::hash::{BuildHasher as _, Hasher as _};
@@ -360,12 +364,12 @@ impl Resources {
             }
             h.finish()
         };
-        let all = Arc::new(AllClusters {
+        let all = Arc::new(All {
             index: snap.index,
             built,
             digest,
         });
-        let mut slot = self.all_clusters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         // A stream on an older snapshot does not replace a newer list.
         if slot.as_ref().is_none_or(|held| held.index < all.index) {
             *slot = Some(all.clone());

@@ -30,7 +30,7 @@ struct Sub {
     /// Catalog index of the last response.
     index: Option<u64>,
     /// For a wildcard CDS subscription, the digest of the clusters last
-    /// sent ([`super::resources::AllClusters`]).
+    /// sent ([`super::resources::All`]).
     all_sent: Option<u64>,
     /// Nonce of the last response.
     nonce: String,
@@ -205,7 +205,7 @@ fn build_response(
     current.clear();
     if sub.wildcard {
         // Only a CDS subscription is a wildcard.
-        let all = xds.resources.all_clusters(&snap, xds.failover());
+        let all = xds.resources.all(&snap, Kind::Cluster, xds.failover());
         if !asked && sub.all_sent == Some(all.digest) {
             return None; // the same clusters as sent: nothing to look up
         }
@@ -413,9 +413,9 @@ mod tests {
             1
         );
         let snap = registry.snapshot();
-        let all = xds.resources.all_clusters(&snap, None);
+        let all = xds.resources.all(&snap, Kind::Cluster, None);
         assert!(
-            Arc::ptr_eq(&all, &xds.resources.all_clusters(&snap, None)),
+            Arc::ptr_eq(&all, &xds.resources.all(&snap, Kind::Cluster, None)),
             "gathered once per catalog index"
         );
 
