@@ -16,17 +16,20 @@
 //! never one of the slots everyone else needs.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, RawPathParams, Request, State};
+use axum::extract::{FromRequestParts, RawPathParams, Request};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use futures_util::{FutureExt, StreamExt};
 use http_body_util::BodyExt;
+use tower::ServiceExt as _;
 
 use super::federation::{Forwarded, forwarded, remote_datacenter};
 use super::limits::{self, Slot};
@@ -116,10 +119,10 @@ impl Group {
 
     /// The routes with the gate applied to each of them.
     pub(super) fn seal(self, state: &AppState) -> Router<AppState> {
-        self.routes.route_layer(middleware::from_fn_with_state(
-            (state.clone(), self.gate),
-            check,
-        ))
+        self.routes.route_layer(GateLayer {
+            state: state.clone(),
+            gate: self.gate,
+        })
     }
 }
 
@@ -381,63 +384,238 @@ async fn read_body(
     }
 }
 
-/// The gate itself, and what every routed request goes through besides
-/// ([`super::Front`]: limits, metrics, the cluster's headers).
-async fn check(
-    State((state, gate)): State<(AppState, Gate)>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let front = super::Front::begin(&state, &req);
-    let resp = match limits::refusal(&state, &req) {
-        Some(refused) => refused,
-        None => gated(&state, gate, &front, req, next).await,
-    };
-    front.end(&state, resp)
+/// The gate as a tower layer over each route of its group.
+#[derive(Clone)]
+struct GateLayer {
+    state: AppState,
+    gate: Gate,
 }
 
-/// The gate's own checks, then the handler.
-async fn gated(
-    state: &AppState,
-    gate: Gate,
-    front: &super::Front,
-    req: Request,
-    next: Next,
-) -> Response {
-    let admitted = match admit(state, gate, req) {
-        Ok(Admit::In(req, slot)) => Ok((req, slot)),
-        // Boxed: most requests (reads) have no body, and the body's read
-        // would make every request's gate future as large as its own, a
-        // size copied each time the future is created and boxed.
-        Ok(Admit::AfterBody(req)) => Box::pin(admit_body(state, gate, req)).await,
-        Err(e) => Err(e),
-    };
-    let (req, slot) = match admitted {
-        Ok(admitted) => admitted,
-        Err(e) => return refuse(gate.style, e),
-    };
-    match remote_datacenter(state, gate.access, gate.style, &req) {
-        Ok(None) => {
-            if let Some(barrier) = front.barrier(state, &req)
-                && let Err(e) = Box::pin(barrier).await
-            {
-                return refuse(gate.style, e);
-            }
-            run(state, slot, next.run(req)).await
+impl<S> tower::Layer<S> for GateLayer {
+    type Service = GateService<S>;
+
+    fn layer(&self, inner: S) -> GateService<S> {
+        GateService {
+            inner,
+            state: self.state.clone(),
+            gate: self.gate,
         }
-        Ok(Some(dc)) => {
-            // Boxed for the same reason: a forwarded call is rare, and its
-            // future is large.
-            let forward = Box::pin(super::federation::forward(
-                state.clone(),
-                dc,
-                gate.style,
-                req,
-            ));
-            run(state, slot, forward).await
-        }
-        Err(e) => refuse(gate.style, e),
     }
+}
+
+/// The gate itself, and what every routed request goes through besides
+/// ([`super::Front`]: limits, metrics, the cluster's headers).
+///
+/// A service of its own rather than an `async fn` middleware: the checks run
+/// in `call`, before any future exists, and a request that needs nothing to
+/// wait on but its handler (nearly every read) gets a small future that
+/// polls the handler's and arms the request deadline only if the handler
+/// does not finish at once. As a middleware, every request boxed a future
+/// of about 4 KB (the rare paths' states included) and set a timer.
+#[derive(Clone)]
+struct GateService<S> {
+    inner: S,
+    state: AppState,
+    gate: Gate,
+}
+
+impl<S> tower::Service<Request> for GateService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + Unpin + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GateFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let (state, gate) = (&self.state, self.gate);
+        let front = super::Front::begin(state, &req);
+        if let Some(refused) = limits::refusal(state, &req) {
+            return GateFuture::done(front.end(state, refused));
+        }
+        let (req, slot) = match admit(state, gate, req) {
+            Ok(Admit::In(req, slot)) => (req, slot),
+            Ok(Admit::AfterBody(req)) => {
+                let waits = Waits::Body(req);
+                return GateFuture::slow(state, gate, front, waits, self.inner.clone());
+            }
+            Err(e) => return GateFuture::done(front.end(state, refuse(gate.style, e))),
+        };
+        match remote_datacenter(state, gate.access, gate.style, &req) {
+            Ok(None) => match front.barrier(state, &req) {
+                None => GateFuture::Run(Some(Running {
+                    handler: self.inner.call(req),
+                    deadline: None,
+                    end: End {
+                        front,
+                        state: state.clone(),
+                        slot,
+                    },
+                })),
+                Some(barrier) => {
+                    let waits = Waits::Barrier(req, slot, Box::pin(barrier));
+                    GateFuture::slow(state, gate, front, waits, self.inner.clone())
+                }
+            },
+            Ok(Some(dc)) => {
+                let waits = Waits::Forward(req, slot, dc);
+                GateFuture::slow(state, gate, front, waits, self.inner.clone())
+            }
+            Err(e) => GateFuture::done(front.end(state, refuse(gate.style, e))),
+        }
+    }
+}
+
+/// What a request waits on before (or instead of) its handler: the rare
+/// paths, run as one boxed future.
+enum Waits {
+    /// Its body, read in whole before it takes a slot.
+    Body(Request),
+    /// The leader's read index (`?consistent` on a cluster node).
+    Barrier(
+        Request,
+        Slot,
+        Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send>>,
+    ),
+    /// Another datacenter's answer.
+    Forward(Request, Slot, Arc<crate::federation::RemoteDc>),
+}
+
+/// The future of a gated request.
+enum GateFuture<F> {
+    /// Answered by the gate itself.
+    Done(Option<Response>),
+    /// The handler runs.
+    Run(Option<Running<F>>),
+    /// A rare path.
+    Slow(Pin<Box<dyn Future<Output = Response> + Send>>),
+}
+
+/// A handler's future and what its answer is finished with.
+struct Running<F> {
+    handler: F,
+    /// The request deadline, armed the first time the handler waits.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    end: End,
+}
+
+/// What an answer is finished with once the handler gives it.
+struct End {
+    front: super::Front,
+    state: AppState,
+    slot: Slot,
+}
+
+impl End {
+    fn finish(self, resp: Response) -> Response {
+        let resp = hold_while_streaming(self.slot, resp);
+        self.front.end(&self.state, resp)
+    }
+}
+
+impl<F> GateFuture<F> {
+    fn done(resp: Response) -> Self {
+        GateFuture::Done(Some(resp))
+    }
+
+    fn slow<S>(state: &AppState, gate: Gate, front: super::Front, waits: Waits, inner: S) -> Self
+    where
+        S: tower::Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        GateFuture::Slow(Box::pin(slow(state.clone(), gate, front, waits, inner)))
+    }
+}
+
+impl<F> Future for GateFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut *self {
+            GateFuture::Done(resp) => Poll::Ready(Ok(resp.take().expect("polled after done"))),
+            GateFuture::Slow(fut) => fut.as_mut().poll(cx).map(Ok),
+            GateFuture::Run(running) => {
+                let run = running.as_mut().expect("polled after done");
+                if let Poll::Ready(Ok(resp)) = Pin::new(&mut run.handler).poll(cx) {
+                    let end = running.take().expect("running").end;
+                    return Poll::Ready(Ok(end.finish(resp)));
+                }
+                if matches!(run.end.slot, Slot::Watcher(_)) {
+                    // A watch runs as long as it is told to wait: no deadline.
+                    return Poll::Pending;
+                }
+                let timeout = run.end.state.limiter.config().request_timeout;
+                let deadline = run.deadline.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(run.end.front.start + timeout))
+                });
+                if deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // Dropping the handler's future cancels the handler.
+                let end = running.take().expect("running").end;
+                let resp = ApiError::unavailable("the request took too long; retry shortly")
+                    .retry_after(1)
+                    .into_response();
+                Poll::Ready(Ok(end.finish(resp)))
+            }
+        }
+    }
+}
+
+/// A gated request's rare paths, from what it waits on to its answer.
+async fn slow<S>(
+    state: AppState,
+    gate: Gate,
+    front: super::Front,
+    waits: Waits,
+    inner: S,
+) -> Response
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let handler = |req| async move {
+        match inner.oneshot(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        }
+    };
+    let resp = match waits {
+        Waits::Body(req) => match admit_body(&state, gate, req).await {
+            Err(e) => refuse(gate.style, e),
+            Ok((req, slot)) => match remote_datacenter(&state, gate.access, gate.style, &req) {
+                Ok(None) => match front.barrier(&state, &req) {
+                    None => run(&state, slot, handler(req)).await,
+                    Some(barrier) => match barrier.await {
+                        Ok(()) => run(&state, slot, handler(req)).await,
+                        Err(e) => refuse(gate.style, e),
+                    },
+                },
+                Ok(Some(dc)) => {
+                    let forward = super::federation::forward(state.clone(), dc, gate.style, req);
+                    run(&state, slot, forward).await
+                }
+                Err(e) => refuse(gate.style, e),
+            },
+        },
+        Waits::Barrier(req, slot, barrier) => match barrier.await {
+            Ok(()) => run(&state, slot, handler(req)).await,
+            Err(e) => refuse(gate.style, e),
+        },
+        Waits::Forward(req, slot, dc) => {
+            let forward = super::federation::forward(state.clone(), dc, gate.style, req);
+            run(&state, slot, forward).await
+        }
+    };
+    front.end(&state, resp)
 }
 
 /// What the gate decided before any body arrived.
@@ -538,32 +716,118 @@ fn slot(state: &AppState, gate: Gate) -> Result<Slot, ApiError> {
 /// Runs the handler holding `slot`: a watcher's slot for as long as its body
 /// streams, a request's under the request deadline.
 async fn run(state: &AppState, slot: Slot, handler: impl Future<Output = Response>) -> Response {
+    if matches!(slot, Slot::Watcher(_)) {
+        return hold_while_streaming(slot, handler.await);
+    }
+    let deadline = state.limiter.config().request_timeout;
+    let resp = tokio::time::timeout(deadline, handler).await;
+    drop(slot);
+    resp.unwrap_or_else(|_| {
+        ApiError::unavailable("the request took too long; retry shortly")
+            .retry_after(1)
+            .into_response()
+    })
+}
+
+/// The answer, holding a watcher's slot until its body has streamed to its
+/// end (any other slot is let go now).
+fn hold_while_streaming(slot: Slot, resp: Response) -> Response {
     match slot {
-        Slot::Watcher(permit) => {
-            let resp = handler.await;
-            resp.map(|body| {
-                Body::from_stream(body.into_data_stream().map(move |chunk| {
-                    let _held = &permit;
-                    chunk
-                }))
-            })
-        }
-        slot => {
-            let timeout = state.limiter.config().request_timeout;
-            let resp = tokio::time::timeout(timeout, handler).await;
-            drop(slot);
-            resp.unwrap_or_else(|_| {
-                ApiError::unavailable("the request took too long; retry shortly")
-                    .retry_after(1)
-                    .into_response()
-            })
-        }
+        Slot::Watcher(permit) => resp.map(|body| {
+            Body::from_stream(body.into_data_stream().map(move |chunk| {
+                let _held = &permit;
+                chunk
+            }))
+        }),
+        _ => resp,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A router of one group of read routes: `/fast` answers at once,
+    /// `/slow` never does, `/slow/watch` streams for as long as it runs.
+    fn slow_routes(timeout: Duration) -> (Router, AppState) {
+        use axum::routing::get;
+        let mut config = crate::config::Config::default();
+        config.limits_http.request_timeout = timeout;
+        config.limits_http.max_requests = 1;
+        config.limits_http.max_watchers = 1;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let registry = Arc::new(crate::registry::Registry::new(config.catalog, metrics));
+        let state = AppState::builder(
+            registry,
+            &config,
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .build();
+        let routes = Router::new()
+            .route("/fast", get(|| async { "fast" }))
+            .route("/slow", get(std::future::pending::<&'static str>))
+            .route(
+                "/slow/watch",
+                get(|| async {
+                    let events = futures_util::stream::unfold(0u32, |n| async move {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        Some((Ok::<_, Infallible>(format!("{n}\n")), n + 1))
+                    });
+                    Body::from_stream(events)
+                }),
+            );
+        let group = Group::new(Gate::new(Access::Read, Style::Native), routes);
+        (group.seal(&state).with_state(state.clone()), state)
+    }
+
+    async fn get(app: &Router, path: &str) -> Response {
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        app.clone().oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_past_the_request_deadline_is_answered_503_and_a_watch_is_not_cut() {
+        let timeout = Duration::from_secs(30);
+        let (app, _state) = slow_routes(timeout);
+        let resp = get(&app, "/fast").await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            resp.headers().contains_key("x-roster-epoch"),
+            "finished by the front"
+        );
+
+        let start = tokio::time::Instant::now();
+        let resp = get(&app, "/slow").await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(
+            start.elapsed(),
+            timeout,
+            "the deadline runs from the request's start"
+        );
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("took too long"));
+        // Its slot (the only one) was let go with it.
+        assert_eq!(get(&app, "/fast").await.status(), StatusCode::OK);
+
+        // A watch holds its slot and streams past the request deadline.
+        let resp = get(&app, "/slow/watch").await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body().into_data_stream();
+        for n in 0..5 {
+            let chunk = body.next().await.unwrap().unwrap();
+            assert_eq!(chunk, format!("{n}\n"));
+        }
+        assert!(start.elapsed() >= timeout * 2);
+        // The only watcher slot is held while the body streams, and let go
+        // with it.
+        let second = get(&app, "/slow/watch").await;
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(body);
+        assert_eq!(get(&app, "/slow/watch").await.status(), StatusCode::OK);
+    }
 
     #[test]
     fn secrets_from_headers_and_consul_query() {
