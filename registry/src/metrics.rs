@@ -87,6 +87,10 @@ pub struct Metrics {
     registry: PromRegistry,
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<RequestLabels, Histogram>,
+    /// Each label set's counter and histogram, looked up in the families once
+    /// (their maps hash with SipHash behind a lock, twice per request).
+    request_handles:
+        dashmap::DashMap<RequestLabels, (Counter, Histogram), foldhash::fast::RandomState>,
     /// Heartbeat counters by result (renewed, revived, unknown), looked up once:
     /// heartbeats are the hottest path.
     heartbeats: [Counter; 3],
@@ -356,6 +360,7 @@ impl Metrics {
             registry,
             requests,
             request_seconds,
+            request_handles: dashmap::DashMap::default(),
             heartbeats: ["renewed", "revived", "unknown"]
                 .map(|result| heartbeats.get_or_create(&ResultLabels { result }).clone()),
             expirations,
@@ -368,8 +373,18 @@ impl Metrics {
 
     /// Counts one HTTP request.
     pub fn observe_request(&self, labels: RequestLabels, seconds: f64) {
-        self.request_seconds.get_or_create(&labels).observe(seconds);
-        self.requests.get_or_create(&labels).inc();
+        if let Some(handles) = self.request_handles.get(&labels) {
+            handles.0.inc();
+            handles.1.observe(seconds);
+            return;
+        }
+        // The families keep every label set seen, and so does this map: both
+        // are bounded by the routes, methods and statuses.
+        let counter = self.requests.get_or_create(&labels).clone();
+        let histogram = self.request_seconds.get_or_create(&labels).clone();
+        counter.inc();
+        histogram.observe(seconds);
+        self.request_handles.insert(labels, (counter, histogram));
     }
 
     /// Counts one heartbeat.

@@ -8,21 +8,33 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use dashmap::DashMap;
 
 use crate::catalog::Snapshot;
 
+/// A cached answer: the body, and the `X-Roster-Index` value that goes with
+/// it (made once, not formatted per read).
+#[derive(Clone, Debug)]
+pub struct CachedBody {
+    /// The JSON.
+    pub body: Bytes,
+    /// The index it was built at, as a header value.
+    pub index: HeaderValue,
+}
+
 /// Bodies by `all` flag (healthy only, all) and service, each with the index
 /// it was built at. One map per flag, so a lookup borrows the service name
-/// instead of building a key.
+/// instead of building a key; hashed with foldhash, as every read of a
+/// service looks here.
 #[derive(Debug, Default)]
 pub struct BodyCache {
-    entries: [DashMap<Arc<str>, (u64, Bytes)>; 2],
+    entries: [DashMap<Arc<str>, (u64, CachedBody), foldhash::fast::RandomState>; 2],
 }
 
 impl BodyCache {
     /// The body of `service` at exactly `index`, if built.
-    pub fn get(&self, service: &str, all: bool, index: u64) -> Option<Bytes> {
+    pub fn get(&self, service: &str, all: bool, index: u64) -> Option<CachedBody> {
         self.entries[usize::from(all)]
             .get(service)
             .filter(|entry| entry.0 == index)
@@ -33,6 +45,10 @@ impl BodyCache {
     /// are dropped once a flag's map holds more than the live services (and a
     /// few), so it stays bounded by the catalog.
     pub fn put(&self, snap: &Snapshot, service: &Arc<str>, all: bool, index: u64, body: Bytes) {
+        let body = CachedBody {
+            body,
+            index: HeaderValue::from(index),
+        };
         let entries = &self.entries[usize::from(all)];
         if entries.len() > snap.services.len() + 32 {
             entries.retain(|name, _| snap.services.contains_key(name));

@@ -251,8 +251,11 @@ pub(super) async fn list_instances(
         });
     let all = all || panic;
     let cacheable = !panic && tags.is_empty() && snap.services.contains_key(service.as_str());
-    if cacheable && let Some(body) = state.bodies.get(service.as_str(), all, index) {
-        return Ok(with_index(index, json_bytes(body)));
+    if cacheable && let Some(cached) = state.bodies.get(service.as_str(), all, index) {
+        let mut resp = json_bytes(cached.body);
+        let index_header = HeaderName::from_static(roster_api::INDEX_HEADER);
+        resp.headers_mut().insert(index_header, cached.index);
+        return Ok(resp);
     }
     let instances = match snap.services.get(service.as_str()) {
         Some(svc) => svc
