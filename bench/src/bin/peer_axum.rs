@@ -8,7 +8,12 @@
 //! ```
 //!
 //! `--nodelay on` sets `TCP_NODELAY` on every connection, as roster does
-//! (axum's default leaves Nagle's algorithm on).
+//! (axum's default leaves Nagle's algorithm on). `--stack roster` serves the
+//! same route through roster's own connection code
+//! (`roster_registry::http::serve::serve`: its timeouts, stream wrappers and
+//! per-request extensions) instead of `axum::serve`, which splits what a
+//! request costs roster above this handler into the connection's part and
+//! the router's part.
 
 use std::process::ExitCode;
 
@@ -17,17 +22,19 @@ use axum::body::Bytes;
 use axum::http::header;
 use tokio::net::TcpListener;
 
-const USAGE: &str = "usage: peer_axum --addr ADDR --file FILE [--nodelay on|off]";
+const USAGE: &str =
+    "usage: peer_axum --addr ADDR --file FILE [--nodelay on|off] [--stack axum|roster]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (mut addr, mut file, mut nodelay) = (None, None, false);
+    let (mut addr, mut file, mut nodelay, mut roster_stack) = (None, None, false, false);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match (flag.as_str(), args.next()) {
             ("--addr", Some(v)) => addr = Some(v),
             ("--file", Some(v)) => file = Some(v),
             ("--nodelay", Some(v)) if v == "on" || v == "off" => nodelay = v == "on",
+            ("--stack", Some(v)) if v == "axum" || v == "roster" => roster_stack = v == "roster",
             _ => {
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);
@@ -57,7 +64,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let served = if nodelay {
+    let served = if roster_stack {
+        use roster_registry::http::serve::{ServeConfig, serve};
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        serve(listener, app, ServeConfig::default(), None, shutdown).await
+    } else if nodelay {
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);

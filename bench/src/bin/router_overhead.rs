@@ -31,6 +31,11 @@ use roster_registry::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+/// `ROUTER_OVERHEAD_SIDE=roster` or `=bare` runs that side's rounds only,
+/// for a profiler or an instruction counter (`valgrind --tool=callgrind`,
+/// `--tool=dhat`) to see one side alone.
+static SIDE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 const OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/out/router-overhead.txt");
 const USAGE: &str = "usage: router_overhead [--requests N] [--rounds R]";
 
@@ -62,6 +67,9 @@ async fn round(app: &Router, uri: &str, n: u32) -> f64 {
 
 fn parse_args() -> Result<(u32, u32), String> {
     let (mut requests, mut rounds) = (200_000, 5);
+    if let Ok(side) = std::env::var("ROUTER_OVERHEAD_SIDE") {
+        SIDE.set(side).map_err(|_| "side set twice")?;
+    }
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(USAGE)?;
@@ -124,9 +132,20 @@ async fn run(requests: u32, rounds: u32) -> String {
     round(&roster, uri, requests / 10).await;
     round(&bare, uri, requests / 10).await;
     let (mut r, mut b) = (Vec::new(), Vec::new());
+    let side = SIDE.get().map_or("both", String::as_str);
     for _ in 0..rounds {
-        r.push(round(&roster, uri, requests).await);
-        b.push(round(&bare, uri, requests).await);
+        if side != "bare" {
+            r.push(round(&roster, uri, requests).await);
+        }
+        if side != "roster" {
+            b.push(round(&bare, uri, requests).await);
+        }
+    }
+    if side != "both" {
+        return format!(
+            "{side} only: {:?} ns/request\n",
+            if side == "bare" { b } else { r }
+        );
     }
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let (rb, bb) = (best(&r), best(&b));
