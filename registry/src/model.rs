@@ -140,7 +140,13 @@ impl ServiceName {
         if raw.starts_with('-') || raw.ends_with('-') {
             return fail("service names may not start or end with '-'");
         }
-        Ok(ServiceName(raw.to_ascii_lowercase().into()))
+        // One allocation for a name already in lowercase (nearly every
+        // name a read path carries).
+        if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+            Ok(ServiceName(raw.to_ascii_lowercase().into()))
+        } else {
+            Ok(ServiceName(raw.into()))
+        }
     }
 
     /// A name that was validated before (it comes from the catalog itself).

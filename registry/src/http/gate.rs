@@ -193,8 +193,9 @@ fn secret<'a>(
             .filter(|t| !t.is_empty())
             .map(Cow::Borrowed);
     }
+    const CONSUL_TOKEN: HeaderName = HeaderName::from_static("x-consul-token");
     if let Some(t) = headers
-        .get(HeaderName::from_static("x-consul-token"))
+        .get(CONSUL_TOKEN)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|t| !t.is_empty())

@@ -191,6 +191,12 @@ impl AppStateBuilder {
 /// Builds the whole API from its route groups. Each group carries its own
 /// gate (permission, readiness, body limit, error style: `gate.rs`); a route
 /// that is in no group is not in the router.
+///
+/// No router-wide layer: each would wrap every route in one more boxed
+/// service per request. Body sizes are the gates' (each reads a request's
+/// body whole, under its group's limit, before the handler runs; routes
+/// whose limit is over axum's default of 2 MiB carry their own
+/// `DefaultBodyLimit`).
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for group in groups() {
@@ -199,7 +205,6 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 

@@ -253,8 +253,8 @@ pub(super) async fn list_instances(
     let cacheable = !panic && tags.is_empty() && snap.services.contains_key(service.as_str());
     if cacheable && let Some(cached) = state.bodies.get(service.as_str(), all, index) {
         let mut resp = json_bytes(cached.body);
-        let index_header = HeaderName::from_static(roster_api::INDEX_HEADER);
-        resp.headers_mut().insert(index_header, cached.index);
+        const INDEX: HeaderName = HeaderName::from_static(roster_api::INDEX_HEADER);
+        resp.headers_mut().insert(INDEX, cached.index);
         return Ok(resp);
     }
     let instances = match snap.services.get(service.as_str()) {
