@@ -342,12 +342,18 @@ fn peer(state: &AppState, req: &Request) -> Result<(), ApiError> {
     }
 }
 
-/// Whether the request carries a body at all.
-fn has_body(headers: &HeaderMap) -> bool {
+/// Whether the request carries a body at all: its headers say so, or the
+/// body itself is not known to be empty. Not the headers alone: a body with
+/// neither header (one built in process, or a framing that needs none) must
+/// still be read under the gate's limit, as no other layer bounds it.
+fn has_body(req: &Request) -> bool {
+    use axum::body::HttpBody as _;
+    let headers = req.headers();
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
+        || !req.body().is_end_stream()
 }
 
 /// Reads the whole body before the request takes a slot: within `timeout`
@@ -680,7 +686,7 @@ fn admit(state: &AppState, gate: Gate, req: Request) -> Result<Admit, ApiError> 
         let slot = state.limiter.watcher()?;
         return Ok(Admit::In(req, slot));
     }
-    if has_body(req.headers()) {
+    if has_body(&req) {
         return Ok(Admit::AfterBody(req));
     }
     Ok(Admit::In(req, slot(state, gate)?))
