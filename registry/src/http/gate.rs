@@ -453,24 +453,18 @@ where
             }
             Err(e) => return GateFuture::done(front.end(state, refuse(gate.style, e))),
         };
-        match remote_datacenter(state, gate.access, gate.style, &req) {
-            Ok(None) => match front.barrier(state, &req) {
-                None => GateFuture::Run(Some(Running {
-                    handler: self.inner.call(req),
-                    deadline: None,
-                    end: End {
-                        front,
-                        state: state.clone(),
-                        slot,
-                    },
-                })),
-                Some(barrier) => {
-                    let waits = Waits::Barrier(req, slot, Box::pin(barrier));
-                    GateFuture::slow(state, gate, front, waits, self.inner.clone())
-                }
-            },
-            Ok(Some(dc)) => {
-                let waits = Waits::Forward(req, slot, dc);
+        match next_step(state, gate, &front, &req) {
+            Ok(Next::Handler) => GateFuture::Run(Some(Running {
+                handler: self.inner.call(req),
+                deadline: None,
+                end: End {
+                    front,
+                    state: state.clone(),
+                    slot,
+                },
+            })),
+            Ok(next) => {
+                let waits = Waits::Admitted(req, slot, next);
                 GateFuture::slow(state, gate, front, waits, self.inner.clone())
             }
             Err(e) => GateFuture::done(front.end(state, refuse(gate.style, e))),
@@ -478,19 +472,42 @@ where
     }
 }
 
+/// Where an admitted request goes next.
+enum Next {
+    /// Its handler, at once.
+    Handler,
+    /// Its handler, once the leader's read index is reached (`?consistent`
+    /// on a cluster node).
+    Barrier(Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send>>),
+    /// Another datacenter (`?dc=`).
+    Forward(Arc<crate::federation::RemoteDc>),
+}
+
+/// Decides [`Next`] for an admitted request, without waiting for anything.
+fn next_step(
+    state: &AppState,
+    gate: Gate,
+    front: &super::Front,
+    req: &Request,
+) -> Result<Next, ApiError> {
+    Ok(
+        match remote_datacenter(state, gate.access, gate.style, req)? {
+            Some(dc) => Next::Forward(dc),
+            None => match front.barrier(state, req) {
+                Some(barrier) => Next::Barrier(Box::pin(barrier)),
+                None => Next::Handler,
+            },
+        },
+    )
+}
+
 /// What a request waits on before (or instead of) its handler: the rare
 /// paths, run as one boxed future.
 enum Waits {
     /// Its body, read in whole before it takes a slot.
     Body(Request),
-    /// The leader's read index (`?consistent` on a cluster node).
-    Barrier(
-        Request,
-        Slot,
-        Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send>>,
-    ),
-    /// Another datacenter's answer.
-    Forward(Request, Slot, Arc<crate::federation::RemoteDc>),
+    /// Admitted, holding its slot, going to a barrier or another datacenter.
+    Admitted(Request, Slot, Next),
 }
 
 /// The future of a gated request.
@@ -568,10 +585,7 @@ where
                 }
                 // Dropping the handler's future cancels the handler.
                 let end = running.take().expect("running").end;
-                let resp = ApiError::unavailable("the request took too long; retry shortly")
-                    .retry_after(1)
-                    .into_response();
-                Poll::Ready(Ok(end.finish(resp)))
+                Poll::Ready(Ok(end.finish(too_long())))
             }
         }
     }
@@ -589,37 +603,33 @@ where
     S: tower::Service<Request, Response = Response, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
-    let handler = |req| async move {
-        match inner.oneshot(req).await {
-            Ok(resp) => resp,
-            Err(never) => match never {},
-        }
-    };
-    let resp = match waits {
+    let admitted = match waits {
+        Waits::Admitted(req, slot, next) => Ok((req, slot, next)),
         Waits::Body(req) => match admit_body(&state, gate, req).await {
-            Err(e) => refuse(gate.style, e),
-            Ok((req, slot)) => match remote_datacenter(&state, gate.access, gate.style, &req) {
-                Ok(None) => match front.barrier(&state, &req) {
-                    None => run(&state, slot, handler(req)).await,
-                    Some(barrier) => match barrier.await {
-                        Ok(()) => run(&state, slot, handler(req)).await,
-                        Err(e) => refuse(gate.style, e),
-                    },
+            Ok((req, slot)) => next_step(&state, gate, &front, &req).map(|next| (req, slot, next)),
+            Err(e) => Err(e),
+        },
+    };
+    let resp = match admitted {
+        Err(e) => refuse(gate.style, e),
+        Ok((req, slot, next)) => {
+            let handler = |req| async move {
+                match inner.oneshot(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                }
+            };
+            match next {
+                Next::Handler => run(&state, slot, handler(req)).await,
+                Next::Barrier(barrier) => match barrier.await {
+                    Ok(()) => run(&state, slot, handler(req)).await,
+                    Err(e) => refuse(gate.style, e),
                 },
-                Ok(Some(dc)) => {
+                Next::Forward(dc) => {
                     let forward = super::federation::forward(state.clone(), dc, gate.style, req);
                     run(&state, slot, forward).await
                 }
-                Err(e) => refuse(gate.style, e),
-            },
-        },
-        Waits::Barrier(req, slot, barrier) => match barrier.await {
-            Ok(()) => run(&state, slot, handler(req)).await,
-            Err(e) => refuse(gate.style, e),
-        },
-        Waits::Forward(req, slot, dc) => {
-            let forward = super::federation::forward(state.clone(), dc, gate.style, req);
-            run(&state, slot, forward).await
+            }
         }
     };
     front.end(&state, resp)
@@ -729,11 +739,14 @@ async fn run(state: &AppState, slot: Slot, handler: impl Future<Output = Respons
     let deadline = state.limiter.config().request_timeout;
     let resp = tokio::time::timeout(deadline, handler).await;
     drop(slot);
-    resp.unwrap_or_else(|_| {
-        ApiError::unavailable("the request took too long; retry shortly")
-            .retry_after(1)
-            .into_response()
-    })
+    resp.unwrap_or_else(|_| too_long())
+}
+
+/// The answer to a request past its deadline.
+fn too_long() -> Response {
+    ApiError::unavailable("the request took too long; retry shortly")
+        .retry_after(1)
+        .into_response()
 }
 
 /// The answer, holding a watcher's slot until its body has streamed to its
