@@ -154,19 +154,17 @@ fn respond(
     if !asked && all.is_some() && seen == sub.all_seen {
         // The same list as last time, and no request since: only the
         // names asked for outside it (tag filters) may have changed.
-        let Sub {
-            names,
-            held,
-            absent,
-            ..
-        } = &mut *sub;
-        for name in names.iter() {
-            let parts = Parts {
-                names,
+        for name in &sub.names {
+            let (held, absent) = (&mut sub.held, &mut sub.absent);
+            compare(
                 held,
                 absent,
-            };
-            compare(parts, name, get(name), &mut resources, &mut removed);
+                true,
+                name,
+                get(name),
+                &mut resources,
+                &mut removed,
+            );
         }
     } else {
         let mut wanted: BTreeSet<Arc<str>> = sub.names.clone();
@@ -176,12 +174,17 @@ fn respond(
             None => {}
         }
         for name in &wanted {
-            let parts = Parts {
-                names: &sub.names,
-                held: &mut sub.held,
-                absent: &mut sub.absent,
-            };
-            compare(parts, name, get(name), &mut resources, &mut removed);
+            let named = sub.names.contains(name);
+            let (held, absent) = (&mut sub.held, &mut sub.absent);
+            compare(
+                held,
+                absent,
+                named,
+                name,
+                get(name),
+                &mut resources,
+                &mut removed,
+            );
         }
         // Held resources no longer wanted (a wildcard member that is gone).
         let gone: Vec<Arc<str>> = sub
@@ -213,19 +216,13 @@ fn respond(
     Some(response)
 }
 
-/// The parts of a [`Sub`] that [`compare`] reads and changes.
-struct Parts<'a> {
-    names: &'a BTreeSet<Arc<str>>,
-    held: &'a mut HashMap<Arc<str>, Arc<str>>,
-    absent: &'a mut BTreeSet<Arc<str>>,
-}
-
 /// Adds `name` to the response when the client does not hold what exists
-/// now (`built`), or to the removed names when it is gone, or was asked for
-/// by name and never existed (said once, so the client need not wait out its
-/// does-not-exist timer).
+/// now (`built`, updating `held`), or to the removed names when it is gone.
+/// `named`: the client asked for it by name (not only through the wildcard).
 fn compare(
-    sub: Parts<'_>,
+    held: &mut HashMap<Arc<str>, Arc<str>>,
+    absent: &mut BTreeSet<Arc<str>>,
+    named: bool,
     name: &Arc<str>,
     built: Option<Arc<Built>>,
     resources: &mut Vec<Resource>,
@@ -233,9 +230,9 @@ fn compare(
 ) {
     match built {
         Some(b) => {
-            sub.absent.remove(name);
-            if sub.held.get(name) != Some(&b.version) {
-                sub.held.insert(name.clone(), b.version.clone());
+            absent.remove(name);
+            if held.get(name) != Some(&b.version) {
+                held.insert(name.clone(), b.version.clone());
                 resources.push(Resource {
                     name: name.to_string(),
                     version: b.version.to_string(),
@@ -245,9 +242,11 @@ fn compare(
             }
         }
         None => {
-            let held = sub.held.remove(name).is_some();
-            let unknown = sub.names.contains(name) && sub.absent.insert(name.clone());
-            if held || unknown {
+            let was_held = held.remove(name).is_some();
+            // Named but never there: say so once, so the client need not
+            // wait out its does-not-exist timer.
+            let unknown = named && absent.insert(name.clone());
+            if was_held || unknown {
                 removed.push(name.to_string());
             }
         }
