@@ -184,7 +184,7 @@ fn gone_line() -> String {
 
 async fn serve(
     State(fake): State<FakeKube>,
-    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+    uri: axum::http::Uri,
     Path(kind): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
