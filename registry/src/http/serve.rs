@@ -712,3 +712,84 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteStall<IO> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// One connection served as `serve` serves it, over an in-memory pipe.
+    fn serve_one(header_timeout: Duration) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let app = Router::new().route("/ok", get(|| async { "ok" }));
+        let remote = SocketAddr::from(([127, 0, 0, 1], 1));
+        let conn = tokio::spawn(connection(
+            server,
+            remote,
+            ClientCert::default(),
+            app,
+            header_timeout,
+            CancellationToken::new(),
+        ));
+        (client, conn)
+    }
+
+    /// Sends one request and reads its answer (whose body is `ok`).
+    async fn request(client: &mut DuplexStream) {
+        client
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\nok") {
+            let mut buf = [0u8; 512];
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_never_ends_is_cut_at_the_header_timeout() {
+        let (mut client, conn) = serve_one(Duration::from_secs(10));
+        client
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(9_900)).await;
+        assert!(!conn.is_finished(), "cut before its deadline");
+        tokio::time::timeout(Duration::from_millis(200), conn)
+            .await
+            .expect("cut at its deadline")
+            .unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"));
+    }
+
+    /// Each request arms a later deadline than the one before: the
+    /// connection's single timer must follow them, neither cutting a busy
+    /// connection at an old request's deadline nor letting an idle one live
+    /// past its last request's.
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_requests_move_the_deadline_and_idleness_is_cut() {
+        let (mut client, conn) = serve_one(Duration::from_secs(1));
+        for _ in 0..10 {
+            request(&mut client).await;
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        assert!(!conn.is_finished(), "a busy connection was cut");
+        // Off the timer's whole periods, so that a timer that only ever woke
+        // a period after its last firing would be seen to close late.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        request(&mut client).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(!conn.is_finished(), "cut before the idle deadline");
+        tokio::time::timeout(Duration::from_millis(200), conn)
+            .await
+            .expect("an idle connection is cut at its deadline")
+            .unwrap();
+    }
+}
