@@ -125,7 +125,8 @@ pub struct LeaseTable {
     leases: ArcSwap<Leases>,
 }
 
-type Leases = DashMap<Arc<str>, Arc<Lease>>;
+/// Hashed with foldhash (seeded per process): every heartbeat looks up here.
+type Leases = DashMap<Arc<str>, Arc<Lease>, foldhash::fast::RandomState>;
 
 impl LeaseTable {
     /// Renews the lease of instance `id` of `service` at `now`.
@@ -143,7 +144,7 @@ impl LeaseTable {
 
     /// Puts `leases` in place of every lease there is.
     pub(crate) fn replace_all(&self, leases: Vec<(Arc<str>, Arc<Lease>)>) {
-        let map = Leases::with_capacity(leases.len());
+        let map = Leases::with_capacity_and_hasher(leases.len(), Default::default());
         for (id, lease) in leases {
             map.insert(id, lease);
         }

@@ -2,6 +2,7 @@
 //! and remove, with the bookkeeping of leases, TTL-check timers and removal
 //! timers that goes with them.
 
+use super::FastMap;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,7 +197,7 @@ impl Catalog {
         let mut leases = Vec::new();
         // Each service's instances, gathered by one name lookup (none for a
         // run of one service's instances) instead of three tree searches each.
-        let mut slots: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut slots: FastMap<Arc<str>, usize> = FastMap::default();
         let mut groups: Vec<Group> = Vec::new();
         let mut last = usize::MAX;
         let mut actively = 0;
@@ -701,7 +702,7 @@ pub(super) const PARALLEL_RESTORE: usize = 10_000;
 /// restore the leases and the timers are filled on a second thread while this
 /// one does the records and services.
 fn fill(
-    records: &mut HashMap<Arc<str>, Box<Record>>,
+    records: &mut FastMap<Arc<str>, Box<Record>>,
     leases: &LeaseTable,
     services: &mut OrdMap<Arc<str>, ServiceState>,
     timers: &mut BTreeSet<(u64, Timer, Arc<str>)>,
@@ -720,7 +721,7 @@ fn fill(
         // tree whose keys (mostly one deadline) differ only by their ids.
         new_timers.into_iter().collect::<BTreeSet<_>>()
     };
-    let main = |records: &mut HashMap<Arc<str>, Box<Record>>,
+    let main = |records: &mut FastMap<Arc<str>, Box<Record>>,
                 services: &mut OrdMap<Arc<str>, ServiceState>| {
         let before = records.len();
         records.extend(new_records);
