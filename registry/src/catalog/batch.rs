@@ -8,7 +8,7 @@
 //! another service owns, a capacity limit, a condition), which is what makes
 //! that check complete.
 
-use std::collections::HashMap;
+use super::FastMap;
 
 use super::{Catalog, CatalogError, Command};
 use crate::model::{InstanceId, ServiceName};
@@ -112,9 +112,8 @@ impl Catalog {
                 limit: MAX_BATCH_ITEMS,
             });
         }
-        let mut seen: HashMap<&str, Seen<'_>> = HashMap::new();
-        let mut added: HashMap<&str, usize> = HashMap::new();
-        let mut removed: HashMap<&str, usize> = HashMap::new();
+        let mut seen: FastMap<&str, Seen<'_>> = FastMap::default();
+        let mut room = Room::default();
         let mut errors = Vec::new();
         for (index, item) in items.iter().enumerate() {
             let verdict = match item {
@@ -126,9 +125,9 @@ impl Catalog {
                             existing: owner.to_owned(),
                         }),
                         Some(_) => Ok(()),
-                        None => self.has_room(service, &added, &removed).inspect(|()| {
-                            *added.entry(service.as_str()).or_default() += 1;
-                        }),
+                        None => self
+                            .has_room(service, &room)
+                            .inspect(|()| room.add(service.as_str())),
                     }
                     .map(|()| {
                         seen.insert(
@@ -144,7 +143,7 @@ impl Catalog {
                     None => Ok(()),
                     Some(owner) if owner != service.as_str() => Err(not_found(service, id)),
                     Some(_) => {
-                        *removed.entry(service.as_str()).or_default() += 1;
+                        room.remove(service.as_str());
                         seen.insert(
                             id.as_str(),
                             Seen {
@@ -204,7 +203,7 @@ impl Catalog {
     }
 
     /// Who owns `id` once the items checked so far are applied.
-    fn seen<'a>(&'a self, seen: &HashMap<&'a str, Seen<'a>>, id: &'a InstanceId) -> Seen<'a> {
+    fn seen<'a>(&'a self, seen: &FastMap<&'a str, Seen<'a>>, id: &'a InstanceId) -> Seen<'a> {
         seen.get(id.as_str()).copied().unwrap_or_else(|| Seen {
             owner: self.records.get(id.as_str()).map(|r| &*r.service),
             written: false,
@@ -213,29 +212,26 @@ impl Catalog {
 
     /// Whether one more instance fits in `service` and in the registry, after
     /// the batch's earlier additions and removals.
-    fn has_room(
-        &self,
-        service: &ServiceName,
-        added: &HashMap<&str, usize>,
-        removed: &HashMap<&str, usize>,
-    ) -> Result<(), CatalogError> {
-        let get = |m: &HashMap<&str, usize>, s: &str| m.get(s).copied().unwrap_or(0);
+    fn has_room(&self, service: &ServiceName, room: &Room<'_>) -> Result<(), CatalogError> {
+        let (added, removed) = room
+            .services
+            .get(service.as_str())
+            .copied()
+            .unwrap_or((0, 0));
         let in_service = self
             .state
             .services
             .get(service.as_str())
             .map_or(0, |s| s.instances.len())
-            + get(added, service.as_str());
-        if in_service.saturating_sub(get(removed, service.as_str()))
-            >= self.limits.max_instances_per_service
-        {
+            + added;
+        if in_service.saturating_sub(removed) >= self.limits.max_instances_per_service {
             return Err(CatalogError::Full {
                 what: "instances per service",
                 limit: self.limits.max_instances_per_service,
             });
         }
-        let total = self.records.len() + added.values().sum::<usize>();
-        if total.saturating_sub(removed.values().sum()) >= self.limits.max_instances {
+        let total = self.records.len() + room.added;
+        if total.saturating_sub(room.removed) >= self.limits.max_instances {
             return Err(CatalogError::Full {
                 what: "instances in the registry",
                 limit: self.limits.max_instances,
@@ -282,6 +278,27 @@ impl Catalog {
     }
 }
 
+/// The instances a batch's items checked so far add and remove, per service
+/// and in all (kept as running totals: summing the per-service counts for
+/// every item made a batch over many services quadratic).
+#[derive(Default)]
+struct Room<'a> {
+    services: FastMap<&'a str, (usize, usize)>,
+    added: usize,
+    removed: usize,
+}
+
+impl<'a> Room<'a> {
+    fn add(&mut self, service: &'a str) {
+        self.services.entry(service).or_default().0 += 1;
+        self.added += 1;
+    }
+
+    fn remove(&mut self, service: &'a str) {
+        self.services.entry(service).or_default().1 += 1;
+        self.removed += 1;
+    }
+}
 fn not_found(service: &ServiceName, id: &InstanceId) -> CatalogError {
     CatalogError::NotFound {
         service: service.to_string(),

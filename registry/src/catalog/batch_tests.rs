@@ -205,3 +205,39 @@ fn a_batch_holds_only_instance_writes() {
     ));
     assert!(c.snapshot().services.is_empty());
 }
+
+#[test]
+fn the_registry_wide_limit_counts_the_batch_across_services() {
+    let t0 = Instant::now();
+    let limits = CatalogLimits {
+        max_instances_per_service: 100,
+        max_instances: 4,
+    };
+    let mut c = Catalog::new(t0, limits);
+    c.apply(reg("a", "x", 80), t0).unwrap();
+    let err = c
+        .apply(
+            batch(vec![
+                reg("b", "b1", 80),
+                reg("b", "b2", 80),
+                reg("c", "c1", 80),
+                reg("c", "c2", 80),
+            ]),
+            t0,
+        )
+        .unwrap_err();
+    assert_eq!(failing(err), vec![3], "the fifth instance in all");
+    // A deregistration in another service makes room for all four.
+    c.apply(
+        batch(vec![
+            dereg("a", "x"),
+            reg("b", "b1", 80),
+            reg("b", "b2", 80),
+            reg("c", "c1", 80),
+            reg("c", "c2", 80),
+        ]),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(c.snapshot().services.len(), 2);
+}
