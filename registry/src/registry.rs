@@ -21,6 +21,8 @@ use crate::model::{InstanceId, ServiceName};
 use crate::store::{Loaded, Store, StoreError, WriteBatch};
 
 mod error;
+#[cfg(test)]
+mod group_tests;
 use crate::watch::{CatalogFilter, CatalogSubscription, Hub, SnapshotPieces, Subscription};
 pub use error::{Unavailable, WriteError};
 
@@ -89,7 +91,41 @@ pub struct Registry {
     leadership: Notify,
     /// Each service's part of a catalog stream's snapshot.
     snapshot_pieces: SnapshotPieces,
+    /// Writes of a node alone waiting for their group (see
+    /// [`Registry::write_alone`]).
+    queued: Mutex<Vec<QueuedWrite>>,
+    /// How many snapshots were published.
+    #[cfg(test)]
+    publications: std::sync::atomic::AtomicU64,
 }
+
+/// A write waiting for its group, and where its result goes.
+type QueuedWrite = (
+    Command,
+    tokio::sync::oneshot::Sender<Result<(Outcome, Option<Durable>), CatalogError>>,
+);
+
+/// Applies the queued writes when dropped (see [`Registry::write_alone`]).
+struct ApplyQueued<'a>(&'a Registry);
+
+impl Drop for ApplyQueued<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Dropped by a panic: answer the queued writers with an error
+            // rather than apply (a second panic here would abort).
+            self.0
+                .queued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            return;
+        }
+        self.0.apply_queued();
+    }
+}
+
+/// The most writes applied under one hold of the catalog lock.
+const MAX_GROUP: usize = 64;
 
 /// What the health checker is told of a change.
 #[derive(Debug)]
@@ -172,6 +208,9 @@ impl Registry {
             replication: OnceLock::new(),
             leadership: Notify::new(),
             snapshot_pieces: SnapshotPieces::default(),
+            queued: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            publications: Default::default(),
         }
     }
 
@@ -420,7 +459,7 @@ impl Registry {
             }
             return rx.await.map_err(|_| Unavailable::ProposerStopped)?;
         }
-        let (out, durable) = self.apply_inner(cmd, true)?;
+        let (out, durable) = self.write_alone(cmd).await?;
         if let Some(durable) = durable {
             durable.await.map_err(|_| StoreError::Stopped)??;
         }
@@ -468,55 +507,98 @@ impl Registry {
         persist: bool,
         after: impl FnOnce(&mut Catalog),
     ) -> Result<(Outcome, Option<Durable>), CatalogError> {
-        let replace_all = matches!(cmd, Command::Restore { .. });
+        self.apply_group(std::iter::once(cmd), persist, after)
+            .pop()
+            .expect("one result per command")
+    }
+
+    /// Applies `cmds` in order under one hold of the lock, each as its own
+    /// change (its own index, store batch and result), and publishes one
+    /// snapshot for all of them: readers and watchers see the state after
+    /// the last, and the catalog's persistent maps copy each node they share
+    /// with the published snapshot once per group rather than once per
+    /// command. `after` runs on the catalog before the publication.
+    fn apply_group(
+        &self,
+        cmds: impl Iterator<Item = Command>,
+        persist: bool,
+        after: impl FnOnce(&mut Catalog),
+    ) -> Vec<Result<(Outcome, Option<Durable>), CatalogError>> {
         let mut core = self.lock();
         let Core { catalog, hub } = &mut *core;
         let before = catalog.next_deadline();
-        let probed_before = catalog.has_active_checks();
-        let out = catalog.apply(cmd, Instant::now())?;
-        after(catalog);
-        let mut durable = None;
-        if out.changed {
-            let snap = catalog.snapshot();
-            self.snapshot.store(Arc::new(snap.clone()));
-            hub.publish(snap, catalog.touched(), catalog.changed());
-            if persist && let Some(store) = self.store.get() {
-                // Queued under the lock, so batches reach the store in index order.
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let changes = if replace_all {
-                    snap.services
-                        .values()
-                        .flat_map(|s| s.instances.iter())
-                        .map(|(id, inst)| (id.clone(), Some(inst.clone())))
-                        .collect()
-                } else {
-                    catalog
-                        .changed()
-                        .iter()
-                        .map(|id| (id.clone(), catalog.instance_by_id(id).cloned()))
-                        .collect()
-                };
-                store.submit(WriteBatch {
-                    index: snap.index,
-                    names_index: snap.names_index,
-                    replace_all,
-                    changes,
-                    done: Some(tx),
-                });
-                durable = Some(rx);
-            }
-            if let Some(feed) = self.changes.get() {
-                if replace_all {
-                    let _ = feed.send(Change::all(snap));
-                } else if probed_before || catalog.has_active_checks() {
-                    // (Otherwise no instance had an active check before or
-                    // after: the checker holds nothing this change touches.)
-                    for id in catalog.changed() {
-                        let inst = catalog.instance_by_id(id).cloned();
-                        let _ = feed.send(Change::One(id.clone(), inst));
+        let mut results = Vec::with_capacity(cmds.size_hint().0);
+        // What the group changed, for the one publication.
+        let (mut touched, mut changed, mut applied) = (Vec::new(), Vec::new(), 0usize);
+        for cmd in cmds {
+            let replace_all = matches!(cmd, Command::Restore { .. });
+            let probed_before = catalog.has_active_checks();
+            let out = match catalog.apply(cmd, Instant::now()) {
+                Ok(out) => out,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let mut durable = None;
+            if out.changed {
+                applied += 1;
+                touched.extend_from_slice(catalog.touched());
+                changed.extend_from_slice(catalog.changed());
+                let snap = catalog.snapshot();
+                if persist && let Some(store) = self.store.get() {
+                    // Queued under the lock, so batches reach the store in index order.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let changes = if replace_all {
+                        snap.services
+                            .values()
+                            .flat_map(|s| s.instances.iter())
+                            .map(|(id, inst)| (id.clone(), Some(inst.clone())))
+                            .collect()
+                    } else {
+                        catalog
+                            .changed()
+                            .iter()
+                            .map(|id| (id.clone(), catalog.instance_by_id(id).cloned()))
+                            .collect()
+                    };
+                    store.submit(WriteBatch {
+                        index: snap.index,
+                        names_index: snap.names_index,
+                        replace_all,
+                        changes,
+                        done: Some(tx),
+                    });
+                    durable = Some(rx);
+                }
+                if let Some(feed) = self.changes.get() {
+                    if replace_all {
+                        let _ = feed.send(Change::all(snap));
+                    } else if probed_before || catalog.has_active_checks() {
+                        // (Otherwise no instance had an active check before or
+                        // after: the checker holds nothing this change touches.)
+                        for id in catalog.changed() {
+                            let inst = catalog.instance_by_id(id).cloned();
+                            let _ = feed.send(Change::One(id.clone(), inst));
+                        }
                     }
                 }
             }
+            results.push(Ok((out, durable)));
+        }
+        after(catalog);
+        if applied > 0 {
+            if applied > 1 {
+                touched.sort_unstable();
+                touched.dedup();
+                changed.sort_unstable();
+                changed.dedup();
+            }
+            let snap = catalog.snapshot();
+            self.snapshot.store(Arc::new(snap.clone()));
+            hub.publish(snap, &touched, &changed);
+            #[cfg(test)]
+            self.publications.fetch_add(1, Ordering::Relaxed);
         }
         let guard = catalog.guard_status();
         let after = catalog.next_deadline();
@@ -526,11 +608,66 @@ impl Registry {
         {
             self.reaper_wake.notify_one();
         }
-        if out.expired > 0 || out.reaped > 0 {
-            self.metrics.reaper(out.expired, out.reaped);
+        for (out, _) in results.iter().flatten() {
+            if out.expired > 0 || out.reaped > 0 {
+                self.metrics.reaper(out.expired, out.reaped);
+            }
+            self.report_guard(out, &guard);
         }
-        self.report_guard(&out, &guard);
-        Ok((out, durable))
+        results
+    }
+
+    /// Applies a write of this node alone (no cluster) together with the
+    /// writes that queue behind it meanwhile. The first writer of a group
+    /// yields once before it applies: the requests that are ready to run
+    /// (other connections' writes) reach this point and queue, and the group
+    /// is applied by [`Registry::apply_group`] with one publication. Under
+    /// load that turns a copy of the catalog's shared tree nodes, a snapshot
+    /// and a watcher wake-up per write into one per group; alone, a write
+    /// waits for one yield.
+    async fn write_alone(&self, cmd: Command) -> Result<(Outcome, Option<Durable>), WriteError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut queue = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+            queue.push((cmd, tx));
+            queue.len() == 1
+        };
+        if first {
+            // Applies the group when dropped: also when this request is
+            // dropped while it yields, so the writes behind it are not
+            // stranded.
+            let applier = ApplyQueued(self);
+            tokio::task::yield_now().await;
+            drop(applier);
+        }
+        match rx.await {
+            Ok(result) => Ok(result?),
+            // The applier panicked before it answered.
+            Err(_) => Err(Unavailable::ShuttingDown.into()),
+        }
+    }
+
+    /// Applies every queued write (see [`Registry::write_alone`]), at most
+    /// [`MAX_GROUP`] to a publication, so that the lock is let go and
+    /// readers see progress between groups however many writers queue.
+    fn apply_queued(&self) {
+        loop {
+            let group: Vec<QueuedWrite> = {
+                let mut queue = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+                let n = queue.len().min(MAX_GROUP);
+                queue.drain(..n).collect()
+            };
+            if group.is_empty() {
+                return;
+            }
+            let (cmds, answers): (Vec<Command>, Vec<_>) = group.into_iter().unzip();
+            let results = self.apply_group(cmds.into_iter(), true, |_| {});
+            for (answer, result) in answers.into_iter().zip(results) {
+                // A writer that went away meanwhile: its write is applied all
+                // the same, as one whose answer was lost on the way.
+                let _ = answer.send(result);
+            }
+        }
     }
 
     /// Publishes the self-preservation guard after a command: the metrics, and

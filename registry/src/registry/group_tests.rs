@@ -1,0 +1,147 @@
+//! Writes of a node alone applied in groups (`Registry::write_alone`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+
+use roster_api::RegisterRequest;
+
+use super::*;
+use crate::catalog::{CatalogError, CatalogLimits};
+use crate::model::{InstanceSpec, Limits};
+
+fn registry() -> Arc<Registry> {
+    Arc::new(Registry::new(
+        CatalogLimits::default(),
+        Arc::new(Metrics::new()),
+    ))
+}
+
+fn register(id: &str) -> Command {
+    let req = RegisterRequest {
+        address: Some("10.0.0.1".into()),
+        port: 80,
+        ..Default::default()
+    };
+    Command::Register {
+        service: ServiceName::parse("web").unwrap(),
+        id: InstanceId::parse(id).unwrap(),
+        spec: InstanceSpec::from_request(req, None, &Limits::default()).unwrap(),
+    }
+}
+
+fn deregister(id: &str) -> Command {
+    Command::Deregister {
+        service: ServiceName::parse("web").unwrap(),
+        id: InstanceId::parse(id).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn writes_ready_together_are_applied_in_order_with_one_publication() {
+    let reg = registry();
+    let before = reg.publications.load(Ordering::Relaxed);
+    // Spawned before any runs: the first yields, the others queue behind it.
+    let writes: Vec<_> = (0..20)
+        .map(|i| {
+            let reg = reg.clone();
+            tokio::spawn(async move { reg.write(register(&format!("i{i}"))).await })
+        })
+        .collect();
+    let mut indexes = Vec::new();
+    for w in writes {
+        indexes.push(w.await.unwrap().unwrap().index);
+    }
+    assert_eq!(
+        indexes,
+        (2..22).collect::<Vec<u64>>(),
+        "each write has its own index, in order"
+    );
+    assert_eq!(reg.publications.load(Ordering::Relaxed) - before, 1);
+    let snap = reg.snapshot();
+    assert_eq!(snap.index, 21);
+    assert_eq!(snap.services.get("web").unwrap().instances.len(), 20);
+    // Alone, a write is applied and published at once.
+    reg.write(register("alone")).await.unwrap();
+    assert_eq!(reg.publications.load(Ordering::Relaxed) - before, 2);
+    assert!(reg.snapshot().instance("web", "alone").is_some());
+}
+
+#[tokio::test]
+async fn a_refused_write_in_a_group_fails_alone() {
+    let reg = registry();
+    let writes: Vec<_> = [register("a"), deregister("nobody"), register("b")]
+        .into_iter()
+        .map(|cmd| {
+            let reg = reg.clone();
+            tokio::spawn(async move { reg.write(cmd).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for w in writes {
+        results.push(w.await.unwrap());
+    }
+    assert_eq!(results[0].as_ref().unwrap().index, 2);
+    assert!(
+        matches!(
+            results[1],
+            Err(WriteError::Catalog(CatalogError::NotFound { .. }))
+        ),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(results[2].as_ref().unwrap().index, 3);
+    let snap = reg.snapshot();
+    assert!(snap.instance("web", "a").is_some() && snap.instance("web", "b").is_some());
+}
+
+/// The first writer of a group applies it. Dropped while it yields (its
+/// client went away, its request timed out), it must not strand the writes
+/// queued behind it.
+#[tokio::test]
+async fn a_group_whose_first_writer_is_dropped_is_applied_all_the_same() {
+    let reg = registry();
+    let mut first = Box::pin(reg.write(register("first")));
+    let pending =
+        std::future::poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx).is_pending())).await;
+    assert!(pending, "the first writer yields before it applies");
+    let second = tokio::spawn({
+        let reg = reg.clone();
+        async move { reg.write(register("second")).await }
+    });
+    // Let the second queue behind the first.
+    tokio::task::yield_now().await;
+    assert!(!second.is_finished());
+    drop(first);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(5), second)
+        .await
+        .expect("the second write is answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.index, 3, "applied after the dropped writer's");
+    let snap = reg.snapshot();
+    assert!(snap.instance("web", "first").is_some());
+    assert!(snap.instance("web", "second").is_some());
+}
+
+#[tokio::test]
+async fn a_group_holds_at_most_max_group_writes() {
+    let reg = registry();
+    let before = reg.publications.load(Ordering::Relaxed);
+    let n = MAX_GROUP + MAX_GROUP / 2;
+    let writes: Vec<_> = (0..n)
+        .map(|i| {
+            let reg = reg.clone();
+            tokio::spawn(async move { reg.write(register(&format!("i{i}"))).await })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    assert_eq!(reg.publications.load(Ordering::Relaxed) - before, 2);
+    assert_eq!(
+        reg.snapshot().services.get("web").unwrap().instances.len(),
+        n
+    );
+}
