@@ -124,8 +124,23 @@ impl Drop for ApplyQueued<'_> {
     }
 }
 
-/// The most writes applied under one hold of the catalog lock.
-const MAX_GROUP: usize = 64;
+/// The most instances a group of writes applied under one hold of the
+/// catalog lock writes (by [`Command::weight`]; a group has at least one
+/// write, whatever its weight).
+const MAX_GROUP: usize = 1024;
+
+/// How many of `cmds`, from the first, make the next group.
+fn group_len<'a>(cmds: impl Iterator<Item = &'a Command>) -> usize {
+    let (mut n, mut weight) = (0, 0);
+    for cmd in cmds {
+        weight += cmd.weight();
+        if n > 0 && weight > MAX_GROUP {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
 
 /// What the health checker is told of a change.
 #[derive(Debug)]
@@ -402,10 +417,22 @@ impl Registry {
         .await;
     }
 
-    /// Applies a command that came out of the replicated log (every node, in log
-    /// order). Nothing goes to the store: the log is the durable copy.
-    pub(crate) fn apply_committed(&self, cmd: Command) -> Result<Outcome, CatalogError> {
-        self.apply_inner(cmd, false).map(|(out, _)| out)
+    /// Applies commands that came out of the replicated log (every node, in
+    /// log order), in groups (see [`Registry::apply_group`]): one publication
+    /// per group rather than per command. Nothing goes to the store: the log
+    /// is the durable copy.
+    pub(crate) fn apply_committed_all(
+        &self,
+        cmds: Vec<Command>,
+    ) -> Vec<Result<Outcome, CatalogError>> {
+        let mut results = Vec::with_capacity(cmds.len());
+        let mut cmds = cmds;
+        while !cmds.is_empty() {
+            let n = group_len(cmds.iter());
+            let group = self.apply_group(cmds.drain(..n), false, |_| {});
+            results.extend(group.into_iter().map(|r| r.map(|(out, _)| out)));
+        }
+        results
     }
 
     /// Replaces the catalog with a replicated snapshot, stamped so watchers see it.
@@ -648,13 +675,14 @@ impl Registry {
     }
 
     /// Applies every queued write (see [`Registry::write_alone`]), at most
-    /// [`MAX_GROUP`] to a publication, so that the lock is let go and
-    /// readers see progress between groups however many writers queue.
+    /// [`MAX_GROUP`] instances' worth to a publication, so that the lock is
+    /// let go and readers see progress between groups however many writers
+    /// queue.
     fn apply_queued(&self) {
         loop {
             let group: Vec<QueuedWrite> = {
                 let mut queue = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-                let n = queue.len().min(MAX_GROUP);
+                let n = group_len(queue.iter().map(|(cmd, _)| cmd));
                 queue.drain(..n).collect()
             };
             if group.is_empty() {

@@ -165,6 +165,18 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// About how many instances the command writes: what a group of commands
+    /// applied under one hold of the registry's lock is bounded by.
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            Command::Batch { items } => items.len().max(1),
+            Command::Restore { instances, .. } => instances.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
 /// Who reports a check result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckSource {

@@ -299,17 +299,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match entry.payload {
                 EntryPayload::Blank => replies.push(Vec::new()),
                 EntryPayload::Normal(Batch { ops }) => {
+                    // The entry's commands are applied together, one
+                    // publication per group; an op that does not decode
+                    // keeps its place among the replies.
+                    let mut invalid = Vec::with_capacity(ops.len());
+                    let mut cmds = Vec::with_capacity(ops.len());
+                    for op in ops {
+                        match op.into_command() {
+                            Ok(cmd) => {
+                                cmds.push(cmd);
+                                invalid.push(None);
+                            }
+                            Err(e) => invalid.push(Some(e.to_string())),
+                        }
+                    }
+                    let mut applied = self.registry.apply_committed_all(cmds).into_iter();
                     replies.push(
-                        ops.into_iter()
-                            .map(|op| match op.into_command() {
-                                Ok(cmd) => self
-                                    .registry
-                                    .apply_committed(cmd)
+                        invalid
+                            .into_iter()
+                            .map(|invalid| match invalid {
+                                None => applied
+                                    .next()
+                                    .expect("a result per command")
                                     .map(OutcomeWire::from)
                                     .map_err(|e| (&e).into()),
-                                Err(e) => Err(super::ops::ErrorWire::Invalid {
-                                    message: e.to_string(),
-                                }),
+                                Some(message) => Err(super::ops::ErrorWire::Invalid { message }),
                             })
                             .collect(),
                     );

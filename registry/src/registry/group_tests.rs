@@ -145,3 +145,21 @@ async fn a_group_holds_at_most_max_group_writes() {
         n
     );
 }
+
+/// Groups are bounded by the instances they write, not by their commands:
+/// one lock hold must not cover 64 batches of 1,000.
+#[test]
+fn a_group_is_bounded_by_the_instances_it_writes() {
+    let batch = |n: usize| Command::Batch {
+        items: (0..n).map(|i| register(&format!("b{i}"))).collect(),
+    };
+    let cmds = [batch(600), batch(424), register("x"), batch(10)];
+    assert_eq!(
+        group_len(cmds.iter()),
+        2,
+        "600 + 424 fit, one more does not"
+    );
+    assert_eq!(group_len(cmds[2..].iter()), 2);
+    let huge = [batch(MAX_GROUP + 1), register("y")];
+    assert_eq!(group_len(huge.iter()), 1, "a heavy write is a group alone");
+}
