@@ -23,7 +23,10 @@
 #   RNACOS_BIN (an rnacos binary, or "skip" to leave r-nacos out; default: the cache
 #   $BENCH_PEERS/rnacos/bin (BENCH_PEERS defaults to bench/out/peers), then
 #   /work/bench-peers/rnacos/bin, then PATH, else `cargo install rnacos` into the
-#   cache, about 11 minutes on 2 cores), PERF=0|1 (profile roster; default 1 in --full).
+#   cache, about 11 minutes on 2 cores), PERF=0|1 (profile roster; default 1 in --full),
+#   ETCD=0 (leave etcd out of the register, heartbeat and list scenarios: no etcd
+#   install and no etcd load generator to build; the watch and startup scenarios
+#   need it).
 # Needs root for apt-get (wrk, nginx, etcd-server, knot, dnsperf, protobuf-compiler).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,10 +67,15 @@ trap 'exit 130' INT TERM
 
 # --- Tools and builds ------------------------------------------------------------
 need wrk wrk; need curl curl; need taskset util-linux; need python3 python3
-[ $mode = smoke ] || { need nginx nginx-light; need etcd etcd-server; need dnsperf dnsperf; need knotd knot; need dig bind9-dnsutils; }
+etcd_on=${ETCD:-1}
+[ $mode = smoke ] || { need nginx nginx-light; need dnsperf dnsperf; need knotd knot; need dig bind9-dnsutils; }
+[ $mode = smoke ] || [ "$etcd_on" = 0 ] || need etcd etcd-server
+if [ "$etcd_on" = 0 ] && { want watch || want startup; }; then
+  echo "ETCD=0 needs --only without watch and startup" >&2; exit 2
+fi
 [ "$perf_on" = 1 ] && need perf linux-perf
 etcd_feature=()
-if need protoc protobuf-compiler; then etcd_feature=(--features etcd); fi
+if [ "$etcd_on" = 1 ] && need protoc protobuf-compiler; then etcd_feature=(--features etcd); fi
 target=${CARGO_TARGET_DIR:-target}
 # Symbols kept (not stripped) so perf can name roster's functions; the code is the
 # same as the shipped release build's.
@@ -102,7 +110,7 @@ d_static="n/a (static)"
 systems=(roster)
 if [ $mode != smoke ]; then
   [ -n "$rnacos" ] && systems+=(r-nacos)
-  systems+=(etcd)
+  [ "$etcd_on" = 1 ] && systems+=(etcd)
 fi
 
 # --- Scenario 1: register N distinct instances (a fresh server per round) ---------
