@@ -669,8 +669,8 @@ impl Registry {
         }
         match rx.await {
             Ok(result) => Ok(result?),
-            // The applier panicked before it answered.
-            Err(_) => Err(Unavailable::ShuttingDown.into()),
+            // The applier panicked before it applied the group.
+            Err(_) => Err(Unavailable::GroupLost.into()),
         }
     }
 

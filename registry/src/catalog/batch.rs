@@ -8,9 +8,7 @@
 //! another service owns, a capacity limit, a condition), which is what makes
 //! that check complete.
 
-use super::FastMap;
-
-use super::{Catalog, CatalogError, Command};
+use super::{Catalog, CatalogError, Command, FastMap};
 use crate::model::{InstanceId, ServiceName};
 
 /// Most items in one [`Command::Batch`].
@@ -299,6 +297,7 @@ impl<'a> Room<'a> {
         self.removed += 1;
     }
 }
+
 fn not_found(service: &ServiceName, id: &InstanceId) -> CatalogError {
     CatalogError::NotFound {
         service: service.to_string(),

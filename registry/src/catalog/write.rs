@@ -2,7 +2,6 @@
 //! and remove, with the bookkeeping of leases, TTL-check timers and removal
 //! timers that goes with them.
 
-use super::FastMap;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use imbl::OrdMap;
 use roster_api::Health;
 
 use super::{
-    Catalog, CatalogError, CheckSource, Instance, Record, ServiceState, Timer, nanos,
+    Catalog, CatalogError, CheckSource, FastMap, Instance, Record, ServiceState, Timer, nanos,
     spec_checks_initial,
 };
 use crate::checks::{CheckState, Target, truncate_output};

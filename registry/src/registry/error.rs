@@ -110,6 +110,10 @@ pub enum Unavailable {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The write was queued behind another of this node's writes, whose
+    /// task failed before it applied the group (see `Registry::write_alone`).
+    #[error("the write was not applied: the group it was queued in failed")]
+    GroupLost,
     /// The leader's proposer task has stopped.
     #[error("the proposer stopped")]
     ProposerStopped,
