@@ -612,7 +612,7 @@ mod unique_keys {
 pub mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer, de};
+    use serde::{Deserializer, Serializer, de};
 
     /// Formats a duration as compactly as possible: `1h30m`, `15s`, `250ms`.
     ///
@@ -628,17 +628,19 @@ pub mod duration {
         if secs == 0 && millis == 0 {
             return "0s".to_owned();
         }
+        // Written into one string (a `format!` per unit allocated each).
+        use std::fmt::Write as _;
         for (unit, size) in [("h", 3600), ("m", 60)] {
             if secs >= size {
-                out.push_str(&format!("{}{unit}", secs / size));
+                let _ = write!(out, "{}{unit}", secs / size);
                 secs %= size;
             }
         }
         if secs > 0 {
-            out.push_str(&format!("{secs}s"));
+            let _ = write!(out, "{secs}s");
         }
         if millis > 0 {
-            out.push_str(&format!("{millis}ms"));
+            let _ = write!(out, "{millis}ms");
         }
         out
     }
@@ -662,17 +664,32 @@ pub mod duration {
         })
     }
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
+    /// Reads a number of seconds or a duration's text straight from the
+    /// input. (An untagged enum of the two buffered the value and built an
+    /// error for the variant that did not match, a string's allocation on
+    /// every registration with a `"60s"` TTL.)
+    struct Visitor;
 
-    fn from_raw<E: de::Error>(raw: Raw) -> Result<Duration, E> {
-        match raw {
-            Raw::Secs(s) => Ok(Duration::from_secs(s)),
-            Raw::Text(t) => parse(&t).map_err(E::custom),
+    impl de::Visitor<'_> for Visitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration such as \"15s\" or a number of seconds")
+        }
+
+        fn visit_u64<E: de::Error>(self, secs: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(secs))
+        }
+
+        /// Formats whose integers are signed (TOML) come here.
+        fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Duration, E> {
+            u64::try_from(secs)
+                .map(Duration::from_secs)
+                .map_err(|_| E::invalid_value(de::Unexpected::Signed(secs), &self))
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            parse(text).map_err(E::custom)
         }
     }
 
@@ -683,17 +700,14 @@ pub mod duration {
 
     /// Deserializes a [`Duration`] from a string or a number of seconds.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let raw = Raw::deserialize(d).map_err(|_| {
-            de::Error::custom("expected a duration such as \"15s\" or a number of seconds")
-        })?;
-        from_raw(raw)
+        d.deserialize_any(Visitor)
     }
 
     /// The same for `Option<Duration>`; `null` and a missing field are `None`.
     pub mod option {
         use std::time::Duration;
 
-        use serde::{Deserialize, Deserializer, Serializer, de};
+        use serde::{Deserializer, Serializer, de};
 
         /// Serializes `Some(d)` as a string and `None` as null.
         pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -705,10 +719,30 @@ pub mod duration {
 
         /// Deserializes an optional duration.
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            let raw = Option::<super::Raw>::deserialize(d).map_err(|_| {
-                de::Error::custom("expected a duration such as \"15s\" or a number of seconds")
-            })?;
-            raw.map(super::from_raw).transpose()
+            d.deserialize_option(Optional)
+        }
+
+        /// `null` or what [`super::Visitor`] reads.
+        struct Optional;
+
+        impl<'de> de::Visitor<'de> for Optional {
+            type Value = Option<Duration>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as \"15s\", a number of seconds, or null")
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(super::Visitor).map(Some)
+            }
         }
     }
 }
@@ -825,6 +859,37 @@ mod tests {
         let err =
             serde_json::from_str::<RegisterRequest>(r#"{"port":80,"ttl":"often"}"#).unwrap_err();
         assert!(err.to_string().contains("duration"), "{err}");
+        for bad in ["-5", "1.5", "true", "[30]", r#"{"s":30}"#] {
+            let body = format!(r#"{{"port":80,"ttl":{bad}}}"#);
+            let err = serde_json::from_str::<RegisterRequest>(&body).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("a duration such as \"15s\" or a number of seconds"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_read_from_text_numbers_and_null() {
+        let ttl = |json: &str| {
+            serde_json::from_str::<RegisterRequest>(&format!(r#"{{"port":80{json}}}"#))
+                .unwrap()
+                .ttl
+        };
+        assert_eq!(ttl(r#","ttl":"60s""#), Some(Duration::from_secs(60)));
+        assert_eq!(ttl(r#","ttl":" 1m30s ""#), Some(Duration::from_secs(90)));
+        assert_eq!(ttl(r#","ttl":"20""#), Some(Duration::from_secs(20)));
+        assert_eq!(ttl(r#","ttl":20"#), Some(Duration::from_secs(20)));
+        assert_eq!(ttl(r#","ttl":null"#), None);
+        assert_eq!(ttl(""), None);
+        // Formats with signed integers (TOML) reach the same durations.
+        use serde::de::IntoDeserializer;
+        let signed = |n: i64| {
+            duration::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(n))
+        };
+        assert_eq!(signed(30), Ok(Duration::from_secs(30)));
+        assert!(signed(-1).is_err());
     }
 
     #[test]
