@@ -26,6 +26,11 @@ impl Catalog {
         now: u64,
         next: u64,
     ) -> Result<bool, CatalogError> {
+        // For a new instance, the catalog's own copy of its service's name,
+        // found by the search that counts the service's instances: a million
+        // instances of a hundred services share a hundred names, not a
+        // million copies (the record and the lease share it too).
+        let mut name = None;
         let existing = match self.records.get(id.as_str()) {
             Some(rec) if rec.service != *service.as_arc() => {
                 return Err(CatalogError::Conflict {
@@ -35,11 +40,9 @@ impl Catalog {
             }
             Some(_) => self.state.instance(service.as_str(), id.as_str()).cloned(),
             None => {
-                let in_service = self
-                    .state
-                    .services
-                    .get(service.as_str())
-                    .map_or(0, |s| s.instances.len());
+                let known = self.state.services.get_key_value(service.as_str());
+                let in_service = known.map_or(0, |(_, s)| s.instances.len());
+                name = known.map(|(name, _)| name.clone());
                 if in_service >= self.limits.max_instances_per_service {
                     return Err(CatalogError::Full {
                         what: "instances per service",
@@ -139,7 +142,7 @@ impl Catalog {
         let spec_checks = spec.checks.clone();
         let mut inst = Instance {
             id: id.as_arc().clone(),
-            service: self.service_name(service.as_arc()),
+            service: name.unwrap_or_else(|| service.as_arc().clone()),
             spec,
             lease: None,
             maintenance: None,
@@ -582,19 +585,13 @@ impl Catalog {
         }
     }
 
-    /// The catalog's own copy of a service's name when it has the service:
-    /// a million instances of a hundred services share a hundred names, not
-    /// a million copies (the record and the lease share it too).
-    pub(super) fn service_name(&self, name: &Arc<str>) -> Arc<str> {
-        match self.state.services.get_key_value(&**name) {
-            Some((known, _)) => known.clone(),
-            None => name.clone(),
-        }
-    }
-
     /// Stores a changed instance and stamps the index on it and its service.
     pub(super) fn put(&mut self, mut inst: Instance, index: u64) {
-        let old = self.state.instance(&inst.service, &inst.id).cloned();
+        // One search of the services for both questions (the names are
+        // compared as strings, a good part of a registration's time).
+        let service = self.state.services.get(&inst.service);
+        let new_name = service.is_none();
+        let old = service.and_then(|s| s.instances.get(&inst.id)).cloned();
         self.actively_checked += usize::from(actively_checked(&inst));
         // Saturating: a miscount errs towards telling the checker too much.
         self.actively_checked = self.actively_checked.saturating_sub(
@@ -620,7 +617,7 @@ impl Catalog {
         inst.modify_index = index;
         self.touched.push(inst.service.clone());
         self.changed.push(inst.id.clone());
-        if !self.state.services.contains_key(&inst.service) {
+        if new_name {
             self.state.names_index = index;
         }
         let svc = self.state.services.entry(inst.service.clone()).or_default();
