@@ -555,9 +555,17 @@ impl Registry {
         let Core { catalog, hub } = &mut *core;
         let before = catalog.next_deadline();
         let mut results = Vec::with_capacity(cmds.size_hint().0);
-        // What the group changed, for the one publication.
+        // What the group changed, for the one publication. The catalog's own
+        // lists hold the last applied command's until the next `apply`
+        // clears them: they are copied out only when another command comes,
+        // so a lone write (most groups) is published from them directly.
         let (mut touched, mut changed, mut applied) = (Vec::new(), Vec::new(), 0usize);
+        let mut unsaved = false;
         for cmd in cmds {
+            if std::mem::take(&mut unsaved) {
+                touched.extend_from_slice(catalog.touched());
+                changed.extend_from_slice(catalog.changed());
+            }
             let replace_all = matches!(cmd, Command::Restore { .. });
             let probed_before = catalog.has_active_checks();
             let out = match catalog.apply(cmd, Instant::now()) {
@@ -570,8 +578,7 @@ impl Registry {
             let mut durable = None;
             if out.changed {
                 applied += 1;
-                touched.extend_from_slice(catalog.touched());
-                changed.extend_from_slice(catalog.changed());
+                unsaved = true;
                 let snap = catalog.snapshot();
                 if persist && let Some(store) = self.store.get() {
                     // Queued under the lock, so batches reach the store in index order.
@@ -615,15 +622,23 @@ impl Registry {
         }
         after(catalog);
         if applied > 0 {
-            if applied > 1 {
+            let (touched, changed): (&[Arc<str>], &[Arc<str>]) = if applied == 1 && unsaved {
+                // The one applied command was the last: its lists are intact.
+                (catalog.touched(), catalog.changed())
+            } else {
+                if unsaved {
+                    touched.extend_from_slice(catalog.touched());
+                    changed.extend_from_slice(catalog.changed());
+                }
                 touched.sort_unstable();
                 touched.dedup();
                 changed.sort_unstable();
                 changed.dedup();
-            }
+                (&touched, &changed)
+            };
             let snap = catalog.snapshot();
             self.snapshot.store(Arc::new(snap.clone()));
-            hub.publish(snap, &touched, &changed);
+            hub.publish(snap, touched, changed);
             #[cfg(test)]
             self.publications.fetch_add(1, Ordering::Relaxed);
         }

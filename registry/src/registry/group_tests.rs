@@ -163,3 +163,52 @@ fn a_group_is_bounded_by_the_instances_it_writes() {
     let huge = [batch(MAX_GROUP + 1), register("y")];
     assert_eq!(group_len(huge.iter()), 1, "a heavy write is a group alone");
 }
+
+/// The one publication tells the watchers of every service the group
+/// changed, whichever of its writes changed it: the lists of a write are
+/// kept when writes after it (applied or refused) reset the catalog's own.
+#[tokio::test]
+async fn watchers_hear_of_every_service_a_group_changed() {
+    let reg = registry();
+    let web = ServiceName::parse("web").unwrap();
+    let api = ServiceName::parse("api").unwrap();
+    let mut web_events = reg.subscribe(&web).changes;
+    let mut api_events = reg.subscribe(&api).changes;
+    let Command::Register { id, spec, .. } = register("a1") else {
+        panic!("register builds a registration");
+    };
+    let on_api = Command::Register {
+        service: api.clone(),
+        id,
+        spec,
+    };
+    // The write to web is followed by a refused one and then one to api;
+    // then, in a second group, a lone applied write is followed by a refused
+    // one.
+    for group in [
+        vec![register("w1"), deregister("nobody"), on_api],
+        vec![register("w2"), deregister("nobody")],
+    ] {
+        let writes: Vec<_> = group
+            .into_iter()
+            .map(|cmd| {
+                let reg = reg.clone();
+                tokio::spawn(async move { reg.write(cmd).await })
+            })
+            .collect();
+        for w in writes {
+            let _ = w.await.unwrap();
+        }
+    }
+    let first = web_events
+        .try_recv()
+        .expect("web changed in the first group");
+    assert_eq!(first.state.as_ref().unwrap().instances.len(), 1);
+    let api_event = api_events.try_recv().expect("api changed too");
+    assert_eq!(api_event.state.as_ref().unwrap().instances.len(), 1);
+    let second = web_events
+        .try_recv()
+        .expect("web changed in the second group");
+    assert_eq!(second.state.as_ref().unwrap().instances.len(), 2);
+    assert!(web_events.try_recv().is_err(), "one event per group");
+}
