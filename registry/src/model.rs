@@ -304,7 +304,7 @@ impl InstanceSpec {
         }
         let mut tags: Vec<String> = Vec::with_capacity(req.tags.len());
         for (i, tag) in req.tags.into_iter().enumerate() {
-            check_text(&format!("tags[{i}]"), &tag, 1, limits.max_label_len)?;
+            check_text(|| format!("tags[{i}]"), &tag, 1, limits.max_label_len)?;
             if !tags.contains(&tag) {
                 tags.push(tag);
             }
@@ -320,18 +320,18 @@ impl InstanceSpec {
             ));
         }
         for (k, v) in &req.meta {
-            let field = format!("meta.{k}");
-            check_text(&field, k, 1, limits.max_label_len)?;
+            let field = || format!("meta.{k}");
+            check_text(field, k, 1, limits.max_label_len)?;
             if !k
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
             {
                 return Err(FieldError::new(
-                    field,
+                    field(),
                     "metadata keys may hold only letters, digits, '_', '-' and '.'",
                 ));
             }
-            check_text(&field, v, 0, limits.max_meta_value_len)?;
+            check_text(field, v, 0, limits.max_meta_value_len)?;
         }
         if req.weights.passing == 0 || req.weights.passing > 65535 {
             return Err(FieldError::new(
@@ -385,7 +385,7 @@ pub(crate) fn shared_checks(checks: Vec<CheckSpec>) -> Arc<[CheckSpec]> {
 /// Validates a maintenance reason.
 pub(crate) fn validate_reason(reason: Option<String>) -> Result<String, FieldError> {
     let reason = reason.unwrap_or_default();
-    check_text("reason", &reason, 0, 256)?;
+    check_text(|| "reason", &reason, 0, 256)?;
     Ok(reason)
 }
 
@@ -410,21 +410,38 @@ pub(crate) fn check_range(
     Ok(())
 }
 
-fn check_text(field: &str, s: &str, min: usize, max: usize) -> Result<(), FieldError> {
+/// `field` names the field only for an error: formatting names such as
+/// `tags[3]` for every valid tag showed in a registration's profile.
+fn check_text<F: Into<String>>(
+    field: impl FnOnce() -> F,
+    s: &str,
+    min: usize,
+    max: usize,
+) -> Result<(), FieldError> {
     if s.len() < min || s.len() > max {
         return Err(FieldError::new(
-            field,
+            field(),
             format!("must be {min} to {max} bytes long, got {}", s.len()),
         ));
     }
     if s.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "control characters are not allowed"));
+        return Err(FieldError::new(
+            field(),
+            "control characters are not allowed",
+        ));
     }
     Ok(())
 }
 
 /// Accepts an IP address or an RFC 1123 hostname; returns its canonical form.
 fn validate_address(raw: &str) -> Result<String, FieldError> {
+    // std reads IPv4 only in its canonical dotted form (no leading zeros,
+    // four parts), so such an address is kept as written; formatting it
+    // again was 6 % of a batch registration's time. IPv6 has many spellings
+    // of one address: it is written out canonically.
+    if raw.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(raw.to_owned());
+    }
     if let Ok(ip) = raw.parse::<IpAddr>() {
         return Ok(ip.to_string());
     }
@@ -480,6 +497,23 @@ mod tests {
             validate_address("Db-1.Example.com.").unwrap(),
             "db-1.example.com"
         );
+        // IPv4 is kept as written (std reads only its canonical form);
+        // IPv6 is written out canonically.
+        assert_eq!(validate_address("10.0.0.7").unwrap(), "10.0.0.7");
+        assert_eq!(validate_address("2001:DB8:0:0::1").unwrap(), "2001:db8::1");
+        assert_eq!(
+            validate_address("::FFFF:10.0.0.7").unwrap(),
+            "::ffff:10.0.0.7"
+        );
+        for bad in [
+            "010.0.0.7",
+            "10.0.0.07",
+            "10.0.7",
+            "10.0.0.7.8",
+            "10.0.0.256",
+        ] {
+            assert!(validate_address(bad).is_err(), "{bad}");
+        }
         assert!(validate_address("10.0.0.256").is_err());
         assert!(validate_address("bad_host").is_err());
         assert!(validate_address("-a.com").is_err());

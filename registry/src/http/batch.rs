@@ -312,17 +312,20 @@ fn authorize(principal: &Principal, items: &[Item]) -> Result<(), ApiError> {
         .iter()
         .enumerate()
         .filter_map(|(i, item)| {
-            let (need, what) = match item.kind {
-                Kind::Maintenance => (Need::Admin, "administer the registry".to_owned()),
-                _ => (
-                    Need::Write(item.service.as_str().to_owned()),
-                    format!("write service {:?}", item.service.as_str()),
-                ),
+            let need = match item.kind {
+                Kind::Maintenance => Need::Admin,
+                _ => Need::Write(item.service.as_str().to_owned()),
+            };
+            // The words only for a refusal: formatting them for every
+            // allowed item showed in a batch's profile.
+            let what = || match item.kind {
+                Kind::Maintenance => "administer the registry".to_owned(),
+                _ => format!("write service {:?}", item.service.as_str()),
             };
             (!principal.allows(&need)).then(|| ItemProblem {
                 index: i,
                 status: StatusCode::FORBIDDEN.as_u16(),
-                detail: format!("token {:?} may not {what}", principal.name),
+                detail: format!("token {:?} may not {}", principal.name, what()),
                 field: Some(format!("ops[{i}].service")),
             })
         })
