@@ -630,10 +630,8 @@ impl Registry {
                     touched.extend_from_slice(catalog.touched());
                     changed.extend_from_slice(catalog.changed());
                 }
-                touched.sort_unstable();
-                touched.dedup();
-                changed.sort_unstable();
-                changed.dedup();
+                crate::catalog::dedup_names(&mut touched);
+                crate::catalog::dedup_names(&mut changed);
                 (&touched, &changed)
             };
             let snap = catalog.snapshot();

@@ -267,6 +267,8 @@ impl CatalogDelta {
                 });
             }
         }
+        // `touched` comes in no particular order.
+        services.sort_unstable_by(|a, b| a.service.cmp(&b.service));
         CatalogDelta {
             prev: old.index,
             index: new.index,
@@ -733,6 +735,43 @@ mod tests {
 
     fn parse(json: &str) -> api::CatalogEvent {
         serde_json::from_str(json).unwrap()
+    }
+
+    /// The catalog's list of touched services comes in no order; the
+    /// feed's delta is in name order all the same.
+    #[test]
+    fn a_catalog_delta_lists_its_services_in_name_order() {
+        let mut catalog = Catalog::new(Instant::now(), CatalogLimits::default());
+        let mut hub = Hub::default();
+        let sub = hub.subscribe_catalog(catalog.snapshot(), None);
+        let items = ["web", "api", "db", "api", "cache"]
+            .iter()
+            .enumerate()
+            .map(|(i, service)| Command::Register {
+                service: ServiceName::parse(service).unwrap(),
+                id: InstanceId::parse(&format!("i{i}")).unwrap(),
+                spec: InstanceSpec::from_request(
+                    RegisterRequest {
+                        address: Some("10.0.0.1".into()),
+                        port: 80,
+                        ..Default::default()
+                    },
+                    None,
+                    &Limits::default(),
+                )
+                .unwrap(),
+            })
+            .collect();
+        catalog
+            .apply(Command::Batch { items }, Instant::now())
+            .unwrap();
+        assert_eq!(catalog.touched().len(), 4, "each service once");
+        hub.publish(catalog.snapshot(), catalog.touched(), catalog.changed());
+        let mut sub = sub;
+        let delta = sub.changes.try_recv().unwrap();
+        let names: Vec<&str> = delta.services.iter().map(|s| &*s.service).collect();
+        assert_eq!(names, ["api", "cache", "db", "web"]);
+        assert_eq!(delta.services[0].upsert.len(), 2);
     }
 
     #[test]

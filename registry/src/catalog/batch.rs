@@ -110,7 +110,8 @@ impl Catalog {
                 limit: MAX_BATCH_ITEMS,
             });
         }
-        let mut seen: FastMap<&str, Seen<'_>> = FastMap::default();
+        let mut seen: FastMap<&str, Seen<'_>> =
+            FastMap::with_capacity_and_hasher(items.len(), Default::default());
         let mut room = Room::default();
         let mut errors = Vec::new();
         for (index, item) in items.iter().enumerate() {
@@ -123,9 +124,7 @@ impl Catalog {
                             existing: owner.to_owned(),
                         }),
                         Some(_) => Ok(()),
-                        None => self
-                            .has_room(service, &room)
-                            .inspect(|()| room.add(service.as_str())),
+                        None => self.take_room(service.as_str(), &mut room),
                     }
                     .map(|()| {
                         seen.insert(
@@ -141,7 +140,8 @@ impl Catalog {
                     None => Ok(()),
                     Some(owner) if owner != service.as_str() => Err(not_found(service, id)),
                     Some(_) => {
-                        room.remove(service.as_str());
+                        room.tally(self, service.as_str()).removed += 1;
+                        room.removed += 1;
                         seen.insert(
                             id.as_str(),
                             Seen {
@@ -209,32 +209,26 @@ impl Catalog {
     }
 
     /// Whether one more instance fits in `service` and in the registry, after
-    /// the batch's earlier additions and removals.
-    fn has_room(&self, service: &ServiceName, room: &Room<'_>) -> Result<(), CatalogError> {
-        let (added, removed) = room
-            .services
-            .get(service.as_str())
-            .copied()
-            .unwrap_or((0, 0));
-        let in_service = self
-            .state
-            .services
-            .get(service.as_str())
-            .map_or(0, |s| s.instances.len())
-            + added;
-        if in_service.saturating_sub(removed) >= self.limits.max_instances_per_service {
+    /// the batch's earlier additions and removals; if so, it is counted.
+    fn take_room<'a>(&self, service: &'a str, room: &mut Room<'a>) -> Result<(), CatalogError> {
+        let total = (self.records.len() + room.added).saturating_sub(room.removed);
+        let tally = room.tally(self, service);
+        if (tally.before + tally.added).saturating_sub(tally.removed)
+            >= self.limits.max_instances_per_service
+        {
             return Err(CatalogError::Full {
                 what: "instances per service",
                 limit: self.limits.max_instances_per_service,
             });
         }
-        let total = self.records.len() + room.added;
-        if total.saturating_sub(room.removed) >= self.limits.max_instances {
+        if total >= self.limits.max_instances {
             return Err(CatalogError::Full {
                 what: "instances in the registry",
                 limit: self.limits.max_instances,
             });
         }
+        tally.added += 1;
+        room.added += 1;
         Ok(())
     }
 
@@ -252,7 +246,7 @@ impl Catalog {
         }
         let mut inst = (*current).clone();
         inst.maintenance = reason;
-        self.put(inst, next);
+        self.put_known(inst, next, Some(current), false);
         Ok(true)
     }
 
@@ -281,20 +275,32 @@ impl Catalog {
 /// every item made a batch over many services quadratic).
 #[derive(Default)]
 struct Room<'a> {
-    services: FastMap<&'a str, (usize, usize)>,
+    services: FastMap<&'a str, Tally>,
+    added: usize,
+    removed: usize,
+}
+
+/// One service's count before the batch, and what the batch's items
+/// checked so far add to it and take from it.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    before: usize,
     added: usize,
     removed: usize,
 }
 
 impl<'a> Room<'a> {
-    fn add(&mut self, service: &'a str) {
-        self.services.entry(service).or_default().0 += 1;
-        self.added += 1;
-    }
-
-    fn remove(&mut self, service: &'a str) {
-        self.services.entry(service).or_default().1 += 1;
-        self.removed += 1;
+    /// The tally of `service`, its count before the batch looked up once
+    /// (not for every item: a search of the ordered service map).
+    fn tally(&mut self, catalog: &Catalog, service: &'a str) -> &mut Tally {
+        self.services.entry(service).or_insert_with(|| Tally {
+            before: catalog
+                .state
+                .services
+                .get(service)
+                .map_or(0, |s| s.instances.len()),
+            ..Tally::default()
+        })
     }
 }
 

@@ -124,7 +124,7 @@ impl Catalog {
         // decision; others reuse it for a while (the count below walks the
         // leases due soon, so it is not done on every tick).
         let mut acts = false;
-        for (due, kind, id) in &self.timers {
+        for (due, kind, id) in self.timers.iter() {
             if *due > now {
                 break;
             }
@@ -161,7 +161,7 @@ impl Catalog {
         // so a real departure stops keeping the guard on when it has drained.
         let horizon = now.saturating_add(nanos(p.window));
         let mut late = 0usize;
-        for (due, kind, id) in &self.timers {
+        for (due, kind, id) in self.timers.iter() {
             if *due > horizon {
                 break;
             }

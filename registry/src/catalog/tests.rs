@@ -433,3 +433,71 @@ fn the_catalog_knows_whether_any_instance_has_an_active_check() {
         "the restored count was 1, not 2, for b listed twice"
     );
 }
+
+#[test]
+fn dedup_names_keeps_the_first_of_each_in_place() {
+    let names = |v: &[&str]| v.iter().map(|s| Arc::<str>::from(*s)).collect::<Vec<_>>();
+    for (input, want) in [
+        (&["a", "b", "a", "c", "b", "a"][..], &["a", "b", "c"][..]),
+        (&["x", "x"], &["x"]),
+        (&["x", "y"], &["x", "y"]),
+        (&["z"], &["z"]),
+        (&[], &[]),
+        (&["c", "b", "a"], &["c", "b", "a"]),
+    ] {
+        let mut v = names(input);
+        dedup_names(&mut v);
+        assert_eq!(v, names(want), "{input:?}");
+    }
+}
+
+/// Timers armed by one write share their due; removing some of them must
+/// remove exactly those (the timer set tells them apart by a hash of the id
+/// before the id itself).
+#[test]
+fn timers_of_one_due_are_removed_and_fired_one_by_one() {
+    let t0 = Instant::now();
+    let mut c = Catalog::new(t0, CatalogLimits::default());
+    // All of them lapse at once: the self-preservation guard would hold them.
+    c.set_self_preservation(SelfPreservation {
+        threshold: 0.0,
+        ..SelfPreservation::default()
+    });
+    let items = (0..300)
+        .map(|i| reg(&format!("svc{}", i % 7), &format!("i{i}"), Some(10)))
+        .collect();
+    c.apply(Command::Batch { items }, t0).unwrap();
+    let gone: Vec<Command> = (0..300)
+        .step_by(3)
+        .map(|i| Command::Deregister {
+            service: ServiceName::parse(&format!("svc{}", i % 7)).unwrap(),
+            id: InstanceId::parse(&format!("i{i}")).unwrap(),
+        })
+        .collect();
+    c.apply(Command::Batch { items: gone }, t0 + Duration::from_secs(1))
+        .unwrap();
+    let dues: Vec<u64> = c.timers.iter().map(|(due, _, _)| *due).collect();
+    assert_eq!(dues.len(), 200, "one lease timer per instance left");
+    assert!(dues.windows(2).all(|w| w[0] <= w[1]), "in due order");
+    let out = c
+        .apply(Command::Tick, t0 + Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(out.expired, 200);
+    let snap = c.snapshot();
+    for i in 0..300 {
+        let inst = snap.instance(&format!("svc{}", i % 7), &format!("i{i}"));
+        if i % 3 == 0 {
+            assert!(inst.is_none(), "i{i} was deregistered");
+        } else {
+            assert_eq!(inst.unwrap().health(), Health::Critical, "i{i}");
+        }
+    }
+    // Each expired lease armed its removal: 200 timers, due together.
+    assert_eq!(c.timers.iter().count(), 200);
+    let out = c
+        .apply(Command::Tick, t0 + Duration::from_secs(10 + 60))
+        .unwrap();
+    assert_eq!(out.reaped, 200);
+    assert_eq!(c.timers.next_due(), None);
+    assert!(c.snapshot().services.is_empty());
+}

@@ -2,7 +2,7 @@
 //! and remove, with the bookkeeping of leases, TTL-check timers and removal
 //! timers that goes with them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,7 +94,7 @@ impl Catalog {
                 .expect("record of a known instance");
             for (i, due) in rec.check_reaps.drain(..) {
                 self.timers
-                    .remove(&(due, Timer::CheckReap(i), id.as_arc().clone()));
+                    .remove(due, Timer::CheckReap(i), id.as_arc().clone());
             }
             for (i, def) in inst.spec.checks.iter().enumerate() {
                 let Target::Ttl { ttl } = def.target else {
@@ -114,7 +114,7 @@ impl Catalog {
                     .check_timers
                     .push((i as u16, due));
                 self.timers
-                    .insert((due, Timer::Check(i as u16), inst.id.clone()));
+                    .insert(due, Timer::Check(i as u16), inst.id.clone());
             }
             let rec = self
                 .records
@@ -127,8 +127,7 @@ impl Catalog {
             let old_lease = rec.lease.take();
             let old_timer = rec.lease_timer.take();
             if let Some(due) = old_timer {
-                self.timers
-                    .remove(&(due, Timer::Lease, id.as_arc().clone()));
+                self.timers.remove(due, Timer::Lease, id.as_arc().clone());
             }
             if old_lease.is_some() {
                 self.leases.remove(id.as_str());
@@ -136,10 +135,13 @@ impl Catalog {
             inst.lease = None;
             self.cancel_reap(id.as_arc());
             self.arm_lease(&mut inst, now);
-            self.put(inst, next);
+            self.put_known(inst, next, Some(current), false);
             return Ok(true);
         }
         let spec_checks = spec.checks.clone();
+        // The count's search found the catalog's copy of the name, unless
+        // the service is new.
+        let new_name = name.is_none();
         let mut inst = Instance {
             id: id.as_arc().clone(),
             service: name.unwrap_or_else(|| service.as_arc().clone()),
@@ -159,7 +161,7 @@ impl Catalog {
         );
         self.arm_lease(&mut inst, now);
         self.arm_checks(&inst, now);
-        self.put(inst, next);
+        self.put_known(inst, next, None, new_name);
         Ok(true)
     }
 
@@ -321,8 +323,7 @@ impl Catalog {
         let deadline = now.saturating_add(ttl);
         let lease = Arc::new(Lease::new(inst.service.clone(), ttl, deadline));
         self.leases.insert(inst.id.clone(), lease.clone());
-        self.timers
-            .insert((deadline, Timer::Lease, inst.id.clone()));
+        self.timers.insert(deadline, Timer::Lease, inst.id.clone());
         let rec = self.records.get_mut(&inst.id).expect("record exists");
         rec.lease = Some(lease);
         rec.lease_timer = Some(deadline);
@@ -337,7 +338,7 @@ impl Catalog {
                 let due = now.saturating_add(nanos(ttl));
                 rec.check_timers.push((i as u16, due));
                 self.timers
-                    .insert((due, Timer::Check(i as u16), inst.id.clone()));
+                    .insert(due, Timer::Check(i as u16), inst.id.clone());
             }
         }
     }
@@ -383,7 +384,7 @@ impl Catalog {
         rec.check_reaps.retain(|(i, due)| {
             let keep = wanted.iter().any(|(w, _)| w == i);
             if !keep {
-                timers.remove(&(*due, Timer::CheckReap(*i), inst.id.clone()));
+                timers.remove(*due, Timer::CheckReap(*i), inst.id.clone());
             }
             keep
         });
@@ -391,7 +392,7 @@ impl Catalog {
             if rec.check_reaps.iter().all(|(r, _)| *r != i) {
                 let due = self.now.saturating_add(nanos(after));
                 rec.check_reaps.push((i, due));
-                timers.insert((due, Timer::CheckReap(i), inst.id.clone()));
+                timers.insert(due, Timer::CheckReap(i), inst.id.clone());
             }
         }
     }
@@ -399,7 +400,7 @@ impl Catalog {
     pub(super) fn cancel_checks(&mut self, id: &Arc<str>) {
         if let Some(rec) = self.records.get_mut(id) {
             for (i, due) in rec.check_timers.drain(..) {
-                self.timers.remove(&(due, Timer::Check(i), id.clone()));
+                self.timers.remove(due, Timer::Check(i), id.clone());
             }
         }
     }
@@ -435,13 +436,13 @@ impl Catalog {
                 match rec.check_timers.iter_mut().find(|(i, _)| *i == key) {
                     Some(slot) => {
                         self.timers
-                            .remove(&(slot.1, Timer::Check(key), current.id.clone()));
+                            .remove(slot.1, Timer::Check(key), current.id.clone());
                         slot.1 = due;
                     }
                     None => rec.check_timers.push((key, due)),
                 }
                 self.timers
-                    .insert((due, Timer::Check(key), current.id.clone()));
+                    .insert(due, Timer::Check(key), current.id.clone());
             }
             (CheckSource::Probe, target) if def.is_active() => {
                 let _ = target;
@@ -465,7 +466,7 @@ impl Catalog {
         }
         let mut inst = (*current).clone();
         inst.checks[pos] = CheckState { status, output };
-        self.put(inst, next);
+        self.put_known(inst, next, Some(current), false);
         Ok(true)
     }
 
@@ -500,7 +501,7 @@ impl Catalog {
         rec.hold_until = None;
         if rec.lease_timer.is_none() {
             rec.lease_timer = Some(deadline);
-            self.timers.insert((deadline, Timer::Lease, id.clone()));
+            self.timers.insert(deadline, Timer::Lease, id.clone());
         }
         if !was_expired {
             return false;
@@ -530,16 +531,16 @@ impl Catalog {
             self.held.remove(&(d, id.clone()));
         }
         if let Some(due) = rec.lease_timer.take() {
-            self.timers.remove(&(due, Timer::Lease, id.clone()));
+            self.timers.remove(due, Timer::Lease, id.clone());
         }
         if rec.reap_timer.is_none() {
             let reap_at = now.saturating_add(nanos(current.spec.deregister_critical_after));
             rec.reap_timer = Some(reap_at);
-            self.timers.insert((reap_at, Timer::Reap, id));
+            self.timers.insert(reap_at, Timer::Reap, id);
         }
         let mut inst = (*current).clone();
         inst.lease = Some(Health::Critical);
-        self.put(inst, next);
+        self.put_known(inst, next, Some(current), false);
         true
     }
 
@@ -565,15 +566,14 @@ impl Catalog {
                 .position(|(i, _)| usize::from(*i) == p)
         {
             let (i, due) = rec.check_timers.remove(at);
-            self.timers
-                .remove(&(due, Timer::Check(i), current.id.clone()));
+            self.timers.remove(due, Timer::Check(i), current.id.clone());
         }
         let mut inst = (*current).clone();
         inst.checks[p] = CheckState {
             status: Health::Critical,
             output,
         };
-        self.put(inst, next);
+        self.put_known(inst, next, Some(current), false);
         true
     }
 
@@ -581,17 +581,32 @@ impl Catalog {
         if let Some(rec) = self.records.get_mut(id)
             && let Some(due) = rec.reap_timer.take()
         {
-            self.timers.remove(&(due, Timer::Reap, id.clone()));
+            self.timers.remove(due, Timer::Reap, id.clone());
         }
     }
 
     /// Stores a changed instance and stamps the index on it and its service.
-    pub(super) fn put(&mut self, mut inst: Instance, index: u64) {
+    pub(super) fn put(&mut self, inst: Instance, index: u64) {
         // One search of the services for both questions (the names are
         // compared as strings, a good part of a registration's time).
         let service = self.state.services.get(&inst.service);
         let new_name = service.is_none();
         let old = service.and_then(|s| s.instances.get(&inst.id)).cloned();
+        self.put_known(inst, index, old, new_name);
+    }
+
+    /// [`put`](Self::put) for a caller that already knows the instance's
+    /// current version (`old`) and whether its service is new: a new
+    /// instance's registration has searched for both already, and these
+    /// ordered-map searches, string compares all the way down, were a
+    /// good part of its time.
+    pub(super) fn put_known(
+        &mut self,
+        mut inst: Instance,
+        index: u64,
+        old: Option<Arc<Instance>>,
+        new_name: bool,
+    ) {
         self.actively_checked += usize::from(actively_checked(&inst));
         // Saturating: a miscount errs towards telling the checker too much.
         self.actively_checked = self.actively_checked.saturating_sub(
@@ -636,18 +651,17 @@ impl Catalog {
                 .saturating_sub(usize::from(actively_checked(&inst)));
         }
         for (i, due) in &rec.check_reaps {
-            self.timers
-                .remove(&(*due, Timer::CheckReap(*i), id.clone()));
+            self.timers.remove(*due, Timer::CheckReap(*i), id.clone());
         }
         self.changed.push(id.clone());
         for (i, due) in &rec.check_timers {
-            self.timers.remove(&(*due, Timer::Check(*i), id.clone()));
+            self.timers.remove(*due, Timer::Check(*i), id.clone());
         }
         if let Some(due) = rec.lease_timer {
-            self.timers.remove(&(due, Timer::Lease, id.clone()));
+            self.timers.remove(due, Timer::Lease, id.clone());
         }
         if let Some(due) = rec.reap_timer {
-            self.timers.remove(&(due, Timer::Reap, id.clone()));
+            self.timers.remove(due, Timer::Reap, id.clone());
         }
         if rec.lease.is_some() {
             self.leases.remove(id);
@@ -701,7 +715,7 @@ fn fill(
     records: &mut FastMap<Arc<str>, Box<Record>>,
     leases: &LeaseTable,
     services: &mut OrdMap<Arc<str>, ServiceState>,
-    timers: &mut BTreeSet<(u64, Timer, Arc<str>)>,
+    timers: &mut super::timers::Timers,
     filling: Filling,
 ) -> bool {
     let Filling {
@@ -715,7 +729,7 @@ fn fill(
         leases.replace_all(new_leases);
         // Sorted once and built in one pass, not a million inserts into a
         // tree whose keys (mostly one deadline) differ only by their ids.
-        new_timers.into_iter().collect::<BTreeSet<_>>()
+        super::timers::Timers::from_list(new_timers)
     };
     let main = |records: &mut FastMap<Arc<str>, Box<Record>>,
                 services: &mut OrdMap<Arc<str>, ServiceState>| {
