@@ -223,6 +223,9 @@ pub struct Outcome {
     pub reaped: u32,
     /// Leases overdue but kept alive by self-preservation by this command.
     pub held: u32,
+    /// Instances new to the catalog that this command registered. Not
+    /// carried between nodes: 0 in the answer to a forwarded write.
+    pub created: u32,
 }
 
 /// Why a command was refused. Refused commands change nothing.
@@ -402,6 +405,8 @@ pub struct Catalog {
     released_total: u64,
     /// Replicated mode: effects of ticks wait here instead of being applied.
     effects: Option<Vec<Command>>,
+    /// New instances registered by the command being applied.
+    created: u32,
 }
 
 impl Catalog {
@@ -436,6 +441,7 @@ impl Catalog {
             released: std::collections::VecDeque::new(),
             released_total: 0,
             effects: None,
+            created: 0,
         }
     }
 
@@ -542,6 +548,7 @@ impl Catalog {
     pub fn apply(&mut self, cmd: Command, now: Instant) -> Result<Outcome, CatalogError> {
         self.touched.clear();
         self.changed.clear();
+        self.created = 0;
         let now = self.clock(now);
         self.now = now;
         // Checked: a wrapped index would run watches and blocking queries backwards.
@@ -657,6 +664,7 @@ impl Catalog {
                 return Ok(out);
             }
         };
+        out.created = self.created;
         if out.changed {
             self.state.index = next;
             out.index = next;

@@ -501,3 +501,24 @@ fn timers_of_one_due_are_removed_and_fired_one_by_one() {
     assert_eq!(c.timers.next_due(), None);
     assert!(c.snapshot().services.is_empty());
 }
+
+#[test]
+fn an_outcome_counts_the_instances_new_to_the_catalog() {
+    let t0 = Instant::now();
+    let mut c = Catalog::new(t0, CatalogLimits::default());
+    let items = vec![
+        reg("web", "a", Some(10)),
+        reg("web", "b", Some(10)),
+        reg("db", "c", None),
+        // The same id again, changed: not new a second time.
+        reg("web", "a", Some(20)),
+    ];
+    let out = c.apply(Command::Batch { items }, t0).unwrap();
+    assert_eq!(out.created, 3);
+    let out = c.apply(reg("web", "b", Some(10)), t0).unwrap();
+    assert_eq!((out.changed, out.created), (false, 0), "a renewal");
+    let out = c.apply(reg("web", "d", None), t0).unwrap();
+    assert_eq!(out.created, 1);
+    let out = c.apply(Command::Tick, t0).unwrap();
+    assert_eq!(out.created, 0);
+}

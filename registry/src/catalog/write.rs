@@ -162,6 +162,7 @@ impl Catalog {
         self.arm_lease(&mut inst, now);
         self.arm_checks(&inst, now);
         self.put_known(inst, next, None, new_name);
+        self.created += 1;
         Ok(true)
     }
 

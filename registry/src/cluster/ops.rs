@@ -451,6 +451,7 @@ impl From<Outcome> for OutcomeWire {
             expired,
             reaped,
             held,
+            created: _,
         } = o;
         OutcomeWire {
             index,
@@ -477,6 +478,7 @@ impl From<OutcomeWire> for Outcome {
             expired,
             reaped,
             held,
+            created: 0,
         }
     }
 }

@@ -79,11 +79,22 @@ pub(super) async fn batch(
         items: items.into_iter().map(|i| i.cmd).collect(),
     };
     let out = state.registry.write(cmd).await?;
-    let snap = state.registry.snapshot();
-    let results = targets
-        .iter()
-        .map(|(kind, service, id)| result(&snap, *kind, service, id, out.changed, out.index))
-        .collect();
+    // A batch of registrations that each created its instance says so
+    // without a search of the state per item (they showed in a batch's
+    // profile): only registrations, as many new instances as items.
+    let all_new = usize::try_from(out.created).is_ok_and(|n| n == targets.len())
+        && targets
+            .iter()
+            .all(|(kind, ..)| matches!(kind, Kind::Register));
+    let results = if all_new {
+        vec![BatchResult::Created; targets.len()]
+    } else {
+        let snap = state.registry.snapshot();
+        targets
+            .iter()
+            .map(|(kind, service, id)| result(&snap, *kind, service, id, out.changed, out.index))
+            .collect()
+    };
     Ok(with_index(
         out.index,
         Json(BatchResponse {

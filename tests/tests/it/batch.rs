@@ -132,6 +132,50 @@ async fn a_batch_is_applied_as_one_change_and_says_what_each_operation_did() {
     reg.stop().await;
 }
 
+/// A batch of registrations only is answered from the count of instances
+/// it created when every item made a new one; any item that did not (an id
+/// twice in the batch) sends every answer back to the state.
+#[tokio::test]
+async fn registrations_alone_say_created_only_for_what_is_new() {
+    let reg = TestRegistry::start_with(config()).await;
+    let client = RosterClient::new(reg.url()).unwrap();
+    let done = client
+        .batch(&registrations("api", 50))
+        .await
+        .expect("applied");
+    assert_eq!(done.results, vec![BatchResult::Created; 50]);
+    let one = client.instance("api", "api-7").await.unwrap();
+    assert_eq!(one.create_index, done.index);
+
+    // 49 new, and one id twice: created then changed by its second item.
+    let mut ops = registrations("db", 49);
+    ops.push(BatchOp::register("db", "db-3", instance(9999)));
+    let done = client.batch(&ops).await.expect("applied");
+    assert_eq!(done.results.len(), 50);
+    assert!(
+        done.results[..49]
+            .iter()
+            .all(|r| *r == BatchResult::Created)
+    );
+    // The second item's change landed in the same index as the creation,
+    // and the instance is new: it reads as created too.
+    assert_eq!(done.results[49], BatchResult::Created);
+    assert_eq!(client.instance("db", "db-3").await.unwrap().port, 9999);
+
+    // The same registrations again: nothing new, nothing changed.
+    let done = client
+        .batch(&registrations("api", 50))
+        .await
+        .expect("applied");
+    assert_eq!(done.results, vec![BatchResult::Unchanged; 50]);
+    // Half new, half known.
+    let mut ops = registrations("api", 25);
+    ops.extend((50..75).map(|i| BatchOp::register("api", &format!("api-{i}"), instance(7000))));
+    let done = client.batch(&ops).await.expect("applied");
+    assert_eq!(done.results[..25], vec![BatchResult::Unchanged; 25][..]);
+    assert_eq!(done.results[25..], vec![BatchResult::Created; 25][..]);
+}
+
 #[tokio::test]
 async fn one_bad_operation_in_a_hundred_applies_nothing_and_is_named() {
     let reg = TestRegistry::start_with(config()).await;
