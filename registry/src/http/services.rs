@@ -16,7 +16,7 @@ use super::extract::{JsonBody, PeerIp, QueryPairs};
 use super::failover;
 use super::federation::Forwarded;
 use super::watch::{Blocking, wait_for_list, wait_for_service};
-use super::{ApiError, AppState, with_index};
+use super::{ApiError, AppState, instance_json, with_index};
 use crate::catalog::{CheckSource, Command, HealthCounts};
 use crate::checks::{LEASE_CHECK, validate_check_id};
 use crate::model::{InstanceId, InstanceSpec, ServiceName, validate_reason};
@@ -96,7 +96,7 @@ pub(super) async fn register(
     } else {
         StatusCode::OK
     };
-    Ok(with_index(out.index, (status, Json(inst.to_api()))))
+    Ok(with_index(out.index, instance_json(status, &inst.to_api())))
 }
 
 pub(super) async fn deregister(
@@ -137,7 +137,10 @@ pub(super) async fn maintenance(
         .await?;
     let snap = state.registry.snapshot();
     let inst = written(&snap, &service, &id, out.index)?;
-    Ok(with_index(out.index, Json(inst.to_api())))
+    Ok(with_index(
+        out.index,
+        instance_json(StatusCode::OK, &inst.to_api()),
+    ))
 }
 
 pub(super) async fn get_instance(
@@ -147,7 +150,10 @@ pub(super) async fn get_instance(
     let (service, id) = names(&service, &id)?;
     let snap = state.registry.snapshot();
     let inst = registered(&snap, &service, &id)?;
-    Ok(with_index(inst.modify_index, Json(inst.to_api())))
+    Ok(with_index(
+        inst.modify_index,
+        instance_json(StatusCode::OK, &inst.to_api()),
+    ))
 }
 
 pub(super) async fn list_services(

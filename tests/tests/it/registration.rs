@@ -157,3 +157,35 @@ async fn the_first_registration_must_succeed() {
     assert_eq!(err.problem().and_then(|p| p.field.as_deref()), Some("port"));
     reg.stop().await;
 }
+
+/// The answer to a registration is the instance as JSON, the same bytes a
+/// read of it gives, with its type and index: 201 when new, 200 after.
+#[tokio::test]
+async fn a_registration_answers_with_the_instance_as_json() {
+    let reg = TestRegistry::start().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/services/web/instances/web-1", reg.url());
+    let body =
+        r#"{"address":"10.0.0.9","port":8080,"ttl":"60s","tags":["v1"],"meta":{"zone":"a\"b"}}"#;
+    let put = || {
+        http.put(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let first = put().await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert_eq!(first.headers()["content-type"], "application/json");
+    let index = first.headers()[roster_client::api::INDEX_HEADER].clone();
+    let written = first.bytes().await.unwrap();
+    let inst: roster_client::api::Instance = serde_json::from_slice(&written).unwrap();
+    assert_eq!((inst.port, inst.meta["zone"].as_str()), (8080, "a\"b"));
+    assert_eq!(inst.create_index.to_string(), index.to_str().unwrap());
+
+    let again = put().await.unwrap();
+    assert_eq!(again.status(), 200);
+    let read = http.get(&url).send().await.unwrap();
+    assert_eq!(read.headers()["content-type"], "application/json");
+    assert_eq!(read.bytes().await.unwrap(), written);
+    reg.stop().await;
+}
