@@ -439,11 +439,10 @@ fn validate_address(raw: &str) -> Result<String, FieldError> {
     // four parts), so such an address is kept as written; formatting it
     // again was 6 % of a batch registration's time. IPv6 has many spellings
     // of one address: it is written out canonically.
-    if raw.parse::<std::net::Ipv4Addr>().is_ok() {
-        return Ok(raw.to_owned());
-    }
-    if let Ok(ip) = raw.parse::<IpAddr>() {
-        return Ok(ip.to_string());
+    match raw.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => return Ok(raw.to_owned()),
+        Ok(ip) => return Ok(ip.to_string()),
+        Err(_) => {}
     }
     let host = raw.strip_suffix('.').unwrap_or(raw);
     let label_ok = |l: &str| {
