@@ -289,6 +289,10 @@ async fn a_token_must_allow_every_service_of_the_batch() {
     assert_eq!(items.len(), 1, "{err}");
     assert_eq!((items[0].index, items[0].status), (5, 403));
     assert_eq!(items[0].field.as_deref(), Some("ops[5].service"));
+    assert_eq!(
+        items[0].detail,
+        r#"token "web-writer" may not write service "db""#
+    );
     // The name is authorized after validation: `WEB` is web.
     assert_eq!(count(&admin, "web").await, 0);
     assert_eq!(count(&admin, "db").await, 0);
