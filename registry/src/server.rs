@@ -16,8 +16,8 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::dns_view::RegistryView;
 use crate::federation::Federation;
+use crate::http::AppState;
 use crate::http::serve::{TlsState, serve};
-use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
@@ -97,7 +97,7 @@ impl Server {
         let scheme = if tls.is_some() { "https" } else { "http" };
         tasks.spawn(serve(
             listener,
-            router(state),
+            crate::http::Api::new(state),
             config.serve.clone(),
             tls.clone(),
             shutdown.clone(),

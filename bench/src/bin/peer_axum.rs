@@ -79,7 +79,7 @@ async fn main() -> ExitCode {
     let served = if roster_stack {
         use roster_registry::http::serve::{ServeConfig, serve};
         let shutdown = tokio_util::sync::CancellationToken::new();
-        serve(listener, app, ServeConfig::default(), None, shutdown).await
+        serve(listener, app.into(), ServeConfig::default(), None, shutdown).await
     } else if nodelay {
         use axum::serve::ListenerExt;
         let listener = listener.tap_io(|tcp| {

@@ -1,9 +1,9 @@
 //! What roster's HTTP stack costs per request above a bare axum handler, with
 //! no sockets and no HTTP parsing: requests go straight into each `Router`
-//! (`tower::ServiceExt::oneshot`) on a one-thread runtime. Roster's side is the
-//! real router (every layer and gate of `roster_registry::http::router`) over
-//! an in-memory catalog; the bare side is one axum route answering the same
-//! bytes with the same content type.
+//! on a one-thread runtime. Roster's side is the API as its server calls it
+//! (`roster_registry::http::Api`: the router with every gate, and the instance
+//! list's direct route) over an in-memory catalog; the bare side is one axum
+//! route answering the same bytes with the same content type.
 //!
 //! ```text
 //! cargo run --release -p roster-bench --bin router_overhead -- [--requests N] [--rounds R]
@@ -25,11 +25,10 @@ use axum::body::{Body, Bytes};
 use axum::http::{Method, Request, StatusCode, header};
 use axum::routing::get;
 use roster_registry::config::Config;
-use roster_registry::http::{AppState, router};
+use roster_registry::http::{Api, AppState};
 use roster_registry::metrics::Metrics;
 use roster_registry::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 /// `ROUTER_OVERHEAD_SIDE=roster` or `=bare` runs that side's rounds only,
 /// for a profiler or an instruction counter (`valgrind --tool=callgrind`,
@@ -40,14 +39,14 @@ const OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/out/router-overhead.txt"
 const USAGE: &str = "usage: router_overhead [--requests N] [--rounds R]";
 
 /// One request through `app`; the answer's body is read to its end.
-async fn call(app: &Router, method: Method, uri: &str, body: Body) -> (StatusCode, Bytes) {
+async fn call(app: &Api, method: Method, uri: &str, body: Body) -> (StatusCode, Bytes) {
     let req = Request::builder()
         .method(method)
         .uri(uri)
         .header(header::CONTENT_TYPE, "application/json")
         .body(body)
         .expect("a valid request");
-    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let resp = app.call(req).await.expect("infallible");
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
         .await
@@ -56,7 +55,7 @@ async fn call(app: &Router, method: Method, uri: &str, body: Body) -> (StatusCod
 }
 
 /// Nanoseconds per request of `n` sequential GETs of `uri`.
-async fn round(app: &Router, uri: &str, n: u32) -> f64 {
+async fn round(app: &Api, uri: &str, n: u32) -> f64 {
     let start = Instant::now();
     for _ in 0..n {
         let (status, _) = call(app, Method::GET, uri, Body::empty()).await;
@@ -111,7 +110,7 @@ fn main() -> ExitCode {
 async fn run(requests: u32, rounds: u32) -> String {
     let config = Config::default();
     let registry = Arc::new(Registry::new(config.catalog, Arc::new(Metrics::new())));
-    let roster = router(AppState::builder(registry, &config, CancellationToken::new()).build());
+    let roster = Api::new(AppState::builder(registry, &config, CancellationToken::new()).build());
     for i in 1..=10 {
         let body = format!(r#"{{"address":"10.0.0.{i}","port":8080,"tags":["v1"]}}"#);
         let uri = format!("/v1/services/l10/instances/i{i}");
@@ -120,13 +119,13 @@ async fn run(requests: u32, rounds: u32) -> String {
     }
     let (_, list) = call(&roster, Method::GET, "/v1/services/l10", Body::empty()).await;
     let bare_body = list.clone();
-    let bare = Router::new().route(
+    let bare = Api::from(Router::new().route(
         "/v1/services/{service}",
         get(move || {
             let body = bare_body.clone();
             async move { ([(header::CONTENT_TYPE, "application/json")], body) }
         }),
-    );
+    ));
     let uri = "/v1/services/l10";
     // Warm both (caches, the body cache, allocator pools).
     round(&roster, uri, requests / 10).await;

@@ -122,6 +122,16 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
 pub struct QueryPairs(pub Vec<(String, String)>);
 
 impl QueryPairs {
+    /// The pairs of a request's query (none when it has none).
+    pub fn parse(query: Option<&str>) -> Result<QueryPairs, ApiError> {
+        match query {
+            None | Some("") => Ok(QueryPairs(Vec::new())),
+            Some(query) => serde_urlencoded::from_str(query)
+                .map(QueryPairs)
+                .map_err(|e| ApiError::invalid("query", format!("malformed query string: {e}"))),
+        }
+    }
+
     /// All values of `key`.
     pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
@@ -148,10 +158,7 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let query = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str(query)
-            .map(QueryPairs)
-            .map_err(|e| ApiError::invalid("query", format!("malformed query string: {e}")))
+        QueryPairs::parse(parts.uri.query())
     }
 }
 

@@ -266,6 +266,7 @@ pub(super) fn remote_datacenter(
     access: Access,
     style: Style,
     req: &Request,
+    caller: Option<&Principal>,
 ) -> Result<Option<Arc<crate::federation::RemoteDc>>, ApiError> {
     if !matches!(access, Access::Read | Access::Write | Access::AnyWrite) {
         return Ok(None);
@@ -306,15 +307,9 @@ pub(super) fn remote_datacenter(
         let shown: String = dc.chars().take(128).collect();
         return Err(ApiError::unknown_datacenter(&shown, &known));
     };
-    let allowed = req
-        .extensions()
-        .get::<Arc<Principal>>()
-        .is_some_and(|p| p.allows_datacenter(&remote.name));
+    let allowed = caller.is_some_and(|p| p.allows_datacenter(&remote.name));
     if !allowed {
-        let name = req
-            .extensions()
-            .get::<Arc<Principal>>()
-            .map_or("anonymous".to_owned(), |p| p.name.clone());
+        let name = caller.map_or("anonymous".to_owned(), |p| p.name.clone());
         return Err(ApiError::forbidden(
             StatusCode::FORBIDDEN,
             format!(

@@ -104,6 +104,10 @@ impl Gate {
     }
 }
 
+/// The gate of the catalog's read routes (also what `super::direct` puts
+/// in front of the instance list it answers without the router).
+pub(super) const READ: Gate = Gate::new(Access::Read, Style::Native);
+
 /// Routes and the gate in front of them.
 #[derive(Debug)]
 pub(super) struct Group {
@@ -123,6 +127,29 @@ impl Group {
             state: state.clone(),
             gate: self.gate,
         })
+    }
+}
+
+impl<S> GateService<S> {
+    /// `gate` in front of `inner`, a route's handler called without the
+    /// router (`super::direct`), which finds the route itself; `route` is
+    /// the template the router would have matched (the request's metrics
+    /// label). No path parameters are decoded for it, so a write gate would
+    /// find no service to authorize and refuse every call: a direct route
+    /// needs a gate that does not authorize by the path's service. Its
+    /// handler finds no principal in the request (none of the read handlers
+    /// looks for one).
+    pub(super) fn direct(state: &AppState, gate: Gate, route: &'static str, inner: S) -> Self {
+        assert!(
+            gate.access != Access::Write,
+            "a direct route cannot authorize by its path's service"
+        );
+        GateService {
+            inner,
+            state: state.clone(),
+            gate,
+            direct: Some(route),
+        }
     }
 }
 
@@ -406,6 +433,7 @@ impl<S> tower::Layer<S> for GateLayer {
             inner,
             state: self.state.clone(),
             gate: self.gate,
+            direct: None,
         }
     }
 }
@@ -420,10 +448,14 @@ impl<S> tower::Layer<S> for GateLayer {
 /// does not finish at once. As a middleware, every request boxed a future
 /// of about 4 KB (the rare paths' states included) and set a timer.
 #[derive(Clone)]
-struct GateService<S> {
+pub(super) struct GateService<S> {
     inner: S,
     state: AppState,
     gate: Gate,
+    /// The route's template when the request comes without the router
+    /// ([`GateService::direct`]); `None` behind the router, which leaves
+    /// the template and the path parameters in the request.
+    direct: Option<&'static str>,
 }
 
 impl<S> tower::Service<Request> for GateService<S>
@@ -441,19 +473,19 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let (state, gate) = (&self.state, self.gate);
-        let front = super::Front::begin(state, &req);
+        let front = super::Front::begin(state, &req, self.direct);
         if let Some(refused) = limits::refusal(state, &req) {
             return GateFuture::done(front.end(state, refused));
         }
-        let (req, slot) = match admit(state, gate, req) {
-            Ok(Admit::In(req, slot)) => (req, slot),
-            Ok(Admit::AfterBody(req)) => {
-                let waits = Waits::Body(req);
+        let (req, slot, caller) = match admit(state, gate, req, self.direct.is_none()) {
+            Ok(Admit::In(req, slot, caller)) => (req, slot, caller),
+            Ok(Admit::AfterBody(req, caller)) => {
+                let waits = Waits::Body(req, caller);
                 return GateFuture::slow(state, gate, front, waits, self.inner.clone());
             }
             Err(e) => return GateFuture::done(front.end(state, refuse(gate.style, e))),
         };
-        match next_step(state, gate, &front, &req) {
+        match next_step(state, gate, &front, &req, caller.as_deref()) {
             Ok(Next::Handler) => GateFuture::Run(Some(Running {
                 handler: self.inner.call(req),
                 deadline: None,
@@ -489,9 +521,10 @@ fn next_step(
     gate: Gate,
     front: &super::Front,
     req: &Request,
+    caller: Option<&Principal>,
 ) -> Result<Next, ApiError> {
     Ok(
-        match remote_datacenter(state, gate.access, gate.style, req)? {
+        match remote_datacenter(state, gate.access, gate.style, req, caller)? {
             Some(dc) => Next::Forward(dc),
             None => match front.barrier(state, req) {
                 Some(barrier) => Next::Barrier(Box::pin(barrier)),
@@ -505,13 +538,13 @@ fn next_step(
 /// paths, run as one boxed future.
 enum Waits {
     /// Its body, read in whole before it takes a slot.
-    Body(Request),
+    Body(Request, Caller),
     /// Admitted, holding its slot, going to a barrier or another datacenter.
     Admitted(Request, Slot, Next),
 }
 
 /// The future of a gated request.
-enum GateFuture<F> {
+pub(super) enum GateFuture<F> {
     /// Answered by the gate itself.
     Done(Option<Response>),
     /// The handler runs.
@@ -521,7 +554,7 @@ enum GateFuture<F> {
 }
 
 /// A handler's future and what its answer is finished with.
-struct Running<F> {
+pub(super) struct Running<F> {
     handler: F,
     /// The request deadline, armed the first time the handler waits.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -529,7 +562,7 @@ struct Running<F> {
 }
 
 /// What an answer is finished with once the handler gives it.
-struct End {
+pub(super) struct End {
     front: super::Front,
     state: AppState,
     slot: Slot,
@@ -605,8 +638,9 @@ where
 {
     let admitted = match waits {
         Waits::Admitted(req, slot, next) => Ok((req, slot, next)),
-        Waits::Body(req) => match admit_body(&state, gate, req).await {
-            Ok((req, slot)) => next_step(&state, gate, &front, &req).map(|next| (req, slot, next)),
+        Waits::Body(req, caller) => match admit_body(&state, gate, req).await {
+            Ok((req, slot)) => next_step(&state, gate, &front, &req, caller.as_deref())
+                .map(|next| (req, slot, next)),
             Err(e) => Err(e),
         },
     };
@@ -635,17 +669,25 @@ where
     front.end(&state, resp)
 }
 
+/// Whom the gate let in: the caller's principal, `None` on the routes that
+/// take none (peers, other datacenters).
+type Caller = Option<Arc<Principal>>;
+
 /// What the gate decided before any body arrived.
 enum Admit {
     /// Let in, holding this slot.
-    In(Request, Slot),
+    In(Request, Slot, Caller),
     /// Every check passed but the body's: read it, then take a slot.
-    AfterBody(Request),
+    AfterBody(Request, Caller),
 }
 
 /// Everything the gate checks before the body arrives, without waiting for
-/// anything: path parameters, token, readiness, the watchers' cap.
-fn admit(state: &AppState, gate: Gate, req: Request) -> Result<Admit, ApiError> {
+/// anything: path parameters (of a `routed` request: a direct one has none
+/// decoded), token, readiness, the watchers' cap.
+fn admit(state: &AppState, gate: Gate, req: Request, routed: bool) -> Result<Admit, ApiError> {
+    if !routed {
+        return admit_parts(state, gate, req, None, false);
+    }
     let (mut parts, body) = req.into_parts();
     // axum percent-decodes path parameters when it routes; one whose escapes
     // are not UTF-8 is refused here with a problem document (the handler's
@@ -669,23 +711,41 @@ fn admit(state: &AppState, gate: Gate, req: Request) -> Result<Admit, ApiError> 
     let service = params
         .iter()
         .find_map(|(k, v)| (k == "service").then_some(v));
-    let mut req = Request::from_parts(parts, body);
+    admit_parts(state, gate, Request::from_parts(parts, body), service, true)
+}
+
+/// [`admit`] once the path's `{service}` (if any) is known. A `routed`
+/// request's handler finds the caller's principal in the request's
+/// extensions; a direct route's handler does not look for it, and the
+/// gate's own later checks take it from [`Caller`].
+fn admit_parts(
+    state: &AppState,
+    gate: Gate,
+    mut req: Request,
+    service: Option<&str>,
+    routed: bool,
+) -> Result<Admit, ApiError> {
     if let Some(forwarded) = forwarded(state, &req)? {
         req.extensions_mut().insert(forwarded);
     }
-    if gate.access == Access::Federation {
+    let caller = if gate.access == Access::Federation {
         if req.extensions().get::<Forwarded>().is_none() {
             return Err(ApiError::forbidden(
                 StatusCode::UNAUTHORIZED,
                 "the federation token is required".into(),
             ));
         }
+        None
     } else if gate.access == Access::Peer {
         peer(state, &req)?;
+        None
     } else {
         let principal = principal(state, gate, &req, service)?;
-        req.extensions_mut().insert(principal);
-    }
+        if routed {
+            req.extensions_mut().insert(principal.clone());
+        }
+        Some(principal)
+    };
     let reads = matches!(*req.method(), Method::GET | Method::HEAD);
     if gate.until_ready && !reads && !state.is_ready() {
         return Err(ApiError::unavailable(
@@ -694,12 +754,12 @@ fn admit(state: &AppState, gate: Gate, req: Request) -> Result<Admit, ApiError> 
     }
     if limits::is_watch(&req) {
         let slot = state.limiter.watcher()?;
-        return Ok(Admit::In(req, slot));
+        return Ok(Admit::In(req, slot, caller));
     }
     if has_body(&req) {
-        return Ok(Admit::AfterBody(req));
+        return Ok(Admit::AfterBody(req, caller));
     }
-    Ok(Admit::In(req, slot(state, gate)?))
+    Ok(Admit::In(req, slot(state, gate)?, caller))
 }
 
 /// The rest of [`admit`] for a request with a body: the body read in whole

@@ -4,6 +4,7 @@ mod batch;
 mod bodies;
 mod catalog_watch;
 pub(crate) mod consul;
+mod direct;
 pub(crate) mod extract;
 mod failover;
 pub(crate) mod federation;
@@ -32,6 +33,7 @@ use axum::routing::{get, post, put};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use direct::{Api, ApiFuture};
 pub use extract::BODY_LIMIT;
 use gate::{Gate, Group};
 pub use ops::OPENAPI;
@@ -210,7 +212,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Every route of the API, by who may call it.
 fn groups() -> Vec<Group> {
-    use gate::Access::{Admin, AnyWrite, Federation, Open, Read, Write};
+    use gate::Access::{Admin, AnyWrite, Federation, Open, Write};
     use gate::Style::Native;
     let instance = "/v1/services/{service}/instances/{id}";
     let open = Router::new()
@@ -226,7 +228,7 @@ fn groups() -> Vec<Group> {
         .route("/ui/app.css", get(ui::app_css));
     let read = Router::new()
         .route("/v1/services", get(services::list_services))
-        .route("/v1/services/{service}", get(services::list_instances))
+        .route(direct::LIST_ROUTE, get(services::list_instances))
         .route("/v1/services/{service}/watch", get(watch::watch_service))
         .route("/v1/services/{service}/leases", get(leases::service_leases))
         .route("/v1/watch", get(watch::watch_many))
@@ -266,7 +268,7 @@ fn groups() -> Vec<Group> {
         );
     let mut groups = vec![
         Group::new(Gate::new(Open, Native), open),
-        Group::new(Gate::new(Read, Native), read),
+        Group::new(gate::READ, read),
         Group::new(Gate::new(Write, Native), write),
         Group::new(
             Gate::new(AnyWrite, Native).body_limit(batch::BATCH_BODY_LIMIT),
@@ -310,15 +312,18 @@ pub(super) struct Front {
 
 impl Front {
     /// Notes the request before anything runs.
-    pub(super) fn begin(state: &AppState, req: &Request) -> Front {
+    /// `route` is the route's template when the request did not come
+    /// through the router (which leaves it in the request).
+    pub(super) fn begin(state: &AppState, req: &Request, route: Option<&'static str>) -> Front {
         let path = req.uri().path();
         Front {
             start: Instant::now(),
             method: static_method(req.method()),
-            route: req
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or("unmatched", |p| static_route(p.as_str())),
+            route: route.unwrap_or_else(|| {
+                req.extensions()
+                    .get::<MatchedPath>()
+                    .map_or("unmatched", |p| static_route(p.as_str()))
+            }),
             fresh: state.cluster.is_some()
                 && path.starts_with("/v1/")
                 && !path.starts_with("/v1/raft/"),
@@ -355,9 +360,9 @@ impl Front {
         // A proxied answer of another datacenter keeps that registry's epoch:
         // its resume tokens are that run's.
         const EPOCH: HeaderName = HeaderName::from_static("x-roster-epoch");
-        if !resp.headers().contains_key(EPOCH) {
-            resp.headers_mut().insert(EPOCH, state.epoch_header.clone());
-        }
+        resp.headers_mut()
+            .entry(EPOCH)
+            .or_insert_with(|| state.epoch_header.clone());
         let labels = RequestLabels {
             method: self.method,
             route: self.route,
@@ -372,7 +377,7 @@ impl Front {
 
 /// A request for a path no route serves.
 async fn no_route(State(state): State<AppState>, req: Request) -> Response {
-    let front = Front::begin(&state, &req);
+    let front = Front::begin(&state, &req, None);
     let resp = limits::refusal(&state, &req)
         .unwrap_or_else(|| ApiError::no_route(req.uri().path()).into_response());
     front.end(&state, resp)
@@ -380,7 +385,7 @@ async fn no_route(State(state): State<AppState>, req: Request) -> Response {
 
 /// A request with a method the path's routes do not take.
 async fn no_method(State(state): State<AppState>, req: Request) -> Response {
-    let front = Front::begin(&state, &req);
+    let front = Front::begin(&state, &req, None);
     let resp = limits::refusal(&state, &req).unwrap_or_else(|| {
         ApiError::method_not_allowed(req.method().as_str(), req.uri().path()).into_response()
     });

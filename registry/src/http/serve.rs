@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,7 +26,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::cluster::PeerTls;
 
@@ -444,7 +442,7 @@ struct ClientCert {
 /// in-flight requests finish and waits for every connection to close.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: super::Api,
     config: ServeConfig,
     tls: Option<Arc<TlsState>>,
     shutdown: CancellationToken,
@@ -533,7 +531,7 @@ async fn connection<IO>(
     io: IO,
     remote: SocketAddr,
     client: ClientCert,
-    app: Router,
+    app: super::Api,
     header_timeout: Duration,
     shutdown: CancellationToken,
 ) where
@@ -553,7 +551,7 @@ async fn connection<IO>(
         if let Some(peer) = client.peer {
             req.extensions_mut().insert(peer);
         }
-        futures_util::future::Either::Right(app.clone().oneshot(req))
+        futures_util::future::Either::Right(app.call(req.map(axum::body::Body::new)))
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -722,13 +720,13 @@ mod tests {
     /// One connection served as `serve` serves it, over an in-memory pipe.
     fn serve_one(header_timeout: Duration) -> (DuplexStream, tokio::task::JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let app = Router::new().route("/ok", get(|| async { "ok" }));
+        let app = axum::Router::new().route("/ok", get(|| async { "ok" }));
         let remote = SocketAddr::from(([127, 0, 0, 1], 1));
         let conn = tokio::spawn(connection(
             server,
             remote,
             ClientCert::default(),
-            app,
+            app.into(),
             header_timeout,
             CancellationToken::new(),
         ));

@@ -22,7 +22,6 @@ use crate::checks::{LEASE_CHECK, validate_check_id};
 use crate::model::{InstanceId, InstanceSpec, ServiceName, validate_reason};
 use axum::body::Bytes;
 use axum::http::{HeaderName, HeaderValue, header};
-use axum::response::IntoResponse;
 
 /// The instance, or the 404 that says it is not registered.
 fn registered<'a>(
@@ -195,14 +194,25 @@ pub(super) async fn list_instances(
     query: QueryPairs,
     forwarded: Option<axum::Extension<Forwarded>>,
 ) -> Result<Response, ApiError> {
-    let service = ServiceName::parse(&service)?;
+    list(state, &service, query, forwarded.as_deref()).await
+}
+
+/// `GET /v1/services/{service}` from its parts: the route's handler, and
+/// what `super::direct` calls for the same requests without the router.
+pub(super) async fn list(
+    state: AppState,
+    service: &str,
+    query: QueryPairs,
+    forwarded: Option<&Forwarded>,
+) -> Result<Response, ApiError> {
+    let service = ServiceName::parse(service)?;
     let all = query.flag("all")?.unwrap_or(false) || !query.flag("healthy")?.unwrap_or(true);
     let tags: Vec<&str> = query.all("tag").collect();
     // Only healthy-only answers fail over.
     let failover = if all {
         None
     } else {
-        failover::failover_for(&state, service.as_str(), forwarded.as_deref())
+        failover::failover_for(&state, service.as_str(), forwarded)
     };
     // The waits and the remote answer are boxed: most reads need neither,
     // and inline they would make every read's future as large as theirs, a
@@ -386,7 +396,9 @@ pub(super) async fn update_check(
 
 /// A response with a ready JSON body.
 fn json_bytes(body: Bytes) -> Response {
-    let mut resp = body.into_response();
+    // Built directly: `Bytes::into_response` sets a content type of its own
+    // first, one more header insert per cached read.
+    let mut resp = Response::new(axum::body::Body::from(body));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
