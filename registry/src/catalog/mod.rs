@@ -20,6 +20,7 @@ mod instance;
 #[cfg(test)]
 mod tests;
 mod timers;
+mod wire;
 mod write;
 
 use std::collections::{BTreeSet, HashMap};

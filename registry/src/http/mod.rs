@@ -454,29 +454,22 @@ fn freshness(cluster: &crate::cluster::Cluster, resp: &mut Response) {
     }
 }
 
-/// One instance as a JSON response. Written into a buffer sized for a
-/// typical instance (axum's `Json` starts at 128 bytes and grows through
-/// `BytesMut`'s writer, copying as it goes: a fifth of the instructions of
-/// a registration's answer, whose instance is ~330 bytes).
-fn instance_json(status: axum::http::StatusCode, inst: &roster_api::Instance) -> Response {
+/// One instance as a JSON response, written straight from the catalog's
+/// form ([`crate::catalog::Instance::write_json`]: no copy into the wire
+/// type) into a buffer sized for a typical instance (axum's `Json` starts
+/// at 128 bytes and grows, copying as it goes; an instance is ~330 bytes).
+fn instance_json(status: axum::http::StatusCode, inst: &crate::catalog::Instance) -> Response {
     let mut body = Vec::with_capacity(512);
-    match serde_json::to_writer(&mut body, inst) {
-        Ok(()) => (
-            status,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response(),
-        // Serializing an instance has no way to fail; should it, the
-        // client gets a 500, as from `Json`.
-        Err(e) => {
-            tracing::error!(error = %e, "an instance did not serialize");
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
+    inst.write_json(&mut body);
+    (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Adds `X-Roster-Index` to a response.

@@ -95,7 +95,7 @@ pub(super) async fn register(
     } else {
         StatusCode::OK
     };
-    Ok(with_index(out.index, instance_json(status, &inst.to_api())))
+    Ok(with_index(out.index, instance_json(status, inst)))
 }
 
 pub(super) async fn deregister(
@@ -136,10 +136,7 @@ pub(super) async fn maintenance(
         .await?;
     let snap = state.registry.snapshot();
     let inst = written(&snap, &service, &id, out.index)?;
-    Ok(with_index(
-        out.index,
-        instance_json(StatusCode::OK, &inst.to_api()),
-    ))
+    Ok(with_index(out.index, instance_json(StatusCode::OK, inst)))
 }
 
 pub(super) async fn get_instance(
@@ -151,7 +148,7 @@ pub(super) async fn get_instance(
     let inst = registered(&snap, &service, &id)?;
     Ok(with_index(
         inst.modify_index,
-        instance_json(StatusCode::OK, &inst.to_api()),
+        instance_json(StatusCode::OK, inst),
     ))
 }
 
