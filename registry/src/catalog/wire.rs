@@ -152,8 +152,31 @@ fn health(out: &mut Vec<u8>, health: Health) {
     out.push(b'"');
 }
 
+/// A duration as `roster_api::duration::format` writes it (`1h30m`,
+/// `15s`, `250ms`, `0s`), without its formatter and string.
 fn duration(out: &mut Vec<u8>, d: Duration) {
-    string(out, &api::duration::format(d));
+    let mut secs = d.as_secs();
+    let millis = d.subsec_millis();
+    out.push(b'"');
+    if secs == 0 && millis == 0 {
+        out.extend_from_slice(b"0s");
+    }
+    for (unit, size) in [(b'h', 3600), (b'm', 60)] {
+        if secs >= size {
+            number(out, secs / size);
+            out.push(unit);
+            secs %= size;
+        }
+    }
+    if secs > 0 {
+        number(out, secs);
+        out.push(b's');
+    }
+    if millis > 0 {
+        number(out, u64::from(millis));
+        out.extend_from_slice(b"ms");
+    }
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -247,6 +270,26 @@ mod tests {
             number(&mut out, n);
             assert_eq!(out, serde_json::to_vec(&n).unwrap(), "{n}");
         }
+    }
+
+    #[test]
+    fn durations_are_written_as_the_api_formats_them() {
+        for ms in [
+            0, 1, 999, 1_000, 1_001, 59_000, 60_000, 90_250, 3_600_000, 3_661_001, 86_400_000,
+        ] {
+            let d = Duration::from_millis(ms);
+            let mut out = Vec::new();
+            duration(&mut out, d);
+            let expected = serde_json::to_vec(&api::duration::format(d)).unwrap();
+            assert_eq!(out, expected, "{ms} ms");
+        }
+        // Below a millisecond: what the API's format shows (nothing of it).
+        let mut out = Vec::new();
+        duration(&mut out, Duration::from_micros(1_500));
+        assert_eq!(
+            out,
+            serde_json::to_vec(&api::duration::format(Duration::from_micros(1_500))).unwrap()
+        );
     }
 
     #[test]
