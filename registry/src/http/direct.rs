@@ -1,51 +1,68 @@
-//! The API as the server calls it: the router, and beside it the one route
-//! every client polls, `GET /v1/services/{service}`, found without it.
+//! The API as the server calls it: the router, and beside it the two
+//! routes a registry answers most, found without it: the instance list
+//! every client polls (`GET /v1/services/{service}`) and the registration
+//! every instance makes (`PUT /v1/services/{service}/instances/{id}`).
 //!
 //! Routing costs a list read about a fifth of its instructions in roster's
-//! own code (matching, the matched template and the path parameters stored
-//! in the request, extractors, a boxed handler call): bench/RESULTS.md has
-//! the count. The instance list is the read a registry answers most, so
-//! [`Api::call`] recognises its paths itself and hands them to the same gate
-//! (the read group's, [`gate::READ`]) and the same handler code
-//! ([`services::list`]) the router would have used. Only paths whose raw text
-//! is the parameter (no `%` escapes, no further segment) go this way; any
-//! other request, and every other route, goes through the router. Tests
-//! check that both ways give the same answers, refusals included.
+//! own code, and a registration a tenth (matching, the matched template and
+//! the path parameters stored in the request, extractors, a boxed handler
+//! call): bench/RESULTS.md has the counts. [`Api::call`] recognises these
+//! paths itself and hands them to the same gate (the group's,
+//! [`gate::READ`] and [`gate::WRITE`]) and the same handler code
+//! ([`services::list`], [`services::register_with`]) the router would have
+//! used. Only paths whose raw text is the parameters (no `%` escapes, no
+//! further segment) go this way; any other request, and every other route,
+//! goes through the router. The write gate authorizes by the service the
+//! path names, found by [`service_of`] in the raw path as the router would
+//! have decoded it. Tests check that both ways give the same answers,
+//! refusals included.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
+use roster_api::RegisterRequest;
 use tower::ServiceExt as _;
 use tower::util::Oneshot;
 
-use super::extract::QueryPairs;
+use super::extract::{QueryPairs, read_json};
 use super::federation::Forwarded;
 use super::gate::{self, GateFuture, GateService};
 use super::{AppState, services};
 
-/// The route [`Api`] answers without the router.
+/// The list route, which [`Api`] answers without the router.
 pub(super) const LIST_ROUTE: &str = "/v1/services/{service}";
-/// What precedes its parameter.
-const LIST_PREFIX: &str = "/v1/services/";
+/// The instance route, whose PUT (a registration) [`Api`] answers without
+/// the router.
+pub(super) const INSTANCE_ROUTE: &str = "/v1/services/{service}/instances/{id}";
+/// What precedes `{service}` in both.
+const PREFIX: &str = "/v1/services/";
 
 /// The whole API as the HTTP server calls it.
 #[derive(Clone)]
 pub struct Api {
     router: Router,
-    /// The direct list route; `None` for a bare router ([`From<Router>`]).
-    list: Option<GateService<ListInstances>>,
+    /// The direct routes; `None` for a bare router ([`From<Router>`]).
+    direct: Option<Direct>,
+}
+
+/// The routes answered without the router, each behind its group's gate.
+#[derive(Clone)]
+struct Direct {
+    list: GateService<ListInstances>,
+    register: GateService<Register>,
 }
 
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Api")
-            .field("direct_list", &self.list.is_some())
+            .field("direct", &self.direct.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -53,7 +70,10 @@ impl std::fmt::Debug for Api {
 impl From<Router> for Api {
     /// A router alone, every request routed.
     fn from(router: Router) -> Api {
-        Api { router, list: None }
+        Api {
+            router,
+            direct: None,
+        }
     }
 }
 
@@ -81,40 +101,80 @@ impl Future for ApiFuture {
 type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
 impl Api {
-    /// The API over `state`: [`super::router`] and the direct list route.
+    /// The API over `state`: [`super::router`] and the direct routes.
     pub fn new(state: AppState) -> Api {
         let list = ListInstances {
             state: state.clone(),
         };
+        let register = Register {
+            state: state.clone(),
+        };
+        let direct = Direct {
+            list: GateService::direct(&state, gate::READ, LIST_ROUTE, None, list),
+            register: GateService::direct(
+                &state,
+                gate::WRITE,
+                INSTANCE_ROUTE,
+                Some(service_of),
+                register,
+            ),
+        };
         Api {
-            list: Some(GateService::direct(&state, gate::READ, LIST_ROUTE, list)),
+            direct: Some(direct),
             router: super::router(state),
         }
     }
 
     /// Answers `req`.
     pub fn call(&self, req: Request) -> ApiFuture {
-        if let Some(list) = &self.list
-            && is_list(&req)
-        {
-            let mut list = list.clone();
-            return ApiFuture(Either::Left(tower::Service::call(&mut list, req)));
-        }
-        ApiFuture(Either::Right(self.router.clone().oneshot(req)))
+        let direct = self.direct.as_ref().and_then(|d| Some((d, route(&req)?)));
+        ApiFuture(match direct {
+            Some((d, Route::List)) => Either::Left(tower::Service::call(&mut d.list.clone(), req)),
+            Some((d, Route::Register)) => {
+                Either::Left(tower::Service::call(&mut d.register.clone(), req))
+            }
+            None => Either::Right(self.router.clone().oneshot(req)),
+        })
     }
 }
 
-/// Whether the router would take `req` to [`LIST_ROUTE`] with the path's
-/// own text as `{service}`: a GET of `/v1/services/NAME` where `NAME` is
-/// not empty and has neither a `/` nor a `%` escape (which the router
-/// decodes). Anything else is left to the router.
-fn is_list(req: &Request) -> bool {
-    req.method() == Method::GET
-        && req
-            .uri()
-            .path()
-            .strip_prefix(LIST_PREFIX)
-            .is_some_and(|name| !name.is_empty() && !name.contains(['/', '%']))
+/// A direct route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// `GET` [`LIST_ROUTE`].
+    List,
+    /// `PUT` [`INSTANCE_ROUTE`].
+    Register,
+}
+
+/// The direct route the router would take `req` to with the path's own
+/// text as its parameters, if any: a GET of `/v1/services/NAME` or a PUT of
+/// `/v1/services/NAME/instances/ID`. Anything else is left to the router.
+fn route(req: &Request) -> Option<Route> {
+    match (req.method(), params(req.uri().path())?) {
+        (&Method::GET, (_, None)) => Some(Route::List),
+        (&Method::PUT, (_, Some(_))) => Some(Route::Register),
+        _ => None,
+    }
+}
+
+/// `NAME` and `ID` of `/v1/services/NAME` or `/v1/services/NAME/instances/ID`,
+/// each not empty and with neither a `/` nor a `%` escape (which the router
+/// decodes: a path with one goes through the router).
+fn params(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix(PREFIX)?;
+    let (name, id) = match rest.split_once('/') {
+        None => (rest, None),
+        Some((name, tail)) => (name, Some(tail.strip_prefix("instances/")?)),
+    };
+    let plain = |s: &str| !s.is_empty() && !s.contains(['/', '%']);
+    (plain(name) && id.is_none_or(plain)).then_some((name, id))
+}
+
+/// The `{service}` of a direct route's path, for the write gate to
+/// authorize; the same text the router would decode (the path has no `%`).
+fn service_of(path: &str) -> Option<&str> {
+    params(path).map(|(name, _)| name)
 }
 
 /// [`LIST_ROUTE`]'s handler as a service of its own.
@@ -136,7 +196,7 @@ impl tower::Service<Request> for ListInstances {
         let state = self.state.clone();
         Box::pin(async move {
             let (parts, _) = req.into_parts();
-            let name = parts.uri.path().strip_prefix(LIST_PREFIX).unwrap_or("");
+            let name = service_of(parts.uri.path()).unwrap_or("");
             // In the order the route's extractors run: the query, then the
             // name (which the handler parses).
             let resp = match QueryPairs::parse(parts.uri.query()) {
@@ -144,6 +204,44 @@ impl tower::Service<Request> for ListInstances {
                     let forwarded = parts.extensions.get::<Forwarded>();
                     services::list(state, name, query, forwarded).await
                 }
+                Err(e) => Err(e),
+            };
+            Ok(resp.into_response())
+        })
+    }
+}
+
+/// [`INSTANCE_ROUTE`]'s PUT handler (a registration) as a service of its own.
+#[derive(Clone)]
+struct Register {
+    state: AppState,
+}
+
+impl tower::Service<Request> for Register {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = HandlerFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> HandlerFuture {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let (name, id) = match params(parts.uri.path()) {
+                Some((name, Some(id))) => (name, id),
+                _ => ("", ""),
+            };
+            let peer = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_canonical());
+            // In the order the route's extractors run: the body, then the
+            // names (which the handler parses).
+            let resp = match read_json::<RegisterRequest>(body).await {
+                Ok(req) => services::register_with(state, name, id, peer, req).await,
                 Err(e) => Err(e),
             };
             Ok(resp.into_response())
@@ -254,7 +352,8 @@ mod tests {
             ];
             let mut direct_calls = 0;
             for path in paths {
-                assert!(is_list(&Request::get(path).body(Body::empty()).unwrap()));
+                let get = Request::get(path).body(Body::empty()).unwrap();
+                assert_eq!(route(&get), Some(Route::List));
                 for auth in &auths {
                     let req = || {
                         let mut req = Request::get(path);
@@ -306,11 +405,138 @@ mod tests {
         api.router.clone()
     }
 
+    /// Registrations: the same answers and the same catalog either way, for
+    /// every shape of name, body and token, with ACLs off and on. Two
+    /// registries take the same requests in the same order, one through the
+    /// router and one direct (a registration changes what the next one
+    /// answers, so one registry cannot take both).
+    #[tokio::test]
+    async fn the_direct_registration_answers_as_the_router_does() {
+        let tokens = format!(
+            "[[tokens]]\nname = \"reader\"\nsecret = \"{READER}\"\npolicies = [\"read\"]\n\
+             [[tokens]]\nname = \"writer\"\nsecret = \"{WRITER}\"\npolicies = [\"write:web\"]\n"
+        );
+        let long_id = format!("/v1/services/web/instances/{}", "i".repeat(300));
+        let paths = [
+            "/v1/services/web/instances/w1",
+            "/v1/services/WEB/instances/w2",
+            "/v1/services/Web/instances/w1",
+            "/v1/services/db/instances/d1",
+            "/v1/services/bad_name!/instances/x1",
+            "/v1/services/web/instances/bad!id",
+            long_id.as_str(),
+            "/v1/services/web/instances/w3?dc=elsewhere",
+            "/v1/services/web/instances/w4?consistent",
+        ];
+        let bodies = [
+            r#"{"address":"10.0.0.1","port":80,"ttl":"30s","tags":["a"],"meta":{"k":"v"}}"#,
+            r#"{"address":"10.0.0.2","port":80}"#,
+            r#"{"port":80}"#,
+            r#"{"address":"10.0.0.1","port":0}"#,
+            r#"{"address":"10.0.0.1","port":"eighty"}"#,
+            r#"["10.0.0.1",80]"#,
+            "{not json",
+            "",
+        ];
+        let auths = [
+            None,
+            Some(format!("Bearer {WRITER}")),
+            Some(format!("Bearer {READER}")),
+            Some("Bearer not-a-token-at-all".to_owned()),
+        ];
+        for acl in [None, Some(tokens.as_str())] {
+            let (routed_state, direct_state) = (state(acl), state(acl));
+            let routed_api = Api::new(routed_state.clone());
+            let direct_api = Api::new(direct_state.clone());
+            let mut calls = 0;
+            for path in paths {
+                let put = Request::put(path).body(Body::empty()).unwrap();
+                assert_eq!(route(&put), Some(Route::Register), "{path}");
+                for body in bodies {
+                    for auth in &auths {
+                        let req = || {
+                            let mut req = Request::put(path)
+                                .header("content-type", "application/json")
+                                .extension(ConnectInfo(SocketAddr::from(([10, 1, 2, 3], 4000))));
+                            if let Some(auth) = auth {
+                                req = req.header("authorization", auth);
+                            }
+                            req.body(Body::from(body)).unwrap()
+                        };
+                        let mut routed =
+                            answer(state_router(&routed_api).oneshot(req()).await.unwrap()).await;
+                        let mut direct = answer(direct_api.call(req()).await.unwrap()).await;
+                        calls += 1;
+                        // Two registries, two epochs: the rest must be equal.
+                        for (_, headers, _) in [&mut routed, &mut direct] {
+                            let before = headers.len();
+                            headers.retain(|(k, _)| k != "x-roster-epoch");
+                            assert_eq!(headers.len(), before - 1, "an epoch header");
+                        }
+                        assert_eq!(
+                            direct,
+                            routed,
+                            "PUT {path} {body} with {auth:?}, acl {}",
+                            acl.is_some()
+                        );
+                    }
+                }
+            }
+            let (a, b) = (
+                routed_state.registry.snapshot(),
+                direct_state.registry.snapshot(),
+            );
+            assert_eq!(a.index, b.index);
+            assert!(a.index > 0, "some registrations were taken");
+            let names: Vec<_> = a.services.keys().collect();
+            assert_eq!(names, b.services.keys().collect::<Vec<_>>());
+            for (name, svc) in a.services.iter() {
+                let other = &b.services[name];
+                let ids: Vec<_> = svc.instances.keys().collect();
+                assert_eq!(ids, other.instances.keys().collect::<Vec<_>>());
+                for (id, inst) in svc.instances.iter() {
+                    assert_eq!(inst.to_api(), other.instances[id].to_api());
+                }
+            }
+            // Counted under the route's template, as routed requests are.
+            let text = direct_state
+                .registry
+                .metrics()
+                .render(&direct_state.registry.snapshot());
+            let counted: u64 = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("roster_http_requests_total{")
+                        && l.contains("route=\"/v1/services/{service}/instances/{id}\"")
+                        && l.contains("method=\"PUT\"")
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum();
+            assert_eq!(counted, calls, "acl {}", acl.is_some());
+        }
+    }
+
     #[test]
-    fn only_plain_list_paths_go_direct() {
-        let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
-        assert!(is_list(&get("/v1/services/web")));
-        assert!(is_list(&get("/v1/services/web?all&tag=a")));
+    fn only_plain_paths_go_direct() {
+        let req = |method: Method, path: &str| {
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .unwrap()
+        };
+        assert_eq!(
+            route(&req(Method::GET, "/v1/services/web")),
+            Some(Route::List)
+        );
+        assert_eq!(
+            route(&req(Method::GET, "/v1/services/web?all&tag=a")),
+            Some(Route::List)
+        );
+        assert_eq!(
+            route(&req(Method::PUT, "/v1/services/web/instances/w1")),
+            Some(Route::Register)
+        );
         for path in [
             "/v1/services",
             "/v1/services/",
@@ -320,23 +546,39 @@ mod tests {
             "/v1/services//web",
             "/v1/servicesweb",
             "/V1/services/web",
+            "/v1/services/web/instances/",
+            "/v1/services/web/instances/w1/",
+            "/v1/services/web/instances/w1/heartbeat",
+            "/v1/services/web/instances/w%31",
+            "/v1/services/w%65b/instances/w1",
+            "/v1/services/web/instance/w1",
+            "/v1/services/web/instancesw1",
         ] {
-            assert!(!is_list(&get(path)), "{path}");
+            for method in [Method::GET, Method::PUT] {
+                let taken = route(&req(method.clone(), path));
+                assert_eq!(taken, None, "{method} {path}");
+            }
         }
-        let head = Request::head("/v1/services/web")
-            .body(Body::empty())
-            .unwrap();
-        assert!(!is_list(&head), "HEAD is the router's");
+        // Other methods are the router's.
+        for (method, path) in [
+            (Method::HEAD, "/v1/services/web"),
+            (Method::PUT, "/v1/services/web"),
+            (Method::GET, "/v1/services/web/instances/w1"),
+            (Method::DELETE, "/v1/services/web/instances/w1"),
+            (Method::POST, "/v1/services/web/instances/w1"),
+        ] {
+            assert_eq!(route(&req(method.clone(), path)), None, "{method} {path}");
+        }
+        assert_eq!(service_of("/v1/services/Web/instances/w1"), Some("Web"));
     }
 
     #[test]
-    #[should_panic(expected = "cannot authorize by its path's service")]
-    fn a_direct_route_cannot_sit_behind_a_write_gate() {
+    #[should_panic(expected = "must say where its path names the service")]
+    fn a_direct_write_route_must_say_where_its_service_is() {
         let state = state(None);
-        let list = ListInstances {
+        let register = Register {
             state: state.clone(),
         };
-        let write = gate::Gate::new(gate::Access::Write, gate::Style::Native);
-        let _ = GateService::direct(&state, write, LIST_ROUTE, list);
+        let _ = GateService::direct(&state, gate::WRITE, INSTANCE_ROUTE, None, register);
     }
 }

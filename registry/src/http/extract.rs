@@ -35,6 +35,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// Reads a body the gate has already read in whole (under its group's
+/// limit) as JSON, as [`JsonBody`] does.
+pub async fn read_json<T: DeserializeOwned>(body: axum::body::Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
+        match e
+            .into_inner()
+            .downcast::<http_body_util::LengthLimitError>()
+        {
+            Ok(_) => ApiError::too_large(BODY_LIMIT),
+            Err(e) => ApiError::malformed(format!("the request body could not be read: {e}")),
+        }
+    })?;
+    parse_json(&bytes)
+}
+
 /// Parses a JSON object, naming the failing field in the error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde would also read a struct from an array, field by field in declaration

@@ -108,6 +108,10 @@ impl Gate {
 /// in front of the instance list it answers without the router).
 pub(super) const READ: Gate = Gate::new(Access::Read, Style::Native);
 
+/// The gate of the native write routes (also in front of the registration
+/// `super::direct` answers without the router).
+pub(super) const WRITE: Gate = Gate::new(Access::Write, Style::Native);
+
 /// Routes and the gate in front of them.
 #[derive(Debug)]
 pub(super) struct Group {
@@ -134,21 +138,30 @@ impl<S> GateService<S> {
     /// `gate` in front of `inner`, a route's handler called without the
     /// router (`super::direct`), which finds the route itself; `route` is
     /// the template the router would have matched (the request's metrics
-    /// label). No path parameters are decoded for it, so a write gate would
-    /// find no service to authorize and refuse every call: a direct route
-    /// needs a gate that does not authorize by the path's service. Its
-    /// handler finds no principal in the request (none of the read handlers
-    /// looks for one).
-    pub(super) fn direct(state: &AppState, gate: Gate, route: &'static str, inner: S) -> Self {
+    /// label). No path parameters are decoded for it: a route whose gate
+    /// authorizes by the path's service (a write) says where that is in the
+    /// raw path with `service_of`, and may only be given paths whose raw
+    /// text is what the router would decode (no `%` escapes). Without it a
+    /// write gate would find no service and refuse every call, so that is
+    /// refused here. Its handler finds no principal in the request (the
+    /// direct handlers look for none).
+    pub(super) fn direct(
+        state: &AppState,
+        gate: Gate,
+        route: &'static str,
+        service_of: Option<fn(&str) -> Option<&str>>,
+        inner: S,
+    ) -> Self {
         assert!(
-            gate.access != Access::Write,
-            "a direct route cannot authorize by its path's service"
+            gate.access != Access::Write || service_of.is_some(),
+            "a direct write route must say where its path names the service"
         );
         GateService {
             inner,
             state: state.clone(),
             gate,
             direct: Some(route),
+            service_of,
         }
     }
 }
@@ -294,9 +307,9 @@ fn principal(
     state: &AppState,
     gate: Gate,
     req: &Request,
-    service: Option<&str>,
+    need: Result<Option<Need>, ApiError>,
 ) -> Result<Arc<Principal>, ApiError> {
-    let Some(need) = need(gate.access, req.method(), service)? else {
+    let Some(need) = need? else {
         // Open routes look at no token, so a stale one cannot break a probe.
         return Ok(NOBODY.clone());
     };
@@ -434,6 +447,7 @@ impl<S> tower::Layer<S> for GateLayer {
             state: self.state.clone(),
             gate: self.gate,
             direct: None,
+            service_of: None,
         }
     }
 }
@@ -456,6 +470,8 @@ pub(super) struct GateService<S> {
     /// ([`GateService::direct`]); `None` behind the router, which leaves
     /// the template and the path parameters in the request.
     direct: Option<&'static str>,
+    /// Where a direct route's `{service}` is in its path.
+    service_of: Option<fn(&str) -> Option<&str>>,
 }
 
 impl<S> tower::Service<Request> for GateService<S>
@@ -477,7 +493,8 @@ where
         if let Some(refused) = limits::refusal(state, &req) {
             return GateFuture::done(front.end(state, refused));
         }
-        let (req, slot, caller) = match admit(state, gate, req, self.direct.is_none()) {
+        let routed = self.direct.is_none();
+        let (req, slot, caller) = match admit(state, gate, req, routed, self.service_of) {
             Ok(Admit::In(req, slot, caller)) => (req, slot, caller),
             Ok(Admit::AfterBody(req, caller)) => {
                 let waits = Waits::Body(req, caller);
@@ -682,11 +699,19 @@ enum Admit {
 }
 
 /// Everything the gate checks before the body arrives, without waiting for
-/// anything: path parameters (of a `routed` request: a direct one has none
-/// decoded), token, readiness, the watchers' cap.
-fn admit(state: &AppState, gate: Gate, req: Request, routed: bool) -> Result<Admit, ApiError> {
+/// anything: path parameters (of a `routed` request; a direct one's
+/// `{service}` is found by `service_of`), token, readiness, the watchers' cap.
+fn admit(
+    state: &AppState,
+    gate: Gate,
+    req: Request,
+    routed: bool,
+    service_of: Option<fn(&str) -> Option<&str>>,
+) -> Result<Admit, ApiError> {
     if !routed {
-        return admit_parts(state, gate, req, None, false);
+        let service = service_of.and_then(|of| of(req.uri().path()));
+        let need = need(gate.access, req.method(), service);
+        return admit_parts(state, gate, req, need, false);
     }
     let (mut parts, body) = req.into_parts();
     // axum percent-decodes path parameters when it routes; one whose escapes
@@ -711,10 +736,13 @@ fn admit(state: &AppState, gate: Gate, req: Request, routed: bool) -> Result<Adm
     let service = params
         .iter()
         .find_map(|(k, v)| (k == "service").then_some(v));
-    admit_parts(state, gate, Request::from_parts(parts, body), service, true)
+    let need = need(gate.access, &parts.method, service);
+    admit_parts(state, gate, Request::from_parts(parts, body), need, true)
 }
 
-/// [`admit`] once the path's `{service}` (if any) is known. A `routed`
+/// [`admit`] once what the route needs is known from the path's
+/// `{service}` (its error, a name that does not parse, is reported where
+/// the token is checked, after the federation headers). A `routed`
 /// request's handler finds the caller's principal in the request's
 /// extensions; a direct route's handler does not look for it, and the
 /// gate's own later checks take it from [`Caller`].
@@ -722,7 +750,7 @@ fn admit_parts(
     state: &AppState,
     gate: Gate,
     mut req: Request,
-    service: Option<&str>,
+    need: Result<Option<Need>, ApiError>,
     routed: bool,
 ) -> Result<Admit, ApiError> {
     if let Some(forwarded) = forwarded(state, &req)? {
@@ -740,7 +768,7 @@ fn admit_parts(
         peer(state, &req)?;
         None
     } else {
-        let principal = principal(state, gate, &req, service)?;
+        let principal = principal(state, gate, &req, need)?;
         if routed {
             req.extensions_mut().insert(principal.clone());
         }

@@ -212,9 +212,9 @@ pub fn router(state: AppState) -> Router {
 
 /// Every route of the API, by who may call it.
 fn groups() -> Vec<Group> {
-    use gate::Access::{Admin, AnyWrite, Federation, Open, Write};
+    use gate::Access::{Admin, AnyWrite, Federation, Open};
     use gate::Style::Native;
-    let instance = "/v1/services/{service}/instances/{id}";
+    let instance = direct::INSTANCE_ROUTE;
     let open = Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
@@ -269,7 +269,7 @@ fn groups() -> Vec<Group> {
     let mut groups = vec![
         Group::new(Gate::new(Open, Native), open),
         Group::new(gate::READ, read),
-        Group::new(Gate::new(Write, Native), write),
+        Group::new(gate::WRITE, write),
         Group::new(
             Gate::new(AnyWrite, Native).body_limit(batch::BATCH_BODY_LIMIT),
             batch,

@@ -77,7 +77,19 @@ pub(super) async fn register(
     PeerIp(peer): PeerIp,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Result<Response, ApiError> {
-    let (service, id) = names(&service, &id)?;
+    register_with(state, &service, &id, peer, req).await
+}
+
+/// A registration from its parts: the route's handler, and what
+/// `super::direct` calls for the same requests without the router.
+pub(super) async fn register_with(
+    state: AppState,
+    service: &str,
+    id: &str,
+    peer: Option<std::net::IpAddr>,
+    req: RegisterRequest,
+) -> Result<Response, ApiError> {
+    let (service, id) = names(service, id)?;
     let spec = InstanceSpec::from_request(req, peer, &state.limits)?;
     let out = state
         .registry
