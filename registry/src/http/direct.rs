@@ -167,7 +167,8 @@ fn params(path: &str) -> Option<(&str, Option<&str>)> {
         None => (rest, None),
         Some((name, tail)) => (name, Some(tail.strip_prefix("instances/")?)),
     };
-    let plain = |s: &str| !s.is_empty() && !s.contains(['/', '%']);
+    // Bytes, not chars: both are ASCII (a `char` pattern decodes UTF-8).
+    let plain = |s: &str| !s.is_empty() && !s.bytes().any(|b| b == b'/' || b == b'%');
     (plain(name) && id.is_none_or(plain)).then_some((name, id))
 }
 
@@ -428,8 +429,13 @@ mod tests {
             "/v1/services/web/instances/w3?dc=elsewhere",
             "/v1/services/web/instances/w4?consistent",
         ];
+        let oversized = format!(
+            r#"{{"port":80,"meta":{{"k":"{}"}}}}"#,
+            "v".repeat(crate::http::BODY_LIMIT)
+        );
         let bodies = [
             r#"{"address":"10.0.0.1","port":80,"ttl":"30s","tags":["a"],"meta":{"k":"v"}}"#,
+            oversized.as_str(),
             r#"{"address":"10.0.0.2","port":80}"#,
             r#"{"port":80}"#,
             r#"{"address":"10.0.0.1","port":0}"#,
@@ -461,7 +467,7 @@ mod tests {
                             if let Some(auth) = auth {
                                 req = req.header("authorization", auth);
                             }
-                            req.body(Body::from(body)).unwrap()
+                            req.body(Body::from(body.to_owned())).unwrap()
                         };
                         let mut routed =
                             answer(state_router(&routed_api).oneshot(req()).await.unwrap()).await;
@@ -473,10 +479,15 @@ mod tests {
                             headers.retain(|(k, _)| k != "x-roster-epoch");
                             assert_eq!(headers.len(), before - 1, "an epoch header");
                         }
+                        if body.len() > crate::http::BODY_LIMIT && acl.is_none() && path == paths[0]
+                        {
+                            assert_eq!(routed.0, StatusCode::PAYLOAD_TOO_LARGE);
+                        }
                         assert_eq!(
                             direct,
                             routed,
-                            "PUT {path} {body} with {auth:?}, acl {}",
+                            "PUT {path} {:.80} with {auth:?}, acl {}",
+                            body,
                             acl.is_some()
                         );
                     }
