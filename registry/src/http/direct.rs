@@ -1,7 +1,8 @@
-//! The API as the server calls it: the router, and beside it the two
+//! The API as the server calls it: the router, and beside it the three
 //! routes a registry answers most, found without it: the instance list
-//! every client polls (`GET /v1/services/{service}`) and the registration
-//! every instance makes (`PUT /v1/services/{service}/instances/{id}`).
+//! every client polls (`GET /v1/services/{service}`), the registration
+//! every instance makes (`PUT /v1/services/{service}/instances/{id}`) and
+//! its heartbeats (`PUT …/instances/{id}/heartbeat`).
 //!
 //! Routing costs a list read about a fifth of its instructions in roster's
 //! own code, and a registration a tenth (matching, the matched template and
@@ -9,7 +10,8 @@
 //! call): bench/RESULTS.md has the counts. [`Api::call`] recognises these
 //! paths itself and hands them to the same gate (the group's,
 //! [`gate::READ`] and [`gate::WRITE`]) and the same handler code
-//! ([`services::list`], [`services::register_with`]) the router would have
+//! ([`services::list`], [`services::register_with`],
+//! [`services::heartbeat_with`]) the router would have
 //! used. Only paths whose raw text is the parameters (no `%` escapes, no
 //! further segment) go this way; any other request, and every other route,
 //! goes through the router. The write gate authorizes by the service the
@@ -41,7 +43,9 @@ pub(super) const LIST_ROUTE: &str = "/v1/services/{service}";
 /// The instance route, whose PUT (a registration) [`Api`] answers without
 /// the router.
 pub(super) const INSTANCE_ROUTE: &str = "/v1/services/{service}/instances/{id}";
-/// What precedes `{service}` in both.
+/// The instance route's heartbeat, which [`Api`] answers without the router.
+pub(super) const HEARTBEAT_ROUTE: &str = "/v1/services/{service}/instances/{id}/heartbeat";
+/// What precedes `{service}` in all three.
 const PREFIX: &str = "/v1/services/";
 
 /// The whole API as the HTTP server calls it.
@@ -57,6 +61,7 @@ pub struct Api {
 struct Direct {
     list: GateService<ListInstances>,
     register: GateService<Register>,
+    heartbeat: GateService<Heartbeat>,
 }
 
 impl std::fmt::Debug for Api {
@@ -109,6 +114,9 @@ impl Api {
         let register = Register {
             state: state.clone(),
         };
+        let heartbeat = Heartbeat {
+            state: state.clone(),
+        };
         let direct = Direct {
             list: GateService::direct(&state, gate::READ, LIST_ROUTE, None, list),
             register: GateService::direct(
@@ -117,6 +125,13 @@ impl Api {
                 INSTANCE_ROUTE,
                 Some(service_of),
                 register,
+            ),
+            heartbeat: GateService::direct(
+                &state,
+                gate::WRITE,
+                HEARTBEAT_ROUTE,
+                Some(service_of),
+                heartbeat,
             ),
         };
         Api {
@@ -133,6 +148,9 @@ impl Api {
             Some((d, Route::Register)) => {
                 Either::Left(tower::Service::call(&mut d.register.clone(), req))
             }
+            Some((d, Route::Heartbeat)) => {
+                Either::Left(tower::Service::call(&mut d.heartbeat.clone(), req))
+            }
             None => Either::Right(self.router.clone().oneshot(req)),
         })
     }
@@ -145,37 +163,76 @@ enum Route {
     List,
     /// `PUT` [`INSTANCE_ROUTE`].
     Register,
+    /// `PUT` [`HEARTBEAT_ROUTE`].
+    Heartbeat,
 }
 
 /// The direct route the router would take `req` to with the path's own
-/// text as its parameters, if any: a GET of `/v1/services/NAME` or a PUT of
-/// `/v1/services/NAME/instances/ID`. Anything else is left to the router.
+/// text as its parameters, if any: a GET of `/v1/services/NAME`, a PUT of
+/// `/v1/services/NAME/instances/ID` or of `…/instances/ID/heartbeat`.
+/// Anything else is left to the router.
 fn route(req: &Request) -> Option<Route> {
-    match (req.method(), params(req.uri().path())?) {
-        (&Method::GET, (_, None)) => Some(Route::List),
-        (&Method::PUT, (_, Some(_))) => Some(Route::Register),
+    let params = params(req.uri().path())?;
+    match (req.method(), params.id, params.heartbeat) {
+        (&Method::GET, None, _) => Some(Route::List),
+        (&Method::PUT, Some(_), false) => Some(Route::Register),
+        (&Method::PUT, Some(_), true) => Some(Route::Heartbeat),
         _ => None,
     }
 }
 
-/// `NAME` and `ID` of `/v1/services/NAME` or `/v1/services/NAME/instances/ID`,
-/// each not empty and with neither a `/` nor a `%` escape (which the router
-/// decodes: a path with one goes through the router).
-fn params(path: &str) -> Option<(&str, Option<&str>)> {
+/// The parameters of a direct route's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Params<'a> {
+    service: &'a str,
+    id: Option<&'a str>,
+    /// The path ends in `/heartbeat` after the id.
+    heartbeat: bool,
+}
+
+/// `NAME` and `ID` of `/v1/services/NAME`, `/v1/services/NAME/instances/ID`
+/// or `…/instances/ID/heartbeat`, each not empty and with neither a `/` nor
+/// a `%` escape (which the router decodes: a path with one goes through
+/// the router).
+fn params(path: &str) -> Option<Params<'_>> {
     let rest = path.strip_prefix(PREFIX)?;
-    let (name, id) = match rest.split_once('/') {
-        None => (rest, None),
-        Some((name, tail)) => (name, Some(tail.strip_prefix("instances/")?)),
+    let (service, id, heartbeat) = match rest.split_once('/') {
+        None => (rest, None, false),
+        Some((name, tail)) => {
+            let tail = tail.strip_prefix("instances/")?;
+            match tail.split_once('/') {
+                None => (name, Some(tail), false),
+                Some((id, "heartbeat")) => (name, Some(id), true),
+                Some(_) => return None,
+            }
+        }
     };
     // Bytes, not chars: both are ASCII (a `char` pattern decodes UTF-8).
     let plain = |s: &str| !s.is_empty() && !s.bytes().any(|b| b == b'/' || b == b'%');
-    (plain(name) && id.is_none_or(plain)).then_some((name, id))
+    (plain(service) && id.is_none_or(plain)).then_some(Params {
+        service,
+        id,
+        heartbeat,
+    })
 }
 
 /// The `{service}` of a direct route's path, for the write gate to
 /// authorize; the same text the router would decode (the path has no `%`).
 fn service_of(path: &str) -> Option<&str> {
-    params(path).map(|(name, _)| name)
+    params(path).map(|p| p.service)
+}
+
+/// The `{service}` and `{id}` of a direct instance route's path (empty
+/// when it has none, which [`route`] does not let through).
+fn names_of(path: &str) -> (&str, &str) {
+    match params(path) {
+        Some(Params {
+            service,
+            id: Some(id),
+            ..
+        }) => (service, id),
+        _ => ("", ""),
+    }
 }
 
 /// [`LIST_ROUTE`]'s handler as a service of its own.
@@ -231,10 +288,7 @@ impl tower::Service<Request> for Register {
         let state = self.state.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let (name, id) = match params(parts.uri.path()) {
-                Some((name, Some(id))) => (name, id),
-                _ => ("", ""),
-            };
+            let (name, id) = names_of(parts.uri.path());
             let peer = parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
@@ -245,6 +299,31 @@ impl tower::Service<Request> for Register {
                 Ok(req) => services::register_with(state, name, id, peer, req).await,
                 Err(e) => Err(e),
             };
+            Ok(resp.into_response())
+        })
+    }
+}
+
+/// [`HEARTBEAT_ROUTE`]'s handler as a service of its own.
+#[derive(Clone)]
+struct Heartbeat {
+    state: AppState,
+}
+
+impl tower::Service<Request> for Heartbeat {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = HandlerFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> HandlerFuture {
+        let state = self.state.clone();
+        Box::pin(async move {
+            let (name, id) = names_of(req.uri().path());
+            let resp = services::heartbeat_with(&state, name, id).await;
             Ok(resp.into_response())
         })
     }
@@ -527,6 +606,90 @@ mod tests {
         }
     }
 
+    /// Heartbeats: the same answers either way (known and unknown
+    /// instances, names in other cases, bad names, tokens of every kind, a
+    /// body over the limit), into two registries with the same instances.
+    #[tokio::test]
+    async fn the_direct_heartbeat_answers_as_the_router_does() {
+        let tokens = format!(
+            "[[tokens]]\nname = \"reader\"\nsecret = \"{READER}\"\npolicies = [\"read\"]\n\
+             [[tokens]]\nname = \"writer\"\nsecret = \"{WRITER}\"\npolicies = [\"write:web\"]\n"
+        );
+        let paths = [
+            "/v1/services/web/instances/w1/heartbeat",
+            "/v1/services/WEB/instances/w1/heartbeat",
+            "/v1/services/web/instances/nosuch/heartbeat",
+            "/v1/services/db/instances/w1/heartbeat",
+            "/v1/services/bad_name!/instances/w1/heartbeat",
+            "/v1/services/web/instances/bad!id/heartbeat",
+            "/v1/services/web/instances/w1/heartbeat?dc=elsewhere",
+        ];
+        let oversized = "x".repeat(crate::http::BODY_LIMIT + 1);
+        let auths = [
+            None,
+            Some(format!("Bearer {WRITER}")),
+            Some(format!("Bearer {READER}")),
+            Some("Bearer not-a-token-at-all".to_owned()),
+        ];
+        for acl in [None, Some(tokens.as_str())] {
+            let (routed_state, direct_state) = (state(acl), state(acl));
+            let routed_api = Api::new(routed_state.clone());
+            let direct_api = Api::new(direct_state.clone());
+            for api in [&routed_api, &direct_api] {
+                let put = Request::put("/v1/services/web/instances/w1")
+                    .header("authorization", format!("Bearer {WRITER}"))
+                    .body(Body::from(
+                        r#"{"address":"10.0.0.1","port":80,"ttl":"30s"}"#,
+                    ))
+                    .unwrap();
+                let resp = state_router(api).oneshot(put).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::CREATED);
+            }
+            let mut statuses = Vec::new();
+            for path in paths {
+                let put = Request::put(path).body(Body::empty()).unwrap();
+                assert_eq!(route(&put), Some(Route::Heartbeat), "{path}");
+                for body in ["", oversized.as_str()] {
+                    for auth in &auths {
+                        let req = || {
+                            let mut req = Request::put(path);
+                            if let Some(auth) = auth {
+                                req = req.header("authorization", auth);
+                            }
+                            req.body(Body::from(body.to_owned())).unwrap()
+                        };
+                        let mut routed =
+                            answer(state_router(&routed_api).oneshot(req()).await.unwrap()).await;
+                        let mut direct = answer(direct_api.call(req()).await.unwrap()).await;
+                        for (_, headers, _) in [&mut routed, &mut direct] {
+                            headers.retain(|(k, _)| k != "x-roster-epoch");
+                        }
+                        assert_eq!(
+                            direct,
+                            routed,
+                            "PUT {path} ({} bytes) with {auth:?}, acl {}",
+                            body.len(),
+                            acl.is_some()
+                        );
+                        statuses.push(routed.0.as_u16());
+                    }
+                }
+            }
+            // The matrix reached the handler and its refusals, not only the gate's.
+            for status in [204, 404, 400, 413] {
+                assert!(statuses.contains(&status), "{status} in {statuses:?}");
+            }
+            if acl.is_some() {
+                assert!(statuses.contains(&401) && statuses.contains(&403));
+            }
+            let (a, b) = (
+                routed_state.registry.snapshot(),
+                direct_state.registry.snapshot(),
+            );
+            assert_eq!(a.index, b.index);
+        }
+    }
+
     #[test]
     fn only_plain_paths_go_direct() {
         let req = |method: Method, path: &str| {
@@ -559,7 +722,11 @@ mod tests {
             "/V1/services/web",
             "/v1/services/web/instances/",
             "/v1/services/web/instances/w1/",
-            "/v1/services/web/instances/w1/heartbeat",
+            "/v1/services/web/instances/w1/heartbeat/",
+            "/v1/services/web/instances/w1/heartbeats",
+            "/v1/services/web/instances/w1/checks",
+            "/v1/services/web/instances//heartbeat",
+            "/v1/services/web/instances/w%31/heartbeat",
             "/v1/services/web/instances/w%31",
             "/v1/services/w%65b/instances/w1",
             "/v1/services/web/instance/w1",
@@ -577,10 +744,20 @@ mod tests {
             (Method::GET, "/v1/services/web/instances/w1"),
             (Method::DELETE, "/v1/services/web/instances/w1"),
             (Method::POST, "/v1/services/web/instances/w1"),
+            (Method::GET, "/v1/services/web/instances/w1/heartbeat"),
+            (Method::DELETE, "/v1/services/web/instances/w1/heartbeat"),
         ] {
             assert_eq!(route(&req(method.clone(), path)), None, "{method} {path}");
         }
+        assert_eq!(
+            route(&req(Method::PUT, "/v1/services/web/instances/w1/heartbeat")),
+            Some(Route::Heartbeat)
+        );
         assert_eq!(service_of("/v1/services/Web/instances/w1"), Some("Web"));
+        assert_eq!(
+            names_of("/v1/services/Web/instances/w1/heartbeat"),
+            ("Web", "w1")
+        );
     }
 
     #[test]

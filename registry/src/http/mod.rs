@@ -243,7 +243,7 @@ fn groups() -> Vec<Group> {
             instance,
             put(services::register).delete(services::deregister),
         )
-        .route(&format!("{instance}/heartbeat"), put(services::heartbeat))
+        .route(direct::HEARTBEAT_ROUTE, put(services::heartbeat))
         .route(
             &format!("{instance}/checks/{{check_id}}/{{status}}"),
             put(services::update_check),

@@ -126,7 +126,17 @@ pub(super) async fn heartbeat(
     State(state): State<AppState>,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let (service, id) = names(&service, &id)?;
+    heartbeat_with(&state, &service, &id).await
+}
+
+/// A heartbeat from its parts: the route's handler, and what
+/// `super::direct` calls for the same requests without the router.
+pub(super) async fn heartbeat_with(
+    state: &AppState,
+    service: &str,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let (service, id) = names(service, id)?;
     let out = state.registry.heartbeat(&service, &id).await?;
     Ok(with_index(out.index, StatusCode::NO_CONTENT))
 }
