@@ -59,9 +59,9 @@ pub struct Api {
 /// The routes answered without the router, each behind its group's gate.
 #[derive(Clone)]
 struct Direct {
-    list: GateService<ListInstances>,
-    register: GateService<Register>,
-    heartbeat: GateService<Heartbeat>,
+    list: GateService<Handler>,
+    register: GateService<Handler>,
+    heartbeat: GateService<Handler>,
 }
 
 impl std::fmt::Debug for Api {
@@ -108,15 +108,9 @@ type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> +
 impl Api {
     /// The API over `state`: [`super::router`] and the direct routes.
     pub fn new(state: AppState) -> Api {
-        let list = ListInstances {
-            state: state.clone(),
-        };
-        let register = Register {
-            state: state.clone(),
-        };
-        let heartbeat = Heartbeat {
-            state: state.clone(),
-        };
+        let list = Handler::new(&state, list);
+        let register = Handler::new(&state, register);
+        let heartbeat = Handler::new(&state, heartbeat);
         let direct = Direct {
             list: GateService::direct(&state, gate::READ, LIST_ROUTE, None, list),
             register: GateService::direct(
@@ -235,13 +229,25 @@ fn names_of(path: &str) -> (&str, &str) {
     }
 }
 
-/// [`LIST_ROUTE`]'s handler as a service of its own.
+/// A direct route's handler as a service: the route handler's own code,
+/// given the state and the request (the router's handlers are services
+/// too, behind its gates).
 #[derive(Clone)]
-struct ListInstances {
+struct Handler {
     state: AppState,
+    run: fn(AppState, Request) -> HandlerFuture,
 }
 
-impl tower::Service<Request> for ListInstances {
+impl Handler {
+    fn new(state: &AppState, run: fn(AppState, Request) -> HandlerFuture) -> Handler {
+        Handler {
+            state: state.clone(),
+            run,
+        }
+    }
+}
+
+impl tower::Service<Request> for Handler {
     type Response = Response;
     type Error = Infallible;
     type Future = HandlerFuture;
@@ -251,82 +257,53 @@ impl tower::Service<Request> for ListInstances {
     }
 
     fn call(&mut self, req: Request) -> HandlerFuture {
-        let state = self.state.clone();
-        Box::pin(async move {
-            let (parts, _) = req.into_parts();
-            let name = service_of(parts.uri.path()).unwrap_or("");
-            // In the order the route's extractors run: the query, then the
-            // name (which the handler parses).
-            let resp = match QueryPairs::parse(parts.uri.query()) {
-                Ok(query) => {
-                    let forwarded = parts.extensions.get::<Forwarded>();
-                    services::list(state, name, query, forwarded).await
-                }
-                Err(e) => Err(e),
-            };
-            Ok(resp.into_response())
-        })
+        (self.run)(self.state.clone(), req)
     }
 }
 
-/// [`INSTANCE_ROUTE`]'s PUT handler (a registration) as a service of its own.
-#[derive(Clone)]
-struct Register {
-    state: AppState,
+/// [`LIST_ROUTE`]: in the order the route's extractors run, the query,
+/// then the name (which the handler parses).
+fn list(state: AppState, req: Request) -> HandlerFuture {
+    Box::pin(async move {
+        let (parts, _) = req.into_parts();
+        let name = service_of(parts.uri.path()).unwrap_or("");
+        let resp = match QueryPairs::parse(parts.uri.query()) {
+            Ok(query) => {
+                let forwarded = parts.extensions.get::<Forwarded>();
+                services::list(state, name, query, forwarded).await
+            }
+            Err(e) => Err(e),
+        };
+        Ok(resp.into_response())
+    })
 }
 
-impl tower::Service<Request> for Register {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = HandlerFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> HandlerFuture {
-        let state = self.state.clone();
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let (name, id) = names_of(parts.uri.path());
-            let peer = parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_canonical());
-            // In the order the route's extractors run: the body, then the
-            // names (which the handler parses).
-            let resp = match read_json::<RegisterRequest>(body).await {
-                Ok(req) => services::register_with(state, name, id, peer, req).await,
-                Err(e) => Err(e),
-            };
-            Ok(resp.into_response())
-        })
-    }
+/// [`INSTANCE_ROUTE`]'s PUT, a registration: in the order the route's
+/// extractors run, the body, then the names (which the handler parses);
+/// the connection's address is the default address.
+fn register(state: AppState, req: Request) -> HandlerFuture {
+    Box::pin(async move {
+        let (parts, body) = req.into_parts();
+        let (name, id) = names_of(parts.uri.path());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_canonical());
+        let resp = match read_json::<RegisterRequest>(body).await {
+            Ok(req) => services::register_with(state, name, id, peer, req).await,
+            Err(e) => Err(e),
+        };
+        Ok(resp.into_response())
+    })
 }
 
-/// [`HEARTBEAT_ROUTE`]'s handler as a service of its own.
-#[derive(Clone)]
-struct Heartbeat {
-    state: AppState,
-}
-
-impl tower::Service<Request> for Heartbeat {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = HandlerFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> HandlerFuture {
-        let state = self.state.clone();
-        Box::pin(async move {
-            let (name, id) = names_of(req.uri().path());
-            let resp = services::heartbeat_with(&state, name, id).await;
-            Ok(resp.into_response())
-        })
-    }
+/// [`HEARTBEAT_ROUTE`].
+fn heartbeat(state: AppState, req: Request) -> HandlerFuture {
+    Box::pin(async move {
+        let (name, id) = names_of(req.uri().path());
+        let resp = services::heartbeat_with(&state, name, id).await;
+        Ok(resp.into_response())
+    })
 }
 
 /// The answer with the `Content-Length` the router gives an answer once
@@ -764,9 +741,7 @@ mod tests {
     #[should_panic(expected = "must say where its path names the service")]
     fn a_direct_write_route_must_say_where_its_service_is() {
         let state = state(None);
-        let register = Register {
-            state: state.clone(),
-        };
-        let _ = GateService::direct(&state, gate::WRITE, INSTANCE_ROUTE, None, register);
+        let handler = Handler::new(&state, register);
+        let _ = GateService::direct(&state, gate::WRITE, INSTANCE_ROUTE, None, handler);
     }
 }

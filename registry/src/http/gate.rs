@@ -108,8 +108,8 @@ impl Gate {
 /// in front of the instance list it answers without the router).
 pub(super) const READ: Gate = Gate::new(Access::Read, Style::Native);
 
-/// The gate of the native write routes (also in front of the registration
-/// `super::direct` answers without the router).
+/// The gate of the native write routes (also in front of the registrations
+/// and heartbeats `super::direct` answers without the router).
 pub(super) const WRITE: Gate = Gate::new(Access::Write, Style::Native);
 
 /// Routes and the gate in front of them.
