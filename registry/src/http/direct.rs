@@ -342,7 +342,10 @@ mod tests {
         .build()
     }
 
-    async fn answer(resp: Response) -> (StatusCode, Vec<(String, String)>, Vec<u8>) {
+    /// An answer's status, headers (sorted) and body.
+    type Answer = (StatusCode, Vec<(String, String)>, Vec<u8>);
+
+    async fn answer(resp: Response) -> Answer {
         let status = resp.status();
         let mut headers: Vec<(String, String)> = resp
             .headers()
@@ -360,15 +363,43 @@ mod tests {
     const READER: &str = "reader-secret-0123456789";
     const WRITER: &str = "writer-secret-0123456789";
 
+    /// A reader and a writer of `web`.
+    fn tokens() -> String {
+        format!(
+            "[[tokens]]\nname = \"reader\"\nsecret = \"{READER}\"\npolicies = [\"read\"]\n\
+             [[tokens]]\nname = \"writer\"\nsecret = \"{WRITER}\"\npolicies = [\"write:web\"]\n"
+        )
+    }
+
+    /// No token, the writer's, the reader's, an unknown one.
+    fn auths() -> [Option<String>; 4] {
+        [
+            None,
+            Some(format!("Bearer {WRITER}")),
+            Some(format!("Bearer {READER}")),
+            Some("Bearer not-a-token-at-all".to_owned()),
+        ]
+    }
+
+    /// Requests counted under `route`'s template and `method`.
+    fn counted(state: &AppState, method: &str, route: &str) -> u64 {
+        let text = state.registry.metrics().render(&state.registry.snapshot());
+        text.lines()
+            .filter(|l| {
+                l.starts_with("roster_http_requests_total{")
+                    && l.contains(&format!("route=\"{route}\""))
+                    && l.contains(&format!("method=\"{method}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
     /// Every answer the direct route gives is the router's, byte for byte:
     /// lists, filters, bad names and queries, blocking queries, another
     /// datacenter, and with ACLs on every kind of token and none.
     #[tokio::test]
     async fn the_direct_route_answers_as_the_router_does() {
-        let tokens = format!(
-            "[[tokens]]\nname = \"reader\"\nsecret = \"{READER}\"\npolicies = [\"read\"]\n\
-             [[tokens]]\nname = \"writer\"\nsecret = \"{WRITER}\"\npolicies = [\"write:web\"]\n"
-        );
+        let tokens = tokens();
         for acl in [None, Some(tokens.as_str())] {
             let state = state(acl);
             let api = Api::new(state.clone());
@@ -400,13 +431,8 @@ mod tests {
                 "/v1/services/web?q=%zz",
                 "/v1/services/web?",
             ];
-            let auths = [
-                None,
-                Some(format!("Bearer {READER}")),
-                Some(format!("Bearer {WRITER}")),
-                Some("Bearer not-a-token-at-all".to_owned()),
-                Some("Basic abc".to_owned()),
-            ];
+            let mut auths = auths().to_vec();
+            auths.push(Some("Basic abc".to_owned()));
             let mut direct_calls = 0;
             for path in paths {
                 let get = Request::get(path).body(Body::empty()).unwrap();
@@ -444,22 +470,30 @@ mod tests {
             assert_eq!(direct, routed);
 
             // Counted under the route's template, as routed requests are.
-            let text = state.registry.metrics().render(&state.registry.snapshot());
-            let counted: u64 = text
-                .lines()
-                .filter(|l| {
-                    l.starts_with("roster_http_requests_total{")
-                        && l.contains("route=\"/v1/services/{service}\"")
-                        && l.contains("method=\"GET\"")
-                })
-                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-                .sum();
+            let counted = counted(&state, "GET", LIST_ROUTE);
             assert_eq!(counted, 2 * direct_calls, "acl {}", acl.is_some());
         }
     }
 
     fn state_router(api: &Api) -> Router {
         api.router.clone()
+    }
+
+    /// `req` through `routed`'s router and `direct`'s direct route (two
+    /// registries, two epochs: answered without the epoch header, which
+    /// each must have).
+    async fn both_ways(routed: &Api, direct: &Api, req: impl Fn() -> Request) -> (Answer, Answer) {
+        let mut answers = [
+            answer(state_router(routed).oneshot(req()).await.unwrap()).await,
+            answer(direct.call(req()).await.unwrap()).await,
+        ];
+        for (_, headers, _) in &mut answers {
+            let before = headers.len();
+            headers.retain(|(k, _)| k != "x-roster-epoch");
+            assert_eq!(headers.len(), before - 1, "an epoch header");
+        }
+        let [routed, direct] = answers;
+        (routed, direct)
     }
 
     /// Registrations: the same answers and the same catalog either way, for
@@ -469,10 +503,7 @@ mod tests {
     /// answers, so one registry cannot take both).
     #[tokio::test]
     async fn the_direct_registration_answers_as_the_router_does() {
-        let tokens = format!(
-            "[[tokens]]\nname = \"reader\"\nsecret = \"{READER}\"\npolicies = [\"read\"]\n\
-             [[tokens]]\nname = \"writer\"\nsecret = \"{WRITER}\"\npolicies = [\"write:web\"]\n"
-        );
+        let tokens = tokens();
         let long_id = format!("/v1/services/web/instances/{}", "i".repeat(300));
         let paths = [
             "/v1/services/web/instances/w1",
@@ -500,12 +531,7 @@ mod tests {
             "{not json",
             "",
         ];
-        let auths = [
-            None,
-            Some(format!("Bearer {WRITER}")),
-            Some(format!("Bearer {READER}")),
-            Some("Bearer not-a-token-at-all".to_owned()),
-        ];
+        let auths = auths();
         for acl in [None, Some(tokens.as_str())] {
             let (routed_state, direct_state) = (state(acl), state(acl));
             let routed_api = Api::new(routed_state.clone());
@@ -525,16 +551,8 @@ mod tests {
                             }
                             req.body(Body::from(body.to_owned())).unwrap()
                         };
-                        let mut routed =
-                            answer(state_router(&routed_api).oneshot(req()).await.unwrap()).await;
-                        let mut direct = answer(direct_api.call(req()).await.unwrap()).await;
+                        let (routed, direct) = both_ways(&routed_api, &direct_api, req).await;
                         calls += 1;
-                        // Two registries, two epochs: the rest must be equal.
-                        for (_, headers, _) in [&mut routed, &mut direct] {
-                            let before = headers.len();
-                            headers.retain(|(k, _)| k != "x-roster-epoch");
-                            assert_eq!(headers.len(), before - 1, "an epoch header");
-                        }
                         if body.len() > crate::http::BODY_LIMIT && acl.is_none() && path == paths[0]
                         {
                             assert_eq!(routed.0, StatusCode::PAYLOAD_TOO_LARGE);
@@ -566,19 +584,7 @@ mod tests {
                 }
             }
             // Counted under the route's template, as routed requests are.
-            let text = direct_state
-                .registry
-                .metrics()
-                .render(&direct_state.registry.snapshot());
-            let counted: u64 = text
-                .lines()
-                .filter(|l| {
-                    l.starts_with("roster_http_requests_total{")
-                        && l.contains("route=\"/v1/services/{service}/instances/{id}\"")
-                        && l.contains("method=\"PUT\"")
-                })
-                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-                .sum();
+            let counted = counted(&direct_state, "PUT", INSTANCE_ROUTE);
             assert_eq!(counted, calls, "acl {}", acl.is_some());
         }
     }
@@ -588,10 +594,7 @@ mod tests {
     /// body over the limit), into two registries with the same instances.
     #[tokio::test]
     async fn the_direct_heartbeat_answers_as_the_router_does() {
-        let tokens = format!(
-            "[[tokens]]\nname = \"reader\"\nsecret = \"{READER}\"\npolicies = [\"read\"]\n\
-             [[tokens]]\nname = \"writer\"\nsecret = \"{WRITER}\"\npolicies = [\"write:web\"]\n"
-        );
+        let tokens = tokens();
         let paths = [
             "/v1/services/web/instances/w1/heartbeat",
             "/v1/services/WEB/instances/w1/heartbeat",
@@ -602,12 +605,7 @@ mod tests {
             "/v1/services/web/instances/w1/heartbeat?dc=elsewhere",
         ];
         let oversized = "x".repeat(crate::http::BODY_LIMIT + 1);
-        let auths = [
-            None,
-            Some(format!("Bearer {WRITER}")),
-            Some(format!("Bearer {READER}")),
-            Some("Bearer not-a-token-at-all".to_owned()),
-        ];
+        let auths = auths();
         for acl in [None, Some(tokens.as_str())] {
             let (routed_state, direct_state) = (state(acl), state(acl));
             let routed_api = Api::new(routed_state.clone());
@@ -635,12 +633,7 @@ mod tests {
                             }
                             req.body(Body::from(body.to_owned())).unwrap()
                         };
-                        let mut routed =
-                            answer(state_router(&routed_api).oneshot(req()).await.unwrap()).await;
-                        let mut direct = answer(direct_api.call(req()).await.unwrap()).await;
-                        for (_, headers, _) in [&mut routed, &mut direct] {
-                            headers.retain(|(k, _)| k != "x-roster-epoch");
-                        }
+                        let (routed, direct) = both_ways(&routed_api, &direct_api, req).await;
                         assert_eq!(
                             direct,
                             routed,
@@ -659,6 +652,8 @@ mod tests {
             if acl.is_some() {
                 assert!(statuses.contains(&401) && statuses.contains(&403));
             }
+            let counted = counted(&direct_state, "PUT", HEARTBEAT_ROUTE);
+            assert_eq!(counted, statuses.len() as u64, "acl {}", acl.is_some());
             let (a, b) = (
                 routed_state.registry.snapshot(),
                 direct_state.registry.snapshot(),
