@@ -115,7 +115,9 @@ fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     ApiError::invalid(path, msg)
 }
 
-/// The IP address the request came from, when the server knows it.
+/// The IP address the request came from, when the server knows it: the
+/// server gives it to writes only (`limits::is_write`), the requests that
+/// use it.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerIp(pub Option<IpAddr>);
 

@@ -107,6 +107,12 @@ impl Default for Limiter {
     }
 }
 
+/// Whether a request writes (is rate-limited per address, and is given its
+/// caller's address by the server: `serve.rs`).
+pub(super) fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
 /// Whether a request is a watch: an event stream, or a blocking query
 /// (`?index=` on a GET). Watches take a watcher's slot, not a request's.
 pub(super) fn is_watch(req: &Request) -> bool {
@@ -192,8 +198,7 @@ pub(super) fn refusal(state: &AppState, req: &Request) -> Option<Response> {
     if header_bytes > MAX_HEADER_BYTES {
         return Some(refuse(style, ApiError::headers_too_large(MAX_HEADER_BYTES)));
     }
-    let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if write
+    if is_write(req.method())
         && let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>()
         && !state.limiter.allow_write(peer.ip(), Instant::now())
     {

@@ -547,7 +547,12 @@ async fn connection<IO>(
                 .into_response();
             return futures_util::future::Either::Left(std::future::ready(Ok(refused)));
         }
-        req.extensions_mut().insert(ConnectInfo(remote));
+        // Only writes look at the caller's address (the per-address write
+        // rate, a registration's default address); a read does without it,
+        // and so without the extension map it would allocate.
+        if super::limits::is_write(req.method()) {
+            req.extensions_mut().insert(ConnectInfo(remote));
+        }
         if let Some(peer) = client.peer {
             req.extensions_mut().insert(peer);
         }

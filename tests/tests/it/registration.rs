@@ -189,3 +189,29 @@ async fn a_registration_answers_with_the_instance_as_json() {
     assert_eq!(read.bytes().await.unwrap(), written);
     reg.stop().await;
 }
+
+/// A registration without an address takes the caller's, over a real
+/// socket: the server gives writes the connection's address (reads go
+/// without it), whether the registration is answered by the direct route
+/// or, with an escaped name, by the router.
+#[tokio::test]
+async fn a_registration_without_an_address_takes_the_callers() {
+    let reg = TestRegistry::start().await;
+    let http = reqwest::Client::new();
+    for (path, id) in [
+        ("/v1/services/web/instances/web-1", "web-1"),
+        ("/v1/services/w%65b/instances/web-2", "web-2"),
+    ] {
+        let resp = http
+            .put(format!("{}{path}", reg.url()))
+            .header("content-type", "application/json")
+            .body(r#"{"port":8080}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{path}");
+        let inst: roster_client::api::Instance = resp.json().await.unwrap();
+        assert_eq!((inst.id.as_str(), inst.address.as_str()), (id, "127.0.0.1"));
+    }
+    reg.stop().await;
+}
