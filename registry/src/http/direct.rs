@@ -20,12 +20,11 @@
 //! refusals included.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
@@ -33,7 +32,7 @@ use roster_api::RegisterRequest;
 use tower::ServiceExt as _;
 use tower::util::Oneshot;
 
-use super::extract::{QueryPairs, read_json};
+use super::extract::{PeerIp, QueryPairs, read_json};
 use super::federation::Forwarded;
 use super::gate::{self, GateFuture, GateService};
 use super::{AppState, services};
@@ -285,10 +284,7 @@ fn register(state: AppState, req: Request) -> HandlerFuture {
     Box::pin(async move {
         let (parts, body) = req.into_parts();
         let (name, id) = names_of(parts.uri.path());
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_canonical());
+        let PeerIp(peer) = PeerIp::of(&parts.extensions);
         let resp = match read_json::<RegisterRequest>(body).await {
             Ok(req) => services::register_with(state, name, id, peer, req).await,
             Err(e) => Err(e),
@@ -325,7 +321,9 @@ fn with_length(mut resp: Response) -> Response {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::extract::ConnectInfo;
     use axum::http::StatusCode;
+    use std::net::SocketAddr;
 
     fn state(acl: Option<&str>) -> AppState {
         let mut config = crate::config::Config::default();

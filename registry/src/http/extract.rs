@@ -121,16 +121,22 @@ fn path_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
 #[derive(Clone, Copy, Debug)]
 pub struct PeerIp(pub Option<IpAddr>);
 
+impl PeerIp {
+    /// The address the server stored in a request's extensions, if any.
+    pub fn of(extensions: &axum::http::Extensions) -> PeerIp {
+        PeerIp(
+            extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_canonical()),
+        )
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(PeerIp(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_canonical()),
-        ))
+        Ok(PeerIp::of(&parts.extensions))
     }
 }
 

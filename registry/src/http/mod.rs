@@ -461,15 +461,20 @@ fn freshness(cluster: &crate::cluster::Cluster, resp: &mut Response) {
 fn instance_json(status: axum::http::StatusCode, inst: &crate::catalog::Instance) -> Response {
     let mut body = Vec::with_capacity(512);
     inst.write_json(&mut body);
-    (
-        status,
-        [(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    json_body(status, body)
+}
+
+/// A response with a JSON body already written. Built directly: the
+/// `IntoResponse` of bytes sets a content type of its own first, one more
+/// header insert per answer.
+fn json_body(status: axum::http::StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    let mut resp = Response::new(body.into());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// Adds `X-Roster-Index` to a response.

@@ -21,7 +21,7 @@ use crate::catalog::{CheckSource, Command, HealthCounts};
 use crate::checks::{LEASE_CHECK, validate_check_id};
 use crate::model::{InstanceId, InstanceSpec, ServiceName, validate_reason};
 use axum::body::Bytes;
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue};
 
 /// The instance, or the 404 that says it is not registered.
 fn registered<'a>(
@@ -415,14 +415,7 @@ pub(super) async fn update_check(
 
 /// A response with a ready JSON body.
 fn json_bytes(body: Bytes) -> Response {
-    // Built directly: `Bytes::into_response` sets a content type of its own
-    // first, one more header insert per cached read.
-    let mut resp = Response::new(axum::body::Body::from(body));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    super::json_body(StatusCode::OK, body)
 }
 
 #[cfg(test)]
