@@ -97,7 +97,7 @@ pub struct RosterClient {
     registries: Arc<Registries>,
     token: Option<String>,
     /// What the HTTP clients were built from, to build new ones.
-    settings: Arc<(Duration, TlsOptions)>,
+    settings: Arc<HttpSettings>,
     /// Another datacenter every call is for (`?dc=`), when set.
     datacenter: Option<Arc<str>>,
 }
@@ -145,13 +145,19 @@ impl RosterClient {
     /// ```
     pub fn with_tls(base_url: &str, timeout: Duration, tls: &TlsOptions) -> Result<Self, Error> {
         let registries = Arc::new(Registries::parse(base_url)?);
-        let (http, stream_http) = build_http(timeout, tls)?;
+        let settings = HttpSettings {
+            timeout,
+            tls: tls.clone(),
+            http2: false,
+            plain: registries.all().iter().all(|u| u.starts_with("http://")),
+        };
+        let (http, stream_http) = build_http(&settings)?;
         Ok(RosterClient {
             http,
             stream_http,
             registries,
             token: None,
-            settings: Arc::new((timeout, tls.clone())),
+            settings: Arc::new(settings),
             datacenter: None,
         })
     }
@@ -160,13 +166,46 @@ impl RosterClient {
     /// another runtime (the pooled connections of a runtime that is shutting
     /// down or blocked cannot carry requests).
     pub(crate) fn detached(&self) -> Result<Self, Error> {
-        let (timeout, tls) = &*self.settings;
-        let (http, stream_http) = build_http(*timeout, tls)?;
+        let (http, stream_http) = build_http(&self.settings)?;
         Ok(RosterClient {
             http,
             stream_http,
             ..self.clone()
         })
+    }
+
+    /// The same client speaking HTTP/2: with prior knowledge to an `http://`
+    /// registry, by ALPN to an `https://` one (falling back to HTTP/1.1
+    /// where the registry offers only that). All calls then share one
+    /// connection per registry address, and all watch streams another, so a
+    /// process that follows many services holds two sockets instead of one
+    /// per stream. A plain-text registry started with `--no-http2` refuses
+    /// such a client (`HTTP_1_1_REQUIRED`).
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), roster_client::Error> {
+    /// use roster_client::RosterClient;
+    /// let client = RosterClient::new("http://127.0.0.1:8500")?.with_http2()?;
+    /// assert!(client.speaks_http2());
+    /// # Ok(()) }
+    /// ```
+    pub fn with_http2(self) -> Result<Self, Error> {
+        let settings = Arc::new(HttpSettings {
+            http2: true,
+            ..(*self.settings).clone()
+        });
+        let (http, stream_http) = build_http(&settings)?;
+        Ok(RosterClient {
+            http,
+            stream_http,
+            settings,
+            ..self
+        })
+    }
+
+    /// Whether the client speaks HTTP/2 ([`RosterClient::with_http2`]).
+    pub fn speaks_http2(&self) -> bool {
+        self.settings.http2
     }
 
     /// Sends `Authorization: Bearer TOKEN` with every request.
@@ -643,15 +682,39 @@ impl RosterClient {
     }
 }
 
-/// The request client (with an overall `timeout`) and the stream client.
-fn build_http(
+/// What a client's HTTP connections are built from.
+#[derive(Clone, Debug)]
+struct HttpSettings {
+    /// Overall timeout of a call (per address tried).
     timeout: Duration,
-    tls: &TlsOptions,
-) -> Result<(reqwest::Client, reqwest::Client), Error> {
+    tls: TlsOptions,
+    /// HTTP/2 ([`RosterClient::with_http2`]); HTTP/1.1 only when false.
+    http2: bool,
+    /// Every registry address is `http://`: HTTP/2 goes with prior
+    /// knowledge.
+    plain: bool,
+}
+
+/// The request client (with an overall timeout) and the stream client.
+fn build_http(settings: &HttpSettings) -> Result<(reqwest::Client, reqwest::Client), Error> {
+    let HttpSettings {
+        timeout,
+        tls,
+        http2,
+        plain,
+    } = settings;
+    let timeout = *timeout;
     let builder = |b: reqwest::ClientBuilder| -> Result<reqwest::ClientBuilder, Error> {
         let mut b = b
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .user_agent(concat!("roster-client/", env!("CARGO_PKG_VERSION")));
+        b = match (http2, plain) {
+            (false, _) => b.http1_only(),
+            // In plain text the client must know beforehand; over TLS the
+            // version is settled by ALPN (with HTTP/1.1 to fall back on).
+            (true, true) => b.http2_prior_knowledge(),
+            (true, false) => b,
+        };
         if let Some(pem) = &tls.ca_pem {
             // A private CA replaces the public roots: a control plane should
             // trust only its own.

@@ -137,7 +137,10 @@ impl Peers {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(30));
+            .pool_idle_timeout(Duration::from_secs(30))
+            // Raft's calls are tuned (batched, pipelined) on HTTP/1.1
+            // connections of their own; the API's HTTP/2 is not for them.
+            .http1_only();
         if let Some(tls) = tls {
             builder = builder
                 .tls_backend_preconfigured(tls.client_config().map_err(ClusterError::PeerTls)?)

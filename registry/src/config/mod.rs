@@ -213,6 +213,22 @@ pub struct ServeArgs {
     /// Most HTTP connections open at once; more are closed [default: 10000].
     #[arg(long, env = "ROSTER_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Serve HTTP/1.1 only: HTTP/2 clients (prior knowledge in plain text,
+    /// ALPN over TLS) are refused or get HTTP/1.1 [default: false].
+    #[arg(
+        long,
+        env = "ROSTER_NO_HTTP2",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    pub no_http2: Option<bool>,
+    /// Most requests, watch streams included, one HTTP/2 connection may have
+    /// open at once [default: 256].
+    #[arg(long, env = "ROSTER_HTTP2_MAX_STREAMS", value_name = "N")]
+    pub http2_max_streams: Option<u32>,
     /// Most requests in flight, watches excluded; more get 503 [default: 1024].
     #[arg(long, env = "ROSTER_MAX_REQUESTS", value_name = "N")]
     pub max_requests: Option<usize>,
@@ -358,6 +374,8 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     max_connections: Option<usize>,
+    no_http2: Option<bool>,
+    http2_max_streams: Option<u32>,
     max_requests: Option<usize>,
     max_watchers: Option<usize>,
     write_rate_limit: Option<f64>,
@@ -696,6 +714,12 @@ impl Config {
         if let Some(n) = args.max_connections.or(file.max_connections) {
             cfg.serve.max_connections = n;
         }
+        if let Some(off) = args.no_http2.or(file.no_http2) {
+            cfg.serve.http2 = !off;
+        }
+        if let Some(n) = args.http2_max_streams.or(file.http2_max_streams) {
+            cfg.serve.http2_max_streams = n;
+        }
         if let Some(t) = args.header_read_timeout.or(file.header_read_timeout) {
             cfg.serve.header_read_timeout = t;
         }
@@ -796,6 +820,9 @@ impl Config {
             if n == 0 || n > 10_000_000 {
                 return invalid(setting, "must be between 1 and 10000000");
             }
+        }
+        if !(1..=100_000).contains(&self.serve.http2_max_streams) {
+            return invalid("http2_max_streams", "must be between 1 and 100000");
         }
         if !(0.0..=1e9).contains(&self.limits_http.write_rate) {
             return invalid(

@@ -146,6 +146,40 @@ fn grpc_settings_from_flags_and_the_file() {
 }
 
 #[test]
+fn http2_settings_from_flags_and_the_file() {
+    let on = Config::load(&ServeArgs::default()).unwrap();
+    assert!(on.serve.http2);
+    assert_eq!(on.serve.http2_max_streams, 256);
+    let file = write("no_http2 = true\nhttp2_max_streams = 64\n");
+    let from_file = Config::load(&ServeArgs {
+        config: Some(file.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!from_file.serve.http2);
+    assert_eq!(from_file.serve.http2_max_streams, 64);
+    // `--no-http2=false` turns it back on over the file.
+    let flags = Config::load(&ServeArgs {
+        config: Some(file.clone()),
+        no_http2: Some(false),
+        http2_max_streams: Some(1000),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(flags.serve.http2);
+    assert_eq!(flags.serve.http2_max_streams, 1000);
+    for bad in [0, 100_001] {
+        let err = Config::load(&ServeArgs {
+            http2_max_streams: Some(bad),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("http2_max_streams"), "{err}");
+    }
+    std::fs::remove_file(file).unwrap();
+}
+
+#[test]
 fn bad_dns_settings_are_refused() {
     for domain in [".", "", "a..b", &"x".repeat(64)] {
         let err = Config::load(&ServeArgs {

@@ -135,7 +135,10 @@ impl Federation {
             .pool_idle_timeout(Duration::from_secs(30))
             // Answers are proxied as they are; a redirect would send the
             // token to a host nobody configured.
-            .redirect(reqwest::redirect::Policy::none());
+            .redirect(reqwest::redirect::Policy::none())
+            // Proxied answers and watches keep the HTTP/1.1 they were
+            // measured with.
+            .http1_only();
         if let Some(tls) = &config.tls {
             builder = builder.tls_backend_preconfigured(tls.client_config()?);
         }

@@ -2,6 +2,12 @@
 //! open, gives each a header-read timeout (a slowloris client is cut off
 //! instead of holding a connection forever), and shuts down gracefully.
 //!
+//! Connections speak HTTP/1.1 or HTTP/2: over TLS as ALPN settles it, in
+//! plain text when the client opens with HTTP/2's preface (prior knowledge).
+//! HTTP/2 lets one connection carry many requests and watch streams at once,
+//! so a process that follows many services needs few sockets, and a change
+//! reaches its watchers in few writes.
+//!
 //! `axum::serve` offers none of these knobs, so connections are served with
 //! hyper directly.
 
@@ -17,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -40,6 +46,11 @@ pub struct ServeConfig {
     /// closed: a client that never reads cannot pin a connection and its
     /// buffered answer.
     pub write_timeout: Duration,
+    /// Whether HTTP/2 is served (besides HTTP/1.1).
+    pub http2: bool,
+    /// Most requests (watch streams included) one HTTP/2 connection may have
+    /// open at once; the client is told so in its SETTINGS and waits.
+    pub http2_max_streams: u32,
     /// TLS, when set.
     pub tls: Option<TlsFiles>,
     /// How often the TLS files are checked for changes.
@@ -52,6 +63,8 @@ impl Default for ServeConfig {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(15),
             write_timeout: Duration::from_secs(15),
+            http2: true,
+            http2_max_streams: 256,
             tls: None,
             tls_poll: Duration::from_secs(5),
         }
@@ -257,7 +270,10 @@ pub struct PeerCertificate(pub bool);
 /// A configuration in use and what checks a connection after its handshake.
 #[derive(Debug)]
 struct Loaded {
+    /// Offering HTTP/1.1 alone (the API with HTTP/2 turned off).
     config: Arc<ServerConfig>,
+    /// The same, offering HTTP/2 first, then HTTP/1.1 (the API).
+    both: Arc<ServerConfig>,
     /// The same, offering HTTP/2 alone (gRPC).
     h2: Arc<ServerConfig>,
     /// The peer CA alone, when peer TLS is on.
@@ -328,8 +344,11 @@ impl TlsState {
         };
         let mut h2 = config.clone();
         h2.alpn_protocols = vec![b"h2".to_vec()];
+        let mut both = config.clone();
+        both.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Loaded {
             config: Arc::new(config),
+            both: Arc::new(both),
             h2: Arc::new(h2),
             peer,
         })
@@ -409,10 +428,12 @@ impl TlsState {
         self.current.load().h2.clone()
     }
 
-    fn acceptor(&self) -> Acceptor {
+    /// What accepts one connection: offering HTTP/2 when `http2`.
+    fn acceptor(&self, http2: bool) -> Acceptor {
         let loaded = self.current.load_full();
+        let config = if http2 { &loaded.both } else { &loaded.config };
         Acceptor {
-            tls: tokio_rustls::TlsAcceptor::from(loaded.config.clone()),
+            tls: tokio_rustls::TlsAcceptor::from(config.clone()),
             peer: loaded.peer.clone(),
             // The API asked for client certificates; the handshake lets a
             // client without one through only because peers share the port.
@@ -468,38 +489,36 @@ pub async fn serve(
             continue;
         };
         let app = app.clone();
-        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let acceptor = tls.as_ref().map(|t| t.acceptor(config.http2));
         let shutdown = shutdown.clone();
-        let header_timeout = config.header_read_timeout;
-        let write_timeout = config.write_timeout;
+        let settings = Settings::of(&config);
         tracker.spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
             // Until a connection has sent something (or finished its TLS
             // handshake) there is nothing in flight: a shutdown drops it
             // rather than wait out the header or handshake timeout.
-            let h2 =
-                async { acceptor.is_none() && opens_with_h2_preface(&tcp, header_timeout).await };
+            let h2 = async {
+                acceptor.is_none() && opens_with_h2_preface(&tcp, settings.header_timeout).await
+            };
             let h2 = tokio::select! {
                 h2 = h2 => h2,
                 () = shutdown.cancelled() => return,
             };
-            if h2 {
+            if h2 && !settings.http2 {
                 refuse_h2(tcp).await;
                 return;
             }
-            let tcp = WriteStall::new(tcp, write_timeout);
+            let tcp = WriteStall::new(tcp, settings.write_timeout);
             match acceptor {
                 None => {
-                    connection(
-                        tcp,
-                        remote,
-                        ClientCert::default(),
-                        app,
-                        header_timeout,
-                        shutdown,
-                    )
-                    .await;
+                    let client = ClientCert::default();
+                    let io = Peer { remote, client };
+                    if h2 {
+                        connection_h2(tcp, io, app, settings, shutdown).await;
+                    } else {
+                        connection(tcp, io, app, settings.header_timeout, shutdown).await;
+                    }
                 }
                 Some(acceptor) => {
                     let handshake =
@@ -509,14 +528,21 @@ pub async fn serve(
                         () = shutdown.cancelled() => return,
                     };
                     if let Ok(Ok(stream)) = handshake {
-                        let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+                        let tls = stream.get_ref().1;
+                        let chain = tls.peer_certificates().unwrap_or_default();
                         let client = ClientCert {
                             peer: acceptor.peer.as_ref().map(|v| {
                                 PeerCertificate(crate::cluster::is_peer(v.as_ref(), chain))
                             }),
                             missing: acceptor.cert_required && chain.is_empty(),
                         };
-                        connection(stream, remote, client, app, header_timeout, shutdown).await;
+                        let h2 = tls.alpn_protocol() == Some(b"h2");
+                        let io = Peer { remote, client };
+                        if h2 {
+                            connection_h2(stream, io, app, settings, shutdown).await;
+                        } else {
+                            connection(stream, io, app, settings.header_timeout, shutdown).await;
+                        }
                     }
                 }
             }
@@ -527,18 +553,45 @@ pub async fn serve(
     Ok(())
 }
 
-async fn connection<IO>(
-    io: IO,
+/// What one connection's settings are, copied into its task.
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    header_timeout: Duration,
+    write_timeout: Duration,
+    http2: bool,
+    http2_max_streams: u32,
+}
+
+impl Settings {
+    fn of(config: &ServeConfig) -> Self {
+        Settings {
+            header_timeout: config.header_read_timeout,
+            write_timeout: config.write_timeout,
+            http2: config.http2,
+            http2_max_streams: config.http2_max_streams.max(1),
+        }
+    }
+}
+
+/// Who is at the other end of a connection.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
     remote: SocketAddr,
     client: ClientCert,
-    app: super::Api,
-    header_timeout: Duration,
-    shutdown: CancellationToken,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        if client.missing {
+}
+
+/// The future of one request handed to the API.
+type Answer = futures_util::future::Either<
+    std::future::Ready<Result<axum::response::Response, std::convert::Infallible>>,
+    super::direct::ApiFuture,
+>;
+
+impl Peer {
+    /// Hands one request to `app`, with what the connection knows about
+    /// the client, or refuses it when the client lacks a required
+    /// certificate. The same for both HTTP versions.
+    fn call(self, app: &super::Api, mut req: hyper::Request<Incoming>) -> Answer {
+        if self.client.missing {
             use axum::response::IntoResponse;
             let refused = (
                 hyper::StatusCode::FORBIDDEN,
@@ -551,18 +604,30 @@ async fn connection<IO>(
         // rate, a registration's default address); a read does without it,
         // and so without the extension map it would allocate.
         if super::limits::is_write(req.method()) {
-            req.extensions_mut().insert(ConnectInfo(remote));
+            req.extensions_mut().insert(ConnectInfo(self.remote));
         }
-        if let Some(peer) = client.peer {
+        if let Some(peer) = self.client.peer {
             req.extensions_mut().insert(peer);
         }
         futures_util::future::Either::Right(app.call(req.map(axum::body::Body::new)))
-    });
+    }
+}
+
+async fn connection<IO>(
+    io: IO,
+    peer: Peer,
+    app: super::Api,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| peer.call(&app, req));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(MAX_HEADER_BYTES);
     let io = super::parse_errors::ProblemBodies::new(io);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -575,12 +640,142 @@ async fn connection<IO>(
     }
 }
 
+/// Largest header block taken, either HTTP version: HTTP/1.1 reads a head
+/// into a buffer of this size, and HTTP/2 takes a header list as large.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// An HTTP/2 connection is pinged after this long without traffic and
+/// dropped when the ping is not answered within [`H2_KEEPALIVE_TIMEOUT`]:
+/// a client that vanished does not hold its watch streams for ever.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams an HTTP/2 client may open and reset before the server answers
+/// them; past it the connection is closed (the "rapid reset" attack,
+/// CVE-2023-44487, opens and cancels streams to make the server work for
+/// nothing).
+const H2_PENDING_RESETS: usize = 20;
+/// Streams the server may reset for a client's errors before it closes the
+/// connection.
+const H2_ERROR_RESETS: usize = 1024;
+
+/// How many requests an HTTP/2 connection has open, and whether one came
+/// since it was last asked. A connection with neither for the header
+/// timeout is closed, as an idle HTTP/1.1 connection is, so an idle client
+/// (or one that never finishes a header block) does not keep its slot.
+#[derive(Debug, Default)]
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    seen: std::sync::atomic::AtomicBool,
+}
+
+impl Activity {
+    /// One more request, open until the returned guard is dropped.
+    fn start(self: &Arc<Self>) -> OpenRequest {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.open.fetch_add(1, Relaxed);
+        self.seen.store(true, Relaxed);
+        OpenRequest(self.clone())
+    }
+
+    /// Whether nothing is open and nothing came since the last call.
+    fn idle(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        !self.seen.swap(false, Relaxed) && self.open.load(Relaxed) == 0
+    }
+}
+
+/// One request of an HTTP/2 connection, counted open until its answer's
+/// body is done with.
+#[derive(Debug)]
+struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// An answer's body that keeps its request counted open while hyper still
+/// sends it (a watch stream's, for as long as the stream lasts).
+struct Counted {
+    body: axum::body::Body,
+    _open: OpenRequest,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Serves one HTTP/2 connection: the same API as HTTP/1.1, up to
+/// `http2_max_streams` requests at once, with keep-alive pings and the
+/// idle cut of [`Activity`].
+async fn connection_h2<IO>(
+    io: IO,
+    peer: Peer,
+    app: super::Api,
+    settings: Settings,
+    shutdown: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use futures_util::FutureExt as _;
+    let activity = Arc::new(Activity::default());
+    let counter = activity.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let open = counter.start();
+        peer.call(&app, req).map(move |answer| {
+            answer.map(|response| response.map(|body| Counted { body, _open: open }))
+        })
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.http2_max_streams)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_pending_accept_reset_streams(Some(H2_PENDING_RESETS))
+        .max_local_error_reset_streams(Some(H2_ERROR_RESETS))
+        .keep_alive_interval(Some(H2_KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(settings.header_timeout) => {
+                if activity.idle() {
+                    break;
+                }
+            }
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
 /// The client connection preface of HTTP/2 (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether a plain-text connection opens with HTTP/2's preface (a client with
-/// "prior knowledge"). Over TLS, ALPN offers only `http/1.1`, so the question
-/// does not arise there. Costs one `peek` for an HTTP/1 client.
+/// "prior knowledge"). Over TLS, ALPN settles the version instead. Costs one
+/// `peek` for an HTTP/1 client.
 async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream, wait: Duration) -> bool {
     let mut buf = [0u8; H2_PREFACE.len()];
     tokio::time::timeout(wait, async {
@@ -603,13 +798,14 @@ async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream, wait: Duration) -> b
     .unwrap_or(false)
 }
 
-/// Answers an HTTP/2 client the way RFC 9113 provides for: an empty SETTINGS
-/// frame, then GOAWAY with `HTTP_1_1_REQUIRED`, so it reports a clear error
-/// instead of a connection closed without a word.
+/// Answers an HTTP/2 client, when HTTP/2 is turned off, the way RFC 9113
+/// provides for: an empty SETTINGS frame, then GOAWAY with
+/// `HTTP_1_1_REQUIRED`, so it reports a clear error instead of a connection
+/// closed without a word.
 async fn refuse_h2(mut tcp: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
     const HTTP_1_1_REQUIRED: u32 = 0xd;
-    let debug = b"roster serves HTTP/1.1 only";
+    let debug = b"HTTP/2 is turned off on this roster (--no-http2)";
     let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
     let len = (8 + debug.len()) as u32;
     frames.extend_from_slice(&len.to_be_bytes()[1..]);
@@ -727,10 +923,13 @@ mod tests {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let app = axum::Router::new().route("/ok", get(|| async { "ok" }));
         let remote = SocketAddr::from(([127, 0, 0, 1], 1));
+        let peer = Peer {
+            remote,
+            client: ClientCert::default(),
+        };
         let conn = tokio::spawn(connection(
             server,
-            remote,
-            ClientCert::default(),
+            peer,
             app.into(),
             header_timeout,
             CancellationToken::new(),

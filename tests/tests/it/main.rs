@@ -19,6 +19,7 @@ mod federation;
 mod federation_faults;
 mod health_checks;
 mod hostile;
+mod http2;
 mod registration;
 mod restart;
 mod security;

@@ -357,6 +357,60 @@ async fn https_round_trip_and_a_wrong_ca_is_refused() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Over TLS, ALPN settles the version: HTTP/2 when the client offers it
+/// and the server serves it, HTTP/1.1 otherwise, and the typed client's
+/// `with_http2` works either way.
+#[tokio::test]
+async fn http2_is_negotiated_over_tls_and_falls_back_when_off() {
+    let good = ca("roster test CA");
+    let dir = tls_dir("alpn");
+    for http2 in [true, false] {
+        let mut config = base_config();
+        config.serve.tls = Some(write_server_cert(&dir, &good));
+        config.serve.http2 = http2;
+        let reg = TestRegistry::start_with(config).await;
+        let client = trusting(reg.url(), &good, None).with_http2().unwrap();
+        client.register("web", "web-1", &body(80)).await.unwrap();
+        assert_eq!(client.services().await.unwrap().services.len(), 1);
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add({
+                use rustls::pki_types::pem::PemObject as _;
+                rustls::pki_types::CertificateDer::from_pem_slice(good.pem.as_bytes()).unwrap()
+            })
+            .unwrap();
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tcp = TcpStream::connect(reg.server().local_addr()).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let agreed = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let want: &[u8] = if http2 { b"h2" } else { b"http/1.1" };
+        assert_eq!(agreed.as_deref(), Some(want));
+        if http2 {
+            let (send, conn) = h2::client::handshake(stream).await.unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::get("https://localhost/v1/services/web")
+                .body(())
+                .unwrap();
+            let (answer, _) = send.ready().await.unwrap().send_request(req, true).unwrap();
+            assert_eq!(answer.await.unwrap().status(), 200);
+        }
+        reg.stop().await;
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[tokio::test]
 async fn client_certificates_are_required_when_configured() {
     let (good, other) = (ca("roster test CA"), ca("another CA"));
@@ -849,11 +903,13 @@ async fn the_anonymous_policy_covers_calls_without_a_token() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
-/// An HTTP/2 client with prior knowledge gets GOAWAY with HTTP_1_1_REQUIRED
-/// (RFC 9113), not a silent close.
+/// With HTTP/2 turned off, a client with prior knowledge gets GOAWAY with
+/// HTTP_1_1_REQUIRED (RFC 9113), not a silent close.
 #[tokio::test]
-async fn http2_prior_knowledge_is_refused_clearly() {
-    let reg = TestRegistry::start_with(base_config()).await;
+async fn http2_prior_knowledge_is_refused_clearly_when_turned_off() {
+    let mut config = base_config();
+    config.serve.http2 = false;
+    let reg = TestRegistry::start_with(config).await;
     let mut s = TcpStream::connect(reg.server().local_addr()).await.unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
