@@ -11,6 +11,8 @@
 #                           run: bench/out/watch-perf.data and watch-perf.txt
 #   PORT=N                  listen port (default 18671)
 #   WATCHERS="1000 10000"   the watcher counts, one run each (default both)
+#   PER_CONNECTION=N        streams share HTTP/2 connections, N to one (default 0:
+#                           one HTTP/1.1 connection per stream)
 #   CARGO_TARGET_DIR, ROSTER_BIN as for cargo and bench/common.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +48,9 @@ run() {
   if curl -s -o /dev/null http://127.0.0.1:$port/; then
     echo "port $port is in use; set PORT" >&2; exit 1
   fi
-  taskset -c 0 "$roster" serve --http-addr 127.0.0.1:$port --log warn "${serve_flags[@]}" &
+  # Room for every stream, whatever --max-watchers defaults to.
+  taskset -c 0 "$roster" serve --http-addr 127.0.0.1:$port --log warn "${serve_flags[@]}" \
+    --max-watchers $((watchers + 1000)) &
   server=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:$port/ready >/dev/null && break; sleep 0.1; done
   if ! kill -0 "$server" 2>/dev/null || ! curl -sf http://127.0.0.1:$port/ready >/dev/null; then
@@ -54,6 +58,7 @@ run() {
   fi
   timeout 900 taskset -c 1 "$target/release/watch_latency" --url http://127.0.0.1:$port \
     --watchers "$watchers" --changes "$changes" --server-pid "$server" \
+    --per-connection "${PER_CONNECTION:-0}" \
     --detail bench/out/watch-$watchers.txt > "$log" &
   gen=$!
   if [ "${PERF:-0}" = 1 ] && [ "$watchers" -ge 10000 ]; then
@@ -83,14 +88,16 @@ if [ -f bench/out/watch-perf.data ] && [ "${PERF:-0}" = 1 ]; then
 fi
 
 echo
-echo "| watchers | changes | p50 | p90 | p99 | max | missed deliveries | saw the final change |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| watchers | per connection | changes | p50 | p90 | p99 | max | missed deliveries | saw the final change | server RSS |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 awk '
   function ms(us) { return sprintf("%.1f ms", us / 1000) }
   function th(n) { n = sprintf("%d", n); while (n ~ /[0-9][0-9][0-9][0-9]/) sub(/[0-9][0-9][0-9]($|,)/, ",&", n); return n }
   /^RESULT/ {
     for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-    printf "| %s | %d | %s | %s | %s | %s | %s of %s | %s of %s |\n",
-      th(v["watchers"]), v["changes"], ms(v["p50_us"]), ms(v["p90_us"]), ms(v["p99_us"]),
-      ms(v["max_us"]), th(v["missing"]), th(v["watchers"] * v["changes"]), th(v["final_seen"]), th(v["watchers"])
+    conn = v["per_connection"] > 0 ? v["per_connection"] " (HTTP/2)" : "1 (HTTP/1.1)"
+    printf "| %s | %s | %d | %s | %s | %s | %s | %s of %s | %s of %s | %.0f MB |\n",
+      th(v["watchers"]), conn, v["changes"], ms(v["p50_us"]), ms(v["p90_us"]), ms(v["p99_us"]),
+      ms(v["max_us"]), th(v["missing"]), th(v["watchers"] * v["changes"]), th(v["final_seen"]), th(v["watchers"]),
+      v["server_rss_kib"] / 1024
   }' "$out"

@@ -10,7 +10,13 @@
 //! ```text
 //! watch_latency --url http://127.0.0.1:8500 --watchers 1000 --changes 50
 //!     [--interval-ms 100] [--open-concurrency 100] [--server-pid PID] [--detail FILE]
+//!     [--per-connection N]
 //! ```
+//!
+//! Without `--per-connection` every stream has its own HTTP/1.1 connection
+//! (through roster-client); with it, the streams share HTTP/2 connections, N
+//! to one, read with the bare `h2` crate so that the load generator's own
+//! work per event stays small next to the server's.
 //!
 //! Prints `CHANGES` when the streams are open and the changes start, then one
 //! `RESULT key=value ...` line. `--server-pid` adds the server's CPU use during
@@ -23,6 +29,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use roster_bench::{cpu_seconds, event_index, quantile};
 use roster_client::api::{MaintenanceRequest, RegisterRequest};
 use roster_client::{RosterClient, WatchStream};
@@ -41,7 +48,8 @@ const SETTLE: Duration = Duration::from_secs(2);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 const USAGE: &str = "usage: watch_latency --url URL --watchers N --changes K \
-    [--interval-ms MS] [--open-concurrency N] [--server-pid PID] [--detail FILE]";
+    [--interval-ms MS] [--open-concurrency N] [--server-pid PID] [--detail FILE] \
+    [--per-connection N]";
 
 /// Command-line arguments.
 #[derive(Debug)]
@@ -53,6 +61,8 @@ struct Args {
     open_concurrency: usize,
     server_pid: Option<u32>,
     detail: Option<String>,
+    /// Streams per HTTP/2 connection; 0 for HTTP/1.1, one each.
+    per_connection: usize,
 }
 
 impl Args {
@@ -65,6 +75,7 @@ impl Args {
             open_concurrency: 100,
             server_pid: None,
             detail: None,
+            per_connection: 0,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -77,6 +88,7 @@ impl Args {
                 "--open-concurrency" => args.open_concurrency = num(&flag, value()?)?,
                 "--server-pid" => args.server_pid = Some(num(&flag, value()?)?),
                 "--detail" => args.detail = Some(value()?),
+                "--per-connection" => args.per_connection = num(&flag, value()?)?,
                 "-h" | "--help" => return Err(USAGE.into()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
@@ -114,7 +126,114 @@ struct Seen {
     failure: Option<String>,
     /// The stream, kept open until every watcher is done: closing thousands of
     /// connections while others still read the final change would slow them.
-    stream: Option<WatchStream>,
+    stream: Option<Stream>,
+}
+
+/// Where a watcher opens its stream.
+#[derive(Clone)]
+enum Via {
+    /// roster-client, one HTTP/1.1 connection per stream.
+    Http1(RosterClient),
+    /// A shared HTTP/2 connection.
+    Http2(h2::client::SendRequest<Bytes>),
+}
+
+/// One open watch stream.
+#[derive(Debug)]
+enum Stream {
+    Http1(Box<WatchStream>),
+    Http2 { body: h2::RecvStream, buf: Vec<u8> },
+}
+
+impl Via {
+    /// Opens an HTTP/2 connection to `url` (`http://host:port`).
+    async fn http2(url: &str) -> Result<Via, String> {
+        let addr = url.trim_start_matches("http://").trim_end_matches('/');
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(1 << 26)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Via::Http2(send))
+    }
+
+    async fn open(&self) -> Result<Stream, String> {
+        match self {
+            Via::Http1(client) => client
+                .watch(&[SERVICE], None)
+                .await
+                .map(|s| Stream::Http1(Box::new(s)))
+                .map_err(|e| e.to_string()),
+            Via::Http2(send) => {
+                let req =
+                    http::Request::get(format!("http://localhost/v1/watch?service={SERVICE}"))
+                        .body(())
+                        .map_err(|e| e.to_string())?;
+                let mut send = send.clone().ready().await.map_err(|e| e.to_string())?;
+                let (response, _) = send.send_request(req, true).map_err(|e| e.to_string())?;
+                let response = response.await.map_err(|e| e.to_string())?;
+                if response.status() != 200 {
+                    return Err(format!("watch answered {}", response.status()));
+                }
+                Ok(Stream::Http2 {
+                    body: response.into_body(),
+                    buf: Vec::new(),
+                })
+            }
+        }
+    }
+}
+
+impl Stream {
+    /// The index of the next event; `None` when the registry closed the
+    /// stream.
+    async fn next_index(&mut self) -> Result<Option<u64>, String> {
+        match self {
+            Stream::Http1(stream) => match stream.next_raw().await.map_err(|e| e.to_string())? {
+                None => Ok(None),
+                Some(raw) => event_index(&raw.data)
+                    .map(Some)
+                    .ok_or_else(|| format!("event without an index: {}", raw.data)),
+            },
+            Stream::Http2 { body, buf } => loop {
+                if let Some(end) = frame_end(buf) {
+                    let index = {
+                        let frame = &buf[..end];
+                        let data = memchr::memmem::find(frame, b"data:").is_some();
+                        match memchr::memmem::find(frame, b"\"index\":") {
+                            Some(at) if data => Some(digits(&frame[at + 8..])),
+                            None if data => {
+                                let text = String::from_utf8_lossy(frame);
+                                return Err(format!("event without an index: {text}"));
+                            }
+                            _ => None,
+                        }
+                    };
+                    buf.drain(..end);
+                    match index {
+                        Some(index) => return Ok(Some(index)),
+                        None => continue,
+                    }
+                }
+                match body.data().await {
+                    None => return Ok(None),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(chunk)) => {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        buf.extend_from_slice(&chunk);
+                    }
+                }
+            },
+        }
+    }
 }
 
 /// One change made by the load generator.
@@ -177,10 +296,21 @@ async fn run(args: &Args) -> Result<(), String> {
     let (ctl_tx, ctl_rx) = watch::channel(Control::default());
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let open = Arc::new(Semaphore::new(args.open_concurrency));
+    // Over HTTP/2, one client (one connection) per `per_connection` streams.
+    let connections: Vec<Via> = if args.per_connection == 0 {
+        vec![Via::Http1(client.clone())]
+    } else {
+        let mut v = Vec::new();
+        for _ in 0..args.watchers.div_ceil(args.per_connection) {
+            v.push(Via::http2(&args.url).await?);
+        }
+        v
+    };
     let mut tasks = JoinSet::new();
-    for _ in 0..args.watchers {
+    for w in 0..args.watchers {
+        let via = &connections[w.checked_div(args.per_connection).unwrap_or(0)];
         tasks.spawn(watcher(
-            client.clone(),
+            via.clone(),
             open.clone(),
             ready_tx.clone(),
             ctl_rx.clone(),
@@ -205,9 +335,10 @@ async fn run(args: &Args) -> Result<(), String> {
     }
     let setup = setup_start.elapsed();
     println!(
-        "CHANGES watchers={} setup_ms={}",
+        "CHANGES watchers={} setup_ms={} per_connection={}",
         args.watchers,
-        setup.as_millis()
+        setup.as_millis(),
+        args.per_connection
     );
     let _ = std::io::stdout().flush();
 
@@ -352,11 +483,12 @@ async fn run(args: &Args) -> Result<(), String> {
         eprintln!("watch_latency: {failures} streams ended early; first: {f}");
     }
     println!(
-        "RESULT watchers={} changes={} deliveries={deliveries} p50_us={} p90_us={} p99_us={} \
+        "RESULT watchers={} per_connection={} changes={} deliveries={deliveries} p50_us={} p90_us={} p99_us={} \
          max_us={} missing={missing} final_seen={final_seen} put_p50_us={} setup_ms={} \
          client_cpu_pct={client_cpu} server_cpu_pct={server_cpu} dup={dup} unexpected={unexpected} \
          reordered={reordered} failed_streams={failures}",
         args.watchers,
+        args.per_connection,
         changes.len(),
         q(&all, 0.5),
         q(&all, 0.9),
@@ -372,7 +504,7 @@ async fn run(args: &Args) -> Result<(), String> {
 /// reports on `ready`, then records every event until it has seen the final
 /// change or is told to stop.
 async fn watcher(
-    client: RosterClient,
+    via: Via,
     open: Arc<Semaphore>,
     ready: mpsc::UnboundedSender<Result<(), String>>,
     mut ctl: watch::Receiver<Control>,
@@ -385,16 +517,11 @@ async fn watcher(
     };
     let permit = open.acquire().await.expect("semaphore is never closed");
     let opened = async {
-        let mut stream = client
-            .watch(&[SERVICE], None)
-            .await
-            .map_err(|e| e.to_string())?;
-        let first = stream
-            .next_raw()
-            .await
-            .map_err(|e| e.to_string())?
+        let mut stream = via.open().await?;
+        let index = stream
+            .next_index()
+            .await?
             .ok_or("stream closed before its first event")?;
-        let index = event_index(&first.data).ok_or("first event without an index")?;
         Ok::<_, String>((stream, index))
     }
     .await;
@@ -423,14 +550,10 @@ async fn watcher(
                     return seen;
                 }
             }
-            event = stream.next_raw() => {
+            event = stream.next_index() => {
                 let at = Instant::now();
                 match event {
-                    Ok(Some(raw)) => {
-                        let Some(index) = event_index(&raw.data) else {
-                            seen.failure = Some(format!("event without an index: {}", raw.data));
-                            return seen;
-                        };
+                    Ok(Some(index)) => {
                         seen.events.push((index, at));
                         latest = latest.max(index);
                         let c = *ctl.borrow();
@@ -444,13 +567,27 @@ async fn watcher(
                         return seen;
                     }
                     Err(e) => {
-                        seen.failure = Some(e.to_string());
+                        seen.failure = Some(e);
                         return seen;
                     }
                 }
             }
         }
     }
+}
+
+/// The length of the first whole SSE frame in `buf` (up to and with the
+/// blank line that ends it).
+fn frame_end(buf: &[u8]) -> Option<usize> {
+    memchr::memmem::find(buf, b"\n\n").map(|at| at + 2)
+}
+
+/// The number `bytes` starts with.
+fn digits(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0, |n, b| n * 10 + u64::from(b - b'0'))
 }
 
 fn instance_id(i: usize) -> String {
