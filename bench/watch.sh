@@ -13,6 +13,8 @@
 #   WATCHERS="1000 10000"   the watcher counts, one run each (default both)
 #   PER_CONNECTION=N        streams share HTTP/2 connections, N to one (default 0:
 #                           one HTTP/1.1 connection per stream)
+#   INTERVAL_MS=N           time between changes (default 100; a change must be
+#                           delivered to every watcher before the next)
 #   CARGO_TARGET_DIR, ROSTER_BIN as for cargo and bench/common.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +60,7 @@ run() {
   fi
   timeout 900 taskset -c 1 "$target/release/watch_latency" --url http://127.0.0.1:$port \
     --watchers "$watchers" --changes "$changes" --server-pid "$server" \
-    --per-connection "${PER_CONNECTION:-0}" \
+    --per-connection "${PER_CONNECTION:-0}" --interval-ms "${INTERVAL_MS:-100}" \
     --detail bench/out/watch-$watchers.txt > "$log" &
   gen=$!
   if [ "${PERF:-0}" = 1 ] && [ "$watchers" -ge 10000 ]; then
