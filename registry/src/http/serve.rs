@@ -802,6 +802,9 @@ struct Coalesce<IO> {
     at_deferral: usize,
     /// Flushes put off in a row.
     deferrals: u8,
+    /// Bytes the last round wrote: the next round's buffer is made this
+    /// large at once rather than grown (and copied) step by step.
+    last_round: usize,
 }
 
 impl<IO> Coalesce<IO> {
@@ -812,6 +815,7 @@ impl<IO> Coalesce<IO> {
             sent: 0,
             at_deferral: 0,
             deferrals: 0,
+            last_round: 0,
         }
     }
 }
@@ -829,6 +833,7 @@ impl<IO: AsyncWrite + Unpin> Coalesce<IO> {
                 Poll::Pending => return Poll::Pending,
             }
         }
+        self.last_round = self.buf.len().min(COALESCE_BYTES);
         self.buf.clear();
         self.sent = 0;
         self.at_deferral = 0;
@@ -837,6 +842,15 @@ impl<IO: AsyncWrite + Unpin> Coalesce<IO> {
             self.buf = Vec::new();
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Copies `data` in, making the buffer as large as the last round's
+    /// when a round starts.
+    fn gather(&mut self, data: &[u8]) {
+        if self.buf.is_empty() && self.last_round > self.buf.capacity() {
+            self.buf.reserve(self.last_round);
+        }
+        self.buf.extend_from_slice(data);
     }
 
     /// Makes room for more: a full buffer is written out first.
@@ -865,7 +879,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         std::task::ready!(self.room(cx))?;
-        self.buf.extend_from_slice(buf);
+        self.gather(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -877,7 +891,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
         std::task::ready!(self.room(cx))?;
         let mut n = 0;
         for b in bufs {
-            self.buf.extend_from_slice(b);
+            self.gather(b);
             n += b.len();
         }
         Poll::Ready(Ok(n))

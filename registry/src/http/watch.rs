@@ -303,9 +303,12 @@ impl Watcher {
                     crate::watch::sse_frame(self.epoch, self.token, event.json())
                 });
             }
+            // The change first: a stream woken by one does not look at the
+            // shutdown wait (a lock in the token) on its way.
             let (i, first) = tokio::select! {
-                () = self.shutdown.as_mut() => return None,
+                biased;
                 got = Self::recv_any(&mut self.watched) => got,
+                () = self.shutdown.as_mut() => return None,
             };
             let mut lagged = false;
             self.take(i, first, &mut lagged)?;
