@@ -12,7 +12,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 
 /// hyper's own error answers, and what to say in their place.
 const KNOWN: [(&[u8], &str, &str, &str); 3] = [
@@ -88,34 +88,15 @@ impl<IO> ProblemBodies<IO> {
 impl<IO: AsyncWrite + Unpin> ProblemBodies<IO> {
     /// Writes what is pending; ready once nothing is.
     fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some((bytes, done)) = &mut self.pending {
-            match Pin::new(&mut self.io).poll_write(cx, &bytes[*done..]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                Poll::Ready(Ok(n)) => {
-                    *done += n;
-                    if *done == bytes.len() {
-                        self.pending = None;
-                    }
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+        if let Some((bytes, done)) = &mut self.pending {
+            std::task::ready!(super::serve::write_from(&mut self.io, cx, bytes, done))?;
+            self.pending = None;
         }
         Poll::Ready(Ok(()))
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for ProblemBodies<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
+super::serve::reads_through!(ProblemBodies);
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for ProblemBodies<IO> {
     fn poll_write(

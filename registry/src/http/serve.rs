@@ -770,6 +770,43 @@ async fn connection_h2<IO>(
     let _ = conn.await;
 }
 
+/// Writes `bytes[*done..]` to `io`, moving `done` on as it goes; ready once
+/// all of it is written. What the stream wrappers below and
+/// [`super::parse_errors::ProblemBodies`] send out of their own buffers.
+pub(super) fn write_from<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+    done: &mut usize,
+) -> Poll<io::Result<()>> {
+    while *done < bytes.len() {
+        match Pin::new(&mut *io).poll_write(cx, &bytes[*done..]) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => *done += n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Reads of a stream wrapper (a struct with the stream in its `io` field)
+/// go straight to the stream: the wrappers here only change writes.
+macro_rules! reads_through {
+    ($wrapper:ident) => {
+        impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for $wrapper<IO> {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+            }
+        }
+    };
+}
+pub(super) use reads_through;
+
 /// Bytes an HTTP/2 connection gathers before it writes them out without
 /// waiting for the flush.
 const COALESCE_BYTES: usize = 256 * 1024;
@@ -823,16 +860,7 @@ impl<IO> Coalesce<IO> {
 impl<IO: AsyncWrite + Unpin> Coalesce<IO> {
     /// Writes out what is gathered; ready once all of it is written.
     fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.buf.len() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.buf[self.sent..]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                Poll::Ready(Ok(n)) => self.sent += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        std::task::ready!(write_from(&mut self.io, cx, &self.buf, &mut self.sent))?;
         self.last_round = self.buf.len().min(COALESCE_BYTES);
         self.buf.clear();
         self.sent = 0;
@@ -862,15 +890,7 @@ impl<IO: AsyncWrite + Unpin> Coalesce<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Coalesce<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
+reads_through!(Coalesce);
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
     fn poll_write(
@@ -1020,15 +1040,7 @@ impl<IO> WriteStall<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for WriteStall<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
+reads_through!(WriteStall);
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteStall<IO> {
     fn poll_write(

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use roster_client::api::{MaintenanceRequest, RegisterRequest};
 use roster_client::{Error, RosterClient};
-use roster_registry::acl::Tokens;
 use roster_registry::config::Config;
 use roster_tests::TestRegistry;
 use tokio::net::TcpStream;
@@ -33,6 +32,17 @@ fn instance(port: u16) -> RegisterRequest {
         port,
         ..RegisterRequest::default()
     }
+}
+
+/// A registry started with `config` holding instance `web`/`w1`.
+async fn with_web(config: Config) -> TestRegistry {
+    let reg = TestRegistry::start_with(config).await;
+    RosterClient::new(reg.url())
+        .unwrap()
+        .register("web", "w1", &instance(80))
+        .await
+        .unwrap();
+    reg
 }
 
 /// An HTTP/2 connection with prior knowledge, driven by its own task (which
@@ -176,9 +186,8 @@ async fn the_api_answers_http2_as_it_answers_http1() {
 
 #[tokio::test]
 async fn many_watch_streams_share_one_connection() {
-    let reg = TestRegistry::start_with(config()).await;
+    let reg = with_web(config()).await;
     let client = RosterClient::new(reg.url()).unwrap();
-    client.register("web", "w1", &instance(80)).await.unwrap();
     let (send, conn) = connect(reg.server().local_addr()).await;
     let mut streams = Vec::new();
     for _ in 0..50 {
@@ -210,12 +219,7 @@ async fn many_watch_streams_share_one_connection() {
 async fn streams_past_the_limit_wait_for_one_to_close() {
     let mut cfg = config();
     cfg.serve.http2_max_streams = 3;
-    let reg = TestRegistry::start_with(cfg).await;
-    RosterClient::new(reg.url())
-        .unwrap()
-        .register("web", "w1", &instance(80))
-        .await
-        .unwrap();
+    let reg = with_web(cfg).await;
     let (send, _conn) = connect(reg.server().local_addr()).await;
     let mut open = Vec::new();
     for _ in 0..3 {
@@ -244,12 +248,7 @@ async fn streams_past_the_limit_wait_for_one_to_close() {
 async fn an_idle_connection_is_closed_and_a_watching_one_is_kept() {
     let mut cfg = config();
     cfg.serve.header_read_timeout = Duration::from_millis(300);
-    let reg = TestRegistry::start_with(cfg).await;
-    RosterClient::new(reg.url())
-        .unwrap()
-        .register("web", "w1", &instance(80))
-        .await
-        .unwrap();
+    let reg = with_web(cfg).await;
     let addr = reg.server().local_addr();
 
     // Nothing ever asked: closed within two idle periods (and some slack).
@@ -340,12 +339,7 @@ async fn rapid_resets_close_the_connection() {
 async fn the_watcher_cap_counts_streams_not_connections() {
     let mut cfg = config();
     cfg.limits_http.max_watchers = 2;
-    let reg = TestRegistry::start_with(cfg).await;
-    RosterClient::new(reg.url())
-        .unwrap()
-        .register("web", "w1", &instance(80))
-        .await
-        .unwrap();
+    let reg = with_web(cfg).await;
     let (send, _conn) = connect(reg.server().local_addr()).await;
     let mut open = Vec::new();
     for _ in 0..2 {
@@ -375,23 +369,9 @@ async fn the_watcher_cap_counts_streams_not_connections() {
 
 #[tokio::test]
 async fn a_narrow_token_is_held_to_its_policy_over_http2() {
-    const READER: &str = "reader-secret-0123456789";
-    const WRITER: &str = "writer-secret-0123456789";
-    let tokens = Tokens::parse(&format!(
-        r#"
-        [[tokens]]
-        name = "reader"
-        secret = "{READER}"
-        policies = ["read"]
-        [[tokens]]
-        name = "web-writer"
-        secret = "{WRITER}"
-        policies = ["write:web*"]
-        "#
-    ))
-    .unwrap();
+    use crate::security::{READER, WRITER, tokens};
     let reg = TestRegistry::start_with(Config {
-        acl: Some(tokens),
+        acl: Some(tokens()),
         ..config()
     })
     .await;
@@ -429,12 +409,7 @@ async fn a_narrow_token_is_held_to_its_policy_over_http2() {
 
 #[tokio::test]
 async fn shutdown_ends_open_http2_streams() {
-    let reg = TestRegistry::start_with(config()).await;
-    RosterClient::new(reg.url())
-        .unwrap()
-        .register("web", "w1", &instance(80))
-        .await
-        .unwrap();
+    let reg = with_web(config()).await;
     let (send, conn) = connect(reg.server().local_addr()).await;
     let mut events = Events::new(get(&send, "/v1/watch?service=web", None).await.unwrap());
     events.next_index().await;

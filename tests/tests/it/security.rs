@@ -19,11 +19,11 @@ use roster_tests::TestRegistry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const READER: &str = "reader-secret-0123456789";
-const WRITER: &str = "writer-secret-0123456789";
+pub(crate) const READER: &str = "reader-secret-0123456789";
+pub(crate) const WRITER: &str = "writer-secret-0123456789";
 const ADMIN: &str = "admin-secret-0123456789";
 
-fn tokens() -> Tokens {
+pub(crate) fn tokens() -> Tokens {
     Tokens::parse(&format!(
         r#"
         [[tokens]]
@@ -321,6 +321,25 @@ fn write_server_cert(dir: &std::path::Path, ca: &Ca) -> TlsFiles {
     }
 }
 
+/// A rustls client trusting `ca` alone, offering `alpn`.
+fn tls_client(ca: &Ca, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let der = {
+        use rustls::pki_types::pem::PemObject as _;
+        rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()
+    };
+    roots.add(der).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(tls))
+}
+
 fn trusting(url: &str, ca: &Ca, identity: Option<(String, String)>) -> RosterClient {
     let tls = TlsOptions {
         ca_pem: Some(ca.pem.clone().into_bytes()),
@@ -373,24 +392,9 @@ async fn http2_is_negotiated_over_tls_and_falls_back_when_off() {
         client.register("web", "web-1", &body(80)).await.unwrap();
         assert_eq!(client.services().await.unwrap().services.len(), 1);
 
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add({
-                use rustls::pki_types::pem::PemObject as _;
-                rustls::pki_types::CertificateDer::from_pem_slice(good.pem.as_bytes()).unwrap()
-            })
-            .unwrap();
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let tcp = TcpStream::connect(reg.server().local_addr()).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        let stream = tls_client(&good, &[b"h2", b"http/1.1"])
             .connect(name, tcp)
             .await
             .unwrap();
@@ -1085,21 +1089,7 @@ async fn xds_is_served_over_tls_only_to_clients_that_trust_the_certificate() {
         .await
         .unwrap();
     let connect = |ca: &Ca| {
-        let mut roots = rustls::RootCertStore::empty();
-        let der = {
-            use rustls::pki_types::pem::PemObject as _;
-            rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()
-        };
-        roots.add(der).unwrap();
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let connector = tls_client(ca, &[b"h2"]);
         let addr = reg.grpc_addr();
         async move {
             let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
