@@ -335,6 +335,51 @@ async fn rapid_resets_close_the_connection() {
     reg.stop().await;
 }
 
+/// A client that stops taking a watch stream's data (its HTTP/2 window
+/// shut) stalls that stream alone: others are served, the stalled one holds
+/// no backlog, and when the client reads again it gets the latest state.
+#[tokio::test]
+async fn a_stream_whose_window_is_shut_falls_behind_and_catches_up() {
+    let reg = with_web(config()).await;
+    let addr = reg.server().local_addr();
+    // A window of 64 bytes: not even the first event fits.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (stalled_send, conn) = h2::client::Builder::new()
+        .initial_window_size(64)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let stalled = get(&stalled_send, "/v1/watch?service=web", None)
+        .await
+        .unwrap();
+    let (send, _conn) = connect(addr).await;
+    let mut other = Events::new(get(&send, "/v1/watch?service=web", None).await.unwrap());
+    other.next_index().await;
+
+    // Far more changes than a topic keeps (64): the other stream sees each.
+    let mut last = 0;
+    for k in 0..200 {
+        last = change(&reg, k % 2 == 0).await;
+        assert_eq!(timeout(GUARD, other.next_index()).await.unwrap(), last);
+    }
+
+    // Reading again: the stalled stream skips to the latest state rather
+    // than replaying 200 changes.
+    let mut stalled = Events::new(stalled);
+    let mut events = 0;
+    loop {
+        let index = timeout(GUARD, stalled.next_index()).await.unwrap();
+        events += 1;
+        if index == last {
+            break;
+        }
+        assert!(index < last, "{index} > {last}");
+    }
+    assert!(events < 100, "{events} events replayed");
+    reg.stop().await;
+}
+
 #[tokio::test]
 async fn the_watcher_cap_counts_streams_not_connections() {
     let mut cfg = config();
