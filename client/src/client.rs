@@ -149,9 +149,8 @@ impl RosterClient {
             timeout,
             tls: tls.clone(),
             http2: false,
-            plain: registries.all().iter().all(|u| u.starts_with("http://")),
         };
-        let (http, stream_http) = build_http(&settings)?;
+        let (http, stream_http) = build_http(&settings, &registries)?;
         Ok(RosterClient {
             http,
             stream_http,
@@ -166,7 +165,7 @@ impl RosterClient {
     /// another runtime (the pooled connections of a runtime that is shutting
     /// down or blocked cannot carry requests).
     pub(crate) fn detached(&self) -> Result<Self, Error> {
-        let (http, stream_http) = build_http(&self.settings)?;
+        let (http, stream_http) = build_http(&self.settings, &self.registries)?;
         Ok(RosterClient {
             http,
             stream_http,
@@ -194,7 +193,7 @@ impl RosterClient {
             http2: true,
             ..(*self.settings).clone()
         });
-        let (http, stream_http) = build_http(&settings)?;
+        let (http, stream_http) = build_http(&settings, &self.registries)?;
         Ok(RosterClient {
             http,
             stream_http,
@@ -690,25 +689,27 @@ struct HttpSettings {
     tls: TlsOptions,
     /// HTTP/2 ([`RosterClient::with_http2`]); HTTP/1.1 only when false.
     http2: bool,
-    /// Every registry address is `http://`: HTTP/2 goes with prior
-    /// knowledge.
-    plain: bool,
 }
 
-/// The request client (with an overall timeout) and the stream client.
-fn build_http(settings: &HttpSettings) -> Result<(reqwest::Client, reqwest::Client), Error> {
+/// The request client (with an overall timeout) and the stream client for
+/// `registries`.
+fn build_http(
+    settings: &HttpSettings,
+    registries: &Registries,
+) -> Result<(reqwest::Client, reqwest::Client), Error> {
     let HttpSettings {
         timeout,
         tls,
         http2,
-        plain,
     } = settings;
     let timeout = *timeout;
+    // Every address in plain text: HTTP/2 goes with prior knowledge.
+    let plain = registries.all().iter().all(|u| u.starts_with("http://"));
     let builder = |b: reqwest::ClientBuilder| -> Result<reqwest::ClientBuilder, Error> {
         let mut b = b
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .user_agent(concat!("roster-client/", env!("CARGO_PKG_VERSION")));
-        b = match (http2, plain) {
+        b = match (*http2, plain) {
             (false, _) => b.http1_only(),
             // In plain text the client must know beforehand; over TLS the
             // version is settled by ALPN (with HTTP/1.1 to fall back on).
