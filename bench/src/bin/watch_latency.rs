@@ -145,26 +145,27 @@ enum Stream {
     Http2 { body: h2::RecvStream, buf: Vec<u8> },
 }
 
-impl Via {
-    /// Opens an HTTP/2 connection to `url` (`http://host:port`).
-    async fn http2(url: &str) -> Result<Via, String> {
-        let addr = url.trim_start_matches("http://").trim_end_matches('/');
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(1 << 20)
-            .initial_connection_window_size(1 << 26)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Via::Http2(send))
-    }
+/// A bare HTTP/2 connection to `url` (`http://host:port`), driven by a task
+/// of its own.
+async fn h2_connection(url: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 26)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
 
+impl Via {
     async fn open(&self) -> Result<Stream, String> {
         match self {
             Via::Http1(client) => client
@@ -302,7 +303,7 @@ async fn run(args: &Args) -> Result<(), String> {
     } else {
         let mut v = Vec::new();
         for _ in 0..args.watchers.div_ceil(args.per_connection) {
-            v.push(Via::http2(&args.url).await?);
+            v.push(Via::Http2(h2_connection(&args.url).await?));
         }
         v
     };
@@ -344,9 +345,7 @@ async fn run(args: &Args) -> Result<(), String> {
 
     // The changes, one at a time, over a bare HTTP/2 connection of their
     // own: what a change costs the client library is not the server's.
-    let Via::Http2(writer) = Via::http2(&args.url).await? else {
-        unreachable!("Via::http2 makes an HTTP/2 connection")
-    };
+    let writer = h2_connection(&args.url).await?;
     let cpu_client0 = cpu_seconds("self");
     let cpu_server0 = args.server_pid.and_then(|p| cpu_seconds(&p.to_string()));
     let t0 = Instant::now();
