@@ -15,6 +15,12 @@
 #                           one HTTP/1.1 connection per stream)
 #   INTERVAL_MS=N           time between changes (default 100; a change must be
 #                           delivered to every watcher before the next)
+#   ETCD=0                  skips etcd; otherwise, when `etcd` is installed (Debian
+#                           etcd-server), each count runs against one etcd member
+#                           too, after roster's runs (bench/src/bin/etcd_load.rs,
+#                           etcd's gRPC Watch: one stream per watcher, the same
+#                           sharing of connections as roster's streams; each
+#                           change is a put of one key of the ten)
 #   CARGO_TARGET_DIR, ROSTER_BIN as for cargo and bench/common.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +30,16 @@ port=${PORT:-18671}
 ulimit -n 20000
 target=${CARGO_TARGET_DIR:-target}
 roster=${ROSTER_BIN:-$target/release/roster}
-if [ -n "${ROSTER_BIN:-}" ]; then cargo build --release -q -p roster-bench --bin watch_latency
-else cargo build --release -q -p roster-cli -p roster-bench; fi
+use_etcd=0
+if [ "${ETCD:-1}" != 0 ] && command -v etcd >/dev/null; then
+  use_etcd=1
+  # etcd-client's build script needs protoc.
+  command -v protoc >/dev/null || apt-get install -y -q protobuf-compiler >/dev/null
+fi
+bench_flags=(--bin watch_latency)
+if [ $use_etcd = 1 ]; then bench_flags+=(--features etcd --bin etcd_load); fi
+if [ -n "${ROSTER_BIN:-}" ]; then cargo build --release -q -p roster-bench "${bench_flags[@]}"
+else cargo build --release -q -p roster-cli --bin roster && cargo build --release -q -p roster-bench "${bench_flags[@]}"; fi
 mkdir -p bench/out
 # No DNS listener: it is not measured, and its port may be taken.
 serve_flags=()
@@ -77,12 +91,43 @@ run() {
   gen=
   local rss
   rss=$(awk '/VmRSS/ {print $2}' /proc/$server/status)
-  echo "$(grep '^RESULT' "$log") server_rss_kib=$rss" | tee -a "$out"
+  echo "$(grep '^RESULT' "$log") server=roster server_rss_kib=$rss" | tee -a "$out"
   kill "$server"; wait "$server" || true
   server=
 }
 
+# The same count against one etcd member (its defaults, data on this disk).
+run_etcd() {
+  local watchers=$1 per=${PER_CONNECTION:-0} log=bench/out/watch-etcd-$1.log conns data url
+  conns=$watchers
+  if [ "$per" -gt 0 ]; then conns=$(((watchers + per - 1) / per)); fi
+  data=$(mktemp -d "${TMPDIR:-/tmp}/roster-bench-etcd.XXXXXX")
+  url=http://127.0.0.1:$((port + 2))
+  taskset -c 0 etcd --name watch --data-dir "$data" --listen-client-urls "$url" \
+    --advertise-client-urls "$url" --listen-peer-urls "http://127.0.0.1:$((port + 3))" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$((port + 3))" \
+    --initial-cluster "watch=http://127.0.0.1:$((port + 3))" --log-level error > "$log.server" 2>&1 &
+  server=$!
+  for _ in $(seq 100); do curl -sf "$url/health" >/dev/null && break; sleep 0.1; done
+  curl -sf "$url/health" >/dev/null || { echo "etcd did not start (see $log.server)" >&2; exit 1; }
+  timeout 900 taskset -c 1 "$target/release/etcd_load" watch --endpoint "127.0.0.1:$((port + 2))" \
+    --watchers "$watchers" --connections "$conns" --changes "$changes" \
+    --interval-ms "${INTERVAL_MS:-100}" --server-pid "$server" > "$log" &
+  gen=$!
+  wait "$gen" || { echo "etcd_load failed (see $log)" >&2; gen=; exit 1; }
+  gen=
+  local rss
+  rss=$(awk '/VmRSS/ {print $2}' /proc/$server/status)
+  echo "$(grep '^RESULT' "$log") per_connection=$per server=etcd server_rss_kib=$rss" | tee -a "$out"
+  kill "$server"; wait "$server" || true
+  server=
+  rm -rf "$data"
+}
+
 for w in ${WATCHERS:-1000 10000}; do run "$w"; done
+if [ $use_etcd = 1 ]; then
+  for w in ${WATCHERS:-1000 10000}; do run_etcd "$w"; done
+fi
 
 if [ -f bench/out/watch-perf.data ] && [ "${PERF:-0}" = 1 ]; then
   perf report -i bench/out/watch-perf.data --no-children --sort symbol --stdio 2>/dev/null \
@@ -90,16 +135,19 @@ if [ -f bench/out/watch-perf.data ] && [ "${PERF:-0}" = 1 ]; then
 fi
 
 echo
-echo "| watchers | per connection | changes | p50 | p90 | p99 | max | missed deliveries | saw the final change | server RSS |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| server | watchers | per connection | changes | p50 | p90 | p99 | max | missed deliveries | saw the final change | server RSS |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 awk '
   function ms(us) { return sprintf("%.1f ms", us / 1000) }
   function th(n) { n = sprintf("%d", n); while (n ~ /[0-9][0-9][0-9][0-9]/) sub(/[0-9][0-9][0-9]($|,)/, ",&", n); return n }
   /^RESULT/ {
+    delete v
     for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
     conn = v["per_connection"] > 0 ? v["per_connection"] " (HTTP/2)" : "1 (HTTP/1.1)"
-    printf "| %s | %s | %d | %s | %s | %s | %s | %s of %s | %s of %s | %.0f MB |\n",
-      th(v["watchers"]), conn, v["changes"], ms(v["p50_us"]), ms(v["p90_us"]), ms(v["p99_us"]),
-      ms(v["max_us"]), th(v["missing"]), th(v["watchers"] * v["changes"]), th(v["final_seen"]), th(v["watchers"]),
+    if (v["server"] == "etcd") conn = (v["per_connection"] > 0 ? v["per_connection"] : 1) " (gRPC)"
+    final = v["server"] == "etcd" ? "-" : th(v["final_seen"]) " of " th(v["watchers"])
+    printf "| %s | %s | %s | %d | %s | %s | %s | %s | %s of %s | %s | %.0f MB |\n",
+      v["server"], th(v["watchers"]), conn, v["changes"], ms(v["p50_us"]), ms(v["p90_us"]), ms(v["p99_us"]),
+      ms(v["max_us"]), th(v["missing"]), th(v["watchers"] * v["changes"]), final,
       v["server_rss_kib"] / 1024
   }' "$out"

@@ -23,7 +23,7 @@
 //! etcd_load register  --endpoint E [--concurrency 64] [--connections 8] [--warmup 1] [--duration 10]
 //! etcd_load heartbeat --endpoint E --leases FILE [...]
 //! etcd_load list      --endpoint E --service NAME --expect N [...]
-//! etcd_load watch     --endpoint E --watchers N [--changes 50] [--interval-ms 100]
+//! etcd_load watch     --endpoint E --watchers N [--changes 50] [--interval-ms 100] [--server-pid PID]
 //! ```
 
 use std::collections::HashMap;
@@ -42,7 +42,7 @@ use tokio::task::JoinSet;
 const USAGE: &str = "usage: etcd_load preload|register|heartbeat|list|watch --endpoint HOST:PORT \
     [--count N] [--first I] [--services S] [--service NAME] [--leases FILE] [--expect N] \
     [--concurrency C] [--connections K] [--warmup SECS] [--duration SECS] \
-    [--watchers N] [--changes K] [--interval-ms MS] [--prefix P]";
+    [--watchers N] [--changes K] [--interval-ms MS] [--prefix P] [--server-pid PID]";
 /// Lease TTL of every registered instance: longer than any run.
 const TTL_SECS: i64 = 600;
 /// One request that takes longer than this counts as an error.
@@ -68,6 +68,8 @@ struct Args {
     changes: usize,
     interval_ms: u64,
     prefix: String,
+    /// The server's process, for its CPU use during a watch run's changes.
+    server_pid: Option<u32>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -89,6 +91,7 @@ fn parse() -> Result<Args, String> {
         changes: 50,
         interval_ms: 100,
         prefix: "i".into(),
+        server_pid: None,
     };
     while let Some(flag) = it.next() {
         let v = it
@@ -118,6 +121,7 @@ fn parse() -> Result<Args, String> {
             "--changes" => a.changes = n()?.max(1),
             "--interval-ms" => a.interval_ms = n()? as u64,
             "--prefix" => a.prefix = v.clone(),
+            "--server-pid" => a.server_pid = Some(n()? as u32),
             _ => return Err(USAGE.into()),
         }
     }
@@ -365,6 +369,7 @@ async fn run_watch(a: &Args) -> Result<String, BoxError> {
     for _ in 0..connections {
         clients.push(Client::connect([a.endpoint.as_str()], None).await?);
     }
+    let setup_start = Instant::now();
     let mut opened = JoinSet::new();
     for w in 0..a.watchers {
         let (mut client, tx, opening) = (
@@ -408,7 +413,11 @@ async fn run_watch(a: &Args) -> Result<String, BoxError> {
     })
     .await
     .map_err(|_| "opening the watches took over 300 s")??;
+    let setup_ms = setup_start.elapsed().as_millis();
     println!("CHANGES");
+    let server_cpu0 = a.server_pid.and_then(|p| cpu_seconds(&p.to_string()));
+    let client_cpu0 = cpu_seconds("self");
+    let changes_start = Instant::now();
     // Changes, one every interval; the put's revision identifies its event.
     let mut sent: HashMap<i64, Instant> = HashMap::new();
     let mut seen: HashMap<i64, Vec<u64>> = HashMap::new();
@@ -442,6 +451,17 @@ async fn run_watch(a: &Args) -> Result<String, BoxError> {
             }
         }
     }
+    // CPU use while the changes were being made (as watch_latency reports it).
+    let wall = changes_start.elapsed().as_secs_f64();
+    let pct = |before: Option<f64>, after: Option<f64>| match (before, after) {
+        (Some(b), Some(e)) => format!("{:.0}", 100.0 * (e - b) / wall),
+        _ => "-".into(),
+    };
+    let client_cpu = pct(client_cpu0, cpu_seconds("self"));
+    let server_cpu = pct(
+        server_cpu0,
+        a.server_pid.and_then(|p| cpu_seconds(&p.to_string())),
+    );
     // Drain: wait until every watcher saw every change, or 30 s.
     let expected = a.watchers * a.changes;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -462,7 +482,8 @@ async fn run_watch(a: &Args) -> Result<String, BoxError> {
     all.sort_unstable();
     let q = |p| quantile(&all, p).unwrap_or(0);
     Ok(format!(
-        "RESULT watchers={} changes={} p50_us={} p90_us={} p99_us={} max_us={} missing={}",
+        "RESULT watchers={} changes={} p50_us={} p90_us={} p99_us={} max_us={} missing={} \
+         setup_ms={setup_ms} client_cpu_pct={client_cpu} server_cpu_pct={server_cpu}",
         a.watchers,
         a.changes,
         q(0.5),
