@@ -80,6 +80,15 @@ pub struct Registry {
     core: Mutex<Core>,
     leases: Arc<LeaseTable>,
     snapshot: ArcSwap<Snapshot>,
+    /// The catalog changed since `snapshot` was published: the next reader
+    /// publishes it (see [`Registry::snapshot`]). Set and cleared under the
+    /// lock.
+    stale: AtomicBool,
+    /// Somebody read `snapshot` since it was published: the next group of
+    /// writes publishes at once rather than leaving it to a reader.
+    read: AtomicBool,
+    /// The catalog's index after the last group of writes, published or not.
+    index: std::sync::atomic::AtomicU64,
     epoch: Instant,
     reaper_wake: Notify,
     metrics: Arc<Metrics>,
@@ -97,6 +106,9 @@ pub struct Registry {
     /// How many snapshots were published.
     #[cfg(test)]
     publications: std::sync::atomic::AtomicU64,
+    /// How many groups of writes changed the catalog.
+    #[cfg(test)]
+    groups: std::sync::atomic::AtomicU64,
 }
 
 /// A write waiting for its group, and where its result goes.
@@ -210,6 +222,9 @@ impl Registry {
         Registry {
             leases: catalog.leases().clone(),
             snapshot: ArcSwap::from_pointee(catalog.snapshot().clone()),
+            stale: AtomicBool::new(false),
+            read: AtomicBool::new(false),
+            index: catalog.snapshot().index.into(),
             core: Mutex::new(Core {
                 catalog,
                 hub: Hub::default(),
@@ -226,6 +241,8 @@ impl Registry {
             queued: Mutex::new(Vec::new()),
             #[cfg(test)]
             publications: Default::default(),
+            #[cfg(test)]
+            groups: Default::default(),
         }
     }
 
@@ -304,9 +321,49 @@ impl Registry {
         &self.metrics
     }
 
-    /// The latest published state. Never waits for writers.
+    /// The catalog's state, including every write answered so far.
+    ///
+    /// Readers share a published copy and do not wait for writers, except
+    /// the first reader after a run of writes that nobody read: writes
+    /// publish their state only when somebody read the one before (see
+    /// [`Registry::apply_group`]), and otherwise leave it to the next reader,
+    /// which takes the lock once to publish it. A copy that nobody holds is
+    /// what lets the catalog's persistent maps change in place: a published
+    /// one makes the next write copy every tree node it shares with it.
     pub fn snapshot(&self) -> Arc<Snapshot> {
+        if self.stale.load(Ordering::Acquire) {
+            let core = self.lock();
+            if self.stale.load(Ordering::Relaxed) {
+                self.publish(&core.catalog);
+            }
+        }
+        // Written only when it changes: readers on many cores do not pass
+        // the cache line around.
+        if !self.read.load(Ordering::Relaxed) {
+            self.read.store(true, Ordering::Relaxed);
+        }
         self.snapshot.load_full()
+    }
+
+    /// Publishes the catalog's state for readers. Under the lock.
+    fn publish(&self, catalog: &Catalog) {
+        self.snapshot.store(Arc::new(catalog.snapshot().clone()));
+        self.stale.store(false, Ordering::Release);
+        #[cfg(test)]
+        self.publications.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The catalog's index after the last write (what a heartbeat that
+    /// changed nothing answers), without publishing the state.
+    pub(crate) fn index(&self) -> u64 {
+        self.index.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the catalog's current state under the lock, without
+    /// publishing it: how a writer reads back what it wrote (the answer to a
+    /// registration) without making the next write copy the tree.
+    pub(crate) fn with_current<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        f(self.lock().catalog.snapshot())
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
@@ -544,7 +601,10 @@ impl Registry {
     /// snapshot for all of them: readers and watchers see the state after
     /// the last, and the catalog's persistent maps copy each node they share
     /// with the published snapshot once per group rather than once per
-    /// command. `after` runs on the catalog before the publication.
+    /// command. When nobody read the last published snapshot, the group
+    /// leaves the publication to the next reader (see [`Registry::snapshot`]);
+    /// watchers are told at once either way. `after` runs on the catalog
+    /// before the publication.
     fn apply_group(
         &self,
         cmds: impl Iterator<Item = Command>,
@@ -635,10 +695,15 @@ impl Registry {
                 (&touched, &changed)
             };
             let snap = catalog.snapshot();
-            self.snapshot.store(Arc::new(snap.clone()));
-            hub.publish(snap, touched, changed);
+            self.index.store(snap.index, Ordering::Release);
             #[cfg(test)]
-            self.publications.fetch_add(1, Ordering::Relaxed);
+            self.groups.fetch_add(1, Ordering::Relaxed);
+            if self.read.swap(false, Ordering::Relaxed) {
+                self.publish(catalog);
+            } else {
+                self.stale.store(true, Ordering::Release);
+            }
+            hub.publish(snap, touched, changed);
         }
         let guard = catalog.guard_status();
         let after = catalog.next_deadline();
@@ -750,7 +815,7 @@ impl Registry {
         if self.leases.renew(service.as_str(), id.as_str(), now) == Renewal::Renewed {
             self.metrics.heartbeat(HeartbeatResult::Renewed);
             return Ok(Outcome {
-                index: self.snapshot.load().index,
+                index: self.index(),
                 ..Outcome::default()
             });
         }

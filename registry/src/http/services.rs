@@ -99,15 +99,16 @@ pub(super) async fn register_with(
             spec,
         })
         .await?;
-    let snap = state.registry.snapshot();
-    let inst = written(&snap, &service, &id, out.index)?;
+    let inst = state
+        .registry
+        .with_current(|now| written(now, &service, &id, out.index).cloned())?;
     let created = out.changed && inst.create_index == out.index;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok(with_index(out.index, instance_json(status, inst)))
+    Ok(with_index(out.index, instance_json(status, &inst)))
 }
 
 pub(super) async fn deregister(
@@ -156,9 +157,10 @@ pub(super) async fn maintenance(
             reason: req.enabled.then_some(reason),
         })
         .await?;
-    let snap = state.registry.snapshot();
-    let inst = written(&snap, &service, &id, out.index)?;
-    Ok(with_index(out.index, instance_json(StatusCode::OK, inst)))
+    let inst = state
+        .registry
+        .with_current(|now| written(now, &service, &id, out.index).cloned())?;
+    Ok(with_index(out.index, instance_json(StatusCode::OK, &inst)))
 }
 
 pub(super) async fn get_instance(

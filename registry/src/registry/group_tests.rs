@@ -38,10 +38,15 @@ fn deregister(id: &str) -> Command {
     }
 }
 
+fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
 #[tokio::test]
-async fn writes_ready_together_are_applied_in_order_with_one_publication() {
+async fn writes_ready_together_are_applied_in_order_as_one_group() {
     let reg = registry();
-    let before = reg.publications.load(Ordering::Relaxed);
+    let _ = reg.snapshot();
+    let before = count(&reg.publications);
     // Spawned before any runs: the first yields, the others queue behind it.
     let writes: Vec<_> = (0..20)
         .map(|i| {
@@ -58,14 +63,82 @@ async fn writes_ready_together_are_applied_in_order_with_one_publication() {
         (2..22).collect::<Vec<u64>>(),
         "each write has its own index, in order"
     );
-    assert_eq!(reg.publications.load(Ordering::Relaxed) - before, 1);
+    assert_eq!(count(&reg.groups), 1);
+    // Somebody had read the last state: the group published its own.
+    assert_eq!(count(&reg.publications) - before, 1);
     let snap = reg.snapshot();
     assert_eq!(snap.index, 21);
     assert_eq!(snap.services.get("web").unwrap().instances.len(), 20);
-    // Alone, a write is applied and published at once.
+    assert_eq!(
+        count(&reg.publications) - before,
+        1,
+        "no second publication"
+    );
+    // Alone, a write is applied at once.
     reg.write(register("alone")).await.unwrap();
-    assert_eq!(reg.publications.load(Ordering::Relaxed) - before, 2);
+    assert_eq!(count(&reg.groups), 2);
     assert!(reg.snapshot().instance("web", "alone").is_some());
+}
+
+/// Writes that nobody reads publish nothing, so the catalog's tree nodes
+/// are not shared and change in place; the first reader after them
+/// publishes once and sees every one of them. A copy taken before keeps
+/// its state.
+#[tokio::test]
+async fn writes_nobody_reads_are_published_by_the_next_reader() {
+    let reg = registry();
+    reg.write(register("a")).await.unwrap();
+    let early = reg.snapshot();
+    let before = count(&reg.publications);
+    reg.write(register("b")).await.unwrap();
+    assert_eq!(
+        count(&reg.publications) - before,
+        1,
+        "read since the last publication: published at once"
+    );
+    for i in 0..50 {
+        let out = reg.write(register(&format!("i{i}"))).await.unwrap();
+        // What a heartbeat answers follows the writes, published or not.
+        assert_eq!(reg.index(), out.index);
+    }
+    assert_eq!(
+        count(&reg.publications) - before,
+        1,
+        "nobody read: nothing published"
+    );
+    // Read your writes: another task, after the last answer, sees them all.
+    let seen = tokio::spawn({
+        let reg = reg.clone();
+        async move { reg.snapshot() }
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.services.get("web").unwrap().instances.len(), 52);
+    assert_eq!(seen.index, reg.index());
+    assert_eq!(
+        count(&reg.publications) - before,
+        2,
+        "the reader published once"
+    );
+    let again = reg.snapshot();
+    assert!(Arc::ptr_eq(&seen, &again), "and later readers share it");
+    assert_eq!(count(&reg.publications) - before, 2);
+    // The copy read before the writes is unchanged.
+    assert_eq!(early.services.get("web").unwrap().instances.len(), 1);
+    assert!(early.instance("web", "b").is_none());
+    // A writer reads back its own write without publishing.
+    reg.write(register("c")).await.unwrap();
+    let c = reg.with_current(|now| now.instance("web", "c").cloned());
+    assert!(c.is_some());
+    assert_eq!(
+        count(&reg.publications) - before,
+        3,
+        "read since: published at once"
+    );
+    reg.write(register("d")).await.unwrap();
+    let d = reg.with_current(|now| now.instance("web", "d").cloned());
+    assert!(d.is_some());
+    assert_eq!(count(&reg.publications) - before, 3);
 }
 
 #[tokio::test]
@@ -128,7 +201,6 @@ async fn a_group_whose_first_writer_is_dropped_is_applied_all_the_same() {
 #[tokio::test]
 async fn a_group_holds_at_most_max_group_writes() {
     let reg = registry();
-    let before = reg.publications.load(Ordering::Relaxed);
     let n = MAX_GROUP + MAX_GROUP / 2;
     let writes: Vec<_> = (0..n)
         .map(|i| {
@@ -139,7 +211,7 @@ async fn a_group_holds_at_most_max_group_writes() {
     for w in writes {
         w.await.unwrap().unwrap();
     }
-    assert_eq!(reg.publications.load(Ordering::Relaxed) - before, 2);
+    assert_eq!(count(&reg.groups), 2);
     assert_eq!(
         reg.snapshot().services.get("web").unwrap().instances.len(),
         n
