@@ -284,3 +284,65 @@ async fn watchers_hear_of_every_service_a_group_changed() {
     assert_eq!(second.state.as_ref().unwrap().instances.len(), 2);
     assert!(web_events.try_recv().is_err(), "one event per group");
 }
+
+/// Readers racing writers on two threads: whatever a reader knows to be
+/// answered is in the snapshot it reads next, and the indexes it sees never
+/// go back, whether the groups published or left it to a reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_racing_writers_see_every_answered_write() {
+    let reg = registry();
+    let answered = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (reg, answered) = (reg.clone(), answered.clone());
+            tokio::spawn(async move {
+                for i in 0..250 {
+                    let id = format!("w{w}-{i}");
+                    reg.write(register(&id)).await.unwrap();
+                    answered.lock().unwrap().push(id);
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (reg, answered, done) = (reg.clone(), answered.clone(), done.clone());
+            tokio::spawn(async move {
+                let (mut last, mut reads) = (0, 0u32);
+                while !done.load(Ordering::Relaxed) {
+                    // How many were answered, and the latest of them.
+                    let (count, recent) = {
+                        let all = answered.lock().unwrap();
+                        (all.len(), all[all.len().saturating_sub(20)..].to_vec())
+                    };
+                    let snap = reg.snapshot();
+                    assert!(snap.index >= last, "index went back");
+                    last = snap.index;
+                    let seen = snap.services.get("web").map_or(0, |s| s.instances.len());
+                    assert!(seen >= count, "{count} answered, {seen} seen");
+                    for id in &recent {
+                        assert!(
+                            snap.instance("web", id).is_some(),
+                            "{id} answered, not seen"
+                        );
+                    }
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    assert_eq!(
+        reg.snapshot().services.get("web").unwrap().instances.len(),
+        2000
+    );
+}
