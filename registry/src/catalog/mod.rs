@@ -4,7 +4,9 @@
 //! argument. Every command that changes anything bumps the global index exactly
 //! once and stamps it as the `modify_index` of what it touched. The state lives in
 //! persistent maps ([`imbl`]) so publishing a read snapshot after a write is an
-//! O(1) clone: readers never wait for writers.
+//! O(1) clone: readers do not wait for writers (`Registry::snapshot` says when
+//! one does, once), and a write copies only the tree nodes it shares with a
+//! published snapshot.
 //!
 //! Leases are tracked with one ordered timer set (`Timers`, by due, kind and id):
 //! each instance has at most one lease timer and one removal timer in it. A
