@@ -24,9 +24,8 @@
 #   $BENCH_PEERS/rnacos/bin (BENCH_PEERS defaults to bench/out/peers), then
 #   /work/bench-peers/rnacos/bin, then PATH, else `cargo install rnacos` into the
 #   cache, about 11 minutes on 2 cores), PERF=0|1 (profile roster; default 1 in --full),
-#   ETCD=0 (leave etcd out of the register, heartbeat and list scenarios: no etcd
-#   install and no etcd load generator to build; the watch and startup scenarios
-#   need it).
+#   ETCD=0 (leave etcd out of the register, heartbeat, list and watch scenarios: no
+#   etcd install and no etcd load generator to build; the startup scenario needs it).
 # Needs root for apt-get (wrk, nginx, etcd-server, knot, dnsperf, protobuf-compiler).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,8 +69,8 @@ need wrk wrk; need curl curl; need taskset util-linux; need python3 python3
 etcd_on=${ETCD:-1}
 [ $mode = smoke ] || { need nginx nginx-light; need dnsperf dnsperf; need knotd knot; need dig bind9-dnsutils; }
 [ $mode = smoke ] || [ "$etcd_on" = 0 ] || need etcd etcd-server
-if [ "$etcd_on" = 0 ] && { want watch || want startup; }; then
-  echo "ETCD=0 needs --only without watch and startup" >&2; exit 2
+if [ "$etcd_on" = 0 ] && want startup; then
+  echo "ETCD=0 needs --only without startup" >&2; exit 2
 fi
 [ "$perf_on" = 1 ] && need perf linux-perf
 etcd_feature=()
@@ -221,20 +220,17 @@ fi
 # --- Scenario 5: change-to-watcher latency (bench/watch.sh for roster) --------------
 if want watch && [ -n "$watchers" ]; then
   echo "== watch"
-  WATCHERS="$watchers" PORT=18771 timeout 1200 bench/watch.sh 50 > "$out/watch.log" 2>&1 \
+  # watch.sh runs roster's counts, then etcd's (one member, one connection
+  # per watcher on both sides), and tags each RESULT line with its server.
+  ETCD=$etcd_on WATCHERS="$watchers" PORT=18771 timeout 1800 bench/watch.sh 50 > "$out/watch.log" 2>&1 \
     || echo "watch.sh failed, see $out/watch.log" >&2
   grep '^RESULT' bench/out/watch.txt | while read -r line; do
     w=$(kv watchers "$line")
-    for m in p50_us p99_us max_us missing; do record watch "$w" roster "$d_roster" "$m" "$(kv $m "$line")"; done
-  done
-  for w in $watchers; do
-    start_etcd
-    line=$(timeout 900 taskset -c 1 "$gen/etcd_load" watch --endpoint "$etcd_ep" \
-      --watchers "$w" --connections "$w" --changes 50 | tee -a "$out/etcd-watch.log" | grep '^RESULT' || true)
-    if [ -n "$line" ]; then
-      for m in p50_us p99_us max_us missing; do record watch "$w" etcd "$d_etcd" "$m" "$(kv $m "$line")"; done
-    fi
-    stop_server etcd
+    case $(kv server "$line") in
+      etcd) sys=etcd d=$d_etcd ;;
+      *) sys=roster d=$d_roster ;;
+    esac
+    for m in p50_us p99_us max_us missing; do record watch "$w" "$sys" "$d" "$m" "$(kv $m "$line")"; done
   done
 fi
 

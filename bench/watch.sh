@@ -87,11 +87,17 @@ run() {
     wait "$perf" || true
     perf=
   fi
-  wait "$gen" || { echo "watch_latency failed (see $log)" >&2; gen=; exit 1; }
+  finish watch_latency "$log" server=roster
+}
+
+# finish GENERATOR LOG TAGS: waits for the load generator, writes its RESULT line
+# with TAGS and the server's memory, and stops the server.
+finish() {
+  wait "$gen" || { echo "$1 failed (see $2)" >&2; gen=; exit 1; }
   gen=
   local rss
   rss=$(awk '/VmRSS/ {print $2}' /proc/$server/status)
-  echo "$(grep '^RESULT' "$log") server=roster server_rss_kib=$rss" | tee -a "$out"
+  echo "$(grep '^RESULT' "$2") $3 server_rss_kib=$rss" | tee -a "$out"
   kill "$server"; wait "$server" || true
   server=
 }
@@ -114,13 +120,7 @@ run_etcd() {
     --watchers "$watchers" --connections "$conns" --changes "$changes" \
     --interval-ms "${INTERVAL_MS:-100}" --server-pid "$server" > "$log" &
   gen=$!
-  wait "$gen" || { echo "etcd_load failed (see $log)" >&2; gen=; exit 1; }
-  gen=
-  local rss
-  rss=$(awk '/VmRSS/ {print $2}' /proc/$server/status)
-  echo "$(grep '^RESULT' "$log") per_connection=$per server=etcd server_rss_kib=$rss" | tee -a "$out"
-  kill "$server"; wait "$server" || true
-  server=
+  finish etcd_load "$log" "per_connection=$per server=etcd"
   rm -rf "$data"
 }
 

@@ -39,6 +39,37 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
+/// The CPU time used so far by this process and by a server's, to report what
+/// both used over a stretch of a run.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMark {
+    client: Option<f64>,
+    server: Option<f64>,
+    server_pid: Option<u32>,
+}
+
+impl CpuMark {
+    /// Reads both now (the server's only with its pid).
+    pub fn now(server_pid: Option<u32>) -> Self {
+        CpuMark {
+            client: cpu_seconds("self"),
+            server: server_pid.and_then(|p| cpu_seconds(&p.to_string())),
+            server_pid,
+        }
+    }
+
+    /// What each used since the mark, in per cent of one core over `wall`
+    /// seconds: `(client, server)`, "-" where /proc could not tell.
+    pub fn percent(&self, wall: f64) -> (String, String) {
+        let now = CpuMark::now(self.server_pid);
+        let pct = |before: Option<f64>, after: Option<f64>| match (before, after) {
+            (Some(b), Some(e)) => format!("{:.0}", 100.0 * (e - b) / wall),
+            _ => "-".into(),
+        };
+        (pct(self.client, now.client), pct(self.server, now.server))
+    }
+}
+
 /// One machine-readable `RESULT` line of a closed-loop run, in the shape that
 /// `bench/report.lua` prints for wrk: `RESULT rps=… p50_us=… p99_us=… p999_us=…
 /// errors=… requests=…`. Sorts `latencies_us` (one entry per completed request).

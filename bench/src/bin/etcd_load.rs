@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions, PutOptions, WatchOptions};
-use roster_bench::{cpu_seconds, instance_address, quantile, result_line};
+use roster_bench::{CpuMark, cpu_seconds, instance_address, quantile, result_line};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -415,8 +415,7 @@ async fn run_watch(a: &Args) -> Result<String, BoxError> {
     .map_err(|_| "opening the watches took over 300 s")??;
     let setup_ms = setup_start.elapsed().as_millis();
     println!("CHANGES");
-    let server_cpu0 = a.server_pid.and_then(|p| cpu_seconds(&p.to_string()));
-    let client_cpu0 = cpu_seconds("self");
+    let cpu = CpuMark::now(a.server_pid);
     let changes_start = Instant::now();
     // Changes, one every interval; the put's revision identifies its event.
     let mut sent: HashMap<i64, Instant> = HashMap::new();
@@ -452,16 +451,7 @@ async fn run_watch(a: &Args) -> Result<String, BoxError> {
         }
     }
     // CPU use while the changes were being made (as watch_latency reports it).
-    let wall = changes_start.elapsed().as_secs_f64();
-    let pct = |before: Option<f64>, after: Option<f64>| match (before, after) {
-        (Some(b), Some(e)) => format!("{:.0}", 100.0 * (e - b) / wall),
-        _ => "-".into(),
-    };
-    let client_cpu = pct(client_cpu0, cpu_seconds("self"));
-    let server_cpu = pct(
-        server_cpu0,
-        a.server_pid.and_then(|p| cpu_seconds(&p.to_string())),
-    );
+    let (client_cpu, server_cpu) = cpu.percent(changes_start.elapsed().as_secs_f64());
     // Drain: wait until every watcher saw every change, or 30 s.
     let expected = a.watchers * a.changes;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use roster_bench::{cpu_seconds, event_index, quantile};
+use roster_bench::{CpuMark, event_index, quantile};
 use roster_client::api::{MaintenanceRequest, RegisterRequest};
 use roster_client::{RosterClient, WatchStream};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -346,8 +346,7 @@ async fn run(args: &Args) -> Result<(), String> {
     // The changes, one at a time, over a bare HTTP/2 connection of their
     // own: what a change costs the client library is not the server's.
     let writer = h2_connection(&args.url).await?;
-    let cpu_client0 = cpu_seconds("self");
-    let cpu_server0 = args.server_pid.and_then(|p| cpu_seconds(&p.to_string()));
+    let cpu = CpuMark::now(args.server_pid);
     let t0 = Instant::now();
     let mut changes: Vec<Change> = Vec::with_capacity(args.changes);
     let mut in_maintenance = [false; INSTANCES];
@@ -378,16 +377,7 @@ async fn run(args: &Args) -> Result<(), String> {
     }
     // CPU use while the changes were being made, one interval per change.
     tokio::time::sleep_until((t0 + args.interval * args.changes as u32).into()).await;
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu_pct = |before: Option<f64>, after: Option<f64>| match (before, after) {
-        (Some(b), Some(a)) => format!("{:.0}", 100.0 * (a - b) / wall),
-        _ => "-".into(),
-    };
-    let client_cpu = cpu_pct(cpu_client0, cpu_seconds("self"));
-    let server_cpu = cpu_pct(
-        cpu_server0,
-        args.server_pid.and_then(|p| cpu_seconds(&p.to_string())),
-    );
+    let (client_cpu, server_cpu) = cpu.percent(t0.elapsed().as_secs_f64());
 
     // Tell the watchers which change was the last one. Not at once: waking them
     // all would compete with the delivery of that change.
