@@ -326,7 +326,7 @@ impl Registry {
     /// Readers share a published copy and do not wait for writers, except
     /// the first reader after a run of writes that nobody read: writes
     /// publish their state only when somebody read the one before (see
-    /// [`Registry::apply_group`]), and otherwise leave it to the next reader,
+    /// `Registry::apply_group`), and otherwise leave it to the next reader,
     /// which takes the lock once to publish it. A copy that nobody holds is
     /// what lets the catalog's persistent maps change in place: a published
     /// one makes the next write copy every tree node it shares with it.
