@@ -372,6 +372,12 @@ impl Registry {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Ends every service watch stream (the server is shutting down): see
+    /// `Hub::close`.
+    pub fn close_watches(&self) {
+        self.lock().hub.close();
+    }
+
     /// Subscribes to the changes of one service (which need not exist yet).
     pub fn subscribe(&self, service: &ServiceName) -> Subscription {
         let mut core = self.lock();

@@ -268,6 +268,14 @@ fn spawn_background(
         reaper.await;
         Ok(())
     });
+    // Event streams end when their topics close, so that the graceful
+    // shutdown does not wait for them.
+    let (watches, cancel) = (registry.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        cancel.cancelled().await;
+        watches.close_watches();
+        Ok(())
+    });
     if let Some(changes) = registry.feed_changes() {
         let checker = Checker::new(
             registry.clone(),

@@ -531,6 +531,9 @@ pub(crate) struct Hub {
     topics: HashMap<Arc<str>, Topic>,
     list: watch::Sender<u64>,
     feed: Option<Feed>,
+    /// The server is shutting down: every topic's channel is closed, and a
+    /// subscription gets the current state and a closed channel.
+    closed: bool,
 }
 
 impl Default for Hub {
@@ -539,6 +542,7 @@ impl Default for Hub {
             topics: HashMap::new(),
             list: watch::Sender::new(0),
             feed: None,
+            closed: false,
         }
     }
 }
@@ -579,6 +583,16 @@ impl Hub {
         }
     }
 
+    /// Ends every service watch: the topics' senders are dropped, so each
+    /// receiver reads "closed" once it has what was sent before, and later
+    /// subscriptions start closed. What a shutting-down server calls, so that
+    /// streams need no shutdown wait of their own (polled after every event,
+    /// it cost each stream a lock).
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+        self.topics.clear();
+    }
+
     /// How many receivers follow `service`.
     #[cfg(test)]
     pub(crate) fn receivers_of(&self, service: &str) -> usize {
@@ -589,6 +603,14 @@ impl Hub {
 
     /// Subscribes to `service` (which need not exist yet).
     pub(crate) fn subscribe(&mut self, snap: &Snapshot, service: &Arc<str>) -> Subscription {
+        if self.closed {
+            // Its sender dropped at once: the receiver reads "closed".
+            let (_, changes) = broadcast::channel(1);
+            return Subscription {
+                current: Arc::new(ServiceEvent::from_snapshot(snap, service)),
+                changes,
+            };
+        }
         if self.topics.len() > 2 * snap.services.len() + 1024 {
             self.topics.retain(|_, t| t.tx.receiver_count() > 0);
         }

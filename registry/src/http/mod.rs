@@ -85,8 +85,10 @@ pub struct Shared {
     epoch_header: HeaderValue,
     /// Extra lease time after a restore.
     pub lease_grace: std::time::Duration,
-    /// Cancelled when the server shuts down: ends watch streams and blocking
-    /// queries, so a graceful shutdown does not wait for them.
+    /// Cancelled when the server shuts down: ends blocking queries and
+    /// catalog streams, so a graceful shutdown does not wait for them.
+    /// Service event streams end when the registry closes its watches
+    /// ([`Registry::close_watches`], which the server does at that moment).
     pub shutdown: CancellationToken,
     /// When this state was made: the start of the uptime `/health` reports.
     pub started: Instant,
@@ -98,8 +100,8 @@ pub struct Shared {
 
 impl AppState {
     /// State over `registry` with `config`'s settings, ready at once (an
-    /// in-memory catalog has nothing to load); watches end when `shutdown` is
-    /// cancelled. Settings only known once the server is bound or clustered
+    /// in-memory catalog has nothing to load); blocking queries end when
+    /// `shutdown` is cancelled. Settings only known once the server is bound or clustered
     /// are given to the [`AppStateBuilder`] before [`AppStateBuilder::build`].
     pub fn builder(
         registry: Arc<Registry>,

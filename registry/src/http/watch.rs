@@ -243,12 +243,13 @@ struct Watched {
 /// only the services that changed after it.
 struct Watcher {
     registry: Arc<Registry>,
-    /// Ready when the server shuts down; made once, not per event.
-    shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     watched: Vec<Watched>,
     pending: VecDeque<(usize, Arc<ServiceEvent>)>,
     token: u64,
     epoch: u64,
+    /// The topics were closed (the server is shutting down): the stream
+    /// ends once it has sent what they held.
+    closed: bool,
     _guard: WatcherGuard,
 }
 
@@ -278,11 +279,11 @@ impl Watcher {
         pending.make_contiguous().sort_by_key(|(_, e)| e.index);
         Watcher {
             registry,
-            shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
             watched,
             pending,
             token: resume.unwrap_or(0),
             epoch: state.epoch,
+            closed: false,
             _guard: guard,
         }
     }
@@ -303,15 +304,14 @@ impl Watcher {
                     crate::watch::sse_frame(self.epoch, self.token, event.json())
                 });
             }
-            // The change first: a stream woken by one does not look at the
-            // shutdown wait (a lock in the token) on its way.
-            let (i, first) = tokio::select! {
-                biased;
-                got = Self::recv_any(&mut self.watched) => got,
-                () = self.shutdown.as_mut() => return None,
-            };
+            if self.closed {
+                return None;
+            }
+            // A shutting-down server closes the topics (`Registry::close_watches`):
+            // a receiver reads "closed" once it has what was sent before.
+            let (i, first) = Self::recv_any(&mut self.watched).await;
             let mut lagged = false;
-            self.take(i, first, &mut lagged)?;
+            self.take(i, first, &mut lagged);
             // Changes are published in index order, so every change older than the
             // one just received is already waiting in some receiver: collect them
             // all and send them sorted.
@@ -321,9 +321,12 @@ impl Watcher {
                         Ok(event) => Ok(event),
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                        Err(TryRecvError::Closed) => {
+                            self.closed = true;
+                            break;
+                        }
                     };
-                    self.take(i, result, &mut lagged)?;
+                    self.take(i, result, &mut lagged);
                 }
             }
             if lagged {
@@ -333,19 +336,13 @@ impl Watcher {
         }
     }
 
-    /// Queues a received change; `None` when the topic is gone.
-    fn take(
-        &mut self,
-        i: usize,
-        result: Result<Arc<ServiceEvent>, RecvError>,
-        lagged: &mut bool,
-    ) -> Option<()> {
+    /// Queues a received change, or notes that the topics are closed.
+    fn take(&mut self, i: usize, result: Result<Arc<ServiceEvent>, RecvError>, lagged: &mut bool) {
         match result {
             Ok(event) => self.pending.push_back((i, event)),
             Err(RecvError::Lagged(_)) => *lagged = true,
-            Err(RecvError::Closed) => return None,
+            Err(RecvError::Closed) => self.closed = true,
         }
-        Some(())
     }
 
     /// The reader fell behind a topic's buffer: drop what is queued and send the
@@ -443,6 +440,58 @@ mod tests {
         let start = tokio::time::Instant::now();
         assert_eq!(&frame(&mut a).await[..], KEEP_ALIVE_FRAME);
         assert_eq!(start.elapsed(), KEEP_ALIVE);
+    }
+
+    /// Shutdown closes the topics: an open stream sends what was published
+    /// before and ends (one watching one service, one watching two); a stream
+    /// opened afterwards sends the current state and ends.
+    #[tokio::test]
+    async fn closing_the_watches_ends_the_streams_after_what_they_had() {
+        let registry = Arc::new(Registry::new(
+            CatalogLimits::default(),
+            Arc::new(Metrics::new()),
+        ));
+        registry.register_plain("web", "w1");
+        let state = AppState::builder(
+            registry.clone(),
+            &Config::default(),
+            CancellationToken::new(),
+        )
+        .build();
+        let web = [ServiceName::parse("web").unwrap()];
+        let both = [
+            ServiceName::parse("web").unwrap(),
+            ServiceName::parse("db").unwrap(),
+        ];
+        let open = |services: &[ServiceName]| {
+            event_stream(Watcher::new(&state, services, None))
+                .into_body()
+                .into_data_stream()
+        };
+        let (mut one, mut two) = (open(&web), open(&both));
+        assert!(
+            std::str::from_utf8(&frame(&mut one).await)
+                .unwrap()
+                .contains("\"w1\"")
+        );
+        frame(&mut two).await;
+        frame(&mut two).await;
+        registry.register_plain("web", "w2");
+        registry.close_watches();
+        for body in [&mut one, &mut two] {
+            let last = frame(body).await;
+            assert!(std::str::from_utf8(&last).unwrap().contains("\"w2\""));
+            let end = tokio::time::timeout(std::time::Duration::from_secs(5), body.next());
+            assert!(end.await.expect("the stream ends").is_none());
+        }
+        let mut late = open(&web);
+        assert!(
+            std::str::from_utf8(&frame(&mut late).await)
+                .unwrap()
+                .contains("\"w2\"")
+        );
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), late.next());
+        assert!(end.await.expect("the stream ends").is_none());
     }
 
     #[test]
