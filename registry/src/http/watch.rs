@@ -389,8 +389,8 @@ mod tests {
         body.next().await.unwrap().unwrap()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn streams_share_each_event_frame_and_an_idle_one_sends_keep_alives() {
+    /// A registry whose service `web` has one instance, `w1`, and its state.
+    fn web_with_one_instance() -> (Arc<Registry>, AppState) {
         let registry = Arc::new(Registry::new(
             CatalogLimits::default(),
             Arc::new(Metrics::new()),
@@ -402,6 +402,12 @@ mod tests {
             CancellationToken::new(),
         )
         .build();
+        (registry, state)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_share_each_event_frame_and_an_idle_one_sends_keep_alives() {
+        let (registry, state) = web_with_one_instance();
         let web = [ServiceName::parse("web").unwrap()];
         let open = || {
             let response = event_stream(Watcher::new(&state, &web, None));
@@ -447,17 +453,7 @@ mod tests {
     /// opened afterwards sends the current state and ends.
     #[tokio::test]
     async fn closing_the_watches_ends_the_streams_after_what_they_had() {
-        let registry = Arc::new(Registry::new(
-            CatalogLimits::default(),
-            Arc::new(Metrics::new()),
-        ));
-        registry.register_plain("web", "w1");
-        let state = AppState::builder(
-            registry.clone(),
-            &Config::default(),
-            CancellationToken::new(),
-        )
-        .build();
+        let (registry, state) = web_with_one_instance();
         let web = [ServiceName::parse("web").unwrap()];
         let both = [
             ServiceName::parse("web").unwrap(),
