@@ -93,6 +93,26 @@ pub fn instance_address(i: usize) -> String {
     format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256)
 }
 
+/// One bare HTTP/2 connection (prior knowledge) to `addr` (`host:port`),
+/// driven by a task of its own, with windows large enough that a reader of
+/// many streams is never held back by flow control.
+pub async fn h2_connect(addr: &str) -> Result<h2::client::SendRequest<bytes::Bytes>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 26)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

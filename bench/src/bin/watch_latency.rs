@@ -148,21 +148,7 @@ enum Stream {
 /// A bare HTTP/2 connection to `url` (`http://host:port`), driven by a task
 /// of its own.
 async fn h2_connection(url: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
-    let addr = url.trim_start_matches("http://").trim_end_matches('/');
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(1 << 20)
-        .initial_connection_window_size(1 << 26)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(send)
+    roster_bench::h2_connect(url.trim_start_matches("http://").trim_end_matches('/')).await
 }
 
 impl Via {

@@ -215,24 +215,6 @@ mod lean {
     pub const PATH: &str =
         "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
-    /// One HTTP/2 connection to `addr`, driven by a task of its own.
-    pub async fn connect(addr: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(1 << 20)
-            .initial_connection_window_size(1 << 26)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(send)
-    }
-
     /// `msg` as one gRPC message: no compression, its length, its bytes.
     fn frame(msg: &DiscoveryRequest) -> Bytes {
         let len = msg.encoded_len();
@@ -655,7 +637,7 @@ async fn run(args: &Args) -> Result<(), String> {
         Client::H2 => {
             let mut conns = Vec::with_capacity(connections);
             for _ in 0..connections {
-                conns.push(lean::connect(&args.grpc).await?);
+                conns.push(roster_bench::h2_connect(&args.grpc).await?);
             }
             for s in 0..args.streams {
                 let conn = conns[s / args.per_connection].clone();
