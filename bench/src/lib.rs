@@ -3,6 +3,8 @@
 //! The binaries live in `src/bin/`; this library holds the small helpers they
 //! share, so that they can be unit-tested.
 
+pub mod h2raw;
+
 /// The `"index"` of a watch event's JSON, read from its start without decoding
 /// the rest (the registry writes `{"service":…,"index":N,"instances":[…]}`).
 pub fn event_index(json: &str) -> Option<u64> {

@@ -10,13 +10,16 @@
 //! ```text
 //! watch_latency --url http://127.0.0.1:8500 --watchers 1000 --changes 50
 //!     [--interval-ms 100] [--open-concurrency 100] [--server-pid PID] [--detail FILE]
-//!     [--per-connection N]
+//!     [--per-connection N [--client raw|h2]]
 //! ```
 //!
 //! Without `--per-connection` every stream has its own HTTP/1.1 connection
 //! (through roster-client); with it, the streams share HTTP/2 connections, N
-//! to one, read with the bare `h2` crate so that the load generator's own
-//! work per event stays small next to the server's.
+//! to one. `--client raw` (the default) reads each connection in one task
+//! that cuts the HTTP/2 frames itself ([`roster_bench::h2raw`]), so that the
+//! load generator's own work per event stays small next to the server's;
+//! `--client h2` reads every stream in a task of its own through the `h2`
+//! crate (what the figures before the sixteenth session used).
 //!
 //! Prints `CHANGES` when the streams are open and the changes start, then one
 //! `RESULT key=value ...` line. `--server-pid` adds the server's CPU use during
@@ -49,7 +52,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 const USAGE: &str = "usage: watch_latency --url URL --watchers N --changes K \
     [--interval-ms MS] [--open-concurrency N] [--server-pid PID] [--detail FILE] \
-    [--per-connection N]";
+    [--per-connection N [--client raw|h2]]";
 
 /// Command-line arguments.
 #[derive(Debug)]
@@ -63,6 +66,9 @@ struct Args {
     detail: Option<String>,
     /// Streams per HTTP/2 connection; 0 for HTTP/1.1, one each.
     per_connection: usize,
+    /// How HTTP/2 streams are read: by hand, one task per connection (true),
+    /// or through the `h2` crate, one task per stream.
+    raw: bool,
 }
 
 impl Args {
@@ -76,6 +82,7 @@ impl Args {
             server_pid: None,
             detail: None,
             per_connection: 0,
+            raw: true,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -89,6 +96,13 @@ impl Args {
                 "--server-pid" => args.server_pid = Some(num(&flag, value()?)?),
                 "--detail" => args.detail = Some(value()?),
                 "--per-connection" => args.per_connection = num(&flag, value()?)?,
+                "--client" => {
+                    args.raw = match value()?.as_str() {
+                        "raw" => true,
+                        "h2" => false,
+                        other => return Err(format!("--client: {other:?} is not raw or h2")),
+                    }
+                }
                 "-h" | "--help" => return Err(USAGE.into()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
@@ -129,6 +143,17 @@ struct Seen {
     stream: Option<Stream>,
 }
 
+impl Seen {
+    fn new() -> Seen {
+        Seen {
+            initial: 0,
+            events: Vec::new(),
+            failure: None,
+            stream: None,
+        }
+    }
+}
+
 /// Where a watcher opens its stream.
 #[derive(Clone)]
 enum Via {
@@ -142,7 +167,15 @@ enum Via {
 #[derive(Debug)]
 enum Stream {
     Http1(Box<WatchStream>),
-    Http2 { body: h2::RecvStream, buf: Vec<u8> },
+    Http2 {
+        body: h2::RecvStream,
+        buf: Vec<u8>,
+    },
+    /// A connection read by [`raw::connection`], held by the record of its
+    /// first stream.
+    Raw {
+        _connection: tokio::net::TcpStream,
+    },
 }
 
 /// A bare HTTP/2 connection to `url` (`http://host:port`), driven by a task
@@ -190,20 +223,10 @@ impl Stream {
                     .map(Some)
                     .ok_or_else(|| format!("event without an index: {}", raw.data)),
             },
+            Stream::Raw { .. } => Err("a raw connection is read by its own task".into()),
             Stream::Http2 { body, buf } => loop {
                 if let Some(end) = frame_end(buf) {
-                    let index = {
-                        let frame = &buf[..end];
-                        let data = memchr::memmem::find(frame, b"data:").is_some();
-                        match memchr::memmem::find(frame, b"\"index\":") {
-                            Some(at) if data => Some(digits(&frame[at + 8..])),
-                            None if data => {
-                                let text = String::from_utf8_lossy(frame);
-                                return Err(format!("event without an index: {text}"));
-                            }
-                            _ => None,
-                        }
-                    };
+                    let index = sse_index(&buf[..end])?;
                     buf.drain(..end);
                     match index {
                         Some(index) => return Ok(Some(index)),
@@ -286,6 +309,8 @@ async fn run(args: &Args) -> Result<(), String> {
     // Over HTTP/2, one client (one connection) per `per_connection` streams.
     let connections: Vec<Via> = if args.per_connection == 0 {
         vec![Via::Http1(client.clone())]
+    } else if args.raw {
+        Vec::new()
     } else {
         let mut v = Vec::new();
         for _ in 0..args.watchers.div_ceil(args.per_connection) {
@@ -294,14 +319,25 @@ async fn run(args: &Args) -> Result<(), String> {
         v
     };
     let mut tasks = JoinSet::new();
-    for w in 0..args.watchers {
-        let via = &connections[w.checked_div(args.per_connection).unwrap_or(0)];
-        tasks.spawn(watcher(
-            via.clone(),
-            open.clone(),
-            ready_tx.clone(),
-            ctl_rx.clone(),
-        ));
+    if args.per_connection > 0 && args.raw {
+        let addr = args.url.trim_start_matches("http://").trim_end_matches('/');
+        for c in 0..args.watchers.div_ceil(args.per_connection) {
+            let n = args
+                .per_connection
+                .min(args.watchers - c * args.per_connection);
+            let conn = raw::connection(addr.to_owned(), n, ready_tx.clone(), ctl_rx.clone());
+            tasks.spawn(conn);
+        }
+    } else {
+        for w in 0..args.watchers {
+            let via = &connections[w.checked_div(args.per_connection).unwrap_or(0)];
+            tasks.spawn(watcher(
+                via.clone(),
+                open.clone(),
+                ready_tx.clone(),
+                ctl_rx.clone(),
+            ));
+        }
     }
     drop(ready_tx);
     let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
@@ -380,7 +416,7 @@ async fn run(args: &Args) -> Result<(), String> {
     let drain_deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     loop {
         match tokio::time::timeout_at(drain_deadline, tasks.join_next()).await {
-            Ok(Some(joined)) => seen.push(joined.map_err(|e| e.to_string())?),
+            Ok(Some(joined)) => seen.extend(joined.map_err(|e| e.to_string())?),
             Ok(None) => break,
             Err(_) => {
                 ctl_tx.send_replace(Control {
@@ -388,7 +424,7 @@ async fn run(args: &Args) -> Result<(), String> {
                     stop: true,
                 });
                 while let Some(joined) = tasks.join_next().await {
-                    seen.push(joined.map_err(|e| e.to_string())?);
+                    seen.extend(joined.map_err(|e| e.to_string())?);
                 }
                 break;
             }
@@ -486,13 +522,17 @@ async fn watcher(
     open: Arc<Semaphore>,
     ready: mpsc::UnboundedSender<Result<(), String>>,
     mut ctl: watch::Receiver<Control>,
+) -> Vec<Seen> {
+    vec![watch_one(via, open, ready, &mut ctl).await]
+}
+
+async fn watch_one(
+    via: Via,
+    open: Arc<Semaphore>,
+    ready: mpsc::UnboundedSender<Result<(), String>>,
+    ctl: &mut watch::Receiver<Control>,
 ) -> Seen {
-    let mut seen = Seen {
-        initial: 0,
-        events: Vec::new(),
-        failure: None,
-        stream: None,
-    };
+    let mut seen = Seen::new();
     let permit = open.acquire().await.expect("semaphore is never closed");
     let opened = async {
         let mut stream = via.open().await?;
@@ -594,7 +634,27 @@ async fn put_maintenance(
 /// The length of the first whole SSE frame in `buf` (up to and with the
 /// blank line that ends it).
 fn frame_end(buf: &[u8]) -> Option<usize> {
-    memchr::memmem::find(buf, b"\n\n").map(|at| at + 2)
+    static END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n\n"));
+    END.find(buf).map(|at| at + 2)
+}
+
+/// The `"index"` of the event in one whole SSE frame; `None` for a frame
+/// without data (a keep-alive comment).
+fn sse_index(frame: &[u8]) -> Result<Option<u64>, String> {
+    static DATA: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"data:"));
+    static INDEX: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"index\":"));
+    let data = DATA.find(frame).is_some();
+    match INDEX.find(frame) {
+        Some(at) if data => Ok(Some(digits(&frame[at + 8..]))),
+        None if data => {
+            let text = String::from_utf8_lossy(frame);
+            Err(format!("event without an index: {text}"))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The number `bytes` starts with.
@@ -607,4 +667,196 @@ fn digits(bytes: &[u8]) -> u64 {
 
 fn instance_id(i: usize) -> String {
     format!("bench-{i}")
+}
+
+/// Watch streams read by hand, a connection's streams in one task.
+mod raw {
+    use std::time::Instant;
+
+    use bytes::{BufMut as _, BytesMut};
+    use roster_bench::h2raw::{
+        self, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, STATUS_200,
+        WINDOW_UPDATE, frame_header, hpack_string,
+    };
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::sync::{mpsc, watch};
+
+    use super::{Control, SERVICE, Seen, Stream, frame_end, sse_index};
+
+    /// One stream's receive side.
+    struct Watch {
+        /// SSE text not yet cut into whole frames.
+        partial: Vec<u8>,
+        /// Whether the stream's response headers said 200.
+        answered: bool,
+        /// Whether the first event (the state when it opened) came.
+        opened: bool,
+        /// The highest index seen.
+        latest: u64,
+        seen: Seen,
+    }
+
+    /// `GET /v1/watch?service=bench`: static-table entries and literals that
+    /// are never indexed, so no HPACK state is kept.
+    fn request_headers(authority: &str) -> Vec<u8> {
+        let mut b = vec![0x82, 0x86]; // :method GET, :scheme http
+        b.push(0x04); // :path, name from the static table
+        hpack_string(&mut b, format!("/v1/watch?service={SERVICE}").as_bytes());
+        b.push(0x01); // :authority
+        hpack_string(&mut b, authority.as_bytes());
+        b
+    }
+
+    /// Opens `streams` watch streams on one connection to `addr`, reports
+    /// each one's first event on `ready`, and records every later event until
+    /// every stream saw the final change or `ctl` says stop. Each stream's
+    /// record; the first holds the connection open.
+    pub async fn connection(
+        addr: String,
+        streams: usize,
+        ready: mpsc::UnboundedSender<Result<(), String>>,
+        mut ctl: watch::Receiver<Control>,
+    ) -> Vec<Seen> {
+        let mut state: Vec<Watch> = (0..streams)
+            .map(|_| Watch {
+                partial: Vec::new(),
+                answered: false,
+                opened: false,
+                latest: 0,
+                seen: Seen::new(),
+            })
+            .collect();
+        let outcome = read(&addr, &mut state, &ready, &mut ctl).await;
+        let mut seen: Vec<Seen> = state.into_iter().map(|w| w.seen).collect();
+        match outcome {
+            Ok(tcp) => {
+                if let Some(first) = seen.first_mut() {
+                    first.stream = Some(Stream::Raw { _connection: tcp });
+                }
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e.clone()));
+                for s in &mut seen {
+                    s.failure.get_or_insert_with(|| e.clone());
+                }
+            }
+        }
+        seen
+    }
+
+    async fn read(
+        addr: &str,
+        state: &mut [Watch],
+        ready: &mpsc::UnboundedSender<Result<(), String>>,
+        ctl: &mut watch::Receiver<Control>,
+    ) -> Result<tokio::net::TcpStream, String> {
+        let mut tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut out = BytesMut::with_capacity(1 << 16);
+        h2raw::preface(&mut out);
+        let headers = request_headers(addr);
+        for n in 0..state.len() {
+            frame_header(
+                &mut out,
+                headers.len(),
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                h2raw::stream_id(n),
+            );
+            out.put_slice(&headers);
+        }
+        tcp.write_all(&out).await.map_err(|e| e.to_string())?;
+        out.clear();
+        let mut buf = BytesMut::with_capacity(1 << 18);
+        let mut unacknowledged = 0usize;
+        // Streams that have not yet seen the final change (once it is known).
+        let mut behind = state.len();
+        let mut final_index = 0;
+        loop {
+            buf.reserve(1 << 16);
+            let n = tokio::select! {
+                biased;
+                changed = ctl.changed() => {
+                    let c = *ctl.borrow_and_update();
+                    if changed.is_err() || c.stop {
+                        return Ok(tcp);
+                    }
+                    final_index = c.final_index;
+                    behind = state.iter().filter(|w| w.latest < final_index).count();
+                    if behind == 0 {
+                        return Ok(tcp);
+                    }
+                    continue;
+                }
+                n = tcp.read_buf(&mut buf) => n.map_err(|e| e.to_string())?,
+            };
+            if n == 0 {
+                return Err("the registry closed the connection".into());
+            }
+            let at = Instant::now();
+            while let Some(frame) = h2raw::next_frame(&mut buf) {
+                let id = frame.stream;
+                let w = h2raw::stream_index(id).and_then(|i| state.get_mut(i));
+                if frame.kind == DATA {
+                    unacknowledged += frame.payload.len();
+                }
+                match (frame.kind, w) {
+                    (DATA, Some(w)) => {
+                        if !w.answered {
+                            return Err(format!("stream {id}: data before a 200"));
+                        }
+                        w.partial.extend_from_slice(frame.data()?);
+                        let mut start = 0;
+                        while let Some(end) = frame_end(&w.partial[start..]) {
+                            let index = sse_index(&w.partial[start..start + end])?;
+                            start += end;
+                            let Some(index) = index else { continue };
+                            if !w.opened {
+                                w.opened = true;
+                                w.seen.initial = index;
+                                let _ = ready.send(Ok(()));
+                            } else {
+                                w.seen.events.push((index, at));
+                            }
+                            let was_behind = final_index != 0 && w.latest < final_index;
+                            w.latest = w.latest.max(index);
+                            if was_behind && w.latest >= final_index {
+                                behind -= 1;
+                            }
+                        }
+                        w.partial.drain(..start);
+                        if frame.flags & END_STREAM != 0 {
+                            return Err(format!("the registry ended stream {id}"));
+                        }
+                    }
+                    (HEADERS, Some(w)) => {
+                        if frame.flags & END_STREAM != 0 {
+                            return Err(format!("the registry ended stream {id}"));
+                        }
+                        if frame.payload.first() != Some(&STATUS_200) {
+                            return Err(format!("stream {id} was not answered 200"));
+                        }
+                        w.answered = true;
+                    }
+                    (RST_STREAM, _) => return Err(format!("stream {id} reset")),
+                    (GOAWAY, _) => return Err("the server sent GOAWAY".into()),
+                    _ => frame.answer(&mut out), // also window updates
+                }
+            }
+            if unacknowledged > (1 << 24) {
+                frame_header(&mut out, 4, WINDOW_UPDATE, 0, 0);
+                out.put_u32(u32::try_from(unacknowledged).expect("under the window"));
+                unacknowledged = 0;
+            }
+            if !out.is_empty() {
+                tcp.write_all(&out).await.map_err(|e| e.to_string())?;
+                out.clear();
+            }
+            if final_index != 0 && behind == 0 {
+                return Ok(tcp);
+            }
+        }
+    }
 }

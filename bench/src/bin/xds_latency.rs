@@ -393,39 +393,16 @@ mod lean {
 mod raw {
     use std::time::Instant;
 
-    use bytes::{Buf as _, BufMut as _, BytesMut};
+    use bytes::{BufMut as _, BytesMut};
+    use roster_bench::h2raw::{
+        self, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, WINDOW_UPDATE,
+        frame_header, hpack_string,
+    };
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::sync::{mpsc, watch};
 
     use super::Seen;
     use super::lean::{PATH, ack_frame, ack_prefix, subscribe_frame, version_and_nonce};
-
-    const WINDOW: u32 = 1 << 30;
-    const DATA: u8 = 0;
-    const HEADERS: u8 = 1;
-    const RST_STREAM: u8 = 3;
-    const SETTINGS: u8 = 4;
-    const PING: u8 = 6;
-    const GOAWAY: u8 = 7;
-    const WINDOW_UPDATE: u8 = 8;
-    const END_STREAM: u8 = 0x1;
-    const ACK: u8 = 0x1;
-    const END_HEADERS: u8 = 0x4;
-    const PADDED: u8 = 0x8;
-
-    fn frame_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u32) {
-        let len = u32::try_from(len).expect("small frame");
-        out.put_slice(&len.to_be_bytes()[1..]);
-        out.put_u8(kind);
-        out.put_u8(flags);
-        out.put_u32(stream);
-    }
-
-    /// A string of an HPACK literal, not Huffman-coded (all ours are short).
-    fn hpack_string(out: &mut Vec<u8>, s: &[u8]) {
-        out.push(u8::try_from(s.len()).expect("short header"));
-        out.extend_from_slice(s);
-    }
 
     /// The request headers of every stream: static-table entries and
     /// literals that are never indexed, so no HPACK state is kept.
@@ -465,18 +442,11 @@ mod raw {
             .map_err(|e| format!("connect: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
         let mut out = BytesMut::with_capacity(1 << 16);
-        out.put_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-        frame_header(&mut out, 12, SETTINGS, 0, 0);
-        out.put_u16(0x2); // no server push
-        out.put_u32(0);
-        out.put_u16(0x4); // initial stream window
-        out.put_u32(WINDOW);
-        frame_header(&mut out, 4, WINDOW_UPDATE, 0, 0);
-        out.put_u32(WINDOW - 65_535);
+        h2raw::preface(&mut out);
         let headers = request_headers(&addr);
         let subscribe = subscribe_frame();
         for n in 0..streams {
-            let id = u32::try_from(2 * n + 1).expect("few streams");
+            let id = h2raw::stream_id(n);
             frame_header(&mut out, headers.len(), HEADERS, END_HEADERS, id);
             out.put_slice(&headers);
             frame_header(&mut out, subscribe.len(), DATA, 0, id);
@@ -503,43 +473,22 @@ mod raw {
                 return Err("connection closed".into());
             }
             let at = Instant::now();
-            while buf.len() >= 9 {
-                let len =
-                    usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
-                if buf.len() < 9 + len {
-                    break;
-                }
-                let (kind, flags) = (buf[3], buf[4]);
-                let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-                buf.advance(9);
-                let payload = buf.split_to(len);
-                let stream = (id > 0)
-                    .then(|| state.get_mut(usize::try_from((id - 1) / 2).unwrap_or(usize::MAX)))
-                    .flatten();
-                match kind {
+            while let Some(frame) = h2raw::next_frame(&mut buf) {
+                let id = frame.stream;
+                match frame.kind {
                     DATA => {
-                        unacknowledged += len;
-                        let Some(s) = stream else { continue };
-                        let mut data: &[u8] = &payload;
-                        if flags & PADDED != 0 {
-                            let pad = usize::from(*data.first().ok_or("bad padding")?);
-                            data = data
-                                .get(1..data.len().saturating_sub(pad))
-                                .ok_or("bad padding")?;
-                        }
-                        read_messages(s, data, id, at, &prefix, &ready, &mut out)?;
+                        unacknowledged += frame.payload.len();
+                        let Some(s) = h2raw::stream_index(id).and_then(|i| state.get_mut(i)) else {
+                            continue;
+                        };
+                        read_messages(s, frame.data()?, id, at, &prefix, &ready, &mut out)?;
                     }
-                    HEADERS if flags & END_STREAM != 0 => {
+                    HEADERS if frame.flags & END_STREAM != 0 => {
                         return Err(format!("stream {id} ended"));
                     }
                     RST_STREAM => return Err(format!("stream {id} reset")),
                     GOAWAY => return Err("the server sent GOAWAY".into()),
-                    SETTINGS if flags & ACK == 0 => frame_header(&mut out, 0, SETTINGS, ACK, 0),
-                    PING if flags & ACK == 0 => {
-                        frame_header(&mut out, 8, PING, ACK, 0);
-                        out.put_slice(&payload);
-                    }
-                    _ => {} // response headers, window updates, acknowledgements
+                    _ => frame.answer(&mut out), // also response headers, window updates
                 }
             }
             if unacknowledged > (1 << 24) {
