@@ -27,7 +27,7 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, RawPathParams, Request};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use tower::ServiceExt as _;
 
@@ -842,10 +842,10 @@ fn too_long() -> Response {
 fn hold_while_streaming(slot: Slot, resp: Response) -> Response {
     match slot {
         Slot::Watcher(permit) => resp.map(|body| {
-            Body::from_stream(body.into_data_stream().map(move |chunk| {
-                let _held = &permit;
-                chunk
-            }))
+            Body::new(super::serve::Holding {
+                body,
+                _held: permit,
+            })
         }),
         _ => resp,
     }
@@ -854,6 +854,7 @@ fn hold_while_streaming(slot: Slot, resp: Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt as _;
 
     /// A router of one group of read routes: `/fast` answers at once,
     /// `/slow` never does, `/slow/watch` streams for as long as it runs.

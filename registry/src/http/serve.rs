@@ -696,14 +696,15 @@ impl Drop for OpenRequest {
     }
 }
 
-/// An answer's body that keeps its request counted open while hyper still
-/// sends it (a watch stream's, for as long as the stream lasts).
-struct Counted {
-    body: axum::body::Body,
-    _open: OpenRequest,
+/// An answer's body that holds `_held` until hyper is done sending it: the
+/// count of a connection's open requests (a watch stream's, for as long as
+/// the stream lasts), a watcher's slot. Its frames pass through untouched.
+pub(super) struct Holding<T> {
+    pub body: axum::body::Body,
+    pub _held: T,
 }
 
-impl hyper::body::Body for Counted {
+impl<T: Unpin> hyper::body::Body for Holding<T> {
     type Data = bytes::Bytes;
     type Error = axum::Error;
 
@@ -741,7 +742,7 @@ async fn connection_h2<IO>(
     let service = hyper::service::service_fn(move |req| {
         let open = counter.start();
         peer.call(&app, req).map(move |answer| {
-            answer.map(|response| response.map(|body| Counted { body, _open: open }))
+            answer.map(|response| response.map(|body| Holding { body, _held: open }))
         })
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

@@ -446,6 +446,16 @@ mod tests {
         let start = tokio::time::Instant::now();
         assert_eq!(&frame(&mut a).await[..], KEEP_ALIVE_FRAME);
         assert_eq!(start.elapsed(), KEEP_ALIVE);
+
+        // A stream opened long after the last change gets the frame built
+        // then, and its first keep-alive comes an interval after it opened,
+        // not at once.
+        tokio::time::sleep(KEEP_ALIVE * 3).await;
+        let opened = tokio::time::Instant::now();
+        let mut c = open();
+        assert_eq!(frame(&mut c).await.as_ptr(), x.as_ptr());
+        assert_eq!(&frame(&mut c).await[..], KEEP_ALIVE_FRAME);
+        assert_eq!(opened.elapsed(), KEEP_ALIVE);
     }
 
     /// Shutdown closes the topics: an open stream sends what was published
