@@ -12,7 +12,10 @@
 #   PORT=N                  listen port (default 18671)
 #   WATCHERS="1000 10000"   the watcher counts, one run each (default both)
 #   PER_CONNECTION=N        streams share HTTP/2 connections, N to one (default 0:
-#                           one HTTP/1.1 connection per stream)
+#                           one HTTP/1.1 connection per stream); the generator
+#                           reads each connection's streams in one task, cutting
+#                           the frames itself (watch_latency's default --client
+#                           raw; WATCH_CLIENT=h2 reads them through the h2 crate)
 #   INTERVAL_MS=N           time between changes (default 100; a change must be
 #                           delivered to every watcher before the next)
 #   ETCD=0                  skips etcd; otherwise, when `etcd` is installed (Debian
@@ -21,6 +24,13 @@
 #                           etcd's gRPC Watch: one stream per watcher, the same
 #                           sharing of connections as roster's streams; each
 #                           change is a put of one key of the ten)
+#   FLOOR=0                 skips the floor; otherwise, with PER_CONNECTION set,
+#                           each count also runs against peer_h2_sse (bench/src/
+#                           bin/peer_h2_sse.rs): a bare server on the h2 crate that
+#                           sends the same SSE frame (the JSON of roster's own
+#                           event in the run before) to every stream from its
+#                           connection's task, with nothing above HTTP/2: what a
+#                           change to N streams costs on this machine at least
 #   CARGO_TARGET_DIR, ROSTER_BIN as for cargo and bench/common.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +47,11 @@ if [ "${ETCD:-1}" != 0 ] && command -v etcd >/dev/null; then
   command -v protoc >/dev/null || apt-get install -y -q protobuf-compiler >/dev/null
 fi
 bench_flags=(--bin watch_latency)
+use_floor=0
+if [ "${FLOOR:-1}" != 0 ] && [ "${PER_CONNECTION:-0}" != 0 ]; then
+  use_floor=1
+  bench_flags+=(--bin peer_h2_sse)
+fi
 if [ $use_etcd = 1 ]; then bench_flags+=(--features etcd --bin etcd_load); fi
 if [ -n "${ROSTER_BIN:-}" ]; then cargo build --release -q -p roster-bench "${bench_flags[@]}"
 else cargo build --release -q -p roster-cli --bin roster && cargo build --release -q -p roster-bench "${bench_flags[@]}"; fi
@@ -48,6 +63,10 @@ if "$roster" serve --help | grep -q -- --no-grpc; then serve_flags+=(--no-grpc);
 # 10,000 streams and the writer: above the default connection limit (10,000).
 if "$roster" serve --help | grep -q -- --max-connections; then serve_flags+=(--max-connections 30000); fi
 out=bench/out/watch.txt
+client_flags=()
+if [ -n "${WATCH_CLIENT:-}" ] && [ "${PER_CONNECTION:-0}" != 0 ]; then
+  client_flags=(--client "$WATCH_CLIENT")
+fi
 : > "$out"
 
 server= gen= perf=
@@ -75,7 +94,7 @@ run() {
   timeout 900 taskset -c 1 "$target/release/watch_latency" --url http://127.0.0.1:$port \
     --watchers "$watchers" --changes "$changes" --server-pid "$server" \
     --per-connection "${PER_CONNECTION:-0}" --interval-ms "${INTERVAL_MS:-100}" \
-    --detail bench/out/watch-$watchers.txt > "$log" &
+    ${client_flags[@]+"${client_flags[@]}"} --detail bench/out/watch-$watchers.txt > "$log" &
   gen=$!
   if [ "${PERF:-0}" = 1 ] && [ "$watchers" -ge 10000 ]; then
     until grep -q '^CHANGES' "$log"; do
@@ -87,13 +106,35 @@ run() {
     wait "$perf" || true
     perf=
   fi
+  wait "$gen" || { echo "watch_latency failed (see $log)" >&2; gen=; exit 1; }
+  gen=
+  # What the floor sends: this service's event as roster writes it.
+  if [ $use_floor = 1 ]; then
+    curl -sN --max-time 1 "http://127.0.0.1:$port/v1/watch?service=bench" 2>/dev/null \
+      | sed -n 's/^data: //p' | head -1 > bench/out/watch-event.json || true
+  fi
   finish watch_latency "$log" server=roster
 }
 
-# finish GENERATOR LOG TAGS: waits for the load generator, writes its RESULT line
-# with TAGS and the server's memory, and stops the server.
+# The same count against peer_h2_sse, sending roster's event of the run before.
+run_floor() {
+  local watchers=$1 log=bench/out/watch-floor-$1.log
+  [ -s bench/out/watch-event.json ] || { echo "no event captured for the floor" >&2; exit 1; }
+  taskset -c 0 "$target/release/peer_h2_sse" --addr 127.0.0.1:$port --file bench/out/watch-event.json &
+  server=$!
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  timeout 900 taskset -c 1 "$target/release/watch_latency" --url http://127.0.0.1:$port \
+    --watchers "$watchers" --changes "$changes" --server-pid "$server" --skip-setup \
+    --per-connection "$PER_CONNECTION" --interval-ms "${INTERVAL_MS:-100}" \
+    ${client_flags[@]+"${client_flags[@]}"} > "$log" &
+  gen=$!
+  finish watch_latency "$log" server=floor
+}
+
+# finish GENERATOR LOG TAGS: waits for the load generator (unless that was done),
+# writes its RESULT line with TAGS and the server's memory, and stops the server.
 finish() {
-  wait "$gen" || { echo "$1 failed (see $2)" >&2; gen=; exit 1; }
+  if [ -n "$gen" ]; then wait "$gen" || { echo "$1 failed (see $2)" >&2; gen=; exit 1; }; fi
   gen=
   local rss
   rss=$(awk '/VmRSS/ {print $2}' /proc/$server/status)
@@ -124,7 +165,10 @@ run_etcd() {
   rm -rf "$data"
 }
 
-for w in ${WATCHERS:-1000 10000}; do run "$w"; done
+for w in ${WATCHERS:-1000 10000}; do
+  run "$w"
+  if [ $use_floor = 1 ]; then run_floor "$w"; fi
+done
 if [ $use_etcd = 1 ]; then
   for w in ${WATCHERS:-1000 10000}; do run_etcd "$w"; done
 fi

@@ -10,7 +10,7 @@
 //! ```text
 //! watch_latency --url http://127.0.0.1:8500 --watchers 1000 --changes 50
 //!     [--interval-ms 100] [--open-concurrency 100] [--server-pid PID] [--detail FILE]
-//!     [--per-connection N [--client raw|h2]]
+//!     [--per-connection N [--client raw|h2]] [--skip-setup]
 //! ```
 //!
 //! Without `--per-connection` every stream has its own HTTP/1.1 connection
@@ -52,7 +52,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 const USAGE: &str = "usage: watch_latency --url URL --watchers N --changes K \
     [--interval-ms MS] [--open-concurrency N] [--server-pid PID] [--detail FILE] \
-    [--per-connection N [--client raw|h2]]";
+    [--per-connection N [--client raw|h2]] [--skip-setup]";
 
 /// Command-line arguments.
 #[derive(Debug)]
@@ -69,6 +69,9 @@ struct Args {
     /// How HTTP/2 streams are read: by hand, one task per connection (true),
     /// or through the `h2` crate, one task per stream.
     raw: bool,
+    /// Registers nothing: the server (`peer_h2_sse`) already serves the
+    /// watched service.
+    skip_setup: bool,
 }
 
 impl Args {
@@ -83,6 +86,7 @@ impl Args {
             detail: None,
             per_connection: 0,
             raw: true,
+            skip_setup: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -103,6 +107,7 @@ impl Args {
                         other => return Err(format!("--client: {other:?} is not raw or h2")),
                     }
                 }
+                "--skip-setup" => args.skip_setup = true,
                 "-h" | "--help" => return Err(USAGE.into()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
@@ -277,7 +282,8 @@ fn main() -> ExitCode {
 
 async fn run(args: &Args) -> Result<(), String> {
     let client = RosterClient::new(&args.url).map_err(|e| e.to_string())?;
-    for i in 0..INSTANCES {
+    let to_register = if args.skip_setup { 0 } else { INSTANCES };
+    for i in 0..to_register {
         let req = RegisterRequest {
             address: Some(format!("10.0.0.{}", i + 1)),
             port: 8080,
