@@ -6,6 +6,8 @@
 //! and a waker per stream, a lock per frame); this keeps their share small.
 
 use bytes::{Buf as _, BufMut as _, BytesMut};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
 /// The stream and connection window a generator opens: large enough that the
 /// server never waits for a window update in a run.
@@ -52,6 +54,75 @@ pub fn preface(out: &mut BytesMut) {
     out.put_u32(WINDOW);
     frame_header(out, 4, WINDOW_UPDATE, 0, 0);
     out.put_u32(WINDOW - 65_535);
+}
+
+/// A client connection read and written by hand: what comes in is cut into
+/// frames, what goes out is gathered in `out` and written by [`Conn::flush`],
+/// with a window update once enough data came in.
+#[derive(Debug)]
+pub struct Conn {
+    tcp: TcpStream,
+    buf: BytesMut,
+    /// What to send on the next flush.
+    pub out: BytesMut,
+    /// DATA bytes received since the last window update.
+    unacknowledged: usize,
+}
+
+impl Conn {
+    /// Connects to `addr` with the [`preface`] queued in `out`.
+    pub async fn connect(addr: &str) -> Result<Conn, String> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut out = BytesMut::with_capacity(1 << 16);
+        preface(&mut out);
+        Ok(Conn {
+            tcp,
+            buf: BytesMut::with_capacity(1 << 18),
+            out,
+            unacknowledged: 0,
+        })
+    }
+
+    /// Reads what the server sent since; an error once it closed.
+    pub async fn read(&mut self) -> Result<(), String> {
+        self.buf.reserve(1 << 16);
+        match self.tcp.read_buf(&mut self.buf).await {
+            Ok(0) => Err("the server closed the connection".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The next whole frame read, counted against the window.
+    pub fn next_frame(&mut self) -> Option<Frame> {
+        let frame = next_frame(&mut self.buf)?;
+        if frame.kind == DATA {
+            self.unacknowledged += frame.payload.len();
+        }
+        Some(frame)
+    }
+
+    /// Writes what is queued, with a connection window update once 16 MiB
+    /// (a 64th of [`WINDOW`]) came in since the last.
+    pub async fn flush(&mut self) -> Result<(), String> {
+        if self.unacknowledged > (WINDOW / 64) as usize {
+            frame_header(&mut self.out, 4, WINDOW_UPDATE, 0, 0);
+            self.out
+                .put_u32(u32::try_from(self.unacknowledged).expect("under the window"));
+            self.unacknowledged = 0;
+        }
+        if !self.out.is_empty() {
+            self.tcp
+                .write_all(&self.out)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.out.clear();
+        }
+        Ok(())
+    }
 }
 
 /// One received frame.

@@ -95,6 +95,34 @@ pub fn instance_address(i: usize) -> String {
     format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256)
 }
 
+/// The command line of a peer server: `--addr ADDR` and `--file FILE`, both
+/// required, and any other `--flag value` handed to `other`, which says
+/// whether it took it. `None` (with `usage` printed) on anything else.
+pub fn peer_args(
+    usage: &str,
+    mut other: impl FnMut(&str, String) -> bool,
+) -> Option<(String, String)> {
+    let (mut addr, mut file) = (None, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let known = match (flag.as_str(), args.next()) {
+            ("--addr", Some(v)) => addr.replace(v).is_none(),
+            ("--file", Some(v)) => file.replace(v).is_none(),
+            (flag, Some(v)) => other(flag, v),
+            (_, None) => false,
+        };
+        if !known {
+            eprintln!("{usage}");
+            return None;
+        }
+    }
+    let both = addr.zip(file);
+    if both.is_none() {
+        eprintln!("{usage}");
+    }
+    both
+}
+
 /// One bare HTTP/2 connection (prior knowledge) to `addr` (`host:port`),
 /// driven by a task of its own, with windows large enough that a reader of
 /// many streams is never held back by flow control.

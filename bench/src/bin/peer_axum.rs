@@ -33,24 +33,23 @@ const USAGE: &str = "usage: peer_axum --addr ADDR --file FILE [--nodelay on|off]
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (mut addr, mut file, mut nodelay, mut roster_stack) = (None, None, false, false);
-    let mut route = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        match (flag.as_str(), args.next()) {
-            ("--addr", Some(v)) => addr = Some(v),
-            ("--file", Some(v)) => file = Some(v),
-            ("--nodelay", Some(v)) if v == "on" || v == "off" => nodelay = v == "on",
-            ("--stack", Some(v)) if v == "axum" || v == "roster" => roster_stack = v == "roster",
-            ("--route", Some(v)) if v.starts_with('/') => route = Some(v),
-            _ => {
-                eprintln!("{USAGE}");
-                return ExitCode::from(2);
-            }
+    let (mut nodelay, mut roster_stack, mut route) = (false, false, None);
+    let parsed = roster_bench::peer_args(USAGE, |flag, v| match flag {
+        "--nodelay" if v == "on" || v == "off" => {
+            nodelay = v == "on";
+            true
         }
-    }
-    let (Some(addr), Some(file)) = (addr, file) else {
-        eprintln!("{USAGE}");
+        "--stack" if v == "axum" || v == "roster" => {
+            roster_stack = v == "roster";
+            true
+        }
+        "--route" if v.starts_with('/') => {
+            route = Some(v);
+            true
+        }
+        _ => false,
+    });
+    let Some((addr, file)) = parsed else {
         return ExitCode::from(2);
     };
     let body = match std::fs::read(&file) {

@@ -59,20 +59,7 @@ impl Shared {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (mut addr, mut file) = (None, None);
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        match (flag.as_str(), args.next()) {
-            ("--addr", Some(v)) => addr = Some(v),
-            ("--file", Some(v)) => file = Some(v),
-            _ => {
-                eprintln!("{USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let (Some(addr), Some(file)) = (addr, file) else {
-        eprintln!("{USAGE}");
+    let Some((addr, file)) = roster_bench::peer_args(USAGE, |_, _| false) else {
         return ExitCode::from(2);
     };
     let json = match std::fs::read_to_string(&file) {

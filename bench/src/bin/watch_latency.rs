@@ -179,7 +179,7 @@ enum Stream {
     /// A connection read by [`raw::connection`], held by the record of its
     /// first stream.
     Raw {
-        _connection: tokio::net::TcpStream,
+        _connection: roster_bench::h2raw::Conn,
     },
 }
 
@@ -679,12 +679,11 @@ fn instance_id(i: usize) -> String {
 mod raw {
     use std::time::Instant;
 
-    use bytes::{BufMut as _, BytesMut};
+    use bytes::BufMut as _;
     use roster_bench::h2raw::{
-        self, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, STATUS_200,
-        WINDOW_UPDATE, frame_header, hpack_string,
+        self, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, STATUS_200, frame_header,
+        hpack_string,
     };
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::sync::{mpsc, watch};
 
     use super::{Control, SERVICE, Seen, Stream, frame_end, sse_index};
@@ -735,9 +734,9 @@ mod raw {
         let outcome = read(&addr, &mut state, &ready, &mut ctl).await;
         let mut seen: Vec<Seen> = state.into_iter().map(|w| w.seen).collect();
         match outcome {
-            Ok(tcp) => {
+            Ok(conn) => {
                 if let Some(first) = seen.first_mut() {
-                    first.stream = Some(Stream::Raw { _connection: tcp });
+                    first.stream = Some(Stream::Raw { _connection: conn });
                 }
             }
             Err(e) => {
@@ -755,59 +754,45 @@ mod raw {
         state: &mut [Watch],
         ready: &mpsc::UnboundedSender<Result<(), String>>,
         ctl: &mut watch::Receiver<Control>,
-    ) -> Result<tokio::net::TcpStream, String> {
-        let mut tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let mut out = BytesMut::with_capacity(1 << 16);
-        h2raw::preface(&mut out);
+    ) -> Result<h2raw::Conn, String> {
+        let mut conn = h2raw::Conn::connect(addr).await?;
         let headers = request_headers(addr);
         for n in 0..state.len() {
+            let flags = END_HEADERS | END_STREAM;
             frame_header(
-                &mut out,
+                &mut conn.out,
                 headers.len(),
                 HEADERS,
-                END_HEADERS | END_STREAM,
+                flags,
                 h2raw::stream_id(n),
             );
-            out.put_slice(&headers);
+            conn.out.put_slice(&headers);
         }
-        tcp.write_all(&out).await.map_err(|e| e.to_string())?;
-        out.clear();
-        let mut buf = BytesMut::with_capacity(1 << 18);
-        let mut unacknowledged = 0usize;
+        conn.flush().await?;
         // Streams that have not yet seen the final change (once it is known).
         let mut behind = state.len();
         let mut final_index = 0;
         loop {
-            buf.reserve(1 << 16);
-            let n = tokio::select! {
+            tokio::select! {
                 biased;
                 changed = ctl.changed() => {
                     let c = *ctl.borrow_and_update();
                     if changed.is_err() || c.stop {
-                        return Ok(tcp);
+                        return Ok(conn);
                     }
                     final_index = c.final_index;
                     behind = state.iter().filter(|w| w.latest < final_index).count();
                     if behind == 0 {
-                        return Ok(tcp);
+                        return Ok(conn);
                     }
                     continue;
                 }
-                n = tcp.read_buf(&mut buf) => n.map_err(|e| e.to_string())?,
-            };
-            if n == 0 {
-                return Err("the registry closed the connection".into());
+                read = conn.read() => read?,
             }
             let at = Instant::now();
-            while let Some(frame) = h2raw::next_frame(&mut buf) {
+            while let Some(frame) = conn.next_frame() {
                 let id = frame.stream;
                 let w = h2raw::stream_index(id).and_then(|i| state.get_mut(i));
-                if frame.kind == DATA {
-                    unacknowledged += frame.payload.len();
-                }
                 match (frame.kind, w) {
                     (DATA, Some(w)) => {
                         if !w.answered {
@@ -848,20 +833,12 @@ mod raw {
                     }
                     (RST_STREAM, _) => return Err(format!("stream {id} reset")),
                     (GOAWAY, _) => return Err("the server sent GOAWAY".into()),
-                    _ => frame.answer(&mut out), // also window updates
+                    _ => frame.answer(&mut conn.out), // also window updates
                 }
             }
-            if unacknowledged > (1 << 24) {
-                frame_header(&mut out, 4, WINDOW_UPDATE, 0, 0);
-                out.put_u32(u32::try_from(unacknowledged).expect("under the window"));
-                unacknowledged = 0;
-            }
-            if !out.is_empty() {
-                tcp.write_all(&out).await.map_err(|e| e.to_string())?;
-                out.clear();
-            }
+            conn.flush().await?;
             if final_index != 0 && behind == 0 {
-                return Ok(tcp);
+                return Ok(conn);
             }
         }
     }

@@ -395,10 +395,9 @@ mod raw {
 
     use bytes::{BufMut as _, BytesMut};
     use roster_bench::h2raw::{
-        self, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, WINDOW_UPDATE,
-        frame_header, hpack_string,
+        self, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, frame_header,
+        hpack_string,
     };
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::sync::{mpsc, watch};
 
     use super::Seen;
@@ -437,23 +436,17 @@ mod raw {
         ready: mpsc::UnboundedSender<()>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<Vec<Seen>, String> {
-        let mut tcp = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let mut out = BytesMut::with_capacity(1 << 16);
-        h2raw::preface(&mut out);
+        let mut conn = h2raw::Conn::connect(&addr).await?;
         let headers = request_headers(&addr);
         let subscribe = subscribe_frame();
         for n in 0..streams {
             let id = h2raw::stream_id(n);
-            frame_header(&mut out, headers.len(), HEADERS, END_HEADERS, id);
-            out.put_slice(&headers);
-            frame_header(&mut out, subscribe.len(), DATA, 0, id);
-            out.put_slice(&subscribe);
+            frame_header(&mut conn.out, headers.len(), HEADERS, END_HEADERS, id);
+            conn.out.put_slice(&headers);
+            frame_header(&mut conn.out, subscribe.len(), DATA, 0, id);
+            conn.out.put_slice(&subscribe);
         }
-        tcp.write_all(&out).await.map_err(|e| e.to_string())?;
-        out.clear();
+        conn.flush().await?;
         let mut state: Vec<Stream> = (0..streams)
             .map(|_| Stream {
                 first: true,
@@ -461,45 +454,30 @@ mod raw {
             })
             .collect();
         let prefix = ack_prefix();
-        let mut buf = BytesMut::with_capacity(1 << 18);
-        let mut unacknowledged = 0usize;
         loop {
-            buf.reserve(1 << 16);
-            let n = tokio::select! {
+            tokio::select! {
                 _ = stop.changed() => return Ok(state.into_iter().map(|s| s.seen).collect()),
-                n = tcp.read_buf(&mut buf) => n.map_err(|e| e.to_string())?,
-            };
-            if n == 0 {
-                return Err("connection closed".into());
+                read = conn.read() => read?,
             }
             let at = Instant::now();
-            while let Some(frame) = h2raw::next_frame(&mut buf) {
+            while let Some(frame) = conn.next_frame() {
                 let id = frame.stream;
                 match frame.kind {
                     DATA => {
-                        unacknowledged += frame.payload.len();
                         let Some(s) = h2raw::stream_index(id).and_then(|i| state.get_mut(i)) else {
                             continue;
                         };
-                        read_messages(s, frame.data()?, id, at, &prefix, &ready, &mut out)?;
+                        read_messages(s, frame.data()?, id, at, &prefix, &ready, &mut conn.out)?;
                     }
                     HEADERS if frame.flags & END_STREAM != 0 => {
                         return Err(format!("stream {id} ended"));
                     }
                     RST_STREAM => return Err(format!("stream {id} reset")),
                     GOAWAY => return Err("the server sent GOAWAY".into()),
-                    _ => frame.answer(&mut out), // also response headers, window updates
+                    _ => frame.answer(&mut conn.out), // also response headers, window updates
                 }
             }
-            if unacknowledged > (1 << 24) {
-                frame_header(&mut out, 4, WINDOW_UPDATE, 0, 0);
-                out.put_u32(u32::try_from(unacknowledged).expect("under the window"));
-                unacknowledged = 0;
-            }
-            if !out.is_empty() {
-                tcp.write_all(&out).await.map_err(|e| e.to_string())?;
-                out.clear();
-            }
+            conn.flush().await?;
         }
     }
 
