@@ -12,6 +12,20 @@
 //! peer_h2_sse --addr 127.0.0.1:18701 --file bench/out/watch-event.json
 //! ```
 //!
+//! `--fanout task` gives each watch stream a task of its own with its own
+//! broadcast receiver, as roster's streams have under hyper (the rest
+//! unchanged): what that model costs by itself, without hyper's stream
+//! machinery and roster's body layers. `--fanout guarded` is the same with
+//! what hyper's pipe from a body to a stream does around each frame: make
+//! sure of some send capacity and listen for the client's reset.
+//!
+//! `--engine hyper` serves the same through hyper's HTTP/2 server, as roster
+//! does: each stream a task running hyper's stream future, its body a
+//! stream of the change frames (a broadcast receiver per stream), the same
+//! gathered writes; `--fanout` does not apply there. With the environment
+//! variable `PEER_HYPER_AS_ROSTER` set, hyper gets roster's settings too
+//! (keep-alive pings, reset caps, header list size, its timer).
+//!
 //! Like roster under `taskset -c 0`, it runs one worker. It keeps no catalog,
 //! checks no token and limits nothing: what it costs per stream is what the
 //! HTTP/2 framing, the copies and the kernel cost, with nothing above them.
@@ -34,7 +48,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
-const USAGE: &str = "usage: peer_h2_sse --addr ADDR --file FILE";
+const USAGE: &str =
+    "usage: peer_h2_sse --addr ADDR --file FILE [--fanout inline|task|guarded] [--engine h2|hyper]";
 
 /// What every connection shares.
 struct Shared {
@@ -46,6 +61,17 @@ struct Shared {
     changes: broadcast::Sender<Bytes>,
     /// The latest frame, a new stream's first event.
     current: std::sync::Mutex<Bytes>,
+    /// Each watch stream runs in a task of its own (`--fanout task`).
+    task_per_stream: bool,
+    /// Those tasks check capacity and resets around each frame.
+    guarded: bool,
+}
+
+/// Which HTTP/2 server runs the connections.
+#[derive(Clone, Copy, PartialEq)]
+enum Engine {
+    H2,
+    Hyper,
 }
 
 impl Shared {
@@ -59,7 +85,24 @@ impl Shared {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Some((addr, file)) = roster_bench::peer_args(USAGE, |_, _| false) else {
+    let (mut task_per_stream, mut guarded, mut engine) = (false, false, Engine::H2);
+    let parsed = roster_bench::peer_args(USAGE, |flag, v| match (flag, v.as_str()) {
+        ("--fanout", "inline" | "task" | "guarded") => {
+            task_per_stream = v != "inline";
+            guarded = v == "guarded";
+            true
+        }
+        ("--engine", "h2" | "hyper") => {
+            engine = if v == "hyper" {
+                Engine::Hyper
+            } else {
+                Engine::H2
+            };
+            true
+        }
+        _ => false,
+    });
+    let Some((addr, file)) = parsed else {
         return ExitCode::from(2);
     };
     let json = match std::fs::read_to_string(&file) {
@@ -82,6 +125,8 @@ async fn main() -> ExitCode {
         index: AtomicU64::new(1),
         changes: broadcast::channel(64).0,
         current: std::sync::Mutex::new(Bytes::new()),
+        task_per_stream,
+        guarded,
     });
     *shared.current.lock().unwrap() = shared.frame(1);
     let listener = match TcpListener::bind(&addr).await {
@@ -96,7 +141,11 @@ async fn main() -> ExitCode {
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(connection(tcp, shared.clone()));
+        if engine == Engine::Hyper {
+            tokio::spawn(hyper_connection(tcp, shared.clone()));
+        } else {
+            tokio::spawn(connection(tcp, shared.clone()));
+        }
     }
 }
 
@@ -125,8 +174,13 @@ async fn connection(tcp: TcpStream, shared: Arc<Shared>) {
             accepted = conn.accept() => match accepted {
                 Some(Ok((req, respond))) => {
                     if req.method() == http::Method::GET {
-                        if let Some(w) = watch(respond, &shared) {
-                            watchers.push(w);
+                        match watch(respond, &shared) {
+                            Some(w) if shared.task_per_stream => {
+                                let changes = shared.changes.subscribe();
+                                tokio::spawn(stream_task(w, changes, shared.guarded));
+                            }
+                            Some(w) => watchers.push(w),
+                            None => {}
                         }
                     } else {
                         tokio::spawn(change(req.into_body(), respond, shared.clone()));
@@ -139,6 +193,109 @@ async fn connection(tcp: TcpStream, shared: Arc<Shared>) {
                 Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
+        }
+    }
+}
+
+/// One connection served by hyper: a watch is a body streaming the change
+/// frames from a receiver of its own; a change is read whole and answered.
+async fn hyper_connection(tcp: TcpStream, shared: Arc<Shared>) {
+    use futures_util::StreamExt as _;
+    use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+    type Body = BoxBody<Bytes, std::convert::Infallible>;
+    let tcp = Gather {
+        tcp,
+        buf: Vec::new(),
+        sent: 0,
+        round: None,
+    };
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let shared = shared.clone();
+        async move {
+            let response = http::Response::builder();
+            if req.method() == http::Method::GET {
+                let first = shared.current.lock().unwrap().clone();
+                let changes =
+                    futures_util::stream::unfold(shared.changes.subscribe(), |mut rx| async move {
+                        loop {
+                            match rx.recv().await {
+                                Ok(frame) => return Some((frame, rx)),
+                                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                                Err(broadcast::error::RecvError::Closed) => return None,
+                            }
+                        }
+                    });
+                let frames = futures_util::stream::iter([first])
+                    .chain(changes)
+                    .map(|b| Ok(hyper::body::Frame::data(b)));
+                let body: Body = BoxBody::new(StreamBody::new(frames));
+                return response
+                    .header("content-type", "text/event-stream")
+                    .body(body);
+            }
+            let _ = req.into_body().collect().await;
+            let index = shared.index.fetch_add(1, Ordering::SeqCst) + 1;
+            let frame = shared.frame(index);
+            *shared.current.lock().unwrap() = frame.clone();
+            let _ = shared.changes.send(frame);
+            let answer = Bytes::from(format!("{{\"modify_index\":{index}}}"));
+            let body: Body = BoxBody::new(Full::new(answer));
+            response
+                .header("content-type", "application/json")
+                .body(body)
+        }
+    });
+    let mut builder =
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.max_concurrent_streams(256);
+    if std::env::var_os("PEER_HYPER_AS_ROSTER").is_some() {
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .max_header_list_size(64 * 1024)
+            .max_pending_accept_reset_streams(Some(20))
+            .max_local_error_reset_streams(Some(1024))
+            .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+            .keep_alive_timeout(std::time::Duration::from_secs(10));
+    }
+    let _ = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+        .await;
+}
+
+/// One watch stream in a task of its own (`--fanout task`); `guarded`, it
+/// reserves send capacity and listens for a reset around each frame.
+async fn stream_task(
+    mut stream: SendStream<Bytes>,
+    mut changes: broadcast::Receiver<Bytes>,
+    guarded: bool,
+) {
+    loop {
+        if guarded {
+            stream.reserve_capacity(1);
+            if stream.capacity() == 0 {
+                match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        }
+        let received = if guarded {
+            tokio::select! {
+                biased;
+                _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
+                r = changes.recv() => r,
+            }
+        } else {
+            changes.recv().await
+        };
+        match received {
+            Ok(frame) => {
+                if stream.send_data(frame, false).is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }
