@@ -81,6 +81,28 @@ impl Shared {
             self.head, self.tail
         ))
     }
+
+    /// A change: moves the index on and publishes the new frame; the answer
+    /// to the change's request, the index as the instance's `modify_index`.
+    fn change(&self) -> Bytes {
+        let index = self.index.fetch_add(1, Ordering::SeqCst) + 1;
+        let frame = self.frame(index);
+        *self.current.lock().unwrap() = frame.clone();
+        let _ = self.changes.send(frame);
+        Bytes::from(format!("{{\"modify_index\":{index}}}"))
+    }
+}
+
+/// The next change's frame on `changes`, past any the receiver fell behind
+/// on; `None` once the channel is closed.
+async fn next_change(changes: &mut broadcast::Receiver<Bytes>) -> Option<Bytes> {
+    loop {
+        match changes.recv().await {
+            Ok(frame) => return Some(frame),
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
 }
 
 #[tokio::main]
@@ -152,12 +174,7 @@ async fn main() -> ExitCode {
 /// One connection: accepts its streams and, on every change, hands the
 /// change's frame to each of its watch streams.
 async fn connection(tcp: TcpStream, shared: Arc<Shared>) {
-    let tcp = Gather {
-        tcp,
-        buf: Vec::new(),
-        sent: 0,
-        round: None,
-    };
+    let tcp = Gather::new(tcp);
     let Ok(mut conn) = h2::server::Builder::new()
         .initial_window_size(1 << 20)
         .initial_connection_window_size(1 << 24)
@@ -188,10 +205,9 @@ async fn connection(tcp: TcpStream, shared: Arc<Shared>) {
                 }
                 _ => return,
             },
-            frame = changes.recv() => match frame {
-                Ok(frame) => watchers.retain_mut(|w| w.send_data(frame.clone(), false).is_ok()),
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
+            frame = next_change(&mut changes) => match frame {
+                Some(frame) => watchers.retain_mut(|w| w.send_data(frame.clone(), false).is_ok()),
+                None => return,
             },
         }
     }
@@ -203,12 +219,7 @@ async fn hyper_connection(tcp: TcpStream, shared: Arc<Shared>) {
     use futures_util::StreamExt as _;
     use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
     type Body = BoxBody<Bytes, std::convert::Infallible>;
-    let tcp = Gather {
-        tcp,
-        buf: Vec::new(),
-        sent: 0,
-        round: None,
-    };
+    let tcp = Gather::new(tcp);
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let shared = shared.clone();
         async move {
@@ -217,13 +228,7 @@ async fn hyper_connection(tcp: TcpStream, shared: Arc<Shared>) {
                 let first = shared.current.lock().unwrap().clone();
                 let changes =
                     futures_util::stream::unfold(shared.changes.subscribe(), |mut rx| async move {
-                        loop {
-                            match rx.recv().await {
-                                Ok(frame) => return Some((frame, rx)),
-                                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                                Err(broadcast::error::RecvError::Closed) => return None,
-                            }
-                        }
+                        next_change(&mut rx).await.map(|frame| (frame, rx))
                     });
                 let frames = futures_util::stream::iter([first])
                     .chain(changes)
@@ -234,12 +239,7 @@ async fn hyper_connection(tcp: TcpStream, shared: Arc<Shared>) {
                     .body(body);
             }
             let _ = req.into_body().collect().await;
-            let index = shared.index.fetch_add(1, Ordering::SeqCst) + 1;
-            let frame = shared.frame(index);
-            *shared.current.lock().unwrap() = frame.clone();
-            let _ = shared.changes.send(frame);
-            let answer = Bytes::from(format!("{{\"modify_index\":{index}}}"));
-            let body: Body = BoxBody::new(Full::new(answer));
+            let body: Body = BoxBody::new(Full::new(shared.change()));
             response
                 .header("content-type", "application/json")
                 .body(body)
@@ -283,19 +283,14 @@ async fn stream_task(
             tokio::select! {
                 biased;
                 _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
-                r = changes.recv() => r,
+                frame = next_change(&mut changes) => frame,
             }
         } else {
-            changes.recv().await
+            next_change(&mut changes).await
         };
-        match received {
-            Ok(frame) => {
-                if stream.send_data(frame, false).is_err() {
-                    return;
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => return,
+        let Some(frame) = received else { return };
+        if stream.send_data(frame, false).is_err() {
+            return;
         }
     }
 }
@@ -312,23 +307,18 @@ fn watch(mut respond: SendResponse<Bytes>, shared: &Shared) -> Option<SendStream
     Some(stream)
 }
 
-/// A change: reads the request's body, moves the index on, publishes the
-/// new frame and answers with the index as the instance's `modify_index`.
+/// A change's request: reads its body, then makes the change and answers.
 async fn change(mut body: h2::RecvStream, mut respond: SendResponse<Bytes>, shared: Arc<Shared>) {
     while let Some(Ok(chunk)) = body.data().await {
         let _ = body.flow_control().release_capacity(chunk.len());
     }
-    let index = shared.index.fetch_add(1, Ordering::SeqCst) + 1;
-    let frame = shared.frame(index);
-    *shared.current.lock().unwrap() = frame.clone();
-    let _ = shared.changes.send(frame);
+    let answer = shared.change();
     let head = http::Response::builder()
         .header("content-type", "application/json")
         .body(())
         .expect("a valid head");
     if let Ok(mut stream) = respond.send_response(head, false) {
-        let answer = format!("{{\"modify_index\":{index}}}");
-        let _ = stream.send_data(Bytes::from(answer), true);
+        let _ = stream.send_data(answer, true);
     }
 }
 
@@ -362,6 +352,15 @@ impl Wake for Round {
 }
 
 impl Gather {
+    fn new(tcp: TcpStream) -> Self {
+        Gather {
+            tcp,
+            buf: Vec::new(),
+            sent: 0,
+            round: None,
+        }
+    }
+
     fn write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.buf.len() {
             let n =
