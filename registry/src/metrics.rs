@@ -409,6 +409,13 @@ impl Metrics {
         self.watch_events.inc();
     }
 
+    /// Counts `n` events sent on watch streams.
+    pub fn watch_events(&self, n: u64) {
+        if n > 0 {
+            self.watch_events.inc_by(n);
+        }
+    }
+
     /// Counts one coalesced snapshot sent to a lagging watcher.
     pub fn watch_coalesced(&self) {
         self.watch_coalesced.inc();

@@ -9,6 +9,7 @@ pub(crate) mod extract;
 mod failover;
 pub(crate) mod federation;
 mod gate;
+pub(crate) mod http2;
 mod leases;
 pub(crate) mod limits;
 mod ops;

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -451,7 +451,7 @@ struct Acceptor {
 
 /// What the handshake told about the client.
 #[derive(Clone, Copy, Debug, Default)]
-struct ClientCert {
+pub(super) struct ClientCert {
     /// `Some(from the peer CA)` when peer TLS is on.
     peer: Option<PeerCertificate>,
     /// The API requires a client certificate and none was presented: every
@@ -515,7 +515,7 @@ pub async fn serve(
                     let client = ClientCert::default();
                     let io = Peer { remote, client };
                     if h2 {
-                        connection_h2(tcp, io, app, settings, shutdown).await;
+                        super::http2::connection(tcp, io, app, settings, shutdown).await;
                     } else {
                         connection(tcp, io, app, settings.header_timeout, shutdown).await;
                     }
@@ -539,7 +539,7 @@ pub async fn serve(
                         let h2 = tls.alpn_protocol() == Some(b"h2");
                         let io = Peer { remote, client };
                         if h2 {
-                            connection_h2(stream, io, app, settings, shutdown).await;
+                            super::http2::connection(stream, io, app, settings, shutdown).await;
                         } else {
                             connection(stream, io, app, settings.header_timeout, shutdown).await;
                         }
@@ -555,15 +555,15 @@ pub async fn serve(
 
 /// What one connection's settings are, copied into its task.
 #[derive(Clone, Copy, Debug)]
-struct Settings {
-    header_timeout: Duration,
+pub(super) struct Settings {
+    pub(super) header_timeout: Duration,
     write_timeout: Duration,
     http2: bool,
-    http2_max_streams: u32,
+    pub(super) http2_max_streams: u32,
 }
 
 impl Settings {
-    fn of(config: &ServeConfig) -> Self {
+    pub(super) fn of(config: &ServeConfig) -> Self {
         Settings {
             header_timeout: config.header_read_timeout,
             write_timeout: config.write_timeout,
@@ -575,9 +575,9 @@ impl Settings {
 
 /// Who is at the other end of a connection.
 #[derive(Clone, Copy, Debug)]
-struct Peer {
-    remote: SocketAddr,
-    client: ClientCert,
+pub(super) struct Peer {
+    pub(super) remote: SocketAddr,
+    pub(super) client: ClientCert,
 }
 
 /// The future of one request handed to the API.
@@ -590,7 +590,11 @@ impl Peer {
     /// Hands one request to `app`, with what the connection knows about
     /// the client, or refuses it when the client lacks a required
     /// certificate. The same for both HTTP versions.
-    fn call(self, app: &super::Api, mut req: hyper::Request<Incoming>) -> Answer {
+    pub(super) fn call(
+        self,
+        app: &super::Api,
+        mut req: hyper::Request<axum::body::Body>,
+    ) -> Answer {
         if self.client.missing {
             use axum::response::IntoResponse;
             let refused = (
@@ -609,7 +613,7 @@ impl Peer {
         if let Some(peer) = self.client.peer {
             req.extensions_mut().insert(peer);
         }
-        futures_util::future::Either::Right(app.call(req.map(axum::body::Body::new)))
+        futures_util::future::Either::Right(app.call(req))
     }
 }
 
@@ -622,7 +626,9 @@ async fn connection<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| peer.call(&app, req));
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        peer.call(&app, req.map(axum::body::Body::new))
+    });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -642,34 +648,34 @@ async fn connection<IO>(
 
 /// Largest header block taken, either HTTP version: HTTP/1.1 reads a head
 /// into a buffer of this size, and HTTP/2 takes a header list as large.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub(super) const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// An HTTP/2 connection is pinged after this long without traffic and
 /// dropped when the ping is not answered within [`H2_KEEPALIVE_TIMEOUT`]:
 /// a client that vanished does not hold its watch streams for ever.
-const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub(super) const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams an HTTP/2 client may open and reset before the server answers
 /// them; past it the connection is closed (the "rapid reset" attack,
 /// CVE-2023-44487, opens and cancels streams to make the server work for
 /// nothing).
-const H2_PENDING_RESETS: usize = 20;
+pub(super) const H2_PENDING_RESETS: usize = 20;
 /// Streams the server may reset for a client's errors before it closes the
 /// connection.
-const H2_ERROR_RESETS: usize = 1024;
+pub(super) const H2_ERROR_RESETS: usize = 1024;
 
 /// How many requests an HTTP/2 connection has open, and whether one came
 /// since it was last asked. A connection with neither for the header
 /// timeout is closed, as an idle HTTP/1.1 connection is, so an idle client
 /// (or one that never finishes a header block) does not keep its slot.
 #[derive(Debug, Default)]
-struct Activity {
+pub(super) struct Activity {
     open: std::sync::atomic::AtomicUsize,
     seen: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
     /// One more request, open until the returned guard is dropped.
-    fn start(self: &Arc<Self>) -> OpenRequest {
+    pub(super) fn start(self: &Arc<Self>) -> OpenRequest {
         use std::sync::atomic::Ordering::Relaxed;
         self.open.fetch_add(1, Relaxed);
         self.seen.store(true, Relaxed);
@@ -677,7 +683,7 @@ impl Activity {
     }
 
     /// Whether nothing is open and nothing came since the last call.
-    fn idle(&self) -> bool {
+    pub(super) fn idle(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         !self.seen.swap(false, Relaxed) && self.open.load(Relaxed) == 0
     }
@@ -686,7 +692,7 @@ impl Activity {
 /// One request of an HTTP/2 connection, counted open until its answer's
 /// body is done with.
 #[derive(Debug)]
-struct OpenRequest(Arc<Activity>);
+pub(super) struct OpenRequest(Arc<Activity>);
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
@@ -696,7 +702,7 @@ impl Drop for OpenRequest {
     }
 }
 
-/// An answer's body that holds `_held` until hyper is done sending it: the
+/// An answer's body that holds `_held` until the server is done sending it: the
 /// count of a connection's open requests (a watch stream's, for as long as
 /// the stream lasts), a watcher's slot. Its frames pass through untouched.
 pub(super) struct Holding<T> {
@@ -722,53 +728,6 @@ impl<T: Unpin> hyper::body::Body for Holding<T> {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
     }
-}
-
-/// Serves one HTTP/2 connection: the same API as HTTP/1.1, up to
-/// `http2_max_streams` requests at once, with keep-alive pings and the
-/// idle cut of [`Activity`].
-async fn connection_h2<IO>(
-    io: IO,
-    peer: Peer,
-    app: super::Api,
-    settings: Settings,
-    shutdown: CancellationToken,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    use futures_util::FutureExt as _;
-    let activity = Arc::new(Activity::default());
-    let counter = activity.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let open = counter.start();
-        peer.call(&app, req).map(move |answer| {
-            answer.map(|response| response.map(|body| Holding { body, _held: open }))
-        })
-    });
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.http2_max_streams)
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .max_pending_accept_reset_streams(Some(H2_PENDING_RESETS))
-        .max_local_error_reset_streams(Some(H2_ERROR_RESETS))
-        .keep_alive_interval(Some(H2_KEEPALIVE_INTERVAL))
-        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(Coalesce::new(io)), service);
-    tokio::pin!(conn);
-    loop {
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(settings.header_timeout) => {
-                if activity.idle() {
-                    break;
-                }
-            }
-        }
-    }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }
 
 /// Writes `bytes[*done..]` to `io`, moving `done` on as it goes; ready once
@@ -831,7 +790,7 @@ const COALESCE_KEEP: usize = 16 * 1024;
 /// by the change hand over their events meanwhile, and the buffer goes out in
 /// one write once a round brings nothing new. A full buffer is written at
 /// once.
-struct Coalesce<IO> {
+pub(super) struct Coalesce<IO> {
     io: IO,
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
@@ -846,7 +805,7 @@ struct Coalesce<IO> {
 }
 
 impl<IO> Coalesce<IO> {
-    fn new(io: IO) -> Self {
+    pub(super) fn new(io: IO) -> Self {
         Coalesce {
             io,
             buf: Vec::new(),

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
@@ -14,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::future::select_all;
 use roster_api::duration;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::extract::QueryPairs;
@@ -123,16 +125,18 @@ pub(super) async fn wait_for_list(state: &AppState, q: Blocking) {
 pub(super) async fn watch_service(
     State(state): State<AppState>,
     Path(service): Path<String>,
+    offer: Option<Extension<FanOutOffer>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let service = ServiceName::parse(&service)?;
-    stream(&state, vec![service], &headers)
+    stream(&state, vec![service], &headers, offer.is_some())
 }
 
 /// `GET /v1/watch?service=a&service=b`.
 pub(super) async fn watch_many(
     State(state): State<AppState>,
     query: QueryPairs,
+    offer: Option<Extension<FanOutOffer>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut services = Vec::new();
@@ -154,13 +158,14 @@ pub(super) async fn watch_many(
             format!("at most {MAX_STREAM_SERVICES} services per stream"),
         ));
     }
-    stream(&state, services, &headers)
+    stream(&state, services, &headers, offer.is_some())
 }
 
 fn stream(
     state: &AppState,
     services: Vec<ServiceName>,
     headers: &HeaderMap,
+    fan_out: bool,
 ) -> Result<Response, ApiError> {
     // An id this run of the server did not send (garbled by a proxy, from
     // before a restart or a failover) says nothing about this catalog's
@@ -171,13 +176,122 @@ fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(parse_token)
         .and_then(|(epoch, index)| (epoch == state.epoch).then_some(index));
+    if let ([service], true) = (&services[..], fan_out) {
+        return Ok(handed_back(Single::new(state, service, resume)));
+    }
     let watcher = Watcher::new(state, &services, resume);
     Ok(event_stream(watcher))
 }
 
+/// Put in a request's extensions by an HTTP/2 connection that sends
+/// one-service event streams itself ([`super::http2`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct FanOutOffer;
+
+/// A one-service event stream handed back to its HTTP/2 connection, in the
+/// answer's extensions (which must be `Clone`: the stream is taken once).
+#[derive(Clone)]
+pub(super) struct FanOutTicket(Arc<std::sync::Mutex<Option<Single>>>);
+
+impl FanOutTicket {
+    pub(super) fn take(&self) -> Option<Single> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+/// The answer that hands `watch` back: the stream's headers, no body of its
+/// own.
+fn handed_back(watch: Single) -> Response {
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::empty(),
+    )
+        .into_response();
+    response
+        .extensions_mut()
+        .insert(FanOutTicket(Arc::new(std::sync::Mutex::new(Some(watch)))));
+    response
+}
+
+/// A stream following one service, sent by its HTTP/2 connection: where it
+/// starts, and the receiver of the service's changes (which the connection
+/// shares among its streams on the service).
+pub(super) struct Single {
+    registry: Arc<Registry>,
+    service: Arc<str>,
+    current: Arc<ServiceEvent>,
+    changes: Option<broadcast::Receiver<Arc<ServiceEvent>>>,
+    /// Resumed, and the client has `current` already.
+    known: bool,
+    token: u64,
+    epoch: u64,
+    opened: tokio::time::Instant,
+    _guard: WatcherGuard,
+}
+
+impl Single {
+    fn new(state: &AppState, service: &ServiceName, resume: Option<u64>) -> Self {
+        let registry = state.registry.clone();
+        let guard = registry.metrics().watcher(WatchKind::Stream);
+        let sub = registry.subscribe(service);
+        Single {
+            known: resume.is_some_and(|r| sub.current.index <= r),
+            registry,
+            service: service.as_arc().clone(),
+            current: sub.current,
+            changes: Some(sub.changes),
+            token: resume.unwrap_or(0),
+            epoch: state.epoch,
+            opened: tokio::time::Instant::now(),
+            _guard: guard,
+        }
+    }
+
+    pub(super) fn service(&self) -> &Arc<str> {
+        &self.service
+    }
+
+    pub(super) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The service's state when the stream opened.
+    pub(super) fn current(&self) -> &Arc<ServiceEvent> {
+        &self.current
+    }
+
+    pub(super) fn opened(&self) -> tokio::time::Instant {
+        self.opened
+    }
+
+    /// The receiver of the service's changes after [`Single::first`] (once).
+    pub(super) fn take_receiver(&mut self) -> Option<broadcast::Receiver<Arc<ServiceEvent>>> {
+        self.changes.take()
+    }
+
+    /// The state the stream opens with, unless the client resumed past it.
+    pub(super) fn first(&self) -> Option<Arc<ServiceEvent>> {
+        (!self.known).then(|| self.current.clone())
+    }
+
+    /// The index of the state the client has (0: none) and the resume
+    /// token it holds.
+    pub(super) fn position(&self) -> (u64, u64) {
+        let sent = if self.known { self.current.index } else { 0 };
+        (sent, self.token)
+    }
+}
+
 /// A comment line: what an idle event stream sends every [`KEEP_ALIVE`] so
 /// that proxies and clients see it is alive.
-const KEEP_ALIVE_FRAME: &[u8] = b":\n\n";
+pub(super) const KEEP_ALIVE_FRAME: &[u8] = b":\n\n";
 
 /// The response streaming `watcher`'s events, each a frame shared with every
 /// other stream that sends it (the write is the only work per stream), and a

@@ -124,7 +124,11 @@ pub(super) async fn serve_connection<IO>(
         }
         Err(_) => return,
     };
-    let mut keepalive = pin!(keepalive(conn.ping_pong()));
+    let mut keepalive = pin!(crate::http::http2::keepalive(
+        conn.ping_pong(),
+        KEEPALIVE_INTERVAL,
+        KEEPALIVE_TIMEOUT
+    ));
     let mut stop = pin!(shutdown.cancelled());
     let mut streams = FuturesUnordered::new();
     let mut closing = false;
@@ -187,22 +191,6 @@ enum Turn {
     Ended(Option<h2::Error>),
     /// The client did not answer a ping.
     Silent,
-}
-
-/// Pings the client every [`KEEPALIVE_INTERVAL`]; returns when a ping goes
-/// unanswered.
-async fn keepalive(ping_pong: Option<h2::PingPong>) {
-    let Some(mut ping_pong) = ping_pong else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
-        let pong = ping_pong.ping(h2::Ping::opaque());
-        match tokio::time::timeout(KEEPALIVE_TIMEOUT, pong).await {
-            Ok(Ok(_)) => {}
-            _ => return,
-        }
-    }
 }
 
 /// One request stream: routed by its method, admitted (token, stream limit),
