@@ -40,7 +40,7 @@ use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
 use super::serve::{
     Activity, Coalesce, H2_ERROR_RESETS, H2_KEEPALIVE_INTERVAL, H2_KEEPALIVE_TIMEOUT,
-    H2_PENDING_RESETS, MAX_HEADER_BYTES, OpenRequest, Peer, Settings,
+    H2_PENDING_RESETS, Hold, MAX_HEADER_BYTES, OpenRequest, Peer, Settings,
 };
 use super::watch::{FanOutOffer, KEEP_ALIVE, KEEP_ALIVE_FRAME, Single};
 use crate::registry::Registry;
@@ -67,6 +67,7 @@ pub(super) async fn connection<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let hold = Arc::new(Hold::default());
     let handshake = h2::server::Builder::new()
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
@@ -75,7 +76,7 @@ pub(super) async fn connection<IO>(
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .max_pending_accept_reset_streams(H2_PENDING_RESETS)
         .max_local_error_reset_streams(Some(H2_ERROR_RESETS))
-        .handshake::<_, Bytes>(Coalesce::new(io));
+        .handshake::<_, Bytes>(Coalesce::new(io, hold.clone()));
     let mut conn = tokio::select! {
         conn = tokio::time::timeout(settings.header_timeout, handshake) => match conn {
             Ok(Ok(conn)) => conn,
@@ -110,7 +111,15 @@ pub(super) async fn connection<IO>(
                 fan.join(joining);
             }
             fan.poll(cx);
-            match conn.poll_accept(cx) {
+            // h2 writes what was handed over, and the answers of the
+            // requests' tasks, each frame with a flush: those are gathered
+            // and go out in one write at the end of the turn.
+            hold.start();
+            let mut accepted = conn.poll_accept(cx);
+            if hold.stop() && accepted.is_pending() {
+                accepted = conn.poll_accept(cx);
+            }
+            match accepted {
                 Poll::Ready(Some(Ok(accepted))) => {
                     return Poll::Ready(Turn::Accepted(Box::new(accepted)));
                 }

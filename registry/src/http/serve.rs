@@ -770,49 +770,63 @@ pub(super) use reads_through;
 /// Bytes an HTTP/2 connection gathers before it writes them out without
 /// waiting for the flush.
 const COALESCE_BYTES: usize = 256 * 1024;
-/// Times in a row a flush is put off while more keeps coming.
-const COALESCE_ROUNDS: u8 = 8;
 /// A buffer larger than this is let go once written: an idle connection
 /// keeps no large buffer.
 const COALESCE_KEEP: usize = 16 * 1024;
 
+/// Whether a [`Coalesce`] keeps what it gathered through a flush.
+#[derive(Debug, Default)]
+pub(super) struct Hold(std::sync::atomic::AtomicU8);
+
+impl Hold {
+    const FREE: u8 = 0;
+    const HOLDING: u8 = 1;
+    const HELD: u8 = 2;
+
+    /// From now on a flush keeps what is gathered.
+    pub(super) fn start(&self) {
+        self.0
+            .store(Self::HOLDING, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Flushes write again; `true` when one kept bytes since
+    /// [`Hold::start`], which a flush must now write.
+    pub(super) fn stop(&self) -> bool {
+        self.0
+            .swap(Self::FREE, std::sync::atomic::Ordering::Relaxed)
+            == Self::HELD
+    }
+}
+
 /// Gathers an HTTP/2 connection's writes and sends them in one system call
-/// per change, instead of one per stream.
+/// per turn of the connection's task, instead of one per frame.
 ///
-/// Every hyper stream is a task of its own: a change wakes each watch stream,
-/// and each one, as it hands over its event, wakes the connection's task,
-/// which the scheduler runs at once (the woken task goes next), so the
-/// connection wrote one frame per `writev`: 1,000 watch streams on 10
-/// connections took 1,000 system calls per change, the bulk of the server's
-/// time. Here writes are copied into a buffer, and a flush puts the task at
-/// the back of the run queue instead of writing, for as long as each round
-/// brought more (at most [`COALESCE_ROUNDS`] times): the other streams woken
-/// by the change hand over their events meanwhile, and the buffer goes out in
-/// one write once a round brings nothing new. A full buffer is written at
-/// once.
+/// h2 flushes after each frame it takes from a stream (a frame's data is
+/// handed to the socket beside its header, not copied behind the others),
+/// so on a bare socket a change to 100 watch streams of one connection was
+/// 100 writes. Here writes are copied into a buffer, and while the
+/// connection's task holds it ([`Hold`]: while it hands h2 the frames of a
+/// turn) a flush keeps them; the flush that ends the turn writes them all
+/// at once. A full buffer is written at once.
 pub(super) struct Coalesce<IO> {
     io: IO,
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
     sent: usize,
-    /// The length of `buf` when the flush was last put off.
-    at_deferral: usize,
-    /// Flushes put off in a row.
-    deferrals: u8,
     /// Bytes the last round wrote: the next round's buffer is made this
     /// large at once rather than grown (and copied) step by step.
     last_round: usize,
+    hold: Arc<Hold>,
 }
 
 impl<IO> Coalesce<IO> {
-    pub(super) fn new(io: IO) -> Self {
+    pub(super) fn new(io: IO, hold: Arc<Hold>) -> Self {
         Coalesce {
             io,
             buf: Vec::new(),
             sent: 0,
-            at_deferral: 0,
-            deferrals: 0,
             last_round: 0,
+            hold,
         }
     }
 }
@@ -824,8 +838,6 @@ impl<IO: AsyncWrite + Unpin> Coalesce<IO> {
         self.last_round = self.buf.len().min(COALESCE_BYTES);
         self.buf.clear();
         self.sent = 0;
-        self.at_deferral = 0;
-        self.deferrals = 0;
         if self.buf.capacity() > COALESCE_KEEP {
             self.buf = Vec::new();
         }
@@ -882,14 +894,15 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let grew = self.buf.len() > self.at_deferral;
-        if self.buf.len() > self.sent && grew && self.deferrals < COALESCE_ROUNDS {
-            // Back of the run queue: the streams woken with this one hand
-            // over their frames first.
-            self.at_deferral = self.buf.len();
-            self.deferrals += 1;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        if self.buf.len() > self.sent {
+            use std::sync::atomic::Ordering::Relaxed;
+            let kept = self
+                .hold
+                .0
+                .compare_exchange(Hold::HOLDING, Hold::HELD, Relaxed, Relaxed);
+            if kept.is_ok() || kept == Err(Hold::HELD) {
+                return Poll::Ready(Ok(()));
+            }
         }
         std::task::ready!(self.drain(cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
@@ -1106,67 +1119,46 @@ mod tests {
         }
     }
 
-    /// Counts the wake-ups of a task.
-    #[derive(Default)]
-    struct Wakes(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
     #[test]
-    fn gathered_writes_go_out_in_one_write_after_one_deferral() {
-        let wakes = Arc::new(Wakes::default());
-        let waker = std::task::Waker::from(wakes.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut c = Coalesce::new(Recorder::default());
+    fn gathered_writes_go_out_in_one_write_when_the_hold_ends() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let hold = Arc::new(Hold::default());
+        let mut c = Coalesce::new(Recorder::default(), hold.clone());
+        // Not held: a flush writes what came.
+        let _ = Pin::new(&mut c).poll_write(&mut cx, b"zero");
+        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_ready());
+        assert_eq!(c.io.writes, vec![b"zero".to_vec()]);
+        // Held: flushes after each frame keep them.
+        hold.start();
         for frame in [&b"one"[..], b"two", b"three"] {
             let wrote = Pin::new(&mut c).poll_write(&mut cx, frame);
             assert!(matches!(wrote, Poll::Ready(Ok(n)) if n == frame.len()));
+            assert!(Pin::new(&mut c).poll_flush(&mut cx).is_ready());
         }
-        assert!(c.io.writes.is_empty(), "nothing written before a flush");
-        // The first flush puts the task back in the queue (waking it, or it
-        // would never run again) and writes nothing.
-        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_pending());
-        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert!(c.io.writes.is_empty());
-        // What came meanwhile goes out with the rest, in one write.
         let wrote = Pin::new(&mut c).poll_write_vectored(
             &mut cx,
             &[io::IoSlice::new(b"-four"), io::IoSlice::new(b"-five")],
         );
         assert!(matches!(wrote, Poll::Ready(Ok(10))));
-        // More came: put off once more; then a round that brought nothing
-        // writes everything at once.
-        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_pending());
-        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 2);
-        assert!(c.io.writes.is_empty());
+        assert_eq!(c.io.writes.len(), 1, "nothing written while held");
+        // The hold ends, saying bytes were kept; the next flush writes
+        // them all at once.
+        assert!(hold.stop());
         assert!(Pin::new(&mut c).poll_flush(&mut cx).is_ready());
-        assert_eq!(c.io.writes, vec![b"onetwothree-four-five".to_vec()]);
-        // A flush with nothing gathered does not defer.
-        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_ready());
-        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 2);
-        // A connection that gets more on every round is put off a bounded
-        // number of times, then written.
-        let mut rounds = 0;
-        loop {
-            let _ = Pin::new(&mut c).poll_write(&mut cx, b"x");
-            if Pin::new(&mut c).poll_flush(&mut cx).is_ready() {
-                break;
-            }
-            rounds += 1;
-        }
-        assert_eq!(rounds, usize::from(COALESCE_ROUNDS));
-        assert_eq!(c.io.writes.len(), 2);
+        assert_eq!(c.io.writes[1], b"onetwothree-four-five".to_vec());
+        // A hold in which nothing was flushed says so.
+        hold.start();
+        assert!(!hold.stop());
     }
 
     #[test]
     fn a_full_buffer_is_written_before_more_is_taken() {
-        let waker = std::task::Waker::from(Arc::new(Wakes::default()));
-        let mut cx = Context::from_waker(&waker);
-        let mut c = Coalesce::new(Recorder::default());
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let hold = Arc::new(Hold::default());
+        hold.start();
+        let mut c = Coalesce::new(Recorder::default(), hold);
         let chunk = vec![7u8; COALESCE_BYTES];
         assert!(Pin::new(&mut c).poll_write(&mut cx, &chunk).is_ready());
         assert!(c.io.writes.is_empty());
