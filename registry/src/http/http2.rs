@@ -54,6 +54,9 @@ const SEND_BUFFER: usize = 400 << 10;
 /// How often a connection with event streams looks for streams the client
 /// reset and for streams due a keep-alive comment.
 const SWEEP: Duration = Duration::from_secs(1);
+/// Streams a connection takes in before it lets their tasks run (a yield
+/// after every so many).
+const ACCEPT_BURST: u32 = 16;
 
 /// Serves one HTTP/2 connection: the same API as HTTP/1.1, up to
 /// `http2_max_streams` requests at once, with keep-alive pings and the
@@ -95,6 +98,7 @@ pub(super) async fn connection<IO>(
     let mut stop = pin!(shutdown.cancelled());
     let mut idle = pin!(tokio::time::sleep(settings.header_timeout));
     let mut closing = false;
+    let mut accepted_since_yield = 0;
     loop {
         let turn = poll_fn(|cx| {
             if !closing {
@@ -160,6 +164,14 @@ pub(super) async fn connection<IO>(
                     open,
                     handoff.clone(),
                 ));
+                // Let the requests' tasks run before taking more: a burst
+                // of streams (a client opening hundreds of watches at once)
+                // then has a few tasks in flight per connection, not all.
+                accepted_since_yield += 1;
+                if accepted_since_yield == ACCEPT_BURST {
+                    accepted_since_yield = 0;
+                    tokio::task::yield_now().await;
+                }
             }
             Turn::Ended(error) => {
                 if let Some(e) = error {
