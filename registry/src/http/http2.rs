@@ -163,6 +163,7 @@ pub(super) async fn connection<IO>(
                     respond,
                     open,
                     handoff.clone(),
+                    shutdown.clone(),
                 ));
                 // Let the requests' tasks run before taking more: a burst
                 // of streams (a client opening hundreds of watches at once)
@@ -237,6 +238,7 @@ async fn answer(
     mut respond: SendResponse<Bytes>,
     open: OpenRequest,
     handoff: mpsc::UnboundedSender<Handoff>,
+    shutdown: CancellationToken,
 ) {
     let head_only = request.method() == Method::HEAD;
     let (mut parts, recv) = request.into_parts();
@@ -302,7 +304,7 @@ async fn answer(
         return;
     };
     if !end {
-        pipe(body, send).await;
+        pipe(body, send, &shutdown).await;
     }
     drop(open);
 }
@@ -350,11 +352,13 @@ fn http_date() -> HeaderValue {
 
 /// Streams `body` to the client: a frame is taken from the body only once
 /// the client's window has room, so a client that does not read holds one
-/// frame, and a stream the client resets stops.
-async fn pipe(body: Body, mut send: SendStream<Bytes>) {
+/// frame, and a stream the client resets stops. A stream still waiting for
+/// room when the server stops is reset, so that a client that does not
+/// read cannot hold the shutdown up.
+async fn pipe(body: Body, mut send: SendStream<Bytes>, shutdown: &CancellationToken) {
     let mut body = pin!(body);
     loop {
-        if !has_room(&mut send).await {
+        if !has_room(&mut send, shutdown).await {
             return;
         }
         let frame = poll_fn(|cx| {
@@ -404,10 +408,18 @@ async fn pipe(body: Body, mut send: SendStream<Bytes>) {
 }
 
 /// Waits until the stream may send (its window has room); `false` when the
-/// client reset it or the connection is gone.
-async fn has_room(send: &mut SendStream<Bytes>) -> bool {
+/// client reset it, the connection is gone, or the server stops first.
+async fn has_room(send: &mut SendStream<Bytes>, shutdown: &CancellationToken) -> bool {
     send.reserve_capacity(1);
+    if send.capacity() > 0 {
+        return true;
+    }
+    let mut stop = pin!(shutdown.cancelled());
     poll_fn(|cx| {
+        if stop.as_mut().poll(cx).is_ready() {
+            send.send_reset(h2::Reason::CANCEL);
+            return Poll::Ready(false);
+        }
         loop {
             if send.capacity() > 0 {
                 return Poll::Ready(true);
@@ -794,7 +806,13 @@ impl FanOut {
         self.behind.retain(|&(g, _)| g != gid);
         if end_streams {
             for (_, mut stream) in group.streams {
-                let _ = stream.send.send_data(Bytes::new(), true);
+                if stream.behind {
+                    // It cannot take even the end: reset, or a client
+                    // that does not read would hold the shutdown up.
+                    stream.send.send_reset(h2::Reason::CANCEL);
+                } else {
+                    let _ = stream.send.send_data(Bytes::new(), true);
+                }
             }
         }
         if self.groups.is_empty() {

@@ -467,3 +467,34 @@ async fn shutdown_ends_open_http2_streams() {
         .unwrap()
         .ok();
 }
+
+/// A client that reads nothing (its window shut) on a stream the
+/// connection's task sends and on one with a task of its own: the server
+/// still stops, resetting both.
+#[tokio::test]
+async fn a_client_that_reads_nothing_does_not_hold_up_the_shutdown() {
+    let reg = with_web(config()).await;
+    let tcp = TcpStream::connect(reg.server().local_addr()).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(64)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let one = get(&send, "/v1/watch?service=web", None).await.unwrap();
+    let two = get(&send, "/v1/watch?service=web&service=db", None)
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    assert_eq!(two.status(), 200);
+    change(&reg, true).await;
+    timeout(GUARD, reg.stop())
+        .await
+        .expect("the server stops with unread streams open");
+    timeout(GUARD, conn)
+        .await
+        .expect("the connection is closed")
+        .unwrap()
+        .ok();
+    drop((one, two));
+}
