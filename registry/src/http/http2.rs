@@ -257,7 +257,11 @@ async fn answer(
             done: false,
         })
     };
-    parts.extensions.insert(FanOutOffer);
+    // Only a watch can be handed back; any other request goes without the
+    // extension map the offer would allocate.
+    if parts.uri.path().ends_with("/watch") {
+        parts.extensions.insert(FanOutOffer);
+    }
     let mut call = pin!(peer.call(&app, Request::from_parts(parts, body)));
     // A client that resets the stream first drops the work.
     let answered = poll_fn(|cx| {
