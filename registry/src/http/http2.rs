@@ -18,7 +18,7 @@
 //! state of its service, so a stalled client holds at most one frame.
 
 use std::collections::HashMap;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -123,18 +123,7 @@ pub(super) async fn connection<IO>(
             if hold.stop() && accepted.is_pending() {
                 accepted = conn.poll_accept(cx);
             }
-            match accepted {
-                Poll::Ready(Some(Ok(accepted))) => {
-                    return Poll::Ready(Turn::Accepted(Box::new(accepted)));
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Turn::Ended(Some(e))),
-                Poll::Ready(None) => return Poll::Ready(Turn::Ended(None)),
-                Poll::Pending => {}
-            }
-            if keepalive.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Turn::Silent);
-            }
-            Poll::Pending
+            ConnEvent::of(accepted, keepalive.as_mut(), cx).map(Turn::Conn)
         })
         .await;
         match turn {
@@ -153,7 +142,7 @@ pub(super) async fn connection<IO>(
                         .reset(Instant::now() + settings.header_timeout);
                 }
             }
-            Turn::Accepted(accepted) => {
+            Turn::Conn(ConnEvent::Accepted(accepted)) => {
                 let (request, respond) = *accepted;
                 let open = activity.start();
                 tokio::spawn(answer(
@@ -174,16 +163,7 @@ pub(super) async fn connection<IO>(
                     tokio::task::yield_now().await;
                 }
             }
-            Turn::Ended(error) => {
-                if let Some(e) = error {
-                    tracing::debug!(error = %e, "HTTP/2 connection ended");
-                }
-                return;
-            }
-            Turn::Silent => {
-                tracing::debug!("HTTP/2 client did not answer a ping; connection dropped");
-                return;
-            }
+            Turn::Conn(end) => return end.log_end("HTTP/2"),
         }
     }
 }
@@ -194,12 +174,51 @@ enum Turn {
     Stop,
     /// The idle period ran out: close the connection if nothing happened.
     Idle,
+    Conn(ConnEvent),
+}
+
+/// A request from an HTTP/2 server connection, as `poll_accept` answers it.
+type Accepted = Option<Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>>;
+
+/// What an HTTP/2 server connection came to in a turn of its task (here
+/// and in the xDS server).
+pub(crate) enum ConnEvent {
     /// A new stream.
     Accepted(Box<(Request<RecvStream>, SendResponse<Bytes>)>),
     /// The connection closed (with the error that broke it).
     Ended(Option<h2::Error>),
     /// The client did not answer a ping.
     Silent,
+}
+
+impl ConnEvent {
+    /// The connection's side of a turn, from what `poll_accept` answered
+    /// and the [`keepalive`]; pending while nothing happened.
+    pub(crate) fn of(
+        accepted: Poll<Accepted>,
+        keepalive: Pin<&mut impl Future<Output = ()>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnEvent> {
+        match accepted {
+            Poll::Ready(Some(Ok(accepted))) => Poll::Ready(ConnEvent::Accepted(Box::new(accepted))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(ConnEvent::Ended(Some(e))),
+            Poll::Ready(None) => Poll::Ready(ConnEvent::Ended(None)),
+            Poll::Pending => keepalive.poll(cx).map(|()| ConnEvent::Silent),
+        }
+    }
+
+    /// Says why a connection of `server` ended (or that a stream was taken
+    /// for an end).
+    pub(crate) fn log_end(self, server: &str) {
+        match self {
+            ConnEvent::Ended(Some(e)) => tracing::debug!(error = %e, "{server} connection ended"),
+            ConnEvent::Ended(None) => {}
+            ConnEvent::Silent => {
+                tracing::debug!("{server} client did not answer a ping; connection dropped");
+            }
+            ConnEvent::Accepted(_) => tracing::debug!("{server} stream dropped"),
+        }
+    }
 }
 
 /// Pings the client every `interval`; returns when a ping goes unanswered
@@ -921,26 +940,13 @@ impl FanOut {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::CatalogLimits;
-    use crate::config::Config;
     use crate::http::AppState;
     use crate::http::serve::{ClientCert, ServeConfig};
-    use crate::metrics::Metrics;
 
     /// A registry with `web` (one instance) served over an in-memory
     /// HTTP/2 connection, and the client's end of it.
     async fn served() -> (Arc<Registry>, AppState, h2::client::SendRequest<Bytes>) {
-        let registry = Arc::new(Registry::new(
-            CatalogLimits::default(),
-            Arc::new(Metrics::new()),
-        ));
-        registry.register_plain("web", "w1");
-        let state = AppState::builder(
-            registry.clone(),
-            &Config::default(),
-            CancellationToken::new(),
-        )
-        .build();
+        let (registry, state) = super::super::watch::web_with_one_instance();
         let (client, server) = tokio::io::duplex(1 << 20);
         let peer = Peer {
             remote: ([127, 0, 0, 1], 1).into(),

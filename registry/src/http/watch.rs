@@ -489,34 +489,33 @@ impl Watcher {
     }
 }
 
+/// For tests: a registry whose service `web` has one instance, `w1`, and
+/// its state.
+#[cfg(test)]
+pub(super) fn web_with_one_instance() -> (Arc<Registry>, AppState) {
+    use tokio_util::sync::CancellationToken;
+    let registry = Arc::new(Registry::new(
+        crate::catalog::CatalogLimits::default(),
+        Arc::new(crate::metrics::Metrics::new()),
+    ));
+    registry.register_plain("web", "w1");
+    let state = AppState::builder(
+        registry.clone(),
+        &crate::config::Config::default(),
+        CancellationToken::new(),
+    )
+    .build();
+    (registry, state)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::CatalogLimits;
-    use crate::config::Config;
-    use crate::metrics::Metrics;
     use axum::body::BodyDataStream;
     use futures_util::StreamExt as _;
-    use tokio_util::sync::CancellationToken;
 
     async fn frame(body: &mut BodyDataStream) -> Bytes {
         body.next().await.unwrap().unwrap()
-    }
-
-    /// A registry whose service `web` has one instance, `w1`, and its state.
-    fn web_with_one_instance() -> (Arc<Registry>, AppState) {
-        let registry = Arc::new(Registry::new(
-            CatalogLimits::default(),
-            Arc::new(Metrics::new()),
-        ));
-        registry.register_plain("web", "w1");
-        let state = AppState::builder(
-            registry.clone(),
-            &Config::default(),
-            CancellationToken::new(),
-        )
-        .build();
-        (registry, state)
     }
 
     #[tokio::test(start_paused = true)]

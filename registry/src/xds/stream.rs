@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 use super::{Open, Wake, Xds, delta, sotw};
+use crate::http::http2::ConnEvent;
 
 /// One ADS protocol's state on one stream.
 pub(super) trait Session: Send + 'static {
@@ -142,18 +143,7 @@ pub(super) async fn serve_connection<IO>(
             // goes out connection by connection as each is done, not once
             // every connection of the thread has built its responses.
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-            match conn.poll_accept(cx) {
-                Poll::Ready(Some(Ok(accepted))) => {
-                    return Poll::Ready(Turn::Accepted(Box::new(accepted)));
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Turn::Ended(Some(e))),
-                Poll::Ready(None) => return Poll::Ready(Turn::Ended(None)),
-                Poll::Pending => {}
-            }
-            if keepalive.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Turn::Silent);
-            }
-            Poll::Pending
+            ConnEvent::of(conn.poll_accept(cx), keepalive.as_mut(), cx).map(Turn::Conn)
         })
         .await;
         match event {
@@ -163,20 +153,11 @@ pub(super) async fn serve_connection<IO>(
                 closing = true;
                 conn.graceful_shutdown();
             }
-            Turn::Accepted(accepted) => {
+            Turn::Conn(ConnEvent::Accepted(accepted)) => {
                 let (request, respond) = *accepted;
                 streams.push(Box::pin(run_stream(xds.clone(), request, respond)));
             }
-            Turn::Ended(error) => {
-                if let Some(e) = error {
-                    tracing::debug!(error = %e, "xDS connection ended");
-                }
-                return;
-            }
-            Turn::Silent => {
-                tracing::debug!("xDS client did not answer a ping; connection dropped");
-                return;
-            }
+            Turn::Conn(end) => return end.log_end("xDS"),
         }
     }
 }
@@ -185,12 +166,7 @@ pub(super) async fn serve_connection<IO>(
 enum Turn {
     /// The server stops.
     Stop,
-    /// A new stream.
-    Accepted(Box<(http::Request<RecvStream>, SendResponse<Bytes>)>),
-    /// The connection closed (with the error that broke it).
-    Ended(Option<h2::Error>),
-    /// The client did not answer a ping.
-    Silent,
+    Conn(ConnEvent),
 }
 
 /// One request stream: routed by its method, admitted (token, stream limit),
