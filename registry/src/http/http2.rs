@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
+use std::io;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,10 +39,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, ReusableBoxFuture};
 
-use super::serve::{
-    Activity, Coalesce, H2_ERROR_RESETS, H2_KEEPALIVE_INTERVAL, H2_KEEPALIVE_TIMEOUT,
-    H2_PENDING_RESETS, Hold, MAX_HEADER_BYTES, OpenRequest, Peer, Settings,
-};
+use super::serve::{MAX_HEADER_BYTES, Peer, Settings};
 use super::watch::{FanOutOffer, KEEP_ALIVE, KEEP_ALIVE_FRAME, Single};
 use crate::registry::Registry;
 use crate::watch::ServiceEvent;
@@ -512,6 +510,211 @@ impl hyper::body::Body for Incoming {
 
     fn size_hint(&self) -> SizeHint {
         self.hint
+    }
+}
+
+/// An HTTP/2 connection is pinged this often and dropped when the ping is
+/// not answered within [`H2_KEEPALIVE_TIMEOUT`]:
+/// a client that vanished does not hold its watch streams for ever.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams an HTTP/2 client may open and reset before the server answers
+/// them; past it the connection is closed (the "rapid reset" attack,
+/// CVE-2023-44487, opens and cancels streams to make the server work for
+/// nothing).
+const H2_PENDING_RESETS: usize = 20;
+/// Streams the server may reset for a client's errors before it closes the
+/// connection.
+const H2_ERROR_RESETS: usize = 1024;
+
+/// How many requests an HTTP/2 connection has open, and whether one came
+/// since it was last asked. A connection with neither for the header
+/// timeout is closed, as an idle HTTP/1.1 connection is, so an idle client
+/// (or one that never finishes a header block) does not keep its slot.
+#[derive(Debug, Default)]
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    seen: std::sync::atomic::AtomicBool,
+}
+
+impl Activity {
+    /// One more request, open until the returned guard is dropped.
+    fn start(self: &Arc<Self>) -> OpenRequest {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.open.fetch_add(1, Relaxed);
+        self.seen.store(true, Relaxed);
+        OpenRequest(self.clone())
+    }
+
+    /// Whether nothing is open and nothing came since the last call.
+    fn idle(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        !self.seen.swap(false, Relaxed) && self.open.load(Relaxed) == 0
+    }
+}
+
+/// One request of an HTTP/2 connection, counted open until its answer's
+/// body is done with.
+#[derive(Debug)]
+struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Bytes an HTTP/2 connection gathers before it writes them out without
+/// waiting for the flush.
+const COALESCE_BYTES: usize = 256 * 1024;
+/// A buffer larger than this is let go once written: an idle connection
+/// keeps no large buffer.
+const COALESCE_KEEP: usize = 16 * 1024;
+
+/// Whether a [`Coalesce`] keeps what it gathered through a flush.
+#[derive(Debug, Default)]
+struct Hold(std::sync::atomic::AtomicU8);
+
+impl Hold {
+    const FREE: u8 = 0;
+    const HOLDING: u8 = 1;
+    const HELD: u8 = 2;
+
+    /// From now on a flush keeps what is gathered.
+    fn start(&self) {
+        self.0
+            .store(Self::HOLDING, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Flushes write again; `true` when one kept bytes since
+    /// [`Hold::start`], which a flush must now write.
+    fn stop(&self) -> bool {
+        self.0
+            .swap(Self::FREE, std::sync::atomic::Ordering::Relaxed)
+            == Self::HELD
+    }
+}
+
+/// Gathers an HTTP/2 connection's writes and sends them in one system call
+/// per turn of the connection's task, instead of one per frame.
+///
+/// h2 flushes after each frame it takes from a stream (a frame's data is
+/// handed to the socket beside its header, not copied behind the others),
+/// so on a bare socket a change to 100 watch streams of one connection was
+/// 100 writes. Here writes are copied into a buffer, and while the
+/// connection's task holds it ([`Hold`]: while it hands h2 the frames of a
+/// turn) a flush keeps them; the flush that ends the turn writes them all
+/// at once. A full buffer is written at once.
+struct Coalesce<IO> {
+    io: IO,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    sent: usize,
+    /// Bytes the last round wrote: the next round's buffer is made this
+    /// large at once rather than grown (and copied) step by step.
+    last_round: usize,
+    hold: Arc<Hold>,
+}
+
+impl<IO> Coalesce<IO> {
+    fn new(io: IO, hold: Arc<Hold>) -> Self {
+        Coalesce {
+            io,
+            buf: Vec::new(),
+            sent: 0,
+            last_round: 0,
+            hold,
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Coalesce<IO> {
+    /// Writes out what is gathered; ready once all of it is written.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(super::serve::write_from(
+            &mut self.io,
+            cx,
+            &self.buf,
+            &mut self.sent
+        ))?;
+        self.last_round = self.buf.len().min(COALESCE_BYTES);
+        self.buf.clear();
+        self.sent = 0;
+        if self.buf.capacity() > COALESCE_KEEP {
+            self.buf = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Copies `data` in, making the buffer as large as the last round's
+    /// when a round starts.
+    fn gather(&mut self, data: &[u8]) {
+        if self.buf.is_empty() && self.last_round > self.buf.capacity() {
+            self.buf.reserve(self.last_round);
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Makes room for more: a full buffer is written out first.
+    fn room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.buf.len() >= COALESCE_BYTES {
+            return self.drain(cx);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+super::serve::reads_through!(Coalesce);
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.room(cx))?;
+        self.gather(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.room(cx))?;
+        let mut n = 0;
+        for b in bufs {
+            self.gather(b);
+            n += b.len();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.buf.len() > self.sent {
+            use std::sync::atomic::Ordering::Relaxed;
+            let kept = self
+                .hold
+                .0
+                .compare_exchange(Hold::HOLDING, Hold::HELD, Relaxed, Relaxed);
+            if kept.is_ok() || kept == Err(Hold::HELD) {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        std::task::ready!(self.drain(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.drain(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -1073,5 +1276,90 @@ mod tests {
         }
         registry.register_plain("db", "d2");
         assert!(next(&mut both).await.contains("d2"));
+    }
+
+    /// Records what reaches the socket, one entry per write call.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        /// Takes nothing while set.
+        full: bool,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.full {
+                return Poll::Pending;
+            }
+            self.writes.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn gathered_writes_go_out_in_one_write_when_the_hold_ends() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let hold = Arc::new(Hold::default());
+        let mut c = Coalesce::new(Recorder::default(), hold.clone());
+        // Not held: a flush writes what came.
+        let _ = Pin::new(&mut c).poll_write(&mut cx, b"zero");
+        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_ready());
+        assert_eq!(c.io.writes, vec![b"zero".to_vec()]);
+        // Held: flushes after each frame keep them.
+        hold.start();
+        for frame in [&b"one"[..], b"two", b"three"] {
+            let wrote = Pin::new(&mut c).poll_write(&mut cx, frame);
+            assert!(matches!(wrote, Poll::Ready(Ok(n)) if n == frame.len()));
+            assert!(Pin::new(&mut c).poll_flush(&mut cx).is_ready());
+        }
+        let wrote = Pin::new(&mut c).poll_write_vectored(
+            &mut cx,
+            &[io::IoSlice::new(b"-four"), io::IoSlice::new(b"-five")],
+        );
+        assert!(matches!(wrote, Poll::Ready(Ok(10))));
+        assert_eq!(c.io.writes.len(), 1, "nothing written while held");
+        // The hold ends, saying bytes were kept; the next flush writes
+        // them all at once.
+        assert!(hold.stop());
+        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_ready());
+        assert_eq!(c.io.writes[1], b"onetwothree-four-five".to_vec());
+        // A hold in which nothing was flushed says so.
+        hold.start();
+        assert!(!hold.stop());
+    }
+
+    #[test]
+    fn a_full_buffer_is_written_before_more_is_taken() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let hold = Arc::new(Hold::default());
+        hold.start();
+        let mut c = Coalesce::new(Recorder::default(), hold);
+        let chunk = vec![7u8; COALESCE_BYTES];
+        assert!(Pin::new(&mut c).poll_write(&mut cx, &chunk).is_ready());
+        assert!(c.io.writes.is_empty());
+        // The socket takes nothing: no more is taken in either, so a client
+        // that does not read cannot make the buffer grow.
+        c.io.full = true;
+        assert!(Pin::new(&mut c).poll_write(&mut cx, b"more").is_pending());
+        assert!(Pin::new(&mut c).poll_write(&mut cx, b"more").is_pending());
+        assert_eq!(c.buf.len(), COALESCE_BYTES);
+        c.io.full = false;
+        assert!(Pin::new(&mut c).poll_write(&mut cx, b"more").is_ready());
+        assert_eq!(c.io.writes.len(), 1, "the full buffer went out first");
+        assert_eq!(c.buf, b"more");
     }
 }
