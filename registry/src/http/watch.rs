@@ -183,6 +183,12 @@ fn stream(
     Ok(event_stream(watcher))
 }
 
+/// The headers of an event stream's answer, however it is sent.
+const EVENT_STREAM_HEADERS: [(header::HeaderName, &str); 2] = [
+    (header::CONTENT_TYPE, "text/event-stream"),
+    (header::CACHE_CONTROL, "no-cache"),
+];
+
 /// Put in a request's extensions by an HTTP/2 connection that sends
 /// one-service event streams itself ([`super::http2`]).
 #[derive(Clone, Copy, Debug)]
@@ -202,14 +208,7 @@ impl FanOutTicket {
 /// The answer that hands `watch` back: the stream's headers, no body of its
 /// own.
 fn handed_back(watch: Single) -> Response {
-    let mut response = (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::empty(),
-    )
-        .into_response();
+    let mut response = (EVENT_STREAM_HEADERS, Body::empty()).into_response();
     response
         .extensions_mut()
         .insert(FanOutTicket(Arc::new(std::sync::Mutex::new(Some(watch)))));
@@ -330,14 +329,7 @@ fn event_stream(watcher: Watcher) -> Response {
             Some((Ok::<_, Infallible>(frame), (w, alarm, last)))
         },
     );
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(frames),
-    )
-        .into_response()
+    (EVENT_STREAM_HEADERS, Body::from_stream(frames)).into_response()
 }
 
 struct Watched {
