@@ -798,7 +798,6 @@ struct Stream {
 }
 
 /// What sending to a stream came to.
-#[derive(PartialEq)]
 enum Sent {
     Yes,
     Skipped,
